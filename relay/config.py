@@ -1,0 +1,449 @@
+"""Configuration: a YAML file validated into one frozen ``Config`` snapshot.
+
+``load(path)`` is the only function here that does I/O. Every problem found is
+reported at once, each as ``FILE:LINE: dotted.key: message``; the line comes
+from walking the pydantic error location down the composed YAML node tree.
+Durations take ``90s``/``5m``/``4h``/``5d`` or plain seconds, sizes take
+``25MiB``/``10KB`` or plain bytes, and ``${VAR}`` in any string takes the
+environment. A reload builds a new ``Config`` and swaps one reference; nothing
+here is ever mutated.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from relay.errors import ConfigError
+
+__all__ = [
+    "AdminSettings",
+    "Config",
+    "DeliverySettings",
+    "Endpoint",
+    "LogSettings",
+    "OAuth2Settings",
+    "ProviderSettings",
+    "Rate",
+    "RetrySettings",
+    "RouteSettings",
+    "SmtpSettings",
+    "SpoolSettings",
+    "load",
+    "loads",
+    "parse_duration",
+    "parse_size",
+]
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+}
+_NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"5m"``, ``"4h"``, ``"5d"``, ``"1h30m"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 90s, 5m, 4h or 5d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a duration such as 90s, 5m, 4h or 5d")
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(ms|[smhdw]?)", value.strip().lower())
+    rebuilt = "".join(n + u for n, u in parts)
+    if not parts or rebuilt != re.sub(r"\s+", "", value.strip().lower()):
+        raise ValueError(f"{value!r} is not a duration (use e.g. 90s, 5m, 4h, 5d)")
+    return sum(float(n) * _DURATION_UNITS[u or "s"] for n, u in parts)
+
+
+def parse_size(value: object) -> int:
+    """Bytes from ``1048576``, ``"25MiB"``, ``"10MB"``, ``"512k"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 25MiB or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    if isinstance(value, str):
+        match = _NUMBER_UNIT.match(value)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(f"{value!r} is not a size (use e.g. 25MiB, 10MB or bytes)")
+
+
+class Endpoint(NamedTuple):
+    """A ``host:port`` listening or connecting address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def _parse_endpoint(value: object) -> Endpoint:
+    if isinstance(value, Endpoint):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected host:port, e.g. 127.0.0.1:25 or [::1]:25")
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not host:port (write IPv6 as [::1]:25)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    return Endpoint(host, port)
+
+
+class Rate(NamedTuple):
+    """A sustained rate: ``count`` messages per ``per`` seconds."""
+
+    count: int
+    per: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per
+
+
+def _parse_rate(value: object) -> Rate:
+    if isinstance(value, Rate):
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", value)
+        if match and int(match.group(1)) > 0:
+            per = {"s": 1, "m": 60, "h": 3600}[match.group(2)[0]]
+            return Rate(int(match.group(1)), float(per))
+    raise ValueError(f"{value!r} is not a rate (use e.g. 10/s, 600/m, 5000/h)")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+EndpointT = Annotated[Endpoint, BeforeValidator(_parse_endpoint)]
+RateT = Annotated[Rate, BeforeValidator(_parse_rate)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+class SmtpSettings(_Model):
+    listen: list[EndpointT] = Field(default_factory=lambda: [Endpoint("127.0.0.1", 25)])
+    allowed_networks: list[Network] = Field(
+        default_factory=lambda: [
+            ipaddress.ip_network("127.0.0.0/8"),
+            ipaddress.ip_network("::1/128"),
+        ]
+    )
+    max_message_size: Size = Field(default=25 * 1024 * 1024, gt=0)
+    max_recipients: int = Field(default=100, ge=1, le=100_000)
+    hostname: str | None = None
+    idle_timeout: Duration = Field(default=300.0, gt=0)
+    bare_line_endings: Literal["reject", "accept"] = "reject"
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        return [ipaddress.ip_network(str(v), strict=False) for v in value]
+
+
+class SpoolSettings(_Model):
+    path: Path = Path("/var/lib/sluice/spool.sqlite3")
+    keep_sent: Duration = Field(default=7 * 86400.0, ge=0)
+
+
+class RetrySettings(_Model):
+    first_delay: Duration = Field(default=60.0, gt=0)
+    max_delay: Duration = Field(default=3600.0, gt=0)
+    give_up_after: Duration = Field(default=5 * 86400.0, gt=0)
+    jitter: float = Field(default=0.1, ge=0, le=1)
+
+
+class DeliverySettings(_Model):
+    max_concurrent: int = Field(default=20, ge=1, le=1000)
+    connect_timeout: Duration = Field(default=30.0, gt=0)
+    command_timeout: Duration = Field(default=300.0, gt=0)
+    data_timeout: Duration = Field(default=600.0, gt=0)
+    poll_interval: Duration = Field(default=5.0, gt=0)
+    shutdown_grace: Duration = Field(default=30.0, ge=0)
+    lease: Duration = Field(default=1800.0, gt=0)
+
+
+class LogSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    retention: Duration = Field(default=30 * 86400.0, gt=0)
+
+
+class AdminSettings(_Model):
+    enabled: bool = True
+    listen: EndpointT = Endpoint("127.0.0.1", 8025)
+    username: str = "admin"
+    password_hash: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    api_token_env: str | None = None
+    api_token_file: Path | None = None
+    allowed_hosts: list[str] = Field(default_factory=list)
+    session_max_age: Duration = Field(default=12 * 3600.0, gt=0)
+
+
+class OAuth2Settings(_Model):
+    token_url: str
+    client_id: str
+    client_secret: SecretStr | None = None
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    refresh_token: SecretStr | None = None
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = None
+    scope: str = ""
+    refresh_margin: Duration = Field(default=300.0, ge=0)
+
+
+class ProviderSettings(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    caption: str = ""
+    driver: Literal["smtp"] = "smtp"
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    encryption: Literal["none", "starttls", "tls"] = "starttls"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    oauth2: OAuth2Settings | None = None
+    enabled: bool = True
+    priority: int = 100
+    timeout: Duration | None = None
+    max_connections: int = Field(default=4, ge=1, le=1000)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    allow_insecure_auth: bool = False
+    send_from: str | None = None
+    send_from_name: str | None = None
+    daily_limit: int | None = Field(default=None, ge=1)
+    rate: RateT | None = None
+    idle_timeout: Duration = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> ProviderSettings:
+        given = [
+            k
+            for k in ("password", "password_env", "password_file")
+            if getattr(self, k) is not None
+        ]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        return self
+
+
+class RouteSettings(_Model):
+    """Choose providers for matching mail; the first matching route wins."""
+
+    sender_domain: list[str] | None = None
+    recipient_domain: list[str] | None = None
+    header: str | None = None
+    providers: list[str] = Field(min_length=1)
+
+
+class Config(_Model):
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    providers: list[ProviderSettings] = Field(min_length=1)
+    routes: list[RouteSettings] = Field(default_factory=list)
+
+    def provider(self, provider_id: str) -> ProviderSettings:
+        for provider in self.providers:
+            if provider.id == provider_id:
+                return provider
+        raise KeyError(provider_id)
+
+
+# --------------------------------------------------------------------------- loading
+
+Loc = tuple[str | int, ...]
+
+
+def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
+    """Cross-field rules pydantic cannot express per field."""
+    seen: dict[str, int] = {}
+    for i, p in enumerate(cfg.providers):
+        if p.id in seen:
+            yield ("providers", i, "id"), f"duplicate provider id {p.id!r}"
+        seen.setdefault(p.id, i)
+    if not any(p.enabled for p in cfg.providers):
+        if len(cfg.providers) == 1:
+            msg = "the only provider can't be disabled"
+        else:
+            msg = "at least one provider must be enabled"
+        yield ("providers", len(cfg.providers) - 1, "enabled"), msg
+    for i, route in enumerate(cfg.routes):
+        for j, pid in enumerate(route.providers):
+            if pid not in seen:
+                yield ("routes", i, "providers", j), f"unknown provider id {pid!r}"
+        if not (route.sender_domain or route.recipient_domain or route.header):
+            yield ("routes", i), "a route needs sender_domain, recipient_domain or header"
+    if cfg.retry.first_delay > cfg.retry.max_delay:
+        yield ("retry", "first_delay"), "first_delay is longer than max_delay"
+
+
+def _expand_env(node: yaml.Node, env: Mapping[str, str], issues: list[tuple[int, str]]) -> None:
+    """Replace ``${VAR}`` in every scalar, in place on the composed tree."""
+    if isinstance(node, yaml.ScalarNode) and "${" in node.value:
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(1) not in env:
+                issues.append((node.start_mark.line + 1, f"${{{m.group(1)}}} is not set"))
+                return ""
+            return env[m.group(1)]
+
+        node.value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for _key, value in node.value:
+            _expand_env(value, env, issues)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _expand_env(item, env, issues)
+
+
+def _line_of(root: yaml.Node | None, loc: Loc, *, key: bool = False) -> int:
+    """1-based line of the deepest node ``loc`` reaches (the key node if ``key``)."""
+    node = root
+    line = root.start_mark.line + 1 if root is not None else 1
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    node = k if (last and key) else v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> Loc:
+    # pydantic inserts validator names such as "function-after[...]" into loc.
+    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p.startswith("function")))
+
+
+def loads(
+    text: str,
+    *,
+    source: str = "<config>",
+    env: Mapping[str, str] | None = None,
+    validate_secrets: Callable[[Config], Iterator[tuple[Loc, str]]] | None = None,
+) -> Config:
+    """Parse and validate YAML text; raise ``ConfigError`` listing every issue."""
+    environ = os.environ if env is None else env
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{source}:{line}: (yaml): {exc.problem or exc}"]) from None
+    if root is None:
+        raise ConfigError([f"{source}:1: providers: the file is empty; at least one provider"])
+    expand_issues: list[tuple[int, str]] = []
+    _expand_env(root, environ, expand_issues)
+    if expand_issues:
+        raise ConfigError([f"{source}:{line}: (env): {msg}" for line, msg in expand_issues])
+    data = yaml.SafeLoader(text).construct_document(root)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}:1: (top level): expected a mapping of sections"])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            is_key = err["type"] == "extra_forbidden"
+            msg = "unknown key" if is_key else err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                msg = "required key is missing"
+            issues.append(f"{source}:{_line_of(root, loc, key=is_key)}: {_dotted(loc)}: {msg}")
+        raise ConfigError(issues) from None
+    problems = list(_semantic_issues(cfg))
+    if validate_secrets is not None:
+        problems.extend(validate_secrets(cfg))
+    if problems:
+        raise ConfigError(
+            [f"{source}:{_line_of(root, loc)}: {_dotted(loc)}: {msg}" for loc, msg in problems]
+        )
+    return cfg
+
+
+def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file (see ``loads``); secrets must resolve."""
+    from relay.secrets import config_secret_issues
+
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}:1: (file): cannot read: {exc}"]) from None
+    environ = os.environ if env is None else env
+    return loads(
+        text,
+        source=source,
+        env=environ,
+        validate_secrets=lambda cfg: config_secret_issues(cfg, environ),
+    )

@@ -1,0 +1,47 @@
+"""Exception hierarchy for Sluice.
+
+Expected outcomes (a recipient deferred, a message refused) are values, not
+exceptions; these are for what callers must handle or report.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "SluiceError",
+    "SpoolError",
+    "SpoolLocked",
+    "StateConflict",
+    "UnknownMessage",
+]
+
+
+class SluiceError(Exception):
+    """Root of every error Sluice raises on purpose."""
+
+
+class ConfigError(SluiceError, ValueError):
+    """A configuration file is unreadable or invalid.
+
+    ``issues`` holds one line per problem, each ``FILE:LINE: dotted.key: message``.
+    """
+
+    def __init__(self, issues: list[str], /) -> None:
+        super().__init__("\n".join(issues))
+        self.issues = list(issues)
+
+
+class SpoolError(SluiceError, OSError):
+    """The spool could not be read or written."""
+
+
+class SpoolLocked(SpoolError):
+    """Another Sluice process holds the spool."""
+
+
+class UnknownMessage(SluiceError, LookupError):
+    """No message with that queue ID exists."""
+
+
+class StateConflict(SluiceError):
+    """A guarded state transition matched no row (someone else moved it first)."""

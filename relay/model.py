@@ -1,0 +1,174 @@
+"""Values shared by every layer: states, outcomes and the rows users see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ACTIVE",
+    "TERMINAL",
+    "AttemptStatus",
+    "Claim",
+    "Delivered",
+    "LogEntry",
+    "MessageDetail",
+    "Outcome",
+    "PermFailure",
+    "QueueEntry",
+    "RecipientStatus",
+    "TempFailure",
+]
+
+
+class RecipientStatus(StrEnum):
+    """Delivery state of one recipient of one message."""
+
+    QUEUED = "queued"  #: accepted, never tried
+    SENDING = "sending"  #: claimed by the scheduler, an attempt is under way
+    DEFERRED = "deferred"  #: a temporary failure; waits for next_attempt_at
+    SENT = "sent"  #: the upstream accepted it (250 after DATA)
+    FAILED = "failed"  #: a permanent failure (5xx)
+    EXPIRED = "expired"  #: still failing temporarily after retry.give_up_after
+
+
+TERMINAL = frozenset({RecipientStatus.SENT, RecipientStatus.FAILED, RecipientStatus.EXPIRED})
+ACTIVE = frozenset({RecipientStatus.QUEUED, RecipientStatus.SENDING, RecipientStatus.DEFERRED})
+
+
+class AttemptStatus(StrEnum):
+    """Status of a delivery-log row (one attempt for one recipient)."""
+
+    IN_PROGRESS = "IN PROGRESS"
+    SUCCESS = "SUCCESS"
+    FAIL = "FAIL"
+    DEFERRED = "deferred"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    recipient: str
+    code: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class TempFailure:
+    recipient: str
+    code: int | None
+    text: str
+    #: a provider hint such as "try again in 5 minutes", in seconds
+    retry_after: float | None = None
+    #: True when the provider itself failed (connect, TLS, auth, 421), so another
+    #: provider may take the recipient at once.
+    provider_fault: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PermFailure:
+    recipient: str
+    code: int | None
+    text: str
+
+
+Outcome = Delivered | TempFailure | PermFailure
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A message with the recipients the scheduler claimed for one attempt."""
+
+    message_id: int
+    queue_id: str
+    sender: str
+    received_at: float
+    subject: str
+    #: recipient row id -> (address, attempts before this one)
+    recipients: dict[int, tuple[str, int]]
+    #: recipient row id -> delivery-log row id of this attempt
+    attempt_ids: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """One recipient of one message, as ``sluice queue list`` and the admin show it."""
+
+    id: int
+    queue_id: str
+    email: str
+    sender: str
+    subject: str
+    received_at: float
+    last_attempt_at: float | None
+    next_attempt_at: float | None
+    attempts: int
+    status: RecipientStatus
+    reason: str
+    provider: str | None
+    size: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> QueueEntry:
+        return cls(
+            id=row["id"],
+            queue_id=row["queue_id"],
+            email=row["rcpt"],
+            sender=row["sender"],
+            subject=row["subject"],
+            received_at=row["received_at"],
+            last_attempt_at=row["last_attempt_at"],
+            next_attempt_at=row["next_attempt_at"],
+            attempts=row["attempts"],
+            status=RecipientStatus(row["status"]),
+            reason=row["last_reply"],
+            provider=row["provider"],
+            size=row["size"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One delivery attempt for one recipient: the delivery log."""
+
+    id: int
+    queue_id: str
+    email: str
+    subject: str
+    started_at: float
+    finished_at: float | None
+    status: AttemptStatus
+    provider: str | None
+    code: int | None
+    reason: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> LogEntry:
+        return cls(
+            id=row["id"],
+            queue_id=row["queue_id"],
+            email=row["rcpt"],
+            subject=row["subject"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            status=AttemptStatus(row["status"]),
+            provider=row["provider"],
+            code=row["code"],
+            reason=row["reply"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    """Everything known about one message: envelope, recipients and attempts."""
+
+    message_id: int
+    queue_id: str
+    sender: str
+    subject: str
+    received_at: float
+    size: int
+    client: str
+    helo: str
+    recipients: list[QueueEntry]
+    attempts: list[LogEntry]

@@ -1,0 +1,581 @@
+"""The spool: the only module that writes SQL, and the one store every part shares.
+
+Writes go through one writer connection owned by one thread (``_Writer``), with
+**group commit**: jobs queued while a transaction is being written are batched
+into the next one, each inside its own SAVEPOINT, so a failing job rolls back
+alone. Every caller is answered only after the ``COMMIT`` of its own job has
+returned, and the database runs WAL with ``synchronous=FULL``, so a ``250``
+given after ``enqueue`` returns survives ``kill -9`` and power loss alike.
+(aiosqlite gives one thread per connection too, but one hop per statement; a
+batch here costs one hop.)
+
+Reads go through a separate aiosqlite connection, so the admin page and the CLI
+never hold the writer, and never see an uncommitted row.
+
+Every state change is a guarded ``UPDATE ... WHERE status = ? RETURNING``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from relay.errors import SpoolError, UnknownMessage
+from relay.model import (
+    AttemptStatus,
+    Claim,
+    LogEntry,
+    MessageDetail,
+    QueueEntry,
+    RecipientStatus,
+)
+from relay.sql import QUERIES, SCHEMA
+
+__all__ = ["Finish", "NewMessage", "Spool", "new_queue_id"]
+
+log = logging.getLogger("sluice.spool")
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], T]
+Clock = Callable[[], float]
+
+_BATCH_MAX = 512
+_SCHEMA_VERSION = "1"
+
+
+def new_queue_id(now: float) -> str:
+    """A queue ID that sorts by arrival time: 11 hex digits of ms, 5 random."""
+    return f"{int(now * 1000):011X}{secrets.randbits(20):05X}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message accepted over SMTP (or from ``sluice sendmail``), ready to store."""
+
+    queue_id: str
+    sender: str
+    recipients: Sequence[str]
+    data: bytes
+    subject: str
+    received_at: float
+    client: str = ""
+    helo: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The decided outcome of one recipient's attempt, ready to persist."""
+
+    recipient_id: int
+    attempt_id: int
+    status: RecipientStatus
+    attempt_status: AttemptStatus
+    next_attempt_at: float | None
+    code: int | None
+    reply: str
+    provider: str | None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on stable storage before COMMIT returns (power-loss safe).
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class _Writer:
+    """One thread, one connection, batched transactions (group commit)."""
+
+    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self._conn = conn
+        self._loop = loop
+        self._cond = threading.Condition()
+        self._jobs: list[tuple[Job[Any], asyncio.Future[Any]]] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="sluice-spool-writer", daemon=True)
+        self._thread.start()
+
+    async def submit(self, job: Job[T]) -> T:
+        if self._closing:
+            raise SpoolError("the spool is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        with self._cond:
+            self._jobs.append((job, future))
+            self._cond.notify()
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closing:
+                    self._cond.wait()
+                if not self._jobs and self._closing:
+                    break
+                batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
+            self._run_batch(batch)
+        self._conn.close()
+
+    def _run_batch(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
+        # A job whose caller went away before it started (client dropped during
+        # DATA) is skipped: nobody will be told 250 for it.
+        batch = [(job, fut) for job, fut in batch if not fut.cancelled()]
+        if not batch:
+            return
+        results: list[tuple[bool, Any]] = []
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for job, _fut in batch:
+                self._conn.execute("SAVEPOINT job")
+                try:
+                    results.append((True, job(self._conn)))
+                    self._conn.execute("RELEASE job")
+                except sqlite3.Error as exc:
+                    self._conn.execute("ROLLBACK TO job")
+                    self._conn.execute("RELEASE job")
+                    results.append((False, SpoolError(f"spool write failed: {exc}")))
+                except Exception as exc:
+                    self._conn.execute("ROLLBACK TO job")
+                    self._conn.execute("RELEASE job")
+                    results.append((False, exc))
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            error = SpoolError(f"spool commit failed: {exc}")
+            results = [(False, error)] * len(batch)
+        for (_job, fut), (ok, value) in zip(batch, results, strict=True):
+            self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join)
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+class Spool:
+    """The store: accepted mail, per-recipient state and the delivery log.
+
+    Open it with ``await Spool.open(path)`` and close it with ``aclose()``.
+    ``wake`` is set whenever new mail becomes due, so the scheduler starts at
+    once instead of at its next poll.
+    """
+
+    def __init__(
+        self, path: Path, writer: _Writer, reader: aiosqlite.Connection, clock: Clock
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._clock = clock
+        self.wake = asyncio.Event()
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, clock: Clock = time.time) -> Spool:
+        spool_path = Path(path)
+        try:
+            spool_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await asyncio.to_thread(_connect, spool_path)
+            await asyncio.to_thread(_init_schema, conn)
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
+        writer = _Writer(conn, asyncio.get_running_loop())
+        reader = await aiosqlite.connect(spool_path, timeout=30)
+        reader.row_factory = aiosqlite.Row
+        await reader.execute("PRAGMA busy_timeout=30000")
+        return cls(spool_path, writer, reader, clock)
+
+    async def aclose(self) -> None:
+        await self._writer.close()
+        await self._reader.close()
+
+    async def __aenter__(self) -> Spool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ writes
+
+    async def enqueue(self, msg: NewMessage) -> str:
+        """Store a message and its recipients in one durable transaction."""
+
+        def job(c: sqlite3.Connection) -> str:
+            cur = c.execute(
+                QUERIES["insert_message"],
+                {
+                    "queue_id": msg.queue_id,
+                    "received_at": msg.received_at,
+                    "sender": msg.sender,
+                    "subject": msg.subject,
+                    "size": len(msg.data),
+                    "client": msg.client,
+                    "helo": msg.helo,
+                },
+            )
+            mid = cur.lastrowid
+            c.execute(QUERIES["insert_body"], {"message_id": mid, "data": msg.data})
+            c.executemany(
+                QUERIES["insert_recipient"],
+                [{"message_id": mid, "rcpt": r, "now": msg.received_at} for r in msg.recipients],
+            )
+            return msg.queue_id
+
+        queue_id = await self._writer.submit(job)
+        self.wake.set()
+        return queue_id
+
+    async def claim_due(self, limit: int, lease: float) -> list[Claim]:
+        """Lease up to ``limit`` due messages (all their due recipients) to attempts.
+
+        Each claimed recipient gets an IN PROGRESS delivery-log row in the same
+        transaction.
+        """
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> list[Claim]:
+            rows = c.execute(QUERIES["due_messages"], {"now": now, "limit": limit * 4}).fetchall()
+            message_ids = list(dict.fromkeys(r["message_id"] for r in rows))[:limit]
+            claims = []
+            for mid in message_ids:
+                rcpts = c.execute(
+                    QUERIES["claim_recipients"],
+                    {"message_id": mid, "now": now, "lease_until": now + lease},
+                ).fetchall()
+                env = c.execute(QUERIES["message_envelope"], {"message_id": mid}).fetchone()
+                if not rcpts or env is None:
+                    continue
+                claim = Claim(
+                    message_id=mid,
+                    queue_id=env["queue_id"],
+                    sender=env["sender"],
+                    received_at=env["received_at"],
+                    subject=env["subject"],
+                    recipients={r["id"]: (r["rcpt"], r["attempts"]) for r in rcpts},
+                )
+                for r in rcpts:
+                    cur = c.execute(
+                        QUERIES["insert_attempt"],
+                        {
+                            "recipient_id": r["id"],
+                            "message_id": mid,
+                            "queue_id": env["queue_id"],
+                            "rcpt": r["rcpt"],
+                            "subject": env["subject"],
+                            "now": now,
+                        },
+                    )
+                    assert cur.lastrowid is not None
+                    claim.attempt_ids[r["id"]] = cur.lastrowid
+                claims.append(claim)
+            return claims
+
+        return await self._writer.submit(job)
+
+    async def finish(self, finishes: Iterable[Finish]) -> int:
+        """Persist outcomes; returns how many recipients moved.
+
+        A recipient no longer ``sending`` (deleted, or reclaimed) is left alone
+        and its log row is still closed, so the log tells what happened.
+        """
+        items = list(finishes)
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> int:
+            moved = 0
+            for f in items:
+                row = c.execute(
+                    QUERIES["finish_recipient"],
+                    {
+                        "id": f.recipient_id,
+                        "status": f.status.value,
+                        "next_attempt_at": f.next_attempt_at,
+                        "reply": f.reply,
+                        "provider": f.provider,
+                        "now": now,
+                    },
+                ).fetchone()
+                moved += row is not None
+                c.execute(
+                    QUERIES["finish_attempt"],
+                    {
+                        "id": f.attempt_id,
+                        "status": f.attempt_status.value,
+                        "provider": f.provider,
+                        "code": f.code,
+                        "reply": f.reply,
+                        "now": now,
+                    },
+                )
+            return moved
+
+        moved = await self._writer.submit(job)
+        if any(f.status is RecipientStatus.QUEUED for f in items):
+            self.wake.set()
+        return moved
+
+    async def release(
+        self, claim: Claim, *, reply: str, next_attempt_at: float | None = None
+    ) -> None:
+        """Give a claim back without counting an attempt (e.g. at shutdown)."""
+        now = self._clock()
+        due = now if next_attempt_at is None else next_attempt_at
+
+        def job(c: sqlite3.Connection) -> None:
+            for rid in claim.recipients:
+                c.execute(
+                    QUERIES["release_recipient"],
+                    {
+                        "id": rid,
+                        "status": RecipientStatus.QUEUED.value,
+                        "next_attempt_at": due,
+                        "reply": reply,
+                        "now": now,
+                    },
+                )
+                c.execute(
+                    QUERIES["finish_attempt"],
+                    {
+                        "id": claim.attempt_ids[rid],
+                        "status": AttemptStatus.DEFERRED.value,
+                        "provider": None,
+                        "code": None,
+                        "reply": reply,
+                        "now": now,
+                    },
+                )
+
+        await self._writer.submit(job)
+
+    async def requeue_inflight(self) -> int:
+        """At start-up: recipients a crash left ``sending`` go back to the queue."""
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> int:
+            n = c.execute(QUERIES["requeue_inflight"], {"now": now}).rowcount
+            c.execute(QUERIES["close_inflight_attempts"], {"now": now})
+            return n
+
+        n = await self._writer.submit(job)
+        if n:
+            self.wake.set()
+        return n
+
+    async def requeue_expired_leases(self) -> int:
+        now = self._clock()
+        n = await self._writer.submit(
+            lambda c: c.execute(QUERIES["requeue_expired_leases"], {"now": now}).rowcount
+        )
+        if n:
+            self.wake.set()
+        return n
+
+    async def retry_now(self, queue_id: str) -> int:
+        """Make every unsent recipient of a message due now (``postqueue -i``)."""
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> int:
+            if c.execute(QUERIES["message_by_queue_id"], {"queue_id": queue_id}).fetchone() is None:
+                raise UnknownMessage(queue_id)
+            return len(
+                c.execute(QUERIES["retry_message"], {"queue_id": queue_id, "now": now}).fetchall()
+            )
+
+        n = await self._writer.submit(job)
+        self.wake.set()
+        return n
+
+    async def delete(self, queue_id: str) -> None:
+        """Delete a message (``postsuper -d``); its log rows stay."""
+
+        def job(c: sqlite3.Connection) -> None:
+            if not c.execute(QUERIES["delete_message"], {"queue_id": queue_id}).fetchall():
+                raise UnknownMessage(queue_id)
+
+        await self._writer.submit(job)
+
+    async def prune(self, *, log_retention: float, keep_sent: float, limit: int = 5000) -> int:
+        """Drop old log rows and long-finished messages; returns messages removed."""
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> int:
+            c.execute(QUERIES["prune_attempts"], {"before": now - log_retention})
+            return c.execute(
+                QUERIES["prune_finished_messages"], {"before": now - keep_sent, "limit": limit}
+            ).rowcount
+
+        return await self._writer.submit(job)
+
+    async def counter_add(self, name: str, window: str, delta: int = 1) -> int:
+        """Add to a durable counter (e.g. a provider's daily usage)."""
+        return await self._writer.submit(
+            lambda c: c.execute(
+                QUERIES["counter_add"], {"name": name, "window": window, "delta": delta}
+            ).fetchone()[0]
+        )
+
+    # ------------------------------------------------------------------- reads
+
+    async def counter_get(self, name: str, window: str) -> int:
+        async with self._reader.execute(
+            QUERIES["counter_get"], {"name": name, "window": window}
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def counts_by_status(self) -> dict[RecipientStatus, int]:
+        counts = dict.fromkeys(RecipientStatus, 0)
+        async with self._reader.execute(QUERIES["counts_by_status"]) as cur:
+            async for row in cur:
+                counts[RecipientStatus(row["status"])] = row["n"]
+        return counts
+
+    async def body(self, message_id: int) -> bytes:
+        async with self._reader.execute(QUERIES["body"], {"message_id": message_id}) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise UnknownMessage(str(message_id))
+        return bytes(row["data"])
+
+    async def get(self, queue_id: str) -> MessageDetail:
+        async with self._reader.execute(
+            QUERIES["message_by_queue_id"], {"queue_id": queue_id}
+        ) as cur:
+            msg = await cur.fetchone()
+        if msg is None:
+            raise UnknownMessage(queue_id)
+        params = {"message_id": msg["id"]}
+        async with self._reader.execute(QUERIES["message_recipients"], params) as cur:
+            rcpts = [QueueEntry.from_row(r) async for r in cur]
+        async with self._reader.execute(QUERIES["message_attempts"], params) as cur:
+            attempts = [LogEntry.from_row(r) async for r in cur]
+        return MessageDetail(
+            message_id=msg["id"],
+            queue_id=msg["queue_id"],
+            sender=msg["sender"],
+            subject=msg["subject"],
+            received_at=msg["received_at"],
+            size=msg["size"],
+            client=msg["client"],
+            helo=msg["helo"],
+            recipients=rcpts,
+            attempts=attempts,
+        )
+
+    async def raw(self, queue_id: str) -> bytes:
+        """The stored bytes of a message, by queue ID (for ``.eml`` download)."""
+        detail = await self.get(queue_id)
+        return await self.body(detail.message_id)
+
+    async def list_queue(
+        self,
+        *,
+        statuses: Iterable[RecipientStatus] | None = None,
+        search: str | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[QueueEntry]:
+        """One page of queue entries, newest first; keyset pagination on ``id``.
+
+        Pass the last entry's ``id`` as ``before_id`` for the next page: the
+        cost of a page does not depend on how deep it is.
+        """
+        where, params = ["1=1"], {"limit": limit}
+        wanted = [s.value for s in statuses] if statuses is not None else None
+        if wanted is not None:
+            marks = ", ".join(f":s{i}" for i in range(len(wanted)))
+            where.append(f"r.status IN ({marks})")
+            params.update({f"s{i}": s for i, s in enumerate(wanted)})
+        if before_id is not None:
+            where.append("r.id < :before_id")
+            params["before_id"] = before_id
+        if search:
+            where.append("(r.rcpt LIKE :q ESCAPE '\\' OR m.subject LIKE :q ESCAPE '\\'"
+                         " OR m.sender LIKE :q ESCAPE '\\' OR m.queue_id = :exact)")
+            params["q"] = "%" + _like_escape(search) + "%"
+            params["exact"] = search
+        sql = (
+            "SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at,"
+            " r.last_attempt_at, r.next_attempt_at, r.attempts, r.status, r.last_reply,"
+            " r.provider, m.size FROM recipients AS r JOIN messages AS m ON m.id = r.message_id"
+            f" WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT :limit"
+        )
+        async with self._reader.execute(sql, params) as cur:
+            return [QueueEntry.from_row(r) async for r in cur]
+
+    async def list_log(
+        self,
+        *,
+        statuses: Iterable[AttemptStatus] | None = None,
+        search: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before_id: int | None = None,
+        limit: int = 50,
+    ) -> list[LogEntry]:
+        """One page of the delivery log, newest first; keyset pagination on ``id``."""
+        where, params = ["1=1"], {"limit": limit}
+        if statuses is not None:
+            wanted = [s.value for s in statuses]
+            marks = ", ".join(f":s{i}" for i in range(len(wanted)))
+            where.append(f"status IN ({marks})")
+            params.update({f"s{i}": s for i, s in enumerate(wanted)})
+        if since is not None:
+            where.append("started_at >= :since")
+            params["since"] = since
+        if until is not None:
+            where.append("started_at < :until")
+            params["until"] = until
+        if before_id is not None:
+            where.append("id < :before_id")
+            params["before_id"] = before_id
+        if search:
+            where.append(
+                "(rcpt LIKE :q ESCAPE '\\' OR subject LIKE :q ESCAPE '\\' OR queue_id = :exact)"
+            )
+            params["q"] = "%" + _like_escape(search) + "%"
+            params["exact"] = search
+        sql = f"SELECT * FROM attempts WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit"
+        async with self._reader.execute(sql, params) as cur:
+            return [LogEntry.from_row(r) async for r in cur]
+
+    async def fetchall(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Read-only query for reports (admin statistics); never a write."""
+        async with self._reader.execute(sql, params or {}) as cur:
+            return list(await cur.fetchall())
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _init_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    conn.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,)
+    )
