@@ -49,6 +49,7 @@ __all__ = [
     "loads",
     "parse_duration",
     "parse_size",
+    "resolve_paths",
 ]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -271,9 +272,7 @@ class ProviderSettings(_Model):
     @model_validator(mode="after")
     def _one_password_source(self) -> ProviderSettings:
         given = [
-            k
-            for k in ("password", "password_env", "password_file")
-            if getattr(self, k) is not None
+            k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None
         ]
         if len(given) > 1:
             raise ValueError(f"give only one of {', '.join(given)}")
@@ -441,9 +440,18 @@ def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}:1: (file): cannot read: {exc}"]) from None
     environ = os.environ if env is None else env
-    return loads(
+    cfg = loads(
         text,
         source=source,
         env=environ,
         validate_secrets=lambda cfg: config_secret_issues(cfg, environ),
     )
+    return resolve_paths(cfg, Path(source).resolve().parent)
+
+
+def resolve_paths(cfg: Config, base: Path) -> Config:
+    """Make a relative spool path relative to the config file's directory."""
+    if cfg.spool.path.is_absolute():
+        return cfg
+    spool = cfg.spool.model_copy(update={"path": base / cfg.spool.path})
+    return cfg.model_copy(update={"spool": spool})

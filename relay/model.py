@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "ACTIVE",
     "TERMINAL",
     "AttemptStatus",
     "Claim",
+    "ClaimedRecipient",
     "Delivered",
     "LogEntry",
     "MessageDetail",
@@ -75,6 +76,14 @@ class PermFailure:
 Outcome = Delivered | TempFailure | PermFailure
 
 
+class ClaimedRecipient(NamedTuple):
+    address: str
+    #: attempts before this one
+    attempts: int
+    #: start of the give-up clock
+    since: float
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A message with the recipients the scheduler claimed for one attempt."""
@@ -84,8 +93,8 @@ class Claim:
     sender: str
     received_at: float
     subject: str
-    #: recipient row id -> (address, attempts before this one)
-    recipients: dict[int, tuple[str, int]]
+    #: recipient row id -> the recipient
+    recipients: dict[int, ClaimedRecipient]
     #: recipient row id -> delivery-log row id of this attempt
     attempt_ids: dict[int, int] = field(default_factory=dict)
 

@@ -65,9 +65,7 @@ def config_secret_issues(cfg: Config, env: Mapping[str, str]) -> Iterator[tuple[
     """Every secret the config names must resolve; report the ones that do not."""
     for i, p in enumerate(cfg.providers):
         try:
-            resolve_secret(
-                p.password, p.password_env, p.password_file, credential=p.id, env=env
-            )
+            resolve_secret(p.password, p.password_env, p.password_file, credential=p.id, env=env)
         except LookupError as exc:
             key = "password_env" if p.password_env else "password_file"
             yield ("providers", i, key), str(exc)

@@ -36,6 +36,7 @@ from relay.errors import SpoolError, UnknownMessage
 from relay.model import (
     AttemptStatus,
     Claim,
+    ClaimedRecipient,
     LogEntry,
     MessageDetail,
     QueueEntry,
@@ -276,7 +277,10 @@ class Spool:
                     sender=env["sender"],
                     received_at=env["received_at"],
                     subject=env["subject"],
-                    recipients={r["id"]: (r["rcpt"], r["attempts"]) for r in rcpts},
+                    recipients={
+                        r["id"]: ClaimedRecipient(r["rcpt"], r["attempts"], r["since"])
+                        for r in rcpts
+                    },
                 )
                 for r in rcpts:
                     cur = c.execute(
@@ -515,8 +519,10 @@ class Spool:
             where.append("r.id < :before_id")
             params["before_id"] = before_id
         if search:
-            where.append("(r.rcpt LIKE :q ESCAPE '\\' OR m.subject LIKE :q ESCAPE '\\'"
-                         " OR m.sender LIKE :q ESCAPE '\\' OR m.queue_id = :exact)")
+            where.append(
+                "(r.rcpt LIKE :q ESCAPE '\\' OR m.subject LIKE :q ESCAPE '\\'"
+                " OR m.sender LIKE :q ESCAPE '\\' OR m.queue_id = :exact)"
+            )
             params["q"] = "%" + _like_escape(search) + "%"
             params["exact"] = search
         sql = (

@@ -27,7 +27,7 @@ LIMIT :limit;
 UPDATE recipients
 SET status = 'sending', lease_until = :lease_until, last_attempt_at = :now, updated_at = :now
 WHERE message_id = :message_id AND status IN ('queued', 'deferred') AND next_attempt_at <= :now
-RETURNING id, rcpt, attempts;
+RETURNING id, rcpt, attempts, since;
 
 -- name: message_envelope
 -- Envelope fields the scheduler needs for a claimed message.

@@ -1,0 +1,223 @@
+"""The ``sluice`` command: thin subcommands over the daemon and the spool.
+
+Exit codes follow sysexits(3): 0 ok, 64 usage, 69 unavailable, 75 temporary
+failure, 78 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from relay import __version__
+from relay.config import Config, load
+from relay.errors import ConfigError, SpoolError, UnknownMessage
+from relay.model import RecipientStatus
+from relay.spool import Spool
+
+__all__ = ["main"]
+
+EX_OK = 0
+EX_USAGE = 64
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+DEFAULT_CONFIG = "/etc/sluice/config.yaml"
+
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("SLUICE_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load(_config_path(args))
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosmtpd logs every command at INFO ("mail.log"); keep only problems.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+# ----------------------------------------------------------------- commands
+
+
+async def cmd_serve(args: argparse.Namespace) -> int:
+    from relay.daemon import Daemon
+
+    cfg = _load(args)
+    _setup_logging(cfg.log.level)
+    daemon = Daemon(cfg, config_path=_config_path(args))
+    await daemon.serve()
+    return EX_OK
+
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    enabled = [p.id for p in cfg.providers if p.enabled]
+    print(
+        f"{_config_path(args)}: OK ({len(cfg.providers)} providers, enabled: {', '.join(enabled)})"
+    )
+    return EX_OK
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+async def cmd_queue_list(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    statuses = [RecipientStatus(s) for s in args.status] if args.status else None
+    async with await Spool.open(cfg.spool.path) as spool:
+        entries = await spool.list_queue(statuses=statuses, search=args.search, limit=args.limit)
+    if args.json:
+        print(json.dumps([asdict(e) for e in entries], default=str, indent=1))
+        return EX_OK
+    if not entries:
+        print("queue is empty" if statuses is None else "no matching recipients")
+        return EX_OK
+    print(f"{'QUEUE ID':<17} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<19} RECIPIENT / REASON")
+    for e in entries:
+        print(
+            f"{e.queue_id:<17} {e.status.value:<9} {e.attempts:>5} "
+            f"{_when(e.next_attempt_at):<19} {e.email}"
+        )
+        if e.reason:
+            print(f"{'':<17} {e.reason[:200]}")
+    return EX_OK
+
+
+async def cmd_queue_show(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    async with await Spool.open(cfg.spool.path) as spool:
+        detail = await spool.get(args.queue_id)
+        raw = await spool.body(detail.message_id) if args.raw else b""
+    if args.raw:
+        sys.stdout.buffer.write(raw)
+        return EX_OK
+    print(
+        f"Queue ID:  {detail.queue_id}\nFrom:      <{detail.sender}>\n"
+        f"Subject:   {detail.subject}\nReceived:  {_when(detail.received_at)} from "
+        f"{detail.client} ({detail.helo})\nSize:      {detail.size} bytes\n"
+    )
+    for r in detail.recipients:
+        print(
+            f"  <{r.email}> {r.status.value}, {r.attempts} attempts, "
+            f"next {_when(r.next_attempt_at)}: {r.reason}"
+        )
+    if detail.attempts:
+        print("\nAttempts:")
+        for a in detail.attempts:
+            print(
+                f"  {_when(a.started_at)} <{a.email}> via {a.provider or '-'}: "
+                f"{a.status.value} {a.reason}"
+            )
+    return EX_OK
+
+
+async def cmd_queue_retry(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    async with await Spool.open(cfg.spool.path) as spool:
+        for qid in args.queue_id:
+            n = await spool.retry_now(qid)
+            print(f"{qid}: {n} recipients due now")
+    return EX_OK
+
+
+async def cmd_queue_delete(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    async with await Spool.open(cfg.spool.path) as spool:
+        for qid in args.queue_id:
+            await spool.delete(qid)
+            print(f"{qid}: deleted")
+    return EX_OK
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from relay.demo import run_demo
+
+    _setup_logging("info")
+    return await run_demo(Path(args.dir))
+
+
+# ------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="Local SMTP relay daemon.")
+    parser.add_argument("--version", action="version", version=f"sluice {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", help=f"config file (default: $SLUICE_CONFIG or {DEFAULT_CONFIG})"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("serve", cmd_serve, "run the daemon")
+    add("check", cmd_check, "validate the config file and exit")
+
+    queue = sub.add_parser("queue", help="list and act on queued mail")
+    qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    p = add("list", cmd_queue_list, "list queued recipients, newest first", qsub)
+    p.add_argument("--status", action="append", choices=[s.value for s in RecipientStatus])
+    p.add_argument("--search", help="substring of recipient, sender or subject; or a queue ID")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p = add("show", cmd_queue_show, "show one message, its recipients and attempts", qsub)
+    p.add_argument("queue_id")
+    p.add_argument("--raw", action="store_true", help="print the stored message bytes")
+    p = add("retry", cmd_queue_retry, "make a message due now (also failed ones)", qsub)
+    p.add_argument("queue_id", nargs="+")
+    p = add("delete", cmd_queue_delete, "delete a message from the queue", qsub)
+    p.add_argument("queue_id", nargs="+")
+
+    p = sub.add_parser("demo", help="run Sluice against a local catch-all sink (quick start)")
+    p.add_argument("--dir", default="var", help="where the demo config and spool go")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(args.func(args))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"sluice: {issue}", file=sys.stderr)
+        return EX_CONFIG
+    except UnknownMessage as exc:
+        print(f"sluice: no message with queue ID {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except SpoolError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    except OSError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Outbound SMTP: one transaction to one upstream, and what it meant per recipient.
+
+``Session`` wraps one aiosmtplib connection (connect, STARTTLS, AUTH, then any
+number of transactions); ``classify`` is the single place where an exception
+or a reply becomes an ``Outcome``. The rule (stamina's: never retry blindly):
+
+* 2xx after DATA: delivered;
+* 5xx to MAIL, RCPT or DATA: a permanent failure of that recipient;
+* 4xx: temporary; 421 and every connection, TLS, timeout or AUTH problem are
+  also the *provider's* fault, so another provider may take the mail at once;
+* anything unexpected: temporary, and logged loudly as a bug.
+
+The message is always passed to aiosmtplib as ``bytes``. aiosmtplib writes
+every line ending as CRLF and dot-stuffs (RFC 5321 § 4.5.2), so a message
+whose lines all end in CRLF leaves byte for byte as it was stored; the SMTP
+listener rejects bare line endings by default for that reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPAuthenticationError,
+    SMTPException,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+
+from relay.model import Delivered, Outcome, PermFailure, TempFailure
+
+__all__ = ["ProviderError", "Session", "Upstream", "classify", "retry_hint"]
+
+log = logging.getLogger("sluice.delivery")
+
+TokenSource = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Everything needed to open a connection to one provider (secrets resolved)."""
+
+    id: str
+    host: str
+    port: int
+    encryption: Literal["none", "starttls", "tls"]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: for XOAUTH2: returns a fresh access token
+    oauth_token: TokenSource | None = field(default=None, repr=False)
+    tls_context: ssl.SSLContext | None = field(default=None, repr=False)
+    allow_insecure_auth: bool = False
+    connect_timeout: float = 30.0
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+
+
+class ProviderError(Exception):
+    """The provider could not take any mail (connect, TLS, EHLO, AUTH)."""
+
+    def __init__(self, text: str, code: int | None = None, *, retry_after: float | None = None):
+        super().__init__(text)
+        self.text = text
+        self.code = code
+        self.retry_after = retry_after
+
+
+_HINT = re.compile(
+    r"(?:try\s+(?:again\s+)?(?:later\s+)?in|retry\s+in|after)\s+(\d+)\s*"
+    r"(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b",
+    re.IGNORECASE,
+)
+
+
+def retry_hint(text: str) -> float | None:
+    """Seconds a provider asked us to wait ("try again in 5 minutes"), if any."""
+    match = _HINT.search(text)
+    if not match:
+        return None
+    n, unit = int(match.group(1)), match.group(2).lower()
+    return float(n * (3600 if unit.startswith("h") else 60 if unit.startswith("m") else 1))
+
+
+def _reply(code: int | None, message: str) -> str:
+    text = " ".join(message.split())
+    return f"{code} {text}" if code is not None and code > 0 else text
+
+
+def classify(
+    recipient: str, exc: BaseException | None = None, *, code: int | None = None, text: str = ""
+) -> Outcome:
+    """Turn a reply code, or an exception, into one recipient's outcome."""
+    if exc is not None:
+        if isinstance(exc, SMTPResponseException):
+            code, text = exc.code, exc.message
+            if isinstance(exc, SMTPAuthenticationError):
+                return TempFailure(
+                    recipient,
+                    code,
+                    f"authentication failed: {_reply(code, text)}",
+                    provider_fault=True,
+                )
+        elif isinstance(exc, ProviderError):
+            return TempFailure(
+                recipient, exc.code, exc.text, retry_after=exc.retry_after, provider_fault=True
+            )
+        elif isinstance(exc, SMTPTimeoutError | TimeoutError):
+            return TempFailure(
+                recipient,
+                None,
+                f"4.4.1 timeout talking to the provider: {exc}",
+                provider_fault=True,
+            )
+        elif isinstance(exc, ssl.SSLError):
+            return TempFailure(recipient, None, f"4.7.5 TLS failure: {exc}", provider_fault=True)
+        elif isinstance(exc, SMTPServerDisconnected | ConnectionError | OSError):
+            return TempFailure(
+                recipient, None, f"4.4.2 connection lost: {exc}", provider_fault=True
+            )
+        else:
+            log.error("unexpected delivery error for %s; deferring", recipient, exc_info=exc)
+            return TempFailure(
+                recipient, None, f"4.3.0 internal error: {type(exc).__name__}: {exc}"
+            )
+    reply = _reply(code, text)
+    if code is not None and 200 <= code < 300:
+        return Delivered(recipient, code, reply)
+    # aiosmtplib reports a reply it could not read as 500 "Response too long"
+    # or code -1: our side's problem, never the upstream's 5xx.
+    local = code == 500 and text.startswith("Response too long")
+    if code is not None and 500 <= code < 600 and not local:
+        return PermFailure(recipient, code, reply)
+    # 4xx, and local protocol errors (code -1, "Response too long")
+    return TempFailure(
+        recipient, code, reply, retry_after=retry_hint(text), provider_fault=code == 421
+    )
+
+
+class Session:
+    """One open connection to an upstream, reusable for several transactions."""
+
+    def __init__(self, upstream: Upstream, *, local_hostname: str) -> None:
+        self.upstream = upstream
+        self._smtp = aiosmtplib.SMTP(
+            hostname=upstream.host,
+            port=upstream.port,
+            local_hostname=local_hostname,
+            use_tls=upstream.encryption == "tls",
+            start_tls=False,
+            tls_context=upstream.tls_context,
+            timeout=upstream.command_timeout,
+        )
+        self.transactions = 0
+
+    @property
+    def usable(self) -> bool:
+        return self._smtp.is_connected
+
+    async def open(self) -> None:
+        """Connect, STARTTLS if configured, and authenticate. Raises ``ProviderError``."""
+        up, smtp = self.upstream, self._smtp
+        try:
+            await smtp.connect(timeout=up.connect_timeout)
+            if up.encryption == "starttls":
+                if not smtp.supports_extension("starttls"):
+                    raise ProviderError(
+                        "4.7.4 the provider does not offer STARTTLS and encryption is "
+                        "'starttls'; refusing to send in clear"
+                    )
+                await smtp.starttls(tls_context=up.tls_context)
+            if up.username is not None:
+                encrypted = up.encryption != "none"
+                if not encrypted and not up.allow_insecure_auth:
+                    raise ProviderError(
+                        "4.7.0 refusing to send credentials without TLS "
+                        "(set allow_insecure_auth to allow it)"
+                    )
+                if up.oauth_token is not None:
+                    token = await up.oauth_token()
+                    await smtp.auth_xoauth2(up.username, token)
+                else:
+                    await smtp.login(up.username, up.password or "")
+        except ProviderError:
+            self.close()
+            raise
+        except SMTPAuthenticationError as exc:
+            self.close()
+            raise ProviderError(
+                f"authentication failed: {_reply(exc.code, exc.message)}", exc.code
+            ) from exc
+        except SMTPResponseException as exc:
+            self.close()
+            raise ProviderError(
+                _reply(exc.code, exc.message), exc.code, retry_after=retry_hint(exc.message)
+            ) from exc
+        except (SMTPException, OSError, TimeoutError) as exc:
+            self.close()
+            outcome = classify("", exc)
+            raise ProviderError(outcome.text) from exc
+
+    async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+        """One mail transaction; returns an outcome for every recipient, in order.
+
+        Never raises for SMTP-level trouble: a broken connection becomes a
+        temporary failure of every recipient not yet decided.
+        """
+        smtp, up = self._smtp, self.upstream
+        decided: dict[str, Outcome] = {}
+        try:
+            if self.transactions:
+                await smtp.rset()
+            self.transactions += 1
+            utf8 = not all(a.isascii() for a in (sender, *recipients))
+            if utf8 and not smtp.supports_extension("smtputf8"):
+                return [
+                    PermFailure(
+                        r,
+                        553,
+                        "553 5.6.7 the provider does not support SMTPUTF8 "
+                        "and an address is not ASCII",
+                    )
+                    for r in recipients
+                ]
+            options = []
+            if smtp.supports_extension("size"):
+                options.append(f"SIZE={len(data)}")
+            if utf8:
+                options.append("SMTPUTF8")
+            if not data.isascii() and smtp.supports_extension("8bitmime"):
+                options.append("BODY=8BITMIME")
+            enc = "utf-8" if utf8 else "ascii"
+            try:
+                await smtp.mail(sender, options=options, encoding=enc)
+            except SMTPResponseException as exc:
+                return [classify(r, exc) for r in recipients]
+            accepted = []
+            for rcpt in recipients:
+                try:
+                    await smtp.rcpt(rcpt, encoding=enc)
+                    accepted.append(rcpt)
+                except SMTPResponseException as exc:
+                    decided[rcpt] = classify(rcpt, exc)
+                    if exc.code == 421:
+                        raise
+            if accepted:
+                try:
+                    reply = await smtp.data(data, timeout=up.data_timeout)
+                    for r in accepted:
+                        decided[r] = classify(r, code=reply.code, text=reply.message)
+                except SMTPResponseException as exc:
+                    for r in accepted:
+                        decided[r] = classify(r, exc)
+            else:
+                await smtp.rset()
+        except (SMTPException, OSError, TimeoutError) as exc:
+            self.close()
+            for r in recipients:
+                decided.setdefault(r, classify(r, exc))
+        return [decided[r] for r in recipients]
+
+    async def quit(self) -> None:
+        if self._smtp.is_connected:
+            try:
+                await self._smtp.quit(timeout=5)
+            except (SMTPException, OSError, TimeoutError):
+                self.close()
+
+    def close(self) -> None:
+        self._smtp.close()

@@ -1,0 +1,81 @@
+"""Pure helpers for what Sluice adds to, or reads from, a message's bytes.
+
+Sluice never re-serialises a message: it prepends one ``Received:`` header
+(RFC 5321 § 4.4) and otherwise stores and sends the bytes it was given.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.utils
+import re
+
+__all__ = [
+    "bare_line_ending",
+    "extract_subject",
+    "received_header",
+]
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SUBJECT = re.compile(rb"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+_SUBJECT_MAX = 200
+
+
+def _token(text: str, limit: int = 255) -> str:
+    """A header-safe rendering of a client-supplied word (HELO name, address)."""
+    return _UNSAFE.sub("?", text)[:limit] or "unknown"
+
+
+def received_header(
+    *,
+    helo: str | None,
+    client_ip: str,
+    hostname: str,
+    queue_id: str,
+    protocol: str,
+    recipients: list[str],
+    now: float,
+) -> bytes:
+    """The trace header for one accepted message, folded, ending in CRLF.
+
+    ``for <addr>`` is given only for a single recipient, as Postfix does, so a
+    Bcc list is not disclosed to every recipient.
+    """
+    parts = [f"Received: from {_token(helo or 'unknown')} ([{_token(client_ip)}])"]
+    parts.append(f"\tby {_token(hostname)} (Sluice) with {protocol} id {queue_id}")
+    stamp = email.utils.formatdate(now, localtime=False, usegmt=False)
+    if len(recipients) == 1:
+        parts.append(f"\tfor <{_token(recipients[0], 320)}>; {stamp}")
+    else:
+        parts[-1] += ";"
+        parts.append(f"\t{stamp}")
+    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def extract_subject(data: bytes) -> str:
+    """The decoded Subject of a message, for the queue and log listings.
+
+    Only the header block is read; a malformed encoded-word is shown as sent.
+    """
+    match = _HEADER_END.search(data)
+    head = data[: match.start()] if match else data[:65536]
+    found = _SUBJECT.search(head)
+    if not found:
+        return ""
+    raw = re.sub(rb"\r?\n[ \t]", b" ", found.group(1)).decode("utf-8", "replace").strip()
+    try:
+        decoded = str(email.header.make_header(email.header.decode_header(raw)))
+    except (ValueError, LookupError, email.errors.HeaderParseError):
+        decoded = raw
+    return decoded[:_SUBJECT_MAX]
+
+
+def bare_line_ending(data: bytes) -> int | None:
+    """Offset of the first bare LF or bare CR, or ``None`` when every line ends in CRLF.
+
+    A bare line ending is what SMTP smuggling (CVE-2023-51764) relies on.
+    """
+    match = _BARE.search(data)
+    return match.start() if match else None

@@ -1,0 +1,69 @@
+"""Pure retry decisions: what happens to a recipient after one attempt.
+
+The delay after the *n*-th failed attempt is::
+
+    delay = min(max_delay, first_delay * 2 ** (n - 1)) * (1 + jitter * u),  u ∈ [-1, 1)
+
+the exponential backoff of stamina and RFC 5321 § 4.5.4.1, with relative jitter
+so that a burst of failures does not come back as a burst. A provider's own hint
+("try again in 5 minutes") is honoured when it asks for longer. A recipient
+still failing temporarily ``give_up_after`` its first attempt expires; the
+last retry is pulled in to fall exactly on that deadline, so the expiry is
+decided by an attempt rather than by a timer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from relay.config import RetrySettings
+from relay.model import Delivered, Outcome, PermFailure, RecipientStatus, TempFailure
+
+__all__ = ["Decision", "backoff", "decide"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: RecipientStatus
+    next_attempt_at: float | None
+
+
+def backoff(attempts: int, policy: RetrySettings, rng: random.Random) -> float:
+    """Seconds to wait after ``attempts`` failed attempts (``attempts >= 1``)."""
+    base = min(policy.max_delay, policy.first_delay * 2 ** max(0, min(attempts - 1, 62)))
+    return max(0.0, base * (1 + policy.jitter * rng.uniform(-1.0, 1.0)))
+
+
+def decide(
+    outcome: Outcome,
+    *,
+    attempts: int,
+    since: float,
+    now: float,
+    policy: RetrySettings,
+    rng: random.Random,
+) -> Decision:
+    """The next state of a recipient after an attempt.
+
+    Args:
+        outcome: what the attempt gave for this recipient.
+        attempts: attempts so far, this one included.
+        since: when the give-up clock started (first acceptance, or a manual retry).
+        now: the current time.
+        policy: the ``retry`` section of the config.
+        rng: the source of jitter (seeded in tests).
+    """
+    match outcome:
+        case Delivered():
+            return Decision(RecipientStatus.SENT, None)
+        case PermFailure():
+            return Decision(RecipientStatus.FAILED, None)
+        case TempFailure(retry_after=hint):
+            deadline = since + policy.give_up_after
+            if now >= deadline:
+                return Decision(RecipientStatus.EXPIRED, None)
+            delay = backoff(attempts, policy, rng)
+            if hint is not None:
+                delay = max(delay, min(hint, policy.max_delay * 4))
+            return Decision(RecipientStatus.DEFERRED, min(now + delay, deadline))

@@ -1,0 +1,266 @@
+"""The SMTP listener: accept mail from local applications into the spool.
+
+The handler's only dependency is the spool. ``250`` is returned only after
+``Spool.enqueue`` has committed (WAL, ``synchronous=FULL``); any failure
+before that is answered ``451 4.3.0`` so that the client keeps the message
+(RFC 5321 § 4.1.1.4: a message answered 4xx is never delivered by us).
+
+Servers are created with ``loop.create_server`` on the daemon's own loop,
+never aiosmtpd's threaded ``Controller`` (two loops would share the spool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay.config import Endpoint, SmtpSettings
+from relay.errors import SpoolError
+from relay.received import bare_line_ending, extract_subject, received_header
+from relay.spool import NewMessage, Spool, new_queue_id
+
+__all__ = ["Listener", "RelayHandler", "RelaySMTP", "start_listeners"]
+
+log = logging.getLogger("sluice.smtp")
+
+# Reply texts, named so that tests and docs can refer to them.
+R_MAIL_OK = "250 2.1.0 Sender OK"
+R_RCPT_OK = "250 2.1.5 Recipient OK"
+R_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (limit {limit}); send the rest in a new message"
+R_BAD_RCPT = "550 5.1.3 Recipient address must be a full address (user@domain)"
+R_BARE_LF = (
+    "550 5.6.0 Message contains a bare LF or CR line ending at byte {offset}; "
+    "lines must end in CRLF (RFC 5321 § 2.3.8)"
+)
+R_SPOOL_ERROR = "451 4.3.0 Could not store the message (local spool error); try again later"
+R_INTERNAL = "451 4.3.0 Internal error; try again later"
+R_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
+R_DENIED = "554 5.7.1 Access denied: {peer} is not in smtp.allowed_networks"
+R_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
+
+Clock = Callable[[], float]
+
+
+class RelayHandler:
+    """aiosmtpd hooks for one listener; reads the current settings at each use."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        settings: Callable[[], SmtpSettings],
+        *,
+        hostname: str,
+        clock: Clock = time.time,
+    ) -> None:
+        self._spool = spool
+        self._settings = settings
+        self._hostname = hostname
+        self._clock = clock
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return R_MAIL_OK
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        limit = self._settings().max_recipients
+        if len(envelope.rcpt_tos) >= limit:
+            # RFC 5321 § 4.5.3.1.10: refuse the extra ones, keep those accepted.
+            return R_TOO_MANY_RCPTS.format(limit=limit)
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain:
+            return R_BAD_RCPT
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return R_RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        settings = self._settings()
+        if settings.bare_line_endings == "reject":
+            offset = bare_line_ending(data)
+            if offset is not None:
+                log.warning("rejected message from %s: bare line ending", _peer_ip(session))
+                return R_BARE_LF.format(offset=offset)
+        now = self._clock()
+        queue_id = new_queue_id(now)
+        protocol = "ESMTP" if session.extended_smtp else "SMTP"
+        if "SMTPUTF8" in (o.upper() for o in envelope.mail_options):
+            protocol = "UTF8SMTP"
+        header = received_header(
+            helo=session.host_name,
+            client_ip=_peer_ip(session),
+            hostname=self._hostname,
+            queue_id=queue_id,
+            protocol=protocol,
+            recipients=list(envelope.rcpt_tos),
+            now=now,
+        )
+        message = NewMessage(
+            queue_id=queue_id,
+            sender=envelope.mail_from or "",
+            recipients=list(envelope.rcpt_tos),
+            data=header + data,
+            subject=extract_subject(data),
+            received_at=now,
+            client=_peer_ip(session),
+            helo=session.host_name or "",
+        )
+        try:
+            await self._spool.enqueue(message)
+        except SpoolError as exc:
+            log.error("could not spool message from %s: %s", message.client, exc)
+            return R_SPOOL_ERROR
+        log.info(
+            "%s: accepted from=<%s> nrcpt=%d size=%d client=%s",
+            queue_id,
+            message.sender,
+            len(message.recipients),
+            len(message.data),
+            message.client,
+        )
+        return R_QUEUED.format(queue_id=queue_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default turns any exception into a permanent 500 that
+        # leaks internals; a local problem is temporary by nature.
+        log.error("error in SMTP session", exc_info=error)
+        return R_INTERNAL
+
+
+def _peer_ip(session: Session) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with a peer check before the greeting."""
+
+    def __init__(
+        self,
+        handler: RelayHandler,
+        *,
+        allowed: Callable[[str], bool],
+        sessions: set[RelaySMTP],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._allowed = allowed
+        self._sessions = sessions
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None
+        ip = _peer_ip(self.session)
+        if not self._allowed(ip):
+            log.warning("refused connection from %s: not in smtp.allowed_networks", ip)
+            await self.push(R_DENIED.format(peer=ip))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._sessions.add(self)
+        try:
+            await super()._handle_client()
+        finally:
+            self._sessions.discard(self)
+
+    async def say_goodbye(self) -> None:
+        """Tell the client we are stopping (RFC 5321 § 3.8) and close."""
+        try:
+            await self.push(R_SHUTDOWN)
+        except (ConnectionError, RuntimeError):
+            pass
+        if self.transport is not None:
+            self.transport.close()
+
+
+def peer_filter(settings: Callable[[], SmtpSettings]) -> Callable[[str], bool]:
+    def allowed(ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in settings().allowed_networks)
+
+    return allowed
+
+
+@dataclass
+class Listener:
+    """The SMTP servers of one daemon and the sessions they hold open."""
+
+    servers: list[asyncio.Server]
+    sessions: set[RelaySMTP] = field(default_factory=set)
+
+    @property
+    def addresses(self) -> list[Endpoint]:
+        out = []
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append(Endpoint(host, port))
+        return out
+
+    def stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    async def aclose(self, grace: float) -> None:
+        """Stop accepting, let sessions finish for ``grace`` seconds, then 421 the rest."""
+        self.stop_accepting()
+        tasks = [t for s in self.sessions if (t := s._handler_coroutine) is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for session in list(self.sessions):
+            await session.say_goodbye()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+async def start_listeners(
+    settings: Callable[[], SmtpSettings], handler: RelayHandler, *, hostname: str
+) -> Listener:
+    """Bind every ``smtp.listen`` address; a failure to bind closes what was opened."""
+    loop = asyncio.get_running_loop()
+    current = settings()
+    sessions: set[RelaySMTP] = set()
+    allowed = peer_filter(settings)
+
+    def factory() -> RelaySMTP:
+        s = settings()
+        return RelaySMTP(
+            handler,
+            allowed=allowed,
+            sessions=sessions,
+            hostname=hostname,
+            ident="Sluice",
+            data_size_limit=s.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=s.idle_timeout,
+            loop=loop,
+        )
+
+    servers: list[asyncio.Server] = []
+    try:
+        for ep in current.listen:
+            servers.append(await loop.create_server(factory, host=ep.host, port=ep.port))
+    except OSError:
+        for server in servers:
+            server.close()
+        raise
+    return Listener(servers, sessions)
