@@ -22,6 +22,7 @@ from pathlib import Path
 
 from relay.config import Config, load
 from relay.errors import ConfigError, SpoolLocked
+from relay.metrics import Metrics
 from relay.providers import ProviderSet
 from relay.scheduler import Scheduler, Snapshot
 from relay.smtp_server import Listener, RelayHandler, start_listeners
@@ -80,6 +81,8 @@ class Daemon:
         self.listener: Listener | None = None
         self.scheduler: Scheduler | None = None
         self.ready = asyncio.Event()
+        self.metrics = Metrics()
+        self.started_at = clock()
 
     # ------------------------------------------------------------ state access
 
@@ -143,7 +146,11 @@ class Daemon:
             stack.push_async_callback(lambda: self.snapshot().providers.aclose())
 
             handler = RelayHandler(
-                spool, lambda: self.config.smtp, hostname=self.hostname, clock=self._clock
+                spool,
+                lambda: self.config.smtp,
+                hostname=self.hostname,
+                clock=self._clock,
+                metrics=self.metrics,
             )
             self.listener = await start_listeners(
                 lambda: self.config.smtp, handler, hostname=self.hostname
@@ -152,7 +159,9 @@ class Daemon:
             for ep in self.listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
 
-            self.scheduler = Scheduler(spool, self.snapshot, clock=self._clock)
+            self.scheduler = Scheduler(
+                spool, self.snapshot, clock=self._clock, metrics=self.metrics
+            )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.scheduler.run(self._stop), name="scheduler")
                 tg.create_task(self._prune_loop(), name="pruner")

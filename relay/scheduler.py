@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from relay.config import Config
 from relay.errors import SpoolError, UnknownMessage
+from relay.metrics import Metrics
 from relay.model import (
     AttemptStatus,
     Claim,
@@ -66,7 +67,9 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._spool = spool
         self._snapshot = snapshot
         self._clock = clock
@@ -152,7 +155,9 @@ class Scheduler:
         results: dict[int, tuple[Outcome, str | None]] = {}
         for provider in snap.providers.candidates(claim, data):
             rids = list(pending)
+            started = time.monotonic()
             outcomes = await provider.deliver(claim.sender, [pending[r] for r in rids], data)
+            self._metrics.delivery_seconds.labels(provider.id).observe(time.monotonic() - started)
             for rid, outcome in zip(rids, outcomes, strict=True):
                 results[rid] = (outcome, provider.id)
                 if not (isinstance(outcome, TempFailure) and outcome.provider_fault):
@@ -187,6 +192,7 @@ class Scheduler:
                 )
             )
             _log_outcome(claim, rcpt.address, outcome, decision.status, provider_id)
+            self._metrics.deliveries.labels(provider_id or "-", decision.status.value).inc()
         await self._spool.finish(finishes)
 
 

@@ -23,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
+from relay.metrics import Metrics
 from relay.received import bare_line_ending, extract_subject, received_header
 from relay.spool import NewMessage, Spool, new_queue_id
 
@@ -58,7 +59,9 @@ class RelayHandler:
         *,
         hostname: str,
         clock: Clock = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._spool = spool
         self._settings = settings
         self._hostname = hostname
@@ -92,6 +95,7 @@ class RelayHandler:
             offset = bare_line_ending(data)
             if offset is not None:
                 log.warning("rejected message from %s: bare line ending", _peer_ip(session))
+                self._metrics.rejected.labels("bare_line_ending").inc()
                 return R_BARE_LF.format(offset=offset)
         now = self._clock()
         queue_id = new_queue_id(now)
@@ -121,7 +125,10 @@ class RelayHandler:
             await self._spool.enqueue(message)
         except SpoolError as exc:
             log.error("could not spool message from %s: %s", message.client, exc)
+            self._metrics.rejected.labels("spool_error").inc()
             return R_SPOOL_ERROR
+        self._metrics.received.inc()
+        self._metrics.received_bytes.inc(len(message.data))
         log.info(
             "%s: accepted from=<%s> nrcpt=%d size=%d client=%s",
             queue_id,

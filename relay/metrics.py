@@ -1,0 +1,55 @@
+"""Prometheus metrics, kept in a registry owned by the daemon (no global state).
+
+The SMTP listener and the scheduler record events here; the admin app
+serves ``/metrics`` from the same registry, adding the queue gauges it reads
+from the spool at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.received = Counter(
+            "sluice_messages_received", "Messages accepted over SMTP (answered 250).", registry=r
+        )
+        self.received_bytes = Counter(
+            "sluice_received_bytes", "Bytes of accepted messages.", registry=r
+        )
+        self.rejected = Counter(
+            "sluice_messages_rejected",
+            "Messages or sessions refused at SMTP time, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "sluice_deliveries",
+            "Recipient delivery attempts by provider and resulting state.",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "sluice_delivery_seconds",
+            "Time to hand one message to a provider.",
+            ["provider"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.queue = Gauge(
+            "sluice_queue_recipients",
+            "Recipients in the spool by state (read at scrape time).",
+            ["status"],
+            registry=r,
+        )
+        self.provider_up = Gauge(
+            "sluice_provider_up",
+            "1 when the provider's last attempt succeeded, 0 when it failed.",
+            ["provider"],
+            registry=r,
+        )

@@ -1,0 +1,157 @@
+"""Shared fixtures: real upstreams, a real in-process Sluice, an SMTP client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from relay.config import Config, load
+from relay.daemon import Daemon
+from relay.spool import Spool
+from tests.upstream import TestUpstream
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[TestUpstream]:
+    up = await TestUpstream().start()
+    yield up
+    await up.stop()
+
+
+@pytest.fixture
+async def upstream2() -> AsyncIterator[TestUpstream]:
+    up = await TestUpstream().start()
+    yield up
+    await up.stop()
+
+
+def provider_for(up: TestUpstream, pid: str = "up1", **extra: Any) -> dict[str, Any]:
+    """A provider entry pointing at a test upstream (plain SMTP unless overridden)."""
+    return {"id": pid, "host": up.host, "port": up.port, "encryption": "none", **extra}
+
+
+def fast_config(tmp_path: Path, providers: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
+    """A config dict for tests: port 0, spool in tmp_path, short timers."""
+    cfg: dict[str, Any] = {
+        "smtp": {"listen": ["127.0.0.1:0"], "hostname": "sluice.test"},
+        "spool": {"path": str(tmp_path / "spool.sqlite3")},
+        "retry": {"first_delay": "1s", "max_delay": "2s", "jitter": 0},
+        "delivery": {
+            "poll_interval": "0.2s",
+            "connect_timeout": "3s",
+            "command_timeout": "3s",
+            "data_timeout": "3s",
+            "shutdown_grace": "2s",
+        },
+        "admin": {"enabled": False},
+        "providers": providers,
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict) and isinstance(cfg.get(section), dict):
+            cfg[section] = {**cfg[section], **values}
+        else:
+            cfg[section] = values
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    config_path: Path
+
+    @property
+    def port(self) -> int:
+        assert self.daemon.listener is not None
+        return self.daemon.listener.addresses[0].port
+
+    @property
+    def spool(self) -> Spool:
+        assert self.daemon.spool is not None
+        return self.daemon.spool
+
+    async def wait_idle(self, within: float = 15.0) -> None:
+        """Wait until nothing is due and nothing is in flight."""
+        assert self.daemon.scheduler is not None
+        async with asyncio.timeout(within):
+            while True:
+                await self.daemon.scheduler.idle.wait()
+                counts = await self.spool.counts_by_status()
+                if not counts["queued"] and not counts["sending"]:
+                    return
+                await asyncio.sleep(0.05)
+
+
+SluiceFactory = Callable[..., AbstractAsyncContextManager[Running]]
+
+
+@pytest.fixture
+def sluice(tmp_path: Path) -> SluiceFactory:
+    """``async with sluice(providers=[...], **sections) as s:`` runs Sluice in-process."""
+
+    @asynccontextmanager
+    async def start(providers: list[dict[str, Any]], **sections: Any) -> AsyncIterator[Running]:
+        path = write_config(tmp_path / "sluice.yaml", fast_config(tmp_path, providers, **sections))
+        cfg: Config = load(path)
+        daemon = Daemon(cfg, config_path=path)
+        async with daemon.running():
+            yield Running(daemon, path)
+
+    return start
+
+
+async def smtp_send(
+    port: int,
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+    *,
+    host: str = "127.0.0.1",
+) -> tuple[dict[str, Any], str]:
+    """Send one message with aiosmtplib; returns (refused recipients, DATA reply)."""
+    import aiosmtplib
+
+    async with aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=10) as client:
+        refused, reply = await client.sendmail(sender, recipients, data)
+    return dict(refused), reply
+
+
+async def raw_session(port: int, lines: list[bytes], *, host: str = "127.0.0.1") -> list[str]:
+    """Speak raw SMTP: send each chunk after reading one reply; return every reply.
+
+    A chunk may hold several lines (e.g. a whole DATA payload); replies are
+    read until a line whose fourth character is a space.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    replies = []
+
+    async def read_reply() -> str:
+        text = []
+        while True:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            if not line:
+                return "".join(text) or "<closed>"
+            text.append(line.decode())
+            if len(line) < 4 or line[3:4] == b" ":
+                return "".join(text).strip()
+
+    try:
+        replies.append(await read_reply())
+        for chunk in lines:
+            writer.write(chunk)
+            await writer.drain()
+            replies.append(await read_reply())
+    finally:
+        writer.close()
+    return replies

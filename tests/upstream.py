@@ -1,0 +1,192 @@
+"""A real SMTP upstream for tests: aiosmtpd on a loopback port 0, with scripted faults.
+
+Faults are plain attributes, set by the test before (or while) Sluice talks
+to it::
+
+    upstream.reply["RCPT:bad@example.com"] = "550 5.1.1 no such user"
+    upstream.reply["DATA"] = "451 4.3.0 try again in 2 minutes"
+    upstream.hang.add("DATA")   # never answer the final dot
+    upstream.drop.add("MAIL")   # close the connection on MAIL
+    upstream.refuse = True      # stop listening altogether (connection refused)
+
+Everything it accepted is in ``upstream.messages``; ``await upstream.wait_for(n)``
+waits (with a deadline) until ``n`` messages have arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+__all__ = ["Received", "TestUpstream"]
+
+
+@dataclass(frozen=True)
+class Received:
+    sender: str
+    recipients: list[str]
+    data: bytes
+    mail_options: list[str]
+    tls: bool
+    login: str | None
+
+
+@dataclass
+class TestUpstream:
+    host: str = "127.0.0.1"
+    port: int = 0
+    #: "VERB" or "VERB:address" -> reply text
+    reply: dict[str, str] = field(default_factory=dict)
+    hang: set[str] = field(default_factory=set)
+    drop: set[str] = field(default_factory=set)
+    messages: list[Received] = field(default_factory=list)
+    connections: int = 0
+    #: implicit TLS (encryption: tls) when set
+    tls_context: ssl.SSLContext | None = None
+    #: STARTTLS offered when set
+    starttls_context: ssl.SSLContext | None = None
+    #: username -> password; AUTH required when set
+    users: dict[str, str] | None = None
+    #: mechanism -> checker, e.g. {"XOAUTH2": fn(user, token) -> bool}
+    extra_auth: dict[str, Any] = field(default_factory=dict)
+    _server: asyncio.Server | None = None
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _release: asyncio.Event = field(default_factory=asyncio.Event)
+    _transports: set[asyncio.BaseTransport] = field(default_factory=set)
+
+    __test__ = False  # not a pytest class
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def start(self) -> TestUpstream:
+        loop = asyncio.get_running_loop()
+        upstream = self
+
+        def factory() -> SMTP:
+            kwargs: dict[str, Any] = {}
+            if upstream.starttls_context is not None:
+                kwargs.update(tls_context=upstream.starttls_context, require_starttls=False)
+            if upstream.users is not None:
+                kwargs.update(
+                    authenticator=upstream._authenticate,
+                    auth_required=True,
+                    auth_require_tls=False,
+                )
+            return _FaultySMTP(
+                _Handler(upstream),
+                upstream,
+                hostname="upstream.test",
+                loop=loop,
+                enable_SMTPUTF8=True,
+                **kwargs,
+            )
+
+        self._server = await loop.create_server(
+            factory, host=self.host, port=self.port, ssl=self.tls_context
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        """Stop listening and cut open sessions (the provider "goes down")."""
+        self._release.set()
+        if self._server is not None:
+            self._server.close()
+            for transport in self._transports:
+                transport.abort()
+            self._transports.clear()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def restart(self) -> None:
+        """Listen again on the same port (the provider "comes back")."""
+        self._release = asyncio.Event()
+        await self.start()
+
+    # ---------------------------------------------------------------- waiting
+
+    async def wait_for(self, count: int, within: float = 15.0) -> list[Received]:
+        async with asyncio.timeout(within):
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self.messages) >= count)
+        return self.messages
+
+    async def _record(self, msg: Received) -> None:
+        async with self._changed:
+            self.messages.append(msg)
+            self._changed.notify_all()
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert self.users is not None
+        if isinstance(data, LoginPassword):
+            user = data.login.decode()
+            ok = self.users.get(user) == data.password.decode()
+            return AuthResult(success=ok, auth_data=user if ok else None)
+        return AuthResult(success=False)
+
+
+class _FaultySMTP(SMTP):
+    def __init__(self, handler: _Handler, upstream: TestUpstream, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._upstream = upstream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and self.transport is None:
+            self._upstream.connections += 1
+            self._upstream._transports.add(transport)
+        super().connection_made(transport)
+
+
+class _Handler:
+    def __init__(self, upstream: TestUpstream) -> None:
+        self.up = upstream
+
+    async def _fault(self, server: SMTP, verb: str, key: str) -> str | None:
+        up = self.up
+        if verb in up.hang or key in up.hang:
+            await up._release.wait()
+            return "421 4.3.0 released"
+        if verb in up.drop or key in up.drop:
+            assert server.transport is not None
+            server.transport.abort()
+            return "421 4.3.0 dropped"
+        return up.reply.get(key) or up.reply.get(verb)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if (fault := await self._fault(server, "MAIL", f"MAIL:{address}")) is not None:
+            return fault
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if (fault := await self._fault(server, "RCPT", f"RCPT:{address}")) is not None:
+            return fault
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if (fault := await self._fault(server, "DATA", "DATA")) is not None:
+            return fault
+        login = session.auth_data if isinstance(session.auth_data, str) else None
+        await self.up._record(
+            Received(
+                sender=envelope.mail_from or "",
+                recipients=list(envelope.rcpt_tos),
+                data=envelope.original_content or b"",
+                mail_options=list(envelope.mail_options),
+                tls=session.ssl is not None,
+                login=login,
+            )
+        )
+        return "250 2.0.0 OK queued upstream"
