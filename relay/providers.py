@@ -12,13 +12,14 @@ import logging
 import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.delivery import ProviderError, Session, Upstream, classify
 from relay.model import Claim, Outcome
 from relay.secrets import resolve_secret
 
-__all__ = ["Provider", "ProviderSet", "tls_context"]
+__all__ = ["Provider", "ProviderSet", "ProviderStatus", "tls_context"]
 
 log = logging.getLogger("sluice.providers")
 
@@ -52,6 +53,31 @@ def upstream_of(settings: ProviderSettings, delivery: DeliverySettings) -> Upstr
         command_timeout=timeout or delivery.command_timeout,
         data_timeout=max(timeout or 0, delivery.data_timeout),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """What the CLI and the admin page show about one provider (never a secret)."""
+
+    id: str
+    caption: str
+    host: str
+    port: int
+    encryption: str
+    enabled: bool
+    priority: int
+    #: "unknown" (grey), "ok" (green), "error" (red), "cooldown" (skipped for now)
+    health: str = "unknown"
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_ok_at: float | None = None
+    sent_today: int = 0
+    daily_limit: int | None = None
+    rate: str | None = None
+    max_connections: int = 0
+    #: for XOAUTH2 providers: "valid", "refreshing", "reauthorize", ...; else None
+    oauth_state: str | None = None
+    oauth_valid_until: float | None = None
 
 
 class Provider:
@@ -91,6 +117,21 @@ class Provider:
                 await session.quit()
             return outcomes
 
+    async def status(self) -> ProviderStatus:
+        s = self.settings
+        return ProviderStatus(
+            id=s.id,
+            caption=s.caption,
+            host=s.host,
+            port=s.port,
+            encryption=s.encryption,
+            enabled=s.enabled,
+            priority=s.priority,
+            daily_limit=s.daily_limit,
+            rate=f"{s.rate.count}/{s.rate.per:g}s" if s.rate else None,
+            max_connections=s.max_connections,
+        )
+
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(s.quit() for _, s in idle))
@@ -115,6 +156,10 @@ class ProviderSet:
         """Enabled providers in ``priority`` order (lowest first; ties keep file order)."""
         enabled = [p for p in self.providers if p.settings.enabled]
         return sorted(enabled, key=lambda p: p.settings.priority)
+
+    async def status(self) -> list[ProviderStatus]:
+        """Every provider's state, in config order."""
+        return [await p.status() for p in self.providers]
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self.providers))
