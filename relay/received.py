@@ -69,7 +69,7 @@ def extract_subject(data: bytes) -> str:
         decoded = str(email.header.make_header(email.header.decode_header(raw)))
     except (ValueError, LookupError, email.errors.HeaderParseError):
         decoded = raw
-    return decoded[:_SUBJECT_MAX]
+    return " ".join(decoded.split())[:_SUBJECT_MAX]
 
 
 def bare_line_ending(data: bytes) -> int | None:

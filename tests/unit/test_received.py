@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from relay.received import bare_line_ending, extract_subject, received_header
+
+NOW = 1_700_000_000.0
+
+
+def test_received_header_for_one_recipient_names_it() -> None:
+    h = received_header(helo="app.local", client_ip="127.0.0.1", hostname="relay.test",
+                        queue_id="Q1", protocol="ESMTP", recipients=["a@b.c"], now=NOW)
+    assert h == (
+        b"Received: from app.local ([127.0.0.1])\r\n"
+        b"\tby relay.test (Sluice) with ESMTP id Q1\r\n"
+        b"\tfor <a@b.c>; Tue, 14 Nov 2023 22:13:20 -0000\r\n"
+    )
+    msg = email.message_from_bytes(h + b"\r\nbody", policy=email.policy.SMTP)
+    assert "relay.test" in str(msg["Received"])
+
+
+def test_received_header_hides_a_recipient_list() -> None:
+    h = received_header(helo=None, client_ip="::1", hostname="relay.test", queue_id="Q2",
+                        protocol="SMTP", recipients=["a@b.c", "secret-bcc@b.c"], now=NOW)
+    assert b"secret-bcc" not in h
+    assert h.startswith(b"Received: from unknown ([::1])\r\n")
+
+
+def test_received_header_neutralises_hostile_helo() -> None:
+    h = received_header(helo="evil\r\nBcc: x@y.z", client_ip="127.0.0.1", hostname="r",
+                        queue_id="Q", protocol="ESMTP", recipients=["a@b.c"], now=NOW)
+    assert h.count(b"\r\n") == 3  # still exactly three folded lines
+    assert b"\r\nBcc" not in h
+
+
+@pytest.mark.parametrize(
+    ("data", "subject"),
+    [
+        (b"Subject: hello\r\n\r\nbody", "hello"),
+        (b"X: 1\r\nsubject:   folded\r\n  twice\r\n\r\n", "folded twice"),
+        (b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\n", "café"),
+        (b"From: a\r\n\r\nSubject: in body, not a header\r\n", ""),
+        (b"Subject: <script>alert(1)</script>\r\n\r\n", "<script>alert(1)</script>"),
+        (b"Subject: =?bogus?q?x?=\r\n\r\n", "=?bogus?q?x?="),
+    ],
+)
+def test_extract_subject(data: bytes, subject: str) -> None:
+    assert extract_subject(data) == subject
+
+
+@pytest.mark.parametrize(
+    ("data", "offset"),
+    [(b"a\r\nb\r\n", None), (b"a\nb\r\n", 1), (b"a\r\nb\rc", 4), (b"ok\r\n\n.\n", 4)],
+)
+def test_bare_line_ending(data: bytes, offset: int | None) -> None:
+    assert bare_line_ending(data) == offset
