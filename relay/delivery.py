@@ -168,6 +168,8 @@ class Session:
         up, smtp = self.upstream, self._smtp
         try:
             await smtp.connect(timeout=up.connect_timeout)
+            # EHLO now: the transaction's options depend on the extensions offered.
+            await smtp.ehlo()
             if up.encryption == "starttls":
                 if not smtp.supports_extension("starttls"):
                     raise ProviderError(
@@ -175,6 +177,7 @@ class Session:
                         "'starttls'; refusing to send in clear"
                     )
                 await smtp.starttls(tls_context=up.tls_context)
+                await smtp.ehlo()  # RFC 3207 § 4.2: forget what was offered in clear
             if up.username is not None:
                 encrypted = up.encryption != "none"
                 if not encrypted and not up.allow_insecure_auth:

@@ -155,3 +155,17 @@ async def raw_session(port: int, lines: list[bytes], *, host: str = "127.0.0.1")
     finally:
         writer.close()
     return replies
+
+
+async def eventually(
+    check: Callable[[], Any], *, within: float = 15.0, interval: float = 0.02
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns a truthy value, with a deadline."""
+    async with asyncio.timeout(within):
+        while True:
+            result = check()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            await asyncio.sleep(interval)

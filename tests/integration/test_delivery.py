@@ -1,0 +1,194 @@
+"""End to end through real sockets: client → Sluice → test upstream, with faults."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+
+from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
+from relay.spool import Spool
+from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.upstream import TestUpstream
+
+SENDER = "app@example.org"
+
+
+def message(subject: str = "test", body: bytes = b"hello\r\n") -> bytes:
+    return (
+        f"From: {SENDER}\r\nTo: someone@example.net\r\nSubject: {subject}\r\n"
+        "Message-ID: <m1@example.org>\r\n\r\n"
+    ).encode() + body
+
+
+def strip_received(data: bytes) -> bytes:
+    """Remove the one Received header Sluice prepends (three folded lines)."""
+    assert data.startswith(b"Received: from ")
+    lines = data.split(b"\r\n")
+    assert lines[1].startswith(b"\tby ") and lines[2].startswith(b"\t")
+    return b"\r\n".join(lines[3:])
+
+
+async def entries(spool: Spool, queue_id: str | None = None) -> list[QueueEntry]:
+    return await spool.list_queue(search=queue_id)
+
+
+async def log_rows(spool: Spool, queue_id: str) -> list[LogEntry]:
+    return sorted(await spool.list_log(search=queue_id), key=lambda e: e.id)
+
+
+def queue_id_of(reply: str) -> str:
+    return reply.rsplit(" ", 1)[-1]
+
+
+async def test_bytes_arrive_unchanged(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    attachment = base64.encodebytes(os.urandom(3000)).replace(b"\n", b"\r\n")
+    body = (
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+        b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+        b"\r\n"
+        + "Grüße, ça marche, 日本語\r\n".encode()
+        + b".a line starting with a dot\r\n..two dots\r\n.\r\n"  # dot-stuffing both ways
+        + b"x" * 998 + b"\r\n"  # the longest line RFC 5321 allows
+        + b"high bytes: \x80\xfe\xff\r\n"
+        b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        b"\r\n" + attachment + b"--XX--\r\n"
+    )
+    data = message("bytes", b"") + body
+    rcpts = [f"user{i}@example.net" for i in range(60)]
+    async with sluice([provider_for(upstream)]) as s:
+        refused, _ = await smtp_send(s.port, SENDER, rcpts, data)
+        assert refused == {}
+        (got,) = await upstream.wait_for(1)
+        await s.wait_idle()
+        counts = await s.spool.counts_by_status()
+    assert strip_received(got.data) == data
+    assert got.recipients == rcpts
+    assert got.sender == SENDER
+    assert "BODY=8BITMIME" in got.mail_options
+    assert counts[RecipientStatus.SENT] == 60
+
+
+async def test_temporary_failure_then_success(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    upstream.reply["DATA"] = "451 4.3.0 Mailbox busy, try later"
+    async with sluice([provider_for(upstream)]) as s:
+        before = time.time()
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message("retry me"))
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(
+            lambda: _with_status(s.spool, qid, RecipientStatus.DEFERRED)
+        )
+        assert entry.attempts == 1
+        assert entry.email == "a@example.net"
+        assert entry.subject == "retry me"
+        assert entry.reason == "451 4.3.0 Mailbox busy, try later"
+        assert entry.provider == "up1"
+        assert entry.last_attempt_at is not None and entry.last_attempt_at >= before
+        assert entry.next_attempt_at is not None and entry.next_attempt_at > entry.last_attempt_at
+        (log,) = await log_rows(s.spool, qid)
+        assert log.status is AttemptStatus.DEFERRED
+        assert log.code == 451
+        assert log.reason == "451 4.3.0 Mailbox busy, try later"
+        assert log.subject == "retry me"
+        assert upstream.messages == []
+
+        del upstream.reply["DATA"]
+        await upstream.wait_for(1)
+        (entry,) = await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.SENT))
+        assert entry.attempts == 2
+        logs = await log_rows(s.spool, qid)
+    assert [e.status for e in logs] == [AttemptStatus.DEFERRED, AttemptStatus.SUCCESS]
+    assert logs[1].reason.startswith("250 ")
+    assert len(upstream.messages) == 1
+
+
+async def test_permanent_failure(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    upstream.reply["DATA"] = "554 5.7.1 Message rejected as spam"
+    async with sluice([provider_for(upstream)]) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.FAILED))
+        await s.wait_idle()
+        (log,) = await log_rows(s.spool, qid)
+    assert entry.attempts == 1
+    assert entry.next_attempt_at is None
+    assert entry.reason == "554 5.7.1 Message rejected as spam"
+    assert log.status is AttemptStatus.FAIL
+    assert log.code == 554
+
+
+async def test_recipients_are_judged_one_by_one(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    upstream.reply["RCPT:bad@example.net"] = "550 5.1.1 No such user"
+    upstream.reply["RCPT:busy@example.net"] = "450 4.2.1 Mailbox busy"
+    rcpts = ["good1@example.net", "bad@example.net", "busy@example.net", "good2@example.net"]
+    async with sluice([provider_for(upstream)]) as s:
+        _, reply = await smtp_send(s.port, SENDER, rcpts, message())
+        qid = queue_id_of(reply)
+        (first,) = await upstream.wait_for(1)
+        assert first.recipients == ["good1@example.net", "good2@example.net"]
+        await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.DEFERRED))
+        states = {e.email: e.status for e in await entries(s.spool, qid)}
+        assert states == {
+            "good1@example.net": RecipientStatus.SENT,
+            "bad@example.net": RecipientStatus.FAILED,
+            "busy@example.net": RecipientStatus.DEFERRED,
+            "good2@example.net": RecipientStatus.SENT,
+        }
+        del upstream.reply["RCPT:busy@example.net"]
+        _, second = await upstream.wait_for(2)
+        await s.wait_idle()
+    # Only the deferred recipient is sent again; the delivered ones never are.
+    assert second.recipients == ["busy@example.net"]
+    assert len(upstream.messages) == 2
+
+
+async def test_upstream_down_then_up(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    await upstream.stop()
+    async with sluice([provider_for(upstream)]) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.DEFERRED))
+        assert "connect" in entry.reason.lower() or "refused" in entry.reason.lower()
+        (log,) = await log_rows(s.spool, qid)
+        assert log.status is AttemptStatus.DEFERRED
+        assert log.code is None
+        await upstream.restart()
+        await upstream.wait_for(1)
+        await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.SENT))
+
+
+async def test_upstream_that_hangs_times_out(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    upstream.hang.add("DATA")
+    async with sluice([provider_for(upstream)], delivery={"data_timeout": "0.5s"}) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.DEFERRED))
+        assert "timeout" in entry.reason.lower() or "timed out" in entry.reason.lower()
+        upstream.hang.clear()
+        await upstream.wait_for(1)
+        await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.SENT))
+        logs = await log_rows(s.spool, qid)
+    assert logs[0].status is AttemptStatus.DEFERRED
+    assert logs[-1].status is AttemptStatus.SUCCESS
+
+
+async def test_new_mail_is_attempted_at_once(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    # A long poll interval: only the spool's wake-up can explain a prompt delivery.
+    async with sluice([provider_for(upstream)], delivery={"poll_interval": "1h"}) as s:
+        await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        await upstream.wait_for(1, within=5)
+
+
+async def test_connection_is_reused(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    async with sluice([provider_for(upstream, max_connections=1)]) as s:
+        for i in range(5):
+            await smtp_send(s.port, SENDER, [f"r{i}@example.net"], message(f"m{i}"))
+        await upstream.wait_for(5)
+    assert upstream.connections < 5
+
+
+async def _with_status(spool: Spool, qid: str, status: RecipientStatus) -> list[QueueEntry]:
+    found = await entries(spool, qid)
+    return found if any(e.status is status for e in found) else []
