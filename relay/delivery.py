@@ -243,6 +243,9 @@ class Session:
                 await smtp.mail(sender, options=options, encoding=enc)
             except SMTPResponseException as exc:
                 return [classify(r, exc) for r in recipients]
+            except ValueError as exc:  # aiosmtplib refuses to put it on the wire
+                text = f"553 5.1.7 sender address cannot be sent: {exc}"
+                return [PermFailure(r, 553, text) for r in recipients]
             accepted = []
             for rcpt in recipients:
                 try:
@@ -252,6 +255,9 @@ class Session:
                     decided[rcpt] = classify(rcpt, exc)
                     if exc.code == 421:
                         raise
+                except ValueError as exc:
+                    text = f"553 5.1.3 recipient address cannot be sent: {exc}"
+                    decided[rcpt] = PermFailure(rcpt, 553, text)
             if accepted:
                 try:
                     reply = await smtp.data(data, timeout=up.data_timeout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ log = logging.getLogger("sluice.smtp")
 R_MAIL_OK = "250 2.1.0 Sender OK"
 R_RCPT_OK = "250 2.1.5 Recipient OK"
 R_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (limit {limit}); send the rest in a new message"
-R_BAD_RCPT = "550 5.1.3 Recipient address must be a full address (user@domain)"
+R_BAD_RCPT = "501 5.1.3 Bad recipient address syntax (a full user@domain address is needed)"
+R_BAD_SENDER = "501 5.1.7 Bad sender address syntax"
 R_BARE_LF = (
     "550 5.6.0 Message contains a bare LF or CR line ending at byte {offset}; "
     "lines must end in CRLF (RFC 5321 § 2.3.8)"
@@ -47,6 +49,14 @@ R_DENIED = "554 5.7.1 Access denied: {peer} is not in smtp.allowed_networks"
 R_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
 
 Clock = Callable[[], float]
+
+# A mailbox as RFC 5321 § 4.1.2 allows it in practice: a dot-atom or quoted
+# local part (UTF-8 allowed for SMTPUTF8), "@", a domain or address literal.
+# aiosmtpd is lenient ("<broken" passes), and what we accept we must be able
+# to send on, so anything else is refused here.
+_ADDRESS = re.compile(
+    r'^(?:[^\s<>()\[\]\\,;:"@]+|"(?:[^"\\\r\n]|\\.)*")@[^\s<>()\\,;:"@]+$'
+)
 
 
 class RelayHandler:
@@ -83,6 +93,12 @@ class RelayHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if address in ("", "<>"):
+            # The null reverse-path of bounces (RFC 5321 § 4.5.5). aiosmtpd
+            # needs a truthy mail_from, so "<>" stands for it until DATA.
+            address = "<>"
+        elif not _ADDRESS.match(address):
+            return R_BAD_SENDER
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return R_MAIL_OK
@@ -94,8 +110,7 @@ class RelayHandler:
         if len(envelope.rcpt_tos) >= limit:
             # RFC 5321 § 4.5.3.1.10: refuse the extra ones, keep those accepted.
             return R_TOO_MANY_RCPTS.format(limit=limit)
-        local, at, domain = address.rpartition("@")
-        if not at or not local or not domain:
+        if not _ADDRESS.match(address):
             return R_BAD_RCPT
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
@@ -126,7 +141,7 @@ class RelayHandler:
         )
         message = NewMessage(
             queue_id=queue_id,
-            sender=envelope.mail_from or "",
+            sender="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
             recipients=list(envelope.rcpt_tos),
             data=header + data,
             subject=extract_subject(data),

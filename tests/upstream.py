@@ -181,7 +181,7 @@ class _Handler:
         login = session.auth_data if isinstance(session.auth_data, str) else None
         await self.up._record(
             Received(
-                sender=envelope.mail_from or "",
+                sender="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
                 recipients=list(envelope.rcpt_tos),
                 data=envelope.original_content or b"",
                 mail_options=list(envelope.mail_options),

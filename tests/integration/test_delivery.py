@@ -49,7 +49,8 @@ async def test_bytes_arrive_unchanged(sluice: SluiceFactory, upstream: TestUpstr
         b"\r\n"
         + "Grüße, ça marche, 日本語\r\n".encode()
         + b".a line starting with a dot\r\n..two dots\r\n.\r\n"  # dot-stuffing both ways
-        + b"x" * 998 + b"\r\n"  # the longest line RFC 5321 allows
+        + b"x" * 998
+        + b"\r\n"  # the longest line RFC 5321 allows
         + b"high bytes: \x80\xfe\xff\r\n"
         b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
         b"\r\n" + attachment + b"--XX--\r\n"
@@ -69,15 +70,15 @@ async def test_bytes_arrive_unchanged(sluice: SluiceFactory, upstream: TestUpstr
     assert counts[RecipientStatus.SENT] == 60
 
 
-async def test_temporary_failure_then_success(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+async def test_temporary_failure_then_success(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
     upstream.reply["DATA"] = "451 4.3.0 Mailbox busy, try later"
     async with sluice([provider_for(upstream)]) as s:
         before = time.time()
         _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message("retry me"))
         qid = queue_id_of(reply)
-        (entry,) = await eventually(
-            lambda: _with_status(s.spool, qid, RecipientStatus.DEFERRED)
-        )
+        (entry,) = await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.DEFERRED))
         assert entry.attempts == 1
         assert entry.email == "a@example.net"
         assert entry.subject == "retry me"

@@ -13,7 +13,7 @@ async def test_message_is_relayed_byte_for_byte(sluice: SluiceFactory, upstream:
         (got,) = await upstream.wait_for(1)
     assert got.sender == "a@example.org"
     assert got.recipients == ["b@example.net"]
-    header, sep, rest = got.data.partition(b"\r\nFrom: ")
+    header, _sep, rest = got.data.partition(b"\r\nFrom: ")
     assert header.startswith(b"Received: from ")
     assert b"by sluice.test (Sluice) with ESMTP id " in header
     assert b"From: " + rest == body

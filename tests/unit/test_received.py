@@ -11,8 +11,15 @@ NOW = 1_700_000_000.0
 
 
 def test_received_header_for_one_recipient_names_it() -> None:
-    h = received_header(helo="app.local", client_ip="127.0.0.1", hostname="relay.test",
-                        queue_id="Q1", protocol="ESMTP", recipients=["a@b.c"], now=NOW)
+    h = received_header(
+        helo="app.local",
+        client_ip="127.0.0.1",
+        hostname="relay.test",
+        queue_id="Q1",
+        protocol="ESMTP",
+        recipients=["a@b.c"],
+        now=NOW,
+    )
     assert h == (
         b"Received: from app.local ([127.0.0.1])\r\n"
         b"\tby relay.test (Sluice) with ESMTP id Q1\r\n"
@@ -23,15 +30,29 @@ def test_received_header_for_one_recipient_names_it() -> None:
 
 
 def test_received_header_hides_a_recipient_list() -> None:
-    h = received_header(helo=None, client_ip="::1", hostname="relay.test", queue_id="Q2",
-                        protocol="SMTP", recipients=["a@b.c", "secret-bcc@b.c"], now=NOW)
+    h = received_header(
+        helo=None,
+        client_ip="::1",
+        hostname="relay.test",
+        queue_id="Q2",
+        protocol="SMTP",
+        recipients=["a@b.c", "secret-bcc@b.c"],
+        now=NOW,
+    )
     assert b"secret-bcc" not in h
     assert h.startswith(b"Received: from unknown ([::1])\r\n")
 
 
 def test_received_header_neutralises_hostile_helo() -> None:
-    h = received_header(helo="evil\r\nBcc: x@y.z", client_ip="127.0.0.1", hostname="r",
-                        queue_id="Q", protocol="ESMTP", recipients=["a@b.c"], now=NOW)
+    h = received_header(
+        helo="evil\r\nBcc: x@y.z",
+        client_ip="127.0.0.1",
+        hostname="r",
+        queue_id="Q",
+        protocol="ESMTP",
+        recipients=["a@b.c"],
+        now=NOW,
+    )
     assert h.count(b"\r\n") == 3  # still exactly three folded lines
     assert b"\r\nBcc" not in h
 

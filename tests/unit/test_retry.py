@@ -51,8 +51,14 @@ def test_decide(outcome, status, next_at) -> None:  # type: ignore[no-untyped-de
 
 def test_temporary_failure_after_give_up_time_expires() -> None:
     now = T0 + POLICY.give_up_after
-    d = decide(TempFailure("a@x", 451, "x"), attempts=9, since=T0, now=now, policy=POLICY,
-               rng=random.Random(1))
+    d = decide(
+        TempFailure("a@x", 451, "x"),
+        attempts=9,
+        since=T0,
+        now=now,
+        policy=POLICY,
+        rng=random.Random(1),
+    )
     assert d.status is RecipientStatus.EXPIRED
     assert d.next_attempt_at is None
 
@@ -60,7 +66,13 @@ def test_temporary_failure_after_give_up_time_expires() -> None:
 def test_last_retry_is_pulled_in_to_the_deadline() -> None:
     deadline = T0 + POLICY.give_up_after
     now = deadline - 10
-    d = decide(TempFailure("a@x", 451, "x"), attempts=30, since=T0, now=now, policy=POLICY,
-               rng=random.Random(1))
+    d = decide(
+        TempFailure("a@x", 451, "x"),
+        attempts=30,
+        since=T0,
+        now=now,
+        policy=POLICY,
+        rng=random.Random(1),
+    )
     assert d.status is RecipientStatus.DEFERRED
     assert d.next_attempt_at == deadline
