@@ -1,0 +1,189 @@
+"""XOAUTH2 access tokens for providers that no longer take passwords (Microsoft 365, Gmail).
+
+A ``TokenSource`` turns a provider's ``oauth2:`` block (token endpoint, client
+id, client secret and/or refresh token, scope) into access tokens. It asks the
+endpoint for a new token ``refresh_margin`` seconds *before* the current one
+expires, so a token is never used in its last minutes, and it keeps what users
+need to see: the state, when the token is valid until, the last refresh and
+the last error. An endpoint that refuses the grant (``invalid_grant``, 400/401)
+moves the source to ``reauthorize``: mail waits with a reply that says so
+instead of looping on 4xx. Tokens and secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from relay.config import OAuth2Settings
+from relay.secrets import resolve_secret
+
+__all__ = ["OAuthError", "OAuthStatus", "TokenSource"]
+
+log = logging.getLogger("sluice.oauth")
+
+#: token endpoints answer in well under this; a hung one must not hold mail forever
+_HTTP_TIMEOUT = 20.0
+
+
+class OAuthError(Exception):
+    """No access token could be obtained. ``reauthorize`` means a human must act."""
+
+    def __init__(self, text: str, *, reauthorize: bool = False) -> None:
+        super().__init__(text)
+        self.text = text
+        self.reauthorize = reauthorize
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthStatus:
+    #: "unknown" (no token yet), "valid", "expired", "error" (will retry), "reauthorize"
+    state: str
+    valid_until: float | None
+    last_refresh: float | None
+    last_error: str
+
+
+class TokenSource:
+    """Obtains and refreshes one provider's access token; safe to share across sessions."""
+
+    def __init__(
+        self,
+        settings: OAuth2Settings,
+        *,
+        provider_id: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._provider_id = provider_id
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._token: str | None = None
+        self._expires_at: float | None = None
+        self._last_refresh: float | None = None
+        self._last_error = ""
+        self._reauthorize = False
+        # A rotated refresh token (RFC 6749 § 6) replaces the configured one in memory.
+        self._refresh_token: str | None = None
+
+    def same_settings(self, settings: OAuth2Settings) -> bool:
+        return settings == self.settings
+
+    def status(self) -> OAuthStatus:
+        if self._reauthorize:
+            state = "reauthorize"
+        elif self._token is not None and not self._expired(self._clock()):
+            state = "valid"
+        elif self._last_error:
+            state = "error"
+        elif self._token is not None:
+            state = "expired"
+        else:
+            state = "unknown"
+        return OAuthStatus(state, self._expires_at, self._last_refresh, self._last_error)
+
+    def invalidate(self) -> None:
+        """The server refused the token: fetch a new one next time."""
+        self._token = None
+        self._expires_at = None
+
+    def _expired(self, now: float) -> bool:
+        return self._expires_at is not None and now >= self._expires_at
+
+    def _fresh(self, now: float) -> bool:
+        if self._token is None:
+            return False
+        if self._expires_at is None:
+            return True
+        return now < self._expires_at - self.settings.refresh_margin
+
+    async def token(self) -> str:
+        """A usable access token, refreshed first when it is close to expiry.
+
+        Raises:
+            OAuthError: the endpoint is unreachable or refused (see ``reauthorize``).
+        """
+        async with self._lock:
+            if self._fresh(self._clock()):
+                assert self._token is not None
+                return self._token
+            return await self._refresh()
+
+    async def _refresh(self) -> str:
+        form = self._form()
+        try:
+            async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as client:
+                resp = await client.post(
+                    self.settings.token_url, data=form, headers={"Accept": "application/json"}
+                )
+        except httpx.HTTPError as exc:
+            self._last_error = f"token endpoint unreachable: {type(exc).__name__}: {exc}"
+            log.warning("provider %s: %s", self._provider_id, self._last_error)
+            raise OAuthError(self._last_error) from None
+        body = _json(resp)
+        if resp.status_code != 200 or not isinstance(body.get("access_token"), str):
+            error = str(body.get("error") or f"HTTP {resp.status_code}")
+            described = str(body.get("error_description") or "")[:200]
+            # RFC 6749 § 5.2: these mean the grant itself is no good; retrying won't help.
+            fatal = error in {"invalid_grant", "invalid_client", "unauthorized_client"} or (
+                resp.status_code in (400, 401) and "error" in body
+            )
+            self._last_error = f"token refresh failed: {error}" + (
+                f" ({described})" if described else ""
+            )
+            if fatal:
+                self._reauthorize = True
+                self.invalidate()
+                self._last_error += "; re-authorisation needed (new refresh token or secret)"
+            log.warning("provider %s: %s", self._provider_id, self._last_error)
+            raise OAuthError(self._last_error, reauthorize=fatal)
+        now = self._clock()
+        self._token = body["access_token"]
+        expires_in = body.get("expires_in")
+        self._expires_at = now + float(expires_in) if isinstance(expires_in, int | float) else None
+        if isinstance(body.get("refresh_token"), str):
+            self._refresh_token = body["refresh_token"]
+        self._last_refresh = now
+        self._last_error = ""
+        self._reauthorize = False
+        log.info(
+            "provider %s: access token refreshed (valid for %ss)",
+            self._provider_id,
+            expires_in if expires_in is not None else "?",
+        )
+        return self._token
+
+    def _form(self) -> dict[str, str]:
+        s = self.settings
+        try:
+            secret = resolve_secret(s.client_secret, s.client_secret_env, s.client_secret_file)
+            refresh = resolve_secret(s.refresh_token, s.refresh_token_env, s.refresh_token_file)
+        except LookupError as exc:
+            self._last_error = str(exc)
+            raise OAuthError(f"oauth2 secret unavailable: {exc}") from None
+        form = {"client_id": s.client_id}
+        refresh_token = self._refresh_token or (
+            refresh.get_secret_value() if refresh is not None else None
+        )
+        if refresh_token:
+            form.update(grant_type="refresh_token", refresh_token=refresh_token)
+        else:
+            form["grant_type"] = "client_credentials"
+        if secret is not None:
+            form["client_secret"] = secret.get_secret_value()
+        if s.scope:
+            form["scope"] = s.scope
+        return form
+
+
+def _json(resp: httpx.Response) -> dict[str, object]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
