@@ -126,7 +126,8 @@ class TokenSource:
             log.warning("provider %s: %s", self._provider_id, self._last_error)
             raise OAuthError(self._last_error) from None
         body = _json(resp)
-        if resp.status_code != 200 or not isinstance(body.get("access_token"), str):
+        token = body.get("access_token")
+        if resp.status_code != 200 or not isinstance(token, str) or not token:
             error = str(body.get("error") or f"HTTP {resp.status_code}")
             described = str(body.get("error_description") or "")[:200]
             # RFC 6749 § 5.2: these mean the grant itself is no good; retrying won't help.
@@ -143,11 +144,12 @@ class TokenSource:
             log.warning("provider %s: %s", self._provider_id, self._last_error)
             raise OAuthError(self._last_error, reauthorize=fatal)
         now = self._clock()
-        self._token = body["access_token"]
+        self._token = token
         expires_in = body.get("expires_in")
         self._expires_at = now + float(expires_in) if isinstance(expires_in, int | float) else None
-        if isinstance(body.get("refresh_token"), str):
-            self._refresh_token = body["refresh_token"]
+        rotated = body.get("refresh_token")
+        if isinstance(rotated, str) and rotated:
+            self._refresh_token = rotated
         self._last_refresh = now
         self._last_error = ""
         self._reauthorize = False
@@ -156,7 +158,7 @@ class TokenSource:
             self._provider_id,
             expires_in if expires_in is not None else "?",
         )
-        return self._token
+        return token
 
     def _form(self) -> dict[str, str]:
         s = self.settings

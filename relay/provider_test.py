@@ -52,8 +52,11 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if isinstance(exc, OSError) else text
 
 
-async def test_provider(  # noqa: ASYNC109 - a per-step timeout, not one for the whole call
-    settings: ProviderSettings, *, local_hostname: str, timeout: float = 15.0
+async def test_provider(
+    settings: ProviderSettings,
+    *,
+    local_hostname: str,
+    timeout: float = 15.0,  # noqa: ASYNC109 - a per-step limit, not one for the whole call
 ) -> TestReport:
     """Connect, EHLO, TLS, AUTH and QUIT against one provider; never raises for its faults."""
     steps: list[TestStep] = []
