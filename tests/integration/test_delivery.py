@@ -193,3 +193,20 @@ async def test_connection_is_reused(sluice: SluiceFactory, upstream: TestUpstrea
 async def _with_status(spool: Spool, qid: str, status: RecipientStatus) -> list[QueueEntry]:
     found = await entries(spool, qid)
     return found if any(e.status is status for e in found) else []
+
+
+async def test_gives_up_after_the_configured_time(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    upstream.reply["DATA"] = "452 4.3.1 Insufficient storage"
+    retry = {"first_delay": "0.2s", "max_delay": "0.2s", "give_up_after": "1s"}
+    async with sluice([provider_for(upstream)], retry=retry) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.EXPIRED))
+        logs = await log_rows(s.spool, qid)
+    assert entry.attempts >= 2
+    assert entry.next_attempt_at is None
+    assert entry.reason.startswith("4.4.7 gave up after 1s: 452 4.3.1 Insufficient storage")
+    assert [e.status for e in logs[:-1]] == [AttemptStatus.DEFERRED] * (len(logs) - 1)
+    assert logs[-1].status is AttemptStatus.FAIL
