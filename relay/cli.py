@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(args.func(args))
+        code: int = asyncio.run(args.func(args))
+        return code
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"sluice: {issue}", file=sys.stderr)

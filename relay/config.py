@@ -138,7 +138,7 @@ def _parse_endpoint(value: object) -> Endpoint:
 class Rate(NamedTuple):
     """A sustained rate: ``count`` messages per ``per`` seconds."""
 
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count; the name users read
     per: float
 
     @property
@@ -268,6 +268,10 @@ class ProviderSettings(_Model):
     daily_limit: int | None = Field(default=None, ge=1)
     rate: RateT | None = None
     idle_timeout: Duration = Field(default=30.0, ge=0)
+    #: circuit breaker: after this many consecutive failures of the provider itself,
+    #: skip it for ``cooldown`` (also the pause after a 421 without a "try again in")
+    failure_threshold: int = Field(default=3, ge=1, le=1000)
+    cooldown: Duration = Field(default=60.0, ge=0)
 
     @model_validator(mode="after")
     def _one_password_source(self) -> ProviderSettings:

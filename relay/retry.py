@@ -31,7 +31,7 @@ class Decision:
 
 def backoff(attempts: int, policy: RetrySettings, rng: random.Random) -> float:
     """Seconds to wait after ``attempts`` failed attempts (``attempts >= 1``)."""
-    base = min(policy.max_delay, policy.first_delay * 2 ** max(0, min(attempts - 1, 62)))
+    base = min(policy.max_delay, policy.first_delay * 2.0 ** max(0, min(attempts - 1, 62)))
     return max(0.0, base * (1 + policy.jitter * rng.uniform(-1.0, 1.0)))
 
 
