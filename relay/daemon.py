@@ -118,7 +118,10 @@ class Daemon:
         old = self.snapshot()
         if new.smtp.listen != old.config.smtp.listen or new.spool != old.config.spool:
             log.warning("smtp.listen and spool changes take effect at the next restart")
-        providers = ProviderSet.from_config(new, local_hostname=self.hostname)
+        # Health, usage and tokens of providers whose id stays carry over.
+        providers = ProviderSet.from_config(
+            new, local_hostname=self.hostname, previous=old.providers, counters=self.spool
+        )
         self._snapshot = Snapshot(new, providers)
         log.info("configuration reloaded from %s", self._config_path)
         # In-flight deliveries keep the provider objects they started with.
@@ -141,7 +144,10 @@ class Daemon:
             if requeued:
                 log.warning("requeued %d recipients left in flight by the last run", requeued)
             self._snapshot = Snapshot(
-                cfg, ProviderSet.from_config(cfg, local_hostname=self.hostname)
+                cfg,
+                ProviderSet.from_config(
+                    cfg, local_hostname=self.hostname, counters=spool, clock=self._clock
+                ),
             )
             stack.push_async_callback(lambda: self.snapshot().providers.aclose())
 

@@ -6,8 +6,9 @@ or a reply becomes an ``Outcome``. The rule (stamina's: never retry blindly):
 
 * 2xx after DATA: delivered;
 * 5xx to MAIL, RCPT or DATA: a permanent failure of that recipient;
-* 4xx: temporary; 421 and every connection, TLS, timeout or AUTH problem are
-  also the *provider's* fault, so another provider may take the mail at once;
+* 4xx: temporary; 421, a ``4.7.x`` throttle, a "try again in N minutes" hint
+  and every connection, TLS, timeout or AUTH problem are also the *provider's*
+  fault, so another provider may take the mail at once;
 * anything unexpected: temporary, and logged loudly as a bug.
 
 The message is always passed to aiosmtplib as ``bytes``. aiosmtplib writes
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -35,12 +36,11 @@ from aiosmtplib import (
 )
 
 from relay.model import Delivered, Outcome, PermFailure, TempFailure
+from relay.oauth import OAuthError, TokenSource
 
-__all__ = ["ProviderError", "Session", "Upstream", "classify", "retry_hint"]
+__all__ = ["ProviderError", "Session", "StaleSession", "Upstream", "classify", "retry_hint"]
 
 log = logging.getLogger("sluice.delivery")
-
-TokenSource = Callable[[], Awaitable[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +53,17 @@ class Upstream:
     encryption: Literal["none", "starttls", "tls"]
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    #: for XOAUTH2: returns a fresh access token
-    oauth_token: TokenSource | None = field(default=None, repr=False)
+    #: for XOAUTH2: obtains and refreshes access tokens
+    oauth: TokenSource | None = field(default=None, repr=False)
     tls_context: ssl.SSLContext | None = field(default=None, repr=False)
     allow_insecure_auth: bool = False
     connect_timeout: float = 30.0
     command_timeout: float = 300.0
     data_timeout: float = 600.0
+
+
+class StaleSession(Exception):
+    """A reused connection turned out to be dead before the transaction began."""
 
 
 class ProviderError(Exception):
@@ -86,6 +90,14 @@ def retry_hint(text: str) -> float | None:
         return None
     n, unit = int(match.group(1)), match.group(2).lower()
     return float(n * (3600 if unit.startswith("h") else 60 if unit.startswith("m") else 1))
+
+
+_THROTTLE = re.compile(r"^\s*4\.7\.\d{1,3}\b")
+
+
+def _is_throttle(text: str) -> bool:
+    """A ``4.7.x`` enhanced status (RFC 3463: security or policy), e.g. a rate limit."""
+    return _THROTTLE.match(text) is not None
 
 
 def _reply(code: int | None, message: str) -> str:
@@ -138,9 +150,11 @@ def classify(
     if code is not None and 500 <= code < 600 and not local:
         return PermFailure(recipient, code, reply)
     # 4xx, and local protocol errors (code -1, "Response too long")
-    return TempFailure(
-        recipient, code, reply, retry_after=retry_hint(text), provider_fault=code == 421
+    hint = retry_hint(text)
+    fault = code == 421 or (
+        code is not None and 400 <= code < 500 and (hint is not None or _is_throttle(text))
     )
+    return TempFailure(recipient, code, reply, retry_after=hint, provider_fault=fault)
 
 
 class Session:
@@ -185,9 +199,16 @@ class Session:
                         "4.7.0 refusing to send credentials without TLS "
                         "(set allow_insecure_auth to allow it)"
                     )
-                if up.oauth_token is not None:
-                    token = await up.oauth_token()
-                    await smtp.auth_xoauth2(up.username, token)
+                if up.oauth is not None:
+                    try:
+                        token = await up.oauth.token()
+                    except OAuthError as exc:
+                        raise ProviderError(f"4.7.0 XOAUTH2: {exc.text}") from None
+                    try:
+                        await smtp.auth_xoauth2(up.username, token)
+                    except SMTPAuthenticationError:
+                        up.oauth.invalidate()  # the next attempt fetches a new token
+                        raise
                 else:
                     await smtp.login(up.username, up.password or "")
         except ProviderError:
@@ -212,13 +233,19 @@ class Session:
         """One mail transaction; returns an outcome for every recipient, in order.
 
         Never raises for SMTP-level trouble: a broken connection becomes a
-        temporary failure of every recipient not yet decided.
+        temporary failure of every recipient not yet decided. The one
+        exception is ``StaleSession``: a reused connection was found dead at
+        RSET, before anything was sent, so the caller may simply open another.
         """
         smtp, up = self._smtp, self.upstream
         decided: dict[str, Outcome] = {}
-        try:
-            if self.transactions:
+        if self.transactions:
+            try:
                 await smtp.rset()
+            except (SMTPException, OSError, TimeoutError) as exc:
+                self.close()
+                raise StaleSession(str(exc)) from exc
+        try:
             self.transactions += 1
             utf8 = not all(a.isascii() for a in (sender, *recipients))
             if utf8 and not smtp.supports_extension("smtputf8"):

@@ -1,8 +1,16 @@
-"""Providers built from config: connection pools and the order mail tries them in.
+"""Providers built from config: connection pools, health, limits and the order mail tries them in.
 
-``ProviderSet.candidates(...)`` is the seam where routing, health and limits
-decide which providers an attempt may use, in order. A ``ProviderSet`` is
-immutable configuration plus live state (pools); a reload builds a new one.
+``Provider.deliver`` is one attempt through one provider: it first asks
+whether the provider may be used now (circuit breaker, provider pause, daily
+limit, rate), and answers ``Unavailable(until=...)`` when not, so the caller
+can offer the mail elsewhere or let it wait exactly that long. Otherwise it
+applies the provider's rewrites to the bytes sent (never to the stored ones),
+sends over a pooled session, and updates health from the outcomes.
+
+``ProviderSet.plan`` resolves routing per recipient at every attempt. A
+``ProviderSet`` is immutable configuration plus live state; a reload builds a
+new one and hands over the ``ProviderState`` (health, usage, tokens) of every
+provider whose id stays.
 """
 
 from __future__ import annotations
@@ -11,17 +19,33 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay.config import Config, DeliverySettings, ProviderSettings
-from relay.delivery import ProviderError, Session, Upstream, classify
-from relay.model import Claim, Outcome
+from relay.delivery import ProviderError, Session, StaleSession, Upstream, classify
+from relay.health import Health
+from relay.limits import Counters, DailyLimit, TokenBucket
+from relay.model import Claim, Delivered, Outcome, TempFailure
+from relay.oauth import TokenSource
+from relay.rewrite import rewrite
+from relay.routing import default_order, route_for
 from relay.secrets import resolve_secret
 
-__all__ = ["Provider", "ProviderSet", "ProviderStatus", "tls_context"]
+__all__ = [
+    "Provider",
+    "ProviderSet",
+    "ProviderState",
+    "ProviderStatus",
+    "Unavailable",
+    "tls_context",
+    "upstream_of",
+]
 
 log = logging.getLogger("sluice.providers")
+
+#: a rate-limited attempt waits in place up to this long; beyond it the mail is deferred
+_MAX_RATE_WAIT = 2.0
 
 
 def tls_context(settings: ProviderSettings) -> ssl.SSLContext | None:
@@ -29,13 +53,21 @@ def tls_context(settings: ProviderSettings) -> ssl.SSLContext | None:
     if settings.encryption == "none":
         return None
     ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not settings.tls_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
 
-def upstream_of(settings: ProviderSettings, delivery: DeliverySettings) -> Upstream:
+def upstream_of(
+    settings: ProviderSettings, delivery: DeliverySettings, *, oauth: TokenSource | None = None
+) -> Upstream:
+    """Connection parameters with secrets resolved.
+
+    Raises:
+        LookupError: a named secret (env variable, file) is missing.
+    """
     secret = resolve_secret(
         settings.password, settings.password_env, settings.password_file, credential=settings.id
     )
@@ -47,6 +79,7 @@ def upstream_of(settings: ProviderSettings, delivery: DeliverySettings) -> Upstr
         encryption=settings.encryption,
         username=settings.username,
         password=secret.get_secret_value() if secret is not None else None,
+        oauth=oauth,
         tls_context=tls_context(settings),
         allow_insecure_auth=settings.allow_insecure_auth,
         connect_timeout=timeout or delivery.connect_timeout,
@@ -78,18 +111,69 @@ class ProviderStatus:
     #: for XOAUTH2 providers: "valid", "refreshing", "reauthorize", ...; else None
     oauth_state: str | None = None
     oauth_valid_until: float | None = None
+    #: while in cool-down or paused: when it will be tried again
+    blocked_until: float | None = None
+    oauth_last_refresh: float | None = None
+    oauth_last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Unavailable:
+    """The provider may not be used now; ``until`` is when it may (wall clock)."""
+
+    provider: str
+    reason: str
+    until: float
+
+
+class ProviderState:
+    """Live state of one provider id that survives a reload (not a restart: see limits)."""
+
+    def __init__(self, provider_id: str, counters: Counters | None, clock: Callable[[], float]):
+        self.health = Health()
+        self.daily = DailyLimit(provider_id, counters, clock=clock)
+        self.bucket: TokenBucket | None = None
+        self.oauth: TokenSource | None = None
+        self._id = provider_id
+        self._clock = clock
+
+    def adopt(self, settings: ProviderSettings) -> None:
+        """Follow a (re)loaded config: keep the bucket and tokens unless their settings changed."""
+        if settings.rate is None:
+            self.bucket = None
+        elif self.bucket is None or self.bucket.rate != settings.rate:
+            self.bucket = TokenBucket(settings.rate)
+        if settings.oauth2 is None:
+            self.oauth = None
+        elif self.oauth is None or not self.oauth.same_settings(settings.oauth2):
+            self.oauth = TokenSource(settings.oauth2, provider_id=self._id, clock=self._clock)
 
 
 class Provider:
     """One upstream with a bounded pool of reusable SMTP sessions."""
 
-    def __init__(self, settings: ProviderSettings, upstream: Upstream, *, local_hostname: str):
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        upstream: Upstream | None,
+        *,
+        local_hostname: str,
+        state: ProviderState | None = None,
+        clock: Callable[[], float] = time.time,
+        setup_error: str = "",
+    ):
         self.settings = settings
         self.id = settings.id
         self.upstream = upstream
+        self.state = state or ProviderState(settings.id, None, clock)
+        self.state.adopt(settings)
+        self._clock = clock
+        self._setup_error = setup_error
         self._local_hostname = local_hostname
         self._slots = asyncio.Semaphore(settings.max_connections)
         self._idle: list[tuple[float, Session]] = []
+
+    # ----------------------------------------------------------------- sessions
 
     async def _session(self) -> Session:
         now = time.monotonic()
@@ -98,27 +182,115 @@ class Provider:
             if session.usable and now - since < self.settings.idle_timeout:
                 return session
             await session.quit()
+        return await self._open()
+
+    async def _open(self) -> Session:
+        if self.upstream is None:
+            raise ProviderError(f"4.7.0 provider {self.id} is misconfigured: {self._setup_error}")
         session = Session(self.upstream, local_hostname=self._local_hostname)
         await session.open()
         return session
 
-    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
-        """Send one message; every recipient gets an outcome."""
-        async with self._slots:
+    async def _send(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+        try:
+            session = await self._session()
             try:
-                session = await self._session()
-            except ProviderError as exc:
-                log.warning("provider %s unavailable: %s", self.id, exc.text)
-                return [classify(r, exc) for r in recipients]
-            outcomes = await session.send(sender, recipients, data)
-            if session.usable and self.settings.idle_timeout > 0:
-                self._idle.append((time.monotonic(), session))
-            else:
-                await session.quit()
-            return outcomes
+                outcomes = await session.send(sender, recipients, data)
+            except StaleSession:
+                # The pooled connection died while idle; nothing was sent on it.
+                session = await self._open()
+                outcomes = await session.send(sender, recipients, data)
+        except ProviderError as exc:
+            log.warning("provider %s unavailable: %s", self.id, exc.text)
+            return [classify(r, exc) for r in recipients]
+        if session.usable and self.settings.idle_timeout > 0:
+            self._idle.append((time.monotonic(), session))
+        else:
+            await session.quit()
+        return outcomes
+
+    # ------------------------------------------------------------------ deliver
+
+    def blocked(self) -> Unavailable | None:
+        """Unavailable because of health (cool-down or a provider's pause), else ``None``."""
+        now = self._clock()
+        until = self.state.health.blocked_until(now)
+        if until is None:
+            return None
+        return Unavailable(self.id, f"{self.id}: {self.state.health.why_blocked(now)}", until)
+
+    async def deliver(
+        self, sender: str, recipients: Sequence[str], data: bytes
+    ) -> list[Outcome] | Unavailable:
+        """One attempt through this provider, or why it cannot be used now."""
+        if (blocked := self.blocked()) is not None:
+            return blocked
+        s, state = self.settings, self.state
+        if s.daily_limit is not None:
+            reset = await state.daily.reserve(s.daily_limit)
+            if reset is not None:
+                return Unavailable(
+                    self.id,
+                    f"{self.id}: daily limit of {s.daily_limit} messages reached; "
+                    "waiting for the next UTC day",
+                    reset,
+                )
+        if state.bucket is not None:
+            wait = state.bucket.reserve(_MAX_RATE_WAIT)
+            if wait is None:
+                if s.daily_limit is not None:
+                    await state.daily.give_back()
+                return Unavailable(
+                    self.id,
+                    f"{self.id}: rate limit {_rate(s)} reached",
+                    self._clock() + state.bucket.next_free(),
+                )
+            if wait > 0:
+                await asyncio.sleep(wait)
+        sender_out = s.send_from if s.send_from is not None else sender
+        data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name)
+        async with self._slots:
+            outcomes = await self._send(sender_out, recipients, data_out)
+        delivered = any(isinstance(o, Delivered) for o in outcomes)
+        if s.daily_limit is not None and not delivered:
+            await state.daily.give_back()
+        elif s.daily_limit is None and delivered:
+            await state.daily.reserve(None)  # usage is shown even without a limit
+        self._judge(outcomes)
+        return outcomes
+
+    def _judge(self, outcomes: Sequence[Outcome]) -> None:
+        """Health from one attempt: the provider failed only if every recipient says so."""
+        now = self._clock()
+        health, s = self.state.health, self.settings
+        faults = [o for o in outcomes if isinstance(o, TempFailure) and o.provider_fault]
+        if not outcomes or len(faults) < len(outcomes):
+            health.record_ok(now)
+            return
+        first = faults[0]
+        was = health.view(now).state
+        health.record_failure(first.text, now, threshold=s.failure_threshold, cooldown=s.cooldown)
+        if first.code is not None and (first.code == 421 or first.retry_after is not None):
+            health.pause(now + (first.retry_after or s.cooldown), first.text)
+        elif first.code is not None and first.text[4:8] == "4.7." and s.cooldown > 0:
+            health.pause(now + s.cooldown, first.text)  # a 4.7.x throttle without a hint
+        if health.view(now).state == "cooldown" and was != "cooldown":
+            log.warning(
+                "provider %s skipped until %s: %s",
+                self.id,
+                time.strftime("%H:%M:%S", time.localtime(health.blocked_until(now))),
+                first.text,
+            )
+
+    # ------------------------------------------------------------------- status
 
     async def status(self) -> ProviderStatus:
-        s = self.settings
+        s, now = self.settings, self._clock()
+        view = self.state.health.view(now)
+        oauth = self.state.oauth.status() if self.state.oauth is not None else None
+        last_error = view.last_error
+        if self._setup_error and not last_error:
+            last_error = f"misconfigured: {self._setup_error}"
         return ProviderStatus(
             id=s.id,
             caption=s.caption,
@@ -127,9 +299,19 @@ class Provider:
             encryption=s.encryption,
             enabled=s.enabled,
             priority=s.priority,
+            health="error" if self._setup_error else view.state,
+            last_error=last_error,
+            last_error_at=view.last_error_at,
+            last_ok_at=view.last_ok_at,
+            sent_today=await self.state.daily.used(),
             daily_limit=s.daily_limit,
-            rate=f"{s.rate.count}/{s.rate.per:g}s" if s.rate else None,
+            rate=_rate(s),
             max_connections=s.max_connections,
+            oauth_state=oauth.state if oauth else None,
+            oauth_valid_until=oauth.valid_until if oauth else None,
+            blocked_until=view.blocked_until,
+            oauth_last_refresh=oauth.last_refresh if oauth else None,
+            oauth_last_error=oauth.last_error if oauth else "",
         )
 
     async def aclose(self) -> None:
@@ -137,25 +319,65 @@ class Provider:
         await asyncio.gather(*(s.quit() for _, s in idle))
 
 
-class ProviderSet:
-    """The configured providers, in the order mail tries them."""
+def _rate(s: ProviderSettings) -> str | None:
+    if s.rate is None:
+        return None
+    unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(s.rate.per)
+    return f"{s.rate.count}/{unit}" if unit else f"{s.rate.count}/{s.rate.per:g}s"
 
-    def __init__(self, providers: Sequence[Provider]) -> None:
+
+class ProviderSet:
+    """The configured providers and the routing that orders them per recipient."""
+
+    def __init__(self, providers: Sequence[Provider], config: Config | None = None) -> None:
         self.providers = list(providers)
         self.by_id = {p.id: p for p in self.providers}
+        self.config = config
 
     @classmethod
-    def from_config(cls, config: Config, *, local_hostname: str) -> ProviderSet:
-        built = [
-            Provider(p, upstream_of(p, config.delivery), local_hostname=local_hostname)
-            for p in config.providers
-        ]
-        return cls(built)
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        local_hostname: str,
+        previous: ProviderSet | None = None,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> ProviderSet:
+        """Build providers; with ``previous``, keep the state of every id that stays.
+
+        Raises:
+            LookupError: a provider's secret (env variable, file) is missing.
+        """
+        kept = {p.id: p.state for p in previous.providers} if previous is not None else {}
+        built = []
+        for p in config.providers:
+            state = kept.get(p.id) or ProviderState(p.id, counters, clock)
+            state.adopt(p)
+            upstream = upstream_of(p, config.delivery, oauth=state.oauth)
+            built.append(
+                Provider(p, upstream, local_hostname=local_hostname, state=state, clock=clock)
+            )
+        return cls(built, config)
 
     def candidates(self, claim: Claim, data: bytes) -> list[Provider]:
         """Enabled providers in ``priority`` order (lowest first; ties keep file order)."""
         enabled = [p for p in self.providers if p.settings.enabled]
         return sorted(enabled, key=lambda p: p.settings.priority)
+
+    def plan(self, claim: Claim, data: bytes) -> list[tuple[list[int], list[Provider]]]:
+        """Group the claim's recipients by the providers routing gives them, in order."""
+        if self.config is None:
+            return [(list(claim.recipients), self.candidates(claim, data))]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        default = tuple(default_order(self.config))
+        for rid, rcpt in claim.recipients.items():
+            if self.config.routes or b"x-sluice-provider" in data[:65536].lower():
+                ids = tuple(route_for(self.config, claim.sender, rcpt.address, data))
+            else:
+                ids = default
+            groups.setdefault(ids, []).append(rid)
+        return [([*rids], [self.by_id[i] for i in ids]) for ids, rids in groups.items()]
 
     async def status(self) -> list[ProviderStatus]:
         """Every provider's state, in config order."""

@@ -19,7 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from relay.config import Config
 from relay.errors import SpoolError, UnknownMessage
@@ -33,7 +33,7 @@ from relay.model import (
     RecipientStatus,
     TempFailure,
 )
-from relay.providers import ProviderSet
+from relay.providers import ProviderSet, Unavailable
 from relay.retry import decide
 from relay.spool import Finish, Spool
 
@@ -151,19 +151,56 @@ class Scheduler:
             data = await self._spool.body(claim.message_id)
         except UnknownMessage:
             return  # deleted while claimed; nothing to do
-        pending = {rid: r.address for rid, r in claim.recipients.items()}
         results: dict[int, tuple[Outcome, str | None]] = {}
-        for provider in snap.providers.candidates(claim, data):
-            rids = list(pending)
-            started = time.monotonic()
-            outcomes = await provider.deliver(claim.sender, [pending[r] for r in rids], data)
-            self._metrics.delivery_seconds.labels(provider.id).observe(time.monotonic() - started)
-            for rid, outcome in zip(rids, outcomes, strict=True):
-                results[rid] = (outcome, provider.id)
-                if not (isinstance(outcome, TempFailure) and outcome.provider_fault):
-                    del pending[rid]
-            if not pending:
-                break
+        waits: list[Unavailable] = []
+        # Routing is resolved now, from the current config, for each recipient.
+        for rids_of_route, route in snap.providers.plan(claim, data):
+            pending = {rid: claim.recipients[rid].address for rid in rids_of_route}
+            for provider in route:
+                rids = list(pending)
+                started = time.monotonic()
+                got = await provider.deliver(claim.sender, [pending[r] for r in rids], data)
+                if isinstance(got, Unavailable):
+                    waits.append(got)  # skipped (limits, cool-down): not an attempt
+                    continue
+                self._metrics.delivery_seconds.labels(provider.id).observe(
+                    time.monotonic() - started
+                )
+                for rid, outcome in zip(rids, got, strict=True):
+                    results[rid] = (outcome, provider.id)
+                    if not (isinstance(outcome, TempFailure) and outcome.provider_fault):
+                        del pending[rid]
+                if not pending:
+                    break
+        untried = [rid for rid in claim.recipients if rid not in results]
+        if untried and waits:
+            # Every provider these recipients may use is limited or cooling down:
+            # they wait, without counting an attempt, until the first one frees up.
+            until = min(w.until for w in waits)
+            reason = "4.7.0 waiting: " + "; ".join(dict.fromkeys(w.reason for w in waits))
+            await self._spool.release(
+                replace(
+                    claim,
+                    recipients={r: claim.recipients[r] for r in untried},
+                    attempt_ids={r: claim.attempt_ids[r] for r in untried},
+                ),
+                reply=reason,
+                next_attempt_at=until,
+            )
+            for rid in untried:
+                log.info(
+                    "%s: to=<%s> waits until %s: %s",
+                    claim.queue_id,
+                    claim.recipients[rid].address,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until)),
+                    reason,
+                )
+            claim = replace(
+                claim,
+                recipients={r: c for r, c in claim.recipients.items() if r in results},
+            )
+            if not claim.recipients:
+                return
         now = self._clock()
         finishes = []
         for rid, rcpt in claim.recipients.items():

@@ -1,0 +1,76 @@
+"""Routing: which providers, in which order, may carry mail for each recipient.
+
+Resolved at every attempt from the current config, so a change applies to
+mail already queued. In order of precedence:
+
+1. an ``X-Sluice-Provider: ID[, ID...]`` header names the providers (the
+   header is removed before sending); an unknown ID is ignored with a warning;
+2. the first route whose every given condition matches: ``sender_domain``,
+   ``recipient_domain`` (``*.example.com`` also matches subdomains) and
+   ``header`` (``"Name: value"``, or just ``"Name"`` for presence);
+3. every enabled provider by ``priority`` (lowest first; ties keep file order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from relay.config import Config, RouteSettings
+from relay.rewrite import PROVIDER_HEADER, header_value
+
+__all__ = ["default_order", "domain_matches", "route_for"]
+
+log = logging.getLogger("sluice.routing")
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def domain_matches(domain: str, patterns: Sequence[str]) -> bool:
+    for pattern in patterns:
+        p = pattern.lower().rstrip(".")
+        if p.startswith("*."):
+            if domain == p[2:] or domain.endswith(p[1:]):
+                return True
+        elif domain == p:
+            return True
+    return False
+
+
+def _header_matches(data: bytes, spec: str) -> bool:
+    name, sep, want = spec.partition(":")
+    value = header_value(data, name.strip())
+    if value is None:
+        return False
+    return not sep or value.lower() == " ".join(want.split()).lower()
+
+
+def default_order(config: Config) -> list[str]:
+    enabled = [p for p in config.providers if p.enabled]
+    return [p.id for p in sorted(enabled, key=lambda p: p.priority)]
+
+
+def _matches(route: RouteSettings, sender: str, recipient: str, data: bytes) -> bool:
+    if route.sender_domain and not domain_matches(domain_of(sender), route.sender_domain):
+        return False
+    if route.recipient_domain and not domain_matches(domain_of(recipient), route.recipient_domain):
+        return False
+    return not (route.header and not _header_matches(data, route.header))
+
+
+def route_for(config: Config, sender: str, recipient: str, data: bytes) -> list[str]:
+    """Provider ids to try for one recipient, in order (enabled providers only)."""
+    enabled = {p.id: p for p in config.providers if p.enabled}
+    named = header_value(data, PROVIDER_HEADER)
+    if named:
+        ids = [i.strip() for i in named.split(",") if i.strip()]
+        chosen = [i for i in ids if i in enabled]
+        if chosen:
+            return chosen
+        log.warning("%s: %r names no enabled provider; using the routes", PROVIDER_HEADER, named)
+    for route in config.routes:
+        if _matches(route, sender, recipient, data):
+            return [i for i in route.providers if i in enabled]
+    return default_order(config)
