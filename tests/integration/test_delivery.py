@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import os
 import time
+from pathlib import Path
 
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
-from relay.spool import Spool
+from relay.spool import NewMessage, Spool
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import TestUpstream
 
@@ -210,3 +211,28 @@ async def test_gives_up_after_the_configured_time(
     assert entry.reason.startswith("4.4.7 gave up after 1s: 452 4.3.1 Insufficient storage")
     assert [e.status for e in logs[:-1]] == [AttemptStatus.DEFERRED] * (len(logs) - 1)
     assert logs[-1].status is AttemptStatus.FAIL
+
+
+async def test_an_expired_lease_is_taken_back(tmp_path: Path) -> None:
+    # A recipient claimed by an attempt that never reported back (a wedged
+    # task) is queued again once its lease runs out, and its log row closed.
+    clock = [1000.0]
+    spool = await Spool.open(tmp_path / "s.sqlite3", clock=lambda: clock[0])
+    try:
+        await spool.enqueue(
+            NewMessage("Q1", "a@x.y", ["b@x.y"], b"Subject: s\r\n\r\nb\r\n", "s", 1000.0)
+        )
+        (claim,) = await spool.claim_due(10, lease=60)
+        assert await spool.requeue_expired_leases() == 0
+        clock[0] += 61
+        assert await spool.requeue_expired_leases() == 1
+        (entry,) = await spool.list_queue()
+        (log,) = await spool.list_log()
+        assert entry.status is RecipientStatus.QUEUED
+        assert log.status is AttemptStatus.DEFERRED
+        assert "lease" in log.reason
+        # The old attempt can no longer record an outcome over the new state.
+        (again,) = await spool.claim_due(10, lease=60)
+        assert again.recipients.keys() == claim.recipients.keys()
+    finally:
+        await spool.aclose()
