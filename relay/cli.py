@@ -31,6 +31,7 @@ EX_USAGE = 64
 EX_NOINPUT = 66
 EX_UNAVAILABLE = 69
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 DEFAULT_CONFIG = "/etc/sluice/config.yaml"
@@ -60,10 +61,11 @@ def _setup_logging(level: str = "info") -> None:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
+    from relay import logsetup
     from relay.daemon import Daemon
 
     cfg = _load(args)
-    _setup_logging(cfg.log.level)
+    logsetup.configure(cfg.log.level, cfg.log.format, secrets=logsetup.config_secrets(cfg))
     daemon = Daemon(cfg, config_path=_config_path(args))
     await daemon.serve()
     return EX_OK
@@ -75,6 +77,31 @@ async def cmd_check(args: argparse.Namespace) -> int:
     print(
         f"{_config_path(args)}: OK ({len(cfg.providers)} providers, enabled: {', '.join(enabled)})"
     )
+    return EX_OK
+
+
+async def cmd_reload(args: argparse.Namespace) -> int:
+    from relay.control import request_reload
+
+    path = _config_path(args)
+    cfg = load(path)  # refuse to signal the daemon with a file that does not validate
+    try:
+        result = await asyncio.to_thread(request_reload, cfg.spool.path, wait=args.wait)
+    except ProcessLookupError as exc:
+        print(f"sluice: {exc.strerror}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except PermissionError:
+        print(f"sluice: not allowed to signal the daemon on {cfg.spool.path}", file=sys.stderr)
+        return EX_NOPERM
+    if result.daemon_config and Path(result.daemon_config) != path.resolve():
+        print(f"sluice: note: the daemon reads {result.daemon_config}, not {path}")
+    if not result.confirmed:
+        print(f"sluice: sent SIGHUP to pid {result.pid}; no answer within {args.wait:g}s")
+        return EX_TEMPFAIL
+    if result.error:
+        print(f"sluice: reload failed, still running the old configuration: {result.error}")
+        return EX_CONFIG
+    print(f"sluice: pid {result.pid} reloaded its configuration")
     return EX_OK
 
 
@@ -176,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("serve", cmd_serve, "run the daemon")
     add("check", cmd_check, "validate the config file and exit")
+    p = add("reload", cmd_reload, "validate the config, then make the running daemon reload it")
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the outcome")
+    sub.add_parser(
+        "sendmail",
+        help="sendmail-compatible submission (also when run through a link named sendmail)",
+        add_help=False,
+    )
 
     queue = sub.add_parser("queue", help="list and act on queued mail")
     qsub = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
@@ -199,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+        # Linked as /usr/sbin/sendmail (or mailq-style names): behave as sendmail.
+        if os.path.basename(sys.argv[0]) == "sendmail":
+            from relay import sendmail
+
+            return sendmail.main(argv)
+    if argv and argv[0] == "sendmail":
+        from relay import sendmail
+
+        return sendmail.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code: int = asyncio.run(args.func(args))

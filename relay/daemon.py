@@ -20,11 +20,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+from relay import logsetup
 from relay.config import Config, load
-from relay.errors import ConfigError, SpoolLocked
+from relay.errors import ConfigError, SpoolError, SpoolLocked
 from relay.metrics import Metrics
 from relay.providers import ProviderSet
 from relay.scheduler import Scheduler, Snapshot
+from relay.sdnotify import Notifier
 from relay.smtp_server import Listener, RelayHandler, start_listeners
 from relay.spool import Spool
 
@@ -69,8 +71,15 @@ class Daemon:
         *,
         config_path: Path | None = None,
         clock: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
     ) -> None:
         self._config_path = config_path
+        self.notifier = notifier if notifier is not None else Notifier.from_env()
+        self._reload_lock = asyncio.Lock()
+        #: the outcome of the last reload, for the admin page, /healthz and ``sluice reload``
+        self.reloads = 0
+        self.last_reload_at: float | None = None
+        self.last_reload_error: str | None = None
         self._clock = clock
         self._snapshot: Snapshot | None = None
         self._initial = config
@@ -105,28 +114,107 @@ class Daemon:
         self._stop.set()
 
     async def reload(self) -> bool:
-        """Re-read the config file; keep the running config if the new one is invalid."""
+        """Re-read the config file and apply it; keep the running config if it is invalid.
+
+        Provider, retry, limit and log changes apply to the next attempts and
+        sessions (in-flight deliveries keep the snapshot they started with); a
+        changed ``smtp.listen`` is rebound (new sockets first, then the old are
+        closed); the spool path cannot change without a restart. The outcome is
+        kept in ``last_reload_at``/``last_reload_error`` and in the spool's
+        ``meta`` table, where ``sluice reload`` watches for it.
+        """
+        async with self._reload_lock:
+            self.notifier.reloading()
+            try:
+                error = await self._apply_reload()
+            except Exception as exc:  # a bug must not kill the daemon on SIGHUP
+                log.exception("reload failed unexpectedly", extra={"event": "reload"})
+                error = f"internal error: {exc}"
+            self.reloads += 1
+            self.last_reload_at = self._clock()
+            self.last_reload_error = error
+            if self.spool is not None:
+                with contextlib.suppress(SpoolError):
+                    await self.spool.meta_set(
+                        {
+                            "reload.id": f"{os.getpid()}:{self.reloads}",
+                            "reload.at": f"{self.last_reload_at:.3f}",
+                            "reload.error": error or "",
+                        }
+                    )
+            self.notifier.ready(self.status_text())
+            return error is None
+
+    async def _apply_reload(self) -> str | None:
+        """Validate and swap in the new config; the error text, or None on success."""
         if self._config_path is None:
             log.warning("reload asked, but the daemon was not started from a file")
-            return False
+            return "the daemon was not started from a config file"
+        source = self._config_path
         try:
-            new = await asyncio.to_thread(load, self._config_path)
+            new = await asyncio.to_thread(load, source)
         except ConfigError as exc:
             for issue in exc.issues:
-                log.error("reload rejected: %s", issue)
-            return False
+                log.error("reload rejected: %s", issue, extra={"event": "reload"})
+            log.error("kept the running configuration", extra={"event": "reload"})
+            return "; ".join(exc.issues)
         old = self.snapshot()
-        if new.smtp.listen != old.config.smtp.listen or new.spool != old.config.spool:
-            log.warning("smtp.listen and spool changes take effect at the next restart")
-        # Health, usage and tokens of providers whose id stays carry over.
-        providers = ProviderSet.from_config(
-            new, local_hostname=self.hostname, previous=old.providers, counters=self.spool
-        )
+        if new.spool.path != old.config.spool.path:
+            msg = (
+                f"{source}: spool.path: cannot change on reload (running on "
+                f"{old.config.spool.path}); restart sluice to use {new.spool.path}"
+            )
+            log.error("reload rejected: %s", msg, extra={"event": "reload"})
+            return msg
+        if new.smtp.hostname != old.config.smtp.hostname:
+            log.warning("smtp.hostname changes take effect at the next restart")
+        try:
+            # Health, usage and tokens of providers whose id stays carry over.
+            providers = ProviderSet.from_config(
+                new, local_hostname=self.hostname, previous=old.providers, counters=self.spool
+            )
+        except LookupError as exc:  # a secret vanished between validation and use
+            log.error("reload rejected: %s", exc, extra={"event": "reload"})
+            return str(exc)
+        if self.listener is not None and set(new.smtp.listen) != set(self.listener.endpoints):
+            try:
+                await self.listener.rebind(new.smtp.listen)
+            except OSError as exc:
+                await providers.aclose()
+                wanted = ", ".join(str(ep) for ep in new.smtp.listen)
+                msg = f"{source}: smtp.listen: cannot listen on {wanted}: {exc.strerror or exc}"
+                log.error("reload rejected: %s", msg, extra={"event": "reload"})
+                return msg
+            for ep in self.listener.addresses:
+                log.info("listening smtp=%s:%d", ep.host, ep.port)
+            await self._record_listen()
         self._snapshot = Snapshot(new, providers)
-        log.info("configuration reloaded from %s", self._config_path)
+        logsetup.apply_config(new)
+        log.info("configuration reloaded from %s", source, extra={"event": "reload"})
         # In-flight deliveries keep the provider objects they started with.
         await old.providers.aclose()
-        return True
+        return None
+
+    def status_text(self) -> str:
+        """One line for ``systemctl status`` (sd_notify ``STATUS=``)."""
+        listen = ", ".join(str(ep) for ep in self.listener.addresses) if self.listener else "-"
+        text = f"accepting mail on {listen}"
+        if self.last_reload_error:
+            text += f"; last reload failed: {self.last_reload_error[:200]}"
+        return text
+
+    async def _record_listen(self) -> None:
+        """Tell other processes (``sluice sendmail``, ``sluice reload``) where we are."""
+        if self.spool is None or self.listener is None:
+            return
+        with contextlib.suppress(SpoolError):
+            await self.spool.meta_set(
+                {
+                    "daemon.pid": str(os.getpid()),
+                    "daemon.listen": " ".join(str(ep) for ep in self.listener.addresses),
+                    "daemon.config": str(self._config_path or ""),
+                }
+            )
 
     # --------------------------------------------------------------- lifecycle
 
@@ -164,6 +252,7 @@ class Daemon:
             stack.push_async_callback(self._close_listener)
             for ep in self.listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
+            await self._record_listen()
 
             self.scheduler = Scheduler(
                 spool, self.snapshot, clock=self._clock, metrics=self.metrics
@@ -176,9 +265,11 @@ class Daemon:
                     "sluice ready: %d recipients in the queue",
                     sum((await spool.counts_by_status()).values()),
                 )
+                self.notifier.ready(self.status_text())
                 try:
                     yield self
                 finally:
+                    self.notifier.stopping("stopping: finishing deliveries in flight")
                     self._stop.set()
                     if self.listener is not None:
                         self.listener.stop_accepting()
@@ -205,18 +296,27 @@ class Daemon:
         loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[bool]] = set()
 
+        async def reload_when_ready() -> bool:
+            await self.ready.wait()
+            return await self.reload()
+
         def on_hup() -> None:
-            task = loop.create_task(self.reload(), name="reload")
+            task = loop.create_task(reload_when_ready(), name="reload")
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
-        async with self.running():
-            loop.add_signal_handler(signal.SIGTERM, self.stop)
-            loop.add_signal_handler(signal.SIGINT, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, on_hup)
-            try:
+        # Installed before start-up: SIGHUP's default action would kill a
+        # daemon that is still opening its spool, and TERM must stop it cleanly.
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            async with self.running():
                 await self._stop.wait()
-            finally:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    loop.remove_signal_handler(sig)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            for task in reloads:
+                task.cancel()
+            self.notifier.close()
         log.info("stopped")

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,6 +240,10 @@ class Listener:
 
     servers: list[asyncio.Server]
     sessions: set[RelaySMTP] = field(default_factory=set)
+    #: the configured address of each server, and how to make a session (for ``rebind``)
+    endpoints: list[Endpoint] = field(default_factory=list)
+    factory: Callable[[], RelaySMTP] | None = None
+    _retired: list[asyncio.Server] = field(default_factory=list)
 
     @property
     def addresses(self) -> list[Endpoint]:
@@ -254,9 +258,42 @@ class Listener:
         for server in self.servers:
             server.close()
 
+    async def rebind(self, endpoints: Sequence[Endpoint]) -> None:
+        """Listen on ``endpoints`` instead (a reload): bind the new ones, then close the old.
+
+        Addresses in both lists keep their socket. Open sessions on a removed
+        address carry on. If a new address cannot be bound, nothing changes.
+
+        Raises:
+            OSError: binding a new address failed.
+        """
+        assert self.factory is not None, "rebind needs the listener from start_listeners"
+        loop = asyncio.get_running_loop()
+        current = dict(zip(self.endpoints, self.servers, strict=True))
+        added = [ep for ep in endpoints if ep not in current]
+        opened: list[asyncio.Server] = []
+        try:
+            for ep in added:
+                opened.append(await loop.create_server(self.factory, host=ep.host, port=ep.port))
+        except OSError:
+            for server in opened:
+                server.close()
+            raise
+        fresh = dict(zip(added, opened, strict=True))
+        removed = [s for ep, s in current.items() if ep not in endpoints]
+        self.endpoints = list(dict.fromkeys(endpoints))
+        self.servers = [current.get(ep) or fresh[ep] for ep in self.endpoints]
+        for server in removed:
+            server.close()
+        self._retired.extend(removed)
+
     async def aclose(self, grace: float) -> None:
         """Stop accepting, let sessions finish for ``grace`` seconds, then 421 the rest."""
         self.stop_accepting()
+        for server in self._retired:
+            server.close()
+        self.servers.extend(self._retired)
+        self._retired.clear()
         tasks = [t for s in self.sessions if (t := s._handler_coroutine) is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
@@ -291,11 +328,12 @@ async def start_listeners(
         )
 
     servers: list[asyncio.Server] = []
+    endpoints = list(dict.fromkeys(current.listen))
     try:
-        for ep in current.listen:
+        for ep in endpoints:
             servers.append(await loop.create_server(factory, host=ep.host, port=ep.port))
     except OSError:
         for server in servers:
             server.close()
         raise
-    return Listener(servers, sessions)
+    return Listener(servers, sessions, endpoints=endpoints, factory=factory)

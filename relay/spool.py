@@ -44,7 +44,7 @@ from relay.model import (
 )
 from relay.sql import QUERIES, SCHEMA
 
-__all__ = ["Finish", "NewMessage", "Spool", "new_queue_id"]
+__all__ = ["Finish", "NewMessage", "Spool", "new_queue_id", "read_meta"]
 
 log = logging.getLogger("sluice.spool")
 
@@ -443,7 +443,20 @@ class Spool:
             ).fetchone()[0]
         )
 
+    async def meta_set(self, values: dict[str, str]) -> None:
+        """Record daemon status values (e.g. the last reload) for other processes."""
+        await self._writer.submit(
+            lambda c: c.executemany(
+                QUERIES["meta_set"], [{"key": k, "value": v} for k, v in values.items()]
+            )
+        )
+
     # ------------------------------------------------------------------- reads
+
+    async def meta_get(self, key: str) -> str | None:
+        async with self._reader.execute(QUERIES["meta_get"], {"key": key}) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row else None
 
     async def counter_get(self, name: str, window: str) -> int:
         async with self._reader.execute(
@@ -574,6 +587,25 @@ class Spool:
         """Read-only query for reports (admin statistics); never a write."""
         async with self._reader.execute(sql, params or {}) as cur:
             return list(await cur.fetchall())
+
+
+def read_meta(path: Path, key: str) -> str | None:
+    """Read one ``meta`` value without opening the spool for writing (CLI helpers).
+
+    Blocking; for short-lived commands (``sluice reload``, ``sluice sendmail``)
+    only. Returns None if the spool or the key does not exist or is unreadable.
+    """
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(QUERIES["meta_get"], {"key": key}).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def _like_escape(text: str) -> str:

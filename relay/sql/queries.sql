@@ -141,3 +141,12 @@ SELECT * FROM attempts WHERE message_id = :message_id ORDER BY id;
 -- name: body
 -- The stored bytes of a message.
 SELECT data FROM bodies WHERE message_id = :message_id;
+
+-- name: meta_set
+-- Set a daemon status value (last reload, listening addresses) for other processes.
+INSERT INTO meta (key, value) VALUES (:key, :value)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: meta_get
+-- Read one daemon status value.
+SELECT value FROM meta WHERE key = :key;

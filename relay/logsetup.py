@@ -1,0 +1,230 @@
+"""Structured logging on stderr: one line per event, ``key=value`` (logfmt) or JSON.
+
+Every record becomes exactly one line (a traceback is folded into the
+``exc`` field), with ``level``, ``logger``, the ``event`` and ``queue_id``
+when the caller gave them (``extra={"event": "accept", "queue_id": ...}``),
+the message, and any other ``extra`` fields. A message that starts with a
+queue ID (``"0123ABCD...: accepted ..."``) gets the ``queue_id`` field too.
+
+Secrets never reach the output: every line passes a redactor that replaces
+the configured secret values (provider passwords, tokens, admin password)
+and anything that looks like an SMTP AUTH payload or ``password=...`` with
+``MASK``. Under systemd, when stderr is the journal (``$JOURNAL_STREAM``
+matches it), the timestamp is left out since the journal adds its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, Any, Literal
+
+from relay.config import Config
+from relay.secrets import MASK, resolve_secret
+
+__all__ = [
+    "JsonFormatter",
+    "LogfmtFormatter",
+    "Redactor",
+    "SluiceLogHandler",
+    "apply_config",
+    "config_secrets",
+    "configure",
+]
+
+Format = Literal["text", "json"]
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+) | {"message", "asctime", "taskName"}
+_LEADING_QID = re.compile(r"^([0-9A-F]{16}): ")
+_SECRETISH = re.compile(
+    r"(?i)(\bAUTH\s+(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5)\s+)\S+"
+    r"|(\b(?:password|passwd|secret|token|api_key)\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
+)
+_LOGFMT_BARE = re.compile(r"^[^\s\"=\\]+$")
+_MIN_SECRET = 4  # shorter "secrets" would mask ordinary words
+
+
+class Redactor:
+    """Replaces known secret values and secret-looking fragments with ``MASK``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._pattern: re.Pattern[str] | None = None
+        self.update(secrets)
+
+    def update(self, secrets: Iterable[str]) -> None:
+        values = sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is not None:
+            text = self._pattern.sub(MASK, text)
+        return _SECRETISH.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text)
+
+
+def _fields(record: logging.LogRecord, *, with_time: bool) -> dict[str, Any]:
+    msg = record.getMessage()
+    out: dict[str, Any] = {}
+    if with_time:
+        out["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
+            f".{int(record.msecs):03d}Z"
+        )
+    out["level"] = record.levelname.lower()
+    out["logger"] = record.name
+    extras = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    if "event" in extras:
+        out["event"] = extras.pop("event")
+    queue_id = extras.pop("queue_id", None)
+    match = _LEADING_QID.match(msg)
+    if match and (queue_id is None or queue_id == match.group(1)):
+        queue_id = match.group(1)
+        msg = msg[match.end() :]
+    if queue_id is not None:
+        out["queue_id"] = queue_id
+    out["msg"] = msg
+    out.update(extras)
+    if record.exc_info and record.exc_info[0] is not None:
+        out["exc"] = logging.Formatter().formatException(record.exc_info)
+    elif record.exc_text:
+        out["exc"] = record.exc_text
+    return out
+
+
+def _logfmt_value(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if text and _LOGFMT_BARE.match(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``ts=... level=info logger=sluice.smtp event=accept queue_id=... msg="..."``."""
+
+    def __init__(self, redactor: Redactor, *, with_time: bool = True) -> None:
+        super().__init__()
+        self.redactor = redactor
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record, with_time=self.with_time)
+        line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
+        return self.redactor(line)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, same fields as the logfmt format."""
+
+    def __init__(self, redactor: Redactor, *, with_time: bool = True) -> None:
+        super().__init__()
+        self.redactor = redactor
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record, with_time=self.with_time)
+        # Redact values, not the encoded line, so the JSON stays valid.
+        safe = {k: self.redactor(v) if isinstance(v, str) else v for k, v in fields.items()}
+        return json.dumps(safe, ensure_ascii=False, default=str)
+
+
+class SluiceLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler Sluice installs on the root logger."""
+
+    def __init__(self, stream: IO[str], fmt: Format, redactor: Redactor, with_time: bool) -> None:
+        super().__init__(stream)
+        self.redactor = redactor
+        self.with_time = with_time
+        self.set_format(fmt)
+
+    def set_format(self, fmt: Format) -> None:
+        cls = JsonFormatter if fmt == "json" else LogfmtFormatter
+        self.setFormatter(cls(self.redactor, with_time=self.with_time))
+
+
+def _stderr_is_journal(stream: IO[str], environ: Mapping[str, str]) -> bool:
+    """systemd.exec(5): ``$JOURNAL_STREAM`` is ``DEV:INODE`` of the journal stream."""
+    value = environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def _secret_values(*triples: tuple[Any, Any, Any], credential: str | None = None) -> Iterator[str]:
+    for inline, env_name, file in triples:
+        try:
+            value = resolve_secret(inline, env_name, file, credential=credential)
+        except LookupError:
+            continue
+        if value is not None:
+            yield value.get_secret_value()
+
+
+def config_secrets(cfg: Config) -> set[str]:
+    """Every secret value the config resolves to (for the redactor)."""
+    out: set[str] = set()
+    for p in cfg.providers:
+        out.update(_secret_values((p.password, p.password_env, p.password_file), credential=p.id))
+        if p.oauth2 is not None:
+            o = p.oauth2
+            out.update(
+                _secret_values(
+                    (o.client_secret, o.client_secret_env, o.client_secret_file),
+                    (o.refresh_token, o.refresh_token_env, o.refresh_token_file),
+                )
+            )
+    a = cfg.admin
+    out.update(
+        _secret_values(
+            (a.password_hash, None, None),
+            (None, a.password_env, a.password_file),
+            (None, a.api_token_env, a.api_token_file),
+        )
+    )
+    return out
+
+
+def configure(
+    level: str = "info",
+    fmt: Format = "text",
+    *,
+    secrets: Iterable[str] = (),
+    stream: IO[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> SluiceLogHandler:
+    """Install (or replace) Sluice's handler on the root logger."""
+    out = sys.stderr if stream is None else stream
+    env = os.environ if environ is None else environ
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, SluiceLogHandler)]:
+        root.removeHandler(old)
+    handler = SluiceLogHandler(
+        out, fmt, Redactor(secrets), with_time=not _stderr_is_journal(out, env)
+    )
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiosmtpd logs every SMTP command at INFO ("mail.log"), including AUTH
+    # exchanges; keep only its problems. Same for the asyncio debug chatter.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    return handler
+
+
+def apply_config(cfg: Config) -> None:
+    """On reload: new level, format and secrets for the installed handler (if any)."""
+    root = logging.getLogger()
+    handlers = [h for h in root.handlers if isinstance(h, SluiceLogHandler)]
+    if not handlers:
+        return  # embedded (tests, demo): the host application owns logging
+    root.setLevel(cfg.log.level.upper())
+    for handler in handlers:
+        handler.redactor.update(config_secrets(cfg))
+        handler.set_format(cfg.log.format)

@@ -1,0 +1,424 @@
+"""``sluice sendmail``: the /usr/sbin/sendmail interface for cron, PHP, git and friends.
+
+Reads one message on stdin and hands it to the local Sluice listener over
+SMTP (the first ``smtp.listen`` address; for port 0, the address the running
+daemon recorded in the spool). If the listener cannot be reached at all and
+the caller can write the spool (root or the sluice user), the message is
+written straight into the spool, where the daemon finds it when it (re)starts
+or at its next poll; otherwise the exit code is 75 (EX_TEMPFAIL) so that the
+caller keeps the message. Exit codes follow sysexits(3).
+
+The options are sendmail 8's, parsed the way callers really pass them:
+glued values (``-fuser@x``, ``-FCronDaemon``, ``-B8BITMIME``), grouped flags
+(``-ti``), ``-oi``, operands before options and ``--``. Options that only
+tune a real MTA (``-o*``, ``-B``, ``-N``, ``-R``, ``-V``, ``-h``, ``-L``,
+``-m``, ``-n``, ``-U``, ``-X``, ``-d``, ``-e``, ``-p``, ``-A``, ``-G``) are
+accepted and ignored.
+
+Like sendmail, missing ``From:``, ``Date:`` and ``Message-ID:`` headers are
+added, line endings become CRLF, and without ``-i``/``-oi`` a line holding a
+single dot ends the input. Local names without a domain (cron mails ``root``)
+are qualified with ``smtp.hostname`` (or this host's FQDN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import getopt
+import os
+import pwd
+import re
+import smtplib
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from relay.config import Config, Endpoint, load
+from relay.errors import ConfigError, SpoolError
+from relay.received import extract_subject
+from relay.spool import NewMessage, Spool, new_queue_id, read_meta
+
+__all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+DEFAULT_CONFIG = "/etc/sluice/config.yaml"
+
+_SHORT = "A:B:b:C:d:e:F:f:h:iL:mN:nO:o:p:q:R:r:tUV:vX:G"
+_LONG = ["config="]
+_TIMEOUT = 60.0
+_LINE = re.compile(rb"\r\n|\n|\r")
+_HEADER_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
+_BAD_CHARS = re.compile(r"[\r\n\0]")
+
+
+class UsageError(Exception):
+    """Bad command line; exits 64 (EX_USAGE)."""
+
+
+@dataclass
+class Options:
+    recipients: list[str] = field(default_factory=list)
+    sender: str | None = None
+    full_name: str | None = None
+    from_headers: bool = False  # -t
+    ignore_dots: bool = False  # -i / -oi
+    verbose: bool = False
+    config: str | None = None
+    mode: str = "m"  # -b<mode>
+    queue_run: bool = False  # -q
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    """sendmail 8's command line, as cron, PHP, mdadm, busybox and git use it."""
+    args = list(argv)
+    # A bare "-q" (process the queue) takes no value; getopt would eat the next word.
+    args = ["-q0" if a == "-q" else a for a in args]
+    try:
+        opts, operands = getopt.gnu_getopt(args, _SHORT, _LONG)
+    except getopt.GetoptError as exc:
+        raise UsageError(str(exc)) from None
+    o = Options()
+    for flag, value in opts:
+        if flag == "-t":
+            o.from_headers = True
+        elif flag == "-i":
+            o.ignore_dots = True
+        elif flag in ("-f", "-r"):
+            o.sender = value.strip()
+        elif flag == "-F":
+            o.full_name = value
+        elif flag == "-v":
+            o.verbose = True
+        elif flag in ("-C", "--config"):
+            o.config = value
+        elif flag == "-b":
+            o.mode = value
+        elif flag == "-q":
+            o.queue_run = True
+        elif flag == "-o":
+            # -oi is -i; -oem, -odi, -odb, -oQ... tune a real MTA: ignored.
+            if value == "i":
+                o.ignore_dots = True
+        # Everything else (-B8BITMIME, -N never, -R hdrs, -V, -h, -L, -m,
+        # -n, -U, -X, -d, -e, -p, -A, -G, -O) is harmless here and ignored.
+    for value in (o.sender or "", o.full_name or "", *operands):
+        if _BAD_CHARS.search(value):
+            raise UsageError("a line break is not allowed in an address or name")
+    for operand in operands:
+        o.recipients.extend(a for _n, a in email.utils.getaddresses([operand]) if a)
+    return o
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: bytes
+    recipients: list[str]
+
+
+def _split_header(lines: list[bytes]) -> tuple[list[list[bytes]], list[bytes]]:
+    """Header fields (each a list of physical lines) and the body lines."""
+    fields: list[list[bytes]] = []
+    for i, line in enumerate(lines):
+        if line == b"":
+            return fields, lines[i + 1 :]
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        elif _HEADER_NAME.match(line):
+            fields.append([line])
+        elif i == 0 and line.startswith(b"From "):
+            continue  # an mbox separator line, not a header
+        else:
+            # Not a header line: everything from here on is body (no blank line given).
+            return fields, lines[i:]
+    return fields, []
+
+
+def _name(fld: list[bytes]) -> str:
+    return fld[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
+
+
+def _value(fld: list[bytes]) -> str:
+    raw = b" ".join([fld[0].split(b":", 1)[1], *fld[1:]])
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def qualify(address: str, domain: str) -> str:
+    """``root`` -> ``root@domain``; full addresses are left as they are."""
+    return address if "@" in address or not address else f"{address}@{domain}"
+
+
+def prepare(raw: bytes, opts: Options, *, sender: str, domain: str, now: float) -> Prepared:
+    """The message as it will be submitted, and its recipients (pure; no I/O)."""
+    lines = _LINE.split(raw)
+    if lines and lines[-1] == b"":
+        lines.pop()  # the final line ending
+    if not opts.ignore_dots:
+        for i, line in enumerate(lines):
+            if line == b".":
+                lines = lines[:i]
+                break
+    fields, body = _split_header(lines)
+    recipients = [qualify(r, domain) for r in opts.recipients]
+    if opts.from_headers:
+        wanted = {"to", "cc", "bcc"}
+        values = [_value(f) for f in fields if _name(f) in wanted]
+        recipients += [qualify(a, domain) for _n, a in email.utils.getaddresses(values) if a]
+        # Bcc recipients get the message, but nobody sees the Bcc list.
+        fields = [f for f in fields if _name(f) not in ("bcc", "resent-bcc")]
+    names = {_name(f) for f in fields}
+    added: list[bytes] = []
+    if "from" not in names:
+        display = opts.full_name or ""
+        added.append(b"From: " + email.utils.formataddr((display, sender), "utf-8").encode())
+    if "date" not in names:
+        added.append(b"Date: " + email.utils.formatdate(now, localtime=True).encode())
+    if "message-id" not in names:
+        added.append(b"Message-ID: " + email.utils.make_msgid(domain=domain).encode())
+    header = [line for f in fields for line in f] + added
+    data = b"\r\n".join([*header, b"", *body]) + b"\r\n"
+    return Prepared(data, list(dict.fromkeys(recipients)))
+
+
+# ---------------------------------------------------------------- submission
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def _connect_target(cfg: Config) -> Endpoint | None:
+    """Where the daemon listens: the config's first address, or what it recorded."""
+    ep = cfg.smtp.listen[0]
+    if ep.port == 0:
+        recorded = _recorded_listen(cfg.spool.path)
+        if recorded is None:
+            return None
+        ep = recorded
+    if ep.host in ("0.0.0.0", ""):
+        return Endpoint("127.0.0.1", ep.port)
+    if ep.host == "::":
+        return Endpoint("::1", ep.port)
+    return ep
+
+
+def _recorded_listen(spool: Path) -> Endpoint | None:
+    recorded = read_meta(spool, "daemon.listen")
+    if not recorded:
+        return None
+    host, _, port = recorded.split()[0].rpartition(":")
+    return Endpoint(host.strip("[]"), int(port))
+
+
+def _smtp_submit(
+    ep: Endpoint, sender: str, recipients: list[str], data: bytes, helo: str, verbose: bool
+) -> None:
+    """Submit over SMTP; raises ``_Fail`` with a sysexits code, or OSError if unreachable."""
+    smtp = smtplib.SMTP(timeout=_TIMEOUT, local_hostname=helo)
+    try:
+        smtp.connect(ep.host, ep.port)
+    except OSError:
+        # Nobody listening, or no greeting (smtplib's errors are OSErrors too):
+        # the message was not taken, so the caller may fall back to the spool.
+        smtp.close()
+        raise
+    try:
+        smtp.ehlo()
+        options: list[str] = []
+        if not data.isascii() and smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if not all(a.isascii() for a in (sender, *recipients)):
+            if not smtp.has_extn("smtputf8"):
+                raise _Fail(EX_DATAERR, "the listener does not accept non-ASCII addresses")
+            options.append("SMTPUTF8")
+        pending = list(recipients)
+        permanent: dict[str, str] = {}
+        while pending:
+            try:
+                refused = smtp.sendmail(sender, pending, data, mail_options=options)
+            except smtplib.SMTPRecipientsRefused as exc:
+                refused = exc.recipients
+                if all(code >= 500 for code, _ in refused.values()):
+                    permanent.update(
+                        {r: f"{c} {t.decode(errors='replace')}" for r, (c, t) in refused.items()}
+                    )
+                    break
+                raise _Fail(EX_TEMPFAIL, _describe(refused)) from None
+            accepted = [r for r in pending if r not in refused]
+            if verbose:
+                print(f"sendmail: accepted for {', '.join(accepted)}", file=sys.stderr)
+            for r, (code, text) in refused.items():
+                if code >= 500:
+                    permanent[r] = f"{code} {text.decode(errors='replace')}"
+            # 452 "too many recipients": send the rest in another transaction.
+            pending = [r for r in pending if r in refused and r not in permanent]
+        if permanent:
+            lines = "; ".join(f"<{r}>: {t}" for r, t in permanent.items())
+            others = len(recipients) - len(permanent)
+            note = f" (queued for the other {others})" if others else ""
+            raise _Fail(EX_NOUSER, f"refused {lines}{note}")
+    except smtplib.SMTPSenderRefused as exc:
+        code = EX_TEMPFAIL if exc.smtp_code < 500 else EX_DATAERR
+        why = f"sender <{_txt(exc.sender)}> refused: {exc.smtp_code} {_txt(exc.smtp_error)}"
+        raise _Fail(code, why) from None
+    except smtplib.SMTPDataError as exc:
+        code = EX_TEMPFAIL if exc.smtp_code < 500 else EX_DATAERR
+        raise _Fail(code, f"message refused: {exc.smtp_code} {_txt(exc.smtp_error)}") from None
+    except smtplib.SMTPResponseException as exc:
+        code = EX_TEMPFAIL if exc.smtp_code < 500 else EX_SOFTWARE
+        raise _Fail(code, f"{exc.smtp_code} {_txt(exc.smtp_error)}") from None
+    except (smtplib.SMTPException, OSError) as exc:
+        # Broken off mid-transaction: not accepted; the caller must keep it.
+        raise _Fail(EX_TEMPFAIL, f"connection to {ep} failed: {exc}") from None
+    finally:
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+
+def _txt(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _describe(refused: Mapping[str, tuple[int, bytes]]) -> str:
+    return "; ".join(f"<{r}>: {c} {_txt(t)}" for r, (c, t) in refused.items())
+
+
+def _spool_writable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
+async def _enqueue(path: Path, msg: NewMessage) -> str:
+    async with await Spool.open(path) as spool:
+        return await spool.enqueue(msg)
+
+
+def _spool_directly(
+    cfg: Config, sender: str, recipients: list[str], data: bytes, hostname: str
+) -> str:
+    path = cfg.spool.path
+    if len(data) > cfg.smtp.max_message_size:
+        raise _Fail(EX_DATAERR, f"message is larger than smtp.max_message_size ({len(data)} bytes)")
+    now = time.time()
+    queue_id = new_queue_id(now)
+    stamp = email.utils.formatdate(now)
+    received = (
+        f"Received: by {hostname} (Sluice sendmail, uid {os.getuid()}) id {queue_id};\r\n"
+        f"\t{stamp}\r\n"
+    ).encode()
+    msg = NewMessage(
+        queue_id=queue_id,
+        sender=sender,
+        recipients=recipients,
+        data=received + data,
+        subject=extract_subject(data),
+        received_at=now,
+        client="sendmail",
+        helo=f"uid {os.getuid()}",
+    )
+    owner = path.stat()
+    try:
+        asyncio.run(_enqueue(path, msg))
+    finally:
+        if os.geteuid() == 0 and owner.st_uid != 0:
+            # root wrote as itself: give SQLite's side files back to the daemon's user.
+            for suffix in ("-wal", "-shm", "-journal"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    os.chown(side, owner.st_uid, owner.st_gid)
+    return queue_id
+
+
+def _default_sender(domain: str) -> str:
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = f"uid{os.getuid()}"
+    return f"{user}@{domain}"
+
+
+def run(
+    argv: Sequence[str],
+    stdin: BinaryIO,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """The whole command; returns a sysexits code. Messages go to stderr."""
+    env = os.environ if environ is None else environ
+    try:
+        opts = parse_args(argv)
+    except UsageError as exc:
+        return _err(EX_USAGE, f"{exc}")
+    if opts.queue_run or opts.mode == "i":
+        return EX_OK  # -q / newaliases: the daemon runs its own queue; no aliases here
+    if opts.mode == "p":
+        return _err(EX_USAGE, "-bp is not supported; use `sluice queue list`")
+    if opts.mode != "m":
+        return _err(EX_USAGE, f"-b{opts.mode} is not supported (only -bm, the default)")
+    config_path = Path(opts.config or env.get("SLUICE_CONFIG") or DEFAULT_CONFIG)
+    try:
+        cfg = load(config_path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"sendmail: {issue}", file=sys.stderr)
+        return EX_CONFIG
+    domain = cfg.smtp.hostname or socket.getfqdn()
+    sender = opts.sender if opts.sender is not None else _default_sender(domain)
+    sender = qualify(sender.strip("<>"), domain)
+    raw = stdin.read()
+    prepared = prepare(raw, opts, sender=sender, domain=domain, now=time.time())
+    if not prepared.recipients:
+        return _err(EX_USAGE, "no recipients given (name them, or use -t with To/Cc/Bcc)")
+    target = _connect_target(cfg)
+    reason = "the daemon has not recorded where it listens"
+    if target is not None:
+        try:
+            _smtp_submit(target, sender, prepared.recipients, prepared.data, domain, opts.verbose)
+            return EX_OK
+        except _Fail as exc:
+            return _err(exc.code, str(exc))
+        except OSError as exc:
+            reason = f"cannot connect to {target}: {exc.strerror or exc}"
+    if not _spool_writable(cfg.spool.path):
+        return _err(
+            EX_TEMPFAIL,
+            f"sluice is not reachable ({reason}) and the spool {cfg.spool.path} is not "
+            f"writable by uid {os.getuid()}; the message was NOT sent, try again later",
+        )
+    try:
+        queue_id = _spool_directly(cfg, sender, prepared.recipients, prepared.data, domain)
+    except _Fail as exc:
+        return _err(exc.code, str(exc))
+    except (SpoolError, OSError) as exc:
+        return _err(EX_TEMPFAIL, f"{reason}; writing the spool failed too: {exc}")
+    if opts.verbose:
+        print(
+            f"sendmail: {reason}; queued as {queue_id} in {cfg.spool.path} (sent when sluice runs)",
+            file=sys.stderr,
+        )
+    return EX_OK
+
+
+def _err(code: int, text: str) -> int:
+    print(f"sendmail: {text}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    return run(args, sys.stdin.buffer)
