@@ -16,7 +16,9 @@ waits (with a deadline) until ``n`` messages have arrived.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,8 @@ class Received:
     mail_options: list[str]
     tls: bool
     login: str | None
+    #: time.monotonic() when the message arrived
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -157,6 +161,25 @@ class _Handler:
             server.transport.abort()
             return "421 4.3.0 dropped"
         return up.reply.get(key) or up.reply.get(verb)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """RFC-less but common: base64("user=U^Aauth=Bearer T^A^A"), checked by ``extra_auth``."""
+        checker = self.up.extra_auth.get("XOAUTH2")
+        if checker is None or len(args) < 2:
+            return AuthResult(success=False)
+        try:
+            raw = base64.b64decode(args[1]).decode()
+        except ValueError:
+            return AuthResult(success=False)
+        fields = dict(p.split("=", 1) for p in raw.split("\x01") if "=" in p)
+        user = fields.get("user", "")
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        ok = bool(checker(user, token))
+        return AuthResult(success=ok, auth_data=user if ok else None)
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        fault = await self._fault(server, "RSET", "RSET")
+        return fault if fault is not None else "250 OK"
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]

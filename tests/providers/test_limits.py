@@ -1,0 +1,100 @@
+"""Daily limits (durable, never exceeded, mail waits or moves on) and the rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from relay.limits import next_utc_midnight
+from relay.model import RecipientStatus
+from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.providers.helpers import SENDER, entries, message, queue_id_of
+from tests.upstream import TestUpstream
+
+
+async def _status(s: object, pid: str) -> object:
+    for p in await s.daemon.snapshot().providers.status():  # type: ignore[attr-defined]
+        if p.id == pid:
+            return p
+    raise KeyError(pid)
+
+
+async def test_daily_limit_moves_mail_to_the_next_provider(
+    sluice: SluiceFactory, upstream: TestUpstream, upstream2: TestUpstream
+) -> None:
+    capped = provider_for(upstream, "capped", priority=1, daily_limit=2)
+    spare = provider_for(upstream2, "spare", priority=2)
+    async with sluice([capped, spare]) as s:
+        for i in range(5):
+            await smtp_send(s.port, SENDER, [f"r{i}@example.net"], message(f"m{i}"))
+        await upstream2.wait_for(3)
+        await s.wait_idle()
+        status = await _status(s, "capped")
+        assert status.sent_today == 2 and status.daily_limit == 2  # type: ignore[attr-defined]
+        assert (await _status(s, "spare")).sent_today == 3  # type: ignore[attr-defined]
+    assert len(upstream.messages) == 2
+    assert len(upstream2.messages) == 3
+
+
+async def test_daily_limit_with_one_provider_waits_and_survives_restart(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    only = [provider_for(upstream, "only", daily_limit=2)]
+    async with sluice(only) as s:
+        qids = []
+        for i in range(3):
+            _, reply = await smtp_send(s.port, SENDER, [f"r{i}@example.net"], message(f"m{i}"))
+            qids.append(queue_id_of(reply))
+        await upstream.wait_for(2)
+
+        waiting_entries = await eventually(lambda: _any_waiting(s, qids))
+        (entry,) = waiting_entries
+        # Not dropped, not failed: queued for the next UTC day, no attempt counted.
+        assert entry.status is RecipientStatus.QUEUED
+        assert entry.attempts == 0
+        assert entry.next_attempt_at == next_utc_midnight(time.time())
+        assert len(upstream.messages) == 2
+
+    # A restart on the same spool keeps today's count.
+    async with sluice(only) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["late@example.net"], message("late"))
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(lambda: _waiting(s, qid))
+        assert entry.status is RecipientStatus.QUEUED
+        assert (await _status(s, "only")).sent_today == 2  # type: ignore[attr-defined]
+    assert len(upstream.messages) == 2
+
+
+async def _waiting(s: object, qid: str) -> list[object]:
+    found = await entries(s.spool, qid)  # type: ignore[attr-defined]
+    return [e for e in found if "daily limit" in e.reason]
+
+
+async def _any_waiting(s: object, qids: list[str]) -> list[object]:
+    out: list[object] = []
+    for qid in qids:
+        out += await _waiting(s, qid)
+    return out
+
+
+async def test_rate_limit_holds_under_a_burst(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    count, rate = 20, 5.0  # 5/s: one second's worth (5) at once, then one every 0.2 s
+    async with sluice([provider_for(upstream, rate="5/s", max_connections=4)]) as s:
+        await asyncio.gather(
+            *(
+                smtp_send(s.port, SENDER, [f"r{i}@example.net"], message(f"m{i}"))
+                for i in range(count)
+            )
+        )
+        got = await upstream.wait_for(count, within=30)
+        await s.wait_idle()
+    stamps = sorted(m.at for m in got)
+    burst = 5
+    slack = 0.05  # scheduling jitter, in seconds
+    for i in range(len(stamps)):
+        for j in range(i + 1, len(stamps)):
+            allowed = burst + rate * (stamps[j] - stamps[i] + slack)
+            assert j - i + 1 <= allowed, f"{j - i + 1} messages in {stamps[j] - stamps[i]:.2f}s"
+    assert stamps[-1] - stamps[0] >= (count - burst) / rate - 0.3
