@@ -337,23 +337,44 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
         yield ("retry", "first_delay"), "first_delay is longer than max_delay"
 
 
-def _expand_env(node: yaml.Node, env: Mapping[str, str], issues: list[tuple[int, str]]) -> None:
+def _expand_env(
+    node: yaml.Node,
+    env: Mapping[str, str],
+    issues: list[tuple[int, Loc, str]],
+    loc: Loc = (),
+) -> None:
     """Replace ``${VAR}`` in every scalar, in place on the composed tree."""
     if isinstance(node, yaml.ScalarNode) and "${" in node.value:
 
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in env:
-                issues.append((node.start_mark.line + 1, f"${{{m.group(1)}}} is not set"))
+                issues.append((node.start_mark.line + 1, loc, f"${{{m.group(1)}}} is not set"))
                 return ""
             return env[m.group(1)]
 
         node.value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, node.value)
     elif isinstance(node, yaml.MappingNode):
-        for _key, value in node.value:
-            _expand_env(value, env, issues)
+        for key, value in node.value:
+            _expand_env(value, env, issues, (*loc, getattr(key, "value", "?")))
     elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _expand_env(item, env, issues)
+        for i, item in enumerate(node.value):
+            _expand_env(item, env, issues, (*loc, i))
+
+
+def _duplicate_keys(node: yaml.Node, loc: Loc = ()) -> Iterator[tuple[int, Loc, str]]:
+    """YAML quietly keeps the last of two equal keys; a config mistake, so report it."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(getattr(key, "value", "?"))
+            line = key.start_mark.line + 1
+            if name in seen:
+                yield line, (*loc, name), f"duplicate key (first given on line {seen[name]})"
+            seen.setdefault(name, line)
+            yield from _duplicate_keys(value, (*loc, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, (*loc, i))
 
 
 def _line_of(root: yaml.Node | None, loc: Loc, *, key: bool = False) -> int:
@@ -405,10 +426,10 @@ def loads(
         raise ConfigError([f"{source}:{line}: (yaml): {exc.problem or exc}"]) from None
     if root is None:
         raise ConfigError([f"{source}:1: providers: the file is empty; at least one provider"])
-    expand_issues: list[tuple[int, str]] = []
-    _expand_env(root, environ, expand_issues)
-    if expand_issues:
-        raise ConfigError([f"{source}:{line}: (env): {msg}" for line, msg in expand_issues])
+    early: list[tuple[int, Loc, str]] = list(_duplicate_keys(root))
+    _expand_env(root, environ, early)
+    if early:
+        raise ConfigError([f"{source}:{line}: {_dotted(loc)}: {msg}" for line, loc, msg in early])
     data = yaml.SafeLoader(text).construct_document(root)
     if not isinstance(data, dict):
         raise ConfigError([f"{source}:1: (top level): expected a mapping of sections"])

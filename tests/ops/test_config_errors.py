@@ -1,0 +1,219 @@
+"""Config mistakes are reported as ``FILE:LINE: dotted.key: message``, all at once.
+
+Each case is a config file with one mistake; the line that ``load`` must
+point at carries a ``# <-`` comment (or is given explicitly when the mistake
+is the absence of something).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import load
+from relay.errors import ConfigError
+from tests.ops.conftest import run_cli
+
+BASE = """\
+smtp:
+  listen: ["127.0.0.1:2525"]
+spool:
+  path: spool.sqlite3
+admin:
+  enabled: false
+providers:
+  - id: main
+    host: smtp.example.com
+"""
+
+# (case id, config text, dotted key, message fragment, line if not marked)
+CASES: list[tuple[str, str, str, str, int | None]] = [
+    (
+        "unknown key",
+        BASE + "  - id: backup\n    host: h\n    hots: x  # <-\n",
+        "providers.1.hots",
+        "unknown key",
+        None,
+    ),
+    (
+        "wrong type",
+        BASE + "delivery:\n  max_concurrent: lots  # <-\n",
+        "delivery.max_concurrent",
+        "valid integer",
+        None,
+    ),
+    (
+        "bad duration",
+        BASE + "retry:\n  first_delay: 5 minutes  # <-\n",
+        "retry.first_delay",
+        "is not a duration",
+        None,
+    ),
+    (
+        "bad size",
+        BASE.replace("  listen:", "  max_message_size: 25 potatoes  # <-\n  listen:"),
+        "smtp.max_message_size",
+        "is not a size",
+        None,
+    ),
+    (
+        "out of range",
+        BASE + "    port: 70000  # <-\n",
+        "providers.0.port",
+        "less than or equal to 65535",
+        None,
+    ),
+    (
+        "missing required key",
+        BASE.replace("    host: smtp.example.com\n", "    caption: no host here\n").replace(
+            "  - id: main", "  - id: main  # <-"
+        ),
+        "providers.0.host",
+        "required key is missing",
+        None,
+    ),
+    (
+        "no providers at all",
+        "smtp:\n  listen: ['127.0.0.1:2525']\n",
+        "providers",
+        "required key is missing",
+        1,
+    ),
+    (
+        "duplicate provider id",
+        BASE + "  - id: main  # <-\n    host: other.example.com\n",
+        "providers.1.id",
+        "duplicate provider id 'main'",
+        None,
+    ),
+    (
+        "the only provider disabled",
+        BASE + "    enabled: false  # <-\n",
+        "providers.0.enabled",
+        "the only provider can't be disabled",
+        None,
+    ),
+    (
+        "unknown route provider",
+        BASE + "routes:\n  - sender_domain: [example.org]\n    providers: [nope]  # <-\n",
+        "routes.0.providers.0",
+        "unknown provider id 'nope'",
+        None,
+    ),
+    (
+        "YAML syntax error",
+        BASE + "retry:\n  first_delay: [5s\n  max_delay: 1h\n",
+        "(yaml)",
+        "expected ',' or ']'",
+        12,  # where the parser gave up: the flow list opened on line 11 never closed
+    ),
+    (
+        "unset ${VAR}",
+        BASE + "    username: ${SLUICE_TEST_SURELY_UNSET}  # <-\n",
+        "providers.0.username",
+        "${SLUICE_TEST_SURELY_UNSET} is not set",
+        None,
+    ),
+    (
+        "bad listen address",
+        BASE.replace('["127.0.0.1:2525"]', '["localhost"]  # <-'),
+        "smtp.listen.0",
+        "is not host:port",
+        None,
+    ),
+    (
+        "bad network",
+        BASE.replace("  listen:", "  allowed_networks: [10.0.0.0/33]  # <-\n  listen:"),
+        "smtp.allowed_networks",
+        "does not appear to be an IPv4 or IPv6 network",
+        None,
+    ),
+    (
+        "unreadable password_file",
+        BASE + "    password_file: /nonexistent/sluice/pw  # <-\n",
+        "providers.0.password_file",
+        "cannot read /nonexistent/sluice/pw",
+        None,
+    ),
+    (
+        "unset password_env",
+        BASE + "    password_env: SLUICE_TEST_SURELY_UNSET  # <-\n",
+        "providers.0.password_env",
+        "environment variable SLUICE_TEST_SURELY_UNSET is not set",
+        None,
+    ),
+    (
+        "two password sources",
+        BASE.replace("  - id: main", "  - id: main  # <-") + "    password: a\n    password_env: B\n",
+        "providers.0",
+        "give only one of password, password_env",
+        None,
+    ),
+    (
+        "bad enum value",
+        BASE + "    encryption: ssl  # <-\n",
+        "providers.0.encryption",
+        "'none', 'starttls' or 'tls'",
+        None,
+    ),
+    (
+        "duplicate YAML key",
+        BASE + "retry:\n  jitter: 0.1\nretry:  # <-\n  jitter: 0.2\n",
+        "retry",
+        "duplicate key (first given on line 10)",
+        None,
+    ),
+    (
+        "not a mapping",
+        "- just\n- a list\n",
+        "(top level)",
+        "expected a mapping of sections",
+        1,
+    ),
+]
+
+
+def _expected_line(text: str, given: int | None) -> int:
+    if given is not None:
+        return given
+    (line,) = [i for i, t in enumerate(text.splitlines(), 1) if "# <-" in t]
+    return line
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment", "line"),
+    [pytest.param(t, k, f, n, id=case) for case, t, k, f, n in CASES],
+)
+def test_mistake_is_reported_with_file_line_and_key(
+    tmp_path: Path, text: str, key: str, fragment: str, line: int | None
+) -> None:
+    path = tmp_path / "sluice.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load(path, env={})
+    prefix = f"{path}:{_expected_line(text, line)}: {key}: "
+    matching = [i for i in caught.value.issues if i.startswith(prefix)]
+    assert matching, f"expected {prefix!r}…, got {caught.value.issues}"
+    assert fragment in matching[0]
+
+
+def test_all_mistakes_are_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "sluice.yaml"
+    path.write_text(
+        BASE + "    port: 0\n    encryption: ssl\nretry:\n  first_delay: soon\nbogus: 1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path, env={})
+    keys = {issue.split(": ")[1] for issue in caught.value.issues}
+    assert keys == {"providers.0.port", "providers.0.encryption", "retry.first_delay", "bogus"}
+
+
+async def test_sluice_check_prints_every_issue_and_exits_78(tmp_path: Path) -> None:
+    path = tmp_path / "sluice.yaml"
+    path.write_text(BASE + "    port: 70000\n    hots: x\n")
+    rc, out, err = await run_cli("check", "-c", str(path))
+    assert rc == 78
+    assert f"{path}:10: providers.0.port:" in err
+    assert f"{path}:11: providers.0.hots: unknown key" in err
+    assert out == ""
