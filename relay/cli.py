@@ -177,6 +177,26 @@ async def cmd_queue_delete(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
+    """Print an argon2 hash for ``admin.password_hash`` (password from a TTY or stdin)."""
+    import getpass
+
+    from admin.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("New admin password: ")
+        if getpass.getpass("Repeat it: ") != password:
+            print("sluice: the passwords differ", file=sys.stderr)
+            return EX_USAGE
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("sluice: empty password", file=sys.stderr)
+        return EX_USAGE
+    print(await asyncio.to_thread(hash_password, password))
+    return EX_OK
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from relay.demo import run_demo
 
@@ -225,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue_id", nargs="+")
     p = add("delete", cmd_queue_delete, "delete a message from the queue", qsub)
     p.add_argument("queue_id", nargs="+")
+
+    admin = sub.add_parser("admin", help="admin page helpers")
+    asub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    add("hash-password", cmd_admin_hash_password, "print a hash for admin.password_hash", asub)
 
     p = sub.add_parser("demo", help="run Sluice against a local catch-all sink (quick start)")
     p.add_argument("--dir", default="var", help="where the demo config and spool go")

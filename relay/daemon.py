@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from relay import logsetup
 from relay.config import Config, load
@@ -29,6 +30,9 @@ from relay.scheduler import Scheduler, Snapshot
 from relay.sdnotify import Notifier
 from relay.smtp_server import Listener, RelayHandler, start_listeners
 from relay.spool import Spool
+
+if TYPE_CHECKING:
+    from admin.server import AdminServer
 
 __all__ = ["Daemon", "spool_lock"]
 
@@ -89,6 +93,7 @@ class Daemon:
         self.spool: Spool | None = None
         self.listener: Listener | None = None
         self.scheduler: Scheduler | None = None
+        self.admin: AdminServer | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         self.started_at = clock()
@@ -222,6 +227,10 @@ class Daemon:
     async def running(self) -> AsyncIterator[Daemon]:
         """Start everything; on exit stop everything in reverse order."""
         cfg = self._initial
+        if cfg.admin.enabled:
+            from admin.server import check_exposure
+
+            check_exposure(cfg.admin)  # before anything opens: a refused config changes nothing
         self.hostname = cfg.smtp.hostname or await asyncio.to_thread(socket.getfqdn)
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(spool_lock(cfg.spool.path))
@@ -260,6 +269,12 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.scheduler.run(self._stop), name="scheduler")
                 tg.create_task(self._prune_loop(), name="pruner")
+                if cfg.admin.enabled:
+                    from admin.server import AdminServer
+
+                    self.admin = await AdminServer.start(self, cfg.admin)
+                    tg.create_task(self.admin.serve(), name="admin")
+                    log.info("listening admin=%s", self.admin.address)
                 self.ready.set()
                 log.info(
                     "sluice ready: %d recipients in the queue",
@@ -273,6 +288,8 @@ class Daemon:
                     self._stop.set()
                     if self.listener is not None:
                         self.listener.stop_accepting()
+                    if self.admin is not None:
+                        self.admin.stop()
 
     async def _close_listener(self) -> None:
         if self.listener is not None:

@@ -1,0 +1,91 @@
+"""The admin web app: ``create_app(backend, settings, credentials)`` builds one Starlette app.
+
+No globals: everything the routes need (spool, snapshot, metrics, reload,
+connection test, secrets) comes in through ``Backend`` and lives on
+``app.state.admin`` for this one app. Templates autoescape everything; pages
+and JSON API share the values in ``admin.data``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from admin import api, pages
+from admin.auth import Credentials, LoginLimiter, SessionCodec
+from admin.backend import AdminState, Backend
+from admin.guard import Guard, allowed_host_names
+from relay.config import AdminSettings
+
+__all__ = ["create_app"]
+
+_HERE = Path(__file__).parent
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "–"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
+
+
+def _templates() -> Jinja2Templates:
+    env = Environment(
+        loader=FileSystemLoader(_HERE / "templates"),
+        autoescape=True,  # every template, whatever its name: message data is hostile
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["utc"] = _utc
+    env.filters["iso"] = _iso
+    return Jinja2Templates(env=env)
+
+
+def create_app(
+    backend: Backend,
+    settings: AdminSettings,
+    credentials: Credentials,
+    *,
+    listen_host: str | None = None,
+) -> Starlette:
+    """The admin ASGI app for one daemon.
+
+    Args:
+        backend: what the app reads and acts on.
+        settings: the ``admin`` config section (allowed hosts, session age).
+        credentials: resolved secrets (``Credentials.from_settings``).
+        listen_host: the address the server binds, added to the allowed Host names.
+    """
+    codec = SessionCodec(settings.session_max_age)
+    limiter = LoginLimiter()
+    hosts = allowed_host_names(listen_host or settings.listen.host, settings.allowed_hosts)
+    app = Starlette(
+        routes=[
+            *pages.routes,
+            *api.routes,
+            Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
+        ],
+        middleware=[
+            Middleware(Guard, credentials=credentials, codec=codec, limiter=limiter, hosts=hosts)
+        ],
+    )
+    app.state.admin = AdminState(
+        backend=backend,
+        settings=settings,
+        credentials=credentials,
+        codec=codec,
+        limiter=limiter,
+        templates=_templates(),
+    )
+    return app

@@ -1,0 +1,132 @@
+"""What the admin app needs from the daemon, passed in (no globals), and shared helpers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jinja2 import Environment
+from prometheus_client import CollectorRegistry, Gauge
+from starlette.requests import Request
+from starlette.templating import Jinja2Templates
+
+from admin.auth import Credentials, LoginLimiter, SessionCodec
+from admin.guard import SCOPE_KEY, Identity
+from relay.config import AdminSettings
+from relay.errors import UnknownMessage
+from relay.metrics import Metrics
+from relay.provider_test import TestReport
+from relay.scheduler import Snapshot
+from relay.spool import Spool
+
+__all__ = [
+    "ACTIONS",
+    "AdminState",
+    "Backend",
+    "DaemonStatus",
+    "act",
+    "identity",
+    "state",
+]
+
+ACTIONS = ("retry", "delete")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    """Liveness facts the daemon reports about itself."""
+
+    started_at: float
+    listener_up: bool
+    last_reload_error: str | None = None
+    last_reload_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """The daemon-facing interface of the admin app."""
+
+    spool: Spool
+    snapshot: Callable[[], Snapshot]
+    metrics: Metrics
+    #: re-read the config file; True when the new one was taken
+    reload: Callable[[], Awaitable[bool]]
+    #: run the real connection check against one provider, by ID
+    test_connection: Callable[[str], Awaitable[TestReport]]
+    status: Callable[[], DaemonStatus]
+    clock: Callable[[], float] = time.time
+
+
+class _ScrapeGauges:
+    """Gauges only the admin knows how to fill (read at scrape time)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sent_today = Gauge(
+            "sluice_provider_sent_today",
+            "Messages sent today per provider.",
+            ["provider"],
+            registry=r,
+        )
+        self.daily_limit = Gauge(
+            "sluice_provider_daily_limit",
+            "Configured daily limit per provider.",
+            ["provider"],
+            registry=r,
+        )
+        self.health = Gauge(
+            "sluice_provider_health",
+            "1 for the provider's current health state (unknown, ok, error, cooldown).",
+            ["provider", "state"],
+            registry=r,
+        )
+        self.uptime = Gauge(
+            "sluice_uptime_seconds", "Seconds since the daemon started.", registry=r
+        )
+
+
+@dataclass
+class AdminState:
+    backend: Backend
+    settings: AdminSettings
+    credentials: Credentials
+    codec: SessionCodec
+    limiter: LoginLimiter
+    templates: Jinja2Templates
+    gauges: _ScrapeGauges = field(default_factory=_ScrapeGauges)
+
+    @property
+    def env(self) -> Environment:
+        return self.templates.env
+
+
+def state(request: Request) -> AdminState:
+    admin: AdminState = request.app.state.admin
+    return admin
+
+
+def identity(request: Request) -> Identity:
+    who: Identity = request.scope[SCOPE_KEY]
+    return who
+
+
+async def act(spool: Spool, action: str, queue_ids: Iterable[str]) -> dict[str, Any]:
+    """Retry or delete messages by queue ID; unknown IDs are reported, not fatal."""
+    done: list[str] = []
+    missing: list[str] = []
+    for qid in dict.fromkeys(q.strip() for q in queue_ids if q.strip()):
+        try:
+            if action == "retry":
+                await spool.retry_now(qid)
+            elif action == "delete":
+                await spool.delete(qid)
+            else:
+                raise ValueError(action)
+        except UnknownMessage:
+            missing.append(qid)
+        else:
+            done.append(qid)
+    return {"action": action, "done": done, "missing": missing}

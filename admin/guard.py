@@ -1,0 +1,285 @@
+"""The ASGI middleware every admin request passes: Host, Origin, login, CSRF, headers.
+
+In order:
+
+1. ``Host`` must be a loopback name, the listen address or one of
+   ``admin.allowed_hosts``: a DNS-rebinding page reaches us with its own
+   host name and is refused.
+2. A state-changing request whose ``Origin`` (or ``Sec-Fetch-Site``) shows it
+   comes from another site is refused before anything else looks at it.
+3. The caller is identified (see ``admin.auth``); a page redirects to the
+   login form, the API and ``/metrics`` answer 401.
+4. A state-changing request authenticated by the cookie must carry the
+   session's CSRF token, in the ``X-CSRF-Token`` header or, for plain HTML
+   forms, the ``csrf_token`` field (the body is read here, bounded, and
+   replayed to the route).
+5. Every response gets CSP, frame, sniffing and referrer headers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from admin.auth import (
+    COOKIE,
+    CSRF_FIELD,
+    CSRF_HEADER,
+    Credentials,
+    LoginLimiter,
+    Session,
+    SessionCodec,
+)
+
+__all__ = ["SCOPE_KEY", "Guard", "Identity", "allowed_host_names"]
+
+SCOPE_KEY = "sluice.identity"
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PUBLIC = ("/login", "/static/", "/healthz")
+_MACHINE = ("/api/", "/metrics")
+_FORM_MAX = 64 * 1024
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who made the request and how they proved it."""
+
+    #: "token", "basic", "cookie", "open" (no password configured) or "none"
+    via: str
+    user: str | None
+    #: the cookie session (or a new anonymous one) when the caller is a browser
+    session: Session | None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.via != "none"
+
+
+def allowed_host_names(listen_host: str, extra: Iterable[str]) -> frozenset[str]:
+    """Host header values (without port) the admin answers to."""
+    names = {"localhost", "127.0.0.1", "::1", "[::1]", listen_host.lower()}
+    names.update(h.lower().strip() for h in extra)
+    if ":" in listen_host:
+        names.add(f"[{listen_host.lower()}]")
+    return frozenset(n for n in names if n and n not in ("0.0.0.0", "::", "[::]"))
+
+
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class Guard:
+    """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer every response)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        credentials: Credentials,
+        codec: SessionCodec,
+        limiter: LoginLimiter,
+        hosts: frozenset[str],
+    ) -> None:
+        self.app = app
+        self.credentials = credentials
+        self.codec = codec
+        self.limiter = limiter
+        self.hosts = hosts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        path: str = scope["path"]
+        method: str = scope["method"]
+        new_cookie: list[str] = []
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = list(_SECURITY_HEADERS)
+                if not path.startswith("/static/"):
+                    extra.append((b"cache-control", b"no-store"))
+                sets_cookie = any(k.lower() == b"set-cookie" for k, _ in message["headers"])
+                if new_cookie and not sets_cookie:
+                    extra.append((b"set-cookie", new_cookie[0].encode()))
+                message = {**message, "headers": [*message["headers"], *extra]}
+            await send(message)
+
+        if _host_name(headers.get("host", "")) not in self.hosts:
+            await _plain(send_secured, 421, "unknown Host header (see admin.allowed_hosts)")
+            return
+        if method in _UNSAFE and not self._same_site(headers):
+            await _plain(send_secured, 403, "cross-site request refused")
+            return
+
+        cookie_session = self._cookie_session(headers)
+        identity, problem = await self._identify(scope, headers, cookie_session)
+        if problem is not None:
+            status, text, extra_headers = problem
+            await _plain(send_secured, status, text, extra_headers)
+            return
+        if identity.session is not None and cookie_session is None:
+            new_cookie.append(self.codec.cookie_header(identity.session))
+        scope[SCOPE_KEY] = identity
+
+        if not identity.authenticated and not path.startswith(_PUBLIC):
+            if path.startswith(_MACHINE):
+                await _json(send_secured, 401, {"error": "authentication required"})
+            else:
+                query = scope.get("query_string", b"").decode("latin-1")
+                target = quote(path + ("?" + query if query else ""), safe="")
+                await _redirect(send_secured, f"/login?next={target}")
+            return
+
+        # Cookie-borne credentials (a login, or the anonymous session of an open
+        # admin) are what a forged cross-site form would ride on: demand the token.
+        # An open admin called without any cookie is a script; Origin was checked.
+        cookie_borne = identity.via == "cookie" or (
+            identity.via in ("open", "none") and cookie_session is not None
+        )
+        if method in _UNSAFE and (cookie_borne or path == "/login"):
+            if cookie_session is None:
+                await _plain(send_secured, 403, "session cookie missing: enable cookies, reload")
+                return
+            ok, receive = await self._check_csrf(cookie_session, headers, receive)
+            if not ok:
+                await _plain(send_secured, 403, "CSRF token missing or wrong; reload the page")
+                return
+        await self.app(scope, receive, send_secured)
+
+    def _same_site(self, headers: dict[str, str]) -> bool:
+        if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            return False
+        origin = headers.get("origin")
+        if origin is None:
+            return True  # not a browser (curl, scripts); browsers send Origin on POST
+        if origin == "null":
+            return False
+        return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
+
+    def _cookie_session(self, headers: dict[str, str]) -> Session | None:
+        raw = headers.get("cookie")
+        if not raw:
+            return None
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(raw)
+        except CookieError:
+            return None
+        morsel = jar.get(COOKIE)
+        return self.codec.loads(morsel.value) if morsel is not None else None
+
+    async def _identify(
+        self, scope: Scope, headers: dict[str, str], session: Session | None
+    ) -> tuple[Identity, tuple[int, str, list[tuple[str, str]]] | None]:
+        creds = self.credentials
+        auth = headers.get("authorization", "")
+        scheme, _, value = auth.partition(" ")
+        scheme = scheme.lower()
+        client = (scope.get("client") or ("?", 0))[0]
+        if scheme == "bearer":
+            if creds.check_token(value.strip()):
+                return Identity("token", creds.username, None), None
+            return Identity("none", None, None), (401, "bad token", [])
+        if scheme == "basic" and creds.login_required:
+            wait = self.limiter.retry_after(client)
+            if wait:
+                return Identity("none", None, None), (
+                    429,
+                    "too many failed logins; try later",
+                    [("retry-after", str(int(wait) + 1))],
+                )
+            pair = creds.basic(value.strip())
+            if pair is not None and await creds.check(*pair):
+                self.limiter.succeeded(client)
+                return Identity("basic", pair[0], None), None
+            self.limiter.failed(client)
+            return Identity("none", None, None), (
+                401,
+                "bad user name or password",
+                [("www-authenticate", 'Basic realm="Sluice admin"')],
+            )
+        if not creds.login_required:
+            return Identity("open", None, session or Session.anonymous()), None
+        if session is not None and session.user is not None:
+            return Identity("cookie", session.user, session), None
+        return Identity("none", None, session or Session.anonymous()), None
+
+    async def _check_csrf(
+        self, session: Session, headers: dict[str, str], receive: Receive
+    ) -> tuple[bool, Receive]:
+        if session.csrf_ok(headers.get(CSRF_HEADER)):
+            return True, receive
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/x-www-form-urlencoded":
+            return False, receive
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return False, receive
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > _FORM_MAX:
+                return False, receive
+        fields = parse_qs(body.decode("latin-1"), keep_blank_values=True)
+        tokens = fields.get(CSRF_FIELD)
+        token = tokens[0] if tokens else None
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return session.csrf_ok(token), replay
+
+
+async def _plain(
+    send: Send, status: int, text: str, headers: list[tuple[str, str]] | None = None
+) -> None:
+    raw = [(b"content-type", b"text/plain; charset=utf-8")]
+    raw += [(k.encode(), v.encode()) for k, v in headers or []]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": text.encode() + b"\n"})
+
+
+async def _json(send: Send, status: int, payload: Any) -> None:
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"www-authenticate", b'Basic realm="Sluice admin"'),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+
+
+async def _redirect(send: Send, location: str) -> None:
+    headers = [(b"location", location.encode()), (b"content-type", b"text/plain")]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b"login required\n"})

@@ -1,0 +1,245 @@
+"""The HTML pages: overview, providers, queue, log, message, login.
+
+Each route reads through ``admin.data`` / ``admin.api`` (the same values the
+JSON API returns) and renders one template. Forms post back here and answer
+with a 303 redirect, so a reload never repeats an action.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from admin.api import eml_response, overview_data, providers_data
+from admin.auth import Session
+from admin.backend import ACTIONS, act, identity, state
+from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
+from relay.errors import UnknownMessage
+from relay.model import AttemptStatus, RecipientStatus
+
+__all__ = ["routes"]
+
+
+def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> Response:
+    st = state(request)
+    who = identity(request)
+    base = {
+        "who": who,
+        "csrf": who.session.csrf if who.session is not None else "",
+        "open_mode": not st.credentials.login_required,
+        "page": name.removesuffix(".html"),
+        "notice": _notice(request),
+        "reload_error": st.backend.status().last_reload_error,
+    }
+    return st.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
+
+
+def _notice(request: Request) -> str:
+    q = request.query_params
+    done = q.get("done")
+    try:
+        n = int(q.get("n", "0"))
+        missing = int(q.get("missing", "0"))
+    except ValueError:
+        return ""
+    texts = {
+        "retry": f"{n} message(s) made due now.",
+        "delete": f"{n} message(s) deleted.",
+        "reload": "Configuration reloaded.",
+        "reload-failed": "Reload failed; the running configuration is unchanged.",
+    }
+    text = texts.get(done or "", "")
+    if text and missing:
+        text += f" {missing} were no longer in the queue."
+    return text
+
+
+def _done(action: str, result: dict[str, Any]) -> str:
+    return urlencode({"done": action, "n": len(result["done"]), "missing": len(result["missing"])})
+
+
+def _see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _local_path(target: str | None, default: str) -> str:
+    """Only same-site paths are followed after a form (no open redirect)."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return default
+
+
+async def overview(request: Request) -> Response:
+    return _render(request, "overview.html", await overview_data(state(request)))
+
+
+async def providers(request: Request) -> Response:
+    return _render(request, "providers.html", {"providers": await providers_data(state(request))})
+
+
+async def provider_detail(request: Request) -> Response:
+    st = state(request)
+    pid = request.path_params["pid"]
+    view = next((v for v in await providers_data(st) if v["id"] == pid), None)
+    if view is None:
+        return _render(request, "error.html", {"message": "No such provider."}, 404)
+    report = None
+    if request.method == "POST":
+        report = await st.backend.test_connection(pid)
+    return _render(request, "provider.html", {"p": view, "report": report})
+
+
+async def queue(request: Request) -> Response:
+    f = QueueFilter.parse(request.query_params)
+    entries = await f.page(state(request).backend.spool)
+    more = len(entries) == f.limit
+    base_q = [("status", s.value) for s in f.statuses]
+    if f.search:
+        base_q.append(("search", f.search))
+    base_q.append(("limit", str(f.limit)))
+    return _render(
+        request,
+        "queue.html",
+        {
+            "f": f,
+            "entries": entries,
+            "statuses": [s.value for s in RecipientStatus],
+            "page_sizes": PAGE_SIZES,
+            "first_url": "/queue?" + urlencode(base_q),
+            "next_url": (
+                "/queue?" + urlencode([*base_q, ("before_id", str(entries[-1].id))])
+                if entries and more
+                else None
+            ),
+            "here": request.url.path + ("?" + request.url.query if request.url.query else ""),
+        },
+    )
+
+
+async def queue_action(request: Request) -> Response:
+    form = await request.form()
+    action = str(form.get("action", ""))
+    back = _local_path(str(form.get("back", "")), "/queue")
+    if action not in ACTIONS:
+        return _render(request, "error.html", {"message": "Unknown action."}, 400)
+    ids = [str(v) for v in form.getlist("queue_id")]
+    result = await act(state(request).backend.spool, action, ids)
+    # Drop an older notice from the way back before adding this one.
+    back = back.split("done=")[0].rstrip("&?") or "/queue"
+    sep = "&" if "?" in back else "?"
+    params = _done(action, result)
+    return _see_other(f"{back}{sep}{params}")
+
+
+async def log_page(request: Request) -> Response:
+    f = LogFilter.parse(request.query_params)
+    entries = await f.page(state(request).backend.spool)
+    more = len(entries) == f.limit
+    base_q = [("status", s.value) for s in f.statuses]
+    for key, value in (("search", f.search), ("date", f.date)):
+        if value:
+            base_q.append((key, value))
+    if f.date:
+        base_q.append(("tz", str(f.tz)))
+    base_q.append(("limit", str(f.limit)))
+    return _render(
+        request,
+        "log.html",
+        {
+            "f": f,
+            "entries": entries,
+            "statuses": [s.value for s in AttemptStatus],
+            "page_sizes": PAGE_SIZES,
+            "first_url": "/log?" + urlencode(base_q),
+            "next_url": (
+                "/log?" + urlencode([*base_q, ("before_id", str(entries[-1].id))])
+                if entries and more
+                else None
+            ),
+        },
+    )
+
+
+async def message(request: Request) -> Response:
+    spool = state(request).backend.spool
+    qid = request.path_params["qid"]
+    try:
+        detail = await spool.get(qid)
+        raw = await spool.body(detail.message_id)
+    except UnknownMessage:
+        return _render(request, "error.html", {"message": "No message with that queue ID."}, 404)
+    return _render(request, "message.html", {"m": message_view(detail, raw), "qid": qid})
+
+
+async def message_action(request: Request) -> Response:
+    qid = request.path_params["qid"]
+    form = await request.form()
+    action = str(form.get("action", ""))
+    if action not in ACTIONS:
+        return _render(request, "error.html", {"message": "Unknown action."}, 400)
+    result = await act(state(request).backend.spool, action, [qid])
+    params = _done(action, result)
+    if action == "delete":
+        return _see_other(f"/queue?{params}")
+    return _see_other(f"/messages/{qid}?{params}")
+
+
+async def reload(request: Request) -> Response:
+    ok = await state(request).backend.reload()
+    return _see_other("/?done=reload" if ok else "/?done=reload-failed")
+
+
+async def login(request: Request) -> Response:
+    st = state(request)
+    who = identity(request)
+    if not st.credentials.login_required or who.via == "cookie":
+        return _see_other("/")
+    target = _local_path(request.query_params.get("next"), "/")
+    if request.method == "GET":
+        return _render(request, "login.html", {"next": target, "error": ""})
+    form = await request.form()
+    target = _local_path(str(form.get("next", "")), "/")
+    client = request.client.host if request.client else "?"
+    wait = st.limiter.retry_after(client)
+    if wait:
+        error = f"Too many failed attempts. Try again in {int(wait) + 1} s."
+        return _render(request, "login.html", {"next": target, "error": error}, 429)
+    user, password = str(form.get("username", "")), str(form.get("password", ""))
+    if not await st.credentials.check(user, password):
+        st.limiter.failed(client)
+        error = "Wrong user name or password."
+        return _render(request, "login.html", {"next": target, "error": error}, 401)
+    st.limiter.succeeded(client)
+    assert who.session is not None
+    response = _see_other(target)
+    response.headers.append("set-cookie", st.codec.cookie_header(who.session.logged_in(user)))
+    return response
+
+
+async def logout(request: Request) -> Response:
+    st = state(request)
+    response = _see_other("/login")
+    # A fresh anonymous session, so the login form right after has a token.
+    response.headers.append("set-cookie", st.codec.cookie_header(Session.anonymous()))
+    return response
+
+
+routes = [
+    Route("/", overview),
+    Route("/providers", providers),
+    Route("/providers/{pid}", provider_detail),
+    Route("/providers/{pid}/test", provider_detail, methods=["POST"]),
+    Route("/queue", queue),
+    Route("/queue/action", queue_action, methods=["POST"]),
+    Route("/log", log_page),
+    Route("/messages/{qid}", message),
+    Route("/messages/{qid}/eml", eml_response),
+    Route("/messages/{qid}/action", message_action, methods=["POST"]),
+    Route("/reload", reload, methods=["POST"]),
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/logout", logout, methods=["POST"]),
+]

@@ -1,0 +1,156 @@
+"""Serve the admin app with uvicorn inside the daemon's own event loop.
+
+uvicorn's ``Server.serve()`` normally installs SIGINT/SIGTERM handlers with
+``signal.signal`` and re-raises them after shutdown; the daemon owns signals
+(``loop.add_signal_handler``), so ``capture_signals`` is a no-op here. We bind
+the socket ourselves: a bind failure is then an ``OSError`` the daemon
+reports, not uvicorn's ``sys.exit``, and port 0 is known before serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from admin.app import create_app
+from admin.auth import Credentials
+from admin.backend import Backend, DaemonStatus
+from relay.config import AdminSettings, Endpoint
+from relay.errors import ConfigError
+from relay.provider_test import TestReport, test_provider
+
+if TYPE_CHECKING:
+    from relay.daemon import Daemon
+
+__all__ = ["AdminServer", "backend_for", "check_exposure"]
+
+log = logging.getLogger("sluice.admin")
+
+_TEST_TIMEOUT = 10.0
+
+
+def check_exposure(settings: AdminSettings) -> None:
+    """Refuse an admin reachable from the network with no password; warn when open.
+
+    Raises:
+        ConfigError: ``admin.listen`` is not loopback and no password is configured.
+    """
+    has_password = bool(settings.password_hash or settings.password_env or settings.password_file)
+    if has_password:
+        return
+    if not settings.listen.is_loopback:
+        raise ConfigError(
+            [
+                f"admin.listen: {settings.listen} is not a loopback address and no admin "
+                "password is configured; set admin.password_hash (see `sluice admin "
+                "hash-password`), password_env or password_file, or listen on 127.0.0.1"
+            ]
+        )
+    log.warning(
+        "admin page at %s has no password: anyone on this machine can use it "
+        "(set admin.password_hash to require a login)",
+        settings.listen,
+    )
+
+
+def backend_for(daemon: Daemon) -> Backend:
+    """The admin's view of a running daemon."""
+    assert daemon.spool is not None
+
+    async def test_connection(pid: str) -> TestReport:
+        return await test_provider(
+            daemon.config.provider(pid), local_hostname=daemon.hostname, timeout=_TEST_TIMEOUT
+        )
+
+    def status() -> DaemonStatus:
+        listener = daemon.listener
+        up = listener is not None and any(s.is_serving() for s in listener.servers)
+        error = getattr(daemon, "last_reload_error", None)
+        at = getattr(daemon, "last_reload_at", None)
+        return DaemonStatus(
+            started_at=daemon.started_at,
+            listener_up=up,
+            last_reload_error=str(error) if error else None,
+            last_reload_at=at if isinstance(at, int | float) else None,
+        )
+
+    return Backend(
+        spool=daemon.spool,
+        snapshot=daemon.snapshot,
+        metrics=daemon.metrics,
+        reload=daemon.reload,
+        test_connection=test_connection,
+        status=status,
+        clock=time.time,
+    )
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The daemon owns the signals; uvicorn must neither take nor re-raise them.
+        yield
+
+
+def _bind(endpoint: Endpoint) -> socket.socket:
+    host = "127.0.0.1" if endpoint.host == "localhost" else endpoint.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, endpoint.port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class AdminServer:
+    """uvicorn serving the admin app on one pre-bound socket."""
+
+    def __init__(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        self._server = server
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
+        self.address = Endpoint(host, port)
+
+    @classmethod
+    async def start(cls, daemon: Daemon, settings: AdminSettings) -> AdminServer:
+        """Resolve secrets, build the app and bind ``admin.listen`` (not yet serving).
+
+        Raises:
+            ConfigError: a password or token source cannot be read.
+            OSError: the address cannot be bound.
+        """
+        try:
+            credentials = await asyncio.to_thread(Credentials.from_settings, settings)
+        except LookupError as exc:
+            raise ConfigError([f"admin: {exc}"]) from None
+        app = create_app(backend_for(daemon), settings, credentials)
+        sock = _bind(settings.listen)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,  # nothing sits in front of us; trust no X-Forwarded-*
+            server_header=False,
+            ws="none",
+            timeout_graceful_shutdown=2,
+        )
+        return cls(_EmbeddedServer(config), sock)
+
+    async def serve(self) -> None:
+        """Serve until ``stop()``; run it as a named task in the daemon's TaskGroup."""
+        await self._server.serve(sockets=[self._sock])
+
+    def stop(self) -> None:
+        self._server.should_exit = True

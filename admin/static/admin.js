@@ -1,0 +1,102 @@
+// Sluice admin: local times, relative hints, auto-refresh, selection helpers.
+// Served from /static (CSP script-src 'self'); no inline script anywhere.
+"use strict";
+
+(function () {
+  const pad = (n) => String(n).padStart(2, "0");
+
+  function localText(date) {
+    return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ` +
+      `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+  }
+
+  function relative(seconds) {
+    const abs = Math.abs(seconds);
+    let text;
+    if (abs < 45) text = `${Math.round(abs)} s`;
+    else if (abs < 3600) text = `${Math.round(abs / 60)} min`;
+    else if (abs < 86400) text = `${Math.round(abs / 3600)} h`;
+    else text = `${Math.round(abs / 86400)} d`;
+    return seconds >= 0 ? `in ${text}` : `${text} ago`;
+  }
+
+  function renderTimes() {
+    const now = Date.now() / 1000;
+    for (const el of document.querySelectorAll("time[data-ts]")) {
+      const ts = Number(el.dataset.ts);
+      if (!Number.isFinite(ts)) continue;
+      const date = new Date(ts * 1000);
+      el.title = date.toISOString();
+      el.textContent = localText(date);
+      if (el.hasAttribute("data-rel")) {
+        const rel = document.createElement("span");
+        rel.className = "rel";
+        rel.textContent = `(${relative(ts - now)})`;
+        el.appendChild(rel);
+      }
+    }
+    for (const el of document.querySelectorAll("text[data-hour]")) {
+      const date = new Date(Number(el.dataset.hour) * 1000);
+      el.textContent = `${pad(date.getHours())}:00`;
+    }
+    for (const el of document.querySelectorAll("input.tz")) {
+      el.value = String(new Date().getTimezoneOffset());
+    }
+  }
+
+  function setupRefresh() {
+    const select = document.getElementById("autorefresh");
+    if (!select) return;
+    const key = "sluice.autorefresh";
+    select.value = localStorage.getItem(key) || "0";
+    let timer = null;
+    const arm = () => {
+      if (timer) clearTimeout(timer);
+      const seconds = Number(select.value);
+      if (!seconds) return;
+      timer = setTimeout(() => {
+        // Never throw away what the operator is doing: skip while something is selected
+        // or a field has focus.
+        const busy = document.querySelector("input[name=queue_id]:checked") ||
+          (document.activeElement && ["INPUT", "SELECT", "TEXTAREA"].includes(
+            document.activeElement.tagName) && document.activeElement !== select);
+        if (busy) arm(); else location.reload();
+      }, seconds * 1000);
+    };
+    select.addEventListener("change", () => { localStorage.setItem(key, select.value); arm(); });
+    arm();
+  }
+
+  function setupSelection() {
+    const all = document.getElementById("select-all");
+    const boxes = () => document.querySelectorAll("input[name=queue_id]");
+    const count = document.getElementById("selected-count");
+    const update = () => {
+      if (count) count.textContent =
+        `Selected: ${document.querySelectorAll("input[name=queue_id]:checked").length}`;
+    };
+    if (all) all.addEventListener("change", () => {
+      for (const b of boxes()) b.checked = all.checked;
+      update();
+    });
+    for (const b of boxes()) b.addEventListener("change", update);
+    for (const button of document.querySelectorAll("button[data-confirm]")) {
+      button.addEventListener("click", (event) => {
+        if (!window.confirm(button.dataset.confirm)) event.preventDefault();
+      });
+    }
+    const form = document.getElementById("queue-form");
+    if (form) form.addEventListener("submit", (event) => {
+      if (!document.querySelector("input[name=queue_id]:checked")) {
+        event.preventDefault();
+        if (count) count.textContent = "Select at least one message first.";
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    renderTimes();
+    setupRefresh();
+    setupSelection();
+  });
+})();
