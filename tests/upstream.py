@@ -19,6 +19,7 @@ import asyncio
 import base64
 import ssl
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,14 +81,18 @@ class TestUpstream:
                     auth_required=True,
                     auth_require_tls=False,
                 )
-            return _FaultySMTP(
-                _Handler(upstream),
-                upstream,
-                hostname="upstream.test",
-                loop=loop,
-                enable_SMTPUTF8=True,
-                **kwargs,
-            )
+            with warnings.catch_warnings():
+                # "AUTH without requiring TLS": on purpose, so tests can check that
+                # Sluice itself refuses to send credentials in clear.
+                warnings.simplefilter("ignore", UserWarning)
+                return _FaultySMTP(
+                    _Handler(upstream),
+                    upstream,
+                    hostname="upstream.test",
+                    loop=loop,
+                    enable_SMTPUTF8=True,
+                    **kwargs,
+                )
 
         self._server = await loop.create_server(
             factory, host=self.host, port=self.port, ssl=self.tls_context
@@ -131,8 +136,8 @@ class TestUpstream:
         if isinstance(data, LoginPassword):
             user = data.login.decode()
             ok = self.users.get(user) == data.password.decode()
-            return AuthResult(success=ok, auth_data=user if ok else None)
-        return AuthResult(success=False)
+            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+        return AuthResult(success=False, handled=False)
 
 
 class _FaultySMTP(SMTP):
@@ -166,16 +171,16 @@ class _Handler:
         """RFC-less but common: base64("user=U^Aauth=Bearer T^A^A"), checked by ``extra_auth``."""
         checker = self.up.extra_auth.get("XOAUTH2")
         if checker is None or len(args) < 2:
-            return AuthResult(success=False)
+            return AuthResult(success=False, handled=False)
         try:
             raw = base64.b64decode(args[1]).decode()
         except ValueError:
-            return AuthResult(success=False)
+            return AuthResult(success=False, handled=False)
         fields = dict(p.split("=", 1) for p in raw.split("\x01") if "=" in p)
         user = fields.get("user", "")
         token = fields.get("auth", "").removeprefix("Bearer ")
         ok = bool(checker(user, token))
-        return AuthResult(success=ok, auth_data=user if ok else None)
+        return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         fault = await self._fault(server, "RSET", "RSET")
@@ -208,7 +213,11 @@ class _Handler:
                 recipients=list(envelope.rcpt_tos),
                 data=envelope.original_content or b"",
                 mail_options=list(envelope.mail_options),
-                tls=session.ssl is not None,
+                tls=session.ssl is not None
+                or (
+                    server.transport is not None
+                    and server.transport.get_extra_info("ssl_object") is not None
+                ),
                 login=login,
             )
         )
