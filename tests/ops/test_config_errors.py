@@ -145,7 +145,8 @@ CASES: list[tuple[str, str, str, str, int | None]] = [
     ),
     (
         "two password sources",
-        BASE.replace("  - id: main", "  - id: main  # <-") + "    password: a\n    password_env: B\n",
+        BASE.replace("  - id: main", "  - id: main  # <-")
+        + "    password: a\n    password_env: B\n",
         "providers.0",
         "give only one of password, password_env",
         None,

@@ -140,7 +140,9 @@ async def test_reload_rebinds_a_changed_listen_address(
         assert s.daemon.listener is not None
         (new,) = s.daemon.listener.addresses
         assert new.host == "127.0.0.2"
-        await smtp_send(new.port, "a@example.org", ["b@example.net"], MSG % b"rebound", host=new.host)
+        await smtp_send(
+            new.port, "a@example.org", ["b@example.net"], MSG % b"rebound", host=new.host
+        )
         await upstream.wait_for(1)
         with pytest.raises(OSError):
             await smtp_send(old_port, "a@example.org", ["b@example.net"], MSG % b"old")
