@@ -158,6 +158,13 @@ class Scheduler:
             pending = {rid: claim.recipients[rid].address for rid in rids_of_route}
             for provider in route:
                 rids = list(pending)
+                log.info(
+                    "%s: attempt provider=%s to=%s",
+                    claim.queue_id,
+                    provider.id,
+                    ",".join(f"<{pending[r]}>" for r in rids),
+                    extra={"event": "attempt", "queue_id": claim.queue_id},
+                )
                 started = time.monotonic()
                 got = await provider.deliver(claim.sender, [pending[r] for r in rids], data)
                 if isinstance(got, Unavailable):
@@ -247,6 +254,7 @@ def _log_outcome(
         provider or "-",
         status.value,
         outcome.text,
+        extra={"event": "outcome", "queue_id": claim.queue_id},
     )
 
 

@@ -164,6 +164,7 @@ class RelayHandler:
             len(message.recipients),
             len(message.data),
             message.client,
+            extra={"event": "accept", "queue_id": queue_id},
         )
         return R_QUEUED.format(queue_id=queue_id)
 

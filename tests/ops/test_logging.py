@@ -1,0 +1,148 @@
+"""Structured logs: one line per event, logfmt or JSON, queue IDs, never a secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from relay import logsetup
+from relay.config import loads
+from relay.secrets import MASK
+from tests.conftest import provider_for, smtp_send
+from tests.ops.conftest import DaemonProcess
+from tests.upstream import TestUpstream
+
+QID = "1A207CEC124EE1E0"
+
+
+@pytest.fixture
+def capture() -> Iterator[Callable[..., io.StringIO]]:
+    """Install Sluice's handler on a StringIO; restore the root logger afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+
+    def make(fmt: logsetup.Format = "text", secrets: tuple[str, ...] = ()) -> io.StringIO:
+        out = io.StringIO()
+        logsetup.configure("debug", fmt, secrets=secrets, stream=out, environ={})
+        return out
+
+    yield make
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def test_logfmt_line_with_event_queue_id_and_quoting(capture: Callable[..., io.StringIO]) -> None:
+    out = capture("text")
+    logging.getLogger("sluice.smtp").info(
+        "%s: accepted from=<%s> nrcpt=%d", QID, "a@example.org", 2, extra={"event": "accept"}
+    )
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("ts=")
+    assert " level=info logger=sluice.smtp event=accept queue_id=" + QID in line
+    assert line.endswith('msg="accepted from=<a@example.org> nrcpt=2"')
+
+
+def test_json_is_one_valid_object_per_record_even_with_a_traceback(
+    capture: Callable[..., io.StringIO],
+) -> None:
+    out = capture("json")
+    log = logging.getLogger("sluice.scheduler")
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError:
+        log.exception("%s: delivery crashed", QID, extra={"event": "error"})
+    log.warning("plain")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(x) for x in lines)
+    assert first["queue_id"] == QID and first["event"] == "error"
+    assert first["msg"] == "delivery crashed" and first["level"] == "error"
+    assert "RuntimeError: boom" in first["exc"]
+    assert second == {k: second[k] for k in ("ts", "level", "logger", "msg")}
+
+
+def test_secrets_are_masked_in_both_formats(capture: Callable[..., io.StringIO]) -> None:
+    for fmt in ("text", "json"):
+        out = capture(fmt, secrets=("hunter2-very-secret",))
+        log = logging.getLogger("sluice.test")
+        log.info("oops: %s", "hunter2-very-secret")
+        log.info("client said AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+        log.info("password=%s token: %s", "abc123", "tok-xyz")
+        text = out.getvalue()
+        for secret in ("hunter2-very-secret", "AGFsaWNlAHNlY3JldA==", "abc123", "tok-xyz"):
+            assert secret not in text, (fmt, text)
+        assert text.count(MASK) >= 4
+
+
+def test_config_secrets_and_reload_apply(
+    capture: Callable[..., io.StringIO], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("from-a-file-secret\n")
+    monkeypatch.setenv("SLUICE_TEST_PW", "from-env-secret")
+    cfg = loads(
+        "providers:\n"
+        "  - {id: a, host: h, password_file: " + str(pw) + "}\n"
+        "  - {id: b, host: h, password_env: SLUICE_TEST_PW}\n"
+        "  - {id: c, host: h, password: inline-secret}\n"
+        "log: {format: json, level: warning}\n"
+    )
+    assert logsetup.config_secrets(cfg) == {
+        "from-a-file-secret",
+        "from-env-secret",
+        "inline-secret",
+    }
+    out = capture("text")
+    logsetup.apply_config(cfg)  # what a reload does: format, level and secrets change
+    logging.getLogger("sluice.x").info("dropped: below warning")
+    logging.getLogger("sluice.x").warning("leak? %s", "inline-secret")
+    (line,) = out.getvalue().splitlines()
+    assert json.loads(line)["msg"] == f"leak? {MASK}"
+
+
+def test_no_timestamp_when_stderr_is_the_journal(tmp_path: Path) -> None:
+    with open(tmp_path / "stream", "w") as f:
+        st = os.fstat(f.fileno())
+        handler = logsetup.configure(
+            "info", "text", stream=f, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        )
+        try:
+            assert handler.with_time is False
+        finally:
+            logging.getLogger().removeHandler(handler)
+
+
+async def test_daemon_json_log_has_accept_attempt_outcome_and_no_password(
+    ops_config: Callable[..., Path],
+    daemon_proc: Callable[..., DaemonProcess],
+    upstream: TestUpstream,
+) -> None:
+    password = "S3cret-Upstream-Pass"
+    upstream.users = {"relay-user": password}
+    path = ops_config(
+        [
+            provider_for(
+                upstream, username="relay-user", password=password, allow_insecure_auth=True
+            )
+        ],
+        log={"format": "json", "level": "debug"},
+    )
+    d = await daemon_proc(path).start()
+    await smtp_send(d.port, "a@example.org", ["b@example.net"], b"Subject: s\r\n\r\nb\r\n")
+    (got,) = await upstream.wait_for(1)
+    assert got.login == "relay-user"
+    await d.wait_line('"event": "outcome"')
+    assert await d.stop() == 0
+    records = [json.loads(line) for line in d.lines]  # every line is JSON
+    by_event = {r.get("event"): r for r in records if "event" in r}
+    accept = by_event["accept"]
+    assert by_event["attempt"]["queue_id"] == accept["queue_id"]
+    assert by_event["outcome"]["queue_id"] == accept["queue_id"]
+    assert "status=sent" in by_event["outcome"]["msg"]
+    assert password not in d.output
