@@ -1,0 +1,166 @@
+"""``sluice providers list`` and ``sluice providers test [ID]``.
+
+``list`` shows each provider's settings, today's usage against its limits
+(read from the spool's durable counters) and its credentials *masked*.
+``test`` runs ``test_provider`` (connect, EHLO, TLS, AUTH, QUIT) and prints
+every step with the server's reply; it exits 0 only if every tested provider
+passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relay.config import Config, ProviderSettings, load
+from relay.secrets import MASK
+
+if TYPE_CHECKING:
+    from relay.provider_test import TestReport
+
+__all__ = ["register"]
+
+EX_OK = 0
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+
+
+def _credentials(p: ProviderSettings) -> str:
+    if p.oauth2 is not None:
+        o = p.oauth2
+        parts = [f"client_id {o.client_id}"]
+        if o.client_secret or o.client_secret_env or o.client_secret_file:
+            parts.append(f"client_secret {MASK}")
+        if o.refresh_token or o.refresh_token_env or o.refresh_token_file:
+            parts.append(f"refresh_token {MASK}")
+        return f"XOAUTH2 as {p.username or '-'} ({', '.join(parts)})"
+    if p.username is None:
+        return "no AUTH"
+    has_password = p.password or p.password_env or p.password_file
+    return f"{p.username} / {MASK if has_password else '(credential ' + p.id + ')'}"
+
+
+async def _usage(cfg: Config) -> dict[str, int]:
+    """Messages sent today per provider, from the spool if there is one."""
+    from relay.limits import DailyLimit
+    from relay.spool import Spool
+
+    if not cfg.spool.path.exists():
+        return {p.id: 0 for p in cfg.providers}
+    async with await Spool.open(cfg.spool.path) as spool:
+        return {p.id: await DailyLimit(p.id, spool).used() for p in cfg.providers}
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    cfg: Config = await asyncio.to_thread(load, args.config_path_of(args))
+    usage = await _usage(cfg)
+    order = {pid: n for n, pid in enumerate(_by_priority(cfg))}
+    rows = []
+    for p in cfg.providers:
+        rows.append(
+            {
+                "id": p.id,
+                "caption": p.caption,
+                "enabled": p.enabled,
+                "priority": p.priority,
+                "order": order.get(p.id),
+                "server": f"{p.host}:{p.port}",
+                "encryption": p.encryption,
+                "credentials": _credentials(p),
+                "sent_today": usage[p.id],
+                "daily_limit": p.daily_limit,
+                "rate": _rate(p),
+                "max_connections": p.max_connections,
+                "send_from": p.send_from,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return EX_OK
+    for r in rows:
+        state = "enabled" if r["enabled"] else "disabled"
+        limit = r["daily_limit"] if r["daily_limit"] is not None else "no limit"
+        print(f"{r['id']}  ({r['caption'] or 'no caption'}; {state}, priority {r['priority']})")
+        print(f"  server:      {r['server']} ({r['encryption']})")
+        print(f"  credentials: {r['credentials']}")
+        print(f"  today (UTC): {r['sent_today']} sent / {limit}")
+        print(f"  rate:        {r['rate'] or 'unlimited'}; {r['max_connections']} connections")
+        if r["send_from"]:
+            print(f"  send_from:   {r['send_from']}")
+    print("(lower priority numbers are tried first; live health is on the admin page)")
+    return EX_OK
+
+
+def _rate(p: ProviderSettings) -> str | None:
+    if p.rate is None:
+        return None
+    unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(p.rate.per)
+    return f"{p.rate.count}/{unit}" if unit else f"{p.rate.count}/{p.rate.per:g}s"
+
+
+def _by_priority(cfg: Config) -> list[str]:
+    enabled = [p for p in cfg.providers if p.enabled]
+    return [p.id for p in sorted(enabled, key=lambda p: p.priority)]
+
+
+def _print_report(p: ProviderSettings, report: TestReport) -> None:
+    print(f"{p.id} ({p.host}:{p.port}, {p.encryption})")
+    for step in report.steps:
+        print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}")
+    print(f"  => {'OK' if report.ok else 'FAILED'}")
+
+
+async def cmd_test(args: argparse.Namespace) -> int:
+    # Imported here: aiosmtplib and httpx are not needed by the rest of the CLI.
+    from relay.provider_test import test_provider
+
+    cfg: Config = await asyncio.to_thread(load, args.config_path_of(args))
+    if args.id:
+        try:
+            chosen = [cfg.provider(args.id)]
+        except KeyError:
+            known = ", ".join(p.id for p in cfg.providers)
+            print(f"sluice: no provider {args.id!r} (known: {known})", file=sys.stderr)
+            return EX_USAGE
+    else:
+        chosen = [p for p in cfg.providers if p.enabled]
+    fqdn: str = await asyncio.to_thread(socket.getfqdn) if not cfg.smtp.hostname else ""
+    hostname = cfg.smtp.hostname or fqdn
+    reports = await asyncio.gather(
+        *(test_provider(p, local_hostname=hostname, timeout=args.timeout) for p in chosen)
+    )
+    if args.json:
+        print(json.dumps({p.id: asdict(r) for p, r in zip(chosen, reports, strict=True)}))
+    else:
+        for p, report in zip(chosen, reports, strict=True):
+            _print_report(p, report)
+    return EX_OK if all(r.ok for r in reports) else EX_UNAVAILABLE
+
+
+def register(
+    sub: Any,
+    common: argparse.ArgumentParser,
+    config_path: Callable[[argparse.Namespace], Path],
+) -> None:
+    """Add ``providers list`` and ``providers test`` to the ``sluice`` parser."""
+    providers = sub.add_parser("providers", help="list providers or test a connection")
+    psub = providers.add_subparsers(dest="providers_command", required=True, metavar="ACTION")
+    p = psub.add_parser(
+        "list", parents=[common], help="providers, today's usage and limits (secrets masked)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list, config_path_of=config_path)
+    p = psub.add_parser(
+        "test", parents=[common], help="connect, EHLO, TLS, AUTH and QUIT; print each reply"
+    )
+    p.add_argument("id", nargs="?", help="provider id (default: every enabled provider)")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds per step")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_test, config_path_of=config_path)

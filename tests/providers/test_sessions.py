@@ -1,0 +1,49 @@
+"""Connection reuse: several messages per upstream session; a broken session is discarded."""
+
+from __future__ import annotations
+
+from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.providers.helpers import SENDER, message, queue_id_of, sent
+from tests.upstream import TestUpstream
+
+
+async def test_messages_share_one_connection(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    async with sluice([provider_for(upstream, max_connections=1, idle_timeout="30s")]) as s:
+        for i in range(4):
+            await smtp_send(s.port, SENDER, [f"r{i}@example.net"], message(f"m{i}"))
+            await upstream.wait_for(i + 1)
+    assert upstream.connections == 1
+    assert [m.recipients for m in upstream.messages] == [[f"r{i}@example.net"] for i in range(4)]
+
+
+async def test_dead_pooled_session_is_replaced_without_a_deferral(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    async with sluice([provider_for(upstream, max_connections=1, idle_timeout="30s")]) as s:
+        await smtp_send(s.port, SENDER, ["a@example.net"], message("first"))
+        await upstream.wait_for(1)
+        # The idle connection dies at its next use (RSET), as a provider's idle cut looks.
+        upstream.drop.add("RSET")
+        _, reply = await smtp_send(s.port, SENDER, ["b@example.net"], message("second"))
+        await upstream.wait_for(2)
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(lambda: sent(s.spool, qid))
+        (status,) = await s.daemon.snapshot().providers.status()
+    assert entry.attempts == 1  # no temporary failure was recorded
+    assert upstream.connections == 2
+    assert status.health == "ok"
+
+
+async def test_connection_closed_while_idle_is_not_reused(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    async with sluice([provider_for(upstream, max_connections=1, idle_timeout="30s")]) as s:
+        await smtp_send(s.port, SENDER, ["a@example.net"], message("first"))
+        await upstream.wait_for(1)
+        await upstream.stop()  # cuts the idle session
+        await upstream.restart()
+        _, reply = await smtp_send(s.port, SENDER, ["b@example.net"], message("second"))
+        await upstream.wait_for(2)
+        (entry,) = await eventually(lambda: sent(s.spool, queue_id_of(reply)))
+    assert entry.attempts == 1
+    assert upstream.connections == 2
