@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from relay import __version__
+from relay import __version__, provider_cli
 from relay.config import Config, load
 from relay.errors import ConfigError, SpoolError, UnknownMessage
 from relay.model import RecipientStatus
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="admin page helpers")
     asub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     add("hash-password", cmd_admin_hash_password, "print a hash for admin.password_hash", asub)
+
+    provider_cli.register(sub, common, _config_path)
 
     p = sub.add_parser("demo", help="run Sluice against a local catch-all sink (quick start)")
     p.add_argument("--dir", default="var", help="where the demo config and spool go")
