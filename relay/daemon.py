@@ -39,6 +39,7 @@ __all__ = ["Daemon", "spool_lock"]
 log = logging.getLogger("sluice.daemon")
 
 _PRUNE_EVERY = 3600.0
+_PRUNE_BATCH = 2000
 
 
 @contextlib.contextmanager
@@ -299,9 +300,21 @@ class Daemon:
         while not self._stop.is_set():
             assert self.spool is not None
             cfg = self.config
-            removed = await self.spool.prune(
-                log_retention=cfg.log.retention, keep_sent=cfg.spool.keep_sent
-            )
+            removed = 0
+            try:
+                # In batches, so that a long backlog neither waits for the next
+                # round nor holds the writer in one huge transaction.
+                while not self._stop.is_set():
+                    n = await self.spool.prune(
+                        log_retention=cfg.log.retention,
+                        keep_sent=cfg.spool.keep_sent,
+                        limit=_PRUNE_BATCH,
+                    )
+                    removed += n
+                    if n < _PRUNE_BATCH:
+                        break
+            except SpoolError as exc:  # e.g. disk full: try again next round, keep relaying
+                log.error("pruning the spool failed: %s", exc)
             if removed:
                 log.info("pruned %d finished messages", removed)
             with contextlib.suppress(TimeoutError):
