@@ -1,0 +1,201 @@
+"""Login, sessions, API credentials, CSRF, Host/Origin checks and the login brake."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+from admin.auth import hash_password
+from tests.admin.conftest import AppClientFactory
+from tests.admin.test_pages import csrf_of
+from tests.conftest import SluiceFactory, provider_for
+from tests.upstream import TestUpstream
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def test_login_required_when_a_password_is_set(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("right-pw\n")
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, password_file=tmp_path / "pw") as c:
+            for path in ("/", "/queue?status=deferred", "/providers/up1"):
+                r = await c.get(path)
+                assert r.status_code == 303, path
+                assert r.headers["location"].startswith("/login?next=%2F"), path
+            for path in ("/api/queue", "/metrics", "/api/messages/X/raw"):
+                r = await c.get(path)
+                assert r.status_code == 401, path
+                assert r.headers["www-authenticate"].startswith("Basic")
+            assert (await c.post("/api/reload")).status_code == 401
+            # Public: the login form, static files and liveness.
+            for path in ("/login", "/static/admin.css", "/healthz"):
+                assert (await c.get(path)).status_code == 200, path
+            assert "No admin password" not in (await c.get("/login")).text
+
+
+async def test_login_form_session_cookie_and_logout(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("right-pw\n")
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, password_file=tmp_path / "pw") as c:
+            page = await c.get("/login?next=/queue")
+            cookie = page.headers["set-cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            token = csrf_of(page.text)
+            form = {"username": "admin", "password": "right-pw", "next": "/queue"}
+            # Login CSRF: no token, no login.
+            assert (await c.post("/login", data=form)).status_code == 403
+            wrong = await c.post("/login", data={**form, "password": "nope", "csrf_token": token})
+            assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
+            r = await c.post("/login", data={**form, "csrf_token": token})
+            assert r.status_code == 303 and r.headers["location"] == "/queue"
+            assert "HttpOnly" in r.headers["set-cookie"]
+            queue = await c.get("/queue")
+            assert queue.status_code == 200 and "Log out admin" in queue.text
+            # The token changed at login: the one from before is refused.
+            assert csrf_of(queue.text) != token
+            stale = await c.post("/api/reload", headers={"x-csrf-token": token})
+            assert stale.status_code == 403
+            r = await c.post("/logout", data={"csrf_token": csrf_of(queue.text)})
+            assert r.status_code == 303 and r.headers["location"] == "/login"
+            assert (await c.get("/queue")).status_code == 303
+
+
+async def test_login_never_redirects_off_site(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("pw\n")
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, password_file=tmp_path / "pw") as c:
+            token = csrf_of((await c.get("/login")).text)
+            for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+                r = await c.post(
+                    "/login",
+                    data={
+                        "username": "admin",
+                        "password": "pw",
+                        "next": target,
+                        "csrf_token": token,
+                    },
+                )
+                assert r.headers["location"] == "/", target
+                c.cookies.clear()
+                token = csrf_of((await c.get("/login")).text)
+
+
+async def test_argon2_hash_basic_auth_and_bearer_token(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "token").write_text("api-token-1\n")
+    hashed = hash_password("hashed-pw")
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(
+            s, username="ops", password_hash=hashed, api_token_file=tmp_path / "token"
+        ) as c:
+            ok = await c.get("/api/queue", headers={"authorization": basic("ops", "hashed-pw")})
+            assert ok.status_code == 200
+            for user, pw in (("ops", "nope"), ("admin", "hashed-pw")):
+                r = await c.get("/api/queue", headers={"authorization": basic(user, pw)})
+                assert r.status_code == 401
+            r = await c.get("/metrics", headers={"authorization": "Bearer api-token-1"})
+            assert r.status_code == 200
+            bad = await c.get("/metrics", headers={"authorization": "Bearer api-token-2"})
+            assert bad.status_code == 401
+            # Scripts with a token or Basic credentials need no CSRF token.
+            r = await c.post("/api/reload", headers={"authorization": "Bearer api-token-1"})
+            assert r.status_code == 200
+            r = await c.post(
+                "/api/queue/delete",
+                json={"queue_ids": ["NOPE"]},
+                headers={"authorization": basic("ops", "hashed-pw")},
+            )
+            assert r.status_code == 200 and r.json()["missing"] == ["NOPE"]
+            # A login with the hash works in the form too.
+            token = csrf_of((await c.get("/login")).text)
+            form = {"username": "ops", "password": "hashed-pw", "csrf_token": token}
+            assert (await c.post("/login", data=form)).status_code == 303
+            assert (await c.get("/")).status_code == 200
+
+
+async def test_csrf_on_every_cookie_authenticated_change(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
+        token = csrf_of((await c.get("/")).text)  # the open admin's anonymous session
+        changes = [
+            ("/queue/action", {"action": "delete", "queue_id": "X"}),
+            ("/messages/X/action", {"action": "retry"}),
+            ("/reload", {}),
+            ("/providers/up1/test", {}),
+            ("/api/reload", None),
+            ("/api/queue/delete", None),
+            ("/api/messages/X/delete", None),
+            ("/api/providers/up1/test", None),
+        ]
+        for path, form in changes:
+            r = await c.post(path, data=form) if form is not None else await c.post(path)
+            assert r.status_code == 403, path
+            r = await c.post(path, data={**(form or {}), "csrf_token": "wrong"})
+            assert r.status_code == 403, path
+        good = await c.post("/queue/action", data={"action": "retry", "csrf_token": token})
+        assert good.status_code == 303
+        r = await c.post("/api/reload", headers={"x-csrf-token": token})
+        assert r.status_code == 200
+
+
+async def test_host_header_and_origin_checks(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, allowed_hosts=["sluice.internal"]) as c:
+            for host in ("127.0.0.1:8025", "localhost", "[::1]:8025", "sluice.internal:8025"):
+                r = await c.get("/api/queue", headers={"host": host})
+                assert r.status_code == 200, host
+            # DNS rebinding: a foreign name that resolves to 127.0.0.1.
+            for host in ("evil.example", "evil.example:8025", "127.0.0.1.evil.example", ""):
+                r = await c.get("/", headers={"host": host})
+                assert r.status_code == 421, host
+            cross = [
+                {"origin": "http://evil.example"},
+                {"origin": "null"},
+                {"sec-fetch-site": "cross-site"},
+                {"origin": "http://127.0.0.1:9999"},
+            ]
+            for headers in cross:
+                r = await c.post("/api/reload", headers=headers)
+                assert r.status_code == 403, headers
+                assert "cross-site" in r.text
+            c.cookies.clear()  # a script: no session cookie, so no CSRF token either
+            r = await c.post("/api/reload", headers={"origin": "http://127.0.0.1"})
+            assert r.status_code == 200
+
+
+async def test_failed_logins_are_slowed_down(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("right\n")
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, password_file=tmp_path / "pw") as c:
+            token = csrf_of((await c.get("/login")).text)
+            form = {"username": "admin", "password": "guess", "csrf_token": token}
+            codes = [(await c.post("/login", data=form)).status_code for _ in range(6)]
+            assert codes == [401] * 5 + [429]
+            # The right password is refused too while the brake is on...
+            r = await c.post("/login", data={**form, "password": "right"})
+            assert r.status_code == 429
+            # ...and Basic auth from the same client as well.
+            r = await c.get("/api/queue", headers={"authorization": basic("admin", "right")})
+            assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
+
+async def test_open_admin_warns_on_every_page(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
+        for path in ("/", "/providers", "/queue", "/log", "/providers/up1"):
+            assert "No admin password is configured" in (await c.get(path)).text, path

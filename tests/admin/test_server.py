@@ -1,0 +1,110 @@
+"""The admin served by the daemon itself: real port, start-up refusal, signals, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from argon2 import PasswordHasher
+
+from relay.errors import ConfigError
+from tests.conftest import SluiceFactory, fast_config, provider_for, write_config
+from tests.daemon_proc import start_daemon
+from tests.upstream import TestUpstream
+
+
+async def test_daemon_serves_admin_on_its_own_loop(
+    sluice: SluiceFactory, upstream: TestUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    async with sluice(
+        [provider_for(upstream)], admin={"enabled": True, "listen": "127.0.0.1:0"}
+    ) as s:
+        assert s.daemon.admin is not None
+        host, port = s.daemon.admin.address
+        assert host == "127.0.0.1" and port > 0
+        assert f"listening admin=127.0.0.1:{port}" in caplog.text
+        assert "has no password" in caplog.text
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            r = await c.get("/healthz")
+            assert r.status_code == 200 and r.json()["ok"] is True
+            page = await c.get("/queue")
+            assert page.status_code == 200 and "Queue" in page.text
+            assert "server" not in page.headers  # no version banner
+        # uvicorn did not take the daemon's signals.
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    # Stopped with the daemon: the port is closed.
+    with pytest.raises(OSError):
+        _r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.close()
+
+
+async def test_refuses_open_admin_on_a_non_loopback_address(
+    sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        async with sluice([provider_for(upstream)], admin={"enabled": True, "listen": "0.0.0.0:0"}):
+            pass
+    assert "not a loopback address and no admin password" in str(info.value)
+    assert not (tmp_path / "spool.sqlite3").exists()  # refused before anything opened
+    # With a password the same address is fine.
+    (tmp_path / "pw").write_text("pw\n")
+    admin = {"enabled": True, "listen": "0.0.0.0:0", "password_file": str(tmp_path / "pw")}
+    async with sluice([provider_for(upstream)], admin=admin) as s:
+        assert s.daemon.admin is not None
+        port = s.daemon.admin.address.port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            assert (await c.get("/api/queue")).status_code == 401
+            assert (await c.get("/api/queue", auth=("admin", "pw"))).status_code == 200
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_a_daemon_serving_the_admin(
+    tmp_path: Path, upstream: TestUpstream
+) -> None:
+    cfg = fast_config(
+        tmp_path, [provider_for(upstream)], admin={"enabled": True, "listen": "127.0.0.1:0"}
+    )
+    proc = await start_daemon(write_config(tmp_path / "sluice.yaml", cfg))
+    try:
+        line = await proc.wait_for_line("listening admin=")
+        match = re.search(r"listening admin=127\.0\.0\.1:(\d+)", line)
+        assert match
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{match.group(1)}") as c:
+            # A keep-alive connection stays open while we stop the daemon.
+            assert (await c.get("/healthz")).status_code == 200
+            proc.signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        await proc.kill()
+    assert "stopped" in proc.log
+
+
+def test_hash_password_command_prints_a_verifiable_hash() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "admin", "hash-password"],
+        input="correct horse\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    hashed = out.stdout.strip()
+    assert hashed.startswith("$argon2id$")
+    assert PasswordHasher().verify(hashed, "correct horse")
+    empty = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "admin", "hash-password"],
+        input="\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert empty.returncode == 64 and "empty password" in empty.stderr
