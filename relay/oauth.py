@@ -115,7 +115,7 @@ class TokenSource:
             return await self._refresh()
 
     async def _refresh(self) -> str:
-        form = self._form()
+        form = await asyncio.to_thread(self._form)  # may read secret files
         try:
             async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as client:
                 resp = await client.post(

@@ -172,6 +172,7 @@ class Provider:
         self._local_hostname = local_hostname
         self._slots = asyncio.Semaphore(settings.max_connections)
         self._idle: list[tuple[float, Session]] = []
+        self._closed = False
 
     # ----------------------------------------------------------------- sessions
 
@@ -203,7 +204,8 @@ class Provider:
         except ProviderError as exc:
             log.warning("provider %s unavailable: %s", self.id, exc.text)
             return [classify(r, exc) for r in recipients]
-        if session.usable and self.settings.idle_timeout > 0:
+        # After a reload closed this (old) provider, its in-flight sessions are not kept.
+        if session.usable and self.settings.idle_timeout > 0 and not self._closed:
             self._idle.append((time.monotonic(), session))
         else:
             await session.quit()
@@ -315,6 +317,7 @@ class Provider:
         )
 
     async def aclose(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, []
         await asyncio.gather(*(s.quit() for _, s in idle))
 
