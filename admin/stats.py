@@ -61,7 +61,7 @@ class Chart:
     ticks: list[tuple[float, float]]
 
 
-async def chart(spool: Spool, now: float, *, width: int = 720, height: int = 160) -> Chart:
+async def chart(spool: Spool, now: float, *, width: int = 960, height: int = 180) -> Chart:
     """Deliveries per hour by outcome over the last 24 hours, as stacked bars."""
     start = (now // 3600 + 1) * 3600 - HOURS * 3600  # the oldest of 24 whole-hour slots
     grid: dict[int, dict[str, int]] = {h: {} for h in range(HOURS)}

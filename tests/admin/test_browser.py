@@ -1,0 +1,198 @@
+"""The admin page in headless Chromium (Debian's), against a real Sluice and real upstreams.
+
+Playwright's async API in our own fixture: pytest-playwright's sync fixtures
+leave a loop running that breaks the asyncio tests after them. Screenshots of
+every page go to ``tests/artifacts/screenshots/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
+
+from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.upstream import TestUpstream
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("Debian's chromium is not installed (bash .ci/install-system-deps)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+def mail(subject: str) -> bytes:
+    return f"From: app@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+
+
+async def shot(page: Page, name: str) -> None:
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_operator_journey(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    upstream.reply["RCPT:later@example.net"] = "451 4.2.0 try later"
+    upstream.reply["RCPT:bad@example.net"] = "550 5.1.1 no such user"
+    guarded = await TestUpstream(users={"relay": "right"}).start()
+    (tmp_path / "pw").write_text("admin-pw\n")
+    providers = [
+        provider_for(upstream, caption="Primary relay", send_from="app@example.org"),
+        provider_for(
+            guarded,
+            "locked",
+            caption="Relay with a wrong password",
+            username="relay",
+            password="wrong",
+            allow_insecure_auth=True,
+            enabled=False,
+        ),
+    ]
+    admin = {"enabled": True, "listen": "127.0.0.1:0", "password_file": str(tmp_path / "pw")}
+    retry = {"first_delay": "1h", "max_delay": "2h"}
+    try:
+        async with sluice(providers, admin=admin, retry=retry) as s:
+            assert s.daemon.admin is not None
+            base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+            await smtp_send(s.port, "app@example.org", ["later@example.net"], mail(XSS))
+            await smtp_send(s.port, "app@example.org", ["bad@example.net"], mail("bounces"))
+            await smtp_send(s.port, "app@example.org", ["ok@example.net"], mail("arrives"))
+
+            async def deferred_once() -> bool:
+                rows = await s.spool.list_queue(search="later@")
+                return bool(rows) and rows[0].attempts == 1 and rows[0].status == "deferred"
+
+            await eventually(deferred_once)
+            await s.wait_idle()
+
+            context = await browser.new_context(viewport={"width": 1366, "height": 900})
+            page = await context.new_page()
+            alerts: list[str] = []
+
+            async def on_dialog(dialog: Dialog) -> None:
+                if dialog.type == "confirm":
+                    await dialog.accept()  # our own "Delete the selected messages?"
+                else:
+                    alerts.append(f"{dialog.type}: {dialog.message}")
+                    await dialog.dismiss()
+
+            page.on("dialog", on_dialog)
+            errors: list[str] = []
+            page.on(
+                "console",
+                lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" else None,
+            )
+
+            # Log in.
+            await page.goto(base + "/queue")
+            await expect(page).to_have_url(base + "/login?next=%2Fqueue")
+            await page.fill("input[name=password]", "admin-pw")
+            await shot(page, "01-login")
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(base + "/queue")
+
+            # Queue: the deferred message with its attempt and reason; the XSS as text.
+            row = page.locator("tr", has_text="later@example.net")
+            await expect(row).to_contain_text("451 4.2.0 try later")
+            await expect(row.locator("td.num")).to_have_text("1")
+            await expect(row.get_by_text(XSS, exact=True)).to_be_visible()
+            await expect(row.locator("time[data-rel] .rel").last).to_contain_text("in ")
+            await shot(page, "02-queue")
+
+            # Retry now: another attempt happens at once (the upstream still defers).
+            await row.locator("input[name=queue_id]").check()
+            await page.locator("#queue-form .actions").first.get_by_text("Retry now").click()
+            await expect(page.locator("#notice")).to_have_text("1 message(s) made due now.")
+
+            async def tried_twice() -> bool:
+                rows = await s.spool.list_queue(search="later@")
+                return rows[0].attempts == 2 and rows[0].status == "deferred"
+
+            await eventually(tried_twice)
+            await page.reload()
+            await expect(row.locator("td.num")).to_have_text("2")
+
+            # The message page: envelope, attempts with the upstream's reply, raw download.
+            await row.get_by_role("link").click()
+            await expect(page.locator("h1")).to_contain_text("Message")
+            await expect(page.locator("dd.subject")).to_have_text(XSS)
+            await expect(page.locator("table", has_text="Reply")).to_contain_text("451")
+            async with page.expect_download() as info:
+                await page.get_by_text("Download .eml").click()
+            download = await info.value
+            saved = tmp_path / "got.eml"
+            await download.save_as(saved)
+            (entry,) = await s.spool.list_queue(search="later@")
+            assert saved.read_bytes() == await s.spool.raw(entry.queue_id)
+            await shot(page, "03-message")
+
+            # Delete it from the queue page.
+            await page.goto(base + "/queue")
+            await row.locator("input[name=queue_id]").check()
+            await page.locator("#queue-form .actions").first.get_by_text("Delete").click()
+            await expect(page.locator("#notice")).to_have_text("1 message(s) deleted.")
+            await expect(page.locator("tr", has_text="later@example.net")).to_have_count(0)
+            assert await s.spool.list_queue(search="later@") == []
+
+            # The log: SUCCESS and FAIL rows with reasons.
+            await page.goto(base + "/log")
+            await expect(page.locator("tr", has_text="ok@example.net").first).to_contain_text(
+                "SUCCESS"
+            )
+            fail = page.locator("tr", has_text="bad@example.net")
+            await expect(fail).to_contain_text("FAIL")
+            await expect(fail).to_contain_text("no such user")
+            await page.get_by_label("FAIL").check()
+            await page.get_by_role("button", name="Filter").click()
+            await expect(page.locator("tbody tr")).to_have_count(1)
+            await shot(page, "04-log")
+
+            # Overview and providers.
+            await page.goto(base + "/")
+            await expect(page.locator("svg.chart rect.bar").first).to_be_visible()
+            await shot(page, "05-overview")
+            await page.goto(base + "/providers")
+            await expect(page.locator("tr", has_text="Primary relay")).to_contain_text(
+                "app@example.org"
+            )
+            await shot(page, "06-providers")
+
+            # Test connection: green, then red with the failing step and the reply.
+            await page.goto(base + "/providers/up1")
+            await page.click("#test-button")
+            await expect(page.locator("#test-report")).to_contain_text("Connection works")
+            await expect(page.locator("#test-report")).to_have_class("card report good")
+            await shot(page, "07-provider-test-ok")
+            await page.goto(base + "/providers/locked")
+            await expect(page.locator("dd.secret")).to_have_text("••••••")
+            await page.click("#test-button")
+            report = page.locator("#test-report")
+            await expect(report).to_contain_text("Connection test failed")
+            await expect(report.locator("li.bad")).to_contain_text("AUTH")
+            await expect(report.locator("li.bad")).to_contain_text("535")
+            await shot(page, "08-provider-test-failed")
+
+            assert alerts == [], alerts
+            assert errors == [], errors  # no CSP violation, no script error
+            await context.close()
+    finally:
+        await guarded.stop()
