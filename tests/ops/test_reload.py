@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from relay.spool import read_meta
-from tests.conftest import SluiceFactory, provider_for, smtp_send, write_config
+from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send, write_config
 from tests.ops.conftest import DaemonProcess, run_cli
 from tests.upstream import TestUpstream
 
@@ -76,8 +76,8 @@ async def test_broken_yaml_keeps_old_config_and_keeps_delivering(
 
     # The error is exposed where `sluice reload`, the admin page and /healthz read it.
     spool = path.parent / "spool.sqlite3"
-    error = read_meta(spool, "reload.error")
-    assert error and error.startswith(f"{path}:")
+    error = await eventually(lambda: read_meta(spool, "reload.error"))
+    assert error.startswith(f"{path}:")
 
     # `sluice reload` refuses the broken file itself, without signalling the daemon.
     before = read_meta(spool, "reload.id")
