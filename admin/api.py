@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from admin.backend import ACTIONS, AdminState, act, state
+from admin.backend import ACTIONS, AdminState, act, identity, state
 from admin.data import LogFilter, QueueFilter, jsonable, message_view, provider_view
 from admin.stats import chart, outcomes_since
 from relay.errors import UnknownMessage
@@ -204,12 +204,16 @@ async def healthz(request: Request) -> Response:
     except Exception:  # any failure to read means "not healthy", reported below
         spool_ok = False
     ok = spool_ok and status.listener_up
-    details = {
+    details: dict[str, object] = {
         "ok": ok,
         "spool": spool_ok,
         "listener": status.listener_up,
-        "last_reload_error": status.last_reload_error,
+        "last_reload_failed": status.last_reload_error is not None,
     }
+    # /healthz answers without a login (for probes); the error text, which
+    # quotes the config file, only to a caller who is logged in.
+    if identity(request).authenticated:
+        details["last_reload_error"] = status.last_reload_error
     return JSONResponse(details, status_code=200 if ok else 503)
 
 

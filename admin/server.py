@@ -135,6 +135,9 @@ class AdminServer:
         except LookupError as exc:
             raise ConfigError([f"admin: {exc}"]) from None
         app = create_app(backend_for(daemon), settings, credentials)
+        # uvicorn's "Started server process" lines describe a process we do not
+        # own; keep its warnings and errors only. (Requests are not logged.)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         sock = _bind(settings.listen)
         config = uvicorn.Config(
             app,

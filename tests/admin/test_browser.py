@@ -84,7 +84,9 @@ async def test_operator_journey(
             await eventually(deferred_once)
             await s.wait_idle()
 
-            context = await browser.new_context(viewport={"width": 1366, "height": 900})
+            context = await browser.new_context(
+                viewport={"width": 1366, "height": 900}, timezone_id="America/Los_Angeles"
+            )
             page = await context.new_page()
             alerts: list[str] = []
 
@@ -164,7 +166,19 @@ async def test_operator_journey(
             await page.get_by_label("FAIL").check()
             await page.get_by_role("button", name="Filter").click()
             await expect(page.locator("tbody tr")).to_have_count(1)
+            # A day in the viewer's zone (the page sends its UTC offset along).
+            today = await page.evaluate(
+                "() => { const d = new Date(), p = (n) => String(n).padStart(2, '0');"
+                " return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}`; }"
+            )
+            await page.fill("input[name=date]", today)
+            await page.get_by_role("button", name="Filter").click()
+            await expect(page.locator("tbody tr")).to_have_count(1)
+            assert "tz=480" in page.url or "tz=420" in page.url  # Los Angeles, PST or PDT
             await shot(page, "04-log")
+            await page.fill("input[name=date]", "2001-01-01")
+            await page.get_by_role("button", name="Filter").click()
+            await expect(page.locator("td.empty")).to_have_text("Nothing here.")
 
             # Overview and providers.
             await page.goto(base + "/")
@@ -190,6 +204,12 @@ async def test_operator_journey(
             await expect(report.locator("li.bad")).to_contain_text("AUTH")
             await expect(report.locator("li.bad")).to_contain_text("535")
             await shot(page, "08-provider-test-failed")
+
+            # Auto-refresh: the page reloads itself, so a queue can be watched draining.
+            async with page.expect_navigation(timeout=10_000):
+                await page.select_option("#autorefresh", "5")
+            await expect(page.locator("#autorefresh")).to_have_value("5")  # remembered
+            await page.select_option("#autorefresh", "0")
 
             assert alerts == [], alerts
             assert errors == [], errors  # no CSP violation, no script error

@@ -377,6 +377,7 @@ async def test_metrics_and_healthz(
                 "ok": True,
                 "spool": True,
                 "listener": True,
+                "last_reload_failed": False,
                 "last_reload_error": None,
             }
             assert s.daemon.listener is not None

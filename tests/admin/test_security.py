@@ -35,6 +35,9 @@ async def test_login_required_when_a_password_is_set(
             for path in ("/login", "/static/admin.css", "/healthz"):
                 assert (await c.get(path)).status_code == 200, path
             assert "No admin password" not in (await c.get("/login")).text
+            # A probe learns whether a reload failed, not the config text that failed.
+            health = (await c.get("/healthz")).json()
+            assert health["last_reload_failed"] is False and "last_reload_error" not in health
 
 
 async def test_login_form_session_cookie_and_logout(
