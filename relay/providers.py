@@ -119,11 +119,17 @@ class ProviderStatus:
 
 @dataclass(frozen=True, slots=True)
 class Unavailable:
-    """The provider may not be used now; ``until`` is when it may (wall clock)."""
+    """The provider may not be used now; ``until`` is when it may (wall clock).
+
+    ``limit`` is True for a daily limit or the rate: the mail should simply wait
+    for the window, without counting an attempt. Otherwise (cool-down, a
+    provider's pause) the normal retry back-off applies.
+    """
 
     provider: str
     reason: str
     until: float
+    limit: bool = False
 
 
 class ProviderState:
@@ -236,6 +242,7 @@ class Provider:
                     f"{self.id}: daily limit of {s.daily_limit} messages reached; "
                     "waiting for the next UTC day",
                     reset,
+                    limit=True,
                 )
         if state.bucket is not None:
             wait = state.bucket.reserve(_MAX_RATE_WAIT)
@@ -246,6 +253,7 @@ class Provider:
                     self.id,
                     f"{self.id}: rate limit {_rate(s)} reached",
                     self._clock() + state.bucket.next_free(),
+                    limit=True,
                 )
             if wait > 0:
                 await asyncio.sleep(wait)

@@ -180,9 +180,9 @@ class Scheduler:
                 if not pending:
                     break
         untried = [rid for rid in claim.recipients if rid not in results]
-        if untried and waits:
-            # Every provider these recipients may use is limited or cooling down:
-            # they wait, without counting an attempt, until the first one frees up.
+        if untried and waits and all(w.limit for w in waits):
+            # Every provider these recipients may use is at its daily limit or rate:
+            # they wait, without counting an attempt, until the first one allows.
             until = min(w.until for w in waits)
             reason = "4.7.0 waiting: " + "; ".join(dict.fromkeys(w.reason for w in waits))
             await self._spool.release(
@@ -208,6 +208,22 @@ class Scheduler:
             )
             if not claim.recipients:
                 return
+        elif untried and waits:
+            # Skipped for health (cool-down, a provider's pause): the retry back-off
+            # applies, as if the provider had failed again, honouring its pause.
+            first = min(waits, key=lambda w: w.until)
+            reason = "; ".join(dict.fromkeys(w.reason for w in waits))
+            for rid in untried:
+                results[rid] = (
+                    TempFailure(
+                        claim.recipients[rid].address,
+                        None,
+                        f"4.4.0 no provider available now: {reason}",
+                        retry_after=max(0.0, first.until - self._clock()),
+                        provider_fault=True,
+                    ),
+                    first.provider,
+                )
         now = self._clock()
         finishes = []
         for rid, rcpt in claim.recipients.items():
