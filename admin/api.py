@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from admin.backend import ACTIONS, AdminState, act, identity, state
 from admin.data import LogFilter, QueueFilter, jsonable, message_view, provider_view
-from admin.stats import chart, outcomes_since
+from admin.stats import summary
 from relay.errors import UnknownMessage
 
 __all__ = ["eml_response", "overview_data", "providers_data", "routes"]
@@ -24,15 +24,16 @@ async def overview_data(st: AdminState) -> dict[str, Any]:
     b = st.backend
     now = b.clock()
     counts = await b.spool.counts_by_status()
+    stats = await summary(b.spool, now)
     status = b.status()
     return {
         "now": now,
         "counts": {s.value: n for s, n in counts.items()},
         "active": sum(n for s, n in counts.items() if s.value in ("queued", "sending", "deferred")),
-        "last_hour": await outcomes_since(b.spool, now - 3600),
-        "last_day": await outcomes_since(b.spool, now - 86400),
+        "last_hour": stats.last_hour,
+        "last_day": stats.last_day,
         "providers": await providers_data(st),
-        "chart": await chart(b.spool, now),
+        "chart": stats.chart,
         "started_at": status.started_at,
         "last_reload_error": status.last_reload_error,
         "last_reload_at": status.last_reload_at,
