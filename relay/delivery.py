@@ -38,7 +38,15 @@ from aiosmtplib import (
 from relay.model import Delivered, Outcome, PermFailure, TempFailure
 from relay.oauth import OAuthError, TokenSource
 
-__all__ = ["ProviderError", "Session", "StaleSession", "Upstream", "classify", "retry_hint"]
+__all__ = [
+    "ProviderError",
+    "Session",
+    "StaleSession",
+    "Upstream",
+    "classify",
+    "insecure_auth",
+    "retry_hint",
+]
 
 log = logging.getLogger("sluice.delivery")
 
@@ -98,6 +106,20 @@ _THROTTLE = re.compile(r"^\s*4\.7\.\d{1,3}\b")
 def _is_throttle(text: str) -> bool:
     """A ``4.7.x`` enhanced status (RFC 3463: security or policy), e.g. a rate limit."""
     return _THROTTLE.match(text) is not None
+
+
+def insecure_auth(up: Upstream) -> str | None:
+    """Why credentials may not be sent on this connection, or ``None`` if they may."""
+    if up.allow_insecure_auth:
+        return None
+    if up.encryption == "none" or up.tls_context is None:
+        return "refusing to send credentials without TLS (set allow_insecure_auth to allow it)"
+    if up.tls_context.verify_mode == ssl.CERT_NONE:
+        return (
+            "refusing to send credentials over TLS that is not verified (tls_verify: false; "
+            "set allow_insecure_auth to allow it)"
+        )
+    return None
 
 
 def _reply(code: int | None, message: str) -> str:
@@ -193,12 +215,8 @@ class Session:
                 await smtp.starttls(tls_context=up.tls_context)
                 await smtp.ehlo()  # RFC 3207 § 4.2: forget what was offered in clear
             if up.username is not None:
-                encrypted = up.encryption != "none"
-                if not encrypted and not up.allow_insecure_auth:
-                    raise ProviderError(
-                        "4.7.0 refusing to send credentials without TLS "
-                        "(set allow_insecure_auth to allow it)"
-                    )
+                if (problem := insecure_auth(up)) is not None:
+                    raise ProviderError(f"4.7.0 {problem}")
                 if up.oauth is not None:
                     try:
                         token = await up.oauth.token()

@@ -16,6 +16,7 @@ import aiosmtplib
 from aiosmtplib import SMTPException, SMTPResponseException
 
 from relay.config import DeliverySettings, ProviderSettings
+from relay.delivery import insecure_auth
 from relay.oauth import OAuthError, TokenSource
 from relay.providers import upstream_of
 
@@ -116,12 +117,8 @@ async def test_provider(
                 ) or TestReport(False, steps)
             step("STARTTLS", True, f"{_reply(reply.code, reply.message)}; {_tls_detail(smtp)}")
         if up.username is not None:
-            if up.encryption == "none" and not up.allow_insecure_auth:
-                return step(
-                    "AUTH",
-                    False,
-                    "refusing to send credentials without TLS (set allow_insecure_auth to allow)",
-                ) or TestReport(False, steps)
+            if (problem := insecure_auth(up)) is not None:
+                return step("AUTH", False, problem) or TestReport(False, steps)
             try:
                 if settings.oauth2 is not None:
                     source = TokenSource(settings.oauth2, provider_id=settings.id)

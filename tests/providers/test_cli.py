@@ -67,6 +67,7 @@ async def test_providers_test_fails_with_the_servers_reply(
             "badauth",
             encryption="tls",
             tls_verify=False,
+            allow_insecure_auth=True,  # unverified TLS: credentials only when allowed
             username="relay",
             password="wrong-Pa55word",
         )

@@ -190,3 +190,16 @@ async def test_xoauth2_end_to_end_with_refresh_and_reauthorize(
             assert len(up.messages) == 3
     finally:
         await up.stop()
+
+
+async def test_no_credentials_over_unverified_tls(
+    sluice: SluiceFactory, tls_upstream: TestUpstream
+) -> None:
+    p = provider_for(
+        tls_upstream, encryption="tls", tls_verify=False, username="relay", password=PASSWORD
+    )
+    async with sluice([p]) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        (entry,) = await eventually(lambda: _deferred(s, queue_id_of(reply)))
+    assert "not verified" in entry.reason
+    assert tls_upstream.messages == []
