@@ -183,6 +183,8 @@ async def metrics(request: Request) -> Response:
     for s, n in (await b.spool.counts_by_status()).items():
         b.metrics.queue.labels(s.value).set(n)
     g = st.gauges
+    for gauge in (g.health, g.sent_today, g.daily_limit):
+        gauge.clear()  # a provider removed by a reload must not linger
     for p in await b.snapshot().providers.status():
         for health in ("unknown", "ok", "error", "cooldown"):
             g.health.labels(p.id, health).set(1 if p.health == health else 0)
