@@ -108,7 +108,8 @@ class ProviderStatus:
     daily_limit: int | None = None
     rate: str | None = None
     max_connections: int = 0
-    #: for XOAUTH2 providers: "valid", "refreshing", "reauthorize", ...; else None
+    #: for XOAUTH2 providers: "unknown" (no token yet), "valid", "expired", "error"
+    #: (the endpoint failed; retried), "reauthorize" (a human must act); else None
     oauth_state: str | None = None
     oauth_valid_until: float | None = None
     #: while in cool-down or paused: when it will be tried again

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from relay.model import AttemptStatus, RecipientStatus
-from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.conftest import (
+    SluiceFactory,
+    eventually,
+    fast_config,
+    provider_for,
+    smtp_send,
+    write_config,
+)
 from tests.providers.helpers import SENDER, entries, message, queue_id_of, sent
 from tests.upstream import TestUpstream
 
@@ -107,3 +115,27 @@ async def test_hint_pauses_the_only_provider_and_mail_waits(
         log = await s.spool.list_log(search=qid)
         assert [e.status for e in log] == [AttemptStatus.DEFERRED]
         assert log[0].provider == "only"
+
+
+async def test_health_and_usage_survive_a_reload(
+    sluice: SluiceFactory, upstream: TestUpstream, upstream2: TestUpstream, tmp_path: Path
+) -> None:
+    await upstream2.stop()
+    providers = [
+        provider_for(upstream, "main", daily_limit=100),
+        provider_for(upstream2, "dead", priority=200),
+    ]
+    async with sluice(providers) as s:
+        await smtp_send(s.port, SENDER, ["a@example.net"], message("plain"))
+        await upstream.wait_for(1)
+        # The dead one is only tried when named.
+        data = message("to dead", headers="X-Sluice-Provider: dead\r\n")
+        await smtp_send(s.port, SENDER, ["b@example.net"], data)
+        await eventually(lambda: _health(s, "dead", "error"))
+        providers[0]["caption"] = "renamed"
+        write_config(s.config_path, fast_config(tmp_path, providers))
+        assert await s.daemon.reload() is True
+        by_id = {p.id: p for p in await s.daemon.snapshot().providers.status()}
+    assert by_id["main"].caption == "renamed"
+    assert by_id["main"].sent_today == 1 and by_id["main"].health == "ok"
+    assert by_id["dead"].health == "error" and by_id["dead"].last_error
