@@ -157,12 +157,13 @@ class Guard:
         # Cookie-borne credentials (a login, or the anonymous session of an open
         # admin) are what a forged cross-site form would ride on: demand the token.
         # An open admin called without any cookie is a script; Origin was checked.
+        # A stale or forged cookie still marks a browser: it gets no exemption.
         cookie_borne = identity.via == "cookie" or (
-            identity.via in ("open", "none") and cookie_session is not None
+            identity.via in ("open", "none") and COOKIE in headers.get("cookie", "")
         )
         if method in _UNSAFE and (cookie_borne or path == "/login"):
             if cookie_session is None:
-                await _plain(send_secured, 403, "session cookie missing: enable cookies, reload")
+                await _plain(send_secured, 403, "session expired or missing: reload the page")
                 return
             ok, receive = await self._check_csrf(cookie_session, headers, receive)
             if not ok:

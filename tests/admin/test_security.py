@@ -202,3 +202,15 @@ async def test_open_admin_warns_on_every_page(
     async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
         for path in ("/", "/providers", "/queue", "/log", "/providers/up1"):
             assert "No admin password is configured" in (await c.get(path)).text, path
+
+
+async def test_a_stale_cookie_gets_no_csrf_exemption(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
+        c.cookies.set("sluice_session", "forged-or-expired")
+        r = await c.post("/api/reload")
+        assert r.status_code == 403 and "reload the page" in r.text
+        # Reloading the page issues a fresh session whose token works.
+        token = csrf_of((await c.get("/")).text)
+        assert (await c.post("/api/reload", headers={"x-csrf-token": token})).status_code == 200
