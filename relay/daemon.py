@@ -277,11 +277,12 @@ class Daemon:
                     tg.create_task(self.admin.serve(), name="admin")
                     log.info("listening admin=%s", self.admin.address)
                 self.ready.set()
+                # READY before counting: the count reads the whole status index.
+                self.notifier.ready(self.status_text())
                 log.info(
                     "sluice ready: %d recipients in the queue",
                     sum((await spool.counts_by_status()).values()),
                 )
-                self.notifier.ready(self.status_text())
                 try:
                     yield self
                 finally:

@@ -87,3 +87,47 @@ async def test_sigterm_while_idle_exits_zero_quickly(
     async with asyncio.timeout(5):
         assert await d.stop() == 0
     assert "stopped" in d.lines[-1]
+
+
+async def test_start_up_with_a_large_queue_is_fast(
+    ops_config: Callable[..., Path],
+    daemon_proc: Callable[..., DaemonProcess],
+    upstream: TestUpstream,
+) -> None:
+    n = 100_000
+    path = ops_config([provider_for(upstream)])
+    spool = path.parent / "spool.sqlite3"
+    d = await daemon_proc(path).start()  # creates the schema
+    assert await d.stop() == 0
+    empty_start = await _time_to_listening(daemon_proc, path)
+
+    # A big backlog, all deferred to later (nothing to deliver during the test),
+    # and some left "sending" by a crash.
+    later = time.time() + 86400
+    conn = sqlite3.connect(spool)
+    with conn:
+        conn.executemany(
+            "INSERT INTO messages (id, queue_id, received_at, sender, size) VALUES (?, ?, ?, ?, ?)",
+            ((i, f"Q{i:015d}", later - 86400, "a@example.org", 10) for i in range(1, n + 1)),
+        )
+        conn.executemany(
+            "INSERT INTO recipients (message_id, rcpt, status, since, next_attempt_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (i, f"r{i}@example.net", "sending" if i <= 100 else "deferred", 0, later, 0)
+                for i in range(1, n + 1)
+            ),
+        )
+    conn.close()
+    full_start = await _time_to_listening(daemon_proc, path)
+    # Nothing proportional to the queue runs before the listener accepts.
+    assert full_start < empty_start + 1.5, (empty_start, full_start)
+    assert not upstream.messages
+
+
+async def _time_to_listening(daemon_proc: Callable[..., DaemonProcess], path: Path) -> float:
+    started = time.monotonic()
+    d = await daemon_proc(path).start()
+    elapsed = time.monotonic() - started
+    assert await d.stop() == 0
+    return elapsed
