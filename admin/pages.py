@@ -33,7 +33,8 @@ def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200)
         "open_mode": not st.credentials.login_required,
         "page": name.removesuffix(".html"),
         "notice": _notice(request),
-        "reload_error": st.backend.status().last_reload_error,
+        # Config text is for operators only, never for the login page.
+        "reload_error": st.backend.status().last_reload_error if who.authenticated else None,
     }
     return st.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 
