@@ -214,3 +214,19 @@ async def test_a_stale_cookie_gets_no_csrf_exemption(
         # Reloading the page issues a fresh session whose token works.
         token = csrf_of((await c.get("/")).text)
         assert (await c.post("/api/reload", headers={"x-csrf-token": token})).status_code == 200
+
+
+async def test_reload_error_text_only_after_login(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("pw\n")
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, password_file=tmp_path / "pw", token="tok") as c:
+            s.config_path.write_text("providers: []\n")
+            r = await c.post("/api/reload", headers={"authorization": "Bearer tok"})
+            assert r.status_code == 422 and "providers" in r.json()["error"]
+            assert "Last reload failed" not in (await c.get("/login")).text
+            assert "last_reload_error" not in (await c.get("/healthz")).json()
+            r = await c.get("/healthz", headers={"authorization": "Bearer tok"})
+            assert r.json()["last_reload_failed"] is True
+            assert "providers" in r.json()["last_reload_error"]
