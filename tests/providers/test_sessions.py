@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.providers.helpers import SENDER, message, queue_id_of, sent
 from tests.upstream import TestUpstream
@@ -47,3 +49,20 @@ async def test_connection_closed_while_idle_is_not_reused(
         (entry,) = await eventually(lambda: sent(s.spool, queue_id_of(reply)))
     assert entry.attempts == 1
     assert upstream.connections == 2
+
+
+async def test_max_connections_bounds_parallel_sessions(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    upstream.hang.add("DATA")  # hold every transaction open until released (then 421)
+    p = provider_for(upstream, max_connections=2, idle_timeout="30s", cooldown="0s")
+    async with sluice([p]) as s:
+        await asyncio.gather(
+            *(smtp_send(s.port, SENDER, [f"r{i}@example.net"], message(f"m{i}")) for i in range(6))
+        )
+        await eventually(lambda: upstream.connections == 2)
+        upstream.hang.clear()
+        upstream._release.set()
+        await upstream.wait_for(6)
+    # Six messages due at once, never more than two connections.
+    assert upstream.connections == 2, upstream.connections
