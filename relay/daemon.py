@@ -129,6 +129,9 @@ class Daemon:
         kept in ``last_reload_at``/``last_reload_error`` and in the spool's
         ``meta`` table, where ``sluice reload`` watches for it.
         """
+        if self._stop.is_set():
+            log.warning("reload ignored: the daemon is stopping", extra={"event": "reload"})
+            return False
         async with self._reload_lock:
             self.notifier.reloading()
             try:

@@ -41,6 +41,7 @@ from typing import BinaryIO
 from relay.config import Config, Endpoint, load
 from relay.errors import ConfigError, SpoolError
 from relay.received import extract_subject
+from relay.smtp_server import valid_address
 from relay.spool import NewMessage, Spool, new_queue_id, read_meta
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
@@ -384,6 +385,12 @@ def run(
     prepared = prepare(raw, opts, sender=sender, domain=domain, now=time.time())
     if not prepared.recipients:
         return _err(EX_USAGE, "no recipients given (name them, or use -t with To/Cc/Bcc)")
+    # The same rule as the listener's, so that the spool path stores nothing it would refuse.
+    bad = [a for a in prepared.recipients if not valid_address(a)]
+    if bad:
+        return _err(EX_NOUSER, f"bad recipient address: {', '.join(bad)}")
+    if sender and not valid_address(sender):
+        return _err(EX_DATAERR, f"bad sender address: {sender}")
     target = _connect_target(cfg)
     reason = "the daemon has not recorded where it listens"
     if target is not None:

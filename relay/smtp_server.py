@@ -28,7 +28,7 @@ from relay.metrics import Metrics
 from relay.received import bare_line_ending, extract_subject, received_header
 from relay.spool import NewMessage, Spool, new_queue_id
 
-__all__ = ["Listener", "RelayHandler", "RelaySMTP", "start_listeners"]
+__all__ = ["Listener", "RelayHandler", "RelaySMTP", "start_listeners", "valid_address"]
 
 log = logging.getLogger("sluice.smtp")
 
@@ -57,6 +57,11 @@ Clock = Callable[[], float]
 _ADDRESS = re.compile(
     r'^(?:[^\s<>()\[\]\\,;:"@]+|"(?:[^"\\\r\n]|\\.)*")@[^\s<>()\\,;:"@]+$'
 )
+
+
+def valid_address(address: str) -> bool:
+    """Whether the listener would accept ``address`` (also used by ``sluice sendmail``)."""
+    return _ADDRESS.match(address) is not None
 
 
 class RelayHandler:

@@ -290,4 +290,7 @@ async def test_listener_refusal_maps_to_sysexits(
     assert rc == 64 and "no recipients" in err
     rc, _out, err = await run_cli("sendmail", "-bs", stdin=b"", env=env)
     assert rc == 64 and "-bs is not supported" in err
+    rc, _out, err = await run_cli("sendmail", "user@@example.net", stdin=b"x\n", env=env)
+    assert rc == 67 and "bad recipient address" in err
+    assert not upstream.messages
     assert await d.stop() == 0
