@@ -8,6 +8,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import eventually, provider_for, smtp_send
 from tests.ops.conftest import DaemonProcess
@@ -131,3 +132,49 @@ async def _time_to_listening(daemon_proc: Callable[..., DaemonProcess], path: Pa
     elapsed = time.monotonic() - started
     assert await d.stop() == 0
     return elapsed
+
+
+class _SlowSink:
+    """A real SMTP server that answers the final dot after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.received: list[bytes] = []
+        self.data_started = asyncio.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_started.set()
+        await asyncio.sleep(self.delay)  # the provider is slow, not dead
+        self.received.append(envelope.original_content or b"")
+        return "250 2.0.0 slow but fine"
+
+
+async def test_sigterm_lets_a_slow_delivery_finish_within_the_grace(
+    ops_config: Callable[..., Path],
+    daemon_proc: Callable[..., DaemonProcess],
+) -> None:
+    from aiosmtpd.smtp import SMTP
+
+    sink = _SlowSink(delay=1.0)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(sink, hostname="slow.test"), host="127.0.0.1", port=0
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        provider = {"id": "slow", "host": "127.0.0.1", "port": port, "encryption": "none"}
+        path = ops_config([provider], delivery={"shutdown_grace": "10s"})
+        spool = path.parent / "spool.sqlite3"
+        d = await daemon_proc(path).start()
+        await smtp_send(d.port, "a@example.org", ["b@example.net"], b"Subject: s\r\n\r\nx\r\n")
+        async with asyncio.timeout(10):
+            await sink.data_started.wait()
+        started = time.monotonic()
+        assert await d.stop(signal.SIGTERM) == 0
+        # It waited for the delivery (about 1s), not for the whole grace period.
+        assert 0.5 < time.monotonic() - started < 8
+        assert len(sink.received) == 1
+        assert _statuses(spool) == {"sent": 1}
+    finally:
+        server.close()
+        await server.wait_closed()
