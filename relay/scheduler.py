@@ -109,6 +109,11 @@ class Scheduler:
                             asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED),
                         )
                         continue
+                    if claims and len(claims) == free:
+                        # Every slot asked for was filled, so more may be due; and
+                        # deliveries that ended during the claim freed slots that
+                        # no wake event will announce.
+                        continue
                     if not self._inflight:
                         self.idle.set()
                     await _wait_any(stop, self._spool.wake.wait(), within=cfg.poll_interval)
