@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from relay.config import Config, Endpoint, load
+from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load
 from relay.errors import ConfigError, SpoolError
 from relay.received import extract_subject
 from relay.smtp_server import valid_address
@@ -345,6 +345,17 @@ def _spool_directly(
     return queue_id
 
 
+def _unreadable(path: Path) -> bool:
+    """The file exists, but this user may not read it (or even reach it)."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return not os.access(path, os.R_OK)
+
+
 def _default_sender(domain: str) -> str:
     try:
         user = pwd.getpwuid(os.getuid()).pw_name
@@ -375,9 +386,15 @@ def run(
     try:
         cfg = load(config_path)
     except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"sendmail: {issue}", file=sys.stderr)
-        return EX_CONFIG
+        if not _unreadable(config_path):
+            for issue in exc.issues:
+                print(f"sendmail: {issue}", file=sys.stderr)
+            return EX_CONFIG
+        # A caller such as PHP running as www-data may not read /etc/sluice, and
+        # needs nothing secret from it: use the default listener and spool.
+        cfg = Config.model_construct(smtp=SmtpSettings(), spool=SpoolSettings())
+        if opts.verbose:
+            print(f"sendmail: cannot read {config_path}; using the defaults", file=sys.stderr)
     domain = cfg.smtp.hostname or socket.getfqdn()
     sender = opts.sender if opts.sender is not None else _default_sender(domain)
     sender = qualify(sender.strip("<>"), domain)

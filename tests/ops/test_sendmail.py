@@ -294,3 +294,36 @@ async def test_listener_refusal_maps_to_sysexits(
     assert rc == 67 and "bad recipient address" in err
     assert not upstream.messages
     assert await d.stop() == 0
+
+
+def test_unreadable_config_falls_back_to_the_default_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PHP as www-data may not read /etc/sluice/config.yaml; it still reaches 127.0.0.1:25."""
+    import io
+    import socket
+
+    from relay import sendmail
+
+    probe = socket.socket()
+    try:
+        if probe.connect_ex(("127.0.0.1", 25)) == 0:
+            pytest.skip("something listens on 127.0.0.1:25 here")
+    finally:
+        probe.close()
+    from relay.config import SpoolSettings
+
+    if SpoolSettings().path.exists():
+        pytest.skip("a real Sluice spool exists on this machine; not writing into it")
+    # Root reads everything, so the permission check itself is stood in for.
+    monkeypatch.setattr(sendmail, "_unreadable", lambda path: True)
+    missing = tmp_path / "unreadable.yaml"
+    rc = sendmail.run(
+        ["-v", "r@example.net"],
+        io.BytesIO(b"Subject: s\n\nb\n"),
+        environ={"SLUICE_CONFIG": str(missing)},
+    )
+    err = capsys.readouterr().err
+    assert f"cannot read {missing}; using the defaults" in err
+    assert "cannot connect to 127.0.0.1:25" in err
+    assert rc == 75
