@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import getopt
 import os
 import pwd
-import re
 import smtplib
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load
+from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, loads, resolve_paths
 from relay.errors import ConfigError, SpoolError
 from relay.received import extract_subject
+from relay.sendmail_input import Options, Prepared, UsageError, parse_args, prepare, qualify
 from relay.smtp_server import valid_address
 from relay.spool import NewMessage, Spool, new_queue_id, read_meta
 
@@ -56,144 +54,7 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 DEFAULT_CONFIG = "/etc/sluice/config.yaml"
-
-_SHORT = "A:B:b:C:d:e:F:f:h:iL:mN:nO:o:p:q:R:r:tUV:vX:G"
-_LONG = ["config="]
-_TIMEOUT = 60.0
-_LINE = re.compile(rb"\r\n|\n|\r")
-_HEADER_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
-_BAD_CHARS = re.compile(r"[\r\n\0]")
-
-
-class UsageError(Exception):
-    """Bad command line; exits 64 (EX_USAGE)."""
-
-
-@dataclass
-class Options:
-    recipients: list[str] = field(default_factory=list)
-    sender: str | None = None
-    full_name: str | None = None
-    from_headers: bool = False  # -t
-    ignore_dots: bool = False  # -i / -oi
-    verbose: bool = False
-    config: str | None = None
-    mode: str = "m"  # -b<mode>
-    queue_run: bool = False  # -q
-
-
-def parse_args(argv: Sequence[str]) -> Options:
-    """sendmail 8's command line, as cron, PHP, mdadm, busybox and git use it."""
-    args = list(argv)
-    # A bare "-q" (process the queue) takes no value; getopt would eat the next word.
-    args = ["-q0" if a == "-q" else a for a in args]
-    try:
-        opts, operands = getopt.gnu_getopt(args, _SHORT, _LONG)
-    except getopt.GetoptError as exc:
-        raise UsageError(str(exc)) from None
-    o = Options()
-    for flag, value in opts:
-        if flag == "-t":
-            o.from_headers = True
-        elif flag == "-i":
-            o.ignore_dots = True
-        elif flag in ("-f", "-r"):
-            o.sender = value.strip()
-        elif flag == "-F":
-            o.full_name = value
-        elif flag == "-v":
-            o.verbose = True
-        elif flag in ("-C", "--config"):
-            o.config = value
-        elif flag == "-b":
-            o.mode = value
-        elif flag == "-q":
-            o.queue_run = True
-        elif flag == "-o":
-            # -oi is -i; -oem, -odi, -odb, -oQ... tune a real MTA: ignored.
-            if value == "i":
-                o.ignore_dots = True
-        # Everything else (-B8BITMIME, -N never, -R hdrs, -V, -h, -L, -m,
-        # -n, -U, -X, -d, -e, -p, -A, -G, -O) is harmless here and ignored.
-    for value in (o.sender or "", o.full_name or "", *operands):
-        if _BAD_CHARS.search(value):
-            raise UsageError("a line break is not allowed in an address or name")
-    for operand in operands:
-        o.recipients.extend(a for _n, a in email.utils.getaddresses([operand]) if a)
-    return o
-
-
-@dataclass(frozen=True)
-class Prepared:
-    data: bytes
-    recipients: list[str]
-
-
-def _split_header(lines: list[bytes]) -> tuple[list[list[bytes]], list[bytes]]:
-    """Header fields (each a list of physical lines) and the body lines."""
-    fields: list[list[bytes]] = []
-    for i, line in enumerate(lines):
-        if line == b"":
-            return fields, lines[i + 1 :]
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)
-        elif _HEADER_NAME.match(line):
-            fields.append([line])
-        elif i == 0 and line.startswith(b"From "):
-            continue  # an mbox separator line, not a header
-        else:
-            # Not a header line: everything from here on is body (no blank line given).
-            return fields, lines[i:]
-    return fields, []
-
-
-def _name(fld: list[bytes]) -> str:
-    return fld[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
-
-
-def _value(fld: list[bytes]) -> str:
-    raw = b" ".join([fld[0].split(b":", 1)[1], *fld[1:]])
-    return raw.decode("utf-8", "surrogateescape")
-
-
-def qualify(address: str, domain: str) -> str:
-    """``root`` -> ``root@domain``; full addresses are left as they are."""
-    return address if "@" in address or not address else f"{address}@{domain}"
-
-
-def prepare(raw: bytes, opts: Options, *, sender: str, domain: str, now: float) -> Prepared:
-    """The message as it will be submitted, and its recipients (pure; no I/O)."""
-    lines = _LINE.split(raw)
-    if lines and lines[-1] == b"":
-        lines.pop()  # the final line ending
-    if not opts.ignore_dots:
-        for i, line in enumerate(lines):
-            if line == b".":
-                lines = lines[:i]
-                break
-    fields, body = _split_header(lines)
-    recipients = [qualify(r, domain) for r in opts.recipients]
-    if opts.from_headers:
-        wanted = {"to", "cc", "bcc"}
-        values = [_value(f) for f in fields if _name(f) in wanted]
-        recipients += [qualify(a, domain) for _n, a in email.utils.getaddresses(values) if a]
-        # Bcc recipients get the message, but nobody sees the Bcc list.
-        fields = [f for f in fields if _name(f) not in ("bcc", "resent-bcc")]
-    names = {_name(f) for f in fields}
-    added: list[bytes] = []
-    if "from" not in names:
-        display = opts.full_name or ""
-        added.append(b"From: " + email.utils.formataddr((display, sender), "utf-8").encode())
-    if "date" not in names:
-        added.append(b"Date: " + email.utils.formatdate(now, localtime=True).encode())
-    if "message-id" not in names:
-        added.append(b"Message-ID: " + email.utils.make_msgid(domain=domain).encode())
-    header = [line for f in fields for line in f] + added
-    data = b"\r\n".join([*header, b"", *body]) + b"\r\n"
-    return Prepared(data, list(dict.fromkeys(recipients)))
-
-
-# ---------------------------------------------------------------- submission
+_TIMEOUT = 60.0  # per SMTP command; the listener answers the final dot after one commit
 
 
 class _Fail(Exception):
@@ -345,6 +206,40 @@ def _spool_directly(
     return queue_id
 
 
+class _LenientEnv(Mapping[str, str]):
+    """The environment, with every unset variable read as "" (see below)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def __getitem__(self, key: str) -> str:
+        return self._env.get(key, "")
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+def _load_for_submission(path: Path, env: Mapping[str, str]) -> Config:
+    """The config as far as submitting needs it: listener, hostname, spool.
+
+    Provider secrets are not checked, and unset ``${VAR}`` read as empty: a
+    cron job or PHP does not have the service's credentials or environment,
+    and needs neither to hand a message to the listener.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}:1: (file): cannot read: {exc}"]) from None
+    cfg = loads(text, source=str(path), env=_LenientEnv(env))
+    return resolve_paths(cfg, path.resolve().parent)
+
+
 def _unreadable(path: Path) -> bool:
     """The file exists, but this user may not read it (or even reach it)."""
     try:
@@ -384,7 +279,7 @@ def run(
         return _err(EX_USAGE, f"-b{opts.mode} is not supported (only -bm, the default)")
     config_path = Path(opts.config or env.get("SLUICE_CONFIG") or DEFAULT_CONFIG)
     try:
-        cfg = load(config_path)
+        cfg = _load_for_submission(config_path, env)
     except ConfigError as exc:
         if not _unreadable(config_path):
             for issue in exc.issues:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -182,9 +183,14 @@ async def test_sendmail_t_through_the_running_daemon(
     daemon_proc: Callable[..., DaemonProcess],
     upstream: TestUpstream,
 ) -> None:
-    path = ops_config([provider_for(upstream)])
-    d = await daemon_proc(path).start()
+    # The daemon's environment has a secret the sendmail caller (cron, PHP) lacks:
+    # submitting needs no secret, so that must not matter.
+    path = ops_config(
+        [provider_for(upstream)], admin={"enabled": False, "password_env": "SLUICE_TEST_ADMIN_PW"}
+    )
+    d = await daemon_proc(path, env={"SLUICE_TEST_ADMIN_PW": "daemon-only"}).start()
     env = {"SLUICE_CONFIG": str(path)}
+    assert "SLUICE_TEST_ADMIN_PW" not in os.environ
     rc, _out, err = await run_cli(
         "sendmail", "-t", "-i", "-f", "bounce@example.org", stdin=MESSAGE, env=env
     )
