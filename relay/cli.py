@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__, provider_cli
-from relay.config import Config, load
+from relay.config import Config, load, load_structure
 from relay.errors import ConfigError, SpoolError, UnknownMessage
 from relay.model import RecipientStatus
 from relay.spool import Spool
@@ -84,7 +84,10 @@ async def cmd_reload(args: argparse.Namespace) -> int:
     from relay.control import request_reload
 
     path = _config_path(args)
-    cfg = load(path)  # refuse to signal the daemon with a file that does not validate
+    # Refuse to signal the daemon with a file that does not validate. Secrets
+    # and ${VAR}s are the daemon's to check (this shell may lack its
+    # environment and credentials); it reports back, and that is shown below.
+    cfg = load_structure(path)
     try:
         result = await asyncio.to_thread(request_reload, cfg.spool.path, wait=args.wait)
     except ProcessLookupError as exc:

@@ -46,6 +46,7 @@ __all__ = [
     "SmtpSettings",
     "SpoolSettings",
     "load",
+    "load_structure",
     "loads",
     "parse_duration",
     "parse_size",
@@ -471,6 +472,42 @@ def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) 
         env=environ,
         validate_secrets=lambda cfg: config_secret_issues(cfg, environ),
     )
+    return resolve_paths(cfg, Path(source).resolve().parent)
+
+
+class _UnsetIsEmpty(Mapping[str, str]):
+    """An environment in which every unset variable reads as ""."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def __getitem__(self, key: str) -> str:
+        return self._env.get(key, "")
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+
+def load_structure(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """``load`` for a process without the service's secrets and environment.
+
+    Secrets are not resolved and an unset ``${VAR}`` reads as empty, so that
+    ``sluice sendmail`` (run by cron or PHP) and the pre-check of ``sluice
+    reload`` (run from a shell) see the same structure the daemon does; the
+    daemon's own ``load`` remains the full check.
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}:1: (file): cannot read: {exc}"]) from None
+    cfg = loads(text, source=source, env=_UnsetIsEmpty(os.environ if env is None else env))
     return resolve_paths(cfg, Path(source).resolve().parent)
 
 

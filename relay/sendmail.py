@@ -31,11 +31,11 @@ import smtplib
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, loads, resolve_paths
+from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load_structure
 from relay.errors import ConfigError, SpoolError
 from relay.received import extract_subject
 from relay.sendmail_input import Options, Prepared, UsageError, parse_args, prepare, qualify
@@ -206,40 +206,6 @@ def _spool_directly(
     return queue_id
 
 
-class _LenientEnv(Mapping[str, str]):
-    """The environment, with every unset variable read as "" (see below)."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def __getitem__(self, key: str) -> str:
-        return self._env.get(key, "")
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._env)
-
-    def __len__(self) -> int:
-        return len(self._env)
-
-
-def _load_for_submission(path: Path, env: Mapping[str, str]) -> Config:
-    """The config as far as submitting needs it: listener, hostname, spool.
-
-    Provider secrets are not checked, and unset ``${VAR}`` read as empty: a
-    cron job or PHP does not have the service's credentials or environment,
-    and needs neither to hand a message to the listener.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}:1: (file): cannot read: {exc}"]) from None
-    cfg = loads(text, source=str(path), env=_LenientEnv(env))
-    return resolve_paths(cfg, path.resolve().parent)
-
-
 def _unreadable(path: Path) -> bool:
     """The file exists, but this user may not read it (or even reach it)."""
     try:
@@ -279,7 +245,7 @@ def run(
         return _err(EX_USAGE, f"-b{opts.mode} is not supported (only -bm, the default)")
     config_path = Path(opts.config or env.get("SLUICE_CONFIG") or DEFAULT_CONFIG)
     try:
-        cfg = _load_for_submission(config_path, env)
+        cfg = load_structure(config_path, env=env)
     except ConfigError as exc:
         if not _unreadable(config_path):
             for issue in exc.issues:

@@ -183,3 +183,20 @@ async def test_reload_refuses_a_changed_spool_path(
         assert await s.daemon.reload() is False
         assert "spool.path: cannot change on reload" in (s.daemon.last_reload_error or "")
         assert s.daemon.config.spool.path == tmp_path / "spool.sqlite3"
+
+
+async def test_sluice_reload_from_a_shell_without_the_service_environment(
+    ops_config: Callable[..., Path],
+    daemon_proc: Callable[..., DaemonProcess],
+    upstream: TestUpstream,
+) -> None:
+    # The secret's variable exists only in the daemon's environment (as with
+    # Environment= or LoadCredential= in the unit); the daemon does the full check.
+    path = ops_config(
+        [provider_for(upstream)], admin={"enabled": False, "password_env": "SLUICE_TEST_ADMIN_PW"}
+    )
+    d = await daemon_proc(path, env={"SLUICE_TEST_ADMIN_PW": "daemon-only"}).start()
+    rc, out, err = await run_cli("reload", "-c", str(path))
+    assert rc == 0, (out, err)
+    assert "reloaded its configuration" in out
+    assert await d.stop() == 0
