@@ -1,0 +1,8 @@
+"""``python -m bench run|scale``: see bench/README.md."""
+
+from __future__ import annotations
+
+from bench.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Command line of the harness: ``python -m bench run`` and ``python -m bench scale``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.postfix import postfix_available
+from bench.runner import Scenario, median_of, run_scenario
+
+__all__ = ["main"]
+
+_COLUMNS = [
+    ("e2e_rate", "e2e msg/s", "{:.0f}"),
+    ("accept_rate", "accept msg/s", "{:.0f}"),
+    ("accept_p50_ms", "acc p50 ms", "{:.1f}"),
+    ("accept_p99_ms", "acc p99 ms", "{:.1f}"),
+    ("e2e_p50_ms", "e2e p50 ms", "{:.1f}"),
+    ("e2e_p99_ms", "e2e p99 ms", "{:.1f}"),
+    ("cpu_ms_per_msg", "CPU ms/msg", "{:.2f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
+    ("lost", "lost", "{}"),
+    ("duplicated", "dup", "{}"),
+]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ["scenario", "relay", *(label for _k, label, _f in _COLUMNS)]
+    lines = [head]
+    by_scenario: dict[tuple[int, int, int], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["size"], r["sessions"], r["messages"])
+        by_scenario.setdefault(key, {})[r["relay"]] = r
+    for (size, sessions, messages), relays in by_scenario.items():
+        name = f"{size}B x{sessions}s n={messages}"
+        for relay, r in relays.items():
+            lines.append([name, relay, *(fmt.format(r[k]) for k, _l, fmt in _COLUMNS)])
+        if "sluice" in relays and "postfix" in relays:
+            s, p = relays["sluice"], relays["postfix"]
+            ratios = []
+            for k, _l, _f in _COLUMNS:
+                if k in ("lost", "duplicated") or not p[k]:
+                    ratios.append("")
+                else:
+                    ratios.append(f"{s[k] / p[k]:.2f}x")
+            lines.append([name, "sluice/postfix", *ratios])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    return "\n".join(
+        "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in lines
+    )
+
+
+async def _run(args: argparse.Namespace) -> int:
+    relays = ["sluice"]
+    if args.compare == "postfix":
+        if not postfix_available():
+            print("bench: postfix is not installed (apt-get install postfix)", file=sys.stderr)
+            return 69
+        relays.append("postfix")
+    rows = []
+    for size in _ints(args.size):
+        for sessions in _ints(args.sessions):
+            sc = Scenario(
+                messages=args.messages,
+                size=size,
+                sessions=sessions,
+                connections=args.connections,
+                warmup=args.warmup,
+                time_limit=args.timeout,
+            )
+            for relay in relays:
+                runs = []
+                for i in range(args.repeat):
+                    r = await run_scenario(relay, sc)
+                    print(
+                        f"# {relay} {size}B x{sessions} run {i + 1}/{args.repeat}: "
+                        f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    runs.append(r)
+                rows.append(median_of(runs))
+    print(table(rows))
+    if args.json:
+        text = json.dumps({"results": rows}, indent=1)
+        await asyncio.to_thread(Path(args.json).write_text, text)
+    bad = any(r["lost"] or r["duplicated"] or r["unexpected"] for r in rows)
+    return 1 if bad else 0
+
+
+async def _scale(args: argparse.Namespace) -> int:
+    from bench.scale import run_scale
+
+    report = await run_scale(messages=args.messages, size=args.size, sessions=args.sessions)
+    print(json.dumps({k: v for k, v in report.items() if k != "rss_curve"}, indent=1))
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(report, indent=1))
+    return 1 if report["lost"] or report["duplicated"] else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="throughput and latency, optionally side by side with Postfix")
+    p.add_argument("--messages", type=int, default=5000)
+    p.add_argument("--size", default="2048", help="message size in bytes; a comma list runs each")
+    p.add_argument("--sessions", default="10", help="client sessions; a comma list runs each")
+    p.add_argument("--repeat", type=int, default=1, help="runs per scenario; the median is shown")
+    p.add_argument("--connections", type=int, default=20, help="relay -> sink connections")
+    p.add_argument("--warmup", type=int, default=100, help="messages sent before measuring")
+    p.add_argument("--timeout", type=float, default=600.0, help="limit for one run, seconds")
+    p.add_argument("--compare", choices=["postfix"])
+    p.add_argument("--json", help="write every figure to this file")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("scale", help="100k queued against a stopped upstream, restart, drain")
+    p.add_argument("--messages", type=int, default=100_000)
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--json")
+    p.set_defaults(func=_scale)
+    args = parser.parse_args(argv)
+    sys.exit(asyncio.run(args.func(args)))

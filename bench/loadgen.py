@@ -1,0 +1,134 @@
+"""A built-in asyncio SMTP load generator: one connection per session, many messages each.
+
+Each session opens one connection, says EHLO once, then sends its share of the
+messages; per message it pipelines ``MAIL``/``RCPT``/``DATA`` (both Sluice and
+Postfix advertise PIPELINING), sends the body and waits for the final reply.
+Every message carries a unique token in an ``X-Bench:`` header so the sink can
+tell lost and duplicated messages apart, and the time its transaction started,
+kept here, gives the end-to-end latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["LoadResult", "make_body", "run_load"]
+
+_LINE = b"The quick brown fox jumps over the lazy dog while the relay keeps count. 0123\r\n"
+
+
+def make_body(token: str, size: int) -> bytes:
+    """A message of about ``size`` bytes (headers included), CRLF line endings."""
+    head = (
+        "From: Bench <bench@example.com>\r\n"
+        "To: Sink <sink@example.net>\r\n"
+        f"Subject: bench {token}\r\n"
+        f"Message-ID: <{token}@bench.example>\r\n"
+        f"X-Bench: {token}\r\n\r\n"
+    ).encode()
+    lines = max(1, (size - len(head)) // len(_LINE))
+    return head + _LINE * lines
+
+
+@dataclass
+class LoadResult:
+    started: float = 0.0
+    finished: float = 0.0
+    #: token -> (transaction start, 250 received), wall-clock seconds
+    sent: dict[str, tuple[float, float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def accept_latencies(self) -> list[float]:
+        return [done - start for start, done in self.sent.values()]
+
+
+async def _reply(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """Read one (possibly multi-line) SMTP reply."""
+    text = []
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("connection closed by server")
+        text.append(line.decode("utf-8", "replace").rstrip())
+        if line[3:4] != b"-":
+            return int(line[:3]), "\n".join(text)
+
+
+async def _session(
+    host: str,
+    port: int,
+    tokens: list[str],
+    size: int,
+    result: LoadResult,
+    deadline: float,
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        code, text = await _reply(reader)
+        if code != 220:
+            raise ConnectionError(f"greeting: {text}")
+        writer.write(b"EHLO loadgen.bench\r\n")
+        code, text = await _reply(reader)
+        if code != 250:
+            raise ConnectionError(f"EHLO: {text}")
+        for token in tokens:
+            if time.monotonic() > deadline:
+                result.errors.append("deadline reached before every message was sent")
+                return
+            body = make_body(token, size)
+            start = time.time()
+            writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")
+            replies = [await _reply(reader) for _ in range(3)]
+            if [c for c, _ in replies] != [250, 250, 354]:
+                result.errors.append(f"{token}: {replies}")
+                writer.write(b"RSET\r\n")
+                await _reply(reader)
+                continue
+            writer.write(body + b".\r\n")
+            code, text = await _reply(reader)
+            if code == 250:
+                result.sent[token] = (start, time.time())
+            else:
+                result.errors.append(f"{token}: {text}")
+        writer.write(b"QUIT\r\n")
+        await _reply(reader)
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+
+
+async def run_load(
+    host: str,
+    port: int,
+    *,
+    messages: int,
+    size: int,
+    sessions: int,
+    time_limit: float = 600.0,
+    run_id: str | None = None,
+    result: LoadResult | None = None,
+) -> LoadResult:
+    """Send ``messages`` messages of ``size`` bytes over ``sessions`` connections.
+
+    Pass ``result`` to watch progress while it runs (``len(result.sent)``).
+    """
+    run = run_id or secrets.token_hex(4)
+    tokens = [f"{run}-{i}" for i in range(messages)]
+    shares = [tokens[i::sessions] for i in range(sessions)]
+    result = result or LoadResult()
+    result.started = time.time()
+    deadline = time.monotonic() + time_limit
+    outcomes = await asyncio.gather(
+        *(_session(host, port, share, size, result, deadline) for share in shares if share),
+        return_exceptions=True,
+    )
+    result.finished = time.time()
+    result.errors.extend(f"session failed: {o!r}" for o in outcomes if isinstance(o, BaseException))
+    return result

@@ -1,0 +1,201 @@
+"""One benchmark scenario against Sluice or a private Postfix, and its figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import LoadResult, run_load
+from bench.postfix import PostfixInstance
+from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
+from bench.procstat import Sampler, cpu_seconds, descendants, rss_bytes, tree_cpu_seconds
+
+__all__ = ["Scenario", "run_scenario", "tally"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    messages: int
+    size: int
+    sessions: int
+    connections: int = 20
+    warmup: int = 100
+    time_limit: float = 600.0
+
+
+@dataclass
+class _Target:
+    """What the runner needs from the relay under test."""
+
+    name: str
+    port: int
+    cpu: Callable[[], float]
+    sampler: Sampler
+    hwm: Callable[[], int]
+    #: the relay's own log lines at WARNING or above (Sluice only)
+    warnings: Callable[[], list[str]] = list
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def tally(load: LoadResult, tokens: dict[str, list[float]], run: str) -> dict[str, Any]:
+    """Lost, duplicated and end-to-end latencies of one run's tokens."""
+    mine = {t: ts for t, ts in tokens.items() if t.startswith(run + "-")}
+    lost = [t for t in load.sent if t not in mine]
+    dup = sum(len(ts) - 1 for ts in mine.values() if len(ts) > 1)
+    unexpected = [t for t in mine if t not in load.sent]
+    e2e = [mine[t][0] - start for t, (start, _done) in load.sent.items() if t in mine]
+    return {"lost": len(lost), "duplicated": dup, "unexpected": len(unexpected), "e2e": e2e}
+
+
+async def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
+    cfg = work / "sluice.yaml"
+    write_sluice_config(
+        cfg, sink_port=sink.port, spool=work / "spool.sqlite3", connections=sc.connections
+    )
+    proc = await SluiceProcess.start(cfg)
+    try:
+        sampler = Sampler(lambda: [proc.pid])
+        yield _Target(
+            "sluice",
+            proc.port,
+            lambda: cpu_seconds(proc.pid),
+            sampler,
+            lambda: rss_bytes(proc.pid, "VmHWM"),
+            lambda: [line for line in proc.tail if "level=warn" in line or "level=error" in line],
+        )
+    finally:
+        await proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def _postfix(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
+    port = await _free_port()
+    async with PostfixInstance(work / "postfix", port, sink.port, concurrency=sc.connections) as pf:
+        master = pf.master_pid()
+        sampler = Sampler(lambda: descendants(master), interval=0.2)
+        yield _Target("postfix", port, lambda: tree_cpu_seconds(master), sampler, lambda: 0)
+
+
+async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: float) -> int:
+    """Poll the sink until it counted ``target``; give up after ``stall`` s without progress."""
+    deadline = time.monotonic() + limit
+    last, last_change = -1, time.monotonic()
+    while True:
+        n = await sink.count()
+        now = time.monotonic()
+        if n >= target or now > deadline:
+            return n
+        if n != last:
+            last, last_change = n, now
+        elif now - last_change > stall:
+            return n
+        await asyncio.sleep(0.02)
+
+
+async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
+    """Run one scenario against ``relay`` ("sluice" or "postfix"); return its figures."""
+    starter = {"sluice": _sluice, "postfix": _postfix}[relay]
+    with tempfile.TemporaryDirectory(prefix=f"bench-{relay}-") as tmp:
+        work = Path(tmp)
+        sink = await SinkProcess.start()
+        try:
+            async with starter(sc, sink, work) as target:
+                await smtp_ready(target.port)
+                if sc.warmup:
+                    warm = await run_load(
+                        "127.0.0.1",
+                        target.port,
+                        messages=sc.warmup,
+                        size=sc.size,
+                        sessions=min(sc.sessions, sc.warmup),
+                        run_id="warmup",
+                    )
+                    await _wait_count(sink, len(warm.sent), stall=30, limit=120)
+                base = await sink.count()
+                run = secrets.token_hex(4)
+                target.sampler.start()
+                cpu0 = target.cpu()
+                t0 = time.time()
+                load = await run_load(
+                    "127.0.0.1",
+                    target.port,
+                    messages=sc.messages,
+                    size=sc.size,
+                    sessions=sc.sessions,
+                    time_limit=sc.time_limit,
+                    run_id=run,
+                )
+                t_accept = load.finished
+                counted = await _wait_count(
+                    sink, base + len(load.sent), stall=30, limit=sc.time_limit
+                )
+                t_e2e = time.time()
+                cpu = target.cpu() - cpu0
+                await target.sampler.stop()
+                hwm = target.hwm()
+                dump = await sink.dump(work / "sink.json")
+                warnings = target.warnings()
+        finally:
+            await sink.stop()
+    counts = tally(load, dump["tokens"], run)
+    accepted = len(load.sent)
+    acc = load.accept_latencies
+    return {
+        "relay": relay,
+        "messages": sc.messages,
+        "size": sc.size,
+        "sessions": sc.sessions,
+        "accepted": accepted,
+        "refused": len(load.errors),
+        "errors": load.errors[:5],
+        "relay_warnings": len(warnings),
+        "relay_warning_sample": warnings[:5],
+        "delivered": counted - base,
+        "lost": counts["lost"],
+        "duplicated": counts["duplicated"],
+        "unexpected": counts["unexpected"],
+        "accept_rate": accepted / max(1e-9, t_accept - t0),
+        "e2e_rate": accepted / max(1e-9, t_e2e - t0),
+        "accept_p50_ms": percentile(acc, 0.5) * 1000,
+        "accept_p99_ms": percentile(acc, 0.99) * 1000,
+        "e2e_p50_ms": percentile(counts["e2e"], 0.5) * 1000,
+        "e2e_p99_ms": percentile(counts["e2e"], 0.99) * 1000,
+        "cpu_ms_per_msg": cpu / max(1, accepted) * 1000,
+        "peak_rss_mb": max(target.sampler.peak, hwm) / 2**20,
+        "seconds": t_e2e - t0,
+    }
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of each numeric figure; lost/duplicated/refused are summed (any is a failure)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if key in ("lost", "duplicated", "unexpected", "refused"):
+            out[key] = sum(r[key] for r in runs)
+        elif isinstance(value, float):
+            out[key] = statistics.median(r[key] for r in runs)
+    out["runs"] = len(runs)
+    return out
