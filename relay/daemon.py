@@ -177,24 +177,35 @@ class Daemon:
             return msg
         if new.smtp.hostname != old.config.smtp.hostname:
             log.warning("smtp.hostname changes take effect at the next restart")
+        # Listeners first: binding is what fails in practice (address in use), and
+        # building providers adopts the new settings into their shared state.
+        listener = self.listener
+        old_endpoints = list(listener.endpoints) if listener is not None else []
+        rebound = listener is not None and set(new.smtp.listen) != set(old_endpoints)
+        if rebound:
+            assert listener is not None
+            try:
+                await listener.rebind(new.smtp.listen)
+            except OSError as exc:
+                wanted = ", ".join(str(ep) for ep in new.smtp.listen)
+                msg = f"{source}: smtp.listen: cannot listen on {wanted}: {exc.strerror or exc}"
+                log.error("reload rejected: %s", msg, extra={"event": "reload"})
+                return msg
         try:
             # Health, usage and tokens of providers whose id stays carry over.
             providers = ProviderSet.from_config(
                 new, local_hostname=self.hostname, previous=old.providers, counters=self.spool
             )
         except LookupError as exc:  # a secret vanished between validation and use
+            if rebound:
+                assert listener is not None
+                with contextlib.suppress(OSError):
+                    await listener.rebind(old_endpoints)
             log.error("reload rejected: %s", exc, extra={"event": "reload"})
             return str(exc)
-        if self.listener is not None and set(new.smtp.listen) != set(self.listener.endpoints):
-            try:
-                await self.listener.rebind(new.smtp.listen)
-            except OSError as exc:
-                await providers.aclose()
-                wanted = ", ".join(str(ep) for ep in new.smtp.listen)
-                msg = f"{source}: smtp.listen: cannot listen on {wanted}: {exc.strerror or exc}"
-                log.error("reload rejected: %s", msg, extra={"event": "reload"})
-                return msg
-            for ep in self.listener.addresses:
+        if rebound:
+            assert listener is not None
+            for ep in listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
             await self._record_listen()
         self._snapshot = Snapshot(new, providers)

@@ -161,10 +161,14 @@ async def test_reload_keeps_old_listener_if_new_address_is_taken(
             cfg = yaml.safe_load(s.config_path.read_text())
             cfg["smtp"]["listen"] = [f"127.0.0.1:{taken.getsockname()[1]}"]
             cfg["retry"]["max_delay"] = "99s"
+            cfg["providers"][0]["rate"] = "1/h"
             write_config(s.config_path, cfg)
             assert await s.daemon.reload() is False
             assert "smtp.listen: cannot listen on" in (s.daemon.last_reload_error or "")
-            assert s.daemon.config.retry.max_delay == 2  # nothing of the new file applied
+            # Nothing of the new file applied, not even to the providers' shared state.
+            assert s.daemon.config.retry.max_delay == 2
+            (provider,) = s.daemon.snapshot().providers.providers
+            assert provider.state.bucket is None
             await smtp_send(s.port, "a@example.org", ["b@example.net"], MSG % b"still")
             await upstream.wait_for(1)
     finally:
