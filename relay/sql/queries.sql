@@ -16,8 +16,10 @@ INSERT INTO recipients (message_id, rcpt, status, since, next_attempt_at, update
 VALUES (:message_id, :rcpt, 'queued', :now, :now, :now);
 
 -- name: due_messages
--- Messages with due recipients, in due order (served by recipients_due).
-SELECT message_id FROM recipients
+-- Messages with due recipients, in due order. INDEXED BY: without it SQLite
+-- picks recipients_status and sorts every queued row on each claim (14 ms
+-- with 100k queued, against 0.02 ms on the partial index).
+SELECT message_id FROM recipients INDEXED BY recipients_due
 WHERE status IN ('queued', 'deferred') AND next_attempt_at <= :now
 ORDER BY next_attempt_at
 LIMIT :limit;
