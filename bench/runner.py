@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -43,6 +44,8 @@ class _Target:
     hwm: Callable[[], int]
     #: the relay's own log lines at WARNING or above (Sluice only)
     warnings: Callable[[], list[str]] = list
+    #: where undelivered mail is, when some is missing (Sluice only)
+    diagnose: Callable[[], list[Any]] = list
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -60,6 +63,16 @@ def tally(load: LoadResult, tokens: dict[str, list[float]], run: str) -> dict[st
     unexpected = [t for t in mine if t not in load.sent]
     e2e = [mine[t][0] - start for t, (start, _done) in load.sent.items() if t in mine]
     return {"lost": len(lost), "duplicated": dup, "unexpected": len(unexpected), "e2e": e2e}
+
+
+def _unsent(spool: Path) -> list[Any]:
+    """Recipients not sent, by state, from the spool (read-only)."""
+    with contextlib.closing(sqlite3.connect(f"file:{spool}?mode=ro", uri=True)) as db:
+        return db.execute(
+            "SELECT status, count(*), max(attempts), min(next_attempt_at) - :now,"
+            " max(last_reply) FROM recipients WHERE status != 'sent' GROUP BY status",
+            {"now": time.time()},
+        ).fetchall()
 
 
 async def _free_port() -> int:
@@ -85,6 +98,7 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
             sampler,
             lambda: rss_bytes(proc.pid, "VmHWM"),
             lambda: [line for line in proc.tail if "level=warn" in line or "level=error" in line],
+            lambda: _unsent(work / "spool.sqlite3"),
         )
     finally:
         await proc.stop()
@@ -158,6 +172,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                 hwm = target.hwm()
                 dump = await sink.dump(work / "sink.json")
                 warnings = target.warnings()
+                unsent = target.diagnose() if counted < base + len(load.sent) else []
         finally:
             await sink.stop()
     counts = tally(load, dump["tokens"], run)
@@ -173,6 +188,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
         "errors": load.errors[:5],
         "relay_warnings": len(warnings),
         "relay_warning_sample": warnings[:5],
+        "unsent": unsent,
         "delivered": counted - base,
         "lost": counts["lost"],
         "duplicated": counts["duplicated"],

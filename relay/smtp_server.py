@@ -22,12 +22,13 @@ from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_a
 from email.errors import HeaderParseError
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
 from relay.metrics import Metrics
 from relay.received import bare_line_ending, extract_subject, received_header
+from relay.smtp_data import read_data
 from relay.spool import NewMessage, Spool, new_queue_id
 
 __all__ = ["Listener", "RelayHandler", "RelaySMTP", "start_listeners", "valid_address"]
@@ -238,6 +239,42 @@ class RelaySMTP(SMTP):
         if self.local_part_limit and len(localpart) > self.local_part_limit:
             return None, None
         return addr, rest
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the body read in chunks (see ``relay.smtp_data``)."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, error = await read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:
+            # The connection was lost during DATA (aiosmtpd cancels on EOF).
+            self._writer.close()
+            raise
+        except asyncio.IncompleteReadError:
+            self._writer.close()
+            return
+        if error is not None:
+            await self.push(error)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def _handle_client(self) -> None:
         assert self.session is not None

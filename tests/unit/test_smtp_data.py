@@ -1,0 +1,61 @@
+"""The chunked DATA reader gives aiosmtpd's results on a real StreamReader."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.smtp_data import R_LINE_TOO_LONG, R_TOO_MUCH_DATA, read_data
+
+
+async def _read(
+    *chunks: bytes, size_limit: int | None = None, line_limit: int = 1001
+) -> tuple[bytes, str | None, bytes]:
+    # aiosmtpd builds its reader with limit=line_length_limit (1001).
+    reader = asyncio.StreamReader(limit=1001)
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    content, error = await read_data(reader, size_limit=size_limit, line_limit=line_limit)
+    reader.feed_eof()
+    return content, error, await reader.read()
+
+
+@pytest.mark.parametrize(
+    ("wire", "content"),
+    [
+        (b".\r\n", b""),  # empty body: the end line comes first
+        (b"a\r\n.\r\n", b"a\r\n"),
+        (b"a.\r\nb\r\n\r\n.\r\n", b"a.\r\nb\r\n\r\n"),  # "." ending a line is content
+        (b"..\r\n..x\r\n.y\r\n.\r\n", b".\r\n.x\r\ny\r\n"),  # dot-stuffing undone
+        (b"a\rb\nc\r\n.\r\n", b"a\rb\nc\r\n"),  # bare CR/LF kept for the listener to judge
+    ],
+)
+async def test_content(wire: bytes, content: bytes) -> None:
+    assert await _read(wire + b"QUIT\r\n") == (content, None, b"QUIT\r\n")
+
+
+async def test_end_line_split_across_reads_and_pipelined_rest_kept() -> None:
+    assert await _read(b"a\r\n", b".", b"\r", b"\nRSET\r\n") == (b"a\r\n", None, b"RSET\r\n")
+
+
+async def test_large_body_in_chunks_is_exact() -> None:
+    body = b"".join(b"line %d of a long message\r\n" % i for i in range(20_000))
+    assert await _read(body[:70_000], body[70_000:], b".\r\nNOOP\r\n") == (body, None, b"NOOP\r\n")
+
+
+async def test_line_length_limit_matches_aiosmtpd() -> None:
+    ok = b"x" * 1001 + b"\r\n"
+    assert (await _read(ok + b".\r\n"))[:2] == (ok, None)
+    assert await _read(b"x" * 1002 + b"\r\n.\r\nQUIT\r\n") == (b"", R_LINE_TOO_LONG, b"QUIT\r\n")
+
+
+async def test_size_limit_reads_to_the_end_then_refuses() -> None:
+    body = b"y" * 998 + b"\r\n"
+    assert (await _read(body + b".\r\n", size_limit=1000))[:2] == (body, None)
+    big = body * 200
+    assert await _read(big + b".\r\nQUIT\r\n", size_limit=1000) == (
+        b"",
+        R_TOO_MUCH_DATA,
+        b"QUIT\r\n",
+    )
