@@ -246,7 +246,11 @@ class Daemon:
             from admin.server import check_exposure
 
             check_exposure(cfg.admin)  # before anything opens: a refused config changes nothing
-        self.hostname = cfg.smtp.hostname or await asyncio.to_thread(socket.getfqdn)
+        # Resolved once, in a thread: aiosmtpd would call getfqdn() per connection.
+        if cfg.smtp.hostname:
+            self.hostname = cfg.smtp.hostname
+        else:
+            self.hostname = await asyncio.to_thread(socket.getfqdn)
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(spool_lock(cfg.spool.path))
             spool = await Spool.open(cfg.spool.path, clock=self._clock)

@@ -392,9 +392,12 @@ class Spool:
 
     async def requeue_expired_leases(self) -> int:
         now = self._clock()
-        n = await self._writer.submit(
-            lambda c: c.execute(QUERIES["requeue_expired_leases"], {"now": now}).rowcount
-        )
+
+        def job(c: sqlite3.Connection) -> int:
+            c.execute(QUERIES["close_expired_lease_attempts"], {"now": now})
+            return int(c.execute(QUERIES["requeue_expired_leases"], {"now": now}).rowcount)
+
+        n = await self._writer.submit(job)
         if n:
             self.wake.set()
         return n
@@ -522,7 +525,8 @@ class Spool:
         Pass the last entry's ``id`` as ``before_id`` for the next page: the
         cost of a page does not depend on how deep it is.
         """
-        where, params = ["1=1"], {"limit": limit}
+        where: list[str] = ["1=1"]
+        params: dict[str, Any] = {"limit": limit}
         wanted = [s.value for s in statuses] if statuses is not None else None
         if wanted is not None:
             marks = ", ".join(f":s{i}" for i in range(len(wanted)))
@@ -558,7 +562,8 @@ class Spool:
         limit: int = 50,
     ) -> list[LogEntry]:
         """One page of the delivery log, newest first; keyset pagination on ``id``."""
-        where, params = ["1=1"], {"limit": limit}
+        where: list[str] = ["1=1"]
+        params: dict[str, Any] = {"limit": limit}
         if statuses is not None:
             wanted = [s.value for s in statuses]
             marks = ", ".join(f":s{i}" for i in range(len(wanted)))

@@ -68,6 +68,15 @@ UPDATE recipients
 SET status = 'queued', next_attempt_at = :now, lease_until = NULL, updated_at = :now
 WHERE status = 'sending';
 
+-- name: close_expired_lease_attempts
+-- Log rows of attempts whose lease ran out: their outcome is unknown.
+UPDATE attempts
+SET status = 'deferred', finished_at = :now,
+    reply = 'interrupted: the attempt outlived its lease (delivery.lease); retrying'
+WHERE status = 'IN PROGRESS' AND recipient_id IN (
+    SELECT id FROM recipients WHERE status = 'sending' AND lease_until < :now
+);
+
 -- name: requeue_expired_leases
 -- A lease that outlived any possible attempt is reclaimed.
 UPDATE recipients
