@@ -236,3 +236,54 @@ async def test_an_expired_lease_is_taken_back(tmp_path: Path) -> None:
         assert again.recipients.keys() == claim.recipients.keys()
     finally:
         await spool.aclose()
+
+
+async def test_deliveries_in_flight_are_bounded(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    upstream.hang.add("DATA")
+    async with sluice(
+        [provider_for(upstream, max_connections=10)], delivery={"max_concurrent": 2}
+    ) as s:
+        for i in range(5):
+            await smtp_send(s.port, SENDER, [f"r{i}@example.net"], message(f"m{i}"))
+
+        async def two_sending() -> bool:
+            counts = await s.spool.counts_by_status()
+            return counts[RecipientStatus.SENDING] == 2 and upstream.connections == 2
+
+        await eventually(two_sending)
+        counts = await s.spool.counts_by_status()
+        assert counts[RecipientStatus.QUEUED] == 3  # the rest wait unclaimed
+        upstream.hang.clear()
+        # The hung two time out and are retried; all five go through.
+        await upstream.wait_for(5, within=30)
+
+        async def all_sent() -> bool:
+            return (await s.spool.counts_by_status())[RecipientStatus.SENT] == 5
+
+        await eventually(all_sent)
+
+
+async def test_a_garbled_reply_is_a_temporary_local_error(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    upstream.reply["DATA"] = "this is not SMTP"
+    async with sluice([provider_for(upstream)]) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        qid = queue_id_of(reply)
+        (entry,) = await eventually(lambda: _with_status(s.spool, qid, RecipientStatus.DEFERRED))
+        assert entry.status is RecipientStatus.DEFERRED  # not the upstream's 5xx verdict
+        del upstream.reply["DATA"]
+        await upstream.wait_for(1)
+
+
+async def test_spool_is_wal_with_full_sync(tmp_path: Path) -> None:
+    spool = await Spool.open(tmp_path / "s.sqlite3")
+    try:
+        mode = await spool._writer.submit(lambda c: c.execute("PRAGMA journal_mode").fetchone())
+        sync = await spool._writer.submit(lambda c: c.execute("PRAGMA synchronous").fetchone())
+    finally:
+        await spool.aclose()
+    assert mode[0] == "wal"
+    assert sync[0] == 2  # FULL: the WAL is synced at every commit (survives power loss)
