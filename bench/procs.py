@@ -111,6 +111,8 @@ class SluiceProcess:
         self.port = 0
         self.admin_port = 0
         self.tail: deque[str] = deque(maxlen=2000)
+        #: every WARNING/ERROR line (the tail alone loses early ones), bounded
+        self.warnings: deque[str] = deque(maxlen=200)
         self._listening = asyncio.Event()
         self._pump = asyncio.create_task(self._read(), name="sluice-stderr")
 
@@ -145,6 +147,8 @@ class SluiceProcess:
         assert self.proc.stderr is not None
         while line := (await self.proc.stderr.readline()).decode("utf-8", "replace"):
             self.tail.append(line)
+            if "level=warn" in line or "level=error" in line or " WARNING " in line:
+                self.warnings.append(line)
             if not self.admin_port and (m := _ADMIN.search(line)):
                 self.admin_port = int(m.group(2))
             if not self.port and (m := _LISTENING.search(line)):

@@ -97,7 +97,7 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
             lambda: cpu_seconds(proc.pid),
             sampler,
             lambda: rss_bytes(proc.pid, "VmHWM"),
-            lambda: [line for line in proc.tail if "level=warn" in line or "level=error" in line],
+            lambda: list(proc.warnings),
             lambda: _unsent(work / "spool.sqlite3"),
         )
     finally:

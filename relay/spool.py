@@ -476,11 +476,23 @@ class Spool:
         return counts
 
     async def body(self, message_id: int) -> bytes:
-        async with self._reader.execute(QUERIES["body"], {"message_id": message_id}) as cur:
-            row = await cur.fetchone()
-        if row is None:
+        """The stored bytes of a message (the scheduler reads them for each attempt).
+
+        The reader connection is shared, and a statement another coroutine left
+        open between two hops keeps its read transaction, hence an older WAL
+        snapshot, alive: a message committed after it looks missing. So the
+        read is one hop, and a miss is confirmed on the writer, which sees
+        every commit, before ``UnknownMessage`` is raised.
+        """
+        params = {"message_id": message_id}
+        rows = list(await self._reader.execute_fetchall(QUERIES["body"], params))
+        if not rows:
+            rows = await self._writer.submit(
+                lambda c: c.execute(QUERIES["body"], params).fetchall()
+            )
+        if not rows:
             raise UnknownMessage(str(message_id))
-        return bytes(row["data"])
+        return bytes(rows[0]["data"])
 
     async def get(self, queue_id: str) -> MessageDetail:
         async with self._reader.execute(

@@ -1,0 +1,40 @@
+"""A body committed after another reader statement started is still found.
+
+The spool's reader connection is shared by every coroutine; a statement left
+open between two aiosqlite hops keeps an old WAL snapshot alive. The scheduler
+must still find the body of a message it has just claimed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from relay.spool import NewMessage, Spool, new_queue_id
+
+
+def _message(n: int) -> NewMessage:
+    now = time.time()
+    return NewMessage(
+        queue_id=new_queue_id(now),
+        sender="a@example.com",
+        recipients=["b@example.net"],
+        data=b"Subject: %d\r\n\r\nbody %d\r\n" % (n, n),
+        subject=str(n),
+        received_at=now,
+    )
+
+
+async def test_body_of_a_message_committed_during_an_open_read(tmp_path: Path) -> None:
+    async with await Spool.open(tmp_path / "spool.sqlite3") as spool:
+        for n in range(3):
+            await spool.enqueue(_message(n))
+        # Another reader (e.g. an admin page) is half-way through a result set.
+        open_cursor = await spool._reader.execute("SELECT id FROM messages")
+        assert await open_cursor.fetchone() is not None
+        late = _message(99)
+        await spool.enqueue(late)
+        claims = await spool.claim_due(10, lease=60)
+        claim = next(c for c in claims if c.queue_id == late.queue_id)
+        assert await spool.body(claim.message_id) == late.data
+        await open_cursor.close()
