@@ -253,16 +253,15 @@ class Session:
         Never raises for SMTP-level trouble: a broken connection becomes a
         temporary failure of every recipient not yet decided. The one
         exception is ``StaleSession``: a reused connection was found dead at
-        RSET, before anything was sent, so the caller may simply open another.
+        MAIL, before anything was sent, so the caller may simply open another.
         """
         smtp, up = self._smtp, self.upstream
         decided: dict[str, Outcome] = {}
-        if self.transactions:
-            try:
-                await smtp.rset()
-            except (SMTPException, OSError, TimeoutError) as exc:
-                self.close()
-                raise StaleSession(str(exc)) from exc
+        # No RSET before a reused transaction: a completed (or refused) one
+        # leaves the session ready for MAIL (RFC 5321 § 4.1.1.5 is needed only
+        # after an aborted one, and those close the connection here). A dead
+        # reused connection shows up at MAIL instead, before anything was sent.
+        reused = self.transactions > 0
         try:
             self.transactions += 1
             utf8 = not all(a.isascii() for a in (sender, *recipients))
@@ -286,6 +285,11 @@ class Session:
             enc = "utf-8" if utf8 else "ascii"
             try:
                 await smtp.mail(sender, options=options, encoding=enc)
+            except (SMTPServerDisconnected, OSError, TimeoutError) as exc:
+                if not reused:
+                    raise
+                self.close()
+                raise StaleSession(str(exc)) from exc
             except SMTPResponseException as exc:
                 return [classify(r, exc) for r in recipients]
             except ValueError as exc:  # aiosmtplib refuses to put it on the wire
@@ -311,6 +315,8 @@ class Session:
                 except SMTPResponseException as exc:
                     for r in accepted:
                         decided[r] = classify(r, exc)
+                    if not 200 <= exc.code < 600 or exc.message.startswith("Response too long"):
+                        self.close()  # a reply we could not read: the session is desynced
             else:
                 await smtp.rset()
         except (SMTPException, OSError, TimeoutError) as exc:

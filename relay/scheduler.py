@@ -163,7 +163,8 @@ class Scheduler:
             pending = {rid: claim.recipients[rid].address for rid in rids_of_route}
             for provider in route:
                 rids = list(pending)
-                log.info(
+                # DEBUG: the outcome line that follows says the same at INFO.
+                log.debug(
                     "%s: attempt provider=%s to=%s",
                     claim.queue_id,
                     provider.id,

@@ -57,9 +57,7 @@ Clock = Callable[[], float]
 # local part (UTF-8 allowed for SMTPUTF8), "@", a domain or address literal.
 # aiosmtpd is lenient ("<broken" passes), and what we accept we must be able
 # to send on, so anything else is refused here.
-_ADDRESS = re.compile(
-    r'^(?:[^\s<>()\[\]\\,;:"@]+|"(?:[^"\\\r\n]|\\.)*")@[^\s<>()\\,;:"@]+$'
-)
+_ADDRESS = re.compile(r'^(?:[^\s<>()\[\]\\,;:"@]+|"(?:[^"\\\r\n]|\\.)*")@[^\s<>()\\,;:"@]+$')
 
 
 def valid_address(address: str) -> bool:

@@ -48,6 +48,8 @@ class TestUpstream:
     reply: dict[str, str] = field(default_factory=dict)
     hang: set[str] = field(default_factory=set)
     drop: set[str] = field(default_factory=set)
+    #: like ``drop``, but each entry fires once
+    drop_once: set[str] = field(default_factory=set)
     messages: list[Received] = field(default_factory=list)
     connections: int = 0
     #: implicit TLS (encryption: tls) when set
@@ -161,7 +163,10 @@ class _Handler:
         if verb in up.hang or key in up.hang:
             await up._release.wait()
             return "421 4.3.0 released"
-        if verb in up.drop or key in up.drop:
+        once = verb if verb in up.drop_once else key if key in up.drop_once else None
+        if once is not None:
+            up.drop_once.discard(once)
+        if once is not None or verb in up.drop or key in up.drop:
             assert server.transport is not None
             server.transport.abort()
             return "421 4.3.0 dropped"
