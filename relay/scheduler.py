@@ -187,6 +187,17 @@ class Scheduler:
                     break
         untried = [rid for rid in claim.recipients if rid not in results]
         if untried and waits and all(w.limit for w in waits):
+            # A recipient past retry.give_up_after expires even while it waits
+            # for a limit; it is decided below like any other temporary failure.
+            give_up = snap.config.retry.give_up_after
+            for rid in [r for r in untried if claim.recipients[r].since + give_up <= self._clock()]:
+                reason = "; ".join(dict.fromkeys(w.reason for w in waits))
+                results[rid] = (
+                    TempFailure(claim.recipients[rid].address, None, f"4.7.0 {reason}"),
+                    None,
+                )
+                untried.remove(rid)
+        if untried and waits and all(w.limit for w in waits):
             # Every provider these recipients may use is at its daily limit or rate:
             # they wait, without counting an attempt, until the first one allows.
             until = min(w.until for w in waits)

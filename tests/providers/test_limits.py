@@ -98,3 +98,30 @@ async def test_rate_limit_holds_under_a_burst(
             allowed = burst + rate * (stamps[j] - stamps[i] + slack)
             assert j - i + 1 <= allowed, f"{j - i + 1} messages in {stamps[j] - stamps[i]:.2f}s"
     assert stamps[-1] - stamps[0] >= (count - burst) / rate - 0.3
+
+
+async def test_waiting_for_a_limit_still_expires_after_give_up_time(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    # The limit never allows this one; it must not wait forever.
+    only = [provider_for(upstream, "only", daily_limit=1)]
+    retry = {"first_delay": "0.2s", "max_delay": "0.2s", "give_up_after": "1s"}
+    async with sluice(only, retry=retry) as s:
+        await smtp_send(s.port, SENDER, ["first@example.net"], message("uses the quota"))
+        await upstream.wait_for(1)
+        _, reply = await smtp_send(s.port, SENDER, ["late@example.net"], message("waits"))
+        qid = queue_id_of(reply)
+        # It waits for the next UTC day; a retry-now after the give-up time decides it.
+        await eventually(lambda: _waiting(s, qid))
+
+        async def expired() -> bool:
+            (entry,) = await s.spool.list_queue(search=qid)
+            if entry.status is RecipientStatus.EXPIRED:
+                return True
+            await s.spool.retry_now(qid)  # due now: the next claim re-checks the limit
+            return False
+
+        await eventually(expired, interval=0.3)
+        (entry,) = await s.spool.list_queue(search=qid)
+    assert "gave up" in entry.reason and "limit" in entry.reason.lower()
+    assert len(upstream.messages) == 1
