@@ -1,7 +1,7 @@
 """The spool: the only module that writes SQL, and the one store every part shares.
 
-Writes go through one writer connection owned by one thread (``_Writer``), with
-**group commit**: jobs queued while a transaction is being written are batched
+Writes go through one writer connection owned by one thread (``Writer`` in
+``relay/spool_writer.py``), with **group commit**: jobs queued while a transaction is being written are batched
 into the next one, each inside its own SAVEPOINT, so a failing job rolls back
 alone. Every caller is answered only after the ``COMMIT`` of its own job has
 returned, and the database runs WAL with ``synchronous=FULL``, so a ``250``
@@ -18,17 +18,15 @@ Every state change is a guarded ``UPDATE ... WHERE status = ? RETURNING``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
@@ -42,17 +40,15 @@ from relay.model import (
     QueueEntry,
     RecipientStatus,
 )
+from relay.spool_writer import Writer, connect
 from relay.sql import QUERIES, SCHEMA
 
 __all__ = ["Finish", "NewMessage", "Spool", "new_queue_id", "read_meta"]
 
 log = logging.getLogger("sluice.spool")
 
-T = TypeVar("T")
-Job = Callable[[sqlite3.Connection], T]
 Clock = Callable[[], float]
 
-_BATCH_MAX = 512
 _SCHEMA_VERSION = "1"
 
 
@@ -89,96 +85,6 @@ class Finish:
     provider: str | None
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on stable storage before COMMIT returns (power-loss safe).
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-class _Writer:
-    """One thread, one connection, batched transactions (group commit)."""
-
-    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
-        self._conn = conn
-        self._loop = loop
-        self._cond = threading.Condition()
-        self._jobs: list[tuple[Job[Any], asyncio.Future[Any]]] = []
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="sluice-spool-writer", daemon=True)
-        self._thread.start()
-
-    async def submit(self, job: Job[T]) -> T:
-        if self._closing:
-            raise SpoolError("the spool is closed")
-        future: asyncio.Future[T] = self._loop.create_future()
-        with self._cond:
-            self._jobs.append((job, future))
-            self._cond.notify()
-        return await future
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._jobs and not self._closing:
-                    self._cond.wait()
-                if not self._jobs and self._closing:
-                    break
-                batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
-            self._run_batch(batch)
-        self._conn.close()
-
-    def _run_batch(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
-        # A job whose caller went away before it started (client dropped during
-        # DATA) is skipped: nobody will be told 250 for it.
-        batch = [(job, fut) for job, fut in batch if not fut.cancelled()]
-        if not batch:
-            return
-        results: list[tuple[bool, Any]] = []
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            for job, _fut in batch:
-                self._conn.execute("SAVEPOINT job")
-                try:
-                    results.append((True, job(self._conn)))
-                    self._conn.execute("RELEASE job")
-                except sqlite3.Error as exc:
-                    self._conn.execute("ROLLBACK TO job")
-                    self._conn.execute("RELEASE job")
-                    results.append((False, SpoolError(f"spool write failed: {exc}")))
-                except Exception as exc:
-                    self._conn.execute("ROLLBACK TO job")
-                    self._conn.execute("RELEASE job")
-                    results.append((False, exc))
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            error = SpoolError(f"spool commit failed: {exc}")
-            results = [(False, error)] * len(batch)
-        for (_job, fut), (ok, value) in zip(batch, results, strict=True):
-            self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
-
-    async def close(self) -> None:
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        await asyncio.to_thread(self._thread.join)
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
-
-
 class Spool:
     """The store: accepted mail, per-recipient state and the delivery log.
 
@@ -188,7 +94,7 @@ class Spool:
     """
 
     def __init__(
-        self, path: Path, writer: _Writer, reader: aiosqlite.Connection, clock: Clock
+        self, path: Path, writer: Writer, reader: aiosqlite.Connection, clock: Clock
     ) -> None:
         self.path = path
         self._writer = writer
@@ -201,11 +107,11 @@ class Spool:
         spool_path = Path(path)
         try:
             spool_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = await asyncio.to_thread(_connect, spool_path)
+            conn = await asyncio.to_thread(connect, spool_path)
             await asyncio.to_thread(_init_schema, conn)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
-        writer = _Writer(conn, asyncio.get_running_loop())
+        writer = Writer(conn, asyncio.get_running_loop())
         reader = await aiosqlite.connect(spool_path, timeout=30)
         reader.row_factory = aiosqlite.Row
         await reader.execute("PRAGMA busy_timeout=30000")
