@@ -1,9 +1,9 @@
 """The spool: the only module that writes SQL, and the one store every part shares.
 
 Writes go through one writer connection owned by one thread (``Writer`` in
-``relay/spool_writer.py``), with **group commit**: jobs queued while a transaction is being written are batched
-into the next one, each inside its own SAVEPOINT, so a failing job rolls back
-alone. Every caller is answered only after the ``COMMIT`` of its own job has
+``relay/spool_writer.py``), with **group commit**: jobs queued while a
+transaction is being written are batched into the next one, each inside its
+own SAVEPOINT, so a failing job rolls back alone. Every caller is answered only after the ``COMMIT`` of its own job has
 returned, and the database runs WAL with ``synchronous=FULL``, so a ``250``
 given after ``enqueue`` returns survives ``kill -9`` and power loss alike.
 (aiosqlite gives one thread per connection too, but one hop per statement; a
@@ -445,11 +445,8 @@ class Spool:
         """
         where: list[str] = ["1=1"]
         params: dict[str, Any] = {"limit": limit}
-        wanted = [s.value for s in statuses] if statuses is not None else None
-        if wanted is not None:
-            marks = ", ".join(f":s{i}" for i in range(len(wanted)))
-            where.append(f"r.status IN ({marks})")
-            params.update({f"s{i}": s for i, s in enumerate(wanted)})
+        if statuses is not None:
+            _status_filter("r.status", statuses, where, params)
         if before_id is not None:
             where.append("r.id < :before_id")
             params["before_id"] = before_id
@@ -483,10 +480,7 @@ class Spool:
         where: list[str] = ["1=1"]
         params: dict[str, Any] = {"limit": limit}
         if statuses is not None:
-            wanted = [s.value for s in statuses]
-            marks = ", ".join(f":s{i}" for i in range(len(wanted)))
-            where.append(f"status IN ({marks})")
-            params.update({f"s{i}": s for i, s in enumerate(wanted)})
+            _status_filter("status", statuses, where, params)
         if since is not None:
             where.append("started_at >= :since")
             params["since"] = since
@@ -529,6 +523,18 @@ def read_meta(path: Path, key: str) -> str | None:
     except sqlite3.Error:
         return None
     return str(row[0]) if row else None
+
+
+def _status_filter(
+    column: str,
+    statuses: Iterable[RecipientStatus | AttemptStatus],
+    where: list[str],
+    params: dict[str, Any],
+) -> None:
+    """Add ``column IN (...)`` with one bound parameter per status."""
+    wanted = [s.value for s in statuses]
+    where.append(f"{column} IN ({', '.join(f':s{i}' for i in range(len(wanted)))})")
+    params.update({f"s{i}": value for i, value in enumerate(wanted)})
 
 
 def _like_escape(text: str) -> str:
