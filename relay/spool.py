@@ -4,10 +4,10 @@ Writes go through one writer connection owned by one thread (``Writer`` in
 ``relay/spool_writer.py``), with **group commit**: jobs queued while a
 transaction is being written are batched into the next one, each inside its
 own SAVEPOINT, so a failing job rolls back alone. Every caller is answered
-only after the ``COMMIT`` of its own job has returned, and the database runs WAL with ``synchronous=FULL``, so a ``250``
-given after ``enqueue`` returns survives ``kill -9`` and power loss alike.
-(aiosqlite gives one thread per connection too, but one hop per statement; a
-batch here costs one hop.)
+only after the ``COMMIT`` of its own job has returned, and the database runs
+WAL with ``synchronous=FULL``, so a ``250`` given after ``enqueue`` returns
+survives ``kill -9`` and power loss alike. (aiosqlite gives one thread per
+connection too, but one hop per statement; a batch here costs one hop.)
 
 Reads go through a separate aiosqlite connection, so the admin page and the CLI
 never hold the writer, and never see an uncommitted row.
