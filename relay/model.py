@@ -97,6 +97,8 @@ class Claim:
     recipients: dict[int, ClaimedRecipient]
     #: recipient row id -> delivery-log row id of this attempt
     attempt_ids: dict[int, int] = field(default_factory=dict)
+    #: the stored message, read in the claiming transaction (None: not read)
+    data: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

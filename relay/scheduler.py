@@ -152,10 +152,12 @@ class Scheduler:
 
     async def _deliver(self, claim: Claim) -> None:
         snap = self._snapshot()
-        try:
-            data = await self._spool.body(claim.message_id)
-        except UnknownMessage:
-            return  # deleted while claimed; nothing to do
+        data = claim.data
+        if data is None:
+            try:
+                data = await self._spool.body(claim.message_id)
+            except UnknownMessage:
+                return  # deleted while claimed; nothing to do
         results: dict[int, tuple[Outcome, str | None]] = {}
         waits: list[Unavailable] = []
         # Routing is resolved now, from the current config, for each recipient.
