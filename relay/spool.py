@@ -208,7 +208,7 @@ class Spool:
                 claims.append(claim)
             return claims
 
-        return await self._writer.submit(job)
+        return await self._writer.submit(job, durable=False)
 
     async def finish(self, finishes: Iterable[Finish]) -> int:
         """Persist outcomes; returns how many recipients moved.

@@ -46,17 +46,26 @@ class Writer:
         self._conn = conn
         self._loop = loop
         self._cond = threading.Condition()
-        self._jobs: list[tuple[Job[Any], asyncio.Future[Any]]] = []
+        self._jobs: list[tuple[Job[Any], asyncio.Future[Any], bool]] = []
+        self._synchronous = "FULL"
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="sluice-spool-writer", daemon=True)
         self._thread.start()
 
-    async def submit(self, job: Job[T]) -> T:
+    async def submit(self, job: Job[T], *, durable: bool = True) -> T:
+        """Run ``job`` in the next transaction; return once it is committed.
+
+        ``durable=False`` is for changes whose loss in a power cut is harmless
+        (a delivery lease: losing it only puts the mail back in the queue). A
+        batch made only of such jobs commits with ``synchronous=NORMAL``: safe
+        against a process crash, not fsynced; the next durable commit syncs it
+        too, since WAL frames are written in order.
+        """
         if self._closing:
             raise SpoolError("the spool is closed")
         future: asyncio.Future[T] = self._loop.create_future()
         with self._cond:
-            self._jobs.append((job, future))
+            self._jobs.append((job, future, durable))
             self._cond.notify()
         return await future
 
@@ -71,16 +80,20 @@ class Writer:
             self._run_batch(batch)
         self._conn.close()
 
-    def _run_batch(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
+    def _run_batch(self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]) -> None:
         # A job whose caller went away before it started (client dropped during
         # DATA) is skipped: nobody will be told 250 for it.
-        batch = [(job, fut) for job, fut in batch if not fut.cancelled()]
+        batch = [item for item in batch if not item[1].cancelled()]
         if not batch:
             return
         results: list[tuple[bool, Any]] = []
         try:
+            level = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
+            if level != self._synchronous:
+                self._conn.execute(f"PRAGMA synchronous={level}")
+                self._synchronous = level
             self._conn.execute("BEGIN IMMEDIATE")
-            for job, _fut in batch:
+            for job, _fut, _durable in batch:
                 self._conn.execute("SAVEPOINT job")
                 try:
                     results.append((True, job(self._conn)))
@@ -99,7 +112,7 @@ class Writer:
                 self._conn.execute("ROLLBACK")
             error = SpoolError(f"spool commit failed: {exc}")
             results = [(False, error)] * len(batch)
-        for (_job, fut), (ok, value) in zip(batch, results, strict=True):
+        for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
             self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
 
     async def close(self) -> None:
