@@ -1,4 +1,4 @@
-"""Run ``sluice serve`` as a real subprocess and find the port it bound."""
+"""Run ``sluice serve`` as a real subprocess, with its stderr collected line by line."""
 
 from __future__ import annotations
 
@@ -7,90 +7,117 @@ import os
 import re
 import signal
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DaemonProcess", "start_daemon"]
+__all__ = ["LISTENING", "REPO", "DaemonProcess", "start_daemon"]
 
-_LISTENING = re.compile(r"listening smtp=(\S+):(\d+)")
+REPO = Path(__file__).resolve().parents[1]
+LISTENING = re.compile(r"listening smtp=(\S+):(\d+)")
 
 
-@dataclass
 class DaemonProcess:
-    proc: asyncio.subprocess.Process
-    port: int
-    lines: list[str] = field(default_factory=list)
-    _pump: asyncio.Task[None] | None = None
+    """``python -m relay.cli serve -c PATH`` with its stderr collected line by line."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        self.env = {**os.environ, **(env or {})}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self.port = 0
+        self._changed = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, *, wait_listening: bool = True, within: float = 20.0) -> DaemonProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "serve",
+            "-c",
+            str(self.config_path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+            cwd=REPO,
+        )
+        self._reader = asyncio.create_task(self._read(), name="daemon-stderr")
+        if wait_listening:
+            match = await self.wait_line(LISTENING, within=within)
+            self.port = int(match.group(2))
+            await self.wait_line("sluice ready", within=within)
+        return self
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            async with self._changed:
+                self.lines.append(line.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
 
     @property
-    def log(self) -> str:
-        return "".join(self.lines)
+    def output(self) -> str:
+        return "\n".join(self.lines)
 
-    async def wait_for_line(self, needle: str, within: float = 15.0) -> str:
-        """Wait until a stderr line contains ``needle`` (deadline, no fixed sleep)."""
-        async with asyncio.timeout(within):
-            while True:
-                for line in self.lines:
-                    if needle in line:
-                        return line
-                if self.proc.returncode is not None and self._pump is not None:
-                    await self._pump
-                    if not any(needle in line for line in self.lines):
-                        raise AssertionError(f"daemon exited; no {needle!r} in:\n{self.log}")
-                await asyncio.sleep(0.02)
+    async def wait_line(
+        self, pattern: str | re.Pattern[str], *, within: float = 15.0, start: int = 0
+    ) -> re.Match[str]:
+        """Wait (with a deadline) for a stderr line matching ``pattern``, from line ``start``."""
+        regex = re.compile(re.escape(pattern)) if isinstance(pattern, str) else pattern
+        seen = start
 
-    def signal(self, sig: int) -> None:
+        def find() -> re.Match[str] | None:
+            nonlocal seen
+            for i in range(seen, len(self.lines)):
+                if m := regex.search(self.lines[i]):
+                    return m
+            seen = len(self.lines)
+            return None
+
+        try:
+            async with asyncio.timeout(within):
+                async with self._changed:
+                    while (m := find()) is None:
+                        if self._reader is not None and self._reader.done():
+                            raise AssertionError(f"daemon exited; no line {regex.pattern!r}")
+                        await self._changed.wait()
+                    return m
+        except TimeoutError:
+            raise AssertionError(
+                f"no stderr line matching {regex.pattern!r} within {within}s:\n{self.output}"
+            ) from None
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
         self.proc.send_signal(sig)
 
-    async def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.wait()
-
-    async def wait(self, within: float = 30.0) -> int:
+    async def wait(self, within: float = 20.0) -> int:
+        assert self.proc is not None
         async with asyncio.timeout(within):
-            code = await self.proc.wait()
-            if self._pump is not None:
-                await self._pump
-        return code
+            rc = await self.proc.wait()
+            if self._reader is not None:
+                await self._reader
+        return rc
+
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 20.0) -> int:
+        self.send_signal(sig)
+        return await self.wait(within)
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
 
 
 async def start_daemon(
     config: Path, *, env: dict[str, str] | None = None, within: float = 20.0
 ) -> DaemonProcess:
-    """Start the daemon and return once it logs its SMTP port."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay.cli",
-        "serve",
-        "-c",
-        str(config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    lines: list[str] = []
-    found: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-
-    async def pump() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace")
-            lines.append(line)
-            if (m := _LISTENING.search(line)) and not found.done():
-                found.set_result((m.group(1), int(m.group(2))))
-        if not found.done():
-            found.set_exception(RuntimeError("daemon exited before listening:\n" + "".join(lines)))
-
-    task = asyncio.create_task(pump())
+    """Start the daemon and return once it is listening and ready."""
+    daemon = DaemonProcess(config, env)
     try:
-        async with asyncio.timeout(within):
-            _host, port = await found
+        return await daemon.start(within=within)
     except BaseException:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGKILL)
-        await proc.wait()
+        await daemon.kill()
         raise
-    return DaemonProcess(proc, port, lines, task)

@@ -75,17 +75,15 @@ async def test_sigterm_stops_a_daemon_serving_the_admin(
     )
     proc = await start_daemon(write_config(tmp_path / "sluice.yaml", cfg))
     try:
-        line = await proc.wait_for_line("listening admin=")
-        match = re.search(r"listening admin=127\.0\.0\.1:(\d+)", line)
-        assert match
+        match = await proc.wait_line(re.compile(r"listening admin=127\.0\.0\.1:(\d+)"))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{match.group(1)}") as c:
             # A keep-alive connection stays open while we stop the daemon.
             assert (await c.get("/healthz")).status_code == 200
-            proc.signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
     finally:
         await proc.kill()
-    assert "stopped" in proc.log
+    assert "stopped" in proc.output
 
 
 def test_hash_password_command_prints_a_verifiable_hash() -> None:

@@ -54,7 +54,7 @@ async def crash_and_recover(tmp_path: Path, upstream: TestUpstream, *, upstream_
     daemon = await start_daemon(cfg)
     try:
         accepted = await send_many(daemon.port, N)
-        daemon.signal(signal.SIGKILL)  # the very next instant after the last 250
+        daemon.send_signal(signal.SIGKILL)  # the very next instant after the last 250
         assert await daemon.wait() == -signal.SIGKILL
     finally:
         await daemon.kill()
@@ -72,7 +72,7 @@ async def crash_and_recover(tmp_path: Path, upstream: TestUpstream, *, upstream_
                 await upstream.wait_for(len(upstream.messages) + 1, within=60)
                 got = tokens(upstream)
     finally:
-        restarted.signal(signal.SIGTERM)
+        restarted.send_signal(signal.SIGTERM)
         assert await restarted.wait() == 0
     assert set(got) == set(range(N))  # nothing lost
     return len(got) - N  # duplicates: mail that was in flight at the kill
