@@ -1,4 +1,5 @@
-"""Run ``sluice serve`` as a real subprocess, with its stderr collected line by line."""
+"""Sluice as real processes: ``sluice serve`` with its stderr collected line by line,
+and one-shot ``sluice`` commands."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-__all__ = ["LISTENING", "REPO", "DaemonProcess", "start_daemon"]
+__all__ = ["LISTENING", "REPO", "DaemonProcess", "run_cli", "start_daemon"]
 
 REPO = Path(__file__).resolve().parents[1]
 LISTENING = re.compile(r"listening smtp=(\S+):(\d+)")
@@ -121,3 +122,22 @@ async def start_daemon(
     except BaseException:
         await daemon.kill()
         raise
+
+
+async def run_cli(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None, argv0: str | None = None
+) -> tuple[int, str, str]:
+    """Run ``python -m relay.cli ARGS`` (or the executable ``argv0``); (rc, stdout, stderr)."""
+    cmd = [argv0, *args] if argv0 else [sys.executable, "-m", "relay.cli", *args]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import fast_config, write_config
-from tests.daemon_proc import REPO, DaemonProcess
+from tests.daemon_proc import DaemonProcess
 
 DaemonFactory = Callable[..., Any]
 
@@ -41,22 +38,3 @@ def ops_config(tmp_path: Path) -> Callable[..., Path]:
         return write_config(tmp_path / name, cfg)
 
     return make
-
-
-async def run_cli(
-    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None, argv0: str | None = None
-) -> tuple[int, str, str]:
-    """Run ``python -m relay.cli ARGS`` (or the executable ``argv0``); (rc, stdout, stderr)."""
-    cmd = [argv0, *args] if argv0 else [sys.executable, "-m", "relay.cli", *args]
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-        cwd=REPO,
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate(stdin)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")

@@ -13,7 +13,7 @@ import pytest
 
 from relay.config import load
 from relay.errors import ConfigError
-from tests.ops.conftest import run_cli
+from tests.daemon_proc import run_cli
 
 BASE = """\
 smtp:

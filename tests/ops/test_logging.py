@@ -15,7 +15,7 @@ from relay import logsetup
 from relay.config import loads
 from relay.secrets import MASK
 from tests.conftest import provider_for, smtp_send
-from tests.ops.conftest import DaemonProcess
+from tests.daemon_proc import DaemonProcess
 from tests.upstream import TestUpstream
 
 QID = "1A207CEC124EE1E0"

@@ -11,7 +11,7 @@ import pytest
 
 from relay.spool import read_meta
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send, write_config
-from tests.ops.conftest import DaemonProcess, run_cli
+from tests.daemon_proc import DaemonProcess, run_cli
 from tests.upstream import TestUpstream
 
 MSG = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: %s\r\n\r\nbody\r\n"

@@ -17,7 +17,7 @@ import pytest
 
 from relay.sdnotify import Notifier, monotonic_usec
 from tests.conftest import provider_for
-from tests.ops.conftest import DaemonProcess
+from tests.daemon_proc import DaemonProcess
 from tests.upstream import TestUpstream
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from relay.sendmail import Options, UsageError, parse_args, prepare
 from tests.conftest import provider_for
-from tests.ops.conftest import DaemonProcess, run_cli
+from tests.daemon_proc import DaemonProcess, run_cli
 from tests.upstream import TestUpstream
 
 # ------------------------------------------------------------------ argv

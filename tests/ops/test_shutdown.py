@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import eventually, provider_for, smtp_send
-from tests.ops.conftest import DaemonProcess
+from tests.daemon_proc import DaemonProcess
 from tests.upstream import TestUpstream
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.conftest import REPO
+from tests.daemon_proc import REPO
 
 UNIT = REPO / "systemd" / "sluice.service"
 ANALYZE = shutil.which("systemd-analyze") or "/usr/bin/systemd-analyze"

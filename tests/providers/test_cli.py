@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import ssl
-import sys
 from pathlib import Path
 
 from relay.secrets import MASK
 from tests.conftest import fast_config, provider_for, write_config
+from tests.daemon_proc import run_cli
 from tests.providers.conftest import start_upstream
 from tests.upstream import TestUpstream
 
 PASSWORD = "s3cret-Pa55word"
-
-
-async def sluice_cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "SLUICE_TEST_PASSWORD": PASSWORD},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+ENV = {"SLUICE_TEST_PASSWORD": PASSWORD}
 
 
 async def test_providers_test_succeeds_with_every_step(
@@ -46,7 +30,7 @@ async def test_providers_test_succeeds_with_every_step(
             password_env="SLUICE_TEST_PASSWORD",
         )
         path = write_config(tmp_path / "sluice.yaml", fast_config(tmp_path, [p]))
-        code, out, err = await sluice_cli("providers", "test", "mailco", "-c", str(path))
+        code, out, err = await run_cli("providers", "test", "mailco", "-c", str(path), env=ENV)
     finally:
         await up.stop()
     assert code == 0, out + err
@@ -73,16 +57,16 @@ async def test_providers_test_fails_with_the_servers_reply(
         )
         bad_ca = provider_for(authy, "badca", encryption="tls", ca_file=str(wrong_ca_file))
         path = write_config(tmp_path / "sluice.yaml", fast_config(tmp_path, [bad_auth, bad_ca]))
-        code, out, err = await sluice_cli("providers", "test", "badauth", "-c", str(path))
+        code, out, err = await run_cli("providers", "test", "badauth", "-c", str(path), env=ENV)
         assert code == 69, out + err
         assert "FAIL AUTH      535 5.7.8" in out
         assert "FAILED" in out
-        code, out, _ = await sluice_cli("providers", "test", "badca", "-c", str(path))
+        code, out, _ = await run_cli("providers", "test", "badca", "-c", str(path), env=ENV)
         assert code == 69
         assert "FAIL TLS       certificate verification failed" in out
     finally:
         await authy.stop()
-    code, out, err = await sluice_cli("providers", "test", "nosuch", "-c", str(path))
+    code, out, err = await run_cli("providers", "test", "nosuch", "-c", str(path), env=ENV)
     assert code == 64 and "no provider 'nosuch'" in err
     assert "wrong-Pa55word" not in out + err
 
@@ -113,14 +97,14 @@ async def test_providers_list_masks_secrets_and_shows_usage(tmp_path: Path) -> N
         },
     ]
     path = write_config(tmp_path / "sluice.yaml", fast_config(tmp_path, providers))
-    code, out, err = await sluice_cli("providers", "list", "-c", str(path))
+    code, out, err = await run_cli("providers", "list", "-c", str(path), env=ENV)
     assert code == 0, err
     assert f"relay / {MASK}" in out
     assert "0 sent / 500" in out and "rate:        10/s" in out
     assert f"client_secret {MASK}" in out and f"refresh_token {MASK}" in out
     for secret in (PASSWORD, "client-S3CRET", "refresh-T0KEN"):
         assert secret not in out + err
-    code, out, _ = await sluice_cli("providers", "list", "--json", "-c", str(path))
+    code, out, _ = await run_cli("providers", "list", "--json", "-c", str(path), env=ENV)
     rows = json.loads(out)
     assert [r["id"] for r in rows] == ["main", "m365"]
     assert rows[0]["daily_limit"] == 500 and rows[0]["sent_today"] == 0
