@@ -46,6 +46,7 @@ __all__ = [
     "classify",
     "insecure_auth",
     "retry_hint",
+    "smtp_client",
 ]
 
 log = logging.getLogger("sluice.delivery")
@@ -179,20 +180,31 @@ def classify(
     return TempFailure(recipient, code, reply, retry_after=hint, provider_fault=fault)
 
 
+def smtp_client(
+    upstream: Upstream, *, local_hostname: str, timeout: float | None = None
+) -> aiosmtplib.SMTP:
+    """An unconnected aiosmtplib client for ``upstream``.
+
+    ``start_tls=False``: STARTTLS is done explicitly, so that a server that
+    does not offer it is refused rather than silently used in clear.
+    """
+    return aiosmtplib.SMTP(
+        hostname=upstream.host,
+        port=upstream.port,
+        local_hostname=local_hostname,
+        use_tls=upstream.encryption == "tls",
+        start_tls=False,
+        tls_context=upstream.tls_context,
+        timeout=upstream.command_timeout if timeout is None else timeout,
+    )
+
+
 class Session:
     """One open connection to an upstream, reusable for several transactions."""
 
     def __init__(self, upstream: Upstream, *, local_hostname: str) -> None:
         self.upstream = upstream
-        self._smtp = aiosmtplib.SMTP(
-            hostname=upstream.host,
-            port=upstream.port,
-            local_hostname=local_hostname,
-            use_tls=upstream.encryption == "tls",
-            start_tls=False,
-            tls_context=upstream.tls_context,
-            timeout=upstream.command_timeout,
-        )
+        self._smtp = smtp_client(upstream, local_hostname=local_hostname)
         self.transactions = 0
 
     @property

@@ -16,7 +16,7 @@ import aiosmtplib
 from aiosmtplib import SMTPException, SMTPResponseException
 
 from relay.config import DeliverySettings, ProviderSettings
-from relay.delivery import insecure_auth
+from relay.delivery import insecure_auth, smtp_client
 from relay.oauth import OAuthError, TokenSource
 from relay.providers import upstream_of
 
@@ -62,27 +62,20 @@ async def test_provider(
     """Connect, EHLO, TLS, AUTH and QUIT against one provider; never raises for its faults."""
     steps: list[TestStep] = []
 
-    def step(name: str, ok: bool, detail: str) -> TestReport | None:
+    def step(name: str, ok: bool, detail: str) -> None:
         steps.append(TestStep(name, ok, detail))
-        return None if ok else TestReport(False, steps)
+
+    def fail(name: str, detail: str) -> TestReport:
+        step(name, False, detail)
+        return TestReport(False, steps)
 
     t = min(timeout, settings.timeout or timeout)
     delivery = DeliverySettings(connect_timeout=t, command_timeout=t, data_timeout=t)
     try:
         up = upstream_of(settings, delivery)
     except LookupError as exc:
-        return step("configuration", False, f"secret unavailable: {exc}") or TestReport(
-            False, steps
-        )
-    smtp = aiosmtplib.SMTP(
-        hostname=up.host,
-        port=up.port,
-        local_hostname=local_hostname,
-        use_tls=up.encryption == "tls",
-        start_tls=False,
-        tls_context=up.tls_context,
-        timeout=t,
-    )
+        return fail("configuration", f"secret unavailable: {exc}")
+    smtp = smtp_client(up, local_hostname=local_hostname, timeout=t)
     try:
         try:
             greeting = await smtp.connect(timeout=t)
@@ -93,32 +86,30 @@ async def test_provider(
             name = "TLS" if isinstance(exc, ssl.SSLError) else "connect"
             if name == "TLS":
                 step("connect", True, f"connected to {up.host}:{up.port}")
-            return step(name, False, _error(exc)) or TestReport(False, steps)
+            return fail(name, _error(exc))
         step("connect", True, _reply(greeting.code, greeting.message))
         if up.encryption == "tls":
             step("TLS", True, _tls_detail(smtp, "implicit TLS"))
         try:
             ehlo = await smtp.ehlo()
         except (SMTPException, OSError, TimeoutError) as exc:
-            return step("EHLO", False, _error(exc)) or TestReport(False, steps)
+            return fail("EHLO", _error(exc))
         step("EHLO", True, _reply(ehlo.code, ehlo.message))
         if up.encryption == "starttls":
             if not smtp.supports_extension("starttls"):
-                return step(
-                    "STARTTLS", False, "the server does not offer STARTTLS (refusing to downgrade)"
-                ) or TestReport(False, steps)
+                return fail(
+                    "STARTTLS", "the server does not offer STARTTLS (refusing to downgrade)"
+                )
             try:
                 reply = await smtp.starttls(tls_context=up.tls_context)
                 await smtp.ehlo()
             except (SMTPException, OSError, TimeoutError) as exc:
                 cause = exc.__cause__ or exc.__context__
-                return step(
-                    "STARTTLS", False, _error(cause if isinstance(cause, ssl.SSLError) else exc)
-                ) or TestReport(False, steps)
+                return fail("STARTTLS", _error(cause if isinstance(cause, ssl.SSLError) else exc))
             step("STARTTLS", True, f"{_reply(reply.code, reply.message)}; {_tls_detail(smtp)}")
         if up.username is not None:
             if (problem := insecure_auth(up)) is not None:
-                return step("AUTH", False, problem) or TestReport(False, steps)
+                return fail("AUTH", problem)
             try:
                 if settings.oauth2 is not None:
                     source = TokenSource(settings.oauth2, provider_id=settings.id)
@@ -129,14 +120,14 @@ async def test_provider(
                     reply = await smtp.login(up.username, up.password or "")
                     mech = "login"
             except OAuthError as exc:
-                return step("AUTH", False, f"XOAUTH2: {exc.text}") or TestReport(False, steps)
+                return fail("AUTH", f"XOAUTH2: {exc.text}")
             except (SMTPException, OSError, TimeoutError) as exc:
-                return step("AUTH", False, _error(exc)) or TestReport(False, steps)
+                return fail("AUTH", _error(exc))
             step("AUTH", True, f"{mech} as {up.username}: {_reply(reply.code, reply.message)}")
         try:
             bye = await smtp.quit(timeout=t)
         except (SMTPException, OSError, TimeoutError) as exc:
-            return step("QUIT", False, _error(exc)) or TestReport(False, steps)
+            return fail("QUIT", _error(exc))
         step("QUIT", True, _reply(bye.code, bye.message))
         return TestReport(True, steps)
     finally:

@@ -11,8 +11,6 @@ import pytest
 from tests.conftest import fast_config, write_config
 from tests.daemon_proc import DaemonProcess
 
-DaemonFactory = Callable[..., Any]
-
 
 @pytest.fixture
 async def daemon_proc() -> AsyncIterator[Callable[..., DaemonProcess]]:
