@@ -7,6 +7,7 @@ with a 303 redirect, so a reload never repeats an action.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,7 +20,7 @@ from admin.auth import Session
 from admin.backend import ACTIONS, act, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
 from relay.errors import UnknownMessage
-from relay.model import AttemptStatus, RecipientStatus
+from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
 
 __all__ = ["routes"]
 
@@ -94,10 +95,22 @@ async def provider_detail(request: Request) -> Response:
     return _render(request, "provider.html", {"p": view, "report": report})
 
 
+def _page_links(
+    path: str, query: list[tuple[str, str]], entries: Sequence[QueueEntry | LogEntry], limit: int
+) -> dict[str, str | None]:
+    """Keyset paging: the first page, and the next one after the last row shown."""
+    more = bool(entries) and len(entries) == limit
+    return {
+        "first_url": f"{path}?{urlencode(query)}",
+        "next_url": (
+            f"{path}?{urlencode([*query, ('before_id', str(entries[-1].id))])}" if more else None
+        ),
+    }
+
+
 async def queue(request: Request) -> Response:
     f = QueueFilter.parse(request.query_params)
     entries = await f.page(state(request).backend.spool)
-    more = len(entries) == f.limit
     base_q = [("status", s.value) for s in f.statuses]
     if f.search:
         base_q.append(("search", f.search))
@@ -110,12 +123,7 @@ async def queue(request: Request) -> Response:
             "entries": entries,
             "statuses": [s.value for s in RecipientStatus],
             "page_sizes": PAGE_SIZES,
-            "first_url": "/queue?" + urlencode(base_q),
-            "next_url": (
-                "/queue?" + urlencode([*base_q, ("before_id", str(entries[-1].id))])
-                if entries and more
-                else None
-            ),
+            **_page_links("/queue", base_q, entries, f.limit),
             "here": request.url.path + ("?" + request.url.query if request.url.query else ""),
         },
     )
@@ -139,7 +147,6 @@ async def queue_action(request: Request) -> Response:
 async def log_page(request: Request) -> Response:
     f = LogFilter.parse(request.query_params)
     entries = await f.page(state(request).backend.spool)
-    more = len(entries) == f.limit
     base_q = [("status", s.value) for s in f.statuses]
     for key, value in (("search", f.search), ("date", f.date)):
         if value:
@@ -155,12 +162,7 @@ async def log_page(request: Request) -> Response:
             "entries": entries,
             "statuses": [s.value for s in AttemptStatus],
             "page_sizes": PAGE_SIZES,
-            "first_url": "/log?" + urlencode(base_q),
-            "next_url": (
-                "/log?" + urlencode([*base_q, ("before_id", str(entries[-1].id))])
-                if entries and more
-                else None
-            ),
+            **_page_links("/log", base_q, entries, f.limit),
         },
     )
 
