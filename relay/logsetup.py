@@ -104,13 +104,17 @@ def _logfmt_value(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-class LogfmtFormatter(logging.Formatter):
-    """``ts=... level=info logger=sluice.smtp event=accept queue_id=... msg="..."``."""
+class _Formatter(logging.Formatter):
+    """Shared by both formats: the redactor and whether to print a timestamp."""
 
     def __init__(self, redactor: Redactor, *, with_time: bool = True) -> None:
         super().__init__()
         self.redactor = redactor
         self.with_time = with_time
+
+
+class LogfmtFormatter(_Formatter):
+    """``ts=... level=info logger=sluice.smtp event=accept queue_id=... msg="..."``."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, with_time=self.with_time)
@@ -118,13 +122,8 @@ class LogfmtFormatter(logging.Formatter):
         return self.redactor(line)
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_Formatter):
     """One JSON object per line, same fields as the logfmt format."""
-
-    def __init__(self, redactor: Redactor, *, with_time: bool = True) -> None:
-        super().__init__()
-        self.redactor = redactor
-        self.with_time = with_time
 
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, with_time=self.with_time)
