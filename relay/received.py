@@ -76,6 +76,12 @@ def bare_line_ending(data: bytes) -> int | None:
     """Offset of the first bare LF or bare CR, or ``None`` when every line ends in CRLF.
 
     A bare line ending is what SMTP smuggling (CVE-2023-51764) relies on.
+    Data whose line endings are all CRLF holds exactly as many CRs and LFs as
+    CRLF pairs: ``bytes.count`` checks that in C, and the regex scan (14% of
+    the accept CPU with 2 KB messages) runs only when the counts differ.
     """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return None
     match = _BARE.search(data)
     return match.start() if match else None

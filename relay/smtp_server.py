@@ -126,7 +126,7 @@ class RelayHandler:
         data = envelope.original_content or b""
         settings = self._settings()
         if settings.bare_line_endings == "reject":
-            offset = _bare_offset(data)
+            offset = bare_line_ending(data)
             if offset is not None:
                 log.warning("rejected message from %s: bare line ending", _peer_ip(session))
                 self._metrics.rejected.labels("bare_line_ending").inc()
@@ -179,19 +179,6 @@ class RelayHandler:
         # leaks internals; a local problem is temporary by nature.
         log.error("error in SMTP session", exc_info=error)
         return R_INTERNAL
-
-
-def _bare_offset(data: bytes) -> int | None:
-    """``bare_line_ending`` with a fast path for the common, clean message.
-
-    Data whose line endings are all CRLF holds exactly as many CRs and LFs as
-    CRLF pairs; ``bytes.count`` checks that in C, and the regex scan (14% of
-    the accept CPU with 2 KB messages) runs only when the counts differ.
-    """
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
-        return None
-    return bare_line_ending(data)
 
 
 def _peer_ip(session: Session) -> str:
