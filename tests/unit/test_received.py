@@ -4,8 +4,11 @@ import email
 import email.policy
 
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from hypothesis import given
+from hypothesis import strategies as st
 
-from relay.received import bare_line_ending, extract_subject, received_header
+from relay.received import bare_line_ending, extract_subject, received_header, wire_data
 
 NOW = 1_700_000_000.0
 
@@ -78,3 +81,31 @@ def test_extract_subject(data: bytes, subject: str) -> None:
 )
 def test_bare_line_ending(data: bytes, offset: int | None) -> None:
     assert bare_line_ending(data) == offset
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+        (b".lead\r\n.\r\n..two", b"..lead\r\n..\r\n...two\r\n.\r\n"),
+        (b"bare\nlf\rcr", b"bare\r\nlf\r\ncr\r\n.\r\n"),
+        (b"", b".\r\n"),  # nothing to send: just the end line
+    ],
+)
+def test_wire_data(data: bytes, wire: bytes) -> None:
+    assert wire_data(data) == wire
+
+
+# Bytes weighted towards what matters to line endings and dot-stuffing.
+_MESSAGE_BYTES = st.lists(
+    st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b" ", b"\x00", b"\xff"]),
+    min_size=1,
+    max_size=40,
+).map(b"".join)
+
+
+@given(_MESSAGE_BYTES)
+def test_wire_data_matches_aiosmtplib(data: bytes) -> None:
+    """The same bytes on the wire as aiosmtplib's own ``SMTP.data`` would send."""
+    reference = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    assert wire_data(data) == reference
