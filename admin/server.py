@@ -70,8 +70,7 @@ def backend_for(daemon: Daemon) -> Backend:
         )
 
     def status() -> DaemonStatus:
-        listener = daemon.listener
-        up = listener is not None and any(s.is_serving() for s in listener.servers)
+        up = daemon.accepting
         error = getattr(daemon, "last_reload_error", None)
         at = getattr(daemon, "last_reload_at", None)
         return DaemonStatus(

@@ -73,6 +73,7 @@ async def _run(args: argparse.Namespace) -> int:
                 size=size,
                 sessions=sessions,
                 connections=args.connections,
+                workers=args.workers,
                 warmup=args.warmup,
                 time_limit=args.timeout,
             )
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sessions", default="10", help="client sessions; a comma list runs each")
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario; the median is shown")
     p.add_argument("--connections", type=int, default=20, help="relay -> sink connections")
+    p.add_argument("--workers", type=int, default=0, help="Sluice's smtp.workers")
     p.add_argument("--warmup", type=int, default=100, help="messages sent before measuring")
     p.add_argument("--timeout", type=float, default=600.0, help="limit for one run, seconds")
     p.add_argument("--compare", choices=["postfix"])

@@ -18,7 +18,7 @@ from typing import Any
 from bench.loadgen import LoadResult, run_load
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
-from bench.procstat import Sampler, cpu_seconds, descendants, rss_bytes, tree_cpu_seconds
+from bench.procstat import Sampler, descendants, rss_bytes, tree_cpu_seconds
 
 __all__ = ["Scenario", "run_scenario", "tally"]
 
@@ -29,6 +29,8 @@ class Scenario:
     size: int
     sessions: int
     connections: int = 20
+    #: Sluice's ``smtp.workers`` (accept worker processes)
+    workers: int = 0
     warmup: int = 100
     time_limit: float = 600.0
 
@@ -86,17 +88,22 @@ async def _free_port() -> int:
 async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
     cfg = work / "sluice.yaml"
     write_sluice_config(
-        cfg, sink_port=sink.port, spool=work / "spool.sqlite3", connections=sc.connections
+        cfg,
+        sink_port=sink.port,
+        spool=work / "spool.sqlite3",
+        connections=sc.connections,
+        workers=sc.workers,
     )
     proc = await SluiceProcess.start(cfg)
     try:
-        sampler = Sampler(lambda: [proc.pid])
+        # The daemon and its accept workers, if any.
+        sampler = Sampler(lambda: descendants(proc.pid))
         yield _Target(
             "sluice",
             proc.port,
-            lambda: cpu_seconds(proc.pid),
+            lambda: tree_cpu_seconds(proc.pid),
             sampler,
-            lambda: rss_bytes(proc.pid, "VmHWM"),
+            lambda: sum(rss_bytes(pid, "VmHWM") for pid in descendants(proc.pid)),
             lambda: list(proc.warnings),
             lambda: _unsent(work / "spool.sqlite3"),
         )

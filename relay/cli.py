@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sendmail.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        run = _run_fast if args.func is cmd_serve else asyncio.run
+        run = run_fast if args.func is cmd_serve else asyncio.run
         code: int = run(args.func(args))
         return code
     except ConfigError as exc:
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _run_fast(coro: Coroutine[Any, Any, int]) -> int:
+def run_fast(coro: Coroutine[Any, Any, int]) -> int:
     """Run the daemon on uvloop when it is installed (the ``fast`` extra).
 
     uvloop's transports cut the per-message CPU of the event loop (socket

@@ -182,6 +182,8 @@ class SmtpSettings(_Model):
     hostname: str | None = None
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"
+    #: accept worker processes (``relay.acceptor``); 0 = accept in the daemon itself
+    workers: int = Field(default=0, ge=0, le=64)
 
     @field_validator("allowed_networks", mode="before")
     @classmethod

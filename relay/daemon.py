@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay import logsetup
+from relay.acceptor import AcceptorPool, WorkerSettings
 from relay.config import Config, load
 from relay.errors import ConfigError, SpoolError, SpoolLocked
 from relay.metrics import Metrics
@@ -93,6 +94,8 @@ class Daemon:
         self.hostname = ""
         self.spool: Spool | None = None
         self.listener: Listener | None = None
+        #: the accept worker processes, with ``smtp.workers`` > 0
+        self.acceptors: AcceptorPool | None = None
         self.scheduler: Scheduler | None = None
         self.admin: AdminServer | None = None
         self.ready = asyncio.Event()
@@ -177,6 +180,8 @@ class Daemon:
             return msg
         if new.smtp.hostname != old.config.smtp.hostname:
             log.warning("smtp.hostname changes take effect at the next restart")
+        if new.smtp.workers != old.config.smtp.workers:
+            log.warning("smtp.workers changes take effect at the next restart")
         # Listeners first: binding is what fails in practice (address in use), and
         # building providers adopts the new settings into their shared state.
         listener = self.listener
@@ -210,10 +215,22 @@ class Daemon:
             await self._record_listen()
         self._snapshot = Snapshot(new, providers)
         logsetup.apply_config(new)
+        if self.acceptors is not None:
+            if rebound:  # they serve the new sockets; the old ones finish their sessions
+                await self.acceptors.restart(grace=self._session_grace())
+            else:
+                self.acceptors.reconfigure()
         log.info("configuration reloaded from %s", source, extra={"event": "reload"})
         # In-flight deliveries keep the provider objects they started with.
         await old.providers.aclose()
         return None
+
+    @property
+    def accepting(self) -> bool:
+        """Whether SMTP connections are being taken (by the daemon or its workers)."""
+        if self.acceptors is not None:
+            return self.acceptors.alive > 0
+        return self.listener is not None and any(s.is_serving() for s in self.listener.servers)
 
     def status_text(self) -> str:
         """One line for ``systemctl status`` (sd_notify ``STATUS=``)."""
@@ -272,12 +289,24 @@ class Daemon:
                 lambda: self.config.smtp,
                 hostname=self.hostname,
                 clock=self._clock,
-                metrics=self.metrics,
+                events=self.metrics,
             )
+            workers = cfg.smtp.workers
             self.listener = await start_listeners(
-                lambda: self.config.smtp, handler, hostname=self.hostname
+                lambda: self.config.smtp, handler, hostname=self.hostname, serve=workers == 0
             )
             stack.push_async_callback(self._close_listener)
+            if workers:
+                self.acceptors = AcceptorPool(
+                    workers,
+                    settings=self._worker_settings,
+                    sockets=lambda: self.listener.sockets if self.listener else [],
+                    events=self.metrics,
+                    wake=spool.wake.set,
+                )
+                # Stopped before the listener's sockets close (the stack is LIFO).
+                stack.push_async_callback(self._close_acceptors)
+                await self.acceptors.start()
             for ep in self.listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
             await self._record_listen()
@@ -308,12 +337,26 @@ class Daemon:
                     self._stop.set()
                     if self.listener is not None:
                         self.listener.stop_accepting()
+                    if self.acceptors is not None:
+                        self.acceptors.stop_accepting(self._session_grace())
                     if self.admin is not None:
                         self.admin.stop()
 
+    def _worker_settings(self) -> WorkerSettings:
+        cfg = self.config
+        return WorkerSettings(cfg.smtp, cfg.log, cfg.spool.path, self.hostname)
+
+    def _session_grace(self) -> float:
+        """How long open SMTP sessions may go on at shutdown before they get 421."""
+        return min(5.0, self.config.delivery.shutdown_grace)
+
+    async def _close_acceptors(self) -> None:
+        if self.acceptors is not None:
+            await self.acceptors.aclose(grace=self._session_grace())
+
     async def _close_listener(self) -> None:
         if self.listener is not None:
-            await self.listener.aclose(grace=min(5.0, self.config.delivery.shutdown_grace))
+            await self.listener.aclose(grace=self._session_grace())
 
     async def _prune_loop(self) -> None:
         while not self._stop.is_set():

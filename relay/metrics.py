@@ -53,3 +53,11 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+
+    # The SMTP listener's events (``relay.smtp_server.AcceptEvents``).
+    def on_accept(self, size: int) -> None:
+        self.received.inc()
+        self.received_bytes.inc(size)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()

@@ -15,23 +15,30 @@ import asyncio
 import ipaddress
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
-from relay.metrics import Metrics
 from relay.received import bare_line_ending, extract_subject, received_header
 from relay.smtp_data import read_data
 from relay.spool import NewMessage, Spool, new_queue_id
 
-__all__ = ["Listener", "RelayHandler", "RelaySMTP", "start_listeners", "valid_address"]
+__all__ = [
+    "AcceptEvents",
+    "Listener",
+    "RelayHandler",
+    "RelaySMTP",
+    "start_listeners",
+    "valid_address",
+]
 
 log = logging.getLogger("sluice.smtp")
 
@@ -65,6 +72,26 @@ def valid_address(address: str) -> bool:
     return _ADDRESS.match(address) is not None
 
 
+class AcceptEvents(Protocol):
+    """Where the listener reports what it accepted and refused.
+
+    ``relay.metrics.Metrics`` in the daemon; in an accept worker process, the
+    channel to the daemon (``relay.acceptor``), which also wakes its scheduler.
+    """
+
+    def on_accept(self, size: int) -> None: ...
+
+    def on_reject(self, reason: str) -> None: ...
+
+
+class _NoEvents:
+    def on_accept(self, size: int) -> None:
+        pass
+
+    def on_reject(self, reason: str) -> None:
+        pass
+
+
 class RelayHandler:
     """aiosmtpd hooks for one listener; reads the current settings at each use."""
 
@@ -75,9 +102,9 @@ class RelayHandler:
         *,
         hostname: str,
         clock: Clock = time.time,
-        metrics: Metrics | None = None,
+        events: AcceptEvents | None = None,
     ) -> None:
-        self._metrics = metrics or Metrics()
+        self._events = events or _NoEvents()
         self._spool = spool
         self._settings = settings
         self._hostname = hostname
@@ -129,7 +156,7 @@ class RelayHandler:
             offset = bare_line_ending(data)
             if offset is not None:
                 log.warning("rejected message from %s: bare line ending", _peer_ip(session))
-                self._metrics.rejected.labels("bare_line_ending").inc()
+                self._events.on_reject("bare_line_ending")
                 return R_BARE_LF.format(offset=offset)
         now = self._clock()
         queue_id = new_queue_id(now)
@@ -159,10 +186,9 @@ class RelayHandler:
             await self._spool.enqueue(message)
         except SpoolError as exc:
             log.error("could not spool message from %s: %s", message.client, exc)
-            self._metrics.rejected.labels("spool_error").inc()
+            self._events.on_reject("spool_error")
             return R_SPOOL_ERROR
-        self._metrics.received.inc()
-        self._metrics.received_bytes.inc(len(message.data))
+        self._events.on_accept(len(message.data))
         log.info(
             "%s: accepted from=<%s> nrcpt=%d size=%d client=%s",
             queue_id,
@@ -308,6 +334,8 @@ class Listener:
     #: the configured address of each server, and how to make a session (for ``rebind``)
     endpoints: list[Endpoint] = field(default_factory=list)
     factory: Callable[[], RelaySMTP] | None = None
+    #: False when accept worker processes serve these sockets (``relay.acceptor``)
+    serve: bool = True
     _retired: list[asyncio.Server] = field(default_factory=list)
 
     @property
@@ -318,6 +346,11 @@ class Listener:
                 host, port = sock.getsockname()[:2]
                 out.append(Endpoint(host, port))
         return out
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets, in ``addresses`` order (to hand to accept workers)."""
+        return [sock for server in self.servers for sock in server.sockets]
 
     def stop_accepting(self) -> None:
         for server in self.servers:
@@ -339,7 +372,11 @@ class Listener:
         opened: list[asyncio.Server] = []
         try:
             for ep in added:
-                opened.append(await loop.create_server(self.factory, host=ep.host, port=ep.port))
+                opened.append(
+                    await loop.create_server(
+                        self.factory, host=ep.host, port=ep.port, start_serving=self.serve
+                    )
+                )
         except OSError:
             for server in opened:
                 server.close()
@@ -369,9 +406,19 @@ class Listener:
 
 
 async def start_listeners(
-    settings: Callable[[], SmtpSettings], handler: RelayHandler, *, hostname: str
+    settings: Callable[[], SmtpSettings],
+    handler: RelayHandler,
+    *,
+    hostname: str,
+    serve: bool = True,
+    sockets: Sequence[socket.socket] = (),
 ) -> Listener:
-    """Bind every ``smtp.listen`` address; a failure to bind closes what was opened."""
+    """Bind every ``smtp.listen`` address; a failure to bind closes what was opened.
+
+    ``serve=False`` binds and listens without accepting: the daemon does that
+    when accept worker processes take the connections. ``sockets`` serves
+    sockets already bound (by the daemon, in such a worker) instead.
+    """
     loop = asyncio.get_running_loop()
     current = settings()
     sessions: set[RelaySMTP] = set()
@@ -393,12 +440,18 @@ async def start_listeners(
         )
 
     servers: list[asyncio.Server] = []
+    if sockets:
+        for sock in sockets:
+            servers.append(await loop.create_server(factory, sock=sock))
+        return Listener(servers, sessions, factory=factory)
     endpoints = list(dict.fromkeys(current.listen))
     try:
         for ep in endpoints:
-            servers.append(await loop.create_server(factory, host=ep.host, port=ep.port))
+            servers.append(
+                await loop.create_server(factory, host=ep.host, port=ep.port, start_serving=serve)
+            )
     except OSError:
         for server in servers:
             server.close()
         raise
-    return Listener(servers, sessions, endpoints=endpoints, factory=factory)
+    return Listener(servers, sessions, endpoints=endpoints, factory=factory, serve=serve)

@@ -111,7 +111,8 @@ class Spool:
             await asyncio.to_thread(_init_schema, conn)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
-        writer = Writer(conn, asyncio.get_running_loop())
+        lock = spool_path.with_name(spool_path.name + "-writelock")
+        writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock)
         reader = await aiosqlite.connect(spool_path, timeout=30)
         reader.row_factory = aiosqlite.Row
         await reader.execute("PRAGMA busy_timeout=30000")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,8 +44,15 @@ def connect(path: Path) -> sqlite3.Connection:
 class Writer:
     """One thread, one connection, batched transactions (group commit)."""
 
-    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        lock_path: Path | None = None,
+    ) -> None:
         self._conn = conn
+        self._lock_fd = _open_lock(lock_path) if lock_path is not None else None
         self._loop = loop
         self._cond = threading.Condition()
         self._jobs: list[tuple[Job[Any], asyncio.Future[Any], bool]] = []
@@ -76,9 +85,32 @@ class Writer:
                     self._cond.wait()
                 if not self._jobs and self._closing:
                     break
-                batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
-            self._run_batch(batch)
+            # The batch is taken once our turn has come: what arrived while
+            # another process was writing joins this transaction.
+            with self._turn():
+                with self._cond:
+                    batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
+                self._run_batch(batch)
         self._conn.close()
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """Hold the spool's write lock, shared with every process writing this spool.
+
+        SQLite lets one writer in at a time and makes the others poll with
+        sleeps of 1, 2, 5, 10... ms; with accept workers and the daemon
+        committing in turn, that polling was most of an accept's latency.
+        ``flock`` hands the turn over as soon as the holder's COMMIT returns.
+        SQLite's own locking stays in force underneath (busy_timeout).
+        """
+        if self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _run_batch(self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]) -> None:
         # A job whose caller went away before it started (client dropped during
@@ -86,27 +118,12 @@ class Writer:
         batch = [item for item in batch if not item[1].cancelled()]
         if not batch:
             return
-        results: list[tuple[bool, Any]] = []
         try:
             level = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
             if level != self._synchronous:
                 self._conn.execute(f"PRAGMA synchronous={level}")
                 self._synchronous = level
-            self._conn.execute("BEGIN IMMEDIATE")
-            for job, _fut, _durable in batch:
-                self._conn.execute("SAVEPOINT job")
-                try:
-                    results.append((True, job(self._conn)))
-                    self._conn.execute("RELEASE job")
-                except sqlite3.Error as exc:
-                    self._conn.execute("ROLLBACK TO job")
-                    self._conn.execute("RELEASE job")
-                    results.append((False, SpoolError(f"spool write failed: {exc}")))
-                except Exception as exc:
-                    self._conn.execute("ROLLBACK TO job")
-                    self._conn.execute("RELEASE job")
-                    results.append((False, exc))
-            self._conn.execute("COMMIT")
+            results = self._transaction(batch)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
@@ -115,11 +132,36 @@ class Writer:
         for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
             self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
 
+    def _transaction(
+        self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]
+    ) -> list[tuple[bool, Any]]:
+        """Each job in its own SAVEPOINT, all in one transaction; raises if COMMIT fails."""
+        results: list[tuple[bool, Any]] = []
+        self._conn.execute("BEGIN IMMEDIATE")
+        for job, _fut, _durable in batch:
+            self._conn.execute("SAVEPOINT job")
+            try:
+                results.append((True, job(self._conn)))
+                self._conn.execute("RELEASE job")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK TO job")
+                self._conn.execute("RELEASE job")
+                results.append((False, SpoolError(f"spool write failed: {exc}")))
+            except Exception as exc:
+                self._conn.execute("ROLLBACK TO job")
+                self._conn.execute("RELEASE job")
+                results.append((False, exc))
+        self._conn.execute("COMMIT")
+        return results
+
     async def close(self) -> None:
         with self._cond:
             self._closing = True
             self._cond.notify()
         await asyncio.to_thread(self._thread.join)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -129,3 +171,15 @@ def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_result(value)
     else:
         fut.set_exception(value)
+
+
+def _open_lock(path: Path) -> int | None:
+    """The write-lock file's descriptor; ``None`` (SQLite's locking alone) if unavailable.
+
+    Opened read-only: ``flock`` needs no write access, so a ``sluice queue``
+    run by root and the daemon's own user can share a file either created.
+    """
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError:
+        return None

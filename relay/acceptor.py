@@ -1,0 +1,330 @@
+"""Accept worker processes: SMTP in on one core, delivery on another.
+
+One Python process runs on one core, and on a busy host its event loop is
+the limit: reading and checking bodies (accept) and preparing and sending
+them (delivery) take about half of it each. With ``smtp.workers: N`` the
+daemon binds the listening sockets itself (so reloads, port 0 and the
+``listening smtp=`` line are unchanged) but does not accept on them; N child
+processes (``python -m relay.acceptor``) do, as Postfix's ``smtpd``
+processes do for its queue manager. Each one:
+
+* serves the daemon's sockets, inherited by file descriptor;
+* writes accepted mail into the same spool with its own connection and
+  writer thread (WAL allows one writer at a time across processes; each
+  commit is short), and answers ``250`` only after that commit, as in-process;
+* reports each accepted or refused message on its channel to the daemon (a
+  socketpair), which counts it in ``/metrics`` and wakes the scheduler.
+
+The daemon sends settings on reload and ``stop`` on shutdown; a worker whose
+channel closes (the daemon died) stops accepting at once and lets its open
+sessions finish. A worker that dies is replaced. Nothing is lost when one
+dies mid-message: a client gets ``250`` only once the message is committed.
+
+Frames on the channel, both ways: a 4-byte big-endian length and a pickle.
+Both ends are this program, parent and child, over a private socketpair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relay import logsetup
+from relay.config import LogSettings, SmtpSettings
+from relay.smtp_server import AcceptEvents, RelayHandler, start_listeners
+from relay.spool import Spool
+
+__all__ = ["AcceptorPool", "WorkerSettings", "main"]
+
+log = logging.getLogger("sluice.acceptor")
+
+_LENGTH = struct.Struct(">I")
+_READY_WITHIN = 30.0
+_RESPAWN_DELAY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What an accept worker needs of the config (no provider secrets)."""
+
+    smtp: SmtpSettings
+    log: LogSettings
+    spool_path: Path
+    hostname: str
+
+
+def _send(writer: asyncio.StreamWriter, message: object) -> None:
+    if writer.is_closing():
+        return
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_LENGTH.pack(len(body)) + body)
+
+
+async def _recv(reader: asyncio.StreamReader) -> Any:
+    """The next frame, or ``None`` at end of stream."""
+    try:
+        (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+        return pickle.loads(await reader.readexactly(length))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+
+
+# ------------------------------------------------------------------ daemon side
+
+
+@dataclass
+class _Worker:
+    slot: int
+    process: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    #: being replaced or stopped: its exit is expected
+    retired: bool = False
+    events: asyncio.Task[None] | None = None
+
+
+class AcceptorPool:
+    """The daemon's accept workers: start, reconfigure, replace and stop them."""
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        settings: Callable[[], WorkerSettings],
+        sockets: Callable[[], Sequence[socket.socket]],
+        events: AcceptEvents,
+        wake: Callable[[], None],
+    ) -> None:
+        self._count = count
+        self._settings = settings
+        self._sockets = sockets
+        self._events = events
+        self._wake = wake
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+        self._respawns: set[asyncio.Task[None]] = set()
+
+    @property
+    def alive(self) -> int:
+        """How many workers are running."""
+        return sum(1 for w in self._workers.values() if w.process.returncode is None)
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers.values()]
+
+    async def start(self) -> None:
+        """Start every worker and wait until each one serves the sockets."""
+        for slot in range(self._count):
+            await self._spawn(slot)
+
+    async def _spawn(self, slot: int) -> None:
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        sockets = list(self._sockets())
+        fds = [s.fileno() for s in sockets]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay.acceptor",
+                str(child.fileno()),
+                pass_fds=[child.fileno(), *fds],
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except OSError:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        _send(writer, (self._settings(), fds))
+        ready: asyncio.Future[None] = loop.create_future()
+        worker = _Worker(slot, process, writer)
+        worker.events = loop.create_task(
+            self._read_events(worker, reader, ready), name=f"acceptor-{slot}"
+        )
+        self._workers[slot] = worker
+        try:
+            async with asyncio.timeout(_READY_WITHIN):
+                await ready
+        except TimeoutError:
+            process.kill()
+            raise RuntimeError(f"accept worker {process.pid} did not start") from None
+        log.info("accept worker %d started (pid %d)", slot, process.pid)
+
+    async def _read_events(
+        self, worker: _Worker, reader: asyncio.StreamReader, ready: asyncio.Future[None]
+    ) -> None:
+        # Read until the worker exits, even once retired: what it accepts
+        # while its last sessions finish must still wake the scheduler.
+        while (frame := await _recv(reader)) is not None:
+            kind, value = frame
+            if kind == "accept":
+                self._events.on_accept(value)
+                self._wake()
+            elif kind == "reject":
+                self._events.on_reject(value)
+            elif kind == "ready" and not ready.done():
+                ready.set_result(None)
+        if not ready.done():
+            ready.set_exception(RuntimeError("accept worker exited during start-up"))
+        code = await worker.process.wait()
+        if not (self._stopping or worker.retired):
+            log.error(
+                "accept worker %d (pid %d) exited with status %s; starting another",
+                worker.slot,
+                worker.process.pid,
+                code,
+            )
+            respawn = asyncio.get_running_loop().create_task(self._respawn(worker.slot))
+            self._respawns.add(respawn)
+            respawn.add_done_callback(self._respawns.discard)
+
+    async def _respawn(self, slot: int) -> None:
+        await asyncio.sleep(_RESPAWN_DELAY)  # a worker that dies at once must not spin
+        if not self._stopping:
+            try:
+                await self._spawn(slot)
+            except (OSError, RuntimeError) as exc:
+                log.error("could not restart accept worker %d: %s", slot, exc)
+
+    def reconfigure(self) -> None:
+        """Send the current settings to every worker (a reload)."""
+        settings = self._settings()
+        for worker in self._workers.values():
+            _send(worker.writer, ("settings", settings))
+
+    async def restart(self, grace: float) -> None:
+        """Replace every worker, e.g. to serve a new set of sockets: new first, then old."""
+        old = list(self._workers.values())
+        for worker in old:
+            worker.retired = True
+            await self._spawn(worker.slot)
+        await asyncio.gather(*(self._stop_one(w, grace) for w in old))
+
+    def stop_accepting(self, grace: float) -> None:
+        """Tell every worker to stop: no new sessions; open ones get ``grace`` seconds."""
+        self._stopping = True
+        for task in self._respawns:
+            task.cancel()
+        for worker in self._workers.values():
+            if not worker.retired:
+                worker.retired = True
+                _send(worker.writer, ("stop", grace))
+
+    async def aclose(self, grace: float) -> None:
+        """Stop every worker and wait for it (sessions get ``grace`` seconds, then ``421``)."""
+        self.stop_accepting(grace)
+        await asyncio.gather(*(self._stop_one(w, grace) for w in self._workers.values()))
+
+    async def _stop_one(self, worker: _Worker, grace: float) -> None:
+        if not worker.retired:
+            worker.retired = True
+            _send(worker.writer, ("stop", grace))
+        try:
+            async with asyncio.timeout(grace + 10):
+                await worker.process.wait()
+        except TimeoutError:
+            log.error("accept worker pid %d did not stop; killing it", worker.process.pid)
+            worker.process.kill()
+            await worker.process.wait()
+        if worker.events is not None:
+            await worker.events  # its last events, then end of stream
+        worker.writer.close()
+
+
+# ------------------------------------------------------------------ worker side
+
+
+class _ChannelEvents:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    def on_accept(self, size: int) -> None:
+        _send(self._writer, ("accept", size))
+
+    def on_reject(self, reason: str) -> None:
+        _send(self._writer, ("reject", reason))
+
+
+async def _serve(channel_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
+    init = await _recv(reader)
+    if init is None:
+        return 1
+    settings: WorkerSettings
+    settings, fds = init
+    logsetup.configure(settings.log.level, settings.log.format)
+    stop = asyncio.Event()
+    grace = 5.0  # until the daemon says otherwise
+    # The daemon decides when to stop: Ctrl-C in a terminal reaches the whole
+    # process group, and a reload is the daemon's to forward.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    spool = await Spool.open(settings.spool_path)
+    try:
+        handler = RelayHandler(
+            spool,
+            lambda: settings.smtp,
+            hostname=settings.hostname,
+            events=_ChannelEvents(writer),
+        )
+        listener = await start_listeners(
+            lambda: settings.smtp,
+            handler,
+            hostname=settings.hostname,
+            sockets=[socket.socket(fileno=fd) for fd in fds],
+        )
+        _send(writer, ("ready", os.getpid()))
+
+        async def commands() -> None:
+            nonlocal settings, grace
+            while (frame := await _recv(reader)) is not None:
+                kind, value = frame
+                if kind == "settings":
+                    settings = value
+                    logging.getLogger().setLevel(settings.log.level.upper())
+                elif kind == "stop":
+                    grace = value
+                    break
+            stop.set()  # asked to, or the daemon is gone
+
+        task = loop.create_task(commands())
+        await stop.wait()
+        task.cancel()
+        await listener.aclose(grace=grace)
+    finally:
+        await spool.aclose()
+        writer.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from relay.cli import run_fast
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1 or not args[0].isdigit():
+        print(
+            "usage: python -m relay.acceptor CHANNEL_FD (started by sluice serve)", file=sys.stderr
+        )
+        return 64
+    with contextlib.suppress(KeyboardInterrupt):
+        return run_fast(_serve(int(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
