@@ -90,6 +90,7 @@ class _Worker:
     writer: asyncio.StreamWriter
     #: being replaced or stopped: its exit is expected
     retired: bool = False
+    told_to_stop: bool = False
     events: asyncio.Task[None] | None = None
 
 
@@ -219,19 +220,22 @@ class AcceptorPool:
         for task in self._respawns:
             task.cancel()
         for worker in self._workers.values():
-            if not worker.retired:
-                worker.retired = True
-                _send(worker.writer, ("stop", grace))
+            self._tell_stop(worker, grace)
 
     async def aclose(self, grace: float) -> None:
         """Stop every worker and wait for it (sessions get ``grace`` seconds, then ``421``)."""
         self.stop_accepting(grace)
         await asyncio.gather(*(self._stop_one(w, grace) for w in self._workers.values()))
 
-    async def _stop_one(self, worker: _Worker, grace: float) -> None:
-        if not worker.retired:
-            worker.retired = True
+    @staticmethod
+    def _tell_stop(worker: _Worker, grace: float) -> None:
+        worker.retired = True
+        if not worker.told_to_stop:
+            worker.told_to_stop = True
             _send(worker.writer, ("stop", grace))
+
+    async def _stop_one(self, worker: _Worker, grace: float) -> None:
+        self._tell_stop(worker, grace)
         try:
             async with asyncio.timeout(grace + 10):
                 await worker.process.wait()

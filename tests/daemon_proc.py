@@ -41,6 +41,7 @@ class DaemonProcess:
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
             cwd=REPO,
+            start_new_session=True,  # its own process group, accept workers included
         )
         self._reader = asyncio.create_task(self._read(), name="daemon-stderr")
         if wait_listening:
@@ -99,6 +100,11 @@ class DaemonProcess:
             if self._reader is not None:
                 await self._reader
         return rc
+
+    def kill_group(self) -> None:
+        """SIGKILL the daemon and every process it started, at the same instant."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
 
     async def stop(self, sig: int = signal.SIGTERM, within: float = 20.0) -> int:
         self.send_signal(sig)

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 
 from tests.conftest import fast_config, provider_for, write_config
 from tests.daemon_proc import start_daemon
@@ -47,14 +48,21 @@ def tokens(upstream: TestUpstream) -> list[int]:
     return found
 
 
-async def crash_and_recover(tmp_path: Path, upstream: TestUpstream, *, upstream_up: bool) -> int:
-    cfg = write_config(tmp_path / "sluice.yaml", fast_config(tmp_path, [provider_for(upstream)]))
+async def crash_and_recover(
+    tmp_path: Path, upstream: TestUpstream, *, upstream_up: bool, workers: int = 0
+) -> int:
+    cfg = write_config(
+        tmp_path / "sluice.yaml",
+        fast_config(tmp_path, [provider_for(upstream)], smtp={"workers": workers}),
+    )
     if not upstream_up:
         await upstream.stop()
     daemon = await start_daemon(cfg)
     try:
         accepted = await send_many(daemon.port, N)
-        daemon.send_signal(signal.SIGKILL)  # the very next instant after the last 250
+        # The very next instant after the last 250: the daemon and, with
+        # smtp.workers, the worker processes that answered it, all at once.
+        daemon.kill_group()
         assert await daemon.wait() == -signal.SIGKILL
     finally:
         await daemon.kill()
@@ -78,18 +86,20 @@ async def crash_and_recover(tmp_path: Path, upstream: TestUpstream, *, upstream_
     return len(got) - N  # duplicates: mail that was in flight at the kill
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "accept-worker"])
 async def test_accepted_mail_survives_sigkill_while_queued(
-    tmp_path: Path, upstream: TestUpstream
+    tmp_path: Path, upstream: TestUpstream, workers: int
 ) -> None:
-    duplicates = await crash_and_recover(tmp_path, upstream, upstream_up=False)
+    duplicates = await crash_and_recover(tmp_path, upstream, upstream_up=False, workers=workers)
     # Nothing was in flight (the upstream was down), so nothing may be sent twice.
     assert duplicates == 0
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "accept-worker"])
 async def test_accepted_mail_survives_sigkill_during_delivery(
-    tmp_path: Path, upstream: TestUpstream
+    tmp_path: Path, upstream: TestUpstream, workers: int
 ) -> None:
-    duplicates = await crash_and_recover(tmp_path, upstream, upstream_up=True)
+    duplicates = await crash_and_recover(tmp_path, upstream, upstream_up=True, workers=workers)
     # Only recipients whose outcome was unknown at the kill can be re-sent: at
     # most one claimed batch (delivery.max_concurrent messages).
     assert 0 <= duplicates <= 20

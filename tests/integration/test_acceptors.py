@@ -1,0 +1,190 @@
+"""``smtp.workers``: accept worker processes in front of the daemon's scheduler.
+
+The daemon runs in-process here, its worker as a real child process serving
+the daemon's real sockets; mail goes over loopback SMTP to a real upstream.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import (
+    Running,
+    SluiceFactory,
+    eventually,
+    fast_config,
+    provider_for,
+    raw_session,
+    smtp_send,
+    write_config,
+)
+from tests.daemon_proc import start_daemon
+from tests.upstream import TestUpstream
+
+WORKER = {"workers": 1}
+BODY = b"Subject: via a worker\r\nX-Token: w1\r\n\r\n.leading dot\r\n\xc3\xa9 8-bit line\r\n"
+
+
+def received(s: Running, name: str) -> float:
+    value = s.daemon.metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+def worker_pids(s: Running) -> list[int]:
+    assert s.daemon.acceptors is not None
+    return s.daemon.acceptors.pids
+
+
+async def test_a_worker_accepts_and_the_daemon_delivers(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    async with sluice([provider_for(upstream)], smtp=WORKER) as s:
+        assert s.daemon.listener is not None
+        # The daemon holds the socket but does not accept on it: the worker does.
+        assert not any(srv.is_serving() for srv in s.daemon.listener.servers)
+        assert s.daemon.accepting and s.daemon.acceptors is not None
+        assert s.daemon.acceptors.alive == 1 and os.getpid() not in worker_pids(s)
+
+        refused, reply = await smtp_send(s.port, "app@example.org", ["to@example.net"], BODY)
+        assert refused == {} and "queued as" in reply
+        (msg,) = await upstream.wait_for(1)
+        # Byte for byte: our Received header, then exactly what the app sent.
+        header, rest = msg.data.split(b"\r\nSubject:", 1)
+        assert header.startswith(b"Received: from ") and b"Sluice" in header
+        assert b"Subject:" + rest == BODY
+        # The worker's events reach the daemon's /metrics.
+        assert received(s, "sluice_messages_received_total") == 1
+        assert received(s, "sluice_received_bytes_total") == len(msg.data)
+
+
+@pytest.mark.parametrize(
+    ("commands", "code"),
+    [
+        ([b"EHLO x\r\n", b"MAIL FROM:<app@example.org> SIZE=999999\r\n"], "552"),
+        ([b"EHLO x\r\n", b"MAIL FROM:<a@example.org>\r\n", b"RCPT TO:<broken\r\n"], "501"),
+        (
+            [
+                b"EHLO x\r\n",
+                b"MAIL FROM:<a@example.org>\r\n",
+                b"RCPT TO:<b@example.net>\r\n",
+                b"DATA\r\n",
+                b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n",
+            ],
+            "550",
+        ),
+    ],
+    ids=["oversize", "bad-recipient", "bare-lf"],
+)
+async def test_a_worker_gives_the_listeners_answers(
+    sluice: SluiceFactory, upstream: TestUpstream, commands: list[bytes], code: str
+) -> None:
+    async with sluice([provider_for(upstream)], smtp={**WORKER, "max_message_size": "10KiB"}) as s:
+        replies = await raw_session(s.port, commands)
+        assert replies[0].startswith("220 sluice.test")
+        assert replies[-1].startswith(code), replies
+        assert sum((await s.spool.counts_by_status()).values()) == 0
+        if code == "550":
+            await eventually(
+                lambda: (
+                    s.daemon.metrics.registry.get_sample_value(
+                        "sluice_messages_rejected_total", {"reason": "bare_line_ending"}
+                    )
+                    == 1
+                )
+            )
+
+
+async def test_a_killed_worker_is_replaced(sluice: SluiceFactory, upstream: TestUpstream) -> None:
+    async with sluice([provider_for(upstream)], smtp=WORKER) as s:
+        (first,) = worker_pids(s)
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: worker_pids(s) != [first] and s.daemon.acceptors.alive == 1)
+        refused, reply = await smtp_send(s.port, "app@example.org", ["to@example.net"], BODY)
+        assert refused == {} and "queued as" in reply
+        await upstream.wait_for(1)
+
+
+async def test_reload_reaches_the_workers(
+    sluice: SluiceFactory, upstream: TestUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 100  # about 7 KB
+    async with sluice([provider_for(upstream)], smtp=WORKER) as s:
+        refused, _ = await smtp_send(s.port, "app@example.org", ["to@example.net"], big)
+        assert refused == {}
+        old_port, (old_pid,) = s.port, worker_pids(s)
+
+        # A smaller size limit: the same worker, new settings.
+        cfg = yaml.safe_load(s.config_path.read_text())
+        cfg["smtp"]["max_message_size"] = "4KiB"
+        write_config(s.config_path, cfg)
+        assert await s.daemon.reload()
+        assert worker_pids(s) == [old_pid]
+        replies = await raw_session(s.port, [b"EHLO x\r\n", b"MAIL FROM:<a@b.org> SIZE=7000\r\n"])
+        assert replies[-1].startswith("552"), replies
+
+        # A new address: new sockets, so a new worker serves them.
+        cfg["smtp"]["listen"] = ["127.0.0.2:0"]
+        write_config(s.config_path, cfg)
+        assert await s.daemon.reload()
+        assert s.daemon.listener is not None
+        (ep,) = s.daemon.listener.addresses
+        assert ep.host == "127.0.0.2" and ep.port != old_port
+        assert worker_pids(s) != [old_pid] and s.daemon.acceptors is not None
+        assert s.daemon.acceptors.alive == 1
+        refused, reply = await smtp_send(
+            ep.port, "app@example.org", ["to@example.net"], BODY, host="127.0.0.2"
+        )
+        assert refused == {} and "queued as" in reply
+        await upstream.wait_for(2)
+    # The replaced worker stopped when told to (it was not killed after a timeout).
+    problems = [r.getMessage() for r in caplog.records if r.name == "sluice.acceptor"]
+    assert not [m for m in problems if "did not stop" in m or "exited with" in m], problems
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+async def test_sigterm_stops_the_workers_and_sigkill_leaves_none_behind(
+    tmp_path: Path, upstream: TestUpstream
+) -> None:
+    path = write_config(
+        tmp_path / "sluice.yaml", fast_config(tmp_path, [provider_for(upstream)], smtp=WORKER)
+    )
+    daemon = await start_daemon(path)
+    try:
+        assert daemon.proc is not None
+        (worker,) = _children(daemon.proc.pid)
+        refused, _ = await smtp_send(daemon.port, "app@example.org", ["to@example.net"], BODY)
+        assert refused == {}
+        assert await daemon.stop(signal.SIGTERM) == 0
+        assert not _alive(worker)
+
+        # The daemon alone killed: its worker sees the channel close and exits,
+        # so that a restart can bind the port and nothing writes the spool unseen.
+        daemon = await start_daemon(path)
+        assert daemon.proc is not None
+        (worker,) = _children(daemon.proc.pid)
+        daemon.send_signal(signal.SIGKILL)
+        await eventually(lambda: not _alive(worker))
+        daemon = await start_daemon(path)
+        refused, _ = await smtp_send(daemon.port, "app@example.org", ["to@example.net"], BODY)
+        assert refused == {}
+        await upstream.wait_for(2)
+        assert await daemon.stop(signal.SIGTERM) == 0
+    finally:
+        await daemon.kill()
