@@ -32,12 +32,14 @@ from aiosmtplib import (
     SMTPAuthenticationError,
     SMTPDataError,
     SMTPException,
+    SMTPRecipientRefused,
     SMTPResponseException,
+    SMTPSenderRefused,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
 
-from relay.model import Delivered, Outcome, PermFailure, TempFailure
+from relay.model import Delivered, Outcome, PermFailure, TempFailure, valid_address
 from relay.oauth import OAuthError, TokenSource
 from relay.received import wire_data
 
@@ -202,6 +204,35 @@ def smtp_client(
     )
 
 
+def _path(address: str, encoding: str) -> bytes:
+    """``<address>`` for MAIL FROM or RCPT TO.
+
+    What ``SMTP.mail``/``rcpt`` would send, without their ``email.utils``
+    parsing per command (a seventh of the delivery CPU on small messages):
+    the address was checked when it was accepted, and is checked again here
+    so that nothing but a mailbox ever reaches the command line.
+
+    Raises:
+        ValueError: not a mailbox, or not encodable (non-ASCII without SMTPUTF8).
+    """
+    if address and not valid_address(address):
+        raise ValueError(f"{address!r} is not a mailbox")
+    return f"<{address}>".encode(encoding)
+
+
+async def _mail(smtp: aiosmtplib.SMTP, sender: str, options: list[str], encoding: str) -> None:
+    args = [b"FROM:" + _path(sender, encoding), *(o.encode("ascii") for o in options)]
+    reply = await smtp.execute_command(b"MAIL", *args)
+    if reply.code != 250:
+        raise SMTPSenderRefused(reply.code, reply.message, sender)
+
+
+async def _rcpt(smtp: aiosmtplib.SMTP, recipient: str, encoding: str) -> None:
+    reply = await smtp.execute_command(b"RCPT", b"TO:" + _path(recipient, encoding))
+    if reply.code not in (250, 251):
+        raise SMTPRecipientRefused(reply.code, reply.message, recipient)
+
+
 async def _data(
     smtp: aiosmtplib.SMTP, data: bytes, *, read_timeout: float
 ) -> aiosmtplib.SMTPResponse:
@@ -326,7 +357,7 @@ class Session:
                 options.append("BODY=8BITMIME")
             enc = "utf-8" if utf8 else "ascii"
             try:
-                await smtp.mail(sender, options=options, encoding=enc)
+                await _mail(smtp, sender, options, enc)
             except (SMTPServerDisconnected, OSError, TimeoutError) as exc:
                 if not reused:
                     raise
@@ -340,7 +371,7 @@ class Session:
             accepted = []
             for rcpt in recipients:
                 try:
-                    await smtp.rcpt(rcpt, encoding=enc)
+                    await _rcpt(smtp, rcpt, enc)
                     accepted.append(rcpt)
                 except SMTPResponseException as exc:
                     decided[rcpt] = classify(rcpt, exc)

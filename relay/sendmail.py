@@ -37,9 +37,9 @@ from typing import BinaryIO
 
 from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load_structure
 from relay.errors import ConfigError, SpoolError
+from relay.model import valid_address
 from relay.received import extract_subject
 from relay.sendmail_input import Options, Prepared, UsageError, parse_args, prepare, qualify
-from relay.smtp_server import valid_address
 from relay.spool import NewMessage, Spool, new_queue_id, read_meta
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]

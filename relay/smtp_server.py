@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
+from relay.model import valid_address
 from relay.received import bare_line_ending, extract_subject, received_header
 from relay.smtp_data import read_data
 from relay.spool import NewMessage, Spool, new_queue_id
@@ -37,7 +37,6 @@ __all__ = [
     "RelayHandler",
     "RelaySMTP",
     "start_listeners",
-    "valid_address",
 ]
 
 log = logging.getLogger("sluice.smtp")
@@ -59,17 +58,6 @@ R_DENIED = "554 5.7.1 Access denied: {peer} is not in smtp.allowed_networks"
 R_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
 
 Clock = Callable[[], float]
-
-# A mailbox as RFC 5321 § 4.1.2 allows it in practice: a dot-atom or quoted
-# local part (UTF-8 allowed for SMTPUTF8), "@", a domain or address literal.
-# aiosmtpd is lenient ("<broken" passes), and what we accept we must be able
-# to send on, so anything else is refused here.
-_ADDRESS = re.compile(r'^(?:[^\s<>()\[\]\\,;:"@]+|"(?:[^"\\\r\n]|\\.)*")@[^\s<>()\\,;:"@]+$')
-
-
-def valid_address(address: str) -> bool:
-    """Whether the listener would accept ``address`` (also used by ``sluice sendmail``)."""
-    return _ADDRESS.match(address) is not None
 
 
 class AcceptEvents(Protocol):
@@ -130,7 +118,7 @@ class RelayHandler:
             # The null reverse-path of bounces (RFC 5321 § 4.5.5). aiosmtpd
             # needs a truthy mail_from, so "<>" stands for it until DATA.
             address = "<>"
-        elif not _ADDRESS.match(address):
+        elif not valid_address(address):
             return R_BAD_SENDER
         envelope.mail_from = address
         envelope.mail_options.extend(options)
@@ -143,7 +131,7 @@ class RelayHandler:
         if len(envelope.rcpt_tos) >= limit:
             # RFC 5321 § 4.5.3.1.10: refuse the extra ones, keep those accepted.
             return R_TOO_MANY_RCPTS.format(limit=limit)
-        if not _ADDRESS.match(address):
+        if not valid_address(address):
             return R_BAD_RCPT
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)

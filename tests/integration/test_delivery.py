@@ -287,3 +287,39 @@ async def test_spool_is_wal_with_full_sync(tmp_path: Path) -> None:
         await spool.aclose()
     assert mode[0] == "wal"
     assert sync[0] == 2  # FULL: the WAL is synced at every commit (survives power loss)
+
+
+async def test_utf8_addresses_go_out_with_smtputf8(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    sender, rcpt = "expéditeur@exemple.fr", "用户@例子.广告"
+    async with sluice([provider_for(upstream)]) as s:
+        import aiosmtplib
+
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=s.port, timeout=10) as client:
+            refused, _ = await client.sendmail(
+                sender, [rcpt], message("utf8"), mail_options=["SMTPUTF8"]
+            )
+        assert refused == {}
+        (got,) = await upstream.wait_for(1)
+    assert (got.sender, got.recipients) == (sender, [rcpt])
+    assert "SMTPUTF8" in got.mail_options
+
+
+async def test_an_address_that_cannot_go_on_a_command_line_fails_without_reaching_it(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """A spooled address that is not a mailbox (here: one smuggling an ESMTP parameter)."""
+    bad = "victim@example.net> NOTIFY=NEVER"
+    async with sluice([provider_for(upstream)]) as s:
+        await s.spool.enqueue(
+            NewMessage("QBAD1", SENDER, [bad, "ok@example.net"], message(), "s", time.time())
+        )
+        s.spool.wake.set()
+        (got,) = await upstream.wait_for(1)
+        await s.wait_idle()
+        rows = await log_rows(s.spool, "QBAD1")
+    assert got.recipients == ["ok@example.net"]
+    failed = [r for r in rows if r.email == bad]
+    assert [r.status for r in failed] == [AttemptStatus.FAIL]
+    assert failed[0].code == 553 and "5.1.3" in failed[0].reason, failed[0].reason
