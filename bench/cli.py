@@ -100,7 +100,9 @@ async def _run(args: argparse.Namespace) -> int:
 async def _scale(args: argparse.Namespace) -> int:
     from bench.scale import run_scale
 
-    report = await run_scale(messages=args.messages, size=args.size, sessions=args.sessions)
+    report = await run_scale(
+        messages=args.messages, size=args.size, sessions=args.sessions, workers=args.workers
+    )
     print(json.dumps({k: v for k, v in report.items() if k != "rss_curve"}, indent=1))
     if args.json:
         await asyncio.to_thread(Path(args.json).write_text, json.dumps(report, indent=1))
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--size", type=int, default=2048)
     p.add_argument("--sessions", type=int, default=10)
+    p.add_argument("--workers", type=int, default=0, help="Sluice's smtp.workers")
     p.add_argument("--json")
     p.set_defaults(func=_scale)
     args = parser.parse_args(argv)

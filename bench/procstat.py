@@ -8,7 +8,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Sampler", "cpu_seconds", "descendants", "rss_bytes"]
+__all__ = [
+    "Sampler",
+    "cpu_seconds",
+    "descendants",
+    "rss_bytes",
+    "tree_cpu_seconds",
+    "tree_rss_bytes",
+]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -53,6 +60,15 @@ def descendants(root: int) -> list[int]:
         found.append(pid)
         todo.extend(parents.get(pid, []))
     return found
+
+
+def tree_rss_bytes(root: int, key: str = "VmRSS") -> int:
+    """Summed RSS (or ``VmHWM``) of a process tree, e.g. Sluice and its accept workers."""
+    total = 0
+    for pid in descendants(root):
+        with contextlib.suppress(OSError):
+            total += rss_bytes(pid, key)
+    return total
 
 
 def tree_cpu_seconds(root: int) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.loadgen import LoadResult, run_load
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
-from bench.procstat import Sampler, cpu_seconds, rss_bytes
+from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
 from bench.runner import percentile, tally
 
 __all__ = ["run_scale"]
@@ -95,9 +95,19 @@ async def _queue_timings(cfg: Path, proc: SluiceProcess) -> dict[str, Any]:
 
 
 async def run_scale(
-    *, messages: int = 100_000, size: int = 2048, sessions: int = 10, time_limit: float = 1800.0
+    *,
+    messages: int = 100_000,
+    size: int = 2048,
+    sessions: int = 10,
+    workers: int = 0,
+    time_limit: float = 1800.0,
 ) -> dict[str, Any]:
-    report: dict[str, Any] = {"messages": messages, "size": size, "sessions": sessions}
+    report: dict[str, Any] = {
+        "messages": messages,
+        "size": size,
+        "sessions": sessions,
+        "workers": workers,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         work = Path(tmp)
         cfg = work / "sluice.yaml"
@@ -107,6 +117,7 @@ async def run_scale(
                 cfg,
                 sink_port=sink.port,
                 spool=work / "spool.sqlite3",
+                workers=workers,
                 # Held sessions wait in connect; at stop they are released at once.
                 extra_delivery={"connect_timeout": "2h", "shutdown_grace": "1s"},
                 admin=True,
@@ -116,7 +127,7 @@ async def run_scale(
                 await smtp_ready(sluice.port)
                 load = LoadResult()
                 curve: list[tuple[int, float]] = []
-                sampler = Sampler(lambda: [sluice.pid], interval=0.5)
+                sampler = Sampler(lambda: descendants(sluice.pid), interval=0.5)
                 sampler.start()
                 task = asyncio.create_task(
                     run_load(
@@ -134,7 +145,7 @@ async def run_scale(
                 while not task.done():
                     await asyncio.wait({task}, timeout=0.5)
                     if len(load.sent) >= (len(curve) + 1) * step:
-                        curve.append((len(load.sent), rss_bytes(sluice.pid) / _MB))
+                        curve.append((len(load.sent), tree_rss_bytes(sluice.pid) / _MB))
                 await task
                 await sampler.stop()
                 queued_for = load.finished - load.started
@@ -144,8 +155,8 @@ async def run_scale(
                     "accept_rate": len(load.sent) / max(1e-9, queued_for),
                     "accept_p99_ms": percentile(load.accept_latencies, 0.99) * 1000,
                     "rss_mb_by_queued": curve,
-                    "rss_mb_queued": rss_bytes(sluice.pid) / _MB,
-                    "peak_rss_mb": rss_bytes(sluice.pid, "VmHWM") / _MB,
+                    "rss_mb_queued": tree_rss_bytes(sluice.pid) / _MB,
+                    "peak_rss_mb": tree_rss_bytes(sluice.pid, "VmHWM") / _MB,
                     "spool_mb": await asyncio.to_thread(_size_mb, work, "spool.sqlite3*"),
                 }
                 report["queue"].update(await _queue_timings(cfg, sluice))
@@ -164,9 +175,9 @@ async def run_scale(
                     "accepting_smtp_seconds": time.monotonic() - started,
                 }
                 report["restart"].update(await _queue_timings(cfg, sluice))
-                sampler = Sampler(lambda: [sluice.pid], interval=0.5)
+                sampler = Sampler(lambda: descendants(sluice.pid), interval=0.5)
                 sampler.start()
-                cpu0 = cpu_seconds(sluice.pid)
+                cpu0 = tree_cpu_seconds(sluice.pid)
                 base = await sink.count()
                 t0 = time.monotonic()
                 await sink.command("start")
@@ -181,7 +192,7 @@ async def run_scale(
                     "delivered": n - base,
                     "seconds": drained,
                     "rate": (n - base) / max(1e-9, drained),
-                    "cpu_ms_per_msg": (cpu_seconds(sluice.pid) - cpu0) / max(1, n) * 1000,
+                    "cpu_ms_per_msg": (tree_cpu_seconds(sluice.pid) - cpu0) / max(1, n) * 1000,
                     "peak_rss_mb": sampler.peak / _MB,
                     "rss_mb_end": sampler.last / _MB,
                 }

@@ -125,7 +125,11 @@ class AcceptorPool:
         return [w.process.pid for w in self._workers.values()]
 
     async def start(self) -> None:
-        """Start every worker and wait until each one serves the sockets."""
+        """Start every worker and wait until each one serves the sockets.
+
+        Raises:
+            OSError: a worker could not be started or exited before it was ready.
+        """
         for slot in range(self._count):
             await self._spawn(slot)
 
@@ -160,8 +164,9 @@ class AcceptorPool:
             async with asyncio.timeout(_READY_WITHIN):
                 await ready
         except TimeoutError:
+            worker.retired = True
             process.kill()
-            raise RuntimeError(f"accept worker {process.pid} did not start") from None
+            raise OSError(f"accept worker {process.pid} did not start") from None
         log.info("accept worker %d started (pid %d)", slot, process.pid)
 
     async def _read_events(
@@ -179,7 +184,7 @@ class AcceptorPool:
             elif kind == "ready" and not ready.done():
                 ready.set_result(None)
         if not ready.done():
-            ready.set_exception(RuntimeError("accept worker exited during start-up"))
+            ready.set_exception(OSError("accept worker exited during start-up (its log is above)"))
         code = await worker.process.wait()
         if not (self._stopping or worker.retired):
             log.error(
@@ -197,7 +202,7 @@ class AcceptorPool:
         if not self._stopping:
             try:
                 await self._spawn(slot)
-            except (OSError, RuntimeError) as exc:
+            except OSError as exc:
                 log.error("could not restart accept worker %d: %s", slot, exc)
 
     def reconfigure(self) -> None:
@@ -300,7 +305,7 @@ async def _serve(channel_fd: int) -> int:
                 kind, value = frame
                 if kind == "settings":
                     settings = value
-                    logging.getLogger().setLevel(settings.log.level.upper())
+                    logsetup.configure(settings.log.level, settings.log.format)
                 elif kind == "stop":
                     grace = value
                     break

@@ -383,8 +383,13 @@ class ProviderSet:
             return [(list(claim.recipients), self.candidates(claim, data))]
         groups: dict[tuple[str, ...], list[int]] = {}
         default = tuple(default_order(self.config))
+        # Looked for once per claim, in the header block only (lower-casing
+        # 64 KB per recipient was a visible cost on large messages).
+        routed = bool(self.config.routes) or (
+            b"x-sluice-provider" in data[: _header_end(data)].lower()
+        )
         for rid, rcpt in claim.recipients.items():
-            if self.config.routes or b"x-sluice-provider" in data[:65536].lower():
+            if routed:
                 ids = tuple(route_for(self.config, claim.sender, rcpt.address, data))
             else:
                 ids = default
@@ -397,3 +402,9 @@ class ProviderSet:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self.providers))
+
+
+def _header_end(data: bytes, limit: int = 65536) -> int:
+    """Where the header block ends (the blank line), or ``limit``, whichever is first."""
+    end = data.find(b"\r\n\r\n", 0, limit)
+    return limit if end < 0 else end + 2

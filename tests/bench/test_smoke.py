@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_bench_run_counts_every_message_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bench_run_counts_every_message_once(tmp_path: Path, workers: int) -> None:
     out = tmp_path / "report.json"
     proc = subprocess.run(
         [
@@ -30,6 +31,8 @@ def test_bench_run_counts_every_message_once(tmp_path: Path) -> None:
             "5",
             "--timeout",
             "60",
+            "--workers",
+            str(workers),
             "--json",
             str(out),
         ],
@@ -46,6 +49,8 @@ def test_bench_run_counts_every_message_once(tmp_path: Path) -> None:
     assert (result["lost"], result["duplicated"], result["unexpected"]) == (0, 0, 0)
     assert result["e2e_rate"] > 0 and result["accept_p99_ms"] > 0
     assert result["cpu_ms_per_msg"] > 0 and result["peak_rss_mb"] > 10
+    if workers:  # the worker's memory is counted too
+        assert result["peak_rss_mb"] > 60
     # The table names the relay and the scenario.
     assert "sluice" in proc.stdout and "2048B x5s n=50" in proc.stdout
 
