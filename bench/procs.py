@@ -80,7 +80,10 @@ def write_sluice_config(
     log_level: str = "info",
     admin: bool = False,
 ) -> None:
-    delivery = {"max_concurrent": str(max(20, connections)), **(extra_delivery or {})}
+    # Limits like the compared Postfix's: ``connections`` to the one
+    # destination (its default_destination_concurrency_limit) under a global
+    # cap of 100 deliveries in flight (it runs with default_process_limit 200).
+    delivery = {"max_concurrent": str(max(100, connections)), **(extra_delivery or {})}
     lines = [
         "smtp:",
         '  listen: ["127.0.0.1:0"]',
