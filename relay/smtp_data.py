@@ -55,10 +55,12 @@ async def read_data(
     size = dropped + len(buf) - 5
     if dropped or (size_limit and size > size_limit):
         return b"", R_TOO_MUCH_DATA
-    body = bytes(buf[2:-3])
-    if len(body) > line_limit and any(len(line) > line_limit for line in body.split(b"\r\n")):
+    body = bytes(memoryview(buf)[2:-3])
+    if len(body) > line_limit and max(map(len, body.split(b"\r\n"))) > line_limit:
         return b"", R_LINE_TOO_LONG
-    if b"\r\n." in buf:
+    # A line starting with "." before the end line (whose own "\r\n." must
+    # not count, or every body would be copied twice more for nothing).
+    if buf.find(b"\r\n.", 0, len(buf) - 3) >= 0:
         # Undo dot-stuffing: drop the first "." of every line that has one.
-        body = bytes(buf[:-3]).replace(b"\r\n.", b"\r\n")[2:]
+        body = bytes(memoryview(buf)[:-3]).replace(b"\r\n.", b"\r\n")[2:]
     return body, None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -93,6 +94,7 @@ class RelayHandler:
         events: AcceptEvents | None = None,
     ) -> None:
         self._events = events or _NoEvents()
+        self._rng = random.Random()  # queue IDs (seeded from os.urandom)
         self._spool = spool
         self._settings = settings
         self._hostname = hostname
@@ -147,7 +149,7 @@ class RelayHandler:
                 self._events.on_reject("bare_line_ending")
                 return R_BARE_LF.format(offset=offset)
         now = self._clock()
-        queue_id = new_queue_id(now)
+        queue_id = new_queue_id(now, self._rng)
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
         if "SMTPUTF8" in (o.upper() for o in envelope.mail_options):
             protocol = "UTF8SMTP"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from relay.received import wire_data
 from relay.smtp_data import R_LINE_TOO_LONG, R_TOO_MUCH_DATA, read_data
 
 
@@ -59,3 +62,18 @@ async def test_size_limit_reads_to_the_end_then_refuses() -> None:
         R_TOO_MUCH_DATA,
         b"QUIT\r\n",
     )
+
+
+_LINES = st.lists(
+    st.sampled_from([b"", b".", b"..", b".x", b"x.", b"a b", b"\xc3\xa9", b"." * 5]),
+    max_size=12,
+)
+
+
+@given(_LINES)
+async def test_what_delivery_puts_on_the_wire_reads_back_as_the_same_bytes(
+    lines: list[bytes],
+) -> None:
+    """``wire_data`` (our sending side) and ``read_data`` (our receiving side) invert."""
+    body = b"".join(line + b"\r\n" for line in lines)
+    assert await _read(wire_data(body) + b"QUIT\r\n") == (body, None, b"QUIT\r\n")
