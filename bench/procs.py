@@ -75,7 +75,7 @@ def write_sluice_config(
     sink_port: int,
     spool: Path,
     connections: int = 20,
-    workers: int = 0,
+    workers: str = "auto",
     extra_delivery: dict[str, str] | None = None,
     log_level: str = "info",
     admin: bool = False,

@@ -29,8 +29,8 @@ class Scenario:
     size: int
     sessions: int
     connections: int = 20
-    #: Sluice's ``smtp.workers`` (accept worker processes)
-    workers: int = 0
+    #: Sluice's ``smtp.workers`` (accept worker processes): "auto", "0", "1"...
+    workers: str = "auto"
     warmup: int = 100
     time_limit: float = 600.0
 

@@ -99,7 +99,7 @@ async def run_scale(
     messages: int = 100_000,
     size: int = 2048,
     sessions: int = 10,
-    workers: int = 0,
+    workers: str = "auto",
     time_limit: float = 1800.0,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {

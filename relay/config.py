@@ -183,7 +183,7 @@ class SmtpSettings(_Model):
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"
     #: accept worker processes (``relay.acceptor``); 0 = accept in the daemon itself
-    workers: int = Field(default=0, ge=0, le=64)
+    workers: int | Literal["auto"] = "auto"
 
     @field_validator("allowed_networks", mode="before")
     @classmethod
@@ -191,6 +191,21 @@ class SmtpSettings(_Model):
         if not isinstance(value, list):
             return value
         return [ipaddress.ip_network(str(v), strict=False) for v in value]
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        # One clear message instead of one per member of the union.
+        if value == "auto" or (type(value) is int and 0 <= value <= 64):
+            return value
+        raise ValueError("must be 'auto' or a number of processes from 0 to 64")
+
+    @property
+    def worker_count(self) -> int:
+        """``workers`` resolved: ``auto`` is one worker when this process may use 2+ CPUs."""
+        if self.workers != "auto":
+            return int(self.workers)
+        return 1 if len(os.sched_getaffinity(0)) >= 2 else 0
 
 
 class SpoolSettings(_Model):

@@ -291,7 +291,7 @@ class Daemon:
                 clock=self._clock,
                 events=self.metrics,
             )
-            workers = cfg.smtp.workers
+            workers = cfg.smtp.worker_count
             self.listener = await start_listeners(
                 lambda: self.config.smtp, handler, hostname=self.hostname, serve=workers == 0
             )

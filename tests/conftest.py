@@ -40,7 +40,9 @@ def provider_for(up: TestUpstream, pid: str = "up1", **extra: Any) -> dict[str, 
 def fast_config(tmp_path: Path, providers: list[dict[str, Any]], **sections: Any) -> dict[str, Any]:
     """A config dict for tests: port 0, spool in tmp_path, short timers."""
     cfg: dict[str, Any] = {
-        "smtp": {"listen": ["127.0.0.1:0"], "hostname": "sluice.test"},
+        # workers 0: the listener in the test's own process, where tests can
+        # look at it; tests/integration/test_acceptors.py covers workers.
+        "smtp": {"listen": ["127.0.0.1:0"], "hostname": "sluice.test", "workers": 0},
         "spool": {"path": str(tmp_path / "spool.sqlite3")},
         "retry": {"first_delay": "1s", "max_delay": "2s", "jitter": 0},
         "delivery": {

@@ -51,6 +51,13 @@ CASES: list[tuple[str, str, str, str, int | None]] = [
         None,
     ),
     (
+        "bad worker count",
+        BASE.replace("  listen:", "  workers: many  # <-\n  listen:"),
+        "smtp.workers",
+        "must be 'auto' or a number of processes from 0 to 64",
+        None,
+    ),
+    (
         "bad size",
         BASE.replace("  listen:", "  max_message_size: 25 potatoes  # <-\n  listen:"),
         "smtp.max_message_size",
