@@ -62,6 +62,8 @@ class WorkerSettings:
     log: LogSettings
     spool_path: Path
     hostname: str
+    #: the daemon logs through ``logsetup.configure`` (else: plain lines, as in the demo)
+    sluice_logs: bool = True
 
 
 def _send(writer: asyncio.StreamWriter, message: object) -> None:
@@ -267,6 +269,13 @@ class _ChannelEvents:
         _send(self._writer, ("reject", reason))
 
 
+def _configure_logs(settings: WorkerSettings) -> None:
+    if settings.sluice_logs:
+        logsetup.configure(settings.log.level, settings.log.format)
+    else:
+        logsetup.configure_plain(settings.log.level)
+
+
 async def _serve(channel_fd: int) -> int:
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=channel_fd))
@@ -275,7 +284,7 @@ async def _serve(channel_fd: int) -> int:
         return 1
     settings: WorkerSettings
     settings, fds = init
-    logsetup.configure(settings.log.level, settings.log.format)
+    _configure_logs(settings)
     stop = asyncio.Event()
     grace = 5.0  # until the daemon says otherwise
     # The daemon decides when to stop: Ctrl-C in a terminal reaches the whole
@@ -305,7 +314,7 @@ async def _serve(channel_fd: int) -> int:
                 kind, value = frame
                 if kind == "settings":
                     settings = value
-                    logsetup.configure(settings.log.level, settings.log.format)
+                    _configure_logs(settings)
                 elif kind == "stop":
                     grace = value
                     break

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import time
@@ -45,16 +44,6 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 def _load(args: argparse.Namespace) -> Config:
     return load(_config_path(args))
-
-
-def _setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiosmtpd logs every command at INFO ("mail.log"); keep only problems.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 # ----------------------------------------------------------------- commands
@@ -201,9 +190,10 @@ async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
+    from relay import logsetup
     from relay.demo import run_demo
 
-    _setup_logging("info")
+    logsetup.configure_plain("info")
     return await run_demo(Path(args.dir))
 
 

@@ -344,7 +344,9 @@ class Daemon:
 
     def _worker_settings(self) -> WorkerSettings:
         cfg = self.config
-        return WorkerSettings(cfg.smtp, cfg.log, cfg.spool.path, self.hostname)
+        return WorkerSettings(
+            cfg.smtp, cfg.log, cfg.spool.path, self.hostname, sluice_logs=logsetup.installed()
+        )
 
     def _session_grace(self) -> float:
         """How long open SMTP sessions may go on at shutdown before they get 421."""

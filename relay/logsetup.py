@@ -217,6 +217,22 @@ def configure(
     return handler
 
 
+def configure_plain(level: str = "info") -> None:
+    """Plain ``logging`` lines for ``sluice demo`` (and its accept worker)."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiosmtpd logs every command at INFO ("mail.log"); keep only problems.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+
+def installed() -> bool:
+    """Whether Sluice's own handler is on the root logger (``sluice serve``)."""
+    return any(isinstance(h, SluiceLogHandler) for h in logging.getLogger().handlers)
+
+
 def apply_config(cfg: Config) -> None:
     """On reload: new level, format and secrets for the installed handler (if any)."""
     root = logging.getLogger()
