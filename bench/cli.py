@@ -65,7 +65,7 @@ async def _run(args: argparse.Namespace) -> int:
             print("bench: postfix is not installed (apt-get install postfix)", file=sys.stderr)
             return 69
         relays.append("postfix")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in _ints(args.size):
         for sessions in _ints(args.sessions):
             sc = Scenario(
@@ -77,9 +77,11 @@ async def _run(args: argparse.Namespace) -> int:
                 warmup=args.warmup,
                 time_limit=args.timeout,
             )
-            for relay in relays:
-                runs = []
-                for i in range(args.repeat):
+            # Relays take turns run by run, so that a machine getting slower or
+            # faster during the scenario (shared hosts do) biases neither.
+            runs: dict[str, list[dict[str, Any]]] = {relay: [] for relay in relays}
+            for i in range(args.repeat):
+                for relay in relays:
                     r = await run_scenario(relay, sc)
                     print(
                         f"# {relay} {size}B x{sessions} run {i + 1}/{args.repeat}: "
@@ -87,8 +89,8 @@ async def _run(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-                    runs.append(r)
-                rows.append(median_of(runs))
+                    runs[relay].append(r)
+            rows.extend(median_of(runs[relay]) for relay in relays)
     print(table(rows))
     if args.json:
         text = json.dumps({"results": rows}, indent=1)
