@@ -18,7 +18,7 @@ from typing import Any
 from bench.loadgen import LoadResult, run_load
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
-from bench.procstat import Sampler, descendants, rss_bytes, tree_cpu_seconds
+from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
 
 __all__ = ["Scenario", "run_scenario", "tally"]
 
@@ -103,7 +103,7 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
             proc.port,
             lambda: tree_cpu_seconds(proc.pid),
             sampler,
-            lambda: sum(rss_bytes(pid, "VmHWM") for pid in descendants(proc.pid)),
+            lambda: tree_rss_bytes(proc.pid, "VmHWM"),
             lambda: list(proc.warnings),
             lambda: _unsent(work / "spool.sqlite3"),
         )
