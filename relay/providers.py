@@ -28,7 +28,7 @@ from relay.health import Health
 from relay.limits import Counters, DailyLimit, TokenBucket
 from relay.model import Claim, Delivered, Outcome, TempFailure
 from relay.oauth import TokenSource
-from relay.rewrite import rewrite
+from relay.rewrite import header_end, rewrite
 from relay.routing import default_order, route_for
 from relay.secrets import resolve_secret
 
@@ -383,10 +383,10 @@ class ProviderSet:
             return [(list(claim.recipients), self.candidates(claim, data))]
         groups: dict[tuple[str, ...], list[int]] = {}
         default = tuple(default_order(self.config))
-        # Looked for once per claim, in the header block only (lower-casing
-        # 64 KB per recipient was a visible cost on large messages).
+        # Looked for once per claim, in the header block ``route_for`` reads
+        # (lower-casing 64 KB per recipient was a visible cost on large mail).
         routed = bool(self.config.routes) or (
-            b"x-sluice-provider" in data[: _header_end(data)].lower()
+            b"x-sluice-provider" in data[: header_end(data)].lower()
         )
         for rid, rcpt in claim.recipients.items():
             if routed:
@@ -402,9 +402,3 @@ class ProviderSet:
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self.providers))
-
-
-def _header_end(data: bytes, limit: int = 65536) -> int:
-    """Where the header block ends (the blank line), or ``limit``, whichever is first."""
-    end = data.find(b"\r\n\r\n", 0, limit)
-    return limit if end < 0 else end + 2

@@ -18,22 +18,29 @@ import re
 from email.header import Header
 from email.utils import formataddr
 
-__all__ = ["PROVIDER_HEADER", "header_value", "rewrite"]
+__all__ = ["PROVIDER_HEADER", "header_end", "header_value", "rewrite"]
 
 PROVIDER_HEADER = "X-Sluice-Provider"
 
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 
+def header_end(data: bytes) -> int:
+    """Length of the header block, its last CRLF included: what ``header_value`` reads.
+
+    Without a blank line the whole message counts as header; a message that
+    starts with one has none.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return end + 2
+    return 0 if data.startswith(b"\r\n") else len(data)
+
+
 def _split(data: bytes) -> tuple[list[bytes], bytes]:
     """Header fields (each with its folded lines and CRLF) and the rest (blank line + body)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        if data.startswith(b"\r\n"):
-            return [], data
-        head, rest = data, b""
-    else:
-        head, rest = data[: end + 2], data[end + 2 :]
+    end = header_end(data)
+    head, rest = data[:end], data[end:]
     fields: list[bytes] = []
     for line in head.splitlines(keepends=True):
         if line[:1] in (b" ", b"\t") and fields:
