@@ -190,16 +190,10 @@ async def test_reload_refuses_a_changed_spool_path(
 
 
 async def test_sluice_reload_from_a_shell_without_the_service_environment(
-    ops_config: Callable[..., Path],
-    daemon_proc: Callable[..., DaemonProcess],
-    upstream: TestUpstream,
+    daemon_with_own_secret: tuple[Path, DaemonProcess],
 ) -> None:
-    # The secret's variable exists only in the daemon's environment (as with
-    # Environment= or LoadCredential= in the unit); the daemon does the full check.
-    path = ops_config(
-        [provider_for(upstream)], admin={"enabled": False, "password_env": "SLUICE_TEST_ADMIN_PW"}
-    )
-    d = await daemon_proc(path, env={"SLUICE_TEST_ADMIN_PW": "daemon-only"}).start()
+    # The daemon, which has the secret, does the full check.
+    path, d = daemon_with_own_secret
     rc, out, err = await run_cli("reload", "-c", str(path))
     assert rc == 0, (out, err)
     assert "reloaded its configuration" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import sys
@@ -180,18 +179,11 @@ MESSAGE = (
 
 
 async def test_sendmail_t_through_the_running_daemon(
-    ops_config: Callable[..., Path],
-    daemon_proc: Callable[..., DaemonProcess],
-    upstream: TestUpstream,
+    daemon_with_own_secret: tuple[Path, DaemonProcess], upstream: TestUpstream
 ) -> None:
-    # The daemon's environment has a secret the sendmail caller (cron, PHP) lacks:
-    # submitting needs no secret, so that must not matter.
-    path = ops_config(
-        [provider_for(upstream)], admin={"enabled": False, "password_env": "SLUICE_TEST_ADMIN_PW"}
-    )
-    d = await daemon_proc(path, env={"SLUICE_TEST_ADMIN_PW": "daemon-only"}).start()
+    # Submitting needs no secret, so the caller lacking the daemon's must not matter.
+    path, d = daemon_with_own_secret
     env = {"SLUICE_CONFIG": str(path)}
-    assert "SLUICE_TEST_ADMIN_PW" not in os.environ
     rc, _out, err = await run_cli(
         "sendmail", "-t", "-i", "-f", "bounce@example.org", stdin=MESSAGE, env=env
     )
