@@ -270,7 +270,7 @@ class Daemon:
             self.hostname = await asyncio.to_thread(socket.getfqdn)
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(spool_lock(cfg.spool.path))
-            spool = await Spool.open(cfg.spool.path, clock=self._clock)
+            spool = await Spool.open(cfg.spool.path, clock=self._clock, checkpoints=True)
             stack.push_async_callback(spool.aclose)
             self.spool = spool
             requeued = await spool.requeue_inflight()

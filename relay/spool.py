@@ -41,7 +41,7 @@ from relay.model import (
     QueueEntry,
     RecipientStatus,
 )
-from relay.spool_writer import Writer, connect
+from relay.spool_writer import Checkpointer, Writer, connect, write_lock_path
 from relay.sql import QUERIES, SCHEMA
 
 __all__ = ["Finish", "NewMessage", "Spool", "new_queue_id", "read_meta"]
@@ -102,16 +102,33 @@ class Spool:
     """
 
     def __init__(
-        self, path: Path, writer: Writer, reader: aiosqlite.Connection, clock: Clock
+        self,
+        path: Path,
+        writer: Writer,
+        reader: aiosqlite.Connection,
+        clock: Clock,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
         self._clock = clock
+        self._checkpointer = checkpointer
         self.wake = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, clock: Clock = time.time) -> Spool:
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = time.time,
+        checkpoints: bool = False,
+    ) -> Spool:
+        """Open (creating it if needed) the spool at ``path``.
+
+        ``checkpoints=True`` (the daemon) also starts the ``Checkpointer``
+        that copies the WAL into the database for every process writing it.
+        """
         spool_path = Path(path)
         try:
             spool_path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,14 +136,19 @@ class Spool:
             await asyncio.to_thread(_init_schema, conn)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
-        lock = spool_path.with_name(spool_path.name + "-writelock")
+        lock = write_lock_path(spool_path)
         writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock)
         reader = await aiosqlite.connect(spool_path, timeout=30)
         reader.row_factory = aiosqlite.Row
         await reader.execute("PRAGMA busy_timeout=30000")
-        return cls(spool_path, writer, reader, clock)
+        checkpointer = None
+        if checkpoints:
+            checkpointer = await asyncio.to_thread(Checkpointer, spool_path, lock)
+        return cls(spool_path, writer, reader, clock, checkpointer)
 
     async def aclose(self) -> None:
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
         await self._writer.close()
         await self._reader.close()
 

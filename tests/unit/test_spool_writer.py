@@ -8,7 +8,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from relay.spool_writer import Writer, connect
+from relay.spool_writer import Checkpointer, Writer, connect, write_lock_path
+from tests.conftest import eventually
 
 
 def sync_level(c: sqlite3.Connection) -> int:
@@ -56,4 +57,61 @@ async def test_writers_of_several_processes_take_turns_through_the_write_lock(
         assert [r[0] for r in rows] == [1, 2]
     finally:
         os.close(other)
+        await writer.close()
+
+
+def _wal_size(db: Path) -> int:
+    wal = db.with_name(db.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+async def test_the_checkpointer_keeps_the_wal_from_growing_under_continuous_writes(
+    tmp_path: Path,
+) -> None:
+    """Writers never pause, and their own checkpoint is off: the WAL still starts over."""
+    db = tmp_path / "w.sqlite3"
+    lock = write_lock_path(db)
+    conn = connect(db)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock)
+    await writer.submit(lambda c: c.execute("CREATE TABLE t (b BLOB)"))
+    checkpointer = Checkpointer(db, lock, interval=0.005, restart_pages=64)
+    blob = os.urandom(64 * 1024)
+    written = 0
+    try:
+        async with asyncio.timeout(60):
+            while written < 16 * 1024 * 1024 or checkpointer.restarts < 3:
+                await writer.submit(lambda c: c.execute("INSERT INTO t VALUES (?)", (blob,)))
+                written += len(blob)
+        rows = await writer.submit(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
+        assert rows == written // len(blob)
+        # Without the restarts the WAL would hold every page written.
+        assert _wal_size(db) < written / 4
+    finally:
+        await checkpointer.close()
+        await writer.close()
+
+
+async def test_the_checkpointer_copies_the_wal_while_a_writer_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    """The bulk of the copy does not wait for the write lock, so it never holds up a writer."""
+    db = tmp_path / "w.sqlite3"
+    lock = write_lock_path(db)
+    conn = connect(db)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    writer = Writer(conn, asyncio.get_running_loop())
+    await writer.submit(lambda c: c.execute("CREATE TABLE t (b BLOB)"))
+    for _ in range(32):
+        await writer.submit(lambda c: c.execute("INSERT INTO t VALUES (zeroblob(65536))"))
+    before = db.stat().st_size
+    holder = os.open(lock, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    checkpointer = Checkpointer(db, lock, interval=0.005)
+    try:
+        await eventually(lambda: db.stat().st_size >= before + 32 * 65536, within=30)
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        await checkpointer.close()
         await writer.close()
