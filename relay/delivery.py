@@ -242,7 +242,7 @@ async def _data(
     before it first awaits, so nothing the server sends after the body can be
     missed. Raises ``SMTPDataError`` for a reply other than 354 / 250.
     """
-    payload = wire_data(data)
+    body, end = wire_data(data)
     start = await smtp.execute_command(b"DATA", timeout=read_timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)
@@ -250,7 +250,8 @@ async def _data(
     if protocol is None:
         raise SMTPServerDisconnected("Connection lost")
     try:
-        protocol.write(payload)
+        protocol.write(body)
+        protocol.write(end)
         reply = await protocol.read_response(timeout=read_timeout)
     except (SMTPServerDisconnected, SMTPTimeoutError):
         smtp.close()

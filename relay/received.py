@@ -89,7 +89,7 @@ def bare_line_ending(data: bytes) -> int | None:
     return match.start() if match else None
 
 
-def wire_data(data: bytes) -> bytes:
+def wire_data(data: bytes) -> tuple[bytes, bytes]:
     """``data`` as it goes on the wire after DATA: dot-stuffed, CRLF, ended by ``".\\r\\n"``.
 
     Every line ending becomes CRLF, a final one is added if missing, and a
@@ -97,12 +97,15 @@ def wire_data(data: bytes) -> bytes:
     aiosmtplib does. Its regexes cost a fifth of the delivery CPU on 100 KB
     messages; here a CRLF-clean body (all of them unless ``bare_line_endings:
     accept``) takes two C-level passes, ``bytes.count`` and ``bytes.replace``.
+
+    Returned as two pieces to write in turn, the body and the end line, so
+    that a body with nothing to change goes out without being copied.
     """
     if bare_line_ending(data) is not None:
         data = _LINE_ENDING.sub(b"\r\n", data)
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
     stuffed = data.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
-    return stuffed + b".\r\n"
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        return stuffed, b"\r\n.\r\n"
+    return stuffed, b".\r\n"

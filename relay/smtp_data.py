@@ -12,13 +12,17 @@ as aiosmtpd 1.4:
 * more than ``size_limit`` bytes (dot-stuffing included, the end line
   excluded) means ``552``; in both cases the rest is read and discarded;
 * a leading ``"."`` is removed from every line (RFC 5321 § 4.5.2).
+
+The same scan tells whether every line ends in CRLF, which the listener
+would otherwise find out with a pass of its own over the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
-__all__ = ["R_LINE_TOO_LONG", "R_TOO_MUCH_DATA", "read_data"]
+__all__ = ["R_LINE_TOO_LONG", "R_TOO_MUCH_DATA", "Data", "read_data"]
 
 R_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 R_TOO_MUCH_DATA = "552 Error: Too much mail data"
@@ -26,10 +30,19 @@ R_TOO_MUCH_DATA = "552 Error: Too much mail data"
 _END = b".\r\n"
 
 
+class Data(NamedTuple):
+    """What ``read_data`` read: the content, or the reply refusing it."""
+
+    content: bytes
+    error: str | None
+    #: No bare CR or LF: every line of the content ends in CRLF.
+    crlf_only: bool = False
+
+
 async def read_data(
     reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
-) -> tuple[bytes, str | None]:
-    """Read up to the end-of-data line; return ``(content, None)`` or ``(b"", error)``.
+) -> Data:
+    """Read up to the end-of-data line; return ``Data(content, None, ...)`` or ``(b"", error)``.
 
     Raises ``asyncio.IncompleteReadError`` if the stream ends first.
     """
@@ -54,13 +67,33 @@ async def read_data(
             del buf[:-8]
     size = dropped + len(buf) - 5
     if dropped or (size_limit and size > size_limit):
-        return b"", R_TOO_MUCH_DATA
+        return Data(b"", R_TOO_MUCH_DATA)
     body = bytes(memoryview(buf)[2:-3])
-    if len(body) > line_limit and max(map(len, body.split(b"\r\n"))) > line_limit:
-        return b"", R_LINE_TOO_LONG
+    longest, crlf_only = _scan_lines(body)
+    if longest > line_limit:
+        return Data(b"", R_LINE_TOO_LONG)
     # A line starting with "." before the end line (whose own "\r\n." must
     # not count, or every body would be copied twice more for nothing).
     if buf.find(b"\r\n.", 0, len(buf) - 3) >= 0:
         # Undo dot-stuffing: drop the first "." of every line that has one.
+        # Only dots go, so the line endings stay as they were scanned.
         body = bytes(memoryview(buf)[:-3]).replace(b"\r\n.", b"\r\n")[2:]
-    return body, None
+    return Data(body, None, crlf_only)
+
+
+def _scan_lines(body: bytes) -> tuple[int, bool]:
+    """``(longest line, CRLF only)`` for ``body``, in four C-level passes.
+
+    ``splitlines`` breaks at CRLF, CR and LF alike, so its count of line
+    breaks equals both the count of CRs and that of LFs only when every break
+    is a CRLF (a bare CR adds a break and a CR, a bare LF a break and an LF).
+    A line's length excludes its CRLF; with bare line endings aiosmtpd's rule
+    (lines end at CRLF only) decides, as before.
+    """
+    if not body:
+        return 0, True
+    lines = body.splitlines()
+    breaks = len(lines) - (body[-1] not in b"\r\n")
+    if breaks == body.count(b"\n") == body.count(b"\r"):
+        return max(map(len, lines)), True
+    return max(map(len, body.split(b"\r\n"))), False

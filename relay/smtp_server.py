@@ -141,8 +141,9 @@ class RelayHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
+        crlf_only = isinstance(envelope, RelayEnvelope) and envelope.crlf_only
         settings = self._settings()
-        if settings.bare_line_endings == "reject":
+        if settings.bare_line_endings == "reject" and not crlf_only:
             offset = bare_line_ending(data)
             if offset is not None:
                 log.warning("rejected message from %s: bare line ending", _peer_ip(session))
@@ -204,6 +205,15 @@ def _peer_ip(session: Session) -> str:
     return str(peer or "")
 
 
+class RelayEnvelope(Envelope):
+    """aiosmtpd's envelope, plus what reading DATA found out about the content."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Every line ends in CRLF (no bare CR or LF): no second scan needed.
+        self.crlf_only = False
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with a peer check before the greeting."""
 
@@ -218,6 +228,9 @@ class RelaySMTP(SMTP):
         super().__init__(handler, **kwargs)
         self._allowed = allowed
         self._sessions = sessions
+
+    def _create_envelope(self) -> RelayEnvelope:
+        return RelayEnvelope()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd 1.4's address parsing, minus its per-call class creation.
@@ -257,7 +270,7 @@ class RelaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content, error = await read_data(
+            data = await read_data(
                 self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
             )
         except asyncio.CancelledError:
@@ -267,12 +280,14 @@ class RelaySMTP(SMTP):
         except asyncio.IncompleteReadError:
             self._writer.close()
             return
-        if error is not None:
-            await self.push(error)
+        if data.error is not None:
+            await self.push(data.error)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        self.envelope.content = content
-        self.envelope.original_content = content
+        self.envelope.content = data.content
+        self.envelope.original_content = data.content
+        if isinstance(self.envelope, RelayEnvelope):
+            self.envelope.crlf_only = data.crlf_only
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)

@@ -93,7 +93,7 @@ def test_bare_line_ending(data: bytes, offset: int | None) -> None:
     ],
 )
 def test_wire_data(data: bytes, wire: bytes) -> None:
-    assert wire_data(data) == wire
+    assert b"".join(wire_data(data)) == wire
 
 
 # Bytes weighted towards what matters to line endings and dot-stuffing.
@@ -108,4 +108,4 @@ _MESSAGE_BYTES = st.lists(
 def test_wire_data_matches_aiosmtplib(data: bytes) -> None:
     """The same bytes on the wire as aiosmtplib's own ``SMTP.data`` would send."""
     reference = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
-    assert wire_data(data) == reference
+    assert b"".join(wire_data(data)) == reference

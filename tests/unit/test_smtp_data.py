@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.received import wire_data
+from relay.received import bare_line_ending, wire_data
 from relay.smtp_data import R_LINE_TOO_LONG, R_TOO_MUCH_DATA, read_data
 
 
@@ -19,9 +19,9 @@ async def _read(
     reader = asyncio.StreamReader(limit=1001)
     for chunk in chunks:
         reader.feed_data(chunk)
-    content, error = await read_data(reader, size_limit=size_limit, line_limit=line_limit)
+    data = await read_data(reader, size_limit=size_limit, line_limit=line_limit)
     reader.feed_eof()
-    return content, error, await reader.read()
+    return data.content, data.error, await reader.read()
 
 
 @pytest.mark.parametrize(
@@ -76,4 +76,29 @@ async def test_what_delivery_puts_on_the_wire_reads_back_as_the_same_bytes(
 ) -> None:
     """``wire_data`` (our sending side) and ``read_data`` (our receiving side) invert."""
     body = b"".join(line + b"\r\n" for line in lines)
-    assert await _read(wire_data(body) + b"QUIT\r\n") == (body, None, b"QUIT\r\n")
+    assert await _read(b"".join(wire_data(body)) + b"QUIT\r\n") == (body, None, b"QUIT\r\n")
+
+
+_ANY_LINES = st.lists(
+    st.sampled_from([b"", b".", b"x", b"x" * 7, b"\r", b"\n", b"\r\r", b"\n\r", b"a\rb", b"a\nb"]),
+    max_size=12,
+)
+
+
+@given(_ANY_LINES, st.sampled_from([b"", b"\r\n", b"\r", b"\n"]))
+async def test_the_line_scan_tells_crlf_only_content_and_line_length_like_a_full_parse(
+    lines: list[bytes], tail: bytes
+) -> None:
+    """One scan gives the listener's verdict on bare line endings and aiosmtpd's longest line."""
+    content = b"\r\n".join(lines) + tail
+    wire = content.replace(b"\r\n.", b"\r\n..")
+    wire = (b"." + wire if wire.startswith(b".") else wire) + (
+        b"\r\n.\r\n" if not wire.endswith(b"\r\n") else b".\r\n"
+    )
+    reader = asyncio.StreamReader(limit=1001)
+    reader.feed_data(wire)
+    longest = max(map(len, wire[:-3].split(b"\r\n")))
+    data = await read_data(reader, size_limit=None, line_limit=5)
+    assert data.error == (R_LINE_TOO_LONG if longest > 5 else None)
+    if data.error is None:
+        assert data.crlf_only == (bare_line_ending(data.content) is None)
