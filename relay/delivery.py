@@ -234,7 +234,7 @@ async def _rcpt(smtp: aiosmtplib.SMTP, recipient: str, encoding: str) -> None:
 
 
 async def _data(
-    smtp: aiosmtplib.SMTP, data: bytes, *, read_timeout: float
+    smtp: aiosmtplib.SMTP, data: bytes, *, read_timeout: float, crlf_only: bool
 ) -> aiosmtplib.SMTPResponse:
     """DATA, then the body from ``wire_data``; what ``SMTP.data`` does, without its regexes.
 
@@ -242,7 +242,7 @@ async def _data(
     before it first awaits, so nothing the server sends after the body can be
     missed. Raises ``SMTPDataError`` for a reply other than 354 / 250.
     """
-    body, end = wire_data(data)
+    body, end = wire_data(data, crlf_only=crlf_only)
     start = await smtp.execute_command(b"DATA", timeout=read_timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)
@@ -321,7 +321,9 @@ class Session:
             outcome = classify("", exc)
             raise ProviderError(outcome.text) from exc
 
-    async def send(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+    async def send(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool = False
+    ) -> list[Outcome]:
         """One mail transaction; returns an outcome for every recipient, in order.
 
         Never raises for SMTP-level trouble: a broken connection becomes a
@@ -383,7 +385,9 @@ class Session:
                     decided[rcpt] = PermFailure(rcpt, 553, text)
             if accepted:
                 try:
-                    reply = await _data(smtp, data, read_timeout=up.data_timeout)
+                    reply = await _data(
+                        smtp, data, read_timeout=up.data_timeout, crlf_only=crlf_only
+                    )
                     for r in accepted:
                         decided[r] = classify(r, code=reply.code, text=reply.message)
                 except SMTPResponseException as exc:

@@ -101,6 +101,8 @@ class Claim:
     attempt_ids: dict[int, int] = field(default_factory=dict)
     #: the stored message, read in the claiming transaction (None: not read)
     data: bytes | None = field(default=None, repr=False)
+    #: every line of ``data`` ends in CRLF (checked when it was accepted)
+    crlf_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -199,15 +199,17 @@ class Provider:
         await session.open()
         return session
 
-    async def _send(self, sender: str, recipients: Sequence[str], data: bytes) -> list[Outcome]:
+    async def _send(
+        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool
+    ) -> list[Outcome]:
         try:
             session = await self._session()
             try:
-                outcomes = await session.send(sender, recipients, data)
+                outcomes = await session.send(sender, recipients, data, crlf_only=crlf_only)
             except StaleSession:
                 # The pooled connection died while idle; nothing was sent on it.
                 session = await self._open()
-                outcomes = await session.send(sender, recipients, data)
+                outcomes = await session.send(sender, recipients, data, crlf_only=crlf_only)
         except ProviderError as exc:
             log.warning("provider %s unavailable: %s", self.id, exc.text)
             return [classify(r, exc) for r in recipients]
@@ -229,9 +231,13 @@ class Provider:
         return Unavailable(self.id, f"{self.id}: {self.state.health.why_blocked(now)}", until)
 
     async def deliver(
-        self, sender: str, recipients: Sequence[str], data: bytes
+        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool = False
     ) -> list[Outcome] | Unavailable:
-        """One attempt through this provider, or why it cannot be used now."""
+        """One attempt through this provider, or why it cannot be used now.
+
+        ``crlf_only``: every line of ``data`` is known to end in CRLF, so the
+        send need not check again (it does whenever a rewrite changed it).
+        """
         if (blocked := self.blocked()) is not None:
             return blocked
         s, state = self.settings, self.state
@@ -261,7 +267,9 @@ class Provider:
         sender_out = s.send_from if s.send_from is not None else sender
         data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name)
         async with self._slots:
-            outcomes = await self._send(sender_out, recipients, data_out)
+            outcomes = await self._send(
+                sender_out, recipients, data_out, crlf_only=crlf_only and data_out is data
+            )
         delivered = any(isinstance(o, Delivered) for o in outcomes)
         if s.daily_limit is not None and not delivered:
             await state.daily.give_back()

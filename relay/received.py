@@ -89,7 +89,7 @@ def bare_line_ending(data: bytes) -> int | None:
     return match.start() if match else None
 
 
-def wire_data(data: bytes) -> tuple[bytes, bytes]:
+def wire_data(data: bytes, *, crlf_only: bool = False) -> tuple[bytes, bytes]:
     """``data`` as it goes on the wire after DATA: dot-stuffed, CRLF, ended by ``".\\r\\n"``.
 
     Every line ending becomes CRLF, a final one is added if missing, and a
@@ -100,8 +100,10 @@ def wire_data(data: bytes) -> tuple[bytes, bytes]:
 
     Returned as two pieces to write in turn, the body and the end line, so
     that a body with nothing to change goes out without being copied.
+    ``crlf_only=True`` (the listener found every line ending a CRLF when it
+    accepted the message) skips the search for bare line endings.
     """
-    if bare_line_ending(data) is not None:
+    if not crlf_only and bare_line_ending(data) is not None:
         data = _LINE_ENDING.sub(b"\r\n", data)
     stuffed = data.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):

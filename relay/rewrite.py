@@ -70,7 +70,7 @@ def header_value(data: bytes, name: str) -> str | None:
 
 def _from_field(address: str, name: str | None) -> bytes:
     if name and not name.isascii():
-        display = Header(name, "utf-8").encode()
+        display = Header(name, "utf-8").encode(linesep="\r\n")
         return f"From: {display} <{address}>\r\n".encode("ascii")
     return f"From: {formataddr((name or '', address))}\r\n".encode()
 

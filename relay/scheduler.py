@@ -174,7 +174,9 @@ class Scheduler:
                     extra={"event": "attempt", "queue_id": claim.queue_id},
                 )
                 started = time.monotonic()
-                got = await provider.deliver(claim.sender, [pending[r] for r in rids], data)
+                got = await provider.deliver(
+                    claim.sender, [pending[r] for r in rids], data, crlf_only=claim.crlf_only
+                )
                 if isinstance(got, Unavailable):
                     waits.append(got)  # skipped (limits, cool-down): not an attempt
                     continue

@@ -149,6 +149,7 @@ class RelayHandler:
                 log.warning("rejected message from %s: bare line ending", _peer_ip(session))
                 self._events.on_reject("bare_line_ending")
                 return R_BARE_LF.format(offset=offset)
+            crlf_only = True
         now = self._clock()
         queue_id = new_queue_id(now, self._rng)
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
@@ -172,6 +173,8 @@ class RelayHandler:
             received_at=now,
             client=_peer_ip(session),
             helo=session.host_name or "",
+            # The Received header is CRLF-only by construction.
+            crlf_only=crlf_only,
         )
         try:
             await self._spool.enqueue(message)

@@ -50,7 +50,10 @@ log = logging.getLogger("sluice.spool")
 
 Clock = Callable[[], float]
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
+#: Columns added since version 1, as (table, column, definition): a spool made
+#: before them gets them when opened, with a default that means "not known".
+_ADDED_COLUMNS = (("bodies", "crlf_only", "INTEGER NOT NULL DEFAULT 0"),)
 
 
 def new_queue_id(now: float, rng: random.Random | None = None) -> str:
@@ -77,6 +80,8 @@ class NewMessage:
     received_at: float
     client: str = ""
     helo: str = ""
+    #: Every line of ``data`` ends in CRLF (as the listener found it).
+    crlf_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +182,10 @@ class Spool:
                 },
             )
             mid = cur.lastrowid
-            c.execute(QUERIES["insert_body"], {"message_id": mid, "data": msg.data})
+            c.execute(
+                QUERIES["insert_body"],
+                {"message_id": mid, "data": msg.data, "crlf_only": msg.crlf_only},
+            )
             c.executemany(
                 QUERIES["insert_recipient"],
                 [{"message_id": mid, "rcpt": r, "now": msg.received_at} for r in msg.recipients],
@@ -212,6 +220,7 @@ class Spool:
                 body = c.execute(QUERIES["body"], {"message_id": mid}).fetchone()
                 claim = Claim(
                     data=bytes(body["data"]) if body is not None else None,
+                    crlf_only=body is not None and bool(body["crlf_only"]),
                     message_id=mid,
                     queue_id=env["queue_id"],
                     sender=env["sender"],
@@ -583,6 +592,18 @@ def _like_escape(text: str) -> str:
 
 def _init_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
-    conn.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (_SCHEMA_VERSION,)
-    )
+    # One process at a time: the daemon, a worker and the CLI may open together.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, definition in _ADDED_COLUMNS:
+            if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_SCHEMA_VERSION,),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise

@@ -8,7 +8,7 @@ VALUES (:queue_id, :received_at, :sender, :subject, :size, :client, :helo);
 
 -- name: insert_body
 -- The stored bytes of a message.
-INSERT INTO bodies (message_id, data) VALUES (:message_id, :data);
+INSERT INTO bodies (message_id, data, crlf_only) VALUES (:message_id, :data, :crlf_only);
 
 -- name: insert_recipient
 -- One recipient of a new message, due at once.
@@ -151,7 +151,7 @@ SELECT * FROM attempts WHERE message_id = :message_id ORDER BY id;
 
 -- name: body
 -- The stored bytes of a message.
-SELECT data FROM bodies WHERE message_id = :message_id;
+SELECT data, crlf_only FROM bodies WHERE message_id = :message_id;
 
 -- name: meta_set
 -- Set a daemon status value (last reload, listening addresses) for other processes.

@@ -14,9 +14,12 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 
 -- Bodies live apart so that scheduling queries never page them in.
+-- crlf_only: 1 when the listener saw every line end in CRLF, so delivery
+-- need not look for bare CR or LF again; 0 when it did, or does not know.
 CREATE TABLE IF NOT EXISTS bodies (
     message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-    data       BLOB    NOT NULL
+    data       BLOB    NOT NULL,
+    crlf_only  INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE TABLE IF NOT EXISTS recipients (

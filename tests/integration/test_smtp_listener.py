@@ -167,6 +167,26 @@ async def test_bare_lf_accepted_when_configured_is_never_a_second_message(
     assert b"hello\r\n.\r\nMAIL FROM:<ceo@example.org>" in got.data
 
 
+async def test_the_listener_records_which_messages_end_every_line_in_crlf(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """Delivery skips its own search for bare line endings only where none can be."""
+    async with sluice([provider_for(upstream)], smtp={"bare_line_endings": "accept"}) as s:
+        await smuggle(s.port)
+        await smtp_send(s.port, "app@example.org", ["b@example.net"], b"Subject: ok\r\n\r\nok\r\n")
+        await upstream.wait_for(2)
+        flags = await s.spool._writer.submit(
+            lambda c: [
+                tuple(r)
+                for r in c.execute(
+                    "SELECT m.sender, b.crlf_only FROM bodies b JOIN messages m"
+                    " ON m.id = b.message_id ORDER BY m.id"
+                )
+            ]
+        )
+    assert flags == [("app@example.org", 0), ("app@example.org", 1)]
+
+
 async def test_spool_failure_answers_451_and_stores_nothing(
     sluice: SluiceFactory, upstream: TestUpstream
 ) -> None:

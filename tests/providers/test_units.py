@@ -13,6 +13,7 @@ from relay.health import Health
 from relay.limits import DailyLimit, TokenBucket, next_utc_midnight, utc_window
 from relay.model import TempFailure
 from relay.oauth import OAuthError, TokenSource
+from relay.received import bare_line_ending
 from relay.rewrite import header_value, rewrite
 from relay.routing import route_for
 from tests.providers.token_server import TokenServer
@@ -233,3 +234,11 @@ async def test_token_endpoint_down_is_an_error_not_a_crash() -> None:
     with pytest.raises(OAuthError, match="unreachable"):
         await source.token()
     assert source.status().state == "error"
+
+
+def test_a_long_non_ascii_send_from_name_is_folded_with_crlf() -> None:
+    """The encoded name is folded; its fold must be CRLF like every other line."""
+    out = rewrite(MSG, send_from="n@v.test", send_from_name="Ä" * 60)
+    head = out.split(b"\r\n\r\n", 1)[0]
+    assert b"\r\n " in head  # it was folded
+    assert bare_line_ending(out) is None
