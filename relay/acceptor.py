@@ -52,6 +52,7 @@ log = logging.getLogger("sluice.acceptor")
 _LENGTH = struct.Struct(">I")
 _READY_WITHIN = 30.0
 _RESPAWN_DELAY = 1.0
+_RESPAWN_MAX_DELAY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,9 @@ class _Worker:
     writer: asyncio.StreamWriter
     #: being replaced or stopped: its exit is expected
     retired: bool = False
+    #: it said it serves the sockets (a worker that never did is not replaced
+    #: by its own exit: whoever started it retries)
+    started: bool = False
     told_to_stop: bool = False
     events: asyncio.Task[None] | None = None
 
@@ -115,12 +119,14 @@ class AcceptorPool:
         self._wake = wake
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
-        self._respawns: set[asyncio.Task[None]] = set()
+        self._respawns: dict[int, asyncio.Task[None]] = {}
+        #: how a worker is started; its channel's descriptor is appended
+        self.command: Sequence[str] = (sys.executable, "-m", "relay.acceptor")
 
     @property
     def alive(self) -> int:
-        """How many workers are running."""
-        return sum(1 for w in self._workers.values() if w.process.returncode is None)
+        """How many workers are serving the sockets (started, and not exited)."""
+        return sum(1 for w in self._workers.values() if w.started and w.process.returncode is None)
 
     @property
     def pids(self) -> list[int]:
@@ -142,9 +148,7 @@ class AcceptorPool:
         fds = [s.fileno() for s in sockets]
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "relay.acceptor",
+                *self.command,
                 str(child.fileno()),
                 pass_fds=[child.fileno(), *fds],
                 stdin=asyncio.subprocess.DEVNULL,
@@ -166,9 +170,10 @@ class AcceptorPool:
             async with asyncio.timeout(_READY_WITHIN):
                 await ready
         except TimeoutError:
-            worker.retired = True
+            ready.cancel()
             process.kill()
             raise OSError(f"accept worker {process.pid} did not start") from None
+        worker.started = True
         log.info("accept worker %d started (pid %d)", slot, process.pid)
 
     async def _read_events(
@@ -188,24 +193,45 @@ class AcceptorPool:
         if not ready.done():
             ready.set_exception(OSError("accept worker exited during start-up (its log is above)"))
         code = await worker.process.wait()
-        if not (self._stopping or worker.retired):
+        if worker.started and not (self._stopping or worker.retired):
             log.error(
                 "accept worker %d (pid %d) exited with status %s; starting another",
                 worker.slot,
                 worker.process.pid,
                 code,
             )
-            respawn = asyncio.get_running_loop().create_task(self._respawn(worker.slot))
-            self._respawns.add(respawn)
-            respawn.add_done_callback(self._respawns.discard)
+            self._respawn_later(worker.slot)
+
+    def _respawn_later(self, slot: int) -> None:
+        if slot not in self._respawns and not self._stopping:
+            task = asyncio.get_running_loop().create_task(self._respawn(slot))
+            self._respawns[slot] = task
+            task.add_done_callback(lambda _: self._respawns.pop(slot, None))
 
     async def _respawn(self, slot: int) -> None:
-        await asyncio.sleep(_RESPAWN_DELAY)  # a worker that dies at once must not spin
-        if not self._stopping:
+        """Start a worker for ``slot`` again, retrying until one starts or the pool stops.
+
+        The wait doubles after each failure, from 1 s up to 60 s (Postfix's
+        master throttles a failing service the same way), so a worker that
+        cannot start does not spin, and one that can again is back within a
+        minute; meanwhile ``alive`` (so ``/healthz``) tells nobody accepts.
+        """
+        delay = _RESPAWN_DELAY
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
             try:
                 await self._spawn(slot)
+                return
             except OSError as exc:
-                log.error("could not restart accept worker %d: %s", slot, exc)
+                delay = min(delay * 2, _RESPAWN_MAX_DELAY)
+                log.error(
+                    "could not start accept worker %d: %s; trying again in %.0f s",
+                    slot,
+                    exc,
+                    delay,
+                )
 
     def reconfigure(self) -> None:
         """Send the current settings to every worker (a reload)."""
@@ -214,17 +240,29 @@ class AcceptorPool:
             _send(worker.writer, ("settings", settings))
 
     async def restart(self, grace: float) -> None:
-        """Replace every worker, e.g. to serve a new set of sockets: new first, then old."""
+        """Replace every worker, e.g. to serve a new set of sockets: new first, then old.
+
+        A replacement that cannot start is retried in the background; the old
+        worker stops all the same, since its sockets are no longer wanted.
+        """
         old = list(self._workers.values())
         for worker in old:
             worker.retired = True
-            await self._spawn(worker.slot)
+            try:
+                await self._spawn(worker.slot)
+            except OSError as exc:
+                log.error(
+                    "could not start accept worker %d on the new sockets: %s; trying again",
+                    worker.slot,
+                    exc,
+                )
+                self._respawn_later(worker.slot)
         await asyncio.gather(*(self._stop_one(w, grace) for w in old))
 
     def stop_accepting(self, grace: float) -> None:
         """Tell every worker to stop: no new sessions; open ones get ``grace`` seconds."""
         self._stopping = True
-        for task in self._respawns:
+        for task in list(self._respawns.values()):
             task.cancel()
         for worker in self._workers.values():
             self._tell_stop(worker, grace)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,68 @@ async def test_a_killed_worker_is_replaced(sluice: SluiceFactory, upstream: Test
         os.kill(first, signal.SIGKILL)
         await eventually(lambda: worker_pids(s) != [first] and s.daemon.acceptors.alive == 1)
         refused, reply = await smtp_send(s.port, "app@example.org", ["to@example.net"], BODY)
+        assert refused == {} and "queued as" in reply
+        await upstream.wait_for(1)
+
+
+def _launcher(path: Path) -> None:
+    """A stand-in for the interpreter that starts workers, written once it may work."""
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    path.chmod(0o755)
+
+
+def _logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    return sum(text in r.getMessage() for r in caplog.records if r.name == "sluice.acceptor")
+
+
+async def test_a_worker_that_cannot_be_started_is_tried_again_until_it_starts(
+    sluice: SluiceFactory,
+    upstream: TestUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As when the interpreter is missing for a moment during an upgrade."""
+    async with sluice([provider_for(upstream)], smtp=WORKER) as s:
+        pool = s.daemon.acceptors
+        assert pool is not None
+        launcher = tmp_path / "python"  # not there yet
+        pool.command = (str(launcher), "-m", "relay.acceptor")
+        (first,) = worker_pids(s)
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: _logged(caplog, "could not start accept worker") >= 1)
+        assert not s.daemon.accepting  # what /healthz reports
+        _launcher(launcher)
+        await eventually(lambda: pool.alive == 1, within=30)
+        refused, reply = await smtp_send(s.port, "app@example.org", ["to@example.net"], BODY)
+        assert refused == {} and "queued as" in reply
+        await upstream.wait_for(1)
+
+
+async def test_a_rebind_whose_new_worker_cannot_start_stops_the_old_one_and_tries_again(
+    sluice: SluiceFactory,
+    upstream: TestUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with sluice([provider_for(upstream)], smtp=WORKER) as s:
+        pool = s.daemon.acceptors
+        assert pool is not None and s.daemon.listener is not None
+        (old_pid,) = worker_pids(s)
+        launcher = tmp_path / "python"
+        pool.command = (str(launcher), "-m", "relay.acceptor")
+        cfg = yaml.safe_load(s.config_path.read_text())
+        cfg["smtp"]["listen"] = ["127.0.0.2:0"]
+        write_config(s.config_path, cfg)
+        assert await s.daemon.reload()  # the new config is in force
+        assert _logged(caplog, "on the new sockets") == 1
+        # The old worker's sockets are no longer wanted: it stops.
+        await eventually(lambda: not _alive(old_pid))
+        _launcher(launcher)
+        await eventually(lambda: pool.alive == 1, within=30)
+        (ep,) = s.daemon.listener.addresses
+        refused, reply = await smtp_send(
+            ep.port, "app@example.org", ["to@example.net"], BODY, host="127.0.0.2"
+        )
         assert refused == {} and "queued as" in reply
         await upstream.wait_for(1)
 
