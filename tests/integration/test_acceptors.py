@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from relay.acceptor import AcceptorPool
 from tests.conftest import (
     Running,
     SluiceFactory,
@@ -110,6 +111,14 @@ async def test_a_killed_worker_is_replaced(sluice: SluiceFactory, upstream: Test
         await upstream.wait_for(1)
 
 
+def _start_through(s: Running, launcher: Path) -> AcceptorPool:
+    """From now on, workers are started by ``launcher``, missing until ``_launcher``."""
+    pool = s.daemon.acceptors
+    assert pool is not None and s.daemon.listener is not None
+    pool.command = (str(launcher), "-m", "relay.acceptor")
+    return pool
+
+
 def _launcher(path: Path) -> None:
     """A stand-in for the interpreter that starts workers, written once it may work."""
     path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
@@ -128,10 +137,8 @@ async def test_a_worker_that_cannot_be_started_is_tried_again_until_it_starts(
 ) -> None:
     """As when the interpreter is missing for a moment during an upgrade."""
     async with sluice([provider_for(upstream)], smtp=WORKER) as s:
-        pool = s.daemon.acceptors
-        assert pool is not None
         launcher = tmp_path / "python"  # not there yet
-        pool.command = (str(launcher), "-m", "relay.acceptor")
+        pool = _start_through(s, launcher)
         (first,) = worker_pids(s)
         os.kill(first, signal.SIGKILL)
         await eventually(lambda: _logged(caplog, "could not start accept worker") >= 1)
@@ -150,11 +157,9 @@ async def test_a_rebind_whose_new_worker_cannot_start_stops_the_old_one_and_trie
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async with sluice([provider_for(upstream)], smtp=WORKER) as s:
-        pool = s.daemon.acceptors
-        assert pool is not None and s.daemon.listener is not None
         (old_pid,) = worker_pids(s)
         launcher = tmp_path / "python"
-        pool.command = (str(launcher), "-m", "relay.acceptor")
+        pool = _start_through(s, launcher)
         cfg = yaml.safe_load(s.config_path.read_text())
         cfg["smtp"]["listen"] = ["127.0.0.2:0"]
         write_config(s.config_path, cfg)

@@ -65,16 +65,22 @@ def _wal_size(db: Path) -> int:
     return wal.stat().st_size if wal.exists() else 0
 
 
+async def _table_writer(db: Path, lock: Path | None) -> Writer:
+    """A writer of one BLOB table, whose own automatic checkpoint is off."""
+    conn = connect(db)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock)
+    await writer.submit(lambda c: c.execute("CREATE TABLE t (b BLOB)"))
+    return writer
+
+
 async def test_the_checkpointer_keeps_the_wal_from_growing_under_continuous_writes(
     tmp_path: Path,
 ) -> None:
     """Writers never pause, and their own checkpoint is off: the WAL still starts over."""
     db = tmp_path / "w.sqlite3"
     lock = write_lock_path(db)
-    conn = connect(db)
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock)
-    await writer.submit(lambda c: c.execute("CREATE TABLE t (b BLOB)"))
+    writer = await _table_writer(db, lock)
     checkpointer = Checkpointer(db, lock, interval=0.005, restart_pages=64)
     blob = os.urandom(64 * 1024)
     written = 0
@@ -98,10 +104,7 @@ async def test_the_checkpointer_copies_the_wal_while_a_writer_holds_the_lock(
     """The bulk of the copy does not wait for the write lock, so it never holds up a writer."""
     db = tmp_path / "w.sqlite3"
     lock = write_lock_path(db)
-    conn = connect(db)
-    conn.execute("PRAGMA wal_autocheckpoint=0")
-    writer = Writer(conn, asyncio.get_running_loop())
-    await writer.submit(lambda c: c.execute("CREATE TABLE t (b BLOB)"))
+    writer = await _table_writer(db, None)  # writes while the lock is held elsewhere
     for _ in range(32):
         await writer.submit(lambda c: c.execute("INSERT INTO t VALUES (zeroblob(65536))"))
     before = db.stat().st_size
