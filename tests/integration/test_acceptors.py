@@ -112,7 +112,7 @@ async def test_a_killed_worker_is_replaced(sluice: SluiceFactory, upstream: Test
 
 
 def _start_through(s: Running, launcher: Path) -> AcceptorPool:
-    """From now on, workers are started by ``launcher``, missing until ``_launcher``."""
+    """From now on, workers are started by ``launcher``, which works once ``_launcher`` wrote it."""
     pool = s.daemon.acceptors
     assert pool is not None and s.daemon.listener is not None
     pool.command = (str(launcher), "-m", "relay.acceptor")
@@ -129,15 +129,20 @@ def _logged(caplog: pytest.LogCaptureFixture, text: str) -> int:
     return sum(text in r.getMessage() for r in caplog.records if r.name == "sluice.acceptor")
 
 
+@pytest.mark.parametrize("broken", ["missing", "exits at once"])
 async def test_a_worker_that_cannot_be_started_is_tried_again_until_it_starts(
     sluice: SluiceFactory,
     upstream: TestUpstream,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    broken: str,
 ) -> None:
-    """As when the interpreter is missing for a moment during an upgrade."""
+    """As when the interpreter is missing or broken for a moment during an upgrade."""
     async with sluice([provider_for(upstream)], smtp=WORKER) as s:
-        launcher = tmp_path / "python"  # not there yet
+        launcher = tmp_path / "python"
+        if broken == "exits at once":
+            launcher.write_text("#!/bin/sh\nexit 3\n")
+            launcher.chmod(0o755)
         pool = _start_through(s, launcher)
         (first,) = worker_pids(s)
         os.kill(first, signal.SIGKILL)
