@@ -423,8 +423,9 @@ async def start_listeners(
 ) -> Listener:
     """Bind every ``smtp.listen`` address; a failure to bind closes what was opened.
 
-    ``serve=False`` binds and listens without accepting: the daemon does that
-    when accept worker processes take the connections. ``sockets`` serves
+    ``serve=False`` binds without listening or accepting: the daemon does
+    that when accept worker processes take the connections (until one
+    serves the sockets, a client is refused rather than left waiting). ``sockets`` serves
     sockets already bound (by the daemon, in such a worker) instead.
     """
     loop = asyncio.get_running_loop()

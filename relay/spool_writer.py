@@ -107,24 +107,11 @@ class Writer:
                     break
             # The batch is taken once our turn has come: what arrived while
             # another process was writing joins this transaction.
-            with self._turn():
+            with _flocked(self._lock_fd):
                 with self._cond:
                     batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
                 self._run_batch(batch)
         self._conn.close()
-
-    @contextlib.contextmanager
-    def _turn(self) -> Iterator[None]:
-        """Hold the spool's write lock, shared with every process writing this spool.
-
-        SQLite lets one writer in at a time and makes the others poll with
-        sleeps of 1, 2, 5, 10... ms; with accept workers and the daemon
-        committing in turn, that polling was most of an accept's latency.
-        ``flock`` hands the turn over as soon as the holder's COMMIT returns.
-        SQLite's own locking stays in force underneath (busy_timeout).
-        """
-        with _flocked(self._lock_fd):
-            yield
 
     def _run_batch(self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]) -> None:
         # A job whose caller went away before it started (client dropped during
@@ -195,8 +182,9 @@ class Checkpointer:
     beginning. The writers' own automatic checkpoint stays on at
     ``AUTOCHECKPOINT_PAGES`` as a fallback.
 
-    Only the daemon runs one; without the write-lock file it is not needed
-    (a single writer) and ``Spool`` does not start it.
+    Only the daemon runs one (``Spool.open(checkpoints=True)``). If the
+    write-lock file cannot be opened it still copies, but never prepares a
+    restart; the writers' fallback then starts the WAL over.
     """
 
     def __init__(
@@ -247,7 +235,15 @@ class Checkpointer:
 
 @contextlib.contextmanager
 def _flocked(fd: int | None) -> Iterator[None]:
-    """Hold the spool's write lock (nothing to hold without its file)."""
+    """Hold the spool's write lock, shared with every process writing this spool.
+
+    SQLite lets one writer in at a time and makes the others poll with
+    sleeps of 1, 2, 5, 10... ms; with accept workers and the daemon
+    committing in turn, that polling was most of an accept's latency.
+    ``flock`` hands the turn over as soon as the holder's COMMIT returns.
+    SQLite's own locking stays in force underneath (busy_timeout). Without
+    the lock file (``fd`` is ``None``) there is nothing to hold.
+    """
     if fd is None:
         yield
         return
