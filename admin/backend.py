@@ -17,9 +17,9 @@ from admin.guard import SCOPE_KEY, Identity
 from relay.config import AdminSettings
 from relay.errors import UnknownMessage
 from relay.metrics import Metrics
-from relay.provider_test import TestReport
-from relay.scheduler import Snapshot
-from relay.spool import Spool
+from relay.outbound.probe import TestReport
+from relay.outbound.scheduler import Snapshot
+from relay.store.spool import Spool
 
 __all__ = [
     "ACTIONS",

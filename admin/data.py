@@ -16,7 +16,7 @@ from typing import Any
 
 from relay.config import ProviderSettings
 from relay.model import AttemptStatus, LogEntry, MessageDetail, QueueEntry, RecipientStatus
-from relay.providers import ProviderStatus
+from relay.outbound.providers import ProviderStatus
 from relay.secrets import mask
 
 __all__ = [

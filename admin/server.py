@@ -24,7 +24,7 @@ from admin.auth import Credentials
 from admin.backend import Backend, DaemonStatus
 from relay.config import AdminSettings, Endpoint
 from relay.errors import ConfigError
-from relay.provider_test import TestReport, test_provider
+from relay.outbound.probe import TestReport, test_provider
 
 if TYPE_CHECKING:
     from relay.daemon import Daemon

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.model import AttemptStatus
-from relay.spool import Spool
+from relay.store.spool import Spool
 
 __all__ = ["Bar", "Chart", "Summary", "summary"]
 

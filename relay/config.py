@@ -182,7 +182,7 @@ class SmtpSettings(_Model):
     hostname: str | None = None
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"
-    #: accept worker processes (``relay.acceptor``); 0 = accept in the daemon itself
+    #: accept worker processes (``relay.inbound.workers``); 0 = accept in the daemon itself
     workers: int | Literal["auto"] = "auto"
 
     @field_validator("allowed_networks", mode="before")

@@ -11,61 +11,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay import logsetup
-from relay.acceptor import AcceptorPool, WorkerSettings
 from relay.config import Config, load
-from relay.errors import ConfigError, SpoolError, SpoolLocked
+from relay.errors import ConfigError, SpoolError
+from relay.inbound.listener import Listener, RelayHandler, start_listeners
+from relay.inbound.workers import AcceptorPool, WorkerSettings
 from relay.metrics import Metrics
-from relay.providers import ProviderSet
-from relay.scheduler import Scheduler, Snapshot
+from relay.outbound.providers import ProviderSet
+from relay.outbound.scheduler import Scheduler, Snapshot
 from relay.sdnotify import Notifier
-from relay.smtp_server import Listener, RelayHandler, start_listeners
-from relay.spool import Spool
+from relay.store.lock import spool_lock
+from relay.store.spool import Spool
 
 if TYPE_CHECKING:
     from admin.server import AdminServer
 
-__all__ = ["Daemon", "spool_lock"]
+__all__ = ["Daemon"]
 
 log = logging.getLogger("sluice.daemon")
 
 _PRUNE_EVERY = 3600.0
 _PRUNE_BATCH = 2000
-
-
-@contextlib.contextmanager
-def spool_lock(spool_path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` beside the spool for the daemon's lifetime.
-
-    Raises:
-        SpoolLocked: another process (another ``sluice serve``) holds it.
-    """
-    lock_path = spool_path.with_name(spool_path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise SpoolLocked(
-                f"spool {spool_path} is in use by another sluice process (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 class Daemon:

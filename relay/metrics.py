@@ -54,7 +54,7 @@ class Metrics:
             registry=r,
         )
 
-    # The SMTP listener's events (``relay.smtp_server.AcceptEvents``).
+    # The SMTP listener's events (``relay.inbound.listener.AcceptEvents``).
     def on_accept(self, size: int) -> None:
         self.received.inc()
         self.received_bytes.inc(size)

@@ -14,7 +14,7 @@ import yaml
 
 from relay.config import Config, load
 from relay.daemon import Daemon
-from relay.spool import Spool
+from relay.store.spool import Spool
 from tests.upstream import TestUpstream
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from admin.stats import HOURS, summary
 from relay.model import AttemptStatus, RecipientStatus
-from relay.spool import Finish, NewMessage, Spool, new_queue_id
+from relay.store.spool import Finish, NewMessage, Spool, new_queue_id
 
 NOW = 1_800_000_000.0 + 1800  # half past an hour, UTC
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.acceptor import AcceptorPool
+from relay.inbound.workers import AcceptorPool
 from tests.conftest import (
     Running,
     SluiceFactory,
@@ -115,7 +115,7 @@ def _start_through(s: Running, launcher: Path) -> AcceptorPool:
     """From now on, workers are started by ``launcher``, which works once ``_launcher`` wrote it."""
     pool = s.daemon.acceptors
     assert pool is not None and s.daemon.listener is not None
-    pool.command = (str(launcher), "-m", "relay.acceptor")
+    pool.command = (str(launcher), "-m", "relay.inbound.workers")
     return pool
 
 

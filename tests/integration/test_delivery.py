@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
-from relay.spool import NewMessage, Spool
+from relay.store.spool import NewMessage, Spool
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import TestUpstream
 

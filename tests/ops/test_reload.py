@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import read_meta
+from relay.store.spool import read_meta
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send, write_config
 from tests.daemon_proc import DaemonProcess, run_cli
 from tests.upstream import TestUpstream

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from relay.model import AttemptStatus, RecipientStatus
-from relay.spool import Finish, NewMessage, Spool, new_queue_id
+from relay.store.spool import Finish, NewMessage, Spool, new_queue_id
 from tests.conftest import SluiceFactory, eventually, provider_for
 from tests.upstream import TestUpstream
 

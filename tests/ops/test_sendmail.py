@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.sendmail import Options, UsageError, parse_args, prepare
+from relay.inbound.sendmail import Options, UsageError, parse_args, prepare
 from tests.conftest import provider_for
 from tests.daemon_proc import DaemonProcess, run_cli
 from tests.upstream import TestUpstream
@@ -303,7 +303,7 @@ def test_unreadable_config_falls_back_to_the_default_listener(
     import io
     import socket
 
-    from relay import sendmail
+    from relay.inbound import sendmail
 
     probe = socket.socket()
     try:

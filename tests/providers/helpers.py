@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.model import QueueEntry, RecipientStatus
-from relay.spool import Spool
+from relay.store.spool import Spool
 
 SENDER = "app@example.org"
 

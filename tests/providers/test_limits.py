@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay.limits import next_utc_midnight
 from relay.model import RecipientStatus
+from relay.outbound.limits import next_utc_midnight
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.providers.helpers import SENDER, entries, message, queue_id_of
 from tests.upstream import TestUpstream

@@ -8,14 +8,13 @@ from typing import Any
 import pytest
 
 from relay.config import Config, OAuth2Settings, Rate
-from relay.delivery import classify
-from relay.health import Health
-from relay.limits import DailyLimit, TokenBucket, next_utc_midnight, utc_window
+from relay.message import HeaderBlock, bare_line_ending, rewrite
 from relay.model import TempFailure
-from relay.oauth import OAuthError, TokenSource
-from relay.received import bare_line_ending
-from relay.rewrite import header_value, rewrite
-from relay.routing import route_for
+from relay.outbound.health import Health
+from relay.outbound.limits import DailyLimit, TokenBucket, next_utc_midnight, utc_window
+from relay.outbound.oauth import OAuthError, TokenSource
+from relay.outbound.routing import route_for
+from relay.outbound.session import classify
 from tests.providers.token_server import TokenServer
 
 MSG = (
@@ -65,9 +64,10 @@ def test_send_from_without_from_header_adds_one() -> None:
 
 
 def test_header_value_unfolds() -> None:
-    assert header_value(MSG, "subject") == "folded subject line"
-    assert header_value(MSG, "x-sluice-provider") == "bulk"
-    assert header_value(MSG, "reply-to") is None
+    head = HeaderBlock(MSG)
+    assert head.value("subject") == "folded subject line"
+    assert head.value("x-sluice-provider") == "bulk"
+    assert head.value("reply-to") is None
 
 
 # ------------------------------------------------------------------ routing
@@ -87,7 +87,7 @@ def _config(**extra: Any) -> Config:
 
 
 def test_default_order_is_by_priority_and_skips_disabled() -> None:
-    assert route_for(_config(), "s@x.org", "r@y.net", b"\r\n") == ["b", "a"]
+    assert route_for(_config(), "s@x.org", "r@y.net", HeaderBlock(b"\r\n")) == ["b", "a"]
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_routes(sender: str, rcpt: str, data: bytes, want: list[str]) -> None:
             {"header": "X-Class: bulk", "providers": ["a", "b"]},
         ]
     )
-    assert route_for(cfg, sender, rcpt, data) == want
+    assert route_for(cfg, sender, rcpt, HeaderBlock(data)) == want
 
 
 # ------------------------------------------------------------------- limits

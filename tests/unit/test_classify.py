@@ -14,8 +14,8 @@ from aiosmtplib import (
     SMTPServerDisconnected,
 )
 
-from relay.delivery import ProviderError, classify, retry_hint
 from relay.model import Delivered, PermFailure, TempFailure
+from relay.outbound.session import ProviderError, classify, retry_hint
 
 
 @pytest.mark.parametrize(

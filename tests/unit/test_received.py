@@ -8,7 +8,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.received import bare_line_ending, extract_subject, received_header, wire_data
+from relay.message import bare_line_ending, extract_subject, received_header, wire_data
 
 NOW = 1_700_000_000.0
 

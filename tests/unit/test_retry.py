@@ -8,7 +8,7 @@ import pytest
 
 from relay.config import RetrySettings
 from relay.model import Delivered, PermFailure, RecipientStatus, TempFailure
-from relay.retry import backoff, decide
+from relay.outbound.retry import backoff, decide
 
 POLICY = RetrySettings(first_delay=60, max_delay=3600, give_up_after=5 * 86400, jitter=0)
 T0 = 1_700_000_000.0

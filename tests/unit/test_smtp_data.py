@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.received import bare_line_ending, wire_data
-from relay.smtp_data import R_LINE_TOO_LONG, R_TOO_MUCH_DATA, read_data
+from relay.inbound.data import R_LINE_TOO_LONG, R_TOO_MUCH_DATA, read_data
+from relay.message import bare_line_ending, wire_data
 
 
 async def _read(

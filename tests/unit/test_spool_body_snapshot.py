@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from relay.spool import NewMessage, Spool, new_queue_id
+from relay.store.spool import NewMessage, Spool, new_queue_id
 
 
 def _message(n: int) -> NewMessage:

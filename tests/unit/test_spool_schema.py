@@ -6,8 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from relay.spool import NewMessage, Spool, new_queue_id
-from relay.sql import SCHEMA
+from relay.store.spool import NewMessage, Spool, new_queue_id
+from relay.store.sql import SCHEMA
 
 _CRLF_COLUMN = ",\n    crlf_only  INTEGER NOT NULL DEFAULT 0"
 

@@ -8,7 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from relay.spool_writer import Checkpointer, Writer, connect, write_lock_path
+from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
 from tests.conftest import eventually
 
 

@@ -10,36 +10,16 @@ never signalled), send SIGHUP, and wait until ``reload.id`` changes.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.spool import read_meta
+from relay.store.lock import daemon_pid
+from relay.store.spool import read_meta
 
-__all__ = ["ReloadResult", "daemon_pid", "request_reload"]
-
-
-def daemon_pid(spool_path: Path) -> int | None:
-    """The pid of the daemon holding the spool lock, or None if none holds it."""
-    lock_path = spool_path.with_name(spool_path.name + ".lock")
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            # A shared probe: it fails only while a daemon holds the lock.
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
+__all__ = ["ReloadResult", "request_reload"]
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,10 @@ from typing import BinaryIO
 
 from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load_structure
 from relay.errors import ConfigError, SpoolError
+from relay.inbound.sendmail_args import Options, Prepared, UsageError, parse_args, prepare, qualify
+from relay.message import extract_subject
 from relay.model import valid_address
-from relay.received import extract_subject
-from relay.sendmail_input import Options, Prepared, UsageError, parse_args, prepare, qualify
-from relay.spool import NewMessage, Spool, new_queue_id, read_meta
+from relay.store.spool import NewMessage, Spool, new_queue_id, read_meta
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
 

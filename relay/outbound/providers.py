@@ -23,13 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay.config import Config, DeliverySettings, ProviderSettings
-from relay.delivery import ProviderError, Session, StaleSession, Upstream, classify
-from relay.health import Health
-from relay.limits import Counters, DailyLimit, TokenBucket
+from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
 from relay.model import Claim, Delivered, Outcome, TempFailure
-from relay.oauth import TokenSource
-from relay.rewrite import header_end, rewrite
-from relay.routing import default_order, route_for
+from relay.outbound.health import Health
+from relay.outbound.limits import Counters, DailyLimit, TokenBucket
+from relay.outbound.oauth import TokenSource
+from relay.outbound.routing import default_order, route_for
+from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
 from relay.secrets import resolve_secret
 
 __all__ = [
@@ -231,12 +231,19 @@ class Provider:
         return Unavailable(self.id, f"{self.id}: {self.state.health.why_blocked(now)}", until)
 
     async def deliver(
-        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool = False
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        crlf_only: bool = False,
+        head: HeaderBlock | None = None,
     ) -> list[Outcome] | Unavailable:
         """One attempt through this provider, or why it cannot be used now.
 
         ``crlf_only``: every line of ``data`` is known to end in CRLF, so the
         send need not check again (it does whenever a rewrite changed it).
+        ``head``: the header block of ``data``, parsed once per attempt by the caller.
         """
         if (blocked := self.blocked()) is not None:
             return blocked
@@ -265,7 +272,7 @@ class Provider:
             if wait > 0:
                 await asyncio.sleep(wait)
         sender_out = s.send_from if s.send_from is not None else sender
-        data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name)
+        data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name, head=head)
         async with self._slots:
             outcomes = await self._send(
                 sender_out, recipients, data_out, crlf_only=crlf_only and data_out is data
@@ -380,25 +387,23 @@ class ProviderSet:
             )
         return cls(built, config)
 
-    def candidates(self, claim: Claim, data: bytes) -> list[Provider]:
+    def candidates(self) -> list[Provider]:
         """Enabled providers in ``priority`` order (lowest first; ties keep file order)."""
         enabled = [p for p in self.providers if p.settings.enabled]
         return sorted(enabled, key=lambda p: p.settings.priority)
 
-    def plan(self, claim: Claim, data: bytes) -> list[tuple[list[int], list[Provider]]]:
+    def plan(self, claim: Claim, head: HeaderBlock) -> list[tuple[list[int], list[Provider]]]:
         """Group the claim's recipients by the providers routing gives them, in order."""
         if self.config is None:
-            return [(list(claim.recipients), self.candidates(claim, data))]
+            return [(list(claim.recipients), self.candidates())]
         groups: dict[tuple[str, ...], list[int]] = {}
         default = tuple(default_order(self.config))
-        # Looked for once per claim, in the header block ``route_for`` reads
-        # (lower-casing 64 KB per recipient was a visible cost on large mail).
-        routed = bool(self.config.routes) or (
-            b"x-sluice-provider" in data[: header_end(data)].lower()
-        )
+        # A cheap look for the header first: splitting the header block of
+        # every message only to find no routing header was a visible cost.
+        routed = bool(self.config.routes) or head.mentions(PROVIDER_HEADER)
         for rid, rcpt in claim.recipients.items():
             if routed:
-                ids = tuple(route_for(self.config, claim.sender, rcpt.address, data))
+                ids = tuple(route_for(self.config, claim.sender, rcpt.address, head))
             else:
                 ids = default
             groups.setdefault(ids, []).append(rid)

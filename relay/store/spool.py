@@ -1,7 +1,7 @@
 """The spool: the only module that writes SQL, and the one store every part shares.
 
 Writes go through one writer connection owned by one thread (``Writer`` in
-``relay/spool_writer.py``), with **group commit**: jobs queued while a
+``relay/store/writer.py``), with **group commit**: jobs queued while a
 transaction is being written are batched into the next one, each inside its
 own SAVEPOINT, so a failing job rolls back alone. Every caller is answered
 only after the ``COMMIT`` of its own job has returned, and the database runs
@@ -41,8 +41,8 @@ from relay.model import (
     QueueEntry,
     RecipientStatus,
 )
-from relay.spool_writer import Checkpointer, Writer, connect, write_lock_path
-from relay.sql import QUERIES, SCHEMA
+from relay.store.sql import QUERIES, SCHEMA
+from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
 
 __all__ = ["Finish", "NewMessage", "Spool", "new_queue_id", "read_meta"]
 

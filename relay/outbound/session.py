@@ -11,7 +11,7 @@ or a reply becomes an ``Outcome``. The rule (stamina's: never retry blindly):
   fault, so another provider may take the mail at once;
 * anything unexpected: temporary, and logged loudly as a bug.
 
-The body after DATA is prepared by ``received.wire_data``: every line ending
+The body after DATA is prepared by ``message.wire_data``: every line ending
 written as CRLF and dot-stuffed (RFC 5321 § 4.5.2), as aiosmtplib would, but
 in C-level passes rather than its regexes. A message whose lines all end in
 CRLF leaves byte for byte as it was stored; the SMTP listener rejects bare
@@ -39,9 +39,9 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from relay.message import wire_data
 from relay.model import Delivered, Outcome, PermFailure, TempFailure, valid_address
-from relay.oauth import OAuthError, TokenSource
-from relay.received import wire_data
+from relay.outbound.oauth import OAuthError, TokenSource
 
 __all__ = [
     "ProviderError",

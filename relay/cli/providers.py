@@ -23,7 +23,7 @@ from relay.config import Config, ProviderSettings, load
 from relay.secrets import MASK
 
 if TYPE_CHECKING:
-    from relay.provider_test import TestReport
+    from relay.outbound.probe import TestReport
 
 __all__ = ["register"]
 
@@ -49,8 +49,8 @@ def _credentials(p: ProviderSettings) -> str:
 
 async def _usage(cfg: Config) -> dict[str, int]:
     """Messages sent today per provider, from the spool if there is one."""
-    from relay.limits import DailyLimit
-    from relay.spool import Spool
+    from relay.outbound.limits import DailyLimit
+    from relay.store.spool import Spool
 
     if not cfg.spool.path.exists():
         return {p.id: 0 for p in cfg.providers}
@@ -119,7 +119,7 @@ def _print_report(p: ProviderSettings, report: TestReport) -> None:
 
 async def cmd_test(args: argparse.Namespace) -> int:
     # Imported here: aiosmtplib and httpx are not needed by the rest of the CLI.
-    from relay.provider_test import test_provider
+    from relay.outbound.probe import test_provider
 
     cfg: Config = await asyncio.to_thread(load, args.config_path_of(args))
     if args.id:

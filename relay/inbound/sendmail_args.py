@@ -2,7 +2,7 @@
 
 ``parse_args`` takes the argv that real callers pass (cron, PHP, mdadm,
 busybox, git send-email); ``prepare`` turns stdin's bytes into the message
-Sluice submits, and its recipients. ``relay.sendmail`` does the I/O.
+Sluice submits, and its recipients. ``relay.inbound.sendmail`` does the I/O.
 """
 
 from __future__ import annotations

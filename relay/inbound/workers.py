@@ -5,7 +5,7 @@ the limit: reading and checking bodies (accept) and preparing and sending
 them (delivery) take about half of it each. With ``smtp.workers: N`` the
 daemon binds the listening sockets itself (so reloads, port 0 and the
 ``listening smtp=`` line are unchanged) but does not accept on them; N child
-processes (``python -m relay.acceptor``) do, as Postfix's ``smtpd``
+processes (``python -m relay.inbound.workers``) do, as Postfix's ``smtpd``
 processes do for its queue manager. Each one:
 
 * serves the daemon's sockets, inherited by file descriptor;
@@ -42,8 +42,9 @@ from typing import Any
 
 from relay import logsetup
 from relay.config import LogSettings, SmtpSettings
-from relay.smtp_server import AcceptEvents, RelayHandler, start_listeners
-from relay.spool import Spool
+from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
+from relay.runner import run_fast
+from relay.store.spool import Spool
 
 __all__ = ["AcceptorPool", "WorkerSettings", "main"]
 
@@ -121,7 +122,7 @@ class AcceptorPool:
         self._stopping = False
         self._respawns: dict[int, asyncio.Task[None]] = {}
         #: how a worker is started; its channel's descriptor is appended
-        self.command: Sequence[str] = (sys.executable, "-m", "relay.acceptor")
+        self.command: Sequence[str] = (sys.executable, "-m", "relay.inbound.workers")
 
     @property
     def alive(self) -> int:
@@ -369,12 +370,11 @@ async def _serve(channel_fd: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from relay.cli import run_fast
-
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or not args[0].isdigit():
         print(
-            "usage: python -m relay.acceptor CHANNEL_FD (started by sluice serve)", file=sys.stderr
+            "usage: python -m relay.inbound.workers CHANNEL_FD (started by sluice serve)",
+            file=sys.stderr,
         )
         return 64
     with contextlib.suppress(KeyboardInterrupt):

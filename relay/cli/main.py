@@ -17,11 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from relay import __version__, provider_cli
+from relay import __version__
+from relay.cli import providers as provider_cli
 from relay.config import Config, load, load_structure
 from relay.errors import ConfigError, SpoolError, UnknownMessage
 from relay.model import RecipientStatus
-from relay.spool import Spool
+from relay.runner import run_fast
+from relay.store.spool import Spool
 
 __all__ = ["main"]
 
@@ -70,7 +72,7 @@ async def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def cmd_reload(args: argparse.Namespace) -> int:
-    from relay.control import request_reload
+    from relay.cli.reload import request_reload
 
     path = _config_path(args)
     # Refuse to signal the daemon with a file that does not validate. Secrets
@@ -191,7 +193,7 @@ async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
 
 async def cmd_demo(args: argparse.Namespace) -> int:
     from relay import logsetup
-    from relay.demo import run_demo
+    from relay.cli.demo import run_demo
 
     logsetup.configure_plain("info")
     return await run_demo(Path(args.dir))
@@ -256,11 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
         # Linked as /usr/sbin/sendmail (or mailq-style names): behave as sendmail.
         if os.path.basename(sys.argv[0]) == "sendmail":
-            from relay import sendmail
+            from relay.inbound import sendmail
 
             return sendmail.main(argv)
     if argv and argv[0] == "sendmail":
-        from relay import sendmail
+        from relay.inbound import sendmail
 
         return sendmail.main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -283,20 +285,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
-
-
-def run_fast(coro: Coroutine[Any, Any, int]) -> int:
-    """Run the daemon on uvloop when it is installed (the ``fast`` extra).
-
-    uvloop's transports cut the per-message CPU of the event loop (socket
-    writes, selector, callbacks); the daemon uses nothing it lacks.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

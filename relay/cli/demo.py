@@ -16,7 +16,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.config import load
 from relay.daemon import Daemon
-from relay.received import extract_subject
+from relay.message import extract_subject
 
 __all__ = ["run_demo"]
 

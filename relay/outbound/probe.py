@@ -16,9 +16,9 @@ import aiosmtplib
 from aiosmtplib import SMTPException, SMTPResponseException
 
 from relay.config import DeliverySettings, ProviderSettings
-from relay.delivery import insecure_auth, smtp_client
-from relay.oauth import OAuthError, TokenSource
-from relay.providers import upstream_of
+from relay.outbound.oauth import OAuthError, TokenSource
+from relay.outbound.providers import upstream_of
+from relay.outbound.session import insecure_auth, smtp_client
 
 __all__ = ["TestReport", "TestStep", "test_provider"]
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from relay.config import Config
 from relay.errors import SpoolError, UnknownMessage
+from relay.message import HeaderBlock
 from relay.metrics import Metrics
 from relay.model import (
     AttemptStatus,
@@ -33,9 +34,9 @@ from relay.model import (
     RecipientStatus,
     TempFailure,
 )
-from relay.providers import ProviderSet, Unavailable
-from relay.retry import decide
-from relay.spool import Finish, Spool
+from relay.outbound.providers import ProviderSet, Unavailable
+from relay.outbound.retry import decide
+from relay.store.spool import Finish, Spool
 
 __all__ = ["Scheduler", "Snapshot"]
 
@@ -161,7 +162,8 @@ class Scheduler:
         results: dict[int, tuple[Outcome, str | None]] = {}
         waits: list[Unavailable] = []
         # Routing is resolved now, from the current config, for each recipient.
-        for rids_of_route, route in snap.providers.plan(claim, data):
+        head = HeaderBlock(data)  # found once per attempt; routing and rewrites read it
+        for rids_of_route, route in snap.providers.plan(claim, head):
             pending = {rid: claim.recipients[rid].address for rid in rids_of_route}
             for provider in route:
                 rids = list(pending)
@@ -175,7 +177,11 @@ class Scheduler:
                 )
                 started = time.monotonic()
                 got = await provider.deliver(
-                    claim.sender, [pending[r] for r in rids], data, crlf_only=claim.crlf_only
+                    claim.sender,
+                    [pending[r] for r in rids],
+                    data,
+                    crlf_only=claim.crlf_only,
+                    head=head,
                 )
                 if isinstance(got, Unavailable):
                     waits.append(got)  # skipped (limits, cool-down): not an attempt

@@ -27,10 +27,10 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
+from relay.inbound.data import read_data
+from relay.message import bare_line_ending, extract_subject, received_header
 from relay.model import valid_address
-from relay.received import bare_line_ending, extract_subject, received_header
-from relay.smtp_data import read_data
-from relay.spool import NewMessage, Spool, new_queue_id
+from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = [
     "AcceptEvents",
@@ -65,7 +65,7 @@ class AcceptEvents(Protocol):
     """Where the listener reports what it accepted and refused.
 
     ``relay.metrics.Metrics`` in the daemon; in an accept worker process, the
-    channel to the daemon (``relay.acceptor``), which also wakes its scheduler.
+    channel to the daemon (``relay.inbound.workers``), which also wakes its scheduler.
     """
 
     def on_accept(self, size: int) -> None: ...
@@ -259,7 +259,7 @@ class RelaySMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA with the body read in chunks (see ``relay.smtp_data``)."""
+        """aiosmtpd's DATA with the body read in chunks (see ``relay.inbound.data``)."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -342,7 +342,7 @@ class Listener:
     #: the configured address of each server, and how to make a session (for ``rebind``)
     endpoints: list[Endpoint] = field(default_factory=list)
     factory: Callable[[], RelaySMTP] | None = None
-    #: False when accept worker processes serve these sockets (``relay.acceptor``)
+    #: False when accept worker processes serve these sockets (``relay.inbound.workers``)
     serve: bool = True
     _retired: list[asyncio.Server] = field(default_factory=list)
 

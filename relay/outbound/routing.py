@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 
 from relay.config import Config, RouteSettings
-from relay.rewrite import PROVIDER_HEADER, header_value
+from relay.message import PROVIDER_HEADER, HeaderBlock
 
 __all__ = ["default_order", "domain_matches", "route_for"]
 
@@ -39,9 +39,9 @@ def domain_matches(domain: str, patterns: Sequence[str]) -> bool:
     return False
 
 
-def _header_matches(data: bytes, spec: str) -> bool:
+def _header_matches(head: HeaderBlock, spec: str) -> bool:
     name, sep, want = spec.partition(":")
-    value = header_value(data, name.strip())
+    value = head.value(name.strip())
     if value is None:
         return False
     return not sep or value.lower() == " ".join(want.split()).lower()
@@ -52,18 +52,18 @@ def default_order(config: Config) -> list[str]:
     return [p.id for p in sorted(enabled, key=lambda p: p.priority)]
 
 
-def _matches(route: RouteSettings, sender: str, recipient: str, data: bytes) -> bool:
+def _matches(route: RouteSettings, sender: str, recipient: str, head: HeaderBlock) -> bool:
     if route.sender_domain and not domain_matches(domain_of(sender), route.sender_domain):
         return False
     if route.recipient_domain and not domain_matches(domain_of(recipient), route.recipient_domain):
         return False
-    return not (route.header and not _header_matches(data, route.header))
+    return not (route.header and not _header_matches(head, route.header))
 
 
-def route_for(config: Config, sender: str, recipient: str, data: bytes) -> list[str]:
+def route_for(config: Config, sender: str, recipient: str, head: HeaderBlock) -> list[str]:
     """Provider ids to try for one recipient, in order (enabled providers only)."""
     enabled = {p.id: p for p in config.providers if p.enabled}
-    named = header_value(data, PROVIDER_HEADER)
+    named = head.value(PROVIDER_HEADER)
     if named:
         ids = [i.strip() for i in named.split(",") if i.strip()]
         chosen = [i for i in ids if i in enabled]
@@ -71,6 +71,6 @@ def route_for(config: Config, sender: str, recipient: str, data: bytes) -> list[
             return chosen
         log.warning("%s: %r names no enabled provider; using the routes", PROVIDER_HEADER, named)
     for route in config.routes:
-        if _matches(route, sender, recipient, data):
+        if _matches(route, sender, recipient, head):
             return [i for i in route.providers if i in enabled]
     return default_order(config)

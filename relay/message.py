@@ -1,0 +1,265 @@
+"""Bytes-level helpers shared by both sides: what Sluice adds to, reads or rewrites in a message.
+
+Sluice never re-serialises a message. On the way in it prepends one
+``Received:`` header (RFC 5321 § 4.4) and reads the Subject for its listings;
+on the way out it may rewrite the header block for one provider (``send_from``
+and the ``X-Sluice-Provider`` header, never the stored bytes) and writes the
+body in its wire form (CRLF, dot-stuffed).
+
+The header block is found and split once per delivery attempt
+(``HeaderBlock.of``); routing and the rewrite read that same view.
+
+``send_from`` (with ``send_from_name``): providers such as SES or Gmail only
+accept mail from a verified address. The envelope sender becomes
+``send_from``, the From header becomes ``send_from_name <send_from>``, and the
+original From is kept as Reply-To when the message has none, so replies still
+reach the original author.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.header
+import email.utils
+import re
+from email.header import Header
+from email.utils import formataddr
+
+__all__ = [
+    "PROVIDER_HEADER",
+    "HeaderBlock",
+    "bare_line_ending",
+    "extract_subject",
+    "header_end",
+    "received_header",
+    "rewrite",
+    "wire_data",
+]
+
+PROVIDER_HEADER = "X-Sluice-Provider"
+
+_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+# ------------------------------------------------------------- the header block
+
+
+def header_end(data: bytes) -> int:
+    """Length of the header block, its last CRLF included.
+
+    Without a blank line the whole message counts as header; a message that
+    starts with one has none.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return end + 2
+    return 0 if data.startswith(b"\r\n") else len(data)
+
+
+def _name(field: bytes) -> str:
+    match = _FIELD_NAME.match(field)
+    return match.group(1).decode("ascii").lower() if match else ""
+
+
+def _value(field: bytes) -> bytes:
+    return field.split(b":", 1)[1].strip() if b":" in field else b""
+
+
+class HeaderBlock:
+    """The header block of one message: found once, split into fields on first use.
+
+    ``fields`` keeps each field's exact bytes (folded lines and CRLF
+    included), so a rewrite that leaves a field alone leaves its bytes alone.
+    """
+
+    __slots__ = ("_fields", "_names", "data", "end")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        #: length of the header block (its last CRLF included)
+        self.end = header_end(data)
+        self._fields: list[bytes] | None = None
+        self._names: list[str] | None = None
+
+    @property
+    def fields(self) -> list[bytes]:
+        if self._fields is None:
+            fields: list[bytes] = []
+            for line in self.data[: self.end].splitlines(keepends=True):
+                if line[:1] in (b" ", b"\t") and fields:
+                    fields[-1] += line
+                else:
+                    fields.append(line)
+            self._fields = fields
+        return self._fields
+
+    @property
+    def names(self) -> list[str]:
+        """Lower-cased field names, one per field."""
+        if self._names is None:
+            self._names = [_name(f) for f in self.fields]
+        return self._names
+
+    @property
+    def rest(self) -> bytes:
+        """The blank line and the body."""
+        return self.data[self.end :]
+
+    def mentions(self, name: str) -> bool:
+        """A cheap pre-check: whether ``name`` occurs anywhere in the block (any case)."""
+        return name.lower().encode() in self.data[: self.end].lower()
+
+    def value(self, name: str) -> str | None:
+        """The unfolded value of the first ``name`` field, or ``None``."""
+        wanted = name.lower()
+        for field, fname in zip(self.fields, self.names, strict=True):
+            if fname == wanted:
+                return " ".join(_value(field).decode("utf-8", "replace").split())
+        return None
+
+
+# --------------------------------------------------------- per-provider rewrite
+
+
+def _from_field(address: str, name: str | None) -> bytes:
+    if name and not name.isascii():
+        display = Header(name, "utf-8").encode(linesep="\r\n")
+        return f"From: {display} <{address}>\r\n".encode("ascii")
+    return f"From: {formataddr((name or '', address))}\r\n".encode()
+
+
+def rewrite(
+    data: bytes,
+    *,
+    send_from: str | None = None,
+    send_from_name: str | None = None,
+    remove: tuple[str, ...] = (PROVIDER_HEADER,),
+    head: HeaderBlock | None = None,
+) -> bytes:
+    """The bytes to send through one provider (``data`` itself when nothing changes).
+
+    ``head`` is the message's already parsed header block, if the caller has it.
+    """
+    drop = {n.lower() for n in remove}
+    block = head if head is not None else HeaderBlock(data)
+    if send_from is None and not (drop and any(block.mentions(n) for n in drop)):
+        return data
+    fields, names, rest = block.fields, block.names, block.rest
+    if send_from is None and not drop.intersection(names):
+        return data
+    if send_from is None and not drop.intersection(names):
+        return data
+    out: list[bytes] = []
+    original_from: bytes | None = None
+    for field, name in zip(fields, names, strict=True):
+        if name in drop:
+            continue
+        if send_from is not None and name == "from":
+            if original_from is None:
+                original_from = field.split(b":", 1)[1]
+                out.append(_from_field(send_from, send_from_name))
+            continue
+        out.append(field)
+    if send_from is not None:
+        if original_from is None:
+            out.append(_from_field(send_from, send_from_name))
+        elif "reply-to" not in names:
+            out.append(b"Reply-To:" + original_from)
+    return b"".join(out) + rest
+
+
+# ------------------------------------------------ trace header, subject, wire form
+
+_UNSAFE = re.compile(r"[^\x21-\x7e]")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_SUBJECT = re.compile(rb"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+_LINE_ENDING = re.compile(rb"\r\n|\n|\r")
+_SUBJECT_MAX = 200
+
+
+def _token(text: str, limit: int = 255) -> str:
+    """A header-safe rendering of a client-supplied word (HELO name, address)."""
+    return _UNSAFE.sub("?", text)[:limit] or "unknown"
+
+
+def received_header(
+    *,
+    helo: str | None,
+    client_ip: str,
+    hostname: str,
+    queue_id: str,
+    protocol: str,
+    recipients: list[str],
+    now: float,
+) -> bytes:
+    """The trace header for one accepted message, folded, ending in CRLF.
+
+    ``for <addr>`` is given only for a single recipient, as Postfix does, so a
+    Bcc list is not disclosed to every recipient.
+    """
+    parts = [f"Received: from {_token(helo or 'unknown')} ([{_token(client_ip)}])"]
+    parts.append(f"\tby {_token(hostname)} (Sluice) with {protocol} id {queue_id}")
+    stamp = email.utils.formatdate(now, localtime=False, usegmt=False)
+    if len(recipients) == 1:
+        parts.append(f"\tfor <{_token(recipients[0], 320)}>; {stamp}")
+    else:
+        parts[-1] += ";"
+        parts.append(f"\t{stamp}")
+    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def extract_subject(data: bytes) -> str:
+    """The decoded Subject of a message, for the queue and log listings.
+
+    Only the header block is read; a malformed encoded-word is shown as sent.
+    """
+    match = _HEADER_END.search(data)
+    head = data[: match.start()] if match else data[:65536]
+    found = _SUBJECT.search(head)
+    if not found:
+        return ""
+    raw = re.sub(rb"\r?\n[ \t]", b" ", found.group(1)).decode("utf-8", "replace").strip()
+    try:
+        decoded = str(email.header.make_header(email.header.decode_header(raw)))
+    except (ValueError, LookupError, email.errors.HeaderParseError):
+        decoded = raw
+    return " ".join(decoded.split())[:_SUBJECT_MAX]
+
+
+def bare_line_ending(data: bytes) -> int | None:
+    """Offset of the first bare LF or bare CR, or ``None`` when every line ends in CRLF.
+
+    A bare line ending is what SMTP smuggling (CVE-2023-51764) relies on.
+    Data whose line endings are all CRLF holds exactly as many CRs and LFs as
+    CRLF pairs: ``bytes.count`` checks that in C, and the regex scan (14% of
+    the accept CPU with 2 KB messages) runs only when the counts differ.
+    """
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
+        return None
+    match = _BARE.search(data)
+    return match.start() if match else None
+
+
+def wire_data(data: bytes, *, crlf_only: bool = False) -> tuple[bytes, bytes]:
+    """``data`` as it goes on the wire after DATA: dot-stuffed, CRLF, ended by ``".\\r\\n"``.
+
+    Every line ending becomes CRLF, a final one is added if missing, and a
+    line starting with "." gets a second one (RFC 5321 § 4.5.2), exactly as
+    aiosmtplib does. Its regexes cost a fifth of the delivery CPU on 100 KB
+    messages; here a CRLF-clean body (all of them unless ``bare_line_endings:
+    accept``) takes two C-level passes, ``bytes.count`` and ``bytes.replace``.
+
+    Returned as two pieces to write in turn, the body and the end line, so
+    that a body with nothing to change goes out without being copied.
+    ``crlf_only=True`` (the listener found every line ending a CRLF when it
+    accepted the message) skips the search for bare line endings.
+    """
+    if not crlf_only and bare_line_ending(data) is not None:
+        data = _LINE_ENDING.sub(b"\r\n", data)
+    stuffed = data.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        return stuffed, b"\r\n.\r\n"
+    return stuffed, b".\r\n"
