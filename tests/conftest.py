@@ -14,6 +14,7 @@ import yaml
 
 from relay.config import Config, load
 from relay.daemon import Daemon
+from relay.model import RecipientStatus
 from relay.store.spool import Spool
 from tests.upstream import TestUpstream
 
@@ -41,7 +42,7 @@ def fast_config(tmp_path: Path, providers: list[dict[str, Any]], **sections: Any
     """A config dict for tests: port 0, spool in tmp_path, short timers."""
     cfg: dict[str, Any] = {
         # workers 0: the listener in the test's own process, where tests can
-        # look at it; tests/integration/test_acceptors.py covers workers.
+        # look at it; tests/inbound/test_acceptors.py covers workers.
         "smtp": {"listen": ["127.0.0.1:0"], "hostname": "sluice.test", "workers": 0},
         "spool": {"path": str(tmp_path / "spool.sqlite3")},
         "retry": {"first_delay": "1s", "max_delay": "2s", "jitter": 0},
@@ -90,7 +91,7 @@ class Running:
             while True:
                 await self.daemon.scheduler.idle.wait()
                 counts = await self.spool.counts_by_status()
-                if not counts["queued"] and not counts["sending"]:
+                if not counts[RecipientStatus.QUEUED] and not counts[RecipientStatus.SENDING]:
                     return
                 await asyncio.sleep(0.05)
 
@@ -139,7 +140,7 @@ async def raw_session(port: int, lines: list[bytes], *, host: str = "127.0.0.1")
     replies = []
 
     async def read_reply() -> str:
-        text = []
+        text: list[str] = []
         while True:
             line = await asyncio.wait_for(reader.readline(), 10)
             if not line:

@@ -108,6 +108,7 @@ class TestUpstream:
         if self._server is not None:
             self._server.close()
             for transport in self._transports:
+                assert isinstance(transport, asyncio.Transport)
                 transport.abort()
             self._transports.clear()
             await self._server.wait_closed()
@@ -167,7 +168,7 @@ class _Handler:
         if once is not None:
             up.drop_once.discard(once)
         if once is not None or verb in up.drop or key in up.drop:
-            assert server.transport is not None
+            assert isinstance(server.transport, asyncio.Transport)
             server.transport.abort()
             return "421 4.3.0 dropped"
         return up.reply.get(key) or up.reply.get(verb)

@@ -9,7 +9,7 @@ from pathlib import Path
 from relay.secrets import MASK
 from tests.conftest import fast_config, provider_for, write_config
 from tests.daemon_proc import run_cli
-from tests.providers.conftest import start_upstream
+from tests.outbound.conftest import start_upstream
 from tests.upstream import TestUpstream
 
 PASSWORD = "s3cret-Pa55word"

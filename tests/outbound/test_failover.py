@@ -14,7 +14,7 @@ from tests.conftest import (
     smtp_send,
     write_config,
 )
-from tests.providers.helpers import SENDER, entries, message, queue_id_of, sent
+from tests.outbound.helpers import SENDER, entries, message, queue_id_of, sent
 from tests.upstream import TestUpstream
 
 

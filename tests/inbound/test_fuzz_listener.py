@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -65,7 +66,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     yield live_state
     # The strategies must reach the interesting path, not only errors.
     assert live_state.queued > 0, "no example got as far as a queued message"
-    loop, stop = box["stop"]  # type: ignore[misc]
+    loop, stop = cast(tuple[asyncio.AbstractEventLoop, asyncio.Event], box["stop"])
     loop.call_soon_threadsafe(stop.set)
     thread.join(20)
 
@@ -106,7 +107,7 @@ body = (
 
 def read_reply(sock: socket.socket, buf: bytearray) -> bytes:
     """One full (possibly multi-line) reply."""
-    lines = []
+    lines: list[bytes] = []
     while True:
         while b"\r\n" not in buf:
             chunk = sock.recv(65536)

@@ -8,7 +8,7 @@ import time
 from relay.model import RecipientStatus
 from relay.outbound.limits import next_utc_midnight
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
-from tests.providers.helpers import SENDER, entries, message, queue_id_of
+from tests.outbound.helpers import SENDER, entries, message, queue_id_of
 from tests.upstream import TestUpstream
 
 

@@ -15,7 +15,7 @@ from relay.outbound.limits import DailyLimit, TokenBucket, next_utc_midnight, ut
 from relay.outbound.oauth import OAuthError, TokenSource
 from relay.outbound.routing import route_for
 from relay.outbound.session import classify
-from tests.providers.token_server import TokenServer
+from tests.outbound.token_server import TokenServer
 
 MSG = (
     b"Received: from x\r\n\tby y; date\r\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
-from tests.providers.helpers import SENDER, message, queue_id_of, sent
+from tests.outbound.helpers import SENDER, message, queue_id_of, sent
 from tests.upstream import TestUpstream
 
 

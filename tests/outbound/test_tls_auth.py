@@ -10,9 +10,9 @@ import pytest
 
 from relay.model import QueueEntry, RecipientStatus
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
-from tests.providers.conftest import start_upstream
-from tests.providers.helpers import SENDER, entries, message, queue_id_of, sent
-from tests.providers.token_server import TokenServer
+from tests.outbound.conftest import start_upstream
+from tests.outbound.helpers import SENDER, entries, message, queue_id_of, sent
+from tests.outbound.token_server import TokenServer
 from tests.upstream import TestUpstream
 
 PASSWORD = "s3cret-Pa55word"

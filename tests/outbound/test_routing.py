@@ -13,7 +13,7 @@ from tests.conftest import (
     smtp_send,
     write_config,
 )
-from tests.providers.helpers import SENDER, message, queue_id_of, sent, strip_received
+from tests.outbound.helpers import SENDER, message, queue_id_of, sent, strip_received
 from tests.upstream import TestUpstream
 
 

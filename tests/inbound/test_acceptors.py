@@ -105,7 +105,13 @@ async def test_a_killed_worker_is_replaced(sluice: SluiceFactory, upstream: Test
     async with sluice([provider_for(upstream)], smtp=WORKER) as s:
         (first,) = worker_pids(s)
         os.kill(first, signal.SIGKILL)
-        await eventually(lambda: worker_pids(s) != [first] and s.daemon.acceptors.alive == 1)
+        await eventually(
+            lambda: (
+                worker_pids(s) != [first]
+                and s.daemon.acceptors is not None
+                and s.daemon.acceptors.alive == 1
+            )
+        )
         refused, reply = await smtp_send(s.port, "app@example.org", ["to@example.net"], BODY)
         assert refused == {} and "queued as" in reply
         await upstream.wait_for(1)
@@ -174,6 +180,7 @@ async def test_a_rebind_whose_new_worker_cannot_start_stops_the_old_one_and_trie
         await eventually(lambda: not _alive(old_pid))
         _launcher(launcher)
         await eventually(lambda: pool.alive == 1, within=30)
+        assert s.daemon.listener is not None
         (ep,) = s.daemon.listener.addresses
         refused, reply = await smtp_send(
             ep.port, "app@example.org", ["to@example.net"], BODY, host="127.0.0.2"

@@ -4,7 +4,9 @@ from tests.conftest import SluiceFactory, provider_for, smtp_send
 from tests.upstream import TestUpstream
 
 
-async def test_message_is_relayed_byte_for_byte(sluice: SluiceFactory, upstream: TestUpstream):
+async def test_message_is_relayed_byte_for_byte(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
     body = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hello\r\n\r\nline one\r\n.dot\r\n"
     async with sluice([provider_for(upstream)]) as s:
         refused, reply = await smtp_send(s.port, "a@example.org", ["b@example.net"], body)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.providers.token_server import TokenServer
+from tests.outbound.token_server import TokenServer
 from tests.upstream import TestUpstream
 
 #: every secret the provider tests use; none may appear in any captured log line
