@@ -163,7 +163,7 @@ async def smtp_sink(*flags: str, host: str = "127.0.0.1") -> AsyncIterator[SmtpS
     # smtp-sink drops privileges to nobody as root, so the dump directory must
     # be writable by it (pytest's tmp_path is 0700).
     dump_dir = Path(tempfile.mkdtemp(prefix="sluice-sink-"))
-    os.chmod(dump_dir, 0o777)  # noqa: ASYNC240 (a tmpfs directory; instant)
+    os.chmod(dump_dir, 0o777)
     user: Sequence[str] = ("-u", "nobody") if os.geteuid() == 0 else ()
     process: asyncio.subprocess.Process | None = None
     try:
