@@ -260,6 +260,9 @@ class OAuth2Settings(_Model):
     refresh_token_file: Path | None = None
     scope: str = ""
     refresh_margin: Duration = Field(default=300.0, ge=0)
+    #: RFC 8628 device authorization endpoint: lets ``sluice providers connect``
+    #: (or the admin's Connect button) obtain the refresh token by a sign-in
+    device_authorization_url: str | None = None
 
 
 class ProviderSettings(_Model):

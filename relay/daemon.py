@@ -174,7 +174,11 @@ class Daemon:
         try:
             # Health, usage and tokens of providers whose id stays carry over.
             providers = ProviderSet.from_config(
-                new, local_hostname=self.hostname, previous=old.providers, counters=self.spool
+                new,
+                local_hostname=self.hostname,
+                previous=old.providers,
+                counters=self.spool,
+                grants=self.spool,
             )
         except LookupError as exc:  # a secret vanished between validation and use
             if rebound:
@@ -254,7 +258,11 @@ class Daemon:
             self._snapshot = Snapshot(
                 cfg,
                 ProviderSet.from_config(
-                    cfg, local_hostname=self.hostname, counters=spool, clock=self._clock
+                    cfg,
+                    local_hostname=self.hostname,
+                    counters=spool,
+                    grants=spool,
+                    clock=self._clock,
                 ),
             )
             stack.push_async_callback(lambda: self.snapshot().providers.aclose())

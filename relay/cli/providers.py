@@ -1,10 +1,12 @@
-"""``sluice providers list`` and ``sluice providers test [ID]``.
+"""``sluice providers list``, ``sluice providers test [ID]`` and ``sluice providers connect ID``.
 
 ``list`` shows each provider's settings, today's usage against its limits
 (read from the spool's durable counters) and its credentials *masked*.
 ``test`` runs ``test_provider`` (connect, EHLO, TLS, AUTH, QUIT) and prints
 every step with the server's reply; it exits 0 only if every tested provider
-passed.
+passed. ``connect`` signs an XOAUTH2 provider in through the OAuth 2.0 device
+grant (RFC 8628): it prints a code and a URL, waits for the sign-in, and
+stores the refresh token in the spool, where the daemon picks it up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import json
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +33,7 @@ __all__ = ["register"]
 EX_OK = 0
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
+EX_CONFIG = 78
 
 
 def _credentials(p: ProviderSettings) -> str:
@@ -144,6 +148,51 @@ async def cmd_test(args: argparse.Namespace) -> int:
     return EX_OK if all(r.ok for r in reports) else EX_UNAVAILABLE
 
 
+async def cmd_connect(args: argparse.Namespace) -> int:
+    # Imported here: httpx and the spool are not needed by the rest of the CLI.
+    from relay.outbound.device_flow import DeviceFlow, DeviceFlowError
+    from relay.secrets import resolve_secret
+    from relay.store.spool import Spool
+
+    cfg: Config = await asyncio.to_thread(load, args.config_path_of(args))
+    try:
+        p = cfg.provider(args.id)
+    except KeyError:
+        known = ", ".join(q.id for q in cfg.providers)
+        print(f"sluice: no provider {args.id!r} (known: {known})", file=sys.stderr)
+        return EX_USAGE
+    if p.oauth2 is None or not p.oauth2.device_authorization_url:
+        print(
+            f"sluice: provider {p.id} has no oauth2.device_authorization_url: "
+            "nothing to sign in to (see config.example.yaml, Microsoft 365)",
+            file=sys.stderr,
+        )
+        return EX_CONFIG
+    o = p.oauth2
+    try:
+        secret = resolve_secret(o.client_secret, o.client_secret_env, o.client_secret_file)
+    except LookupError as exc:
+        print(f"sluice: provider {p.id}: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    flow = DeviceFlow(o, secret.get_secret_value() if secret is not None else None)
+    try:
+        code = await flow.start()
+        minutes = max(1, round((code.expires_at - time.time()) / 60))
+        print(f"To connect {p.id}, open {code.verification_uri}")
+        print(f"and enter the code {code.user_code}")
+        if code.verification_uri_complete:
+            print(f"(or open {code.verification_uri_complete})")
+        print(f"Waiting for the sign-in (the code expires in {minutes} min)...", flush=True)
+        grant = await flow.wait(code)
+    except DeviceFlowError as exc:
+        print(f"sluice: {p.id}: {exc.text}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    async with await Spool.open(cfg.spool.path) as spool:
+        await spool.save_oauth_grant(p.id, grant.refresh_token)
+    print(f"{p.id}: connected; the refresh token is stored in the spool ({cfg.spool.path})")
+    return EX_OK
+
+
 def register(
     sub: Any,
     common: argparse.ArgumentParser,
@@ -164,3 +213,10 @@ def register(
     p.add_argument("--timeout", type=float, default=15.0, help="seconds per step")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_test, config_path_of=config_path)
+    p = psub.add_parser(
+        "connect",
+        parents=[common],
+        help="sign an XOAUTH2 provider in (OAuth device code); store its refresh token",
+    )
+    p.add_argument("id", help="provider id")
+    p.set_defaults(func=cmd_connect, config_path_of=config_path)

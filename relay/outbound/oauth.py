@@ -8,6 +8,12 @@ need to see: the state, when the token is valid until, the last refresh and
 the last error. An endpoint that refuses the grant (``invalid_grant``, 400/401)
 moves the source to ``reauthorize``: mail waits with a reply that says so
 instead of looping on 4xx. Tokens and secrets are never logged.
+
+A provider signed in through the device grant (``relay.outbound.device_flow``)
+has its refresh token in the spool (``GrantStore``), not in the YAML: it is
+read at each refresh (so a sign-in by ``sluice providers connect`` in another
+process is picked up), preferred over a configured one, replaced when the
+provider rotates it, and marked failed when the provider refuses it.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
 from relay.config import OAuth2Settings
 from relay.secrets import resolve_secret
+from relay.store.spool import OAuthGrant
 
-__all__ = ["OAuthError", "OAuthStatus", "TokenSource"]
+__all__ = ["GrantStore", "OAuthError", "OAuthStatus", "TokenSource"]
 
 log = logging.getLogger("sluice.oauth")
 
@@ -40,6 +48,22 @@ class OAuthError(Exception):
         self.reauthorize = reauthorize
 
 
+class GrantStore(Protocol):
+    """Where signed-in refresh tokens live (the spool)."""
+
+    async def oauth_grant(self, provider: str) -> OAuthGrant | None: ...
+
+    async def save_oauth_grant(self, provider: str, refresh_token: str) -> None: ...
+
+    async def oauth_grant_failed(self, provider: str, error: str) -> None: ...
+
+
+#: what a provider with a device sign-in shows: grey, green, red
+NEEDS_SIGN_IN = "needs sign-in"
+CONNECTED = "connected"
+SIGN_IN_FAILED = "sign-in failed"
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthStatus:
     #: "unknown" (no token yet), "valid", "expired", "error" (will retry), "reauthorize"
@@ -47,6 +71,9 @@ class OAuthStatus:
     valid_until: float | None
     last_refresh: float | None
     last_error: str
+    #: with a device sign-in configured: "needs sign-in", "connected" or
+    #: "sign-in failed" (revoked or refused: sign in again); else None
+    sign_in: str | None = None
 
 
 class TokenSource:
@@ -58,9 +85,13 @@ class TokenSource:
         *,
         provider_id: str,
         clock: Callable[[], float] = time.time,
+        grants: GrantStore | None = None,
     ) -> None:
         self.settings = settings
         self._provider_id = provider_id
+        self._grants = grants
+        #: the stored sign-in as last read (None: none stored, or no store)
+        self._grant: OAuthGrant | None = None
         self._clock = clock
         self._lock = asyncio.Lock()
         self._token: str | None = None
@@ -85,7 +116,27 @@ class TokenSource:
             state = "expired"
         else:
             state = "unknown"
-        return OAuthStatus(state, self._expires_at, self._last_refresh, self._last_error)
+        return OAuthStatus(
+            state, self._expires_at, self._last_refresh, self._last_error, self._sign_in()
+        )
+
+    def _sign_in(self) -> str | None:
+        if not self.settings.device_authorization_url:
+            return None
+        if self._reauthorize or (self._grant is not None and self._grant.state == "failed"):
+            return SIGN_IN_FAILED
+        if self._grant is not None or self._refresh_token or self._configured_refresh():
+            return CONNECTED
+        return NEEDS_SIGN_IN
+
+    def _configured_refresh(self) -> bool:
+        s = self.settings
+        return bool(s.refresh_token or s.refresh_token_env or s.refresh_token_file)
+
+    async def sync_grant(self) -> None:
+        """Re-read the stored sign-in (another process may have signed in since)."""
+        if self._grants is not None:
+            self._grant = await self._grants.oauth_grant(self._provider_id)
 
     def invalidate(self) -> None:
         """The server refused the token: fetch a new one next time."""
@@ -115,6 +166,25 @@ class TokenSource:
             return await self._refresh()
 
     async def _refresh(self) -> str:
+        await self.sync_grant()
+        grant = self._grant
+        stored = grant.refresh_token if grant is not None and grant.state == "connected" else None
+        if stored is not None and stored != self._refresh_token:
+            self._refresh_token = stored  # a new sign-in replaces what we had
+            self._reauthorize = False
+        if (
+            self.settings.device_authorization_url
+            and not self._refresh_token
+            and not self._configured_refresh()
+        ):
+            self._last_error = (
+                f"{NEEDS_SIGN_IN}: run `sluice providers connect {self._provider_id}` "
+                "or use Connect on the admin page"
+                if grant is None
+                else f"{SIGN_IN_FAILED} ({grant.error}); sign in again with "
+                f"`sluice providers connect {self._provider_id}`"
+            )
+            raise OAuthError(self._last_error, reauthorize=True)
         form = await asyncio.to_thread(self._form)  # may read secret files
         try:
             async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as client:
@@ -141,6 +211,11 @@ class TokenSource:
                 self._reauthorize = True
                 self.invalidate()
                 self._last_error += "; re-authorisation needed (new refresh token or secret)"
+                if self._grants is not None and stored is not None:
+                    # Revoked or expired: the stored sign-in is no good any more.
+                    self._refresh_token = None
+                    await self._grants.oauth_grant_failed(self._provider_id, f"{error}")
+                    await self.sync_grant()
             log.warning("provider %s: %s", self._provider_id, self._last_error)
             raise OAuthError(self._last_error, reauthorize=fatal)
         now = self._clock()
@@ -148,8 +223,12 @@ class TokenSource:
         expires_in = body.get("expires_in")
         self._expires_at = now + float(expires_in) if isinstance(expires_in, int | float) else None
         rotated = body.get("refresh_token")
-        if isinstance(rotated, str) and rotated:
+        if isinstance(rotated, str) and rotated and rotated != self._refresh_token:
             self._refresh_token = rotated
+            if self._grants is not None and (stored is not None or self._sign_in() is not None):
+                # RFC 6749 § 6: the old one may stop working; keep the new one durably.
+                await self._grants.save_oauth_grant(self._provider_id, rotated)
+                await self.sync_grant()
         self._last_refresh = now
         self._last_error = ""
         self._reauthorize = False

@@ -27,7 +27,7 @@ from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
 from relay.model import Claim, Delivered, Outcome, TempFailure
 from relay.outbound.health import Health
 from relay.outbound.limits import Counters, DailyLimit, TokenBucket
-from relay.outbound.oauth import TokenSource
+from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
 from relay.secrets import resolve_secret
@@ -116,6 +116,8 @@ class ProviderStatus:
     blocked_until: float | None = None
     oauth_last_refresh: float | None = None
     oauth_last_error: str = ""
+    #: with a device sign-in configured: "needs sign-in", "connected", "sign-in failed"
+    oauth_sign_in: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +138,20 @@ class Unavailable:
 class ProviderState:
     """Live state of one provider id that survives a reload (not a restart: see limits)."""
 
-    def __init__(self, provider_id: str, counters: Counters | None, clock: Callable[[], float]):
+    def __init__(
+        self,
+        provider_id: str,
+        counters: Counters | None,
+        clock: Callable[[], float],
+        grants: GrantStore | None = None,
+    ):
         self.health = Health()
         self.daily = DailyLimit(provider_id, counters, clock=clock)
         self.bucket: TokenBucket | None = None
         self.oauth: TokenSource | None = None
         self._id = provider_id
         self._clock = clock
+        self._grants = grants
 
     def adopt(self, settings: ProviderSettings) -> None:
         """Follow a (re)loaded config: keep the bucket and tokens unless their settings changed."""
@@ -153,7 +162,9 @@ class ProviderState:
         if settings.oauth2 is None:
             self.oauth = None
         elif self.oauth is None or not self.oauth.same_settings(settings.oauth2):
-            self.oauth = TokenSource(settings.oauth2, provider_id=self._id, clock=self._clock)
+            self.oauth = TokenSource(
+                settings.oauth2, provider_id=self._id, clock=self._clock, grants=self._grants
+            )
 
 
 class Provider:
@@ -313,6 +324,8 @@ class Provider:
     async def status(self) -> ProviderStatus:
         s, now = self.settings, self._clock()
         view = self.state.health.view(now)
+        if self.state.oauth is not None:
+            await self.state.oauth.sync_grant()  # a sign-in elsewhere shows at once
         oauth = self.state.oauth.status() if self.state.oauth is not None else None
         last_error = view.last_error
         if self._setup_error and not last_error:
@@ -338,6 +351,7 @@ class Provider:
             blocked_until=view.blocked_until,
             oauth_last_refresh=oauth.last_refresh if oauth else None,
             oauth_last_error=oauth.last_error if oauth else "",
+            oauth_sign_in=oauth.sign_in if oauth else None,
         )
 
     async def aclose(self) -> None:
@@ -370,6 +384,7 @@ class ProviderSet:
         previous: ProviderSet | None = None,
         counters: Counters | None = None,
         clock: Callable[[], float] = time.time,
+        grants: GrantStore | None = None,
     ) -> ProviderSet:
         """Build providers; with ``previous``, keep the state of every id that stays.
 
@@ -379,7 +394,7 @@ class ProviderSet:
         kept = {p.id: p.state for p in previous.providers} if previous is not None else {}
         built = []
         for p in config.providers:
-            state = kept.get(p.id) or ProviderState(p.id, counters, clock)
+            state = kept.get(p.id) or ProviderState(p.id, counters, clock, grants)
             state.adopt(p)
             upstream = upstream_of(p, config.delivery, oauth=state.oauth)
             built.append(

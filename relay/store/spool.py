@@ -25,7 +25,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from relay.model import (
 from relay.store.sql import QUERIES, SCHEMA
 from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
 
-__all__ = ["Finish", "NewMessage", "Spool", "new_queue_id", "read_meta"]
+__all__ = ["Finish", "NewMessage", "OAuthGrant", "Spool", "new_queue_id", "read_meta"]
 
 log = logging.getLogger("sluice.spool")
 
@@ -96,6 +96,18 @@ class Finish:
     code: int | None
     reply: str
     provider: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthGrant:
+    """A provider's stored sign-in (OAuth 2.0 device grant): its refresh token and state."""
+
+    provider: str
+    refresh_token: str = field(repr=False)
+    #: "connected", or "failed" once the provider refused the token
+    state: str = "connected"
+    error: str = ""
+    updated_at: float = 0.0
 
 
 class Spool:
@@ -409,7 +421,40 @@ class Spool:
             )
         )
 
+    async def save_oauth_grant(self, provider: str, refresh_token: str) -> None:
+        """Store a provider's refresh token (a sign-in, or a rotation by the provider)."""
+        now = self._clock()
+        await self._writer.submit(
+            lambda c: c.execute(
+                QUERIES["oauth_grant_set"],
+                {"provider": provider, "refresh_token": refresh_token, "now": now},
+            )
+        )
+
+    async def oauth_grant_failed(self, provider: str, error: str) -> None:
+        """The provider refused the stored token (revoked, expired): mark it failed."""
+        now = self._clock()
+        await self._writer.submit(
+            lambda c: c.execute(
+                QUERIES["oauth_grant_failed"], {"provider": provider, "error": error, "now": now}
+            )
+        )
+
     # ------------------------------------------------------------------- reads
+
+    async def oauth_grant(self, provider: str) -> OAuthGrant | None:
+        """A provider's stored sign-in, or ``None`` if nobody signed it in."""
+        async with self._reader.execute(QUERIES["oauth_grant_get"], {"provider": provider}) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return OAuthGrant(
+            provider=row["provider"],
+            refresh_token=row["refresh_token"],
+            state=row["state"],
+            error=row["error"],
+            updated_at=row["updated_at"],
+        )
 
     async def meta_get(self, key: str) -> str | None:
         async with self._reader.execute(QUERIES["meta_get"], {"key": key}) as cur:

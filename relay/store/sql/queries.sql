@@ -161,3 +161,20 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- name: meta_get
 -- Read one daemon status value.
 SELECT value FROM meta WHERE key = :key;
+
+-- name: oauth_grant_get
+-- A provider's stored sign-in, if any.
+SELECT provider, refresh_token, state, error, updated_at FROM oauth_grants
+WHERE provider = :provider;
+
+-- name: oauth_grant_set
+-- Store (or replace, e.g. a rotated) refresh token: the provider is connected.
+INSERT INTO oauth_grants (provider, refresh_token, state, error, updated_at)
+VALUES (:provider, :refresh_token, 'connected', '', :now)
+ON CONFLICT (provider) DO UPDATE SET refresh_token = excluded.refresh_token,
+    state = 'connected', error = '', updated_at = excluded.updated_at;
+
+-- name: oauth_grant_failed
+-- The provider refused the stored token: keep it for the record, mark it failed.
+UPDATE oauth_grants SET state = 'failed', error = :error, updated_at = :now
+WHERE provider = :provider;

@@ -76,3 +76,15 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+-- Refresh tokens from a provider sign-in (OAuth 2.0 device grant, RFC 8628):
+-- kept here, beside the mail and with the spool's file permissions, never in
+-- the YAML. state: 'connected', or 'failed' once the provider refused the
+-- token (revoked, expired): someone must sign in again.
+CREATE TABLE IF NOT EXISTS oauth_grants (
+    provider      TEXT PRIMARY KEY,
+    refresh_token TEXT NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'connected',
+    error         TEXT NOT NULL DEFAULT '',
+    updated_at    REAL NOT NULL
+);
