@@ -34,10 +34,12 @@ from relay.errors import ConfigError
 
 __all__ = [
     "AdminSettings",
+    "BounceSettings",
     "Config",
     "DeliverySettings",
     "Endpoint",
     "LogSettings",
+    "MailboxSettings",
     "OAuth2Settings",
     "ProviderSettings",
     "Rate",
@@ -45,6 +47,7 @@ __all__ = [
     "RouteSettings",
     "SmtpSettings",
     "SpoolSettings",
+    "SuppressionSettings",
     "load",
     "load_structure",
     "loads",
@@ -286,6 +289,8 @@ class ProviderSettings(_Model):
     allow_insecure_auth: bool = False
     send_from: str | None = None
     send_from_name: str | None = None
+    #: this provider's bounce address (Return-Path), instead of bounces.address
+    bounce_address: str | None = None
     daily_limit: int | None = Field(default=None, ge=1)
     rate: RateT | None = None
     idle_timeout: Duration = Field(default=30.0, ge=0)
@@ -313,6 +318,90 @@ class RouteSettings(_Model):
     providers: list[str] = Field(min_length=1)
 
 
+class MailboxSettings(_Model):
+    """The bounce mailbox: an IMAP folder the bounces of relayed mail arrive in."""
+
+    host: str = Field(min_length=1)
+    #: default 993 with encryption tls, else 143
+    port: int | None = Field(default=None, ge=1, le=65535)
+    encryption: Literal["tls", "starttls", "none"] = "tls"
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    #: XOAUTH2 (Microsoft 365, Gmail mailboxes), as for providers
+    oauth2: OAuth2Settings | None = None
+    folder: str = "INBOX"
+    #: move processed messages here; without it they are flagged and left in place
+    processed_folder: str | None = None
+    #: delete processed messages (only when asked: a bounce is evidence)
+    delete_processed: bool = False
+    poll_interval: Duration = Field(default=60.0, gt=0)
+    timeout: Duration = Field(default=30.0, gt=0)
+    max_message_size: Size = Field(default=10 * 1024 * 1024, gt=0)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (993 if self.encryption == "tls" else 143)
+
+    @model_validator(mode="after")
+    def _clear_text_only_on_loopback(self) -> MailboxSettings:
+        if self.encryption == "none" and not _loopback_host(self.host):
+            raise ValueError(
+                "encryption: none sends the mailbox password in clear; "
+                "use tls or starttls, or a loopback host"
+            )
+        return self
+
+
+class BounceSettings(_Model):
+    """Where bounces go, how they are read, and when they suppress an address."""
+
+    #: the envelope sender (Return-Path) of relayed mail; None keeps the app's own
+    address: str | None = None
+    #: a return path per recipient (``address`` with +QUEUEID-RCPTID) to attribute bounces
+    verp: bool = False
+    #: hard bounces of one address that put it on the suppression list
+    threshold: int = Field(default=3, ge=1, le=1000)
+    #: count only bounces this recent (None: all)
+    window: Duration | None = None
+    #: soft bounces spread over at least this long count as one hard bounce (None: off)
+    soft_as_hard_after: Duration | None = None
+    #: a suppression caused by bounces lifts itself after this long (None: never)
+    expire_after: Duration | None = None
+    #: a provider's permanent refusal of a recipient (550 5.1.1...) counts as a hard bounce
+    count_smtp_refusals: bool = True
+    mailbox: MailboxSettings | None = None
+
+    @model_validator(mode="after")
+    def _verp_needs_address(self) -> BounceSettings:
+        if self.verp and not self.address:
+            raise ValueError("verp needs bounces.address (the address bounces return to)")
+        return self
+
+
+class SuppressionSettings(_Model):
+    """How suppressed recipients are treated, and what names a message's stream."""
+
+    #: headers that name a message's stream, first found wins (List-Id: its <id>)
+    stream_headers: list[str] = Field(default_factory=lambda: ["X-Sluice-Stream", "List-Id"])
+    #: refuse a suppressed recipient at RCPT (5xx the app sees) instead of accepting
+    #: it and marking it ``suppressed``; only for global entries (the stream is
+    #: not known before DATA)
+    refuse_at_rcpt: bool = False
+
+
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class Config(_Model):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
@@ -322,6 +411,8 @@ class Config(_Model):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     providers: list[ProviderSettings] = Field(min_length=1)
     routes: list[RouteSettings] = Field(default_factory=list)
+    bounces: BounceSettings = Field(default_factory=BounceSettings)
+    suppression: SuppressionSettings = Field(default_factory=SuppressionSettings)
 
     def provider(self, provider_id: str) -> ProviderSettings:
         for provider in self.providers:

@@ -34,9 +34,17 @@ class RecipientStatus(StrEnum):
     SENT = "sent"  #: the upstream accepted it (250 after DATA)
     FAILED = "failed"  #: a permanent failure (5xx)
     EXPIRED = "expired"  #: still failing temporarily after retry.give_up_after
+    SUPPRESSED = "suppressed"  #: on the suppression list: never given to a provider
 
 
-TERMINAL = frozenset({RecipientStatus.SENT, RecipientStatus.FAILED, RecipientStatus.EXPIRED})
+TERMINAL = frozenset(
+    {
+        RecipientStatus.SENT,
+        RecipientStatus.FAILED,
+        RecipientStatus.EXPIRED,
+        RecipientStatus.SUPPRESSED,
+    }
+)
 ACTIVE = frozenset({RecipientStatus.QUEUED, RecipientStatus.SENDING, RecipientStatus.DEFERRED})
 
 
@@ -47,6 +55,10 @@ class AttemptStatus(StrEnum):
     SUCCESS = "SUCCESS"
     FAIL = "FAIL"
     DEFERRED = "deferred"
+    #: a bounce (DSN) came back after the message was handed over
+    BOUNCED = "bounced"
+    #: not sent: the recipient is on the suppression list
+    SUPPRESSED = "suppressed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,13 @@ def config_secret_issues(cfg: Config, env: Mapping[str, str]) -> Iterator[tuple[
                     resolve_secret(*triple, env=env)
                 except LookupError as exc:
                     yield ("providers", i, "oauth2", name), str(exc)
+    box = cfg.bounces.mailbox
+    if box is not None:
+        try:
+            resolve_secret(box.password, box.password_env, box.password_file, env=env)
+        except LookupError as exc:
+            key = "password_env" if box.password_env else "password_file"
+            yield ("bounces", "mailbox", key), str(exc)
     a = cfg.admin
     for key, triple in (
         ("password_env", (None, a.password_env, a.password_file)),

@@ -42,6 +42,7 @@ from relay.model import (
     RecipientStatus,
 )
 from relay.store.sql import QUERIES, SCHEMA
+from relay.store.suppressions import Suppressions
 from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
 
 __all__ = ["Finish", "NewMessage", "OAuthGrant", "Spool", "new_queue_id", "read_meta"]
@@ -132,6 +133,8 @@ class Spool:
         self._clock = clock
         self._checkpointer = checkpointer
         self.wake = asyncio.Event()
+        #: bounces and the suppression list
+        self.suppressions = Suppressions(writer, reader, clock)
 
     @classmethod
     async def open(

@@ -178,3 +178,65 @@ ON CONFLICT (provider) DO UPDATE SET refresh_token = excluded.refresh_token,
 -- The provider refused the stored token: keep it for the record, mark it failed.
 UPDATE oauth_grants SET state = 'failed', error = :error, updated_at = :now
 WHERE provider = :provider;
+
+-- name: bounce_insert
+-- Record one bounce of one address; a bounce read before (same key) is ignored.
+INSERT OR IGNORE INTO bounces
+    (address, kind, status, diagnostic, source, queue_id, stream, received_at, raw, key)
+VALUES (:address, :kind, :status, :diagnostic, :source, :queue_id, :stream, :now, :raw, :key);
+
+-- name: bounce_recipient
+-- The recipient a bounce answers: by its row id (VERP) or by address.
+SELECT r.id, r.message_id, r.rcpt, m.queue_id, m.subject
+FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
+WHERE m.queue_id = :queue_id
+  AND (r.id = :recipient_id OR (:recipient_id IS NULL AND lower(r.rcpt) = :address))
+LIMIT 1;
+
+-- name: bounce_log
+-- The delivery log's BOUNCED row: a report that came back after the message left.
+INSERT INTO attempts (recipient_id, message_id, queue_id, rcpt, subject, started_at,
+                      finished_at, status, code, reply)
+VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, :now, 'bounced',
+        :code, :reply);
+
+-- name: bounce_count_hard
+-- Hard bounces of an address since a time (the threshold's window).
+SELECT count(*) FROM bounces WHERE address = :address AND kind = 'hard' AND received_at >= :since;
+
+-- name: bounce_soft_span
+-- The first and last soft bounce of an address since a time, and how many.
+SELECT min(received_at) AS first, max(received_at) AS last, count(*) AS n
+FROM bounces WHERE address = :address AND kind = 'soft' AND received_at >= :since;
+
+-- name: bounces_of
+-- Every bounce of one address, newest first (what made it suppressed).
+SELECT id, address, kind, status, diagnostic, source, queue_id, stream, received_at
+FROM bounces WHERE address = :address ORDER BY id DESC LIMIT :limit;
+
+-- name: bounce_raw
+-- The stored bounce message, to view it.
+SELECT raw FROM bounces WHERE id = :id;
+
+-- name: suppression_upsert
+-- Add or replace a suppression entry.
+INSERT INTO suppressions (address, scope, source, reason, created_at, expires_at)
+VALUES (:address, :scope, :source, :reason, :now, :expires_at)
+ON CONFLICT (address, scope) DO UPDATE SET source = excluded.source,
+    reason = excluded.reason, created_at = excluded.created_at,
+    expires_at = excluded.expires_at;
+
+-- name: suppression_active
+-- Whether an address is suppressed for a stream ('' matches every stream), now.
+SELECT address, scope, source, reason, created_at, expires_at FROM suppressions
+WHERE address = :address AND (scope = '' OR scope = :stream)
+  AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY scope DESC LIMIT 1;
+
+-- name: suppression_delete
+-- Remove an address's entry in one scope.
+DELETE FROM suppressions WHERE address = :address AND scope = :scope;
+
+-- name: suppression_delete_all_scopes
+-- Remove every entry of an address.
+DELETE FROM suppressions WHERE address = :address;

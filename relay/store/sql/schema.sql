@@ -88,3 +88,38 @@ CREATE TABLE IF NOT EXISTS oauth_grants (
     error         TEXT NOT NULL DEFAULT '',
     updated_at    REAL NOT NULL
 );
+
+-- Bounces: a provider's permanent per-recipient refusal at SMTP time
+-- (source 'smtp'), or a delivery status notification read from the bounce
+-- mailbox (source 'dsn'). kind: 'hard' (5.x.x, Action: failed) or 'soft'
+-- (4.x.x, Action: delayed). address is lower-cased.
+CREATE TABLE IF NOT EXISTS bounces (
+    id           INTEGER PRIMARY KEY,
+    address      TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    status       TEXT    NOT NULL DEFAULT '',
+    diagnostic   TEXT    NOT NULL DEFAULT '',
+    source       TEXT    NOT NULL,
+    queue_id     TEXT,
+    stream       TEXT    NOT NULL DEFAULT '',
+    received_at  REAL    NOT NULL,
+    raw          BLOB,
+    -- what makes one bounce one: its Message-ID (or digest) and the address
+    key          TEXT    UNIQUE
+);
+CREATE INDEX IF NOT EXISTS bounces_address ON bounces(address, received_at);
+CREATE INDEX IF NOT EXISTS bounces_queue_id ON bounces(queue_id);
+
+-- Suppressed addresses: never sent to a provider. scope '' applies to every
+-- stream; otherwise only to mail of that stream (X-Sluice-Stream, List-Id).
+-- source: bounce, manual, import, api.
+CREATE TABLE IF NOT EXISTS suppressions (
+    address    TEXT NOT NULL,
+    scope      TEXT NOT NULL DEFAULT '',
+    source     TEXT NOT NULL,
+    reason     TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (address, scope)
+);
+CREATE INDEX IF NOT EXISTS suppressions_created ON suppressions(created_at);

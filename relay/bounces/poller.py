@@ -1,0 +1,273 @@
+"""The bounce mailbox poller: read new bounces every ``poll_interval``, record them, mark them read.
+
+It runs as a task the daemon starts, beside delivery and never in its way:
+all IMAP and parsing happen in a worker thread with the mailbox's timeout,
+and a mailbox that is down, slow or full of garbage only delays the next
+poll (back-off doubling up to an hour). Each message is recorded once: a
+bounce's Message-ID (or its digest) is its key in the store, so a poll
+that dies between recording and marking does not count it twice.
+
+A failure is kept in ``status`` (shown on the admin overview and in
+``/healthz``) and logged once per change, not once per poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
+from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
+from relay.bounces.verp import parse as parse_verp
+from relay.config import BounceSettings, Config, MailboxSettings
+from relay.secrets import resolve_secret
+from relay.store.suppressions import NewBounce, Suppressions, Threshold
+
+__all__ = ["BouncePoller", "PollResult", "PollStatus", "threshold_of"]
+
+log = logging.getLogger("sluice.bounces")
+
+_MAX_BACKOFF = 3600.0
+
+
+@dataclass
+class PollStatus:
+    """What the admin overview and ``/healthz`` show about the bounce mailbox."""
+
+    configured: bool = False
+    last_poll_at: float | None = None
+    last_ok_at: float | None = None
+    last_error: str = ""
+    failures: int = 0
+    next_poll_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failures == 0
+
+
+@dataclass
+class PollResult:
+    fetched: int = 0
+    bounces: int = 0
+    #: auto-replies and ordinary mail in the folder
+    not_bounces: int = 0
+    unreadable: int = 0
+    too_large: int = 0
+    suppressed: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    uid: int
+    key: str
+    report: BounceReport | None
+    raw: bytes | None
+    problem: str = ""
+
+
+def threshold_of(b: BounceSettings) -> Threshold:
+    return Threshold(b.threshold, b.window, b.soft_as_hard_after, b.expire_after)
+
+
+class BouncePoller:
+    """Polls the configured bounce mailbox; ``poll_once`` is also ``sluice bounces poll``."""
+
+    def __init__(
+        self,
+        suppressions: Suppressions,
+        config: Callable[[], Config],
+        *,
+        clock: Callable[[], float] = time.time,
+        oauth_token: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
+        self._store = suppressions
+        self._config = config
+        self._clock = clock
+        self._oauth_token = oauth_token
+        self.status = PollStatus()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; a failure backs off, never ends the loop."""
+        while not stop.is_set():
+            box = self._config().bounces.mailbox
+            self.status.configured = box is not None
+            wait = box.poll_interval if box is not None else 60.0
+            if box is not None:
+                try:
+                    await self.poll_once()
+                except Exception as exc:  # never let the poller die: delivery goes on
+                    self._failed(f"internal error: {type(exc).__name__}: {exc}", exc)
+                if self.status.failures:
+                    wait = min(_MAX_BACKOFF, box.poll_interval * 2 ** min(self.status.failures, 12))
+            self.status.next_poll_at = self._clock() + wait
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await stop.wait()
+
+    async def poll_once(self) -> PollResult:
+        """Read the mailbox once: record every new bounce, mark what was read.
+
+        Raises:
+            MailboxError: the mailbox could not be reached or read (also kept in ``status``).
+        """
+        cfg = self._config()
+        box = cfg.bounces.mailbox
+        result = PollResult()
+        if box is None:
+            return result
+        self.status.last_poll_at = self._clock()
+        try:
+            password, token = await self._credentials(box)
+            parsed = await asyncio.to_thread(_fetch_and_parse, box, password, token)
+        except MailboxError as exc:
+            self._failed(str(exc))
+            raise
+        result.fetched = len(parsed)
+        threshold = threshold_of(cfg.bounces)
+        for item in parsed:
+            if item.problem:
+                if item.report is None and item.raw is None and "over" in item.problem:
+                    result.too_large += 1
+                else:
+                    result.unreadable += 1
+                log.warning("bounce mailbox: message %d skipped: %s", item.uid, item.problem)
+                continue
+            if item.report is None:
+                result.not_bounces += 1
+                continue
+            result.bounces += 1
+            for bounce in _bounces(item, cfg.bounces):
+                entry = await self._store.record_bounce(bounce, threshold)
+                log.info(
+                    "bounce: to=<%s> kind=%s status=%s queue_id=%s%s",
+                    bounce.address,
+                    bounce.kind,
+                    bounce.status or "-",
+                    bounce.queue_id or "-",
+                    " (now suppressed)" if entry is not None else "",
+                    extra={"event": "bounce", "queue_id": bounce.queue_id or ""},
+                )
+                if entry is not None:
+                    result.suppressed.append(entry.address)
+        uids = [p.uid for p in parsed]
+        try:
+            await asyncio.to_thread(_mark_done, box, password, token, uids)
+        except MailboxError as exc:
+            # Recorded already (and keyed): the next poll reads them again, counts nothing twice.
+            self._failed(str(exc))
+            raise
+        if self.status.failures:
+            log.info("bounce mailbox: reachable again")
+        self.status.failures = 0
+        self.status.last_error = ""
+        self.status.last_ok_at = self._clock()
+        return result
+
+    async def folders(self) -> list[str]:
+        """The server's folders (``sluice bounces folders``, the admin's folder choice)."""
+        box = self._config().bounces.mailbox
+        if box is None:
+            raise MailboxError("no bounces.mailbox is configured")
+        password, token = await self._credentials(box)
+
+        def listing() -> list[str]:
+            with Mailbox(box, password=password, oauth_token=token) as mb:
+                return mb.folders()
+
+        return await asyncio.to_thread(listing)
+
+    async def _credentials(self, box: MailboxSettings) -> tuple[str | None, str | None]:
+        if box.oauth2 is not None and self._oauth_token is not None:
+            try:
+                return None, await self._oauth_token()
+            except Exception as exc:
+                raise MailboxError(f"XOAUTH2 token unavailable: {exc}") from exc
+        try:
+            secret = await asyncio.to_thread(
+                resolve_secret, box.password, box.password_env, box.password_file
+            )
+        except LookupError as exc:
+            raise MailboxError(f"mailbox password unavailable: {exc}") from exc
+        return (secret.get_secret_value() if secret is not None else None), None
+
+    def _failed(self, text: str, exc: BaseException | None = None) -> None:
+        first = self.status.failures == 0 or text != self.status.last_error
+        self.status.failures += 1
+        self.status.last_error = text
+        if first:
+            log.warning("bounce mailbox: %s (retrying with back-off)", text, exc_info=exc)
+
+
+def _fetch_and_parse(
+    box: MailboxSettings, password: str | None, token: str | None
+) -> list[_Parsed]:
+    """In a worker thread: fetch the new messages and read each as a bounce."""
+    with Mailbox(box, password=password, oauth_token=token) as mb:
+        fetched = mb.fetch_new()
+    return [_parse(f, box.max_message_size) for f in fetched]
+
+
+def _parse(f: Fetched, max_size: int) -> _Parsed:
+    if f.data is None:
+        return _Parsed(f.uid, "", None, None, f"{f.size} bytes is over the {max_size}-byte limit")
+    key = _key(f.data)
+    try:
+        report = read_bounce(f.data, max_size=max_size)
+    except UnreadableBounce as exc:
+        return _Parsed(f.uid, key, None, f.data, str(exc))
+    except (ValueError, LookupError, UnicodeError, AttributeError, TypeError) as exc:
+        # The email package's own limits on malformed input: skip, log, go on.
+        return _Parsed(f.uid, key, None, f.data, f"unreadable: {type(exc).__name__}: {exc}")
+    return _Parsed(f.uid, key, report, f.data)
+
+
+def _key(raw: bytes) -> str:
+    head = email.message_from_bytes(raw[:65536], policy=email.policy.compat32)
+    mid = str(head.get("Message-ID", "")).strip()
+    return mid or "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _mark_done(
+    box: MailboxSettings, password: str | None, token: str | None, uids: list[int]
+) -> None:
+    if not uids:
+        return
+    with Mailbox(box, password=password, oauth_token=token) as mb:
+        mb.fetch_new(limit=0)  # selects the folder (and learns whether it takes keywords)
+        mb.done(uids)
+
+
+def _bounces(item: _Parsed, settings: BounceSettings) -> list[NewBounce]:
+    """One ``NewBounce`` per failed recipient, attributed by VERP when possible."""
+    report = item.report
+    assert report is not None
+    verp: tuple[str, int] | None = None
+    if settings.address:
+        for addr in report.delivered_to:
+            verp = parse_verp(addr, settings.address)
+            if verp is not None:
+                break
+    out = []
+    for failure in report.failures:
+        out.append(
+            NewBounce(
+                address=failure.address,
+                kind=failure.kind,
+                source="dsn",
+                status=failure.status,
+                diagnostic=failure.diagnostic,
+                queue_id=verp[0] if verp is not None else report.queue_id,
+                recipient_id=verp[1] if verp is not None else None,
+                key=f"{item.key}:{failure.address.lower()}",
+                raw=item.raw,
+            )
+        )
+    return out

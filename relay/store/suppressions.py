@@ -1,0 +1,342 @@
+"""Bounces and the suppression list: the store side of "stop mailing addresses that bounce".
+
+A bounce is recorded with its kind (hard or soft), its status and diagnostic,
+and where it came from (a provider's refusal at SMTP time, or a DSN read from
+the bounce mailbox). Recording one checks the threshold in the same
+transaction: ``threshold`` hard bounces of one address (within ``window``, if
+set) put the address on the suppression list with the last diagnostic as the
+reason. Repeated soft bounces may count as a hard one
+(``soft_as_hard_after``: soft bounces spread over at least that long).
+
+A suppression entry is global (scope ``''``) or scoped to one stream (the
+relay's counterpart of a newsletter campaign, named by a header such as
+``X-Sluice-Stream`` or ``List-Id``), has a source (bounce, manual, import,
+api), a reason, and an optional expiry. Addresses are compared lower-cased.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiosqlite
+
+from relay.store.sql import QUERIES
+from relay.store.writer import Writer
+
+__all__ = [
+    "SOURCES",
+    "BounceRecord",
+    "NewBounce",
+    "Suppression",
+    "Suppressions",
+    "Threshold",
+    "normalize",
+]
+
+#: where a suppression entry came from
+SOURCES = ("bounce", "manual", "import", "api")
+
+#: a stored bounce message is cut to this size (the DSN itself is small; the
+#: returned original is not needed whole to see why it bounced)
+_RAW_MAX = 256 * 1024
+
+
+def normalize(address: str) -> str:
+    """The form addresses are stored and compared in."""
+    return address.strip().strip("<>").lower()
+
+
+@dataclass(frozen=True, slots=True)
+class NewBounce:
+    address: str
+    kind: Literal["hard", "soft"]
+    source: Literal["smtp", "dsn"]
+    status: str = ""
+    diagnostic: str = ""
+    queue_id: str | None = None
+    #: the recipient row the bounce answers (a VERP token names it)
+    recipient_id: int | None = None
+    stream: str = ""
+    #: what identifies this bounce (its Message-ID and address): recorded once
+    key: str | None = None
+    raw: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BounceRecord:
+    id: int
+    address: str
+    kind: str
+    status: str
+    diagnostic: str
+    source: str
+    queue_id: str | None
+    stream: str
+    received_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> BounceRecord:
+        return cls(
+            id=row["id"],
+            address=row["address"],
+            kind=row["kind"],
+            status=row["status"],
+            diagnostic=row["diagnostic"],
+            source=row["source"],
+            queue_id=row["queue_id"],
+            stream=row["stream"],
+            received_at=row["received_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    address: str
+    #: '' for every stream
+    scope: str
+    source: str
+    reason: str
+    created_at: float
+    expires_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Suppression:
+        return cls(
+            address=row["address"],
+            scope=row["scope"],
+            source=row["source"],
+            reason=row["reason"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """When bounces make an address suppressed (``bounces:`` in the config)."""
+
+    #: hard bounces that suppress an address
+    hard: int = 3
+    #: only bounces this recent count (seconds; None: all of them)
+    window: float | None = None
+    #: soft bounces spread over at least this long count as one hard (None: off)
+    soft_as_hard_after: float | None = None
+    #: a suppression from bounces lifts itself after this long (None: never)
+    expire_after: float | None = None
+
+
+class Suppressions:
+    """Bounces and suppression entries, through the spool's writer and reader."""
+
+    def __init__(
+        self, writer: Writer, reader: aiosqlite.Connection, clock: Callable[[], float]
+    ) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._clock = clock
+
+    # ------------------------------------------------------------------ writes
+
+    async def record_bounce(self, bounce: NewBounce, threshold: Threshold) -> Suppression | None:
+        """Store a bounce; the suppression it caused, if it crossed the threshold."""
+        now = self._clock()
+        address = normalize(bounce.address)
+
+        def job(c: sqlite3.Connection) -> Suppression | None:
+            nonlocal address
+            target = None
+            if bounce.queue_id is not None:
+                target = c.execute(
+                    QUERIES["bounce_recipient"],
+                    {
+                        "queue_id": bounce.queue_id,
+                        "recipient_id": bounce.recipient_id,
+                        "address": address,
+                    },
+                ).fetchone()
+                if target is not None:
+                    address = normalize(target["rcpt"])  # VERP names it exactly
+            inserted = c.execute(
+                QUERIES["bounce_insert"],
+                {
+                    "key": bounce.key,
+                    "address": address,
+                    "kind": bounce.kind,
+                    "status": bounce.status,
+                    "diagnostic": bounce.diagnostic[:1000],
+                    "source": bounce.source,
+                    "queue_id": bounce.queue_id,
+                    "stream": bounce.stream,
+                    "now": now,
+                    "raw": bounce.raw[:_RAW_MAX] if bounce.raw is not None else None,
+                },
+            )
+            if inserted.rowcount == 0:
+                return None  # read before (a poll that died before marking it)
+            if target is not None and bounce.source == "dsn":
+                what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p)
+                c.execute(
+                    QUERIES["bounce_log"],
+                    {
+                        "recipient_id": target["id"],
+                        "message_id": target["message_id"],
+                        "queue_id": target["queue_id"],
+                        "rcpt": target["rcpt"],
+                        "subject": target["subject"],
+                        "now": now,
+                        "code": _code(bounce.status),
+                        "reply": f"{bounce.kind} bounce: {what or 'no details'}"[:1000],
+                    },
+                )
+            since = now - threshold.window if threshold.window is not None else 0.0
+            hard = c.execute(QUERIES["bounce_count_hard"], {"address": address, "since": since})
+            count = int(hard.fetchone()[0])
+            if bounce.kind == "soft" and threshold.soft_as_hard_after is not None:
+                span = c.execute(
+                    QUERIES["bounce_soft_span"], {"address": address, "since": since}
+                ).fetchone()
+                if span["n"] >= 2 and span["last"] - span["first"] >= threshold.soft_as_hard_after:
+                    count += 1
+            if count < threshold.hard:
+                return None
+            active = c.execute(
+                QUERIES["suppression_active"], {"address": address, "stream": "", "now": now}
+            ).fetchone()
+            if active is not None and active["scope"] == "":
+                return None  # already suppressed everywhere
+            what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p) or bounce.kind
+            entry = Suppression(
+                address=address,
+                scope="",
+                source="bounce",
+                reason=f"{count} bounces; last: {what}"[:500],
+                created_at=now,
+                expires_at=now + threshold.expire_after
+                if threshold.expire_after is not None
+                else None,
+            )
+            c.execute(QUERIES["suppression_upsert"], _params(entry, now))
+            return entry
+
+        return await self._writer.submit(job)
+
+    async def add(
+        self,
+        address: str,
+        *,
+        scope: str = "",
+        source: str = "manual",
+        reason: str = "",
+        expires_at: float | None = None,
+    ) -> Suppression:
+        """Add (or replace) one entry."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}")
+        now = self._clock()
+        entry = Suppression(normalize(address), scope, source, reason, now, expires_at)
+        await self._writer.submit(
+            lambda c: c.execute(QUERIES["suppression_upsert"], _params(entry, now))
+        )
+        return entry
+
+    async def add_many(self, entries: Iterable[Suppression]) -> int:
+        """Add entries in one transaction (an import); the count added."""
+        now = self._clock()
+        rows = [_params(e, now, keep_created=True) for e in entries]
+        await self._writer.submit(lambda c: c.executemany(QUERIES["suppression_upsert"], rows))
+        return len(rows)
+
+    async def remove(self, address: str, *, scope: str | None = None) -> int:
+        """Remove an address's entry in ``scope`` (every scope when None); how many went."""
+
+        def job(c: sqlite3.Connection) -> int:
+            if scope is None:
+                cur = c.execute(
+                    QUERIES["suppression_delete_all_scopes"], {"address": normalize(address)}
+                )
+            else:
+                cur = c.execute(
+                    QUERIES["suppression_delete"],
+                    {"address": normalize(address), "scope": scope},
+                )
+            return cur.rowcount
+
+        return await self._writer.submit(job)
+
+    # ------------------------------------------------------------------- reads
+
+    async def active(self, address: str, stream: str = "") -> Suppression | None:
+        """The entry that keeps mail of ``stream`` from ``address`` now, if any."""
+        async with self._reader.execute(
+            QUERIES["suppression_active"],
+            {"address": normalize(address), "stream": stream, "now": self._clock()},
+        ) as cur:
+            row = await cur.fetchone()
+        return Suppression.from_row(row) if row is not None else None
+
+    async def page(
+        self,
+        *,
+        search: str | None = None,
+        scope: str | None = None,
+        source: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[Suppression]:
+        """One page of entries in address order; keyset pagination on the address."""
+        where = ["1=1"]
+        params: dict[str, Any] = {"limit": limit}
+        if search:
+            where.append("address LIKE :q ESCAPE '\\'")
+            params["q"] = (
+                "%"
+                + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                + "%"
+            )
+        if scope is not None:
+            where.append("scope = :scope")
+            params["scope"] = scope
+        if source is not None:
+            where.append("source = :source")
+            params["source"] = source
+        if after is not None:
+            where.append("address > :after")
+            params["after"] = after
+        sql = (
+            "SELECT address, scope, source, reason, created_at, expires_at FROM suppressions"
+            f" WHERE {' AND '.join(where)} ORDER BY address, scope LIMIT :limit"
+        )
+        async with self._reader.execute(sql, params) as cur:
+            return [Suppression.from_row(r) async for r in cur]
+
+    async def bounces_of(self, address: str, *, limit: int = 100) -> list[BounceRecord]:
+        """The bounces recorded for an address, newest first."""
+        async with self._reader.execute(
+            QUERIES["bounces_of"], {"address": normalize(address), "limit": limit}
+        ) as cur:
+            return [BounceRecord.from_row(r) async for r in cur]
+
+    async def bounce_raw(self, bounce_id: int) -> bytes | None:
+        """The stored bounce message (cut to 256 KiB), to view it."""
+        async with self._reader.execute(QUERIES["bounce_raw"], {"id": bounce_id}) as cur:
+            row = await cur.fetchone()
+        return bytes(row["raw"]) if row is not None and row["raw"] is not None else None
+
+
+def _code(status: str) -> int | None:
+    """A reply-code-like number for the log from an enhanced status (5.1.1 -> 550)."""
+    return {"5": 550, "4": 450}.get(status[:1])
+
+
+def _params(entry: Suppression, now: float, *, keep_created: bool = False) -> dict[str, Any]:
+    return {
+        "address": entry.address,
+        "scope": entry.scope,
+        "source": entry.source,
+        "reason": entry.reason,
+        "now": entry.created_at if keep_created and entry.created_at else now,
+        "expires_at": entry.expires_at,
+    }
