@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
-from admin.auth import Credentials, LoginLimiter, SessionCodec
+from admin.auth import Credentials, LoginLimiter, Sessions
 from admin.guard import SCOPE_KEY, Identity
 from relay.config import AdminSettings
 from relay.errors import UnknownMessage
@@ -93,7 +93,7 @@ class AdminState:
     backend: Backend
     settings: AdminSettings
     credentials: Credentials
-    codec: SessionCodec
+    sessions: Sessions
     limiter: LoginLimiter
     templates: Jinja2Templates
     gauges: _ScrapeGauges = field(default_factory=_ScrapeGauges)

@@ -16,7 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from admin.api import eml_response, overview_data, providers_data
-from admin.auth import Session
+from admin.auth import DEVICE_COOKIE
 from admin.backend import ACTIONS, act, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
 from relay.errors import UnknownMessage
@@ -207,28 +207,30 @@ async def login(request: Request) -> Response:
     form = await request.form()
     target = _local_path(str(form.get("next", "")), "/")
     client = request.client.host if request.client else "?"
-    wait = st.limiter.retry_after(client)
+    user, password = str(form.get("username", "")), str(form.get("password", ""))
+    # The login brake (admin.auth): a trusted browser counts under its own key.
+    device = st.sessions.device(request.cookies.get(DEVICE_COOKIE), user)
+    keys = st.limiter.keys(client, user, device)
+    wait = st.limiter.retry_after(keys)
     if wait:
         error = f"Too many failed attempts. Try again in {int(wait) + 1} s."
         return _render(request, "login.html", {"next": target, "error": error}, 429)
-    user, password = str(form.get("username", "")), str(form.get("password", ""))
     if not await st.credentials.check(user, password):
-        st.limiter.failed(client)
+        st.limiter.failed(keys)
         error = "Wrong user name or password."
         return _render(request, "login.html", {"next": target, "error": error}, 401)
-    st.limiter.succeeded(client)
-    assert who.session is not None
+    st.limiter.succeeded(keys)
+    await st.sessions.log_in(request.session, user)
     response = _see_other(target)
-    response.headers.append("set-cookie", st.codec.cookie_header(who.session.logged_in(user)))
+    response.headers.append("set-cookie", st.sessions.device_cookie(user, device))
     return response
 
 
 async def logout(request: Request) -> Response:
-    st = state(request)
-    response = _see_other("/login")
-    # A fresh anonymous session, so the login form right after has a token.
-    response.headers.append("set-cookie", st.codec.cookie_header(Session.anonymous()))
-    return response
+    # Ends every session issued so far (server-side session version), and starts
+    # a fresh anonymous one so that the login form right after has a token.
+    await state(request).sessions.log_out(request.session)
+    return _see_other("/login")
 
 
 routes = [

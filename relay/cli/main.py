@@ -191,6 +191,16 @@ async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+async def cmd_admin_revoke_sessions(args: argparse.Namespace) -> int:
+    """End every admin session (cookies issued before now are refused from now on)."""
+    # Only the spool path is needed: secrets and ${VAR}s may be the daemon's alone.
+    cfg = load_structure(_config_path(args))
+    async with await Spool.open(cfg.spool.path) as spool:
+        version = await spool.revoke_admin_sessions()
+    print(f"sluice: every admin session ended (session version {version})")
+    return EX_OK
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from relay import logsetup
     from relay.cli.demo import run_demo
@@ -244,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="admin page helpers")
     asub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     add("hash-password", cmd_admin_hash_password, "print a hash for admin.password_hash", asub)
+    add(
+        "revoke-sessions",
+        cmd_admin_revoke_sessions,
+        "log every admin session out (e.g. after a cookie leaked)",
+        asub,
+    )
 
     provider_cli.register(sub, common, _config_path)
 

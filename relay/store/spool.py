@@ -599,6 +599,20 @@ class Spool:
         async with self._reader.execute(sql, params or {}) as cur:
             return list(await cur.fetchall())
 
+    # ---------------------------------------------------- admin session version
+
+    async def admin_session_version(self) -> int:
+        """The admin's current session version (0 until the first revocation)."""
+        async with self._reader.execute(QUERIES["admin_session_version"]) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def revoke_admin_sessions(self) -> int:
+        """End every admin session by starting a new session version; returns it."""
+        return await self._writer.submit(
+            lambda c: int(c.execute(QUERIES["admin_sessions_revoke"]).fetchone()[0])
+        )
+
 
 def read_meta(path: Path, key: str) -> str | None:
     """Read one ``meta`` value without opening the spool for writing (CLI helpers).

@@ -178,3 +178,13 @@ ON CONFLICT (provider) DO UPDATE SET refresh_token = excluded.refresh_token,
 -- The provider refused the stored token: keep it for the record, mark it failed.
 UPDATE oauth_grants SET state = 'failed', error = :error, updated_at = :now
 WHERE provider = :provider;
+
+-- name: admin_session_version
+-- The admin's session version: a session cookie issued under another one is void.
+SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'admin_session_version';
+
+-- name: admin_sessions_revoke
+-- Start a new admin session version (logout, `sluice admin revoke-sessions`).
+INSERT INTO meta (key, value) VALUES ('admin_session_version', '1')
+ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+RETURNING CAST(value AS INTEGER);
