@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from playwright._impl._api_structures import SetCookieParam
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
@@ -220,3 +221,68 @@ async def test_operator_journey(
             await context.close()
     finally:
         await guarded.stop()
+
+
+async def test_login_logout_and_the_old_cookie(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    """Log in, log out, and a copy of the cookie taken before logout no longer works."""
+    (tmp_path / "pw").write_text("admin-pw\n")
+    admin = {"enabled": True, "listen": "127.0.0.1:0", "password_file": str(tmp_path / "pw")}
+    async with sluice([provider_for(upstream)], admin=admin) as s:
+        assert s.daemon.admin is not None
+        base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+        context = await browser.new_context()
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        # The wrong password below is answered 401, which Chromium logs as an error.
+        expected = "the server responded with a status of 401 (Unauthorized)"
+
+        # A wrong password first: the form says so and stays on the login page.
+        await page.goto(base + "/providers")
+        await expect(page).to_have_url(base + "/login?next=%2Fproviders")
+        await page.fill("input[name=password]", "wrong")
+        await page.click("button[type=submit]")
+        await expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
+        await page.fill("input[name=password]", "admin-pw")
+        await page.click("button[type=submit]")
+        await expect(page).to_have_url(base + "/providers")
+        await shot(page, "20-logged-in")
+
+        (cookie,) = [c for c in await context.cookies() if c.get("name") == "sluice_session"]
+        assert cookie.get("httpOnly") is True and cookie.get("sameSite") == "Strict"
+        captured: SetCookieParam = {
+            "name": "sluice_session",
+            "value": cookie.get("value", ""),
+            "url": base,
+        }
+
+        # A second browser holding a copy of the cookie (a stolen one) gets in...
+        thief = await browser.new_context()
+        await thief.add_cookies([captured])
+        stolen = await thief.new_page()
+        await stolen.goto(base + "/queue")
+        await expect(stolen).to_have_url(base + "/queue")
+
+        # ...until the operator logs out.
+        await page.get_by_role("button", name="Log out admin").click()
+        await expect(page).to_have_url(base + "/login")
+        await shot(page, "21-logged-out")
+        await page.goto(base + "/queue")
+        await expect(page).to_have_url(base + "/login?next=%2Fqueue")
+
+        # The old cookie, put back into a fresh browser, is refused.
+        await thief.clear_cookies()
+        await thief.add_cookies([captured])
+        await stolen.goto(base + "/queue")
+        await expect(stolen).to_have_url(base + "/login?next=%2Fqueue")
+        await expect(stolen.get_by_role("button", name="Log out admin")).to_have_count(0)
+
+        # Logging in again works.
+        await page.fill("input[name=password]", "admin-pw")
+        await page.click("button[type=submit]")
+        await expect(page).to_have_url(base + "/queue")
+        assert [e for e in errors if expected not in e] == [], errors
+        await thief.close()
+        await context.close()
