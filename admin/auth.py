@@ -336,6 +336,10 @@ class LoginLimiter:
         self._clock = clock
         self._failures: dict[str, _Failures] = {}
 
+    def __len__(self) -> int:
+        """How many keys are remembered (bounded by MAX_KEYS)."""
+        return len(self._failures)
+
     @staticmethod
     def keys(client: str, account: str | None, device: str | None = None) -> tuple[str, ...]:
         """The keys an attempt counts under; ``account=None`` means the API token."""

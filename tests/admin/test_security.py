@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from admin.app import create_app
-from admin.auth import DEVICE_COOKIE, Credentials, LoginLimiter, hash_password
+from admin.auth import DEVICE_COOKIE, Credentials, LoginLimiter, hash_password, source_of
 from admin.server import backend_for
 from relay.config import AdminSettings
 from tests.admin.conftest import AppClientFactory
@@ -252,6 +252,21 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_sources_are_networks_and_the_delay_is_capped() -> None:
+    assert {source_of(a) for a in ("127.0.0.1", "127.255.3.4", "::1", "::ffff:127.0.0.9")} == {
+        "loopback"
+    }
+    assert source_of("192.0.2.1") == source_of("192.0.2.254") != source_of("192.0.3.1")
+    assert source_of("2001:db8::1") == source_of("2001:db8::ffff:1") == "2001:db8::/64"
+    assert source_of("2001:db8:0:1::1") != source_of("2001:db8::1")
+    limiter = LoginLimiter(FakeClock())
+    assert [limiter.delay(n) for n in range(4, 11)] == [0, 5, 10, 20, 40, 60, 60]
+    # Address rotation cannot grow the table without bound.
+    for i in range(LoginLimiter.MAX_KEYS + 50):
+        limiter.failed(limiter.keys(f"10.{i // 65536}.{i // 256 % 256}.1", f"u{i}"))
+    assert len(limiter) == LoginLimiter.MAX_KEYS
 
 
 ClientAt = Callable[[str], AbstractAsyncContextManager[httpx.AsyncClient]]
