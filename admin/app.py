@@ -88,7 +88,7 @@ def create_app(
     """
     # Trusted-device cookies of the login brake last a month (or until restart).
     sessions = Sessions(credentials, backend.spool, device_max_age=30 * 86400)
-    limiter = limiter or LoginLimiter()
+    limiter = limiter if limiter is not None else LoginLimiter()
     hosts = allowed_host_names(listen_host or settings.listen.host, settings.allowed_hosts)
     app = Starlette(
         routes=[
