@@ -316,7 +316,7 @@ class Checkpointer:
                     if logged_at is None or now - logged_at >= _CHECKPOINT_LOG_EVERY:
                         logged_at = now
                         log.error(
-                            "spool checkpoint failed: %s; trying again in %.1f s "
+                            "spool checkpoint failed: %s; trying again in %.3g s "
                             "(the writers' own checkpoints go on meanwhile)",
                             exc,
                             delay,

@@ -74,7 +74,7 @@ async def test_a_failed_write_shows_until_a_write_works_again(tmp_path: Path) ->
         await spool.enqueue(new_message())
 
 
-class _Disk:
+class BrokenDisk:
     """Whether the checkpointer's connections fail as on a full or broken disk."""
 
     def __init__(self) -> None:
@@ -107,7 +107,7 @@ async def test_a_failing_checkpointer_keeps_going_and_recovers(
     caplog.set_level(logging.INFO, logger="sluice.spool")
     db = tmp_path / "spool.sqlite3"
     async with await Spool.open(db) as spool:  # the schema, and a writer to fill the WAL
-        disk = _Disk()
+        disk = BrokenDisk()
         checkpointer = Checkpointer(
             db, write_lock_path(db), interval=0.005, restart_pages=4, connect=disk.connect
         )
