@@ -14,6 +14,7 @@ from admin.backend import ACTIONS, AdminState, act, identity, state
 from admin.data import LogFilter, QueueFilter, jsonable, message_view, provider_view
 from admin.health import Health, State, check
 from admin.stats import summary
+from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
 
 __all__ = ["eml_response", "overview_data", "providers_data", "routes"]
@@ -99,6 +100,34 @@ async def api_provider_test(request: Request) -> Response:
     if pid not in {p.id for p in st.backend.snapshot().config.providers}:
         return _error(404, f"no provider {pid!r}")
     return _json(await st.backend.test_connection(pid))
+
+
+async def api_provider_send_test(request: Request) -> Response:
+    """Queue a test message through one provider: ``{"to": "someone@example.org"}``.
+
+    Answers 202 with the queue ID; ``GET /api/test-messages/{queue_id}`` then
+    tells its status and the provider's reply (``settled`` once it is final,
+    or deferred after a first attempt).
+    """
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _error(400, f"expected a JSON body: {exc}")
+    to = body.get("to") if isinstance(body, dict) else None
+    if not isinstance(to, str):
+        return _error(400, 'expected {"to": "someone@example.org"}')
+    try:
+        qid = await send_test_message(state(request).backend, request.path_params["pid"], to)
+    except TestMessageError as exc:
+        return _error(exc.status, str(exc))
+    return _json({"queue_id": qid, "status_url": f"/api/test-messages/{qid}"}, 202)
+
+
+async def api_test_message(request: Request) -> Response:
+    view = await test_message_view(state(request).backend.spool, request.path_params["qid"])
+    if view is None:
+        return _error(404, "no such message")
+    return _json(view)
 
 
 async def api_queue(request: Request) -> Response:
@@ -259,6 +288,8 @@ routes = [
     Route("/api/providers", api_providers),
     Route("/api/providers/{pid}", api_provider),
     Route("/api/providers/{pid}/test", api_provider_test, methods=["POST"]),
+    Route("/api/providers/{pid}/send-test", api_provider_send_test, methods=["POST"]),
+    Route("/api/test-messages/{qid}", api_test_message),
     Route("/api/queue", api_queue),
     Route("/api/queue/{action}", api_queue_action, methods=["POST"]),
     Route("/api/log", api_log),
