@@ -12,7 +12,6 @@ import httpx
 
 from admin.app import create_app
 from admin.auth import DEVICE_COOKIE, Credentials, LoginLimiter, hash_password, source_of
-from admin.server import backend_for
 from relay.config import AdminSettings
 from tests.admin.conftest import AppClientFactory
 from tests.admin.test_pages import csrf_of
@@ -279,7 +278,7 @@ async def admin_from(
     """One admin app (as the daemon builds it) and clients that come from chosen addresses."""
     admin = AdminSettings(**{"listen": "127.0.0.1:0", **settings})
     creds = Credentials.from_settings(admin)
-    app = create_app(backend_for(s.daemon), admin, creds, limiter=limiter)
+    app = create_app(s.daemon.admin_backend(), admin, creds, limiter=limiter)
 
     @asynccontextmanager
     async def client_at(address: str) -> AsyncIterator[httpx.AsyncClient]:
