@@ -43,7 +43,7 @@ def test_example_config_without_the_credential_says_how_to_give_it() -> None:
 
 
 def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
-    out = []
+    out: list[str] = []
     for name, field in model.model_fields.items():
         if SecretSource in get_args(field.annotation):
             # A folded secret: the keys users write are NAME, NAME_env, NAME_file.
