@@ -158,10 +158,12 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     from relay.outbound.device_flow import DeviceFlow, DeviceFlowError
     from relay.store.spool import Spool
 
-    # Only this provider's secrets are needed (its client secret, if any).
+    # Only this provider's client secret is needed (the refresh token is what we get).
     wanted = args.id
     cfg: Config = await asyncio.to_thread(
-        load, args.config_path_of(args), secrets=lambda ref: ref.provider == wanted
+        load,
+        args.config_path_of(args),
+        secrets=lambda ref: ref.provider == wanted and ref.loc[-1] == "client_secret",
     )
     try:
         p = cfg.provider(args.id)
