@@ -30,7 +30,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = ["MASK", "SecretError", "SecretSource", "mask"]
 
@@ -93,6 +93,14 @@ class SecretSource(BaseModel):
         if value is not None and str(value) in ("", "."):
             raise ValueError("must name a file")
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        # relay.config reports two keys given in the YAML; this guards models built in code.
+        given = [k for k in ("inline", "env", "file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        return self
 
     @property
     def yaml_key(self) -> str:

@@ -228,6 +228,11 @@ def test_credential_errors_say_how_to_provide_it(tmp_path: Path) -> None:
         source.resolve({"CREDENTIALS_DIRECTORY": str(tmp_path)})
 
 
+def test_a_source_built_in_code_takes_one_of_the_three() -> None:
+    with pytest.raises(ValueError, match="give only one of env, file"):
+        SecretSource(name="password", env="X", file=Path("/f"))
+
+
 def test_unset_and_unreadable_sources(tmp_path: Path) -> None:
     with pytest.raises(SecretError, match="environment variable NOPE is not set") as err:
         SecretSource(name="client_secret", env="NOPE").resolve({})
