@@ -42,7 +42,6 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from relay.config import AdminSettings
-from relay.secrets import resolve_secret
 
 __all__ = [
     "COOKIE",
@@ -85,13 +84,14 @@ class Credentials:
 
     @classmethod
     def from_settings(cls, settings: AdminSettings) -> Credentials:
-        """Resolve ``password_env``/``_file`` and the API token (reads files: call in a thread).
+        """Resolve the admin password and the API token (reads files: call in a thread).
 
         Raises:
-            LookupError: a named variable or file is missing.
+            SecretError: a named variable or file is missing, or the value is
+                empty (a ``LookupError``): an empty password must never open the admin.
         """
-        password = resolve_secret(None, settings.password_env, settings.password_file)
-        token = resolve_secret(None, settings.api_token_env, settings.api_token_file)
+        password = settings.password.resolve() if settings.password is not None else None
+        token = settings.api_token.resolve() if settings.api_token is not None else None
         return cls(
             username=settings.username,
             password_hash=(

@@ -34,7 +34,9 @@ def check_exposure(settings: AdminSettings) -> None:
     Raises:
         ConfigError: ``admin.listen`` is not loopback and no password is configured.
     """
-    has_password = bool(settings.password_hash or settings.password_env or settings.password_file)
+    # Whether one is *given*; that it is not empty is checked where it is
+    # resolved (``load``, and ``Credentials.from_settings`` at start-up).
+    has_password = settings.password_hash is not None or settings.password is not None
     if has_password:
         return
     if not settings.listen.is_loopback:

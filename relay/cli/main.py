@@ -45,7 +45,17 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    """The config with every secret resolved: for ``serve`` and ``check``."""
     return load(_config_path(args))
+
+
+def _load_without_secrets(args: argparse.Namespace) -> Config:
+    """The config for commands that connect to no provider (the queue commands).
+
+    They run in an operator's shell, which need not have the service's
+    environment variables or systemd credentials.
+    """
+    return load(_config_path(args), secrets=False)
 
 
 # ----------------------------------------------------------------- commands
@@ -104,7 +114,7 @@ def _when(ts: float | None) -> str:
 
 
 async def cmd_queue_list(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     statuses = [RecipientStatus(s) for s in args.status] if args.status else None
     async with await Spool.open(cfg.spool.path) as spool:
         entries = await spool.list_queue(statuses=statuses, search=args.search, limit=args.limit)
@@ -126,7 +136,7 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_queue_show(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
         detail = await spool.get(args.queue_id)
         raw = await spool.body(detail.message_id) if args.raw else b""
@@ -154,7 +164,7 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_queue_retry(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
         for qid in args.queue_id:
             n = await spool.retry_now(qid)
@@ -163,7 +173,7 @@ async def cmd_queue_retry(args: argparse.Namespace) -> int:
 
 
 async def cmd_queue_delete(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
         for qid in args.queue_id:
             await spool.delete(qid)
