@@ -12,7 +12,9 @@ from starlette.routing import Route
 
 from admin.backend import ACTIONS, AdminState, act, identity, state
 from admin.data import LogFilter, QueueFilter, jsonable, message_view, provider_view
+from admin.health import Health, State, check
 from admin.stats import summary
+from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
 
 __all__ = ["eml_response", "overview_data", "providers_data", "routes"]
@@ -98,6 +100,34 @@ async def api_provider_test(request: Request) -> Response:
     if pid not in {p.id for p in st.backend.snapshot().config.providers}:
         return _error(404, f"no provider {pid!r}")
     return _json(await st.backend.test_connection(pid))
+
+
+async def api_provider_send_test(request: Request) -> Response:
+    """Queue a test message through one provider: ``{"to": "someone@example.org"}``.
+
+    Answers 202 with the queue ID; ``GET /api/test-messages/{queue_id}`` then
+    tells its status and the provider's reply (``settled`` once it is final,
+    or deferred after a first attempt).
+    """
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _error(400, f"expected a JSON body: {exc}")
+    to = body.get("to") if isinstance(body, dict) else None
+    if not isinstance(to, str):
+        return _error(400, 'expected {"to": "someone@example.org"}')
+    try:
+        qid = await send_test_message(state(request).backend, request.path_params["pid"], to)
+    except TestMessageError as exc:
+        return _error(exc.status, str(exc))
+    return _json({"queue_id": qid, "status_url": f"/api/test-messages/{qid}"}, 202)
+
+
+async def api_test_message(request: Request) -> Response:
+    view = await test_message_view(state(request).backend.spool, request.path_params["qid"])
+    if view is None:
+        return _error(404, "no such message")
+    return _json(view)
 
 
 async def api_queue(request: Request) -> Response:
@@ -194,30 +224,63 @@ async def metrics(request: Request) -> Response:
         if p.daily_limit is not None:
             g.daily_limit.labels(p.id).set(p.daily_limit)
     g.uptime.set(max(0.0, b.clock() - b.status().started_at))
+    _health_gauges(st, await check(b))
     body = generate_latest(b.metrics.registry) + generate_latest(g.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
+def _health_gauges(st: AdminState, h: Health) -> None:
+    g = st.gauges
+    for state_ in State:
+        g.health_state.labels(state_.value).set(1 if h.state is state_ else 0)
+    g.oldest_pending.set(h.oldest_pending_age or 0.0)
+    w = h.spool.writes
+    g.writes_failing.set(1 if w.failing else 0)
+    g.write_errors.set(w.errors)
+    g.last_write_error.set(w.last_error_at or 0.0)
+    cp = h.spool.checkpoints
+    g.checkpoints_failing.set(1 if cp is not None and (cp.failing or not cp.running) else 0)
+    g.checkpoint_errors.set(cp.errors if cp is not None else 0)
+    g.accept_workers.labels("configured").set(h.status.accept_workers)
+    g.accept_workers.labels("alive").set(h.status.accept_workers_alive)
+
+
 async def healthz(request: Request) -> Response:
-    b = state(request).backend
-    status = b.status()
-    try:
-        await b.spool.fetchall("SELECT 1")
-        spool_ok = True
-    except Exception:  # any failure to read means "not healthy", reported below
-        spool_ok = False
-    ok = spool_ok and status.listener_up
+    """The relay's health as JSON; 503 only when ``unhealthy`` (see ``admin.health``)."""
+    h = await check(state(request).backend)
+    status, w, cp = h.status, h.spool.writes, h.spool.checkpoints
     details: dict[str, object] = {
-        "ok": ok,
-        "spool": spool_ok,
+        "status": h.state.value,
+        "ok": h.state is State.OK,
+        "problems": h.problems,
+        "spool": h.spool_readable,
+        "spool_writes": {
+            "failing": w.failing,
+            "errors": w.errors,
+            "last_error": w.last_error,
+            "last_error_at": w.last_error_at,
+        },
+        "checkpoints": None
+        if cp is None
+        else {
+            "running": cp.running,
+            "failing": cp.failing,
+            "errors": cp.errors,
+            "last_error": cp.last_error,
+            "last_error_at": cp.last_error_at,
+        },
         "listener": status.listener_up,
+        "accept_workers": None
+        if not status.accept_workers
+        else {"configured": status.accept_workers, "alive": status.accept_workers_alive},
+        "oldest_pending_age": h.oldest_pending_age,
         "last_reload_failed": status.last_reload_error is not None,
     }
     # /healthz answers without a login (for probes); the error text, which
     # quotes the config file, only to a caller who is logged in.
     if identity(request).authenticated:
         details["last_reload_error"] = status.last_reload_error
-    return JSONResponse(details, status_code=200 if ok else 503)
+    return JSONResponse(details, status_code=h.http_status)
 
 
 routes = [
@@ -225,6 +288,8 @@ routes = [
     Route("/api/providers", api_providers),
     Route("/api/providers/{pid}", api_provider),
     Route("/api/providers/{pid}/test", api_provider_test, methods=["POST"]),
+    Route("/api/providers/{pid}/send-test", api_provider_send_test, methods=["POST"]),
+    Route("/api/test-messages/{qid}", api_test_message),
     Route("/api/queue", api_queue),
     Route("/api/queue/{action}", api_queue_action, methods=["POST"]),
     Route("/api/log", api_log),

@@ -14,12 +14,14 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp
 
 from admin import api, pages
-from admin.auth import Credentials, LoginLimiter, SessionCodec
+from admin.auth import COOKIE, Credentials, LoginLimiter, Sessions
 from admin.backend import AdminState, Backend
 from admin.guard import Guard, allowed_host_names
 from relay.config import AdminSettings
@@ -52,12 +54,28 @@ def _templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
+class _SessionMiddleware(SessionMiddleware):
+    """Starlette's, with the cookie attributes spelt as RFC 6265 §4.1.1 writes them.
+
+    Attribute names are case-insensitive (§5.2), so this changes no browser's
+    behaviour; it keeps ``HttpOnly; SameSite=Strict`` greppable for operators
+    and tests alike.
+    """
+
+    def __init__(self, app: ASGIApp, *, secret_key: str, max_age: int) -> None:
+        super().__init__(
+            app, secret_key, session_cookie=COOKIE, max_age=max_age, same_site="strict"
+        )
+        self.security_flags = "HttpOnly; SameSite=Strict"
+
+
 def create_app(
     backend: Backend,
     settings: AdminSettings,
     credentials: Credentials,
     *,
     listen_host: str | None = None,
+    limiter: LoginLimiter | None = None,
 ) -> Starlette:
     """The admin ASGI app for one daemon.
 
@@ -66,9 +84,11 @@ def create_app(
         settings: the ``admin`` config section (allowed hosts, session age).
         credentials: resolved secrets (``Credentials.from_settings``).
         listen_host: the address the server binds, added to the allowed Host names.
+        limiter: the login brake (tests pass one with their own clock).
     """
-    codec = SessionCodec(settings.session_max_age)
-    limiter = LoginLimiter()
+    # Trusted-device cookies of the login brake last a month (or until restart).
+    sessions = Sessions(credentials, backend.spool, device_max_age=30 * 86400)
+    limiter = limiter if limiter is not None else LoginLimiter()
     hosts = allowed_host_names(listen_host or settings.listen.host, settings.allowed_hosts)
     app = Starlette(
         routes=[
@@ -76,15 +96,23 @@ def create_app(
             *api.routes,
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
+        # Outermost first: the session is read before the guard looks at it.
         middleware=[
-            Middleware(Guard, credentials=credentials, codec=codec, limiter=limiter, hosts=hosts)
+            Middleware(
+                _SessionMiddleware,
+                secret_key=sessions.secret_key,
+                max_age=int(settings.session_max_age),
+            ),
+            Middleware(
+                Guard, credentials=credentials, sessions=sessions, limiter=limiter, hosts=hosts
+            ),
         ],
     )
     app.state.admin = AdminState(
         backend=backend,
         settings=settings,
         credentials=credentials,
-        codec=codec,
+        sessions=sessions,
         limiter=limiter,
         templates=_templates(),
     )

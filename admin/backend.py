@@ -1,4 +1,9 @@
-"""What the admin app needs from the daemon, passed in (no globals), and shared helpers."""
+"""What the admin may read and do (``Backend``, built and handed over by the daemon), and helpers.
+
+The admin never imports the daemon: the daemon fills ``DaemonStatus`` and
+builds ``Backend`` (``relay.daemon.Daemon.admin_backend``), and the admin
+reads and acts only through it. No globals.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from starlette.requests import Request
 from starlette.templating import Jinja2Templates
 
-from admin.auth import Credentials, LoginLimiter, SessionCodec
+from admin.auth import Credentials, LoginLimiter, Sessions
 from admin.guard import SCOPE_KEY, Identity
 from relay.config import AdminSettings
 from relay.errors import UnknownMessage
@@ -36,17 +41,22 @@ ACTIONS = ("retry", "delete")
 
 @dataclass(frozen=True, slots=True)
 class DaemonStatus:
-    """Liveness facts the daemon reports about itself."""
+    """Liveness facts the daemon reports about itself (``Daemon.admin_status``)."""
 
     started_at: float
+    #: someone takes SMTP connections (the daemon, or at least one accept worker)
     listener_up: bool
     last_reload_error: str | None = None
     last_reload_at: float | None = None
+    #: accept worker processes configured (0: the daemon accepts itself) ...
+    accept_workers: int = 0
+    #: ... and how many of them serve the sockets now
+    accept_workers_alive: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """The daemon-facing interface of the admin app."""
+    """What the admin may read and do; the daemon builds it and hands it over."""
 
     spool: Spool
     snapshot: Callable[[], Snapshot]
@@ -56,6 +66,8 @@ class Backend:
     #: run the real connection check against one provider, by ID
     test_connection: Callable[[str], Awaitable[TestReport]]
     status: Callable[[], DaemonStatus]
+    #: this relay's host name (the test message's Message-ID and sender domain)
+    hostname: str = "localhost"
     clock: Callable[[], float] = time.time
 
 
@@ -86,6 +98,49 @@ class _ScrapeGauges:
         self.uptime = Gauge(
             "sluice_uptime_seconds", "Seconds since the daemon started.", registry=r
         )
+        # What /healthz judges, as numbers (admin/health.py has the rules).
+        self.health_state = Gauge(
+            "sluice_health",
+            "1 for the relay's current health state (ok, degraded, unhealthy), as /healthz.",
+            ["state"],
+            registry=r,
+        )
+        self.oldest_pending = Gauge(
+            "sluice_oldest_pending_seconds",
+            "Age of the longest-waiting unsent recipient (0 when none waits).",
+            registry=r,
+        )
+        self.writes_failing = Gauge(
+            "sluice_spool_writes_failing",
+            "1 while spool writes fail (e.g. a full disk), until one works again.",
+            registry=r,
+        )
+        self.write_errors = Gauge(
+            "sluice_spool_write_errors",
+            "Failed spool writes since the daemon started.",
+            registry=r,
+        )
+        self.last_write_error = Gauge(
+            "sluice_spool_last_write_error_timestamp_seconds",
+            "When a spool write last failed (0: never).",
+            registry=r,
+        )
+        self.checkpoints_failing = Gauge(
+            "sluice_spool_checkpoints_failing",
+            "1 while the WAL checkpointer fails or has stopped.",
+            registry=r,
+        )
+        self.checkpoint_errors = Gauge(
+            "sluice_spool_checkpoint_errors",
+            "Failed WAL checkpoints since the daemon started.",
+            registry=r,
+        )
+        self.accept_workers = Gauge(
+            "sluice_accept_workers",
+            "Accept worker processes configured, and alive (serving the sockets).",
+            ["state"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -93,7 +148,7 @@ class AdminState:
     backend: Backend
     settings: AdminSettings
     credentials: Credentials
-    codec: SessionCodec
+    sessions: Sessions
     limiter: LoginLimiter
     templates: Jinja2Templates
     gauges: _ScrapeGauges = field(default_factory=_ScrapeGauges)

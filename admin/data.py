@@ -48,7 +48,6 @@ def jsonable(value: Any) -> Any:
 
 def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> dict[str, Any]:
     """One provider as the page and the API show it; never a secret."""
-    has_password = bool(settings.password or settings.password_env or settings.password_file)
     o = settings.oauth2
     view: dict[str, Any] = {
         "id": settings.id,
@@ -57,7 +56,7 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
         "host": settings.host,
         "port": settings.port,
         "username": settings.username or "",
-        "password": mask(has_password),
+        "password": mask(settings.password),
         "send_from": settings.send_from or "",
         "send_from_name": settings.send_from_name or "",
         "encryption": settings.encryption,
@@ -71,12 +70,8 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
             {
                 "token_url": o.token_url,
                 "client_id": o.client_id,
-                "client_secret": mask(
-                    o.client_secret or o.client_secret_env or o.client_secret_file
-                ),
-                "refresh_token": mask(
-                    o.refresh_token or o.refresh_token_env or o.refresh_token_file
-                ),
+                "client_secret": mask(o.client_secret),
+                "refresh_token": mask(o.refresh_token),
             }
             if o is not None
             else None

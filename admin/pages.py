@@ -16,9 +16,10 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from admin.api import eml_response, overview_data, providers_data
-from admin.auth import Session
+from admin.auth import DEVICE_COOKIE
 from admin.backend import ACTIONS, act, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
+from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
 
@@ -80,7 +81,40 @@ async def overview(request: Request) -> Response:
 
 
 async def providers(request: Request) -> Response:
-    return _render(request, "providers.html", {"providers": await providers_data(state(request))})
+    return await _providers_page(request)
+
+
+async def _providers_page(
+    request: Request,
+    *,
+    tested: dict[str, Any] | None = None,
+    send_error: str = "",
+    form: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    """The provider list, with "Test connection" per row and "Send test message" below.
+
+    ``?test_message=ID`` shows where that test message stands (the page's
+    script polls ``/api/test-messages/ID`` until it is settled).
+    """
+    st = state(request)
+    views = await providers_data(st)
+    qid = request.query_params.get("test_message", "")
+    test_message = await test_message_view(st.backend.spool, qid) if qid else None
+    form = form or {}
+    return _render(
+        request,
+        "providers.html",
+        {
+            "providers": views,
+            "tested": tested or {},
+            "test_message": test_message,
+            "send_error": send_error,
+            "send_to": form.get("to", ""),
+            "send_provider": form.get("provider", ""),
+        },
+        status,
+    )
 
 
 async def provider_detail(request: Request) -> Response:
@@ -92,7 +126,20 @@ async def provider_detail(request: Request) -> Response:
     report = None
     if request.method == "POST":
         report = await st.backend.test_connection(pid)
+        if (await request.form()).get("from") == "list":
+            return await _providers_page(request, tested={pid: report})
     return _render(request, "provider.html", {"p": view, "report": report})
+
+
+async def send_test(request: Request) -> Response:
+    """The "Send test message" form: queue it, then show it on the provider list."""
+    form = await request.form()
+    fields = {"provider": str(form.get("provider", "")), "to": str(form.get("to", ""))}
+    try:
+        qid = await send_test_message(state(request).backend, fields["provider"], fields["to"])
+    except TestMessageError as exc:
+        return await _providers_page(request, send_error=str(exc), form=fields, status=exc.status)
+    return _see_other(f"/providers?{urlencode({'test_message': qid})}#test-message")
 
 
 def _page_links(
@@ -207,33 +254,36 @@ async def login(request: Request) -> Response:
     form = await request.form()
     target = _local_path(str(form.get("next", "")), "/")
     client = request.client.host if request.client else "?"
-    wait = st.limiter.retry_after(client)
+    user, password = str(form.get("username", "")), str(form.get("password", ""))
+    # The login brake (admin.auth): a trusted browser counts under its own key.
+    device = st.sessions.device(request.cookies.get(DEVICE_COOKIE), user)
+    keys = st.limiter.keys(client, user, device)
+    wait = st.limiter.retry_after(keys)
     if wait:
         error = f"Too many failed attempts. Try again in {int(wait) + 1} s."
         return _render(request, "login.html", {"next": target, "error": error}, 429)
-    user, password = str(form.get("username", "")), str(form.get("password", ""))
     if not await st.credentials.check(user, password):
-        st.limiter.failed(client)
+        st.limiter.failed(keys)
         error = "Wrong user name or password."
         return _render(request, "login.html", {"next": target, "error": error}, 401)
-    st.limiter.succeeded(client)
-    assert who.session is not None
+    st.limiter.succeeded(keys)
+    await st.sessions.log_in(request.session, user)
     response = _see_other(target)
-    response.headers.append("set-cookie", st.codec.cookie_header(who.session.logged_in(user)))
+    response.headers.append("set-cookie", st.sessions.device_cookie(user, device))
     return response
 
 
 async def logout(request: Request) -> Response:
-    st = state(request)
-    response = _see_other("/login")
-    # A fresh anonymous session, so the login form right after has a token.
-    response.headers.append("set-cookie", st.codec.cookie_header(Session.anonymous()))
-    return response
+    # Ends every session issued so far (server-side session version), and starts
+    # a fresh anonymous one so that the login form right after has a token.
+    await state(request).sessions.log_out(request.session)
+    return _see_other("/login")
 
 
 routes = [
     Route("/", overview),
     Route("/providers", providers),
+    Route("/providers/send-test", send_test, methods=["POST"]),
     Route("/providers/{pid}", provider_detail),
     Route("/providers/{pid}/test", provider_detail, methods=["POST"]),
     Route("/queue", queue),

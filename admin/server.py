@@ -13,27 +13,19 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import uvicorn
 
 from admin.app import create_app
 from admin.auth import Credentials
-from admin.backend import Backend, DaemonStatus
+from admin.backend import Backend
 from relay.config import AdminSettings, Endpoint
 from relay.errors import ConfigError
-from relay.outbound.probe import TestReport, test_provider
 
-if TYPE_CHECKING:
-    from relay.daemon import Daemon
-
-__all__ = ["AdminServer", "backend_for", "check_exposure"]
+__all__ = ["AdminServer", "check_exposure"]
 
 log = logging.getLogger("sluice.admin")
-
-_TEST_TIMEOUT = 10.0
 
 
 def check_exposure(settings: AdminSettings) -> None:
@@ -42,7 +34,9 @@ def check_exposure(settings: AdminSettings) -> None:
     Raises:
         ConfigError: ``admin.listen`` is not loopback and no password is configured.
     """
-    has_password = bool(settings.password_hash or settings.password_env or settings.password_file)
+    # Whether one is *given*; that it is not empty is checked where it is
+    # resolved (``load``, and ``Credentials.from_settings`` at start-up).
+    has_password = settings.password_hash is not None or settings.password is not None
     if has_password:
         return
     if not settings.listen.is_loopback:
@@ -57,37 +51,6 @@ def check_exposure(settings: AdminSettings) -> None:
         "admin page at %s has no password: anyone on this machine can use it "
         "(set admin.password_hash to require a login)",
         settings.listen,
-    )
-
-
-def backend_for(daemon: Daemon) -> Backend:
-    """The admin's view of a running daemon."""
-    assert daemon.spool is not None
-
-    async def test_connection(pid: str) -> TestReport:
-        return await test_provider(
-            daemon.config.provider(pid), local_hostname=daemon.hostname, timeout=_TEST_TIMEOUT
-        )
-
-    def status() -> DaemonStatus:
-        up = daemon.accepting
-        error = getattr(daemon, "last_reload_error", None)
-        at = getattr(daemon, "last_reload_at", None)
-        return DaemonStatus(
-            started_at=daemon.started_at,
-            listener_up=up,
-            last_reload_error=str(error) if error else None,
-            last_reload_at=at if isinstance(at, int | float) else None,
-        )
-
-    return Backend(
-        spool=daemon.spool,
-        snapshot=daemon.snapshot,
-        metrics=daemon.metrics,
-        reload=daemon.reload,
-        test_connection=test_connection,
-        status=status,
-        clock=time.time,
     )
 
 
@@ -122,8 +85,8 @@ class AdminServer:
         self.address = Endpoint(host, port)
 
     @classmethod
-    async def start(cls, daemon: Daemon, settings: AdminSettings) -> AdminServer:
-        """Resolve secrets, build the app and bind ``admin.listen`` (not yet serving).
+    async def start(cls, backend: Backend, settings: AdminSettings) -> AdminServer:
+        """Resolve secrets, build the app over ``backend``, bind ``admin.listen`` (not serving yet).
 
         Raises:
             ConfigError: a password or token source cannot be read.
@@ -133,7 +96,7 @@ class AdminServer:
             credentials = await asyncio.to_thread(Credentials.from_settings, settings)
         except LookupError as exc:
             raise ConfigError([f"admin: {exc}"]) from None
-        app = create_app(backend_for(daemon), settings, credentials)
+        app = create_app(backend, settings, credentials)
         # uvicorn's "Started server process" lines describe a process we do not
         # own; keep its warnings and errors only. (Requests are not logged.)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

@@ -5,8 +5,12 @@ reported at once, each as ``FILE:LINE: dotted.key: message``; the line comes
 from walking the pydantic error location down the composed YAML node tree.
 Durations take ``90s``/``5m``/``4h``/``5d`` or plain seconds, sizes take
 ``25MiB``/``10KB`` or plain bytes, and ``${VAR}`` in any string takes the
-environment. A reload builds a new ``Config`` and swaps one reference; nothing
-here is ever mutated.
+environment. Secrets keep the keys users write (``password``,
+``password_env``, ``password_file``, and the same for ``client_secret``,
+``refresh_token`` and ``api_token``) and are folded into one
+``relay.secrets.SecretSource`` each; ``load`` resolves them all (``check``,
+``serve``) unless told not to (the queue commands need none). A reload
+builds a new ``Config`` and swaps one reference; nothing here is ever mutated.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError
+from relay.secrets import SecretError, SecretSource
 
 __all__ = [
     "AdminSettings",
@@ -45,6 +50,7 @@ __all__ = [
     "Rate",
     "RetrySettings",
     "RouteSettings",
+    "SecretRef",
     "SmtpSettings",
     "SpoolSettings",
     "SuppressionSettings",
@@ -172,6 +178,39 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
+#: the secret keys users write, by base name; each folds into one ``SecretSource``
+SECRET_NAMES = ("password", "client_secret", "refresh_token", "api_token")
+_SECRET_PARTS = {"inline": "", "env": "_env", "file": "_file"}
+
+
+def _fold_secret(
+    data: object, name: str, *, credential: str | None = None, owner: str = ""
+) -> object:
+    """Turn ``NAME``, ``NAME_env``, ``NAME_file`` of a raw mapping into ``NAME: SecretSource``.
+
+    With none of the three and a ``credential``, the secret is that systemd
+    credential; with none and no credential, there is no secret (``None``).
+    """
+    if not isinstance(data, dict):
+        return data
+    given = {
+        part: data[name + suffix]
+        for part, suffix in _SECRET_PARTS.items()
+        if data.get(name + suffix) is not None
+    }
+    if isinstance(given.get("inline"), SecretSource):
+        return data  # already folded (a model built in Python, or a copy)
+    if len(given) > 1:
+        keys = ", ".join(name + _SECRET_PARTS[part] for part in given)
+        raise ValueError(f"give only one of {keys}")
+    out = {k: v for k, v in data.items() if k not in {name + s for s in _SECRET_PARTS.values()}}
+    if given or credential is not None:
+        out[name] = {"name": name, "owner": owner, **given}
+        if not given:
+            out[name]["credential"] = credential
+    return out
+
+
 class SmtpSettings(_Model):
     listen: list[EndpointT] = Field(default_factory=lambda: [Endpoint("127.0.0.1", 25)])
     allowed_networks: list[Network] = Field(
@@ -244,28 +283,45 @@ class AdminSettings(_Model):
     listen: EndpointT = Endpoint("127.0.0.1", 8025)
     username: str = "admin"
     password_hash: SecretStr | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
-    api_token_env: str | None = None
-    api_token_file: Path | None = None
+    #: ``password``/``password_env``/``password_file`` (the clear password) folded
+    password: SecretSource | None = None
+    #: ``api_token``/``api_token_env``/``api_token_file`` (bearer token for /api/) folded
+    api_token: SecretSource | None = None
     allowed_hosts: list[str] = Field(default_factory=list)
     session_max_age: Duration = Field(default=12 * 3600.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold(cls, data: object) -> object:
+        data = _fold_secret(data, "password", owner="the admin")
+        return _fold_secret(data, "api_token", owner="the admin API")
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is empty; an empty password is no password")
+        return value
 
 
 class OAuth2Settings(_Model):
     token_url: str
     client_id: str
-    client_secret: SecretStr | None = None
-    client_secret_env: str | None = None
-    client_secret_file: Path | None = None
-    refresh_token: SecretStr | None = None
-    refresh_token_env: str | None = None
-    refresh_token_file: Path | None = None
+    #: ``client_secret``/``_env``/``_file`` folded
+    client_secret: SecretSource | None = None
+    #: ``refresh_token``/``_env``/``_file`` folded
+    refresh_token: SecretSource | None = None
     scope: str = ""
     refresh_margin: Duration = Field(default=300.0, ge=0)
     #: RFC 8628 device authorization endpoint: lets ``sluice providers connect``
     #: (or the admin's Connect button) obtain the refresh token by a sign-in
     device_authorization_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold(cls, data: object) -> object:
+        data = _fold_secret(data, "client_secret", owner="oauth2")
+        return _fold_secret(data, "refresh_token", owner="oauth2")
 
 
 class ProviderSettings(_Model):
@@ -276,9 +332,9 @@ class ProviderSettings(_Model):
     port: int = Field(default=587, ge=1, le=65535)
     encryption: Literal["none", "starttls", "tls"] = "starttls"
     username: str | None = None
-    password: SecretStr | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
+    #: ``password``/``password_env``/``password_file`` folded; with a username and
+    #: none of them (and no oauth2), the systemd credential named after the id
+    password: SecretSource | None = None
     oauth2: OAuth2Settings | None = None
     enabled: bool = True
     priority: int = 100
@@ -299,14 +355,16 @@ class ProviderSettings(_Model):
     failure_threshold: int = Field(default=3, ge=1, le=1000)
     cooldown: Duration = Field(default=60.0, ge=0)
 
-    @model_validator(mode="after")
-    def _one_password_source(self) -> ProviderSettings:
-        given = [
-            k for k in ("password", "password_env", "password_file") if getattr(self, k) is not None
-        ]
-        if len(given) > 1:
-            raise ValueError(f"give only one of {', '.join(given)}")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _fold(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        pid = data.get("id")
+        needs = bool(data.get("username")) and data.get("oauth2") is None
+        credential = pid if needs and isinstance(pid, str) and pid else None
+        owner = f"provider {pid}" if isinstance(pid, str) else "the provider"
+        return _fold_secret(data, "password", credential=credential, owner=owner)
 
 
 class RouteSettings(_Model):
@@ -326,9 +384,8 @@ class MailboxSettings(_Model):
     port: int | None = Field(default=None, ge=1, le=65535)
     encryption: Literal["tls", "starttls", "none"] = "tls"
     username: str = Field(min_length=1)
-    password: SecretStr | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
+    #: ``password``/``password_env``/``password_file`` folded
+    password: SecretSource | None = None
     #: XOAUTH2 (Microsoft 365, Gmail mailboxes), as for providers
     oauth2: OAuth2Settings | None = None
     folder: str = "INBOX"
@@ -341,6 +398,11 @@ class MailboxSettings(_Model):
     max_message_size: Size = Field(default=10 * 1024 * 1024, gt=0)
     tls_verify: bool = True
     ca_file: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold(cls, data: object) -> object:
+        return _fold_secret(data, "password", owner="the bounce mailbox")
 
     @property
     def effective_port(self) -> int:
@@ -420,10 +482,54 @@ class Config(_Model):
                 return provider
         raise KeyError(provider_id)
 
+    def secrets(self) -> Iterator[SecretRef]:
+        """Every secret the config names (disabled providers' and admin's included)."""
+        for i, p in enumerate(self.providers):
+            if p.password is not None:
+                yield SecretRef(("providers", i, "password"), p.password, p.id)
+            if p.oauth2 is not None:
+                for name in ("client_secret", "refresh_token"):
+                    source = getattr(p.oauth2, name)
+                    if source is not None:
+                        yield SecretRef(("providers", i, "oauth2", name), source, p.id)
+        for name in ("password", "api_token"):
+            source = getattr(self.admin, name)
+            if source is not None:
+                yield SecretRef(("admin", name), source, None)
+        box = self.bounces.mailbox
+        if box is not None:
+            if box.password is not None:
+                yield SecretRef(("bounces", "mailbox", "password"), box.password, None)
+            if box.oauth2 is not None:
+                for name in ("client_secret", "refresh_token"):
+                    source = getattr(box.oauth2, name)
+                    if source is not None:
+                        yield SecretRef(("bounces", "mailbox", "oauth2", name), source, None)
 
-# --------------------------------------------------------------------------- loading
 
 Loc = tuple[str | int, ...]
+
+
+class SecretRef(NamedTuple):
+    """One secret of a config: where it sits, where it comes from, whose it is."""
+
+    #: the folded field, e.g. ("providers", 0, "password")
+    loc: Loc
+    source: SecretSource
+    #: the provider id, or None for the admin's secrets
+    provider: str | None
+
+    @property
+    def yaml_loc(self) -> Loc:
+        """The key the user wrote, e.g. ("providers", 0, "password_env")."""
+        return (*self.loc[:-1], self.source.yaml_key)
+
+
+#: which secrets ``load`` resolves: all, none, or those a predicate picks
+SecretsWanted = bool | Callable[[SecretRef], bool]
+
+
+# --------------------------------------------------------------------------- loading
 
 
 def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
@@ -454,23 +560,40 @@ def _expand_env(
     env: Mapping[str, str],
     issues: list[tuple[int, Loc, str]],
     loc: Loc = (),
+    *,
+    unset: Literal["error", "empty"] = "error",
+    keep_secret_vars: bool = False,
 ) -> None:
-    """Replace ``${VAR}`` in every scalar, in place on the composed tree."""
+    """Replace ``${VAR}`` in every scalar, in place on the composed tree.
+
+    An unset variable is an issue (``unset="error"``) or reads as empty. With
+    ``keep_secret_vars``, an unset one in a secret's value is left as written:
+    that value is not used, and "" would read as an (invalid) empty secret.
+    """
     if isinstance(node, yaml.ScalarNode) and "${" in node.value:
+        secret = keep_secret_vars and bool(loc) and loc[-1] in (*SECRET_NAMES, "password_hash")
 
         def sub(m: re.Match[str]) -> str:
-            if m.group(1) not in env:
+            if m.group(1) in env:
+                return env[m.group(1)]
+            if secret:
+                return m.group(0)
+            if unset == "error":
                 issues.append((node.start_mark.line + 1, loc, f"${{{m.group(1)}}} is not set"))
-                return ""
-            return env[m.group(1)]
+            return ""
 
         node.value = re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, node.value)
     elif isinstance(node, yaml.MappingNode):
         for key, value in node.value:
-            _expand_env(value, env, issues, (*loc, getattr(key, "value", "?")))
+            part = getattr(key, "value", "?")
+            _expand_env(
+                value, env, issues, (*loc, part), unset=unset, keep_secret_vars=keep_secret_vars
+            )
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _expand_env(item, env, issues, (*loc, i))
+            _expand_env(
+                item, env, issues, (*loc, i), unset=unset, keep_secret_vars=keep_secret_vars
+            )
 
 
 def _duplicate_keys(node: yaml.Node, loc: Loc = ()) -> Iterator[tuple[int, Loc, str]]:
@@ -518,7 +641,27 @@ def _dotted(loc: Loc) -> str:
 
 def _clean_loc(loc: tuple[Any, ...]) -> Loc:
     # pydantic inserts validator names such as "function-after[...]" into loc.
-    return tuple(p for p in loc if isinstance(p, int) or not ("[" in p or p.startswith("function")))
+    cleaned = [p for p in loc if isinstance(p, int) or not ("[" in p or p.startswith("function"))]
+    # A folded secret's parts name the key the user wrote: password.env -> password_env.
+    out: list[str | int] = []
+    for part in cleaned:
+        if out and part in _SECRET_PARTS and out[-1] in SECRET_NAMES:
+            out[-1] = f"{out[-1]}{_SECRET_PARTS[str(part)]}"
+        else:
+            out.append(part)
+    return tuple(out)
+
+
+def _secret_issues(
+    cfg: Config, env: Mapping[str, str], wanted: SecretsWanted
+) -> Iterator[tuple[Loc, str]]:
+    """Every wanted secret must resolve to a non-empty value; report those that do not."""
+    for ref in cfg.secrets():
+        if wanted is True or (callable(wanted) and wanted(ref)):
+            try:
+                ref.source.resolve(env)
+            except SecretError as exc:
+                yield (*ref.loc[:-1], exc.key), exc.message
 
 
 def loads(
@@ -526,9 +669,15 @@ def loads(
     *,
     source: str = "<config>",
     env: Mapping[str, str] | None = None,
-    validate_secrets: Callable[[Config], Iterator[tuple[Loc, str]]] | None = None,
+    secrets: SecretsWanted = False,
+    unset: Literal["error", "empty"] = "error",
 ) -> Config:
-    """Parse and validate YAML text; raise ``ConfigError`` listing every issue."""
+    """Parse and validate YAML text; raise ``ConfigError`` listing every issue.
+
+    ``secrets`` says which secrets must resolve now (``True``: all). When none
+    are wanted, a ``${VAR}`` in a secret's value may be unset. ``unset="empty"``
+    reads any other unset ``${VAR}`` as "".
+    """
     environ = os.environ if env is None else env
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -539,7 +688,7 @@ def loads(
     if root is None:
         raise ConfigError([f"{source}:1: providers: the file is empty; at least one provider"])
     early: list[tuple[int, Loc, str]] = list(_duplicate_keys(root))
-    _expand_env(root, environ, early)
+    _expand_env(root, environ, early, unset=unset, keep_secret_vars=secrets is False)
     if early:
         raise ConfigError([f"{source}:{line}: {_dotted(loc)}: {msg}" for line, loc, msg in early])
     data = yaml.SafeLoader(text).construct_document(root)
@@ -558,8 +707,8 @@ def loads(
             issues.append(f"{source}:{_line_of(root, loc, key=is_key)}: {_dotted(loc)}: {msg}")
         raise ConfigError(issues) from None
     problems = list(_semantic_issues(cfg))
-    if validate_secrets is not None:
-        problems.extend(validate_secrets(cfg))
+    if secrets is not False:
+        problems.extend(_secret_issues(cfg, environ, secrets))
     if problems:
         raise ConfigError(
             [f"{source}:{_line_of(root, loc)}: {_dotted(loc)}: {msg}" for loc, msg in problems]
@@ -567,42 +716,28 @@ def loads(
     return cfg
 
 
-def load(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a config file (see ``loads``); secrets must resolve."""
-    from relay.secrets import config_secret_issues
-
-    source = os.fspath(path)
+def _read(source: str) -> str:
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        return Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{source}:1: (file): cannot read: {exc}"]) from None
-    environ = os.environ if env is None else env
-    cfg = loads(
-        text,
-        source=source,
-        env=environ,
-        validate_secrets=lambda cfg: config_secret_issues(cfg, environ),
-    )
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    secrets: SecretsWanted = True,
+) -> Config:
+    """Read and validate a config file (see ``loads``); by default every secret must resolve.
+
+    Commands that connect to no provider (``sluice queue ...``, ``providers
+    list``) pass ``secrets=False``: an operator's shell need not hold the
+    service's environment or credentials to look at the queue.
+    """
+    source = os.fspath(path)
+    cfg = loads(_read(source), source=source, env=env, secrets=secrets)
     return resolve_paths(cfg, Path(source).resolve().parent)
-
-
-class _UnsetIsEmpty(Mapping[str, str]):
-    """An environment in which every unset variable reads as ""."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def __getitem__(self, key: str) -> str:
-        return self._env.get(key, "")
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._env)
-
-    def __len__(self) -> int:
-        return len(self._env)
 
 
 def load_structure(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
@@ -614,11 +749,7 @@ def load_structure(path: str | os.PathLike[str], *, env: Mapping[str, str] | Non
     daemon's own ``load`` remains the full check.
     """
     source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{source}:1: (file): cannot read: {exc}"]) from None
-    cfg = loads(text, source=source, env=_UnsetIsEmpty(os.environ if env is None else env))
+    cfg = loads(_read(source), source=source, env=env, secrets=False, unset="empty")
     return resolve_paths(cfg, Path(source).resolve().parent)
 
 

@@ -20,12 +20,14 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from admin.backend import Backend, DaemonStatus
 from relay import logsetup
 from relay.config import Config, load
 from relay.errors import ConfigError, SpoolError
 from relay.inbound.listener import Listener, RelayHandler, start_listeners
 from relay.inbound.workers import AcceptorPool, WorkerSettings
 from relay.metrics import Metrics
+from relay.outbound.probe import TestReport, test_provider
 from relay.outbound.providers import ProviderSet
 from relay.outbound.scheduler import Scheduler, Snapshot
 from relay.sdnotify import Notifier
@@ -41,6 +43,8 @@ log = logging.getLogger("sluice.daemon")
 
 _PRUNE_EVERY = 3600.0
 _PRUNE_BATCH = 2000
+#: How long the admin's "Test connection" may take.
+_TEST_TIMEOUT = 10.0
 
 
 class Daemon:
@@ -211,6 +215,38 @@ class Daemon:
             return self.acceptors.alive > 0
         return self.listener is not None and any(s.is_serving() for s in self.listener.servers)
 
+    def admin_status(self) -> DaemonStatus:
+        """What the admin page and ``/healthz`` tell about this daemon, now."""
+        acceptors = self.acceptors
+        return DaemonStatus(
+            started_at=self.started_at,
+            listener_up=self.accepting,
+            last_reload_error=self.last_reload_error,
+            last_reload_at=self.last_reload_at,
+            accept_workers=acceptors.configured if acceptors is not None else 0,
+            accept_workers_alive=acceptors.alive if acceptors is not None else 0,
+        )
+
+    async def test_connection(self, provider_id: str) -> TestReport:
+        """The real connection check against one configured provider (no mail is sent)."""
+        return await test_provider(
+            self.config.provider(provider_id), local_hostname=self.hostname, timeout=_TEST_TIMEOUT
+        )
+
+    def admin_backend(self) -> Backend:
+        """What the admin may read and do, handed to ``AdminServer.start``."""
+        assert self.spool is not None, "the daemon is not started"
+        return Backend(
+            spool=self.spool,
+            snapshot=self.snapshot,
+            metrics=self.metrics,
+            reload=self.reload,
+            test_connection=self.test_connection,
+            status=self.admin_status,
+            hostname=self.hostname,
+            clock=self._clock,
+        )
+
     def status_text(self) -> str:
         """One line for ``systemctl status`` (sd_notify ``STATUS=``)."""
         listen = ", ".join(str(ep) for ep in self.listener.addresses) if self.listener else "-"
@@ -303,7 +339,7 @@ class Daemon:
                 if cfg.admin.enabled:
                     from admin.server import AdminServer
 
-                    self.admin = await AdminServer.start(self, cfg.admin)
+                    self.admin = await AdminServer.start(self.admin_backend(), cfg.admin)
                     tg.create_task(self.admin.serve(), name="admin")
                     log.info("listening admin=%s", self.admin.address)
                 self.ready.set()

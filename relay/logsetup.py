@@ -7,10 +7,13 @@ the message, and any other ``extra`` fields. A message that starts with a
 queue ID (``"0123ABCD...: accepted ..."``) gets the ``queue_id`` field too.
 
 Secrets never reach the output: every line passes a redactor that replaces
-the configured secret values (provider passwords, tokens, admin password)
-and anything that looks like an SMTP AUTH payload or ``password=...`` with
-``MASK``. Under systemd, when stderr is the journal (``$JOURNAL_STREAM``
-matches it), the timestamp is left out since the journal adds its own.
+the values Sluice knows to be secrets (every ``SecretSource`` of the config,
+resolved: provider passwords, OAuth secrets, the admin password and token)
+with ``MASK``, as well as an SMTP ``AUTH`` payload and a ``password=VALUE``
+assignment. Words merely following "password:" in a sentence are left alone
+(Sluice's own "has no password: anyone on this machine ..." must read right).
+Under systemd, when stderr is the journal (``$JOURNAL_STREAM`` matches it),
+the timestamp is left out since the journal adds its own.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import IO, Any, Literal
 
 from relay.config import Config
-from relay.secrets import MASK, resolve_secret
+from relay.secrets import MASK, SecretError
 
 __all__ = [
     "JsonFormatter",
@@ -44,9 +47,11 @@ _STANDARD = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
 ) | {"message", "asctime", "taskName"}
 _LEADING_QID = re.compile(r"^([0-9A-F]{16}): ")
+# An AUTH payload (base64 of user and password: its value is never known in
+# advance), and a ``key=value`` assignment (no blank before "=": prose has none).
 _SECRETISH = re.compile(
     r"(?i)(\bAUTH\s+(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5)\s+)\S+"
-    r"|(\b(?:password|passwd|secret|token|api_key)\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|\S+)"
+    r"|(\b(?:password|passwd|secret|token|api_key)=)(\"[^\"]*\"|'[^']*'|[^\s\"]+)"
 )
 _LOGFMT_BARE = re.compile(r"^[^\s\"=\\]+$")
 _MIN_SECRET = 4  # shorter "secrets" would mask ordinary words
@@ -157,37 +162,16 @@ def _stderr_is_journal(stream: IO[str], environ: Mapping[str, str]) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def _secret_values(*triples: tuple[Any, Any, Any], credential: str | None = None) -> Iterator[str]:
-    for inline, env_name, file in triples:
-        try:
-            value = resolve_secret(inline, env_name, file, credential=credential)
-        except LookupError:
-            continue
-        if value is not None:
-            yield value.get_secret_value()
-
-
-def config_secrets(cfg: Config) -> set[str]:
-    """Every secret value the config resolves to (for the redactor)."""
+def config_secrets(cfg: Config, env: Mapping[str, str] | None = None) -> set[str]:
+    """Every secret value the config resolves to (for the redactor); unresolvable ones skipped."""
     out: set[str] = set()
-    for p in cfg.providers:
-        out.update(_secret_values((p.password, p.password_env, p.password_file), credential=p.id))
-        if p.oauth2 is not None:
-            o = p.oauth2
-            out.update(
-                _secret_values(
-                    (o.client_secret, o.client_secret_env, o.client_secret_file),
-                    (o.refresh_token, o.refresh_token_env, o.refresh_token_file),
-                )
-            )
-    a = cfg.admin
-    out.update(
-        _secret_values(
-            (a.password_hash, None, None),
-            (None, a.password_env, a.password_file),
-            (None, a.api_token_env, a.api_token_file),
-        )
-    )
+    for ref in cfg.secrets():
+        try:
+            out.add(ref.source.resolve(env).get_secret_value())
+        except SecretError:
+            continue
+    if cfg.admin.password_hash is not None:
+        out.add(cfg.admin.password_hash.get_secret_value())
     return out
 
 

@@ -1,97 +1,191 @@
-"""Secret resolution: inline value, environment variable, file, or systemd credential.
+"""Secrets: one type for a value given inline, by environment variable, file or systemd credential.
 
-A secret is looked up in this order: the inline ``password``, ``password_env``,
-``password_file``, then ``$CREDENTIALS_DIRECTORY/<name>`` (systemd
-``LoadCredential=``). Secrets are returned as ``SecretStr`` so that a stray
-``repr`` or log line shows ``**********``, never the value.
+Users write a secret under the keys they always have (``password``,
+``password_env``, ``password_file``; the same three for ``client_secret``,
+``refresh_token``, and ``api_token``); ``relay.config`` folds them into one
+``SecretSource`` at parsing, and everything that needs the value, shows it or
+hides it works from that object:
+
+* ``resolve()`` returns the value (read from the environment, a file or
+  ``$CREDENTIALS_DIRECTORY`` each time, so a rotated file is picked up), and
+  raises ``SecretError`` when it cannot, *or when it is empty*: an empty
+  password is no password, and an admin with an empty one would be open;
+* ``display()`` is what the CLI and the admin show: ``MASK`` and where the
+  value comes from, never the value;
+* ``relay.logsetup`` masks every resolved value in every log line.
+
+A provider with a ``username`` and no password keys takes its password from
+the systemd credential named after its id (``LoadCredential=main:...`` puts
+it in ``$CREDENTIALS_DIRECTORY/main``); a relative ``*_file`` is looked up in
+``$CREDENTIALS_DIRECTORY`` first. See systemd.exec(5), "Credentials", and
+https://systemd.io/CREDENTIALS/.
+
+This module knows nothing of the config file's shape (``relay.config``
+imports it, never the reverse).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from relay.config import Config, Loc
-
-__all__ = ["MASK", "config_secret_issues", "mask", "resolve_secret"]
+__all__ = ["MASK", "SecretError", "SecretSource", "mask"]
 
 MASK = "••••••"
 
+#: the systemd credential example the messages give (the unit's own comment agrees)
+_CREDENTIAL_DIR = "/etc/sluice/credentials"
+
 
 def mask(value: object) -> str:
-    """What the CLI, the admin page and the API show in place of a secret."""
+    """What the CLI, the admin page and the API show in place of a secret (or "")."""
     return MASK if value else ""
 
 
-def resolve_secret(
-    inline: SecretStr | None,
-    env_name: str | None,
-    file: Path | None,
-    *,
-    credential: str | None = None,
-    env: Mapping[str, str] | None = None,
-) -> SecretStr | None:
-    """Return the secret from the first source that is set, or ``None``.
+class SecretError(LookupError):
+    """A configured secret cannot be had: unset, unreadable, missing or empty.
 
-    Raises:
-        LookupError: a named variable is unset or a named file is unreadable.
+    ``key`` is the YAML key the user wrote (``password_env``), for
+    ``FILE:LINE: dotted.key: message``.
     """
-    environ = os.environ if env is None else env
-    if inline is not None:
-        return inline
-    if env_name:
-        if env_name not in environ:
-            raise LookupError(f"environment variable {env_name} is not set")
-        return SecretStr(environ[env_name])
-    path = file
-    if path is None and credential and environ.get("CREDENTIALS_DIRECTORY"):
-        candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / credential
-        path = candidate if candidate.exists() else None
-    elif path is not None and not path.is_absolute() and environ.get("CREDENTIALS_DIRECTORY"):
-        candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / path
-        path = candidate if candidate.exists() else path
-    if path is not None:
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _blank(value: str) -> bool:
+    return not value.strip()
+
+
+class SecretSource(BaseModel):
+    """Where one secret comes from: one of ``inline``, ``env``, ``file``, else ``credential``.
+
+    ``name`` is the secret's YAML base key (``password``, ``client_secret``),
+    used in messages and to name the key the user wrote (``yaml_key``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    name: str
+    inline: SecretStr | None = None
+    env: str | None = Field(default=None, min_length=1)
+    file: Path | None = None
+    #: a systemd credential to read when none of the three is given (a provider's id)
+    credential: str | None = None
+    #: who the secret is for, in messages ("provider main")
+    owner: str = ""
+
+    @field_validator("inline")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and _blank(value.get_secret_value()):
+            raise ValueError("is empty; an empty secret is no secret")
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _file_named(cls, value: Path | None) -> Path | None:
+        if value is not None and str(value) in ("", "."):
+            raise ValueError("must name a file")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        # relay.config reports two keys given in the YAML; this guards models built in code.
+        given = [k for k in ("inline", "env", "file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of {', '.join(given)}")
+        return self
+
+    @property
+    def yaml_key(self) -> str:
+        """The key the user wrote: ``password``, ``password_env`` or ``password_file``."""
+        if self.env is not None:
+            return f"{self.name}_env"
+        if self.file is not None:
+            return f"{self.name}_file"
+        return self.name
+
+    def origin(self) -> str:
+        """Where the value comes from, for people (no value)."""
+        if self.inline is not None:
+            return "inline"
+        if self.env is not None:
+            return f"${self.env}"
+        if self.file is not None:
+            return f"file {self.file}"
+        if self.credential is not None:
+            return f"credential {self.credential}"
+        return "not given"
+
+    def display(self) -> str:
+        """``MASK`` and where the value comes from: what the CLI and admin show."""
+        return f"{MASK} ({self.origin()})"
+
+    def resolve(self, env: Mapping[str, str] | None = None) -> SecretStr:
+        """The value; files and credentials are read now (call in a thread in async code).
+
+        Raises:
+            SecretError: unset variable, unreadable or missing file, or an empty value.
+        """
+        environ = os.environ if env is None else env
+        if self.inline is not None:
+            return self.inline
+        if self.env is not None:
+            if self.env not in environ:
+                raise SecretError(self.yaml_key, f"environment variable {self.env} is not set")
+            if _blank(environ[self.env]):
+                raise SecretError(
+                    self.yaml_key,
+                    f"environment variable {self.env} is empty; an empty secret is no secret",
+                )
+            return SecretStr(environ[self.env])
+        if self.file is not None:
+            return self._read(self._file_path(environ))
+        if self.credential is not None:
+            return self._read(self._credential_path(environ))
+        raise SecretError(self.name, f"no {self.name} given")
+
+    def _file_path(self, environ: Mapping[str, str]) -> Path:
+        assert self.file is not None
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        if directory and not self.file.is_absolute():
+            candidate = Path(directory) / self.file
+            if candidate.exists():
+                return candidate
+        return self.file
+
+    def _credential_path(self, environ: Mapping[str, str]) -> Path:
+        assert self.credential is not None
+        cred = self.credential
+        who = f"{self.owner} has" if self.owner else "there is"
+        how = (
+            f"{who} no {self.name}: give {self.name}_env or {self.name}_file, or the systemd "
+            f"credential {cred!r} (the unit's LoadCredential={cred}:{_CREDENTIAL_DIR}/{cred}; "
+            f"by hand: CREDENTIALS_DIRECTORY={_CREDENTIAL_DIR} sluice ...)"
+        )
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise SecretError(self.name, f"{how}; $CREDENTIALS_DIRECTORY is not set")
+        path = Path(directory) / cred
+        if not path.exists():
+            raise SecretError(
+                self.name, f"{how}; $CREDENTIALS_DIRECTORY ({directory}) has no file {cred}"
+            )
+        return path
+
+    def _read(self, path: Path) -> SecretStr:
         try:
-            return SecretStr(path.read_text(encoding="utf-8").rstrip("\r\n"))
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise LookupError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return None
-
-
-def config_secret_issues(cfg: Config, env: Mapping[str, str]) -> Iterator[tuple[Loc, str]]:
-    """Every secret the config names must resolve; report the ones that do not."""
-    for i, p in enumerate(cfg.providers):
-        try:
-            resolve_secret(p.password, p.password_env, p.password_file, credential=p.id, env=env)
-        except LookupError as exc:
-            key = "password_env" if p.password_env else "password_file"
-            yield ("providers", i, key), str(exc)
-        if p.oauth2 is not None:
-            o = p.oauth2
-            for name, triple in (
-                ("client_secret", (o.client_secret, o.client_secret_env, o.client_secret_file)),
-                ("refresh_token", (o.refresh_token, o.refresh_token_env, o.refresh_token_file)),
-            ):
-                try:
-                    resolve_secret(*triple, env=env)
-                except LookupError as exc:
-                    yield ("providers", i, "oauth2", name), str(exc)
-    box = cfg.bounces.mailbox
-    if box is not None:
-        try:
-            resolve_secret(box.password, box.password_env, box.password_file, env=env)
-        except LookupError as exc:
-            key = "password_env" if box.password_env else "password_file"
-            yield ("bounces", "mailbox", key), str(exc)
-    a = cfg.admin
-    for key, triple in (
-        ("password_env", (None, a.password_env, a.password_file)),
-        ("api_token_env", (None, a.api_token_env, a.api_token_file)),
-    ):
-        try:
-            resolve_secret(*triple, env=env)
-        except LookupError as exc:
-            yield ("admin", key), str(exc)
+            raise SecretError(self.yaml_key, f"cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise SecretError(self.yaml_key, f"{path} is not UTF-8 text") from None
+        if _blank(value):
+            raise SecretError(self.yaml_key, f"{path} is empty; an empty secret is no secret")
+        return SecretStr(value)

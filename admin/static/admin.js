@@ -94,9 +94,73 @@
     });
   }
 
+  // "Test connection" in the provider list: the JSON API, the answer in the row.
+  // (Without script the form posts and the page comes back with the answer.)
+  function setupProviderTests() {
+    for (const form of document.querySelectorAll("form.test-form")) {
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        const button = form.querySelector("button");
+        const out = form.parentElement.querySelector(".test-result");
+        button.disabled = true;
+        out.className = "test-result";
+        out.textContent = "testing…";
+        try {
+          const response = await fetch(form.dataset.api, {
+            method: "POST",
+            credentials: "same-origin",
+            headers: { "x-csrf-token": form.querySelector("input[name=csrf_token]").value },
+          });
+          const report = await response.json();
+          if (!response.ok) throw new Error(report.error || response.statusText);
+          const last = report.steps[report.steps.length - 1];
+          out.className = `test-result ${report.ok ? "good" : "bad"}`;
+          out.textContent = report.ok ? "✔ works" : `✘ ${last.name}: ${last.detail}`;
+        } catch (error) {
+          out.className = "test-result bad";
+          out.textContent = `✘ ${error.message}`;
+        } finally {
+          button.disabled = false;
+        }
+      });
+    }
+  }
+
+  // A sent test message: ask for its status every second until it is settled.
+  function setupTestMessagePoll() {
+    const card = document.getElementById("test-message");
+    if (!card || card.dataset.settled === "yes") return;
+    const deadline = Date.now() + 10 * 60 * 1000;
+    const poll = async () => {
+      try {
+        const response = await fetch(card.dataset.poll, { credentials: "same-origin" });
+        if (response.ok) {
+          const t = await response.json();
+          const badge = card.querySelector(".tm-status .badge");
+          badge.textContent = t.status;
+          badge.className = `badge s-${t.status.replace(/ /g, "-").toLowerCase()}`;
+          card.querySelector(".tm-provider").textContent = t.provider || "–";
+          card.querySelector(".tm-reply").textContent =
+            t.reply || (t.settled ? "–" : "waiting for the provider…");
+          if (t.settled) {
+            card.dataset.settled = "yes";
+            card.classList.add(t.status === "sent" ? "good" : "bad");
+            return;
+          }
+        }
+      } catch (error) {
+        // The daemon may be reloading; the next round asks again.
+      }
+      if (Date.now() < deadline) setTimeout(poll, 1000);
+    };
+    setTimeout(poll, 500);
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     renderTimes();
     setupRefresh();
     setupSelection();
+    setupProviderTests();
+    setupTestMessagePoll();
   });
 })();

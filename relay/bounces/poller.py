@@ -27,7 +27,6 @@ from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
 from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
 from relay.bounces.verp import parse as parse_verp
 from relay.config import BounceSettings, Config, MailboxSettings
-from relay.secrets import resolve_secret
 from relay.store.suppressions import NewBounce, Suppressions, Threshold
 
 __all__ = ["BouncePoller", "PollResult", "PollStatus", "threshold_of"]
@@ -190,13 +189,13 @@ class BouncePoller:
                 return None, await self._oauth_token()
             except Exception as exc:
                 raise MailboxError(f"XOAUTH2 token unavailable: {exc}") from exc
+        if box.password is None:
+            return None, None
         try:
-            secret = await asyncio.to_thread(
-                resolve_secret, box.password, box.password_env, box.password_file
-            )
+            secret = await asyncio.to_thread(box.password.resolve)
         except LookupError as exc:
             raise MailboxError(f"mailbox password unavailable: {exc}") from exc
-        return (secret.get_secret_value() if secret is not None else None), None
+        return secret.get_secret_value(), None
 
     def _failed(self, text: str, exc: BaseException | None = None) -> None:
         first = self.status.failures == 0 or text != self.status.last_error

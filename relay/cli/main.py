@@ -45,7 +45,17 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> Config:
+    """The config with every secret resolved: for ``serve`` and ``check``."""
     return load(_config_path(args))
+
+
+def _load_without_secrets(args: argparse.Namespace) -> Config:
+    """The config for commands that connect to no provider (the queue commands).
+
+    They run in an operator's shell, which need not have the service's
+    environment variables or systemd credentials.
+    """
+    return load(_config_path(args), secrets=False)
 
 
 # ----------------------------------------------------------------- commands
@@ -104,7 +114,7 @@ def _when(ts: float | None) -> str:
 
 
 async def cmd_queue_list(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     statuses = [RecipientStatus(s) for s in args.status] if args.status else None
     async with await Spool.open(cfg.spool.path) as spool:
         entries = await spool.list_queue(statuses=statuses, search=args.search, limit=args.limit)
@@ -126,7 +136,7 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
 
 
 async def cmd_queue_show(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
         detail = await spool.get(args.queue_id)
         raw = await spool.body(detail.message_id) if args.raw else b""
@@ -154,7 +164,7 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
 
 
 async def cmd_queue_retry(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
         for qid in args.queue_id:
             n = await spool.retry_now(qid)
@@ -163,7 +173,7 @@ async def cmd_queue_retry(args: argparse.Namespace) -> int:
 
 
 async def cmd_queue_delete(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
         for qid in args.queue_id:
             await spool.delete(qid)
@@ -188,6 +198,16 @@ async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
         print("sluice: empty password", file=sys.stderr)
         return EX_USAGE
     print(await asyncio.to_thread(hash_password, password))
+    return EX_OK
+
+
+async def cmd_admin_revoke_sessions(args: argparse.Namespace) -> int:
+    """End every admin session (cookies issued before now are refused from now on)."""
+    # Only the spool path is needed: secrets and ${VAR}s may be the daemon's alone.
+    cfg = load_structure(_config_path(args))
+    async with await Spool.open(cfg.spool.path) as spool:
+        version = await spool.revoke_admin_sessions()
+    print(f"sluice: every admin session ended (session version {version})")
     return EX_OK
 
 
@@ -244,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin = sub.add_parser("admin", help="admin page helpers")
     asub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     add("hash-password", cmd_admin_hash_password, "print a hash for admin.password_hash", asub)
+    add(
+        "revoke-sessions",
+        cmd_admin_revoke_sessions,
+        "log every admin session out (e.g. after a cookie leaked)",
+        asub,
+    )
 
     provider_cli.register(sub, common, _config_path)
 

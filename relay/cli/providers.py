@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay.config import Config, ProviderSettings, load
-from relay.secrets import MASK
+from relay.secrets import SecretError
 
 if TYPE_CHECKING:
     from relay.outbound.probe import TestReport
@@ -37,18 +37,18 @@ EX_CONFIG = 78
 
 
 def _credentials(p: ProviderSettings) -> str:
+    """Masked, with where each secret comes from (``$VAR``, file, credential)."""
     if p.oauth2 is not None:
         o = p.oauth2
         parts = [f"client_id {o.client_id}"]
-        if o.client_secret or o.client_secret_env or o.client_secret_file:
-            parts.append(f"client_secret {MASK}")
-        if o.refresh_token or o.refresh_token_env or o.refresh_token_file:
-            parts.append(f"refresh_token {MASK}")
+        if o.client_secret is not None:
+            parts.append(f"client_secret {o.client_secret.display()}")
+        if o.refresh_token is not None:
+            parts.append(f"refresh_token {o.refresh_token.display()}")
         return f"XOAUTH2 as {p.username or '-'} ({', '.join(parts)})"
     if p.username is None:
         return "no AUTH"
-    has_password = p.password or p.password_env or p.password_file
-    return f"{p.username} / {MASK if has_password else '(credential ' + p.id + ')'}"
+    return f"{p.username} / {p.password.display() if p.password else '(no password)'}"
 
 
 async def _usage(cfg: Config) -> dict[str, int]:
@@ -63,7 +63,8 @@ async def _usage(cfg: Config) -> dict[str, int]:
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
-    cfg: Config = await asyncio.to_thread(load, args.config_path_of(args))
+    # Shows no secret, connects nowhere: needs none (an operator's shell has none).
+    cfg: Config = await asyncio.to_thread(load, args.config_path_of(args), secrets=False)
     usage = await _usage(cfg)
     order = {pid: n for n, pid in enumerate(_by_priority(cfg))}
     rows = []
@@ -125,7 +126,8 @@ async def cmd_test(args: argparse.Namespace) -> int:
     # Imported here: aiosmtplib and httpx are not needed by the rest of the CLI.
     from relay.outbound.probe import test_provider
 
-    cfg: Config = await asyncio.to_thread(load, args.config_path_of(args))
+    path = args.config_path_of(args)
+    cfg: Config = await asyncio.to_thread(load, path, secrets=False)
     if args.id:
         try:
             chosen = [cfg.provider(args.id)]
@@ -135,6 +137,9 @@ async def cmd_test(args: argparse.Namespace) -> int:
             return EX_USAGE
     else:
         chosen = [p for p in cfg.providers if p.enabled]
+    # The secrets of the providers tested, and only those, must resolve (FILE:LINE if not).
+    ids = {p.id for p in chosen}
+    await asyncio.to_thread(load, path, secrets=lambda ref: ref.provider in ids)
     fqdn: str = await asyncio.to_thread(socket.getfqdn) if not cfg.smtp.hostname else ""
     hostname = cfg.smtp.hostname or fqdn
     reports = await asyncio.gather(
@@ -151,10 +156,15 @@ async def cmd_test(args: argparse.Namespace) -> int:
 async def cmd_connect(args: argparse.Namespace) -> int:
     # Imported here: httpx and the spool are not needed by the rest of the CLI.
     from relay.outbound.device_flow import DeviceFlow, DeviceFlowError
-    from relay.secrets import resolve_secret
     from relay.store.spool import Spool
 
-    cfg: Config = await asyncio.to_thread(load, args.config_path_of(args))
+    # Only this provider's client secret is needed (the refresh token is what we get).
+    wanted = args.id
+    cfg: Config = await asyncio.to_thread(
+        load,
+        args.config_path_of(args),
+        secrets=lambda ref: ref.provider == wanted and ref.loc[-1] == "client_secret",
+    )
     try:
         p = cfg.provider(args.id)
     except KeyError:
@@ -170,8 +180,8 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         return EX_CONFIG
     o = p.oauth2
     try:
-        secret = resolve_secret(o.client_secret, o.client_secret_env, o.client_secret_file)
-    except LookupError as exc:
+        secret = o.client_secret.resolve() if o.client_secret is not None else None
+    except SecretError as exc:
         print(f"sluice: provider {p.id}: {exc}", file=sys.stderr)
         return EX_CONFIG
     flow = DeviceFlow(o, secret.get_secret_value() if secret is not None else None)

@@ -125,6 +125,11 @@ class AcceptorPool:
         self.command: Sequence[str] = (sys.executable, "-m", "relay.inbound.workers")
 
     @property
+    def configured(self) -> int:
+        """How many workers should be serving (``smtp.workers``)."""
+        return self._count
+
+    @property
     def alive(self) -> int:
         """How many workers are serving the sockets (started, and not exited)."""
         return sum(1 for w in self._workers.values() if w.started and w.process.returncode is None)

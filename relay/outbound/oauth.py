@@ -28,7 +28,7 @@ from typing import Protocol
 import httpx
 
 from relay.config import OAuth2Settings
-from relay.secrets import resolve_secret
+from relay.secrets import SecretError
 from relay.store.spool import OAuthGrant
 
 __all__ = ["GrantStore", "OAuthError", "OAuthStatus", "TokenSource"]
@@ -130,8 +130,7 @@ class TokenSource:
         return NEEDS_SIGN_IN
 
     def _configured_refresh(self) -> bool:
-        s = self.settings
-        return bool(s.refresh_token or s.refresh_token_env or s.refresh_token_file)
+        return self.settings.refresh_token is not None
 
     async def sync_grant(self) -> None:
         """Re-read the stored sign-in (another process may have signed in since)."""
@@ -242,9 +241,9 @@ class TokenSource:
     def _form(self) -> dict[str, str]:
         s = self.settings
         try:
-            secret = resolve_secret(s.client_secret, s.client_secret_env, s.client_secret_file)
-            refresh = resolve_secret(s.refresh_token, s.refresh_token_env, s.refresh_token_file)
-        except LookupError as exc:
+            secret = s.client_secret.resolve() if s.client_secret is not None else None
+            refresh = s.refresh_token.resolve() if s.refresh_token is not None else None
+        except SecretError as exc:
             self._last_error = str(exc)
             raise OAuthError(f"oauth2 secret unavailable: {exc}") from None
         form = {"client_id": s.client_id}

@@ -30,7 +30,6 @@ from relay.outbound.limits import Counters, DailyLimit, TokenBucket
 from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
-from relay.secrets import resolve_secret
 
 __all__ = [
     "Provider",
@@ -63,14 +62,13 @@ def tls_context(settings: ProviderSettings) -> ssl.SSLContext | None:
 def upstream_of(
     settings: ProviderSettings, delivery: DeliverySettings, *, oauth: TokenSource | None = None
 ) -> Upstream:
-    """Connection parameters with secrets resolved.
+    """Connection parameters with the password resolved (read now: files, credentials).
 
     Raises:
-        LookupError: a named secret (env variable, file) is missing.
+        SecretError: the password (env variable, file, systemd credential) is
+            missing or empty (a ``LookupError``).
     """
-    secret = resolve_secret(
-        settings.password, settings.password_env, settings.password_file, credential=settings.id
-    )
+    secret = settings.password.resolve() if settings.password is not None else None
     timeout = settings.timeout
     return Upstream(
         id=settings.id,

@@ -25,7 +25,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,25 @@ from relay.model import (
 )
 from relay.store.sql import QUERIES, SCHEMA
 from relay.store.suppressions import Suppressions
-from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
+from relay.store.writer import (
+    Checkpointer,
+    CheckpointHealth,
+    WriteHealth,
+    Writer,
+    connect,
+    write_lock_path,
+)
 
-__all__ = ["Finish", "NewMessage", "OAuthGrant", "Spool", "new_queue_id", "read_meta"]
+__all__ = [
+    "AttemptBucket",
+    "Finish",
+    "NewMessage",
+    "OAuthGrant",
+    "Spool",
+    "SpoolHealth",
+    "new_queue_id",
+    "read_meta",
+]
 
 log = logging.getLogger("sluice.spool")
 
@@ -111,6 +127,30 @@ class OAuthGrant:
     updated_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptBucket:
+    """Delivery-log rows of one status in one clock hour (``Spool.attempt_buckets``).
+
+    ``hour`` counts whole hours from the ``start`` asked for; rows between
+    ``since`` and ``start`` fall in hour ``-1``.
+    """
+
+    hour: int
+    status: AttemptStatus
+    count: int
+    #: how many of ``count`` started at or after ``hour_ago``
+    last_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolHealth:
+    """What ``/healthz`` needs to know about the store."""
+
+    writes: WriteHealth
+    #: None when this process runs no checkpointer (``sluice queue``)
+    checkpoints: CheckpointHealth | None
+
+
 class Spool:
     """The store: accepted mail, per-recipient state and the delivery log.
 
@@ -157,13 +197,13 @@ class Spool:
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
         lock = write_lock_path(spool_path)
-        writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock)
+        writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock, clock=clock)
         reader = await aiosqlite.connect(spool_path, timeout=30)
         reader.row_factory = aiosqlite.Row
         await reader.execute("PRAGMA busy_timeout=30000")
         checkpointer = None
         if checkpoints:
-            checkpointer = await asyncio.to_thread(Checkpointer, spool_path, lock)
+            checkpointer = Checkpointer(spool_path, lock, clock=clock)
         return cls(spool_path, writer, reader, clock, checkpointer)
 
     async def aclose(self) -> None:
@@ -443,6 +483,32 @@ class Spool:
             )
         )
 
+    async def probe_write(self, size: int = 1 << 20) -> None:
+        """Grow the spool by ``size`` bytes and give them back, durably: can we write again?
+
+        ``/healthz`` tries it while writes are failing, so that the failure
+        clears once there is room again, even with no mail coming in. A small
+        write would prove little: it can fit in pages the spool already has.
+
+        Raises:
+            SpoolError: it does not fit (the disk is still full) or fails.
+        """
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(QUERIES["health_probe_put"], {"size": size})
+            c.execute(QUERIES["health_probe_drop"])
+
+        await self._writer.submit(job)
+
+    def health(self) -> SpoolHealth:
+        """The last write failure and success, and how checkpoints go; no I/O."""
+        checkpoints = None
+        if self._checkpointer is not None:
+            checkpoints = self._checkpointer.health
+            if not self._checkpointer.alive and checkpoints.running:
+                checkpoints = replace(checkpoints, running=False)
+        return SpoolHealth(self._writer.health, checkpoints)
+
     # ------------------------------------------------------------------- reads
 
     async def oauth_grant(self, provider: str) -> OAuthGrant | None:
@@ -597,10 +663,48 @@ class Spool:
         async with self._reader.execute(sql, params) as cur:
             return [LogEntry.from_row(r) async for r in cur]
 
-    async def fetchall(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
-        """Read-only query for reports (admin statistics); never a write."""
-        async with self._reader.execute(sql, params or {}) as cur:
-            return list(await cur.fetchall())
+    async def oldest_pending(self) -> float | None:
+        """When the longest-waiting unsent recipient entered the queue (None: none waits).
+
+        Also the read ``/healthz`` makes to learn that the spool answers.
+        """
+        async with self._reader.execute(QUERIES["oldest_pending"]) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row is not None and row[0] is not None else None
+
+    async def attempt_buckets(
+        self, *, start: float, since: float, hour_ago: float
+    ) -> list[AttemptBucket]:
+        """Delivery-log rows since ``since`` by clock hour from ``start`` and status.
+
+        One pass over the ``attempts_started`` index: its cost follows the
+        traffic after ``since``, not the size of the log.
+        """
+        params = {"start": start, "since": since, "hour_ago": hour_ago}
+        async with self._reader.execute(QUERIES["attempt_buckets"], params) as cur:
+            return [
+                AttemptBucket(
+                    hour=int(r["hour"]),
+                    status=AttemptStatus(r["status"]),
+                    count=int(r["n"]),
+                    last_hour=int(r["last_hour"] or 0),
+                )
+                async for r in cur
+            ]
+
+    # ---------------------------------------------------- admin session version
+
+    async def admin_session_version(self) -> int:
+        """The admin's current session version (0 until the first revocation)."""
+        async with self._reader.execute(QUERIES["admin_session_version"]) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def revoke_admin_sessions(self) -> int:
+        """End every admin session by starting a new session version; returns it."""
+        return await self._writer.submit(
+            lambda c: int(c.execute(QUERIES["admin_sessions_revoke"]).fetchone()[0])
+        )
 
 
 def read_meta(path: Path, key: str) -> str | None:

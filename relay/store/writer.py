@@ -9,6 +9,10 @@ before it started is skipped.
 
 ``Checkpointer`` copies the WAL back into the database from its own thread,
 mostly outside the write lock, so that the copy no longer stalls the writers.
+
+Both keep a small health record (``WriteHealth``, ``CheckpointHealth``) that
+``/healthz`` and ``/metrics`` read: a spool whose disk is full must not look
+healthy.
 """
 
 from __future__ import annotations
@@ -20,13 +24,23 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.errors import SpoolError
 
-__all__ = ["Checkpointer", "Job", "Writer", "connect", "write_lock_path"]
+__all__ = [
+    "CheckpointHealth",
+    "Checkpointer",
+    "Job",
+    "WriteHealth",
+    "Writer",
+    "connect",
+    "write_lock_path",
+]
 
 log = logging.getLogger("sluice.spool")
 
@@ -41,6 +55,44 @@ _BATCH_MAX = 512
 AUTOCHECKPOINT_PAGES = 16_384
 #: After a reset, a WAL file larger than this is truncated back to it.
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: A failing checkpointer waits twice as long after each failure, up to this.
+_CHECKPOINT_BACKOFF_MAX = 30.0
+#: ... and says so in the log at most this often while it keeps failing.
+_CHECKPOINT_LOG_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteHealth:
+    """How the spool's writes are going (replaced whole, so a reader sees one state).
+
+    ``failing`` holds from a failed write (a job's ``sqlite3.OperationalError``
+    such as "database or disk is full", or a failed ``COMMIT``) until a later
+    commit that changed something succeeds: an empty commit succeeds even on
+    a full disk, so it proves nothing.
+    """
+
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_ok_at: float | None = None
+    errors: int = 0
+
+    @property
+    def failing(self) -> bool:
+        if self.last_error_at is None:
+            return False
+        return self.last_ok_at is None or self.last_ok_at < self.last_error_at
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointHealth:
+    """How the WAL checkpoints are going; ``failing`` until one succeeds again."""
+
+    running: bool = True
+    failing: bool = False
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_ok_at: float | None = None
+    errors: int = 0
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -70,10 +122,14 @@ class Writer:
         loop: asyncio.AbstractEventLoop,
         *,
         lock_path: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._conn = conn
         self._lock_fd = _open_lock(lock_path) if lock_path is not None else None
         self._loop = loop
+        self._clock = clock
+        #: the last write failure and success, for ``/healthz``
+        self.health = WriteHealth()
         self._cond = threading.Condition()
         self._jobs: list[tuple[Job[Any], asyncio.Future[Any], bool]] = []
         self._synchronous = "FULL"
@@ -119,25 +175,38 @@ class Writer:
         batch = [item for item in batch if not item[1].cancelled()]
         if not batch:
             return
+        changes = self._conn.total_changes
         try:
             level = "FULL" if any(durable for _, _, durable in batch) else "NORMAL"
             if level != self._synchronous:
                 self._conn.execute(f"PRAGMA synchronous={level}")
                 self._synchronous = level
-            results = self._transaction(batch)
+            results, failure = self._transaction(batch)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             error = SpoolError(f"spool commit failed: {exc}")
-            results = [(False, error)] * len(batch)
+            results, failure = [(False, error)] * len(batch), str(error)
+        if failure is not None:
+            h = self.health
+            self.health = replace(
+                h, last_error=failure, last_error_at=self._clock(), errors=h.errors + 1
+            )
+        elif self._conn.total_changes != changes:
+            self.health = replace(self.health, last_ok_at=self._clock())
         for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
             self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
 
     def _transaction(
         self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]
-    ) -> list[tuple[bool, Any]]:
-        """Each job in its own SAVEPOINT, all in one transaction; raises if COMMIT fails."""
+    ) -> tuple[list[tuple[bool, Any]], str | None]:
+        """Each job in its own SAVEPOINT, all in one transaction; raises if COMMIT fails.
+
+        Returns each job's outcome, and the first operational failure of a job
+        (disk full, I/O error: what ``/healthz`` reports), if any.
+        """
         results: list[tuple[bool, Any]] = []
+        failure: str | None = None
         self._conn.execute("BEGIN IMMEDIATE")
         for job, _fut, _durable in batch:
             self._conn.execute("SAVEPOINT job")
@@ -145,15 +214,23 @@ class Writer:
                 results.append((True, job(self._conn)))
                 self._conn.execute("RELEASE job")
             except sqlite3.Error as exc:
+                if not self._conn.in_transaction:
+                    # SQLite rolled the whole transaction back itself (it may on
+                    # SQLITE_FULL, IOERR, BUSY, NOMEM): every job of the batch is
+                    # lost, and the cause is this error, not "no such savepoint".
+                    raise
                 self._conn.execute("ROLLBACK TO job")
                 self._conn.execute("RELEASE job")
-                results.append((False, SpoolError(f"spool write failed: {exc}")))
+                error = SpoolError(f"spool write failed: {exc}")
+                if isinstance(exc, sqlite3.OperationalError) and failure is None:
+                    failure = str(error)
+                results.append((False, error))
             except Exception as exc:
                 self._conn.execute("ROLLBACK TO job")
                 self._conn.execute("RELEASE job")
                 results.append((False, exc))
         self._conn.execute("COMMIT")
-        return results
+        return results, failure
 
     async def close(self) -> None:
         with self._cond:
@@ -185,6 +262,12 @@ class Checkpointer:
     Only the daemon runs one (``Spool.open(checkpoints=True)``). If the
     write-lock file cannot be opened it still copies, but never prepares a
     restart; the writers' fallback then starts the WAL over.
+
+    A failure (disk full, I/O error, even a connection that cannot be
+    opened) does not stop it: it logs (at most once a minute while the
+    failure lasts), waits twice as long as before (up to 30 s), opens a new
+    connection and tries again, and says so when it works again. ``health``
+    tells ``/healthz`` meanwhile. ``connect`` is the seam for the connection.
     """
 
     def __init__(
@@ -194,36 +277,85 @@ class Checkpointer:
         *,
         interval: float = 0.1,
         restart_pages: int = 1_000,
+        connect: Callable[[Path], sqlite3.Connection] = connect,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._conn = connect(path)
+        self._path = path
+        self._connect = connect
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
         self._lock_fd = _open_lock(lock_path)
         self._interval = interval
         self._restart_pages = restart_pages
         self._stop = threading.Event()
         #: WAL restarts prepared (the WAL was wholly copied with the lock held).
         self.restarts = 0
+        self.health = CheckpointHealth()
         self._thread = threading.Thread(target=self._run, name="sluice-checkpoint", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        delay = self._interval
+        logged_at: float | None = None
         try:
-            while not self._stop.wait(self._interval):
-                pages = self._checkpoint()
-                if pages >= self._restart_pages and self._lock_fd is not None:
-                    self._checkpoint()
-                    with _flocked(self._lock_fd):
-                        self._checkpoint()
-                    self.restarts += 1
-        except sqlite3.Error as exc:
-            # The writers' own automatic checkpoint takes over.
-            log.error("spool checkpoints stopped: %s", exc)
+            while not self._stop.wait(delay):
+                try:
+                    self._round()
+                except Exception as exc:  # sqlite3.Error, OSError: keep going, see above
+                    self._close_conn()
+                    now = self._clock()
+                    h = self.health
+                    self.health = replace(
+                        h,
+                        failing=True,
+                        last_error=str(exc) or type(exc).__name__,
+                        last_error_at=now,
+                        errors=h.errors + 1,
+                    )
+                    delay = min(max(delay * 2, self._interval), _CHECKPOINT_BACKOFF_MAX)
+                    if logged_at is None or now - logged_at >= _CHECKPOINT_LOG_EVERY:
+                        logged_at = now
+                        log.error(
+                            "spool checkpoint failed: %s; trying again in %.3g s "
+                            "(the writers' own checkpoints go on meanwhile)",
+                            exc,
+                            delay,
+                        )
+                    continue
+                if self.health.failing:
+                    log.warning("spool checkpoints work again")
+                    logged_at = None
+                self.health = replace(self.health, failing=False, last_ok_at=self._clock())
+                delay = self._interval
         finally:
-            self._conn.close()
+            self._close_conn()
+            self.health = replace(self.health, running=False)
 
-    def _checkpoint(self) -> int:
+    def _round(self) -> None:
+        if self._conn is None:
+            self._conn = self._connect(self._path)
+        pages = self._checkpoint(self._conn)
+        if pages >= self._restart_pages and self._lock_fd is not None:
+            self._checkpoint(self._conn)
+            with _flocked(self._lock_fd):
+                self._checkpoint(self._conn)
+            self.restarts += 1
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection) -> int:
         """One PASSIVE checkpoint; the number of pages in the WAL."""
-        row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(row[1])
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     async def close(self) -> None:
         self._stop.set()

@@ -11,7 +11,6 @@ import pytest
 
 from admin.app import create_app
 from admin.auth import Credentials
-from admin.server import backend_for
 from relay.config import AdminSettings
 from tests.conftest import Running
 
@@ -22,7 +21,7 @@ AppClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 def app_client() -> AppClientFactory:
     """``async with app_client(s, password="pw") as client:`` talks to a fresh admin app.
 
-    The app is built exactly as the daemon builds it (``backend_for``), over the
+    The app is built over the backend the daemon hands its own admin, of the
     running daemon ``s``; only the HTTP hop is in-process.
     """
 
@@ -41,7 +40,7 @@ def app_client() -> AppClientFactory:
             creds.password = password
         if token is not None:
             creds.api_token = token
-        app = create_app(backend_for(s.daemon), admin, creds)
+        app = create_app(s.daemon.admin_backend(), admin, creds)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             yield client

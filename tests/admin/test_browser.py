@@ -8,11 +8,13 @@ every page go to ``tests/artifacts/screenshots/`` (git-ignored).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from playwright._impl._api_structures import SetCookieParam
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
@@ -217,6 +219,159 @@ async def test_operator_journey(
 
             assert alerts == [], alerts
             assert errors == [], errors  # no CSP violation, no script error
+            await context.close()
+    finally:
+        await guarded.stop()
+
+
+async def test_login_logout_and_the_old_cookie(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    """Log in, log out, and a copy of the cookie taken before logout no longer works."""
+    (tmp_path / "pw").write_text("admin-pw\n")
+    admin = {"enabled": True, "listen": "127.0.0.1:0", "password_file": str(tmp_path / "pw")}
+    async with sluice([provider_for(upstream)], admin=admin) as s:
+        assert s.daemon.admin is not None
+        base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+        context = await browser.new_context()
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        # The wrong password below is answered 401, which Chromium logs as an error.
+        expected = "the server responded with a status of 401 (Unauthorized)"
+
+        # A wrong password first: the form says so and stays on the login page.
+        await page.goto(base + "/providers")
+        await expect(page).to_have_url(base + "/login?next=%2Fproviders")
+        await page.fill("input[name=password]", "wrong")
+        await page.click("button[type=submit]")
+        await expect(page.get_by_role("alert")).to_have_text("Wrong user name or password.")
+        await page.fill("input[name=password]", "admin-pw")
+        await page.click("button[type=submit]")
+        await expect(page).to_have_url(base + "/providers")
+        await shot(page, "20-logged-in")
+
+        (cookie,) = [c for c in await context.cookies() if c.get("name") == "sluice_session"]
+        assert cookie.get("httpOnly") is True and cookie.get("sameSite") == "Strict"
+        captured: SetCookieParam = {
+            "name": "sluice_session",
+            "value": cookie.get("value", ""),
+            "url": base,
+        }
+
+        # A second browser holding a copy of the cookie (a stolen one) gets in...
+        thief = await browser.new_context()
+        await thief.add_cookies([captured])
+        stolen = await thief.new_page()
+        await stolen.goto(base + "/queue")
+        await expect(stolen).to_have_url(base + "/queue")
+
+        # ...until the operator logs out.
+        await page.get_by_role("button", name="Log out admin").click()
+        await expect(page).to_have_url(base + "/login")
+        await shot(page, "21-logged-out")
+        await page.goto(base + "/queue")
+        await expect(page).to_have_url(base + "/login?next=%2Fqueue")
+
+        # The old cookie, put back into a fresh browser, is refused.
+        await thief.clear_cookies()
+        await thief.add_cookies([captured])
+        await stolen.goto(base + "/queue")
+        await expect(stolen).to_have_url(base + "/login?next=%2Fqueue")
+        await expect(stolen.get_by_role("button", name="Log out admin")).to_have_count(0)
+
+        # Logging in again works.
+        await page.fill("input[name=password]", "admin-pw")
+        await page.click("button[type=submit]")
+        await expect(page).to_have_url(base + "/queue")
+        assert [e for e in errors if expected not in e] == [], errors
+        await thief.close()
+        await context.close()
+
+
+async def test_provider_list_test_connection_and_test_message(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """The seed's provider list: health colours, Test connection and Send test message."""
+    guarded = await TestUpstream(users={"relay": "right"}).start()
+    providers = [
+        provider_for(upstream, caption="Primary relay", send_from="app@example.org"),
+        provider_for(
+            guarded,
+            "locked",
+            caption="Wrong password",
+            username="relay",
+            password="wrong",
+            allow_insecure_auth=True,
+            priority=9,
+        ),
+        provider_for(upstream, "spare", caption="Never used", enabled=False),
+    ]
+    admin = {"enabled": True, "listen": "127.0.0.1:0"}  # open on loopback: no login here
+    retry = {"first_delay": "1h", "max_delay": "2h"}
+    try:
+        async with sluice(providers, admin=admin, retry=retry) as s:
+            assert s.daemon.admin is not None
+            base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+            # A real delivery each: up1 turns green, locked (its AUTH refused) red.
+            await smtp_send(s.port, "app@example.org", ["ok@example.net"], mail("fine"))
+            pinned = b"X-Sluice-Provider: locked\r\n" + mail("through locked")
+            await smtp_send(s.port, "app@example.org", ["x@example.net"], pinned)
+
+            async def both_tried() -> bool:
+                health = {p.id: p.health for p in await s.daemon.snapshot().providers.status()}
+                return health["up1"] == "ok" and health["locked"] == "error"
+
+            await eventually(both_tried)
+            await upstream.wait_for(1)
+
+            context = await browser.new_context(viewport={"width": 1500, "height": 900})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on(
+                "console",
+                lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" else None,
+            )
+            await page.goto(base + "/providers")
+            colours = {
+                "up1": "rgb(31, 138, 76)",  # green: ok
+                "locked": "rgb(197, 48, 48)",  # red: error
+                "spare": "rgb(154, 161, 171)",  # grey: unknown
+            }
+            for pid, colour in colours.items():
+                dot = page.locator(f"tr[data-provider={pid}] .health")
+                painted = await dot.evaluate(
+                    "(el) => getComputedStyle(el, '::before').backgroundColor"
+                )
+                assert painted == colour, pid
+            up1 = page.locator("tr[data-provider=up1]")
+            await expect(up1).to_contain_text("app@example.org")
+            await expect(page.locator("tr[data-provider=locked] td.secret")).to_have_text("••••••")
+
+            # Test connection right in the list: a green check in the row.
+            await up1.get_by_role("button", name="Test connection").click()
+            await expect(up1.locator(".test-result")).to_have_text("✔ works")
+            await expect(up1.locator(".test-result")).to_have_class("test-result good")
+            locked = page.locator("tr[data-provider=locked]")
+            await locked.get_by_role("button", name="Test connection").click()
+            await expect(locked.locator(".test-result")).to_contain_text("✘ AUTH: 535")
+            await shot(page, "09-providers-tested")
+
+            # Send test message through up1 and watch the provider's final reply arrive.
+            await page.select_option("select[name=provider]", "up1")
+            await page.fill("input[name=to]", "operator@example.net")
+            await page.click("#send-test-button")
+            await expect(page).to_have_url(re.compile(r"/providers\?test_message=\w+#test-message"))
+            card = page.locator("#test-message")
+            await expect(card.locator(".tm-reply")).to_have_text("250 2.0.0 OK queued upstream")
+            await expect(card.locator(".tm-status")).to_have_text("sent")
+            await expect(card).to_have_attribute("data-settled", "yes")
+            await shot(page, "10-test-message-sent")
+            got = await upstream.wait_for(2)
+            assert got[-1].recipients == ["operator@example.net"]
+            assert b"Sluice test message via up1" in got[-1].data
+
+            assert errors == [], errors
             await context.close()
     finally:
         await guarded.stop()

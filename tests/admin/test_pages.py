@@ -373,17 +373,39 @@ async def test_metrics_and_healthz(
             assert 'sluice_delivery_seconds_count{provider="up1"} 1.0' in text
             assert 'sluice_provider_daily_limit{provider="up1"} 50.0' in text
             assert "sluice_provider_sent_today" in text and "sluice_provider_health" in text
-            assert (await c.get("/healthz")).json() == {
+            health = (await c.get("/healthz")).json()
+            assert health == {
+                "status": "ok",
                 "ok": True,
+                "problems": [],
                 "spool": True,
+                "spool_writes": {
+                    "failing": False,
+                    "errors": 0,
+                    "last_error": None,
+                    "last_error_at": None,
+                },
+                "checkpoints": {
+                    "running": True,
+                    "failing": False,
+                    "errors": 0,
+                    "last_error": None,
+                    "last_error_at": None,
+                },
                 "listener": True,
+                "accept_workers": None,
+                "oldest_pending_age": None,
                 "last_reload_failed": False,
                 "last_reload_error": None,
             }
+            assert 'sluice_health{state="ok"} 1.0' in text
+            assert "sluice_spool_writes_failing 0.0" in text
             assert s.daemon.listener is not None
             s.daemon.listener.stop_accepting()
             r = await c.get("/healthz")
             assert r.status_code == 503 and r.json()["listener"] is False
+            assert r.json()["status"] == "unhealthy"
+            assert r.json()["problems"] == ["nobody accepts SMTP connections"]
 
 
 async def test_security_headers_on_every_response(

@@ -170,7 +170,9 @@ class Mailhost:
 
 
 @contextlib.asynccontextmanager
-async def mailhost(mail_dir: Path, *, mailboxes: tuple[str, ...] = ("bounces",)) -> AsyncIterator[Mailhost]:
+async def mailhost(
+    mail_dir: Path, *, mailboxes: tuple[str, ...] = ("bounces",)
+) -> AsyncIterator[Mailhost]:
     """Postfix on a free loopback port, delivering into ``mail_dir/<user>/`` (Maildir)."""
     postfix = require("postfix")
     base = Path(tempfile.mkdtemp(prefix="sluice-mailhost-"))
@@ -179,9 +181,7 @@ async def mailhost(mail_dir: Path, *, mailboxes: tuple[str, ...] = ("bounces",))
     for d in (config_dir, queue_dir, data_dir):
         d.mkdir()
     shutil.chown(data_dir, "postfix")
-    (config_dir / "vmailbox").write_text(
-        "".join(f"{m}@bounce.test {m}/\n" for m in mailboxes)
-    )
+    (config_dir / "vmailbox").write_text("".join(f"{m}@bounce.test {m}/\n" for m in mailboxes))
     port = free_port()
     settings = {
         "compatibility_level": "3.6",

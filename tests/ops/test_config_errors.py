@@ -151,6 +151,35 @@ CASES: list[tuple[str, str, str, str, int | None]] = [
         None,
     ),
     (
+        "empty password_file",
+        BASE + "    username: relay\n    password_file: /dev/null  # <-\n",
+        "providers.0.password_file",
+        "/dev/null is empty; an empty secret is no secret",
+        None,
+    ),
+    (
+        "empty inline password",
+        BASE + "    username: relay\n    password: ''  # <-\n",
+        "providers.0.password",
+        "is empty; an empty secret is no secret",
+        None,
+    ),
+    (
+        "username without a password or credential",
+        BASE.replace("  - id: main", "  - id: main  # <-") + "    username: relay\n",
+        "providers.0.password",
+        "provider main has no password: give password_env or password_file, or the systemd "
+        "credential 'main' (the unit's LoadCredential=main:/etc/sluice/credentials/main",
+        None,
+    ),
+    (
+        "empty admin api_token_file",
+        BASE.replace("  enabled: false\n", "  enabled: false\n  api_token_file: /dev/null  # <-\n"),
+        "admin.api_token_file",
+        "/dev/null is empty",
+        None,
+    ),
+    (
         "two password sources",
         BASE.replace("  - id: main", "  - id: main  # <-")
         + "    password: a\n    password_env: B\n",

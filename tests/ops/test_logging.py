@@ -73,11 +73,32 @@ def test_secrets_are_masked_in_both_formats(capture: Callable[..., io.StringIO])
         log = logging.getLogger("sluice.test")
         log.info("oops: %s", "hunter2-very-secret")
         log.info("client said AUTH PLAIN AGFsaWNlAHNlY3JldA==")
-        log.info("password=%s token: %s", "abc123", "tok-xyz")
+        # An assignment is masked whatever its value ("token: x" in prose is not: see below).
+        log.info("password=%s token=%s", "abc123", "tok-xyz")
         text = out.getvalue()
         for secret in ("hunter2-very-secret", "AGFsaWNlAHNlY3JldA==", "abc123", "tok-xyz"):
             assert secret not in text, (fmt, text)
         assert text.count(MASK) >= 4
+
+
+def test_words_after_password_colon_are_not_secrets(capture: Callable[..., io.StringIO]) -> None:
+    # Sluice's own warning (admin/server.py) must read as written, while a value
+    # Sluice knows to be a secret is masked wherever it appears, even after "password:".
+    warning = (
+        "admin page at 127.0.0.1:8025 has no password: anyone on this machine can use it "
+        "(set admin.password_hash to require a login)"
+    )
+    for fmt in ("text", "json"):
+        out = capture(fmt, secrets=("Corr3ct-Horse",))
+        log = logging.getLogger("sluice.admin")
+        log.warning(warning)
+        log.warning("provider x: password: %s token: %s", "Corr3ct-Horse", "Corr3ct-Horse")
+        first, second = out.getvalue().splitlines()
+        shown = json.loads(first)["msg"] if fmt == "json" else first
+        assert warning in shown, (fmt, first)
+        assert MASK not in first
+        assert "Corr3ct-Horse" not in second
+        assert f"password: {MASK} token: {MASK}" in second
 
 
 def test_config_secrets_and_reload_apply(

@@ -9,34 +9,47 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel
 
-from relay.config import Config, Endpoint, load
+from relay.config import SECRET_NAMES, Config, Endpoint, load
 from relay.errors import ConfigError
+from relay.secrets import SecretSource
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.yaml"
 
 
-def test_example_config_is_valid() -> None:
-    cfg = load(EXAMPLE, env={"SLUICE_MAIN_PASSWORD": "s3cret"})
+def test_example_config_is_valid_with_the_units_credential(tmp_path: Path) -> None:
+    # What the unit's LoadCredential=main:/etc/sluice/credentials/main provides.
+    (tmp_path / "main").write_text("s3cret\n")
+    cfg = load(EXAMPLE, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert cfg.smtp.listen == [Endpoint("127.0.0.1", 25)]
     assert str(cfg.spool.path).startswith("/var/lib/sluice/")
     (main,) = cfg.providers
-    assert main.password_env == "SLUICE_MAIN_PASSWORD"
+    assert main.password is not None and main.password.credential == "main"
+    assert main.password.resolve({"CREDENTIALS_DIRECTORY": str(tmp_path)}).get_secret_value() == (
+        "s3cret"
+    )
     assert main.encryption == "starttls"
     assert cfg.admin.listen.is_loopback
 
 
-def test_example_config_needs_its_password_variable() -> None:
+def test_example_config_without_the_credential_says_how_to_give_it() -> None:
     with pytest.raises(ConfigError) as err:
         load(EXAMPLE, env={})
     (issue,) = err.value.issues
-    assert "config.example.yaml:" in issue
-    assert "providers.0.password_env" in issue
-    assert "SLUICE_MAIN_PASSWORD" in issue
+    line = next(n for n, t in enumerate(EXAMPLE.read_text().splitlines(), 1) if "- id: main" in t)
+    assert issue.startswith(f"{EXAMPLE}:{line}: providers.0.password: provider main has no ")
+    assert "password_env or password_file" in issue
+    assert "LoadCredential=main:/etc/sluice/credentials/main" in issue
+    assert "$CREDENTIALS_DIRECTORY is not set" in issue
 
 
 def _fields(model: type[BaseModel], prefix: str = "") -> list[str]:
-    out = []
+    out: list[str] = []
     for name, field in model.model_fields.items():
+        if SecretSource in get_args(field.annotation):
+            # A folded secret: the keys users write are NAME, NAME_env, NAME_file.
+            assert name in SECRET_NAMES
+            out.extend(prefix + name + suffix for suffix in ("", "_env", "_file"))
+            continue
         out.append(prefix + name)
         for arg in [field.annotation, *get_args(field.annotation)]:
             for inner in [arg, *get_args(arg)]:

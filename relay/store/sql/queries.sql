@@ -1,4 +1,4 @@
--- Named queries, loaded by relay/sql/__init__.py. Each block starts with
+-- Named queries, loaded by relay/store/sql/__init__.py. Each block starts with
 -- "-- name: <name>" followed by a one-line description.
 
 -- name: insert_message
@@ -240,3 +240,36 @@ DELETE FROM suppressions WHERE address = :address AND scope = :scope;
 -- name: suppression_delete_all_scopes
 -- Remove every entry of an address.
 DELETE FROM suppressions WHERE address = :address;
+
+-- name: admin_session_version
+-- The admin's session version: a session cookie issued under another one is void.
+SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'admin_session_version';
+
+-- name: admin_sessions_revoke
+-- Start a new admin session version (logout, `sluice admin revoke-sessions`).
+INSERT INTO meta (key, value) VALUES ('admin_session_version', '1')
+ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+RETURNING CAST(value AS INTEGER);
+
+-- name: oldest_pending
+-- When the longest-waiting unsent recipient entered the queue (NULL if none).
+-- recipients_status (status, id) serves the filter; the rows scanned are the
+-- pending ones only.
+SELECT min(since) FROM recipients WHERE status IN ('queued', 'deferred', 'sending');
+
+-- name: attempt_buckets
+-- Delivery-log rows since :since by status and whole clock hour counted from
+-- :start (an hour boundary); rows between :since and :start fall in hour -1.
+-- (+1 / -1 because CAST truncates toward zero, not down.)
+SELECT CAST((started_at - :start) / 3600 + 1 AS INTEGER) - 1 AS hour, status,
+       count(*) AS n, sum(started_at >= :hour_ago) AS last_hour
+FROM attempts WHERE started_at >= :since GROUP BY hour, status;
+
+-- name: health_probe_put
+-- A throw-away row of :size bytes: whether the spool can grow by that much.
+INSERT INTO meta (key, value) VALUES ('health.probe', zeroblob(:size))
+ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+
+-- name: health_probe_drop
+-- ... removed in the same transaction (its pages go to the free list, for later use).
+DELETE FROM meta WHERE key = 'health.probe';
