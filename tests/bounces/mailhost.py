@@ -60,7 +60,8 @@ def _dovecot_conf(base: Path, port: int, tls: tuple[Path, Path] | None) -> str:
     )
     listener = (
         f"  inet_listener imap {{\n    port = 0\n  }}\n"
-        f"  inet_listener imaps {{\n    address = 127.0.0.1\n    port = {port}\n    ssl = yes\n  }}\n"
+        f"  inet_listener imaps {{\n    address = 127.0.0.1\n"
+        f"    port = {port}\n    ssl = yes\n  }}\n"
         if tls is not None
         else f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n"
         f"  inet_listener imaps {{\n    port = 0\n  }}\n"

@@ -1,0 +1,128 @@
+"""The suppression list and the bounce threshold, on a real SQLite spool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from relay.store.spool import NewMessage, Spool
+from relay.store.suppressions import NewBounce, Threshold
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hard(address: str, n: int = 0, **extra: object) -> NewBounce:
+    return NewBounce(
+        address, "hard", "dsn", status="5.1.1", diagnostic=f"user unknown #{n}",
+        key=f"<bounce-{n}@mx>:{address}", **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def test_threshold_suppresses_with_the_last_diagnostic(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+        book = spool.suppressions
+        rule = Threshold(hard=3)
+        assert await book.record_bounce(hard("Gone@Example.net", 1), rule) is None
+        assert await book.record_bounce(hard("gone@example.net", 2), rule) is None
+        assert await book.active("gone@example.net") is None
+        entry = await book.record_bounce(hard("gone@example.net", 3), rule)
+        assert entry is not None
+        assert entry.address == "gone@example.net" and entry.source == "bounce"
+        assert "5.1.1 user unknown #3" in entry.reason
+        assert await book.active("GONE@example.net") == entry
+        # Each bounce that made it is there to see.
+        bounces = await book.bounces_of("gone@example.net")
+        assert [b.diagnostic for b in bounces] == [f"user unknown #{n}" for n in (3, 2, 1)]
+        # Already suppressed: a fourth bounce makes no second entry.
+        assert await book.record_bounce(hard("gone@example.net", 4), rule) is None
+
+
+async def test_the_same_bounce_read_twice_counts_once(tmp_path: Path) -> None:
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        rule = Threshold(hard=2)
+        assert await spool.suppressions.record_bounce(hard("a@x.example", 7), rule) is None
+        assert await spool.suppressions.record_bounce(hard("a@x.example", 7), rule) is None
+        assert len(await spool.suppressions.bounces_of("a@x.example")) == 1
+
+
+async def test_only_bounces_inside_the_window_count(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+        rule = Threshold(hard=2, window=86400)
+        await spool.suppressions.record_bounce(hard("a@x.example", 1), rule)
+        clock.now += 2 * 86400
+        assert await spool.suppressions.record_bounce(hard("a@x.example", 2), rule) is None
+        clock.now += 3600
+        assert await spool.suppressions.record_bounce(hard("a@x.example", 3), rule) is not None
+
+
+async def test_soft_bounces_over_days_count_as_one_hard_when_asked(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+        rule = Threshold(hard=1, soft_as_hard_after=3 * 86400)
+
+        def soft(n: int) -> NewBounce:
+            return NewBounce("full@x.example", "soft", "dsn", status="4.2.2", key=f"s{n}")
+
+        assert await spool.suppressions.record_bounce(soft(1), rule) is None
+        clock.now += 86400
+        assert await spool.suppressions.record_bounce(soft(2), rule) is None
+        clock.now += 2 * 86400
+        entry = await spool.suppressions.record_bounce(soft(3), rule)
+        assert entry is not None and "4.2.2" in entry.reason
+        # Off by default: the same soft bounces suppress nothing.
+        off = Threshold(hard=1)
+        for n in range(4, 8):
+            clock.now += 86400
+            assert (
+                await spool.suppressions.record_bounce(
+                    NewBounce("other@x.example", "soft", "dsn", key=f"o{n}"), off
+                )
+                is None
+            )
+
+
+async def test_scoped_and_expiring_entries(tmp_path: Path) -> None:
+    clock = Clock(1_000_000.0)
+    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+        book = spool.suppressions
+        await book.add("reader@x.example", scope="newsletter", reason="unsubscribed", source="api")
+        assert (await book.active("reader@x.example", "newsletter")) is not None
+        assert await book.active("reader@x.example", "receipts") is None
+        assert await book.active("reader@x.example") is None
+        await book.add("temp@x.example", expires_at=clock.now + 60)
+        assert await book.active("temp@x.example", "anything") is not None
+        clock.now += 61
+        assert await book.active("temp@x.example") is None
+        assert await book.remove("reader@x.example", scope="receipts") == 0
+        assert await book.remove("reader@x.example") == 1
+        assert await book.active("reader@x.example", "newsletter") is None
+
+
+async def test_a_dsn_bounce_of_a_relayed_message_is_in_its_log(tmp_path: Path) -> None:
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        qid = "0190F2A3B4C5D6E7"
+        await spool.enqueue(
+            NewMessage(qid, "app@x.example", ["To@Y.example"], b"Subject: s\r\n\r\nb\r\n", "s", 1.0)
+        )
+        detail = await spool.get(qid)
+        (rcpt,) = detail.recipients
+        await spool.suppressions.record_bounce(
+            NewBounce(
+                "whoever@y.example", "hard", "dsn", "5.1.1", "no such user",
+                queue_id=qid, recipient_id=rcpt.id, key="k1",
+            ),
+            Threshold(hard=5),
+        )  # fmt: skip
+        detail = await spool.get(qid)
+        (bounced,) = [a for a in detail.attempts if a.status.value == "bounced"]
+        assert "hard bounce: 5.1.1 no such user" in bounced.reason
+        # VERP named the recipient: the bounce counts for it, whatever the DSN said.
+        (b,) = await spool.suppressions.bounces_of("to@y.example")
+        assert b.queue_id == qid
