@@ -1,0 +1,332 @@
+"""``sluice suppression ...`` (list, show, add, remove, import, export) and ``sluice bounces ...``.
+
+The suppression commands act on the spool through the store, beside a
+running daemon (its scheduler reads the list at every attempt). CSV is
+``address,scope,source,reason,created_at,expires_at`` with a header row, times
+as UTC ISO 8601; an import needs only the ``address`` column. The bounce
+commands reach the configured bounce mailbox; like the queue commands they
+need no provider secret, only the mailbox's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import datetime as dt
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
+
+from relay.bounces.mailbox import Mailbox, MailboxError
+from relay.bounces.poller import BouncePoller
+from relay.config import Config, load, parse_duration
+from relay.store.spool import Spool
+from relay.store.suppressions import SOURCES, Suppression, normalize
+
+__all__ = ["register"]
+
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+COLUMNS = ("address", "scope", "source", "reason", "created_at", "expires_at")
+_PAGE = 1000
+
+
+def _cfg(args: argparse.Namespace) -> Config:
+    path: Path = args.config_path_of(args)
+    return load(path, secrets=False)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+
+
+def _ts(text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+async def _all(spool: Spool, **filters: Any) -> list[Suppression]:
+    out: list[Suppression] = []
+    after: str | None = None
+    while True:
+        page = await spool.suppressions.page(after=after, limit=_PAGE, **filters)
+        out.extend(page)
+        if len(page) < _PAGE:
+            return out
+        after = page[-1].address
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    async with await Spool.open(cfg.spool.path) as spool:
+        entries = await spool.suppressions.page(
+            search=args.search, scope=args.scope, source=args.source, limit=args.limit
+        )
+    if args.json:
+        print(json.dumps([asdict(e) for e in entries], indent=1))
+        return EX_OK
+    if not entries:
+        filtered = args.search or args.scope or args.source
+        print("no matching entries" if filtered else "no suppressed addresses")
+        return EX_OK
+    print(f"{'ADDRESS':<40} {'SCOPE':<12} {'SOURCE':<7} {'SINCE':<20} REASON")
+    for e in entries:
+        scope = e.scope or "(all)"
+        expiry = f" (until {_iso(e.expires_at)})" if e.expires_at else ""
+        print(
+            f"{e.address:<40} {scope:<12} {e.source:<7} {_iso(e.created_at):<20} {e.reason}{expiry}"
+        )
+    return EX_OK
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    async with await Spool.open(cfg.spool.path) as spool:
+        entries = await spool.suppressions.page(search=normalize(args.address), limit=100)
+        entries = [e for e in entries if e.address == normalize(args.address)]
+        bounces = await spool.suppressions.bounces_of(args.address)
+    if not entries and not bounces:
+        print(f"sluice: {normalize(args.address)} is not suppressed and has no bounces")
+        return EX_NOINPUT
+    for e in entries:
+        print(f"suppressed ({e.scope or 'every stream'}) since {_iso(e.created_at)} by {e.source}")
+        print(f"  reason: {e.reason}" + (f"; until {_iso(e.expires_at)}" if e.expires_at else ""))
+    if bounces:
+        plural = "" if len(bounces) == 1 else "s"
+        print(f"{len(bounces)} bounce{plural}:")
+    for b in bounces:
+        print(
+            f"  {_iso(b.received_at)} {b.kind:<4} {b.status or '-':<7} {b.source:<4} "
+            f"{b.queue_id or '-'} {b.diagnostic}"
+        )
+    return EX_OK
+
+
+async def cmd_add(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    expires = None
+    if args.expires:
+        try:
+            expires = dt.datetime.now(dt.UTC).timestamp() + parse_duration(args.expires)
+        except ValueError as exc:
+            print(f"sluice: --expires: {exc}", file=sys.stderr)
+            return EX_USAGE
+    async with await Spool.open(cfg.spool.path) as spool:
+        for address in args.address:
+            await spool.suppressions.add(
+                address, scope=args.scope, source="manual", reason=args.reason, expires_at=expires
+            )
+    n = len(args.address)
+    scope = f" for {args.scope}" if args.scope else ""
+    print(f"suppressed {n} address{'' if n == 1 else 'es'}{scope}")
+    return EX_OK
+
+
+async def cmd_remove(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    removed = 0
+    async with await Spool.open(cfg.spool.path) as spool:
+        for address in args.address:
+            removed += await spool.suppressions.remove(address, scope=args.scope)
+    print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
+    return EX_OK if removed else EX_NOINPUT
+
+
+def _rows(text: TextIO) -> Iterator[dict[str, str]]:
+    reader = csv.DictReader(text)
+    if reader.fieldnames is None or "address" not in reader.fieldnames:
+        raise ValueError("the CSV needs a header row with an 'address' column")
+    yield from reader
+
+
+async def cmd_import(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    try:
+        text = (
+            sys.stdin.read()
+            if args.file == "-"
+            else await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8")
+        )
+    except OSError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    entries = []
+    try:
+        with io.StringIO(text, newline="") as source:
+            for n, row in enumerate(_rows(source), start=2):
+                address = (row.get("address") or "").strip()
+                if not address or "@" not in address:
+                    print(f"sluice: {args.file}:{n}: not an address: {address!r}", file=sys.stderr)
+                    return EX_DATAERR
+                entries.append(
+                    Suppression(
+                        address=normalize(address),
+                        scope=(row.get("scope") or args.scope or "").strip(),
+                        source="import",
+                        reason=(row.get("reason") or "imported").strip(),
+                        created_at=_ts(row.get("created_at") or "") or 0.0,
+                        expires_at=_ts(row.get("expires_at") or ""),
+                    )
+                )
+    except (ValueError, csv.Error) as exc:
+        print(f"sluice: {args.file}: {exc}", file=sys.stderr)
+        return EX_DATAERR
+    async with await Spool.open(cfg.spool.path) as spool:
+        count = await spool.suppressions.add_many(entries)
+    print(f"imported {count} entr{'y' if count == 1 else 'ies'}")
+    return EX_OK
+
+
+async def cmd_export(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    async with await Spool.open(cfg.spool.path) as spool:
+        entries = await _all(spool, scope=args.scope, source=args.source)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for e in entries:
+        writer.writerow(
+            [e.address, e.scope, e.source, e.reason, _iso(e.created_at), _iso(e.expires_at)]
+        )
+    if args.file == "-":
+        sys.stdout.write(buffer.getvalue())
+    else:
+        await asyncio.to_thread(Path(args.file).write_text, buffer.getvalue(), encoding="utf-8")
+        n = len(entries)
+        print(f"exported {n} entr{'y' if n == 1 else 'ies'} to {args.file}")
+    return EX_OK
+
+
+def _poller(cfg: Config, spool: Spool) -> BouncePoller:
+    return BouncePoller(spool.suppressions, lambda: cfg)
+
+
+async def cmd_poll(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    if cfg.bounces.mailbox is None:
+        print("sluice: no bounces.mailbox is configured", file=sys.stderr)
+        return EX_CONFIG
+    async with await Spool.open(cfg.spool.path) as spool:
+        try:
+            result = await _poller(cfg, spool).poll_once()
+        except MailboxError as exc:
+            print(f"sluice: bounce mailbox: {exc}", file=sys.stderr)
+            return EX_UNAVAILABLE
+    print(
+        f"read {result.fetched}: {result.bounces} bounces, {result.not_bounces} not bounces, "
+        f"{result.unreadable} unreadable, {result.too_large} too large"
+    )
+    for address in result.suppressed:
+        print(f"now suppressed: {address}")
+    return EX_OK
+
+
+async def cmd_folders(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    if cfg.bounces.mailbox is None:
+        print("sluice: no bounces.mailbox is configured", file=sys.stderr)
+        return EX_CONFIG
+    async with await Spool.open(cfg.spool.path) as spool:
+        try:
+            folders = await _poller(cfg, spool).folders()
+        except MailboxError as exc:
+            print(f"sluice: bounce mailbox: {exc}", file=sys.stderr)
+            return EX_UNAVAILABLE
+    chosen = cfg.bounces.mailbox.folder
+    for name in folders:
+        print(f"{'*' if name == chosen else ' '} {name}")
+    if chosen not in folders:
+        print(f"sluice: bounces.mailbox.folder {chosen!r} is not among them", file=sys.stderr)
+        return EX_CONFIG
+    return EX_OK
+
+
+async def cmd_test(args: argparse.Namespace) -> int:
+    cfg = _cfg(args)
+    box = cfg.bounces.mailbox
+    if box is None:
+        print("sluice: no bounces.mailbox is configured", file=sys.stderr)
+        return EX_CONFIG
+    password = None
+    if box.password is not None:
+        try:
+            password = box.password.resolve().get_secret_value()
+        except LookupError as exc:
+            print(f"sluice: bounces.mailbox.password: {exc}", file=sys.stderr)
+            return EX_CONFIG
+
+    def probe() -> None:
+        with Mailbox(box, password=password) as mb:
+            mb.fetch_new(limit=0)  # selects the folder: it exists and may be read
+
+    try:
+        await asyncio.to_thread(probe)
+    except MailboxError as exc:
+        print(f"FAIL {box.host}:{box.effective_port} ({box.encryption}): {exc}")
+        return EX_UNAVAILABLE
+    print(
+        f"ok   {box.host}:{box.effective_port} ({box.encryption}): logged in, {box.folder} opened"
+    )
+    return EX_OK
+
+
+def register(
+    sub: Any,
+    common: argparse.ArgumentParser,
+    config_path: Callable[[argparse.Namespace], Path],
+) -> None:
+    """Add ``suppression`` and ``bounces`` to the ``sluice`` parser."""
+
+    def add(parent: Any, name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help)
+        p.set_defaults(func=func, config_path_of=config_path)
+        return p
+
+    sup = sub.add_parser("suppression", help="the suppressed-addresses list")
+    ssub = sup.add_subparsers(dest="suppression_command", required=True, metavar="ACTION")
+    p = add(ssub, "list", cmd_list, "suppressed addresses, in address order")
+    p.add_argument("--search", help="part of an address")
+    p.add_argument("--scope", help="only entries of this stream ('' for the global ones)")
+    p.add_argument("--source", choices=SOURCES)
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p = add(ssub, "show", cmd_show, "one address: its entries and every bounce")
+    p.add_argument("address")
+    p = add(ssub, "add", cmd_add, "suppress addresses (source: manual)")
+    p.add_argument("address", nargs="+")
+    p.add_argument("--scope", default="", help="only for this stream (default: every stream)")
+    p.add_argument("--reason", default="added by hand")
+    p.add_argument("--expires", help="lift it after this long (e.g. 30d)")
+    p = add(ssub, "remove", cmd_remove, "take addresses off the list (mail to them goes again)")
+    p.add_argument("address", nargs="+")
+    p.add_argument("--scope", default=None, help="only this stream's entry (default: all)")
+    p = add(ssub, "import", cmd_import, "add entries from CSV (an 'address' column at least)")
+    p.add_argument("file", help="a CSV file, or - for standard input")
+    p.add_argument("--scope", default="", help="for rows without a scope column")
+    p = add(ssub, "export", cmd_export, "write the list as CSV")
+    p.add_argument("file", nargs="?", default="-", help="a file (default: standard output)")
+    p.add_argument("--scope")
+    p.add_argument("--source", choices=SOURCES)
+
+    bounces = sub.add_parser("bounces", help="the bounce mailbox")
+    bsub = bounces.add_subparsers(dest="bounces_command", required=True, metavar="ACTION")
+    add(bsub, "poll", cmd_poll, "read new bounces now (as the daemon does every poll_interval)")
+    add(bsub, "folders", cmd_folders, "list the mailbox's folders (* marks bounces.mailbox.folder)")
+    add(bsub, "test", cmd_test, "connect, log in and open the folder")
