@@ -121,7 +121,7 @@ _HINT = re.compile(
 #: the words with which providers say "you are sending too fast / we are overloaded"
 _THROTTLE = (
     r"\brate\b|rate.?limit|throttl|too many|server busy|quota exceeded|limit exceeded"
-    r"|temporarily deferred|" + _HINT.pattern
+    r"|temporarily deferred|too frequent|" + _HINT.pattern
 )
 
 #: First match wins; order matters (a specific text before the general rule it
@@ -165,25 +165,6 @@ RULES: tuple[Rule, ...] = (
         text=_re(r"too many recipients|\b4\.5\.3\b"),
     ),
     Rule(
-        "recipient-rate",
-        Scope.RECIPIENT,
-        "RFC 3463 X.2.x is the mailbox's status: Gmail '450 4.2.1 The user you are "
-        "trying to contact is receiving mail at a rate that prevents additional "
-        "messages from being delivered' is about that one user, not our rate",
-        phases=_TRANSACTION,
-        codes=(400, 499),
-        text=_re(r"\b4\.2\.\d+\b|receiving mail (?:at a rate|too quickly)"),
-    ),
-    Rule(
-        "mailbox-full",
-        Scope.RECIPIENT,
-        "RFC 3463 4.2.2 mailbox full: Gmail '452 4.2.2 The email account that you "
-        "tried to reach is over quota'",
-        phases=_TRANSACTION,
-        codes=(400, 499),
-        text=_re(r"over quota|mailbox (?:is )?full"),
-    ),
-    Rule(
         "greylisting",
         Scope.RECIPIENT,
         "Greylisting (RFC 6647) defers one (client, sender, recipient) triplet, "
@@ -192,6 +173,18 @@ RULES: tuple[Rule, ...] = (
         phases=_TRANSACTION,
         codes=(400, 499),
         text=_re(r"grey.?list|gray.?list"),
+    ),
+    Rule(
+        "mailbox-status",
+        Scope.RECIPIENT,
+        "RFC 3463 X.2.x is the mailbox's own status (busy, full, receiving too much): "
+        "Gmail '450 4.2.1 The user you are trying to contact is receiving mail at a "
+        "rate that prevents additional messages from being delivered' is about that "
+        "one user, not our rate; Gmail '452 4.2.2 The email account that you tried "
+        "to reach is over quota'",
+        phases=_TRANSACTION,
+        codes=(400, 499),
+        text=_re(r"\b4\.2\.\d{1,3}\b|receiving mail (?:at a rate|too quickly)|over quota"),
     ),
     Rule(
         "throttled",
