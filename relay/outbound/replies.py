@@ -42,6 +42,7 @@ from aiosmtplib import (
     SMTPConnectError,
     SMTPResponseException,
     SMTPServerDisconnected,
+    SMTPStatus,
     SMTPTimeoutError,
 )
 
@@ -52,6 +53,7 @@ __all__ = [
     "HealthVerdict",
     "Phase",
     "Rule",
+    "closes_channel",
     "error_outcome",
     "final",
     "format_reply",
@@ -152,7 +154,7 @@ RULES: tuple[Rule, ...] = (
         "e.g. Gmail '421 4.7.28 ... unusual rate of unsolicited mail', Gmail "
         "'421 4.4.5 Server busy, try again later', SendGrid '421 Message from (IP) "
         "temporarily deferred'",
-        codes=(421, 421),
+        codes=(SMTPStatus.domain_unavailable, SMTPStatus.domain_unavailable),
     ),
     Rule(
         "too-many-recipients",
@@ -351,6 +353,11 @@ def _refused(exc: BaseException) -> bool:
             return True
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+def closes_channel(code: int | None) -> bool:
+    """421: the server is closing the connection (RFC 5321 § 3.8); nothing more can be sent."""
+    return code == SMTPStatus.domain_unavailable
 
 
 def unreadable(code: int | None, text: str) -> bool:

@@ -31,7 +31,6 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPSenderRefused,
     SMTPServerDisconnected,
-    SMTPStatus,
     SMTPTimeoutError,
 )
 
@@ -40,6 +39,7 @@ from relay.model import Outcome, PermFailure, valid_address
 from relay.outbound.oauth import OAuthError, TokenSource
 from relay.outbound.replies import (
     Phase,
+    closes_channel,
     error_outcome,
     format_reply,
     no_smtputf8,
@@ -346,8 +346,8 @@ class Session:
                 except SMTPResponseException as exc:
                     refused[rcpt] = exc
                     decided[rcpt] = classify(rcpt, exc, phase=Phase.RCPT)
-                    if exc.code == SMTPStatus.domain_unavailable:
-                        raise  # 421: the server closes the channel (RFC 5321 § 3.8)
+                    if closes_channel(exc.code):
+                        raise  # nothing more can be sent on this connection
                 except ValueError as exc:
                     text = f"553 5.1.3 recipient address cannot be sent: {exc}"
                     decided[rcpt] = PermFailure(rcpt, 553, text)
