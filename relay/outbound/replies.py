@@ -92,7 +92,8 @@ class Rule:
     #: why, with the RFC or provider document it rests on
     why: str
     phases: frozenset[Phase] = _ANY_PHASE
-    #: inclusive range of reply codes; ``None`` matches "no readable reply code"
+    #: inclusive range of reply codes; ``None`` matches "no readable failure code"
+    #: (no reply, an unreadable one, or a 2xx/3xx where a refusal was reported)
     codes: tuple[int, int] | None = (400, 599)
     text: re.Pattern[str] | None = None
     #: True: only when the same kind of reply came to every recipient of a
@@ -103,7 +104,7 @@ class Rule:
         if phase not in self.phases or (self.shared and not shared):
             return False
         if self.codes is None:
-            if code is not None and 200 <= code < 600:
+            if code is not None and 400 <= code < 600:
                 return False
         elif code is None or not self.codes[0] <= code <= self.codes[1]:
             return False
@@ -262,8 +263,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "unreadable",
         Scope.RECIPIENT,
-        "A reply aiosmtplib could not read (code -1, 'Response too long'): our side's "
-        "problem, never the upstream's verdict; deferred",
+        "A reply aiosmtplib could not read (code -1, 'Response too long'), or one that "
+        "makes no sense where it came (a 2xx or 3xx reported as a refusal, e.g. 252 to "
+        "RCPT): never the upstream's verdict; deferred",
         phases=_TRANSACTION,
         codes=None,
     ),
@@ -330,7 +332,8 @@ def reply_outcome(
         retry_after: a wait the caller already knows; else read from ``text``.
     """
     shown = reply if reply is not None else format_reply(code, text)
-    if code is not None and 200 <= code < 300:
+    if phase is Phase.DATA and code is not None and 200 <= code < 300:
+        # RFC 5321 § 4.1.1.4: only the reply to the end of the data means delivered.
         return Delivered(recipient, code, shown)
     rule = judge(phase, code, text, shared=shared)
     readable = _readable(code, text)

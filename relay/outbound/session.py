@@ -116,7 +116,7 @@ def classify(
     *,
     code: int | None = None,
     text: str = "",
-    phase: Phase = Phase.RCPT,
+    phase: Phase = Phase.DATA,
     shared: bool = False,
 ) -> Outcome:
     """One recipient's outcome from a reply to ``phase``, or from an exception.

@@ -129,6 +129,10 @@ CASES = [
          "permanent"),
     Case("aiosmtplib", D, -1, "this is not SMTP", False, T, Scope.RECIPIENT, "unreadable"),
     Case("aiosmtplib", D, 500, "Response too long", False, T, Scope.RECIPIENT, "unreadable"),
+    Case("confused", R, 252, "2.1.5 Cannot VRFY user", False, T, Scope.RECIPIENT, "unreadable"),
+    Case("confused", D, 354, "End data with <CR><LF>.<CR><LF>", False, T, Scope.RECIPIENT,
+         "unreadable"),
+    Case("confused", C, 220, "ready", False, T, Scope.PROVIDER, "connect-refused"),
 ]  # fmt: skip
 
 
