@@ -117,6 +117,11 @@ async def test_failover_reason_names_each_providers_answer(
         assert entry.provider == "backup"
         (log,) = await s.spool.list_log(search=qid)
         assert log.reason == entry.reason and log.code == 451
+        # Nothing lost: the primary comes back and takes it on a retry.
+        await upstream.restart()
+        await upstream.wait_for(1, within=20)
+        (entry,) = await eventually(lambda: sent(s.spool, qid), within=20)
+        assert entry.provider == "primary"
     outcome_lines = [r.getMessage() for r in caplog.records if "status=deferred" in r.getMessage()]
     assert any(
         "primary: 4.4.1 connection refused" in line and "backup: 451 4.3.0 busy" in line
