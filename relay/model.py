@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "ACTIVE",
+    "MOVES_ON",
     "TERMINAL",
     "AttemptStatus",
     "Claim",
@@ -20,6 +21,7 @@ __all__ = [
     "PermFailure",
     "QueueEntry",
     "RecipientStatus",
+    "Scope",
     "TempFailure",
     "valid_address",
 ]
@@ -61,11 +63,36 @@ class AttemptStatus(StrEnum):
     SUPPRESSED = "suppressed"
 
 
+class Scope(StrEnum):
+    """Whom a failed attempt speaks for; ``relay.outbound.replies`` decides it."""
+
+    #: this recipient only (mailbox busy, greylisted, unknown user): it waits or
+    #: fails; the provider keeps serving everyone else
+    RECIPIENT = "recipient"
+    #: the provider failed (connection, TLS, AUTH): the recipient goes to the
+    #: next provider at once, and the failure counts toward its circuit breaker
+    PROVIDER = "provider"
+    #: the provider asked us to back off (421, throttling): the recipient goes to
+    #: the next provider at once, and the provider is paused
+    PAUSE = "pause"
+    #: this provider cannot carry this message (no SMTPUTF8, an identity it has
+    #: not verified): the next provider may; the provider's health is untouched
+    ELSEWHERE = "elsewhere"
+
+
+#: scopes after which the recipient is offered to the next provider in its route
+MOVES_ON = frozenset({Scope.PROVIDER, Scope.PAUSE, Scope.ELSEWHERE})
+
+
 @dataclass(frozen=True, slots=True)
 class Delivered:
     recipient: str
     code: int
     text: str
+
+    @property
+    def moves_on(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +102,17 @@ class TempFailure:
     text: str
     #: a provider hint such as "try again in 5 minutes", in seconds
     retry_after: float | None = None
-    #: True when the provider itself failed (connect, TLS, auth, 421), so another
-    #: provider may take the recipient at once.
-    provider_fault: bool = False
+    scope: Scope = Scope.RECIPIENT
+
+    @property
+    def provider_fault(self) -> bool:
+        """The provider itself failed or asked to back off (not this recipient)."""
+        return self.scope in (Scope.PROVIDER, Scope.PAUSE)
+
+    @property
+    def moves_on(self) -> bool:
+        """The next provider in the route may take this recipient at once."""
+        return self.scope in MOVES_ON
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +120,12 @@ class PermFailure:
     recipient: str
     code: int | None
     text: str
+    #: ``ELSEWHERE``: permanent at this provider only; final when no provider is left
+    scope: Scope = Scope.RECIPIENT
+
+    @property
+    def moves_on(self) -> bool:
+        return self.scope is Scope.ELSEWHERE
 
 
 Outcome = Delivered | TempFailure | PermFailure

@@ -1,10 +1,11 @@
 """A provider's health: what users see (unknown/ok/error/cooldown) and the circuit breaker.
 
 After ``threshold`` consecutive failures of the provider itself (connection,
-TLS, AUTH, 421) the circuit opens: the provider is skipped for ``cooldown``
+TLS, AUTH) the circuit opens: the provider is skipped for ``cooldown``
 seconds, then tried again (half-open); one more failure opens it again, one
-success closes it. A provider's own hint (421, a ``4.7.x`` throttle, "try
-again in N minutes") pauses it for that long whatever the count. Times are
+success closes it. A reply that speaks for the provider (421, throttling, "try
+again in N minutes"; ``relay.outbound.replies`` decides which) pauses it for
+its hint, or the cool-down, whatever the count. Times are
 wall-clock seconds so they can be shown as they are.
 """
 

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 
 from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
-from relay.model import Claim, Delivered, Outcome, TempFailure
+from relay.model import Claim, Delivered, Outcome
 from relay.outbound.health import Health
 from relay.outbound.limits import Counters, DailyLimit, TokenBucket
 from relay.outbound.oauth import GrantStore, TokenSource
+from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
 
@@ -295,26 +296,25 @@ class Provider:
         return outcomes
 
     def _judge(self, outcomes: Sequence[Outcome]) -> None:
-        """Health from one attempt: the provider failed only if every recipient says so."""
+        """Health from one attempt, as ``replies.health_verdict`` reads the outcomes."""
         now = self._clock()
         health, s = self.state.health, self.settings
-        faults = [o for o in outcomes if isinstance(o, TempFailure) and o.provider_fault]
-        if not outcomes or len(faults) < len(outcomes):
+        verdict = health_verdict(outcomes)
+        if verdict is None:
             health.record_ok(now)
             return
-        first = faults[0]
         was = health.view(now).state
-        health.record_failure(first.text, now, threshold=s.failure_threshold, cooldown=s.cooldown)
-        if first.code is not None and (first.code == 421 or first.retry_after is not None):
-            health.pause(now + (first.retry_after or s.cooldown), first.text)
-        elif first.code is not None and first.text[4:8] == "4.7." and s.cooldown > 0:
-            health.pause(now + s.cooldown, first.text)  # a 4.7.x throttle without a hint
+        health.record_failure(
+            verdict.reason, now, threshold=s.failure_threshold, cooldown=s.cooldown
+        )
+        if verdict.pause:
+            health.pause(now + (verdict.retry_after or s.cooldown), verdict.reason)
         if health.view(now).state == "cooldown" and was != "cooldown":
             log.warning(
                 "provider %s skipped until %s: %s",
                 self.id,
                 time.strftime("%H:%M:%S", time.localtime(health.blocked_until(now))),
-                first.text,
+                verdict.reason,
             )
 
     # ------------------------------------------------------------------- status

@@ -6,9 +6,13 @@ tasks owned by a ``TaskGroup``, and a graceful drain with a deadline. Only
 as many messages are claimed as there are free slots, so a lease never
 waits behind other work.
 
-Per message, the providers are tried in order: recipients a provider failed
-for a reason of its own (connection, TLS, auth, 421) are offered at once to
-the next one; back-off applies only when every candidate has failed.
+Per message, the providers are tried in order: a recipient whose answer
+moves it on (``relay.outbound.replies`` decides: the provider failed, asked to
+back off, or cannot carry this message) is offered at once to the next one;
+back-off applies only when every candidate has answered. ``_deliver`` is a
+short sequence of named steps; what happens to a recipient no provider
+answered (wait for a limit, expire while waiting, skip for health) is decided
+by the pure functions at the end of this module.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from relay.config import Config
 from relay.errors import SpoolError, UnknownMessage
@@ -28,17 +33,30 @@ from relay.metrics import Metrics
 from relay.model import (
     AttemptStatus,
     Claim,
+    ClaimedRecipient,
     Delivered,
     Outcome,
     PermFailure,
     RecipientStatus,
+    Scope,
     TempFailure,
 )
 from relay.outbound.providers import ProviderSet, Unavailable
+from relay.outbound.replies import final
 from relay.outbound.retry import decide
 from relay.store.spool import Finish, Spool
 
-__all__ = ["Scheduler", "Snapshot"]
+__all__ = [
+    "LimitWait",
+    "Scheduler",
+    "Settled",
+    "Snapshot",
+    "Tried",
+    "expired_while_waiting",
+    "fate",
+    "health_skip",
+    "limit_wait",
+]
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -152,18 +170,54 @@ class Scheduler:
                 )
 
     async def _deliver(self, claim: Claim) -> None:
+        """One attempt for a claimed message, in four steps.
+
+        Read the body; offer each recipient to the providers of its route in
+        turn; settle each recipient (pure ``fate``); then give back those
+        that only wait for a limit, and record the others.
+        """
         snap = self._snapshot()
-        data = claim.data
+        data = await self._body(claim)
         if data is None:
-            try:
-                data = await self._spool.body(claim.message_id)
-            except UnknownMessage:
-                return  # deleted while claimed; nothing to do
-        results: dict[int, tuple[Outcome, str | None]] = {}
-        waits: list[Unavailable] = []
-        # Routing is resolved now, from the current config, for each recipient.
+            return  # deleted while claimed; nothing to do
+        tried = await self._offer(claim, data, snap.providers)
+        now = self._clock()
+        give_up = snap.config.retry.give_up_after
+        fates = {
+            rid: fate(
+                rcpt,
+                tried.answers.get(rid, []),
+                tried.waits.get(rid, []),
+                give_up_after=give_up,
+                now=now,
+            )
+            for rid, rcpt in claim.recipients.items()
+        }
+        await self._wait_for_limits(
+            claim, {r: f for r, f in fates.items() if isinstance(f, LimitWait)}
+        )
+        await self._record(claim, {r: f for r, f in fates.items() if isinstance(f, Settled)}, snap)
+
+    async def _body(self, claim: Claim) -> bytes | None:
+        if claim.data is not None:
+            return claim.data
+        try:
+            return await self._spool.body(claim.message_id)
+        except UnknownMessage:
+            return None
+
+    async def _offer(self, claim: Claim, data: bytes, providers: ProviderSet) -> Tried:
+        """Offer each recipient to the providers of its route, in order.
+
+        Routing is resolved now, from the current config, for each recipient. A
+        recipient moves to the next provider only when the answer says so
+        (``Outcome.moves_on``: the provider failed, asked to back off, or cannot
+        carry this message); a provider that may not be used now (limits,
+        cool-down) is skipped without an attempt and noted in ``waits``.
+        """
+        tried = Tried()
         head = HeaderBlock(data)  # found once per attempt; routing and rewrites read it
-        for rids_of_route, route in snap.providers.plan(claim, head):
+        for rids_of_route, route in providers.plan(claim, head):
             pending = {rid: claim.recipients[rid].address for rid in rids_of_route}
             for provider in route:
                 rids = list(pending)
@@ -184,77 +238,61 @@ class Scheduler:
                     head=head,
                 )
                 if isinstance(got, Unavailable):
-                    waits.append(got)  # skipped (limits, cool-down): not an attempt
+                    for rid in rids:  # skipped (limits, cool-down): not an attempt
+                        tried.waits.setdefault(rid, []).append(got)
                     continue
                 self._metrics.delivery_seconds.labels(provider.id).observe(
                     time.monotonic() - started
                 )
                 for rid, outcome in zip(rids, got, strict=True):
-                    results[rid] = (outcome, provider.id)
-                    if not (isinstance(outcome, TempFailure) and outcome.provider_fault):
+                    tried.answers.setdefault(rid, []).append((provider.id, outcome))
+                    if not outcome.moves_on:
                         del pending[rid]
+                    elif len(route) > 1:
+                        log.info(
+                            "%s: to=<%s> provider=%s did not take it: %s",
+                            claim.queue_id,
+                            pending[rid],
+                            provider.id,
+                            outcome.text,
+                            extra={"event": "failover", "queue_id": claim.queue_id},
+                        )
                 if not pending:
                     break
-        untried = [rid for rid in claim.recipients if rid not in results]
-        if untried and waits and all(w.limit for w in waits):
-            # A recipient past retry.give_up_after expires even while it waits
-            # for a limit; it is decided below like any other temporary failure.
-            give_up = snap.config.retry.give_up_after
-            for rid in [r for r in untried if claim.recipients[r].since + give_up <= self._clock()]:
-                reason = "; ".join(dict.fromkeys(w.reason for w in waits))
-                results[rid] = (
-                    TempFailure(claim.recipients[rid].address, None, f"4.7.0 {reason}"),
-                    None,
-                )
-                untried.remove(rid)
-        if untried and waits and all(w.limit for w in waits):
-            # Every provider these recipients may use is at its daily limit or rate:
-            # they wait, without counting an attempt, until the first one allows.
-            until = min(w.until for w in waits)
-            reason = "4.7.0 waiting: " + "; ".join(dict.fromkeys(w.reason for w in waits))
+        return tried
+
+    async def _wait_for_limits(self, claim: Claim, waits: dict[int, LimitWait]) -> None:
+        """Give back, without counting an attempt, recipients that wait for a limit."""
+        groups: dict[LimitWait, list[int]] = {}
+        for rid, wait in waits.items():
+            groups.setdefault(wait, []).append(rid)
+        for wait, rids in groups.items():
             await self._spool.release(
                 replace(
                     claim,
-                    recipients={r: claim.recipients[r] for r in untried},
-                    attempt_ids={r: claim.attempt_ids[r] for r in untried},
+                    recipients={r: claim.recipients[r] for r in rids},
+                    attempt_ids={r: claim.attempt_ids[r] for r in rids},
                 ),
-                reply=reason,
-                next_attempt_at=until,
+                reply=wait.reason,
+                next_attempt_at=wait.until,
             )
-            for rid in untried:
+            for rid in rids:
                 log.info(
                     "%s: to=<%s> waits until %s: %s",
                     claim.queue_id,
                     claim.recipients[rid].address,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until)),
-                    reason,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wait.until)),
+                    wait.reason,
                 )
-            claim = replace(
-                claim,
-                recipients={r: c for r, c in claim.recipients.items() if r in results},
-            )
-            if not claim.recipients:
-                return
-        elif untried and waits:
-            # Skipped for health (cool-down, a provider's pause): the retry back-off
-            # applies, as if the provider had failed again, honouring its pause.
-            first = min(waits, key=lambda w: w.until)
-            reason = "; ".join(dict.fromkeys(w.reason for w in waits))
-            for rid in untried:
-                results[rid] = (
-                    TempFailure(
-                        claim.recipients[rid].address,
-                        None,
-                        f"4.4.0 no provider available now: {reason}",
-                        retry_after=max(0.0, first.until - self._clock()),
-                        provider_fault=True,
-                    ),
-                    first.provider,
-                )
+
+    async def _record(self, claim: Claim, settled: dict[int, Settled], snap: Snapshot) -> None:
+        """Decide each settled recipient's next state (``retry.decide``) and persist it."""
+        if not settled:
+            return
         now = self._clock()
         finishes = []
-        for rid, rcpt in claim.recipients.items():
-            outcome, provider_id = results.get(rid, (NO_PROVIDER, None))
+        for rid, (outcome, provider_id) in settled.items():
+            rcpt = claim.recipients[rid]
             decision = decide(
                 outcome,
                 attempts=rcpt.attempts + 1,
@@ -281,6 +319,89 @@ class Scheduler:
             _log_outcome(claim, rcpt.address, outcome, decision.status, provider_id)
             self._metrics.deliveries.labels(provider_id or "-", decision.status.value).inc()
         await self._spool.finish(finishes)
+
+
+# ------------------------------------------------------------ pure policy steps
+
+
+@dataclass
+class Tried:
+    """What one attempt's offers gave, per recipient row id."""
+
+    #: (provider id, outcome), in the order the providers answered
+    answers: dict[int, list[tuple[str, Outcome]]] = field(default_factory=dict)
+    #: providers of the recipient's route that were skipped, and why
+    waits: dict[int, list[Unavailable]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitWait:
+    """The recipient waits for a limit to reopen, without counting an attempt."""
+
+    until: float
+    reason: str
+
+
+class Settled(NamedTuple):
+    """The recipient's outcome for this attempt, and the provider that gave it."""
+
+    outcome: Outcome
+    provider: str | None
+
+
+def _reasons(waits: Sequence[Unavailable]) -> str:
+    return "; ".join(dict.fromkeys(w.reason for w in waits))
+
+
+def limit_wait(waits: Sequence[Unavailable]) -> LimitWait | None:
+    """When every provider skipped was at its daily limit or rate: wait for the first to reopen."""
+    if not waits or not all(w.limit for w in waits):
+        return None
+    return LimitWait(min(w.until for w in waits), f"4.7.0 waiting: {_reasons(waits)}")
+
+
+def expired_while_waiting(since: float, *, give_up_after: float, now: float) -> bool:
+    """A recipient past ``retry.give_up_after`` expires even while it waits for a limit."""
+    return since + give_up_after <= now
+
+
+def health_skip(address: str, waits: Sequence[Unavailable], *, now: float) -> Settled:
+    """Every provider was skipped for health (cool-down, a pause), or some for a limit.
+
+    The retry back-off applies, as if the provider had failed again, honouring
+    the end of the shortest pause.
+    """
+    first = min(waits, key=lambda w: w.until)
+    outcome = TempFailure(
+        address,
+        None,
+        f"4.4.0 no provider available now: {_reasons(waits)}",
+        retry_after=max(0.0, first.until - now),
+        scope=Scope.PROVIDER,
+    )
+    return Settled(outcome, first.provider)
+
+
+def fate(
+    rcpt: ClaimedRecipient,
+    answers: Sequence[tuple[str, Outcome]],
+    waits: Sequence[Unavailable],
+    *,
+    give_up_after: float,
+    now: float,
+) -> LimitWait | Settled:
+    """What becomes of one recipient after the providers of its route were offered it."""
+    if answers:
+        waiting = _reasons(waits) if waits else None
+        wait = max(0.0, min(w.until for w in waits) - now) if waits else 0.0
+        return Settled(final(answers, waiting=waiting, wait=wait), answers[-1][0])
+    if (limited := limit_wait(waits)) is not None:
+        if expired_while_waiting(rcpt.since, give_up_after=give_up_after, now=now):
+            return Settled(TempFailure(rcpt.address, None, f"4.7.0 {_reasons(waits)}"), None)
+        return limited
+    if waits:
+        return health_skip(rcpt.address, waits, now=now)
+    return Settled(replace(NO_PROVIDER, recipient=rcpt.address), None)
 
 
 def _log_outcome(

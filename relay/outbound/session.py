@@ -1,15 +1,11 @@
 """Outbound SMTP: one transaction to one upstream, and what it meant per recipient.
 
 ``Session`` wraps one aiosmtplib connection (connect, STARTTLS, AUTH, then any
-number of transactions); ``classify`` is the single place where an exception
-or a reply becomes an ``Outcome``. The rule (stamina's: never retry blindly):
-
-* 2xx after DATA: delivered;
-* 5xx to MAIL, RCPT or DATA: a permanent failure of that recipient;
-* 4xx: temporary; 421, a ``4.7.x`` throttle, a "try again in N minutes" hint
-  and every connection, TLS, timeout or AUTH problem are also the *provider's*
-  fault, so another provider may take the mail at once;
-* anything unexpected: temporary, and logged loudly as a bug.
+number of transactions) and reports, per recipient, the reply it got and to
+which command (``Phase``). What a reply *means* (delivered, this recipient
+waits, the provider failed or asked to back off, this provider cannot carry
+it, a permanent failure) is decided in ``relay.outbound.replies`` alone;
+``classify`` only hands it the reply or the exception.
 
 The body after DATA is prepared by ``message.wire_data``: every line ending
 written as CRLF and dot-stuffed (RFC 5321 § 4.5.2), as aiosmtplib would, but
@@ -21,7 +17,6 @@ line endings by default for that reason.
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,8 +35,19 @@ from aiosmtplib import (
 )
 
 from relay.message import wire_data
-from relay.model import Delivered, Outcome, PermFailure, TempFailure, valid_address
+from relay.model import Outcome, PermFailure, valid_address
 from relay.outbound.oauth import OAuthError, TokenSource
+from relay.outbound.replies import (
+    Phase,
+    closes_channel,
+    error_outcome,
+    format_reply,
+    no_smtputf8,
+    reply_outcome,
+    retry_hint,
+    shared_refusal,
+    unreadable,
+)
 
 __all__ = [
     "ProviderError",
@@ -90,30 +96,6 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
-_HINT = re.compile(
-    r"(?:try\s+(?:again\s+)?(?:later\s+)?in|retry\s+in|after)\s+(\d+)\s*"
-    r"(s|sec|secs|seconds?|m|min|mins|minutes?|h|hours?)\b",
-    re.IGNORECASE,
-)
-
-
-def retry_hint(text: str) -> float | None:
-    """Seconds a provider asked us to wait ("try again in 5 minutes"), if any."""
-    match = _HINT.search(text)
-    if not match:
-        return None
-    n, unit = int(match.group(1)), match.group(2).lower()
-    return float(n * (3600 if unit.startswith("h") else 60 if unit.startswith("m") else 1))
-
-
-_THROTTLE = re.compile(r"^\s*4\.7\.\d{1,3}\b")
-
-
-def _is_throttle(text: str) -> bool:
-    """A ``4.7.x`` enhanced status (RFC 3463: security or policy), e.g. a rate limit."""
-    return _THROTTLE.match(text) is not None
-
-
 def insecure_auth(up: Upstream) -> str | None:
     """Why credentials may not be sent on this connection, or ``None`` if they may."""
     if up.allow_insecure_auth:
@@ -128,61 +110,44 @@ def insecure_auth(up: Upstream) -> str | None:
     return None
 
 
-def _reply(code: int | None, message: str) -> str:
-    text = " ".join(message.split())
-    return f"{code} {text}" if code is not None and code > 0 else text
-
-
 def classify(
-    recipient: str, exc: BaseException | None = None, *, code: int | None = None, text: str = ""
+    recipient: str,
+    exc: BaseException | None = None,
+    *,
+    code: int | None = None,
+    text: str = "",
+    phase: Phase = Phase.DATA,
+    shared: bool = False,
 ) -> Outcome:
-    """Turn a reply code, or an exception, into one recipient's outcome."""
+    """One recipient's outcome from a reply to ``phase``, or from an exception.
+
+    The meaning is ``relay.outbound.replies``'s; this only knows ``ProviderError``
+    (the provider could take no mail at all: connect, TLS, EHLO, AUTH).
+    """
+    if isinstance(exc, ProviderError):
+        return reply_outcome(
+            recipient,
+            Phase.CONNECT,
+            exc.code,
+            exc.text.removeprefix(f"{exc.code} ") if exc.code is not None else exc.text,
+            reply=exc.text,
+            retry_after=exc.retry_after,
+        )
     if exc is not None:
-        if isinstance(exc, SMTPResponseException):
-            code, text = exc.code, exc.message
-            if isinstance(exc, SMTPAuthenticationError):
-                return TempFailure(
-                    recipient,
-                    code,
-                    f"authentication failed: {_reply(code, text)}",
-                    provider_fault=True,
-                )
-        elif isinstance(exc, ProviderError):
-            return TempFailure(
-                recipient, exc.code, exc.text, retry_after=exc.retry_after, provider_fault=True
-            )
-        elif isinstance(exc, SMTPTimeoutError | TimeoutError):
-            return TempFailure(
-                recipient,
-                None,
-                f"4.4.1 timeout talking to the provider: {exc}",
-                provider_fault=True,
-            )
-        elif isinstance(exc, ssl.SSLError):
-            return TempFailure(recipient, None, f"4.7.5 TLS failure: {exc}", provider_fault=True)
-        elif isinstance(exc, SMTPServerDisconnected | ConnectionError | OSError):
-            return TempFailure(
-                recipient, None, f"4.4.2 connection lost: {exc}", provider_fault=True
-            )
-        else:
-            log.error("unexpected delivery error for %s; deferring", recipient, exc_info=exc)
-            return TempFailure(
-                recipient, None, f"4.3.0 internal error: {type(exc).__name__}: {exc}"
-            )
-    reply = _reply(code, text)
-    if code is not None and 200 <= code < 300:
-        return Delivered(recipient, code, reply)
-    # aiosmtplib reports a reply it could not read as 500 "Response too long"
-    # or code -1: our side's problem, never the upstream's 5xx.
-    local = code == 500 and text.startswith("Response too long")
-    if code is not None and 500 <= code < 600 and not local:
-        return PermFailure(recipient, code, reply)
-    # 4xx, and local protocol errors (code -1, "Response too long")
-    hint = retry_hint(text)
-    fault = code == 421 or (
-        code is not None and 400 <= code < 500 and (hint is not None or _is_throttle(text))
-    )
-    return TempFailure(recipient, code, reply, retry_after=hint, provider_fault=fault)
+        return error_outcome(recipient, exc, phase, shared=shared)
+    return reply_outcome(recipient, phase, code, text, shared=shared)
+
+
+def _without_smtputf8(sender: str, recipients: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(recipients this provider can carry without SMTPUTF8, those it cannot).
+
+    RFC 6531 § 3.4: a non-ASCII address may only be sent with SMTPUTF8. A
+    non-ASCII sender takes every recipient with it; otherwise only the
+    non-ASCII recipients are left for a provider that offers SMTPUTF8.
+    """
+    if not sender.isascii():
+        return [], list(recipients)
+    return [r for r in recipients if r.isascii()], [r for r in recipients if not r.isascii()]
 
 
 def smtp_client(
@@ -309,12 +274,12 @@ class Session:
         except SMTPAuthenticationError as exc:
             self.close()
             raise ProviderError(
-                f"authentication failed: {_reply(exc.code, exc.message)}", exc.code
+                f"authentication failed: {format_reply(exc.code, exc.message)}", exc.code
             ) from exc
         except SMTPResponseException as exc:
             self.close()
             raise ProviderError(
-                _reply(exc.code, exc.message), exc.code, retry_after=retry_hint(exc.message)
+                format_reply(exc.code, exc.message), exc.code, retry_after=retry_hint(exc.message)
             ) from exc
         except (SMTPException, OSError, TimeoutError) as exc:
             self.close()
@@ -338,19 +303,17 @@ class Session:
         # after an aborted one, and those close the connection here). A dead
         # reused connection shows up at MAIL instead, before anything was sent.
         reused = self.transactions > 0
+        phase = Phase.MAIL
         try:
             self.transactions += 1
             utf8 = not all(a.isascii() for a in (sender, *recipients))
+            carried = list(recipients)
             if utf8 and not smtp.supports_extension("smtputf8"):
-                return [
-                    PermFailure(
-                        r,
-                        553,
-                        "553 5.6.7 the provider does not support SMTPUTF8 "
-                        "and an address is not ASCII",
-                    )
-                    for r in recipients
-                ]
+                carried, cannot = _without_smtputf8(sender, recipients)
+                decided.update((r, no_smtputf8(r)) for r in cannot)
+                if not carried:
+                    return [decided[r] for r in recipients]
+                utf8 = False
             options = []
             if smtp.supports_extension("size"):
                 options.append(f"SIZE={len(data)}")
@@ -367,40 +330,55 @@ class Session:
                 self.close()
                 raise StaleSession(str(exc)) from exc
             except SMTPResponseException as exc:
-                return [classify(r, exc) for r in recipients]
+                decided.update((r, classify(r, exc, phase=Phase.MAIL)) for r in carried)
+                return [decided[r] for r in recipients]
             except ValueError as exc:  # aiosmtplib refuses to put it on the wire
                 text = f"553 5.1.7 sender address cannot be sent: {exc}"
-                return [PermFailure(r, 553, text) for r in recipients]
+                decided.update((r, PermFailure(r, 553, text)) for r in carried)
+                return [decided[r] for r in recipients]
+            phase = Phase.RCPT
             accepted = []
-            for rcpt in recipients:
+            refused: dict[str, SMTPResponseException] = {}
+            for rcpt in carried:
                 try:
                     await _rcpt(smtp, rcpt, enc)
                     accepted.append(rcpt)
                 except SMTPResponseException as exc:
-                    decided[rcpt] = classify(rcpt, exc)
-                    if exc.code == 421:
-                        raise
+                    refused[rcpt] = exc
+                    decided[rcpt] = classify(rcpt, exc, phase=Phase.RCPT)
+                    if closes_channel(exc.code):
+                        raise  # nothing more can be sent on this connection
                 except ValueError as exc:
                     text = f"553 5.1.3 recipient address cannot be sent: {exc}"
                     decided[rcpt] = PermFailure(rcpt, 553, text)
+            if len(refused) == len(carried) and shared_refusal(
+                [(e.code, e.message) for e in refused.values()]
+            ):
+                # The same 4xx to every recipient speaks for the provider.
+                for r, refusal in refused.items():
+                    decided[r] = classify(r, refusal, phase=Phase.RCPT, shared=True)
             if accepted:
+                phase = Phase.DATA
+                shared = len(accepted) > 1
                 try:
                     reply = await _data(
                         smtp, data, read_timeout=up.data_timeout, crlf_only=crlf_only
                     )
                     for r in accepted:
-                        decided[r] = classify(r, code=reply.code, text=reply.message)
+                        decided[r] = classify(
+                            r, code=reply.code, text=reply.message, phase=Phase.DATA
+                        )
                 except SMTPResponseException as exc:
                     for r in accepted:
-                        decided[r] = classify(r, exc)
-                    if not 200 <= exc.code < 600 or exc.message.startswith("Response too long"):
+                        decided[r] = classify(r, exc, phase=Phase.DATA, shared=shared)
+                    if unreadable(exc.code, exc.message):
                         self.close()  # a reply we could not read: the session is desynced
             else:
                 await smtp.rset()
         except (SMTPException, OSError, TimeoutError) as exc:
             self.close()
             for r in recipients:
-                decided.setdefault(r, classify(r, exc))
+                decided.setdefault(r, classify(r, exc, phase=phase))
         return [decided[r] for r in recipients]
 
     async def quit(self) -> None:
