@@ -52,6 +52,11 @@ class DaemonStatus:
     accept_workers: int = 0
     #: ... and how many of them serve the sockets now
     accept_workers_alive: int = 0
+    #: a bounce mailbox is configured ...
+    bounce_mailbox: bool = False
+    #: ... and its last poll failed with this ('' when it works)
+    bounce_mailbox_error: str = ""
+    bounce_mailbox_last_ok_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

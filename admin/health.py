@@ -9,7 +9,8 @@ Three states, judged from facts the store and the daemon report:
 * ``degraded`` (HTTP 200): mail flows, but something needs a look before it
   gets worse: the WAL checkpointer fails or stopped (the writers' own
   checkpoints keep the spool going, more slowly), or fewer accept workers run
-  than configured (the dead one is being replaced).
+  than configured (the dead one is being replaced), or the bounce mailbox
+  cannot be read (bounces wait there; delivery goes on).
 * ``ok`` (HTTP 200).
 
 Degraded answers 200 on purpose: an orchestrator restarting a relay that
@@ -83,6 +84,9 @@ def assess(
         warn.append(
             f"{status.accept_workers_alive} of {status.accept_workers} accept workers running"
         )
+    if status.bounce_mailbox and status.bounce_mailbox_error:
+        # Bounces wait in the mailbox; delivery is not affected.
+        warn.append(f"bounce mailbox: {status.bounce_mailbox_error}")
     state = State.UNHEALTHY if bad else State.DEGRADED if warn else State.OK
     return Health(state, bad + warn, spool_readable, spool, status, oldest_pending_age)
 

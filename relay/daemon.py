@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING
 
 from admin.backend import Backend, DaemonStatus
 from relay import logsetup
+from relay.bounces.poller import BouncePoller
 from relay.config import Config, load
 from relay.errors import ConfigError, SpoolError
 from relay.inbound.listener import Listener, RelayHandler, start_listeners
 from relay.inbound.workers import AcceptorPool, WorkerSettings
 from relay.metrics import Metrics
+from relay.outbound.oauth import TokenSource
 from relay.outbound.probe import TestReport, test_provider
 from relay.outbound.providers import ProviderSet
 from relay.outbound.scheduler import Scheduler, Snapshot
@@ -77,6 +79,9 @@ class Daemon:
         self.acceptors: AcceptorPool | None = None
         self.scheduler: Scheduler | None = None
         self.admin: AdminServer | None = None
+        #: the bounce mailbox's poller (runs whether or not one is configured: a reload may add it)
+        self.bounces: BouncePoller | None = None
+        self._mailbox_oauth: TokenSource | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         self.started_at = clock()
@@ -225,6 +230,9 @@ class Daemon:
             last_reload_at=self.last_reload_at,
             accept_workers=acceptors.configured if acceptors is not None else 0,
             accept_workers_alive=acceptors.alive if acceptors is not None else 0,
+            bounce_mailbox=self.config.bounces.mailbox is not None,
+            bounce_mailbox_error=self.bounces.status.last_error if self.bounces else "",
+            bounce_mailbox_last_ok_at=self.bounces.status.last_ok_at if self.bounces else None,
         )
 
     async def test_connection(self, provider_id: str) -> TestReport:
@@ -336,6 +344,13 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.scheduler.run(self._stop), name="scheduler")
                 tg.create_task(self._prune_loop(), name="pruner")
+                self.bounces = BouncePoller(
+                    spool.suppressions,
+                    lambda: self.config,
+                    clock=self._clock,
+                    oauth_token=self._mailbox_token,
+                )
+                tg.create_task(self.bounces.run(self._stop), name="bounces")
                 if cfg.admin.enabled:
                     from admin.server import AdminServer
 
@@ -360,6 +375,18 @@ class Daemon:
                         self.acceptors.stop_accepting(self._session_grace())
                     if self.admin is not None:
                         self.admin.stop()
+
+    async def _mailbox_token(self) -> str:
+        """An XOAUTH2 access token for the bounce mailbox (Microsoft 365, Gmail)."""
+        box = self.config.bounces.mailbox
+        assert box is not None and box.oauth2 is not None
+        source = self._mailbox_oauth
+        if source is None or not source.same_settings(box.oauth2):
+            source = TokenSource(
+                box.oauth2, provider_id="bounces.mailbox", clock=self._clock, grants=self.spool
+            )
+            self._mailbox_oauth = source
+        return await source.token()
 
     def _worker_settings(self) -> WorkerSettings:
         cfg = self.config

@@ -33,6 +33,7 @@ __all__ = [
     "header_end",
     "received_header",
     "rewrite",
+    "stream_of",
     "wire_data",
 ]
 
@@ -115,6 +116,24 @@ class HeaderBlock:
             if fname == wanted:
                 return " ".join(_value(field).decode("utf-8", "replace").split())
         return None
+
+
+_LIST_ID = re.compile(r"<([^<>\s]+)>")
+
+
+def stream_of(head: HeaderBlock, headers: list[str]) -> str:
+    """The message's stream (a newsletter, a campaign): the first of ``headers`` it has.
+
+    ``List-Id`` (RFC 2919) names its list in angle brackets after an optional
+    phrase; that part is the stream. Lower-cased, at most 200 characters.
+    """
+    for name in headers:
+        value = head.value(name)
+        if value:
+            if name.lower() == "list-id" and (m := _LIST_ID.search(value)):
+                value = m.group(1)
+            return value.strip().lower()[:200]
+    return ""
 
 
 # --------------------------------------------------------- per-provider rewrite

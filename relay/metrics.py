@@ -41,6 +41,25 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        self.bounces = Counter(
+            "sluice_bounces",
+            "Bounces recorded, by kind (hard, soft) and source (smtp: a provider's refusal; "
+            "dsn: read from the bounce mailbox).",
+            ["kind", "source"],
+            registry=r,
+        )
+        self.suppressed = Counter(
+            "sluice_suppressed_recipients",
+            "Recipients not sent because they are on the suppression list, by the entry's source.",
+            ["source"],
+            registry=r,
+        )
+        self.suppressions_added = Counter(
+            "sluice_suppressions_added",
+            "Addresses put on the suppression list by the daemon (bounce threshold), by source.",
+            ["source"],
+            registry=r,
+        )
         self.queue = Gauge(
             "sluice_queue_recipients",
             "Recipients in the spool by state (read at scrape time).",

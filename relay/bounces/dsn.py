@@ -12,7 +12,7 @@ detector's permanent failure. Soft means temporary: ``Action: delayed`` or a
 notices) are not bounces, unless they carry a delivery-status report.
 
 Which message a bounce answers: the VERP token in the address it was sent to
-(``relay.bounces.verp``), else Sluice's own ``Received:`` line in the returned
+(``relay.verp``), else Sluice's own ``Received:`` line in the returned
 headers (``by HOST (Sluice) with ESMTP id QUEUEID``), which every message
 relayed by Sluice carries.
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
 from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
-from relay.bounces.verp import parse as parse_verp
 from relay.config import BounceSettings, Config, MailboxSettings
 from relay.store.suppressions import NewBounce, Suppressions, Threshold
+from relay.verp import parse as parse_verp
 
-__all__ = ["BouncePoller", "PollResult", "PollStatus", "threshold_of"]
+__all__ = ["BouncePoller", "PollResult", "PollStatus"]
 
 log = logging.getLogger("sluice.bounces")
 
@@ -70,10 +70,6 @@ class _Parsed:
     report: BounceReport | None
     raw: bytes | None
     problem: str = ""
-
-
-def threshold_of(b: BounceSettings) -> Threshold:
-    return Threshold(b.threshold, b.window, b.soft_as_hard_after, b.expire_after)
 
 
 class BouncePoller:
@@ -130,7 +126,7 @@ class BouncePoller:
             self._failed(str(exc))
             raise
         result.fetched = len(parsed)
-        threshold = threshold_of(cfg.bounces)
+        threshold = Threshold.of(cfg.bounces)
         for item in parsed:
             if item.problem:
                 if item.report is None and item.raw is None and "over" in item.problem:

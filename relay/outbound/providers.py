@@ -248,12 +248,15 @@ class Provider:
         *,
         crlf_only: bool = False,
         head: HeaderBlock | None = None,
+        envelope_sender: str | None = None,
     ) -> list[Outcome] | Unavailable:
         """One attempt through this provider, or why it cannot be used now.
 
         ``crlf_only``: every line of ``data`` is known to end in CRLF, so the
         send need not check again (it does whenever a rewrite changed it).
         ``head``: the header block of ``data``, parsed once per attempt by the caller.
+        ``envelope_sender``: the return path to use as is (the bounce address,
+        or its VERP form), instead of the app's sender or ``send_from``.
         """
         if (blocked := self.blocked()) is not None:
             return blocked
@@ -281,7 +284,7 @@ class Provider:
                 )
             if wait > 0:
                 await asyncio.sleep(wait)
-        sender_out = s.send_from if s.send_from is not None else sender
+        sender_out = envelope_sender or (s.send_from if s.send_from is not None else sender)
         data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name, head=head)
         async with self._slots:
             outcomes = await self._send(

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from relay.config import Config
 from relay.errors import SpoolError, UnknownMessage
-from relay.message import HeaderBlock
+from relay.message import HeaderBlock, stream_of
 from relay.metrics import Metrics
 from relay.model import (
     AttemptStatus,
@@ -42,9 +42,11 @@ from relay.model import (
     TempFailure,
 )
 from relay.outbound.providers import ProviderSet, Unavailable
-from relay.outbound.replies import final
+from relay.outbound.replies import enhanced_status, final, hard_bounce
 from relay.outbound.retry import decide
 from relay.store.spool import Finish, Spool
+from relay.store.suppressions import NewBounce, Threshold, normalize
+from relay.verp import verp_address
 
 __all__ = [
     "LimitWait",
@@ -180,7 +182,11 @@ class Scheduler:
         data = await self._body(claim)
         if data is None:
             return  # deleted while claimed; nothing to do
-        tried = await self._offer(claim, data, snap.providers)
+        head = HeaderBlock(data)  # found once per attempt; routing and rewrites read it
+        claim = await self._skip_suppressed(claim, head, snap)
+        if not claim.recipients:
+            return
+        tried = await self._offer(claim, data, head, snap)
         now = self._clock()
         give_up = snap.config.retry.give_up_after
         fates = {
@@ -206,7 +212,55 @@ class Scheduler:
         except UnknownMessage:
             return None
 
-    async def _offer(self, claim: Claim, data: bytes, providers: ProviderSet) -> Tried:
+    async def _skip_suppressed(self, claim: Claim, head: HeaderBlock, snap: Snapshot) -> Claim:
+        """Finish recipients on the suppression list as ``suppressed``; the claim without them.
+
+        The list is read at every attempt (an entry added while mail waits
+        applies to it), for the message's stream and for every stream.
+        """
+        stream = stream_of(head, snap.config.suppression.stream_headers)
+        found = await self._spool.suppressions.active_many(
+            (r.address for r in claim.recipients.values()), stream
+        )
+        if not found:
+            return claim
+        skipped = {
+            rid: found[normalize(r.address)]
+            for rid, r in claim.recipients.items()
+            if normalize(r.address) in found
+        }
+        finishes = []
+        for rid, entry in skipped.items():
+            scope = f" for {entry.scope}" if entry.scope else ""
+            reply = f"5.7.1 suppressed{scope} ({entry.source}): {entry.reason}"
+            finishes.append(
+                Finish(
+                    recipient_id=rid,
+                    attempt_id=claim.attempt_ids[rid],
+                    status=RecipientStatus.SUPPRESSED,
+                    attempt_status=AttemptStatus.SUPPRESSED,
+                    next_attempt_at=None,
+                    code=None,
+                    reply=reply,
+                    provider=None,
+                )
+            )
+            log.info(
+                "%s: to=<%s> status=suppressed reply=%s",
+                claim.queue_id,
+                claim.recipients[rid].address,
+                reply,
+                extra={"event": "outcome", "queue_id": claim.queue_id},
+            )
+            self._metrics.suppressed.labels(entry.source).inc()
+        await self._spool.finish(finishes)
+        return replace(
+            claim,
+            recipients={r: c for r, c in claim.recipients.items() if r not in skipped},
+            attempt_ids={r: a for r, a in claim.attempt_ids.items() if r not in skipped},
+        )
+
+    async def _offer(self, claim: Claim, data: bytes, head: HeaderBlock, snap: Snapshot) -> Tried:
         """Offer each recipient to the providers of its route, in order.
 
         Routing is resolved now, from the current config, for each recipient. A
@@ -216,8 +270,8 @@ class Scheduler:
         cool-down) is skipped without an attempt and noted in ``waits``.
         """
         tried = Tried()
-        head = HeaderBlock(data)  # found once per attempt; routing and rewrites read it
-        for rids_of_route, route in providers.plan(claim, head):
+        bounces = snap.config.bounces
+        for rids_of_route, route in snap.providers.plan(claim, head):
             pending = {rid: claim.recipients[rid].address for rid in rids_of_route}
             for provider in route:
                 rids = list(pending)
@@ -229,22 +283,29 @@ class Scheduler:
                     ",".join(f"<{pending[r]}>" for r in rids),
                     extra={"event": "attempt", "queue_id": claim.queue_id},
                 )
-                started = time.monotonic()
-                got = await provider.deliver(
-                    claim.sender,
-                    [pending[r] for r in rids],
-                    data,
-                    crlf_only=claim.crlf_only,
-                    head=head,
-                )
-                if isinstance(got, Unavailable):
-                    for rid in rids:  # skipped (limits, cool-down): not an attempt
-                        tried.waits.setdefault(rid, []).append(got)
-                    continue
-                self._metrics.delivery_seconds.labels(provider.id).observe(
-                    time.monotonic() - started
-                )
-                for rid, outcome in zip(rids, got, strict=True):
+                answered: list[tuple[int, Outcome]] = []
+                for group, envelope in _return_paths(
+                    rids, claim.queue_id, provider.settings.bounce_address or bounces.address,
+                    verp=bounces.verp,
+                ):  # fmt: skip
+                    started = time.monotonic()
+                    got = await provider.deliver(
+                        claim.sender,
+                        [pending[r] for r in group],
+                        data,
+                        crlf_only=claim.crlf_only,
+                        head=head,
+                        envelope_sender=envelope,
+                    )
+                    if isinstance(got, Unavailable):
+                        for rid in group:  # skipped (limits, cool-down): not an attempt
+                            tried.waits.setdefault(rid, []).append(got)
+                        continue
+                    self._metrics.delivery_seconds.labels(provider.id).observe(
+                        time.monotonic() - started
+                    )
+                    answered.extend(zip(group, got, strict=True))
+                for rid, outcome in answered:
                     tried.answers.setdefault(rid, []).append((provider.id, outcome))
                     if not outcome.moves_on:
                         del pending[rid]
@@ -319,6 +380,39 @@ class Scheduler:
             _log_outcome(claim, rcpt.address, outcome, decision.status, provider_id)
             self._metrics.deliveries.labels(provider_id or "-", decision.status.value).inc()
         await self._spool.finish(finishes)
+        if snap.config.bounces.count_smtp_refusals:
+            for rid, (outcome, provider_id) in settled.items():
+                if hard_bounce(outcome):
+                    await self._smtp_bounce(claim, rid, outcome, provider_id, snap)
+
+    async def _smtp_bounce(
+        self, claim: Claim, rid: int, outcome: Outcome, provider: str | None, snap: Snapshot
+    ) -> None:
+        """A provider's refusal of the address itself counts as a hard bounce."""
+        address = claim.recipients[rid].address
+        entry = await self._spool.suppressions.record_bounce(
+            NewBounce(
+                address=address,
+                kind="hard",
+                source="smtp",
+                status=enhanced_status(outcome.text),
+                diagnostic=f"{provider or '-'}: {outcome.text}",
+                queue_id=claim.queue_id,
+                recipient_id=rid,
+                key=f"smtp:{claim.attempt_ids[rid]}",
+            ),
+            Threshold.of(snap.config.bounces),
+        )
+        self._metrics.bounces.labels("hard", "smtp").inc()
+        if entry is not None:
+            self._metrics.suppressions_added.labels(entry.source).inc()
+            log.warning(
+                "%s: <%s> is now suppressed: %s",
+                claim.queue_id,
+                address,
+                entry.reason,
+                extra={"event": "suppressed", "queue_id": claim.queue_id},
+            )
 
 
 # ------------------------------------------------------------ pure policy steps
@@ -347,6 +441,16 @@ class Settled(NamedTuple):
 
     outcome: Outcome
     provider: str | None
+
+
+def _return_paths(
+    rids: list[int], queue_id: str, bounce_address: str | None, *, verp: bool
+) -> list[tuple[list[int], str | None]]:
+    """The envelope sender of each transaction: the app's own (None), the bounce
+    address, or, with VERP, one return path (and so one transaction) per recipient."""
+    if bounce_address and verp:
+        return [([rid], verp_address(bounce_address, queue_id, rid)) for rid in rids]
+    return [(rids, bounce_address)]
 
 
 def _reasons(waits: Sequence[Unavailable]) -> str:

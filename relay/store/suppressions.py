@@ -16,6 +16,7 @@ api), a reason, and an optional expiry. Addresses are compared lower-cased.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from relay.config import BounceSettings
 from relay.store.sql import QUERIES
 from relay.store.writer import Writer
 
@@ -126,6 +128,11 @@ class Threshold:
     soft_as_hard_after: float | None = None
     #: a suppression from bounces lifts itself after this long (None: never)
     expire_after: float | None = None
+
+    @classmethod
+    def of(cls, b: BounceSettings) -> Threshold:
+        """The rule ``bounces:`` in the config sets."""
+        return cls(b.threshold, b.window, b.soft_as_hard_after, b.expire_after)
 
 
 class Suppressions:
@@ -276,6 +283,22 @@ class Suppressions:
         ) as cur:
             row = await cur.fetchone()
         return Suppression.from_row(row) if row is not None else None
+
+    async def active_many(
+        self, addresses: Iterable[str], stream: str = ""
+    ) -> dict[str, Suppression]:
+        """The entries that keep mail of ``stream`` from any of ``addresses`` now, by address."""
+        wanted = sorted({normalize(a) for a in addresses})
+        if not wanted:
+            return {}
+        found: dict[str, Suppression] = {}
+        async with self._reader.execute(
+            QUERIES["suppressions_active_many"],
+            {"addresses": json.dumps(wanted), "stream": stream, "now": self._clock()},
+        ) as cur:
+            async for row in cur:
+                found.setdefault(row["address"], Suppression.from_row(row))
+        return found
 
     async def page(
         self,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
-from relay.bounces.verp import parse, verp_address
+from relay.verp import parse, verp_address
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

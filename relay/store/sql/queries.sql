@@ -111,11 +111,12 @@ DELETE FROM attempts WHERE started_at < :before AND status != 'IN PROGRESS';
 -- Drop messages whose every recipient reached a final state long enough ago.
 DELETE FROM messages WHERE id IN (
     SELECT r.message_id FROM recipients AS r
-    WHERE r.status IN ('sent', 'failed', 'expired') AND r.updated_at < :before
+    WHERE r.status IN ('sent', 'failed', 'expired', 'suppressed') AND r.updated_at < :before
     AND NOT EXISTS (
         SELECT 1 FROM recipients AS o
         WHERE o.message_id = r.message_id
-          AND (o.status NOT IN ('sent', 'failed', 'expired') OR o.updated_at >= :before)
+          AND (o.status NOT IN ('sent', 'failed', 'expired', 'suppressed')
+               OR o.updated_at >= :before)
     )
     LIMIT :limit
 );
@@ -273,3 +274,12 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- name: health_probe_drop
 -- ... removed in the same transaction (its pages go to the free list, for later use).
 DELETE FROM meta WHERE key = 'health.probe';
+
+-- name: suppressions_active_many
+-- Which of a message's recipients are suppressed for its stream, now
+-- (:addresses is a JSON array of lower-cased addresses).
+SELECT address, scope, source, reason, created_at, expires_at FROM suppressions
+WHERE address IN (SELECT value FROM json_each(:addresses))
+  AND (scope = '' OR scope = :stream)
+  AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY scope DESC;

@@ -43,8 +43,11 @@ CREATE INDEX IF NOT EXISTS recipients_due
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
 CREATE INDEX IF NOT EXISTS recipients_sending ON recipients(id) WHERE status = 'sending';
 CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status, id);
-CREATE INDEX IF NOT EXISTS recipients_terminal
-    ON recipients(updated_at) WHERE status IN ('sent', 'failed', 'expired');
+-- Finished recipients, for pruning. (It replaces recipients_terminal, made
+-- before 'suppressed' was a final state: a partial index cannot be altered.)
+DROP INDEX IF EXISTS recipients_terminal;
+CREATE INDEX IF NOT EXISTS recipients_finished
+    ON recipients(updated_at) WHERE status IN ('sent', 'failed', 'expired', 'suppressed');
 
 CREATE TABLE IF NOT EXISTS attempts (
     id           INTEGER PRIMARY KEY,

@@ -1,0 +1,186 @@
+"""Bounces end to end, with real peers: Sluice -> Postfix -> genuine DSN -> Dovecot -> Sluice.
+
+Sluice relays through a private Postfix that accepts every address of
+``undeliverable.test`` at SMTP time and then bounces it, so Postfix writes a
+real RFC 3464 report back to the envelope sender: Sluice's VERP address
+``bounces+QUEUEID-RCPTID@bounce.test``, which Postfix delivers into a Maildir
+that a private Dovecot serves. Sluice's poller reads it over IMAP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from relay.model import AttemptStatus, RecipientStatus
+from tests.bounces.mailhost import Dovecot, Mailhost, dovecot, mailhost
+from tests.conftest import Running, SluiceFactory, eventually, smtp_send
+from tests.daemon_proc import run_cli
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "b0unce-pw"
+GONE = "gone@undeliverable.test"
+OK = "ok@bounce.test"
+
+
+@dataclass
+class Peers:
+    imap: Dovecot
+    mx: Mailhost
+
+    def delivered_to(self, mailbox: str) -> int:
+        new = self.imap.mail_dir / mailbox / "new"
+        return len(list(new.iterdir())) if new.exists() else 0
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    async with dovecot({"bounces": PASSWORD}) as imap:
+        async with mailhost(imap.mail_dir, mailboxes=("bounces", "ok")) as mx:
+            yield Peers(imap, mx)
+
+
+def sections(peers: Peers, **bounces: object) -> dict[str, object]:
+    return {
+        "bounces": {
+            "address": "bounces@bounce.test",
+            "verp": True,
+            "threshold": 2,
+            "mailbox": {
+                "host": "127.0.0.1",
+                "port": peers.imap.port,
+                "encryption": "none",
+                "username": "bounces",
+                "password": PASSWORD,
+                "poll_interval": "200ms",
+            },
+            **bounces,
+        }
+    }
+
+
+def message(subject: str, *, stream: str | None = None) -> bytes:
+    extra = f"X-Sluice-Stream: {stream}\r\n" if stream else ""
+    return (
+        f"From: app@example.org\r\nTo: someone\r\nSubject: {subject}\r\n{extra}\r\nbody\r\n"
+    ).encode()
+
+
+async def send(s: Running, rcpts: list[str], subject: str, **kw: str) -> str:
+    refused, reply = await smtp_send(s.port, "app@example.org", rcpts, message(subject, **kw))
+    assert refused == {}
+    return reply.rsplit(" ", 1)[-1]
+
+
+async def statuses(s: Running, qid: str) -> dict[str, RecipientStatus]:
+    return {r.email: r.status for r in (await s.spool.get(qid)).recipients}
+
+
+async def test_bounces_suppress_an_address_then_remove_lets_it_through(
+    sluice: SluiceFactory, peers: Peers
+) -> None:
+    provider = {"id": "mx", "host": "127.0.0.1", "port": peers.mx.port, "encryption": "none"}
+    async with sluice([provider], **sections(peers)) as s:
+        book = s.spool.suppressions
+        # 1: Postfix takes both (250), then bounces GONE: a real DSN comes back.
+        first = await send(s, [GONE, OK], "first")
+        await eventually(lambda: peers.delivered_to("ok") == 1, within=30)
+        await eventually(lambda: _bounces(s, GONE, 1), within=30)
+        detail = await s.spool.get(first)
+        assert {r.email: r.status for r in detail.recipients} == {
+            GONE: RecipientStatus.SENT,
+            OK: RecipientStatus.SENT,
+        }
+        # The log shows SUCCESS, then BOUNCED with the remote MTA's words.
+        gone_log = [a for a in detail.attempts if a.email == GONE]
+        assert [a.status for a in gone_log] == [AttemptStatus.SUCCESS, AttemptStatus.BOUNCED]
+        assert "5.1.1" in gone_log[-1].reason
+        (bounce,) = await book.bounces_of(GONE)
+        assert bounce.queue_id == first and bounce.source == "dsn"
+        assert await book.active(GONE) is None  # 1 of 2
+
+        # 2: the second bounce crosses the threshold.
+        await send(s, [GONE], "second")
+        await eventually(lambda: book.active(GONE), within=30)
+        entry = await book.active(GONE)
+        assert entry is not None and entry.source == "bounce" and "5.1.1" in entry.reason
+
+        # 3: GONE is not sent; OK, in the same message, is.
+        third = await send(s, [GONE, OK], "third")
+        await eventually(lambda: peers.delivered_to("ok") == 2, within=30)
+        await eventually(lambda: _settled(s, third), within=30)
+        assert await statuses(s, third) == {
+            GONE: RecipientStatus.SUPPRESSED,
+            OK: RecipientStatus.SENT,
+        }
+        (gone,) = [r for r in (await s.spool.get(third)).recipients if r.email == GONE]
+        assert "suppressed" in gone.reason and "5.1.1" in gone.reason
+        assert len(await book.bounces_of(GONE)) == 2  # nothing was sent to bounce
+
+        # 4: the operator lifts it; the next message goes out again.
+        rc, out, err = await run_cli("suppression", "remove", GONE, "-c", str(s.config_path))
+        assert rc == 0, err
+        assert "removed 1 entry" in out
+        fourth = await send(s, [GONE], "fourth")
+        await eventually(lambda: _status_is(s, fourth, GONE, RecipientStatus.SENT), within=30)
+
+
+async def test_a_stream_scoped_entry_applies_to_that_stream_only(
+    sluice: SluiceFactory, peers: Peers
+) -> None:
+    provider = {"id": "mx", "host": "127.0.0.1", "port": peers.mx.port, "encryption": "none"}
+    async with sluice([provider], **sections(peers)) as s:
+        await s.spool.suppressions.add(OK, scope="stream-a", source="api", reason="unsubscribed")
+        a = await send(s, [OK], "to A", stream="Stream-A")
+        b = await send(s, [OK], "to B", stream="stream-b")
+        await eventually(lambda: _status_is(s, a, OK, RecipientStatus.SUPPRESSED), within=30)
+        await eventually(lambda: _status_is(s, b, OK, RecipientStatus.SENT), within=30)
+        await eventually(lambda: peers.delivered_to("ok") == 1, within=30)
+
+
+async def test_a_providers_refusal_of_the_address_counts_as_a_bounce(
+    sluice: SluiceFactory, peers: Peers
+) -> None:
+    """Synchronous bounces: the upstream refuses the address at RCPT (5.1.1)."""
+    from tests.conftest import provider_for
+    from tests.upstream import TestUpstream
+
+    up = await TestUpstream().start()
+    up.reply["RCPT"] = "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown"
+    try:
+        async with sluice([provider_for(up)], bounces={"threshold": 2}) as s:
+            for n in range(2):
+                qid = await send(s, ["gone@example.net"], f"m{n}")
+                await eventually(
+                    lambda q=qid: _status_is(s, q, "gone@example.net", RecipientStatus.FAILED)
+                )
+            entry = await s.spool.suppressions.active("gone@example.net")
+            assert entry is not None and entry.source == "bounce"
+            bounces = await s.spool.suppressions.bounces_of("gone@example.net")
+            assert [b.source for b in bounces] == ["smtp", "smtp"]
+            # A policy refusal (5.7.1) is not about the address: it never counts.
+            up.reply["RCPT"] = "550 5.7.1 Message rejected as spam"
+            for n in range(3):
+                qid = await send(s, ["spam@example.net"], f"s{n}")
+                await eventually(
+                    lambda q=qid: _status_is(s, q, "spam@example.net", RecipientStatus.FAILED)
+                )
+            assert await s.spool.suppressions.bounces_of("spam@example.net") == []
+    finally:
+        await up.stop()
+
+
+async def _bounces(s: Running, address: str, n: int) -> bool:
+    return len(await s.spool.suppressions.bounces_of(address)) >= n
+
+
+async def _settled(s: Running, qid: str) -> bool:
+    done = {RecipientStatus.SENT, RecipientStatus.SUPPRESSED, RecipientStatus.FAILED}
+    return all(st in done for st in (await statuses(s, qid)).values())
+
+
+async def _status_is(s: Running, qid: str, rcpt: str, want: RecipientStatus) -> bool:
+    return (await statuses(s, qid)).get(rcpt) is want
