@@ -182,6 +182,7 @@ class Scheduler:
                     data,
                     crlf_only=claim.crlf_only,
                     head=head,
+                    queue_id=claim.queue_id,
                 )
                 if isinstance(got, Unavailable):
                     waits.append(got)  # skipped (limits, cool-down): not an attempt

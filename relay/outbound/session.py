@@ -42,6 +42,7 @@ from aiosmtplib import (
 from relay.message import wire_data
 from relay.model import Delivered, Outcome, PermFailure, TempFailure, valid_address
 from relay.outbound.oauth import OAuthError, TokenSource
+from relay.transfer import Unconvertible, ascii_envelope, prepare
 
 __all__ = [
     "ProviderError",
@@ -261,6 +262,11 @@ async def _data(
     return reply
 
 
+def _qid(queue_id: str) -> str:
+    """The ``"QUEUEID: "`` prefix of a log line (logsetup reads the queue id from it)."""
+    return f"{queue_id}: " if queue_id else ""
+
+
 class Session:
     """One open connection to an upstream, reusable for several transactions."""
 
@@ -322,7 +328,13 @@ class Session:
             raise ProviderError(outcome.text) from exc
 
     async def send(
-        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool = False
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        *,
+        crlf_only: bool = False,
+        queue_id: str = "",
     ) -> list[Outcome]:
         """One mail transaction; returns an outcome for every recipient, in order.
 
@@ -340,6 +352,9 @@ class Session:
         reused = self.transactions > 0
         try:
             self.transactions += 1
+            if not smtp.supports_extension("smtputf8"):
+                # An IDN domain is sent as its A-label; a non-ASCII local part stays.
+                sender, recipients = ascii_envelope(sender, recipients)
             utf8 = not all(a.isascii() for a in (sender, *recipients))
             if utf8 and not smtp.supports_extension("smtputf8"):
                 return [
@@ -351,12 +366,29 @@ class Session:
                     )
                     for r in recipients
                 ]
+            eight_bit = smtp.supports_extension("8bitmime")
+            try:
+                wire = prepare(data, eight_bit=eight_bit)
+            except Unconvertible as exc:
+                text = f"554 5.6.3 the message cannot be made to fit this provider: {exc.reason}"
+                log.warning("%s%s", _qid(queue_id), text, extra={"event": "transfer"})
+                return [PermFailure(r, 554, text) for r in recipients]
+            if wire.changes:
+                log.info(
+                    "%sre-encoded for provider %s (%s): %s",
+                    _qid(queue_id),
+                    up.id,
+                    "8BITMIME" if eight_bit else "7-bit",
+                    "; ".join(wire.changes),
+                    extra={"event": "transfer"},
+                )
+                data, crlf_only = wire.data, True
             options = []
             if smtp.supports_extension("size"):
                 options.append(f"SIZE={len(data)}")
             if utf8:
                 options.append("SMTPUTF8")
-            if not data.isascii() and smtp.supports_extension("8bitmime"):
+            if eight_bit and not data.isascii():
                 options.append("BODY=8BITMIME")
             enc = "utf-8" if utf8 else "ascii"
             try:
