@@ -293,9 +293,12 @@ class _Converter:
             content = binascii.a2b_qp(body)
         else:
             content = body
-        text = ctype.startswith("text/") or (
-            ctype.startswith("message/") and ctype not in ("message/rfc822", "message/global")
-        )
+        # Quoted-printable keeps text readable, but its line breaks are CRLFs:
+        # a decoded body with a bare CR or LF (from base64) can only go as base64.
+        text = (
+            ctype.startswith("text/")
+            or (ctype.startswith("message/") and ctype not in ("message/rfc822", "message/global"))
+        ) and bare_line_ending(content) is None
         why = f"line of {longest_line(body)} octets" if longest_line(body) > MAX_LINE else "8-bit"
         if text:
             encoded, new = _qp(content), "quoted-printable"

@@ -176,7 +176,9 @@ def test_message_rfc822_is_entered_not_encoded() -> None:
     check(data, got.data, eight_bit=False)
     msg = email.message_from_bytes(got.data)
     assert msg["Content-Transfer-Encoding"] == "7bit"  # RFC 2046 § 5.2.1
-    (inner_msg,) = msg.get_payload()
+    payload = msg.get_payload()
+    assert isinstance(payload, list)
+    inner_msg = payload[0]
     assert isinstance(inner_msg, email.message.Message)
     assert inner_msg["Content-Transfer-Encoding"] == "quoted-printable"
 
