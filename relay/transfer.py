@@ -22,8 +22,9 @@ policy. Untouched entities, fields and delimiters keep their bytes.
 
 Decisions where the RFCs leave room:
 
-* Line endings are made CRLF first, as ``message.wire_data`` does for every
-  message it sends: the conversion works on the wire form, not on bare LFs.
+* Line endings are made CRLF first, and a missing last one is added, as
+  ``message.wire_data`` does for every message it sends: the conversion works
+  on the wire form.
 * A part without Content-Type is ``text/plain; charset=us-ascii`` (RFC 2045
   § 5.2), which 8-bit text cannot be. When such a part is re-encoded it gets
   ``charset=utf-8`` if its bytes are valid UTF-8 (what the sender meant,
@@ -130,6 +131,8 @@ def convert(data: bytes, *, eight_bit: bool) -> Converted:
     """
     if bare_line_ending(data) is not None:
         data = _LINE_ENDING.sub(b"\r\n", data)
+    if data and not data.endswith(b"\r\n"):
+        data += b"\r\n"  # as on the wire: the last line always ends (RFC 5321 § 4.1.1.4)
     changes: list[str] = []
     out = _Converter(eight_bit, changes).entity(data, "1", "text/plain", top=True)
     if not fits(out, eight_bit=eight_bit):  # a bug, not the sender's: never send it
@@ -347,6 +350,9 @@ def _qp(content: bytes) -> bytes:
     if b"\r\n" not in content:
         # b2a_qp breaks soft lines with the content's own line ending, LF when it has none.
         encoded = encoded.replace(b"\n", b"\r\n")
+    if encoded and not encoded.endswith(b"\r\n"):
+        # A soft break: the line break SMTP adds at the end is not content.
+        encoded += b"=\r\n"
     return encoded
 
 
