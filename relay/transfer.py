@@ -48,7 +48,6 @@ SMTPUTF8: a domain that is the only non-ASCII part becomes its A-label.
 from __future__ import annotations
 
 import binascii
-import email.errors
 import email.parser
 import email.policy
 import re
@@ -197,7 +196,8 @@ class _Converter:
             pass
         elif ctype.startswith("multipart/"):
             new_body = self.multipart(msg, body, path, ctype)
-            if not self.eight_bit and cte != "7bit":
+            # RFC 2045 § 6.4: a multipart is never encoded; an 8bit/binary label goes.
+            if not self.eight_bit and cte in ("8bit", "binary"):
                 set_cte = "7bit"
         elif ctype in ("message/rfc822", "message/global") and cte in _IDENTITY:
             # RFC 2046 § 5.2.1: never encoded as a whole; its own parts are.
@@ -238,12 +238,10 @@ class _Converter:
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
-            encoded = _unknown_8bit(raw_name, value)
+            # Not UTF-8: its bytes as words of charset unknown-8bit (RFC 1428).
+            encoded = _words(raw_name, value, "unknown-8bit")
         else:
-            try:
-                encoded = _ENCODED.fold(raw_name.decode("ascii"), text).encode("ascii")
-            except (UnicodeError, ValueError, IndexError, email.errors.HeaderParseError) as exc:
-                raise Unconvertible(f"header {name} cannot be encoded: {exc}") from None
+            encoded = _encode_utf8(raw_name.decode("ascii", "replace"), text)
         if not self.fits(encoded):
             raise Unconvertible(f"header {name} cannot be folded to {MAX_LINE} octets")
         self.changes.append(f"part {path}: encoded header {name} (RFC 2047)")
@@ -331,16 +329,56 @@ def _fold(field: bytes) -> bytes | None:
     return b"\r\n".join(out) + b"\r\n"
 
 
-def _unknown_8bit(name: bytes, value: bytes) -> bytes:
-    """A field whose value is not UTF-8, as RFC 2047 words of charset unknown-8bit.
+#: fields with structure the ``email`` policy knows how to encode part by part
+_STRUCTURED = frozenset(
+    {
+        "from", "to", "cc", "bcc", "reply-to", "sender",
+        "resent-from", "resent-to", "resent-cc", "resent-bcc", "resent-sender",
+        "content-type", "content-disposition",
+    }
+)  # fmt: skip
 
-    Its bytes come back unchanged from any RFC 2047 decoder; which text they
-    were meant to be, nobody here knows (RFC 1428).
+
+def _encode_utf8(name: str, text: str) -> bytes:
+    """A field with UTF-8 text in 7-bit: its structure kept where the stdlib can.
+
+    For addresses the ``email`` policy encodes only the display names, and
+    for MIME parameters it writes RFC 2231; its result is used only if it
+    reads back as the same text (its folder can drop a space between two
+    encoded words, and raises on some malformed values). Anything else is
+    written as encoded words of the whole value, which decode exactly.
     """
-    words = [
-        b"=?unknown-8bit?b?" + binascii.b2a_base64(value[i : i + 45], newline=False) + b"?="
-        for i in range(0, len(value), 45)
-    ]
+    if name.lower() in _STRUCTURED:
+        try:
+            folded: str = _ENCODED.fold(name, text)
+            back = email.message_from_string(folded + "\r\n", policy=email.policy.default)
+            if folded.isascii() and _text(str(back[name])) == _text(text):
+                return folded.encode("ascii")
+        except Exception:  # any failure of its parser: the words below always work
+            pass
+    return _words(name.encode("ascii"), text.encode("utf-8"), "utf-8")
+
+
+def _text(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _words(name: bytes, value: bytes, charset: str) -> bytes:
+    """``name: value`` as RFC 2047 "B" words, one per line, each of whole characters.
+
+    Whitespace between encoded words is not content (RFC 2047 § 6.2), so
+    every byte of ``value``, spaces included, goes inside the words.
+    """
+    words: list[bytes] = []
+    pos = 0
+    while pos < len(value):
+        end = min(pos + 45, len(value))
+        if charset == "utf-8":
+            while end < len(value) and end > pos + 1 and value[end] & 0xC0 == 0x80:
+                end -= 1  # never inside a UTF-8 sequence (RFC 2047 § 5 (3))
+        chunk = binascii.b2a_base64(value[pos:end], newline=False)
+        words.append(b"=?" + charset.encode("ascii") + b"?b?" + chunk + b"?=")
+        pos = end
     return name + b": " + b"\r\n ".join(words) + b"\r\n"
 
 

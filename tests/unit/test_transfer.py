@@ -166,6 +166,28 @@ def test_8bit_headers_become_rfc2047_words() -> None:
     assert email.header.decode_header(parsed["X-Raw"]) == [(b"\xfc\xdf", "unknown-8bit")]
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        "Message-ID: <ü@example.org>",  # the email policy leaves it non-ASCII: words instead
+        "To: \"Müller, Jürgen\" <j@example.org>, Zoë <z@example.org>",
+        'Content-Disposition: attachment; filename="Prüfbericht.pdf"',
+        "References: <a@b> <ä@b>",
+        "X-Anything: " + "Grüße " * 300,  # long too
+    ],
+)
+def test_any_8bit_field_becomes_7bit_and_decodes_to_the_same_text(field: str) -> None:
+    data = field.encode() + b"\r\nSubject: s\r\n\r\nbody\r\n"
+    got = prepare(data, eight_bit=False)
+    assert got.data.isascii() and longest_line(got.data) <= MAX_LINE
+    # what the stdlib's modern policy makes of the field (addresses, RFC 2231 parameters)
+    name = field.split(":")[0]
+    before = email.message_from_bytes(data, policy=email.policy.default)
+    after = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert " ".join(str(after[name]).split()) == " ".join(str(before[name]).split())
+    assert after.get_payload() == before.get_payload()
+
+
 def test_message_rfc822_is_entered_not_encoded() -> None:
     inner = b"Subject: inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ncaf\xc3\xa9\r\n"
     data = (
