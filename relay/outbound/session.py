@@ -15,7 +15,10 @@ The body after DATA is prepared by ``message.wire_data``: every line ending
 written as CRLF and dot-stuffed (RFC 5321 § 4.5.2), as aiosmtplib would, but
 in C-level passes rather than its regexes. A message whose lines all end in
 CRLF leaves byte for byte as it was stored; the SMTP listener rejects bare
-line endings by default for that reason.
+line endings by default for that reason. Before that, ``transfer.prepare``
+re-encodes the parts of a message that this server could not take as stored
+(lines over 998 octets; 8-bit data without 8BITMIME), and without SMTPUTF8
+an IDN domain is sent as its A-label (``transfer.ascii_envelope``).
 """
 
 from __future__ import annotations
