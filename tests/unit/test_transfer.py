@@ -170,7 +170,7 @@ def test_8bit_headers_become_rfc2047_words() -> None:
     "field",
     [
         "Message-ID: <ü@example.org>",  # the email policy leaves it non-ASCII: words instead
-        "To: \"Müller, Jürgen\" <j@example.org>, Zoë <z@example.org>",
+        'To: "Müller, Jürgen" <j@example.org>, Zoë <z@example.org>',
         'Content-Disposition: attachment; filename="Prüfbericht.pdf"',
         "References: <a@b> <ä@b>",
         "X-Anything: " + "Grüße " * 300,  # long too
