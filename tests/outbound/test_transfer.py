@@ -22,7 +22,7 @@ from relay.config import load
 from relay.daemon import Daemon
 from relay.model import AttemptStatus
 from relay.store.spool import NewMessage
-from relay.transfer import MAX_LINE, longest_line
+from relay.transfer import MAX_LINE, fits, longest_line
 from tests.conftest import Running, SluiceFactory, fast_config, smtp_send, write_config
 from tests.mime_corpus import decoded, messages
 from tests.outbound.helpers import SENDER
@@ -178,21 +178,27 @@ async def test_any_message_survives_accept_and_delivery_to_a_strict_upstream(
 # ------------------------------------------------------------------ real peers
 
 
+@pytest.mark.parametrize("eight_bit", [False, True], ids=["-8", "8bitmime"])
 @pytest.mark.parametrize("name", list(FIXED))
-async def test_smtp_sink_without_8bitmime_gets_decoded_parts_unchanged(
-    sluice: SluiceFactory, name: str
+async def test_smtp_sink_gets_decoded_parts_unchanged(
+    sluice: SluiceFactory, name: str, eight_bit: bool
 ) -> None:
     data = FIXED[name]
-    async with smtp_sink("-8") as sink:
+    async with smtp_sink(*([] if eight_bit else ["-8"])) as sink:
         provider = {"id": "sink", "host": sink.host, "port": sink.port, "encryption": "none"}
         async with sluice([provider]) as s:
             await accept(s, data, "QSINK1")
             (got,) = await sink.wait_for(1)
     # smtp-sink dumps with LF line endings and one more LF at the end
     wire = got.data.removesuffix(b"\n").replace(b"\n", b"\r\n")
-    assert wire.isascii()
     assert longest_line(wire) <= MAX_LINE
-    assert "8BITMIME" not in got.mail_args.upper()
+    if eight_bit:
+        assert ("BODY=8BITMIME" in got.mail_args.upper()) == (not wire.isascii())
+        if fits(data, eight_bit=True):
+            assert wire.endswith(data)  # byte for byte, after the Received headers
+    else:
+        assert wire.isascii()
+        assert "8BITMIME" not in got.mail_args.upper()
     assert content(wire) == content(data)
 
 
