@@ -6,19 +6,19 @@ unsendable as stored:
 * a text line is at most 998 octets plus CRLF (RFC 5321 § 4.5.3.1.6; the
   dot added for transparency does not count). PHP's ``mail()`` with unwrapped
   HTML easily writes longer ones;
-* without the 8BITMIME extension a body must be 7-bit (RFC 6152 § 3), and
-  without SMTPUTF8 so must every header (RFC 6532 § 3).
+* without the 8BITMIME extension a message must be 7-bit (RFC 6152 § 3).
 
-``prepare`` answers in one C-level pass whether a message fits (the common
-case: it then goes out byte for byte as stored) and otherwise rewrites only
-the MIME entities that do not fit, the way RFC 6152 § 3 tells a relay to
-downgrade: a leaf part is re-encoded (quoted-printable for text, base64 for
-the rest), so a mail client decodes exactly the bytes it would have decoded
-before; a multipart or ``message/rfc822`` part is entered and only its
-offending children change; a header field is folded at whitespace (unfolding
-restores it) or, when it holds 8-bit text and 7-bit is required, written as
-RFC 2047 encoded words (RFC 2231 for parameters) by the stdlib ``email``
-policy. Untouched entities, fields and delimiters keep their bytes.
+``fits`` answers in two C-level passes whether a message can go as it is
+(the common case: it then goes out byte for byte as stored); ``convert``
+rewrites only the MIME entities that do not fit, the way RFC 6152 § 3 tells
+a relay to downgrade: a leaf part is re-encoded (quoted-printable for text,
+base64 for the rest), so a mail client decodes exactly the bytes it would
+have decoded before; a multipart or ``message/rfc822`` part is entered and
+only its offending children change; a header field is folded at whitespace
+(unfolding restores it) or, when it holds 8-bit text and 7-bit is required,
+written as RFC 2047 encoded words (RFC 2231 for parameters, through the
+stdlib ``email`` policy where it round-trips). Untouched entities, fields and
+delimiters keep their bytes.
 
 Decisions where the RFCs leave room:
 
@@ -35,11 +35,15 @@ Decisions where the RFCs leave room:
   identity: its raw bytes are the content that gets base64-encoded.
 * The preamble and epilogue of a multipart are not content (RFC 2046 § 5.1.1
   says to ignore them): if one does not fit it is dropped.
+* Header fields are made 7-bit only where the whole message must be (no
+  8BITMIME). Strictly, RFC 6532 wants SMTPUTF8 for raw UTF-8 in a header,
+  but servers that offer 8BITMIME take them in practice, and re-encoding
+  every such message would break "bytes preserved" for nothing.
 * What cannot be converted raises ``Unconvertible`` with the reason, so the
   caller fails the message with it instead of sending something a server
   would refuse or truncate: a multipart whose boundary is missing or never
-  occurs, or a header line that cannot be folded. A non-multipart body is
-  always convertible (re-encoded as one part).
+  occurs. A non-multipart body is always convertible (re-encoded as one
+  part), and so is every header field (as encoded words if need be).
 
 ``to_ascii_address`` is the envelope's counterpart for servers without
 SMTPUTF8: a domain that is the only non-ASCII part becomes its A-label.
@@ -300,7 +304,8 @@ class _Converter:
             ctype.startswith("text/")
             or (ctype.startswith("message/") and ctype not in ("message/rfc822", "message/global"))
         ) and bare_line_ending(content) is None
-        why = f"line of {longest_line(body)} octets" if longest_line(body) > MAX_LINE else "8-bit"
+        longest = longest_line(body)
+        why = f"line of {longest} octets" if longest > MAX_LINE else "8-bit"
         if text:
             encoded, new = _qp(content), "quoted-printable"
         else:
