@@ -210,16 +210,20 @@ class Provider:
         return session
 
     async def _send(
-        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool
+        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool, queue_id: str
     ) -> list[Outcome]:
         try:
             session = await self._session()
             try:
-                outcomes = await session.send(sender, recipients, data, crlf_only=crlf_only)
+                outcomes = await session.send(
+                    sender, recipients, data, crlf_only=crlf_only, queue_id=queue_id
+                )
             except StaleSession:
                 # The pooled connection died while idle; nothing was sent on it.
                 session = await self._open()
-                outcomes = await session.send(sender, recipients, data, crlf_only=crlf_only)
+                outcomes = await session.send(
+                    sender, recipients, data, crlf_only=crlf_only, queue_id=queue_id
+                )
         except ProviderError as exc:
             log.warning("provider %s unavailable: %s", self.id, exc.text)
             return [classify(r, exc) for r in recipients]
@@ -248,12 +252,14 @@ class Provider:
         *,
         crlf_only: bool = False,
         head: HeaderBlock | None = None,
+        queue_id: str = "",
     ) -> list[Outcome] | Unavailable:
         """One attempt through this provider, or why it cannot be used now.
 
         ``crlf_only``: every line of ``data`` is known to end in CRLF, so the
         send need not check again (it does whenever a rewrite changed it).
         ``head``: the header block of ``data``, parsed once per attempt by the caller.
+        ``queue_id``: for the log lines of the session (a re-encoding, say).
         """
         if (blocked := self.blocked()) is not None:
             return blocked
@@ -285,7 +291,11 @@ class Provider:
         data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name, head=head)
         async with self._slots:
             outcomes = await self._send(
-                sender_out, recipients, data_out, crlf_only=crlf_only and data_out is data
+                sender_out,
+                recipients,
+                data_out,
+                crlf_only=crlf_only and data_out is data,
+                queue_id=queue_id,
             )
         delivered = any(isinstance(o, Delivered) for o in outcomes)
         if s.daily_limit is not None and not delivered:

@@ -236,6 +236,7 @@ class Scheduler:
                     data,
                     crlf_only=claim.crlf_only,
                     head=head,
+                    queue_id=claim.queue_id,
                 )
                 if isinstance(got, Unavailable):
                     for rid in rids:  # skipped (limits, cool-down): not an attempt
