@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from admin.app import create_app
 from admin.auth import Credentials
 from admin.backend import Backend, DaemonStatus
 from relay.config import AdminSettings, Endpoint
-from relay.errors import ConfigError
+from relay.errors import ConfigError, ListenError
 from relay.outbound.probe import TestReport, test_provider
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ class AdminServer:
 
         Raises:
             ConfigError: a password or token source cannot be read.
-            OSError: the address cannot be bound.
+            ListenError: the address cannot be bound (in use, not local, no permission).
         """
         try:
             credentials = await asyncio.to_thread(Credentials.from_settings, settings)
@@ -137,7 +138,11 @@ class AdminServer:
         # uvicorn's "Started server process" lines describe a process we do not
         # own; keep its warnings and errors only. (Requests are not logged.)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-        sock = _bind(settings.listen)
+        try:
+            sock = _bind(settings.listen)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError("admin.listen", str(settings.listen), reason) from exc
         config = uvicorn.Config(
             app,
             lifespan="off",

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from relay.errors import SpoolError
 
-__all__ = ["Checkpointer", "Job", "Writer", "connect", "write_lock_path"]
+__all__ = ["SPOOL_FILE_MODE", "Checkpointer", "Job", "Writer", "connect", "write_lock_path"]
 
 log = logging.getLogger("sluice.spool")
 
@@ -43,7 +43,15 @@ AUTOCHECKPOINT_PAGES = 16_384
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
+#: The spool holds mail: its owner reads and writes it, the group (``sluice`` in the
+#: unit, for ``sluice queue`` run by an admin of that group) may read it, others nothing.
+SPOOL_FILE_MODE = 0o640
+
+
 def connect(path: Path) -> sqlite3.Connection:
+    # Created here, before SQLite does (it would use 0644 less the umask). Its
+    # -wal and -shm files copy the database file's mode when SQLite makes them.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, SPOOL_FILE_MODE))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -270,6 +278,6 @@ def _open_lock(path: Path) -> int | None:
     run by root and the daemon's own user can share a file either created.
     """
     try:
-        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, SPOOL_FILE_MODE)
     except OSError:
         return None
