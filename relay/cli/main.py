@@ -326,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run = run_fast if args.func is cmd_serve else asyncio.run
         code: int = run(args.func(args))
+        # Flushed here, not at interpreter exit, so that a closed pipe is seen below.
+        sys.stdout.flush()
         return code
     except ConfigError as exc:
         for issue in exc.issues:
