@@ -238,3 +238,36 @@ async def test_installed_sluice_serves_and_relays(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_running_it_again_upgrades_and_keeps_the_config(installed: Installed) -> None:
+    # Last in this module: it re-runs the script over the shared installation.
+    edited = installed.config.read_text() + "\n# edited by the operator\n"
+    installed.config.write_text(edited)
+    proc = subprocess.run(
+        ["sh", str(SCRIPT), str(installed.prefix)],
+        env=_clean_env(DESTDIR=str(installed.root), PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=800,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"kept {installed.config}" in proc.stdout
+    assert installed.config.read_text() == edited
+    assert installed.sluice.is_file()
+
+
+def test_a_relative_prefix_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        ["sh", str(SCRIPT), "opt/sluice"],
+        env=_clean_env(DESTDIR=str(tmp_path), PYTHON=sys.executable),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 64
+    assert "PREFIX must be an absolute path" in proc.stderr
+    assert not (tmp_path / "opt").exists()
