@@ -48,10 +48,24 @@ _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 SPOOL_FILE_MODE = 0o640
 
 
+def _create(path: Path) -> None:
+    """Create the spool file with ``SPOOL_FILE_MODE`` if it does not exist yet.
+
+    SQLite would create it 0644 (less the umask); its -wal and -shm files copy
+    the database file's mode when SQLite makes them. Only a *new* file is
+    opened here (``O_EXCL``): closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included, so an existing
+    spool, which another connection of this process may hold, is never touched.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SPOOL_FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def connect(path: Path) -> sqlite3.Connection:
-    # Created here, before SQLite does (it would use 0644 less the umask). Its
-    # -wal and -shm files copy the database file's mode when SQLite makes them.
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, SPOOL_FILE_MODE))
+    _create(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
