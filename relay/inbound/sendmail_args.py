@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 __all__ = ["USAGE", "Options", "Prepared", "UsageError", "parse_args", "prepare", "qualify"]
 
-# -c is not sendmail 8's (which has no -c); it is every other `sluice` subcommand's
-# config option, so that `sluice sendmail -c FILE` works like `sluice queue list -c FILE`.
+# -c FILE is every other `sluice` subcommand's config option, so that `sluice sendmail
+# -c FILE` works like `sluice queue list -c FILE`. (sendmail 8's own -c, an obsolete
+# flag without a value for HoldExpensive, is passed by none of the callers we know.)
 _SHORT = "A:B:b:C:c:d:e:F:f:h:iL:mN:nO:o:p:q:R:r:tUV:vX:G"
 _LONG = ["config=", "help"]
 
