@@ -31,6 +31,7 @@ from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
+from relay.wording import plural
 
 __all__ = [
     "Provider",
@@ -269,7 +270,7 @@ class Provider:
             if reset is not None:
                 return Unavailable(
                     self.id,
-                    f"{self.id}: daily limit of {s.daily_limit} messages reached; "
+                    f"{self.id}: daily limit of {plural(s.daily_limit, 'message')} reached; "
                     "waiting for the next UTC day",
                     reset,
                     limit=True,

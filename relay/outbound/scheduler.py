@@ -45,6 +45,7 @@ from relay.outbound.providers import ProviderSet, Unavailable
 from relay.outbound.replies import final
 from relay.outbound.retry import decide
 from relay.store.spool import Finish, Spool
+from relay.wording import plural
 
 __all__ = [
     "LimitWait",
@@ -145,7 +146,8 @@ class Scheduler:
         grace = self._snapshot().config.delivery.shutdown_grace
         if not self._inflight:
             return
-        log.info("waiting up to %.0fs for %d deliveries", grace, len(self._inflight))
+        inflight = plural(len(self._inflight), "delivery", "deliveries")
+        log.info("waiting up to %.0fs for %s", grace, inflight)
         _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
         for task in pending:
             task.cancel()
