@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 
@@ -21,7 +22,7 @@ from admin.app import create_app
 from admin.auth import Credentials
 from admin.backend import Backend
 from relay.config import AdminSettings, Endpoint
-from relay.errors import ConfigError
+from relay.errors import ConfigError, ListenError
 
 __all__ = ["AdminServer", "check_exposure"]
 
@@ -90,7 +91,7 @@ class AdminServer:
 
         Raises:
             ConfigError: a password or token source cannot be read.
-            OSError: the address cannot be bound.
+            ListenError: the address cannot be bound (in use, not local, no permission).
         """
         try:
             credentials = await asyncio.to_thread(Credentials.from_settings, settings)
@@ -100,7 +101,11 @@ class AdminServer:
         # uvicorn's "Started server process" lines describe a process we do not
         # own; keep its warnings and errors only. (Requests are not logged.)
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-        sock = _bind(settings.listen)
+        try:
+            sock = _bind(settings.listen)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenError("admin.listen", str(settings.listen), reason) from exc
         config = uvicorn.Config(
             app,
             lifespan="off",

@@ -18,16 +18,17 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from admin.backend import Backend, DaemonStatus
+from admin.server import AdminServer, check_exposure
 from relay import logsetup
 from relay.bounces.poller import BouncePoller
 from relay.config import Config, load
-from relay.errors import ConfigError, SpoolError
+from relay.errors import ConfigError, ListenError, SpoolError
 from relay.inbound.listener import Listener, RelayHandler, start_listeners
 from relay.inbound.workers import AcceptorPool, WorkerSettings
 from relay.metrics import Metrics
+from relay.model import ACTIVE, RecipientStatus
 from relay.outbound.oauth import TokenSource
 from relay.outbound.probe import TestReport, test_provider
 from relay.outbound.providers import ProviderSet
@@ -35,11 +36,9 @@ from relay.outbound.scheduler import Scheduler, Snapshot
 from relay.sdnotify import Notifier
 from relay.store.lock import spool_lock
 from relay.store.spool import Spool
+from relay.wording import plural
 
-if TYPE_CHECKING:
-    from admin.server import AdminServer
-
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "ready_summary"]
 
 log = logging.getLogger("sluice.daemon")
 
@@ -47,6 +46,25 @@ _PRUNE_EVERY = 3600.0
 _PRUNE_BATCH = 2000
 #: How long the admin's "Test connection" may take.
 _TEST_TIMEOUT = 10.0
+
+
+def ready_summary(counts: dict[RecipientStatus, int]) -> str:
+    """The start-up line's numbers: what is still to deliver, then what is kept as history.
+
+    >>> ready_summary({RecipientStatus.DEFERRED: 1, RecipientStatus.SENT: 487})
+    '1 recipient pending delivery (487 sent, kept for spool.keep_sent)'
+    """
+    pending = sum(counts.get(s, 0) for s in ACTIVE)
+    text = f"{plural(pending, 'recipient')} pending delivery"
+    done = [f"{n} {s.value}" for s in RecipientStatus if s not in ACTIVE and (n := counts.get(s))]
+    if done:
+        text += f" ({', '.join(done)}, kept for spool.keep_sent)"
+    return text
+
+
+def _reason(exc: OSError) -> str:
+    """The system's words for ``exc`` ("Address already in use"), without the wrapping."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 class Daemon:
@@ -61,6 +79,8 @@ class Daemon:
         notifier: Notifier | None = None,
     ) -> None:
         self._config_path = config_path
+        # Recorded for `sluice reload`, which may run in another directory.
+        self._config_resolved = config_path.resolve() if config_path is not None else None
         self.notifier = notifier if notifier is not None else Notifier.from_env()
         self._reload_lock = asyncio.Lock()
         #: the outcome of the last reload, for the admin page, /healthz and ``sluice reload``
@@ -272,7 +292,7 @@ class Daemon:
                 {
                     "daemon.pid": str(os.getpid()),
                     "daemon.listen": " ".join(str(ep) for ep in self.listener.addresses),
-                    "daemon.config": str(self._config_path or ""),
+                    "daemon.config": str(self._config_resolved or ""),
                 }
             )
 
@@ -283,8 +303,6 @@ class Daemon:
         """Start everything; on exit stop everything in reverse order."""
         cfg = self._initial
         if cfg.admin.enabled:
-            from admin.server import check_exposure
-
             check_exposure(cfg.admin)  # before anything opens: a refused config changes nothing
         # Resolved once, in a thread: aiosmtpd would call getfqdn() per connection.
         if cfg.smtp.hostname:
@@ -298,7 +316,9 @@ class Daemon:
             self.spool = spool
             requeued = await spool.requeue_inflight()
             if requeued:
-                log.warning("requeued %d recipients left in flight by the last run", requeued)
+                log.warning(
+                    "requeued %s left in flight by the last run", plural(requeued, "recipient")
+                )
             self._snapshot = Snapshot(
                 cfg,
                 ProviderSet.from_config(
@@ -319,9 +339,13 @@ class Daemon:
                 events=self.metrics,
             )
             workers = cfg.smtp.worker_count
-            self.listener = await start_listeners(
-                lambda: self.config.smtp, handler, hostname=self.hostname, serve=workers == 0
-            )
+            try:
+                self.listener = await start_listeners(
+                    lambda: self.config.smtp, handler, hostname=self.hostname, serve=workers == 0
+                )
+            except OSError as exc:
+                wanted = ", ".join(str(ep) for ep in cfg.smtp.listen)
+                raise ListenError("smtp.listen", wanted, _reason(exc)) from exc
             stack.push_async_callback(self._close_listener)
             if workers:
                 self.acceptors = AcceptorPool(
@@ -341,6 +365,10 @@ class Daemon:
             self.scheduler = Scheduler(
                 spool, self.snapshot, clock=self._clock, metrics=self.metrics
             )
+            if cfg.admin.enabled:
+                # Bound before the TaskGroup: an error raised inside its body
+                # would leave as an ExceptionGroup traceback, not one line.
+                self.admin = await AdminServer.start(self.admin_backend(), cfg.admin)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.scheduler.run(self._stop), name="scheduler")
                 tg.create_task(self._prune_loop(), name="pruner")
@@ -351,19 +379,13 @@ class Daemon:
                     oauth_token=self._mailbox_token,
                 )
                 tg.create_task(self.bounces.run(self._stop), name="bounces")
-                if cfg.admin.enabled:
-                    from admin.server import AdminServer
-
-                    self.admin = await AdminServer.start(self.admin_backend(), cfg.admin)
+                if self.admin is not None:
                     tg.create_task(self.admin.serve(), name="admin")
                     log.info("listening admin=%s", self.admin.address)
                 self.ready.set()
                 # READY before counting: the count reads the whole status index.
                 self.notifier.ready(self.status_text())
-                log.info(
-                    "sluice ready: %d recipients in the queue",
-                    sum((await spool.counts_by_status()).values()),
-                )
+                log.info("sluice ready: %s", ready_summary(await spool.counts_by_status()))
                 try:
                     yield self
                 finally:
@@ -426,7 +448,7 @@ class Daemon:
             except SpoolError as exc:  # e.g. disk full: try again next round, keep relaying
                 log.error("pruning the spool failed: %s", exc)
             if removed:
-                log.info("pruned %d finished messages", removed)
+                log.info("pruned %s", plural(removed, "finished message"))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PRUNE_EVERY):
                     await self._stop.wait()

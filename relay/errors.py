@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ListenError",
     "SluiceError",
     "SpoolError",
     "SpoolLocked",
@@ -29,6 +30,20 @@ class ConfigError(SluiceError, ValueError):
     def __init__(self, issues: list[str], /) -> None:
         super().__init__("\n".join(issues))
         self.issues = list(issues)
+
+
+class ListenError(SluiceError, OSError):
+    """An address from the config cannot be listened on (in use, not local, no permission).
+
+    ``setting`` is the config key (``smtp.listen``, ``admin.listen``), ``address``
+    the ``host:port`` and ``reason`` the system's words, such as "Address already in use".
+    """
+
+    def __init__(self, setting: str, address: str, reason: str, /) -> None:
+        super().__init__(f"cannot listen on {address} ({setting}): {reason}")
+        self.setting = setting
+        self.address = address
+        self.reason = reason
 
 
 class SpoolError(SluiceError, OSError):

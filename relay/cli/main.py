@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
+import select
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from relay import __version__
 from relay.cli import bounces as bounce_cli
 from relay.cli import providers as provider_cli
 from relay.config import Config, load, load_structure
-from relay.errors import ConfigError, SpoolError, UnknownMessage
+from relay.errors import ConfigError, ListenError, SpoolError, UnknownMessage
 from relay.model import RecipientStatus
 from relay.runner import run_fast
 from relay.store.spool import Spool
+from relay.wording import plural
 
 __all__ = ["main"]
 
@@ -77,13 +81,14 @@ async def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     enabled = [p.id for p in cfg.providers if p.enabled]
     print(
-        f"{_config_path(args)}: OK ({len(cfg.providers)} providers, enabled: {', '.join(enabled)})"
+        f"{_config_path(args)}: OK ({plural(len(cfg.providers), 'provider')}, "
+        f"enabled: {', '.join(enabled)})"
     )
     return EX_OK
 
 
 async def cmd_reload(args: argparse.Namespace) -> int:
-    from relay.cli.reload import request_reload
+    from relay.cli.reload import other_config, request_reload
 
     path = _config_path(args)
     # Refuse to signal the daemon with a file that does not validate. Secrets
@@ -98,8 +103,9 @@ async def cmd_reload(args: argparse.Namespace) -> int:
     except PermissionError:
         print(f"sluice: not allowed to signal the daemon on {cfg.spool.path}", file=sys.stderr)
         return EX_NOPERM
-    if result.daemon_config and Path(result.daemon_config) != path.resolve():
-        print(f"sluice: note: the daemon reads {result.daemon_config}, not {path}")
+    other = await asyncio.to_thread(other_config, result, path)
+    if other is not None:
+        print(f"sluice: note: the daemon reads {other[0]}, not {other[1]}")
     if not result.confirmed:
         print(f"sluice: sent SIGHUP to pid {result.pid}; no answer within {args.wait:g}s")
         return EX_TEMPFAIL
@@ -147,11 +153,11 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
     print(
         f"Queue ID:  {detail.queue_id}\nFrom:      <{detail.sender}>\n"
         f"Subject:   {detail.subject}\nReceived:  {_when(detail.received_at)} from "
-        f"{detail.client} ({detail.helo})\nSize:      {detail.size} bytes\n"
+        f"{detail.client} ({detail.helo})\nSize:      {plural(detail.size, 'byte')}\n"
     )
     for r in detail.recipients:
         print(
-            f"  <{r.email}> {r.status.value}, {r.attempts} attempts, "
+            f"  <{r.email}> {r.status.value}, {plural(r.attempts, 'attempt')}, "
             f"next {_when(r.next_attempt_at)}: {r.reason}"
         )
     if detail.attempts:
@@ -169,7 +175,7 @@ async def cmd_queue_retry(args: argparse.Namespace) -> int:
     async with await Spool.open(cfg.spool.path) as spool:
         for qid in args.queue_id:
             n = await spool.retry_now(qid)
-            print(f"{qid}: {n} recipients due now")
+            print(f"{qid}: {plural(n, 'recipient')} due now")
     return EX_OK
 
 
@@ -214,19 +220,58 @@ async def cmd_admin_revoke_sessions(args: argparse.Namespace) -> int:
 
 async def cmd_demo(args: argparse.Namespace) -> int:
     from relay import logsetup
-    from relay.cli.demo import run_demo
+    from relay.cli.demo import DemoPorts, run_demo
 
     logsetup.configure_plain("info")
-    return await run_demo(Path(args.dir))
+    ports = DemoPorts(smtp=args.smtp_port, admin=args.admin_port, sink=args.sink_port)
+    return await run_demo(Path(args.dir), ports)
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 meaning "any free one"."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range (0-65535)")
+    return port
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE, as README says), not 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _listen_hint(exc: ListenError, args: argparse.Namespace) -> str:
+    """One line: which address, why, and what to change."""
+    if args.func is cmd_demo:
+        flag = _DEMO_FLAGS.get(exc.setting, "--smtp-port/--admin-port")
+        change = f"run `sluice demo {flag} PORT` (0 picks a free port)"
+    else:
+        change = f"change {exc.setting} in {_config_path(args)}"
+    if exc.reason == os.strerror(errno.EADDRINUSE):
+        change = f"another program uses that port: stop it or {change}"
+    return f"sluice: {exc}; {change}"
+
+
+_DEMO_FLAGS = {
+    "smtp.listen": "--smtp-port",
+    "admin.listen": "--admin-port",
+    "demo sink": "--sink-port",
+}
 
 
 # ------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sluice", description="Local SMTP relay daemon.")
+    parser = _Parser(prog="sluice", description="Local SMTP relay daemon.")
     parser.add_argument("--version", action="version", version=f"sluice {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "-c", "--config", help=f"config file (default: $SLUICE_CONFIG or {DEFAULT_CONFIG})"
     )
@@ -277,6 +322,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run Sluice against a local catch-all sink (quick start)")
     p.add_argument("--dir", default="var", help="where the demo config and spool go")
+    for name, default, what in (
+        ("smtp", 2525, "Sluice's SMTP listener"),
+        ("admin", 8025, "the admin page"),
+        ("sink", 2526, "the catch-all sink"),
+    ):
+        p.add_argument(
+            f"--{name}-port",
+            type=_port,
+            default=default,
+            metavar="PORT",
+            help=f"port of {what} on 127.0.0.1 (default {default}; 0 picks a free one)",
+        )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -297,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run = run_fast if args.func is cmd_serve else asyncio.run
         code: int = run(args.func(args))
+        # Flushed here, not at interpreter exit, so that a closed pipe is seen below.
+        sys.stdout.flush()
         return code
     except ConfigError as exc:
         for issue in exc.issues:
@@ -308,8 +367,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
+    except ListenError as exc:
+        # Restarting will not free the port: one line, no traceback (systemd's
+        # RestartPreventExitStatus= lists 69 for this reason).
+        print(_listen_hint(exc, args), file=sys.stderr)
+        return EX_UNAVAILABLE
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            # `sluice queue list | head`: the reader has what it wanted. Exit as a
+            # Unix tool killed by SIGPIPE would (128 + 13), saying nothing, and
+            # point stdout at /dev/null so that the final flush cannot complain.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reading end was closed (``| head`` finished)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _fd, ev in poller.poll(0))
+    except (OSError, ValueError):
+        return False

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from relay.config import Config, ProviderSettings, load
 from relay.secrets import SecretError
+from relay.wording import plural
 
 if TYPE_CHECKING:
     from relay.outbound.probe import TestReport
@@ -96,7 +97,8 @@ async def cmd_list(args: argparse.Namespace) -> int:
         print(f"  server:      {r['server']} ({r['encryption']})")
         print(f"  credentials: {r['credentials']}")
         print(f"  today (UTC): {r['sent_today']} sent / {limit}")
-        print(f"  rate:        {r['rate'] or 'unlimited'}; {r['max_connections']} connections")
+        connections = plural(cast(int, r["max_connections"]), "connection")
+        print(f"  rate:        {r['rate'] or 'unlimited'}; {connections}")
         if r["send_from"]:
             print(f"  send_from:   {r['send_from']}")
     print("(lower priority numbers are tried first; live health is on the admin page)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from relay.store.lock import daemon_pid
 from relay.store.spool import read_meta
 
-__all__ = ["ReloadResult", "request_reload"]
+__all__ = ["ReloadResult", "other_config", "request_reload"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,15 @@ def request_reload(spool_path: Path, *, wait: float = 10.0) -> ReloadResult:
             return ReloadResult(pid, True, error, config)
         time.sleep(0.05)
     return ReloadResult(pid, False, None, config)
+
+
+def other_config(result: ReloadResult, ours: Path) -> tuple[Path, Path] | None:
+    """(the daemon's file, ours), both resolved, when the daemon reads another file.
+
+    Compared resolved: the daemon may have been started from another directory
+    with a relative path, and "reads x.yaml, not x.yaml" would say nothing.
+    """
+    if not result.daemon_config:
+        return None
+    theirs, mine = Path(result.daemon_config).resolve(), ours.resolve()
+    return None if theirs == mine else (theirs, mine)

@@ -37,7 +37,15 @@ from typing import BinaryIO
 
 from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load_structure
 from relay.errors import ConfigError, SpoolError
-from relay.inbound.sendmail_args import Options, Prepared, UsageError, parse_args, prepare, qualify
+from relay.inbound.sendmail_args import (
+    USAGE,
+    Options,
+    Prepared,
+    UsageError,
+    parse_args,
+    prepare,
+    qualify,
+)
 from relay.message import extract_subject
 from relay.model import valid_address
 from relay.store.spool import NewMessage, Spool, new_queue_id, read_meta
@@ -236,7 +244,11 @@ def run(
     try:
         opts = parse_args(argv)
     except UsageError as exc:
-        return _err(EX_USAGE, f"{exc}")
+        print(f"sendmail: {exc}\n(`sluice sendmail --help` lists the options)", file=sys.stderr)
+        return EX_USAGE
+    if opts.show_help:
+        sys.stdout.write(USAGE)
+        return EX_OK
     if opts.queue_run or opts.mode == "i":
         return EX_OK  # -q / newaliases: the daemon runs its own queue; no aliases here
     if opts.mode == "p":

@@ -13,10 +13,31 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Options", "Prepared", "UsageError", "parse_args", "prepare", "qualify"]
+__all__ = ["USAGE", "Options", "Prepared", "UsageError", "parse_args", "prepare", "qualify"]
 
-_SHORT = "A:B:b:C:d:e:F:f:h:iL:mN:nO:o:p:q:R:r:tUV:vX:G"
-_LONG = ["config="]
+# -c FILE is every other `sluice` subcommand's config option, so that `sluice sendmail
+# -c FILE` works like `sluice queue list -c FILE`. (sendmail 8's own -c, an obsolete
+# flag without a value for HoldExpensive, is passed by none of the callers we know.)
+_SHORT = "A:B:b:C:c:d:e:F:f:h:iL:mN:nO:o:p:q:R:r:tUV:vX:G"
+_LONG = ["config=", "help"]
+
+USAGE = """\
+usage: sluice sendmail [-t] [-i] [-f FROM] [-F NAME] [-v] [-C FILE | -c FILE] [RCPT...]
+
+Read one message on stdin and submit it to the local Sluice listener.
+
+  -t           also send to the To:, Cc: and Bcc: recipients (Bcc: is removed)
+  -i, -oi      a line with a single "." does not end the message
+  -f, -r FROM  envelope sender (default: USER@smtp.hostname)
+  -F NAME      display name for the From: header added when there is none
+  -v           say what happened on stderr
+  -C, -c FILE  config file (default: $SLUICE_CONFIG or /etc/sluice/config.yaml)
+  --help       this text
+
+Other sendmail options (-o*, -B, -N, -R, -bm...) are accepted and ignored.
+Exit codes: 0 accepted, 64 usage, 65 message refused, 67 recipient refused,
+75 try again later, 78 config error.
+"""
 _LINE = re.compile(rb"\r\n|\n|\r")
 _HEADER_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _BAD_CHARS = re.compile(r"[\r\n\0]")
@@ -37,6 +58,7 @@ class Options:
     config: str | None = None
     mode: str = "m"  # -b<mode>
     queue_run: bool = False  # -q
+    show_help: bool = False  # --help
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -60,8 +82,10 @@ def parse_args(argv: Sequence[str]) -> Options:
             o.full_name = value
         elif flag == "-v":
             o.verbose = True
-        elif flag in ("-C", "--config"):
+        elif flag in ("-C", "-c", "--config"):
             o.config = value
+        elif flag == "--help":
+            o.show_help = True
         elif flag == "-b":
             o.mode = value
         elif flag == "-q":

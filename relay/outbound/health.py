@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.wording import plural
+
 __all__ = ["Health", "HealthView"]
 
 
@@ -63,7 +65,7 @@ class Health:
     def why_blocked(self, now: float) -> str:
         if (self._paused_until or 0.0) > now:
             return f"paused at the provider's request: {self.pause_reason}"
-        return f"cooling down after {self.failures} failures: {self.last_error}"
+        return f"cooling down after {plural(self.failures, 'failure')}: {self.last_error}"
 
     def view(self, now: float) -> HealthView:
         blocked = self.blocked_until(now)

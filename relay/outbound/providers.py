@@ -31,6 +31,7 @@ from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
+from relay.wording import plural
 
 __all__ = [
     "Provider",
@@ -210,16 +211,20 @@ class Provider:
         return session
 
     async def _send(
-        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool
+        self, sender: str, recipients: Sequence[str], data: bytes, *, crlf_only: bool, queue_id: str
     ) -> list[Outcome]:
         try:
             session = await self._session()
             try:
-                outcomes = await session.send(sender, recipients, data, crlf_only=crlf_only)
+                outcomes = await session.send(
+                    sender, recipients, data, crlf_only=crlf_only, queue_id=queue_id
+                )
             except StaleSession:
                 # The pooled connection died while idle; nothing was sent on it.
                 session = await self._open()
-                outcomes = await session.send(sender, recipients, data, crlf_only=crlf_only)
+                outcomes = await session.send(
+                    sender, recipients, data, crlf_only=crlf_only, queue_id=queue_id
+                )
         except ProviderError as exc:
             log.warning("provider %s unavailable: %s", self.id, exc.text)
             return [classify(r, exc) for r in recipients]
@@ -249,6 +254,7 @@ class Provider:
         crlf_only: bool = False,
         head: HeaderBlock | None = None,
         envelope_sender: str | None = None,
+        queue_id: str = "",
     ) -> list[Outcome] | Unavailable:
         """One attempt through this provider, or why it cannot be used now.
 
@@ -257,6 +263,7 @@ class Provider:
         ``head``: the header block of ``data``, parsed once per attempt by the caller.
         ``envelope_sender``: the return path to use as is (the bounce address,
         or its VERP form), instead of the app's sender or ``send_from``.
+        ``queue_id``: for the log lines of the session (a re-encoding, say).
         """
         if (blocked := self.blocked()) is not None:
             return blocked
@@ -266,7 +273,7 @@ class Provider:
             if reset is not None:
                 return Unavailable(
                     self.id,
-                    f"{self.id}: daily limit of {s.daily_limit} messages reached; "
+                    f"{self.id}: daily limit of {plural(s.daily_limit, 'message')} reached; "
                     "waiting for the next UTC day",
                     reset,
                     limit=True,
@@ -288,7 +295,11 @@ class Provider:
         data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name, head=head)
         async with self._slots:
             outcomes = await self._send(
-                sender_out, recipients, data_out, crlf_only=crlf_only and data_out is data
+                sender_out,
+                recipients,
+                data_out,
+                crlf_only=crlf_only and data_out is data,
+                queue_id=queue_id,
             )
         delivered = any(isinstance(o, Delivered) for o in outcomes)
         if s.daily_limit is not None and not delivered:

@@ -47,6 +47,7 @@ from relay.outbound.retry import decide
 from relay.store.spool import Finish, Spool
 from relay.store.suppressions import NewBounce, Threshold, normalize
 from relay.verp import verp_address
+from relay.wording import plural
 
 __all__ = [
     "LimitWait",
@@ -147,7 +148,8 @@ class Scheduler:
         grace = self._snapshot().config.delivery.shutdown_grace
         if not self._inflight:
             return
-        log.info("waiting up to %.0fs for %d deliveries", grace, len(self._inflight))
+        inflight = plural(len(self._inflight), "delivery", "deliveries")
+        log.info("waiting up to %.0fs for %s", grace, inflight)
         _done, pending = await asyncio.wait(set(self._inflight), timeout=grace)
         for task in pending:
             task.cancel()
@@ -296,6 +298,7 @@ class Scheduler:
                         crlf_only=claim.crlf_only,
                         head=head,
                         envelope_sender=envelope,
+                        queue_id=claim.queue_id,
                     )
                     if isinstance(got, Unavailable):
                         for rid in group:  # skipped (limits, cool-down): not an attempt

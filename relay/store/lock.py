@@ -26,7 +26,7 @@ def spool_lock(spool_path: Path) -> Iterator[None]:
         SpoolLocked: another process (another ``sluice serve``) holds it.
     """
     lock_path = spool_path.with_name(spool_path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
     try:
         try:

@@ -191,7 +191,7 @@ class Spool:
         """
         spool_path = Path(path)
         try:
-            spool_path.parent.mkdir(parents=True, exist_ok=True)
+            spool_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             conn = await asyncio.to_thread(connect, spool_path)
             await asyncio.to_thread(_init_schema, conn)
         except (OSError, sqlite3.Error) as exc:

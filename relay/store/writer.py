@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from relay.errors import SpoolError
 
 __all__ = [
+    "SPOOL_FILE_MODE",
     "CheckpointHealth",
     "Checkpointer",
     "Job",
@@ -95,7 +96,29 @@ class CheckpointHealth:
     errors: int = 0
 
 
+#: The spool holds mail: its owner reads and writes it, the group (``sluice`` in the
+#: unit, for ``sluice queue`` run by an admin of that group) may read it, others nothing.
+SPOOL_FILE_MODE = 0o640
+
+
+def _create(path: Path) -> None:
+    """Create the spool file with ``SPOOL_FILE_MODE`` if it does not exist yet.
+
+    SQLite would create it 0644 (less the umask); its -wal and -shm files copy
+    the database file's mode when SQLite makes them. Only a *new* file is
+    opened here (``O_EXCL``): closing any descriptor of a file drops every
+    POSIX lock this process holds on it, SQLite's included, so an existing
+    spool, which another connection of this process may hold, is never touched.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SPOOL_FILE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 def connect(path: Path) -> sqlite3.Connection:
+    _create(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
@@ -402,6 +425,6 @@ def _open_lock(path: Path) -> int | None:
     run by root and the daemon's own user can share a file either created.
     """
     try:
-        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, SPOOL_FILE_MODE)
     except OSError:
         return None

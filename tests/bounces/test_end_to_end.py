@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 
 from relay.model import AttemptStatus, RecipientStatus
 from tests.bounces.mailhost import Dovecot, Mailhost, dovecot, mailhost
-from tests.conftest import Running, SluiceFactory, eventually, smtp_send
+from tests.conftest import Running, SluiceFactory, eventually, provider_for, smtp_send
 from tests.daemon_proc import run_cli
+from tests.upstream import TestUpstream
 
 pytestmark = pytest.mark.slow
 
@@ -142,12 +144,9 @@ async def test_a_stream_scoped_entry_applies_to_that_stream_only(
 
 
 async def test_a_providers_refusal_of_the_address_counts_as_a_bounce(
-    sluice: SluiceFactory, peers: Peers
+    sluice: SluiceFactory,
 ) -> None:
     """Synchronous bounces: the upstream refuses the address at RCPT (5.1.1)."""
-    from tests.conftest import provider_for
-    from tests.upstream import TestUpstream
-
     up = await TestUpstream().start()
     up.reply["RCPT"] = "550 5.1.1 <gone@example.net>: Recipient address rejected: User unknown"
     try:
@@ -155,7 +154,7 @@ async def test_a_providers_refusal_of_the_address_counts_as_a_bounce(
             for n in range(2):
                 qid = await send(s, ["gone@example.net"], f"m{n}")
                 await eventually(
-                    lambda q=qid: _status_is(s, q, "gone@example.net", RecipientStatus.FAILED)
+                    partial(_status_is, s, qid, "gone@example.net", RecipientStatus.FAILED)
                 )
             entry = await s.spool.suppressions.active("gone@example.net")
             assert entry is not None and entry.source == "bounce"
@@ -166,7 +165,7 @@ async def test_a_providers_refusal_of_the_address_counts_as_a_bounce(
             for n in range(3):
                 qid = await send(s, ["spam@example.net"], f"s{n}")
                 await eventually(
-                    lambda q=qid: _status_is(s, q, "spam@example.net", RecipientStatus.FAILED)
+                    partial(_status_is, s, qid, "spam@example.net", RecipientStatus.FAILED)
                 )
             assert await s.spool.suppressions.bounces_of("spam@example.net") == []
     finally:

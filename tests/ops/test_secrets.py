@@ -44,7 +44,7 @@ async def test_the_example_config_passes_check_with_the_units_credential(tmp_pat
         "check", "-c", str(config), env={"CREDENTIALS_DIRECTORY": str(creds)}
     )
     assert rc == 0, err
-    assert out.strip() == f"{config}: OK (1 providers, enabled: main)"
+    assert out.strip() == f"{config}: OK (1 provider, enabled: main)"
 
     rc, out, err = await run_cli("check", "-c", str(config))
     assert rc == 78 and out == ""
@@ -106,7 +106,7 @@ async def test_queue_and_providers_list_need_no_secret_the_shell_lacks(
     assert rc == 0, err
     assert f"relay / •••••• (${PROVIDER_PW_VAR})" in out
     rc, out, err = await run_cli("queue", "retry", qid, "-c", cfg)
-    assert rc == 0 and "1 recipients due now" in out, err
+    assert rc == 0 and "1 recipient due now" in out, err
     rc, out, err = await run_cli("queue", "delete", qid, "-c", cfg)
     assert rc == 0 and f"{qid}: deleted" in out, err
 

@@ -75,6 +75,13 @@ from tests.upstream import TestUpstream
         ),
         ("ignored flags", ["-v", "-N", "never", "-bm", "-oQ/tmp", "-t"], {"verbose": True}),
         ("-q alone", ["-q"], {"queue_run": True}),
+        (
+            "sluice's -c FILE",
+            ["-c", "/etc/sluice/other.yaml", "r@example.net"],
+            {"config": "/etc/sluice/other.yaml", "recipients": ["r@example.net"]},
+        ),
+        ("sendmail's -C, glued", ["-C/x.yaml", "-t"], {"config": "/x.yaml"}),
+        ("--help", ["--help"], {"show_help": True, "recipients": []}),
         ("newaliases", ["-bi"], {"mode": "i"}),
     ],
 )

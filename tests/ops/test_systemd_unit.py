@@ -2,7 +2,7 @@
 
 Both run client-side, without systemd as PID 1. ``verify`` fails when an
 ``Exec*=`` binary does not exist, so the test checks a temporary copy whose
-``/usr/bin/sluice`` is rewritten to this checkout's ``.venv/bin/sluice``
+``/opt/sluice/bin/sluice`` is rewritten to this checkout's ``.venv/bin/sluice``
 (or ``sys.executable`` when the console script is not installed). A misspelt
 key only *warns* (exit code 0), so any stderr output fails the test.
 """
@@ -31,7 +31,7 @@ def _unit_copy(tmp_path: Path, text: str | None = None) -> Path:
     binary = str(entry if entry.exists() else Path(sys.executable))
     source = UNIT.read_text() if text is None else text
     unit = tmp_path / "sluice.service"
-    unit.write_text(source.replace("/usr/bin/sluice", binary))
+    unit.write_text(source.replace("/opt/sluice/bin/sluice", binary))
     return unit
 
 
@@ -69,7 +69,7 @@ def test_unit_has_what_the_issue_asks_for() -> None:
     text = UNIT.read_text()
     for line in (
         "Type=notify",
-        "ExecReload=/usr/bin/sluice check -c ${SLUICE_CONFIG}",
+        "ExecReload=/opt/sluice/bin/sluice check -c ${SLUICE_CONFIG}",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "User=sluice",
         "StateDirectory=sluice",
