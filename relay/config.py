@@ -274,6 +274,9 @@ class ProviderSettings(_Model):
     password_env: str | None = None
     password_file: Path | None = None
     oauth2: OAuth2Settings | None = None
+    #: the one SASL mechanism tried per connection; "auto" picks the strongest the
+    #: server offers (CRAM-MD5, then PLAIN, then LOGIN), or XOAUTH2 with ``oauth2``
+    auth_mechanism: Literal["auto", "plain", "login", "cram-md5", "xoauth2"] = "auto"
     enabled: bool = True
     priority: int = 100
     timeout: Duration | None = None
@@ -298,6 +301,15 @@ class ProviderSettings(_Model):
         ]
         if len(given) > 1:
             raise ValueError(f"give only one of {', '.join(given)}")
+        return self
+
+    @model_validator(mode="after")
+    def _mechanism_fits_credentials(self) -> ProviderSettings:
+        mech = self.auth_mechanism
+        if self.oauth2 is not None and mech not in ("auto", "xoauth2"):
+            raise ValueError(f"auth_mechanism {mech!r} cannot be used with oauth2 (XOAUTH2)")
+        if self.oauth2 is None and mech == "xoauth2":
+            raise ValueError("auth_mechanism 'xoauth2' needs oauth2 settings")
         return self
 
 

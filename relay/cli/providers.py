@@ -2,9 +2,9 @@
 
 ``list`` shows each provider's settings, today's usage against its limits
 (read from the spool's durable counters) and its credentials *masked*.
-``test`` runs ``test_provider`` (connect, EHLO, TLS, AUTH, QUIT) and prints
-every step with the server's reply; it exits 0 only if every tested provider
-passed.
+``test`` runs ``test_provider`` (connect, TLS, EHLO or HELO, STARTTLS, AUTH,
+QUIT: the handshake delivery uses) and prints every step with the server's
+reply and how long it took; it exits 0 only if every tested provider passed.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def _by_priority(cfg: Config) -> list[str]:
 def _print_report(p: ProviderSettings, report: TestReport) -> None:
     print(f"{p.id} ({p.host}:{p.port}, {p.encryption})")
     for step in report.steps:
-        print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}")
+        took = f"  ({step.elapsed * 1000:.0f} ms)" if step.elapsed else ""
+        print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}{took}")
     print(f"  => {'OK' if report.ok else 'FAILED'}")
 
 
