@@ -113,8 +113,8 @@ def _by_priority(cfg: Config) -> list[str]:
 def _print_report(p: ProviderSettings, report: TestReport) -> None:
     print(f"{p.id} ({p.host}:{p.port}, {p.encryption})")
     for step in report.steps:
-        took = f"  ({step.elapsed * 1000:.0f} ms)" if step.elapsed else ""
-        print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}{took}")
+        took = f"{step.elapsed * 1000:.0f} ms"
+        print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}  ({took})")
     print(f"  => {'OK' if report.ok else 'FAILED'}")
 
 

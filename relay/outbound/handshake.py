@@ -436,7 +436,7 @@ async def _authenticate(smtp: aiosmtplib.SMTP, up: Upstream, user: str, steps: _
         ) from exc
     except (SMTPException, OSError, TimeoutError) as exc:
         raise steps.error("AUTH", exc) from exc
-    steps.done("AUTH", True, f"{name} as {user}: {_reply(reply.code, reply.message)}")
+    steps.done("AUTH", True, f"{_reply(reply.code, reply.message)} ({name} as {user})")
 
 
 def _tls_detail(smtp: aiosmtplib.SMTP, prefix: str = "") -> str:
