@@ -239,7 +239,7 @@ log_path = {base}/dovecot.log
 protocols = none
 ssl = no
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_verbose = yes
 passdb {{
   driver = passwd-file
@@ -317,14 +317,21 @@ async def _gone(pid: int | None, *, within: float = 20.0) -> None:
 
 @contextlib.asynccontextmanager
 async def postfix_sasl(
-    cert_file: Path, key_file: Path, users: dict[str, str], *, host: str = "127.0.0.1"
+    cert_file: Path,
+    key_file: Path,
+    users: dict[str, str],
+    *,
+    mechanisms: str = "plain login",
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[PostfixSasl]:
     """Run a private Postfix with SASL AUTH through a private Dovecot, on loopback.
 
     Everything Postfix accepts is discarded (``default_transport = discard``,
     no local domains): nothing leaves loopback. ``cert_file``/``key_file``
     (PEM) serve STARTTLS and the implicit-TLS port; ``users`` maps login to
-    password (Dovecot passwd-file, ``{PLAIN}``). Postfix logs to
+    password (Dovecot passwd-file, ``{PLAIN}``); ``mechanisms`` is Dovecot's
+    ``auth_mechanisms``, what AUTH offers (``cram-md5`` works with those
+    plain passwords). Postfix logs to
     ``postfix.log`` and Dovecot to ``dovecot.log`` in ``base``; both are
     stopped (``postfix stop``, ``doveadm stop``) when the block ends.
     """
@@ -345,7 +352,7 @@ async def postfix_sasl(
     passwd.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in users.items()))
     os.chmod(passwd, 0o644)
     conf = base / "dovecot" / "dovecot.conf"
-    conf.write_text(_DOVECOT_CONF.format(base=base))
+    conf.write_text(_DOVECOT_CONF.format(base=base, mechanisms=mechanisms))
     submission, smtps = free_port(host), free_port(host)
     main_cf = {
         "compatibility_level": "3.6",

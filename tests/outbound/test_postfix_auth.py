@@ -30,13 +30,17 @@ WRONG = "wrong-Pa55word"
 _AUTH_COUNT = re.compile(r" auth=(\d+)/(\d+)| auth=(\d+)\b")
 
 
-@pytest.fixture
-async def postfix(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[PostfixSasl]:
+def _pem(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
     cert = ca.issue_cert("127.0.0.1", "localhost")
     chain, key = tmp_path / "postfix-cert.pem", tmp_path / "postfix-key.pem"
     chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     cert.private_key_pem.write_to_path(str(key))
-    async with postfix_sasl(chain, key, {"relay": PASSWORD}) as pf:
+    return chain, key
+
+
+@pytest.fixture
+async def postfix(ca: trustme.CA, tmp_path: Path) -> AsyncIterator[PostfixSasl]:
+    async with postfix_sasl(*_pem(ca, tmp_path), {"relay": PASSWORD}) as pf:
         yield pf
 
 
@@ -133,6 +137,20 @@ async def test_auth_mechanism_login_is_the_one_used(
         await eventually(lambda: sent(s.spool, queue_id_of(reply)), within=30)
     await eventually(lambda: "status=sent" in postfix.postfix_log(), within=20)
     assert "sasl_method=LOGIN, sasl_username=relay" in postfix.postfix_log()
+
+
+async def test_auto_prefers_cram_md5_when_offered(
+    sluice: SluiceFactory, ca: trustme.CA, ca_file: Path, tmp_path: Path
+) -> None:
+    users = {"relay": PASSWORD}
+    async with postfix_sasl(*_pem(ca, tmp_path), users, mechanisms="plain login cram-md5") as pf:
+        async with sluice([_provider(pf, ca_file, password=PASSWORD)]) as s:
+            _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+            await eventually(lambda: sent(s.spool, queue_id_of(reply)), within=30)
+        await eventually(lambda: "status=sent" in pf.postfix_log(), within=20)
+        assert "sasl_method=CRAM-MD5, sasl_username=relay" in pf.postfix_log()
+        await eventually(lambda: _balanced(pf), within=20)
+        assert _auth_attempts(pf) == [(1, 1)]
 
 
 async def test_providers_test_against_postfix_shows_every_step(
