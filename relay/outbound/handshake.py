@@ -47,6 +47,7 @@ from aiosmtplib import (
 from relay.outbound.oauth import OAuthError, TokenSource
 
 __all__ = [
+    "BANNER_WAIT",
     "SPEAKS_PLAIN",
     "SPEAKS_TLS",
     "AuthMechanism",
@@ -294,8 +295,11 @@ async def _connect(smtp: aiosmtplib.SMTP, up: Upstream, steps: _Steps, banner_wa
     finally:
         if not connecting.done():
             connecting.cancel()
-            with contextlib.suppress(BaseException):
-                await connecting
+            # asyncio.wait, not await: a cancellation of our caller must not be
+            # swallowed along with the one we caused.
+            await asyncio.wait({connecting})
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved: any failure was reported above
     steps.done("connect", True, _reply(greeting.code, greeting.message))
     if up.encryption == "tls":
         steps.done("TLS", True, _tls_detail(smtp, "implicit TLS"))

@@ -123,6 +123,32 @@ async def test_plain_or_starttls_against_an_implicit_tls_port_says_use_tls(
     assert 2.5 <= step["elapsed"] < 15 and took < 20
 
 
+async def test_a_slow_greeting_is_waited_for_not_mistaken_for_tls(
+    sluice: SluiceFactory, tmp_path: Path
+) -> None:
+    # smtp-sink -W connect:4 greets after 4 s: past the 2.5 s banner wait, so
+    # the TLS check runs, finds no TLS, and the full connect timeout applies.
+    async with smtp_sink("-W", "connect:4") as sink:
+        p = {
+            "id": "slow",
+            "host": sink.host,
+            "port": sink.port,
+            "encryption": "none",
+            "timeout": "15s",
+        }
+        async with sluice([p]) as s:
+            _, reply = await smtp_send(s.port, SENDER, ["user@example.net"], message("slow"))
+            await sink.wait_for(1, within=30)
+            await eventually(lambda: sent(s.spool, queue_id_of(reply)), within=30)
+        path = write_config(tmp_path / "cli.yaml", fast_config(tmp_path, [p]))
+        code, out, err = await run_cli("providers", "test", "slow", "--json", "-c", str(path))
+    assert code == 0, out + err
+    connect = json.loads(out)["slow"]["steps"][0]
+    assert connect["name"] == "connect" and connect["ok"]
+    assert connect["detail"].startswith("220 ")
+    assert connect["elapsed"] >= 3.5
+
+
 async def test_tls_against_a_plain_port_says_use_starttls(
     sluice: SluiceFactory, upstream: TestUpstream, ca_file: Path, tmp_path: Path
 ) -> None:
