@@ -27,6 +27,7 @@ from relay.address import NULL_PATH, address_problem, needs_smtputf8, split_path
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
 from relay.inbound.data import Data, read_data
+from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.message import bare_line_ending, extract_subject, received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
@@ -36,7 +37,6 @@ __all__ = [
     "RelayHandler",
     "RelaySMTP",
     "Sessions",
-    "Throttle",
     "start_listeners",
 ]
 
@@ -220,31 +220,6 @@ def _peer_ip(session: Session) -> str:
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
     return str(peer or "")
-
-
-class Throttle:
-    """Lets one log line through per ``interval`` seconds and counts the rest.
-
-    A client can provoke some warnings at will (connect over the limit, run
-    the daemon out of descriptors); one line per interval with a count says
-    as much as thousands of identical ones.
-    """
-
-    def __init__(self, interval: float = 60.0, clock: Clock = time.monotonic) -> None:
-        self._interval = interval
-        self._clock = clock
-        self._next = 0.0
-        self._suppressed = 0
-
-    def take(self) -> int | None:
-        """``None``: stay quiet; else log now, with this many suppressed since the last line."""
-        now = self._clock()
-        if now < self._next:
-            self._suppressed += 1
-            return None
-        self._next = now + self._interval
-        suppressed, self._suppressed = self._suppressed, 0
-        return suppressed
 
 
 @dataclass
@@ -487,14 +462,19 @@ async def start_listeners(
     current = settings()
     sessions = Sessions()
     allowed = peer_filter(settings)
+    quiet_emfile(loop)
+    #: smtp.max_connections -> the sessions the descriptors allow (checked once per value)
+    fitted = {current.max_connections: fit_sessions(current.max_connections)}
 
     def factory() -> RelaySMTP:
         s = settings()
+        if s.max_connections not in fitted:
+            fitted[s.max_connections] = fit_sessions(s.max_connections)
         return RelaySMTP(
             handler,
             allowed=allowed,
             sessions=sessions,
-            max_connections=s.max_connections,
+            max_connections=fitted[s.max_connections],
             hostname=hostname,
             ident="Sluice",
             data_size_limit=s.max_message_size,
