@@ -192,3 +192,12 @@ def test_the_regex_shortcut_accepts_only_what_email_validator_accepts(address: s
 @given(dot_atom_addresses)
 def test_every_accepted_address_round_trips_through_a_path(address: str) -> None:
     assert split_path(f"<{address}> SIZE=1") == (address, "SIZE=1")
+
+
+@settings(max_examples=300)
+@given(st.ip_addresses(), atoms)
+def test_address_literals_are_accepted(ip: object, local: str) -> None:
+    """RFC 5321 section 4.1.3: ``[IPv4]`` and ``[IPv6:...]`` (``[IPv6:::1]`` was a 501)."""
+    literal = f"[IPv6:{ip}]" if ":" in str(ip) else f"[{ip}]"
+    assert address_problem(f"{local}@{literal}", smtputf8=False) is None
+    assert split_path(f"<{local}@{literal}>") == (f"{local}@{literal}", "")
