@@ -175,3 +175,19 @@ async def test_past_the_size_limit_nothing_more_is_kept() -> None:
         keep.close()
     assert data == (b"", R_TOO_MUCH_DATA, False)
     assert await reader.readline() == b"QUIT\r\n"
+
+
+@pytest.mark.parametrize("spill_over", [8, 100, 1000, 256 * 1024])
+@pytest.mark.parametrize("extra", [-1, 0, 1, 50])
+async def test_size_limit_is_exact_whether_spilled_or_not(spill_over: int, extra: int) -> None:
+    limit = 3000
+    body = (b"w" * 98 + b"\r\n") * 30  # 3000 bytes
+    body = body[: limit + extra - 2] + b"\r\n" if extra else body
+    content, error, rest = await _read(
+        body + b".\r\nQUIT\r\n", size_limit=limit, spill_over=spill_over
+    )
+    assert rest == b"QUIT\r\n"
+    if len(body) <= limit:
+        assert (content, error) == (body, None)
+    else:
+        assert (content, error) == (b"", R_TOO_MUCH_DATA)
