@@ -217,7 +217,12 @@ class SmtpSettings(_Model):
         ]
     )
     max_message_size: Size = Field(default=25 * 1024 * 1024, gt=0)
-    max_recipients: int = Field(default=100, ge=1, le=100_000)
+    #: Postfix's smtpd_recipient_limit: msmtp, for one, gives up the whole
+    #: message at the first 452, so a low limit loses mail to long lists.
+    max_recipients: int = Field(default=1000, ge=1, le=100_000)
+    #: open client connections per accepting process (Postfix's default_process_limit);
+    #: one more is answered 421 and closed
+    max_connections: int = Field(default=100, ge=1, le=100_000)
     hostname: str | None = None
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"
