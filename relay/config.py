@@ -220,7 +220,12 @@ class SmtpSettings(_Model):
         ]
     )
     max_message_size: Size = Field(default=25 * 1024 * 1024, gt=0)
-    max_recipients: int = Field(default=100, ge=1, le=100_000)
+    #: Postfix's smtpd_recipient_limit: msmtp, for one, gives up the whole
+    #: message at the first 452, so a low limit loses mail to long lists.
+    max_recipients: int = Field(default=1000, ge=1, le=100_000)
+    #: open client connections per accepting process (Postfix's default_process_limit);
+    #: one more is answered 421 and closed
+    max_connections: int = Field(default=100, ge=1, le=100_000)
     hostname: str | None = None
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"
@@ -336,6 +341,9 @@ class ProviderSettings(_Model):
     #: none of them (and no oauth2), the systemd credential named after the id
     password: SecretSource | None = None
     oauth2: OAuth2Settings | None = None
+    #: the one SASL mechanism tried per connection; "auto" picks the strongest the
+    #: server offers (CRAM-MD5, then PLAIN, then LOGIN), or XOAUTH2 with ``oauth2``
+    auth_mechanism: Literal["auto", "plain", "login", "cram-md5", "xoauth2"] = "auto"
     enabled: bool = True
     priority: int = 100
     timeout: Duration | None = None
@@ -365,6 +373,15 @@ class ProviderSettings(_Model):
         credential = pid if needs and isinstance(pid, str) and pid else None
         owner = f"provider {pid}" if isinstance(pid, str) else "the provider"
         return _fold_secret(data, "password", credential=credential, owner=owner)
+
+    @model_validator(mode="after")
+    def _mechanism_fits_credentials(self) -> ProviderSettings:
+        mech = self.auth_mechanism
+        if self.oauth2 is not None and mech not in ("auto", "xoauth2"):
+            raise ValueError(f"auth_mechanism {mech!r} cannot be used with oauth2 (XOAUTH2)")
+        if self.oauth2 is None and mech == "xoauth2":
+            raise ValueError("auth_mechanism 'xoauth2' needs oauth2 settings")
+        return self
 
 
 class RouteSettings(_Model):

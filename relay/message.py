@@ -189,6 +189,9 @@ def rewrite(
 # ------------------------------------------------ trace header, subject, wire form
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+# C0 and C1 controls, DEL, and lone surrogates (undecodable bytes from the wire).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_NON_ASCII = re.compile(r"[^\x20-\x7e]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _SUBJECT = re.compile(rb"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
@@ -210,21 +213,38 @@ def received_header(
     protocol: str,
     recipients: list[str],
     now: float,
+    utf8: bool = False,
 ) -> bytes:
     """The trace header for one accepted message, folded, ending in CRLF.
 
     ``for <addr>`` is given only for a single recipient, as Postfix does, so a
-    Bcc list is not disclosed to every recipient.
+    Bcc list is not disclosed to every recipient. The address is kept as
+    sent: in UTF-8 when the message came with SMTPUTF8 (``utf8``; RFC 6532
+    allows UTF-8 in headers then), else with a non-ASCII domain as its A-label.
+    Client-supplied words (HELO) lose anything but printable ASCII.
     """
     parts = [f"Received: from {_token(helo or 'unknown')} ([{_token(client_ip)}])"]
     parts.append(f"\tby {_token(hostname)} (Sluice) with {protocol} id {queue_id}")
     stamp = email.utils.formatdate(now, localtime=False, usegmt=False)
     if len(recipients) == 1:
-        parts.append(f"\tfor <{_token(recipients[0], 320)}>; {stamp}")
+        parts.append(f"\tfor <{_trace_address(recipients[0], utf8)}>; {stamp}")
     else:
         parts[-1] += ";"
         parts.append(f"\t{stamp}")
     return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def _trace_address(address: str, utf8: bool) -> str:
+    """``address`` for the ``for <...>`` clause: intact but for line breaks and controls."""
+    address = _CONTROL.sub("?", address)[:320]
+    if utf8 or address.isascii():
+        return address
+    local, at, domain = address.rpartition("@")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = _NON_ASCII.sub("?", domain)
+    return _NON_ASCII.sub("?", local) + at + domain
 
 
 def extract_subject(data: bytes) -> str:

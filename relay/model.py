@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
+
+# Re-exported: the delivery side checks addresses with the same rules (relay.address).
+from relay.address import valid_address
 
 __all__ = [
     "ACTIVE",
@@ -240,15 +242,3 @@ class MessageDetail:
     helo: str
     recipients: list[QueueEntry]
     attempts: list[LogEntry]
-
-
-# A mailbox as RFC 5321 § 4.1.2 allows it in practice: a dot-atom or quoted
-# local part (UTF-8 allowed for SMTPUTF8), "@", a domain or address literal.
-# aiosmtpd is lenient ("<broken" passes), and what we accept we must be able
-# to send on, so anything else is refused here.
-_ADDRESS = re.compile(r'^(?:[^\s<>()\[\]\\,;:"@]+|"(?:[^"\\\r\n]|\\.)*")@[^\s<>()\\,;:"@]+$')
-
-
-def valid_address(address: str) -> bool:
-    """Whether ``address`` is a mailbox Sluice accepts, and can put on a MAIL or RCPT line."""
-    return _ADDRESS.match(address) is not None

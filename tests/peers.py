@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -26,9 +27,11 @@ from pathlib import Path
 import pytest
 
 __all__ = [
+    "PostfixSasl",
     "SinkMessage",
     "SmtpSink",
     "free_port",
+    "postfix_sasl",
     "require",
     "smtp_sink",
     "wait_for_port",
@@ -203,3 +206,222 @@ async def smtp_sink(*flags: str, host: str = "127.0.0.1") -> AsyncIterator[SmtpS
                 process.kill()
                 await process.wait()
         shutil.rmtree(dump_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------- Postfix with Dovecot SASL
+
+_POSTFIX_MASTER_CF = """\
+{submission} inet n - n - - smtpd
+{smtps} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_tls_security_level=encrypt
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+_DOVECOT_CONF = """\
+base_dir = {base}/dovecot/run
+state_dir = {base}/dovecot/state
+log_path = {base}/dovecot.log
+protocols = none
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = {mechanisms}
+auth_verbose = yes
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {base}/dovecot/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={base}/home
+}}
+service auth {{
+  unix_listener auth-client {{
+    mode = 0666
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+"""
+
+
+@dataclass
+class PostfixSasl:
+    """A private Postfix (submission with STARTTLS, and implicit TLS) doing AUTH via Dovecot."""
+
+    host: str
+    #: STARTTLS (and plain) SMTP; AUTH offered after STARTTLS only
+    port: int
+    #: implicit TLS (``smtpd_tls_wrappermode = yes``)
+    tls_port: int
+    base: Path
+
+    def postfix_log(self) -> str:
+        path = self.base / "postfix.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def dovecot_log(self) -> str:
+        path = self.base / "dovecot.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def disconnects(self) -> list[str]:
+        """smtpd's per-connection summary lines (``... auth=0/1 quit=1 commands=...``)."""
+        return [line for line in self.postfix_log().splitlines() if " disconnect from " in line]
+
+
+def _run(*args: str, output: Path) -> None:
+    """Run a program that may daemonize: its output goes to a file, never a pipe
+    we would wait on (a daemon keeps it open)."""
+    with output.open("ab") as out:
+        done = subprocess.run(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=60, check=False
+        )
+    if done.returncode != 0:
+        detail = output.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(args)} failed: {detail}")
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _gone(pid: int | None, *, within: float = 20.0) -> None:
+    """Wait (bounded) until the daemon ``pid`` we started has exited."""
+    if pid is None:
+        return
+    for _ in range(int(within / 0.05)):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def postfix_sasl(
+    cert_file: Path,
+    key_file: Path,
+    users: dict[str, str],
+    *,
+    mechanisms: str = "plain login",
+    host: str = "127.0.0.1",
+) -> AsyncIterator[PostfixSasl]:
+    """Run a private Postfix with SASL AUTH through a private Dovecot, on loopback.
+
+    Everything Postfix accepts is discarded (``default_transport = discard``,
+    no local domains): nothing leaves loopback. ``cert_file``/``key_file``
+    (PEM) serve STARTTLS and the implicit-TLS port; ``users`` maps login to
+    password (Dovecot passwd-file, ``{PLAIN}``); ``mechanisms`` is Dovecot's
+    ``auth_mechanisms``, what AUTH offers (``cram-md5`` works with those
+    plain passwords). Postfix logs to
+    ``postfix.log`` and Dovecot to ``dovecot.log`` in ``base``; both are
+    stopped (``postfix stop``, ``doveadm stop``) when the block ends.
+    """
+    postfix = require("postfix")
+    dovecot = require("dovecot")
+    doveadm = require("doveadm")
+    # Postfix's daemons run as postfix and Dovecot's as dovecot/nobody: they must
+    # reach these directories (pytest's tmp_path is 0700).
+    base = Path(tempfile.mkdtemp(prefix="sluice-postfix-"))
+    os.chmod(base, 0o755)
+    etc, spool, data = base / "etc", base / "spool", base / "data"
+    for d in (etc, spool, data, base / "dovecot", base / "home", base / "tls"):
+        d.mkdir(mode=0o755)
+    for src, name in ((cert_file, "cert.pem"), (key_file, "key.pem")):
+        (base / "tls" / name).write_bytes(src.read_bytes())
+        os.chmod(base / "tls" / name, 0o644)
+    passwd = base / "dovecot" / "passwd"
+    passwd.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in users.items()))
+    os.chmod(passwd, 0o644)
+    conf = base / "dovecot" / "dovecot.conf"
+    conf.write_text(_DOVECOT_CONF.format(base=base, mechanisms=mechanisms))
+    submission, smtps = free_port(host), free_port(host)
+    main_cf = {
+        "compatibility_level": "3.6",
+        "config_directory": etc,
+        "queue_directory": spool,
+        "data_directory": data,
+        "mail_owner": "postfix",
+        "setgid_group": "postdrop",
+        "myhostname": "postfix.sasl.invalid",
+        "mydomain": "sasl.invalid",
+        "myorigin": "$myhostname",
+        # No local domains and every transport is discard: nothing is delivered.
+        "mydestination": "",
+        "local_transport": "discard",
+        "default_transport": "discard",
+        "relay_transport": "discard",
+        "inet_interfaces": host,
+        "inet_protocols": "ipv4",
+        "mynetworks": "",
+        "smtp_host_lookup": "native",
+        "disable_dns_lookups": "yes",
+        "smtpd_tls_security_level": "may",
+        "smtpd_tls_auth_only": "yes",
+        "smtpd_tls_cert_file": base / "tls" / "cert.pem",
+        "smtpd_tls_key_file": base / "tls" / "key.pem",
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_sasl_type": "dovecot",
+        "smtpd_sasl_path": base / "dovecot" / "run" / "auth-client",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
+        "smtpd_recipient_restrictions": "permit_sasl_authenticated, reject",
+        "maillog_file": base / "postfix.log",
+        "maillog_file_prefixes": base,
+        "biff": "no",
+        "alias_maps": "",
+        "alias_database": "",
+    }
+    (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main_cf.items()))
+    (etc / "master.cf").write_text(
+        _POSTFIX_MASTER_CF.format(submission=f"{host}:{submission}", smtps=f"{host}:{smtps}")
+    )
+    shutil.chown(data, "postfix")
+    out = base / "start.log"
+    dovecot_started = postfix_started = False
+    try:
+        await asyncio.to_thread(_run, dovecot, "-c", str(conf), output=out)
+        dovecot_started = True
+        socket_path = base / "dovecot" / "run" / "auth-client"
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():  # bounded: 10 s
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dovecot did not create {socket_path}: {base}/dovecot.log")
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(_run, postfix, "-c", str(etc), "start", output=out)
+        postfix_started = True
+        await wait_for_port(host, submission, within=20)
+        await wait_for_port(host, smtps, within=20)
+        yield PostfixSasl(host, submission, smtps, base)
+    finally:
+        if postfix_started:
+            master = _pid_in(spool / "pid" / "master.pid")
+            await asyncio.to_thread(_run, postfix, "-c", str(etc), "stop", output=out)
+            await _gone(master)
+        if dovecot_started:
+            master = _pid_in(base / "dovecot" / "run" / "master.pid")
+            try:
+                await asyncio.to_thread(_run, doveadm, "-c", str(conf), "stop", output=out)
+            except RuntimeError:
+                if master is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(master, signal.SIGTERM)
+            await _gone(master)
+        shutil.rmtree(base, ignore_errors=True)

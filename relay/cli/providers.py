@@ -2,11 +2,12 @@
 
 ``list`` shows each provider's settings, today's usage against its limits
 (read from the spool's durable counters) and its credentials *masked*.
-``test`` runs ``test_provider`` (connect, EHLO, TLS, AUTH, QUIT) and prints
-every step with the server's reply; it exits 0 only if every tested provider
-passed. ``connect`` signs an XOAUTH2 provider in through the OAuth 2.0 device
-grant (RFC 8628): it prints a code and a URL, waits for the sign-in, and
-stores the refresh token in the spool, where the daemon picks it up.
+``test`` runs ``test_provider`` (connect, TLS, EHLO or HELO, STARTTLS, AUTH,
+QUIT: the handshake delivery uses) and prints every step with the server's
+reply and how long it took; it exits 0 only if every tested provider passed.
+``connect`` signs an XOAUTH2 provider in through the OAuth 2.0 device grant
+(RFC 8628): it prints a code and a URL, waits for the sign-in, and stores the
+refresh token in the spool, where the daemon picks it up.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def _by_priority(cfg: Config) -> list[str]:
 def _print_report(p: ProviderSettings, report: TestReport) -> None:
     print(f"{p.id} ({p.host}:{p.port}, {p.encryption})")
     for step in report.steps:
-        print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}")
+        took = f"{step.elapsed * 1000:.0f} ms"
+        print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}  ({took})")
     print(f"  => {'OK' if report.ok else 'FAILED'}")
 
 

@@ -1,33 +1,49 @@
-"""Read an SMTP DATA body in chunks instead of one await per line.
+"""Read an SMTP DATA body in chunks, with memory bounded per connection.
 
 aiosmtpd reads DATA with one ``readuntil(b"\\r\\n")`` per line: 1,300 awaits
 for a 100 KB message, most of Sluice's accept CPU on large mail. This reader
 asks the stream for everything up to the next ``".\\r\\n"`` (or, past the
-stream limit, for everything buffered) and checks the line rules on the whole
-body at once, in C (``bytes.split``, ``bytes.replace``), with the same results
-as aiosmtpd 1.4:
+stream limit, for everything buffered) and works on the whole body at once,
+in C (``bytes.count``, ``bytes.replace``):
 
 * the body ends at a line holding only ``"."``; that line is not content;
-* a line longer than ``line_limit`` (CRLF excluded) means ``500``;
+* a leading ``"."`` is removed from every line (RFC 5321 § 4.5.2);
 * more than ``size_limit`` bytes (dot-stuffing included, the end line
-  excluded) means ``552``; in both cases the rest is read and discarded;
-* a leading ``"."`` is removed from every line (RFC 5321 § 4.5.2).
+  excluded) means ``552``; the rest is read and discarded (§ 4.2.5: the
+  reply comes after the end of data).
 
-The same scan tells whether every line ends in CRLF, which the listener
+Lines of any length are accepted and kept byte for byte. aiosmtpd answers
+``500 Line too long`` at 1,001 octets; Postfix accepts them, and so must a
+relay for PHP's ``mail()`` and other senders of unwrapped HTML: a 5xx there
+loses the mail. (RFC 5321 § 4.5.3.1.6 limits what a *sender* may send; the
+delivery side re-wraps what a provider would refuse.)
+
+Memory: a client could start DATA and never end it. Above ``spill_over``
+bytes the body goes to an unlinked temporary file (written in a thread), so
+an open DATA holds at most ``spill_over`` bytes of memory however long it
+runs; past ``size_limit`` nothing more is kept at all. Only a complete
+message is read back, once, to be stored.
+
+The same count tells whether every line ends in CRLF, which the listener
 would otherwise find out with a pass of its own over the body.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
+import tempfile
+from typing import IO, NamedTuple
 
-__all__ = ["R_LINE_TOO_LONG", "R_TOO_MUCH_DATA", "Data", "read_data"]
+__all__ = ["R_TOO_MUCH_DATA", "SPILL_OVER", "Data", "read_data"]
 
-R_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-R_TOO_MUCH_DATA = "552 Error: Too much mail data"
+R_TOO_MUCH_DATA = "552 5.3.4 Error: Too much mail data"
+
+#: bytes of an unfinished DATA kept in memory before the rest goes to a temporary file
+SPILL_OVER = 256 * 1024
 
 _END = b".\r\n"
+#: what stays in memory when the rest moves out: enough to find "\r\n.\r\n"
+_TAIL = 8
 
 
 class Data(NamedTuple):
@@ -40,7 +56,7 @@ class Data(NamedTuple):
 
 
 async def read_data(
-    reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
+    reader: asyncio.StreamReader, *, size_limit: int | None, spill_over: int = SPILL_OVER
 ) -> Data:
     """Read up to the end-of-data line; return ``Data(content, None, ...)`` or ``(b"", error)``.
 
@@ -49,51 +65,66 @@ async def read_data(
     # A virtual CRLF stands for the one that ended the DATA command, so that a
     # lone "." on the first line ends the body like on any other line.
     buf = bytearray(b"\r\n")
-    dropped = 0  # bytes discarded after the size limit was passed
-    while True:
-        try:
-            buf += await reader.readuntil(_END)
-        except asyncio.LimitOverrunError as exc:
-            # No ".\r\n" within the stream limit: take what is buffered. The
-            # last bytes (a possible start of ".\r\n") stay in the stream.
-            buf += await reader.read(exc.consumed)
-        else:
-            if buf[-5:-3] == b"\r\n":
-                break
-        if size_limit and len(buf) - 2 > size_limit + 4096:
-            # Over the limit: keep only a tail to find the end line in; the
-            # reply will be 552 whatever the rest holds.
-            dropped += len(buf) - 8
-            del buf[:-8]
-    size = dropped + len(buf) - 5
-    if dropped or (size_limit and size > size_limit):
-        return Data(b"", R_TOO_MUCH_DATA)
+    moved = 0  # bytes no longer in buf: in the spill file, or dropped
+    over = False  # past size_limit: nothing more is kept
+    spill: IO[bytes] | None = None
+    try:
+        while True:
+            try:
+                buf += await reader.readuntil(_END)
+            except asyncio.LimitOverrunError as exc:
+                # No ".\r\n" within the stream limit: take what is buffered. The
+                # last bytes (a possible start of ".\r\n") stay in the stream.
+                buf += await reader.read(exc.consumed)
+            else:
+                if buf[-5:-3] == b"\r\n":
+                    break
+            if len(buf) <= spill_over:
+                continue
+            # Keep only a tail to find the end line in; the rest goes to the
+            # spill file, or nowhere once the reply will be 552 anyway.
+            head = bytes(memoryview(buf)[:-_TAIL])
+            del buf[:-_TAIL]
+            moved += len(head)
+            if not over and size_limit and moved - 2 > size_limit:
+                over = True
+                if spill is not None:
+                    spill.close()  # an unlinked file: its blocks are freed
+                    spill = None
+            if not over:
+                if spill is None:
+                    spill = await asyncio.to_thread(_spill_file)
+                await asyncio.to_thread(spill.write, head)
+        size = moved + len(buf) - 5
+        if over or (size_limit and size > size_limit):
+            return Data(b"", R_TOO_MUCH_DATA)
+        if spill is not None:
+            await asyncio.to_thread(spill.seek, 0)
+            whole = bytearray(await asyncio.to_thread(spill.read))
+            whole += buf
+            buf = whole
+    finally:
+        if spill is not None:
+            spill.close()
     body = bytes(memoryview(buf)[2:-3])
-    longest, crlf_only = _scan_lines(body)
-    if longest > line_limit:
-        return Data(b"", R_LINE_TOO_LONG)
     # A line starting with "." before the end line (whose own "\r\n." must
     # not count, or every body would be copied twice more for nothing).
     if buf.find(b"\r\n.", 0, len(buf) - 3) >= 0:
         # Undo dot-stuffing: drop the first "." of every line that has one.
-        # Only dots go, so the line endings stay as they were scanned.
+        # Only dots go, so the line endings stay as they were.
         body = bytes(memoryview(buf)[:-3]).replace(b"\r\n.", b"\r\n")[2:]
-    return Data(body, None, crlf_only)
+    return Data(body, None, _crlf_only(body))
 
 
-def _scan_lines(body: bytes) -> tuple[int, bool]:
-    """``(longest line, CRLF only)`` for ``body``, in four C-level passes.
+def _spill_file() -> IO[bytes]:
+    return tempfile.TemporaryFile(prefix="sluice-data-")
 
-    ``splitlines`` breaks at CRLF, CR and LF alike, so its count of line
-    breaks equals both the count of CRs and that of LFs only when every break
-    is a CRLF (a bare CR adds a break and a CR, a bare LF a break and an LF).
-    A line's length excludes its CRLF; with bare line endings aiosmtpd's rule
-    (lines end at CRLF only) decides, as before.
+
+def _crlf_only(body: bytes) -> bool:
+    """Whether every CR and every LF of ``body`` is part of a CRLF, in three C-level counts.
+
+    "\\r\\n" cannot overlap itself, so as many CRLFs as CRs means every CR is
+    followed by an LF, and as many as LFs that every LF follows a CR.
     """
-    if not body:
-        return 0, True
-    lines = body.splitlines()
-    breaks = len(lines) - (body[-1] not in b"\r\n")
-    if breaks == body.count(b"\n") == body.count(b"\r"):
-        return max(map(len, lines)), True
-    return max(map(len, body.split(b"\r\n"))), False
+    crlf = body.count(b"\r\n")
+    return crlf == body.count(b"\r") == body.count(b"\n")

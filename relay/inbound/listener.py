@@ -19,17 +19,16 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from email._header_value_parser import AddrSpec, AngleAddr, get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
+from relay.address import NULL_PATH, address_problem, needs_smtputf8, split_path
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
-from relay.inbound.data import read_data
+from relay.inbound.data import Data, read_data
+from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.message import bare_line_ending, extract_subject, received_header
-from relay.model import valid_address
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = [
@@ -37,21 +36,27 @@ __all__ = [
     "Listener",
     "RelayHandler",
     "RelaySMTP",
+    "Sessions",
     "start_listeners",
 ]
 
 log = logging.getLogger("sluice.smtp")
 
-# Reply texts, named so that tests and docs can refer to them.
+# Reply texts, named so that tests and docs can refer to them. All ASCII:
+# a reply is sent as UTF-8 only to a client that asked for SMTPUTF8, and
+# tests/inbound/test_replies.py checks every one.
 R_MAIL_OK = "250 2.1.0 Sender OK"
 R_RCPT_OK = "250 2.1.5 Recipient OK"
 R_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (limit {limit}); send the rest in a new message"
-R_BAD_RCPT = "501 5.1.3 Bad recipient address syntax (a full user@domain address is needed)"
-R_BAD_SENDER = "501 5.1.7 Bad sender address syntax"
+R_BAD_RCPT = "501 5.1.3 Bad recipient address syntax: {reason}"
+R_BAD_SENDER = "501 5.1.7 Bad sender address syntax: {reason}"
+# RFC 6531 section 3.7.4.1 (Postfix gives the same code).
+R_NEED_SMTPUTF8 = "553 5.6.7 A non-ASCII address needs SMTPUTF8 on MAIL FROM (RFC 6531)"
 R_BARE_LF = (
     "550 5.6.0 Message contains a bare LF or CR line ending at byte {offset}; "
-    "lines must end in CRLF (RFC 5321 § 2.3.8)"
+    "lines must end in CRLF (RFC 5321 section 2.3.8)"
 )
+R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections (limit {limit}); try again later"
 R_SPOOL_ERROR = "451 4.3.0 Could not store the message (local spool error); try again later"
 R_INTERNAL = "451 4.3.0 Internal error; try again later"
 R_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
@@ -82,7 +87,10 @@ class _NoEvents:
 
 
 class RelayHandler:
-    """aiosmtpd hooks for one listener; reads the current settings at each use."""
+    """aiosmtpd hooks for one listener, and ``accept`` for a whole message.
+
+    Reads the current settings at each use.
+    """
 
     def __init__(
         self,
@@ -116,12 +124,14 @@ class RelayHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if address in ("", "<>"):
-            # The null reverse-path of bounces (RFC 5321 § 4.5.5). aiosmtpd
+        if address == NULL_PATH:
+            # The null reverse-path of bounces (RFC 5321 section 4.5.5). aiosmtpd
             # needs a truthy mail_from, so "<>" stands for it until DATA.
-            address = "<>"
-        elif not valid_address(address):
-            return R_BAD_SENDER
+            pass
+        elif needs_smtputf8(address) and "SMTPUTF8" not in options:
+            return R_NEED_SMTPUTF8
+        elif (problem := address_problem(address)) is not None:
+            return R_BAD_SENDER.format(reason=problem)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return R_MAIL_OK
@@ -131,20 +141,23 @@ class RelayHandler:
     ) -> str:
         limit = self._settings().max_recipients
         if len(envelope.rcpt_tos) >= limit:
-            # RFC 5321 § 4.5.3.1.10: refuse the extra ones, keep those accepted.
+            # RFC 5321 section 4.5.3.1.10: refuse the extra ones, keep those accepted.
             return R_TOO_MANY_RCPTS.format(limit=limit)
-        if not valid_address(address):
-            return R_BAD_RCPT
+        if needs_smtputf8(address) and not envelope.smtp_utf8:
+            return R_NEED_SMTPUTF8
+        if (problem := address_problem(address)) is not None:
+            return R_BAD_RCPT.format(reason=problem)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return R_RCPT_OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        data = envelope.original_content or b""
-        crlf_only = isinstance(envelope, RelayEnvelope) and envelope.crlf_only
+    async def accept(self, session: Session, envelope: Envelope, data: Data) -> str:
+        """Store one message read by ``RelaySMTP.smtp_DATA``; the reply to send."""
+        crlf_only = data.crlf_only
+        content = data.content
         settings = self._settings()
         if settings.bare_line_endings == "reject" and not crlf_only:
-            offset = bare_line_ending(data)
+            offset = bare_line_ending(content)
             if offset is not None:
                 log.warning("rejected message from %s: bare line ending", _peer_ip(session))
                 self._events.on_reject("bare_line_ending")
@@ -153,8 +166,8 @@ class RelayHandler:
         now = self._clock()
         queue_id = new_queue_id(now, self._rng)
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
-        if "SMTPUTF8" in (o.upper() for o in envelope.mail_options):
-            protocol = "UTF8SMTP"
+        if envelope.smtp_utf8:
+            protocol = "UTF8SMTP"  # RFC 6531 section 3.7.3
         header = received_header(
             helo=session.host_name,
             client_ip=_peer_ip(session),
@@ -163,13 +176,14 @@ class RelayHandler:
             protocol=protocol,
             recipients=list(envelope.rcpt_tos),
             now=now,
+            utf8=envelope.smtp_utf8,
         )
         message = NewMessage(
             queue_id=queue_id,
-            sender="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
+            sender="" if envelope.mail_from == NULL_PATH else (envelope.mail_from or ""),
             recipients=list(envelope.rcpt_tos),
-            data=header + data,
-            subject=extract_subject(data),
+            data=header + content,
+            subject=extract_subject(content),
             received_at=now,
             client=_peer_ip(session),
             helo=session.host_name or "",
@@ -208,54 +222,60 @@ def _peer_ip(session: Session) -> str:
     return str(peer or "")
 
 
-class RelayEnvelope(Envelope):
-    """aiosmtpd's envelope, plus what reading DATA found out about the content."""
+@dataclass
+class Sessions:
+    """The open sessions of one listener (of one process), and what refusing them logs."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        #: Every line ends in CRLF (no bare CR or LF): no second scan needed.
-        self.crlf_only = False
+    open: set[RelaySMTP] = field(default_factory=set)
+    refusals: Throttle = field(default_factory=Throttle)
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP with a peer check before the greeting."""
+    """aiosmtpd's SMTP with a peer check and a connection limit before the greeting.
+
+    It overrides two of aiosmtpd's private members, each because no public
+    hook runs early enough; tests/inbound/test_aiosmtpd_seams.py fails if an
+    aiosmtpd upgrade changes what they rely on:
+
+    * ``_handle_client``: the greeting is sent at its start, and nothing
+      public runs before it (``handle_PROXY`` only with the PROXY protocol);
+    * ``_getaddr``: ``smtp_MAIL`` and ``smtp_RCPT`` parse the path with it
+      before any ``handle_*`` hook, with RFC 5322's parser, which raises
+      ``IndexError`` on ``MAIL FROM:<`` and drops comments.
+
+    ``smtp_DATA`` (a public command method) is replaced to read the body in
+    chunks. It uses, without overriding them, ``_reader``/``_writer`` (the
+    connection's streams) and ``_set_post_data_state`` (the reset after DATA).
+    """
 
     def __init__(
         self,
         handler: RelayHandler,
         *,
         allowed: Callable[[str], bool],
-        sessions: set[RelaySMTP],
+        sessions: Sessions,
+        max_connections: int,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self._relay = handler
         self._allowed = allowed
         self._sessions = sessions
-
-    def _create_envelope(self) -> RelayEnvelope:
-        return RelayEnvelope()
+        self._max_connections = max_connections
+        #: the task serving this session (waited for at shutdown)
+        self.task: asyncio.Task[Any] | None = None
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd 1.4's address parsing, minus its per-call class creation.
+        """Split ``<path> parameters`` by RFC 5321's grammar (``relay.address.split_path``).
 
-        The original defines a ``typing.Protocol`` class inside the method, on
-        every MAIL and RCPT: 6% of the accept CPU. Same parsing, same results.
+        Replaces aiosmtpd 1.4's RFC 5322 parsing, which raises on an
+        unterminated ``<`` (a ``451`` and a traceback per command), takes
+        comments and bare words, and rewrites quoting. This one never raises
+        and returns the path as sent; ``handle_MAIL``/``handle_RCPT`` judge it
+        and give the reason in a 5xx. It also skips aiosmtpd's
+        ``typing.Protocol`` class created on every call (6% of the accept CPU).
         """
-        if not arg:
-            return "", ""
-        address: AngleAddr | AddrSpec
-        try:
-            if arg.lstrip().startswith("<"):
-                address, rest = get_angle_addr(arg)
-            else:
-                address, rest = get_addr_spec(arg)
-        except HeaderParseError:
-            return None, None
-        addr: str = address.addr_spec
-        localpart = addr.rpartition("@")[0]
-        if self.local_part_limit and len(localpart) > self.local_part_limit:
-            return None, None
-        return addr, rest
+        return split_path(arg)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -264,18 +284,16 @@ class RelaySMTP(SMTP):
             return
         if await self.check_auth_needed("DATA"):
             return
-        assert self.envelope is not None
+        assert self.envelope is not None and self.session is not None
         if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
+            await self.push("503 5.5.1 Error: need RCPT command")
             return
         if arg:
-            await self.push("501 Syntax: DATA")
+            await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            data = await read_data(
-                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
-            )
+            data = await read_data(self._reader, size_limit=self.data_size_limit)
         except asyncio.CancelledError:
             # The connection was lost during DATA (aiosmtpd cancels on EOF).
             self._writer.close()
@@ -284,40 +302,52 @@ class RelaySMTP(SMTP):
             self._writer.close()
             return
         if data.error is not None:
-            await self.push(data.error)
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        self.envelope.content = data.content
-        self.envelope.original_content = data.content
-        if isinstance(self.envelope, RelayEnvelope):
-            self.envelope.crlf_only = data.crlf_only
-        status = await self._call_handler_hook("DATA")
+            status = data.error
+        else:
+            status = await self._relay.accept(self.session, self.envelope, data)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
+        await self.push(status)
 
     async def _handle_client(self) -> None:
+        """Refuse a peer outside ``allowed_networks``, or one too many, instead of greeting it."""
         assert self.session is not None
         ip = _peer_ip(self.session)
         if not self._allowed(ip):
             log.warning("refused connection from %s: not in smtp.allowed_networks", ip)
-            await self.push(R_DENIED.format(peer=ip))
-            if self.transport is not None:
-                self.transport.close()
+            await self._refuse(R_DENIED.format(peer=ip))
             return
-        self._sessions.add(self)
+        sessions = self._sessions
+        if len(sessions.open) >= self._max_connections:
+            # Postfix's smtpd process limit, with a reply instead of a wait in
+            # the backlog: the client retries later (RFC 5321 section 3.8).
+            suppressed = sessions.refusals.take()
+            if suppressed is not None:
+                log.warning(
+                    "refused connection from %s: smtp.max_connections (%d) reached%s",
+                    ip,
+                    self._max_connections,
+                    f" ({suppressed} more since the last message)" if suppressed else "",
+                )
+            await self._refuse(R_TOO_MANY_CONNECTIONS.format(limit=self._max_connections))
+            return
+        sessions.open.add(self)
+        self.task = asyncio.current_task()
         try:
             await super()._handle_client()
         finally:
-            self._sessions.discard(self)
+            sessions.open.discard(self)
 
-    async def say_goodbye(self) -> None:
-        """Tell the client we are stopping (RFC 5321 § 3.8) and close."""
+    async def _refuse(self, reply: str) -> None:
         try:
-            await self.push(R_SHUTDOWN)
+            await self.push(reply)
         except (ConnectionError, RuntimeError):
             pass
         if self.transport is not None:
             self.transport.close()
+
+    async def say_goodbye(self) -> None:
+        """Tell the client we are stopping (RFC 5321 section 3.8) and close."""
+        await self._refuse(R_SHUTDOWN)
 
 
 def peer_filter(settings: Callable[[], SmtpSettings]) -> Callable[[str], bool]:
@@ -338,7 +368,7 @@ class Listener:
     """The SMTP servers of one daemon and the sessions they hold open."""
 
     servers: list[asyncio.Server]
-    sessions: set[RelaySMTP] = field(default_factory=set)
+    sessions: Sessions = field(default_factory=Sessions)
     #: the configured address of each server, and how to make a session (for ``rebind``)
     endpoints: list[Endpoint] = field(default_factory=list)
     factory: Callable[[], RelaySMTP] | None = None
@@ -404,10 +434,10 @@ class Listener:
             server.close()
         self.servers.extend(self._retired)
         self._retired.clear()
-        tasks = [t for s in self.sessions if (t := s._handler_coroutine) is not None]
+        tasks = [t for s in self.sessions.open if (t := s.task) is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
-        for session in list(self.sessions):
+        for session in list(self.sessions.open):
             await session.say_goodbye()
         for server in self.servers:
             await server.wait_closed()
@@ -430,15 +460,21 @@ async def start_listeners(
     """
     loop = asyncio.get_running_loop()
     current = settings()
-    sessions: set[RelaySMTP] = set()
+    sessions = Sessions()
     allowed = peer_filter(settings)
+    quiet_emfile(loop)
+    #: smtp.max_connections -> the sessions the descriptors allow (checked once per value)
+    fitted = {current.max_connections: fit_sessions(current.max_connections)}
 
     def factory() -> RelaySMTP:
         s = settings()
+        if s.max_connections not in fitted:
+            fitted[s.max_connections] = fit_sessions(s.max_connections)
         return RelaySMTP(
             handler,
             allowed=allowed,
             sessions=sessions,
+            max_connections=fitted[s.max_connections],
             hostname=hostname,
             ident="Sluice",
             data_size_limit=s.max_message_size,

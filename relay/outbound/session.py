@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import replace
 
 import aiosmtplib
 from aiosmtplib import (
-    SMTPAuthenticationError,
     SMTPDataError,
     SMTPException,
     SMTPRecipientRefused,
@@ -40,12 +37,17 @@ from aiosmtplib import (
 
 from relay.message import wire_data
 from relay.model import Outcome, PermFailure, valid_address
-from relay.outbound.oauth import OAuthError, TokenSource
+from relay.outbound.handshake import (
+    HandshakeError,
+    Upstream,
+    handshake,
+    insecure_auth,
+    smtp_client,
+)
 from relay.outbound.replies import (
     Phase,
     closes_channel,
     error_outcome,
-    format_reply,
     no_smtputf8,
     reply_outcome,
     retry_hint,
@@ -68,25 +70,6 @@ __all__ = [
 log = logging.getLogger("sluice.delivery")
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Everything needed to open a connection to one provider (secrets resolved)."""
-
-    id: str
-    host: str
-    port: int
-    encryption: Literal["none", "starttls", "tls"]
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    #: for XOAUTH2: obtains and refreshes access tokens
-    oauth: TokenSource | None = field(default=None, repr=False)
-    tls_context: ssl.SSLContext | None = field(default=None, repr=False)
-    allow_insecure_auth: bool = False
-    connect_timeout: float = 30.0
-    command_timeout: float = 300.0
-    data_timeout: float = 600.0
-
-
 class StaleSession(Exception):
     """A reused connection turned out to be dead before the transaction began."""
 
@@ -99,20 +82,6 @@ class ProviderError(Exception):
         self.text = text
         self.code = code
         self.retry_after = retry_after
-
-
-def insecure_auth(up: Upstream) -> str | None:
-    """Why credentials may not be sent on this connection, or ``None`` if they may."""
-    if up.allow_insecure_auth:
-        return None
-    if up.encryption == "none" or up.tls_context is None:
-        return "refusing to send credentials without TLS (set allow_insecure_auth to allow it)"
-    if up.tls_context.verify_mode == ssl.CERT_NONE:
-        return (
-            "refusing to send credentials over TLS that is not verified (tls_verify: false; "
-            "set allow_insecure_auth to allow it)"
-        )
-    return None
 
 
 def classify(
@@ -153,25 +122,6 @@ def _without_smtputf8(sender: str, recipients: Sequence[str]) -> tuple[list[str]
     if not sender.isascii():
         return [], list(recipients)
     return [r for r in recipients if r.isascii()], [r for r in recipients if not r.isascii()]
-
-
-def smtp_client(
-    upstream: Upstream, *, local_hostname: str, timeout: float | None = None
-) -> aiosmtplib.SMTP:
-    """An unconnected aiosmtplib client for ``upstream``.
-
-    ``start_tls=False``: STARTTLS is done explicitly, so that a server that
-    does not offer it is refused rather than silently used in clear.
-    """
-    return aiosmtplib.SMTP(
-        hostname=upstream.host,
-        port=upstream.port,
-        local_hostname=local_hostname,
-        use_tls=upstream.encryption == "tls",
-        start_tls=False,
-        tls_context=upstream.tls_context,
-        timeout=upstream.command_timeout if timeout is None else timeout,
-    )
 
 
 def _path(address: str, encoding: str) -> bytes:
@@ -276,52 +226,16 @@ class Session:
         return self._smtp.is_connected
 
     async def open(self) -> None:
-        """Connect, STARTTLS if configured, and authenticate. Raises ``ProviderError``."""
-        up, smtp = self.upstream, self._smtp
+        """Connect, secure and authenticate (``handshake``). Raises ``ProviderError``."""
         try:
-            await smtp.connect(timeout=up.connect_timeout)
-            # EHLO now: the transaction's options depend on the extensions offered.
-            await smtp.ehlo()
-            if up.encryption == "starttls":
-                if not smtp.supports_extension("starttls"):
-                    raise ProviderError(
-                        "4.7.4 the provider does not offer STARTTLS and encryption is "
-                        "'starttls'; refusing to send in clear"
-                    )
-                await smtp.starttls(tls_context=up.tls_context)
-                await smtp.ehlo()  # RFC 3207 § 4.2: forget what was offered in clear
-            if up.username is not None:
-                if (problem := insecure_auth(up)) is not None:
-                    raise ProviderError(f"4.7.0 {problem}")
-                if up.oauth is not None:
-                    try:
-                        token = await up.oauth.token()
-                    except OAuthError as exc:
-                        raise ProviderError(f"4.7.0 XOAUTH2: {exc.text}") from None
-                    try:
-                        await smtp.auth_xoauth2(up.username, token)
-                    except SMTPAuthenticationError:
-                        up.oauth.invalidate()  # the next attempt fetches a new token
-                        raise
-                else:
-                    await smtp.login(up.username, up.password or "")
-        except ProviderError:
+            await handshake(self._smtp, self.upstream)
+        except HandshakeError as exc:
+            self.close()
+            hint = retry_hint(exc.text) if exc.code is not None else None
+            raise ProviderError(exc.text, exc.code, retry_after=hint) from exc
+        except BaseException:
             self.close()
             raise
-        except SMTPAuthenticationError as exc:
-            self.close()
-            raise ProviderError(
-                f"authentication failed: {format_reply(exc.code, exc.message)}", exc.code
-            ) from exc
-        except SMTPResponseException as exc:
-            self.close()
-            raise ProviderError(
-                format_reply(exc.code, exc.message), exc.code, retry_after=retry_hint(exc.message)
-            ) from exc
-        except (SMTPException, OSError, TimeoutError) as exc:
-            self.close()
-            outcome = classify("", exc)
-            raise ProviderError(outcome.text) from exc
 
     async def send(
         self,

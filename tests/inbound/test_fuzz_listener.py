@@ -166,6 +166,8 @@ def test_any_input_gets_a_valid_reply_and_one_message_per_250(
                 if b"queued as" in reply:
                     live.queued += 1
             assert not reply.startswith(b"500 Error: ("), reply  # aiosmtpd's internal-error text
+            assert reply.isascii(), reply  # RFC 5321 section 4.2 (issue #13, item 3)
+            assert not reply.startswith(b"451"), reply  # no internal error on any input
             if reply.startswith(b"221") or reply.startswith(b"421"):
                 break
     # Still alive, and exactly one stored message per "250 ... queued as".

@@ -89,11 +89,6 @@ async def test_php_mail_with_a_long_line_while_the_daemon_is_down(
     assert await d2.stop() == 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="the listener answers 500 Line too long to lines over 1000 octets until the "
-    "`inbound` branch (which accepts them) is merged; then this passes",
-)
 async def test_php_mail_with_a_long_line_through_the_running_daemon(
     ops_config: Callable[..., Path],
     daemon_proc: Callable[..., DaemonProcess],

@@ -60,6 +60,50 @@ def test_received_header_neutralises_hostile_helo() -> None:
     assert b"\r\nBcc" not in h
 
 
+def _for_clause(recipient: str, *, utf8: bool) -> bytes:
+    h = received_header(
+        helo="app",
+        client_ip="127.0.0.1",
+        hostname="r",
+        queue_id="Q",
+        protocol="UTF8SMTP" if utf8 else "ESMTP",
+        recipients=[recipient],
+        now=NOW,
+        utf8=utf8,
+    )
+    assert h.count(b"\r\n") == 3 and h.endswith(b"\r\n")
+    return h.split(b"\r\n")[2].split(b";")[0]
+
+
+@pytest.mark.parametrize(
+    ("recipient", "utf8", "clause"),
+    [
+        # Issue #13 item 11: was "for <j?rg@b?cher.de>".
+        ("jörg@bücher.de", True, "\tfor <jörg@bücher.de>".encode()),
+        ("用户@例子.广告", True, "\tfor <用户@例子.广告>".encode()),
+        # Without SMTPUTF8 the listener refuses a non-ASCII address; were one
+        # to come, its domain would be an A-label.
+        ("a@bücher.de", False, b"\tfor <a@xn--bcher-kva.de>"),
+        ('"john doe"@example.org', False, b'\tfor <"john doe"@example.org>'),
+        # Line breaks and controls never reach the header, whatever the caller passes.
+        ("a\r\nBcc: x@y.z", True, b"\tfor <a??Bcc: x@y.z>"),
+        ("a\x00\x7f@b.c", False, b"\tfor <a??@b.c>"),
+    ],
+)
+def test_received_header_keeps_the_recipient_intact(
+    recipient: str, utf8: bool, clause: bytes
+) -> None:
+    assert _for_clause(recipient, utf8=utf8) == clause
+
+
+@given(st.text(max_size=60), st.booleans())
+def test_received_header_is_always_three_lines(recipient: str, utf8: bool) -> None:
+    clause = _for_clause(recipient, utf8=utf8)
+    assert b"\r" not in clause and b"\n" not in clause
+    if not utf8:
+        assert clause.isascii()
+
+
 @pytest.mark.parametrize(
     ("data", "subject"),
     [

@@ -1,0 +1,121 @@
+"""The private parts of aiosmtpd that RelaySMTP relies on are still there and still behave.
+
+RelaySMTP overrides two private members (``_getaddr``, ``_handle_client``)
+and uses three more (``_set_post_data_state``, ``_reader``, ``_writer``);
+see its docstring for why no public hook does. An aiosmtpd upgrade that
+renames, re-signs or stops calling one of them must fail here loudly, by
+name, not as a puzzling failure elsewhere; each check also has a test of
+the behaviour through a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from relay.inbound.listener import RelaySMTP
+from tests.conftest import SluiceFactory, eventually, provider_for, raw_session
+from tests.inbound.test_listener import HELLO
+from tests.upstream import TestUpstream
+
+
+def _params(func: object) -> list[str]:
+    return list(inspect.signature(func).parameters)  # type: ignore[arg-type]
+
+
+def _source(name: str) -> str:
+    return inspect.getsource(getattr(SMTP, name))
+
+
+def test_getaddr_is_what_mail_rcpt_and_vrfy_parse_the_path_with() -> None:
+    assert _params(SMTP._getaddr) == ["self", "arg"]
+    assert _params(RelaySMTP._getaddr) == ["self", "arg"]
+    for command, hook in (("smtp_MAIL", "'MAIL'"), ("smtp_RCPT", "'RCPT'")):
+        source = _source(command)
+        # aiosmtpd parses with _getaddr, then hands the address to our hook.
+        assert "self._getaddr(arg)" in source, command
+        assert source.index("self._getaddr(arg)") < source.index(f"_call_handler_hook({hook}")
+    assert "self._getaddr(arg)" in _source("smtp_VRFY")
+
+
+def test_handle_client_sends_the_greeting_and_is_started_per_connection() -> None:
+    assert inspect.iscoroutinefunction(SMTP._handle_client)
+    assert _params(SMTP._handle_client) == ["self"]
+    assert "self._handle_client()" in _source("connection_made")
+    # The greeting is its first reply: overriding it is the only way to answer first.
+    source = _source("_handle_client")
+    assert source.index("await self.push('220") < source.index("while self.transport")
+
+
+def test_post_data_state_resets_the_envelope() -> None:
+    assert _params(SMTP._set_post_data_state) == ["self"]
+    assert "self.envelope = self._create_envelope()" in _source("_set_post_data_state")
+
+
+def test_reader_and_writer_are_the_connection_streams() -> None:
+    source = _source("_cb_client_connected")
+    assert "self._reader = reader" in source and "self._writer = writer" in source
+    # DATA is read from _reader with the reader's own limit (the line length limit).
+    assert "limit=self.line_length_limit" in inspect.getsource(SMTP.__init__)
+
+
+async def test_through_a_socket_each_seam_still_does_its_part(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    async with sluice(
+        [provider_for(upstream)], smtp={"max_connections": 1, "allowed_networks": ["127.0.0.1/32"]}
+    ) as s:
+        # _handle_client: a refused peer hears 554 instead of a greeting...
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", s.port, local_addr=("127.0.0.2", 0)
+        )
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"554 5.7.1")
+        writer.close()
+        replies = await raw_session(
+            s.port,
+            [
+                b"EHLO x\r\n",
+                b"MAIL FROM:<\r\n",  # _getaddr: no IndexError, a 501
+                b"MAIL FROM:<a@example.org> SIZE=10\r\n",  # _getaddr: the parameters split off
+                b"RCPT TO:<b@example.net>\r\n",
+                b"DATA\r\n",
+                HELLO + b".\r\n",  # _reader/_writer: DATA read and answered
+                b"MAIL FROM:<c@example.org>\r\n",  # _set_post_data_state: not "nested MAIL"
+                b"QUIT\r\n",
+            ],
+        )
+        # ... and one client too many hears 421 (max_connections 1, one session open).
+        # (raw_session's session ends just after its 221: poll for the free slot.)
+        held: list[asyncio.StreamWriter] = []
+
+        async def greeted() -> bool:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            line = await asyncio.wait_for(reader.readline(), 10)
+            (held if line.startswith(b"220") else []).append(writer)
+            if not held:
+                writer.close()
+            return bool(held)
+
+        await eventually(greeted, within=15)
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        second = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        held[0].close()
+        (got,) = await upstream.wait_for(1)
+    assert replies[0].startswith("220")
+    assert replies[2].startswith("501 5.1.7"), replies
+    assert replies[3].startswith("250"), replies
+    assert "queued as" in replies[6], replies
+    assert replies[7].startswith("250 2.1.0"), replies
+    assert got.sender == "a@example.org"
+    assert second.startswith(b"421 4.7.0"), second
+
+
+@pytest.mark.parametrize("name", ["_getaddr", "_handle_client"])
+def test_the_overrides_say_what_they_change(name: str) -> None:
+    doc = inspect.getdoc(getattr(RelaySMTP, name)) or ""
+    assert doc, f"RelaySMTP.{name} must say which aiosmtpd behaviour it changes"
+    assert name in (inspect.getdoc(RelaySMTP) or "")
