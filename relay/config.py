@@ -229,6 +229,10 @@ class SmtpSettings(_Model):
     hostname: str | None = None
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"
+    #: refuse a recipient on the suppression list at RCPT (a 5xx the app sees)
+    #: instead of accepting it and ending it as ``suppressed``; global entries
+    #: only (a message's stream is not known before DATA)
+    refuse_suppressed: bool = False
     #: accept worker processes (``relay.inbound.workers``); 0 = accept in the daemon itself
     workers: int | Literal["auto"] = "auto"
 
@@ -466,10 +470,6 @@ class SuppressionSettings(_Model):
 
     #: headers that name a message's stream, first found wins (List-Id: its <id>)
     stream_headers: list[str] = Field(default_factory=lambda: ["X-Sluice-Stream", "List-Id"])
-    #: refuse a suppressed recipient at RCPT (5xx the app sees) instead of accepting
-    #: it and marking it ``suppressed``; only for global entries (the stream is
-    #: not known before DATA)
-    refuse_at_rcpt: bool = False
 
 
 def _loopback_host(host: str) -> bool:

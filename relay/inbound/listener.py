@@ -51,6 +51,11 @@ R_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (limit {limit}); send the rest
 R_BAD_RCPT = "501 5.1.3 Bad recipient address syntax: {reason}"
 R_BAD_SENDER = "501 5.1.7 Bad sender address syntax: {reason}"
 # RFC 6531 section 3.7.4.1 (Postfix gives the same code).
+#: a recipient on the suppression list, with smtp.refuse_suppressed
+R_SUPPRESSED = (
+    "550 5.7.1 Recipient is on this relay's suppression list (source: {source}); "
+    "mail to it is not sent"
+)
 R_NEED_SMTPUTF8 = "553 5.6.7 A non-ASCII address needs SMTPUTF8 on MAIL FROM (RFC 6531)"
 R_BARE_LF = (
     "550 5.6.0 Message contains a bare LF or CR line ending at byte {offset}; "
@@ -147,6 +152,11 @@ class RelayHandler:
             return R_NEED_SMTPUTF8
         if (problem := address_problem(address)) is not None:
             return R_BAD_RCPT.format(reason=problem)
+        if self._settings().refuse_suppressed:
+            entry = await self._spool.suppressions.active(address)
+            if entry is not None and entry.scope == "":
+                self._events.on_reject("suppressed")
+                return R_SUPPRESSED.format(source=entry.source)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return R_RCPT_OK

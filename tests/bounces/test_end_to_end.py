@@ -183,3 +183,28 @@ async def _settled(s: Running, qid: str) -> bool:
 
 async def _status_is(s: Running, qid: str, rcpt: str, want: RecipientStatus) -> bool:
     return (await statuses(s, qid)).get(rcpt) is want
+
+
+async def test_refuse_suppressed_answers_550_at_rcpt_and_keeps_the_others(
+    sluice: SluiceFactory,
+) -> None:
+    up = await TestUpstream().start()
+    try:
+        async with sluice([provider_for(up)], smtp={"refuse_suppressed": True}) as s:
+            await s.spool.suppressions.add("gone@example.net", reason="bounced 3 times")
+            await s.spool.suppressions.add("reader@example.net", scope="news", source="api")
+            refused, _ = await smtp_send(
+                s.port,
+                "app@example.org",
+                ["gone@example.net", "ok@example.net", "reader@example.net"],
+                message("hello"),
+            )
+            # Global entries are refused at RCPT; a scoped one cannot be (no stream yet).
+            assert set(refused) == {"gone@example.net"}
+            code, text = refused["gone@example.net"]
+            assert code == 550 and "suppression list (source: manual)" in text
+            assert text.isascii()
+            (got,) = await up.wait_for(1)
+            assert got.recipients == ["ok@example.net", "reader@example.net"]
+    finally:
+        await up.stop()
