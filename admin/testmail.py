@@ -18,7 +18,7 @@ from email.policy import SMTP
 from typing import Any
 
 from admin.backend import Backend
-from relay.errors import UnknownMessage
+from relay.errors import SluiceError, UnknownMessage
 from relay.message import PROVIDER_HEADER
 from relay.model import TERMINAL, RecipientStatus
 from relay.store.spool import NewMessage, Spool, new_queue_id
@@ -35,7 +35,7 @@ __all__ = [
 _ADDRESS_MAX = 254
 
 
-class TestMessageError(ValueError):
+class TestMessageError(SluiceError, ValueError):
     """The request cannot be sent; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, text: str, status: int = 400) -> None:

@@ -12,7 +12,6 @@ __all__ = [
     "SluiceError",
     "SpoolError",
     "SpoolLocked",
-    "StateConflict",
     "UnknownMessage",
 ]
 
@@ -56,7 +55,3 @@ class SpoolLocked(SpoolError):
 
 class UnknownMessage(SluiceError, LookupError):
     """No message with that queue ID exists."""
-
-
-class StateConflict(SluiceError):
-    """A guarded state transition matched no row (someone else moved it first)."""

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from relay.errors import SluiceError
+
 __all__ = ["MASK", "SecretError", "SecretSource", "mask"]
 
 MASK = "••••••"
@@ -45,7 +47,7 @@ def mask(value: object) -> str:
     return MASK if value else ""
 
 
-class SecretError(LookupError):
+class SecretError(SluiceError, LookupError):
     """A configured secret cannot be had: unset, unreadable, missing or empty.
 
     ``key`` is the YAML key the user wrote (``password_env``), for

@@ -61,6 +61,7 @@ from email.message import Message
 
 import idna
 
+from relay.errors import SluiceError
 from relay.message import bare_line_ending
 
 __all__ = [
@@ -88,7 +89,7 @@ _HEADERS = email.parser.BytesHeaderParser(policy=email.policy.compat32)
 _IDENTITY = frozenset({"7bit", "8bit", "binary"})
 
 
-class Unconvertible(ValueError):
+class Unconvertible(SluiceError, ValueError):
     """The message cannot be made to fit; ``reason`` says why (for the delivery log)."""
 
     def __init__(self, reason: str) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load_structure
-from relay.errors import ConfigError, SpoolError
+from relay.errors import ConfigError, SluiceError, SpoolError
 from relay.inbound.sendmail_args import (
     USAGE,
     Options,
@@ -65,7 +65,7 @@ DEFAULT_CONFIG = "/etc/sluice/config.yaml"
 _TIMEOUT = 60.0  # per SMTP command; the listener answers the final dot after one commit
 
 
-class _Fail(Exception):
+class _Fail(SluiceError):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code = code

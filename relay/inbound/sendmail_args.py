@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from relay.errors import SluiceError
+
 __all__ = ["USAGE", "Options", "Prepared", "UsageError", "parse_args", "prepare", "qualify"]
 
 # -c FILE is every other `sluice` subcommand's config option, so that `sluice sendmail
@@ -43,7 +45,7 @@ _HEADER_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _BAD_CHARS = re.compile(r"[\r\n\0]")
 
 
-class UsageError(Exception):
+class UsageError(SluiceError):
     """Bad command line; exits 64 (EX_USAGE)."""
 
 

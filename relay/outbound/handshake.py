@@ -44,6 +44,7 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from relay.errors import SluiceError
 from relay.outbound.oauth import OAuthError, TokenSource
 from relay.outbound.replies import Phase, error_outcome, format_reply
 
@@ -114,7 +115,7 @@ class Step:
 Observer = Callable[[Step], None]
 
 
-class HandshakeError(Exception):
+class HandshakeError(SluiceError):
     """The handshake failed at ``step``.
 
     Attributes:

@@ -28,6 +28,7 @@ from typing import Protocol
 import httpx
 
 from relay.config import OAuth2Settings
+from relay.errors import SluiceError
 from relay.secrets import SecretError
 from relay.store.spool import OAuthGrant
 
@@ -39,7 +40,7 @@ log = logging.getLogger("sluice.oauth")
 _HTTP_TIMEOUT = 20.0
 
 
-class OAuthError(Exception):
+class OAuthError(SluiceError):
     """No access token could be obtained. ``reauthorize`` means a human must act."""
 
     def __init__(self, text: str, *, reauthorize: bool = False) -> None:

@@ -35,6 +35,7 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from relay.errors import SluiceError
 from relay.message import wire_data
 from relay.model import Outcome, PermFailure, valid_address
 from relay.outbound.handshake import (
@@ -70,11 +71,11 @@ __all__ = [
 log = logging.getLogger("sluice.delivery")
 
 
-class StaleSession(Exception):
+class StaleSession(SluiceError, ConnectionError):
     """A reused connection turned out to be dead before the transaction began."""
 
 
-class ProviderError(Exception):
+class ProviderError(SluiceError):
     """The provider could not take any mail (connect, TLS, EHLO, AUTH)."""
 
     def __init__(self, text: str, code: int | None = None, *, retry_after: float | None = None):
