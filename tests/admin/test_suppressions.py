@@ -455,3 +455,43 @@ async def test_overview_shows_the_bounce_mailbox(
             page = (await c.get("/")).text
             assert 'class="health h-error">failing' in page
             assert str(data["error"]).split(":")[0] in page
+
+
+async def test_a_bounce_after_delivery_shows_on_the_message_log_and_address_pages(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
+        refused, _ = await smtp_send(
+            s.port,
+            "app@example.org",
+            ["gone@example.net"],
+            b"From: app@example.org\r\nSubject: will bounce\r\n\r\nbody\r\n",
+        )
+        assert refused == {}
+        await s.wait_idle()
+        (entry,) = await s.spool.list_queue()
+        assert entry.status is RecipientStatus.SENT
+        # What the poller records when the DSN for it arrives (VERP names the message).
+        await s.spool.suppressions.record_bounce(
+            NewBounce(
+                address="gone@example.net",
+                kind="hard",
+                source="dsn",
+                status="5.1.1",
+                diagnostic="smtp; 550 5.1.1 user unknown",
+                queue_id=entry.queue_id,
+                key="dsn-1",
+                raw=b"Subject: Undelivered Mail Returned to Sender\r\n\r\nsorry\r\n",
+            ),
+            Threshold(hard=1),
+        )
+        message = (await c.get(f"/messages/{entry.queue_id}")).text
+        assert '<span class="badge s-bounced">bounced</span>' in message
+        assert "hard bounce: 5.1.1 smtp; 550 5.1.1 user unknown" in message
+        log = (await c.get("/log?status=bounced")).text
+        assert entry.queue_id in log and "s-bounced" in log
+        assert entry.queue_id not in (await c.get("/log?status=suppressed")).text
+        # The address page links the bounce to its message, and the threshold entry is there.
+        detail = (await c.get("/suppressions/gone@example.net")).text
+        assert f'href="/messages/{entry.queue_id}"' in detail
+        assert "1 bounces; last: 5.1.1 smtp; 550 5.1.1 user unknown" in detail
