@@ -495,3 +495,26 @@ async def test_a_bounce_after_delivery_shows_on_the_message_log_and_address_page
         detail = (await c.get("/suppressions/gone@example.net")).text
         assert f'href="/messages/{entry.queue_id}"' in detail
         assert "1 bounces; last: 5.1.1 smtp; 550 5.1.1 user unknown" in detail
+
+
+async def test_an_oversized_upload_is_refused_before_it_is_read_whole(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, token="tok") as c:
+            token = csrf_of((await c.get("/suppressions")).text)
+            big = b"address\n" + b"someone@example.org\n" * (5 * 1024 * 1024 // 20)
+            files = {"file": ("big.csv", big, "text/csv")}
+            # A browser (cookie): the guard stops reading at its bound.
+            r = await c.post("/suppressions/import", data={"csrf_token": token}, files=files)
+            assert r.status_code == 413
+            # A script (bearer token, no cookie): the route's own limit.
+            c.cookies.clear()
+            auth = {"authorization": "Bearer tok"}
+            r = await c.post("/suppressions/import", files=files, headers=auth)
+            assert r.status_code == 400 and "larger than 4 MiB" in r.text
+            r = await c.post(
+                "/api/suppressions.csv", content=big, headers={**auth, "content-type": "text/csv"}
+            )
+            assert r.status_code == 413
+            assert await s.spool.suppressions.page() == []
