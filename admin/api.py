@@ -1,4 +1,11 @@
-"""The JSON API under ``/api/`` (everything the pages show and do), ``/metrics``, ``/healthz``."""
+"""The JSON API under ``/api/`` (everything the pages show and do), ``/metrics``, ``/healthz``.
+
+``/api/suppressions`` is the suppression list for apps and scripts: GET lists
+(``search``, ``scope``, ``source``, ``after``, ``limit``), POST adds
+(source ``api``: how an app pushes an unsubscribe), ``GET``/``DELETE
+/api/suppressions/{address}`` read or remove one address, and
+``/api/suppressions.csv`` exports (GET) or imports (POST, ``text/csv``).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +21,32 @@ from admin.backend import ACTIONS, AdminState, act, identity, state
 from admin.data import LogFilter, QueueFilter, jsonable, message_view, provider_view
 from admin.health import Health, State, check
 from admin.stats import summary
+from admin.suppressions import (
+    IMPORT_MAX,
+    InputError,
+    SuppressionFilter,
+    all_entries,
+    bounce_view,
+    check_address,
+    check_reason,
+    check_scope,
+    entry_view,
+    expiry,
+    export_csv,
+    parse_csv,
+)
 from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
 
-__all__ = ["eml_response", "overview_data", "providers_data", "routes"]
+__all__ = [
+    "bounce_raw_response",
+    "eml_response",
+    "overview_data",
+    "providers_data",
+    "routes",
+    "suppression_detail",
+    "suppressions_csv_response",
+]
 
 _BODY_MAX = 64 * 1024
 
@@ -39,6 +68,32 @@ async def overview_data(st: AdminState) -> dict[str, Any]:
         "started_at": status.started_at,
         "last_reload_error": status.last_reload_error,
         "last_reload_at": status.last_reload_at,
+        "bounce_mailbox": bounce_mailbox_data(st),
+    }
+
+
+def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
+    """The bounce mailbox on the overview: ``off``, ``waiting`` (not read yet), ``ok``, ``failing``.
+
+    Shown to the logged-in operator only: the error text may name the mail server.
+    """
+    poll = st.backend.bounce_mailbox()
+    if poll is None:
+        return {"state": "off", "configured": False}
+    if poll.failures:
+        state_ = "failing"
+    elif poll.last_ok_at is None:
+        state_ = "waiting"
+    else:
+        state_ = "ok"
+    return {
+        "state": state_,
+        "configured": True,
+        "last_poll_at": poll.last_poll_at,
+        "last_ok_at": poll.last_ok_at,
+        "next_poll_at": poll.next_poll_at,
+        "failures": poll.failures,
+        "error": poll.last_error,
     }
 
 
@@ -224,6 +279,8 @@ async def metrics(request: Request) -> Response:
         if p.daily_limit is not None:
             g.daily_limit.labels(p.id).set(p.daily_limit)
     g.uptime.set(max(0.0, b.clock() - b.status().started_at))
+    for source, n in (await b.spool.suppressions.count_by_source()).items():
+        g.suppressions.labels(source).set(n)
     _health_gauges(st, await check(b))
     body = generate_latest(b.metrics.registry) + generate_latest(g.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
@@ -283,6 +340,116 @@ async def healthz(request: Request) -> Response:
     return JSONResponse(details, status_code=h.http_status)
 
 
+async def suppression_detail(st: AdminState, address: str) -> dict[str, Any]:
+    """One address: its entries (each scope, expired ones too) and its bounces."""
+    sup = st.backend.spool.suppressions
+    now = st.backend.clock()
+    return {
+        "address": address,
+        "entries": [entry_view(e, now) for e in await sup.entries_of(address)],
+        "bounces": [bounce_view(b) for b in await sup.bounces_of(address)],
+    }
+
+
+async def api_suppressions(request: Request) -> Response:
+    st = state(request)
+    f = SuppressionFilter.parse(request.query_params)
+    rows, next_after = await f.page(st.backend.spool)
+    now = st.backend.clock()
+    return _json({"entries": [entry_view(e, now) for e in rows], "next_after": next_after})
+
+
+async def api_suppression_add(request: Request) -> Response:
+    """Add (or replace) an entry: ``{"address", "scope"?, "reason"?, "expires_at"?|"expires_in"?}``.
+
+    The source is ``api``: an app pushing an unsubscribe or a complaint.
+    """
+    st = state(request)
+    try:
+        body = await _body(request)
+    except ValueError as exc:
+        return _error(400, f"expected a JSON body: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, 'expected {"address": "someone@example.org", ...}')
+    try:
+        address = check_address(body.get("address"))
+        scope = check_scope(body.get("scope"))
+        reason = check_reason(body.get("reason"))
+        expires_at = expiry(st.backend.clock(), body.get("expires_at"), body.get("expires_in"))
+    except InputError as exc:
+        return _error(400, str(exc))
+    entry = await st.backend.spool.suppressions.add(
+        address, scope=scope, source="api", reason=reason, expires_at=expires_at
+    )
+    return _json(entry_view(entry, st.backend.clock()), 201)
+
+
+async def api_suppression(request: Request) -> Response:
+    st = state(request)
+    try:
+        address = check_address(request.path_params["address"])
+    except InputError as exc:
+        return _error(400, str(exc))
+    data = await suppression_detail(st, address)
+    if not data["entries"] and not data["bounces"]:
+        return _error(404, "that address has no entry and no bounce")
+    return _json(data)
+
+
+async def api_suppression_remove(request: Request) -> Response:
+    """Remove an address's entry in ``?scope=`` (every scope when absent)."""
+    try:
+        address = check_address(request.path_params["address"])
+        scope = request.query_params.get("scope")
+        scope = check_scope(scope) if scope is not None else None
+    except InputError as exc:
+        return _error(400, str(exc))
+    removed = await state(request).backend.spool.suppressions.remove(address, scope=scope)
+    return _json({"address": address, "removed": removed}, 200 if removed else 404)
+
+
+async def suppressions_csv_response(request: Request) -> Response:
+    """The list (with the same filters as the page) as CSV, as ``sluice suppression export``."""
+    spool = state(request).backend.spool
+    entries = await all_entries(spool, SuppressionFilter.parse(request.query_params))
+    return Response(
+        export_csv(entries),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": 'attachment; filename="suppressions.csv"'},
+    )
+
+
+async def api_suppressions_import(request: Request) -> Response:
+    """Add the entries of a CSV body (``text/csv``); all or none."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > IMPORT_MAX:
+            return _error(413, f"the CSV is larger than {IMPORT_MAX} bytes")
+    try:
+        entries = parse_csv(bytes(raw))
+    except InputError as exc:
+        return _error(400, str(exc))
+    count = await state(request).backend.spool.suppressions.add_many(entries)
+    return _json({"imported": count})
+
+
+async def bounce_raw_response(request: Request) -> Response:
+    """A stored bounce message as plain text (never HTML: its content is a stranger's)."""
+    bounce_id: int = request.path_params["bid"]
+    raw = await state(request).backend.spool.suppressions.bounce_raw(bounce_id)
+    if raw is None:
+        return Response("no such bounce message\n", status_code=404, media_type="text/plain")
+    disposition = "attachment" if request.query_params.get("download") else "inline"
+    return Response(
+        raw,
+        # utf-8 for the browser to show it; bytes that are not are shown as such,
+        # and nosniff (admin.guard) keeps it from ever being read as HTML.
+        media_type="text/plain; charset=utf-8",
+        headers={"content-disposition": f'{disposition}; filename="bounce-{bounce_id}.txt"'},
+    )
+
+
 routes = [
     Route("/api/overview", api_overview),
     Route("/api/providers", api_providers),
@@ -297,6 +464,13 @@ routes = [
     Route("/api/messages/{qid}/raw", eml_response),
     Route("/api/messages/{qid}/{action}", api_message_action, methods=["POST"]),
     Route("/api/reload", api_reload, methods=["POST"]),
+    Route("/api/suppressions", api_suppressions),
+    Route("/api/suppressions", api_suppression_add, methods=["POST"]),
+    Route("/api/suppressions.csv", suppressions_csv_response),
+    Route("/api/suppressions.csv", api_suppressions_import, methods=["POST"]),
+    Route("/api/suppressions/{address:path}", api_suppression),
+    Route("/api/suppressions/{address:path}", api_suppression_remove, methods=["DELETE"]),
+    Route("/api/bounces/{bid:int}/raw", bounce_raw_response),
     Route("/metrics", metrics),
     Route("/healthz", healthz),
 ]

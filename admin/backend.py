@@ -19,6 +19,7 @@ from starlette.templating import Jinja2Templates
 
 from admin.auth import Credentials, LoginLimiter, Sessions
 from admin.guard import SCOPE_KEY, Identity
+from relay.bounces.poller import PollStatus
 from relay.config import AdminSettings
 from relay.errors import UnknownMessage
 from relay.metrics import Metrics
@@ -74,6 +75,8 @@ class Backend:
     #: this relay's host name (the test message's Message-ID and sender domain)
     hostname: str = "localhost"
     clock: Callable[[], float] = time.time
+    #: the bounce mailbox poller's state now (None: no mailbox is configured)
+    bounce_mailbox: Callable[[], PollStatus | None] = lambda: None
 
 
 class _ScrapeGauges:
@@ -138,6 +141,12 @@ class _ScrapeGauges:
         self.checkpoint_errors = Gauge(
             "sluice_spool_checkpoint_errors",
             "Failed WAL checkpoints since the daemon started.",
+            registry=r,
+        )
+        self.suppressions = Gauge(
+            "sluice_suppressions",
+            "Entries on the suppression list in force now (not expired), by source.",
+            ["source"],
             registry=r,
         )
         self.accept_workers = Gauge(

@@ -1,4 +1,4 @@
-"""The HTML pages: overview, providers, queue, log, message, login.
+"""The HTML pages: overview, providers, queue, log, message, suppressions, login.
 
 Each route reads through ``admin.data`` / ``admin.api`` (the same values the
 JSON API returns) and renders one template. Forms post back here and answer
@@ -15,13 +15,33 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from admin.api import eml_response, overview_data, providers_data
+from admin.api import (
+    bounce_raw_response,
+    eml_response,
+    overview_data,
+    providers_data,
+    suppression_detail,
+    suppressions_csv_response,
+)
 from admin.auth import DEVICE_COOKIE
 from admin.backend import ACTIONS, act, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
+from admin.suppressions import (
+    ANY_SCOPE,
+    IMPORT_MAX,
+    InputError,
+    SuppressionFilter,
+    check_address,
+    check_reason,
+    check_scope,
+    entry_view,
+    expiry,
+    parse_csv,
+)
 from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
+from relay.store.suppressions import SOURCES
 
 __all__ = ["routes"]
 
@@ -54,6 +74,9 @@ def _notice(request: Request) -> str:
         "delete": f"{n} message(s) deleted.",
         "reload": "Configuration reloaded.",
         "reload-failed": "Reload failed; the running configuration is unchanged.",
+        "added": "Address added to the suppression list.",
+        "removed": f"{n} suppression entr{'y' if n == 1 else 'ies'} removed.",
+        "imported": f"{n} suppression entr{'y' if n == 1 else 'ies'} imported.",
     }
     text = texts.get(done or "", "")
     if text and missing:
@@ -238,6 +261,114 @@ async def message_action(request: Request) -> Response:
     return _see_other(f"/messages/{qid}?{params}")
 
 
+async def suppressions(request: Request) -> Response:
+    return await _suppressions_page(request)
+
+
+async def _suppressions_page(
+    request: Request,
+    *,
+    error: str = "",
+    form: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    """The list with its filters, the add form and the CSV import/export."""
+    st = state(request)
+    f = SuppressionFilter.parse(request.query_params)
+    rows, next_after = await f.page(st.backend.spool)
+    now = st.backend.clock()
+    query = f.query()
+    return _render(
+        request,
+        "suppressions.html",
+        {
+            "f": f,
+            "any_scope": ANY_SCOPE,
+            "entries": [entry_view(e, now) for e in rows],
+            "scopes": await st.backend.spool.suppressions.scopes(),
+            "sources": SOURCES,
+            "page_sizes": PAGE_SIZES,
+            "first_url": f"/suppressions?{urlencode(query)}",
+            "next_url": (
+                f"/suppressions?{urlencode([*query, ('after', next_after)])}"
+                if next_after is not None
+                else None
+            ),
+            "export_url": f"/suppressions.csv?{urlencode(query)}",
+            "here": request.url.path + ("?" + request.url.query if request.url.query else ""),
+            "error": error,
+            "form": form or {},
+            "import_max_mib": IMPORT_MAX // (1024 * 1024),
+        },
+        status,
+    )
+
+
+async def suppression_add(request: Request) -> Response:
+    st = state(request)
+    form = await request.form()
+    fields = {k: str(form.get(k, "")) for k in ("address", "scope", "reason", "expires_in")}
+    try:
+        address = check_address(fields["address"])
+        scope = check_scope(fields["scope"])
+        reason = check_reason(fields["reason"])
+        expires_at = expiry(st.backend.clock(), expires_in=fields["expires_in"].strip())
+    except InputError as exc:
+        return await _suppressions_page(request, error=str(exc), form=fields, status=400)
+    await st.backend.spool.suppressions.add(
+        address,
+        scope=scope,
+        source="manual",
+        reason=reason or "added by hand",
+        expires_at=expires_at,
+    )
+    return _see_other(f"/suppressions?{urlencode({'search': address, 'done': 'added'})}")
+
+
+async def suppression_remove(request: Request) -> Response:
+    form = await request.form()
+    back = _local_path(str(form.get("back", "")), "/suppressions")
+    try:
+        address = check_address(str(form.get("address", "")))
+        scope = check_scope(str(form.get("scope", "")))
+    except InputError as exc:
+        return await _suppressions_page(request, error=str(exc), status=400)
+    n = await state(request).backend.spool.suppressions.remove(address, scope=scope)
+    back = back.split("done=")[0].rstrip("&?") or "/suppressions"
+    sep = "&" if "?" in back else "?"
+    return _see_other(f"{back}{sep}{urlencode({'done': 'removed', 'n': n})}")
+
+
+async def suppression_import(request: Request) -> Response:
+    """The CSV upload (multipart; ``admin.guard`` checked its CSRF field and its size)."""
+    async with request.form(max_files=1, max_fields=10) as form:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            return await _suppressions_page(request, error="Choose a CSV file.", status=400)
+        data = await upload.read(IMPORT_MAX + 1)
+    try:
+        entries = parse_csv(data)
+    except InputError as exc:
+        return await _suppressions_page(request, error=f"Import refused: {exc}", status=400)
+    n = await state(request).backend.spool.suppressions.add_many(entries)
+    return _see_other(f"/suppressions?{urlencode({'done': 'imported', 'n': n})}")
+
+
+async def suppression_page(request: Request) -> Response:
+    """One address: its entries in every scope and the bounces that put it there."""
+    try:
+        address = check_address(request.path_params["address"])
+    except InputError as exc:
+        return _render(request, "error.html", {"message": str(exc)}, 400)
+    data = await suppression_detail(state(request), address)
+    return _render(
+        request,
+        "suppression.html",
+        {**data, "here": request.url.path},
+        200 if data["entries"] or data["bounces"] else 404,
+    )
+
+
 async def reload(request: Request) -> Response:
     ok = await state(request).backend.reload()
     return _see_other("/?done=reload" if ok else "/?done=reload-failed")
@@ -292,6 +423,13 @@ routes = [
     Route("/messages/{qid}", message),
     Route("/messages/{qid}/eml", eml_response),
     Route("/messages/{qid}/action", message_action, methods=["POST"]),
+    Route("/suppressions", suppressions),
+    Route("/suppressions.csv", suppressions_csv_response),
+    Route("/suppressions/add", suppression_add, methods=["POST"]),
+    Route("/suppressions/remove", suppression_remove, methods=["POST"]),
+    Route("/suppressions/import", suppression_import, methods=["POST"]),
+    Route("/suppressions/{address:path}", suppression_page),
+    Route("/bounces/{bid:int}/raw", bounce_raw_response),
     Route("/reload", reload, methods=["POST"]),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),

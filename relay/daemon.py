@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from pathlib import Path
 from admin.backend import Backend, DaemonStatus
 from admin.server import AdminServer, check_exposure
 from relay import logsetup
-from relay.bounces.poller import BouncePoller
+from relay.bounces.poller import BouncePoller, PollStatus
 from relay.config import Config, load
 from relay.errors import ConfigError, ListenError, SpoolError
 from relay.inbound.listener import Listener, RelayHandler, start_listeners
@@ -264,6 +265,13 @@ class Daemon:
     def admin_backend(self) -> Backend:
         """What the admin may read and do, handed to ``AdminServer.start``."""
         assert self.spool is not None, "the daemon is not started"
+
+        def bounce_mailbox() -> PollStatus | None:
+            # A copy: the admin reads it, the poller alone changes it.
+            if self.bounces is None or self.config.bounces.mailbox is None:
+                return None
+            return dataclasses.replace(self.bounces.status)
+
         return Backend(
             spool=self.spool,
             snapshot=self.snapshot,
@@ -273,6 +281,7 @@ class Daemon:
             status=self.admin_status,
             hostname=self.hostname,
             clock=self._clock,
+            bounce_mailbox=bounce_mailbox,
         )
 
     def status_text(self) -> str:

@@ -335,6 +335,28 @@ class Suppressions:
         async with self._reader.execute(sql, params) as cur:
             return [Suppression.from_row(r) async for r in cur]
 
+    async def entries_of(self, address: str) -> list[Suppression]:
+        """Every entry of one address (each scope), expired ones too."""
+        async with self._reader.execute(
+            QUERIES["suppressions_of"], {"address": normalize(address)}
+        ) as cur:
+            return [Suppression.from_row(r) async for r in cur]
+
+    async def scopes(self, *, limit: int = 200) -> list[str]:
+        """The scopes in use, in order ('' first: global)."""
+        async with self._reader.execute(QUERIES["suppression_scopes"], {"limit": limit}) as cur:
+            return [str(r["scope"]) async for r in cur]
+
+    async def count_by_source(self) -> dict[str, int]:
+        """Entries in force now, by source (every source listed, 0 when none)."""
+        counts = dict.fromkeys(SOURCES, 0)
+        async with self._reader.execute(
+            QUERIES["suppressions_count_by_source"], {"now": self._clock()}
+        ) as cur:
+            async for row in cur:
+                counts[row["source"]] = int(row["n"])
+        return counts
+
     async def bounces_of(self, address: str, *, limit: int = 100) -> list[BounceRecord]:
         """The bounces recorded for an address, newest first."""
         async with self._reader.execute(

@@ -375,3 +375,83 @@ async def test_provider_list_test_connection_and_test_message(
             await context.close()
     finally:
         await guarded.stop()
+
+
+async def test_suppressions_add_see_and_remove(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    """The Suppressions page: add an address, find it, remove it (after the confirmation)."""
+    (tmp_path / "pw").write_text("admin-pw\n")
+    admin = {"enabled": True, "listen": "127.0.0.1:0", "password_file": str(tmp_path / "pw")}
+    async with sluice([provider_for(upstream)], admin=admin) as s:
+        assert s.daemon.admin is not None
+        base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+        context = await browser.new_context(viewport={"width": 1400, "height": 900})
+        page = await context.new_page()
+        answers = iter([False, True])  # first "Cancel", then "OK"
+        asked: list[str] = []
+
+        async def on_dialog(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            if next(answers):
+                await dialog.accept()
+            else:
+                await dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        errors: list[str] = []
+        page.on(
+            "console",
+            lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" else None,
+        )
+        await page.goto(base + "/")
+        await page.fill("input[name=password]", "admin-pw")
+        await page.click("button[type=submit]")
+        await page.get_by_role("link", name="Suppressions").click()
+        await expect(page).to_have_url(base + "/suppressions")
+        await expect(page.locator("#suppressions")).to_contain_text("No suppressed address")
+
+        # Add one, with a hostile reason: it shows as text.
+        form = page.locator("#add-suppression")
+        await form.locator("input[name=address]").fill("Someone@Example.org")
+        await form.locator("input[name=scope]").fill("news")
+        await form.locator("input[name=reason]").fill(XSS)
+        await form.locator("input[name=expires_in]").fill("30d")
+        await form.get_by_role("button", name="Add").click()
+        await expect(page.locator("#notice")).to_have_text("Address added to the suppression list.")
+        row = page.locator("tr[data-address='someone@example.org']")
+        await expect(row).to_contain_text("news")
+        await expect(row.get_by_text(XSS, exact=True)).to_be_visible()
+        await expect(row.locator(".badge")).to_have_text("manual")
+        await shot(page, "30-suppression-added")
+        (entry,) = await s.spool.suppressions.entries_of("someone@example.org")
+        assert (entry.scope, entry.source, entry.reason) == ("news", "manual", XSS)
+
+        # Its own page (each entry with its bounces).
+        await row.get_by_role("link", name="someone@example.org").click()
+        await expect(page.locator("h1")).to_have_text("someone@example.org")
+        await expect(page.locator("#bounces")).to_contain_text("No bounce recorded")
+        await page.go_back()
+
+        # Remove: cancelled first (nothing happens), then confirmed.
+        row = page.locator("tr[data-address='someone@example.org']")
+        await row.get_by_role("button", name="Remove").click()
+        await expect(row).to_be_visible()
+        assert len(await s.spool.suppressions.entries_of("someone@example.org")) == 1
+        await row.get_by_role("button", name="Remove").click()
+        await expect(page.locator("#notice")).to_have_text("1 suppression entry removed.")
+        await expect(page.locator("tr[data-address='someone@example.org']")).to_have_count(0)
+        assert await s.spool.suppressions.entries_of("someone@example.org") == []
+        assert len(asked) == 2 and asked[0].startswith("Remove someone@example.org (stream news)")
+
+        # Import a CSV through the upload form (multipart, CSRF field read by the guard).
+        upload = tmp_path / "list.csv"
+        upload.write_text("address,scope,reason\nfrom-file@example.org,,old list\n")
+        await page.locator("#import-suppressions input[type=file]").set_input_files(upload)
+        await page.locator("#import-suppressions").get_by_role("button", name="Import").click()
+        await expect(page.locator("#notice")).to_have_text("1 suppression entry imported.")
+        imported = page.locator("tr[data-address='from-file@example.org']")
+        await expect(imported.locator(".badge")).to_have_text("import")
+        await shot(page, "31-suppression-imported")
+        assert errors == [], errors
+        await context.close()

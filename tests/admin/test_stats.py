@@ -47,8 +47,10 @@ async def test_summary_counts_and_hour_buckets(tmp_path: Path) -> None:
         await attempt(spool, clock, NOW - 86400 + 600, AttemptStatus.SUCCESS)
         await attempt(spool, clock, NOW - 86400 - 600, AttemptStatus.FAIL)  # too old
         s = await summary(spool, NOW)
-    assert s.last_hour == {"IN PROGRESS": 0, "SUCCESS": 1, "FAIL": 0, "deferred": 1}
-    assert s.last_day == {"IN PROGRESS": 0, "SUCCESS": 2, "FAIL": 1, "deferred": 1}
+    # Every attempt status is counted, the two of #15 (bounced, suppressed) too.
+    others = {"IN PROGRESS": 0, "bounced": 0, "suppressed": 0}
+    assert s.last_hour == {**others, "SUCCESS": 1, "FAIL": 0, "deferred": 1}
+    assert s.last_day == {**others, "SUCCESS": 2, "FAIL": 1, "deferred": 1}
     assert s.chart.total == {"SUCCESS": 1, "deferred": 1, "FAIL": 1}
     assert s.chart.peak == 2
     by_hour = {(b.hour_start, b.status): b.count for b in s.chart.bars}

@@ -283,3 +283,17 @@ WHERE address IN (SELECT value FROM json_each(:addresses))
   AND (scope = '' OR scope = :stream)
   AND (expires_at IS NULL OR expires_at > :now)
 ORDER BY scope DESC;
+
+-- name: suppressions_of
+-- Every entry of one address, in force or expired (the admin's detail view).
+SELECT address, scope, source, reason, created_at, expires_at FROM suppressions
+WHERE address = :address ORDER BY scope;
+
+-- name: suppressions_count_by_source
+-- Entries in force now, by source (the sluice_suppressions gauge).
+SELECT source, count(*) AS n FROM suppressions
+WHERE expires_at IS NULL OR expires_at > :now GROUP BY source;
+
+-- name: suppression_scopes
+-- The scopes in use ('' is global), for the admin's scope filter.
+SELECT DISTINCT scope FROM suppressions ORDER BY scope LIMIT :limit;
