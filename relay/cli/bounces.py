@@ -64,13 +64,18 @@ def _ts(text: str) -> float | None:
 
 async def _all(spool: Spool, **filters: Any) -> list[Suppression]:
     out: list[Suppression] = []
-    after: str | None = None
+    after: tuple[str, str] | None = None
     while True:
-        page = await spool.suppressions.page(after=after, limit=_PAGE, **filters)
+        page = await spool.suppressions.page(
+            after=after[0] if after else None,
+            after_scope=after[1] if after else None,
+            limit=_PAGE,
+            **filters,
+        )
         out.extend(page)
         if len(page) < _PAGE:
             return out
-        after = page[-1].address
+        after = (page[-1].address, page[-1].scope)
 
 
 async def cmd_list(args: argparse.Namespace) -> int:

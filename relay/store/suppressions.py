@@ -307,9 +307,15 @@ class Suppressions:
         scope: str | None = None,
         source: str | None = None,
         after: str | None = None,
+        after_scope: str | None = None,
         limit: int = 100,
     ) -> list[Suppression]:
-        """One page of entries in address order; keyset pagination on the address."""
+        """One page of entries in (address, scope) order; keyset pagination.
+
+        Pass the last entry's ``address`` and ``scope`` as ``after`` and
+        ``after_scope`` for the next page (``after`` alone skips the rest of
+        that address).
+        """
         where = ["1=1"]
         params: dict[str, Any] = {"limit": limit}
         if search:
@@ -326,8 +332,10 @@ class Suppressions:
             where.append("source = :source")
             params["source"] = source
         if after is not None:
-            where.append("address > :after")
+            # Keyset on (address, scope): one address may have several entries.
+            where.append("(address > :after OR (address = :after AND scope > :after_scope))")
             params["after"] = after
+            params["after_scope"] = after_scope if after_scope is not None else "\uffff"
         sql = (
             "SELECT address, scope, source, reason, created_at, expires_at FROM suppressions"
             f" WHERE {' AND '.join(where)} ORDER BY address, scope LIMIT :limit"

@@ -126,3 +126,23 @@ async def test_a_dsn_bounce_of_a_relayed_message_is_in_its_log(tmp_path: Path) -
         # VERP named the recipient: the bounce counts for it, whatever the DSN said.
         (b,) = await spool.suppressions.bounces_of("to@y.example")
         assert b.queue_id == qid
+
+
+async def test_pages_never_split_an_address_with_several_scopes(tmp_path: Path) -> None:
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        book = spool.suppressions
+        for scope in ("", "a", "b"):
+            await book.add("x@example.net", scope=scope)
+        await book.add("y@example.net")
+        first = await book.page(limit=2)
+        assert [(e.address, e.scope) for e in first] == [
+            ("x@example.net", ""),
+            ("x@example.net", "a"),
+        ]
+        rest = await book.page(after=first[-1].address, after_scope=first[-1].scope, limit=10)
+        assert [(e.address, e.scope) for e in rest] == [
+            ("x@example.net", "b"),
+            ("y@example.net", ""),
+        ]
+        # ``after`` alone goes on after the whole address.
+        assert [e.address for e in await book.page(after="x@example.net")] == ["y@example.net"]
