@@ -163,8 +163,9 @@ class LogFilter:
 
     @classmethod
     def parse(cls, params: Any) -> LogFilter:
-        wanted = {s.value for s in AttemptStatus}
-        statuses = [AttemptStatus(s) for s in params.getlist("status") if s in wanted]
+        # Values or labels, any case: bookmarks made with ?status=FAIL keep working.
+        parsed = (AttemptStatus.parse(s) for s in params.getlist("status"))
+        statuses = [s for s in parsed if s is not None]
         since = _float(params.get("since"))
         until = _float(params.get("until"))
         date = (params.get("date") or "").strip()
@@ -230,8 +231,11 @@ def body_preview(raw: bytes) -> tuple[str, bool]:
 
 def message_view(detail: MessageDetail, raw: bytes) -> dict[str, Any]:
     preview, cut = body_preview(raw)
+    view = jsonable(detail)
+    for row, attempt in zip(view["attempts"], detail.attempts, strict=True):
+        row["status_label"] = attempt.status.label  # what the page shows (SUCCESS, FAIL)
     return {
-        **jsonable(detail),
+        **view,
         "headers": header_list(raw),
         "preview": preview,
         "preview_cut": cut,

@@ -230,7 +230,7 @@ async def log_page(request: Request) -> Response:
         {
             "f": f,
             "entries": entries,
-            "statuses": [s.value for s in AttemptStatus],
+            "statuses": list(AttemptStatus),
             "page_sizes": PAGE_SIZES,
             **_page_links("/log", base_q, entries, f.limit),
         },

@@ -91,7 +91,7 @@ def _chart(grid: dict[int, dict[str, int]], start: float, width: int, height: in
                     y=round(y, 2),
                     width=round(slot - 4, 2),
                     height=round(h, 2),
-                    status=status.value,
+                    status=status.label,
                     count=n,
                     hour_start=start + hour * 3600,
                 )

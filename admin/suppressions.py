@@ -22,6 +22,7 @@ from typing import Any
 
 from admin.data import PAGE_SIZES
 from relay.config import parse_duration
+from relay.errors import SluiceError
 from relay.store.spool import Spool
 from relay.store.suppressions import SOURCES, BounceRecord, Suppression, normalize
 
@@ -55,7 +56,7 @@ _SCOPE_MAX = 200
 _REASON_MAX = 500
 
 
-class InputError(ValueError):
+class InputError(SluiceError, ValueError):
     """Bad input from a form, a JSON body or a CSV file (answered 400 with the text)."""
 
 

@@ -53,16 +53,34 @@ ACTIVE = frozenset({RecipientStatus.QUEUED, RecipientStatus.SENDING, RecipientSt
 
 
 class AttemptStatus(StrEnum):
-    """Status of a delivery-log row (one attempt for one recipient)."""
+    """Status of a delivery-log row (one attempt for one recipient).
 
-    IN_PROGRESS = "IN PROGRESS"
-    SUCCESS = "SUCCESS"
-    FAIL = "FAIL"
+    Values are what the spool stores and the JSON API says: lower case, like
+    ``RecipientStatus``. ``label`` is what people read on the log page: the
+    seed's words, IN PROGRESS, SUCCESS, FAIL (and DEFERRED, BOUNCED,
+    SUPPRESSED beside them).
+    """
+
+    IN_PROGRESS = "in_progress"
+    SUCCESS = "success"
+    FAIL = "fail"
     DEFERRED = "deferred"
     #: a bounce (DSN) came back after the message was handed over
     BOUNCED = "bounced"
     #: not sent: the recipient is on the suppression list
     SUPPRESSED = "suppressed"
+
+    @property
+    def label(self) -> str:
+        return self.value.replace("_", " ").upper()
+
+    @classmethod
+    def parse(cls, text: str) -> AttemptStatus | None:
+        """A status from its value or its label, in any case (``FAIL``, ``in progress``)."""
+        try:
+            return cls(text.strip().lower().replace(" ", "_"))
+        except ValueError:
+            return None
 
 
 class Scope(StrEnum):

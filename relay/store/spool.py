@@ -67,7 +67,7 @@ log = logging.getLogger("sluice.spool")
 
 Clock = Callable[[], float]
 
-_SCHEMA_VERSION = "2"
+_SCHEMA_VERSION = "3"
 #: Columns added since version 1, as (table, column, definition): a spool made
 #: before them gets them when opened, with a default that means "not known".
 _ADDED_COLUMNS = (("bodies", "crlf_only", "INTEGER NOT NULL DEFAULT 0"),)
@@ -254,7 +254,7 @@ class Spool:
     async def claim_due(self, limit: int, lease: float) -> list[Claim]:
         """Lease up to ``limit`` due messages (all their due recipients) to attempts.
 
-        Each claimed recipient gets an IN PROGRESS delivery-log row in the same
+        Each claimed recipient gets an in-progress delivery-log row in the same
         transaction, and the message's bytes come with the claim: one hop to
         the writer thread instead of a second one to the reader for each body.
         """
@@ -750,6 +750,13 @@ def _init_schema(conn: sqlite3.Connection) -> None:
         for table, column, definition in _ADDED_COLUMNS:
             if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        # Version 3: delivery-log statuses in lower case, like recipients'. An
+        # older Sluice cannot read these values, so this step has no way back.
+        conn.execute(
+            "UPDATE attempts SET status = CASE status WHEN 'IN PROGRESS' THEN 'in_progress'"
+            " WHEN 'SUCCESS' THEN 'success' WHEN 'FAIL' THEN 'fail' END"
+            " WHERE status IN ('IN PROGRESS', 'SUCCESS', 'FAIL')"
+        )
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",

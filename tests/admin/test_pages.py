@@ -59,7 +59,7 @@ async def test_every_page_and_route_answers(
                 "/api/providers": "up1",
                 "/api/providers/up1": "Main relay",
                 "/api/queue": entry.queue_id,
-                "/api/log": "SUCCESS",
+                "/api/log": "success",
                 f"/api/messages/{entry.queue_id}": "X-Trace",
                 "/healthz": "listener",
             }
@@ -94,10 +94,10 @@ async def test_overview_counts_outcomes_and_chart(
             data = (await c.get("/api/overview")).json()
             assert data["counts"]["sent"] == 2
             assert data["counts"]["failed"] == 1
-            assert data["last_hour"]["SUCCESS"] == 2
-            assert data["last_hour"]["FAIL"] == 1
-            assert data["last_day"]["SUCCESS"] == 2
-            assert data["chart"]["total"] == {"SUCCESS": 2, "deferred": 0, "FAIL": 1}
+            assert data["last_hour"]["success"] == 2
+            assert data["last_hour"]["fail"] == 1
+            assert data["last_day"]["success"] == 2
+            assert data["chart"]["total"] == {"success": 2, "deferred": 0, "fail": 1}
             (provider,) = data["providers"]
             assert provider["daily_limit"] == 100
             html = (await c.get("/")).text
@@ -237,7 +237,7 @@ async def test_log_filter_by_status_date_and_search(
             assert [e["email"] for e in fail] == ["bad@example.net"]
             assert fail[0]["code"] == 550 and "no such user" in fail[0]["reason"]
             ok = (await c.get("/api/log", params={"search": "good"})).json()["entries"]
-            assert [e["status"] for e in ok] == ["SUCCESS"]
+            assert [e["status"] for e in ok] == ["success"]
             today = time.strftime("%Y-%m-%d", time.gmtime())
             same_day = await c.get("/api/log", params={"date": today, "tz": 0})
             assert len(same_day.json()["entries"]) == 2
@@ -264,7 +264,8 @@ async def test_message_detail_and_raw_download(
                 assert f'filename="{entry.queue_id}.eml"' in r.headers["content-disposition"]
             detail = (await c.get(f"/api/messages/{entry.queue_id}")).json()
             assert [r["email"] for r in detail["recipients"]] == ["b@example.net", "c@example.net"]
-            assert {a["status"] for a in detail["attempts"]} == {"SUCCESS"}
+            assert {a["status"] for a in detail["attempts"]} == {"success"}
+            assert {a["status_label"] for a in detail["attempts"]} == {"SUCCESS"}
             assert ["X-Trace", "one"] in detail["headers"]
             assert detail["headers"][0][0] == "Received"
             html = (await c.get(f"/messages/{entry.queue_id}")).text

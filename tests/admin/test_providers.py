@@ -133,7 +133,7 @@ async def test_send_test_message_through_the_chosen_provider(
         # It went through the spool like any message: queue and log have it.
         (entry,) = await s.spool.list_queue(search=qid)
         assert entry.status == "sent"
-        assert [e.status for e in await s.spool.list_log(search=qid)] == ["SUCCESS"]
+        assert [e.status for e in await s.spool.list_log(search=qid)] == ["success"]
 
         # A permanent refusal is the final answer too, with the provider's reply.
         r = await c.post("/api/providers/second/send-test", json={"to": "nobody@example.net"})

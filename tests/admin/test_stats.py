@@ -48,16 +48,16 @@ async def test_summary_counts_and_hour_buckets(tmp_path: Path) -> None:
         await attempt(spool, clock, NOW - 86400 - 600, AttemptStatus.FAIL)  # too old
         s = await summary(spool, NOW)
     # Every attempt status is counted, the two of #15 (bounced, suppressed) too.
-    others = {"IN PROGRESS": 0, "bounced": 0, "suppressed": 0}
-    assert s.last_hour == {**others, "SUCCESS": 1, "FAIL": 0, "deferred": 1}
-    assert s.last_day == {**others, "SUCCESS": 2, "FAIL": 1, "deferred": 1}
-    assert s.chart.total == {"SUCCESS": 1, "deferred": 1, "FAIL": 1}
+    others = {"in_progress": 0, "bounced": 0, "suppressed": 0}
+    assert s.last_hour == {**others, "success": 1, "fail": 0, "deferred": 1}
+    assert s.last_day == {**others, "success": 2, "fail": 1, "deferred": 1}
+    assert s.chart.total == {"success": 1, "deferred": 1, "fail": 1}
     assert s.chart.peak == 2
     by_hour = {(b.hour_start, b.status): b.count for b in s.chart.bars}
     this_hour = NOW - 1800
     assert by_hour == {
         (this_hour, "SUCCESS"): 1,
-        (this_hour, "deferred"): 1,
+        (this_hour, "DEFERRED"): 1,
         (this_hour - 2 * 3600, "FAIL"): 1,
     }
     assert s.chart.start == this_hour - (HOURS - 1) * 3600

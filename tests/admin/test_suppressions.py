@@ -486,7 +486,7 @@ async def test_a_bounce_after_delivery_shows_on_the_message_log_and_address_page
             Threshold(hard=1),
         )
         message = (await c.get(f"/messages/{entry.queue_id}")).text
-        assert '<span class="badge s-bounced">bounced</span>' in message
+        assert '<span class="badge s-bounced">BOUNCED</span>' in message
         assert "hard bounce: 5.1.1 smtp; 550 5.1.1 user unknown" in message
         log = (await c.get("/log?status=bounced")).text
         assert entry.queue_id in log and "s-bounced" in log

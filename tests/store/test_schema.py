@@ -6,6 +6,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from relay.model import AttemptStatus
 from relay.store.spool import NewMessage, Spool, new_queue_id
 from relay.store.sql import SCHEMA
 
@@ -61,4 +62,30 @@ async def test_a_version_1_spool_gains_crlf_only_and_its_mail_is_checked_at_deli
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == ("2",)
+    assert version == ("3",)
+
+
+async def test_an_older_spools_log_statuses_become_lower_case(tmp_path: Path) -> None:
+    """Version 3: the delivery log's IN PROGRESS / SUCCESS / FAIL rows read as values."""
+    path = tmp_path / "spool.sqlite3"
+    _version_1_spool(path)
+    with sqlite3.connect(path) as db:
+        for i, status in enumerate(["IN PROGRESS", "SUCCESS", "FAIL", "deferred"], start=1):
+            db.execute(
+                "INSERT INTO attempts (id, recipient_id, message_id, queue_id, rcpt, started_at,"
+                " status) VALUES (?, 1, 1, 'OLD', 'b@example.net', ?, ?)",
+                (i, float(i), status),
+            )
+    db.close()
+    async with await Spool.open(path) as spool:
+        log = await spool.list_log()
+    assert [e.status for e in reversed(log)] == [
+        AttemptStatus.IN_PROGRESS,
+        AttemptStatus.SUCCESS,
+        AttemptStatus.FAIL,
+        AttemptStatus.DEFERRED,
+    ]
+    assert [e.status.label for e in reversed(log)] == ["IN PROGRESS", "SUCCESS", "FAIL", "DEFERRED"]
+    assert AttemptStatus.parse("in progress") is AttemptStatus.IN_PROGRESS
+    assert AttemptStatus.parse("FAIL") is AttemptStatus.FAIL
+    assert AttemptStatus.parse("nonsense") is None

@@ -32,11 +32,12 @@ def _line(text: str, marker: str = "# <-") -> int:
 
 def test_secrets_module_does_not_import_config() -> None:
     # relay.config imports relay.secrets; the reverse would be the old import circle.
+    # (relay.errors, the error tree's root, imports nothing.)
     tree = ast.parse((REPO / "relay" / "secrets.py").read_text())
     imported = {
         node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     } | {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    assert not any(m.startswith("relay") for m in imported), imported
+    assert not any(m.startswith("relay") and m != "relay.errors" for m in imported), imported
 
 
 @pytest.mark.parametrize(

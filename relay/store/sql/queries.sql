@@ -36,9 +36,9 @@ RETURNING id, rcpt, attempts, since;
 SELECT id, queue_id, sender, received_at, subject FROM messages WHERE id = :message_id;
 
 -- name: insert_attempt
--- A delivery-log row, IN PROGRESS until the outcome is recorded.
+-- A delivery-log row, in progress until the outcome is recorded.
 INSERT INTO attempts (recipient_id, message_id, queue_id, rcpt, subject, started_at, status)
-VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, 'IN PROGRESS');
+VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, 'in_progress');
 
 -- name: finish_recipient
 -- Record a recipient's outcome; guarded so only a leased row moves.
@@ -73,7 +73,7 @@ WHERE status = 'sending';
 UPDATE attempts
 SET status = 'deferred', finished_at = :now,
     reply = 'interrupted: the attempt outlived its lease (delivery.lease); retrying'
-WHERE status = 'IN PROGRESS' AND recipient_id IN (
+WHERE status = 'in_progress' AND recipient_id IN (
     SELECT id FROM recipients WHERE status = 'sending' AND lease_until < :now
 );
 
@@ -84,11 +84,11 @@ SET status = 'queued', next_attempt_at = :now, lease_until = NULL, updated_at = 
 WHERE status = 'sending' AND lease_until < :now;
 
 -- name: close_inflight_attempts
--- Log rows left IN PROGRESS by a crash: their outcome is unknown.
+-- Log rows left in progress by a crash: their outcome is unknown.
 UPDATE attempts
 SET status = 'deferred', finished_at = :now,
     reply = 'interrupted: the daemon stopped during this attempt; retrying'
-WHERE status = 'IN PROGRESS';
+WHERE status = 'in_progress';
 
 -- name: retry_message
 -- Make every unsent recipient of a message due now; failed ones get a new life.
@@ -105,7 +105,7 @@ DELETE FROM messages WHERE queue_id = :queue_id RETURNING id;
 
 -- name: prune_attempts
 -- Drop delivery-log rows older than the retention.
-DELETE FROM attempts WHERE started_at < :before AND status != 'IN PROGRESS';
+DELETE FROM attempts WHERE started_at < :before AND status != 'in_progress';
 
 -- name: prune_finished_messages
 -- Drop messages whose every recipient reached a final state long enough ago.

@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     subject      TEXT    NOT NULL DEFAULT '',
     started_at   REAL    NOT NULL,
     finished_at  REAL,
-    status       TEXT    NOT NULL,        -- IN PROGRESS, SUCCESS, FAIL, deferred
+    status       TEXT    NOT NULL,        -- in_progress, success, fail, deferred, bounced, suppressed
     provider     TEXT,
     code         INTEGER,
     reply        TEXT    NOT NULL DEFAULT ''
