@@ -1,7 +1,9 @@
 """The import graph of ``relay/`` and ``admin/``, read from the code, and its layers.
 
 ``python -m tests.layers`` prints every module under its layer with what it
-imports from the project: the architecture picture in README is its output.
+imports from the project; ``python -m tests.layers --wings`` prints the wings and
+what each imports: the architecture picture in README is that output, and
+``tests/unit/test_layers.py`` checks that README still shows it.
 ``tests/unit/test_layers.py`` fails on a circle or on an import that runs the
 wrong way.
 
@@ -28,7 +30,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ROOT", "Graph", "cycles", "import_graph", "upward", "wing_of"]
+__all__ = [
+    "ROOT",
+    "Graph",
+    "cycles",
+    "import_graph",
+    "render_wings",
+    "upward",
+    "wing_graph",
+    "wing_of",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,9 +184,27 @@ def render(graph: Graph) -> Iterable[str]:
             yield f"    {m}" + (f"  <- {', '.join(deps)}" if deps else "")
 
 
+def wing_graph(graph: Graph) -> dict[str, set[str]]:
+    """Wing -> the other wings its modules import."""
+    out: dict[str, set[str]] = {w: set() for w in RANKS}
+    for m, deps in graph.items():
+        out[wing_of(m)].update(wing_of(d) for d in deps if wing_of(d) != wing_of(m))
+    return out
+
+
+def render_wings(graph: Graph) -> Iterable[str]:
+    """One line per wing, highest layer first: what README's architecture picture shows."""
+    wings = wing_graph(graph)
+    for wing, rank in sorted(RANKS.items(), key=lambda kv: (-kv[1], kv[0])):
+        uses = sorted(wings[wing], key=lambda w: (-RANKS[w], w))
+        line = f"[{rank}] {wing:<9}" + (f" -> {', '.join(uses)}" if uses else "")
+        yield line.rstrip()
+
+
 def main() -> int:
     graph = import_graph()
-    for line in render(graph):
+    lines = render_wings(graph) if "--wings" in sys.argv[1:] else render(graph)
+    for line in lines:
         print(line)
     problems = [" <-> ".join(c) for c in cycles(graph)] + [str(v) for v in upward(graph)]
     for p in problems:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.layers import cycles, import_graph, upward, wing_of
+from tests.layers import ROOT, cycles, import_graph, render_wings, upward, wing_of
 
 
 def test_no_import_circles() -> None:
@@ -49,3 +49,29 @@ def test_every_module_has_a_wing() -> None:
     assert wings["admin.app"] == "admin"
     assert wings["relay.daemon"] == "daemon"
     assert wings["relay.cli.main"] == "cli"
+
+
+def test_readme_shows_the_wings_as_the_code_has_them() -> None:
+    """README's architecture picture is ``python -m tests.layers --wings``, kept true."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- layers:begin -->\n```\n", 1)[1].split("\n```\n<!-- layers:end -->")[
+        0
+    ]
+    assert block.splitlines() == list(render_wings(import_graph()))
+
+
+def test_readme_layout_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("### Layout", 1)[1].split("## Install with systemd", 1)[0]
+    missing = []
+    for module in import_graph():
+        leaf = module.rsplit(".", 1)[-1]
+        if (
+            leaf in ("relay", "admin", "__main__")
+            or (module.count(".")
+            and leaf in ("store", "inbound", "outbound", "bounces", "cli", "sql"))
+        ):
+            continue  # packages, not modules
+        if f"{leaf}.py" not in layout:
+            missing.append(module)
+    assert missing == []
