@@ -6,6 +6,7 @@ provider's password and OAuth2 secrets become ``MASK`` (or ``""`` when unset).
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -202,8 +203,6 @@ class LogFilter:
 
 def _day_start(date: str) -> float | None:
     """Epoch of 00:00 UTC on ``YYYY-MM-DD``, or None if it is not such a date."""
-    import datetime as dt
-
     try:
         day = dt.date.fromisoformat(date)
     except ValueError:

@@ -67,6 +67,8 @@ def _load_without_secrets(args: argparse.Namespace) -> Config:
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
+    # Imported when used: `sluice sendmail` and the queue commands start without
+    # the daemon's imports (uvicorn, aiosmtplib: about 0.3 s per run).
     from relay import logsetup
     from relay.daemon import Daemon
 
@@ -88,6 +90,7 @@ async def cmd_check(args: argparse.Namespace) -> int:
 
 
 async def cmd_reload(args: argparse.Namespace) -> int:
+    # Imported when used: only `sluice reload` signals a daemon.
     from relay.cli.reload import other_config, request_reload
 
     path = _config_path(args)
@@ -190,6 +193,7 @@ async def cmd_queue_delete(args: argparse.Namespace) -> int:
 
 async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
     """Print an argon2 hash for ``admin.password_hash`` (password from a TTY or stdin)."""
+    # Imported when used: argon2 is only for this command (and the admin).
     import getpass
 
     from admin.auth import hash_password
@@ -219,6 +223,8 @@ async def cmd_admin_revoke_sessions(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
+    # Imported when used: `sluice sendmail` and the queue commands start without
+    # the daemon's imports (uvicorn, aiosmtplib: about 0.3 s per run).
     from relay import logsetup
     from relay.cli.demo import DemoPorts, run_demo
 
@@ -343,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = sys.argv[1:]
         # Linked as /usr/sbin/sendmail (or mailq-style names): behave as sendmail.
         if os.path.basename(sys.argv[0]) == "sendmail":
+            # Imported when used: a sendmail run loads no more than it needs.
             from relay.inbound import sendmail
 
             return sendmail.main(argv)

@@ -55,6 +55,7 @@ def _credentials(p: ProviderSettings) -> str:
 
 async def _usage(cfg: Config) -> dict[str, int]:
     """Messages sent today per provider, from the spool if there is one."""
+    # Imported when used: `providers list` opens the spool only when there is one.
     from relay.outbound.limits import DailyLimit
     from relay.store.spool import Spool
 
