@@ -13,8 +13,8 @@ The layers, lowest first (a module may import its own wing and any lower layer):
 0. core: ``relay.model``, ``errors``, ``config``, ``secrets``, ``message``,
    ``logsetup``, ``metrics``, ``sdnotify``, ``runner`` (no I/O but config loading)
 1. ``relay.store``: the spool, the only SQL
-2. ``relay.inbound`` and ``relay.outbound``: the two sides of the spool; neither
-   imports the other
+2. ``relay.inbound``, ``relay.outbound`` and ``relay.notify``: the sides of the
+   spool; none imports another
 3. ``admin``: the web page over the backend the daemon hands it
 4. ``relay.daemon``: the composition root
 5. ``relay.cli``: the ``sluice`` command
@@ -38,6 +38,7 @@ RANKS = {
     "store": 1,
     "inbound": 2,
     "outbound": 2,
+    "notify": 2,
     "admin": 3,
     "daemon": 4,
     "cli": 5,
@@ -51,7 +52,7 @@ def wing_of(module: str) -> str:
     parts = module.split(".")
     if parts[0] == "admin":
         return "admin"
-    if len(parts) >= 2 and parts[1] in ("store", "inbound", "outbound", "cli", "daemon"):
+    if len(parts) >= 2 and parts[1] in ("store", "inbound", "outbound", "notify", "cli", "daemon"):
         return parts[1]
     return "core"
 
