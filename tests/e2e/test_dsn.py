@@ -4,14 +4,13 @@ and the sender's mail routed to a second upstream where the DSN must arrive."""
 from __future__ import annotations
 
 import email
-import email.policy
-from email.message import EmailMessage
 from typing import Any
 
 from flufl.bounce import all_failures
 
 from relay.model import RecipientStatus
 from tests.conftest import Running, SluiceFactory, eventually, provider_for, smtp_send
+from tests.dsn_report import read_report
 from tests.upstream import TestUpstream
 
 BODY = (
@@ -48,12 +47,11 @@ async def test_refused_recipient_gets_the_sender_a_dsn(
     assert [m.recipients for m in upstream.messages] == [["good@example.net"]]
     assert dsn.sender == ""  # the null reverse-path
     assert dsn.recipients == ["app@sender.test"]
-    msg = email.message_from_bytes(dsn.data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
+    report = read_report(dsn.data)
+    msg = report.message
     assert msg.get_content_type() == "multipart/report"
     assert msg["Auto-Submitted"] == "auto-replied"
-    _human, status, headers = msg.iter_parts()
-    per_message, bad = status.get_payload()
+    per_message, bad = report.blocks
     assert per_message["Reporting-MTA"] == "dns; sluice.test"
     assert per_message["Arrival-Date"]
     assert bad["Final-Recipient"] == "rfc822; bad@example.net"
@@ -61,8 +59,7 @@ async def test_refused_recipient_gets_the_sender_a_dsn(
     assert bad["Status"] == "5.1.1"
     assert bad["Diagnostic-Code"] == "smtp; 550 5.1.1 <bad@example.net>: no such user"
     assert bad["Last-Attempt-Date"]
-    returned = headers.get_payload(decode=True)
-    assert isinstance(returned, bytes) and b"Subject: monthly invoice" in returned
+    assert b"Subject: monthly invoice" in report.returned
     _temporary, permanent = all_failures(email.message_from_bytes(dsn.data))
     assert permanent == {b"bad@example.net"}
 
@@ -122,14 +119,11 @@ async def test_delay_warning_once_then_failure(
         # A warning once it has waited a second, then the failure when it expires.
         await upstream2.wait_for(2, within=20)
         await s.wait_idle()
-    warning, failure = (
-        email.message_from_bytes(m.data, policy=email.policy.default) for m in upstream2.messages
-    )
-    assert isinstance(warning, EmailMessage) and isinstance(failure, EmailMessage)
-    assert warning["Subject"] == "Delayed Mail (still being retried)"
-    assert list(warning.iter_parts())[1].get_payload()[1]["Action"] == "delayed"
-    assert failure["Subject"] == "Undelivered Mail Returned to Sender"
-    rcpt = list(failure.iter_parts())[1].get_payload()[1]
+    warning, failure = (read_report(m.data) for m in upstream2.messages)
+    assert warning.message["Subject"] == "Delayed Mail (still being retried)"
+    assert warning.blocks[1]["Action"] == "delayed"
+    assert failure.message["Subject"] == "Undelivered Mail Returned to Sender"
+    rcpt = failure.blocks[1]
     assert rcpt["Action"] == "failed"
     assert rcpt["Status"] == "4.4.7"  # RFC 3463: delivery time expired
     assert "451 4.3.0 mailbox busy" in rcpt["Diagnostic-Code"]

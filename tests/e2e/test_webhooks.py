@@ -128,7 +128,7 @@ async def test_endpoint_filter_and_a_wrong_secret_does_not_verify(
 
 
 async def _settled(spool: Any, url: str) -> bool:
-    return (await spool.outbox_counts()).get(url, {}).get("pending") == 0
+    return bool((await spool.outbox_counts()).get(url, {}).get("pending") == 0)
 
 
 async def test_events_stored_before_a_restart_are_sent_after_it(
@@ -156,4 +156,4 @@ async def test_events_stored_before_a_restart_are_sent_after_it(
 
 
 async def _pending(spool: Any, url: str, n: int) -> bool:
-    return (await spool.outbox_counts()).get(url, {}).get("pending") == n
+    return bool((await spool.outbox_counts()).get(url, {}).get("pending") == n)

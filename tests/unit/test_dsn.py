@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import email
-import email.policy
-from email.message import EmailMessage, Message
 
 import pytest
 from flufl.bounce import all_failures, scan_message
 
 from relay.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal, enhanced_status
 from relay.message import HeaderBlock
+from tests.dsn_report import read_report
 
 ORIGINAL = (
     b"Received: from app (localhost [127.0.0.1]) by sluice.test\r\n"
@@ -38,12 +37,6 @@ def _dsn(kind: DsnKind, recipients: list[DsnRecipient]) -> bytes:
     )
 
 
-def _parts(raw: bytes) -> tuple[EmailMessage, list[Message]]:
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg, list(msg.iter_parts())
-
-
 def test_failed_dsn_is_rfc3464_multipart_report() -> None:
     raw = _dsn(
         DsnKind.FAILED,
@@ -55,20 +48,21 @@ def test_failed_dsn_is_rfc3464_multipart_report() -> None:
         ],
     )
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")  # CRLF only
-    msg, parts = _parts(raw)
+    report = read_report(raw)
+    msg = report.message
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
     assert msg["Auto-Submitted"] == "auto-replied"
     assert msg["To"] == "app@sender.test"
     assert msg["From"].addresses[0].addr_spec == "MAILER-DAEMON@sluice.test"
     assert msg["Subject"] == "Undelivered Mail Returned to Sender"
-    assert [p.get_content_type() for p in parts] == [
+    assert report.types == [
         "text/plain",
         "message/delivery-status",
         "text/rfc822-headers",
     ]
-    assert "<bad@example.net>: 5.1.1" in parts[0].get_content()
-    per_message, bad, slow = parts[1].get_payload()
+    assert "<bad@example.net>: 5.1.1" in report.human
+    per_message, bad, slow = report.blocks
     assert per_message["Reporting-MTA"] == "dns; sluice.test"
     assert per_message["Arrival-Date"] == "Tue, 14 Nov 2023 22:13:20 +0000"
     assert bad["Final-Recipient"] == "rfc822; bad@example.net"
@@ -79,8 +73,7 @@ def test_failed_dsn_is_rfc3464_multipart_report() -> None:
     assert slow["Status"] == "4.4.7"
     assert slow["Diagnostic-Code"].startswith("X-Sluice; 4.4.7 gave up")
     # The header comes back (UTF-8 intact, readable), the body does not.
-    returned = parts[2].get_payload(decode=True)
-    assert isinstance(returned, bytes)
+    returned = report.returned
     assert "Subject: Invoice été".encode() in returned
     assert b"Message-ID: <orig-1@sender.test>" in returned
     assert b"secret body" not in raw
@@ -112,13 +105,13 @@ def test_delay_warning_says_delayed_and_until_when() -> None:
             )
         ],
     )
-    msg, parts = _parts(raw)
-    assert msg["Subject"] == "Delayed Mail (still being retried)"
-    _per_message, slow = parts[1].get_payload()
+    report = read_report(raw)
+    assert report.message["Subject"] == "Delayed Mail (still being retried)"
+    _per_message, slow = report.blocks
     assert slow["Action"] == "delayed"
     assert slow["Status"] == "4.3.0"
     assert slow["Will-Retry-Until"] == "Sun, 19 Nov 2023 22:13:20 +0000"
-    assert "THIS IS A WARNING ONLY" in parts[0].get_content()
+    assert "THIS IS A WARNING ONLY" in report.human
     temporary, permanent = all_failures(email.message_from_bytes(raw))
     assert permanent == set()
     assert temporary == {b"slow@example.net"}
