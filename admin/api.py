@@ -16,6 +16,7 @@ from admin.health import Health, State, check
 from admin.stats import summary
 from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
+from relay.model import RecipientStatus
 
 __all__ = ["eml_response", "overview_data", "providers_data", "routes"]
 
@@ -210,17 +211,34 @@ async def api_reload(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     st = state(request)
     b = st.backend
-    for s, n in (await b.spool.counts_by_status()).items():
+    counts = await b.spool.counts_by_status()
+    for s, n in counts.items():
         b.metrics.queue.labels(s.value).set(n)
     g = st.gauges
-    for gauge in (g.health, g.sent_today, g.daily_limit):
+    g.deferred.set(counts[RecipientStatus.DEFERRED])
+    for gauge in (
+        g.health,
+        g.sent_today,
+        g.daily_limit,
+        g.provider_failures,
+        g.webhook_pending,
+        g.webhook_failing,
+    ):
         gauge.clear()  # a provider removed by a reload must not linger
+    failures = await b.spool.provider_failures(since=b.clock() - 3600)
+    for hook in b.snapshot().config.notify.webhooks:
+        g.webhook_pending.labels(hook.url).set(0)
+        g.webhook_failing.labels(hook.url).set(0)
+    for url, c in (await b.spool.outbox_counts()).items():
+        g.webhook_pending.labels(url).set(c["pending"])
+        g.webhook_failing.labels(url).set(c["failing"])
     for p in await b.snapshot().providers.status():
         for health in ("unknown", "ok", "error", "cooldown"):
             g.health.labels(p.id, health).set(1 if p.health == health else 0)
         if p.health in ("ok", "error"):
             b.metrics.provider_up.labels(p.id).set(1 if p.health == "ok" else 0)
         g.sent_today.labels(p.id).set(p.sent_today)
+        g.provider_failures.labels(p.id).set(failures.get(p.id, 0))
         if p.daily_limit is not None:
             g.daily_limit.labels(p.id).set(p.daily_limit)
     g.uptime.set(max(0.0, b.clock() - b.status().started_at))
@@ -274,6 +292,8 @@ async def healthz(request: Request) -> Response:
         if not status.accept_workers
         else {"configured": status.accept_workers, "alive": status.accept_workers_alive},
         "oldest_pending_age": h.oldest_pending_age,
+        "deferred": h.deferred,
+        "provider_failures_last_hour": h.provider_failures,
         "last_reload_failed": status.last_reload_error is not None,
     }
     # /healthz answers without a login (for probes); the error text, which
