@@ -402,8 +402,20 @@ class WebhookSettings(_Model):
     )
     #: ``secret``/``secret_env``/``secret_file`` folded: the HMAC key (required:
     #: a receiver must be able to tell Sluice's events from anyone's)
-    secret: SecretSource
+    secret: SecretSource | None = None
     timeout: Duration = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookSettings:
+        if self.secret is None:
+            raise ValueError("a webhook needs secret_env, secret_file or secret (to sign events)")
+        return self
+
+    @property
+    def key(self) -> SecretSource:
+        """The signing secret (always set: checked at load)."""
+        assert self.secret is not None
+        return self.secret
 
     @model_validator(mode="before")
     @classmethod
@@ -474,7 +486,7 @@ class Config(_Model):
             if source is not None:
                 yield SecretRef(("admin", name), source, None)
         for i, hook in enumerate(self.notify.webhooks):
-            yield SecretRef(("notify", "webhooks", i, "secret"), hook.secret, None)
+            yield SecretRef(("notify", "webhooks", i, "secret"), hook.key, None)
 
 
 Loc = tuple[str | int, ...]

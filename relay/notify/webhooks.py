@@ -114,7 +114,7 @@ class WebhookSender:
         body = row.body.encode()
         status: int | None = None
         try:
-            secret = await asyncio.to_thread(hook.secret.resolve)
+            secret = await asyncio.to_thread(hook.key.resolve)
             now = self._clock()
             headers = {
                 "Content-Type": "application/json",
