@@ -18,7 +18,7 @@ from admin.testmail import TestMessageError, send_test_message, test_message_vie
 from relay.errors import UnknownMessage
 from relay.model import RecipientStatus
 
-__all__ = ["eml_response", "overview_data", "providers_data", "routes"]
+__all__ = ["eml_response", "overview_data", "providers_data", "routes", "webhooks_data"]
 
 _BODY_MAX = 64 * 1024
 
@@ -198,6 +198,47 @@ async def eml_response(request: Request) -> Response:
     )
 
 
+async def webhooks_data(st: AdminState, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Each endpoint (configured, or with events still kept) with its counts and latest events."""
+    configured = {h.url: h for h in st.backend.snapshot().config.notify.webhooks}
+    counts = await st.backend.spool.outbox_counts()
+    out = []
+    for url in [*configured, *sorted(set(counts) - set(configured))]:
+        hook = configured.get(url)
+        rows = await st.backend.spool.outbox_recent(url, limit)
+        out.append(
+            {
+                "url": url,
+                "configured": hook is not None,
+                "events": [e.value for e in hook.events] if hook is not None else [],
+                "pending": counts.get(url, {}).get("pending", 0),
+                "delivered": counts.get(url, {}).get("delivered", 0),
+                "failing": counts.get(url, {}).get("failing", 0),
+                "recent": [
+                    {
+                        "id": r.id,
+                        "event_id": r.event_id,
+                        "event": r.event,
+                        "queue_id": r.queue_id,
+                        "created_at": r.created_at,
+                        "attempts": r.attempts,
+                        "last_attempt_at": r.last_attempt_at,
+                        "next_attempt_at": None if r.delivered_at else r.next_attempt_at,
+                        "delivered_at": r.delivered_at,
+                        "last_status": r.last_status,
+                        "last_error": r.last_error,
+                    }
+                    for r in rows
+                ],
+            }
+        )
+    return out
+
+
+async def api_webhooks(request: Request) -> Response:
+    return _json(await webhooks_data(state(request)))
+
+
 async def api_reload(request: Request) -> Response:
     st = state(request)
     ok = await st.backend.reload()
@@ -317,6 +358,7 @@ routes = [
     Route("/api/messages/{qid}/raw", eml_response),
     Route("/api/messages/{qid}/{action}", api_message_action, methods=["POST"]),
     Route("/api/reload", api_reload, methods=["POST"]),
+    Route("/api/webhooks", api_webhooks),
     Route("/metrics", metrics),
     Route("/healthz", healthz),
 ]

@@ -1,4 +1,4 @@
-"""The HTML pages: overview, providers, queue, log, message, login.
+"""The HTML pages: overview, providers, queue, log, message, webhooks, login.
 
 Each route reads through ``admin.data`` / ``admin.api`` (the same values the
 JSON API returns) and renders one template. Forms post back here and answer
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from admin.api import eml_response, overview_data, providers_data
+from admin.api import eml_response, overview_data, providers_data, webhooks_data
 from admin.auth import DEVICE_COOKIE
 from admin.backend import ACTIONS, act, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
@@ -238,6 +238,11 @@ async def message_action(request: Request) -> Response:
     return _see_other(f"/messages/{qid}?{params}")
 
 
+async def webhooks(request: Request) -> Response:
+    """Each endpoint's recent events, delivered or failing (as Postal shows them)."""
+    return _render(request, "webhooks.html", {"endpoints": await webhooks_data(state(request))})
+
+
 async def reload(request: Request) -> Response:
     ok = await state(request).backend.reload()
     return _see_other("/?done=reload" if ok else "/?done=reload-failed")
@@ -292,6 +297,7 @@ routes = [
     Route("/messages/{qid}", message),
     Route("/messages/{qid}/eml", eml_response),
     Route("/messages/{qid}/action", message_action, methods=["POST"]),
+    Route("/webhooks", webhooks),
     Route("/reload", reload, methods=["POST"]),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),
