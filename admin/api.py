@@ -37,6 +37,7 @@ from admin.suppressions import (
 )
 from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
+from relay.model import RecipientStatus
 
 __all__ = [
     "bounce_raw_response",
@@ -46,6 +47,7 @@ __all__ = [
     "routes",
     "suppression_detail",
     "suppressions_csv_response",
+    "webhooks_data",
 ]
 
 _BODY_MAX = 64 * 1024
@@ -252,6 +254,47 @@ async def eml_response(request: Request) -> Response:
     )
 
 
+async def webhooks_data(st: AdminState, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Each endpoint (configured, or with events still kept) with its counts and latest events."""
+    configured = {h.url: h for h in st.backend.snapshot().config.notify.webhooks}
+    counts = await st.backend.spool.outbox_counts()
+    out = []
+    for url in [*configured, *sorted(set(counts) - set(configured))]:
+        hook = configured.get(url)
+        rows = await st.backend.spool.outbox_recent(url, limit)
+        out.append(
+            {
+                "url": url,
+                "configured": hook is not None,
+                "events": [e.value for e in hook.events] if hook is not None else [],
+                "pending": counts.get(url, {}).get("pending", 0),
+                "delivered": counts.get(url, {}).get("delivered", 0),
+                "failing": counts.get(url, {}).get("failing", 0),
+                "recent": [
+                    {
+                        "id": r.id,
+                        "event_id": r.event_id,
+                        "event": r.event,
+                        "queue_id": r.queue_id,
+                        "created_at": r.created_at,
+                        "attempts": r.attempts,
+                        "last_attempt_at": r.last_attempt_at,
+                        "next_attempt_at": None if r.delivered_at else r.next_attempt_at,
+                        "delivered_at": r.delivered_at,
+                        "last_status": r.last_status,
+                        "last_error": r.last_error,
+                    }
+                    for r in rows
+                ],
+            }
+        )
+    return out
+
+
+async def api_webhooks(request: Request) -> Response:
+    return _json(await webhooks_data(state(request)))
+
+
 async def api_reload(request: Request) -> Response:
     st = state(request)
     ok = await st.backend.reload()
@@ -265,17 +308,34 @@ async def api_reload(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     st = state(request)
     b = st.backend
-    for s, n in (await b.spool.counts_by_status()).items():
+    counts = await b.spool.counts_by_status()
+    for s, n in counts.items():
         b.metrics.queue.labels(s.value).set(n)
     g = st.gauges
-    for gauge in (g.health, g.sent_today, g.daily_limit):
+    g.deferred.set(counts[RecipientStatus.DEFERRED])
+    for gauge in (
+        g.health,
+        g.sent_today,
+        g.daily_limit,
+        g.provider_failures,
+        g.webhook_pending,
+        g.webhook_failing,
+    ):
         gauge.clear()  # a provider removed by a reload must not linger
+    failures = await b.spool.provider_failures(since=b.clock() - 3600)
+    for hook in b.snapshot().config.notify.webhooks:
+        g.webhook_pending.labels(hook.url).set(0)
+        g.webhook_failing.labels(hook.url).set(0)
+    for url, c in (await b.spool.outbox_counts()).items():
+        g.webhook_pending.labels(url).set(c["pending"])
+        g.webhook_failing.labels(url).set(c["failing"])
     for p in await b.snapshot().providers.status():
         for health in ("unknown", "ok", "error", "cooldown"):
             g.health.labels(p.id, health).set(1 if p.health == health else 0)
         if p.health in ("ok", "error"):
             b.metrics.provider_up.labels(p.id).set(1 if p.health == "ok" else 0)
         g.sent_today.labels(p.id).set(p.sent_today)
+        g.provider_failures.labels(p.id).set(failures.get(p.id, 0))
         if p.daily_limit is not None:
             g.daily_limit.labels(p.id).set(p.daily_limit)
     g.uptime.set(max(0.0, b.clock() - b.status().started_at))
@@ -331,6 +391,8 @@ async def healthz(request: Request) -> Response:
         if not status.accept_workers
         else {"configured": status.accept_workers, "alive": status.accept_workers_alive},
         "oldest_pending_age": h.oldest_pending_age,
+        "deferred": h.deferred,
+        "provider_failures_last_hour": h.provider_failures,
         "last_reload_failed": status.last_reload_error is not None,
     }
     # /healthz answers without a login (for probes); the error text, which
@@ -471,6 +533,7 @@ routes = [
     Route("/api/suppressions/{address:path}", api_suppression),
     Route("/api/suppressions/{address:path}", api_suppression_remove, methods=["DELETE"]),
     Route("/api/bounces/{bid:int}/raw", bounce_raw_response),
+    Route("/api/webhooks", api_webhooks),
     Route("/metrics", metrics),
     Route("/healthz", healthz),
 ]

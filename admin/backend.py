@@ -149,6 +149,29 @@ class _ScrapeGauges:
             ["source"],
             registry=r,
         )
+        self.provider_failures = Gauge(
+            "sluice_provider_failures_last_hour",
+            "Failed or deferred delivery attempts per provider in the last hour.",
+            ["provider"],
+            registry=r,
+        )
+        self.deferred = Gauge(
+            "sluice_deferred_recipients",
+            "Recipients waiting for a retry (as sluice_queue_recipients{status=deferred}).",
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "sluice_webhook_events_pending",
+            "Webhook events not yet acknowledged, per endpoint URL.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_failing = Gauge(
+            "sluice_webhook_events_failing",
+            "Webhook events waiting after a failed POST, per endpoint URL.",
+            ["endpoint"],
+            registry=r,
+        )
         self.accept_workers = Gauge(
             "sluice_accept_workers",
             "Accept worker processes configured, and alive (serving the sockets).",

@@ -17,8 +17,13 @@ Degraded answers 200 on purpose: an orchestrator restarting a relay that
 still takes mail would only lose the sessions in flight. Alert on
 ``status != "ok"`` (or on the ``sluice_health`` gauge) instead.
 
-The age of the oldest pending message is reported, never judged: how long
-mail may wait is the retry policy's business and the operator's alert rule's.
+Three more facts turn it ``degraded`` only past a threshold the operator set
+in ``alerts`` (none is set by default: how long mail may wait is the retry
+policy's business): the age of the oldest pending message
+(``alerts.oldest_pending_after``), the number of deferred recipients
+(``alerts.deferred_over``) and each provider's failed or deferred attempts in
+the last hour (``alerts.provider_failures_per_hour``). The same numbers are
+on ``/metrics`` whatever the thresholds.
 While writes fail, each check tries one small durable write
 (``Spool.probe_write``), so the state clears once there is room again even
 when no mail comes in.
@@ -31,8 +36,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from admin.backend import Backend, DaemonStatus
+from relay.config import AlertSettings
 from relay.errors import SpoolError
+from relay.model import RecipientStatus
 from relay.store.spool import SpoolHealth
+from relay.wording import plural
 
 __all__ = ["Health", "State", "assess", "check"]
 
@@ -53,6 +61,10 @@ class Health:
     status: DaemonStatus
     #: seconds the longest-waiting unsent recipient has waited (None: the queue is empty)
     oldest_pending_age: float | None
+    #: deferred recipients (None: not counted, no threshold asks for it)
+    deferred: int | None = None
+    #: failed or deferred attempts per provider in the last hour (only with a threshold)
+    provider_failures: dict[str, int] | None = None
 
     @property
     def http_status(self) -> int:
@@ -65,6 +77,9 @@ def assess(
     spool: SpoolHealth,
     status: DaemonStatus,
     oldest_pending_age: float | None,
+    alerts: AlertSettings | None = None,
+    deferred: int | None = None,
+    provider_failures: dict[str, int] | None = None,
 ) -> Health:
     """The verdict over the facts (pure; see the module docstring for the rules)."""
     bad: list[str] = []
@@ -87,8 +102,46 @@ def assess(
     if status.bounce_mailbox and status.bounce_mailbox_error:
         # Bounces wait in the mailbox; delivery is not affected.
         warn.append(f"bounce mailbox: {status.bounce_mailbox_error}")
+    if alerts is not None:
+        warn.extend(_alerts(alerts, oldest_pending_age, deferred, provider_failures or {}))
     state = State.UNHEALTHY if bad else State.DEGRADED if warn else State.OK
-    return Health(state, bad + warn, spool_readable, spool, status, oldest_pending_age)
+    return Health(
+        state,
+        bad + warn,
+        spool_readable,
+        spool,
+        status,
+        oldest_pending_age,
+        deferred,
+        provider_failures,
+    )
+
+
+def _alerts(
+    alerts: AlertSettings,
+    oldest_pending_age: float | None,
+    deferred: int | None,
+    provider_failures: dict[str, int],
+) -> list[str]:
+    out: list[str] = []
+    after = alerts.oldest_pending_after
+    if after is not None and oldest_pending_age is not None and oldest_pending_age > after:
+        out.append(
+            f"the oldest pending message has waited {oldest_pending_age:.0f}s"
+            f" (alerts.oldest_pending_after: {after:.0f}s)"
+        )
+    limit = alerts.deferred_over
+    if limit is not None and deferred is not None and deferred > limit:
+        out.append(f"{plural(deferred, 'recipient')} deferred (alerts.deferred_over: {limit})")
+    most = alerts.provider_failures_per_hour
+    if most is not None:
+        for pid, n in sorted(provider_failures.items()):
+            if n > most:
+                out.append(
+                    f"provider {pid}: {plural(n, 'failed attempt')} in the last hour"
+                    f" (alerts.provider_failures_per_hour: {most})"
+                )
+    return out
 
 
 async def check(backend: Backend) -> Health:
@@ -103,9 +156,22 @@ async def check(backend: Backend) -> Health:
         with contextlib.suppress(SpoolError):
             await spool.probe_write()
     now = backend.clock()
+    alerts = backend.snapshot().config.alerts
+    deferred: int | None = None
+    failures: dict[str, int] | None = None
+    if readable:
+        # Read only when a threshold asks: /healthz may be probed every second.
+        with contextlib.suppress(Exception):
+            if alerts.deferred_over is not None:
+                deferred = (await spool.counts_by_status())[RecipientStatus.DEFERRED]
+            if alerts.provider_failures_per_hour is not None:
+                failures = await spool.provider_failures(since=now - 3600)
     return assess(
         spool_readable=readable,
         spool=spool.health(),
         status=backend.status(),
         oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+        alerts=alerts,
+        deferred=deferred,
+        provider_failures=failures,
     )

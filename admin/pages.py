@@ -1,4 +1,4 @@
-"""The HTML pages: overview, providers, queue, log, message, suppressions, login.
+"""The HTML pages: overview, providers, queue, log, message, suppressions, webhooks, login.
 
 Each route reads through ``admin.data`` / ``admin.api`` (the same values the
 JSON API returns) and renders one template. Forms post back here and answer
@@ -22,6 +22,7 @@ from admin.api import (
     providers_data,
     suppression_detail,
     suppressions_csv_response,
+    webhooks_data,
 )
 from admin.auth import DEVICE_COOKIE
 from admin.backend import ACTIONS, act, identity, state
@@ -369,6 +370,11 @@ async def suppression_page(request: Request) -> Response:
     )
 
 
+async def webhooks(request: Request) -> Response:
+    """Each endpoint's recent events, delivered or failing (as Postal shows them)."""
+    return _render(request, "webhooks.html", {"endpoints": await webhooks_data(state(request))})
+
+
 async def reload(request: Request) -> Response:
     ok = await state(request).backend.reload()
     return _see_other("/?done=reload" if ok else "/?done=reload-failed")
@@ -430,6 +436,7 @@ routes = [
     Route("/suppressions/import", suppression_import, methods=["POST"]),
     Route("/suppressions/{address:path}", suppression_page),
     Route("/bounces/{bid:int}/raw", bounce_raw_response),
+    Route("/webhooks", webhooks),
     Route("/reload", reload, methods=["POST"]),
     Route("/login", login, methods=["GET", "POST"]),
     Route("/logout", logout, methods=["POST"]),

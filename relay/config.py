@@ -35,16 +35,19 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError
+from relay.events import OUTCOME_EVENTS, EventType
 from relay.secrets import SecretError, SecretSource
 
 __all__ = [
     "AdminSettings",
+    "AlertSettings",
     "BounceSettings",
     "Config",
     "DeliverySettings",
     "Endpoint",
     "LogSettings",
     "MailboxSettings",
+    "NotifySettings",
     "OAuth2Settings",
     "ProviderSettings",
     "Rate",
@@ -54,6 +57,7 @@ __all__ = [
     "SmtpSettings",
     "SpoolSettings",
     "SuppressionSettings",
+    "WebhookSettings",
     "load",
     "load_structure",
     "loads",
@@ -179,7 +183,7 @@ class _Model(BaseModel):
 
 
 #: the secret keys users write, by base name; each folds into one ``SecretSource``
-SECRET_NAMES = ("password", "client_secret", "refresh_token", "api_token")
+SECRET_NAMES = ("password", "client_secret", "refresh_token", "api_token", "secret")
 _SECRET_PARTS = {"inline": "", "env": "_env", "file": "_file"}
 
 
@@ -481,6 +485,67 @@ def _loopback_host(host: str) -> bool:
         return False
 
 
+class WebhookSettings(_Model):
+    """One endpoint that gets events as signed JSON POSTs (``relay.notify.webhooks``)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    #: which events it gets (default: every outcome of a recipient, and provider changes)
+    events: list[EventType] = Field(
+        default_factory=lambda: [*sorted(OUTCOME_EVENTS), EventType.PROVIDER_STATE], min_length=1
+    )
+    #: ``secret``/``secret_env``/``secret_file`` folded: the HMAC key (required:
+    #: a receiver must be able to tell Sluice's events from anyone's)
+    secret: SecretSource | None = None
+    timeout: Duration = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _signed(self) -> WebhookSettings:
+        if self.secret is None:
+            raise ValueError("a webhook needs secret_env, secret_file or secret (to sign events)")
+        return self
+
+    @property
+    def key(self) -> SecretSource:
+        """The signing secret (always set: checked at load)."""
+        assert self.secret is not None
+        return self.secret
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold(cls, data: object) -> object:
+        owner = f"webhook {data.get('url')}" if isinstance(data, dict) else "the webhook"
+        return _fold_secret(data, "secret", owner=owner)
+
+
+class NotifySettings(_Model):
+    """Telling senders (DSNs) and other programs (webhooks) what became of mail."""
+
+    #: RFC 3464 DSNs to the envelope sender; off by default: apps rarely read mail
+    dsn: bool = False
+    #: sender domains that get DSNs even with ``dsn: false`` ...
+    dsn_domains: list[str] = Field(default_factory=list)
+    #: ... and sender domains that never do
+    no_dsn_domains: list[str] = Field(default_factory=list)
+    #: a "delayed" DSN once a recipient has waited this long (Postfix's delay_warning_time)
+    delay_warning_after: Duration | None = Field(default=None, gt=0)
+    #: at most this many DSNs per sender address per hour (a loop guard)
+    dsn_per_hour: int = Field(default=10, ge=1, le=100_000)
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    #: back-off after a failed POST: first_delay doubling up to max_delay
+    webhook_first_delay: Duration = Field(default=5.0, gt=0)
+    webhook_max_delay: Duration = Field(default=600.0, gt=0)
+    #: how long events (delivered or not) are kept for the admin's Webhooks page
+    webhook_retention: Duration = Field(default=7 * 86400.0, gt=0)
+
+
+class AlertSettings(_Model):
+    """Thresholds that turn ``/healthz`` to ``degraded`` (none is set by default)."""
+
+    oldest_pending_after: Duration | None = Field(default=None, gt=0)
+    deferred_over: int | None = Field(default=None, ge=0)
+    provider_failures_per_hour: int | None = Field(default=None, ge=0)
+
+
 class Config(_Model):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
@@ -492,6 +557,8 @@ class Config(_Model):
     routes: list[RouteSettings] = Field(default_factory=list)
     bounces: BounceSettings = Field(default_factory=BounceSettings)
     suppression: SuppressionSettings = Field(default_factory=SuppressionSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     def provider(self, provider_id: str) -> ProviderSettings:
         for provider in self.providers:
@@ -522,6 +589,8 @@ class Config(_Model):
                     source = getattr(box.oauth2, name)
                     if source is not None:
                         yield SecretRef(("bounces", "mailbox", "oauth2", name), source, None)
+        for i, hook in enumerate(self.notify.webhooks):
+            yield SecretRef(("notify", "webhooks", i, "secret"), hook.key, None)
 
 
 Loc = tuple[str | int, ...]

@@ -30,6 +30,8 @@ from relay.inbound.listener import Listener, RelayHandler, start_listeners
 from relay.inbound.workers import AcceptorPool, WorkerSettings
 from relay.metrics import Metrics
 from relay.model import ACTIVE, RecipientStatus
+from relay.notify.hook import Notifications
+from relay.notify.webhooks import WebhookSender
 from relay.outbound.oauth import TokenSource
 from relay.outbound.probe import TestReport, test_provider
 from relay.outbound.providers import ProviderSet
@@ -99,6 +101,8 @@ class Daemon:
         #: the accept worker processes, with ``smtp.workers`` > 0
         self.acceptors: AcceptorPool | None = None
         self.scheduler: Scheduler | None = None
+        self.notifications: Notifications | None = None
+        self.webhooks: WebhookSender | None = None
         self.admin: AdminServer | None = None
         #: the bounce mailbox's poller (runs whether or not one is configured: a reload may add it)
         self.bounces: BouncePoller | None = None
@@ -262,6 +266,10 @@ class Daemon:
             self.config.provider(provider_id), local_hostname=self.hostname, timeout=_TEST_TIMEOUT
         )
 
+    async def _provider_states(self) -> dict[str, str]:
+        """Provider id -> health now, for ``provider_state`` webhook events."""
+        return {p.id: p.health for p in await self.snapshot().providers.status()}
+
     def admin_backend(self) -> Backend:
         """What the admin may read and do, handed to ``AdminServer.start``."""
         assert self.spool is not None, "the daemon is not started"
@@ -371,9 +379,21 @@ class Daemon:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
             await self._record_listen()
 
-            self.scheduler = Scheduler(
-                spool, self.snapshot, clock=self._clock, metrics=self.metrics
+            self.notifications = Notifications(
+                spool,
+                lambda: self.config,
+                hostname=self.hostname,
+                provider_states=self._provider_states,
+                clock=self._clock,
             )
+            self.scheduler = Scheduler(
+                spool,
+                self.snapshot,
+                clock=self._clock,
+                metrics=self.metrics,
+                outcome_hook=self.notifications,
+            )
+            self.webhooks = WebhookSender(spool, lambda: self.config, clock=self._clock)
             if cfg.admin.enabled:
                 # Bound before the TaskGroup: an error raised inside its body
                 # would leave as an ExceptionGroup traceback, not one line.
@@ -388,6 +408,7 @@ class Daemon:
                     oauth_token=self._mailbox_token,
                 )
                 tg.create_task(self.bounces.run(self._stop), name="bounces")
+                tg.create_task(self.webhooks.run(self._stop), name="webhooks")
                 if self.admin is not None:
                     tg.create_task(self.admin.serve(), name="admin")
                     log.info("listening admin=%s", self.admin.address)
@@ -454,6 +475,13 @@ class Daemon:
                     removed += n
                     if n < _PRUNE_BATCH:
                         break
+                now = self._clock()
+                await self.spool.prune_notifications(
+                    events_before=now - cfg.notify.webhook_retention,
+                    # A DSN mark must outlive its recipient's retries, or a
+                    # delay warning could be sent twice.
+                    dsn_before=now - max(cfg.retry.give_up_after, cfg.spool.keep_sent) - 86400,
+                )
             except SpoolError as exc:  # e.g. disk full: try again next round, keep relaying
                 log.error("pruning the spool failed: %s", exc)
             if removed:

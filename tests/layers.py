@@ -15,8 +15,9 @@ The layers, lowest first (a module may import its own wing and any lower layer):
 0. core: ``relay.model``, ``errors``, ``config``, ``secrets``, ``message``,
    ``logsetup``, ``metrics``, ``sdnotify``, ``runner`` (no I/O but config loading)
 1. ``relay.store``: the spool, the only SQL
-2. ``relay.inbound``, ``relay.outbound`` and ``relay.bounces``: the sides of the
-   spool (what comes in, what goes out, what comes back); none imports another
+2. ``relay.inbound``, ``relay.outbound``, ``relay.bounces`` and ``relay.notify``: the
+   sides of the spool (what comes in, what goes out, what comes back, who is told);
+   none imports another
 3. ``admin``: the web page over the backend the daemon hands it
 4. ``relay.daemon``: the composition root
 5. ``relay.cli``: the ``sluice`` command
@@ -50,6 +51,7 @@ RANKS = {
     "inbound": 2,
     "outbound": 2,
     "bounces": 2,
+    "notify": 2,
     "admin": 3,
     "daemon": 4,
     "cli": 5,
@@ -63,7 +65,8 @@ def wing_of(module: str) -> str:
     parts = module.split(".")
     if parts[0] == "admin":
         return "admin"
-    if len(parts) >= 2 and parts[1] in ("store", "inbound", "outbound", "bounces", "cli", "daemon"):
+    wings = ("store", "inbound", "outbound", "bounces", "notify", "cli", "daemon")
+    if len(parts) >= 2 and parts[1] in wings:
         return parts[1]
     return "core"
 

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from relay.config import Config
 from relay.errors import SpoolError, UnknownMessage
@@ -44,13 +44,14 @@ from relay.model import (
 from relay.outbound.providers import ProviderSet, Unavailable
 from relay.outbound.replies import enhanced_status, final, hard_bounce
 from relay.outbound.retry import decide
-from relay.store.spool import Finish, Spool
+from relay.store.spool import Finish, OutboxEvent, Spool
 from relay.store.suppressions import NewBounce, Threshold, normalize
 from relay.verp import verp_address
 from relay.wording import plural
 
 __all__ = [
     "LimitWait",
+    "OutcomeHook",
     "Scheduler",
     "Settled",
     "Snapshot",
@@ -81,6 +82,19 @@ class Snapshot:
     providers: ProviderSet
 
 
+class OutcomeHook(Protocol):
+    """Who hears of recorded outcomes (``relay.notify.hook.Notifications``; the daemon wires it).
+
+    ``events`` gives the webhook events that ``Spool.finish`` stores in the
+    transaction that records the outcomes; ``recorded`` runs once they are
+    committed (DSNs). The scheduler knows nothing of either.
+    """
+
+    def events(self, claim: Claim, finishes: Sequence[Finish]) -> Sequence[OutboxEvent]: ...
+
+    async def recorded(self, claim: Claim, finishes: Sequence[Finish], data: bytes) -> None: ...
+
+
 class Scheduler:
     def __init__(
         self,
@@ -90,7 +104,9 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        outcome_hook: OutcomeHook | None = None,
     ) -> None:
+        self._outcome_hook = outcome_hook
         self._metrics = metrics or Metrics()
         self._spool = spool
         self._snapshot = snapshot
@@ -204,7 +220,9 @@ class Scheduler:
         await self._wait_for_limits(
             claim, {r: f for r, f in fates.items() if isinstance(f, LimitWait)}
         )
-        await self._record(claim, {r: f for r, f in fates.items() if isinstance(f, Settled)}, snap)
+        settled = {r: f for r, f in fates.items() if isinstance(f, Settled)}
+        finishes = await self._record(claim, settled, snap)
+        await self._after_recorded(claim, finishes, data)
 
     async def _body(self, claim: Claim) -> bytes | None:
         if claim.data is not None:
@@ -255,7 +273,8 @@ class Scheduler:
                 extra={"event": "outcome", "queue_id": claim.queue_id},
             )
             self._metrics.suppressed.labels(entry.source).inc()
-        await self._spool.finish(finishes)
+        events = self._outcome_hook.events(claim, finishes) if self._outcome_hook else ()
+        await self._spool.finish(finishes, events)
         return replace(
             claim,
             recipients={r: c for r, c in claim.recipients.items() if r not in skipped},
@@ -349,10 +368,12 @@ class Scheduler:
                     wait.reason,
                 )
 
-    async def _record(self, claim: Claim, settled: dict[int, Settled], snap: Snapshot) -> None:
+    async def _record(
+        self, claim: Claim, settled: dict[int, Settled], snap: Snapshot
+    ) -> list[Finish]:
         """Decide each settled recipient's next state (``retry.decide``) and persist it."""
         if not settled:
-            return
+            return []
         now = self._clock()
         finishes = []
         for rid, (outcome, provider_id) in settled.items():
@@ -382,11 +403,13 @@ class Scheduler:
             )
             _log_outcome(claim, rcpt.address, outcome, decision.status, provider_id)
             self._metrics.deliveries.labels(provider_id or "-", decision.status.value).inc()
-        await self._spool.finish(finishes)
+        events = self._outcome_hook.events(claim, finishes) if self._outcome_hook else ()
+        await self._spool.finish(finishes, events)
         if snap.config.bounces.count_smtp_refusals:
             for rid, (outcome, provider_id) in settled.items():
                 if hard_bounce(outcome):
                     await self._smtp_bounce(claim, rid, outcome, provider_id, snap)
+        return finishes
 
     async def _smtp_bounce(
         self, claim: Claim, rid: int, outcome: Outcome, provider: str | None, snap: Snapshot
@@ -416,6 +439,18 @@ class Scheduler:
                 entry.reason,
                 extra={"event": "suppressed", "queue_id": claim.queue_id},
             )
+
+    async def _after_recorded(self, claim: Claim, finishes: list[Finish], data: bytes) -> None:
+        """The outcome hook, once outcomes are committed; its failure never undoes them."""
+        if self._outcome_hook is None or not finishes:
+            return
+        try:
+            await self._outcome_hook.recorded(claim, finishes, data)
+        except SpoolError as exc:
+            log.error("%s: notifications not stored: %s", claim.queue_id, exc)
+        except Exception:
+            # Not re-raised: ``_attempt`` would "release" recipients already recorded.
+            log.exception("%s: notifications failed", claim.queue_id)
 
 
 # ------------------------------------------------------------ pure policy steps

@@ -71,7 +71,7 @@ __all__ = [
 log = logging.getLogger("sluice.delivery")
 
 
-class StaleSession(SluiceError, ConnectionError):
+class StaleSession(SluiceError):
     """A reused connection turned out to be dead before the transaction began."""
 
 

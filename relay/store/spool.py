@@ -26,6 +26,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,12 @@ from relay.store.writer import (
 
 __all__ = [
     "AttemptBucket",
+    "DsnVerdict",
     "Finish",
     "NewMessage",
     "OAuthGrant",
+    "OutboxEvent",
+    "OutboxRow",
     "Spool",
     "SpoolHealth",
     "new_queue_id",
@@ -113,6 +117,52 @@ class Finish:
     code: int | None
     reply: str
     provider: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """A webhook event for one endpoint, to store with the outcome it reports."""
+
+    endpoint: str
+    event_id: str
+    event: str
+    #: the message it is about ('' for provider events): events go out in order
+    queue_id: str
+    body: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A stored webhook event and how posting it went."""
+
+    id: int
+    endpoint: str
+    event_id: str
+    event: str
+    queue_id: str
+    body: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_attempt_at: float | None
+    delivered_at: float | None
+    last_status: int | None
+    last_error: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> OutboxRow:  # sqlite3.Row or aiosqlite.Row
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+class DsnVerdict(StrEnum):
+    """What ``Spool.enqueue_dsn`` did."""
+
+    QUEUED = "queued"
+    #: every recipient reported already had a DSN of this kind
+    ALREADY_SENT = "already sent"
+    #: the sender reached notify.dsn_per_hour: withheld (and not tried again)
+    RATE_LIMITED = "rate limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +225,8 @@ class Spool:
         self.wake = asyncio.Event()
         #: bounces and the suppression list
         self.suppressions = Suppressions(writer, reader, clock)
+        #: set when webhook events are stored, so the sender posts them at once
+        self.outbox_wake = asyncio.Event()
 
     @classmethod
     async def open(
@@ -222,34 +274,60 @@ class Spool:
 
     async def enqueue(self, msg: NewMessage) -> str:
         """Store a message and its recipients in one durable transaction."""
-
-        def job(c: sqlite3.Connection) -> str:
-            cur = c.execute(
-                QUERIES["insert_message"],
-                {
-                    "queue_id": msg.queue_id,
-                    "received_at": msg.received_at,
-                    "sender": msg.sender,
-                    "subject": msg.subject,
-                    "size": len(msg.data),
-                    "client": msg.client,
-                    "helo": msg.helo,
-                },
-            )
-            mid = cur.lastrowid
-            c.execute(
-                QUERIES["insert_body"],
-                {"message_id": mid, "data": msg.data, "crlf_only": msg.crlf_only},
-            )
-            c.executemany(
-                QUERIES["insert_recipient"],
-                [{"message_id": mid, "rcpt": r, "now": msg.received_at} for r in msg.recipients],
-            )
-            return msg.queue_id
-
-        queue_id = await self._writer.submit(job)
+        queue_id = await self._writer.submit(lambda c: _insert_message(c, msg))
         self.wake.set()
         return queue_id
+
+    async def enqueue_dsn(
+        self,
+        msg: NewMessage,
+        *,
+        recipient_ids: Sequence[int],
+        kind: str,
+        sender: str,
+        per_hour: int,
+    ) -> DsnVerdict:
+        """Enqueue a DSN about ``recipient_ids`` to ``sender``, at most once each, rate-limited.
+
+        The check, the marks and the message are one transaction: a crash
+        cannot send a DSN twice, nor mark one that was never queued.
+        """
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> DsnVerdict:
+            fresh = [
+                rid
+                for rid in recipient_ids
+                if c.execute(QUERIES["dsn_marked"], {"recipient_id": rid, "kind": kind}).fetchone()
+                is None
+            ]
+            if not fresh:
+                return DsnVerdict.ALREADY_SENT
+            sent = c.execute(
+                QUERIES["dsn_sent_recently"], {"sender": sender, "since": now - 3600}
+            ).fetchone()[0]
+            verdict = DsnVerdict.RATE_LIMITED if sent >= per_hour else DsnVerdict.QUEUED
+            if verdict is DsnVerdict.QUEUED:
+                _insert_message(c, msg)
+            c.executemany(
+                QUERIES["dsn_mark"],
+                [
+                    {
+                        "recipient_id": rid,
+                        "kind": kind,
+                        "sender": sender,
+                        "dsn_queue_id": msg.queue_id if verdict is DsnVerdict.QUEUED else "",
+                        "now": now,
+                    }
+                    for rid in fresh
+                ],
+            )
+            return verdict
+
+        verdict = await self._writer.submit(job)
+        if verdict is DsnVerdict.QUEUED:
+            self.wake.set()
+        return verdict
 
     async def claim_due(self, limit: int, lease: float) -> list[Claim]:
         """Lease up to ``limit`` due messages (all their due recipients) to attempts.
@@ -305,8 +383,8 @@ class Spool:
 
         return await self._writer.submit(job, durable=False)
 
-    async def finish(self, finishes: Iterable[Finish]) -> int:
-        """Persist outcomes; returns how many recipients moved.
+    async def finish(self, finishes: Iterable[Finish], events: Sequence[OutboxEvent] = ()) -> int:
+        """Persist outcomes, and the webhook events that report them; returns how many moved.
 
         A recipient no longer ``sending`` (deleted, or reclaimed) is left alone
         and its log row is still closed, so the log tells what happened.
@@ -315,6 +393,7 @@ class Spool:
         now = self._clock()
 
         def job(c: sqlite3.Connection) -> int:
+            _insert_events(c, events)
             moved = 0
             for f in items:
                 row = c.execute(
@@ -345,7 +424,67 @@ class Spool:
         moved = await self._writer.submit(job)
         if any(f.status is RecipientStatus.QUEUED for f in items):
             self.wake.set()
+        if events:
+            self.outbox_wake.set()
         return moved
+
+    async def add_events(self, events: Sequence[OutboxEvent]) -> None:
+        """Store webhook events that no outcome carries (a provider's state change)."""
+        if events:
+            await self._writer.submit(lambda c: _insert_events(c, events))
+            self.outbox_wake.set()
+
+    async def outbox_next(self, endpoint: str) -> OutboxRow | None:
+        """An endpoint's oldest unacknowledged event (read on the writer: always fresh)."""
+        rows = await self._writer.submit(
+            lambda c: c.execute(QUERIES["outbox_next"], {"endpoint": endpoint}).fetchall(),
+            durable=False,
+        )
+        return OutboxRow.from_row(rows[0]) if rows else None
+
+    async def outbox_delivered(self, row_id: int, status: int) -> None:
+        now = self._clock()
+        await self._writer.submit(
+            lambda c: c.execute(
+                QUERIES["outbox_delivered"], {"id": row_id, "status": status, "now": now}
+            )
+        )
+
+    async def outbox_failed(
+        self, row_id: int, *, status: int | None, error: str, next_attempt_at: float
+    ) -> None:
+        now = self._clock()
+        params = {
+            "id": row_id,
+            "status": status,
+            "error": error,
+            "next_attempt_at": next_attempt_at,
+            "now": now,
+        }
+        await self._writer.submit(lambda c: c.execute(QUERIES["outbox_failed"], params))
+
+    async def outbox_recent(self, endpoint: str, limit: int = 50) -> list[OutboxRow]:
+        """The latest events of one endpoint, newest first (the admin's Webhooks page)."""
+        params = {"endpoint": endpoint, "limit": limit}
+        rows = await self._reader.execute_fetchall(QUERIES["outbox_recent"], params)
+        return [OutboxRow.from_row(r) for r in rows]
+
+    async def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """Per endpoint URL: events ``pending``, ``delivered``, and ``failing`` (tried, waiting)."""
+        rows = await self._reader.execute_fetchall(QUERIES["outbox_counts"])
+        return {
+            r["endpoint"]: {k: int(r[k] or 0) for k in ("pending", "delivered", "failing")}
+            for r in rows
+        }
+
+    async def prune_notifications(self, *, events_before: float, dsn_before: float) -> None:
+        """Drop webhook events, and DSN marks, older than the times given."""
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(QUERIES["prune_outbox"], {"before": events_before})
+            c.execute(QUERIES["prune_dsn_sent"], {"before": dsn_before})
+
+        await self._writer.submit(job)
 
     async def release(
         self, claim: Claim, *, reply: str, next_attempt_at: float | None = None
@@ -672,6 +811,13 @@ class Spool:
             row = await cur.fetchone()
         return float(row[0]) if row is not None and row[0] is not None else None
 
+    async def provider_failures(self, *, since: float) -> dict[str, int]:
+        """Failed or deferred attempts per provider since ``since`` (the alert's count)."""
+        rows = await self._reader.execute_fetchall(
+            QUERIES["provider_failures_since"], {"since": since}
+        )
+        return {str(r["provider"]): int(r["n"]) for r in rows}
+
     async def attempt_buckets(
         self, *, start: float, since: float, hour_ago: float
     ) -> list[AttemptBucket]:
@@ -705,6 +851,47 @@ class Spool:
         return await self._writer.submit(
             lambda c: int(c.execute(QUERIES["admin_sessions_revoke"]).fetchone()[0])
         )
+
+
+def _insert_message(c: sqlite3.Connection, msg: NewMessage) -> str:
+    cur = c.execute(
+        QUERIES["insert_message"],
+        {
+            "queue_id": msg.queue_id,
+            "received_at": msg.received_at,
+            "sender": msg.sender,
+            "subject": msg.subject,
+            "size": len(msg.data),
+            "client": msg.client,
+            "helo": msg.helo,
+        },
+    )
+    mid = cur.lastrowid
+    c.execute(
+        QUERIES["insert_body"], {"message_id": mid, "data": msg.data, "crlf_only": msg.crlf_only}
+    )
+    c.executemany(
+        QUERIES["insert_recipient"],
+        [{"message_id": mid, "rcpt": r, "now": msg.received_at} for r in msg.recipients],
+    )
+    return msg.queue_id
+
+
+def _insert_events(c: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
+    c.executemany(
+        QUERIES["outbox_insert"],
+        [
+            {
+                "endpoint": e.endpoint,
+                "event_id": e.event_id,
+                "event": e.event,
+                "queue_id": e.queue_id,
+                "body": e.body,
+                "created_at": e.created_at,
+            }
+            for e in events
+        ],
+    )
 
 
 def read_meta(path: Path, key: str) -> str | None:

@@ -17,6 +17,7 @@ import pytest
 from playwright._impl._api_structures import SetCookieParam
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
+from relay.store.spool import Spool
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import TestUpstream
 
@@ -455,3 +456,55 @@ async def test_suppressions_add_see_and_remove(
         await shot(page, "31-suppression-imported")
         assert errors == [], errors
         await context.close()
+
+
+async def test_webhooks_page_shows_failures_then_deliveries(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    from tests.webhook_receiver import WebhookReceiver
+
+    rx = await WebhookReceiver(status=500).start()
+    (tmp_path / "pw").write_text("admin-pw\n")
+    admin = {"enabled": True, "listen": "127.0.0.1:0", "password_file": str(tmp_path / "pw")}
+    notify = {
+        "webhooks": [{"url": rx.url, "secret": "page-test-secret", "events": ["sent"]}],
+        "webhook_first_delay": "0.3s",
+        "webhook_max_delay": "0.3s",
+    }
+    try:
+        async with sluice([provider_for(upstream)], admin=admin, notify=notify) as s:
+            assert s.daemon.admin is not None
+            base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+            await smtp_send(s.port, "app@example.org", ["ok@example.net"], mail("hooked"))
+            await rx.wait_for(lambda hits: len(hits) >= 1)
+            (row,) = await s.spool.outbox_recent(rx.url)
+
+            page = await (await browser.new_context()).new_page()
+            await page.goto(base + "/webhooks")
+            await page.fill("input[name=password]", "admin-pw")
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(base + "/webhooks")
+            section = page.locator("section.webhook", has_text=rx.url)
+            await expect(section).to_contain_text("Events: sent.")
+            line = section.locator("tr", has_text=row.queue_id)
+            await expect(line).to_contain_text("HTTP 500")
+            await expect(line.locator(".badge")).to_have_text("failing")
+            await shot(page, "20-webhooks-failing")
+
+            rx.status = 200
+            await rx.wait_for(lambda hits: any(h.status == 200 for h in hits))
+            await eventually(lambda: _delivered(s.spool, rx.url))
+            await page.reload()
+            line = page.locator("section.webhook tr", has_text=row.queue_id)
+            await expect(line.locator(".badge")).to_have_text("delivered")
+            await expect(line).to_contain_text("HTTP 200")
+            await expect(page.locator("section.webhook .counts")).to_contain_text(
+                "0 waiting, 0 failing, 1 delivered."
+            )
+            await shot(page, "21-webhooks-delivered")
+    finally:
+        await rx.stop()
+
+
+async def _delivered(spool: Spool, url: str) -> bool:
+    return all(r.delivered_at is not None for r in await spool.outbox_recent(url))

@@ -396,6 +396,9 @@ async def test_metrics_and_healthz(
                 "listener": True,
                 "accept_workers": None,
                 "oldest_pending_age": None,
+                # Counted only when an alerts threshold asks (issue 16, item 7).
+                "deferred": None,
+                "provider_failures_last_hour": None,
                 "last_reload_failed": False,
                 "last_reload_error": None,
             }

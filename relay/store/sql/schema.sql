@@ -126,3 +126,39 @@ CREATE TABLE IF NOT EXISTS suppressions (
     PRIMARY KEY (address, scope)
 );
 CREATE INDEX IF NOT EXISTS suppressions_created ON suppressions(created_at);
+
+-- Webhook events waiting to be posted, and those posted (kept for the admin's
+-- Webhooks page for notify.webhook_retention). One row per endpoint that
+-- wants the event, written in the transaction that records the outcome it
+-- reports; posted in id order per endpoint (relay/notify/webhooks.py).
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id              INTEGER PRIMARY KEY,
+    endpoint        TEXT    NOT NULL,      -- the endpoint's URL
+    event_id        TEXT    NOT NULL,
+    event           TEXT    NOT NULL,
+    queue_id        TEXT    NOT NULL DEFAULT '',
+    body            TEXT    NOT NULL,      -- the JSON posted, byte for byte
+    created_at      REAL    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL,
+    last_attempt_at REAL,
+    delivered_at    REAL,
+    last_status     INTEGER,               -- HTTP status of the last try (NULL: no answer)
+    last_error      TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_pending
+    ON webhook_outbox(endpoint, id) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS webhook_outbox_created ON webhook_outbox(created_at);
+
+-- DSNs sent, per recipient reported and kind (failed, delayed): at most one of
+-- each kind per recipient, and the count per sender address per hour that
+-- notify.dsn_per_hour limits.
+CREATE TABLE IF NOT EXISTS dsn_sent (
+    recipient_id INTEGER NOT NULL,
+    kind         TEXT    NOT NULL,
+    sender       TEXT    NOT NULL,
+    dsn_queue_id TEXT    NOT NULL,         -- '' when the rate limit withheld it
+    sent_at      REAL    NOT NULL,
+    PRIMARY KEY (recipient_id, kind)
+);
+CREATE INDEX IF NOT EXISTS dsn_sent_sender ON dsn_sent(sender, sent_at);
