@@ -37,6 +37,7 @@ from relay.model import (
     Delivered,
     Outcome,
     PermFailure,
+    ProviderPause,
     RecipientStatus,
     Scope,
     TempFailure,
@@ -44,7 +45,8 @@ from relay.model import (
 from relay.outbound.providers import ProviderSet, Unavailable
 from relay.outbound.replies import final
 from relay.outbound.retry import decide
-from relay.store.spool import Finish, Spool
+from relay.outbound.routing import hold_rule_for
+from relay.store.spool import ALL_PROVIDERS, Finish, Spool
 from relay.wording import plural
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "fate",
     "health_skip",
     "limit_wait",
+    "operator_pause",
 ]
 
 log = logging.getLogger("sluice.scheduler")
@@ -69,6 +72,11 @@ _ATTEMPT_STATUS = {
 }
 
 NO_PROVIDER = TempFailure("", None, "4.4.0 no provider is available for this message")
+
+#: how often held mail is checked against hold.expire_after, and ran-out pauses forgotten
+_CONTROLS_SWEEP_EVERY = 10.0
+#: mail waiting for a pause without an end looks again this often (a resume wakes it)
+_INDEFINITE_PAUSE_RECHECK = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,9 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._inflight: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
+        #: operator pauses (``sluice providers pause``), re-read before every claim
+        self._pauses: dict[str, ProviderPause] = {}
+        self._controls_swept = -_CONTROLS_SWEEP_EVERY
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then drain for ``delivery.shutdown_grace``."""
@@ -109,6 +120,7 @@ class Scheduler:
                         last_lease_sweep = now
                         await self._spool.requeue_expired_leases()
                     self._spool.wake.clear()
+                    await self._operator_controls(now)
                     free = cfg.max_concurrent - len(self._inflight)
                     claims: list[Claim] = []
                     if free > 0:
@@ -141,6 +153,34 @@ class Scheduler:
                 await self._drain()
         finally:
             self.idle.set()
+
+    async def _operator_controls(self, now: float) -> None:
+        """Re-read operator pauses; now and then expire long-held mail and ended pauses.
+
+        Pauses are read before every claim (one indexed read, small beside the
+        claim's write): another process (``sluice providers pause``) may have
+        set one, and mail claimed after the pause must not go out.
+        """
+        try:
+            if now - self._controls_swept >= _CONTROLS_SWEEP_EVERY:
+                self._controls_swept = now
+                for provider in await self._spool.end_expired_pauses():
+                    log.info("provider %s: the operator's pause ran out; resuming", provider)
+                expire_after = self._snapshot().config.hold.expire_after
+                if expire_after is not None and (n := await self._spool.expire_held(expire_after)):
+                    log.warning("%s held longer than hold.expire_after", plural(n, "recipient"))
+            self._pauses = await self._spool.pauses()
+        except SpoolError as exc:
+            log.error("cannot read operator controls from the spool: %s", exc)
+
+    def _paused(self, provider_id: str) -> Unavailable | None:
+        """An operator's pause of this provider (or of all), as a wait without an attempt."""
+        now = self._clock()
+        for key in (provider_id, ALL_PROVIDERS):
+            pause = self._pauses.get(key)
+            if pause is not None and pause.active(now):
+                return operator_pause(provider_id, pause, now=now)
+        return None
 
     async def _drain(self) -> None:
         grace = self._snapshot().config.delivery.shutdown_grace
@@ -182,6 +222,9 @@ class Scheduler:
         data = await self._body(claim)
         if data is None:
             return  # deleted while claimed; nothing to do
+        claim = await self._hold_by_rules(claim, data, snap)
+        if not claim.recipients:
+            return
         tried = await self._offer(claim, data, snap.providers)
         now = self._clock()
         give_up = snap.config.retry.give_up_after
@@ -208,6 +251,43 @@ class Scheduler:
         except UnknownMessage:
             return None
 
+    async def _hold_by_rules(self, claim: Claim, data: bytes, snap: Snapshot) -> Claim:
+        """Put new recipients that a ``hold.rules`` rule matches on hold; the rest go on.
+
+        Evaluated here, at the first claim, rather than in the listener: one
+        place sees mail from every way in (the daemon, accept workers,
+        ``sluice sendmail``), and a reload applies to mail not tried yet, as
+        routing does. A recipient released once, rerouted, or tried before is
+        never held again by a rule.
+        """
+        rules = snap.config.hold.rules
+        if not rules:
+            return claim
+        head = HeaderBlock(data)
+        held: dict[int, str] = {}
+        for rid, rcpt in claim.recipients.items():
+            if rcpt.attempts or rcpt.was_held or rcpt.route_override:
+                continue
+            rule = hold_rule_for(snap.config, claim.sender, rcpt.address, head)
+            if rule is not None:
+                held[rid] = "held by hold.rules" + (f": {rule.reason}" if rule.reason else "")
+        if not held:
+            return claim
+        for reason in set(held.values()):
+            await self._spool.hold_claimed(
+                claim, [rid for rid, r in held.items() if r == reason], reason
+            )
+        for rid, reason in held.items():
+            log.info(
+                "%s: to=<%s> %s",
+                claim.queue_id,
+                claim.recipients[rid].address,
+                reason,
+                extra={"event": "held", "queue_id": claim.queue_id},
+            )
+        rest = {r: c for r, c in claim.recipients.items() if r not in held}
+        return replace(claim, recipients=rest, attempt_ids={r: claim.attempt_ids[r] for r in rest})
+
     async def _offer(self, claim: Claim, data: bytes, providers: ProviderSet) -> Tried:
         """Offer each recipient to the providers of its route, in order.
 
@@ -232,7 +312,7 @@ class Scheduler:
                     extra={"event": "attempt", "queue_id": claim.queue_id},
                 )
                 started = time.monotonic()
-                got = await provider.deliver(
+                got = self._paused(provider.id) or await provider.deliver(
                     claim.sender,
                     [pending[r] for r in rids],
                     data,
@@ -361,6 +441,19 @@ def limit_wait(waits: Sequence[Unavailable]) -> LimitWait | None:
     if not waits or not all(w.limit for w in waits):
         return None
     return LimitWait(min(w.until for w in waits), f"4.7.0 waiting: {_reasons(waits)}")
+
+
+def operator_pause(provider_id: str, pause: ProviderPause, *, now: float) -> Unavailable:
+    """A provider paused by an operator is skipped like one at its limit: no attempt counts."""
+    if pause.until is None:
+        until, end = now + _INDEFINITE_PAUSE_RECHECK, "until resumed"
+    else:
+        until = pause.until
+        end = "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pause.until))
+    reason = f": {pause.reason}" if pause.reason else ""
+    return Unavailable(
+        provider_id, f"{provider_id}: paused by operator{reason} {end}", until, limit=True
+    )
 
 
 def expired_while_waiting(since: float, *, give_up_after: float, now: float) -> bool:
