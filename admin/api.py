@@ -39,13 +39,22 @@ async def overview_data(st: AdminState) -> dict[str, Any]:
         "started_at": status.started_at,
         "last_reload_error": status.last_reload_error,
         "last_reload_at": status.last_reload_at,
+        "pauses": [jsonable(p) for p in (await b.spool.pauses()).values()],
     }
 
 
 async def providers_data(st: AdminState) -> list[dict[str, Any]]:
     snap = st.backend.snapshot()
     statuses = {s.id: s for s in await snap.providers.status()}
-    return [provider_view(p, statuses.get(p.id)) for p in snap.config.providers]
+    pauses = await st.backend.spool.pauses()
+    views = []
+    for p in snap.config.providers:
+        view = provider_view(p, statuses.get(p.id))
+        # An operator's pause of this provider, else of all of them (relay.store.spool).
+        pause = pauses.get(p.id) or pauses.get("*")
+        view["paused"] = jsonable(pause) if pause is not None else None
+        views.append(view)
+    return views
 
 
 def _json(payload: Any, status: int = 200) -> JSONResponse:
@@ -213,14 +222,16 @@ async def metrics(request: Request) -> Response:
     for s, n in (await b.spool.counts_by_status()).items():
         b.metrics.queue.labels(s.value).set(n)
     g = st.gauges
-    for gauge in (g.health, g.sent_today, g.daily_limit):
+    for gauge in (g.health, g.sent_today, g.daily_limit, g.paused):
         gauge.clear()  # a provider removed by a reload must not linger
+    pauses = await b.spool.pauses()
     for p in await b.snapshot().providers.status():
         for health in ("unknown", "ok", "error", "cooldown"):
             g.health.labels(p.id, health).set(1 if p.health == health else 0)
         if p.health in ("ok", "error"):
             b.metrics.provider_up.labels(p.id).set(1 if p.health == "ok" else 0)
         g.sent_today.labels(p.id).set(p.sent_today)
+        g.paused.labels(p.id).set(1 if p.id in pauses or "*" in pauses else 0)
         if p.daily_limit is not None:
             g.daily_limit.labels(p.id).set(p.daily_limit)
     g.uptime.set(max(0.0, b.clock() - b.status().started_at))
@@ -274,6 +285,7 @@ async def healthz(request: Request) -> Response:
         if not status.accept_workers
         else {"configured": status.accept_workers, "alive": status.accept_workers_alive},
         "oldest_pending_age": h.oldest_pending_age,
+        "paused": h.paused,
         "last_reload_failed": status.last_reload_error is not None,
     }
     # /healthz answers without a login (for probes); the error text, which

@@ -9,7 +9,8 @@ Three states, judged from facts the store and the daemon report:
 * ``degraded`` (HTTP 200): mail flows, but something needs a look before it
   gets worse: the WAL checkpointer fails or stopped (the writers' own
   checkpoints keep the spool going, more slowly), or fewer accept workers run
-  than configured (the dead one is being replaced).
+  than configured (the dead one is being replaced), or an operator paused
+  delivery (``sluice providers pause``): mail is taken and waits.
 * ``ok`` (HTTP 200).
 
 Degraded answers 200 on purpose: an orchestrator restarting a relay that
@@ -26,11 +27,13 @@ when no mail comes in.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from admin.backend import Backend, DaemonStatus
 from relay.errors import SpoolError
+from relay.model import ProviderPause
 from relay.store.spool import SpoolHealth
 
 __all__ = ["Health", "State", "assess", "check"]
@@ -52,6 +55,8 @@ class Health:
     status: DaemonStatus
     #: seconds the longest-waiting unsent recipient has waited (None: the queue is empty)
     oldest_pending_age: float | None
+    #: operator pauses in force, one line each ("main: incident until ...")
+    paused: list[str] = field(default_factory=list)
 
     @property
     def http_status(self) -> int:
@@ -64,6 +69,7 @@ def assess(
     spool: SpoolHealth,
     status: DaemonStatus,
     oldest_pending_age: float | None,
+    paused: list[str] | None = None,
 ) -> Health:
     """The verdict over the facts (pure; see the module docstring for the rules)."""
     bad: list[str] = []
@@ -83,15 +89,21 @@ def assess(
         warn.append(
             f"{status.accept_workers_alive} of {status.accept_workers} accept workers running"
         )
+    for line in paused or ():
+        warn.append(f"delivery paused by an operator: {line}")
     state = State.UNHEALTHY if bad else State.DEGRADED if warn else State.OK
-    return Health(state, bad + warn, spool_readable, spool, status, oldest_pending_age)
+    return Health(
+        state, bad + warn, spool_readable, spool, status, oldest_pending_age, list(paused or ())
+    )
 
 
 async def check(backend: Backend) -> Health:
     """Gather the facts (one indexed read, and a probe write only while writes fail)."""
     spool = backend.spool
+    paused: list[str] = []
     try:
         oldest = await spool.oldest_pending()
+        paused = [_pause_line(p) for p in (await spool.pauses()).values()]
         readable = True
     except Exception:  # any failure to read means "not healthy", reported as such
         oldest, readable = None, False
@@ -104,4 +116,15 @@ async def check(backend: Backend) -> Health:
         spool=spool.health(),
         status=backend.status(),
         oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
+        paused=paused,
     )
+
+
+def _pause_line(p: ProviderPause) -> str:
+    who = "all providers" if p.provider == "*" else p.provider
+    end = (
+        "until resumed"
+        if p.until is None
+        else "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(p.until))
+    )
+    return f"{who}: {p.reason or 'no reason given'} ({end}, by {p.actor})"

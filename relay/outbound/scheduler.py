@@ -73,7 +73,8 @@ _ATTEMPT_STATUS = {
 
 NO_PROVIDER = TempFailure("", None, "4.4.0 no provider is available for this message")
 
-#: how often held mail is checked against hold.expire_after, and ran-out pauses forgotten
+#: at most this often held mail is checked against hold.expire_after, and ran-out
+#: pauses forgotten (or every 5 polls, if that is sooner)
 _CONTROLS_SWEEP_EVERY = 10.0
 #: mail waiting for a pause without an end looks again this often (a resume wakes it)
 _INDEFINITE_PAUSE_RECHECK = 300.0
@@ -162,7 +163,8 @@ class Scheduler:
         set one, and mail claimed after the pause must not go out.
         """
         try:
-            if now - self._controls_swept >= _CONTROLS_SWEEP_EVERY:
+            poll = self._snapshot().config.delivery.poll_interval
+            if now - self._controls_swept >= min(_CONTROLS_SWEEP_EVERY, 5 * poll):
                 self._controls_swept = now
                 for provider in await self._spool.end_expired_pauses():
                     log.info("provider %s: the operator's pause ran out; resuming", provider)

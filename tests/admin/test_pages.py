@@ -395,6 +395,7 @@ async def test_metrics_and_healthz(
                 "listener": True,
                 "accept_workers": None,
                 "oldest_pending_age": None,
+                "paused": [],
                 "last_reload_failed": False,
                 "last_reload_error": None,
             }

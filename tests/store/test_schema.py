@@ -61,4 +61,4 @@ async def test_a_version_1_spool_gains_crlf_only_and_its_mail_is_checked_at_deli
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == ("2",)
+    assert version == ("3",)
