@@ -169,8 +169,7 @@ async def provider_pause(request: Request) -> Response:
         await st.backend.spool.pause_provider(pid, actor=actor_of(who), reason=reason, until=until)
         done = "pause"
     back = "/providers" if pid == ALL_PROVIDERS else f"/providers/{pid}"
-    if form.get("from") == "list":
-        back = "/providers"
+    back = {"list": "/providers", "overview": "/"}.get(str(form.get("from", "")), back)
     return RedirectResponse(f"{back}?done={done}", status_code=303)
 
 
