@@ -636,7 +636,9 @@ class Spool:
                 _audit(c, now, "sluice", "resume", provider, 0, "the pause ran out")
             return ended
 
-        return await self._writer.submit(job)
+        # Not fsynced on its own: a pause that ran out is no pause whether or
+        # not this row survives a power cut (the next sweep removes it again).
+        return await self._writer.submit(job, durable=False)
 
     async def prune(self, *, log_retention: float, keep_sent: float, limit: int = 5000) -> int:
         """Drop old log rows and long-finished messages; returns messages removed."""
