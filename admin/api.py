@@ -71,6 +71,7 @@ async def overview_data(st: AdminState) -> dict[str, Any]:
         "last_reload_error": status.last_reload_error,
         "last_reload_at": status.last_reload_at,
         "bounce_mailbox": bounce_mailbox_data(st),
+        "pauses": [jsonable(p) for p in (await b.spool.pauses()).values()],
     }
 
 
@@ -102,7 +103,15 @@ def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
 async def providers_data(st: AdminState) -> list[dict[str, Any]]:
     snap = st.backend.snapshot()
     statuses = {s.id: s for s in await snap.providers.status()}
-    return [provider_view(p, statuses.get(p.id)) for p in snap.config.providers]
+    pauses = await st.backend.spool.pauses()
+    views = []
+    for p in snap.config.providers:
+        view = provider_view(p, statuses.get(p.id))
+        # An operator's pause of this provider, else of all of them (relay.store.spool).
+        pause = pauses.get(p.id) or pauses.get("*")
+        view["paused"] = jsonable(pause) if pause is not None else None
+        views.append(view)
+    return views
 
 
 def _json(payload: Any, status: int = 200) -> JSONResponse:
@@ -320,6 +329,7 @@ async def metrics(request: Request) -> Response:
         g.provider_failures,
         g.webhook_pending,
         g.webhook_failing,
+        g.paused,
     ):
         gauge.clear()  # a provider removed by a reload must not linger
     failures = await b.spool.provider_failures(since=b.clock() - 3600)
@@ -329,6 +339,7 @@ async def metrics(request: Request) -> Response:
     for url, c in (await b.spool.outbox_counts()).items():
         g.webhook_pending.labels(url).set(c["pending"])
         g.webhook_failing.labels(url).set(c["failing"])
+    pauses = await b.spool.pauses()
     for p in await b.snapshot().providers.status():
         for health in ("unknown", "ok", "error", "cooldown"):
             g.health.labels(p.id, health).set(1 if p.health == health else 0)
@@ -336,6 +347,7 @@ async def metrics(request: Request) -> Response:
             b.metrics.provider_up.labels(p.id).set(1 if p.health == "ok" else 0)
         g.sent_today.labels(p.id).set(p.sent_today)
         g.provider_failures.labels(p.id).set(failures.get(p.id, 0))
+        g.paused.labels(p.id).set(1 if p.id in pauses or "*" in pauses else 0)
         if p.daily_limit is not None:
             g.daily_limit.labels(p.id).set(p.daily_limit)
     g.uptime.set(max(0.0, b.clock() - b.status().started_at))
@@ -393,6 +405,7 @@ async def healthz(request: Request) -> Response:
         "oldest_pending_age": h.oldest_pending_age,
         "deferred": h.deferred,
         "provider_failures_last_hour": h.provider_failures,
+        "paused": h.paused,
         "last_reload_failed": status.last_reload_error is not None,
     }
     # /healthz answers without a login (for probes); the error text, which

@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
-from admin import api, pages
+from admin import api, controls, pages
 from admin.auth import COOKIE, Credentials, LoginLimiter, Sessions
 from admin.backend import AdminState, Backend
 from admin.guard import Guard, allowed_host_names
@@ -92,6 +92,7 @@ def create_app(
     hosts = allowed_host_names(listen_host or settings.listen.host, settings.allowed_hosts)
     app = Starlette(
         routes=[
+            *controls.routes,
             *pages.routes,
             *api.routes,
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),

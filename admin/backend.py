@@ -103,6 +103,12 @@ class _ScrapeGauges:
             ["provider", "state"],
             registry=r,
         )
+        self.paused = Gauge(
+            "sluice_provider_paused",
+            "1 while an operator has paused delivery through the provider (or all).",
+            ["provider"],
+            registry=r,
+        )
         self.uptime = Gauge(
             "sluice_uptime_seconds", "Seconds since the daemon started.", registry=r
         )

@@ -10,7 +10,8 @@ Three states, judged from facts the store and the daemon report:
   gets worse: the WAL checkpointer fails or stopped (the writers' own
   checkpoints keep the spool going, more slowly), or fewer accept workers run
   than configured (the dead one is being replaced), or the bounce mailbox
-  cannot be read (bounces wait there; delivery goes on).
+  cannot be read (bounces wait there; delivery goes on), or an operator paused
+  delivery (``sluice providers pause``): mail is taken and waits.
 * ``ok`` (HTTP 200).
 
 Degraded answers 200 on purpose: an orchestrator restarting a relay that
@@ -32,13 +33,14 @@ when no mail comes in.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from admin.backend import Backend, DaemonStatus
 from relay.config import AlertSettings
 from relay.errors import SpoolError
-from relay.model import RecipientStatus
+from relay.model import ProviderPause, RecipientStatus
 from relay.store.spool import SpoolHealth
 from relay.wording import plural
 
@@ -65,6 +67,8 @@ class Health:
     deferred: int | None = None
     #: failed or deferred attempts per provider in the last hour (only with a threshold)
     provider_failures: dict[str, int] | None = None
+    #: operator pauses in force, one line each ("main: incident until ...")
+    paused: list[str] = field(default_factory=list)
 
     @property
     def http_status(self) -> int:
@@ -80,6 +84,7 @@ def assess(
     alerts: AlertSettings | None = None,
     deferred: int | None = None,
     provider_failures: dict[str, int] | None = None,
+    paused: list[str] | None = None,
 ) -> Health:
     """The verdict over the facts (pure; see the module docstring for the rules)."""
     bad: list[str] = []
@@ -102,6 +107,8 @@ def assess(
     if status.bounce_mailbox and status.bounce_mailbox_error:
         # Bounces wait in the mailbox; delivery is not affected.
         warn.append(f"bounce mailbox: {status.bounce_mailbox_error}")
+    for line in paused or ():
+        warn.append(f"delivery paused by an operator: {line}")
     if alerts is not None:
         warn.extend(_alerts(alerts, oldest_pending_age, deferred, provider_failures or {}))
     state = State.UNHEALTHY if bad else State.DEGRADED if warn else State.OK
@@ -114,6 +121,7 @@ def assess(
         oldest_pending_age,
         deferred,
         provider_failures,
+        list(paused or ()),
     )
 
 
@@ -147,8 +155,10 @@ def _alerts(
 async def check(backend: Backend) -> Health:
     """Gather the facts (one indexed read, and a probe write only while writes fail)."""
     spool = backend.spool
+    paused: list[str] = []
     try:
         oldest = await spool.oldest_pending()
+        paused = [_pause_line(p) for p in (await spool.pauses()).values()]
         readable = True
     except Exception:  # any failure to read means "not healthy", reported as such
         oldest, readable = None, False
@@ -174,4 +184,15 @@ async def check(backend: Backend) -> Health:
         alerts=alerts,
         deferred=deferred,
         provider_failures=failures,
+        paused=paused,
     )
+
+
+def _pause_line(p: ProviderPause) -> str:
+    who = "all providers" if p.provider == "*" else p.provider
+    end = (
+        "until resumed"
+        if p.until is None
+        else "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(p.until))
+    )
+    return f"{who}: {p.reason or 'no reason given'} ({end}, by {p.actor})"

@@ -44,7 +44,7 @@ from relay.errors import UnknownMessage
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
 from relay.store.suppressions import SOURCES
 
-__all__ = ["routes"]
+__all__ = ["render", "routes"]
 
 
 def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> Response:
@@ -62,6 +62,10 @@ def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200)
     return st.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 
 
+#: for other admin modules (``admin.controls``)
+render = _render
+
+
 def _notice(request: Request) -> str:
     q = request.query_params
     done = q.get("done")
@@ -74,6 +78,11 @@ def _notice(request: Request) -> str:
         "retry": f"{n} message(s) made due now.",
         "delete": f"{n} message(s) deleted.",
         "reload": "Configuration reloaded.",
+        "hold": f"{n} recipient(s) held.",
+        "release": f"{n} recipient(s) released: due now.",
+        "reroute": f"{n} recipient(s) rerouted: due now.",
+        "pause": "Delivery paused; mail is still accepted.",
+        "resume": "Delivery resumed.",
         "reload-failed": "Reload failed; the running configuration is unchanged.",
         "added": "Address added to the suppression list.",
         "removed": f"{n} suppression entr{'y' if n == 1 else 'ies'} removed.",
@@ -196,6 +205,7 @@ async def queue(request: Request) -> Response:
             "page_sizes": PAGE_SIZES,
             **_page_links("/queue", base_q, entries, f.limit),
             "here": request.url.path + ("?" + request.url.query if request.url.query else ""),
+            "providers": state(request).backend.snapshot().config.providers,
         },
     )
 

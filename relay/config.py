@@ -45,6 +45,8 @@ __all__ = [
     "Config",
     "DeliverySettings",
     "Endpoint",
+    "HoldRule",
+    "HoldSettings",
     "LogSettings",
     "MailboxSettings",
     "NotifySettings",
@@ -546,6 +548,31 @@ class AlertSettings(_Model):
     provider_failures_per_hour: int | None = Field(default=None, ge=0)
 
 
+class HoldRule(_Model):
+    """Put new mail on hold when every given condition matches (like ``routes:``).
+
+    ``recipient_domain_not`` is the staging-host rule: hold every recipient
+    outside the listed domains.
+    """
+
+    sender_domain: list[str] | None = None
+    recipient_domain: list[str] | None = None
+    recipient_domain_not: list[str] | None = None
+    header: str | None = None
+    #: shown as the held recipients' reason
+    reason: str = ""
+
+
+class HoldSettings(_Model):
+    """Operator holds: ``sluice queue hold`` and ``hold.rules`` for new mail."""
+
+    #: False (default): time spent held does not count toward retry.give_up_after
+    age_while_held: bool = False
+    #: held longer than this: the recipient expires (None: held until released)
+    expire_after: Duration | None = Field(default=None, gt=0)
+    rules: list[HoldRule] = Field(default_factory=list)
+
+
 class Config(_Model):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
@@ -559,6 +586,8 @@ class Config(_Model):
     suppression: SuppressionSettings = Field(default_factory=SuppressionSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+    hold: HoldSettings = Field(default_factory=HoldSettings)
 
     def provider(self, provider_id: str) -> ProviderSettings:
         for provider in self.providers:
@@ -637,6 +666,14 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
                 yield ("routes", i, "providers", j), f"unknown provider id {pid!r}"
         if not (route.sender_domain or route.recipient_domain or route.header):
             yield ("routes", i), "a route needs sender_domain, recipient_domain or header"
+    for i, rule in enumerate(cfg.hold.rules):
+        if not (
+            rule.sender_domain or rule.recipient_domain or rule.recipient_domain_not or rule.header
+        ):
+            yield (
+                ("hold", "rules", i),
+                "a hold rule needs sender_domain, recipient_domain, recipient_domain_not or header",
+            )
     if cfg.retry.first_delay > cfg.retry.max_delay:
         yield ("retry", "first_delay"), "first_delay is longer than max_delay"
 

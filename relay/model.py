@@ -14,6 +14,7 @@ __all__ = [
     "MOVES_ON",
     "TERMINAL",
     "AttemptStatus",
+    "AuditEntry",
     "Claim",
     "ClaimedRecipient",
     "Delivered",
@@ -21,9 +22,11 @@ __all__ = [
     "MessageDetail",
     "Outcome",
     "PermFailure",
+    "ProviderPause",
     "QueueEntry",
     "RecipientStatus",
     "Scope",
+    "Selection",
     "TempFailure",
     "valid_address",
 ]
@@ -39,8 +42,11 @@ class RecipientStatus(StrEnum):
     FAILED = "failed"  #: a permanent failure (5xx)
     EXPIRED = "expired"  #: still failing temporarily after retry.give_up_after
     SUPPRESSED = "suppressed"  #: on the suppression list: never given to a provider
+    #: put aside by an operator or a ``hold.rules`` rule: never claimed until released
+    HELD = "held"
 
 
+#: ``HELD`` is in neither set: it is not delivered, and not finished either.
 TERMINAL = frozenset(
     {
         RecipientStatus.SENT,
@@ -157,6 +163,10 @@ class ClaimedRecipient(NamedTuple):
     attempts: int
     #: start of the give-up clock
     since: float
+    #: the provider an operator chose for this attempt (``sluice queue reroute``)
+    route_override: str | None = None
+    #: released from a hold before: ``hold.rules`` no longer apply to it
+    was_held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,3 +270,99 @@ class MessageDetail:
     helo: str
     recipients: list[QueueEntry]
     attempts: list[LogEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which recipients an operator's action applies to (``sluice queue hold|release|reroute``).
+
+    Every given criterion must match; an empty selection matches nothing, so
+    that a forgotten filter never holds the whole queue (``everything`` says
+    so on purpose, as ``postsuper -h ALL`` does).
+    """
+
+    queue_ids: tuple[str, ...] = ()
+    sender: str | None = None
+    #: the recipient's domain (``*.example.com`` is not expanded: exact, any case)
+    recipient_domain: str | None = None
+    #: the provider that last answered for the recipient
+    provider: str | None = None
+    #: the message's ``X-Sluice-Stream`` header
+    stream: str | None = None
+    #: received at least this many seconds ago
+    older_than: float | None = None
+    statuses: tuple[RecipientStatus, ...] = ()
+    everything: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.everything and not (
+            self.queue_ids
+            or self.sender
+            or self.recipient_domain
+            or self.provider
+            or self.stream
+            or self.older_than is not None
+            or self.statuses
+        )
+
+    def describe(self) -> str:
+        """One line for the audit log, e.g. ``sender=a@b.c status=deferred``."""
+        parts = []
+        if self.queue_ids:
+            shown = ",".join(self.queue_ids[:5])
+            more = f"+{len(self.queue_ids) - 5}" if len(self.queue_ids) > 5 else ""
+            parts.append(f"queue_id={shown}{more}")
+        for name in ("sender", "recipient_domain", "provider", "stream"):
+            value = getattr(self, name)
+            if value:
+                parts.append(f"{name}={value}")
+        if self.older_than is not None:
+            parts.append(f"older_than={self.older_than:g}s")
+        if self.statuses:
+            parts.append("status=" + ",".join(s.value for s in self.statuses))
+        return " ".join(parts) or ("everything" if self.everything else "nothing")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderPause:
+    """An operator's pause of one provider (``provider == "*"``: all of them)."""
+
+    provider: str
+    reason: str
+    #: None: until resumed
+    until: float | None
+    actor: str
+    at: float
+
+    def active(self, now: float) -> bool:
+        return self.until is None or self.until > now
+
+    @classmethod
+    def from_row(cls, row: Any) -> ProviderPause:
+        return cls(row["provider"], row["reason"], row["until"], row["actor"], row["at"])
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One operator action: who, when, what, on what, and how many recipients."""
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    count: int
+    detail: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> AuditEntry:
+        return cls(
+            row["id"],
+            row["at"],
+            row["actor"],
+            row["action"],
+            row["target"],
+            row["count"],
+            row["detail"],
+        )

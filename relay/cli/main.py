@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from relay import __version__
 from relay.cli import bounces as bounce_cli
+from relay.cli import controls
 from relay.cli import providers as provider_cli
 from relay.config import Config, load, load_structure
 from relay.errors import ConfigError, ListenError, SpoolError, UnknownMessage
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue_id", nargs="+")
     p = add("delete", cmd_queue_delete, "delete a message from the queue", qsub)
     p.add_argument("queue_id", nargs="+")
+    controls.register_queue(qsub, common, _config_path)
 
     admin = sub.add_parser("admin", help="admin page helpers")
     asub = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")

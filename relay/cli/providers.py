@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from relay.cli.controls import register_providers
 from relay.config import Config, ProviderSettings, load
 from relay.secrets import SecretError
 from relay.wording import plural
@@ -235,3 +236,4 @@ def register(
     )
     p.add_argument("id", help="provider id")
     p.set_defaults(func=cmd_connect, config_path_of=config_path)
+    register_providers(psub, common, config_path)

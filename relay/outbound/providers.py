@@ -430,12 +430,25 @@ class ProviderSet:
         # every message only to find no routing header was a visible cost.
         routed = bool(self.config.routes) or head.mentions(PROVIDER_HEADER)
         for rid, rcpt in claim.recipients.items():
-            if routed:
+            override = self._override(rcpt.route_override)
+            if override is not None:
+                ids: tuple[str, ...] = (override,)
+            elif routed:
                 ids = tuple(route_for(self.config, claim.sender, rcpt.address, head))
             else:
                 ids = default
             groups.setdefault(ids, []).append(rid)
         return [([*rids], [self.by_id[i] for i in ids]) for ids, rids in groups.items()]
+
+    def _override(self, provider_id: str | None) -> str | None:
+        """An operator's reroute (``route_override``), if that provider can take mail."""
+        if provider_id is None:
+            return None
+        provider = self.by_id.get(provider_id)
+        if provider is None or not provider.settings.enabled:
+            log.warning("reroute to %r: no such enabled provider; using the routes", provider_id)
+            return None
+        return provider_id
 
     async def status(self) -> list[ProviderStatus]:
         """Every provider's state, in config order."""

@@ -16,10 +16,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from relay.config import Config, RouteSettings
+from relay.config import Config, HoldRule, RouteSettings
 from relay.message import PROVIDER_HEADER, HeaderBlock
 
-__all__ = ["default_order", "domain_matches", "route_for"]
+__all__ = ["default_order", "domain_matches", "hold_rule_for", "route_for"]
 
 log = logging.getLogger("sluice.routing")
 
@@ -74,3 +74,21 @@ def route_for(config: Config, sender: str, recipient: str, head: HeaderBlock) ->
         if _matches(route, sender, recipient, head):
             return [i for i in route.providers if i in enabled]
     return default_order(config)
+
+
+def hold_rule_for(
+    config: Config, sender: str, recipient: str, head: HeaderBlock
+) -> HoldRule | None:
+    """The first ``hold.rules`` rule whose every given condition matches, if any."""
+    for rule in config.hold.rules:
+        if rule.sender_domain and not domain_matches(domain_of(sender), rule.sender_domain):
+            continue
+        domain = domain_of(recipient)
+        if rule.recipient_domain and not domain_matches(domain, rule.recipient_domain):
+            continue
+        if rule.recipient_domain_not and domain_matches(domain, rule.recipient_domain_not):
+            continue
+        if rule.header and not _header_matches(head, rule.header):
+            continue
+        return rule
+    return None

@@ -37,6 +37,7 @@ from relay.model import (
     Delivered,
     Outcome,
     PermFailure,
+    ProviderPause,
     RecipientStatus,
     Scope,
     TempFailure,
@@ -44,7 +45,8 @@ from relay.model import (
 from relay.outbound.providers import ProviderSet, Unavailable
 from relay.outbound.replies import enhanced_status, final, hard_bounce
 from relay.outbound.retry import decide
-from relay.store.spool import Finish, OutboxEvent, Spool
+from relay.outbound.routing import hold_rule_for
+from relay.store.spool import ALL_PROVIDERS, Finish, OutboxEvent, Spool
 from relay.store.suppressions import NewBounce, Threshold, normalize
 from relay.verp import verp_address
 from relay.wording import plural
@@ -60,6 +62,7 @@ __all__ = [
     "fate",
     "health_skip",
     "limit_wait",
+    "operator_pause",
 ]
 
 log = logging.getLogger("sluice.scheduler")
@@ -72,6 +75,12 @@ _ATTEMPT_STATUS = {
 }
 
 NO_PROVIDER = TempFailure("", None, "4.4.0 no provider is available for this message")
+
+#: at most this often held mail is checked against hold.expire_after, and ran-out
+#: pauses forgotten (or every 5 polls, if that is sooner)
+_CONTROLS_SWEEP_EVERY = 10.0
+#: mail waiting for a pause without an end looks again this often (a resume wakes it)
+_INDEFINITE_PAUSE_RECHECK = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +123,9 @@ class Scheduler:
         self._rng = rng or random.Random()
         self._inflight: set[asyncio.Task[None]] = set()
         self.idle = asyncio.Event()
+        #: operator pauses (``sluice providers pause``), re-read before every claim
+        self._pauses: dict[str, ProviderPause] = {}
+        self._controls_swept = -_CONTROLS_SWEEP_EVERY
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then drain for ``delivery.shutdown_grace``."""
@@ -127,6 +139,7 @@ class Scheduler:
                         last_lease_sweep = now
                         await self._spool.requeue_expired_leases()
                     self._spool.wake.clear()
+                    await self._operator_controls(now)
                     free = cfg.max_concurrent - len(self._inflight)
                     claims: list[Claim] = []
                     if free > 0:
@@ -159,6 +172,35 @@ class Scheduler:
                 await self._drain()
         finally:
             self.idle.set()
+
+    async def _operator_controls(self, now: float) -> None:
+        """Re-read operator pauses; now and then expire long-held mail and ended pauses.
+
+        Pauses are read before every claim (one indexed read, small beside the
+        claim's write): another process (``sluice providers pause``) may have
+        set one, and mail claimed after the pause must not go out.
+        """
+        try:
+            poll = self._snapshot().config.delivery.poll_interval
+            if now - self._controls_swept >= min(_CONTROLS_SWEEP_EVERY, 5 * poll):
+                self._controls_swept = now
+                for provider in await self._spool.end_expired_pauses():
+                    log.info("provider %s: the operator's pause ran out; resuming", provider)
+                expire_after = self._snapshot().config.hold.expire_after
+                if expire_after is not None and (n := await self._spool.expire_held(expire_after)):
+                    log.warning("%s held longer than hold.expire_after", plural(n, "recipient"))
+            self._pauses = await self._spool.pauses()
+        except SpoolError as exc:
+            log.error("cannot read operator controls from the spool: %s", exc)
+
+    def _paused(self, provider_id: str) -> Unavailable | None:
+        """An operator's pause of this provider (or of all), as a wait without an attempt."""
+        now = self._clock()
+        for key in (provider_id, ALL_PROVIDERS):
+            pause = self._pauses.get(key)
+            if pause is not None and pause.active(now):
+                return operator_pause(provider_id, pause, now=now)
+        return None
 
     async def _drain(self) -> None:
         grace = self._snapshot().config.delivery.shutdown_grace
@@ -201,6 +243,9 @@ class Scheduler:
         if data is None:
             return  # deleted while claimed; nothing to do
         head = HeaderBlock(data)  # found once per attempt; routing and rewrites read it
+        claim = await self._hold_by_rules(claim, head, snap)
+        if not claim.recipients:
+            return
         claim = await self._skip_suppressed(claim, head, snap)
         if not claim.recipients:
             return
@@ -231,6 +276,42 @@ class Scheduler:
             return await self._spool.body(claim.message_id)
         except UnknownMessage:
             return None
+
+    async def _hold_by_rules(self, claim: Claim, head: HeaderBlock, snap: Snapshot) -> Claim:
+        """Put new recipients that a ``hold.rules`` rule matches on hold; the rest go on.
+
+        Evaluated here, at the first claim, rather than in the listener: one
+        place sees mail from every way in (the daemon, accept workers,
+        ``sluice sendmail``), and a reload applies to mail not tried yet, as
+        routing does. A recipient released once, rerouted, or tried before is
+        never held again by a rule.
+        """
+        rules = snap.config.hold.rules
+        if not rules:
+            return claim
+        held: dict[int, str] = {}
+        for rid, rcpt in claim.recipients.items():
+            if rcpt.attempts or rcpt.was_held or rcpt.route_override:
+                continue
+            rule = hold_rule_for(snap.config, claim.sender, rcpt.address, head)
+            if rule is not None:
+                held[rid] = "held by hold.rules" + (f": {rule.reason}" if rule.reason else "")
+        if not held:
+            return claim
+        for reason in set(held.values()):
+            await self._spool.hold_claimed(
+                claim, [rid for rid, r in held.items() if r == reason], reason
+            )
+        for rid, reason in held.items():
+            log.info(
+                "%s: to=<%s> %s",
+                claim.queue_id,
+                claim.recipients[rid].address,
+                reason,
+                extra={"event": "held", "queue_id": claim.queue_id},
+            )
+        rest = {r: c for r, c in claim.recipients.items() if r not in held}
+        return replace(claim, recipients=rest, attempt_ids={r: claim.attempt_ids[r] for r in rest})
 
     async def _skip_suppressed(self, claim: Claim, head: HeaderBlock, snap: Snapshot) -> Claim:
         """Finish recipients on the suppression list as ``suppressed``; the claim without them.
@@ -310,7 +391,7 @@ class Scheduler:
                     verp=bounces.verp,
                 ):  # fmt: skip
                     started = time.monotonic()
-                    got = await provider.deliver(
+                    got = self._paused(provider.id) or await provider.deliver(
                         claim.sender,
                         [pending[r] for r in group],
                         data,
@@ -500,6 +581,19 @@ def limit_wait(waits: Sequence[Unavailable]) -> LimitWait | None:
     if not waits or not all(w.limit for w in waits):
         return None
     return LimitWait(min(w.until for w in waits), f"4.7.0 waiting: {_reasons(waits)}")
+
+
+def operator_pause(provider_id: str, pause: ProviderPause, *, now: float) -> Unavailable:
+    """A provider paused by an operator is skipped like one at its limit: no attempt counts."""
+    if pause.until is None:
+        until, end = now + _INDEFINITE_PAUSE_RECHECK, "until resumed"
+    else:
+        until = pause.until
+        end = "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pause.until))
+    reason = f": {pause.reason}" if pause.reason else ""
+    return Unavailable(
+        provider_id, f"{provider_id}: paused by operator{reason} {end}", until, limit=True
+    )
 
 
 def expired_while_waiting(since: float, *, give_up_after: float, now: float) -> bool:

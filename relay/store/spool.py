@@ -18,6 +18,7 @@ Every state change is a guarded ``UPDATE ... WHERE status = ? RETURNING``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -33,14 +34,18 @@ from typing import Any
 import aiosqlite
 
 from relay.errors import SpoolError, UnknownMessage
+from relay.message import HeaderBlock
 from relay.model import (
     AttemptStatus,
+    AuditEntry,
     Claim,
     ClaimedRecipient,
     LogEntry,
     MessageDetail,
+    ProviderPause,
     QueueEntry,
     RecipientStatus,
+    Selection,
 )
 from relay.store.sql import QUERIES, SCHEMA
 from relay.store.suppressions import Suppressions
@@ -54,13 +59,17 @@ from relay.store.writer import (
 )
 
 __all__ = [
+    "ALL_PROVIDERS",
+    "STREAM_HEADER",
     "AttemptBucket",
+    "Control",
     "DsnVerdict",
     "Finish",
     "NewMessage",
     "OAuthGrant",
     "OutboxEvent",
     "OutboxRow",
+    "Selected",
     "Spool",
     "SpoolHealth",
     "new_queue_id",
@@ -74,7 +83,31 @@ Clock = Callable[[], float]
 _SCHEMA_VERSION = "3"
 #: Columns added since version 1, as (table, column, definition): a spool made
 #: before them gets them when opened, with a default that means "not known".
-_ADDED_COLUMNS = (("bodies", "crlf_only", "INTEGER NOT NULL DEFAULT 0"),)
+_ADDED_COLUMNS = (
+    ("bodies", "crlf_only", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "stream", "TEXT NOT NULL DEFAULT ''"),
+    ("recipients", "held_at", "REAL"),
+    ("recipients", "released_at", "REAL"),
+    ("recipients", "route_override", "TEXT"),
+)
+
+#: the header that names a message's stream (an app's own label for filters)
+STREAM_HEADER = "X-Sluice-Stream"
+#: the provider id of a pause of every provider
+ALL_PROVIDERS = "*"
+
+#: the states each operator action applies to (a hold takes only what waits)
+_ALLOWED = {
+    "hold": (RecipientStatus.QUEUED, RecipientStatus.DEFERRED),
+    "release": (RecipientStatus.HELD,),
+    "reroute": (
+        RecipientStatus.QUEUED,
+        RecipientStatus.DEFERRED,
+        RecipientStatus.HELD,
+        RecipientStatus.FAILED,
+        RecipientStatus.EXPIRED,
+    ),
+}
 
 
 def new_queue_id(now: float, rng: random.Random | None = None) -> str:
@@ -103,6 +136,30 @@ class NewMessage:
     helo: str = ""
     #: Every line of ``data`` ends in CRLF (as the listener found it).
     crlf_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Selected:
+    """How many recipients (of how many messages) an action affects."""
+
+    recipients: int
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """An operator action on a selection: who does it, and the action's own settings."""
+
+    #: "hold", "release" or "reroute"
+    action: str
+    #: admin user name, "api", "cli:$USER"
+    actor: str
+    #: hold: why (shown as the recipients' reason)
+    reason: str = ""
+    #: reroute: the provider for the next attempt
+    provider: str | None = None
+    #: release: whether the time held counts toward retry.give_up_after
+    age_while_held: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +331,8 @@ class Spool:
 
     async def enqueue(self, msg: NewMessage) -> str:
         """Store a message and its recipients in one durable transaction."""
-        queue_id = await self._writer.submit(lambda c: _insert_message(c, msg))
+        stream = _stream_of(msg.data)
+        queue_id = await self._writer.submit(lambda c: _insert_message(c, msg, stream))
         self.wake.set()
         return queue_id
 
@@ -360,7 +418,13 @@ class Spool:
                     received_at=env["received_at"],
                     subject=env["subject"],
                     recipients={
-                        r["id"]: ClaimedRecipient(r["rcpt"], r["attempts"], r["since"])
+                        r["id"]: ClaimedRecipient(
+                            r["rcpt"],
+                            r["attempts"],
+                            r["since"],
+                            route_override=r["route_override"],
+                            was_held=r["released_at"] is not None,
+                        )
                         for r in rcpts
                     },
                 )
@@ -568,6 +632,154 @@ class Spool:
                 raise UnknownMessage(queue_id)
 
         await self._writer.submit(job)
+
+    # --------------------------------------------------------- operator controls
+
+    async def count_selected(self, selection: Selection, action: str) -> Selected:
+        """How many recipients ``action`` would affect now (the confirmation step)."""
+        params = _selection_params(selection, action, self._clock())
+        sql = _with_selected(QUERIES["count_selected"])
+        async with self._reader.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return Selected(int(row["recipients"]), int(row["messages"]))
+
+    async def control(self, selection: Selection, control: Control) -> int:
+        """Hold, release or reroute the selected recipients; audited; returns how many.
+
+        Hold (``postsuper -h``): queued and deferred recipients are never
+        claimed until released. Release (``postsuper -H``): due now. Reroute
+        (KumoMTA's ``rebind``): the next attempt goes through one provider.
+        An empty selection affects nothing (``Selection.everything`` to mean all).
+        """
+        now = self._clock()
+        params = _selection_params(selection, control.action, now)
+        params["now"] = now
+        if control.action == "hold":
+            query = "hold_selected"
+            params["reply"] = f"held by {control.actor}" + (
+                f": {control.reason}" if control.reason else ""
+            )
+        elif control.action == "release":
+            query = "release_selected"
+            params["reply"] = f"released by {control.actor}"
+            params["age_while_held"] = control.age_while_held
+        elif control.action == "reroute":
+            if not control.provider:
+                raise ValueError("reroute needs a provider")
+            query = "reroute_selected"
+            params["via"] = control.provider
+        else:
+            raise ValueError(f"unknown action {control.action!r}")
+        sql = _with_selected(QUERIES[query])
+        detail = control.reason
+        if control.action == "reroute":
+            detail = f"via {control.provider}"
+
+        def job(c: sqlite3.Connection) -> int:
+            n = len(c.execute(sql, params).fetchall())
+            _audit(c, now, control.actor, control.action, selection.describe(), n, detail)
+            return n
+
+        n = await self._writer.submit(job)
+        if n and control.action != "hold":
+            self.wake.set()
+        return n
+
+    async def hold_claimed(self, claim: Claim, rids: Iterable[int], reason: str) -> int:
+        """Put claimed recipients on hold (a ``hold.rules`` rule); no attempt is logged."""
+        now = self._clock()
+        ids = list(rids)
+
+        def job(c: sqlite3.Connection) -> int:
+            n = 0
+            for rid in ids:
+                n += (
+                    c.execute(
+                        QUERIES["hold_claimed"], {"id": rid, "now": now, "reply": reason}
+                    ).fetchone()
+                    is not None
+                )
+                c.execute(QUERIES["delete_attempt"], {"id": claim.attempt_ids[rid]})
+            return n
+
+        return await self._writer.submit(job)
+
+    async def expire_held(self, expire_after: float) -> int:
+        """Held longer than ``expire_after`` seconds: expired, with the reason; audited."""
+        now = self._clock()
+        reply = (
+            f"5.4.7 held longer than hold.expire_after ({expire_after:g}s); "
+            "expired without delivery"
+        )
+
+        def job(c: sqlite3.Connection) -> int:
+            n = len(
+                c.execute(
+                    QUERIES["expire_held"],
+                    {"before": now - expire_after, "now": now, "reply": reply},
+                ).fetchall()
+            )
+            if n:
+                _audit(c, now, "sluice", "expire-held", "hold.expire_after", n, reply)
+            return n
+
+        return await self._writer.submit(job)
+
+    async def pause_provider(
+        self, provider: str, *, actor: str, reason: str = "", until: float | None = None
+    ) -> None:
+        """Pause delivery through ``provider`` (``ALL_PROVIDERS``: all); audited."""
+        now = self._clock()
+        detail = reason + (f" (until {_utc(until)})" if until is not None else "")
+
+        def job(c: sqlite3.Connection) -> None:
+            c.execute(
+                QUERIES["pause_set"],
+                {
+                    "provider": provider,
+                    "reason": reason,
+                    "until": until,
+                    "actor": actor,
+                    "now": now,
+                },
+            )
+            _audit(c, now, actor, "pause", provider, 0, detail)
+
+        await self._writer.submit(job)
+
+    async def resume_provider(self, provider: str, *, actor: str) -> int | None:
+        """End a pause; recipients waiting for it are due now. None: it was not paused."""
+        now = self._clock()
+        pattern = "%paused by operator%"
+        if provider != ALL_PROVIDERS:
+            pattern = "%" + _like_escape(f"{provider}: paused by operator") + "%"
+
+        def job(c: sqlite3.Connection) -> int | None:
+            if not c.execute(QUERIES["pause_delete"], {"provider": provider}).fetchall():
+                return None
+            n = len(c.execute(QUERIES["wake_paused"], {"now": now, "pattern": pattern}).fetchall())
+            _audit(c, now, actor, "resume", provider, n, "")
+            return n
+
+        n = await self._writer.submit(job)
+        if n:
+            self.wake.set()
+        return n
+
+    async def end_expired_pauses(self) -> list[str]:
+        """Forget pauses whose duration ran out (they resumed by themselves); audited."""
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> list[str]:
+            ended = [r["provider"] for r in c.execute(QUERIES["pauses_end_expired"], {"now": now})]
+            for provider in ended:
+                _audit(c, now, "sluice", "resume", provider, 0, "the pause ran out")
+            return ended
+
+        # Not fsynced on its own: a pause that ran out is no pause whether or
+        # not this row survives a power cut (the next sweep removes it again).
+        return await self._writer.submit(job, durable=False)
 
     async def prune(self, *, log_retention: float, keep_sent: float, limit: int = 5000) -> int:
         """Drop old log rows and long-finished messages; returns messages removed."""
@@ -838,6 +1050,17 @@ class Spool:
                 async for r in cur
             ]
 
+    async def pauses(self) -> dict[str, ProviderPause]:
+        """Operator pauses in force now, by provider id (``ALL_PROVIDERS``: all)."""
+        async with self._reader.execute(QUERIES["pauses"], {"now": self._clock()}) as cur:
+            return {r["provider"]: ProviderPause.from_row(r) async for r in cur}
+
+    async def audit_log(self, *, before_id: int | None = None, limit: int = 50) -> list[AuditEntry]:
+        """One page of the audit log, newest first; keyset pagination on ``id``."""
+        params = {"before_id": before_id, "limit": limit}
+        async with self._reader.execute(QUERIES["audit_page"], params) as cur:
+            return [AuditEntry.from_row(r) async for r in cur]
+
     # ---------------------------------------------------- admin session version
 
     async def admin_session_version(self) -> int:
@@ -853,7 +1076,7 @@ class Spool:
         )
 
 
-def _insert_message(c: sqlite3.Connection, msg: NewMessage) -> str:
+def _insert_message(c: sqlite3.Connection, msg: NewMessage, stream: str = "") -> str:
     cur = c.execute(
         QUERIES["insert_message"],
         {
@@ -864,6 +1087,7 @@ def _insert_message(c: sqlite3.Connection, msg: NewMessage) -> str:
             "size": len(msg.data),
             "client": msg.client,
             "helo": msg.helo,
+            "stream": stream,
         },
     )
     mid = cur.lastrowid
@@ -923,6 +1147,71 @@ def _status_filter(
     wanted = [s.value for s in statuses]
     where.append(f"{column} IN ({', '.join(f':s{i}' for i in range(len(wanted)))})")
     params.update({f"s{i}": value for i, value in enumerate(wanted)})
+
+
+def _stream_of(data: bytes) -> str:
+    """The ``X-Sluice-Stream`` header's value, if any (a cheap look first)."""
+    head = HeaderBlock(data)
+    if not head.mentions(STREAM_HEADER):
+        return ""
+    return (head.value(STREAM_HEADER) or "").strip()[:200]
+
+
+def _selection_params(selection: Selection, action: str, now: float) -> dict[str, Any]:
+    """Bound parameters of the ``selected_recipients`` query for ``action``.
+
+    Raises:
+        ValueError: the selection is empty (nothing chosen, not ``everything``).
+    """
+    if selection.empty:
+        raise ValueError("choose queue IDs or a filter (or everything)")
+    allowed = _ALLOWED.get(action)
+    if allowed is None:
+        raise ValueError(f"unknown action {action!r}")
+    return {
+        "allowed": json.dumps([s.value for s in allowed]),
+        "queue_ids": json.dumps(list(selection.queue_ids)) if selection.queue_ids else None,
+        "sender": selection.sender or None,
+        "domain": _like_escape(selection.recipient_domain.lower().strip().rstrip("."))
+        if selection.recipient_domain
+        else None,
+        "provider": selection.provider or None,
+        "stream": selection.stream or None,
+        "received_before": None if selection.older_than is None else now - selection.older_than,
+        "statuses": json.dumps([s.value for s in selection.statuses])
+        if selection.statuses
+        else None,
+    }
+
+
+def _with_selected(sql: str) -> str:
+    return f"WITH selected AS ({QUERIES['selected_recipients']}) {sql}"
+
+
+def _audit(
+    c: sqlite3.Connection,
+    now: float,
+    actor: str,
+    action: str,
+    target: str,
+    count: int,
+    detail: str,
+) -> None:
+    c.execute(
+        QUERIES["audit_insert"],
+        {
+            "now": now,
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "count": count,
+            "detail": detail,
+        },
+    )
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
 def _like_escape(text: str) -> str:

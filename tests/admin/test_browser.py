@@ -508,3 +508,93 @@ async def test_webhooks_page_shows_failures_then_deliveries(
 
 async def _delivered(spool: Spool, url: str) -> bool:
     return all(r.delivered_at is not None for r in await spool.outbox_recent(url))
+
+
+async def test_hold_release_and_pause_journey(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    """Hold a selection, release it, pause a provider with a reason, see it, resume."""
+    (tmp_path / "pw").write_text("admin-pw\n")
+    admin = {"enabled": True, "listen": "127.0.0.1:0", "password_file": str(tmp_path / "pw")}
+    upstream.reply["RCPT"] = "451 4.2.0 try later"
+    retry = {"first_delay": "1h", "max_delay": "2h"}
+    async with sluice([provider_for(upstream, "main")], admin=admin, retry=retry) as s:
+        assert s.daemon.admin is not None
+        base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+        for i in range(3):
+            await smtp_send(s.port, "app@example.org", [f"r{i}@example.net"], mail(f"m{i}"))
+
+        async def all_deferred() -> bool:
+            rows = await s.spool.list_queue()
+            return len(rows) == 3 and all(r.status == "deferred" for r in rows)
+
+        await eventually(all_deferred)
+        page = await (await browser.new_context(viewport={"width": 1366, "height": 900})).new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        await page.goto(base + "/queue")
+        await page.fill("input[name=password]", "admin-pw")
+        await page.click("button[type=submit]")
+        await expect(page).to_have_url(base + "/queue")
+
+        # Hold two of the three: a confirmation with the count first.
+        rows = page.locator("tr[data-queue-id]")
+        await expect(rows).to_have_count(3)
+        chosen = [await rows.nth(i).get_attribute("data-queue-id") for i in (0, 1)]
+        for qid in chosen:
+            await page.check(f"input[name=queue_id][value='{qid}']")
+        await page.click("#hold-selected")
+        await expect(page.locator("#confirm-count")).to_contain_text(
+            "Hold 2 recipients of 2 messages?"
+        )
+        await shot(page, "20-hold-confirm")
+        await page.click("#confirm-button")
+        await expect(page.locator("#notice")).to_have_text("2 recipient(s) held.")
+        for qid in chosen:
+            await expect(page.locator(f"tr[data-queue-id='{qid}'] .badge")).to_have_text("held")
+        await shot(page, "21-held")
+
+        # Release them: due now (the upstream accepts by then).
+        upstream.reply.clear()
+        for qid in chosen:
+            await page.check(f"input[name=queue_id][value='{qid}']")
+        await page.click("#release-selected")
+        await expect(page.locator("#confirm-count")).to_contain_text("Release 2 recipients")
+        await page.click("#confirm-button")
+        await expect(page.locator("#notice")).to_have_text("2 recipient(s) released: due now.")
+        got = await upstream.wait_for(2)
+        assert sorted(r for m in got for r in m.recipients) == sorted(
+            e.email for e in await s.spool.list_queue() if e.queue_id in chosen
+        )
+
+        # Pause the provider with a reason from its row on the provider list.
+        await page.goto(base + "/providers")
+        row = page.locator("tr[data-provider=main]")
+        await row.locator("input[name=reason]").fill("provider incident")
+        await row.locator("input[name=for]").fill("2h")
+        await row.locator(".pause-button").click()
+        await expect(page.locator("#notice")).to_have_text(
+            "Delivery paused; mail is still accepted."
+        )
+        await expect(row.locator(".pause-reason")).to_have_text("provider incident")
+
+        # The overview says so, and offers to resume.
+        await page.goto(base + "/")
+        banner = page.locator("#pauses .pause[data-provider=main]")
+        await expect(banner).to_contain_text("provider incident")
+        await expect(banner).to_contain_text("until")
+        await shot(page, "22-paused-overview")
+        await banner.locator("button").click()
+        await expect(page.locator("#notice")).to_have_text("Delivery resumed.")
+        await expect(page).to_have_url(base + "/?done=resume")
+        await expect(page.locator("#pauses")).to_have_count(0)
+
+        # Every action is on the Audit page, by the logged-in user.
+        await page.goto(base + "/audit")
+        actions = page.locator("#audit tbody tr")
+        await expect(actions).to_have_count(4)
+        await expect(actions.nth(0)).to_contain_text("resume")
+        await expect(actions.nth(3)).to_contain_text("hold")
+        await expect(actions.nth(3)).to_contain_text("admin")
+        await shot(page, "23-audit")
+        assert errors == []

@@ -399,6 +399,7 @@ async def test_metrics_and_healthz(
                 # Counted only when an alerts threshold asks (issue 16, item 7).
                 "deferred": None,
                 "provider_failures_last_hour": None,
+                "paused": [],
                 "last_reload_failed": False,
                 "last_reload_error": None,
             }

@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS messages (
     subject     TEXT    NOT NULL DEFAULT '',
     size        INTEGER NOT NULL,
     client      TEXT    NOT NULL DEFAULT '',
-    helo        TEXT    NOT NULL DEFAULT ''
+    helo        TEXT    NOT NULL DEFAULT '',
+    stream      TEXT    NOT NULL DEFAULT ''  -- the X-Sluice-Stream header, for filters
 );
 
 -- Bodies live apart so that scheduling queries never page them in.
@@ -34,7 +35,10 @@ CREATE TABLE IF NOT EXISTS recipients (
     lease_until     REAL,
     last_reply      TEXT    NOT NULL DEFAULT '',
     provider        TEXT,
-    updated_at      REAL    NOT NULL
+    updated_at      REAL    NOT NULL,
+    held_at         REAL,                  -- when it was put on hold (status 'held')
+    released_at     REAL,                  -- last release from a hold: hold.rules spare it
+    route_override  TEXT                   -- provider for the next attempt only (reroute)
 );
 
 -- The scheduler's hot query: due mail in due order, never the whole queue.
@@ -162,3 +166,24 @@ CREATE TABLE IF NOT EXISTS dsn_sent (
     PRIMARY KEY (recipient_id, kind)
 );
 CREATE INDEX IF NOT EXISTS dsn_sent_sender ON dsn_sent(sender, sent_at);
+
+-- Operator pauses of delivery (`sluice providers pause`): provider '*' = all.
+-- until NULL: until resumed. A row whose until has passed is no longer a pause.
+CREATE TABLE IF NOT EXISTS provider_pauses (
+    provider TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL DEFAULT '',
+    until    REAL,
+    actor    TEXT NOT NULL,
+    at       REAL NOT NULL
+);
+
+-- The audit log: every operator action (hold, release, reroute, pause, ...).
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY,
+    at     REAL    NOT NULL,
+    actor  TEXT    NOT NULL,               -- admin user name, "api", "cli:$USER", "sluice"
+    action TEXT    NOT NULL,
+    target TEXT    NOT NULL DEFAULT '',    -- the selection or the provider
+    count  INTEGER NOT NULL DEFAULT 0,     -- recipients affected
+    detail TEXT    NOT NULL DEFAULT ''
+);

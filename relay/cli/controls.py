@@ -1,0 +1,186 @@
+"""``sluice queue hold|release|reroute`` and ``sluice providers pause|resume``.
+
+Operator controls, as ``postsuper -h/-H`` and KumoMTA's ``kcli rebind`` do
+them: each acts on the spool directly (the daemon needs not run, and picks
+the change up at its next look, within a second for pauses), and each is
+written to the spool's audit log as ``cli:$USER``.
+
+A selection is queue IDs and/or filters (``--sender``, ``--recipient-domain``,
+``--provider``, ``--stream``, ``--older-than``, ``--status``); every given
+criterion must match. ``--all`` says "everything" on purpose; without any
+criterion nothing is done. ``--dry-run`` only counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from relay.config import Config, load, parse_duration
+from relay.model import RecipientStatus, Selection
+from relay.store.spool import ALL_PROVIDERS, Control, Spool
+from relay.wording import plural
+
+__all__ = ["actor", "register_providers", "register_queue"]
+
+EX_OK = 0
+EX_USAGE = 64
+EX_NOINPUT = 66
+
+_DONE = {"hold": "held", "release": "released", "reroute": "rerouted"}
+
+
+def actor() -> str:
+    """Who runs this command, for the audit log: ``cli:$USER``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"cli:{user}"
+
+
+def _config(args: argparse.Namespace) -> Config:
+    path: Path = args.config_path_of(args)
+    return load(path, secrets=False)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def selection_of(args: argparse.Namespace) -> Selection:
+    return Selection(
+        queue_ids=tuple(args.queue_id),
+        sender=args.sender,
+        recipient_domain=args.recipient_domain,
+        provider=args.provider,
+        stream=args.stream,
+        older_than=args.older_than,
+        statuses=tuple(RecipientStatus(s) for s in args.status or ()),
+        everything=args.all,
+    )
+
+
+async def cmd_control(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    selection = selection_of(args)
+    if selection.empty:
+        print("sluice: give queue IDs, a filter, or --all", file=sys.stderr)
+        return EX_USAGE
+    via = getattr(args, "via", None)
+    if via is not None and via not in {p.id for p in cfg.providers if p.enabled}:
+        known = ", ".join(p.id for p in cfg.providers if p.enabled)
+        print(f"sluice: no enabled provider {via!r} (enabled: {known})", file=sys.stderr)
+        return EX_USAGE
+    control = Control(
+        action=args.action,
+        actor=actor(),
+        reason=getattr(args, "reason", "") or "",
+        provider=via,
+        age_while_held=cfg.hold.age_while_held,
+    )
+    async with await Spool.open(cfg.spool.path) as spool:
+        if args.dry_run:
+            n = await spool.count_selected(selection, args.action)
+            print(
+                f"would {args.action} {plural(n.recipients, 'recipient')} "
+                f"of {plural(n.messages, 'message')}"
+            )
+            return EX_OK
+        done = await spool.control(selection, control)
+    print(f"{_DONE[args.action]} {plural(done, 'recipient')} ({selection.describe()})")
+    return EX_OK if done or not selection.queue_ids else EX_NOINPUT
+
+
+def register_queue(
+    qsub: Any, common: argparse.ArgumentParser, config_path: Callable[..., Path]
+) -> None:
+    """Add ``hold``, ``release`` and ``reroute`` to ``sluice queue``."""
+    for action, text in (
+        ("hold", "hold recipients: they are not delivered until released"),
+        ("release", "release held recipients: due now"),
+        ("reroute", "retry recipients via one provider (their next attempt only)"),
+    ):
+        p: argparse.ArgumentParser = qsub.add_parser(action, parents=[common], help=text)
+        p.add_argument("queue_id", nargs="*", help="queue IDs (with filters: both must match)")
+        p.add_argument("--sender", help="envelope sender (exact, any case)")
+        p.add_argument("--recipient-domain", help="recipient domain (exact, any case)")
+        p.add_argument("--provider", help="the provider that last answered for the recipient")
+        p.add_argument("--stream", help="the message's X-Sluice-Stream header")
+        p.add_argument("--older-than", type=_duration, metavar="AGE", help="e.g. 30m, 2h")
+        p.add_argument("--status", action="append", choices=[s.value for s in RecipientStatus])
+        p.add_argument("--all", action="store_true", help="everything (no other criterion)")
+        p.add_argument("--dry-run", action="store_true", help="only count")
+        if action == "hold":
+            p.add_argument("--reason", default="", help="shown as the recipients' reason")
+        if action == "reroute":
+            p.add_argument("--via", required=True, metavar="PROVIDER", help="provider id")
+        p.set_defaults(func=cmd_control, action=action, config_path_of=config_path)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+async def cmd_pause(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    target = _target(args, cfg)
+    if target is None:
+        return EX_USAGE
+    async with await Spool.open(cfg.spool.path) as spool:
+        if args.pause:
+            until = time.time() + args.duration if args.duration is not None else None
+            await spool.pause_provider(target, actor=actor(), reason=args.reason, until=until)
+            end = f"until {_when(until)}" if until is not None else "until resumed"
+            print(f"{_name(target)}: delivery paused {end}; mail is still accepted")
+            return EX_OK
+        n = await spool.resume_provider(target, actor=actor())
+    if n is None:
+        print(f"{_name(target)}: was not paused")
+        return EX_OK
+    print(f"{_name(target)}: delivery resumed; {plural(n, 'waiting recipient')} due now")
+    return EX_OK
+
+
+def _name(target: str) -> str:
+    return "all providers" if target == ALL_PROVIDERS else f"provider {target}"
+
+
+def _target(args: argparse.Namespace, cfg: Config) -> str | None:
+    if args.all == bool(args.id):
+        print("sluice: give a provider id or --all (not both)", file=sys.stderr)
+        return None
+    if args.all:
+        return ALL_PROVIDERS
+    if args.id not in {p.id for p in cfg.providers}:
+        known = ", ".join(p.id for p in cfg.providers)
+        print(f"sluice: no provider {args.id!r} (known: {known})", file=sys.stderr)
+        return None
+    target: str = args.id
+    return target
+
+
+def register_providers(
+    psub: Any, common: argparse.ArgumentParser, config_path: Callable[..., Path]
+) -> None:
+    """Add ``pause`` and ``resume`` to ``sluice providers``."""
+    p: argparse.ArgumentParser = psub.add_parser(
+        "pause", parents=[common], help="stop delivering through a provider (mail is still taken)"
+    )
+    p.add_argument("id", nargs="?", help="provider id")
+    p.add_argument("--all", action="store_true", help="every provider")
+    p.add_argument("--for", dest="duration", type=_duration, metavar="DURATION", help="e.g. 2h")
+    p.add_argument("--reason", default="", help="shown on the queue, the admin and /healthz")
+    p.set_defaults(func=cmd_pause, pause=True, config_path_of=config_path)
+    p = psub.add_parser("resume", parents=[common], help="end a pause; waiting mail is due now")
+    p.add_argument("id", nargs="?", help="provider id")
+    p.add_argument("--all", action="store_true", help="the pause of every provider")
+    p.set_defaults(func=cmd_pause, pause=False, config_path_of=config_path)
