@@ -41,7 +41,7 @@ from relay.model import (
     Scope,
     TempFailure,
 )
-from relay.outbound.providers import ProviderSet, Unavailable
+from relay.outbound.providers import Partial, ProviderSet, Unavailable
 from relay.outbound.replies import final
 from relay.outbound.retry import decide
 from relay.store.spool import Finish, Spool
@@ -244,6 +244,10 @@ class Scheduler:
                     for rid in rids:  # skipped (limits, cool-down): not an attempt
                         tried.waits.setdefault(rid, []).append(got)
                     continue
+                if isinstance(got, Partial):  # a limit admitted only the first ones
+                    for rid in rids[len(got.outcomes) :]:
+                        tried.waits.setdefault(rid, []).append(got.rest)
+                    rids, got = rids[: len(got.outcomes)], got.outcomes
                 self._metrics.delivery_seconds.labels(provider.id).observe(
                     time.monotonic() - started
                 )
