@@ -340,6 +340,7 @@ class Provider:
         if s.rate_unit == "recipients" and tokens < n:
             if by_rcpt:
                 await state.daily.give_back(grant, n - tokens)
+                grant = Grant(tokens, grant.window)
             n, rest = tokens, self._rate_limited()
         if wait > 0:
             await asyncio.sleep(wait)
