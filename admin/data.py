@@ -26,6 +26,7 @@ __all__ = [
     "header_list",
     "jsonable",
     "provider_view",
+    "usage_text",
 ]
 
 PAGE_SIZES = (25, 50, 100, 200)
@@ -47,6 +48,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def usage_text(used: int, limit: int | None, unit: str, window: str) -> str:
+    """Usage against the daily limit as the pages say it: "3 / 10 recipients, last 24 h"."""
+    span = "last 24 h" if window == "rolling_24h" else "today (UTC)"
+    if limit is None:
+        return f"{used} {unit} {span}, no daily limit"
+    return f"{used} / {limit} {unit}, {span}"
+
+
 def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> dict[str, Any]:
     """One provider as the page and the API show it; never a secret."""
     o = settings.oauth2
@@ -66,7 +75,15 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
         "max_connections": settings.max_connections,
         "tls_verify": settings.tls_verify,
         "daily_limit": settings.daily_limit,
-        "rate": f"{settings.rate.count}/{settings.rate.per:g}s" if settings.rate else None,
+        "limit_unit": settings.limit_unit,
+        "limit_window": settings.limit_window,
+        "rate": (
+            f"{settings.rate.count}/{settings.rate.per:g}s"
+            + (" recipients" if settings.rate_unit == "recipients" else "")
+            if settings.rate
+            else None
+        ),
+        "rate_unit": settings.rate_unit,
         "oauth2": (
             {
                 "token_url": o.token_url,
@@ -96,6 +113,9 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
         )
     limit = view["daily_limit"]
     view["usage_pct"] = min(100, round(100 * view["sent_today"] / limit)) if limit else None
+    view["usage"] = usage_text(
+        view["sent_today"], limit, settings.limit_unit, settings.limit_window
+    )
     return view
 
 

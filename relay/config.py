@@ -55,6 +55,7 @@ __all__ = [
     "Rate",
     "RetrySettings",
     "RouteSettings",
+    "ScheduleStep",
     "SecretRef",
     "SmtpSettings",
     "SpoolSettings",
@@ -173,10 +174,46 @@ def _parse_rate(value: object) -> Rate:
     raise ValueError(f"{value!r} is not a rate (use e.g. 10/s, 600/m, 5000/h)")
 
 
+class ScheduleStep(NamedTuple):
+    """One entry of ``retry.schedule``: wait ``delay`` seconds, ``repeat`` times in a row."""
+
+    delay: float
+    repeat: int
+
+
+#: a step may repeat at most this often (``1h*10000`` is a typo, not a plan)
+MAX_SCHEDULE_REPEAT = 1000
+
+
+def parse_schedule_step(value: object) -> ScheduleStep:
+    """``"5m"`` or ``"1h*3"`` (Haraka's ``temp_fail_intervals`` notation) or plain seconds."""
+    if isinstance(value, ScheduleStep):
+        return value
+    repeat = 1
+    if isinstance(value, str) and "*" in value:
+        value, _, times = value.rpartition("*")
+        if not times.strip().isdigit() or not 1 <= int(times) <= MAX_SCHEDULE_REPEAT:
+            raise ValueError(
+                f"{times.strip()!r} is not a repeat count (use e.g. 1h*3, "
+                f"at most *{MAX_SCHEDULE_REPEAT})"
+            )
+        repeat = int(times)
+    try:
+        delay = parse_duration(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a retry interval (use e.g. 1m, 30m, 4h, or 1h*3 to repeat)"
+        ) from None
+    if delay <= 0:
+        raise ValueError("a retry interval must be longer than 0")
+    return ScheduleStep(delay, repeat)
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 EndpointT = Annotated[Endpoint, BeforeValidator(_parse_endpoint)]
 RateT = Annotated[Rate, BeforeValidator(_parse_rate)]
+ScheduleStepT = Annotated[ScheduleStep, BeforeValidator(parse_schedule_step)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -275,6 +312,9 @@ class RetrySettings(_Model):
     max_delay: Duration = Field(default=3600.0, gt=0)
     give_up_after: Duration = Field(default=5 * 86400.0, gt=0)
     jitter: float = Field(default=0.1, ge=0, le=1)
+    #: explicit intervals between attempts (``[1m, 5m, 1h*3, 4h]``) instead of the
+    #: exponential back-off; the last one repeats until ``give_up_after``
+    schedule: list[ScheduleStepT] | None = Field(default=None, min_length=1)
 
 
 class DeliverySettings(_Model):
@@ -366,7 +406,14 @@ class ProviderSettings(_Model):
     #: this provider's bounce address (Return-Path), instead of bounces.address
     bounce_address: str | None = None
     daily_limit: int | None = Field(default=None, ge=1)
+    #: what ``daily_limit`` counts: messages (one per transaction) or recipients
+    #: (Microsoft 365 counts recipients)
+    limit_unit: Literal["messages", "recipients"] = "messages"
+    #: the UTC calendar day, or the last 24 hours (Microsoft 365, Gmail, SES)
+    limit_window: Literal["utc_day", "rolling_24h"] = "utc_day"
     rate: RateT | None = None
+    #: what ``rate`` counts: messages or recipients
+    rate_unit: Literal["messages", "recipients"] = "messages"
     idle_timeout: Duration = Field(default=30.0, ge=0)
     #: circuit breaker: after this many consecutive failures of the provider itself,
     #: skip it for ``cooldown`` (also the pause after a 421 without a "try again in")

@@ -55,15 +55,18 @@ def _credentials(p: ProviderSettings) -> str:
 
 
 async def _usage(cfg: Config) -> dict[str, int]:
-    """Messages sent today per provider, from the spool if there is one."""
+    """Usage per provider in its limit's unit and window, from the spool if there is one."""
     # Imported when used: `providers list` opens the spool only when there is one.
-    from relay.outbound.limits import DailyLimit
+    from relay.outbound.limits import Quota
     from relay.store.spool import Spool
 
     if not cfg.spool.path.exists():
         return {p.id: 0 for p in cfg.providers}
     async with await Spool.open(cfg.spool.path) as spool:
-        return {p.id: await DailyLimit(p.id, spool).used() for p in cfg.providers}
+        return {
+            p.id: await Quota(p.id, spool, unit=p.limit_unit, window=p.limit_window).used()
+            for p in cfg.providers
+        }
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
@@ -85,7 +88,10 @@ async def cmd_list(args: argparse.Namespace) -> int:
                 "credentials": _credentials(p),
                 "sent_today": usage[p.id],
                 "daily_limit": p.daily_limit,
+                "limit_unit": p.limit_unit,
+                "limit_window": p.limit_window,
                 "rate": _rate(p),
+                "rate_unit": p.rate_unit,
                 "max_connections": p.max_connections,
                 "send_from": p.send_from,
             }
@@ -95,11 +101,15 @@ async def cmd_list(args: argparse.Namespace) -> int:
         return EX_OK
     for r in rows:
         state = "enabled" if r["enabled"] else "disabled"
-        limit = r["daily_limit"] if r["daily_limit"] is not None else "no limit"
+        unit = r["limit_unit"]
+        limit = (
+            f"{r['daily_limit']} {unit}" if r["daily_limit"] is not None else f"no limit ({unit})"
+        )
         print(f"{r['id']}  ({r['caption'] or 'no caption'}; {state}, priority {r['priority']})")
         print(f"  server:      {r['server']} ({r['encryption']})")
         print(f"  credentials: {r['credentials']}")
-        print(f"  today (UTC): {r['sent_today']} sent / {limit}")
+        span = "last 24 h:  " if r["limit_window"] == "rolling_24h" else "today (UTC):"
+        print(f"  {span} {r['sent_today']} sent / {limit}")
         connections = plural(cast(int, r["max_connections"]), "connection")
         print(f"  rate:        {r['rate'] or 'unlimited'}; {connections}")
         if r["send_from"]:
@@ -112,7 +122,8 @@ def _rate(p: ProviderSettings) -> str | None:
     if p.rate is None:
         return None
     unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(p.rate.per)
-    return f"{p.rate.count}/{unit}" if unit else f"{p.rate.count}/{p.rate.per:g}s"
+    text = f"{p.rate.count}/{unit}" if unit else f"{p.rate.count}/{p.rate.per:g}s"
+    return text if p.rate_unit == "messages" else f"{text} recipients"
 
 
 def _by_priority(cfg: Config) -> list[str]:

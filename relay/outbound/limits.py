@@ -1,14 +1,30 @@
 """Per-provider limits: a token bucket for ``rate`` and a durable ``daily_limit``.
 
-The bucket lets at most ``capacity`` messages go at once (one second's worth
-of the rate, at least one), then one every ``1/rate`` seconds. Tokens are
-*reserved*: a caller learns how long its token takes to arrive, so a burst is
-spread into an exact schedule rather than a thundering retry.
+The bucket lets at most ``capacity`` units go at once (one second's worth of
+the rate, at least one), then one every ``1/rate`` seconds. A unit is a
+message or, with ``rate_unit: recipients``, a recipient. Tokens are
+*reserved*: a caller learns how long its first token takes to arrive, so a
+burst is spread into an exact schedule rather than a thundering retry; a
+caller wanting several recipients' worth gets as many as the bucket holds
+then (at least one), and the rest wait.
 
-The daily limit counts messages per UTC day in the spool's durable counters
-(window = the UTC date), so a restart does not reset it. A slot is reserved
-(in memory at once, then in the spool) *before* sending and given back if
-nothing was delivered: a crash can only over-count, never send over the cap.
+The daily limit (``Quota``) counts messages or recipients (``limit_unit``)
+in the spool's durable counters, over one of two windows (``limit_window``):
+
+* ``utc_day``: one counter per UTC date (window = ``2026-11-30``); it resets
+  at midnight UTC.
+* ``rolling_24h``: one counter per 10-minute slot (window =
+  ``2026-11-30T19:50``), summed over the slots of the last 24 hours, as
+  Microsoft 365, Gmail and SES count. The slot holding ``now - 24h`` still
+  counts, so usage is over-estimated by at most one slot, never under: the
+  cap is never exceeded. A slot's units come back when it leaves the window.
+  The slots are read from the spool once; afterwards a delivery costs one
+  increment, and the sum is kept in memory. Slots that left the window are
+  pruned from the spool when a new slot begins.
+
+Units are reserved (in memory at once, then in the spool) *before* sending
+and the ones not delivered are given back: a crash can only over-count,
+never send over the cap.
 """
 
 from __future__ import annotations
@@ -17,11 +33,28 @@ import asyncio
 import calendar
 import time
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from relay.config import Rate
 
-__all__ = ["Counters", "DailyLimit", "TokenBucket", "utc_window"]
+__all__ = [
+    "SLOT_SECONDS",
+    "Counters",
+    "Grant",
+    "Quota",
+    "TokenBucket",
+    "next_utc_midnight",
+    "slot_key",
+    "utc_window",
+]
+
+Unit = Literal["messages", "recipients"]
+Window = Literal["utc_day", "rolling_24h"]
+
+#: the width of one rolling-window slot
+SLOT_SECONDS = 600
+_DAY = 86400
 
 
 class Counters(Protocol):
@@ -31,6 +64,10 @@ class Counters(Protocol):
 
     async def counter_get(self, name: str, window: str) -> int: ...
 
+    async def counter_since(self, name: str, window: str) -> dict[str, int]: ...
+
+    async def counter_prune(self, name: str, before: str) -> None: ...
+
 
 def utc_window(now: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -38,7 +75,20 @@ def utc_window(now: float) -> str:
 
 def next_utc_midnight(now: float) -> float:
     day = time.gmtime(now)
-    return float(calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)) + 86400)
+    return float(calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, 0, 0, 0)) + _DAY)
+
+
+def slot_start(now: float) -> float:
+    return float(int(now // SLOT_SECONDS) * SLOT_SECONDS)
+
+
+def slot_key(now: float) -> str:
+    """The rolling-window slot holding ``now``; keys sort as the slots do."""
+    return time.strftime("%Y-%m-%dT%H:%M", time.gmtime(slot_start(now)))
+
+
+def _slot_time(key: str) -> float:
+    return float(calendar.timegm(time.strptime(key, "%Y-%m-%dT%H:%M")))
 
 
 class TokenBucket:
@@ -56,15 +106,25 @@ class TokenBucket:
 
     def reserve(self, max_wait: float) -> float | None:
         """Take a token; return the seconds until it is usable, or ``None`` if over ``max_wait``."""
+        got = self.reserve_many(1, max_wait)
+        return None if got is None else got[0]
+
+    def reserve_many(self, want: int, max_wait: float) -> tuple[float, int] | None:
+        """Take up to ``want`` tokens: (seconds until usable, how many), or ``None``.
+
+        The wait is for the first token; the caller gets as many as the bucket
+        holds by then (at least one, at most ``want``).
+        """
         self._refill()
         wait = max(0.0, (1.0 - self._tokens) / self.rate.per_second)
         if wait > max_wait:
             return None
-        self._tokens -= 1.0
-        return wait
+        got = max(1, min(want, int(max(1.0, self._tokens + 1e-9))))
+        self._tokens -= got
+        return wait, got
 
-    def refund(self) -> None:
-        self._tokens = min(self.capacity, self._tokens + 1.0)
+    def refund(self, n: int = 1) -> None:
+        self._tokens = min(self.capacity, self._tokens + n)
 
     def next_free(self) -> float:
         """Seconds until a token is available without waiting."""
@@ -72,57 +132,117 @@ class TokenBucket:
         return max(0.0, (1.0 - self._tokens) / self.rate.per_second)
 
 
-class DailyLimit:
-    """Messages sent through one provider today (UTC), durable when given ``counters``."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Units taken from a quota: how many, and the counter window they went to."""
+
+    n: int
+    window: str
+
+
+class Quota:
+    """Messages or recipients sent through one provider in its window, durable with ``counters``."""
 
     def __init__(
         self,
         provider_id: str,
         counters: Counters | None,
         *,
+        unit: Unit = "messages",
+        window: Window = "utc_day",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.name = f"provider:{provider_id}:messages"
+        # The utc_day/messages name is the one earlier versions wrote: usage survives an upgrade.
+        self.name = f"provider:{provider_id}:{unit}" + (":10m" if window == "rolling_24h" else "")
+        self.unit: Unit = unit
+        self.window: Window = window
         self._counters = counters
         self._clock = clock
         self._lock = asyncio.Lock()
-        self._window = ""
-        self._count = 0
+        #: counter window -> units, for the windows that count now
+        self._slots: dict[str, int] = {}
+        self._loaded_for = ""  # utc_day: the date loaded; rolling: "" until loaded
+        self._current = ""
+        self._total = 0
+        self._pruned = ""  # the slot whose start last pruned the spool
 
-    async def _load(self, window: str) -> None:
-        if self._window != window:
-            async with self._lock:
-                if self._window != window:
-                    stored = 0
+    @property
+    def rolling(self) -> bool:
+        return self.window == "rolling_24h"
+
+    def _key(self, now: float) -> str:
+        return slot_key(now) if self.rolling else utc_window(now)
+
+    def _oldest_counted(self, now: float) -> str:
+        return slot_key(now - _DAY)
+
+    async def _refresh(self, now: float) -> None:
+        """Bring the cached slots up to ``now``: load once (or per day), drop what left."""
+        key = self._key(now)
+        if self._current == key:
+            return
+        async with self._lock:
+            if self._current == key:
+                return
+            if not self.rolling:
+                stored = 0
+                if self._counters is not None:
+                    stored = await self._counters.counter_get(self.name, key)
+                self._slots = {key: stored}
+            else:
+                oldest = self._oldest_counted(now)
+                if not self._loaded_for:
                     if self._counters is not None:
-                        stored = await self._counters.counter_get(self.name, window)
-                    self._window, self._count = window, stored
+                        self._slots = await self._counters.counter_since(self.name, oldest)
+                    self._loaded_for = oldest
+                self._slots = {k: v for k, v in self._slots.items() if k >= oldest}
+            self._total = sum(self._slots.values())
+            self._current = key
 
     async def used(self) -> int:
-        await self._load(utc_window(self._clock()))
-        return self._count
+        """Units counted in the window now."""
+        await self._refresh(self._clock())
+        return self._total
 
-    async def reserve(self, limit: int | None) -> float | None:
-        """Take one message slot; return when the window resets if the limit is reached."""
-        now = self._clock()
-        window = utc_window(now)
-        await self._load(window)
-        if limit is not None and self._count >= limit:
+    def reopens_at(self, now: float) -> float:
+        """When some units come back: the next UTC midnight, or the oldest slot leaving."""
+        if not self.rolling:
             return next_utc_midnight(now)
-        self._count += 1  # in memory first: concurrent callers see it before the commit
+        used = sorted(k for k, v in self._slots.items() if v > 0)
+        if not used:
+            return now
+        return _slot_time(used[0]) + _DAY + SLOT_SECONDS
+
+    async def reserve(self, want: int, limit: int | None) -> Grant:
+        """Take up to ``want`` units (as many as fit under ``limit``; 0 when none do)."""
+        now = self._clock()
+        await self._refresh(now)
+        key = self._current
+        if self.rolling and self._counters is not None and self._pruned != key:
+            # Once per slot, by the sender only (``used`` is read-only: the CLI calls it).
+            self._pruned = key
+            await self._counters.counter_prune(self.name, self._oldest_counted(now))
+        n = want if limit is None else max(0, min(want, limit - self._total))
+        if n == 0:
+            return Grant(0, key)
+        # in memory first: concurrent callers see it before the commit
+        self._slots[key] = self._slots.get(key, 0) + n
+        self._total += n
         if self._counters is not None:
             try:
-                await self._counters.counter_add(self.name, window, 1)
+                await self._counters.counter_add(self.name, key, n)
             except BaseException:
-                self._count -= 1
+                self._slots[key] -= n
+                self._total -= n
                 raise
-        return None
+        return Grant(n, key)
 
-    async def give_back(self) -> None:
-        """Nothing was delivered: return the slot taken by ``reserve``."""
-        window = utc_window(self._clock())
-        if window != self._window or self._count <= 0:
-            return  # a new day began meanwhile; today's count never included it
-        self._count -= 1
+    async def give_back(self, grant: Grant, n: int | None = None) -> None:
+        """Return ``n`` (default: all) of the units ``grant`` took; nothing was sent with them."""
+        n = grant.n if n is None else min(n, grant.n)
+        if n <= 0 or self._slots.get(grant.window, 0) < n:
+            return  # its window left meanwhile; the current count never included it
+        self._slots[grant.window] -= n
+        self._total -= n
         if self._counters is not None:
-            await self._counters.counter_add(self.name, window, -1)
+            await self._counters.counter_add(self.name, grant.window, -n)

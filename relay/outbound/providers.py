@@ -3,7 +3,9 @@
 ``Provider.deliver`` is one attempt through one provider: it first asks
 whether the provider may be used now (circuit breaker, provider pause, daily
 limit, rate), and answers ``Unavailable(until=...)`` when not, so the caller
-can offer the mail elsewhere or let it wait exactly that long. Otherwise it
+can offer the mail elsewhere or let it wait exactly that long. A limit that
+counts recipients may admit only some of a transaction's recipients: those
+are sent now and the answer is a ``Partial`` saying why the rest wait. Otherwise it
 applies the provider's rewrites to the bytes sent (never to the stored ones),
 sends over a pooled session, and updates health from the outcomes.
 
@@ -26,7 +28,7 @@ from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
 from relay.model import Claim, Delivered, Outcome
 from relay.outbound.health import Health
-from relay.outbound.limits import Counters, DailyLimit, TokenBucket
+from relay.outbound.limits import Counters, Grant, Quota, TokenBucket
 from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
@@ -34,6 +36,7 @@ from relay.outbound.session import ProviderError, Session, StaleSession, Upstrea
 from relay.wording import plural
 
 __all__ = [
+    "Partial",
     "Provider",
     "ProviderSet",
     "ProviderState",
@@ -105,9 +108,13 @@ class ProviderStatus:
     last_error: str = ""
     last_error_at: float | None = None
     last_ok_at: float | None = None
+    #: units (``limit_unit``) counted in the limit's window (``limit_window``) now
     sent_today: int = 0
     daily_limit: int | None = None
+    limit_unit: str = "messages"
+    limit_window: str = "utc_day"
     rate: str | None = None
+    rate_unit: str = "messages"
     max_connections: int = 0
     #: for XOAUTH2 providers: "unknown" (no token yet), "valid", "expired", "error"
     #: (the endpoint failed; retried), "reauthorize" (a human must act); else None
@@ -136,6 +143,19 @@ class Unavailable:
     limit: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A limit admitted only the first ``len(outcomes)`` recipients; the rest wait for ``rest``.
+
+    Decided for limits counting recipients: a transaction that would exceed
+    one sends as many recipients as fit now, and the others wait for the
+    window (no attempt counted), rather than all waiting for the last one.
+    """
+
+    outcomes: list[Outcome]
+    rest: Unavailable
+
+
 class ProviderState:
     """Live state of one provider id that survives a reload (not a restart: see limits)."""
 
@@ -147,7 +167,8 @@ class ProviderState:
         grants: GrantStore | None = None,
     ):
         self.health = Health()
-        self.daily = DailyLimit(provider_id, counters, clock=clock)
+        self.daily = Quota(provider_id, counters, clock=clock)
+        self._counters = counters
         self.bucket: TokenBucket | None = None
         self.oauth: TokenSource | None = None
         self._id = provider_id
@@ -155,7 +176,15 @@ class ProviderState:
         self._grants = grants
 
     def adopt(self, settings: ProviderSettings) -> None:
-        """Follow a (re)loaded config: keep the bucket and tokens unless their settings changed."""
+        """Follow a (re)loaded config: keep the bucket, quota and tokens unless settings changed."""
+        if (self.daily.unit, self.daily.window) != (settings.limit_unit, settings.limit_window):
+            self.daily = Quota(
+                self._id,
+                self._counters,
+                unit=settings.limit_unit,
+                window=settings.limit_window,
+                clock=self._clock,
+            )
         if settings.rate is None:
             self.bucket = None
         elif self.bucket is None or self.bucket.rate != settings.rate:
@@ -256,7 +285,7 @@ class Provider:
         head: HeaderBlock | None = None,
         envelope_sender: str | None = None,
         queue_id: str = "",
-    ) -> list[Outcome] | Unavailable:
+    ) -> list[Outcome] | Partial | Unavailable:
         """One attempt through this provider, or why it cannot be used now.
 
         ``crlf_only``: every line of ``data`` is known to end in CRLF, so the
@@ -268,47 +297,81 @@ class Provider:
         """
         if (blocked := self.blocked()) is not None:
             return blocked
-        s, state = self.settings, self.state
-        if s.daily_limit is not None:
-            reset = await state.daily.reserve(s.daily_limit)
-            if reset is not None:
-                return Unavailable(
-                    self.id,
-                    f"{self.id}: daily limit of {plural(s.daily_limit, 'message')} reached; "
-                    "waiting for the next UTC day",
-                    reset,
-                    limit=True,
-                )
-        if state.bucket is not None:
-            wait = state.bucket.reserve(_MAX_RATE_WAIT)
-            if wait is None:
-                if s.daily_limit is not None:
-                    await state.daily.give_back()
-                return Unavailable(
-                    self.id,
-                    f"{self.id}: rate limit {_rate(s)} reached",
-                    self._clock() + state.bucket.next_free(),
-                    limit=True,
-                )
-            if wait > 0:
-                await asyncio.sleep(wait)
+        admitted = await self._admit(len(recipients))
+        if isinstance(admitted, Unavailable):
+            return admitted
+        grant, n, rest = admitted
+        s = self.settings
         sender_out = envelope_sender or (s.send_from if s.send_from is not None else sender)
         data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name, head=head)
         async with self._slots:
             outcomes = await self._send(
                 sender_out,
-                recipients,
+                recipients[:n],
                 data_out,
                 crlf_only=crlf_only and data_out is data,
                 queue_id=queue_id,
             )
-        delivered = any(isinstance(o, Delivered) for o in outcomes)
-        if s.daily_limit is not None and not delivered:
-            await state.daily.give_back()
-        elif s.daily_limit is None and delivered:
-            await state.daily.reserve(None)  # usage is shown even without a limit
+        delivered = sum(isinstance(o, Delivered) for o in outcomes)
+        if s.limit_unit == "recipients":
+            await self.state.daily.give_back(grant, grant.n - delivered)
+        elif not delivered:
+            await self.state.daily.give_back(grant)
         self._judge(outcomes)
-        return outcomes
+        return outcomes if rest is None else Partial(outcomes, rest)
+
+    async def _admit(self, want: int) -> tuple[Grant, int, Unavailable | None] | Unavailable:
+        """Ask the daily limit, then the rate, for ``want`` recipients.
+
+        Returns the quota's grant, how many recipients may go now, and why the
+        others wait (``None``: all may go); or why none may go.
+        """
+        s, state = self.settings, self.state
+        by_rcpt = s.limit_unit == "recipients"
+        grant = await state.daily.reserve(want if by_rcpt else 1, s.daily_limit)
+        if grant.n == 0:
+            return self._limited(state.daily.reopens_at(self._clock()))
+        n = grant.n if by_rcpt else want
+        rest = self._limited(state.daily.reopens_at(self._clock())) if n < want else None
+        if state.bucket is None:
+            return grant, n, rest
+        got = state.bucket.reserve_many(n if s.rate_unit == "recipients" else 1, _MAX_RATE_WAIT)
+        if got is None:
+            await state.daily.give_back(grant)
+            return self._rate_limited()
+        wait, tokens = got
+        if s.rate_unit == "recipients" and tokens < n:
+            if by_rcpt:
+                await state.daily.give_back(grant, n - tokens)
+                grant = Grant(tokens, grant.window)
+            n, rest = tokens, self._rate_limited()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return grant, n, rest
+
+    def _limited(self, until: float) -> Unavailable:
+        s = self.settings
+        assert s.daily_limit is not None  # an unlimited quota admits everything
+        return Unavailable(
+            self.id,
+            f"{self.id}: daily limit of {plural(s.daily_limit, _UNIT[s.limit_unit])} "
+            + (
+                "per rolling 24 h reached; waiting for the window"
+                if s.limit_window == "rolling_24h"
+                else "reached; waiting for the next UTC day"
+            ),
+            until,
+            limit=True,
+        )
+
+    def _rate_limited(self) -> Unavailable:
+        assert self.state.bucket is not None
+        return Unavailable(
+            self.id,
+            f"{self.id}: rate limit {_rate(self.settings)} reached",
+            self._clock() + self.state.bucket.next_free(),
+            limit=True,
+        )
 
     def _judge(self, outcomes: Sequence[Outcome]) -> None:
         """Health from one attempt, as ``replies.health_verdict`` reads the outcomes."""
@@ -357,7 +420,10 @@ class Provider:
             last_ok_at=view.last_ok_at,
             sent_today=await self.state.daily.used(),
             daily_limit=s.daily_limit,
+            limit_unit=s.limit_unit,
+            limit_window=s.limit_window,
             rate=_rate(s),
+            rate_unit=s.rate_unit,
             max_connections=s.max_connections,
             oauth_state=oauth.state if oauth else None,
             oauth_valid_until=oauth.valid_until if oauth else None,
@@ -373,11 +439,15 @@ class Provider:
         await asyncio.gather(*(s.quit() for _, s in idle))
 
 
+_UNIT = {"messages": "message", "recipients": "recipient"}
+
+
 def _rate(s: ProviderSettings) -> str | None:
     if s.rate is None:
         return None
     unit = {1.0: "s", 60.0: "m", 3600.0: "h"}.get(s.rate.per)
-    return f"{s.rate.count}/{unit}" if unit else f"{s.rate.count}/{s.rate.per:g}s"
+    text = f"{s.rate.count}/{unit}" if unit else f"{s.rate.count}/{s.rate.per:g}s"
+    return text if s.rate_unit == "messages" else f"{text} recipients"
 
 
 class ProviderSet:

@@ -5,7 +5,10 @@ The delay after the *n*-th failed attempt is::
     delay = min(max_delay, first_delay * 2 ** (n - 1)) * (1 + jitter * u),  u ∈ [-1, 1)
 
 the exponential backoff of stamina and RFC 5321 § 4.5.4.1, with relative jitter
-so that a burst of failures does not come back as a burst. A provider's own hint
+so that a burst of failures does not come back as a burst. With
+``retry.schedule`` (Haraka's ``temp_fail_intervals``: ``[1m, 5m, 1h*3, 4h]``)
+the *n*-th entry of the list, repeats expanded, is the base delay instead, the
+last entry repeating until ``give_up_after``; the same jitter applies. A provider's own hint
 ("try again in 5 minutes") is honoured when it asks for longer. A recipient
 still failing temporarily ``give_up_after`` its first attempt expires; the
 last retry is pulled in to fall exactly on that deadline, so the expiry is
@@ -15,12 +18,13 @@ decided by an attempt rather than by a timer.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relay.config import RetrySettings
+from relay.config import RetrySettings, ScheduleStep
 from relay.model import Delivered, Outcome, PermFailure, RecipientStatus, TempFailure
 
-__all__ = ["Decision", "backoff", "decide"]
+__all__ = ["Decision", "backoff", "decide", "scheduled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +35,21 @@ class Decision:
 
 def backoff(attempts: int, policy: RetrySettings, rng: random.Random) -> float:
     """Seconds to wait after ``attempts`` failed attempts (``attempts >= 1``)."""
-    base = min(policy.max_delay, policy.first_delay * 2.0 ** max(0, min(attempts - 1, 62)))
+    if policy.schedule:
+        base = scheduled(attempts, policy.schedule)
+    else:
+        base = min(policy.max_delay, policy.first_delay * 2.0 ** max(0, min(attempts - 1, 62)))
     return max(0.0, base * (1 + policy.jitter * rng.uniform(-1.0, 1.0)))
+
+
+def scheduled(attempts: int, schedule: Sequence[ScheduleStep]) -> float:
+    """The schedule's delay after ``attempts`` failed attempts; the last step repeats."""
+    n = max(0, attempts - 1)
+    for step in schedule:
+        if n < step.repeat:
+            return step.delay
+        n -= step.repeat
+    return schedule[-1].delay
 
 
 def decide(
@@ -65,5 +82,6 @@ def decide(
                 return Decision(RecipientStatus.EXPIRED, None)
             delay = backoff(attempts, policy, rng)
             if hint is not None:
-                delay = max(delay, min(hint, policy.max_delay * 4))
+                longest = max([policy.max_delay, *(s.delay for s in policy.schedule or ())])
+                delay = max(delay, min(hint, longest * 4))
             return Decision(RecipientStatus.DEFERRED, min(now + delay, deadline))

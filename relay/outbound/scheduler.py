@@ -42,7 +42,7 @@ from relay.model import (
     Scope,
     TempFailure,
 )
-from relay.outbound.providers import ProviderSet, Unavailable
+from relay.outbound.providers import Partial, ProviderSet, Unavailable
 from relay.outbound.replies import enhanced_status, final, hard_bounce
 from relay.outbound.retry import decide
 from relay.outbound.routing import hold_rule_for
@@ -404,6 +404,10 @@ class Scheduler:
                         for rid in group:  # skipped (limits, cool-down): not an attempt
                             tried.waits.setdefault(rid, []).append(got)
                         continue
+                    if isinstance(got, Partial):  # a limit admitted only the first ones
+                        for rid in group[len(got.outcomes) :]:
+                            tried.waits.setdefault(rid, []).append(got.rest)
+                        group, got = group[: len(got.outcomes)], got.outcomes
                     self._metrics.delivery_seconds.labels(provider.id).observe(
                         time.monotonic() - started
                     )

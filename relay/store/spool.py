@@ -807,6 +807,13 @@ class Spool:
             durable=False,
         )
 
+    async def counter_prune(self, name: str, before: str) -> None:
+        """Delete a counter's windows before ``before`` (a rolling limit's old slots)."""
+        await self._writer.submit(
+            lambda c: c.execute(QUERIES["counter_prune"], {"name": name, "window": before}),
+            durable=False,
+        )
+
     async def meta_set(self, values: dict[str, str]) -> None:
         """Record daemon status values (e.g. the last reload) for other processes."""
         await self._writer.submit(
@@ -887,6 +894,13 @@ class Spool:
         ) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def counter_since(self, name: str, window: str) -> dict[str, int]:
+        """A counter's windows from ``window`` on (keys sort as the windows do)."""
+        async with self._reader.execute(
+            QUERIES["counter_since"], {"name": name, "window": window}
+        ) as cur:
+            return {str(row[0]): int(row[1]) async for row in cur}
 
     async def counts_by_status(self) -> dict[RecipientStatus, int]:
         counts = dict.fromkeys(RecipientStatus, 0)

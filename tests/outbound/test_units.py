@@ -11,7 +11,7 @@ from relay.config import Config, OAuth2Settings, Rate
 from relay.message import HeaderBlock, bare_line_ending, rewrite
 from relay.model import TempFailure
 from relay.outbound.health import Health
-from relay.outbound.limits import DailyLimit, TokenBucket, next_utc_midnight, utc_window
+from relay.outbound.limits import Quota, TokenBucket, next_utc_midnight, utc_window
 from relay.outbound.oauth import OAuthError, TokenSource
 from relay.outbound.routing import route_for
 from relay.outbound.session import classify
@@ -145,22 +145,31 @@ class Counters:
     async def counter_get(self, name: str, window: str) -> int:
         return self.values.get((name, window), 0)
 
+    async def counter_since(self, name: str, window: str) -> dict[str, int]:
+        return {w: v for (n, w), v in self.values.items() if n == name and w >= window}
+
+    async def counter_prune(self, name: str, before: str) -> None:
+        for key in [k for k in self.values if k[0] == name and k[1] < before]:
+            del self.values[key]
+
 
 async def test_daily_limit_counts_durably_and_resets_at_utc_midnight() -> None:
     day = calendar.timegm((2026, 3, 1, 23, 59, 0))
     clock, counters = Clock(float(day)), Counters()
-    limit = DailyLimit("p", counters, clock=clock)
-    assert await limit.reserve(2) is None
-    assert await limit.reserve(2) is None
-    assert await limit.reserve(2) == next_utc_midnight(day) == day + 60
-    await limit.give_back()  # one of them delivered nothing
-    assert await limit.reserve(2) is None
+    limit = Quota("p", counters, clock=clock)
+    assert (await limit.reserve(1, 2)).n == 1
+    second = await limit.reserve(1, 2)
+    assert second.n == 1
+    assert (await limit.reserve(1, 2)).n == 0
+    assert limit.reopens_at(clock.now) == next_utc_midnight(day) == day + 60
+    await limit.give_back(second)  # one of them delivered nothing
+    assert (await limit.reserve(1, 2)).n == 1
     assert counters.values[("provider:p:messages", "2026-03-01")] == 2
     # A new process on the same counters sees today's usage.
-    assert await DailyLimit("p", counters, clock=clock).reserve(2) is not None
+    assert (await Quota("p", counters, clock=clock).reserve(1, 2)).n == 0
     clock.now += 61
     assert utc_window(clock.now) == "2026-03-02"
-    assert await limit.reserve(2) is None
+    assert (await limit.reserve(1, 2)).n == 1
     assert await limit.used() == 1
 
 

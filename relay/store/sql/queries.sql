@@ -132,6 +132,14 @@ RETURNING value;
 -- Read a durable counter.
 SELECT value FROM counters WHERE name = :name AND window = :window;
 
+-- name: counter_since
+-- The windows of a counter from :window on (rolling limits: the slots of the last 24 h).
+SELECT window, value FROM counters WHERE name = :name AND window >= :window;
+
+-- name: counter_prune
+-- Forget the windows of a counter before :window (slots that left a rolling limit).
+DELETE FROM counters WHERE name = :name AND window < :window;
+
 -- name: counts_by_status
 -- Recipients per state.
 SELECT status, count(*) AS n FROM recipients GROUP BY status;
