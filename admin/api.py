@@ -38,6 +38,7 @@ from admin.suppressions import (
 from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
 from relay.model import RecipientStatus
+from relay.outbound.device_flow import DeviceFlowError
 
 __all__ = [
     "bounce_raw_response",
@@ -166,6 +167,31 @@ async def api_provider_test(request: Request) -> Response:
     if pid not in {p.id for p in st.backend.snapshot().config.providers}:
         return _error(404, f"no provider {pid!r}")
     return _json(await st.backend.test_connection(pid))
+
+
+async def api_provider_connect(request: Request) -> Response:
+    """Start (POST) or follow (GET) a provider's device sign-in (OAuth 2.0 device grant).
+
+    POST answers 202 with the user code and the verification URL to show the
+    person signing in; GET tells ``state``: pending, connected or failed.
+    """
+    st = state(request)
+    pid = request.path_params["pid"]
+    b = st.backend
+    if pid not in {p.id for p in b.snapshot().config.providers}:
+        return _error(404, f"no provider {pid!r}")
+    if b.sign_in_start is None or b.sign_in_state is None:
+        return _error(404, "sign-in is not available")
+    if request.method == "POST":
+        try:
+            sign_in = await b.sign_in_start(pid)
+        except DeviceFlowError as exc:
+            return _error(409 if exc.error == "not_configured" else 502, exc.text)
+        return _json(sign_in, 202)
+    current = b.sign_in_state(pid)
+    if current is None:
+        return _error(404, f"no sign-in started for {pid!r}")
+    return _json(current)
 
 
 async def api_provider_send_test(request: Request) -> Response:
@@ -530,6 +556,7 @@ routes = [
     Route("/api/providers", api_providers),
     Route("/api/providers/{pid}", api_provider),
     Route("/api/providers/{pid}/test", api_provider_test, methods=["POST"]),
+    Route("/api/providers/{pid}/connect", api_provider_connect, methods=["GET", "POST"]),
     Route("/api/providers/{pid}/send-test", api_provider_send_test, methods=["POST"]),
     Route("/api/test-messages/{qid}", api_test_message),
     Route("/api/queue", api_queue),

@@ -25,6 +25,7 @@ from relay.errors import UnknownMessage
 from relay.metrics import Metrics
 from relay.outbound.probe import TestReport
 from relay.outbound.scheduler import Snapshot
+from relay.outbound.sign_in import SignIn
 from relay.store.spool import Spool
 
 __all__ = [
@@ -72,6 +73,9 @@ class Backend:
     #: run the real connection check against one provider, by ID
     test_connection: Callable[[str], Awaitable[TestReport]]
     status: Callable[[], DaemonStatus]
+    #: start a provider's device sign-in (the Connect button); its state by provider id
+    sign_in_start: Callable[[str], Awaitable[SignIn]] | None = None
+    sign_in_state: Callable[[str], SignIn | None] | None = None
     #: this relay's host name (the test message's Message-ID and sender domain)
     hostname: str = "localhost"
     clock: Callable[[], float] = time.time

@@ -100,6 +100,10 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
         "last_ok_at": None,
         "sent_today": 0,
         "oauth_state": None,
+        #: a device sign-in is configured (the Connect button)
+        "sign_in": bool(o is not None and o.device_authorization_url),
+        #: "needs sign-in" (grey), "connected" (green), "sign-in failed" (red), or None
+        "oauth_sign_in": None,
     }
     if status is not None:
         view.update(
@@ -110,6 +114,7 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
             sent_today=status.sent_today,
             daily_limit=status.daily_limit,
             oauth_state=status.oauth_state,
+            oauth_sign_in=status.oauth_sign_in,
         )
     limit = view["daily_limit"]
     view["usage_pct"] = min(100, round(100 * view["sent_today"] / limit)) if limit else None

@@ -42,6 +42,7 @@ from admin.suppressions import (
 from admin.testmail import TestMessageError, send_test_message, test_message_view
 from relay.errors import UnknownMessage
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
+from relay.outbound.device_flow import DeviceFlowError
 from relay.store.suppressions import SOURCES
 
 __all__ = ["render", "routes"]
@@ -161,7 +162,30 @@ async def provider_detail(request: Request) -> Response:
         report = await st.backend.test_connection(pid)
         if (await request.form()).get("from") == "list":
             return await _providers_page(request, tested={pid: report})
-    return _render(request, "provider.html", {"p": view, "report": report})
+    sign_in = st.backend.sign_in_state(pid) if st.backend.sign_in_state is not None else None
+    context = {"p": view, "report": report, "sign_in": sign_in, "sign_in_error": None}
+    return _render(request, "provider.html", context)
+
+
+async def provider_connect(request: Request) -> Response:
+    """The Connect button: start the device sign-in and show its code on the provider page."""
+    st = state(request)
+    pid = request.path_params["pid"]
+    view = next((v for v in await providers_data(st) if v["id"] == pid), None)
+    if view is None:
+        return _render(request, "error.html", {"message": "No such provider."}, 404)
+    if st.backend.sign_in_start is None:
+        return _render(request, "error.html", {"message": "Sign-in is not available."}, 404)
+    try:
+        await st.backend.sign_in_start(pid)
+    except DeviceFlowError as exc:
+        return _render(
+            request,
+            "provider.html",
+            {"p": view, "report": None, "sign_in": None, "sign_in_error": exc.text},
+            502,
+        )
+    return _see_other(f"/providers/{pid}#sign-in")
 
 
 async def send_test(request: Request) -> Response:
@@ -433,6 +457,7 @@ routes = [
     Route("/providers/send-test", send_test, methods=["POST"]),
     Route("/providers/{pid}", provider_detail),
     Route("/providers/{pid}/test", provider_detail, methods=["POST"]),
+    Route("/providers/{pid}/connect", provider_connect, methods=["POST"]),
     Route("/queue", queue),
     Route("/queue/action", queue_action, methods=["POST"]),
     Route("/log", log_page),

@@ -36,6 +36,7 @@ from relay.outbound.oauth import TokenSource
 from relay.outbound.probe import TestReport, test_provider
 from relay.outbound.providers import ProviderSet
 from relay.outbound.scheduler import Scheduler, Snapshot
+from relay.outbound.sign_in import SignIn, SignIns
 from relay.sdnotify import Notifier
 from relay.store.lock import spool_lock
 from relay.store.spool import Spool
@@ -107,6 +108,8 @@ class Daemon:
         #: the bounce mailbox's poller (runs whether or not one is configured: a reload may add it)
         self.bounces: BouncePoller | None = None
         self._mailbox_oauth: TokenSource | None = None
+        #: device sign-ins started from the admin (Connect)
+        self._sign_ins: SignIns | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         self.started_at = clock()
@@ -290,7 +293,19 @@ class Daemon:
             hostname=self.hostname,
             clock=self._clock,
             bounce_mailbox=bounce_mailbox,
+            sign_in_start=self.start_sign_in,
+            sign_in_state=self._sign_ins.get if self._sign_ins is not None else None,
         )
+
+    async def start_sign_in(self, provider_id: str) -> SignIn:
+        """Start a provider's device sign-in (the admin's Connect button).
+
+        Raises:
+            KeyError: no such provider.
+            DeviceFlowError: it has no device sign-in, or the endpoint refused.
+        """
+        assert self._sign_ins is not None, "the daemon is not started"
+        return await self._sign_ins.start(self.config.provider(provider_id))
 
     def status_text(self) -> str:
         """One line for ``systemctl status`` (sd_notify ``STATUS=``)."""
@@ -347,6 +362,8 @@ class Daemon:
                 ),
             )
             stack.push_async_callback(lambda: self.snapshot().providers.aclose())
+            self._sign_ins = SignIns(spool.save_oauth_grant, clock=self._clock)
+            stack.push_async_callback(self._sign_ins.aclose)
 
             handler = RelayHandler(
                 spool,

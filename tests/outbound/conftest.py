@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -48,30 +47,11 @@ def no_secret_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
                 assert form not in text, f"secret in a log line: {record.name}: {text[:200]}"
 
 
-@pytest.fixture(scope="session")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return path
-
-
 @pytest.fixture
 def wrong_ca_file(tmp_path: Path) -> Path:
     path = tmp_path / "wrong-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(path))
     return path
-
-
-@pytest.fixture
-def server_tls(ca: trustme.CA) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
-    return ctx
 
 
 @pytest.fixture
