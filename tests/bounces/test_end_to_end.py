@@ -9,6 +9,7 @@ that a private Dovecot serves. Sluice's poller reads it over IMAP.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -208,3 +209,42 @@ async def test_refuse_suppressed_answers_550_at_rcpt_and_keeps_the_others(
             assert got.recipients == ["ok@example.net", "reader@example.net"]
     finally:
         await up.stop()
+
+
+@pytest.mark.parametrize("fault", ["down", "silent"])
+async def test_a_bad_bounce_mailbox_never_holds_up_delivery(
+    sluice: SluiceFactory, fault: str
+) -> None:
+    """Down (connection refused) or silent (accepts, never greets): mail still flows."""
+    silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = 1 if fault == "down" else silent.sockets[0].getsockname()[1]
+    mailbox = {
+        "host": "127.0.0.1",
+        "port": port,
+        "encryption": "none",
+        "username": "bounces",
+        "password": PASSWORD,
+        "poll_interval": "200ms",
+        "timeout": "1s",
+    }
+    up = await TestUpstream().start()
+    try:
+        async with sluice(
+            [provider_for(up)], bounces={"address": "bounces@example.org", "mailbox": mailbox}
+        ) as s:
+            poller = s.daemon.bounces
+            assert poller is not None
+            await eventually(lambda: poller.status.failures >= 1, within=20)
+            qid = await send(s, ["someone@example.net"], "while the mailbox is bad")
+            await up.wait_for(1, within=10)
+            await eventually(
+                lambda: _status_is(s, qid, "someone@example.net", RecipientStatus.SENT)
+            )
+            (got,) = up.messages
+            assert got.sender == "bounces@example.org"  # the bounce address is the Return-Path
+            status = s.daemon.admin_status()
+            assert status.bounce_mailbox and status.bounce_mailbox_error
+    finally:
+        await up.stop()
+        silent.close()
+        await silent.wait_closed()
