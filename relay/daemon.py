@@ -290,6 +290,7 @@ class Daemon:
             hostname=self.hostname,
             clock=self._clock,
             bounce_mailbox=bounce_mailbox,
+            bounce_folders=self.bounces.folders if self.bounces is not None else None,
         )
 
     def status_text(self) -> str:
