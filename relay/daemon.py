@@ -23,6 +23,7 @@ from pathlib import Path
 from admin.backend import Backend, DaemonStatus
 from admin.server import AdminServer, check_exposure
 from relay import logsetup
+from relay.bounces.mailbox import MailboxError
 from relay.bounces.poller import BouncePoller, PollStatus
 from relay.config import Config, load
 from relay.errors import ConfigError, ListenError, SpoolError
@@ -280,6 +281,12 @@ class Daemon:
                 return None
             return dataclasses.replace(self.bounces.status)
 
+        async def bounce_folders() -> list[str]:
+            # Looked up per call: the admin starts before the poller exists.
+            if self.bounces is None:
+                raise MailboxError("the bounce mailbox poller is not running yet")
+            return await self.bounces.folders()
+
         return Backend(
             spool=self.spool,
             snapshot=self.snapshot,
@@ -290,7 +297,7 @@ class Daemon:
             hostname=self.hostname,
             clock=self._clock,
             bounce_mailbox=bounce_mailbox,
-            bounce_folders=self.bounces.folders if self.bounces is not None else None,
+            bounce_folders=bounce_folders,
         )
 
     def status_text(self) -> str:

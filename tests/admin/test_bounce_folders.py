@@ -15,8 +15,10 @@ from typing import Any
 
 import imapclient
 import pytest
+from playwright.async_api import Browser, expect
 
 from tests.admin.conftest import AppClientFactory
+from tests.admin.test_browser import browser  # noqa: F401  (the Chromium fixture)
 from tests.bounces.mailhost import Dovecot, dovecot
 from tests.conftest import SluiceFactory, provider_for
 from tests.upstream import TestUpstream
@@ -180,3 +182,35 @@ async def test_same_auth_and_csrf_as_the_rest(
                 r = await c.post("/bounces/folders")
                 assert r.status_code == 303
                 assert r.headers["location"] == "/login?next=%2Fbounces%2Ffolders"
+
+
+@pytest.mark.browser
+async def test_the_button_in_a_browser_fills_the_card(
+    browser: Browser,  # noqa: F811  (the fixture imported above)
+    sluice: SluiceFactory,
+    upstream: TestUpstream,
+) -> None:
+    """With script the button asks the JSON API and lists the folders in the card, as text."""
+    async with dovecot({"bounces": PASSWORD}) as imap:
+        await create_folders(imap, "Bounces", ODD)
+        admin = {"enabled": True, "listen": "127.0.0.1:0"}  # open on loopback: no login here
+        box = box_for(imap, folder="Bounces")
+        async with sluice([provider_for(upstream)], admin=admin, bounces={"mailbox": box}) as s:
+            assert s.daemon.admin is not None
+            context = await browser.new_context()
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            await page.goto(f"http://127.0.0.1:{s.daemon.admin.address.port}/")
+            card = page.locator("#bounce-mailbox")
+            await card.get_by_role("button", name="Retrieve folders").click()
+            items = card.locator("ul.folders li")
+            await expect(items).to_have_text(
+                [ODD, "Bounces ✔ configured (bounces.mailbox.folder)", "INBOX"]
+            )
+            await expect(card.locator("li.configured")).to_have_count(1)
+            # The JSON path, not a form post: still the overview's own URL.
+            assert page.url.endswith("/")
+            assert await card.locator(".folder-result b").count() == 0
+            assert errors == [], errors
+            await context.close()
