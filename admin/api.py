@@ -36,11 +36,13 @@ from admin.suppressions import (
     parse_csv,
 )
 from admin.testmail import TestMessageError, send_test_message, test_message_view
+from relay.bounces.mailbox import MailboxError
 from relay.errors import UnknownMessage
 from relay.model import RecipientStatus
 from relay.outbound.device_flow import DeviceFlowError
 
 __all__ = [
+    "bounce_folders_data",
     "bounce_raw_response",
     "eml_response",
     "overview_data",
@@ -101,6 +103,24 @@ def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
     }
 
 
+async def bounce_folders_data(st: AdminState) -> tuple[int, dict[str, Any]]:
+    """The bounce mailbox server's folders and the configured one, as (HTTP status, payload).
+
+    200 ``{"folders": [...], "configured": "INBOX"}``; 404 when no mailbox is
+    configured; 502 ``{"error": ...}`` when the server cannot be reached,
+    logged in to or listed (the ``MailboxError`` text, as ``sluice bounces
+    folders`` prints it).
+    """
+    box = st.backend.snapshot().config.bounces.mailbox
+    if box is None or st.backend.bounce_folders is None:
+        return 404, {"error": "no bounce mailbox is configured (bounces.mailbox)"}
+    try:
+        folders = await st.backend.bounce_folders()
+    except MailboxError as exc:
+        return 502, {"error": str(exc)}
+    return 200, {"folders": folders, "configured": box.folder}
+
+
 async def providers_data(st: AdminState) -> list[dict[str, Any]]:
     snap = st.backend.snapshot()
     statuses = {s.id: s for s in await snap.providers.status()}
@@ -159,6 +179,11 @@ async def api_provider(request: Request) -> Response:
         if view["id"] == pid:
             return _json(view)
     return _error(404, f"no provider {pid!r}")
+
+
+async def api_bounce_folders(request: Request) -> Response:
+    status, payload = await bounce_folders_data(state(request))
+    return _json(payload, status)
 
 
 async def api_provider_test(request: Request) -> Response:
@@ -572,6 +597,7 @@ routes = [
     Route("/api/suppressions.csv", api_suppressions_import, methods=["POST"]),
     Route("/api/suppressions/{address:path}", api_suppression),
     Route("/api/suppressions/{address:path}", api_suppression_remove, methods=["DELETE"]),
+    Route("/api/bounces/folders", api_bounce_folders),
     Route("/api/bounces/{bid:int}/raw", bounce_raw_response),
     Route("/api/webhooks", api_webhooks),
     Route("/metrics", metrics),

@@ -81,6 +81,8 @@ class Backend:
     clock: Callable[[], float] = time.time
     #: the bounce mailbox poller's state now (None: no mailbox is configured)
     bounce_mailbox: Callable[[], PollStatus | None] = lambda: None
+    #: list the bounce mailbox server's folders (raises ``MailboxError``; None: no poller)
+    bounce_folders: Callable[[], Awaitable[list[str]]] | None = None
 
 
 class _ScrapeGauges:

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from admin.api import (
+    bounce_folders_data,
     bounce_raw_response,
     eml_response,
     overview_data,
@@ -111,7 +112,22 @@ def _local_path(target: str | None, default: str) -> str:
 
 
 async def overview(request: Request) -> Response:
-    return _render(request, "overview.html", await overview_data(state(request)))
+    return _render(
+        request, "overview.html", {**await overview_data(state(request)), "folders": None}
+    )
+
+
+async def bounce_folders(request: Request) -> Response:
+    """ "Retrieve folders" on the bounce mailbox card: the overview with the server's folders.
+
+    A POST (with the CSRF token) though it changes nothing: it makes the
+    relay log in to the mail server, which a link or a prefetch must not do.
+    """
+    st = state(request)
+    status, folders = await bounce_folders_data(st)
+    return _render(
+        request, "overview.html", {**await overview_data(st), "folders": folders}, status
+    )
 
 
 async def providers(request: Request) -> Response:
@@ -470,6 +486,7 @@ routes = [
     Route("/suppressions/remove", suppression_remove, methods=["POST"]),
     Route("/suppressions/import", suppression_import, methods=["POST"]),
     Route("/suppressions/{address:path}", suppression_page),
+    Route("/bounces/folders", bounce_folders, methods=["POST"]),
     Route("/bounces/{bid:int}/raw", bounce_raw_response),
     Route("/webhooks", webhooks),
     Route("/reload", reload, methods=["POST"]),

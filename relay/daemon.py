@@ -23,6 +23,7 @@ from pathlib import Path
 from admin.backend import Backend, DaemonStatus
 from admin.server import AdminServer, check_exposure
 from relay import logsetup
+from relay.bounces.mailbox import MailboxError
 from relay.bounces.poller import BouncePoller, PollStatus
 from relay.config import Config, load
 from relay.errors import ConfigError, ListenError, SpoolError
@@ -283,6 +284,12 @@ class Daemon:
                 return None
             return dataclasses.replace(self.bounces.status)
 
+        async def bounce_folders() -> list[str]:
+            # Looked up per call: the admin starts before the poller exists.
+            if self.bounces is None:
+                raise MailboxError("the bounce mailbox poller is not running yet")
+            return await self.bounces.folders()
+
         return Backend(
             spool=self.spool,
             snapshot=self.snapshot,
@@ -295,6 +302,7 @@ class Daemon:
             bounce_mailbox=bounce_mailbox,
             sign_in_start=self.start_sign_in,
             sign_in_state=self._sign_ins.get if self._sign_ins is not None else None,
+            bounce_folders=bounce_folders,
         )
 
     async def start_sign_in(self, provider_id: str) -> SignIn:

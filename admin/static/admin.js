@@ -126,6 +126,52 @@
     }
   }
 
+  // "Retrieve folders" on the bounce mailbox card: the JSON API, the list in the card.
+  // (Without script the form posts and the overview comes back with the list.)
+  // Folder names come from the mail server: text nodes only, never markup.
+  function setupBounceFolders() {
+    const form = document.querySelector("form.folders-form");
+    if (!form) return;
+    const out = form.parentElement.querySelector(".folder-result");
+    const line = (tag, className, text) => {
+      const el = document.createElement(tag);
+      if (className) el.className = className;
+      el.textContent = text;
+      return el;
+    };
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector("button");
+      button.disabled = true;
+      out.replaceChildren(line("p", "muted", "asking the mail server…"));
+      try {
+        const response = await fetch(form.dataset.api, { credentials: "same-origin" });
+        const data = await response.json();
+        if (!response.ok) throw new Error(data.error || response.statusText);
+        const list = document.createElement("ul");
+        list.className = "folders";
+        for (const name of data.folders) {
+          const item = line("li", name === data.configured ? "configured" : "", name);
+          if (name === data.configured) {
+            item.append(" ", line("span", "muted", "✔ configured (bounces.mailbox.folder)"));
+          }
+          list.append(item);
+        }
+        out.replaceChildren(list);
+        if (!data.folders.includes(data.configured)) {
+          out.append(line("p", "error",
+            `The configured folder (bounces.mailbox.folder) ${data.configured} is not among them.`));
+        }
+      } catch (error) {
+        const p = line("p", "error", error.message);
+        p.setAttribute("role", "alert");
+        out.replaceChildren(p);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
   // A sent test message: ask for its status every second until it is settled.
   function setupTestMessagePoll() {
     const card = document.getElementById("test-message");
@@ -161,6 +207,7 @@
     setupRefresh();
     setupSelection();
     setupProviderTests();
+    setupBounceFolders();
     setupTestMessagePoll();
   });
 })();
