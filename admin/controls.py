@@ -143,7 +143,11 @@ async def queue_control(request: Request) -> Response:
                 "back": back,
             },
         )
-    n = await st.backend.spool.control(selection, _control(st, who, action, fields))
+    n = await st.backend.spool.control(
+        selection,
+        _control(st, who, action, fields),
+        endpoints=st.backend.snapshot().config.notify.webhooks,
+    )
     back = back.split("done=")[0].rstrip("&?") or "/queue"
     sep = "&" if "?" in back else "?"
     return RedirectResponse(f"{back}{sep}{urlencode({'done': action, 'n': n})}", status_code=303)
@@ -241,7 +245,11 @@ async def api_queue_control(request: Request) -> Response:
     if body.get("dry_run"):
         count = await st.backend.spool.count_selected(selection, action)
         return JSONResponse({"action": action, "dry_run": True, **jsonable(count)})
-    n = await st.backend.spool.control(selection, _control(st, who, action, body))
+    n = await st.backend.spool.control(
+        selection,
+        _control(st, who, action, body),
+        endpoints=st.backend.snapshot().config.notify.webhooks,
+    )
     return JSONResponse({"action": action, "recipients": n, "selection": selection.describe()})
 
 

@@ -35,7 +35,7 @@ from pydantic import (
 )
 
 from relay.errors import ConfigError
-from relay.events import OUTCOME_EVENTS, EventType
+from relay.events import EventType
 from relay.secrets import SecretError, SecretSource
 
 __all__ = [
@@ -538,10 +538,8 @@ class WebhookSettings(_Model):
     """One endpoint that gets events as signed JSON POSTs (``relay.notify.webhooks``)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+")
-    #: which events it gets (default: every outcome of a recipient, and provider changes)
-    events: list[EventType] = Field(
-        default_factory=lambda: [*sorted(OUTCOME_EVENTS), EventType.PROVIDER_STATE], min_length=1
-    )
+    #: which events it gets (default: every kind, ``relay.events.EventType``)
+    events: list[EventType] = Field(default_factory=lambda: list(EventType), min_length=1)
     #: ``secret``/``secret_env``/``secret_file`` folded: the HMAC key (required:
     #: a receiver must be able to tell Sluice's events from anyone's)
     secret: SecretSource | None = None

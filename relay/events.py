@@ -2,8 +2,12 @@
 
 An event is stored in the spool's outbox (one row per endpoint that wants it)
 in the same transaction as the outcome it reports, and posted later by
-``relay.notify.webhooks``; this module only says what the body and the
-signature are, so the sender, the tests and a receiver all agree on them.
+``relay.notify.webhooks``; this module only says what the body, the outbox
+rows and the signature are, so the sender, the tests and a receiver all agree
+on them. Whoever knows the configuration (the scheduler, the bounce poller,
+the admin, the CLI) passes the endpoints down to the store, which builds the
+rows here inside the transaction that makes the change: the store never reads
+the configuration, and a change is never recorded without its events.
 
 The signature is Stripe's scheme: ``X-Sluice-Signature: t=TIMESTAMP,v1=HEX``,
 where HEX is HMAC-SHA256 over ``TIMESTAMP.BODY`` with the endpoint's secret.
@@ -17,14 +21,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "OUTCOME_EVENTS",
     "SIGNATURE_HEADER",
+    "Affected",
+    "Endpoint",
     "EventType",
+    "OutboxEvent",
+    "bounce_events",
+    "control_events",
     "event_body",
+    "outbox_rows",
     "sign",
     "verify",
 ]
@@ -41,11 +53,13 @@ class EventType(StrEnum):
     EXPIRED = "expired"
     #: a provider's health changed (ok, error, cooldown, paused ...)
     PROVIDER_STATE = "provider_state"
-    # Named here for the branches that report them (bounce processing,
-    # suppression, operator holds): adding one is one line.
+    #: a DSN from the bounce mailbox, or a provider's refusal of the address
     BOUNCED = "bounced"
+    #: a recipient skipped for the suppression list, or an address bounces suppressed
     SUPPRESSED = "suppressed"
+    #: an operator (or a ``hold.rules`` rule) held a recipient ...
     HELD = "held"
+    #: ... and an operator released it
     RELEASED = "released"
 
 
@@ -69,6 +83,132 @@ def event_body(event_id: str, kind: EventType, created_at: float, data: dict[str
         sort_keys=True,
         ensure_ascii=False,
     )
+
+
+class Endpoint(Protocol):
+    """What the rows need of an endpoint (``relay.config.WebhookSettings`` is one)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def events(self) -> Sequence[EventType]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """A webhook event for one endpoint, to store with the change it reports."""
+
+    endpoint: str
+    event_id: str
+    event: str
+    #: the message it is about ('' for provider events): events go out in order
+    queue_id: str
+    body: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Affected:
+    """One recipient an operator action (or a ``hold.rules`` rule) changed."""
+
+    recipient_id: int
+    queue_id: str
+    recipient: str
+
+
+def outbox_rows(
+    endpoints: Iterable[Endpoint],
+    kind: EventType,
+    event_id: str,
+    queue_id: str,
+    data: dict[str, Any],
+    now: float,
+) -> list[OutboxEvent]:
+    """One row per endpoint whose ``events`` list has ``kind``; none when no endpoint wants it."""
+    wanted = [e.url for e in endpoints if kind in e.events]
+    if not wanted:
+        return []
+    body = event_body(event_id, kind, now, data)
+    return [OutboxEvent(url, event_id, kind.value, queue_id, body, now) for url in wanted]
+
+
+def control_events(
+    endpoints: Sequence[Endpoint],
+    kind: EventType,
+    affected: Iterable[Affected],
+    *,
+    status: str,
+    reason: str,
+    actor: str,
+    now: float,
+) -> list[OutboxEvent]:
+    """``held`` or ``released`` rows: one event per recipient the action changed.
+
+    ``reason`` is what the queue shows for the recipient ("held by cli:ann:
+    maintenance"); ``actor`` who did it (an admin user, ``api``, ``cli:$USER``,
+    or ``hold.rules``).
+    """
+    out: list[OutboxEvent] = []
+    for a in affected:
+        # The recipient row and the moment name the event: a hold, a release
+        # and a second hold of one recipient are three events.
+        event_id = f"{a.queue_id}.{kind.value}.{a.recipient_id}.{int(now * 1000)}"
+        data: dict[str, Any] = {
+            "queue_id": a.queue_id,
+            "recipient": a.recipient,
+            "status": status,
+            "reason": reason,
+            "actor": actor,
+        }
+        out.extend(outbox_rows(endpoints, kind, event_id, a.queue_id, data, now))
+    return out
+
+
+def bounce_events(
+    endpoints: Sequence[Endpoint],
+    *,
+    bounce_id: int,
+    queue_id: str,
+    recipient: str,
+    kind: str,
+    status: str,
+    diagnostic: str,
+    source: str,
+    now: float,
+    suppressed: str | None = None,
+    suppressed_until: float | None = None,
+) -> list[OutboxEvent]:
+    """A ``bounced`` row per endpoint, and ``suppressed`` ones when the bounce crossed
+    the threshold (``suppressed`` is then the entry's reason).
+
+    ``source`` is where the bounce came from: ``smtp`` (a provider refused
+    the address) or ``dsn`` (a report read from the bounce mailbox).
+    """
+    event_id = f"bounce.{bounce_id}"  # the stored bounce: recorded once, reported once
+    data: dict[str, Any] = {
+        "queue_id": queue_id,
+        "recipient": recipient,
+        "kind": kind,
+        "status": status,
+        "diagnostic": diagnostic,
+        "source": source,
+    }
+    out = outbox_rows(endpoints, EventType.BOUNCED, event_id, queue_id, data, now)
+    if suppressed is not None:
+        entry: dict[str, Any] = {
+            "queue_id": queue_id,
+            "recipient": recipient,
+            "status": "suppressed",
+            "source": "bounce",
+            "reason": suppressed,
+            "scope": "",
+            "expires_at": suppressed_until,
+        }
+        out += outbox_rows(
+            endpoints, EventType.SUPPRESSED, f"{event_id}.suppressed", queue_id, entry, now
+        )
+    return out
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:

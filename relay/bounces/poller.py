@@ -140,7 +140,9 @@ class BouncePoller:
                 continue
             result.bounces += 1
             for bounce in _bounces(item, cfg.bounces):
-                entry = await self._store.record_bounce(bounce, threshold)
+                entry = await self._store.record_bounce(
+                    bounce, threshold, endpoints=cfg.notify.webhooks
+                )
                 log.info(
                     "bounce: to=<%s> kind=%s status=%s queue_id=%s%s",
                     bounce.address,

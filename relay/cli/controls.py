@@ -95,7 +95,7 @@ async def cmd_control(args: argparse.Namespace) -> int:
                 f"of {plural(n.messages, 'message')}"
             )
             return EX_OK
-        done = await spool.control(selection, control)
+        done = await spool.control(selection, control, endpoints=cfg.notify.webhooks)
     print(f"{_DONE[args.action]} {plural(done, 'recipient')} ({selection.describe()})")
     return EX_OK if done or not selection.queue_ids else EX_NOINPUT
 

@@ -300,7 +300,10 @@ class Scheduler:
             return claim
         for reason in set(held.values()):
             await self._spool.hold_claimed(
-                claim, [rid for rid, r in held.items() if r == reason], reason
+                claim,
+                [rid for rid, r in held.items() if r == reason],
+                reason,
+                endpoints=snap.config.notify.webhooks,
             )
         for rid, reason in held.items():
             log.info(
@@ -513,6 +516,7 @@ class Scheduler:
                 key=f"smtp:{claim.attempt_ids[rid]}",
             ),
             Threshold.of(snap.config.bounces),
+            endpoints=snap.config.notify.webhooks,
         )
         self._metrics.bounces.labels("hard", "smtp").inc()
         if entry is not None:

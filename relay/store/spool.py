@@ -34,6 +34,7 @@ from typing import Any
 import aiosqlite
 
 from relay.errors import SpoolError, UnknownMessage
+from relay.events import Affected, Endpoint, EventType, OutboxEvent, control_events
 from relay.message import HeaderBlock
 from relay.model import (
     AttemptStatus,
@@ -47,6 +48,7 @@ from relay.model import (
     RecipientStatus,
     Selection,
 )
+from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, SCHEMA
 from relay.store.suppressions import Suppressions
 from relay.store.writer import (
@@ -95,6 +97,10 @@ _ADDED_COLUMNS = (
 STREAM_HEADER = "X-Sluice-Stream"
 #: the provider id of a pause of every provider
 ALL_PROVIDERS = "*"
+
+#: the webhook event each operator action makes (a reroute makes none: the
+#: attempt it leads to reports itself)
+_CONTROL_EVENT = {"hold": EventType.HELD, "release": EventType.RELEASED}
 
 #: the states each operator action applies to (a hold takes only what waits)
 _ALLOWED = {
@@ -174,19 +180,6 @@ class Finish:
     code: int | None
     reply: str
     provider: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEvent:
-    """A webhook event for one endpoint, to store with the outcome it reports."""
-
-    endpoint: str
-    event_id: str
-    event: str
-    #: the message it is about ('' for provider events): events go out in order
-    queue_id: str
-    body: str
-    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,10 +273,10 @@ class Spool:
         self._clock = clock
         self._checkpointer = checkpointer
         self.wake = asyncio.Event()
-        #: bounces and the suppression list
-        self.suppressions = Suppressions(writer, reader, clock)
         #: set when webhook events are stored, so the sender posts them at once
         self.outbox_wake = asyncio.Event()
+        #: bounces and the suppression list
+        self.suppressions = Suppressions(writer, reader, clock, outbox_wake=self.outbox_wake)
 
     @classmethod
     async def open(
@@ -457,7 +450,7 @@ class Spool:
         now = self._clock()
 
         def job(c: sqlite3.Connection) -> int:
-            _insert_events(c, events)
+            insert_events(c, events)
             moved = 0
             for f in items:
                 row = c.execute(
@@ -495,7 +488,7 @@ class Spool:
     async def add_events(self, events: Sequence[OutboxEvent]) -> None:
         """Store webhook events that no outcome carries (a provider's state change)."""
         if events:
-            await self._writer.submit(lambda c: _insert_events(c, events))
+            await self._writer.submit(lambda c: insert_events(c, events))
             self.outbox_wake.set()
 
     async def outbox_next(self, endpoint: str) -> OutboxRow | None:
@@ -644,13 +637,18 @@ class Spool:
         assert row is not None
         return Selected(int(row["recipients"]), int(row["messages"]))
 
-    async def control(self, selection: Selection, control: Control) -> int:
+    async def control(
+        self, selection: Selection, control: Control, *, endpoints: Sequence[Endpoint] = ()
+    ) -> int:
         """Hold, release or reroute the selected recipients; audited; returns how many.
 
         Hold (``postsuper -h``): queued and deferred recipients are never
         claimed until released. Release (``postsuper -H``): due now. Reroute
         (KumoMTA's ``rebind``): the next attempt goes through one provider.
         An empty selection affects nothing (``Selection.everything`` to mean all).
+
+        ``endpoints`` (``notify.webhooks``) get a ``held`` or ``released``
+        event per recipient changed, stored in the same transaction.
         """
         now = self._clock()
         params = _selection_params(selection, control.action, now)
@@ -676,34 +674,76 @@ class Spool:
         if control.action == "reroute":
             detail = f"via {control.provider}"
 
-        def job(c: sqlite3.Connection) -> int:
-            n = len(c.execute(sql, params).fetchall())
-            _audit(c, now, control.actor, control.action, selection.describe(), n, detail)
-            return n
+        kind = _CONTROL_EVENT.get(control.action)
+        status = RecipientStatus.HELD if control.action == "hold" else RecipientStatus.QUEUED
 
-        n = await self._writer.submit(job)
+        def job(c: sqlite3.Connection) -> tuple[int, bool]:
+            changed = c.execute(sql, params).fetchall()
+            _audit(
+                c, now, control.actor, control.action, selection.describe(), len(changed), detail
+            )
+            events: list[OutboxEvent] = []
+            if kind is not None and endpoints:
+                events = control_events(
+                    endpoints,
+                    kind,
+                    (Affected(r["id"], r["queue_id"], r["rcpt"]) for r in changed),
+                    status=status.value,
+                    reason=str(params["reply"]),
+                    actor=control.actor,
+                    now=now,
+                )
+                insert_events(c, events)
+            return len(changed), bool(events)
+
+        n, evented = await self._writer.submit(job)
         if n and control.action != "hold":
             self.wake.set()
+        if evented:
+            self.outbox_wake.set()
         return n
 
-    async def hold_claimed(self, claim: Claim, rids: Iterable[int], reason: str) -> int:
-        """Put claimed recipients on hold (a ``hold.rules`` rule); no attempt is logged."""
+    async def hold_claimed(
+        self,
+        claim: Claim,
+        rids: Iterable[int],
+        reason: str,
+        *,
+        actor: str = "hold.rules",
+        endpoints: Sequence[Endpoint] = (),
+    ) -> int:
+        """Put claimed recipients on hold (a ``hold.rules`` rule); no attempt is logged.
+
+        ``endpoints`` get a ``held`` event per recipient held, in the same transaction.
+        """
         now = self._clock()
         ids = list(rids)
 
-        def job(c: sqlite3.Connection) -> int:
-            n = 0
+        def job(c: sqlite3.Connection) -> tuple[int, bool]:
+            held: list[Affected] = []
             for rid in ids:
-                n += (
-                    c.execute(
-                        QUERIES["hold_claimed"], {"id": rid, "now": now, "reply": reason}
-                    ).fetchone()
-                    is not None
-                )
+                row = c.execute(
+                    QUERIES["hold_claimed"], {"id": rid, "now": now, "reply": reason}
+                ).fetchone()
+                if row is not None:
+                    held.append(Affected(rid, claim.queue_id, claim.recipients[rid].address))
                 c.execute(QUERIES["delete_attempt"], {"id": claim.attempt_ids[rid]})
-            return n
+            events = control_events(
+                endpoints,
+                EventType.HELD,
+                held,
+                status=RecipientStatus.HELD.value,
+                reason=reason,
+                actor=actor,
+                now=now,
+            )
+            insert_events(c, events)
+            return len(held), bool(events)
 
-        return await self._writer.submit(job)
+        n, evented = await self._writer.submit(job)
+        if evented:
+            self.outbox_wake.set()
+        return n
 
     async def expire_held(self, expire_after: float) -> int:
         """Held longer than ``expire_after`` seconds: expired, with the reason; audited."""
@@ -1113,23 +1153,6 @@ def _insert_message(c: sqlite3.Connection, msg: NewMessage, stream: str = "") ->
         [{"message_id": mid, "rcpt": r, "now": msg.received_at} for r in msg.recipients],
     )
     return msg.queue_id
-
-
-def _insert_events(c: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
-    c.executemany(
-        QUERIES["outbox_insert"],
-        [
-            {
-                "endpoint": e.endpoint,
-                "event_id": e.event_id,
-                "event": e.event,
-                "queue_id": e.queue_id,
-                "body": e.body,
-                "created_at": e.created_at,
-            }
-            for e in events
-        ],
-    )
 
 
 def read_meta(path: Path, key: str) -> str | None:

@@ -16,15 +16,18 @@ api), a reason, and an optional expiry. Addresses are compared lower-cased.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import aiosqlite
 
 from relay.config import BounceSettings
+from relay.events import Endpoint, bounce_events
+from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES
 from relay.store.writer import Writer
 
@@ -139,96 +142,61 @@ class Suppressions:
     """Bounces and suppression entries, through the spool's writer and reader."""
 
     def __init__(
-        self, writer: Writer, reader: aiosqlite.Connection, clock: Callable[[], float]
+        self,
+        writer: Writer,
+        reader: aiosqlite.Connection,
+        clock: Callable[[], float],
+        *,
+        outbox_wake: asyncio.Event | None = None,
     ) -> None:
         self._writer = writer
         self._reader = reader
         self._clock = clock
+        #: set when webhook events are stored (``Spool.outbox_wake``)
+        self._outbox_wake = outbox_wake
 
     # ------------------------------------------------------------------ writes
 
-    async def record_bounce(self, bounce: NewBounce, threshold: Threshold) -> Suppression | None:
-        """Store a bounce; the suppression it caused, if it crossed the threshold."""
+    async def record_bounce(
+        self,
+        bounce: NewBounce,
+        threshold: Threshold,
+        *,
+        endpoints: Sequence[Endpoint] = (),
+    ) -> Suppression | None:
+        """Store a bounce; the suppression it caused, if it crossed the threshold.
+
+        ``endpoints`` (``notify.webhooks``, passed by the caller) get a
+        ``bounced`` event, and a ``suppressed`` one (``source: bounce``) when
+        the threshold was crossed, stored in the same transaction as the
+        bounce. A bounce recorded before (same ``key``) is not reported again.
+        """
         now = self._clock()
-        address = normalize(bounce.address)
 
-        def job(c: sqlite3.Connection) -> Suppression | None:
-            nonlocal address
-            target = None
-            if bounce.queue_id is not None:
-                target = c.execute(
-                    QUERIES["bounce_recipient"],
-                    {
-                        "queue_id": bounce.queue_id,
-                        "recipient_id": bounce.recipient_id,
-                        "address": address,
-                    },
-                ).fetchone()
-                if target is not None:
-                    address = normalize(target["rcpt"])  # VERP names it exactly
-            inserted = c.execute(
-                QUERIES["bounce_insert"],
-                {
-                    "key": bounce.key,
-                    "address": address,
-                    "kind": bounce.kind,
-                    "status": bounce.status,
-                    "diagnostic": bounce.diagnostic[:1000],
-                    "source": bounce.source,
-                    "queue_id": bounce.queue_id,
-                    "stream": bounce.stream,
-                    "now": now,
-                    "raw": bounce.raw[:_RAW_MAX] if bounce.raw is not None else None,
-                },
+        def job(c: sqlite3.Connection) -> tuple[Suppression | None, bool]:
+            done = _record_bounce(c, bounce, threshold, now)
+            if done is None:
+                return None, False
+            events = bounce_events(
+                endpoints,
+                bounce_id=done.bounce_id,
+                queue_id=done.queue_id,
+                recipient=done.address,
+                kind=bounce.kind,
+                status=bounce.status,
+                diagnostic=bounce.diagnostic[:1000],
+                source=bounce.source,
+                now=now,
+                suppressed=done.entry.reason if done.entry is not None else None,
+                suppressed_until=done.entry.expires_at if done.entry is not None else None,
             )
-            if inserted.rowcount == 0:
-                return None  # read before (a poll that died before marking it)
-            if target is not None and bounce.source == "dsn":
-                what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p)
-                c.execute(
-                    QUERIES["bounce_log"],
-                    {
-                        "recipient_id": target["id"],
-                        "message_id": target["message_id"],
-                        "queue_id": target["queue_id"],
-                        "rcpt": target["rcpt"],
-                        "subject": target["subject"],
-                        "now": now,
-                        "code": _code(bounce.status),
-                        "reply": f"{bounce.kind} bounce: {what or 'no details'}"[:1000],
-                    },
-                )
-            since = now - threshold.window if threshold.window is not None else 0.0
-            hard = c.execute(QUERIES["bounce_count_hard"], {"address": address, "since": since})
-            count = int(hard.fetchone()[0])
-            if bounce.kind == "soft" and threshold.soft_as_hard_after is not None:
-                span = c.execute(
-                    QUERIES["bounce_soft_span"], {"address": address, "since": since}
-                ).fetchone()
-                if span["n"] >= 2 and span["last"] - span["first"] >= threshold.soft_as_hard_after:
-                    count += 1
-            if count < threshold.hard:
-                return None
-            active = c.execute(
-                QUERIES["suppression_active"], {"address": address, "stream": "", "now": now}
-            ).fetchone()
-            if active is not None and active["scope"] == "":
-                return None  # already suppressed everywhere
-            what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p) or bounce.kind
-            entry = Suppression(
-                address=address,
-                scope="",
-                source="bounce",
-                reason=f"{count} bounces; last: {what}"[:500],
-                created_at=now,
-                expires_at=now + threshold.expire_after
-                if threshold.expire_after is not None
-                else None,
-            )
-            c.execute(QUERIES["suppression_upsert"], _params(entry, now))
-            return entry
+            insert_events(c, events)
+            return done.entry, bool(events)
 
-        return await self._writer.submit(job)
+        entry, evented = await self._writer.submit(job)
+        if evented and self._outbox_wake is not None:
+            self._outbox_wake.set()
+        return entry
 
     async def add(
         self,
@@ -377,6 +345,98 @@ class Suppressions:
         async with self._reader.execute(QUERIES["bounce_raw"], {"id": bounce_id}) as cur:
             row = await cur.fetchone()
         return bytes(row["raw"]) if row is not None and row["raw"] is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    """A bounce just stored: its row, the address and message it names, what it caused."""
+
+    bounce_id: int
+    address: str
+    queue_id: str
+    entry: Suppression | None
+
+
+def _record_bounce(
+    c: sqlite3.Connection, bounce: NewBounce, threshold: Threshold, now: float
+) -> _Recorded | None:
+    """In the writer's transaction: store a bounce and apply the threshold (None: seen before)."""
+    address = normalize(bounce.address)
+    queue_id = bounce.queue_id or ""
+    target = None
+    if bounce.queue_id is not None:
+        target = c.execute(
+            QUERIES["bounce_recipient"],
+            {
+                "queue_id": bounce.queue_id,
+                "recipient_id": bounce.recipient_id,
+                "address": address,
+            },
+        ).fetchone()
+        if target is not None:
+            address = normalize(target["rcpt"])  # VERP names it exactly
+            queue_id = target["queue_id"]
+    inserted = c.execute(
+        QUERIES["bounce_insert"],
+        {
+            "key": bounce.key,
+            "address": address,
+            "kind": bounce.kind,
+            "status": bounce.status,
+            "diagnostic": bounce.diagnostic[:1000],
+            "source": bounce.source,
+            "queue_id": bounce.queue_id,
+            "stream": bounce.stream,
+            "now": now,
+            "raw": bounce.raw[:_RAW_MAX] if bounce.raw is not None else None,
+        },
+    )
+    if inserted.rowcount == 0:
+        return None  # read before (a poll that died before marking it)
+    assert inserted.lastrowid is not None
+    recorded = _Recorded(inserted.lastrowid, address, queue_id, None)
+    if target is not None and bounce.source == "dsn":
+        what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p)
+        c.execute(
+            QUERIES["bounce_log"],
+            {
+                "recipient_id": target["id"],
+                "message_id": target["message_id"],
+                "queue_id": target["queue_id"],
+                "rcpt": target["rcpt"],
+                "subject": target["subject"],
+                "now": now,
+                "code": _code(bounce.status),
+                "reply": f"{bounce.kind} bounce: {what or 'no details'}"[:1000],
+            },
+        )
+    since = now - threshold.window if threshold.window is not None else 0.0
+    hard = c.execute(QUERIES["bounce_count_hard"], {"address": address, "since": since})
+    count = int(hard.fetchone()[0])
+    if bounce.kind == "soft" and threshold.soft_as_hard_after is not None:
+        span = c.execute(
+            QUERIES["bounce_soft_span"], {"address": address, "since": since}
+        ).fetchone()
+        if span["n"] >= 2 and span["last"] - span["first"] >= threshold.soft_as_hard_after:
+            count += 1
+    if count < threshold.hard:
+        return recorded
+    active = c.execute(
+        QUERIES["suppression_active"], {"address": address, "stream": "", "now": now}
+    ).fetchone()
+    if active is not None and active["scope"] == "":
+        return recorded  # already suppressed everywhere
+    what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p) or bounce.kind
+    entry = Suppression(
+        address=address,
+        scope="",
+        source="bounce",
+        reason=f"{count} bounces; last: {what}"[:500],
+        created_at=now,
+        expires_at=now + threshold.expire_after if threshold.expire_after is not None else None,
+    )
+    c.execute(QUERIES["suppression_upsert"], _params(entry, now))
+    return replace(recorded, entry=entry)
 
 
 def _code(status: str) -> int | None:

@@ -5,15 +5,18 @@ Over a real running Sluice and real upstreams; only the HTTP hop is in-process.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 
+from relay.events import verify
 from relay.model import RecipientStatus
 from tests.admin.conftest import AppClientFactory
 from tests.admin.test_pages import csrf_of, message
 from tests.conftest import Running, SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import TestUpstream
+from tests.webhook_receiver import WebhookReceiver
 
 
 async def login(c: httpx.AsyncClient, user: str, password: str) -> None:
@@ -177,3 +180,40 @@ async def test_api_with_bearer_token(
                 ("api", "pause", 0),
                 ("api", "reroute", 1),
             ]
+
+
+async def test_api_hold_and_release_post_webhook_events(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    """The admin passes ``notify.webhooks`` down: each change is posted, signed."""
+    (tmp_path / "pw").write_text("pw\n")
+    upstream.reply["RCPT"] = "451 4.2.0 try later"
+    rx = await WebhookReceiver().start()
+    notify = {
+        "webhooks": [{"url": rx.url, "secret": "whsec-admin", "events": ["held", "released"]}],
+        "webhook_first_delay": "0.2s",
+    }
+    async with sluice(
+        [provider_for(upstream)], notify=notify, retry={"first_delay": "1h", "max_delay": "2h"}
+    ) as s:
+        await smtp_send(s.port, "a@example.org", ["r@example.net"], message("stuck"))
+        await eventually(lambda: deferred(s, 1))
+        (qid,) = [e.queue_id for e in await s.spool.list_queue()]
+        async with app_client(s, password_file=tmp_path / "pw", token="tok") as c:
+            auth = {"authorization": "Bearer tok"}
+            for action in ("hold", "release"):
+                body = {"queue_ids": [qid], "reason": "audit"}
+                r = await c.post(f"/api/queue/{action}", json=body, headers=auth)
+                assert r.json()["recipients"] == 1
+        await rx.wait_for(lambda hits: {h.event["type"] for h in hits} == {"held", "released"})
+    await rx.stop()
+    events = {h.event["id"]: h.event for h in rx.accepted}
+    assert sorted(
+        (e["type"], e["data"]["actor"], e["data"]["reason"]) for e in events.values()
+    ) == [
+        ("held", "api", "held by api: audit"),
+        ("released", "api", "released by api"),
+    ]
+    assert {e["data"]["queue_id"] for e in events.values()} == {qid}
+    for h in rx.requests:
+        assert verify(b"whsec-admin", h.headers["x-sluice-signature"], h.body, now=time.time())

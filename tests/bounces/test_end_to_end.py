@@ -10,17 +10,20 @@ that a private Dovecot serves. Sluice's poller reads it over IMAP.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
 
 import pytest
 
+from relay.events import verify
 from relay.model import AttemptStatus, RecipientStatus
 from tests.bounces.mailhost import Dovecot, Mailhost, dovecot, mailhost
 from tests.conftest import Running, SluiceFactory, eventually, provider_for, smtp_send
 from tests.daemon_proc import run_cli
 from tests.upstream import TestUpstream
+from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
@@ -248,3 +251,37 @@ async def test_a_bad_bounce_mailbox_never_holds_up_delivery(
         await up.stop()
         silent.close()
         await silent.wait_closed()
+
+
+async def test_a_dsn_read_from_the_mailbox_posts_bounced_and_suppressed(
+    sluice: SluiceFactory, peers: Peers
+) -> None:
+    """Webhooks: the poller's bounce, and the suppression it caused, each posted once."""
+    rx = await WebhookReceiver().start()
+    notify = {
+        "webhooks": [{"url": rx.url, "secret": "whsec-bounce", "events": ["bounced", "suppressed"]}]
+    }
+    provider = {"id": "mx", "host": "127.0.0.1", "port": peers.mx.port, "encryption": "none"}
+    async with sluice([provider], notify=notify, **sections(peers, threshold=1)) as s:
+        qid = await send(s, [GONE, OK], "first")
+        await rx.wait_for(
+            lambda hits: {h.event["type"] for h in hits} == {"bounced", "suppressed"}, within=30
+        )
+        await eventually(lambda: peers.delivered_to("ok") == 1, within=30)
+        assert await s.spool.suppressions.active(GONE) is not None
+    await rx.stop()
+    events = {h.event["id"]: h.event for h in rx.accepted}
+    bounced, suppressed = sorted(events.values(), key=lambda e: str(e["type"]))
+    assert bounced["type"] == "bounced"
+    data = bounced["data"]
+    assert (data["queue_id"], data["recipient"], data["kind"], data["source"]) == (
+        qid,
+        GONE,
+        "hard",
+        "dsn",
+    )
+    assert data["status"] == "5.1.1" and data["diagnostic"]
+    assert suppressed["type"] == "suppressed"
+    assert suppressed["data"]["source"] == "bounce" and suppressed["data"]["recipient"] == GONE
+    for h in rx.requests:
+        assert verify(b"whsec-bounce", h.headers["x-sluice-signature"], h.body, now=time.time())

@@ -1,16 +1,21 @@
 """Webhooks end to end: a real Sluice, a real HTTP receiver that is down, then
-answers 500, then recovers; and events stored before a restart sent after it."""
+answers 500, then recovers; and events stored before a restart sent after it.
+Also the events of operator holds and releases (the CLI in another process,
+``hold.rules``, the store's API) and of bounces a provider's refusal counts."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from relay.model import RecipientStatus
+from relay.model import RecipientStatus, Selection
+from relay.store.spool import Control
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.daemon_proc import run_cli
 from tests.upstream import TestUpstream
 from tests.webhook_receiver import Hit, WebhookReceiver
 
@@ -157,3 +162,161 @@ async def test_events_stored_before_a_restart_are_sent_after_it(
 
 async def _pending(spool: Any, url: str, n: int) -> bool:
     return bool((await spool.outbox_counts()).get(url, {}).get("pending") == n)
+
+
+# --------------------------------------------- held, released and bounced
+
+
+def _types(rx: WebhookReceiver) -> list[str]:
+    """Event types in the order first accepted (duplicates dropped by id)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for h in rx.accepted:
+        if h.event["id"] not in seen:
+            seen.add(h.event["id"])
+            out.append(h.event["type"])
+    return out
+
+
+def _one(rx: WebhookReceiver, kind: str) -> Hit:
+    (hit,) = {h.event["id"]: h for h in rx.accepted if h.event["type"] == kind}.values()
+    return hit
+
+
+def _has(kind: str) -> Callable[[list[Hit]], bool]:
+    return lambda hits: any(h.status == 200 and h.event["type"] == kind for h in hits)
+
+
+async def test_hold_and_release_by_the_cli_post_held_and_released(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """`sluice queue hold/release` (another process) against a running relay."""
+    everything = await WebhookReceiver().start()  # no `events`: every kind
+    outcomes = await WebhookReceiver().start()
+    upstream.reply["RCPT:later@example.net"] = "451 4.3.0 try again"
+    notify = {
+        "webhooks": [
+            {"url": everything.url, "secret": SECRET},
+            {"url": outcomes.url, "secret": SECRET, "events": ["deferred", "sent"]},
+        ],
+        "webhook_first_delay": "0.2s",
+        "webhook_max_delay": "0.5s",
+    }
+    retry = {"first_delay": "1h", "max_delay": "1h", "jitter": 0}
+    async with sluice([provider_for(upstream)], notify=notify, retry=retry) as s:
+        _, reply = await smtp_send(s.port, "app@sender.test", ["later@example.net"], _body("h"))
+        qid = reply.rsplit(" ", 1)[-1]
+        await everything.wait_for(_has("deferred"))
+        config = str(s.config_path)
+        rc, _out, err = await run_cli("queue", "hold", qid, "--reason", "maintenance", "-c", config)
+        assert rc == 0, err
+        await everything.wait_for(_has("held"))
+        del upstream.reply["RCPT:later@example.net"]
+        rc, _out, err = await run_cli("queue", "release", qid, "-c", config)
+        assert rc == 0, err
+        await everything.wait_for(_has("sent"))
+        await outcomes.wait_for(_has("sent"))
+        await eventually(lambda: _settled(s.spool, everything.url))
+        await eventually(lambda: _settled(s.spool, outcomes.url))
+    await everything.stop()
+    await outcomes.stop()
+    assert _types(everything) == ["deferred", "held", "released", "sent"]
+    assert _types(outcomes) == ["deferred", "sent"]  # its list has neither held nor released
+    held, released = _one(everything, "held").event, _one(everything, "released").event
+    actor = held["data"]["actor"]
+    assert actor.startswith("cli:")
+    assert held["data"] == {
+        "queue_id": qid,
+        "recipient": "later@example.net",
+        "status": "held",
+        "reason": f"held by {actor}: maintenance",
+        "actor": actor,
+    }
+    assert released["data"] == {
+        "queue_id": qid,
+        "recipient": "later@example.net",
+        "status": "queued",
+        "reason": f"released by {actor}",
+        "actor": actor,
+    }
+    for h in everything.requests + outcomes.requests:
+        assert _verify(SECRET, h.headers["x-sluice-signature"], h.body)
+        assert h.headers["x-sluice-event-id"] == h.event["id"]
+
+
+async def test_a_hold_rule_and_a_release_through_the_store_post_one_event_per_recipient(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    rx = await WebhookReceiver().start()
+    rules = [{"recipient_domain": ["staging.test"], "reason": "staging"}]
+    async with sluice(
+        [provider_for(upstream)],
+        notify=_notify(rx, events=["held", "released"]),
+        hold={"rules": rules},
+    ) as s:
+        _, reply = await smtp_send(
+            s.port,
+            "app@sender.test",
+            ["a@staging.test", "b@staging.test", "c@example.net"],
+            _body("rules"),
+        )
+        qid = reply.rsplit(" ", 1)[-1]
+        await rx.wait_for(lambda hits: len({h.event["id"] for h in hits}) >= 2)
+        n = await s.spool.control(
+            Selection(queue_ids=(qid,)),
+            Control("release", "api"),
+            endpoints=s.daemon.config.notify.webhooks,
+        )
+        assert n == 2
+        await rx.wait_for(lambda hits: len({h.event["id"] for h in hits}) >= 4)
+        await upstream.wait_for(2)  # c at once; a and b once released
+        await eventually(lambda: _settled(s.spool, rx.url))
+    await rx.stop()
+    assert _types(rx) == ["held", "held", "released", "released"]  # no "sent": not listed
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for h in {h.event["id"]: h for h in rx.accepted}.values():
+        by_kind.setdefault(h.event["type"], []).append(h.event["data"])
+    assert sorted((d["recipient"], d["actor"], d["reason"]) for d in by_kind["held"]) == [
+        ("a@staging.test", "hold.rules", "held by hold.rules: staging"),
+        ("b@staging.test", "hold.rules", "held by hold.rules: staging"),
+    ]
+    assert sorted((d["recipient"], d["actor"], d["status"]) for d in by_kind["released"]) == [
+        ("a@staging.test", "api", "queued"),
+        ("b@staging.test", "api", "queued"),
+    ]
+    assert {d["queue_id"] for ds in by_kind.values() for d in ds} == {qid}
+
+
+async def test_a_refusal_of_the_address_posts_bounced_then_suppressed(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """A 550 5.1.1 at RCPT counts as a bounce (``bounces.count_smtp_refusals``)."""
+    rx = await WebhookReceiver().start()
+    upstream.reply["RCPT:gone@example.net"] = "550 5.1.1 <gone@example.net>: user unknown"
+    async with sluice(
+        [provider_for(upstream)],
+        notify=_notify(rx, events=["bounced", "suppressed"]),
+        bounces={"threshold": 2},
+    ) as s:
+        first = (await smtp_send(s.port, "app@sender.test", ["gone@example.net"], _body("1")))[1]
+        await rx.wait_for(_has("bounced"))
+        second = (await smtp_send(s.port, "app@sender.test", ["gone@example.net"], _body("2")))[1]
+        await rx.wait_for(_has("suppressed"))
+        await eventually(lambda: _settled(s.spool, rx.url))
+    await rx.stop()
+    assert _types(rx) == ["bounced", "bounced", "suppressed"]  # not "failed": not listed
+    events = list({h.event["id"]: h.event for h in rx.accepted}.values())
+    qids = [first.rsplit(" ", 1)[-1], second.rsplit(" ", 1)[-1]]
+    for event, qid in zip(events[:2], qids, strict=True):
+        assert event["data"] == {
+            "queue_id": qid,
+            "recipient": "gone@example.net",
+            "kind": "hard",
+            "status": "5.1.1",
+            "diagnostic": "up1: 550 5.1.1 <gone@example.net>: user unknown",
+            "source": "smtp",
+        }
+    suppressed = events[2]["data"]
+    assert suppressed["source"] == "bounce" and suppressed["recipient"] == "gone@example.net"
+    assert suppressed["queue_id"] == qids[1] and "5.1.1" in suppressed["reason"]
+    assert all(_verify(SECRET, h.headers["x-sluice-signature"], h.body) for h in rx.requests)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from relay.events import EventType
 from relay.store.spool import NewMessage, Spool
 from relay.store.suppressions import NewBounce, Threshold
 
@@ -146,3 +150,59 @@ async def test_pages_never_split_an_address_with_several_scopes(tmp_path: Path) 
         ]
         # ``after`` alone goes on after the whole address.
         assert [e.address for e in await book.page(after="x@example.net")] == ["y@example.net"]
+
+
+@dataclass(frozen=True)
+class Hook:
+    """An endpoint as ``notify.webhooks`` gives it (``relay.events.Endpoint``)."""
+
+    url: str
+    events: Sequence[EventType]
+
+
+async def test_a_bounce_is_reported_once_with_its_suppression_and_only_where_wanted(
+    tmp_path: Path,
+) -> None:
+    """The outbox rows are written with the bounce: none for a bounce read before."""
+    everything = Hook("http://127.0.0.1:9/all", list(EventType))
+    sent_only = Hook("http://127.0.0.1:9/sent", [EventType.SENT])
+    bounced_only = Hook("http://127.0.0.1:9/bounced", [EventType.BOUNCED])
+    hooks = [everything, sent_only, bounced_only]
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        qid = "0190F2A3B4C5D6E7"
+        await spool.enqueue(
+            NewMessage(qid, "app@x.example", ["To@Y.example"], b"Subject: s\r\n\r\nb\r\n", "s", 1.0)
+        )
+        (rcpt,) = (await spool.get(qid)).recipients
+        bounce = hard("whoever@y.example", 1, queue_id=qid, recipient_id=rcpt.id)
+        rule = Threshold(hard=1)
+        spool.outbox_wake.clear()
+        assert await spool.suppressions.record_bounce(bounce, rule, endpoints=hooks) is not None
+        assert spool.outbox_wake.is_set()  # the sender posts them at once
+        # Read again (a poll that died before marking it): nothing new to report.
+        assert await spool.suppressions.record_bounce(bounce, rule, endpoints=hooks) is None
+        rows = {h.url: await spool.outbox_recent(h.url) for h in hooks}
+    assert rows[sent_only.url] == []
+    assert [r.event for r in rows[bounced_only.url]] == ["bounced"]
+    suppressed, bounced = rows[everything.url]  # newest first
+    assert (bounced.event, suppressed.event) == ("bounced", "suppressed")
+    assert bounced.queue_id == suppressed.queue_id == qid
+    data = json.loads(bounced.body)["data"]
+    # VERP named the recipient: the event names it as the message had it.
+    assert data == {
+        "queue_id": qid,
+        "recipient": "to@y.example",
+        "kind": "hard",
+        "status": "5.1.1",
+        "diagnostic": "user unknown #1",
+        "source": "dsn",
+    }
+    entry = json.loads(suppressed.body)["data"]
+    assert (entry["source"], entry["recipient"], entry["scope"]) == ("bounce", "to@y.example", "")
+    assert "5.1.1 user unknown #1" in entry["reason"]
+
+
+async def test_a_bounce_without_endpoints_stores_no_event(tmp_path: Path) -> None:
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        await spool.suppressions.record_bounce(hard("a@x.example", 1), Threshold(hard=1))
+        assert await spool.outbox_counts() == {}

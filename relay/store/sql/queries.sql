@@ -395,7 +395,8 @@ SELECT count(*) AS recipients, count(DISTINCT message_id) AS messages FROM selec
 UPDATE recipients
 SET status = 'held', held_at = :now, last_reply = :reply, updated_at = :now
 WHERE id IN (SELECT id FROM selected) AND status IN ('queued', 'deferred')
-RETURNING id;
+RETURNING id, rcpt,
+    (SELECT queue_id FROM messages WHERE messages.id = recipients.message_id) AS queue_id;
 
 -- name: release_selected
 -- Release held recipients, due now. Unless held mail ages (hold.age_while_held),
@@ -406,7 +407,8 @@ SET status = 'queued', next_attempt_at = :now, updated_at = :now, last_reply = :
                  ELSE since + max(0, :now - coalesce(held_at, :now)) END,
     released_at = :now, held_at = NULL
 WHERE id IN (SELECT id FROM selected) AND status = 'held'
-RETURNING id;
+RETURNING id, rcpt,
+    (SELECT queue_id FROM messages WHERE messages.id = recipients.message_id) AS queue_id;
 
 -- name: reroute_selected
 -- "Retry via provider X" (KumoMTA's rebind): the next attempt goes through
