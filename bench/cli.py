@@ -32,15 +32,23 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _modes(text: str) -> list[bool]:
+    """``--connection-per-message``: ``yes``, ``no`` or both (``yes,no``)."""
+    out = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        if word not in ("yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected yes, no or yes,no, not {word!r}")
+        out.append(word == "yes")
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ["scenario", "relay", *(label for _k, label, _f in _COLUMNS)]
     lines = [head]
-    by_scenario: dict[tuple[int, int, int], dict[str, dict[str, Any]]] = {}
+    by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        key = (r["size"], r["sessions"], r["messages"])
-        by_scenario.setdefault(key, {})[r["relay"]] = r
-    for (size, sessions, messages), relays in by_scenario.items():
-        name = f"{size}B x{sessions}s n={messages}"
+        by_scenario.setdefault(r["scenario"], {})[r["relay"]] = r
+    for name, relays in by_scenario.items():
         for relay, r in relays.items():
             lines.append([name, relay, *(fmt.format(r[k]) for k, _l, fmt in _COLUMNS)])
         if "sluice" in relays and "postfix" in relays:
@@ -66,31 +74,37 @@ async def _run(args: argparse.Namespace) -> int:
             return 69
         relays.append("postfix")
     rows: list[dict[str, Any]] = []
-    for size in _ints(args.size):
-        for sessions in _ints(args.sessions):
-            sc = Scenario(
-                messages=args.messages,
-                size=size,
-                sessions=sessions,
-                connections=args.connections,
-                workers=args.workers,
-                warmup=args.warmup,
-                time_limit=args.timeout,
-            )
-            # Relays take turns run by run, so that a machine getting slower or
-            # faster during the scenario (shared hosts do) biases neither.
-            runs: dict[str, list[dict[str, Any]]] = {relay: [] for relay in relays}
-            for i in range(args.repeat):
-                for relay in relays:
-                    r = await run_scenario(relay, sc)
-                    print(
-                        f"# {relay} {size}B x{sessions} run {i + 1}/{args.repeat}: "
-                        f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    runs[relay].append(r)
-            rows.extend(median_of(runs[relay]) for relay in relays)
+    combos = [
+        (size, sessions, per_message)
+        for size in _ints(args.size)
+        for sessions in _ints(args.sessions)
+        for per_message in args.connection_per_message
+    ]
+    for size, sessions, per_message in combos:
+        sc = Scenario(
+            messages=args.messages,
+            size=size,
+            sessions=sessions,
+            connections=args.connections,
+            workers=args.workers,
+            warmup=args.warmup,
+            time_limit=args.timeout,
+            per_message=per_message,
+        )
+        # Relays take turns run by run, so that a machine getting slower or
+        # faster during the scenario (shared hosts do) biases neither.
+        runs: dict[str, list[dict[str, Any]]] = {relay: [] for relay in relays}
+        for i in range(args.repeat):
+            for relay in relays:
+                r = await run_scenario(relay, sc)
+                print(
+                    f"# {relay} {sc.name} run {i + 1}/{args.repeat}: "
+                    f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                runs[relay].append(r)
+        rows.extend(median_of(runs[relay]) for relay in relays)
     print(table(rows))
     if args.json:
         text = json.dumps({"results": rows}, indent=1)
@@ -123,6 +137,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="auto", help="Sluice's smtp.workers (auto, 0, 1...)")
     p.add_argument("--warmup", type=int, default=100, help="messages sent before measuring")
     p.add_argument("--timeout", type=float, default=600.0, help="limit for one run, seconds")
+    p.add_argument(
+        "--connection-per-message",
+        type=_modes,
+        nargs="?",
+        const=[True],
+        default=[False],
+        metavar="yes|no|yes,no",
+        help="a new connection (EHLO ... QUIT) per message; 'yes,no' runs both",
+    )
     p.add_argument("--compare", choices=["postfix"])
     p.add_argument("--json", help="write every figure to this file")
     p.set_defaults(func=_run)

@@ -1,7 +1,10 @@
-"""A built-in asyncio SMTP load generator: one connection per session, many messages each.
+"""A built-in asyncio SMTP load generator: sessions sending their share of the messages.
 
-Each session opens one connection, says EHLO once, then sends its share of the
-messages; per message it pipelines ``MAIL``/``RCPT``/``DATA`` (both Sluice and
+By default each session opens one connection, says EHLO once, then sends its
+share of the messages over it. With ``per_message`` (``--connection-per-message``)
+it opens a new connection for every message, says EHLO, sends it and QUITs, as
+most applications' mailers do (PHP, Django's ``send_mail``, cron, Rails).
+Per message it pipelines ``MAIL``/``RCPT``/``DATA`` (both Sluice and
 Postfix advertise PIPELINING), sends the body and waits for the final reply.
 Every message carries a unique token in an ``X-Bench:`` header so the sink can
 tell lost and duplicated messages apart, and the time its transaction started,
@@ -58,14 +61,8 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, str]:
             return int(line[:3]), "\n".join(text)
 
 
-async def _session(
-    host: str,
-    port: int,
-    tokens: list[str],
-    size: int,
-    result: LoadResult,
-    deadline: float,
-) -> None:
+async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect, read the greeting and say EHLO."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         code, text = await _reply(reader)
@@ -75,33 +72,93 @@ async def _session(
         code, text = await _reply(reader)
         if code != 250:
             raise ConnectionError(f"EHLO: {text}")
+    except BaseException:
+        await _close(writer)
+        raise
+    return reader, writer
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+
+
+async def _quit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"QUIT\r\n")
+    await _reply(reader)
+
+
+async def _transaction(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    token: str,
+    size: int,
+    result: LoadResult,
+    start: float,
+) -> None:
+    """One message; ``start`` is when its transaction (or its connection) began."""
+    body = make_body(token, size)
+    writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")
+    replies = [await _reply(reader) for _ in range(3)]
+    if [c for c, _ in replies] != [250, 250, 354]:
+        result.errors.append(f"{token}: {replies}")
+        writer.write(b"RSET\r\n")
+        await _reply(reader)
+        return
+    writer.write(body + b".\r\n")
+    code, text = await _reply(reader)
+    if code == 250:
+        result.sent[token] = (start, time.time())
+    else:
+        result.errors.append(f"{token}: {text}")
+
+
+async def _session(
+    host: str,
+    port: int,
+    tokens: list[str],
+    size: int,
+    result: LoadResult,
+    deadline: float,
+) -> None:
+    reader, writer = await _open(host, port)
+    try:
         for token in tokens:
             if time.monotonic() > deadline:
                 result.errors.append("deadline reached before every message was sent")
                 return
-            body = make_body(token, size)
-            start = time.time()
-            writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")
-            replies = [await _reply(reader) for _ in range(3)]
-            if [c for c, _ in replies] != [250, 250, 354]:
-                result.errors.append(f"{token}: {replies}")
-                writer.write(b"RSET\r\n")
-                await _reply(reader)
-                continue
-            writer.write(body + b".\r\n")
-            code, text = await _reply(reader)
-            if code == 250:
-                result.sent[token] = (start, time.time())
-            else:
-                result.errors.append(f"{token}: {text}")
-        writer.write(b"QUIT\r\n")
-        await _reply(reader)
+            await _transaction(reader, writer, token, size, result, time.time())
+        await _quit(reader, writer)
     finally:
-        writer.close()
+        await _close(writer)
+
+
+async def _session_per_message(
+    host: str,
+    port: int,
+    tokens: list[str],
+    size: int,
+    result: LoadResult,
+    deadline: float,
+) -> None:
+    """A new connection per message: connect, EHLO, one transaction, QUIT, close.
+
+    The latencies count from the connect: that is what the application waits for.
+    """
+    for token in tokens:
+        if time.monotonic() > deadline:
+            result.errors.append("deadline reached before every message was sent")
+            return
+        start = time.time()
+        reader, writer = await _open(host, port)
         try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+            await _transaction(reader, writer, token, size, result, start)
+            await _quit(reader, writer)
+        finally:
+            await _close(writer)
 
 
 async def run_load(
@@ -114,8 +171,11 @@ async def run_load(
     time_limit: float = 600.0,
     run_id: str | None = None,
     result: LoadResult | None = None,
+    per_message: bool = False,
 ) -> LoadResult:
-    """Send ``messages`` messages of ``size`` bytes over ``sessions`` connections.
+    """Send ``messages`` messages of ``size`` bytes from ``sessions`` concurrent sessions.
+
+    ``per_message``: a new connection for every message instead of one per session.
 
     Pass ``result`` to watch progress while it runs (``len(result.sent)``).
     """
@@ -125,8 +185,9 @@ async def run_load(
     result = result or LoadResult()
     result.started = time.time()
     deadline = time.monotonic() + time_limit
+    session = _session_per_message if per_message else _session
     outcomes = await asyncio.gather(
-        *(_session(host, port, share, size, result, deadline) for share in shares if share),
+        *(session(host, port, share, size, result, deadline) for share in shares if share),
         return_exceptions=True,
     )
     result.finished = time.time()

@@ -33,6 +33,14 @@ class Scenario:
     workers: str = "auto"
     warmup: int = 100
     time_limit: float = 600.0
+    #: a new connection (greeting, EHLO, QUIT) for every message
+    per_message: bool = False
+
+    @property
+    def name(self) -> str:
+        """``2048B x10s`` (connections reused) or ``2048B x10s conn/msg``, and ``n=``."""
+        mode = " conn/msg" if self.per_message else ""
+        return f"{self.size}B x{self.sessions}s{mode} n={self.messages}"
 
 
 @dataclass
@@ -153,6 +161,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                         size=sc.size,
                         sessions=min(sc.sessions, sc.warmup),
                         run_id="warmup",
+                        per_message=sc.per_message,
                     )
                     await _wait_count(sink, len(warm.sent), stall=30, limit=120)
                 base = await sink.count()
@@ -168,6 +177,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                     sessions=sc.sessions,
                     time_limit=sc.time_limit,
                     run_id=run,
+                    per_message=sc.per_message,
                 )
                 t_accept = load.finished
                 counted = await _wait_count(
@@ -190,6 +200,8 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
         "messages": sc.messages,
         "size": sc.size,
         "sessions": sc.sessions,
+        "per_message": sc.per_message,
+        "scenario": sc.name,
         "accepted": accepted,
         "refused": len(load.errors),
         "errors": load.errors[:5],
@@ -218,7 +230,7 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in runs[0].items():
         if key in ("lost", "duplicated", "unexpected", "refused"):
             out[key] = sum(r[key] for r in runs)
-        elif isinstance(value, float):
+        elif isinstance(value, float) and not isinstance(value, bool):
             out[key] = statistics.median(r[key] for r in runs)
     out["runs"] = len(runs)
     return out
