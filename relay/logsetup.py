@@ -166,11 +166,19 @@ class JsonFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, with_time=self.with_time)
         # Redact values, not the encoded line, so the JSON stays valid.
-        safe = {
-            k: self.redactor(v) if isinstance(v, str) and k not in _OWN_FIELDS else v
-            for k, v in fields.items()
-        }
+        safe = {k: v if k in _OWN_FIELDS else self._safe(v) for k, v in fields.items()}
         return json.dumps(safe, ensure_ascii=False, default=str)
+
+    def _safe(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.redactor(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        # A structure (an ``extra`` dict or list): kept as is unless it holds a
+        # secret, then shown as its redacted JSON text.
+        text = _encoded(value)
+        masked = self.redactor(text)
+        return value if masked == text else masked
 
 
 class SluiceLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
