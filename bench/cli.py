@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import SMTP_SOURCE
 from bench.postfix import postfix_available
 from bench.runner import Scenario, median_of, run_scenario
 
@@ -42,6 +44,13 @@ def _modes(text: str) -> list[bool]:
     return out
 
 
+def _cell(fmt: str, value: Any) -> str:
+    """A figure; ``-`` where the generator could not measure it (smtp-source: latencies)."""
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return fmt.format(value)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ["scenario", "relay", *(label for _k, label, _f in _COLUMNS)]
     lines = [head]
@@ -50,12 +59,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         by_scenario.setdefault(r["scenario"], {})[r["relay"]] = r
     for name, relays in by_scenario.items():
         for relay, r in relays.items():
-            lines.append([name, relay, *(fmt.format(r[k]) for k, _l, fmt in _COLUMNS)])
+            lines.append([name, relay, *(_cell(fmt, r[k]) for k, _l, fmt in _COLUMNS)])
         if "sluice" in relays and "postfix" in relays:
             s, p = relays["sluice"], relays["postfix"]
             ratios = []
             for k, _l, _f in _COLUMNS:
-                if k in ("lost", "duplicated") or not p[k]:
+                if k in ("lost", "duplicated") or not p[k] or math.isnan(s[k] / p[k]):
                     ratios.append("")
                 else:
                     ratios.append(f"{s[k] / p[k]:.2f}x")
@@ -73,6 +82,9 @@ async def _run(args: argparse.Namespace) -> int:
             print("bench: postfix is not installed (apt-get install postfix)", file=sys.stderr)
             return 69
         relays.append("postfix")
+    if args.generator == "smtp-source" and not await asyncio.to_thread(Path(SMTP_SOURCE).exists):
+        print(f"bench: {SMTP_SOURCE} is missing (apt-get install postfix)", file=sys.stderr)
+        return 69
     rows: list[dict[str, Any]] = []
     combos = [
         (size, sessions, per_message)
@@ -90,6 +102,7 @@ async def _run(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             time_limit=args.timeout,
             per_message=per_message,
+            generator=args.generator,
         )
         # Relays take turns run by run, so that a machine getting slower or
         # faster during the scenario (shared hosts do) biases neither.
@@ -145,6 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         default=[False],
         metavar="yes|no|yes,no",
         help="a new connection (EHLO ... QUIT) per message; 'yes,no' runs both",
+    )
+    p.add_argument(
+        "--generator",
+        choices=["builtin", "smtp-source"],
+        default="builtin",
+        help="smtp-source: Postfix's own generator (untagged: lost/dup from counts only)",
     )
     p.add_argument("--compare", choices=["postfix"])
     p.add_argument("--json", help="write every figure to this file")

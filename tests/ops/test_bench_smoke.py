@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import require
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -91,6 +93,45 @@ def test_bench_run_with_a_connection_per_message(tmp_path: Path) -> None:
         assert result["accepted"] == result["delivered"] == 30
         assert (result["lost"], result["duplicated"], result["unexpected"]) == (0, 0, 0)
     assert "2048B x3s conn/msg n=30" in proc.stdout and "2048B x3s n=30" in proc.stdout
+
+
+def test_bench_run_with_postfix_smtp_source(tmp_path: Path) -> None:
+    """``--generator smtp-source``: untagged, so counted by the sink against what it sent."""
+    require("smtp-source")
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--messages",
+            "20",
+            "--sessions",
+            "2",
+            "--warmup",
+            "2",
+            "--timeout",
+            "60",
+            "--workers",
+            "0",
+            "--connection-per-message",
+            "--generator",
+            "smtp-source",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["generator"] == "smtp-source" and result["per_message"]
+    assert result["accepted"] == result["delivered"] == 20
+    assert (result["lost"], result["duplicated"]) == (0, 0)
+    assert "2048B x2s conn/msg smtp-source n=20" in proc.stdout
 
 
 async def test_each_message_on_its_own_connection(tmp_path: Path) -> None:
