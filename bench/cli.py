@@ -112,7 +112,8 @@ async def _run(args: argparse.Namespace) -> int:
                 r = await run_scenario(relay, sc)
                 print(
                     f"# {relay} {sc.name} run {i + 1}/{args.repeat}: "
-                    f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}",
+                    f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}"
+                    + (f", errors: {r['errors'][:2]}" if r["errors"] else ""),
                     file=sys.stderr,
                     flush=True,
                 )

@@ -216,11 +216,13 @@ async def run_smtp_source(
     HELO, no pipelining, ``size`` bytes of payload after its own headers. It
     cannot tag messages, so the caller counts what the sink received against
     the number sent (all of them when it exits 0: without ``-A`` it stops at
-    the first reply that is not positive). The returned ``LoadResult`` holds
+    the first reply that is not positive; then, the last value of its ``-c``
+    counter). The returned ``LoadResult`` holds
     only the start and end times and any error, no per-message latencies.
     """
     args = [
         str(program),
+        "-c",  # a counter of completed DATA commands, to count what it sent if it fails
         "-s",
         str(sessions),
         "-m",
@@ -241,11 +243,11 @@ async def run_smtp_source(
         *args,
         f"{host}:{port}",
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        _out, err = await asyncio.wait_for(proc.communicate(), time_limit)
+        out, err = await asyncio.wait_for(proc.communicate(), time_limit)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -254,6 +256,12 @@ async def run_smtp_source(
         return 0, result
     result.finished = time.time()
     if proc.returncode != 0:
-        result.errors.append(f"smtp-source exited {proc.returncode}: {err.decode()[-500:]}")
-        return 0, result
+        # It stops at the first failure (a refused connect, a 4xx): what it had
+        # sent until then is the last value of its counter.
+        counts = [int(x) for x in out.split() if x.isdigit()]
+        sent = counts[-1] if counts else 0
+        result.errors.append(
+            f"smtp-source exited {proc.returncode} after {sent}: {err.decode()[-500:].strip()}"
+        )
+        return sent, result
     return messages, result
