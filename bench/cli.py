@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen import SMTP_SOURCE
 from bench.postfix import postfix_available
 from bench.runner import Scenario, median_of, run_scenario
 
@@ -32,22 +34,37 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _modes(text: str) -> list[bool]:
+    """``--connection-per-message``: ``yes``, ``no`` or both (``yes,no``)."""
+    out = []
+    for word in (w.strip() for w in text.split(",") if w.strip()):
+        if word not in ("yes", "no"):
+            raise argparse.ArgumentTypeError(f"expected yes, no or yes,no, not {word!r}")
+        out.append(word == "yes")
+    return out
+
+
+def _cell(fmt: str, value: Any) -> str:
+    """A figure; ``-`` where the generator could not measure it (smtp-source: latencies)."""
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return fmt.format(value)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ["scenario", "relay", *(label for _k, label, _f in _COLUMNS)]
     lines = [head]
-    by_scenario: dict[tuple[int, int, int], dict[str, dict[str, Any]]] = {}
+    by_scenario: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        key = (r["size"], r["sessions"], r["messages"])
-        by_scenario.setdefault(key, {})[r["relay"]] = r
-    for (size, sessions, messages), relays in by_scenario.items():
-        name = f"{size}B x{sessions}s n={messages}"
+        by_scenario.setdefault(r["scenario"], {})[r["relay"]] = r
+    for name, relays in by_scenario.items():
         for relay, r in relays.items():
-            lines.append([name, relay, *(fmt.format(r[k]) for k, _l, fmt in _COLUMNS)])
+            lines.append([name, relay, *(_cell(fmt, r[k]) for k, _l, fmt in _COLUMNS)])
         if "sluice" in relays and "postfix" in relays:
             s, p = relays["sluice"], relays["postfix"]
             ratios = []
             for k, _l, _f in _COLUMNS:
-                if k in ("lost", "duplicated") or not p[k]:
+                if k in ("lost", "duplicated") or not p[k] or math.isnan(s[k] / p[k]):
                     ratios.append("")
                 else:
                     ratios.append(f"{s[k] / p[k]:.2f}x")
@@ -65,32 +82,43 @@ async def _run(args: argparse.Namespace) -> int:
             print("bench: postfix is not installed (apt-get install postfix)", file=sys.stderr)
             return 69
         relays.append("postfix")
+    if args.generator == "smtp-source" and not await asyncio.to_thread(Path(SMTP_SOURCE).exists):
+        print(f"bench: {SMTP_SOURCE} is missing (apt-get install postfix)", file=sys.stderr)
+        return 69
     rows: list[dict[str, Any]] = []
-    for size in _ints(args.size):
-        for sessions in _ints(args.sessions):
-            sc = Scenario(
-                messages=args.messages,
-                size=size,
-                sessions=sessions,
-                connections=args.connections,
-                workers=args.workers,
-                warmup=args.warmup,
-                time_limit=args.timeout,
-            )
-            # Relays take turns run by run, so that a machine getting slower or
-            # faster during the scenario (shared hosts do) biases neither.
-            runs: dict[str, list[dict[str, Any]]] = {relay: [] for relay in relays}
-            for i in range(args.repeat):
-                for relay in relays:
-                    r = await run_scenario(relay, sc)
-                    print(
-                        f"# {relay} {size}B x{sessions} run {i + 1}/{args.repeat}: "
-                        f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    runs[relay].append(r)
-            rows.extend(median_of(runs[relay]) for relay in relays)
+    combos = [
+        (size, sessions, per_message)
+        for size in _ints(args.size)
+        for sessions in _ints(args.sessions)
+        for per_message in args.connection_per_message
+    ]
+    for size, sessions, per_message in combos:
+        sc = Scenario(
+            messages=args.messages,
+            size=size,
+            sessions=sessions,
+            connections=args.connections,
+            workers=args.workers,
+            warmup=args.warmup,
+            time_limit=args.timeout,
+            per_message=per_message,
+            generator=args.generator,
+        )
+        # Relays take turns run by run, so that a machine getting slower or
+        # faster during the scenario (shared hosts do) biases neither.
+        runs: dict[str, list[dict[str, Any]]] = {relay: [] for relay in relays}
+        for i in range(args.repeat):
+            for relay in relays:
+                r = await run_scenario(relay, sc)
+                print(
+                    f"# {relay} {sc.name} run {i + 1}/{args.repeat}: "
+                    f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}"
+                    + (f", errors: {r['errors'][:2]}" if r["errors"] else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                runs[relay].append(r)
+        rows.extend(median_of(runs[relay]) for relay in relays)
     print(table(rows))
     if args.json:
         text = json.dumps({"results": rows}, indent=1)
@@ -123,6 +151,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="auto", help="Sluice's smtp.workers (auto, 0, 1...)")
     p.add_argument("--warmup", type=int, default=100, help="messages sent before measuring")
     p.add_argument("--timeout", type=float, default=600.0, help="limit for one run, seconds")
+    p.add_argument(
+        "--connection-per-message",
+        type=_modes,
+        nargs="?",
+        const=[True],
+        default=[False],
+        metavar="yes|no|yes,no",
+        help="a new connection (EHLO ... QUIT) per message; 'yes,no' runs both",
+    )
+    p.add_argument(
+        "--generator",
+        choices=["builtin", "smtp-source"],
+        default="builtin",
+        help="smtp-source: Postfix's own generator (untagged: lost/dup from counts only)",
+    )
     p.add_argument("--compare", choices=["postfix"])
     p.add_argument("--json", help="write every figure to this file")
     p.set_defaults(func=_run)

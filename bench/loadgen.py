@@ -1,7 +1,10 @@
-"""A built-in asyncio SMTP load generator: one connection per session, many messages each.
+"""A built-in asyncio SMTP load generator: sessions sending their share of the messages.
 
-Each session opens one connection, says EHLO once, then sends its share of the
-messages; per message it pipelines ``MAIL``/``RCPT``/``DATA`` (both Sluice and
+By default each session opens one connection, says EHLO once, then sends its
+share of the messages over it. With ``per_message`` (``--connection-per-message``)
+it opens a new connection for every message, says EHLO, sends it and QUITs, as
+most applications' mailers do (PHP, Django's ``send_mail``, cron, Rails).
+Per message it pipelines ``MAIL``/``RCPT``/``DATA`` (both Sluice and
 Postfix advertise PIPELINING), sends the body and waits for the final reply.
 Every message carries a unique token in an ``X-Bench:`` header so the sink can
 tell lost and duplicated messages apart, and the time its transaction started,
@@ -14,8 +17,12 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-__all__ = ["LoadResult", "make_body", "run_load"]
+__all__ = ["SMTP_SOURCE", "LoadResult", "make_body", "run_load", "run_smtp_source"]
+
+#: Postfix's own load generator (Debian: package postfix)
+SMTP_SOURCE = "/usr/sbin/smtp-source"
 
 _LINE = b"The quick brown fox jumps over the lazy dog while the relay keeps count. 0123\r\n"
 
@@ -58,14 +65,8 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, str]:
             return int(line[:3]), "\n".join(text)
 
 
-async def _session(
-    host: str,
-    port: int,
-    tokens: list[str],
-    size: int,
-    result: LoadResult,
-    deadline: float,
-) -> None:
+async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect, read the greeting and say EHLO."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         code, text = await _reply(reader)
@@ -75,33 +76,93 @@ async def _session(
         code, text = await _reply(reader)
         if code != 250:
             raise ConnectionError(f"EHLO: {text}")
+    except BaseException:
+        await _close(writer)
+        raise
+    return reader, writer
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+
+
+async def _quit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"QUIT\r\n")
+    await _reply(reader)
+
+
+async def _transaction(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    token: str,
+    size: int,
+    result: LoadResult,
+    start: float,
+) -> None:
+    """One message; ``start`` is when its transaction (or its connection) began."""
+    body = make_body(token, size)
+    writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")
+    replies = [await _reply(reader) for _ in range(3)]
+    if [c for c, _ in replies] != [250, 250, 354]:
+        result.errors.append(f"{token}: {replies}")
+        writer.write(b"RSET\r\n")
+        await _reply(reader)
+        return
+    writer.write(body + b".\r\n")
+    code, text = await _reply(reader)
+    if code == 250:
+        result.sent[token] = (start, time.time())
+    else:
+        result.errors.append(f"{token}: {text}")
+
+
+async def _session(
+    host: str,
+    port: int,
+    tokens: list[str],
+    size: int,
+    result: LoadResult,
+    deadline: float,
+) -> None:
+    reader, writer = await _open(host, port)
+    try:
         for token in tokens:
             if time.monotonic() > deadline:
                 result.errors.append("deadline reached before every message was sent")
                 return
-            body = make_body(token, size)
-            start = time.time()
-            writer.write(b"MAIL FROM:<bench@example.com>\r\nRCPT TO:<sink@example.net>\r\nDATA\r\n")
-            replies = [await _reply(reader) for _ in range(3)]
-            if [c for c, _ in replies] != [250, 250, 354]:
-                result.errors.append(f"{token}: {replies}")
-                writer.write(b"RSET\r\n")
-                await _reply(reader)
-                continue
-            writer.write(body + b".\r\n")
-            code, text = await _reply(reader)
-            if code == 250:
-                result.sent[token] = (start, time.time())
-            else:
-                result.errors.append(f"{token}: {text}")
-        writer.write(b"QUIT\r\n")
-        await _reply(reader)
+            await _transaction(reader, writer, token, size, result, time.time())
+        await _quit(reader, writer)
     finally:
-        writer.close()
+        await _close(writer)
+
+
+async def _session_per_message(
+    host: str,
+    port: int,
+    tokens: list[str],
+    size: int,
+    result: LoadResult,
+    deadline: float,
+) -> None:
+    """A new connection per message: connect, EHLO, one transaction, QUIT, close.
+
+    The latencies count from the connect: that is what the application waits for.
+    """
+    for token in tokens:
+        if time.monotonic() > deadline:
+            result.errors.append("deadline reached before every message was sent")
+            return
+        start = time.time()
+        reader, writer = await _open(host, port)
         try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+            await _transaction(reader, writer, token, size, result, start)
+            await _quit(reader, writer)
+        finally:
+            await _close(writer)
 
 
 async def run_load(
@@ -114,8 +175,11 @@ async def run_load(
     time_limit: float = 600.0,
     run_id: str | None = None,
     result: LoadResult | None = None,
+    per_message: bool = False,
 ) -> LoadResult:
-    """Send ``messages`` messages of ``size`` bytes over ``sessions`` connections.
+    """Send ``messages`` messages of ``size`` bytes from ``sessions`` concurrent sessions.
+
+    ``per_message``: a new connection for every message instead of one per session.
 
     Pass ``result`` to watch progress while it runs (``len(result.sent)``).
     """
@@ -125,10 +189,79 @@ async def run_load(
     result = result or LoadResult()
     result.started = time.time()
     deadline = time.monotonic() + time_limit
+    session = _session_per_message if per_message else _session
     outcomes = await asyncio.gather(
-        *(_session(host, port, share, size, result, deadline) for share in shares if share),
+        *(session(host, port, share, size, result, deadline) for share in shares if share),
         return_exceptions=True,
     )
     result.finished = time.time()
     result.errors.extend(f"session failed: {o!r}" for o in outcomes if isinstance(o, BaseException))
     return result
+
+
+async def run_smtp_source(
+    host: str,
+    port: int,
+    *,
+    messages: int,
+    size: int,
+    sessions: int,
+    time_limit: float = 600.0,
+    per_message: bool = True,
+    program: str | Path = SMTP_SOURCE,
+) -> tuple[int, LoadResult]:
+    """Drive ``host:port`` with Postfix's ``smtp-source``; (messages sent, timing).
+
+    ``smtp-source`` opens a new connection per message unless ``-d``; it sends
+    HELO, no pipelining, ``size`` bytes of payload after its own headers. It
+    cannot tag messages, so the caller counts what the sink received against
+    the number sent (all of them when it exits 0: without ``-A`` it stops at
+    the first reply that is not positive; then, the last value of its ``-c``
+    counter). The returned ``LoadResult`` holds
+    only the start and end times and any error, no per-message latencies.
+    """
+    args = [
+        str(program),
+        "-c",  # a counter of completed DATA commands, to count what it sent if it fails
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(size),
+        "-f",
+        "bench@example.com",
+        "-t",
+        "sink@example.net",
+        "-M",
+        "loadgen.bench",
+    ]
+    if not per_message:
+        args.append("-d")
+    result = LoadResult(started=time.time())
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        f"{host}:{port}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), time_limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        result.errors.append("smtp-source: time limit reached")
+        result.finished = time.time()
+        return 0, result
+    result.finished = time.time()
+    if proc.returncode != 0:
+        # It stops at the first failure (a refused connect, a 4xx): what it had
+        # sent until then is the last value of its counter.
+        counts = [int(x) for x in out.split() if x.isdigit()]
+        sent = counts[-1] if counts else 0
+        result.errors.append(
+            f"smtp-source exited {proc.returncode} after {sent}: {err.decode()[-500:].strip()}"
+        )
+        return sent, result
+    return messages, result

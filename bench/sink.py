@@ -38,6 +38,8 @@ class Sink:
         self.held = held
         self.count = 0
         self.untagged = 0
+        #: connections accepted (the relays' delivery connections; the generator's in tests)
+        self.connections = 0
         self.tokens: dict[str, list[float]] = {}
         self.waiting: list[SinkProtocol] = []
 
@@ -68,6 +70,7 @@ class SinkProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same interface.
         self.transport = transport  # type: ignore[assignment]
+        self.sink.connections += 1
         if self.sink.held:
             self.sink.waiting.append(self)
         else:
@@ -143,7 +146,12 @@ async def _serve(port: int, held: bool) -> None:
                 sink.release()
                 print("ok", flush=True)
             elif cmd == "dump":
-                report = {"count": sink.count, "untagged": sink.untagged, "tokens": sink.tokens}
+                report = {
+                    "count": sink.count,
+                    "untagged": sink.untagged,
+                    "connections": sink.connections,
+                    "tokens": sink.tokens,
+                }
                 await asyncio.to_thread(Path(arg).write_text, json.dumps(report))
                 print("ok", flush=True)
             elif cmd == "quit":

@@ -39,6 +39,7 @@ from relay.events import EventType
 from relay.secrets import SecretError, SecretSource
 
 __all__ = [
+    "AUTO_WORKERS_MAX",
     "AdminSettings",
     "AlertSettings",
     "BounceSettings",
@@ -61,6 +62,7 @@ __all__ = [
     "SpoolSettings",
     "SuppressionSettings",
     "WebhookSettings",
+    "auto_workers",
     "load",
     "load_structure",
     "loads",
@@ -296,10 +298,24 @@ class SmtpSettings(_Model):
 
     @property
     def worker_count(self) -> int:
-        """``workers`` resolved: ``auto`` is one worker when this process may use 2+ CPUs."""
+        """``workers`` resolved for the CPUs this process may use (``auto_workers``)."""
         if self.workers != "auto":
             return int(self.workers)
-        return 1 if len(os.sched_getaffinity(0)) >= 2 else 0
+        return auto_workers(len(os.sched_getaffinity(0)))
+
+
+#: ``smtp.workers: auto`` starts at most this many accept workers (about 45 MB each).
+AUTO_WORKERS_MAX = 4
+
+
+def auto_workers(cpus: int) -> int:
+    """``smtp.workers: auto``: one accept worker per two CPUs, none on one, at most 4.
+
+    The daemon's own process delivers (and takes about one CPU when busy);
+    accepting is the rest of the work. On 2 or 3 CPUs that is one worker, as
+    before; 4 CPUs get 2, 8 and more get 4.
+    """
+    return min(AUTO_WORKERS_MAX, cpus // 2)
 
 
 class SpoolSettings(_Model):

@@ -58,20 +58,33 @@ _MIN_SECRET = 4  # shorter "secrets" would mask ordinary words
 
 
 class Redactor:
-    """Replaces known secret values and secret-looking fragments with ``MASK``."""
+    """Replaces known secret values and secret-looking fragments with ``MASK``.
+
+    Most lines hold none, so each pass first asks ``str.__contains__`` (a C
+    substring search) whether it could match, and runs its regex only then.
+    """
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._pattern: re.Pattern[str] | None = None
+        self._values: tuple[str, ...] = ()
         self.update(secrets)
 
     def update(self, secrets: Iterable[str]) -> None:
         values = sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+        self._values = tuple(values)
         self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
 
     def __call__(self, text: str) -> str:
-        if self._pattern is not None:
+        if self._pattern is not None and any(v in text for v in self._values):
             text = self._pattern.sub(MASK, text)
-        return _SECRETISH.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text)
+        # Both alternatives of _SECRETISH need an "=" or the word AUTH (any case).
+        if "=" in text or "auth" in text.casefold():
+            text = _SECRETISH.sub(_mask_group, text)
+        return text
+
+
+def _mask_group(m: re.Match[str]) -> str:
+    return (m.group(1) or m.group(2)) + MASK
 
 
 def _fields(record: logging.LogRecord, *, with_time: bool) -> dict[str, Any]:
@@ -118,13 +131,33 @@ class _Formatter(logging.Formatter):
         self.with_time = with_time
 
 
+def _redacted(fields: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """Every value that can hold a secret through ``redactor``.
+
+    The fields Sluice makes itself (time, level, logger name, event, queue
+    ID) cannot; the message, a traceback and any ``extra`` value can. Other
+    values than strings are redacted in the form they are printed in.
+    """
+    return {
+        k: v if k in _OWN_FIELDS else redactor(v if isinstance(v, str) else _encoded(v))
+        for k, v in fields.items()
+    }
+
+
+#: fields whose values Sluice makes itself, never from a message, reply or config
+_OWN_FIELDS = frozenset({"ts", "level", "logger", "event", "queue_id"})
+
+
+def _encoded(value: object) -> str:
+    return json.dumps(value, default=str)
+
+
 class LogfmtFormatter(_Formatter):
     """``ts=... level=info logger=sluice.smtp event=accept queue_id=... msg="..."``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = _fields(record, with_time=self.with_time)
-        line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
-        return self.redactor(line)
+        fields = _redacted(_fields(record, with_time=self.with_time), self.redactor)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
 
 
 class JsonFormatter(_Formatter):
@@ -133,8 +166,19 @@ class JsonFormatter(_Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, with_time=self.with_time)
         # Redact values, not the encoded line, so the JSON stays valid.
-        safe = {k: self.redactor(v) if isinstance(v, str) else v for k, v in fields.items()}
+        safe = {k: v if k in _OWN_FIELDS else self._safe(v) for k, v in fields.items()}
         return json.dumps(safe, ensure_ascii=False, default=str)
+
+    def _safe(self, value: object) -> object:
+        if isinstance(value, str):
+            return self.redactor(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        # A structure (an ``extra`` dict or list): kept as is unless it holds a
+        # secret, then shown as its redacted JSON text.
+        text = _encoded(value)
+        masked = self.redactor(text)
+        return value if masked == text else masked
 
 
 class SluiceLogHandler(logging.StreamHandler):  # type: ignore[type-arg]

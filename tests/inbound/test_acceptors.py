@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from relay.config import AUTO_WORKERS_MAX, SmtpSettings, auto_workers
 from relay.inbound.workers import AcceptorPool
 from tests.conftest import (
     Running,
@@ -268,3 +269,11 @@ async def test_sigterm_stops_the_workers_and_sigkill_leaves_none_behind(
         assert await daemon.stop(signal.SIGTERM) == 0
     finally:
         await daemon.kill()
+
+
+def test_auto_workers_grow_with_the_cpus() -> None:
+    assert [auto_workers(n) for n in (1, 2, 3, 4, 6, 8, 64)] == [0, 1, 1, 2, 3, 4, 4]
+    assert AUTO_WORKERS_MAX == 4
+    # "auto" is resolved for the CPUs this process may actually use.
+    assert SmtpSettings().worker_count == auto_workers(len(os.sched_getaffinity(0)))
+    assert SmtpSettings(workers=0).worker_count == 0

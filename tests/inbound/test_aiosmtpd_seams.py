@@ -1,6 +1,6 @@
 """The private parts of aiosmtpd that RelaySMTP relies on are still there and still behave.
 
-RelaySMTP overrides two private members (``_getaddr``, ``_handle_client``)
+RelaySMTP overrides three private members (``__init__``, ``_getaddr``, ``_handle_client``)
 and uses three more (``_set_post_data_state``, ``_reader``, ``_writer``);
 see its docstring for why no public hook does. An aiosmtpd upgrade that
 renames, re-signs or stops calling one of them must fail here loudly, by
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from relay.inbound.listener import RelaySMTP
+from relay.inbound.listener import RelayHandler, RelaySMTP, Sessions
 from tests.conftest import SluiceFactory, eventually, provider_for, raw_session
 from tests.inbound.test_listener import HELLO
 from tests.upstream import TestUpstream
@@ -112,6 +113,124 @@ async def test_through_a_socket_each_seam_still_does_its_part(
     assert replies[7].startswith("250 2.1.0"), replies
     assert got.sender == "a@example.org"
     assert second.startswith(b"421 4.7.0"), second
+
+
+#: attributes of RelaySMTP's own (not aiosmtpd's)
+_OURS = {"_relay", "_allowed", "_sessions", "_max_connections", "task"}
+#: per-connection objects, equal in kind but never in identity
+_PER_CONNECTION = {"_stream_reader_wr", "_source_traceback", "_over_ssl", "_closed"}
+
+
+def _pair(loop: asyncio.AbstractEventLoop, handler: RelayHandler) -> tuple[SMTP, RelaySMTP]:
+    """An unmodified aiosmtpd instance and ours, with the options the listener passes."""
+    options = dict(
+        hostname="mx.example", ident="Sluice", data_size_limit=12345, timeout=42.0, loop=loop
+    )
+    plain = SMTP(handler, enable_SMTPUTF8=True, decode_data=False, **options)  # type: ignore[arg-type]
+    ours = RelaySMTP(
+        handler,
+        allowed=lambda ip: True,
+        sessions=Sessions(),
+        max_connections=5,
+        tables=RelaySMTP.tables(handler),
+        **options,  # type: ignore[arg-type]
+    )
+    return plain, ours
+
+
+def _unbound(table: dict[str, object]) -> dict[str, object]:
+    return {k: getattr(v, "__func__", v) for k, v in table.items()}
+
+
+async def test_init_matches_aiosmtpd() -> None:
+    """RelaySMTP.__init__ (tables built once) leaves the state aiosmtpd's own would.
+
+    If an aiosmtpd upgrade adds, drops or changes an attribute, a command, an
+    AUTH mechanism or the EHLO hook's form, this fails by name.
+    """
+    loop = asyncio.get_running_loop()
+    handler = RelayHandler(None, lambda: None, hostname="mx.example")  # type: ignore[arg-type,return-value]
+    plain, ours = _pair(loop, handler)
+    mine, theirs = vars(ours), vars(plain)
+    assert set(mine) - _OURS == set(theirs), "aiosmtpd's SMTP.__init__ sets other attributes"
+    # The introspected tables: the same names, bound to the right objects.
+    assert _unbound(mine["_smtp_methods"]) == {
+        k: getattr(RelaySMTP, f"smtp_{k}") for k in theirs["_smtp_methods"]
+    }
+    assert all(m.__self__ is ours for m in mine["_smtp_methods"].values())
+    assert set(theirs["_smtp_methods"]) >= {"EHLO", "MAIL", "RCPT", "DATA", "AUTH", "QUIT"}
+    assert {k: (v.method.__func__, v.is_builtin) for k, v in mine["_auth_methods"].items()} == {
+        k: (v.method.__func__, v.is_builtin) for k, v in theirs["_auth_methods"].items()
+    }
+    assert set(mine["_auth_methods"]) == {"LOGIN", "PLAIN"}
+    assert all(v.method.__self__ is ours for v in mine["_auth_methods"].values())
+    assert mine["_handle_hooks"] == theirs["_handle_hooks"]
+    assert set(mine["_handle_hooks"]) >= {"EHLO", "MAIL", "RCPT", "exception"}
+    assert mine["_ehlo_hook_ver"] == theirs["_ehlo_hook_ver"] == "new"
+    # Everything else: equal values, or at least the same kind of object.
+    tables = {"_smtp_methods", "_auth_methods", "_handle_hooks"}
+    for name in set(theirs) - tables:
+        a, b = mine[name], theirs[name]
+        if name in _PER_CONNECTION or type(a).__module__.startswith("asyncio"):
+            assert type(a) is type(b), name
+        elif inspect.ismethod(b):
+            assert a.__func__ is b.__func__, name
+        else:
+            assert a == b, f"{name}: ours {a!r}, aiosmtpd's {b!r}"
+    # The reader's line limit is aiosmtpd's (DATA and commands are read with it).
+    assert ours._stream_reader._limit == plain._stream_reader._limit  # type: ignore[attr-defined]
+    # The options RelaySMTP fixes are still aiosmtpd's defaults.
+    defaults = {k: p.default for k, p in inspect.signature(SMTP.__init__).parameters.items()}
+    assert {
+        k: defaults[k]
+        for k in (
+            "tls_context",
+            "require_starttls",
+            "auth_required",
+            "auth_require_tls",
+            "auth_exclude_mechanism",
+            "auth_callback",
+            "command_call_limit",
+            "authenticator",
+            "proxy_protocol_timeout",
+        )
+    } == {
+        "tls_context": None,
+        "require_starttls": False,
+        "auth_required": False,
+        "auth_require_tls": True,
+        "auth_exclude_mechanism": None,
+        "auth_callback": None,
+        "command_call_limit": None,
+        "authenticator": None,
+        "proxy_protocol_timeout": None,
+    }
+
+
+async def test_tables_are_built_once_per_listener_not_per_connection(
+    sluice: SluiceFactory, upstream: TestUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection costs no introspection: EHLO/AUTH/HELP still answer as aiosmtpd's."""
+    calls: list[object] = []
+    real = inspect.getmembers
+
+    def counting(obj: object, predicate: Any = None) -> list[tuple[str, Any]]:
+        calls.append(obj)
+        return real(obj, predicate)
+
+    async with sluice([provider_for(upstream)]) as s:
+        monkeypatch.setattr(inspect, "getmembers", counting)
+        replies = await raw_session(
+            s.port, [b"EHLO x\r\n", b"HELP\r\n", b"AUTH CRAM-MD5\r\n", b"QUIT\r\n"]
+        )
+        again = await raw_session(s.port, [b"EHLO y\r\n", b"QUIT\r\n"])
+        monkeypatch.undo()
+    assert calls == []
+    assert replies[0].startswith("220") and "250-PIPELINING" in replies[1]
+    assert "DATA" in replies[2] and "MAIL" in replies[2], replies[2]
+    # aiosmtpd's answer to AUTH without TLS (auth_require_tls, its default).
+    assert replies[3].startswith("538 5.7.11"), replies[3]
+    assert "250-PIPELINING" in again[1]
 
 
 @pytest.mark.parametrize("name", ["_getaddr", "_handle_client"])

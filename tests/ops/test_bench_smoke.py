@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers import require
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
@@ -53,6 +55,100 @@ def test_bench_run_counts_every_message_once(tmp_path: Path, workers: int) -> No
         assert result["peak_rss_mb"] > 60
     # The table names the relay and the scenario.
     assert "sluice" in proc.stdout and "2048B x5s n=50" in proc.stdout
+
+
+def test_bench_run_with_a_connection_per_message(tmp_path: Path) -> None:
+    """``--connection-per-message yes,no``: both modes, each in its own table row."""
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--messages",
+            "30",
+            "--sessions",
+            "3",
+            "--warmup",
+            "3",
+            "--timeout",
+            "60",
+            "--workers",
+            "0",
+            "--connection-per-message",
+            "yes,no",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    per_message, reused = json.loads(out.read_text())["results"]
+    assert (per_message["per_message"], reused["per_message"]) == (True, False)
+    for result in (per_message, reused):
+        assert result["accepted"] == result["delivered"] == 30
+        assert (result["lost"], result["duplicated"], result["unexpected"]) == (0, 0, 0)
+    assert "2048B x3s conn/msg n=30" in proc.stdout and "2048B x3s n=30" in proc.stdout
+
+
+def test_bench_run_with_postfix_smtp_source(tmp_path: Path) -> None:
+    """``--generator smtp-source``: untagged, so counted by the sink against what it sent."""
+    require("smtp-source")
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--messages",
+            "20",
+            "--sessions",
+            "2",
+            "--warmup",
+            "2",
+            "--timeout",
+            "60",
+            "--workers",
+            "0",
+            "--connection-per-message",
+            "--generator",
+            "smtp-source",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["generator"] == "smtp-source" and result["per_message"]
+    assert result["accepted"] == result["delivered"] == 20
+    assert (result["lost"], result["duplicated"]) == (0, 0)
+    assert "2048B x2s conn/msg smtp-source n=20" in proc.stdout
+
+
+async def test_each_message_on_its_own_connection(tmp_path: Path) -> None:
+    """The generator's per-message mode really opens one connection per message."""
+    from bench.loadgen import run_load
+    from bench.procs import SinkProcess
+
+    sink = await SinkProcess.start()
+    try:
+        result = await run_load(
+            "127.0.0.1", sink.port, messages=7, size=512, sessions=2, per_message=True
+        )
+        stats = await sink.dump(tmp_path / "sink.json")
+    finally:
+        await sink.stop()
+    assert len(result.sent) == 7 and not result.errors
+    assert stats["connections"] == 7
 
 
 async def test_sink_tally_detects_duplicates_and_losses(tmp_path: Path) -> None:

@@ -81,6 +81,34 @@ def test_secrets_are_masked_in_both_formats(capture: Callable[..., io.StringIO])
         assert text.count(MASK) >= 4
 
 
+def test_secrets_are_masked_in_extra_fields_and_tracebacks_too(
+    capture: Callable[..., io.StringIO],
+) -> None:
+    """Only Sluice's own fields (ts, level, logger, event, queue_id) skip the redactor."""
+    for fmt in ("text", "json"):
+        out = capture(fmt, secrets=("hunter2-very-secret",))
+        log = logging.getLogger("sluice.test")
+        log.info(
+            "%s: upstream said",
+            QID,
+            extra={
+                "event": "outcome",
+                "reply": "535 auth failed for hunter2-very-secret",
+                "detail": {"sent": "AUTH PLAIN AGFsaWNlAHNlY3JldA=="},
+                "note": "api_key=k-9876",
+            },
+        )
+        try:
+            raise ValueError("bad hunter2-very-secret")
+        except ValueError:
+            log.exception("failed")
+        text = out.getvalue()
+        for secret in ("hunter2-very-secret", "AGFsaWNlAHNlY3JldA==", "k-9876"):
+            assert secret not in text, (fmt, text)
+        assert text.count(MASK) >= 4, (fmt, text)  # the traceback shows the secret twice
+        assert QID in text and "outcome" in text
+
+
 def test_words_after_password_colon_are_not_secrets(capture: Callable[..., io.StringIO]) -> None:
     # Sluice's own warning (admin/server.py) must read as written, while a value
     # Sluice knows to be a secret is masked wherever it appears, even after "password:".
