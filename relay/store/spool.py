@@ -49,7 +49,7 @@ from relay.model import (
     Selection,
 )
 from relay.store.outbox import insert_events
-from relay.store.sql import QUERIES, SCHEMA
+from relay.store.sql import QUERIES, SCHEMA, like_escape
 from relay.store.suppressions import Suppressions
 from relay.store.writer import (
     Checkpointer,
@@ -793,7 +793,7 @@ class Spool:
         now = self._clock()
         pattern = "%paused by operator%"
         if provider != ALL_PROVIDERS:
-            pattern = "%" + _like_escape(f"{provider}: paused by operator") + "%"
+            pattern = "%" + like_escape(f"{provider}: paused by operator") + "%"
 
         def job(c: sqlite3.Connection) -> int | None:
             if not c.execute(QUERIES["pause_delete"], {"provider": provider}).fetchall():
@@ -1023,7 +1023,7 @@ class Spool:
                 "(r.rcpt LIKE :q ESCAPE '\\' OR m.subject LIKE :q ESCAPE '\\'"
                 " OR m.sender LIKE :q ESCAPE '\\' OR m.queue_id = :exact)"
             )
-            params["q"] = "%" + _like_escape(search) + "%"
+            params["q"] = "%" + like_escape(search) + "%"
             params["exact"] = search
         sql = (
             "SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at,"
@@ -1062,7 +1062,7 @@ class Spool:
             where.append(
                 "(rcpt LIKE :q ESCAPE '\\' OR subject LIKE :q ESCAPE '\\' OR queue_id = :exact)"
             )
-            params["q"] = "%" + _like_escape(search) + "%"
+            params["q"] = "%" + like_escape(search) + "%"
             params["exact"] = search
         sql = f"SELECT * FROM attempts WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit"
         async with self._reader.execute(sql, params) as cur:
@@ -1209,7 +1209,7 @@ def _selection_params(selection: Selection, action: str, now: float) -> dict[str
         "allowed": json.dumps([s.value for s in allowed]),
         "queue_ids": json.dumps(list(selection.queue_ids)) if selection.queue_ids else None,
         "sender": selection.sender or None,
-        "domain": _like_escape(selection.recipient_domain.lower().strip().rstrip("."))
+        "domain": like_escape(selection.recipient_domain.lower().strip().rstrip("."))
         if selection.recipient_domain
         else None,
         "provider": selection.provider or None,
@@ -1249,10 +1249,6 @@ def _audit(
 
 def _utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _init_schema(conn: sqlite3.Connection) -> None:

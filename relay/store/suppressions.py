@@ -28,7 +28,7 @@ import aiosqlite
 from relay.config import BounceSettings
 from relay.events import Endpoint, bounce_events
 from relay.store.outbox import insert_events
-from relay.store.sql import QUERIES
+from relay.store.sql import QUERIES, like_escape
 from relay.store.writer import Writer
 
 __all__ = [
@@ -288,11 +288,7 @@ class Suppressions:
         params: dict[str, Any] = {"limit": limit}
         if search:
             where.append("address LIKE :q ESCAPE '\\'")
-            params["q"] = (
-                "%"
-                + search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                + "%"
-            )
+            params["q"] = "%" + like_escape(search.lower()) + "%"
         if scope is not None:
             where.append("scope = :scope")
             params["scope"] = scope

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from importlib.resources import files
 
-__all__ = ["QUERIES", "SCHEMA"]
+__all__ = ["QUERIES", "SCHEMA", "like_escape"]
 
 
 def _load_queries(text: str) -> dict[str, str]:
@@ -21,3 +21,8 @@ SCHEMA: str = files(__package__).joinpath("schema.sql").read_text(encoding="utf-
 QUERIES: dict[str, str] = _load_queries(
     files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
 )
+
+
+def like_escape(text: str) -> str:
+    """``text`` as a literal inside a ``LIKE ... ESCAPE '\\'`` pattern (``%`` and ``_`` too)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
