@@ -271,8 +271,12 @@ class Daemon:
         )
 
     async def _provider_states(self) -> dict[str, str]:
-        """Provider id -> health now, for ``provider_state`` webhook events."""
-        return {p.id: p.health for p in await self.snapshot().providers.status()}
+        """Provider id -> health now, for ``provider_state`` webhook events.
+
+        Asked after every outcome: the health words alone, without the daily
+        counts and token state that a full ``status()`` reads.
+        """
+        return self.snapshot().providers.health()
 
     def admin_backend(self) -> Backend:
         """What the admin may read and do, handed to ``AdminServer.start``."""

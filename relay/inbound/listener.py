@@ -268,8 +268,8 @@ class SmtpTables:
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with a peer check and a connection limit before the greeting.
 
-    It overrides three of aiosmtpd's private members, each because no public
-    hook runs early enough or cheaply enough; tests/inbound/test_aiosmtpd_seams.py
+    It overrides four of aiosmtpd's members, each because no public hook runs
+    early enough or cheaply enough; tests/inbound/test_aiosmtpd_seams.py
     fails if an aiosmtpd upgrade changes what they rely on:
 
     * ``__init__``: aiosmtpd's, for the options Sluice uses, with the
@@ -280,7 +280,8 @@ class RelaySMTP(SMTP):
       public runs before it (``handle_PROXY`` only with the PROXY protocol);
     * ``_getaddr``: ``smtp_MAIL`` and ``smtp_RCPT`` parse the path with it
       before any ``handle_*`` hook, with RFC 5322's parser, which raises
-      ``IndexError`` on ``MAIL FROM:<`` and drops comments.
+      ``IndexError`` on ``MAIL FROM:<`` and drops comments;
+    * ``push``: a multi-line reply (EHLO's) leaves in one write, not one per line.
 
     ``smtp_DATA`` (a public command method) is replaced to read the body in
     chunks. It uses, without overriding them, ``_reader``/``_writer`` (the
@@ -353,6 +354,8 @@ class RelaySMTP(SMTP):
         self._max_connections = max_connections
         #: the task serving this session (waited for at shutdown)
         self.task: asyncio.Task[Any] | None = None
+        #: continuation lines of a multi-line reply, sent with its last line (``push``)
+        self._held_lines: list[bytes] = []
 
     @classmethod
     def tables(cls, handler: object) -> SmtpTables:
@@ -381,6 +384,29 @@ class RelaySMTP(SMTP):
         mechs = {mech: (mech, name, builtin) for mech, name, builtin in auth}
         commands = tuple((m.replace("smtp_", ""), m) for m in dir(cls) if m.startswith("smtp_"))
         return SmtpTables(commands, tuple(mechs.values()), hooks, ehlo_ver)
+
+    async def push(self, status: str | bytes) -> None:
+        """aiosmtpd's ``push``, except that a multi-line reply leaves in one write.
+
+        aiosmtpd writes every line of a reply on its own: EHLO's six lines
+        were six writes, six loopback segments and six wake-ups of the client,
+        on every connection. A continuation line (``250-...``, RFC 5321
+        section 4.2.1) is held until the reply's last line (``250 ...``) and
+        they are written together; no client acts on a reply before its last
+        line, so nothing waits longer. A single-line reply is written as before.
+        """
+        if isinstance(status, str):
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            response = status
+        if response[3:4] == b"-":
+            self._held_lines.append(response + b"\r\n")
+            return
+        if self._held_lines:
+            response = b"".join(self._held_lines) + response
+            self._held_lines.clear()
+        self._writer.write(response + b"\r\n")
+        await self._writer.drain()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """Split ``<path> parameters`` by RFC 5321's grammar (``relay.address.split_path``).

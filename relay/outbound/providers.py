@@ -397,6 +397,10 @@ class Provider:
 
     # ------------------------------------------------------------------- status
 
+    def health_now(self) -> str:
+        """The health word of ``status()`` alone: no spool read, no token sync."""
+        return "error" if self._setup_error else self.state.health.view(self._clock()).state
+
     async def status(self) -> ProviderStatus:
         s, now = self.settings, self._clock()
         view = self.state.health.view(now)
@@ -414,7 +418,7 @@ class Provider:
             encryption=s.encryption,
             enabled=s.enabled,
             priority=s.priority,
-            health="error" if self._setup_error else view.state,
+            health="error" if self._setup_error else view.state,  # as health_now()
             last_error=last_error,
             last_error_at=view.last_error_at,
             last_ok_at=view.last_ok_at,
@@ -523,6 +527,10 @@ class ProviderSet:
     async def status(self) -> list[ProviderStatus]:
         """Every provider's state, in config order."""
         return [await p.status() for p in self.providers]
+
+    def health(self) -> dict[str, str]:
+        """Provider id -> health word now (what ``provider_state`` events compare)."""
+        return {p.id: p.health_now() for p in self.providers}
 
     async def aclose(self) -> None:
         await asyncio.gather(*(p.aclose() for p in self.providers))

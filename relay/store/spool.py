@@ -1106,8 +1106,10 @@ class Spool:
 
     async def pauses(self) -> dict[str, ProviderPause]:
         """Operator pauses in force now, by provider id (``ALL_PROVIDERS``: all)."""
-        async with self._reader.execute(QUERIES["pauses"], {"now": self._clock()}) as cur:
-            return {r["provider"]: ProviderPause.from_row(r) async for r in cur}
+        # One hop to the reader thread (``execute_fetchall``), not three: the
+        # scheduler reads this before every claim.
+        rows = await self._reader.execute_fetchall(QUERIES["pauses"], {"now": self._clock()})
+        return {r["provider"]: ProviderPause.from_row(r) for r in rows}
 
     async def audit_log(self, *, before_id: int | None = None, limit: int = 50) -> list[AuditEntry]:
         """One page of the audit log, newest first; keyset pagination on ``id``."""

@@ -260,12 +260,13 @@ class Suppressions:
         if not wanted:
             return {}
         found: dict[str, Suppression] = {}
-        async with self._reader.execute(
+        # One hop to the reader thread, not three: read at every attempt.
+        rows = await self._reader.execute_fetchall(
             QUERIES["suppressions_active_many"],
             {"addresses": json.dumps(wanted), "stream": stream, "now": self._clock()},
-        ) as cur:
-            async for row in cur:
-                found.setdefault(row["address"], Suppression.from_row(row))
+        )
+        for row in rows:
+            found.setdefault(row["address"], Suppression.from_row(row))
         return found
 
     async def page(

@@ -116,7 +116,7 @@ async def test_through_a_socket_each_seam_still_does_its_part(
 
 
 #: attributes of RelaySMTP's own (not aiosmtpd's)
-_OURS = {"_relay", "_allowed", "_sessions", "_max_connections", "task"}
+_OURS = {"_relay", "_allowed", "_sessions", "_max_connections", "task", "_held_lines"}
 #: per-connection objects, equal in kind but never in identity
 _PER_CONNECTION = {"_stream_reader_wr", "_source_traceback", "_over_ssl", "_closed"}
 
@@ -233,7 +233,44 @@ async def test_tables_are_built_once_per_listener_not_per_connection(
     assert "250-PIPELINING" in again[1]
 
 
-@pytest.mark.parametrize("name", ["_getaddr", "_handle_client"])
+def test_push_writes_one_reply_line_and_drains() -> None:
+    """What RelaySMTP.push replaces: one ``write`` of the line plus CRLF, then ``drain``."""
+    assert _params(SMTP.push) == ["self", "status"]
+    source = _source("push")
+    assert 'self._writer.write(response + b"\\r\\n")' in source
+    assert source.index("self._writer.write") < source.index("await self._writer.drain()")
+    # Every reply aiosmtpd sends goes through push (EHLO's lines one call each).
+    assert "await self.push(r)" in _source("smtp_EHLO")
+
+
+async def test_a_multi_line_reply_leaves_in_one_write(
+    sluice: SluiceFactory, upstream: TestUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EHLO's reply is one write to the socket; its lines and their order are aiosmtpd's."""
+    writes: list[bytes] = []
+    real = asyncio.StreamWriter.write
+
+    def counting(self: asyncio.StreamWriter, data: Any) -> None:
+        if isinstance(self._protocol, RelaySMTP):  # type: ignore[attr-defined]
+            writes.append(bytes(data))
+        real(self, data)
+
+    async with sluice([provider_for(upstream)]) as s:
+        monkeypatch.setattr(asyncio.StreamWriter, "write", counting)
+        replies = await raw_session(s.port, [b"EHLO x\r\n", b"NOOP\r\n", b"QUIT\r\n"])
+        monkeypatch.undo()
+    ehlo = [w for w in writes if w.startswith(b"250-")]
+    assert len(ehlo) == 1, writes
+    lines = ehlo[0].split(b"\r\n")[:-1]
+    assert len(lines) >= 4 and all(line.startswith(b"250-") for line in lines[:-1])
+    assert lines[-1].startswith(b"250 ") and ehlo[0].endswith(b"\r\n")
+    assert b"250-PIPELINING" in lines and b"250-SMTPUTF8" in lines
+    assert replies[1] == ehlo[0].decode().strip()
+    # Greeting, EHLO, NOOP, QUIT: four replies, four writes.
+    assert len(writes) == 4 and all(w.endswith(b"\r\n") for w in writes), writes
+
+
+@pytest.mark.parametrize("name", ["_getaddr", "_handle_client", "push"])
 def test_the_overrides_say_what_they_change(name: str) -> None:
     doc = inspect.getdoc(getattr(RelaySMTP, name)) or ""
     assert doc, f"RelaySMTP.{name} must say which aiosmtpd behaviour it changes"

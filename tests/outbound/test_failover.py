@@ -42,6 +42,9 @@ async def test_failover_while_first_is_down_and_recovery(
         assert "connect" in by_id["first"].last_error.lower()
         assert by_id["first"].last_error_at is not None
         assert by_id["second"].health == "ok"
+        # The cheap words asked after every outcome (provider_state events) agree.
+        health = s.daemon.snapshot().providers.health()
+        assert health == {pid: p.health for pid, p in by_id.items()}
 
         # The first provider comes back: after the cool-down it is probed and used again.
         await upstream.restart()
@@ -68,6 +71,7 @@ async def test_health_starts_unknown(sluice: SluiceFactory, upstream: TestUpstre
     async with sluice([provider_for(upstream)]) as s:
         (status,) = await s.daemon.snapshot().providers.status()
         assert status.health == "unknown" and status.last_ok_at is None
+        assert s.daemon.snapshot().providers.health() == {status.id: "unknown"}
 
 
 async def test_421_with_hint_pauses_provider_and_moves_on(
