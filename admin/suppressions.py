@@ -23,8 +23,9 @@ from typing import Any
 from admin.data import PAGE_SIZES
 from relay.config import parse_duration
 from relay.errors import SluiceError
+from relay.model import Suppression
 from relay.store.spool import Spool
-from relay.store.suppressions import SOURCES, BounceRecord, Suppression, normalize
+from relay.store.suppressions import SOURCES, BounceRecord, normalize
 
 __all__ = [
     "ANY_SCOPE",

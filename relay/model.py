@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -27,7 +28,9 @@ __all__ = [
     "RecipientStatus",
     "Scope",
     "Selection",
+    "Suppression",
     "TempFailure",
+    "suppressed_for",
     "valid_address",
 ]
 
@@ -186,6 +189,9 @@ class Claim:
     data: bytes | None = field(default=None, repr=False)
     #: every line of ``data`` ends in CRLF (checked when it was accepted)
     crlf_only: bool = False
+    #: suppression entries in force, when it was claimed, for any of its
+    #: recipients and any stream (``suppressed_for`` picks); None: not read
+    suppressions: tuple[Suppression, ...] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +328,44 @@ class Selection:
         if self.statuses:
             parts.append("status=" + ",".join(s.value for s in self.statuses))
         return " ".join(parts) or ("everything" if self.everything else "nothing")
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """An address mail is not sent to (``relay.store.suppressions`` keeps the list)."""
+
+    address: str
+    #: '' for every stream
+    scope: str
+    source: str
+    reason: str
+    created_at: float
+    expires_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Suppression:
+        return cls(
+            address=row["address"],
+            scope=row["scope"],
+            source=row["source"],
+            reason=row["reason"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+        )
+
+
+def suppressed_for(entries: Iterable[Suppression], stream: str) -> dict[str, Suppression]:
+    """By address, the entry that keeps mail of ``stream`` from it.
+
+    An entry for every stream (scope ``''``) and one for this stream both
+    apply; the stream's own entry is the one shown. Whether an entry is in
+    force now (``expires_at``) is decided where the entries are read.
+    """
+    found: dict[str, Suppression] = {}
+    for entry in sorted(entries, key=lambda e: e.scope, reverse=True):
+        if entry.scope in ("", stream):
+            found.setdefault(entry.address, entry)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,8 +25,9 @@ from typing import Any, TextIO
 from relay.bounces.mailbox import Mailbox, MailboxError
 from relay.bounces.poller import BouncePoller
 from relay.config import Config, load, parse_duration
+from relay.model import Suppression
 from relay.store.spool import Spool
-from relay.store.suppressions import SOURCES, Suppression, normalize
+from relay.store.suppressions import SOURCES, normalize
 
 __all__ = ["register"]
 

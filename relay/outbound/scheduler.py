@@ -41,6 +41,7 @@ from relay.model import (
     RecipientStatus,
     Scope,
     TempFailure,
+    suppressed_for,
 )
 from relay.outbound.providers import Partial, ProviderSet, Unavailable
 from relay.outbound.replies import enhanced_status, final, hard_bounce
@@ -144,9 +145,11 @@ class Scheduler:
                     claims: list[Claim] = []
                     if free > 0:
                         try:
-                            claims = await self._spool.claim_due(free, cfg.lease)
+                            claimed = await self._spool.claim(free, cfg.lease)
                         except SpoolError as exc:
                             log.error("cannot claim mail from the spool: %s", exc)
+                        else:
+                            claims, self._pauses = claimed.claims, claimed.pauses
                     for claim in claims:
                         task = tg.create_task(
                             self._attempt(claim), name=f"deliver-{claim.queue_id}"
@@ -174,11 +177,11 @@ class Scheduler:
             self.idle.set()
 
     async def _operator_controls(self, now: float) -> None:
-        """Re-read operator pauses; now and then expire long-held mail and ended pauses.
+        """Now and then, expire long-held mail and ended pauses.
 
-        Pauses are read before every claim (one indexed read, small beside the
-        claim's write): another process (``sluice providers pause``) may have
-        set one, and mail claimed after the pause must not go out.
+        The pauses themselves are read by every claim, in its transaction
+        (``Spool.claim``): another process (``sluice providers pause``) may
+        have set one, and mail claimed after the pause must not go out.
         """
         try:
             poll = self._snapshot().config.delivery.poll_interval
@@ -189,7 +192,6 @@ class Scheduler:
                 expire_after = self._snapshot().config.hold.expire_after
                 if expire_after is not None and (n := await self._spool.expire_held(expire_after)):
                     log.warning("%s held longer than hold.expire_after", plural(n, "recipient"))
-            self._pauses = await self._spool.pauses()
         except SpoolError as exc:
             log.error("cannot read operator controls from the spool: %s", exc)
 
@@ -319,13 +321,17 @@ class Scheduler:
     async def _skip_suppressed(self, claim: Claim, head: HeaderBlock, snap: Snapshot) -> Claim:
         """Finish recipients on the suppression list as ``suppressed``; the claim without them.
 
-        The list is read at every attempt (an entry added while mail waits
-        applies to it), for the message's stream and for every stream.
+        The list is read at every attempt, by the claim that starts it (an
+        entry added while mail waits applies to it), for the message's stream
+        and for every stream.
         """
         stream = stream_of(head, snap.config.suppression.stream_headers)
-        found = await self._spool.suppressions.active_many(
-            (r.address for r in claim.recipients.values()), stream
-        )
+        if claim.suppressions is not None:  # read by the claim, in its transaction
+            found = suppressed_for(claim.suppressions, stream)
+        else:
+            found = await self._spool.suppressions.active_many(
+                (r.address for r in claim.recipients.values()), stream
+            )
         if not found:
             return claim
         skipped = {

@@ -47,10 +47,11 @@ from relay.model import (
     QueueEntry,
     RecipientStatus,
     Selection,
+    Suppression,
 )
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, SCHEMA, like_escape
-from relay.store.suppressions import Suppressions
+from relay.store.suppressions import Suppressions, normalize
 from relay.store.writer import (
     Checkpointer,
     CheckpointHealth,
@@ -64,6 +65,7 @@ __all__ = [
     "ALL_PROVIDERS",
     "STREAM_HEADER",
     "AttemptBucket",
+    "Claimed",
     "Control",
     "DsnVerdict",
     "Finish",
@@ -79,6 +81,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("sluice.spool")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What one claiming transaction leased, and the operator pauses in force then."""
+
+    claims: list[Claim]
+    #: provider id (``ALL_PROVIDERS``: all) -> its pause
+    pauses: dict[str, ProviderPause]
+
 
 Clock = Callable[[], float]
 
@@ -381,15 +393,25 @@ class Spool:
         return verdict
 
     async def claim_due(self, limit: int, lease: float) -> list[Claim]:
+        """``claim``'s claims alone."""
+        return (await self.claim(limit, lease)).claims
+
+    async def claim(self, limit: int, lease: float) -> Claimed:
         """Lease up to ``limit`` due messages (all their due recipients) to attempts.
 
         Each claimed recipient gets an in-progress delivery-log row in the same
-        transaction, and the message's bytes come with the claim: one hop to
-        the writer thread instead of a second one to the reader for each body.
+        transaction. What the attempt needs to read comes with the claim, in
+        the same hop to the writer thread: the message's bytes, the
+        suppression entries of its recipients, and the operator pauses in
+        force (a pause set before this transaction holds the mail it claims).
         """
         now = self._clock()
 
-        def job(c: sqlite3.Connection) -> list[Claim]:
+        def job(c: sqlite3.Connection) -> Claimed:
+            pauses = {
+                r["provider"]: ProviderPause.from_row(r)
+                for r in c.execute(QUERIES["pauses"], {"now": now})
+            }
             rows = c.execute(QUERIES["due_messages"], {"now": now, "limit": limit * 4}).fetchall()
             message_ids = list(dict.fromkeys(r["message_id"] for r in rows))[:limit]
             claims = []
@@ -402,9 +424,14 @@ class Spool:
                 if not rcpts or env is None:
                     continue
                 body = c.execute(QUERIES["body"], {"message_id": mid}).fetchone()
+                addresses = json.dumps(sorted({normalize(r["rcpt"]) for r in rcpts}))
+                suppressions = c.execute(
+                    QUERIES["suppressions_in_force"], {"addresses": addresses, "now": now}
+                )
                 claim = Claim(
                     data=bytes(body["data"]) if body is not None else None,
                     crlf_only=body is not None and bool(body["crlf_only"]),
+                    suppressions=tuple(map(Suppression.from_row, suppressions)),
                     message_id=mid,
                     queue_id=env["queue_id"],
                     sender=env["sender"],
@@ -436,7 +463,7 @@ class Spool:
                     assert cur.lastrowid is not None
                     claim.attempt_ids[r["id"]] = cur.lastrowid
                 claims.append(claim)
-            return claims
+            return Claimed(claims, pauses)
 
         return await self._writer.submit(job, durable=False)
 

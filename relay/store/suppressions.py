@@ -27,6 +27,7 @@ import aiosqlite
 
 from relay.config import BounceSettings
 from relay.events import Endpoint, bounce_events
+from relay.model import Suppression, suppressed_for
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, like_escape
 from relay.store.writer import Writer
@@ -35,7 +36,6 @@ __all__ = [
     "SOURCES",
     "BounceRecord",
     "NewBounce",
-    "Suppression",
     "Suppressions",
     "Threshold",
     "normalize",
@@ -94,28 +94,6 @@ class BounceRecord:
             queue_id=row["queue_id"],
             stream=row["stream"],
             received_at=row["received_at"],
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Suppression:
-    address: str
-    #: '' for every stream
-    scope: str
-    source: str
-    reason: str
-    created_at: float
-    expires_at: float | None = None
-
-    @classmethod
-    def from_row(cls, row: Any) -> Suppression:
-        return cls(
-            address=row["address"],
-            scope=row["scope"],
-            source=row["source"],
-            reason=row["reason"],
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
         )
 
 
@@ -259,15 +237,12 @@ class Suppressions:
         wanted = sorted({normalize(a) for a in addresses})
         if not wanted:
             return {}
-        found: dict[str, Suppression] = {}
-        # One hop to the reader thread, not three: read at every attempt.
+        # One hop to the reader thread, not three (execute, fetch, close).
         rows = await self._reader.execute_fetchall(
-            QUERIES["suppressions_active_many"],
-            {"addresses": json.dumps(wanted), "stream": stream, "now": self._clock()},
+            QUERIES["suppressions_in_force"],
+            {"addresses": json.dumps(wanted), "now": self._clock()},
         )
-        for row in rows:
-            found.setdefault(row["address"], Suppression.from_row(row))
-        return found
+        return suppressed_for(map(Suppression.from_row, rows), stream)
 
     async def page(
         self,

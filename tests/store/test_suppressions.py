@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.events import EventType
+from relay.model import Claim, suppressed_for
 from relay.store.spool import NewMessage, Spool
 from relay.store.suppressions import NewBounce, Threshold
 
@@ -206,3 +207,53 @@ async def test_a_bounce_without_endpoints_stores_no_event(tmp_path: Path) -> Non
     async with await Spool.open(tmp_path / "s.sqlite3") as spool:
         await spool.suppressions.record_bounce(hard("a@x.example", 1), Threshold(hard=1))
         assert await spool.outbox_counts() == {}
+
+
+async def test_a_claim_brings_its_recipients_entries_and_the_pauses_in_force(
+    tmp_path: Path,
+) -> None:
+    """What an attempt reads comes with its claim, in the claiming transaction."""
+    clock = Clock(1_000_000.0)
+    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+        book = spool.suppressions
+        await book.add("every@x.example", reason="complained", source="manual")
+        await book.add("News@X.example", scope="newsletter", reason="unsubscribed", source="api")
+        await book.add("news@x.example", reason="bounced", source="bounce")
+        await book.add("gone@x.example", expires_at=clock.now - 1)  # no longer in force
+        await book.add("other@x.example")  # not a recipient of this message
+        await spool.pause_provider("sink", reason="maintenance", until=None, actor="test")
+        await spool.enqueue(
+            NewMessage(
+                "q1", "app@x.example",
+                ["every@x.example", "NEWS@x.example", "gone@x.example", "fine@x.example"],
+                b"Subject: s\r\n\r\nbody\r\n", "s", clock.now, crlf_only=True,
+            )
+        )  # fmt: skip
+        claimed = await spool.claim(10, lease=60)
+        (claim,) = claimed.claims
+        assert claim.suppressions is not None
+        assert sorted((e.address, e.scope) for e in claim.suppressions) == [
+            ("every@x.example", ""),
+            ("news@x.example", ""),
+            ("news@x.example", "newsletter"),
+        ]
+        assert set(claimed.pauses) == {"sink"} and claimed.pauses["sink"].reason == "maintenance"
+        # The stream picks: its own entry is the one shown, one for every stream applies too.
+        newsletter = suppressed_for(claim.suppressions, "newsletter")
+        assert {a: e.reason for a, e in newsletter.items()} == {
+            "every@x.example": "complained",
+            "news@x.example": "unsubscribed",
+        }
+        receipts = suppressed_for(claim.suppressions, "receipts")
+        assert {a: e.reason for a, e in receipts.items()} == {
+            "every@x.example": "complained",
+            "news@x.example": "bounced",
+        }
+        # The same answer as the list's own read at the same moment.
+        for stream in ("newsletter", "receipts", ""):
+            direct = await book.active_many(claim_addresses(claim), stream)
+            assert direct == suppressed_for(claim.suppressions, stream)
+
+
+def claim_addresses(claim: Claim) -> list[str]:
+    return [r.address for r in claim.recipients.values()]

@@ -91,8 +91,10 @@ async def test_the_checkpointer_keeps_the_wal_from_growing_under_continuous_writ
                 written += len(blob)
         rows = await writer.submit(lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
         assert rows == written // len(blob)
-        # Without the restarts the WAL would hold every page written.
-        assert _wal_size(db) < written / 4
+        # Without the restarts the WAL would hold every page written. (Half, not
+        # less: on a loaded machine the checkpoint thread may lag a while
+        # before its first restart, and the file keeps its largest extent.)
+        assert _wal_size(db) < written / 2
     finally:
         await checkpointer.close()
         await writer.close()

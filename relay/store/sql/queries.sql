@@ -284,14 +284,12 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- ... removed in the same transaction (its pages go to the free list, for later use).
 DELETE FROM meta WHERE key = 'health.probe';
 
--- name: suppressions_active_many
--- Which of a message's recipients are suppressed for its stream, now
--- (:addresses is a JSON array of lower-cased addresses).
+-- name: suppressions_in_force
+-- Every entry in force now for any of :addresses (a JSON array of lower-cased
+-- addresses), whatever its stream: relay.model.suppressed_for picks by stream.
 SELECT address, scope, source, reason, created_at, expires_at FROM suppressions
 WHERE address IN (SELECT value FROM json_each(:addresses))
-  AND (scope = '' OR scope = :stream)
-  AND (expires_at IS NULL OR expires_at > :now)
-ORDER BY scope DESC;
+  AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: suppressions_of
 -- Every entry of one address, in force or expired (the admin's detail view).
