@@ -281,7 +281,8 @@ class RelaySMTP(SMTP):
     * ``_getaddr``: ``smtp_MAIL`` and ``smtp_RCPT`` parse the path with it
       before any ``handle_*`` hook, with RFC 5322's parser, which raises
       ``IndexError`` on ``MAIL FROM:<`` and drops comments;
-    * ``push``: a multi-line reply (EHLO's) leaves in one write, not one per line.
+    * ``push``: a multi-line reply (EHLO's), and the replies to a pipelined
+      group of commands, leave in one write, not one per line.
 
     ``smtp_DATA`` (a public command method) is replaced to read the body in
     chunks. It uses, without overriding them, ``_reader``/``_writer`` (the
@@ -386,26 +387,38 @@ class RelaySMTP(SMTP):
         return SmtpTables(commands, tuple(mechs.values()), hooks, ehlo_ver)
 
     async def push(self, status: str | bytes) -> None:
-        """aiosmtpd's ``push``, except that a multi-line reply leaves in one write.
+        """aiosmtpd's ``push``, except that replies a client has not yet waited for wait too.
 
-        aiosmtpd writes every line of a reply on its own: EHLO's six lines
-        were six writes, six loopback segments and six wake-ups of the client,
-        on every connection. A continuation line (``250-...``, RFC 5321
-        section 4.2.1) is held until the reply's last line (``250 ...``) and
-        they are written together; no client acts on a reply before its last
-        line, so nothing waits longer. A single-line reply is written as before.
+        aiosmtpd writes every reply line on its own: EHLO's six lines were
+        six writes, six loopback segments and six wake-ups of the client, and
+        a pipelining client's ``MAIL``/``RCPT``/``DATA`` got three. Here a
+        line is held, and written with the next one that is not, when
+
+        * it continues a multi-line reply (``250-...``, RFC 5321 section
+          4.2.1): no client acts before the reply's last line; or
+        * it is a plain ``250`` and the client's next command is already in
+          the input buffer (RFC 2920 section 3.1: a server may hold the
+          replies to a pipelined group until it must wait for more input,
+          as Postfix's smtpd does). Any other reply (a refusal, ``354``,
+          ``221``, a ``421`` before a close) is written at once with
+          whatever was held, so nothing is held when the server stops
+          reading or closes.
         """
         if isinstance(status, str):
             response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         else:
             response = status
-        if response[3:4] == b"-":
-            self._held_lines.append(response + b"\r\n")
+        line = response + b"\r\n"
+        if response[3:4] == b"-" or (
+            response.startswith(b"250 ") and b"\n" in self._reader._buffer  # type: ignore[attr-defined]
+        ):
+            self._held_lines.append(line)
             return
         if self._held_lines:
-            response = b"".join(self._held_lines) + response
+            self._held_lines.append(line)
+            line = b"".join(self._held_lines)
             self._held_lines.clear()
-        self._writer.write(response + b"\r\n")
+        self._writer.write(line)
         await self._writer.drain()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:

@@ -270,6 +270,67 @@ async def test_a_multi_line_reply_leaves_in_one_write(
     assert len(writes) == 4 and all(w.endswith(b"\r\n") for w in writes), writes
 
 
+async def test_the_input_buffer_push_looks_at_is_the_stream_readers() -> None:
+    """push holds a 250 while a whole command waits in ``StreamReader._buffer``."""
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"RCPT TO:<a@example.net>\r\n")
+    assert isinstance(reader._buffer, bytearray)  # type: ignore[attr-defined]
+    assert b"\n" in reader._buffer  # type: ignore[attr-defined]
+    assert "self._reader = reader" in _source("_cb_client_connected")
+
+
+async def test_replies_to_a_pipelined_group_leave_together_in_order(
+    sluice: SluiceFactory, upstream: TestUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 2920: the replies to MAIL/RCPT/RCPT/DATA sent at once come back in one or two writes.
+
+    A refusal is written at once with what was held before it; 354 too (the
+    client waits for it); the 250 for the message waits for the QUIT sent
+    with its final dot, and leaves with the 221.
+    """
+    writes: list[bytes] = []
+    real = asyncio.StreamWriter.write
+
+    def counting(self: asyncio.StreamWriter, data: Any) -> None:
+        if isinstance(self._protocol, RelaySMTP):  # type: ignore[attr-defined]
+            writes.append(bytes(data))
+        real(self, data)
+
+    async with sluice([provider_for(upstream)]) as s:
+        monkeypatch.setattr(asyncio.StreamWriter, "write", counting)
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+
+        async def replies(n: int) -> list[bytes]:
+            got: list[bytes] = []
+            while len(got) < n:
+                line = await asyncio.wait_for(reader.readline(), 10)
+                assert line, f"closed after {got}"
+                if line[3:4] == b" ":
+                    got.append(line)
+            return got
+
+        await replies(1)
+        writer.write(b"EHLO x\r\n")
+        await replies(1)
+        writer.write(
+            b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n"
+            b"RCPT TO:<not-an-address>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n"
+        )
+        group = await replies(5)
+        writer.write(HELLO + b".\r\nQUIT\r\n")
+        end = await replies(2)
+        writer.close()
+        monkeypatch.undo()
+        (got,) = await upstream.wait_for(1)
+    codes = [r[:3] for r in group + end]
+    assert codes[:2] == [b"250", b"250"] and codes[2].startswith(b"5"), group
+    assert codes[3:] == [b"250", b"354", b"250", b"221"], group + end
+    assert got.recipients == ["b@example.net", "c@example.net"]
+    # Greeting, EHLO, then [250 250 5xx], [250 354], [250 221]: five writes, not nine.
+    assert [w.count(b"\r\n") for w in writes[2:]] == [3, 2, 2], writes
+    assert b"".join(writes[2:]) == b"".join(group + end)
+
+
 @pytest.mark.parametrize("name", ["_getaddr", "_handle_client", "push"])
 def test_the_overrides_say_what_they_change(name: str) -> None:
     doc = inspect.getdoc(getattr(RelaySMTP, name)) or ""
