@@ -231,6 +231,11 @@ class Writer:
         results: list[tuple[bool, Any]] = []
         failure: str | None = None
         self._conn.execute("BEGIN IMMEDIATE")
+        if len(batch) == 1:
+            # Alone in its transaction (one client, or a quiet spool): rolling
+            # the transaction back undoes the job alone, so no SAVEPOINT is
+            # needed, and the two statements it costs are saved.
+            return self._alone(batch[0][0])
         for job, _fut, _durable in batch:
             self._conn.execute("SAVEPOINT job")
             try:
@@ -254,6 +259,22 @@ class Writer:
                 results.append((False, exc))
         self._conn.execute("COMMIT")
         return results, failure
+
+    def _alone(self, job: Job[Any]) -> tuple[list[tuple[bool, Any]], str | None]:
+        """``_transaction`` for a batch of one job, in the transaction already begun."""
+        try:
+            result = job(self._conn)
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            error = SpoolError(f"spool write failed: {exc}")
+            failure = str(error) if isinstance(exc, sqlite3.OperationalError) else None
+            return [(False, error)], failure
+        except Exception as exc:
+            self._conn.execute("ROLLBACK")
+            return [(False, exc)], None
+        self._conn.execute("COMMIT")
+        return [(True, result)], None
 
     async def close(self) -> None:
         with self._cond:

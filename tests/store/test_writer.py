@@ -6,8 +6,12 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from relay.errors import SpoolError
 from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
 from tests.conftest import eventually
 
@@ -119,4 +123,49 @@ async def test_the_checkpointer_copies_the_wal_while_a_writer_holds_the_lock(
         fcntl.flock(holder, fcntl.LOCK_UN)
         os.close(holder)
         await checkpointer.close()
+        await writer.close()
+
+
+def _insert(x: int) -> Callable[[sqlite3.Connection], int]:
+    return lambda c: c.execute("INSERT INTO t VALUES (?)", (x,)).rowcount
+
+
+def _insert_then_raise(x: int, exc: Exception) -> Callable[[sqlite3.Connection], int]:
+    def job(c: sqlite3.Connection) -> int:
+        c.execute("INSERT INTO t VALUES (?)", (x,))
+        raise exc
+
+    return job
+
+
+async def test_a_failing_job_is_undone_alone_in_a_batch_or_by_itself(tmp_path: Path) -> None:
+    """Its caller hears why; what it wrote is gone; the others' work is committed."""
+    db = tmp_path / "w.sqlite3"
+    lock = write_lock_path(db)
+    writer = Writer(connect(db), asyncio.get_running_loop(), lock_path=lock)
+    other = os.open(lock, os.O_RDONLY)
+    try:
+        await writer.submit(lambda c: c.execute("CREATE TABLE t (x INTEGER UNIQUE)"))
+        # By itself (each awaited before the next): its transaction is rolled back.
+        assert await writer.submit(_insert(1)) == 1
+        with pytest.raises(SpoolError, match="UNIQUE"):
+            await writer.submit(_insert(1))
+        with pytest.raises(ValueError, match="refused"):
+            await writer.submit(_insert_then_raise(2, ValueError("refused")))
+        # In one batch: the lock is held elsewhere while all four queue up.
+        fcntl.flock(other, fcntl.LOCK_EX)
+        jobs = [_insert(3), _insert_then_raise(4, ValueError("no")), _insert(1), _insert(5)]
+        pending = [asyncio.ensure_future(writer.submit(job)) for job in jobs]
+        await asyncio.sleep(0)  # every submit has queued its job (no time passes)
+        fcntl.flock(other, fcntl.LOCK_UN)
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        assert results[0] == 1 and results[3] == 1
+        assert isinstance(results[1], ValueError)
+        assert isinstance(results[2], SpoolError)
+        rows = await writer.submit(lambda c: c.execute("SELECT x FROM t ORDER BY x").fetchall())
+        assert [r[0] for r in rows] == [1, 3, 5]
+        # Nothing is left open: the next job by itself commits as usual.
+        assert await writer.submit(_insert(6)) == 1
+    finally:
+        os.close(other)
         await writer.close()
