@@ -208,17 +208,23 @@ class RelayHandler:
             log.error("could not spool message from %s: %s", message.client, exc)
             self._events.on_reject("spool_error")
             return R_SPOOL_ERROR
+        # Counted and logged just after the 250 is written (the next turn of
+        # the loop), not before: the client waits for its reply, not for our
+        # log line. The message is already committed either way.
+        asyncio.get_running_loop().call_soon(self._accepted, message)
+        return R_QUEUED.format(queue_id=queue_id)
+
+    def _accepted(self, message: NewMessage) -> None:
         self._events.on_accept(len(message.data))
         log.info(
             "%s: accepted from=<%s> nrcpt=%d size=%d client=%s",
-            queue_id,
+            message.queue_id,
             message.sender,
             len(message.recipients),
             len(message.data),
             message.client,
-            extra={"event": "accept", "queue_id": queue_id},
+            extra={"event": "accept", "queue_id": message.queue_id},
         )
-        return R_QUEUED.format(queue_id=queue_id)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default turns any exception into a permanent 500 that
