@@ -99,15 +99,17 @@ class Replies(asyncio.Protocol):
 
     async def next(self, read_timeout: float | None) -> SMTPResponse:
         """The next reply; raises as aiosmtplib's ``read_response`` does."""
-        if not self._replies and self._error is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(read_timeout):
-                    await self._waiter
-            except TimeoutError as exc:
-                raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
-            finally:
-                self._waiter = None
+        try:
+            async with asyncio.timeout(read_timeout):
+                # Woken by every segment; one may hold part of a reply only.
+                while not self._replies and self._error is None:
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+        except TimeoutError as exc:
+            raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
         if self._replies:
             return self._replies.popleft()
         assert self._error is not None

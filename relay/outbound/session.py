@@ -15,6 +15,11 @@ line endings by default for that reason. Before that, ``transfer.convert``
 re-encodes the parts of a message that this server could not take as stored
 (lines over 998 octets; 8-bit data without 8BITMIME), and without SMTPUTF8
 an IDN domain is sent as its A-label (``transfer.ascii_envelope``).
+
+When the server offers PIPELINING (RFC 2920) and the provider allows it,
+MAIL, every RCPT and DATA go in one write and the replies are read in order
+(``relay.outbound.pipeline``), two round trips fewer per message; each reply
+is classified as the one-command-at-a-time path would classify it.
 """
 
 from __future__ import annotations
@@ -262,7 +267,8 @@ class Session:
         Never raises for SMTP-level trouble: a broken connection becomes a
         temporary failure of every recipient not yet decided. The one
         exception is ``StaleSession``: a reused connection was found dead at
-        MAIL, before anything was sent, so the caller may simply open another.
+        MAIL (pipelined: at the group's first reply), before any body was
+        sent, so the caller may simply open another.
         """
         smtp, up = self._smtp, self.upstream
         decided: dict[str, Outcome] = {}

@@ -380,6 +380,94 @@ def test_pipelining_is_a_boolean_provider_setting(tmp_path: Path) -> None:
     assert f"{path}:10: providers.0.pipelining:" in str(caught.value)
 
 
+# ------------------------------------------------- replies split and joined oddly
+
+
+@asynccontextmanager
+async def _raw_server(group_reply: bytes, got: list[bytes]) -> AsyncIterator[int]:
+    """A hand-written server offering PIPELINING that answers one group with ``group_reply``,
+    written one byte at a time (each byte its own write), then takes the body."""
+
+    served = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await talk(reader, writer)
+        finally:
+            writer.close()
+            served.set()
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 raw.test ESMTP\r\n")
+        await reader.readline()  # EHLO
+        writer.write(b"250-raw.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        for _ in range(100):
+            line = await reader.readline()
+            got.append(line)
+            if line in (b"DATA\r\n", b""):
+                break
+        for byte in group_reply:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0)  # let each byte go out on its own
+        if group_reply.endswith(b"354 go ahead\r\n"):
+            body = await reader.readuntil(b"\r\n.\r\n")
+            got.append(body)
+            writer.write(b"250-2.0.0 queued\r\n250 2.0.0 as RAW1\r\n")
+        await reader.read(1)  # until the client closes
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+        async with asyncio.timeout(10):
+            await served.wait()  # the client has closed: the conversation is over
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_multiline_replies_trickling_in_byte_by_byte_are_paired_in_order() -> None:
+    group = (
+        b"250-2.1.0 sender\r\n250 2.1.0 ok\r\n"  # MAIL: two lines
+        b"250 2.1.5 a ok\r\n"
+        b"550-5.1.1 no such\r\n550-5.1.1 user here\r\n550 5.1.1 at all\r\n"  # b
+        b"250 2.1.5 c ok\r\n"
+        b"354 go ahead\r\n"
+    )
+    got: list[bytes] = []
+    async with _raw_server(group, got) as port:
+        up = Upstream(id="raw", host="127.0.0.1", port=port, encryption="none")
+        session = Session(replace(up, command_timeout=10, data_timeout=10), local_hostname="t")
+        await session.open()
+        try:
+            a, b, c = await session.send(SENDER, THREE, BODY)
+        finally:
+            session.close()
+    assert isinstance(a, Delivered) and isinstance(c, Delivered)
+    assert "as RAW1" in a.text
+    assert isinstance(b, PermFailure) and b.code == 550
+    assert "no such" in b.text and "at all" in b.text
+    # One group: MAIL, three RCPTs, DATA; then the dot-stuffed body.
+    assert [line.split(b":")[0] for line in got[:4]] == [b"MAIL FROM", *[b"RCPT TO"] * 3]
+    assert got[4] == b"DATA\r\n"
+    assert got[5] == BODY.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+
+async def test_an_unreadable_reply_in_the_group_defers_and_closes() -> None:
+    got: list[bytes] = []
+    async with _raw_server(b"250 ok\r\nthis is no reply\r\n", got) as port:
+        up = Upstream(id="raw", host="127.0.0.1", port=port, encryption="none")
+        session = Session(replace(up, command_timeout=10, data_timeout=10), local_hostname="t")
+        await session.open()
+        try:
+            outcomes = await session.send(SENDER, THREE, BODY)
+            assert not session.usable
+        finally:
+            session.close()
+    assert all(isinstance(o, TempFailure) for o in outcomes), outcomes
+    assert all("Malformed SMTP response line" in o.text for o in outcomes)
+
+
 # ------------------------------------------------ TLS, and the daemon's event loop
 
 
