@@ -417,6 +417,9 @@ class ProviderSettings(_Model):
     tls_verify: bool = True
     ca_file: Path | None = None
     allow_insecure_auth: bool = False
+    #: RFC 2920: MAIL, RCPT and DATA in one write when the server offers
+    #: PIPELINING; false only for a server that offers it and then mishandles it
+    pipelining: bool = True
     send_from: str | None = None
     send_from_name: str | None = None
     #: this provider's bounce address (Return-Path), instead of bounces.address

@@ -8,6 +8,17 @@ to it::
     upstream.hang.add("DATA")   # never answer the final dot
     upstream.drop.add("MAIL")   # close the connection on MAIL
     upstream.refuse = True      # stop listening altogether (connection refused)
+    upstream.reply["DATA:start"] = "554 5.5.1 no"  # answer the DATA command itself
+
+PIPELINING (RFC 2920): ``pipelining=True`` offers it in the EHLO reply
+(aiosmtpd reads pipelined commands anyway, it just does not say so).
+``hold_replies_until_data=True`` answers as Postfix does, and as RFC 2920
+§ 3.2 rule 2 suggests: the replies to MAIL and RCPT are held back and sent
+together with DATA's, in one write. A client that waits for MAIL's reply
+before it sends RCPT therefore never gets it (and times out): a transaction
+that completes against it was pipelined. ``data_without_rcpt=True`` answers
+DATA with 354 even when every RCPT was refused, and records what came before
+the final dot in ``orphan_bodies`` (RFC 2920 § 3.1: it should be nothing).
 
 Everything it accepted is in ``upstream.messages``; ``await upstream.wait_for(n)``
 waits (with a deadline) until ``n`` messages have arrived.
@@ -21,7 +32,7 @@ import ssl
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -60,6 +71,14 @@ class TestUpstream:
     users: dict[str, str] | None = None
     #: mechanism -> checker, e.g. {"XOAUTH2": fn(user, token) -> bool}
     extra_auth: dict[str, Any] = field(default_factory=dict)
+    #: offer PIPELINING in the EHLO reply
+    pipelining: bool = False
+    #: hold MAIL and RCPT replies back until DATA, then send them with its reply
+    hold_replies_until_data: bool = False
+    #: 354 to DATA even with no accepted recipient (then 554 after the dot)
+    data_without_rcpt: bool = False
+    #: what came between such a 354 and its final dot, per transaction
+    orphan_bodies: list[bytes] = field(default_factory=list)
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -108,8 +127,8 @@ class TestUpstream:
         if self._server is not None:
             self._server.close()
             for transport in self._transports:
-                assert isinstance(transport, asyncio.Transport)
-                transport.abort()
+                # uvloop's transports are not asyncio.Transport subclasses, but abort too
+                cast(asyncio.Transport, transport).abort()
             self._transports.clear()
             await self._server.wait_closed()
             self._server = None
@@ -147,6 +166,49 @@ class _FaultySMTP(SMTP):
     def __init__(self, handler: _Handler, upstream: TestUpstream, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._upstream = upstream
+        #: replies held back (``hold_replies_until_data``), CRLF included
+        self._held: list[bytes] | None = None
+        #: held replies to send in one write with the next reply
+        self._flush: list[bytes] = []
+
+    async def push(self, status: Any) -> None:
+        line = (status.encode() if isinstance(status, str) else bytes(status)) + b"\r\n"
+        if self._held is not None:
+            self._held.append(line)
+            return
+        if self._flush:
+            group, self._flush = self._flush, []
+            self._writer.write(b"".join(group) + line)
+            await self._writer.drain()
+            return
+        await super().push(status)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self._upstream.hold_replies_until_data and self._held is None:
+            self._held = []
+        await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        if self._held is not None:
+            self._flush, self._held = self._held, None
+        up = self._upstream
+        if (fault := up.reply.get("DATA:start")) is not None:
+            await self.push(fault)
+            return
+        if up.data_without_rcpt and self.envelope is not None and not self.envelope.rcpt_tos:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            body = bytearray()
+            for _ in range(100_000):  # bounded: a test message is far shorter
+                line = await self._reader.readuntil(b"\r\n")
+                if line == b".\r\n":
+                    break
+                body += line
+            up.orphan_bodies.append(bytes(body))
+            self.envelope = self._create_envelope()
+            # RFC 2920 § 3.2 rule 4: nothing is sent anywhere.
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        await super().smtp_DATA(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None and self.transport is None:
@@ -187,6 +249,19 @@ class _Handler:
         token = fields.get("auth", "").removeprefix("Bearer ")
         ok = bool(checker(user, token))
         return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves it to a new-style hook
+        if not self.up.pipelining:
+            return responses
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         fault = await self._fault(server, "RSET", "RSET")

@@ -97,6 +97,9 @@ class Upstream:
     command_timeout: float = 300.0
     data_timeout: float = 600.0
     auth_mechanism: AuthMechanism = "auto"
+    #: group MAIL, RCPT and DATA in one write when the server offers PIPELINING
+    #: (RFC 2920); off only for a server that offers it but mishandles it
+    pipelining: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,7 @@ def upstream_of(
         tls_context=tls_context(settings),
         allow_insecure_auth=settings.allow_insecure_auth,
         auth_mechanism=settings.auth_mechanism,
+        pipelining=settings.pipelining,
         connect_timeout=timeout or delivery.connect_timeout,
         command_timeout=timeout or delivery.command_timeout,
         data_timeout=max(timeout or 0, delivery.data_timeout),

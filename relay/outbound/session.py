@@ -15,6 +15,11 @@ line endings by default for that reason. Before that, ``transfer.convert``
 re-encodes the parts of a message that this server could not take as stored
 (lines over 998 octets; 8-bit data without 8BITMIME), and without SMTPUTF8
 an IDN domain is sent as its A-label (``transfer.ascii_envelope``).
+
+When the server offers PIPELINING (RFC 2920) and the provider allows it,
+MAIL, every RCPT and DATA go in one write and the replies are read in order
+(``relay.outbound.pipeline``), two round trips fewer per message; each reply
+is classified as the one-command-at-a-time path would classify it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import replace
 
 import aiosmtplib
@@ -34,6 +40,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
+from aiosmtplib.protocol import SMTPProtocol
 
 from relay.errors import SluiceError
 from relay.message import wire_data
@@ -45,6 +52,7 @@ from relay.outbound.handshake import (
     insecure_auth,
     smtp_client,
 )
+from relay.outbound.pipeline import Replies, command
 from relay.outbound.replies import (
     Phase,
     closes_channel,
@@ -163,10 +171,17 @@ async def _data(
     before it first awaits, so nothing the server sends after the body can be
     missed. Raises ``SMTPDataError`` for a reply other than 354 / 250.
     """
-    body, end = wire_data(data, crlf_only=crlf_only)
     start = await smtp.execute_command(b"DATA", timeout=read_timeout)
     if start.code != 354:
         raise SMTPDataError(start.code, start.message)
+    return await _body(smtp, data, read_timeout=read_timeout, crlf_only=crlf_only)
+
+
+async def _body(
+    smtp: aiosmtplib.SMTP, data: bytes, *, read_timeout: float, crlf_only: bool
+) -> aiosmtplib.SMTPResponse:
+    """The body after a 354, and the final reply; ``SMTPDataError`` for one other than 250."""
+    body, end = wire_data(data, crlf_only=crlf_only)
     protocol = smtp.protocol
     if protocol is None:
         raise SMTPServerDisconnected("Connection lost")
@@ -252,7 +267,8 @@ class Session:
         Never raises for SMTP-level trouble: a broken connection becomes a
         temporary failure of every recipient not yet decided. The one
         exception is ``StaleSession``: a reused connection was found dead at
-        MAIL, before anything was sent, so the caller may simply open another.
+        MAIL (pipelined: at the group's first reply), before any body was
+        sent, so the caller may simply open another.
         """
         smtp, up = self._smtp, self.upstream
         decided: dict[str, Outcome] = {}
@@ -290,6 +306,18 @@ class Session:
             if eight_bit and not data.isascii():
                 options.append("BODY=8BITMIME")
             enc = "utf-8" if utf8 else "ascii"
+            if up.pipelining and smtp.supports_extension("pipelining"):
+                await self._pipelined(
+                    sender,
+                    carried,
+                    data,
+                    decided,
+                    options=options,
+                    enc=enc,
+                    crlf_only=crlf_only,
+                    reused=reused,
+                )
+                return [decided[r] for r in recipients]
             try:
                 await _mail(smtp, sender, options, enc)
             except (SMTPServerDisconnected, OSError, TimeoutError) as exc:
@@ -348,6 +376,152 @@ class Session:
             for r in recipients:
                 decided.setdefault(r, classify(r, exc, phase=phase))
         return [decided[r] for r in recipients]
+
+    async def _pipelined(
+        self,
+        sender: str,
+        carried: list[str],
+        data: bytes,
+        decided: dict[str, Outcome],
+        *,
+        options: list[str],
+        enc: str,
+        crlf_only: bool,
+        reused: bool,
+    ) -> None:
+        """``send``'s transaction with PIPELINING (RFC 2920): one write, then the replies.
+
+        MAIL, every RCPT and DATA go out in one write; their replies are read
+        in order and mean what they mean to ``send``'s one-command-at-a-time
+        path: the same exceptions, classified with the same ``Phase``. Only
+        then, if DATA got 354 and a recipient was accepted, comes the body.
+        Fills ``decided`` for every recipient of ``carried``.
+        """
+        smtp, up = self._smtp, self.upstream
+        phase = Phase.MAIL
+        try:
+            try:
+                lines = [
+                    command(
+                        b"MAIL",
+                        b"FROM:" + _path(sender, enc),
+                        *(o.encode("ascii") for o in options),
+                    )
+                ]
+            except ValueError as exc:
+                text = f"553 5.1.7 sender address cannot be sent: {exc}"
+                decided.update((r, PermFailure(r, 553, text)) for r in carried)
+                return
+            named: list[str] = []  # the recipients whose RCPT is in the group
+            for rcpt in carried:
+                try:
+                    lines.append(command(b"RCPT", b"TO:" + _path(rcpt, enc)))
+                    named.append(rcpt)
+                except ValueError as exc:
+                    text = f"553 5.1.3 recipient address cannot be sent: {exc}"
+                    decided[rcpt] = PermFailure(rcpt, 553, text)
+            if not named:
+                return  # no RCPT can be written: no transaction to open
+            lines.append(b"DATA\r\n")
+            timeout = smtp.timeout
+            with ExitStack() as reading:
+                try:
+                    protocol = smtp.protocol
+                    if protocol is None:
+                        raise SMTPServerDisconnected("Server not connected")
+                    replies = reading.enter_context(Replies.reading(protocol))
+                    protocol.write(b"".join(lines))
+                    mail = await self._reply(replies, timeout)
+                except (SMTPServerDisconnected, OSError, TimeoutError) as exc:
+                    if not reused:
+                        raise
+                    # Closed while idle: the first reply is the EOF. Nothing
+                    # was delivered (no body was sent); the caller reconnects.
+                    self.close()
+                    raise StaleSession(str(exc)) from exc
+                if mail.code != 250:
+                    # RFC 2920 § 3.1: the RCPT and DATA replies that follow
+                    # (503 "need MAIL") only echo this refusal; they are read
+                    # to keep the session in step, never used as the reason.
+                    refused_by = SMTPSenderRefused(mail.code, mail.message, sender)
+                    decided.update((r, classify(r, refused_by, phase=Phase.MAIL)) for r in carried)
+                    if not closes_channel(mail.code):
+                        await self._discard(replies, protocol, len(named), up.data_timeout)
+                    return
+                phase = Phase.RCPT
+                accepted: list[str] = []
+                refused: dict[str, SMTPResponseException] = {}
+                for rcpt in named:
+                    reply = await self._reply(replies, timeout)
+                    if reply.code in (250, 251):
+                        accepted.append(rcpt)
+                        continue
+                    refused[rcpt] = SMTPRecipientRefused(reply.code, reply.message, rcpt)
+                    decided[rcpt] = classify(rcpt, refused[rcpt], phase=Phase.RCPT)
+                    if closes_channel(reply.code):
+                        raise refused[rcpt]  # nothing more can be read or sent
+                if len(refused) == len(carried) and shared_refusal(
+                    [(e.code, e.message) for e in refused.values()]
+                ):
+                    # The same 4xx to every recipient speaks for the provider.
+                    for r, refusal in refused.items():
+                        decided[r] = classify(r, refusal, phase=Phase.RCPT, shared=True)
+                if accepted:
+                    phase = Phase.DATA
+                start = await self._reply(replies, up.data_timeout)
+                if not accepted and start.code == 354:
+                    # RFC 2920 § 3.1: DATA accepted although every RCPT was
+                    # refused: end the (empty) message to stay in step; the
+                    # server must send it nowhere (§ 3.2, rule 4).
+                    await self._lone_dot(replies, protocol, up.data_timeout)
+                if replies.pending:
+                    # More replies than commands: the session is out of step.
+                    raise SMTPResponseException(-1, "unexpected reply to a pipelined group")
+            if not accepted:
+                if start.code != 354 and smtp.is_connected:
+                    await smtp.rset()  # MAIL's transaction is still open
+                return
+            shared = len(accepted) > 1
+            try:
+                if start.code != 354:
+                    raise SMTPDataError(start.code, start.message)
+                final = await _body(smtp, data, read_timeout=up.data_timeout, crlf_only=crlf_only)
+                for r in accepted:
+                    decided[r] = classify(r, code=final.code, text=final.message, phase=Phase.DATA)
+            except SMTPResponseException as exc:
+                for r in accepted:
+                    decided[r] = classify(r, exc, phase=Phase.DATA, shared=shared)
+                if unreadable(exc.code, exc.message):
+                    self.close()  # a reply we could not read: the session is desynced
+        except (SMTPException, OSError, TimeoutError) as exc:
+            self.close()
+            for r in carried:
+                decided.setdefault(r, classify(r, exc, phase=phase))
+
+    async def _reply(self, replies: Replies, read_timeout: float | None) -> aiosmtplib.SMTPResponse:
+        """The next reply of the group; the session closes on 421, as aiosmtplib's does."""
+        reply = await replies.next(read_timeout)
+        if closes_channel(reply.code):
+            self.close()
+        return reply
+
+    async def _discard(
+        self, replies: Replies, protocol: SMTPProtocol, rcpts: int, data_timeout: float
+    ) -> None:
+        """Read (and drop) the RCPT and DATA replies of a group whose MAIL was refused."""
+        for _ in range(rcpts):
+            if closes_channel((await self._reply(replies, self._smtp.timeout)).code):
+                return
+        start = await self._reply(replies, data_timeout)
+        if start.code == 354:  # a server that ignored the refusals: stay in step
+            await self._lone_dot(replies, protocol, data_timeout)
+
+    async def _lone_dot(
+        self, replies: Replies, protocol: SMTPProtocol, read_timeout: float
+    ) -> None:
+        """End a message that must not be sent: no body, the final dot alone (reply dropped)."""
+        protocol.write(b".\r\n")
+        await self._reply(replies, read_timeout)
 
     async def quit(self) -> None:
         if self._smtp.is_connected:
