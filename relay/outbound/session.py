@@ -78,6 +78,9 @@ __all__ = [
 
 log = logging.getLogger("sluice.delivery")
 
+#: a body up to this size is written together with its end line (one copy)
+_JOIN_BELOW = 256 * 1024
+
 
 class StaleSession(SluiceError):
     """A reused connection turned out to be dead before the transaction began."""
@@ -186,8 +189,11 @@ async def _body(
     if protocol is None:
         raise SMTPServerDisconnected("Connection lost")
     try:
-        protocol.write(body)
-        protocol.write(end)
+        if len(body) <= _JOIN_BELOW:
+            protocol.write(body + end)  # one segment, one wake-up of the server
+        else:
+            protocol.write(body)  # not copied just to add five bytes
+            protocol.write(end)
         reply = await protocol.read_response(timeout=read_timeout)
     except (SMTPServerDisconnected, SMTPTimeoutError):
         smtp.close()
