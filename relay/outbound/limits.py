@@ -25,21 +25,30 @@ in the spool's durable counters, over one of two windows (``limit_window``):
 Units are reserved (in memory at once, then in the spool) *before* sending
 and the ones not delivered are given back: a crash can only over-count,
 never send over the cap.
+
+A provider without a ``daily_limit`` still counts (the admin's "sent
+today"), but nothing depends on the count: its units are written behind,
+gathered for up to ``WRITE_BEHIND`` seconds into one increment, instead of
+one spool transaction per delivery. A crash may lose those last seconds of
+the statistic; a limit, once configured, counts on what is written again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from relay.config import Rate
+from relay.errors import SluiceError
 
 __all__ = [
     "SLOT_SECONDS",
+    "WRITE_BEHIND",
     "Counters",
     "Grant",
     "Quota",
@@ -52,8 +61,12 @@ __all__ = [
 Unit = Literal["messages", "recipients"]
 Window = Literal["utc_day", "rolling_24h"]
 
+log = logging.getLogger("sluice.delivery")
+
 #: the width of one rolling-window slot
 SLOT_SECONDS = 600
+#: how long the units of a provider without a daily limit may wait to be written
+WRITE_BEHIND = 1.0
 _DAY = 86400
 
 
@@ -165,6 +178,9 @@ class Quota:
         self._current = ""
         self._total = 0
         self._pruned = ""  # the slot whose start last pruned the spool
+        #: counted in memory, not yet in the spool (no limit: see ``reserve``), by window
+        self._unwritten: dict[str, int] = {}
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def rolling(self) -> bool:
@@ -228,14 +244,56 @@ class Quota:
         # in memory first: concurrent callers see it before the commit
         self._slots[key] = self._slots.get(key, 0) + n
         self._total += n
-        if self._counters is not None:
+        if self._counters is not None and limit is None:
+            self._write_behind(key, n)  # a statistic: nothing waits for it
+        elif self._counters is not None:
             try:
+                await self.flush()
                 await self._counters.counter_add(self.name, key, n)
             except BaseException:
                 self._slots[key] -= n
                 self._total -= n
                 raise
         return Grant(n, key)
+
+    def _write_behind(self, window: str, n: int) -> None:
+        self._unwritten[window] = self._unwritten.get(window, 0) + n
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_later(), name=f"quota-{self.name}"
+            )
+
+    async def _write_later(self) -> None:
+        await asyncio.sleep(WRITE_BEHIND)
+        self._writer = None  # units counted from now on start the next wait
+        try:
+            await self.flush()
+        except SluiceError as exc:  # the spool cannot write: its health says so
+            log.warning("could not count sent mail of %s: %s; trying again", self.name, exc)
+            if self._unwritten and self._writer is None:
+                self._writer = asyncio.get_running_loop().create_task(self._write_later())
+
+    async def flush(self) -> None:
+        """Write the units counted behind (``reserve`` without a limit), if any."""
+        pending, self._unwritten = self._unwritten, {}
+        if self._counters is None:
+            return
+        for i, (window, delta) in enumerate(pending.items()):
+            if not delta:
+                continue
+            try:
+                await self._counters.counter_add(self.name, window, delta)
+            except BaseException:
+                for w, d in list(pending.items())[i:]:  # this one and the rest: next time
+                    self._unwritten[w] = self._unwritten.get(w, 0) + d
+                raise
+
+    async def aclose(self) -> None:
+        """Write what is counted behind now (the daemon stops, or the provider goes)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        await self.flush()
 
     async def give_back(self, grant: Grant, n: int | None = None) -> None:
         """Return ``n`` (default: all) of the units ``grant`` took; nothing was sent with them."""
@@ -244,5 +302,7 @@ class Quota:
             return  # its window left meanwhile; the current count never included it
         self._slots[grant.window] -= n
         self._total -= n
-        if self._counters is not None:
+        if self._unwritten.get(grant.window, 0) >= n:
+            self._unwritten[grant.window] -= n  # taken behind: given back behind
+        elif self._counters is not None:
             await self._counters.counter_add(self.name, grant.window, -n)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay.config import Config, DeliverySettings, ProviderSettings
+from relay.errors import SluiceError
 from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
 from relay.model import Claim, Delivered, Outcome
 from relay.outbound.health import Health
@@ -442,6 +443,10 @@ class Provider:
         self._closed = True
         idle, self._idle = self._idle, []
         await asyncio.gather(*(s.quit() for _, s in idle))
+        try:
+            await self.state.daily.aclose()  # the units counted behind (no daily limit)
+        except SluiceError as exc:
+            log.warning("provider %s: could not count its last sent mail: %s", self.id, exc)
 
 
 _UNIT = {"messages": "message", "recipients": "recipient"}

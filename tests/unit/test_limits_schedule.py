@@ -10,8 +10,9 @@ import pytest
 from relay.config import Rate, RetrySettings, ScheduleStep, loads
 from relay.errors import ConfigError
 from relay.model import TempFailure
-from relay.outbound.limits import SLOT_SECONDS, Quota, TokenBucket, slot_key
+from relay.outbound.limits import SLOT_SECONDS, WRITE_BEHIND, Quota, TokenBucket, slot_key
 from relay.outbound.retry import backoff, decide, scheduled
+from tests.conftest import eventually
 
 T0 = float(calendar.timegm((2026, 11, 30, 19, 55, 0)))  # inside the 19:50 slot
 DAY = 86400.0
@@ -83,7 +84,7 @@ async def test_rolling_window_is_durable_pruned_and_costs_one_write_per_delivery
     clock, counters = Clock(T0), Counters()
     q = Quota("m365", counters, window="rolling_24h", unit="recipients", clock=clock)
     for _ in range(5):
-        await q.reserve(2, None)
+        await q.reserve(2, 1000)
     assert counters.adds == 5  # one increment each; the sum is kept in memory
     # Another process (a restart, `sluice providers list`) reads the same usage.
     again = Quota("m365", counters, window="rolling_24h", unit="recipients", clock=clock)
@@ -91,8 +92,30 @@ async def test_rolling_window_is_durable_pruned_and_costs_one_write_per_delivery
     clock.now += DAY + SLOT_SECONDS
     assert await again.used() == 0
     assert counters.values  # `used` never writes: the read-only CLI calls it
-    await again.reserve(1, None)
+    await again.reserve(1, 1000)
     assert list(counters.values) == [("provider:m365:recipients:10m", slot_key(clock.now))]
+
+
+async def test_without_a_limit_the_count_is_written_behind_in_one_increment() -> None:
+    """No limit depends on it: deliveries do not wait for a spool write each."""
+    clock, counters = Clock(T0), Counters()
+    q = Quota("p", counters, unit="recipients", clock=clock)
+    grants = [await q.reserve(2, None) for _ in range(5)]
+    await q.give_back(grants[0], 1)  # given back before it was written: behind too
+    assert counters.adds == 0 and await q.used() == 9  # counted in memory at once
+    # Written by itself within WRITE_BEHIND, as one increment.
+    await eventually(lambda: counters.adds == 1, within=WRITE_BEHIND + 10)
+    assert counters.values == {("provider:p:recipients", "2026-11-30"): 9}
+    assert await Quota("p", counters, unit="recipients", clock=clock).used() == 9
+    # A limit, once set, counts on what is written: earlier units go first.
+    await q.reserve(3, None)
+    assert (await q.reserve(1, 100)).n == 1
+    assert counters.values == {("provider:p:recipients", "2026-11-30"): 13}
+    # Closing (the daemon stops) writes what waits.
+    await q.reserve(2, None)
+    await q.aclose()
+    assert counters.values == {("provider:p:recipients", "2026-11-30"): 15}
+    assert counters.adds == 4
 
 
 async def test_utc_day_keeps_the_name_and_window_earlier_versions_wrote() -> None:
