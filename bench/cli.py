@@ -1,4 +1,4 @@
-"""Command line of the harness: ``python -m bench run`` and ``python -m bench scale``."""
+"""Command line of the harness: ``python -m bench run``, ``scale`` and ``steps``."""
 
 from __future__ import annotations
 
@@ -139,6 +139,40 @@ async def _scale(args: argparse.Namespace) -> int:
     return 1 if report["lost"] or report["duplicated"] else 0
 
 
+async def _steps(args: argparse.Namespace) -> int:
+    from bench.steps import STEPS, run_steps
+
+    relays = ["sluice", *([args.compare] if args.compare else [])]
+    if args.compare and not postfix_available():
+        print("postfix is not installed", file=sys.stderr)
+        return 2
+    reports = []
+    for i in range(args.repeat):
+        for relay in relays:  # taking turns
+            report = await run_steps(
+                relay, messages=args.messages, warmup=args.warmup, size=args.size
+            )
+            print(f"# {relay} run {i + 1}/{args.repeat}: {report['rate']:.0f} msg/s", flush=True)
+            reports.append(report)
+    head = ["relay", "msg/s", *STEPS, "cycle", "CPU ms/msg"]
+    lines = [head]
+    for relay in relays:
+        mine = [r for r in reports if r["relay"] == relay]
+        med = sorted(mine, key=lambda r: float(r["rate"]))[(len(mine) - 1) // 2]  # median run
+        lines.append(
+            [relay, f"{med['rate']:.0f}"]
+            + [f"{med['p50_ms'][s]:.3f}" for s in STEPS]
+            + [f"{med['cycle_ms']:.3f}", f"{med['cpu_ms_per_msg_total']:.2f}"]
+        )
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in med["cpu_ms_per_msg"].items())
+        lines.append([f"  ({parts})"])
+    for line in lines:
+        print("  ".join(line))
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(reports, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,5 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="auto", help="Sluice's smtp.workers (auto, 0, 1...)")
     p.add_argument("--json")
     p.set_defaults(func=_scale)
+    p = sub.add_parser("steps", help="one client, a connection per message: the wait of each step")
+    p.add_argument("--messages", type=int, default=2000)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--size", type=int, default=2048)
+    p.add_argument("--repeat", type=int, default=3, help="runs per relay; the median run is shown")
+    p.add_argument("--compare", choices=["postfix"])
+    p.add_argument("--json")
+    p.set_defaults(func=_steps)
     args = parser.parse_args(argv)
     sys.exit(asyncio.run(args.func(args)))

@@ -171,3 +171,29 @@ async def test_sink_tally_detects_duplicates_and_losses(tmp_path: Path) -> None:
     first.sent["t-999"] = (0.0, 0.0)
     counts = tally(first, dump["tokens"], "t")
     assert counts["lost"] == 1 and len(counts["e2e"]) == 6
+
+
+def test_bench_steps_times_each_step_of_a_message_and_names_the_processes(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "steps.json"
+    args = ["steps", "--messages", "30", "--warmup", "5", "--repeat", "1", "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (report,) = json.loads(out.read_text())
+    assert report["relay"] == "sluice" and report["messages"] == 30
+    waits = report["p50_ms"]
+    assert list(waits) == ["greeting", "ehlo", "mail", "rcpt", "data", "body", "quit"]
+    assert all(0 < ms < 1000 for ms in waits.values()), waits
+    # Every message went through the daemon and its accept worker (workers: auto).
+    assert report["cpu_ms_per_msg_total"] > 0
+    assert {"sluice daemon", "sluice worker"} <= set(report["cpu_ms_per_msg"]) or (
+        set(report["cpu_ms_per_msg"]) == {"sluice daemon"}  # one CPU: no worker
+    )
+    assert "greeting" in proc.stdout and "sluice" in proc.stdout
