@@ -190,8 +190,8 @@ class Claim:
     #: every line of ``data`` ends in CRLF (checked when it was accepted)
     crlf_only: bool = False
     #: suppression entries in force, when it was claimed, for any of its
-    #: recipients and any stream (``suppressed_for`` picks); None: not read
-    suppressions: tuple[Suppression, ...] | None = field(default=None, repr=False)
+    #: recipients and any stream (``suppressed_for`` picks)
+    suppressions: tuple[Suppression, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

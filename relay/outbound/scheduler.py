@@ -326,12 +326,7 @@ class Scheduler:
         and for every stream.
         """
         stream = stream_of(head, snap.config.suppression.stream_headers)
-        if claim.suppressions is not None:  # read by the claim, in its transaction
-            found = suppressed_for(claim.suppressions, stream)
-        else:
-            found = await self._spool.suppressions.active_many(
-                (r.address for r in claim.recipients.values()), stream
-            )
+        found = suppressed_for(claim.suppressions, stream)
         if not found:
             return claim
         skipped = {

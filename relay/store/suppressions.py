@@ -223,12 +223,7 @@ class Suppressions:
 
     async def active(self, address: str, stream: str = "") -> Suppression | None:
         """The entry that keeps mail of ``stream`` from ``address`` now, if any."""
-        async with self._reader.execute(
-            QUERIES["suppression_active"],
-            {"address": normalize(address), "stream": stream, "now": self._clock()},
-        ) as cur:
-            row = await cur.fetchone()
-        return Suppression.from_row(row) if row is not None else None
+        return (await self.active_many([address], stream)).get(normalize(address))
 
     async def active_many(
         self, addresses: Iterable[str], stream: str = ""
@@ -393,10 +388,7 @@ def _record_bounce(
             count += 1
     if count < threshold.hard:
         return recorded
-    active = c.execute(
-        QUERIES["suppression_active"], {"address": address, "stream": "", "now": now}
-    ).fetchone()
-    if active is not None and active["scope"] == "":
+    if c.execute(QUERIES["suppressed_everywhere"], {"address": address, "now": now}).fetchone():
         return recorded  # already suppressed everywhere
     what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p) or bounce.kind
     entry = Suppression(

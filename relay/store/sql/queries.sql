@@ -236,12 +236,11 @@ ON CONFLICT (address, scope) DO UPDATE SET source = excluded.source,
     reason = excluded.reason, created_at = excluded.created_at,
     expires_at = excluded.expires_at;
 
--- name: suppression_active
--- Whether an address is suppressed for a stream ('' matches every stream), now.
-SELECT address, scope, source, reason, created_at, expires_at FROM suppressions
-WHERE address = :address AND (scope = '' OR scope = :stream)
-  AND (expires_at IS NULL OR expires_at > :now)
-ORDER BY scope DESC LIMIT 1;
+-- name: suppressed_everywhere
+-- Whether an address has an entry for every stream (scope ''), in force now.
+SELECT 1 FROM suppressions
+WHERE address = :address AND scope = ''
+  AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: suppression_delete
 -- Remove an address's entry in one scope.
