@@ -20,7 +20,7 @@ from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
 from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
 
-__all__ = ["Scenario", "run_scenario", "tally"]
+__all__ = ["Scenario", "free_port", "run_scenario", "tally"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ def _unsent(spool: Path) -> list[Any]:
         ).fetchall()
 
 
-async def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port nothing listens on now (for Postfix, which cannot bind port 0)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -124,7 +125,7 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
 
 @contextlib.asynccontextmanager
 async def _postfix(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
-    port = await _free_port()
+    port = free_port()
     async with PostfixInstance(work / "postfix", port, sink.port, concurrency=sc.connections) as pf:
         master = pf.master_pid()
         sampler = Sampler(lambda: descendants(master), interval=0.2)

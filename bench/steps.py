@@ -27,6 +27,7 @@ from typing import Any
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
 from bench.procstat import cpu_seconds, descendants, tree_cpu_seconds
+from bench.runner import free_port
 
 #: the relay's SMTP port, and its processes now
 _Target = tuple[int, Callable[[], list[int]]]
@@ -105,13 +106,6 @@ def _process_cpu(pids: Callable[[], list[int]]) -> dict[int, float]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def _sluice(
     sink: SinkProcess, work: Path
@@ -130,7 +124,7 @@ async def _sluice(
 async def _postfix(
     sink: SinkProcess, work: Path
 ) -> AsyncIterator[tuple[int, Callable[[], list[int]]]]:
-    port = _free_port()
+    port = free_port()
     async with PostfixInstance(work / "postfix", port, sink.port) as pf:
         await smtp_ready(port)
         yield port, lambda: descendants(pf.master_pid())

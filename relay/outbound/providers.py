@@ -28,7 +28,7 @@ from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.errors import SluiceError
 from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
 from relay.model import Claim, Delivered, Outcome
-from relay.outbound.health import Health
+from relay.outbound.health import Health, HealthView
 from relay.outbound.limits import Counters, Grant, Quota, TokenBucket
 from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.replies import health_verdict
@@ -401,7 +401,10 @@ class Provider:
 
     def health_now(self) -> str:
         """The health word of ``status()`` alone: no spool read, no token sync."""
-        return "error" if self._setup_error else self.state.health.view(self._clock()).state
+        return self._health_word(self.state.health.view(self._clock()))
+
+    def _health_word(self, view: HealthView) -> str:
+        return "error" if self._setup_error else view.state
 
     async def status(self) -> ProviderStatus:
         s, now = self.settings, self._clock()
@@ -420,7 +423,7 @@ class Provider:
             encryption=s.encryption,
             enabled=s.enabled,
             priority=s.priority,
-            health="error" if self._setup_error else view.state,  # as health_now()
+            health=self._health_word(view),
             last_error=last_error,
             last_error_at=view.last_error_at,
             last_ok_at=view.last_ok_at,

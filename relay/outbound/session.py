@@ -152,6 +152,23 @@ def _path(address: str, encoding: str) -> bytes:
     return f"<{address}>".encode(encoding)
 
 
+def _unsendable(recipient: str, which: str, exc: ValueError) -> PermFailure:
+    """A sender or recipient address aiosmtplib (or ``pipeline.command``) will not write."""
+    code = "5.1.7" if which == "sender" else "5.1.3"
+    return PermFailure(recipient, 553, f"553 {code} {which} address cannot be sent: {exc}")
+
+
+def _shared_refusal(
+    refused: dict[str, SMTPResponseException], carried: list[str], decided: dict[str, Outcome]
+) -> None:
+    """The same 4xx to every recipient speaks for the provider: reclassify them so."""
+    if len(refused) == len(carried) and shared_refusal(
+        [(e.code, e.message) for e in refused.values()]
+    ):
+        for r, refusal in refused.items():
+            decided[r] = classify(r, refusal, phase=Phase.RCPT, shared=True)
+
+
 async def _mail(smtp: aiosmtplib.SMTP, sender: str, options: list[str], encoding: str) -> None:
     args = [b"FROM:" + _path(sender, encoding), *(o.encode("ascii") for o in options)]
     reply = await smtp.execute_command(b"MAIL", *args)
@@ -335,8 +352,7 @@ class Session:
                 decided.update((r, classify(r, exc, phase=Phase.MAIL)) for r in carried)
                 return [decided[r] for r in recipients]
             except ValueError as exc:  # aiosmtplib refuses to put it on the wire
-                text = f"553 5.1.7 sender address cannot be sent: {exc}"
-                decided.update((r, PermFailure(r, 553, text)) for r in carried)
+                decided.update((r, _unsendable(r, "sender", exc)) for r in carried)
                 return [decided[r] for r in recipients]
             phase = Phase.RCPT
             accepted = []
@@ -351,14 +367,8 @@ class Session:
                     if closes_channel(exc.code):
                         raise  # nothing more can be sent on this connection
                 except ValueError as exc:
-                    text = f"553 5.1.3 recipient address cannot be sent: {exc}"
-                    decided[rcpt] = PermFailure(rcpt, 553, text)
-            if len(refused) == len(carried) and shared_refusal(
-                [(e.code, e.message) for e in refused.values()]
-            ):
-                # The same 4xx to every recipient speaks for the provider.
-                for r, refusal in refused.items():
-                    decided[r] = classify(r, refusal, phase=Phase.RCPT, shared=True)
+                    decided[rcpt] = _unsendable(rcpt, "recipient", exc)
+            _shared_refusal(refused, carried, decided)
             if accepted:
                 phase = Phase.DATA
                 shared = len(accepted) > 1
@@ -415,8 +425,7 @@ class Session:
                     )
                 ]
             except ValueError as exc:
-                text = f"553 5.1.7 sender address cannot be sent: {exc}"
-                decided.update((r, PermFailure(r, 553, text)) for r in carried)
+                decided.update((r, _unsendable(r, "sender", exc)) for r in carried)
                 return
             named: list[str] = []  # the recipients whose RCPT is in the group
             for rcpt in carried:
@@ -424,8 +433,7 @@ class Session:
                     lines.append(command(b"RCPT", b"TO:" + _path(rcpt, enc)))
                     named.append(rcpt)
                 except ValueError as exc:
-                    text = f"553 5.1.3 recipient address cannot be sent: {exc}"
-                    decided[rcpt] = PermFailure(rcpt, 553, text)
+                    decided[rcpt] = _unsendable(rcpt, "recipient", exc)
             if not named:
                 return  # no RCPT can be written: no transaction to open
             lines.append(b"DATA\r\n")
@@ -466,12 +474,7 @@ class Session:
                     decided[rcpt] = classify(rcpt, refused[rcpt], phase=Phase.RCPT)
                     if closes_channel(reply.code):
                         raise refused[rcpt]  # nothing more can be read or sent
-                if len(refused) == len(carried) and shared_refusal(
-                    [(e.code, e.message) for e in refused.values()]
-                ):
-                    # The same 4xx to every recipient speaks for the provider.
-                    for r, refusal in refused.items():
-                        decided[r] = classify(r, refusal, phase=Phase.RCPT, shared=True)
+                _shared_refusal(refused, carried, decided)
                 if accepted:
                     phase = Phase.DATA
                 start = await self._reply(replies, up.data_timeout)

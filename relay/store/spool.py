@@ -408,10 +408,7 @@ class Spool:
         now = self._clock()
 
         def job(c: sqlite3.Connection) -> Claimed:
-            pauses = {
-                r["provider"]: ProviderPause.from_row(r)
-                for r in c.execute(QUERIES["pauses"], {"now": now})
-            }
+            pauses = _pauses(c.execute(QUERIES["pauses"], {"now": now}))
             rows = c.execute(QUERIES["due_messages"], {"now": now, "limit": limit * 4}).fetchall()
             message_ids = list(dict.fromkeys(r["message_id"] for r in rows))[:limit]
             claims = []
@@ -1132,11 +1129,12 @@ class Spool:
             ]
 
     async def pauses(self) -> dict[str, ProviderPause]:
-        """Operator pauses in force now, by provider id (``ALL_PROVIDERS``: all)."""
-        # One hop to the reader thread (``execute_fetchall``), not three: the
-        # scheduler reads this before every claim.
+        """Operator pauses in force now, by provider id (``ALL_PROVIDERS``: all).
+
+        For the admin and the CLI; the scheduler gets them with each ``claim``.
+        """
         rows = await self._reader.execute_fetchall(QUERIES["pauses"], {"now": self._clock()})
-        return {r["provider"]: ProviderPause.from_row(r) for r in rows}
+        return _pauses(rows)
 
     async def audit_log(self, *, before_id: int | None = None, limit: int = 50) -> list[AuditEntry]:
         """One page of the audit log, newest first; keyset pagination on ``id``."""
@@ -1157,6 +1155,10 @@ class Spool:
         return await self._writer.submit(
             lambda c: int(c.execute(QUERIES["admin_sessions_revoke"]).fetchone()[0])
         )
+
+
+def _pauses(rows: Iterable[Any]) -> dict[str, ProviderPause]:
+    return {r["provider"]: ProviderPause.from_row(r) for r in rows}
 
 
 def _insert_message(c: sqlite3.Connection, msg: NewMessage, stream: str = "") -> str:

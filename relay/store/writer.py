@@ -223,7 +223,7 @@ class Writer:
     def _transaction(
         self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]
     ) -> tuple[list[tuple[bool, Any]], str | None]:
-        """Each job in its own SAVEPOINT, all in one transaction; raises if COMMIT fails.
+        """Each job in its own SAVEPOINT (one alone needs none); raises if COMMIT fails.
 
         Returns each job's outcome, and the first operational failure of a job
         (disk full, I/O error: what ``/healthz`` reports), if any.
@@ -231,50 +231,42 @@ class Writer:
         results: list[tuple[bool, Any]] = []
         failure: str | None = None
         self._conn.execute("BEGIN IMMEDIATE")
-        if len(batch) == 1:
-            # Alone in its transaction (one client, or a quiet spool): rolling
-            # the transaction back undoes the job alone, so no SAVEPOINT is
-            # needed, and the two statements it costs are saved.
-            return self._alone(batch[0][0])
+        # Alone in its transaction (one client, or a quiet spool), a job needs
+        # no SAVEPOINT: rolling the transaction back undoes it alone, and the
+        # two statements a savepoint costs are saved.
+        savepoints = len(batch) > 1
         for job, _fut, _durable in batch:
-            self._conn.execute("SAVEPOINT job")
+            if savepoints:
+                self._conn.execute("SAVEPOINT job")
             try:
                 results.append((True, job(self._conn)))
-                self._conn.execute("RELEASE job")
+                if savepoints:
+                    self._conn.execute("RELEASE job")
             except sqlite3.Error as exc:
                 if not self._conn.in_transaction:
                     # SQLite rolled the whole transaction back itself (it may on
                     # SQLITE_FULL, IOERR, BUSY, NOMEM): every job of the batch is
                     # lost, and the cause is this error, not "no such savepoint".
                     raise
-                self._conn.execute("ROLLBACK TO job")
-                self._conn.execute("RELEASE job")
+                self._undo(savepoints)
                 error = SpoolError(f"spool write failed: {exc}")
                 if isinstance(exc, sqlite3.OperationalError) and failure is None:
                     failure = str(error)
                 results.append((False, error))
             except Exception as exc:
-                self._conn.execute("ROLLBACK TO job")
-                self._conn.execute("RELEASE job")
+                self._undo(savepoints)
                 results.append((False, exc))
-        self._conn.execute("COMMIT")
+        if self._conn.in_transaction:  # not when the one job was undone
+            self._conn.execute("COMMIT")
         return results, failure
 
-    def _alone(self, job: Job[Any]) -> tuple[list[tuple[bool, Any]], str | None]:
-        """``_transaction`` for a batch of one job, in the transaction already begun."""
-        try:
-            result = job(self._conn)
-        except sqlite3.Error as exc:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-            error = SpoolError(f"spool write failed: {exc}")
-            failure = str(error) if isinstance(exc, sqlite3.OperationalError) else None
-            return [(False, error)], failure
-        except Exception as exc:
+    def _undo(self, savepoint: bool) -> None:
+        """Undo the job that failed: to its savepoint, or the whole transaction it had alone."""
+        if savepoint:
+            self._conn.execute("ROLLBACK TO job")
+            self._conn.execute("RELEASE job")
+        else:
             self._conn.execute("ROLLBACK")
-            return [(False, exc)], None
-        self._conn.execute("COMMIT")
-        return [(True, result)], None
 
     async def close(self) -> None:
         with self._cond:
