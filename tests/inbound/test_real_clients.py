@@ -154,3 +154,33 @@ async def test_php_mail_with_an_unwrapped_html_line_returns_true(
         assert queued, "nothing spooled"
         raw = await s.spool.raw(queued[0].queue_id)
     assert html.encode() in raw
+
+
+async def test_swaks_pipelining_gets_every_reply_in_order(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """swaks --pipeline sends MAIL, the RCPTs and DATA at once. Sluice holds the
+    group's 250s and writes them with the next reply that is not held
+    (RelaySMTP.push; test_aiosmtpd_seams.py counts those writes); a client
+    nobody here wrote still pairs every reply with its command, the refusal
+    in the middle in its place, and the message goes to the other two."""
+    swaks = require("swaks")
+    to = "a@example.net,a..b@example.net,c@example.net"
+    async with sluice([provider_for(upstream)]) as s:
+        code, out = await _run(
+            swaks, "--server", f"127.0.0.1:{s.port}", "--pipeline",
+            "--from", "app@example.org", "--to", to,
+        )  # fmt: skip
+        assert "PIPELINING" in out, out
+        (got,) = await upstream.wait_for(1)
+    # swaks wrote the whole group before reading a reply ...
+    group = out[out.index(" -> MAIL FROM") :]
+    commands = re.findall(r"^ -> (MAIL|RCPT|DATA)", group, re.MULTILINE)[:5]
+    assert commands == ["MAIL", "RCPT", "RCPT", "RCPT", "DATA"], out
+    assert group.index(" -> DATA") < group.index("<-  250"), out
+    # ... and paired the replies with its commands, the refusal in its place.
+    replies = re.findall(r"^<[-*~]+ +(\d{3}) ", group, re.MULTILINE)
+    assert replies[:5] == ["250", "250", "501", "250", "354"], out
+    assert "queued as" in out, out
+    assert got.recipients == ["a@example.net", "c@example.net"]
+    assert code == 0, out
