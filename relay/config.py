@@ -339,6 +339,9 @@ class DeliverySettings(_Model):
     command_timeout: Duration = Field(default=300.0, gt=0)
     data_timeout: Duration = Field(default=600.0, gt=0)
     poll_interval: Duration = Field(default=5.0, gt=0)
+    #: new mail within this long of the last claim waits for the window's end, to be
+    #: claimed with what follows it (``relay.outbound.scheduler.batch_wait``); 0 = never
+    batch_window: Duration = Field(default=0.005, ge=0, le=1.0)
     shutdown_grace: Duration = Field(default=30.0, ge=0)
     lease: Duration = Field(default=1800.0, gt=0)
 

@@ -71,6 +71,37 @@ async def test_bytes_arrive_unchanged(sluice: SluiceFactory, upstream: TestUpstr
     assert counts[RecipientStatus.SENT] == 60
 
 
+async def test_mail_right_behind_a_claim_waits_for_the_batch_window_and_goes_in_one_claim(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """``delivery.batch_window``: the first message after a quiet spell is claimed
+    at once; the ones that arrive within the window after that claim wait for
+    the window's end and are claimed together (one claim transaction: their
+    attempts share its start time)."""
+    window = 1.0
+    async with sluice([provider_for(upstream)], delivery={"batch_window": f"{window}s"}) as s:
+        accepted = time.monotonic()
+        _, first = await smtp_send(s.port, SENDER, ["a@example.net"], message("first"))
+        (got,) = await upstream.wait_for(1)
+        assert got.at - accepted < window, "a message after a quiet spell waited"
+        # Within the window of the first claim: these two wait for its end.
+        _, second = await smtp_send(s.port, SENDER, ["b@example.net"], message("second"))
+        _, third = await smtp_send(s.port, SENDER, ["c@example.net"], message("third"))
+        await upstream.wait_for(3)
+        await s.wait_idle()
+        (a,) = await log_rows(s.spool, queue_id_of(first))
+        (b,) = await log_rows(s.spool, queue_id_of(second))
+        (c,) = await log_rows(s.spool, queue_id_of(third))
+    assert b.started_at == c.started_at, "the two were not claimed together"
+    assert b.started_at - a.started_at >= window - 0.05
+    # The two went out together, in either order, after the first.
+    assert upstream.messages[0].recipients == ["a@example.net"]
+    assert sorted(r for m in upstream.messages[1:] for r in m.recipients) == [
+        "b@example.net",
+        "c@example.net",
+    ]
+
+
 async def test_temporary_failure_then_success(
     sluice: SluiceFactory, upstream: TestUpstream
 ) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from relay.model import ClaimedRecipient, Delivered, Outcome, PermFailure, Scope, TempFailure
 from relay.outbound.providers import Unavailable
 from relay.outbound.replies import no_smtputf8
 from relay.outbound.scheduler import (
     LimitWait,
     Settled,
+    batch_wait,
     expired_while_waiting,
     fate,
     health_skip,
@@ -98,3 +101,14 @@ def test_fate_answers_win_over_skips_except_a_not_here() -> None:
     assert got.outcome.retry_after == 300
     got = fate(rcpt(), [("a", no_smtputf8("r@example.net"))], [], give_up_after=1, now=NOW)
     assert isinstance(got, Settled) and isinstance(got.outcome, PermFailure)
+
+
+def test_batch_wait_holds_mail_only_until_the_window_since_the_last_claim_ends() -> None:
+    # Right behind a claim: wait out the rest of the window.
+    assert batch_wait(NOW + 0.001, NOW, 0.005) == pytest.approx(0.004)
+    # A quiet spell (or the very first claim): at once.
+    assert batch_wait(NOW + 0.005, NOW, 0.005) == 0.0
+    assert batch_wait(NOW + 60, NOW, 0.005) == 0.0
+    assert batch_wait(NOW, -float("inf"), 0.005) == 0.0
+    # A window of 0 never holds anything.
+    assert batch_wait(NOW, NOW, 0.0) == 0.0
