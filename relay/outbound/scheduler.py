@@ -4,7 +4,8 @@ The shape is procrastinate's worker: a stop event, the spool's wake event,
 a bounded number of deliveries in flight (``delivery.max_concurrent``), named
 tasks owned by a ``TaskGroup``, and a graceful drain with a deadline. Only
 as many messages are claimed as there are free slots, so a lease never
-waits behind other work.
+waits behind other work. Under a steady stream, claims come at most once
+per ``delivery.batch_window`` (``batch_wait``), each taking what arrived meanwhile.
 
 Per message, the providers are tried in order: a recipient whose answer
 moves it on (``relay.outbound.replies`` decides: the provider failed, asked to
@@ -623,9 +624,9 @@ def batch_wait(now: float, last_claim: float, window: float) -> float:
     steady stream, the scheduler claims at most once per window instead of
     once per message, and the outcomes of deliveries that started together
     commit together. Mail after a quiet spell (``window`` or more since the
-    last claim that took mail) is claimed at once. PostgreSQL's ``commit_delay`` and a
-    NIC's interrupt coalescing make the same trade: a bounded wait, only
-    under load, for far fewer fixed costs.
+    last claim that took mail) is claimed at once. PostgreSQL's
+    ``commit_delay`` and a NIC's interrupt coalescing make the same trade: a
+    bounded wait, only under load, for far fewer fixed costs.
     """
     return max(0.0, window - (now - last_claim))
 
