@@ -90,10 +90,15 @@ async def _has(s: Running, states: list[RecipientStatus]) -> bool:
 async def test_dsns_per_sender_are_rate_limited(
     sluice: SluiceFactory, upstream: TestUpstream, upstream2: TestUpstream
 ) -> None:
-    upstream.reply["RCPT:bad@example.net"] = "550 5.1.1 no such user"
+    # Four different refused addresses: three hard bounces of one address would
+    # suppress it, and whether the fourth message were claimed before or after
+    # the third's outcome would decide if it failed or was skipped.
+    bad = [f"bad{i}@example.net" for i in range(4)]
+    for address in bad:
+        upstream.reply[f"RCPT:{address}"] = "550 5.1.1 no such user"
     async with sluice(**_setup(upstream, upstream2, dsn_per_hour=2)) as s:
-        for _ in range(4):
-            await smtp_send(s.port, "app@sender.test", ["bad@example.net"], BODY)
+        for address in bad:
+            await smtp_send(s.port, "app@sender.test", [address], BODY)
         await eventually(lambda: _failed_count(s, "app@sender.test", 4), within=20)
         await s.wait_idle()
         await upstream2.wait_for(2)
