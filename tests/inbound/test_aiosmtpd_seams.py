@@ -68,6 +68,35 @@ def test_post_data_state_resets_the_envelope() -> None:
     assert "self.envelope = self._create_envelope()" in _source("_set_post_data_state")
 
 
+def test_smtp_data_replaces_aiosmtpd_s_with_the_same_checks_in_the_same_order() -> None:
+    """RelaySMTP.smtp_DATA does aiosmtpd's checks before its 354, then reads the body itself."""
+    checks = [
+        "await self.check_helo_needed()",
+        'await self.check_auth_needed("DATA")',
+        "if not self.envelope.rcpt_tos:",
+        "if arg:",
+    ]
+    theirs = _source("smtp_DATA").replace("'", '"')
+    ours = inspect.getsource(RelaySMTP.smtp_DATA)
+    for source, start in ((theirs, 'await self.push("354'), (ours, "self.push(R_START_DATA)")):
+        positions = [source.index(check) for check in [*checks, start]]
+        assert positions == sorted(positions), source
+    assert "354 End data with <CR><LF>.<CR><LF>" in theirs
+    assert aiosmtpd_seams.R_START_DATA == "354 End data with <CR><LF>.<CR><LF>"
+    # The same HELP text: @syntax sets the attribute aiosmtpd's HELP reads.
+    assert RelaySMTP.smtp_DATA.__smtp_syntax__ == SMTP.smtp_DATA.__smtp_syntax__  # type: ignore[attr-defined]
+    # aiosmtpd hands the body to handle_DATA; ours goes to the handler's accept.
+    assert '_call_handler_hook("DATA")' in theirs
+    assert "self._relay.accept(" in ours
+
+
+def test_commands_are_read_one_line_at_a_time_so_pipelining_is_safe() -> None:
+    """Why RelayHandler.handle_EHLO may offer PIPELINING: one command read, then answered."""
+    source = _source("_handle_client")
+    read = source.index("line: bytes = await self._reader.readuntil()")
+    assert read < source.index("await method(arg)")
+
+
 def test_reader_and_writer_are_the_connection_streams() -> None:
     source = _source("_cb_client_connected")
     assert "self._reader = reader" in source and "self._writer = writer" in source
