@@ -630,7 +630,7 @@ class Session:
             if closes_channel((await self._reply(replies, self._smtp.timeout)).code):
                 return
         start = await self._reply(replies, data_timeout)
-        if start.code == 354:  # a server that ignored the refusals: stay in step
+        if start.code in EXPECTED[Step.DATA].codes:  # it ignored the refusals: stay in step
             await self._lone_dot(replies, protocol, data_timeout)
 
     async def _lone_dot(
