@@ -9,6 +9,7 @@ to it::
     upstream.drop.add("MAIL")   # close the connection on MAIL
     upstream.refuse = True      # stop listening altogether (connection refused)
     upstream.reply["DATA:start"] = "554 5.5.1 no"  # answer the DATA command itself
+    upstream.reply["RCPT:far@example.com"] = "251 2.1.5 will forward"  # accepted
 
 PIPELINING (RFC 2920): ``pipelining=True`` offers it in the EHLO reply
 (aiosmtpd reads pipelined commands anyway, it just does not say so).
@@ -279,10 +280,12 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if (fault := await self._fault(server, "RCPT", f"RCPT:{address}")) is not None:
-            return fault
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+        fault = await self._fault(server, "RCPT", f"RCPT:{address}")
+        if fault is None or fault.startswith(("250", "251")):
+            # A scripted 250/251 ("251 User not local; will forward") accepts
+            # the recipient, as a real server's would (RFC 5321 section 3.4).
+            envelope.rcpt_tos.append(address)
+        return fault or "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if (fault := await self._fault(server, "DATA", "DATA")) is not None:

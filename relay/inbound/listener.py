@@ -1,5 +1,9 @@
 """The SMTP listener: accept mail from local applications into the spool.
 
+Sluice's side of the SMTP server: the handler hooks, the peer check and
+connection limit asked before the greeting, and the servers of one daemon.
+What it overrides of aiosmtpd itself is in ``relay.inbound.aiosmtpd_seams``.
+
 The handler's only dependency is the spool. ``250`` is returned only after
 ``Spool.enqueue`` has committed (WAL, ``synchronous=FULL``); any failure
 before that is answered ``451 4.3.0`` so that the client keeps the message
@@ -12,7 +16,6 @@ never aiosmtpd's threaded ``Controller`` (two loops would share the spool).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import logging
 import random
@@ -20,14 +23,15 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, login_always_fail, syntax
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from relay.address import NULL_PATH, address_problem, needs_smtputf8, split_path
+from relay.address import NULL_PATH, address_problem, needs_smtputf8
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
-from relay.inbound.data import Data, read_data
+from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
+from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.message import bare_line_ending, extract_subject, received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id
@@ -36,9 +40,9 @@ __all__ = [
     "AcceptEvents",
     "Listener",
     "RelayHandler",
-    "RelaySMTP",
     "Sessions",
-    "SmtpTables",
+    "gate",
+    "peer_filter",
     "start_listeners",
 ]
 
@@ -171,7 +175,7 @@ class RelayHandler:
         if settings.bare_line_endings == "reject" and not crlf_only:
             offset = bare_line_ending(content)
             if offset is not None:
-                log.warning("rejected message from %s: bare line ending", _peer_ip(session))
+                log.warning("rejected message from %s: bare line ending", peer_ip(session))
                 self._events.on_reject("bare_line_ending")
                 return R_BARE_LF.format(offset=offset)
             crlf_only = True
@@ -182,7 +186,7 @@ class RelayHandler:
             protocol = "UTF8SMTP"  # RFC 6531 section 3.7.3
         header = received_header(
             helo=session.host_name,
-            client_ip=_peer_ip(session),
+            client_ip=peer_ip(session),
             hostname=self._hostname,
             queue_id=queue_id,
             protocol=protocol,
@@ -197,7 +201,7 @@ class RelayHandler:
             data=header + content,
             subject=extract_subject(content),
             received_at=now,
-            client=_peer_ip(session),
+            client=peer_ip(session),
             helo=session.host_name or "",
             # The Received header is CRLF-only by construction.
             crlf_only=crlf_only,
@@ -233,13 +237,6 @@ class RelayHandler:
         return R_INTERNAL
 
 
-def _peer_ip(session: Session) -> str:
-    peer = session.peer
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return str(peer or "")
-
-
 @dataclass
 class Sessions:
     """The open sessions of one listener (of one process), and what refusing them logs."""
@@ -248,271 +245,9 @@ class Sessions:
     refusals: Throttle = field(default_factory=Throttle)
 
 
-@dataclass(frozen=True)
-class SmtpTables:
-    """What aiosmtpd's ``SMTP.__init__`` looks up by introspection, for one class and handler.
-
-    aiosmtpd 1.4 builds its command table (``dir``), its AUTH-mechanism table
-    (``inspect.getmembers`` over the server and the handler, which evaluates
-    every attribute) and the EHLO hook's form (``inspect.signature``) again
-    for every connection: about 0.4 ms of CPU per connection here, as much as
-    the rest of a small message's accept. They depend only on the server's
-    class and the handler, so ``RelaySMTP.tables`` builds them once per
-    listener; each session then only binds the names it finds here.
-    """
-
-    #: command ("MAIL") -> method name ("smtp_MAIL")
-    commands: tuple[tuple[str, str], ...]
-    #: mechanism ("LOGIN") -> (attribute name, defined on the server rather than the handler)
-    auth: tuple[tuple[str, str, bool], ...]
-    #: hook ("RCPT") -> handler attribute name ("handle_RCPT")
-    hooks: tuple[tuple[str, str], ...]
-    #: aiosmtpd's ``_ehlo_hook_ver``: None, "old" (4 arguments) or "new" (5)
-    ehlo_hook_ver: str | None
-
-
-class RelaySMTP(SMTP):
-    """aiosmtpd's SMTP with a peer check and a connection limit before the greeting.
-
-    It overrides four of aiosmtpd's members, each because no public hook runs
-    early enough or cheaply enough; tests/inbound/test_aiosmtpd_seams.py
-    fails if an aiosmtpd upgrade changes what they rely on:
-
-    * ``__init__``: aiosmtpd's, for the options Sluice uses, with the
-      introspected tables built once per listener (``SmtpTables``) instead of
-      once per connection; the test compares every attribute with an
-      unmodified aiosmtpd instance's;
-    * ``_handle_client``: the greeting is sent at its start, and nothing
-      public runs before it (``handle_PROXY`` only with the PROXY protocol);
-    * ``_getaddr``: ``smtp_MAIL`` and ``smtp_RCPT`` parse the path with it
-      before any ``handle_*`` hook, with RFC 5322's parser, which raises
-      ``IndexError`` on ``MAIL FROM:<`` and drops comments;
-    * ``push``: a multi-line reply (EHLO's), and the replies to a pipelined
-      group of commands, leave in one write, not one per line.
-
-    ``smtp_DATA`` (a public command method) is replaced to read the body in
-    chunks. It uses, without overriding them, ``_reader``/``_writer`` (the
-    connection's streams) and ``_set_post_data_state`` (the reset after DATA).
-    """
-
-    def __init__(
-        self,
-        handler: RelayHandler,
-        *,
-        allowed: Callable[[str], bool],
-        sessions: Sessions,
-        max_connections: int,
-        tables: SmtpTables,
-        hostname: str,
-        ident: str,
-        data_size_limit: int,
-        timeout: float,
-        loop: asyncio.AbstractEventLoop,
-        enable_SMTPUTF8: bool = True,
-        decode_data: bool = False,
-    ) -> None:
-        # aiosmtpd 1.4.6's SMTP.__init__ with tls_context=None, auth_required=False,
-        # auth_require_tls=True, no authenticator/auth_callback/exclusions,
-        # command_call_limit=None, proxy_protocol_timeout=None; only the three
-        # introspected tables come from ``tables``. Keep in step with aiosmtpd:
-        # test_aiosmtpd_seams.py::test_init_matches_aiosmtpd compares the two.
-        self.__ident__ = ident
-        self.loop = loop
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected,
-            loop=loop,
-        )
-        self.event_handler = handler
-        self.data_size_limit = data_size_limit
-        self.enable_SMTPUTF8 = enable_SMTPUTF8
-        self._decode_data = decode_data
-        self.command_size_limits.clear()
-        self.hostname = hostname
-        self.tls_context = None
-        self.require_starttls = None
-        self._timeout_duration = timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = True
-        self._proxy_timeout = None
-        self._auth_callback = login_always_fail
-        self._authenticator = None
-        self._auth_required = False
-        self._auth_methods = {
-            mech: _AuthMechAttr(getattr(self if builtin else handler, name), builtin)
-            for mech, name, builtin in tables.auth
-        }
-        self._handle_hooks = {hook: getattr(handler, name) for hook, name in tables.hooks}
-        self._ehlo_hook_ver = tables.ehlo_hook_ver
-        self._smtp_methods = {command: getattr(self, name) for command, name in tables.commands}
-        self._enforce_call_limit = False
-
-        self._relay = handler
-        self._allowed = allowed
-        self._sessions = sessions
-        self._max_connections = max_connections
-        #: the task serving this session (waited for at shutdown)
-        self.task: asyncio.Task[Any] | None = None
-        #: continuation lines of a multi-line reply, sent with its last line (``push``)
-        self._held_lines: list[bytes] = []
-
-    @classmethod
-    def tables(cls, handler: object) -> SmtpTables:
-        """aiosmtpd's introspection, once (the same expressions as its ``__init__``)."""
-        auth = []
-        for obj in (cls, handler):
-            for name, member in inspect.getmembers(obj):
-                if name.startswith("auth_"):
-                    mech = getattr(
-                        member,
-                        "__auth_mechanism_name__",
-                        name.replace("auth_", "").replace("__", "-"),
-                    )
-                    auth.append((mech, name, obj is cls))
-        hooks = tuple(
-            (m.replace("handle_", ""), m) for m in dir(handler) if m.startswith("handle_")
-        )
-        ehlo = getattr(handler, "handle_EHLO", None)
-        ehlo_ver: str | None = None
-        if ehlo is not None:
-            count = len(inspect.signature(ehlo).parameters)
-            if count not in (4, 5):
-                raise RuntimeError("Unsupported EHLO Hook")
-            ehlo_ver = "old" if count == 4 else "new"
-        # A dict, as aiosmtpd's: a later member of the same mechanism name wins.
-        mechs = {mech: (mech, name, builtin) for mech, name, builtin in auth}
-        commands = tuple((m.replace("smtp_", ""), m) for m in dir(cls) if m.startswith("smtp_"))
-        return SmtpTables(commands, tuple(mechs.values()), hooks, ehlo_ver)
-
-    async def push(self, status: str | bytes) -> None:
-        """aiosmtpd's ``push``, except that replies a client has not yet waited for wait too.
-
-        aiosmtpd writes every reply line on its own: EHLO's six lines were
-        six writes, six loopback segments and six wake-ups of the client, and
-        a pipelining client's ``MAIL``/``RCPT``/``DATA`` got three. Here a
-        line is held, and written with the next one that is not, when
-
-        * it continues a multi-line reply (``250-...``, RFC 5321 section
-          4.2.1): no client acts before the reply's last line; or
-        * it is a plain ``250`` and the client's next command is already in
-          the input buffer (RFC 2920 section 3.1: a server may hold the
-          replies to a pipelined group until it must wait for more input,
-          as Postfix's smtpd does). Any other reply (a refusal, ``354``,
-          ``221``, a ``421`` before a close) is written at once with
-          whatever was held, so nothing is held when the server stops
-          reading or closes.
-        """
-        if isinstance(status, str):
-            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
-        else:
-            response = status
-        line = response + b"\r\n"
-        if response[3:4] == b"-" or (
-            response.startswith(b"250 ") and b"\n" in self._reader._buffer  # type: ignore[attr-defined]
-        ):
-            self._held_lines.append(line)
-            return
-        if self._held_lines:
-            self._held_lines.append(line)
-            line = b"".join(self._held_lines)
-            self._held_lines.clear()
-        self._writer.write(line)
-        await self._writer.drain()
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """Split ``<path> parameters`` by RFC 5321's grammar (``relay.address.split_path``).
-
-        Replaces aiosmtpd 1.4's RFC 5322 parsing, which raises on an
-        unterminated ``<`` (a ``451`` and a traceback per command), takes
-        comments and bare words, and rewrites quoting. This one never raises
-        and returns the path as sent; ``handle_MAIL``/``handle_RCPT`` judge it
-        and give the reason in a 5xx. It also skips aiosmtpd's
-        ``typing.Protocol`` class created on every call (6% of the accept CPU).
-        """
-        return split_path(arg)
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA with the body read in chunks (see ``relay.inbound.data``)."""
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None and self.session is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            data = await read_data(self._reader, size_limit=self.data_size_limit)
-        except asyncio.CancelledError:
-            # The connection was lost during DATA (aiosmtpd cancels on EOF).
-            self._writer.close()
-            raise
-        except asyncio.IncompleteReadError:
-            self._writer.close()
-            return
-        if data.error is not None:
-            status = data.error
-        else:
-            status = await self._relay.accept(self.session, self.envelope, data)
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status)
-
-    async def _handle_client(self) -> None:
-        """Refuse a peer outside ``allowed_networks``, or one too many, instead of greeting it."""
-        assert self.session is not None
-        ip = _peer_ip(self.session)
-        if not self._allowed(ip):
-            log.warning("refused connection from %s: not in smtp.allowed_networks", ip)
-            await self._refuse(R_DENIED.format(peer=ip))
-            return
-        sessions = self._sessions
-        if len(sessions.open) >= self._max_connections:
-            # Postfix's smtpd process limit, with a reply instead of a wait in
-            # the backlog: the client retries later (RFC 5321 section 3.8).
-            suppressed = sessions.refusals.take()
-            if suppressed is not None:
-                log.warning(
-                    "refused connection from %s: smtp.max_connections (%d) reached%s",
-                    ip,
-                    self._max_connections,
-                    f" ({suppressed} more since the last message)" if suppressed else "",
-                )
-            await self._refuse(R_TOO_MANY_CONNECTIONS.format(limit=self._max_connections))
-            return
-        sessions.open.add(self)
-        self.task = asyncio.current_task()
-        try:
-            await super()._handle_client()
-        finally:
-            sessions.open.discard(self)
-
-    async def _refuse(self, reply: str) -> None:
-        try:
-            await self.push(reply)
-        except (ConnectionError, RuntimeError):
-            pass
-        if self.transport is not None:
-            self.transport.close()
-
-    async def say_goodbye(self) -> None:
-        """Tell the client we are stopping (RFC 5321 section 3.8) and close."""
-        await self._refuse(R_SHUTDOWN)
-
-
 def peer_filter(settings: Callable[[], SmtpSettings]) -> Callable[[str], bool]:
+    """Whether an IP address is in ``smtp.allowed_networks`` (read at each call)."""
+
     def allowed(ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -523,6 +258,38 @@ def peer_filter(settings: Callable[[], SmtpSettings]) -> Callable[[str], bool]:
         return any(addr in net for net in settings().allowed_networks)
 
     return allowed
+
+
+def gate(allowed: Callable[[str], bool], refusals: Throttle, limit: Callable[[], int]) -> Gate:
+    """What ``RelaySMTP`` asks before it greets a client: the reply refusing it, or ``None``.
+
+    Args:
+        allowed: the peer check (``peer_filter``).
+        refusals: throttles the log lines of refusals over the limit.
+        limit: the sessions allowed at once (``smtp.max_connections``, fitted
+            to the descriptors).
+    """
+
+    def refusal(ip: str, open_sessions: int) -> str | None:
+        if not allowed(ip):
+            log.warning("refused connection from %s: not in smtp.allowed_networks", ip)
+            return R_DENIED.format(peer=ip)
+        max_connections = limit()
+        if open_sessions >= max_connections:
+            # Postfix's smtpd process limit, with a reply instead of a wait in
+            # the backlog: the client retries later (RFC 5321 section 3.8).
+            suppressed = refusals.take()
+            if suppressed is not None:
+                log.warning(
+                    "refused connection from %s: smtp.max_connections (%d) reached%s",
+                    ip,
+                    max_connections,
+                    f" ({suppressed} more since the last message)" if suppressed else "",
+                )
+            return R_TOO_MANY_CONNECTIONS.format(limit=max_connections)
+        return None
+
+    return refusal
 
 
 @dataclass
@@ -600,7 +367,8 @@ class Listener:
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         for session in list(self.sessions.open):
-            await session.say_goodbye()
+            # Tell the client we are stopping (RFC 5321 section 3.8) and close.
+            await session.close_with(R_SHUTDOWN)
         for server in self.servers:
             await server.wait_closed()
 
@@ -623,21 +391,25 @@ async def start_listeners(
     loop = asyncio.get_running_loop()
     current = settings()
     sessions = Sessions()
-    allowed = peer_filter(settings)
     quiet_emfile(loop)
     #: smtp.max_connections -> the sessions the descriptors allow (checked once per value)
     fitted = {current.max_connections: fit_sessions(current.max_connections)}
     tables = RelaySMTP.tables(handler)
 
+    def limit() -> int:
+        wanted = settings().max_connections
+        if wanted not in fitted:
+            fitted[wanted] = fit_sessions(wanted)
+        return fitted[wanted]
+
+    admit = gate(peer_filter(settings), sessions.refusals, limit)
+
     def factory() -> RelaySMTP:
         s = settings()
-        if s.max_connections not in fitted:
-            fitted[s.max_connections] = fit_sessions(s.max_connections)
         return RelaySMTP(
             handler,
-            allowed=allowed,
-            sessions=sessions,
-            max_connections=fitted[s.max_connections],
+            gate=admit,
+            sessions=sessions.open,
             tables=tables,
             hostname=hostname,
             ident="Sluice",

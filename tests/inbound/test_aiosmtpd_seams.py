@@ -1,23 +1,35 @@
-"""The private parts of aiosmtpd that RelaySMTP relies on are still there and still behave.
+"""The parts of aiosmtpd that ``relay.inbound.aiosmtpd_seams`` relies on are still there.
 
-RelaySMTP overrides three private members (``__init__``, ``_getaddr``, ``_handle_client``)
-and uses three more (``_set_post_data_state``, ``_reader``, ``_writer``);
-see its docstring for why no public hook does. An aiosmtpd upgrade that
-renames, re-signs or stops calling one of them must fail here loudly, by
-name, not as a puzzling failure elsewhere; each check also has a test of
-the behaviour through a socket.
+RelaySMTP overrides five of aiosmtpd's members (``__init__``, ``_handle_client``,
+``push``, ``_getaddr``, ``smtp_DATA``) and uses more (``_set_post_data_state``,
+``_reader``, ``_writer``, the reader's ``_buffer``, the cancellation of the
+session's task on a lost connection); the module's docstring says why no
+public hook does. An aiosmtpd upgrade that renames, re-signs or stops calling
+one of them must fail here loudly, by name, not as a puzzling failure
+elsewhere; and an aiosmtpd outside the range they were checked against fails
+``test_installed_aiosmtpd_is_in_the_range_the_seams_were_checked_against``.
+Each check also has a test of the behaviour through a socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import inspect
+import socket
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
-from relay.inbound.listener import RelayHandler, RelaySMTP, Sessions
+from relay.inbound import aiosmtpd_seams
+from relay.inbound.aiosmtpd_seams import CHECKED_AGAINST, PINNED, RelaySMTP
+from relay.inbound.listener import RelayHandler
 from tests.conftest import SluiceFactory, eventually, provider_for, raw_session
 from tests.inbound.test_listener import HELLO
 from tests.upstream import TestUpstream
@@ -54,6 +66,35 @@ def test_handle_client_sends_the_greeting_and_is_started_per_connection() -> Non
 def test_post_data_state_resets_the_envelope() -> None:
     assert _params(SMTP._set_post_data_state) == ["self"]
     assert "self.envelope = self._create_envelope()" in _source("_set_post_data_state")
+
+
+def test_smtp_data_replaces_aiosmtpd_s_with_the_same_checks_in_the_same_order() -> None:
+    """RelaySMTP.smtp_DATA does aiosmtpd's checks before its 354, then reads the body itself."""
+    checks = [
+        "await self.check_helo_needed()",
+        'await self.check_auth_needed("DATA")',
+        "if not self.envelope.rcpt_tos:",
+        "if arg:",
+    ]
+    theirs = _source("smtp_DATA").replace("'", '"')
+    ours = inspect.getsource(RelaySMTP.smtp_DATA)
+    for source, start in ((theirs, 'await self.push("354'), (ours, "self.push(R_START_DATA)")):
+        positions = [source.index(check) for check in [*checks, start]]
+        assert positions == sorted(positions), source
+    assert "354 End data with <CR><LF>.<CR><LF>" in theirs
+    assert aiosmtpd_seams.R_START_DATA == "354 End data with <CR><LF>.<CR><LF>"
+    # The same HELP text: @syntax sets the attribute aiosmtpd's HELP reads.
+    assert RelaySMTP.smtp_DATA.__smtp_syntax__ == SMTP.smtp_DATA.__smtp_syntax__  # type: ignore[attr-defined]
+    # aiosmtpd hands the body to handle_DATA; ours goes to the handler's accept.
+    assert '_call_handler_hook("DATA")' in theirs
+    assert "self._relay.accept(" in ours
+
+
+def test_commands_are_read_one_line_at_a_time_so_pipelining_is_safe() -> None:
+    """Why RelayHandler.handle_EHLO may offer PIPELINING: one command read, then answered."""
+    source = _source("_handle_client")
+    read = source.index("line: bytes = await self._reader.readuntil()")
+    assert read < source.index("await method(arg)")
 
 
 def test_reader_and_writer_are_the_connection_streams() -> None:
@@ -116,7 +157,7 @@ async def test_through_a_socket_each_seam_still_does_its_part(
 
 
 #: attributes of RelaySMTP's own (not aiosmtpd's)
-_OURS = {"_relay", "_allowed", "_sessions", "_max_connections", "task", "_held_lines"}
+_OURS = {"_relay", "_gate", "_open", "task", "_held_lines"}
 #: per-connection objects, equal in kind but never in identity
 _PER_CONNECTION = {"_stream_reader_wr", "_source_traceback", "_over_ssl", "_closed"}
 
@@ -129,9 +170,8 @@ def _pair(loop: asyncio.AbstractEventLoop, handler: RelayHandler) -> tuple[SMTP,
     plain = SMTP(handler, enable_SMTPUTF8=True, decode_data=False, **options)  # type: ignore[arg-type]
     ours = RelaySMTP(
         handler,
-        allowed=lambda ip: True,
-        sessions=Sessions(),
-        max_connections=5,
+        gate=lambda ip, open_sessions: None,
+        sessions=set(),
         tables=RelaySMTP.tables(handler),
         **options,  # type: ignore[arg-type]
     )
@@ -331,8 +371,112 @@ async def test_replies_to_a_pipelined_group_leave_together_in_order(
     assert b"".join(writes[2:]) == b"".join(group + end)
 
 
-@pytest.mark.parametrize("name", ["_getaddr", "_handle_client", "push"])
+#: every member of aiosmtpd's SMTP that RelaySMTP replaces
+_OVERRIDES = ["__init__", "_getaddr", "_handle_client", "push", "smtp_DATA"]
+
+
+@pytest.mark.parametrize("name", _OVERRIDES)
 def test_the_overrides_say_what_they_change(name: str) -> None:
     doc = inspect.getdoc(getattr(RelaySMTP, name)) or ""
     assert doc, f"RelaySMTP.{name} must say which aiosmtpd behaviour it changes"
+    # ... against which release, and the module's list names it.
+    assert f"aiosmtpd {CHECKED_AGAINST}" in doc, name
+    assert f"``{name}``" in (aiosmtpd_seams.__doc__ or "")
     assert name in (inspect.getdoc(RelaySMTP) or "")
+
+
+def test_the_list_of_overrides_is_complete() -> None:
+    """Every member RelaySMTP redefines over aiosmtpd's SMTP is one of the listed overrides."""
+    replaced = [
+        name
+        for name in vars(RelaySMTP)
+        if hasattr(SMTP, name) and (name == "__init__" or not name.startswith("__"))
+    ]
+    assert sorted(replaced) == sorted(_OVERRIDES)
+
+
+def _aiosmtpd_pin() -> SpecifierSet:
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    (pin,) = [
+        Requirement(r).specifier
+        for r in pyproject["project"]["dependencies"]
+        if Requirement(r).name == "aiosmtpd"
+    ]
+    return pin
+
+
+def test_the_pin_is_the_range_the_seams_were_checked_against() -> None:
+    """Widening the pin in pyproject.toml means reading the overrides again, then PINNED."""
+    assert _aiosmtpd_pin() == SpecifierSet(PINNED)
+    assert Version(CHECKED_AGAINST) in SpecifierSet(PINNED)
+
+
+@pytest.mark.parametrize(
+    ("version", "inside"), [("1.4.6", True), ("1.4.9", True), ("1.4.5", False), ("1.5.0", False)]
+)
+def test_the_range_check_refuses_a_release_outside_it(version: str, inside: bool) -> None:
+    """The check below can fail: releases outside the pin are outside it."""
+    assert (Version(version) in SpecifierSet(PINNED)) is inside
+
+
+def test_installed_aiosmtpd_is_in_the_range_the_seams_were_checked_against() -> None:
+    installed = importlib.metadata.version("aiosmtpd")
+    assert Version(installed) in SpecifierSet(PINNED), (
+        f"aiosmtpd {installed} is installed; relay/inbound/aiosmtpd_seams.py was checked "
+        f"against {CHECKED_AGAINST} ({PINNED}): read each override against the new source"
+    )
+
+
+def test_aiosmtpd_resolves_the_hostname_per_connection_unless_given_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Why RelaySMTP always takes ``hostname``: aiosmtpd's __init__ calls getfqdn() otherwise."""
+    source = inspect.getsource(SMTP.__init__)
+    assert "socket.getfqdn()" in source
+    assert source.index("if hostname:") < source.index("socket.getfqdn()")
+
+
+async def test_a_session_never_looks_its_hostname_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    def lookup(name: str = "") -> str:
+        raise AssertionError("getfqdn() called for a session")
+
+    monkeypatch.setattr(socket, "getfqdn", lookup)
+    handler = RelayHandler(None, lambda: None, hostname="mx.example")  # type: ignore[arg-type,return-value]
+    _, ours = _pair(asyncio.get_running_loop(), handler)
+    assert ours.hostname == "mx.example"
+
+
+def test_a_lost_connection_cancels_the_session_task() -> None:
+    """smtp_DATA's CancelledError branch: how aiosmtpd ends a session whose client left."""
+    for name in ("connection_lost", "eof_received"):
+        assert "self._handler_coroutine.cancel()" in _source(name), name
+    assert "self._handler_coroutine = self.loop.create_task(" in _source("connection_made")
+    # aiosmtpd's own smtp_DATA closes the writer and re-raises, as ours does.
+    data = _source("smtp_DATA")
+    cancelled = data.index("except asyncio.CancelledError:")
+    assert data.index("self._writer.close()", cancelled) < data.index("raise", cancelled)
+
+
+async def test_a_client_leaving_during_data_ends_its_session(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """The session task is cancelled, leaves the open set, and the listener serves on."""
+    async with sluice([provider_for(upstream)]) as s:
+        assert s.daemon.listener is not None
+        open_sessions = s.daemon.listener.sessions.open
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        writer.write(
+            b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+            b"Subject: half\r\n\r\nhalf a mess"
+        )
+        replies = b""
+        while b"354" not in replies:
+            replies += await asyncio.wait_for(reader.read(1024), 10)
+        (session,) = open_sessions
+        task = session.task
+        assert task is not None
+        writer.transport.abort()
+        await eventually(lambda: not open_sessions and task.done())
+        assert task.cancelled()
+        after = await raw_session(s.port, [b"EHLO y\r\n", b"QUIT\r\n"])
+    assert after[1].startswith("250"), after

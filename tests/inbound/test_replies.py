@@ -16,6 +16,7 @@ from pathlib import Path
 import aiosmtpd.smtp
 import pytest
 
+import relay.inbound.aiosmtpd_seams
 import relay.inbound.data
 import relay.inbound.listener
 from tests.conftest import SluiceFactory, provider_for, raw_session
@@ -35,7 +36,9 @@ def _reply_literals(source: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "module", [relay.inbound.listener, relay.inbound.data, aiosmtpd.smtp], ids=lambda m: m.__name__
+    "module",
+    [relay.inbound.listener, relay.inbound.aiosmtpd_seams, relay.inbound.data, aiosmtpd.smtp],
+    ids=lambda m: m.__name__,
 )
 def test_every_reply_text_in_the_source_is_ascii(module: object) -> None:
     replies = _reply_literals(Path(inspect.getfile(module)).read_text())  # type: ignore[arg-type]
@@ -46,11 +49,17 @@ def test_every_reply_text_in_the_source_is_ascii(module: object) -> None:
 def test_the_named_replies_are_ascii() -> None:
     named = {
         name: value
-        for mod in (relay.inbound.listener, relay.inbound.data)
+        for mod in (relay.inbound.listener, relay.inbound.aiosmtpd_seams, relay.inbound.data)
         for name, value in vars(mod).items()
         if name.startswith("R_")
     }
-    assert {"R_BARE_LF", "R_BAD_RCPT", "R_TOO_MUCH_DATA", "R_TOO_MANY_CONNECTIONS"} <= set(named)
+    assert {
+        "R_BARE_LF",
+        "R_BAD_RCPT",
+        "R_TOO_MUCH_DATA",
+        "R_TOO_MANY_CONNECTIONS",
+        "R_NEED_RCPT",
+    } <= set(named)
     for name, value in named.items():
         assert isinstance(value, str) and value.isascii(), name
         assert REPLY_TEXT.match(value), name
