@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from relay.config import Config
-from relay.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal
 from relay.events import OUTCOME_EVENTS, EventType, event_body
 from relay.message import HeaderBlock
 from relay.model import Claim, RecipientStatus
+from relay.notify.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal
 from relay.store.spool import DsnVerdict, Finish, NewMessage, OutboxEvent, Spool, new_queue_id
 
 __all__ = ["Notifications"]

@@ -7,8 +7,8 @@ import email
 import pytest
 from flufl.bounce import all_failures, scan_message
 
-from relay.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal, enhanced_status
 from relay.message import HeaderBlock
+from relay.notify.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal, enhanced_status
 from tests.dsn_report import read_report
 
 ORIGINAL = (
