@@ -25,6 +25,8 @@ import re
 from email.header import Header
 from email.utils import formataddr
 
+from relay.address import domain_to_ascii
+
 __all__ = [
     "PROVIDER_HEADER",
     "HeaderBlock",
@@ -240,11 +242,8 @@ def _trace_address(address: str, utf8: bool) -> str:
     if utf8 or address.isascii():
         return address
     local, at, domain = address.rpartition("@")
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        domain = _NON_ASCII.sub("?", domain)
-    return _NON_ASCII.sub("?", local) + at + domain
+    ace = domain_to_ascii(domain)
+    return _NON_ASCII.sub("?", local) + at + (_NON_ASCII.sub("?", domain) if ace is None else ace)
 
 
 def extract_subject(data: bytes) -> str:

@@ -33,6 +33,7 @@ from email.utils import format_datetime, formataddr
 from enum import StrEnum
 from typing import Literal
 
+from relay.address import domain_of, normal_domain
 from relay.message import HeaderBlock
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "build_dsn",
     "dsn_refusal",
     "enhanced_status",
-    "sender_domain",
 ]
 
 #: RFC 3463 enhanced status code, anywhere in a reply
@@ -70,10 +70,6 @@ class DsnRecipient:
     retry_until: float | None = None
 
 
-def sender_domain(address: str) -> str:
-    return address.rpartition("@")[2].lower() if "@" in address else ""
-
-
 def dsn_refusal(
     sender: str,
     head: HeaderBlock,
@@ -90,10 +86,10 @@ def dsn_refusal(
     """
     if not sender or sender == "<>":
         return "the message has the null sender (it is itself a notification)"
-    domain = sender_domain(sender)
-    if domain in {d.lower() for d in no_domains}:
+    domain = domain_of(sender)
+    if domain in {normal_domain(d) for d in no_domains}:
         return f"notify.no_dsn_domains lists {domain}"
-    if not enabled and domain not in {d.lower() for d in domains}:
+    if not enabled and domain not in {normal_domain(d) for d in domains}:
         return "DSNs are off (notify.dsn) for this sender domain"
     ctype = (head.value("content-type") or "").lower()
     if ctype.startswith("multipart/report"):

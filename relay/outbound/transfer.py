@@ -59,8 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
 
-import idna
-
+from relay.address import domain_to_ascii
 from relay.errors import SluiceError
 from relay.message import bare_line_ending
 
@@ -424,19 +423,16 @@ def to_ascii_address(addr: str) -> str | None:
 
     The address itself when it is ASCII; ``None`` when it cannot be written
     in ASCII (a non-ASCII local part, or a domain that is not a valid IDN).
-    UTS #46 mapping (case folding, full-width dots) is applied first, as
-    browsers and mail clients do.
+    The domain is written by ``relay.address.domain_to_ascii`` (UTS #46, then
+    IDNA 2008), the one IDNA rule of Sluice.
     """
     if addr.isascii():
         return addr
     local, at, domain = addr.rpartition("@")
     if not at or not local.isascii() or domain.startswith("["):
         return None
-    try:
-        ace = idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        return None
-    return f"{local}@{ace}"
+    ace = domain_to_ascii(domain)
+    return None if ace is None else f"{local}@{ace}"
 
 
 def ascii_envelope(sender: str, recipients: Sequence[str]) -> tuple[str, list[str]]:

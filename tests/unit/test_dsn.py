@@ -142,6 +142,9 @@ def _head(extra: bytes = b"") -> HeaderBlock:
         ("a@sender.test", b"", False, [], [], "DSNs are off"),
         ("a@Sender.TEST", b"", False, ["sender.test"], [], None),
         ("a@sender.test", b"", True, [], ["SENDER.test"], "no_dsn_domains"),
+        # relay.address.domain_of: a trailing dot is the same domain, on either side.
+        ("a@sender.test.", b"", True, [], ["sender.test"], "no_dsn_domains"),
+        ("a@sender.test", b"", False, ["Sender.Test."], [], None),
         ("", b"", True, [], [], "null sender"),
         ("<>", b"", True, [], [], "null sender"),
         (
