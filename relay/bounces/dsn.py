@@ -35,6 +35,7 @@ from typing import Literal
 
 from flufl.bounce import all_failures
 
+from relay.enhanced_status import enhanced_status
 from relay.errors import SluiceError
 
 __all__ = ["BounceReport", "Failure", "UnreadableBounce", "read_bounce"]
@@ -45,7 +46,6 @@ _MAX_DEPTH = 16
 _MAX_PARTS = 200
 #: ``by HOST (Sluice) with ESMTP id 0190F2A3B4C5D6E7F`` in a returned header block
 _SLUICE_ID = re.compile(rb"\(Sluice\)\s+with\s+\S+\s+id\s+([0-9A-F]{16})\b")
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _AUTO_SUBJECT = re.compile(
     r"^\s*(?:auto(?:matic)?[ -]?(?:reply|response)|out of (?:the )?office|"
     r"abwesenheit|absence|vacation)\b",
@@ -161,8 +161,7 @@ def _recipient_fields(fields: email.message.Message) -> Failure | None:
     address = recipient.split(";", 1)[-1].strip().strip("<>")
     action = _header(fields, "Action").lower()
     status = _header(fields, "Status")
-    match = _STATUS.search(status)
-    status = ".".join(match.groups()) if match else ""
+    status = enhanced_status(status)
     diagnostic = _header(fields, "Diagnostic-Code")
     diagnostic = diagnostic.split(";", 1)[-1].strip() if ";" in diagnostic else diagnostic
     if action in ("delivered", "relayed", "expanded"):
@@ -200,8 +199,7 @@ def _found(
     parts: list[email.message.Message], address: str, kind: Literal["hard", "soft"]
 ) -> Failure:
     diagnostic = _diagnostic(parts, address)
-    match = _STATUS.search(diagnostic)
-    return Failure(address, kind, ".".join(match.groups()) if match else "", diagnostic)
+    return Failure(address, kind, enhanced_status(diagnostic), diagnostic)
 
 
 def _delivered_to(msg: email.message.Message) -> list[str]:

@@ -19,7 +19,6 @@ sent automatically (RFC 3834 § 2: "Auto-Submitted" other than "no").
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from enum import StrEnum
 from typing import Literal
 
 from relay.address import domain_of, normal_domain
+from relay.enhanced_status import reply_status
 from relay.message import HeaderBlock
 
 __all__ = [
@@ -41,11 +41,7 @@ __all__ = [
     "DsnRecipient",
     "build_dsn",
     "dsn_refusal",
-    "enhanced_status",
 ]
-
-#: RFC 3463 enhanced status code, anywhere in a reply
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class DsnKind(StrEnum):
@@ -98,17 +94,6 @@ def dsn_refusal(
     if auto != "no":
         return f"the message says Auto-Submitted: {auto}"
     return None
-
-
-def enhanced_status(code: int | None, reply: str) -> str:
-    """The RFC 3463 status of a reply: its own enhanced code, else one from its class."""
-    if m := _ENHANCED.search(reply):
-        return ".".join(m.groups())
-    if code is not None and 400 <= code < 600:
-        return f"{code // 100}.0.0"
-    # No server answered (no provider, or expiry while waiting): "other or
-    # undefined status" of the class the recipient ended in.
-    return "4.0.0"
 
 
 def _one_line(text: str) -> str:
@@ -221,7 +206,7 @@ def build_dsn(
         block = Message()
         block["Final-Recipient"] = f"rfc822; {r.address}"
         block["Action"] = r.action
-        status_code = enhanced_status(r.code, r.reply)
+        status_code = reply_status(r.code, r.reply)
         if r.action == "failed" and status_code.startswith("2"):
             status_code = "5.0.0"  # cannot happen for a failure; keep the class honest
         block["Status"] = status_code

@@ -8,7 +8,7 @@ import pytest
 from flufl.bounce import all_failures, scan_message
 
 from relay.message import HeaderBlock
-from relay.notify.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal, enhanced_status
+from relay.notify.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal
 from tests.dsn_report import read_report
 
 ORIGINAL = (
@@ -115,20 +115,6 @@ def test_delay_warning_says_delayed_and_until_when() -> None:
     temporary, permanent = all_failures(email.message_from_bytes(raw))
     assert permanent == set()
     assert temporary == {b"slow@example.net"}
-
-
-@pytest.mark.parametrize(
-    ("code", "reply", "status"),
-    [
-        (550, "5.7.1 relaying denied", "5.7.1"),
-        (550, "mailbox unavailable", "5.0.0"),
-        (452, "too many recipients", "4.0.0"),
-        (None, "4.4.0 no provider is available", "4.4.0"),
-        (None, "no answer at all", "4.0.0"),
-    ],
-)
-def test_enhanced_status(code: int | None, reply: str, status: str) -> None:
-    assert enhanced_status(code, reply) == status
 
 
 def _head(extra: bytes = b"") -> HeaderBlock:
