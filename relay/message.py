@@ -1,7 +1,8 @@
 """Bytes-level helpers shared by both sides: what Sluice adds to, reads or rewrites in a message.
 
 Sluice never re-serialises a message. On the way in it prepends one
-``Received:`` header (RFC 5321 § 4.4) and reads the Subject for its listings;
+``Received:`` header (RFC 5321 § 4.4; written and read back by
+``relay.received``) and reads the Subject for its listings;
 on the way out it may rewrite the header block for one provider (``send_from``
 and the ``X-Sluice-Provider`` header, never the stored bytes) and writes the
 body in its wire form (CRLF, dot-stuffed).
@@ -20,12 +21,9 @@ from __future__ import annotations
 
 import email.errors
 import email.header
-import email.utils
 import re
 from email.header import Header
 from email.utils import formataddr
-
-from relay.address import domain_to_ascii
 
 __all__ = [
     "PROVIDER_HEADER",
@@ -33,7 +31,6 @@ __all__ = [
     "bare_line_ending",
     "extract_subject",
     "header_end",
-    "received_header",
     "rewrite",
     "stream_of",
     "wire_data",
@@ -188,62 +185,13 @@ def rewrite(
     return b"".join(out) + rest
 
 
-# ------------------------------------------------ trace header, subject, wire form
+# ------------------------------------------------------------ subject, wire form
 
-_UNSAFE = re.compile(r"[^\x21-\x7e]")
-# C0 and C1 controls, DEL, and lone surrogates (undecodable bytes from the wire).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_NON_ASCII = re.compile(r"[^\x20-\x7e]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _SUBJECT = re.compile(rb"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 _LINE_ENDING = re.compile(rb"\r\n|\n|\r")
 _SUBJECT_MAX = 200
-
-
-def _token(text: str, limit: int = 255) -> str:
-    """A header-safe rendering of a client-supplied word (HELO name, address)."""
-    return _UNSAFE.sub("?", text)[:limit] or "unknown"
-
-
-def received_header(
-    *,
-    helo: str | None,
-    client_ip: str,
-    hostname: str,
-    queue_id: str,
-    protocol: str,
-    recipients: list[str],
-    now: float,
-    utf8: bool = False,
-) -> bytes:
-    """The trace header for one accepted message, folded, ending in CRLF.
-
-    ``for <addr>`` is given only for a single recipient, as Postfix does, so a
-    Bcc list is not disclosed to every recipient. The address is kept as
-    sent: in UTF-8 when the message came with SMTPUTF8 (``utf8``; RFC 6532
-    allows UTF-8 in headers then), else with a non-ASCII domain as its A-label.
-    Client-supplied words (HELO) lose anything but printable ASCII.
-    """
-    parts = [f"Received: from {_token(helo or 'unknown')} ([{_token(client_ip)}])"]
-    parts.append(f"\tby {_token(hostname)} (Sluice) with {protocol} id {queue_id}")
-    stamp = email.utils.formatdate(now, localtime=False, usegmt=False)
-    if len(recipients) == 1:
-        parts.append(f"\tfor <{_trace_address(recipients[0], utf8)}>; {stamp}")
-    else:
-        parts[-1] += ";"
-        parts.append(f"\t{stamp}")
-    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
-
-
-def _trace_address(address: str, utf8: bool) -> str:
-    """``address`` for the ``for <...>`` clause: intact but for line breaks and controls."""
-    address = _CONTROL.sub("?", address)[:320]
-    if utf8 or address.isascii():
-        return address
-    local, at, domain = address.rpartition("@")
-    ace = domain_to_ascii(domain)
-    return _NON_ASCII.sub("?", local) + at + (_NON_ASCII.sub("?", domain) if ace is None else ace)
 
 
 def extract_subject(data: bytes) -> str:

@@ -29,7 +29,8 @@ from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
 from relay.inbound.data import Data, read_data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
-from relay.message import bare_line_ending, extract_subject, received_header
+from relay.message import bare_line_ending, extract_subject
+from relay.received import received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = [

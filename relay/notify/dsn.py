@@ -35,6 +35,7 @@ from typing import Literal
 from relay.address import domain_of, normal_domain
 from relay.enhanced_status import reply_status
 from relay.message import HeaderBlock
+from relay.received import received_header
 
 __all__ = [
     "DsnKind",
@@ -161,6 +162,7 @@ def build_dsn(
     recipients: Sequence[DsnRecipient],
     hostname: str,
     queue_id: str,
+    dsn_queue_id: str,
     arrival: float,
     now: float,
 ) -> bytes:
@@ -173,6 +175,9 @@ def build_dsn(
         recipients: one entry per recipient reported.
         hostname: this relay's name (Reporting-MTA, the From: address domain).
         queue_id: the original message's queue ID (for the operator's search).
+        dsn_queue_id: the DSN's own queue ID, for its ``Received:`` line: a
+            DSN is spooled like any message, and carries Sluice's trace line
+            like any other (``relay.received``), as Postfix's bounces do.
         arrival: when Sluice accepted the original (Arrival-Date).
         now: the DSN's Date.
     """
@@ -222,5 +227,13 @@ def build_dsn(
     returned = _headers_part(original)
     returned["Content-Description"] = "Undelivered Message Headers"
     report.attach(returned)
+    received = received_header(
+        hostname=hostname,
+        queue_id=dsn_queue_id,
+        protocol="local",
+        recipients=[sender],
+        now=now,
+        utf8=not sender.isascii(),
+    )
     # policy=SMTP: CRLF line ends, as the spool stores and providers expect.
-    return report.as_bytes(policy=SMTP)
+    return received + report.as_bytes(policy=SMTP)

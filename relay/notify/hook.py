@@ -180,6 +180,7 @@ class Notifications:
             )
             for f in group
         ]
+        dsn_queue_id = new_queue_id(now)
         body = build_dsn(
             kind=kind,
             original=data,
@@ -187,12 +188,13 @@ class Notifications:
             recipients=recipients,
             hostname=self._hostname,
             queue_id=claim.queue_id,
+            dsn_queue_id=dsn_queue_id,
             arrival=claim.received_at,
             now=now,
         )
         head = HeaderBlock(body)
         msg = NewMessage(
-            queue_id=new_queue_id(now),
+            queue_id=dsn_queue_id,
             sender="",  # RFC 5321 § 4.5.5: notifications go from the null reverse-path
             recipients=[claim.sender],
             data=body,
