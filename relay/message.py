@@ -30,6 +30,8 @@ __all__ = [
     "HeaderBlock",
     "bare_line_ending",
     "extract_subject",
+    "field_name",
+    "field_value",
     "header_end",
     "rewrite",
     "stream_of",
@@ -38,6 +40,8 @@ __all__ = [
 
 PROVIDER_HEADER = "X-Sluice-Provider"
 
+#: a header field's first line: its name (printable ASCII but ":"), then ":",
+#: with blanks before the colon allowed as RFC 5322 § 4.5 (obs-optional) does
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 # ------------------------------------------------------------- the header block
@@ -55,12 +59,23 @@ def header_end(data: bytes) -> int:
     return 0 if data.startswith(b"\r\n") else len(data)
 
 
-def _name(field: bytes) -> str:
+def field_name(field: bytes) -> str:
+    """The lower-cased name of a header field (its first line is enough); '' when not a field.
+
+    The one rule for what a field name is, used wherever Sluice reads a
+    header by hand: the header block here, ``sluice sendmail``'s input
+    (``relay.inbound.sendmail_args``) and the MIME entities
+    ``relay.outbound.transfer`` re-encodes.
+    """
     match = _FIELD_NAME.match(field)
     return match.group(1).decode("ascii").lower() if match else ""
 
 
-def _value(field: bytes) -> bytes:
+def field_value(field: bytes) -> bytes:
+    """The raw value of a header field: what follows the colon, outer blanks and CRLF removed.
+
+    Folding inside the value is left as it is; ``HeaderBlock.value`` unfolds.
+    """
     return field.split(b":", 1)[1].strip() if b":" in field else b""
 
 
@@ -96,7 +111,7 @@ class HeaderBlock:
     def names(self) -> list[str]:
         """Lower-cased field names, one per field."""
         if self._names is None:
-            self._names = [_name(f) for f in self.fields]
+            self._names = [field_name(f) for f in self.fields]
         return self._names
 
     @property
@@ -113,7 +128,7 @@ class HeaderBlock:
         wanted = name.lower()
         for field, fname in zip(self.fields, self.names, strict=True):
             if fname == wanted:
-                return " ".join(_value(field).decode("utf-8", "replace").split())
+                return " ".join(field_value(field).decode("utf-8", "replace").split())
         return None
 
 
@@ -162,8 +177,6 @@ def rewrite(
     if send_from is None and not (drop and any(block.mentions(n) for n in drop)):
         return data
     fields, names, rest = block.fields, block.names, block.rest
-    if send_from is None and not drop.intersection(names):
-        return data
     if send_from is None and not drop.intersection(names):
         return data
     out: list[bytes] = []

@@ -61,7 +61,7 @@ from email.message import Message
 
 from relay.address import domain_to_ascii
 from relay.errors import SluiceError
-from relay.message import bare_line_ending
+from relay.message import bare_line_ending, field_name
 
 __all__ = [
     "MAX_LINE",
@@ -79,7 +79,9 @@ __all__ = [
 MAX_LINE = 998
 
 _LINE_ENDING = re.compile(rb"\r\n|\n|\r")
-# email.feedparser's rule for a header line: a field, a continuation, or the mbox "From ".
+# email.feedparser's rule for where a header block ends (a line that is not a field,
+# a continuation or the mbox "From "): an entity is split as the email parser that
+# reads its Content-Type splits it. A field's name is relay.message.field_name.
 _HEADER_LINE = re.compile(rb"(?:From |[\041-\071\073-\176]*:|[ \t])")
 _WSP_AFTER_CRLF = re.compile(rb"\r\n(?=[ \t])")
 _ENCODED = email.policy.SMTP.clone(refold_source="all", utf8=False, max_line_length=78)
@@ -170,10 +172,6 @@ def _split_entity(raw: bytes) -> tuple[list[bytes], bytes, bytes]:
     return fields, b"", b""
 
 
-def _name(field: bytes) -> str:
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
-
-
 class _Converter:
     """One conversion: the target (``eight_bit``) and the list of changes made."""
 
@@ -218,7 +216,7 @@ class _Converter:
                 new_fields.append(b"MIME-Version: 1.0\r\n")
         if set_cte is not None:
             header = f"Content-Transfer-Encoding: {set_cte}\r\n".encode()
-            names = [_name(f) for f in new_fields]
+            names = [field_name(f) for f in new_fields]
             if "content-transfer-encoding" in names:
                 new_fields[names.index("content-transfer-encoding")] = header
             else:
@@ -231,7 +229,7 @@ class _Converter:
         """A header field folded (or encoded) to fit; the field itself when it does."""
         if self.fits(field):
             return field
-        name = _name(field)
+        name = field_name(field)
         if field.isascii():
             folded = _fold(field)
             if folded is not None:

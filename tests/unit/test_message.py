@@ -5,7 +5,14 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.message import bare_line_ending, extract_subject, wire_data
+from relay.message import (
+    HeaderBlock,
+    bare_line_ending,
+    extract_subject,
+    field_name,
+    field_value,
+    wire_data,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +64,34 @@ def test_wire_data_matches_aiosmtplib(data: bytes) -> None:
     """The same bytes on the wire as aiosmtplib's own ``SMTP.data`` would send."""
     reference = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
     assert b"".join(wire_data(data)) == reference
+
+
+@pytest.mark.parametrize(
+    ("line", "name", "value"),
+    [
+        (b"Subject: hello\r\n", "subject", b"hello"),
+        (b"X-Sluice-Provider:ses\r\n", "x-sluice-provider", b"ses"),
+        (b"Subject : obsolete blanks\r\n", "subject", b"obsolete blanks"),  # RFC 5322 § 4.5
+        (b"To: a@b.c,\r\n d@e.f\r\n", "to", b"a@b.c,\r\n d@e.f"),  # folding kept
+        (b"From someone Tue Nov 14\r\n", "", b""),  # an mbox separator is no field
+        (b": no name\r\n", "", b""),
+        (b" continued\r\n", "", b""),
+        (b"body text\r\n", "", b""),
+    ],
+)
+def test_field_name_and_value(line: bytes, name: str, value: bytes) -> None:
+    """One reading of a field name: the header block, sendmail input, transfer entities."""
+    assert field_name(line) == name
+    if name:
+        assert field_value(line) == value
+
+
+def test_sendmail_reads_fields_as_the_header_block_does() -> None:
+    """``sluice sendmail -t`` takes recipients from the fields HeaderBlock would name."""
+    from relay.inbound.sendmail_args import Options, prepare
+
+    raw = b"To : a@example.net\nSubject: s\n\nbody\n"
+    prepared = prepare(raw, Options(from_headers=True), sender="me@x.test", domain="x.test", now=0)
+    assert prepared.recipients == ["a@example.net"]
+    head = HeaderBlock(prepared.data)
+    assert head.value("to") == "a@example.net" and "to" in head.names
