@@ -1,8 +1,8 @@
 """Sluice's ``Received:`` line (RFC 5321 § 4.4): written once, and read back from a bounce.
 
-Every message Sluice spools starts with one trace line it wrote, whichever
-way it came in: over SMTP (the listener), from ``sluice sendmail`` writing
-the spool itself while the daemon is down, or as a DSN Sluice builds. When
+A message starts with one trace line Sluice wrote, whichever way it came
+in: over SMTP (the listener), from ``sluice sendmail`` writing the spool
+itself while the daemon is down, or as a DSN Sluice builds. When
 that message bounces, the report returns its header (RFC 3464, RFC 6522),
 and ``queue_id_from_received`` finds the queue ID in Sluice's line, so a
 bounce is matched to its message without VERP. The writer and the reader
@@ -17,6 +17,11 @@ The shapes, the ``by`` clause being what the reader reads::
 
     Received: by HOST (Sluice sendmail, uid 1000) with local id 0190F2A3B4C5D6E7;
     \tDATE
+
+    Received: by HOST (Sluice) with local id 0190F2A3B4C5D6E7
+    \tfor <original@sender>; DATE
+
+(the last one a DSN's, whose only recipient is the original sender).
 
 ``with local`` is how Exim names a local submission; RFC 5321's grammar
 allows any atom there. The queue ID is 16 upper-case hex digits

@@ -111,7 +111,7 @@ def test_received_header_is_always_three_lines(recipient: str, utf8: bool) -> No
 QID = "0190F2A3B4C5D6E7"
 
 #: every shape the writer makes: over SMTP (one recipient, several, no HELO,
-#: SMTPUTF8) and from ``sluice sendmail`` writing the spool itself
+#: SMTPUTF8), from ``sluice sendmail`` writing the spool itself, and a DSN
 SHAPES = {
     "esmtp, one recipient": {
         "helo": "app.local",
@@ -142,6 +142,7 @@ SHAPES = {
         "recipients": ["a@example.net", "b@example.net"],
         "local_uid": 1000,
     },
+    "a DSN (relay.notify.dsn)": {"protocol": "local", "recipients": ["app@example.org"]},
 }
 
 
