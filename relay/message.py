@@ -8,7 +8,7 @@ and the ``X-Sluice-Provider`` header, never the stored bytes) and writes the
 body in its wire form (CRLF, dot-stuffed).
 
 The header block is found and split once per delivery attempt
-(``HeaderBlock.of``); routing and the rewrite read that same view.
+(``HeaderBlock(data)``); routing and the rewrite read that same view.
 
 ``send_from`` (with ``send_from_name``): providers such as SES or Gmail only
 accept mail from a verified address. The envelope sender becomes
