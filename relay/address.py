@@ -18,18 +18,33 @@ mode (no DNS), a parser with its own test suite, with Sluice's choices:
 * special-use domains (``localhost``, ``.local``, ``.test``...) are
   syntactically fine: an internal relay sends to them (e.g. an Exchange
   server for ``corp.local``), and this is a syntax check, not a policy.
+
+This module is also the one home of two words about domains, so that every
+side compares and writes them the same way:
+
+* ``domain_of`` / ``normal_domain``: the domain of an address as Sluice
+  compares it (routes, hold rules, DSN sender domains, VERP, the queue
+  filter): lower-cased, a trailing dot dropped;
+* ``domain_to_ascii``: a domain as its IDNA 2008 A-label (UTS #46 mapping),
+  through the ``idna`` package only, never the stdlib's IDNA 2003 codec
+  (``"faß.de"`` is ``xn--fa-hia.de`` under 2008, ``fass.de`` under 2003:
+  another domain).
 """
 
 from __future__ import annotations
 
 import re
 
+import idna
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 __all__ = [
     "NULL_PATH",
     "address_problem",
+    "domain_of",
+    "domain_to_ascii",
     "needs_smtputf8",
+    "normal_domain",
     "split_path",
     "valid_address",
 ]
@@ -169,3 +184,47 @@ def _ascii(text: str) -> str:
     """``text`` for an SMTP reply: printable ASCII, anything else escaped (``\\xf6``)."""
     out = text.encode("ascii", "backslashreplace").decode("ascii")
     return "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in out)
+
+
+# ------------------------------------------------------------------ domains
+
+
+def normal_domain(domain: str) -> str:
+    """``domain`` as Sluice compares domains: lower case, without a trailing dot or blanks.
+
+    A trailing dot is the same domain: ``example.org.`` is the fully
+    qualified spelling of ``example.org`` (RFC 1034 § 3.1), so a route for
+    one matches mail for the other. Domains compare without regard to case
+    (RFC 4343); ``str.lower`` also covers a U-label's letters. An address
+    literal (``[192.0.2.1]``) has no dot to drop and stays as written.
+    """
+    domain = domain.strip().lower()
+    return domain[:-1] if domain.endswith(".") else domain
+
+
+def domain_of(address: str) -> str:
+    """The domain of ``address`` (after its last ``@``) as ``normal_domain`` writes it.
+
+    ``""`` when there is none: the null sender (``""`` or ``<>``), or a local
+    name without ``@``. The last ``@`` is the one that counts: a quoted local
+    part may hold one (``"a@b"@example.org``), a domain never does.
+    """
+    _local, at, domain = address.strip().strip("<>").rpartition("@")
+    return normal_domain(domain) if at else ""
+
+
+def domain_to_ascii(domain: str) -> str | None:
+    """``domain`` as its IDNA 2008 A-label form, or ``None`` when it is not a valid IDN.
+
+    UTS #46 mapping (case folding, full-width dots) is applied first, as
+    browsers and mail clients do, in non-transitional mode, so ``ß`` stays
+    a letter of its own (``faß.de`` is ``xn--fa-hia.de``; the stdlib codec,
+    IDNA 2003, would make it ``fass.de``). An ASCII domain comes back as it
+    is, its case and any trailing dot kept: it is already what goes on the wire.
+    """
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None

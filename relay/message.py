@@ -1,13 +1,14 @@
 """Bytes-level helpers shared by both sides: what Sluice adds to, reads or rewrites in a message.
 
 Sluice never re-serialises a message. On the way in it prepends one
-``Received:`` header (RFC 5321 § 4.4) and reads the Subject for its listings;
+``Received:`` header (RFC 5321 § 4.4; written and read back by
+``relay.received``) and reads the Subject for its listings;
 on the way out it may rewrite the header block for one provider (``send_from``
 and the ``X-Sluice-Provider`` header, never the stored bytes) and writes the
 body in its wire form (CRLF, dot-stuffed).
 
 The header block is found and split once per delivery attempt
-(``HeaderBlock.of``); routing and the rewrite read that same view.
+(``HeaderBlock(data)``); routing and the rewrite read that same view.
 
 ``send_from`` (with ``send_from_name``): providers such as SES or Gmail only
 accept mail from a verified address. The envelope sender becomes
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import email.errors
 import email.header
-import email.utils
 import re
 from email.header import Header
 from email.utils import formataddr
@@ -30,8 +30,9 @@ __all__ = [
     "HeaderBlock",
     "bare_line_ending",
     "extract_subject",
+    "field_name",
+    "field_value",
     "header_end",
-    "received_header",
     "rewrite",
     "stream_of",
     "wire_data",
@@ -39,6 +40,8 @@ __all__ = [
 
 PROVIDER_HEADER = "X-Sluice-Provider"
 
+#: a header field's first line: its name (printable ASCII but ":"), then ":",
+#: with blanks before the colon allowed as RFC 5322 § 4.5 (obs-optional) does
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 # ------------------------------------------------------------- the header block
@@ -56,12 +59,23 @@ def header_end(data: bytes) -> int:
     return 0 if data.startswith(b"\r\n") else len(data)
 
 
-def _name(field: bytes) -> str:
+def field_name(field: bytes) -> str:
+    """The lower-cased name of a header field (its first line is enough); '' when not a field.
+
+    The one rule for what a field name is, used wherever Sluice reads a
+    header by hand: the header block here, ``sluice sendmail``'s input
+    (``relay.inbound.sendmail_args``) and the MIME entities
+    ``relay.outbound.transfer`` re-encodes.
+    """
     match = _FIELD_NAME.match(field)
     return match.group(1).decode("ascii").lower() if match else ""
 
 
-def _value(field: bytes) -> bytes:
+def field_value(field: bytes) -> bytes:
+    """The raw value of a header field: what follows the colon, outer blanks and CRLF removed.
+
+    Folding inside the value is left as it is; ``HeaderBlock.value`` unfolds.
+    """
     return field.split(b":", 1)[1].strip() if b":" in field else b""
 
 
@@ -97,7 +111,7 @@ class HeaderBlock:
     def names(self) -> list[str]:
         """Lower-cased field names, one per field."""
         if self._names is None:
-            self._names = [_name(f) for f in self.fields]
+            self._names = [field_name(f) for f in self.fields]
         return self._names
 
     @property
@@ -114,7 +128,7 @@ class HeaderBlock:
         wanted = name.lower()
         for field, fname in zip(self.fields, self.names, strict=True):
             if fname == wanted:
-                return " ".join(_value(field).decode("utf-8", "replace").split())
+                return " ".join(field_value(field).decode("utf-8", "replace").split())
         return None
 
 
@@ -165,8 +179,6 @@ def rewrite(
     fields, names, rest = block.fields, block.names, block.rest
     if send_from is None and not drop.intersection(names):
         return data
-    if send_from is None and not drop.intersection(names):
-        return data
     out: list[bytes] = []
     original_from: bytes | None = None
     for field, name in zip(fields, names, strict=True):
@@ -186,65 +198,13 @@ def rewrite(
     return b"".join(out) + rest
 
 
-# ------------------------------------------------ trace header, subject, wire form
+# ------------------------------------------------------------ subject, wire form
 
-_UNSAFE = re.compile(r"[^\x21-\x7e]")
-# C0 and C1 controls, DEL, and lone surrogates (undecodable bytes from the wire).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_NON_ASCII = re.compile(r"[^\x20-\x7e]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _SUBJECT = re.compile(rb"^subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 _LINE_ENDING = re.compile(rb"\r\n|\n|\r")
 _SUBJECT_MAX = 200
-
-
-def _token(text: str, limit: int = 255) -> str:
-    """A header-safe rendering of a client-supplied word (HELO name, address)."""
-    return _UNSAFE.sub("?", text)[:limit] or "unknown"
-
-
-def received_header(
-    *,
-    helo: str | None,
-    client_ip: str,
-    hostname: str,
-    queue_id: str,
-    protocol: str,
-    recipients: list[str],
-    now: float,
-    utf8: bool = False,
-) -> bytes:
-    """The trace header for one accepted message, folded, ending in CRLF.
-
-    ``for <addr>`` is given only for a single recipient, as Postfix does, so a
-    Bcc list is not disclosed to every recipient. The address is kept as
-    sent: in UTF-8 when the message came with SMTPUTF8 (``utf8``; RFC 6532
-    allows UTF-8 in headers then), else with a non-ASCII domain as its A-label.
-    Client-supplied words (HELO) lose anything but printable ASCII.
-    """
-    parts = [f"Received: from {_token(helo or 'unknown')} ([{_token(client_ip)}])"]
-    parts.append(f"\tby {_token(hostname)} (Sluice) with {protocol} id {queue_id}")
-    stamp = email.utils.formatdate(now, localtime=False, usegmt=False)
-    if len(recipients) == 1:
-        parts.append(f"\tfor <{_trace_address(recipients[0], utf8)}>; {stamp}")
-    else:
-        parts[-1] += ";"
-        parts.append(f"\t{stamp}")
-    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
-
-
-def _trace_address(address: str, utf8: bool) -> str:
-    """``address`` for the ``for <...>`` clause: intact but for line breaks and controls."""
-    address = _CONTROL.sub("?", address)[:320]
-    if utf8 or address.isascii():
-        return address
-    local, at, domain = address.rpartition("@")
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        domain = _NON_ASCII.sub("?", domain)
-    return _NON_ASCII.sub("?", local) + at + domain
 
 
 def extract_subject(data: bytes) -> str:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from relay.address import domain_of
+
 __all__ = ["parse", "verp_address"]
 
 _TOKEN = re.compile(r"^(?P<qid>[0-9A-F]{16})-(?P<rid>\d{1,18})$")
@@ -25,9 +27,9 @@ def verp_address(bounce_address: str, queue_id: str, recipient_id: int) -> str:
 
 def parse(address: str, bounce_address: str) -> tuple[str, int] | None:
     """(queue ID, recipient id) from a VERP address of ``bounce_address``, else None."""
-    local, _, domain = address.strip().strip("<>").rpartition("@")
-    base_local, _, base_domain = bounce_address.rpartition("@")
-    if domain.lower() != base_domain.lower():
+    local = address.strip().strip("<>").rpartition("@")[0]
+    base_local = bounce_address.rpartition("@")[0]
+    if domain_of(address) != domain_of(bounce_address):
         return None
     prefix = base_local.lower() + "+"
     if not local.lower().startswith(prefix):

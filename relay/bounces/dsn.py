@@ -13,8 +13,8 @@ notices) are not bounces, unless they carry a delivery-status report.
 
 Which message a bounce answers: the VERP token in the address it was sent to
 (``relay.verp``), else Sluice's own ``Received:`` line in the returned
-headers (``by HOST (Sluice) with ESMTP id QUEUEID``), which every message
-relayed by Sluice carries.
+headers, which every message Sluice spools carries, however it came in
+(``relay.received`` writes it and reads it back).
 
 Hostile input is bounded: a bounce over ``max_size`` or nested deeper than
 ``_MAX_DEPTH`` raises ``UnreadableBounce``; undecodable text is replaced, never
@@ -35,7 +35,9 @@ from typing import Literal
 
 from flufl.bounce import all_failures
 
+from relay.enhanced_status import enhanced_status
 from relay.errors import SluiceError
+from relay.received import queue_id_from_received
 
 __all__ = ["BounceReport", "Failure", "UnreadableBounce", "read_bounce"]
 
@@ -43,9 +45,6 @@ log = logging.getLogger("sluice.bounces")
 
 _MAX_DEPTH = 16
 _MAX_PARTS = 200
-#: ``by HOST (Sluice) with ESMTP id 0190F2A3B4C5D6E7F`` in a returned header block
-_SLUICE_ID = re.compile(rb"\(Sluice\)\s+with\s+\S+\s+id\s+([0-9A-F]{16})\b")
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _AUTO_SUBJECT = re.compile(
     r"^\s*(?:auto(?:matic)?[ -]?(?:reply|response)|out of (?:the )?office|"
     r"abwesenheit|absence|vacation)\b",
@@ -91,7 +90,7 @@ def read_bounce(raw: bytes, *, max_size: int = 10 * 1024 * 1024) -> BounceReport
     msg = email.message_from_bytes(raw, policy=email.policy.compat32)
     parts = list(_walk(msg))
     delivered_to = _delivered_to(msg)
-    queue_id = _queue_id(raw)
+    queue_id = _queue_id(parts, raw)
     report = _delivery_status(parts)
     if report is not None:
         return BounceReport(report, queue_id, delivered_to, "dsn")
@@ -161,8 +160,7 @@ def _recipient_fields(fields: email.message.Message) -> Failure | None:
     address = recipient.split(";", 1)[-1].strip().strip("<>")
     action = _header(fields, "Action").lower()
     status = _header(fields, "Status")
-    match = _STATUS.search(status)
-    status = ".".join(match.groups()) if match else ""
+    status = enhanced_status(status)
     diagnostic = _header(fields, "Diagnostic-Code")
     diagnostic = diagnostic.split(";", 1)[-1].strip() if ";" in diagnostic else diagnostic
     if action in ("delivered", "relayed", "expanded"):
@@ -200,8 +198,7 @@ def _found(
     parts: list[email.message.Message], address: str, kind: Literal["hard", "soft"]
 ) -> Failure:
     diagnostic = _diagnostic(parts, address)
-    match = _STATUS.search(diagnostic)
-    return Failure(address, kind, ".".join(match.groups()) if match else "", diagnostic)
+    return Failure(address, kind, enhanced_status(diagnostic), diagnostic)
 
 
 def _delivered_to(msg: email.message.Message) -> list[str]:
@@ -214,9 +211,24 @@ def _delivered_to(msg: email.message.Message) -> list[str]:
     return found
 
 
-def _queue_id(raw: bytes) -> str | None:
-    match = _SLUICE_ID.search(raw)
-    return match.group(1).decode("ascii") if match else None
+#: the parts a bounce returns the original's header in (RFC 6522, RFC 6533)
+_RETURNED = frozenset({"text/rfc822-headers", "message/global-headers"})
+
+
+def _queue_id(parts: list[email.message.Message], raw: bytes) -> str | None:
+    """The queue ID in Sluice's ``Received:`` line of the returned header (``relay.received``).
+
+    The returned header part is read decoded first (a report may send it
+    quoted-printable or base64); then the whole bounce as bytes, which also
+    covers a ``message/rfc822`` part and a bounce that quotes the header in
+    its text.
+    """
+    for part in parts:
+        if part.get_content_type() in _RETURNED:
+            decoded = part.get_payload(decode=True)
+            if isinstance(decoded, bytes) and (found := queue_id_from_received(decoded)):
+                return found
+    return queue_id_from_received(raw)
 
 
 def _diagnostic(parts: list[email.message.Message], address: str) -> str:

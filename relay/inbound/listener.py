@@ -33,7 +33,8 @@ from relay.errors import SpoolError
 from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
 from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
-from relay.message import bare_line_ending, extract_subject, received_header
+from relay.message import bare_line_ending, extract_subject
+from relay.received import received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = [

@@ -24,7 +24,6 @@ are qualified with ``smtp.hostname`` (or this host's FQDN).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import os
 import pwd
 import smtplib
@@ -48,6 +47,7 @@ from relay.inbound.sendmail_args import (
 )
 from relay.message import extract_subject
 from relay.model import valid_address
+from relay.received import received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id, read_meta
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
@@ -186,11 +186,17 @@ def _spool_directly(
         raise _Fail(EX_DATAERR, f"message is larger than smtp.max_message_size ({len(data)} bytes)")
     now = time.time()
     queue_id = new_queue_id(now)
-    stamp = email.utils.formatdate(now)
-    received = (
-        f"Received: by {hostname} (Sluice sendmail, uid {os.getuid()}) id {queue_id};\r\n"
-        f"\t{stamp}\r\n"
-    ).encode()
+    # The listener's line, in its local form: the bounce reader finds this
+    # message by it as it finds any other (relay.received).
+    received = received_header(
+        hostname=hostname,
+        queue_id=queue_id,
+        protocol="local",
+        recipients=recipients,
+        now=now,
+        local_uid=os.getuid(),
+        utf8=not all(a.isascii() for a in (sender, *recipients)),
+    )
     msg = NewMessage(
         queue_id=queue_id,
         sender=sender,

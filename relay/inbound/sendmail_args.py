@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from relay.errors import SluiceError
+from relay.message import field_name, field_value
 
 __all__ = ["USAGE", "Options", "Prepared", "UsageError", "parse_args", "prepare", "qualify"]
 
@@ -41,7 +42,6 @@ Exit codes: 0 accepted, 64 usage, 65 message refused, 67 recipient refused,
 75 try again later, 78 config error.
 """
 _LINE = re.compile(rb"\r\n|\n|\r")
-_HEADER_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 _BAD_CHARS = re.compile(r"[\r\n\0]")
 
 
@@ -120,7 +120,7 @@ def _split_header(lines: list[bytes]) -> tuple[list[list[bytes]], list[bytes]]:
             return fields, lines[i + 1 :]
         if line[:1] in (b" ", b"\t") and fields:
             fields[-1].append(line)
-        elif _HEADER_NAME.match(line):
+        elif field_name(line):
             fields.append([line])
         elif i == 0 and line.startswith(b"From "):
             continue  # an mbox separator line, not a header
@@ -130,13 +130,8 @@ def _split_header(lines: list[bytes]) -> tuple[list[list[bytes]], list[bytes]]:
     return fields, []
 
 
-def _name(fld: list[bytes]) -> str:
-    return fld[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
-
-
 def _value(fld: list[bytes]) -> str:
-    raw = b" ".join([fld[0].split(b":", 1)[1], *fld[1:]])
-    return raw.decode("utf-8", "surrogateescape")
+    return field_value(b" ".join(fld)).decode("utf-8", "surrogateescape")
 
 
 def qualify(address: str, domain: str) -> str:
@@ -158,11 +153,11 @@ def prepare(raw: bytes, opts: Options, *, sender: str, domain: str, now: float) 
     recipients = [qualify(r, domain) for r in opts.recipients]
     if opts.from_headers:
         wanted = {"to", "cc", "bcc"}
-        values = [_value(f) for f in fields if _name(f) in wanted]
+        values = [_value(f) for f in fields if field_name(f[0]) in wanted]
         recipients += [qualify(a, domain) for _n, a in email.utils.getaddresses(values) if a]
         # Bcc recipients get the message, but nobody sees the Bcc list.
-        fields = [f for f in fields if _name(f) not in ("bcc", "resent-bcc")]
-    names = {_name(f) for f in fields}
+        fields = [f for f in fields if field_name(f[0]) not in ("bcc", "resent-bcc")]
+    names = {field_name(f[0]) for f in fields}
     added: list[bytes] = []
     if "from" not in names:
         display = opts.full_name or ""

@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from relay.config import Config
-from relay.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal
 from relay.events import OUTCOME_EVENTS, EventType, event_body
 from relay.message import HeaderBlock
 from relay.model import Claim, RecipientStatus
+from relay.notify.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal
 from relay.store.spool import DsnVerdict, Finish, NewMessage, OutboxEvent, Spool, new_queue_id
 
 __all__ = ["Notifications"]
@@ -180,6 +180,7 @@ class Notifications:
             )
             for f in group
         ]
+        dsn_queue_id = new_queue_id(now)
         body = build_dsn(
             kind=kind,
             original=data,
@@ -187,12 +188,13 @@ class Notifications:
             recipients=recipients,
             hostname=self._hostname,
             queue_id=claim.queue_id,
+            dsn_queue_id=dsn_queue_id,
             arrival=claim.received_at,
             now=now,
         )
         head = HeaderBlock(body)
         msg = NewMessage(
-            queue_id=new_queue_id(now),
+            queue_id=dsn_queue_id,
             sender="",  # RFC 5321 § 4.5.5: notifications go from the null reverse-path
             recipients=[claim.sender],
             data=body,

@@ -46,6 +46,7 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from relay.enhanced_status import ENHANCED_STATUS, address_status
 from relay.model import Delivered, Outcome, PermFailure, Scope, TempFailure
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "Phase",
     "Rule",
     "closes_channel",
-    "enhanced_status",
     "error_outcome",
     "final",
     "format_reply",
@@ -480,22 +480,11 @@ def health_verdict(outcomes: Sequence[Outcome]) -> HealthVerdict | None:
     return None
 
 
-# RFC 3463: X.1.x is about the address itself (5.1.1 bad mailbox, 5.1.2 bad
-# system, 5.1.10 Microsoft's RecipientNotFound), 5.2.1 a disabled mailbox.
-# Policy (5.7.x), content (5.6.x) and capacity refusals say nothing about
-# whether the address exists, so they never count towards suppression.
-_ADDRESS_STATUS = re.compile(r"^\s*5\.(?:1\.(?:1|2|3|6|10)|2\.1)\b")
 _NO_SUCH_USER = _re(
     r"user unknown|unknown user|no such user|does not exist|doesn't exist|"
     r"recipient not found|unknown recipient|invalid recipient|mailbox unavailable|"
     r"no mailbox|address rejected"
 )
-
-
-def enhanced_status(text: str) -> str:
-    """The RFC 3463 status in a reply's text (``550 5.1.1 ...`` -> ``5.1.1``), or ''."""
-    match = re.search(r"\b([245]\.\d{1,3}\.\d{1,3})\b", text)
-    return match.group(1) if match else ""
 
 
 def hard_bounce(outcome: Outcome) -> bool:
@@ -509,8 +498,9 @@ def hard_bounce(outcome: Outcome) -> bool:
     text = outcome.text
     if text[:4].strip().isdigit():
         text = text[4:]
-    if _ADDRESS_STATUS.match(text):
-        return True
-    if re.match(r"^\s*[45]\.\d{1,3}\.\d{1,3}\b", text):
-        return False  # another enhanced status: policy, content, system
+    if leading := ENHANCED_STATUS.match(text.lstrip()):
+        # relay.enhanced_status.address_status: only X.1.x and 5.2.1 are about
+        # the address; policy, content and capacity refusals never count
+        # towards suppression.
+        return address_status(".".join(leading.groups()))
     return outcome.code in (550, 551, 553) and _NO_SUCH_USER.search(text) is not None

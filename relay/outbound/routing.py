@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from relay.address import domain_of, normal_domain
 from relay.config import Config, HoldRule, RouteSettings
 from relay.message import PROVIDER_HEADER, HeaderBlock
 
@@ -24,13 +25,14 @@ __all__ = ["default_order", "domain_matches", "hold_rule_for", "route_for"]
 log = logging.getLogger("sluice.routing")
 
 
-def domain_of(address: str) -> str:
-    return address.rpartition("@")[2].lower().rstrip(".")
-
-
 def domain_matches(domain: str, patterns: Sequence[str]) -> bool:
+    """Whether ``domain`` (from ``domain_of``) is one of ``patterns`` (``*.x`` = x and below).
+
+    Patterns are compared as ``relay.address.normal_domain`` writes them, so
+    ``Example.ORG.`` in the config matches mail for ``example.org``.
+    """
     for pattern in patterns:
-        p = pattern.lower().rstrip(".")
+        p = normal_domain(pattern)
         if p.startswith("*."):
             if domain == p[2:] or domain.endswith(p[1:]):
                 return True

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 from relay.config import Config
+from relay.enhanced_status import enhanced_status
 from relay.errors import SpoolError, UnknownMessage
 from relay.message import HeaderBlock, stream_of
 from relay.metrics import Metrics
@@ -45,7 +46,7 @@ from relay.model import (
     suppressed_for,
 )
 from relay.outbound.providers import Partial, ProviderSet, Unavailable
-from relay.outbound.replies import enhanced_status, final, hard_bounce
+from relay.outbound.replies import final, hard_bounce
 from relay.outbound.retry import decide
 from relay.outbound.routing import hold_rule_for
 from relay.store.spool import ALL_PROVIDERS, Finish, OutboxEvent, Spool

@@ -72,7 +72,7 @@ from relay.outbound.replies import (
     shared_refusal,
     unreadable,
 )
-from relay.transfer import Unconvertible, ascii_envelope, convert, fits
+from relay.outbound.transfer import Unconvertible, ascii_envelope, convert, fits
 
 __all__ = [
     "EXPECTED",

@@ -10,6 +10,7 @@ that a private Dovecot serves. Sluice's poller reads it over IMAP.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -285,3 +286,44 @@ async def test_a_dsn_read_from_the_mailbox_posts_bounced_and_suppressed(
     assert suppressed["data"]["source"] == "bounce" and suppressed["data"]["recipient"] == GONE
     for h in rx.requests:
         assert verify(b"whsec-bounce", h.headers["x-sluice-signature"], h.body, now=time.time())
+
+
+async def test_mail_spooled_by_sendmail_while_down_is_matched_to_its_bounce_without_verp(
+    sluice: SluiceFactory, peers: Peers
+) -> None:
+    """``sluice sendmail`` writes the spool itself; Postfix's DSN still finds the message.
+
+    Without VERP the only link from a bounce to its message is Sluice's
+    ``Received:`` line in the returned header (``relay.received``): the line
+    ``sluice sendmail`` writes must read back like the listener's.
+    """
+    provider = {"id": "mx", "host": "127.0.0.1", "port": peers.mx.port, "encryption": "none"}
+    settings = sections(peers, verp=False)
+    async with sluice([provider], **settings) as s:
+        config_path = s.config_path  # the spool exists, as after installation
+    # The daemon is stopped: sendmail cannot connect, and writes the spool.
+    rc, _out, err = await run_cli(
+        "sendmail",
+        "-v",
+        "-i",
+        "-f",
+        "app@example.org",
+        GONE,
+        stdin=b"From: app@example.org\nSubject: from cron\n\nthe daemon was down\n",
+        env={"SLUICE_CONFIG": str(config_path)},
+    )
+    assert rc == 0, err
+    found = re.search(r"queued as ([0-9A-F]{16}) ", err)
+    assert found is not None, err
+    qid = found.group(1)
+    async with sluice([provider], **settings) as s:
+        book = s.spool.suppressions
+        # Delivered when the daemon starts; Postfix takes it (250), then bounces it.
+        await eventually(lambda: _bounces(s, GONE, 1), within=60)
+        (bounce,) = await book.bounces_of(GONE)
+        assert (bounce.queue_id, bounce.source, bounce.kind) == (qid, "dsn", "hard")
+        detail = await s.spool.get(qid)
+        assert b"(Sluice sendmail, uid " in await s.spool.raw(qid)
+        gone_log = [a for a in detail.attempts if a.email == GONE]
+        assert [a.status for a in gone_log] == [AttemptStatus.SUCCESS, AttemptStatus.BOUNCED]
+        assert "5.1.1" in gone_log[-1].reason

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from relay.config import load
 from relay.daemon import Daemon
 from relay.model import AttemptStatus
+from relay.outbound.transfer import MAX_LINE, fits, longest_line
 from relay.store.spool import NewMessage
-from relay.transfer import MAX_LINE, fits, longest_line
 from tests.conftest import Running, SluiceFactory, fast_config, smtp_send, write_config
 from tests.mime_corpus import decoded, messages
 from tests.outbound.helpers import SENDER

@@ -7,7 +7,17 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.address import _COMMON, NULL_PATH, address_problem, split_path, valid_address
+from relay.address import (
+    _COMMON,
+    NULL_PATH,
+    address_problem,
+    domain_of,
+    domain_to_ascii,
+    normal_domain,
+    split_path,
+    valid_address,
+)
+from relay.outbound.routing import domain_matches
 
 
 @pytest.mark.parametrize(
@@ -201,3 +211,75 @@ def test_address_literals_are_accepted(ip: object, local: str) -> None:
     literal = f"[IPv6:{ip}]" if ":" in str(ip) else f"[{ip}]"
     assert address_problem(f"{local}@{literal}", smtputf8=False) is None
     assert split_path(f"<{local}@{literal}>") == (f"{local}@{literal}", "")
+
+
+# ------------------------------------------------------------------ domains
+
+
+@pytest.mark.parametrize(
+    ("address", "domain"),
+    [
+        ("a@example.org", "example.org"),
+        ("a@Example.ORG", "example.org"),  # RFC 4343: case does not matter
+        ("a@example.org.", "example.org"),  # a trailing dot is the same domain
+        ("a@EXAMPLE.org.", "example.org"),
+        ("<a@example.org.>", "example.org"),  # as a path
+        ('"x@y"@example.org', "example.org"),  # the last @ counts
+        ("a@[192.0.2.1]", "[192.0.2.1]"),  # an address literal stays as written
+        ("a@Bücher.example", "bücher.example"),
+        ("", ""),  # the null sender
+        ("<>", ""),
+        ("root", ""),  # a local name has no domain
+    ],
+)
+def test_domain_of(address: str, domain: str) -> None:
+    assert domain_of(address) == domain
+
+
+@pytest.mark.parametrize(
+    ("written", "normal"),
+    [("example.org", "example.org"), ("Example.Org.", "example.org"), (" x.test ", "x.test")],
+)
+def test_normal_domain(written: str, normal: str) -> None:
+    assert normal_domain(written) == normal
+    assert domain_of(f"a@{written.strip()}") == normal
+
+
+@pytest.mark.parametrize(
+    ("domain", "ace"),
+    [
+        ("example.org", "example.org"),  # ASCII: as it is
+        ("Example.ORG.", "Example.ORG."),
+        # IDNA 2008 keeps ß a letter of its own; the stdlib's IDNA 2003 codec says "fass.de".
+        ("faß.de", "xn--fa-hia.de"),
+        ("Bücher.example", "xn--bcher-kva.example"),  # UTS #46 folds the case first
+        ("ＢÜＣＨＥＲ．example", "xn--bcher-kva.example"),  # and full-width letters and dots
+        ("\u200d.example", None),  # a joiner alone is no IDN
+        ("a..ü", None),  # an empty label
+    ],
+)
+def test_domain_to_ascii_is_idna_2008(domain: str, ace: str | None) -> None:
+    assert domain_to_ascii(domain) == ace
+
+
+def test_idna_2003_and_2008_differ_on_the_example() -> None:
+    """The case above can fail: the stdlib codec gives another domain."""
+    assert "faß.de".encode("idna") == b"fass.de"
+    assert domain_to_ascii("faß.de") != "fass.de"
+
+
+@pytest.mark.parametrize(
+    ("recipient", "patterns", "matches"),
+    [
+        ("a@example.org.", ["example.org"], True),
+        ("a@example.org", ["Example.ORG."], True),
+        ("a@mail.example.org.", ["*.example.org"], True),
+        ("a@example.org", ["*.example.org."], True),
+        ("a@example.net", ["example.org"], False),
+    ],
+)
+def test_routes_compare_domains_by_the_same_rule(
+    recipient: str, patterns: list[str], matches: bool
+) -> None:
+    """relay.outbound.routing reads the domain the way relay.address writes it."""
+    assert domain_matches(domain_of(recipient), patterns) is matches

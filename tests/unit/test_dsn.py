@@ -7,8 +7,10 @@ import email
 import pytest
 from flufl.bounce import all_failures, scan_message
 
-from relay.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal, enhanced_status
+from relay.bounces.dsn import read_bounce
 from relay.message import HeaderBlock
+from relay.notify.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal
+from relay.received import queue_id_from_received, received_header
 from tests.dsn_report import read_report
 
 ORIGINAL = (
@@ -21,6 +23,7 @@ ORIGINAL = (
     b"secret body text that must not be returned\r\n"
 )
 ARRIVAL = 1_700_000_000.0
+DSN_QID = "18BCFE5C0A0B0C0D"
 NOW = ARRIVAL + 120
 
 
@@ -32,6 +35,7 @@ def _dsn(kind: DsnKind, recipients: list[DsnRecipient]) -> bytes:
         recipients=recipients,
         hostname="sluice.test",
         queue_id="18BCFE5C00012AB",
+        dsn_queue_id=DSN_QID,
         arrival=ARRIVAL,
         now=NOW,
     )
@@ -117,20 +121,6 @@ def test_delay_warning_says_delayed_and_until_when() -> None:
     assert temporary == {b"slow@example.net"}
 
 
-@pytest.mark.parametrize(
-    ("code", "reply", "status"),
-    [
-        (550, "5.7.1 relaying denied", "5.7.1"),
-        (550, "mailbox unavailable", "5.0.0"),
-        (452, "too many recipients", "4.0.0"),
-        (None, "4.4.0 no provider is available", "4.4.0"),
-        (None, "no answer at all", "4.0.0"),
-    ],
-)
-def test_enhanced_status(code: int | None, reply: str, status: str) -> None:
-    assert enhanced_status(code, reply) == status
-
-
 def _head(extra: bytes = b"") -> HeaderBlock:
     return HeaderBlock(b"From: a@sender.test\r\n" + extra + b"Subject: x\r\n\r\nbody\r\n")
 
@@ -142,6 +132,9 @@ def _head(extra: bytes = b"") -> HeaderBlock:
         ("a@sender.test", b"", False, [], [], "DSNs are off"),
         ("a@Sender.TEST", b"", False, ["sender.test"], [], None),
         ("a@sender.test", b"", True, [], ["SENDER.test"], "no_dsn_domains"),
+        # relay.address.domain_of: a trailing dot is the same domain, on either side.
+        ("a@sender.test.", b"", True, [], ["sender.test"], "no_dsn_domains"),
+        ("a@sender.test", b"", False, ["Sender.Test."], [], None),
         ("", b"", True, [], [], "null sender"),
         ("<>", b"", True, [], [], "null sender"),
         (
@@ -180,3 +173,38 @@ def test_a_dsn_about_a_dsn_is_refused() -> None:
         "someone@sender.test", HeaderBlock(raw), enabled=True, domains=[], no_domains=[]
     )
     assert refusal is not None and "report" in refusal
+
+
+def test_a_dsn_carries_sluices_received_line_and_returns_the_originals() -> None:
+    """relay.received on both sides: Sluice's reader finds the original in Sluice's DSN."""
+    original_qid = "18BCFE5C000A1B2C"
+    original = (
+        received_header(
+            hostname="sluice.test",
+            client_ip="127.0.0.1",
+            helo="app",
+            queue_id=original_qid,
+            protocol="ESMTP",
+            recipients=["bad@example.net"],
+            now=ARRIVAL,
+        )
+        + ORIGINAL
+    )
+    raw = build_dsn(
+        kind=DsnKind.FAILED,
+        original=original,
+        sender="app@sender.test",
+        recipients=[DsnRecipient("bad@example.net", "failed", 550, "5.1.1 no such user", NOW)],
+        hostname="sluice.test",
+        queue_id=original_qid,
+        dsn_queue_id=DSN_QID,
+        arrival=ARRIVAL,
+        now=NOW,
+    )
+    # The DSN's own trace line comes first, as on every message Sluice spools.
+    assert queue_id_from_received(HeaderBlock(raw).data[: HeaderBlock(raw).end]) == DSN_QID
+    assert raw.startswith(b"Received: by sluice.test (Sluice) with local id " + DSN_QID.encode())
+    # The bounce reader takes the returned header's line: the original message.
+    report = read_bounce(raw)
+    assert report is not None and report.queue_id == original_qid
+    assert [f.address for f in report.failures] == ["bad@example.net"]

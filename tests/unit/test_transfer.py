@@ -1,4 +1,4 @@
-"""relay/transfer.py: messages made to fit an upstream, their decoded content unchanged."""
+"""relay/outbound/transfer.py: messages made to fit an upstream, their decoded content unchanged."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.transfer import (
+from relay.outbound.transfer import (
     MAX_LINE,
     Unconvertible,
     ascii_envelope,

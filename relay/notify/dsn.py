@@ -19,7 +19,6 @@ sent automatically (RFC 3834 § 2: "Auto-Submitted" other than "no").
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,19 +32,17 @@ from email.utils import format_datetime, formataddr
 from enum import StrEnum
 from typing import Literal
 
+from relay.address import domain_of, normal_domain
+from relay.enhanced_status import reply_status
 from relay.message import HeaderBlock
+from relay.received import received_header
 
 __all__ = [
     "DsnKind",
     "DsnRecipient",
     "build_dsn",
     "dsn_refusal",
-    "enhanced_status",
-    "sender_domain",
 ]
-
-#: RFC 3463 enhanced status code, anywhere in a reply
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class DsnKind(StrEnum):
@@ -70,10 +67,6 @@ class DsnRecipient:
     retry_until: float | None = None
 
 
-def sender_domain(address: str) -> str:
-    return address.rpartition("@")[2].lower() if "@" in address else ""
-
-
 def dsn_refusal(
     sender: str,
     head: HeaderBlock,
@@ -90,10 +83,10 @@ def dsn_refusal(
     """
     if not sender or sender == "<>":
         return "the message has the null sender (it is itself a notification)"
-    domain = sender_domain(sender)
-    if domain in {d.lower() for d in no_domains}:
+    domain = domain_of(sender)
+    if domain in {normal_domain(d) for d in no_domains}:
         return f"notify.no_dsn_domains lists {domain}"
-    if not enabled and domain not in {d.lower() for d in domains}:
+    if not enabled and domain not in {normal_domain(d) for d in domains}:
         return "DSNs are off (notify.dsn) for this sender domain"
     ctype = (head.value("content-type") or "").lower()
     if ctype.startswith("multipart/report"):
@@ -102,17 +95,6 @@ def dsn_refusal(
     if auto != "no":
         return f"the message says Auto-Submitted: {auto}"
     return None
-
-
-def enhanced_status(code: int | None, reply: str) -> str:
-    """The RFC 3463 status of a reply: its own enhanced code, else one from its class."""
-    if m := _ENHANCED.search(reply):
-        return ".".join(m.groups())
-    if code is not None and 400 <= code < 600:
-        return f"{code // 100}.0.0"
-    # No server answered (no provider, or expiry while waiting): "other or
-    # undefined status" of the class the recipient ended in.
-    return "4.0.0"
 
 
 def _one_line(text: str) -> str:
@@ -180,6 +162,7 @@ def build_dsn(
     recipients: Sequence[DsnRecipient],
     hostname: str,
     queue_id: str,
+    dsn_queue_id: str,
     arrival: float,
     now: float,
 ) -> bytes:
@@ -192,6 +175,9 @@ def build_dsn(
         recipients: one entry per recipient reported.
         hostname: this relay's name (Reporting-MTA, the From: address domain).
         queue_id: the original message's queue ID (for the operator's search).
+        dsn_queue_id: the DSN's own queue ID, for its ``Received:`` line: a
+            DSN is spooled like any message, and carries Sluice's trace line
+            like any other (``relay.received``), as Postfix's bounces do.
         arrival: when Sluice accepted the original (Arrival-Date).
         now: the DSN's Date.
     """
@@ -225,7 +211,7 @@ def build_dsn(
         block = Message()
         block["Final-Recipient"] = f"rfc822; {r.address}"
         block["Action"] = r.action
-        status_code = enhanced_status(r.code, r.reply)
+        status_code = reply_status(r.code, r.reply)
         if r.action == "failed" and status_code.startswith("2"):
             status_code = "5.0.0"  # cannot happen for a failure; keep the class honest
         block["Status"] = status_code
@@ -241,5 +227,13 @@ def build_dsn(
     returned = _headers_part(original)
     returned["Content-Description"] = "Undelivered Message Headers"
     report.attach(returned)
+    received = received_header(
+        hostname=hostname,
+        queue_id=dsn_queue_id,
+        protocol="local",
+        recipients=[sender],
+        now=now,
+        utf8=not sender.isascii(),
+    )
     # policy=SMTP: CRLF line ends, as the spool stores and providers expect.
-    return report.as_bytes(policy=SMTP)
+    return received + report.as_bytes(policy=SMTP)

@@ -59,10 +59,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
 
-import idna
-
+from relay.address import domain_to_ascii
 from relay.errors import SluiceError
-from relay.message import bare_line_ending
+from relay.message import bare_line_ending, field_name
 
 __all__ = [
     "MAX_LINE",
@@ -80,7 +79,9 @@ __all__ = [
 MAX_LINE = 998
 
 _LINE_ENDING = re.compile(rb"\r\n|\n|\r")
-# email.feedparser's rule for a header line: a field, a continuation, or the mbox "From ".
+# email.feedparser's rule for where a header block ends (a line that is not a field,
+# a continuation or the mbox "From "): an entity is split as the email parser that
+# reads its Content-Type splits it. A field's name is relay.message.field_name.
 _HEADER_LINE = re.compile(rb"(?:From |[\041-\071\073-\176]*:|[ \t])")
 _WSP_AFTER_CRLF = re.compile(rb"\r\n(?=[ \t])")
 _ENCODED = email.policy.SMTP.clone(refold_source="all", utf8=False, max_line_length=78)
@@ -171,10 +172,6 @@ def _split_entity(raw: bytes) -> tuple[list[bytes], bytes, bytes]:
     return fields, b"", b""
 
 
-def _name(field: bytes) -> str:
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
-
-
 class _Converter:
     """One conversion: the target (``eight_bit``) and the list of changes made."""
 
@@ -219,7 +216,7 @@ class _Converter:
                 new_fields.append(b"MIME-Version: 1.0\r\n")
         if set_cte is not None:
             header = f"Content-Transfer-Encoding: {set_cte}\r\n".encode()
-            names = [_name(f) for f in new_fields]
+            names = [field_name(f) for f in new_fields]
             if "content-transfer-encoding" in names:
                 new_fields[names.index("content-transfer-encoding")] = header
             else:
@@ -232,7 +229,7 @@ class _Converter:
         """A header field folded (or encoded) to fit; the field itself when it does."""
         if self.fits(field):
             return field
-        name = _name(field)
+        name = field_name(field)
         if field.isascii():
             folded = _fold(field)
             if folded is not None:
@@ -424,19 +421,16 @@ def to_ascii_address(addr: str) -> str | None:
 
     The address itself when it is ASCII; ``None`` when it cannot be written
     in ASCII (a non-ASCII local part, or a domain that is not a valid IDN).
-    UTS #46 mapping (case folding, full-width dots) is applied first, as
-    browsers and mail clients do.
+    The domain is written by ``relay.address.domain_to_ascii`` (UTS #46, then
+    IDNA 2008), the one IDNA rule of Sluice.
     """
     if addr.isascii():
         return addr
     local, at, domain = addr.rpartition("@")
     if not at or not local.isascii() or domain.startswith("["):
         return None
-    try:
-        ace = idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        return None
-    return f"{local}@{ace}"
+    ace = domain_to_ascii(domain)
+    return None if ace is None else f"{local}@{ace}"
 
 
 def ascii_envelope(sender: str, recipients: Sequence[str]) -> tuple[str, list[str]]:
