@@ -18,9 +18,11 @@ The layers, lowest first (a module may import its own wing and any lower layer):
 2. ``relay.inbound``, ``relay.outbound``, ``relay.bounces`` and ``relay.notify``: the
    sides of the spool (what comes in, what goes out, what comes back, who is told);
    none imports another
-3. ``admin``: the web page over the backend the daemon hands it
-4. ``relay.daemon``: the composition root
-5. ``relay.cli``: the ``sluice`` command
+3. ``relay.operations``: one typed function per operator or app action; the
+   only code that calls the store's write methods for a front-end
+4. ``admin``: the web page over the backend the daemon hands it
+5. ``relay.daemon``: the composition root
+6. ``relay.cli``: the ``sluice`` command
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ RANKS = {
     "outbound": 2,
     "bounces": 2,
     "notify": 2,
-    "admin": 3,
-    "daemon": 4,
-    "cli": 5,
+    "operations": 3,
+    "admin": 4,
+    "daemon": 5,
+    "cli": 6,
 }
 
 Graph = dict[str, set[str]]
@@ -65,7 +68,7 @@ def wing_of(module: str) -> str:
     parts = module.split(".")
     if parts[0] == "admin":
         return "admin"
-    wings = ("store", "inbound", "outbound", "bounces", "notify", "cli", "daemon")
+    wings = ("store", "inbound", "outbound", "bounces", "notify", "operations", "cli", "daemon")
     if len(parts) >= 2 and parts[1] in wings:
         return parts[1]
     return "core"
@@ -200,7 +203,7 @@ def render_wings(graph: Graph) -> Iterable[str]:
     wings = wing_graph(graph)
     for wing, rank in sorted(RANKS.items(), key=lambda kv: (-kv[1], kv[0])):
         uses = sorted(wings[wing], key=lambda w: (-RANKS[w], w))
-        line = f"[{rank}] {wing:<9}" + (f" -> {', '.join(uses)}" if uses else "")
+        line = f"[{rank}] {wing:<10}" + (f" -> {', '.join(uses)}" if uses else "")
         yield line.rstrip()
 
 
