@@ -26,7 +26,7 @@ from admin.auth import COOKIE, Credentials, LoginLimiter, Sessions
 from admin.backend import AdminState, Backend
 from admin.guard import Guard, allowed_host_names
 from relay.config import AdminSettings
-from relay.wording import when
+from relay.wording import plural, when
 
 __all__ = ["create_app"]
 
@@ -47,6 +47,7 @@ def _templates() -> Jinja2Templates:
     )
     env.filters["utc"] = partial(when, empty="–")
     env.filters["iso"] = _iso
+    env.globals["plural"] = plural
     return Jinja2Templates(env=env)
 
 

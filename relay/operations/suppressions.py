@@ -42,6 +42,7 @@ __all__ = [
     "expiry",
     "export_csv",
     "import_csv",
+    "lookup_key",
     "parse_csv",
     "suppress",
     "unsuppress",
@@ -49,6 +50,9 @@ __all__ = [
 ]
 
 COLUMNS = ("address", "scope", "source", "reason", "created_at", "expires_at")
+# RFC 5321 § 4.5.3.1.3: a path is at most 256 octets; 320 leaves room for
+# what a bounce may have recorded anyway.
+_LOOKUP_MAX = 320
 _SCOPE_MAX = 200
 _REASON_MAX = 500
 _PAGE = 1000
@@ -69,6 +73,26 @@ def check_address(text: object) -> str:
     problem = address_problem(address)
     if problem is not None:
         raise Refused(f"not an address: {text.strip()!r} ({problem})")
+    return address
+
+
+def lookup_key(text: object) -> str:
+    """The stored form of an address to look up or remove, which need not be a valid one.
+
+    A bounce may have recorded an address no front-end would take (a remote
+    server wrote it), and the operator must still be able to see and remove
+    it: only what cannot be a stored address is refused here.
+
+    Raises:
+        Refused: not text, empty, too long, or with control characters.
+    """
+    if not isinstance(text, str):
+        raise Refused("address: expected text")
+    address = normalize(text)
+    if not address:
+        raise Refused("address: required")
+    if len(address) > _LOOKUP_MAX or any(ord(c) < 32 or ord(c) == 127 for c in address):
+        raise Refused(f"address: at most {_LOOKUP_MAX} characters, no control characters")
     return address
 
 
@@ -277,10 +301,10 @@ async def unsuppress(
     """Remove an address's entry in ``scope`` (every scope when None): mail to it goes again.
 
     Raises:
-        Refused: not an address, or a bad scope.
+        Refused: no address (see ``lookup_key``), or a bad scope.
     """
     del actor  # the list keeps entries, not their history
-    checked = check_address(address)
+    checked = lookup_key(address)
     in_scope = check_scope(scope) if scope is not None else None
     return Unsuppressed(checked, await spool.suppressions.remove(checked, scope=in_scope))
 
