@@ -36,7 +36,7 @@ from relay.errors import UnknownMessage
 from relay.model import RecipientStatus
 from relay.operations import suppressions as sup_ops
 from relay.operations.actor import Refused
-from relay.operations.testmail import TestMessage, send_test_message
+from relay.operations.testmail import SendTest, send_test_message
 from relay.outbound.device_flow import DeviceFlowError
 
 __all__ = [
@@ -225,7 +225,7 @@ async def api_provider_send_test(request: Request) -> Response:
         sent = await send_test_message(
             b.spool,
             b.snapshot().config,
-            TestMessage(request.path_params["pid"], to),
+            SendTest(request.path_params["pid"], to),
             actor(request),
             hostname=b.hostname,
             now=b.clock(),

@@ -35,7 +35,7 @@ from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
 from relay.operations import suppressions as sup_ops
 from relay.operations.actor import Refused
 from relay.operations.queue import Acted, QueueAction
-from relay.operations.testmail import TestMessage, send_test_message
+from relay.operations.testmail import SendTest, send_test_message
 from relay.outbound.device_flow import DeviceFlowError
 from relay.store.suppressions import SOURCES
 from relay.wording import plural
@@ -212,7 +212,7 @@ async def send_test(request: Request) -> Response:
         sent = await send_test_message(
             b.spool,
             b.snapshot().config,
-            TestMessage(fields["provider"], fields["to"]),
+            SendTest(fields["provider"], fields["to"]),
             actor(request),
             hostname=b.hostname,
             now=b.clock(),

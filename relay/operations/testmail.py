@@ -24,11 +24,11 @@ from relay.operations.actor import Actor, Refusal, Refused
 from relay.store.spool import NewMessage, Spool, new_queue_id
 from relay.wording import when
 
-__all__ = ["TestMessage", "TestSent", "parse_recipient", "send_test_message"]
+__all__ = ["SendTest", "SentTest", "parse_recipient", "send_test_message"]
 
 
 @dataclass(frozen=True, slots=True)
-class TestMessage:
+class SendTest:
     """A test message to send: to whom, through which provider."""
 
     provider: str
@@ -36,7 +36,7 @@ class TestMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class TestSent:
+class SentTest:
     queue_id: str
     provider: str
     to: str
@@ -58,12 +58,12 @@ def parse_recipient(text: str) -> str:
 async def send_test_message(
     spool: Spool,
     config: Config,
-    request: TestMessage,
+    request: SendTest,
     actor: Actor,
     *,
     hostname: str,
     now: float,
-) -> TestSent:
+) -> SentTest:
     """Queue a test message to ``request.to`` through ``request.provider``.
 
     Raises:
@@ -108,4 +108,4 @@ async def send_test_message(
             crlf_only=b"\n" not in data.replace(b"\r\n", b""),
         )
     )
-    return TestSent(queue_id, provider.id, rcpt)
+    return SentTest(queue_id, provider.id, rcpt)
