@@ -125,6 +125,8 @@ async def test_operator_journey(
             await expect(row.locator("td.num")).to_have_text("1")
             await expect(row.get_by_text(XSS, exact=True)).to_be_visible()
             await expect(row.locator("time[data-rel] .rel").last).to_contain_text("in ")
+            # After the script ran, times still read as the CLI and the log write them.
+            await expect(row.locator("time[data-ts]").first).to_contain_text(" UTC")
             await shot(page, "02-queue")
 
             # Retry now: another attempt happens at once (the upstream still defers).

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from relay.secrets import MASK
+from relay.wording import when
 from tests.admin.conftest import AppClientFactory
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import TestUpstream
@@ -54,6 +55,9 @@ async def test_every_page_and_route_answers(
                 assert r.status_code == 200, path
                 assert r.headers["content-type"].startswith("text/html")
                 assert text in r.text, path
+            # Times are shown as everywhere else: UTC, with the zone (relay.wording.when).
+            shown = (await c.get(f"/messages/{entry.queue_id}")).text
+            assert f">{when(entry.received_at)}</time>" in shown
             api = {
                 "/api/overview": "counts",
                 "/api/providers": "up1",
