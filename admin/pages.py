@@ -89,7 +89,7 @@ def _notice(request: Request) -> str:
     }
     text = texts.get(done or "", "")
     if text and missing:
-        text += f" {missing} were no longer in the queue."
+        text += f" {plural(missing, 'message was', 'messages were')} no longer in the queue."
     return text
 
 

@@ -199,6 +199,13 @@ async def test_queue_actions_by_form_and_api(
             assert r.status_code == 303
             assert r.headers["location"] == "/queue?limit=50&done=delete&n=2&missing=0"
             assert "2 messages deleted." in (await c.get(r.headers["location"])).text
+            # Deleting one already gone says so, in words that agree with the count.
+            r = await c.post(
+                "/queue/action",
+                data={"csrf_token": token, "action": "delete", "queue_id": [q[0]]},
+            )
+            notice = (await c.get(r.headers["location"])).text
+            assert "0 messages deleted. 1 message was no longer in the queue." in notice
             assert {e.queue_id for e in await s.spool.list_queue()} == set(q[2:])
             # Retry now: the next attempt becomes due at once (the upstream now accepts).
             upstream.reply.clear()
