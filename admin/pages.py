@@ -72,14 +72,14 @@ def _notice(request: Request) -> str:
         return ""
     messages, recipients = plural(n, "message"), plural(n, "recipient")
     entries = plural(n, "suppression entry", "suppression entries")
-    A = QueueAction
+    past = {a.value: a.past for a in QueueAction}
     texts = {
-        "retry": f"{messages} {A.RETRY.past}.",
-        "delete": f"{messages} {A.DELETE.past}.",
+        "retry": f"{messages} {past['retry']}.",
+        "delete": f"{messages} {past['delete']}.",
         "reload": "Configuration reloaded.",
-        "hold": f"{recipients} {A.HOLD.past}.",
-        "release": f"{recipients} {A.RELEASE.past}: due now.",
-        "reroute": f"{recipients} {A.REROUTE.past}: due now.",
+        "hold": f"{recipients} {past['hold']}.",
+        "release": f"{recipients} {past['release']}: due now.",
+        "reroute": f"{recipients} {past['reroute']}: due now.",
         "pause": "Delivery paused; mail is still accepted.",
         "resume": "Delivery resumed.",
         "reload-failed": "Reload failed; the running configuration is unchanged.",

@@ -1,9 +1,9 @@
 """``sluice queue hold|release|reroute`` and ``sluice providers pause|resume``.
 
 Operator controls, as ``postsuper -h/-H`` and KumoMTA's ``kcli rebind`` do
-them: each acts on the spool directly (the daemon needs not run, and picks
-the change up at its next look, within a second for pauses), and each is
-written to the spool's audit log as ``cli:$USER``.
+them: each opens the spool and calls ``relay.operations`` (the daemon needs
+not run, and picks the change up at its next look, within a second for
+pauses), which writes it to the spool's audit log as ``cli:$USER``.
 
 A selection is queue IDs and/or filters (``--sender``, ``--recipient-domain``,
 ``--provider``, ``--stream``, ``--older-than``, ``--status``); every given

@@ -36,6 +36,8 @@ def target_name(target: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Paused:
+    """A pause in force: its target, reason, and end."""
+
     target: str
     reason: str
     #: when the pause ends by itself (None: when resumed)
@@ -48,6 +50,8 @@ class Paused:
 
 @dataclass(frozen=True, slots=True)
 class Resumed:
+    """A pause ended (or not: ``due_now`` None when there was none)."""
+
     target: str
     #: recipients that waited for the pause and are due now (None: it was not paused)
     due_now: int | None

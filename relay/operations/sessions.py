@@ -22,6 +22,8 @@ class SessionStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Revoked:
+    """Every admin session ended."""
+
     #: the session version from now on; cookies with an older one are refused
     version: int
 

@@ -251,11 +251,15 @@ def parse_csv(
 
 @dataclass(frozen=True, slots=True)
 class Suppressed:
+    """The entry as stored (the address normalized, the source from the actor)."""
+
     entry: Suppression
 
 
 @dataclass(frozen=True, slots=True)
 class Unsuppressed:
+    """What an unsuppress removed."""
+
     address: str
     #: entries removed (0: the address had none in that scope)
     removed: int
@@ -263,6 +267,8 @@ class Unsuppressed:
 
 @dataclass(frozen=True, slots=True)
 class Imported:
+    """What an import added (all rows of the file: it is all or nothing)."""
+
     count: int
 
 

@@ -37,6 +37,8 @@ class SendTest:
 
 @dataclass(frozen=True, slots=True)
 class SentTest:
+    """A test message in the queue: its queue ID, provider and recipient."""
+
     queue_id: str
     provider: str
     to: str
