@@ -173,7 +173,8 @@ async def cmd_queue_retry(args: argparse.Namespace) -> int:
     async with await Spool.open(cfg.spool.path) as spool:
         acted = await queue_ops.retry(spool, args.queue_id, Actor.cli())
     for qid in acted.done:
-        print(f"{qid}: {plural(acted.recipients[qid], 'recipient')} {acted.action.past}")
+        # The recipients' state now, as postqueue -i users read it: "2 recipients due now".
+        print(f"{qid}: {plural(acted.recipients[qid], 'recipient')} due now")
     return _missing(acted)
 
 

@@ -196,7 +196,7 @@ async def test_ready_line_counts_pending_and_counts_are_pluralized(
     rc, out, _ = await run_cli("queue", "show", sent_qid, "-c", str(path))
     assert rc == 0 and "<one@example.net> sent, 1 attempt, next" in out, out
     rc, out, _ = await run_cli("queue", "retry", single_qid.group(1), "-c", str(path))
-    assert rc == 0 and f"{single_qid.group(1)}: 1 recipient made due now" in out, out
+    assert rc == 0 and f"{single_qid.group(1)}: 1 recipient due now" in out, out
     assert await asyncio.wait_for(d2.stop(), 30) == 0
 
 

@@ -49,7 +49,7 @@ async def test_queue_commands_while_the_daemon_runs(
         # retry now: the upstream accepts this time; the daemon picks it up.
         del upstream.reply["RCPT"]
         code, out, _ = await run_cli("queue", "retry", qid, "-c", cfg)
-        assert code == 0 and "2 recipients made due now" in out
+        assert code == 0 and "2 recipients due now" in out
         await upstream.wait_for(1)
         await s.wait_idle()
 
