@@ -25,7 +25,6 @@ from relay.bounces.poller import BouncePoller
 from relay.config import Config, load
 from relay.operations import suppressions as sup_ops
 from relay.operations.actor import Actor, Refused
-from relay.operations.suppressions import expiry
 from relay.store.spool import Spool
 from relay.store.suppressions import SOURCES, normalize
 from relay.wording import plural, when
@@ -86,7 +85,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
 async def cmd_add(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     try:
-        expires = expiry(time.time(), expires_in=args.expires)
+        expires = sup_ops.expiry(time.time(), expires_in=args.expires)
     except Refused as exc:
         print(f"sluice: --expires: {exc}", file=sys.stderr)
         return EX_USAGE
