@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,28 +16,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from admin.backend import ACTIONS, AdminState, act, identity, state
+from admin.backend import (
+    ACTIONS,
+    REFUSAL_STATUS,
+    AdminState,
+    act,
+    actor,
+    identity,
+    json_body,
+    state,
+)
 from admin.data import LogFilter, QueueFilter, jsonable, message_view, provider_view
 from admin.health import Health, State, check
 from admin.stats import summary
-from admin.suppressions import (
-    IMPORT_MAX,
-    InputError,
-    SuppressionFilter,
-    all_entries,
-    bounce_view,
-    check_address,
-    check_reason,
-    check_scope,
-    entry_view,
-    expiry,
-    export_csv,
-    parse_csv,
-)
-from admin.testmail import TestMessageError, send_test_message, test_message_view
+from admin.suppressions import IMPORT_MAX, SuppressionFilter, bounce_view, entry_view
+from admin.testmail import test_message_view
 from relay.bounces.mailbox import MailboxError
 from relay.errors import UnknownMessage
 from relay.model import RecipientStatus
+from relay.operations import suppressions as sup_ops
+from relay.operations.actor import Refused
+from relay.operations.testmail import SendTest, send_test_message
 from relay.outbound.device_flow import DeviceFlowError
 
 __all__ = [
@@ -52,8 +50,6 @@ __all__ = [
     "suppressions_csv_response",
     "webhooks_data",
 ]
-
-_BODY_MAX = 64 * 1024
 
 
 async def overview_data(st: AdminState) -> dict[str, Any]:
@@ -143,15 +139,6 @@ def _error(status: int, text: str) -> JSONResponse:
     return JSONResponse({"error": text}, status_code=status)
 
 
-async def _body(request: Request) -> Any:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > _BODY_MAX:
-            raise ValueError("request body too large")
-    return json.loads(raw) if raw else {}
-
-
 async def api_overview(request: Request) -> Response:
     data = await overview_data(state(request))
     data["chart"] = {
@@ -227,16 +214,25 @@ async def api_provider_send_test(request: Request) -> Response:
     or deferred after a first attempt).
     """
     try:
-        body = await _body(request)
+        body = await json_body(request)
     except ValueError as exc:
         return _error(400, f"expected a JSON body: {exc}")
-    to = body.get("to") if isinstance(body, dict) else None
+    to = body.get("to")
     if not isinstance(to, str):
         return _error(400, 'expected {"to": "someone@example.org"}')
+    b = state(request).backend
     try:
-        qid = await send_test_message(state(request).backend, request.path_params["pid"], to)
-    except TestMessageError as exc:
-        return _error(exc.status, str(exc))
+        sent = await send_test_message(
+            b.spool,
+            b.snapshot().config,
+            SendTest(request.path_params["pid"], to),
+            actor(request),
+            hostname=b.hostname,
+            now=b.clock(),
+        )
+    except Refused as exc:
+        return _error(REFUSAL_STATUS[exc.refusal], str(exc))
+    qid = sent.queue_id
     return _json({"queue_id": qid, "status_url": f"/api/test-messages/{qid}"}, 202)
 
 
@@ -264,21 +260,24 @@ async def api_queue_action(request: Request) -> Response:
     if action not in ACTIONS:
         return _error(404, f"unknown action {action!r}")
     try:
-        body = await _body(request)
+        body = await json_body(request)
     except ValueError as exc:
         return _error(400, f"expected a JSON body: {exc}")
-    ids = body.get("queue_ids") if isinstance(body, dict) else None
+    ids = body.get("queue_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         return _error(400, 'expected {"queue_ids": ["...", ...]}')
-    return _json(await act(state(request).backend.spool, action, ids))
+    acted = await act(state(request).backend.spool, action, ids, actor(request))
+    return _json({"action": action, "done": acted.done, "missing": acted.missing})
 
 
 async def api_message_action(request: Request) -> Response:
     action = request.path_params["action"]
     if action not in ACTIONS:
         return _error(404, f"unknown action {action!r}")
-    result = await act(state(request).backend.spool, action, [request.path_params["qid"]])
-    return _json(result, 404 if result["missing"] else 200)
+    qid = request.path_params["qid"]
+    acted = await act(state(request).backend.spool, action, [qid], actor(request))
+    body = {"action": action, "done": acted.done, "missing": acted.missing}
+    return _json(body, 404 if acted.missing else 200)
 
 
 async def api_log(request: Request) -> Response:
@@ -492,29 +491,31 @@ async def api_suppression_add(request: Request) -> Response:
     """
     st = state(request)
     try:
-        body = await _body(request)
+        body = await json_body(request)
     except ValueError as exc:
-        return _error(400, f"expected a JSON body: {exc}")
-    if not isinstance(body, dict):
-        return _error(400, 'expected {"address": "someone@example.org", ...}')
+        return _error(400, f'expected {{"address": "someone@example.org", ...}}: {exc}')
     try:
-        address = check_address(body.get("address"))
-        scope = check_scope(body.get("scope"))
-        reason = check_reason(body.get("reason"))
-        expires_at = expiry(st.backend.clock(), body.get("expires_at"), body.get("expires_in"))
-    except InputError as exc:
-        return _error(400, str(exc))
-    entry = await st.backend.spool.suppressions.add(
-        address, scope=scope, source="api", reason=reason, expires_at=expires_at
-    )
-    return _json(entry_view(entry, st.backend.clock()), 201)
+        expires_at = sup_ops.expiry(
+            st.backend.clock(), body.get("expires_at"), body.get("expires_in")
+        )
+        done = await sup_ops.suppress(
+            st.backend.spool,
+            body.get("address"),
+            actor(request),
+            scope=body.get("scope"),
+            reason=body.get("reason"),
+            expires_at=expires_at,
+        )
+    except Refused as exc:
+        return _error(REFUSAL_STATUS[exc.refusal], str(exc))
+    return _json(entry_view(done.entry, st.backend.clock()), 201)
 
 
 async def api_suppression(request: Request) -> Response:
     st = state(request)
     try:
-        address = check_address(request.path_params["address"])
-    except InputError as exc:
+        address = sup_ops.lookup_key(request.path_params["address"])
+    except Refused as exc:
         return _error(400, str(exc))
     data = await suppression_detail(st, address)
     if not data["entries"] and not data["bounces"]:
@@ -525,21 +526,25 @@ async def api_suppression(request: Request) -> Response:
 async def api_suppression_remove(request: Request) -> Response:
     """Remove an address's entry in ``?scope=`` (every scope when absent)."""
     try:
-        address = check_address(request.path_params["address"])
-        scope = request.query_params.get("scope")
-        scope = check_scope(scope) if scope is not None else None
-    except InputError as exc:
-        return _error(400, str(exc))
-    removed = await state(request).backend.spool.suppressions.remove(address, scope=scope)
-    return _json({"address": address, "removed": removed}, 200 if removed else 404)
+        done = await sup_ops.unsuppress(
+            state(request).backend.spool,
+            request.path_params["address"],
+            actor(request),
+            scope=request.query_params.get("scope"),
+        )
+    except Refused as exc:
+        return _error(REFUSAL_STATUS[exc.refusal], str(exc))
+    return _json({"address": done.address, "removed": done.removed}, 200 if done.removed else 404)
 
 
 async def suppressions_csv_response(request: Request) -> Response:
     """The list (with the same filters as the page) as CSV, as ``sluice suppression export``."""
-    spool = state(request).backend.spool
-    entries = await all_entries(spool, SuppressionFilter.parse(request.query_params))
+    f = SuppressionFilter.parse(request.query_params)
+    text, _ = await sup_ops.export_csv(
+        state(request).backend.spool, search=f.search or None, scope=f.scope, source=f.source
+    )
     return Response(
-        export_csv(entries),
+        text,
         media_type="text/csv; charset=utf-8",
         headers={"content-disposition": 'attachment; filename="suppressions.csv"'},
     )
@@ -553,11 +558,12 @@ async def api_suppressions_import(request: Request) -> Response:
         if len(raw) > IMPORT_MAX:
             return _error(413, f"the CSV is larger than {IMPORT_MAX} bytes")
     try:
-        entries = parse_csv(bytes(raw))
-    except InputError as exc:
-        return _error(400, str(exc))
-    count = await state(request).backend.spool.suppressions.add_many(entries)
-    return _json({"imported": count})
+        done = await sup_ops.import_csv(
+            state(request).backend.spool, bytes(raw), actor(request), max_bytes=IMPORT_MAX
+        )
+    except Refused as exc:
+        return _error(REFUSAL_STATUS[exc.refusal], str(exc))
+    return _json({"imported": done.count})
 
 
 async def bounce_raw_response(request: Request) -> Response:

@@ -9,6 +9,7 @@ and JSON API share the values in ``admin.data``.
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -25,16 +26,11 @@ from admin.auth import COOKIE, Credentials, LoginLimiter, Sessions
 from admin.backend import AdminState, Backend
 from admin.guard import Guard, allowed_host_names
 from relay.config import AdminSettings
+from relay.wording import plural, when
 
 __all__ = ["create_app"]
 
 _HERE = Path(__file__).parent
-
-
-def _utc(ts: float | None) -> str:
-    if ts is None:
-        return "–"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _iso(ts: float | None) -> str:
@@ -49,8 +45,9 @@ def _templates() -> Jinja2Templates:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["utc"] = _utc
+    env.filters["utc"] = partial(when, empty="–")
     env.filters["iso"] = _iso
+    env.globals["plural"] = plural
     return Jinja2Templates(env=env)
 
 

@@ -42,6 +42,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from relay.config import AdminSettings
+from relay.operations.actor import Actor
+from relay.operations.sessions import revoke_admin_sessions
 
 __all__ = [
     "COOKIE",
@@ -237,9 +239,9 @@ class Sessions:
         store.update(session.to_dict())
         return session
 
-    async def log_out(self, store: MutableMapping[str, Any]) -> Session:
+    async def log_out(self, store: MutableMapping[str, Any], who: Actor) -> Session:
         """End every login session (one admin account: logout means everywhere)."""
-        await self.versions.revoke_admin_sessions()
+        await revoke_admin_sessions(self.versions, who)
         return self.start_anonymous(store)
 
     def device_cookie(self, user: str, device: str | None) -> str:

@@ -7,6 +7,7 @@ reads and acts only through it. No globals.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from admin.auth import Credentials, LoginLimiter, Sessions
 from admin.guard import SCOPE_KEY, Identity
 from relay.bounces.poller import PollStatus
 from relay.config import AdminSettings
-from relay.errors import UnknownMessage
 from relay.metrics import Metrics
+from relay.operations import queue as queue_ops
+from relay.operations.actor import Actor, ActorKind, Refusal
+from relay.operations.queue import Acted
 from relay.outbound.probe import TestReport
 from relay.outbound.scheduler import Snapshot
 from relay.outbound.sign_in import SignIn
@@ -30,15 +33,20 @@ from relay.store.spool import Spool
 
 __all__ = [
     "ACTIONS",
+    "REFUSAL_STATUS",
     "AdminState",
     "Backend",
     "DaemonStatus",
     "act",
+    "actor",
     "identity",
+    "json_body",
     "state",
 ]
 
 ACTIONS = ("retry", "delete")
+#: the largest JSON body the API reads
+_BODY_MAX = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,20 +225,46 @@ def identity(request: Request) -> Identity:
     return who
 
 
-async def act(spool: Spool, action: str, queue_ids: Iterable[str]) -> dict[str, Any]:
-    """Retry or delete messages by queue ID; unknown IDs are reported, not fatal."""
-    done: list[str] = []
-    missing: list[str] = []
-    for qid in dict.fromkeys(q.strip() for q in queue_ids if q.strip()):
-        try:
-            if action == "retry":
-                await spool.retry_now(qid)
-            elif action == "delete":
-                await spool.delete(qid)
-            else:
-                raise ValueError(action)
-        except UnknownMessage:
-            missing.append(qid)
-        else:
-            done.append(qid)
-    return {"action": action, "done": done, "missing": missing}
+def actor(request: Request) -> Actor:
+    """Who acts, for the operations: the front-end (the JSON API or the pages) and the user.
+
+    The name is the admin user; ``api`` for a bearer token; ``admin (no
+    password set)`` when no login is required.
+    """
+    who = identity(request)
+    kind = ActorKind.API if request.url.path.startswith("/api/") else ActorKind.ADMIN
+    if who.via == "token":
+        return Actor(kind, "api")
+    if who.via == "open":
+        return Actor(kind, "admin (no password set)")
+    return Actor(kind, who.user or str(who.via))
+
+
+#: a refusal's HTTP status
+REFUSAL_STATUS = {Refusal.INVALID: 400, Refusal.NOT_FOUND: 404, Refusal.CONFLICT: 409}
+
+
+async def json_body(request: Request, *, limit: int = _BODY_MAX) -> dict[str, Any]:
+    """The request's JSON object, read up to ``limit`` bytes (an empty body is ``{}``).
+
+    Raises:
+        ValueError: too large, not JSON, or not an object.
+    """
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ValueError("request body too large")
+    body = json.loads(raw) if raw else {}
+    if not isinstance(body, dict):
+        raise ValueError("expected a JSON object")
+    return body
+
+
+async def act(spool: Spool, action: str, queue_ids: Iterable[str], who: Actor) -> Acted:
+    """Retry or delete messages by queue ID (``ACTIONS``); unknown IDs are reported, not fatal."""
+    if action == "retry":
+        return await queue_ops.retry(spool, queue_ids, who)
+    if action == "delete":
+        return await queue_ops.delete(spool, queue_ids, who)
+    raise ValueError(action)

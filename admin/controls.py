@@ -3,8 +3,8 @@
 Forms go through a confirmation page that says how many recipients the
 action affects, counted from the spool at that moment (as Postal asks
 before a bulk action); the JSON API takes ``"dry_run": true`` for the same
-count. Every action is written to the spool's audit log with who did it:
-the admin user, or ``api`` for a bearer token.
+count. Each action is a call to ``relay.operations`` with the acting admin
+user (or ``api`` for a bearer token), which writes it to the audit log.
 """
 
 from __future__ import annotations
@@ -17,30 +17,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from admin.backend import AdminState, identity, state
+from admin.backend import REFUSAL_STATUS, AdminState, actor, json_body, state
 from admin.data import jsonable
-from admin.guard import Identity
 from admin.pages import render
 from relay.config import parse_duration
 from relay.model import ProviderPause, RecipientStatus, Selection
-from relay.store.spool import ALL_PROVIDERS, Control
+from relay.operations import providers as provider_ops
+from relay.operations import queue as queue_ops
+from relay.operations.actor import Refused
+from relay.operations.providers import ALL_PROVIDERS
+from relay.operations.queue import CONTROLS, ControlRequest, QueueAction
 
-__all__ = ["CONTROLS", "actor_of", "pause_views", "routes", "selection_from"]
+__all__ = ["CONTROLS", "pause_views", "routes", "selection_from"]
 
-#: the actions on a selection of recipients
-CONTROLS = ("hold", "release", "reroute")
 _FILTERS = ("sender", "recipient_domain", "provider", "stream", "older_than")
-_DONE = {"hold": "held", "release": "released", "reroute": "rerouted"}
-_BODY_MAX = 64 * 1024
-
-
-def actor_of(who: Identity) -> str:
-    """Who acts, for the audit log: the admin user, or ``api`` for a bearer token."""
-    if who.via == "token":
-        return "api"
-    if who.via == "open":
-        return "admin (no password set)"
-    return who.user or who.via
 
 
 def selection_from(fields: Mapping[str, Any], queue_ids: Sequence[str]) -> Selection:
@@ -74,23 +64,14 @@ def selection_from(fields: Mapping[str, Any], queue_ids: Sequence[str]) -> Selec
     )
 
 
-def _check_via(st: AdminState, action: str, via: str | None) -> str | None:
-    """An error text when a reroute names no enabled provider."""
-    if action != "reroute":
-        return None
-    enabled = {p.id for p in st.backend.snapshot().config.providers if p.enabled}
-    if not via or via not in enabled:
-        return f"reroute needs an enabled provider (one of: {', '.join(sorted(enabled))})"
-    return None
-
-
-def _control(st: AdminState, who: Identity, action: str, fields: Mapping[str, Any]) -> Control:
-    return Control(
+def _request(
+    action: QueueAction, fields: Mapping[str, Any], selection: Selection
+) -> ControlRequest:
+    return ControlRequest(
         action=action,
-        actor=actor_of(who),
-        reason=str(fields.get("reason") or "").strip()[:500],
-        provider=str(fields.get("via") or "") or None,
-        age_while_held=st.backend.snapshot().config.hold.age_while_held,
+        selection=selection,
+        reason=str(fields.get("reason") or ""),
+        via=str(fields.get("via") or "") or None,
     )
 
 
@@ -104,17 +85,20 @@ async def pause_views(st: AdminState) -> dict[str, ProviderPause]:
 
 async def queue_control(request: Request) -> Response:
     """Hold, release or reroute: a confirmation with the count first, then the action."""
-    st, who = state(request), identity(request)
+    st = state(request)
     form = await request.form()
-    action = str(form.get("action", ""))
+    try:
+        action = QueueAction(str(form.get("action", "")))
+    except ValueError:
+        action = QueueAction.RETRY  # not a control: refused just below
     if action not in CONTROLS:
         return render(request, "error.html", {"message": "Unknown action."}, 400)
     fields: dict[str, Any] = {k: form.get(k) for k in (*_FILTERS, "reason", "via", "everything")}
     fields["status"] = [str(s) for s in form.getlist("status")]
     # One form carries every action's inputs: keep only this action's own.
-    if action != "reroute":
+    if action is not QueueAction.REROUTE:
         fields["via"] = None
-    if action != "hold":
+    if action is not QueueAction.HOLD:
         fields["reason"] = None
     ids = [str(v) for v in form.getlist("queue_id")]
     try:
@@ -123,67 +107,76 @@ async def queue_control(request: Request) -> Response:
             raise ValueError("Select messages, or give a filter.")
     except ValueError as exc:
         return render(request, "error.html", {"message": str(exc)}, 400)
-    if (error := _check_via(st, action, fields.get("via"))) is not None:
-        return render(request, "error.html", {"message": error}, 400)
     back = str(form.get("back", "")) or "/queue"
     if not back.startswith("/") or back.startswith(("//", "/\\")):
         back = "/queue"
-    if form.get("confirmed") != "yes":
-        count = await st.backend.spool.count_selected(selection, action)
-        hidden = [(k, str(v)) for k, v in fields.items() if v and k != "status"]
-        hidden += [("status", s) for s in fields["status"]] + [("queue_id", q) for q in ids]
-        return render(
-            request,
-            "confirm.html",
-            {
-                "action": action,
-                "count": count,
-                "selection": selection.describe(),
-                "hidden": hidden,
-                "back": back,
-            },
-        )
-    n = await st.backend.spool.control(
-        selection,
-        _control(st, who, action, fields),
-        endpoints=st.backend.snapshot().config.notify.webhooks,
-    )
+    config = st.backend.snapshot().config
+    req = _request(action, fields, selection)
+    try:
+        if form.get("confirmed") != "yes":
+            count = await queue_ops.count(st.backend.spool, config, req)
+            hidden = [(k, str(v)) for k, v in fields.items() if v and k != "status"]
+            hidden += [("status", s) for s in fields["status"]] + [("queue_id", q) for q in ids]
+            return render(
+                request,
+                "confirm.html",
+                {
+                    "action": action.value,
+                    "count": count,
+                    "selection": count.selection,
+                    "hidden": hidden,
+                    "back": back,
+                },
+            )
+        done = await queue_ops.control(st.backend.spool, config, req, actor(request))
+    except Refused as exc:
+        return render(request, "error.html", {"message": str(exc)}, REFUSAL_STATUS[exc.refusal])
     back = back.split("done=")[0].rstrip("&?") or "/queue"
     sep = "&" if "?" in back else "?"
-    return RedirectResponse(f"{back}{sep}{urlencode({'done': action, 'n': n})}", status_code=303)
+    query = urlencode({"done": action.value, "n": done.recipients})
+    return RedirectResponse(f"{back}{sep}{query}", status_code=303)
 
 
 async def provider_pause(request: Request) -> Response:
     """Pause or resume one provider (``/providers/{pid}/pause``) or all (``pid`` = ``*``)."""
-    st, who = state(request), identity(request)
+    st = state(request)
     pid = request.path_params.get("pid", ALL_PROVIDERS)
     form = await request.form()
-    resume = request.url.path.endswith("/resume")
-    if pid != ALL_PROVIDERS and pid not in {p.id for p in st.backend.snapshot().config.providers}:
-        return render(request, "error.html", {"message": "No such provider."}, 404)
-    if resume:
-        await st.backend.spool.resume_provider(pid, actor=actor_of(who))
-        done = "resume"
-    else:
-        try:
-            until = _until(st, form.get("for"))
-        except ValueError as exc:
-            return render(request, "error.html", {"message": str(exc)}, 400)
-        reason = str(form.get("reason", "")).strip()[:500]
-        await st.backend.spool.pause_provider(pid, actor=actor_of(who), reason=reason, until=until)
-        done = "pause"
+    config = st.backend.snapshot().config
+    try:
+        if request.url.path.endswith("/resume"):
+            await provider_ops.resume(st.backend.spool, config, pid, actor(request))
+            done = "resume"
+        else:
+            await provider_ops.pause(
+                st.backend.spool,
+                config,
+                pid,
+                actor(request),
+                reason=str(form.get("reason", "")),
+                duration=_duration(form.get("for")),
+                now=st.backend.clock(),
+            )
+            done = "pause"
+    except Refused as exc:
+        return render(request, "error.html", {"message": str(exc)}, REFUSAL_STATUS[exc.refusal])
     back = "/providers" if pid == ALL_PROVIDERS else f"/providers/{pid}"
     back = {"list": "/providers", "overview": "/"}.get(str(form.get("from", "")), back)
     return RedirectResponse(f"{back}?done={done}", status_code=303)
 
 
-def _until(st: AdminState, duration: object) -> float | None:
-    if duration in (None, ""):
+def _duration(text: object) -> float | None:
+    """A pause's ``for`` ("2h"), or None for "until resumed".
+
+    Raises:
+        Refused: not a duration.
+    """
+    if text in (None, ""):
         return None
-    seconds = parse_duration(str(duration).strip())
-    if seconds <= 0:
-        raise ValueError("the duration must be positive")
-    return st.backend.clock() + seconds
+    try:
+        return parse_duration(str(text).strip())
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
 
 
 async def audit_page(request: Request) -> Response:
@@ -204,20 +197,6 @@ def _error(status: int, text: str) -> JSONResponse:
     return JSONResponse({"error": text}, status_code=status)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    import json
-
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > _BODY_MAX:
-            raise ValueError("request body too large")
-    body = json.loads(raw) if raw else {}
-    if not isinstance(body, dict):
-        raise ValueError("expected a JSON object")
-    return body
-
-
 async def api_queue_control(request: Request) -> Response:
     """``POST /api/queue/{hold,release,reroute}``: ``{"queue_ids": [...]}`` or a ``"filter"``.
 
@@ -225,10 +204,10 @@ async def api_queue_control(request: Request) -> Response:
     ``older_than``, ``status`` (a list) or ``everything``. Also ``"reason"``
     (hold), ``"via"`` (reroute) and ``"dry_run": true`` (only count).
     """
-    st, who = state(request), identity(request)
-    action = request.url.path.rsplit("/", 1)[-1]
+    st = state(request)
+    action = QueueAction(request.url.path.rsplit("/", 1)[-1])
     try:
-        body = await _json_body(request)
+        body = await json_body(request)
         ids = body.get("queue_ids") or []
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise ValueError('"queue_ids" must be a list of strings')
@@ -240,43 +219,65 @@ async def api_queue_control(request: Request) -> Response:
             raise ValueError('give "queue_ids" or a "filter" ({"everything": true} for all)')
     except ValueError as exc:
         return _error(400, str(exc))
-    if (error := _check_via(st, action, body.get("via"))) is not None:
-        return _error(400, error)
-    if body.get("dry_run"):
-        count = await st.backend.spool.count_selected(selection, action)
-        return JSONResponse({"action": action, "dry_run": True, **jsonable(count)})
-    n = await st.backend.spool.control(
-        selection,
-        _control(st, who, action, body),
-        endpoints=st.backend.snapshot().config.notify.webhooks,
+    config = st.backend.snapshot().config
+    req = _request(action, body, selection)
+    try:
+        if body.get("dry_run"):
+            count = await queue_ops.count(st.backend.spool, config, req)
+            return JSONResponse(
+                {
+                    "action": action.value,
+                    "dry_run": True,
+                    "recipients": count.recipients,
+                    "messages": count.messages,
+                }
+            )
+        done = await queue_ops.control(st.backend.spool, config, req, actor(request))
+    except Refused as exc:
+        return _error(REFUSAL_STATUS[exc.refusal], str(exc))
+    return JSONResponse(
+        {"action": action.value, "recipients": done.recipients, "selection": done.selection}
     )
-    return JSONResponse({"action": action, "recipients": n, "selection": selection.describe()})
 
 
 async def api_pause(request: Request) -> Response:
     """``POST /api/providers/{pid}/pause`` (or ``/api/pause`` for all): ``{"reason", "for"}``."""
-    st, who = state(request), identity(request)
+    st = state(request)
     pid = request.path_params.get("pid", ALL_PROVIDERS)
-    if pid != ALL_PROVIDERS and pid not in {p.id for p in st.backend.snapshot().config.providers}:
-        return _error(404, f"no provider {pid!r}")
     try:
-        body = await _json_body(request)
-        until = _until(st, body.get("for"))
+        body = await json_body(request)
     except ValueError as exc:
         return _error(400, str(exc))
-    reason = str(body.get("reason") or "").strip()[:500]
-    await st.backend.spool.pause_provider(pid, actor=actor_of(who), reason=reason, until=until)
-    return JSONResponse({"provider": pid, "paused": True, "reason": reason, "until": until})
+    try:
+        paused = await provider_ops.pause(
+            st.backend.spool,
+            st.backend.snapshot().config,
+            pid,
+            actor(request),
+            reason=str(body.get("reason") or ""),
+            duration=_duration(body.get("for")),
+            now=st.backend.clock(),
+        )
+    except Refused as exc:
+        return _error(REFUSAL_STATUS[exc.refusal], str(exc))
+    return JSONResponse(
+        {"provider": pid, "paused": True, "reason": paused.reason, "until": paused.until}
+    )
 
 
 async def api_resume(request: Request) -> Response:
     """``POST /api/providers/{pid}/resume`` (or ``/api/resume`` for all)."""
-    st, who = state(request), identity(request)
+    st = state(request)
     pid = request.path_params.get("pid", ALL_PROVIDERS)
-    n = await st.backend.spool.resume_provider(pid, actor=actor_of(who))
-    if n is None:
+    try:
+        resumed = await provider_ops.resume(
+            st.backend.spool, st.backend.snapshot().config, pid, actor(request)
+        )
+    except Refused as exc:
+        return _error(REFUSAL_STATUS[exc.refusal], str(exc))
+    if resumed.due_now is None:
         return _error(409, f"{pid!r} was not paused")
-    return JSONResponse({"provider": pid, "paused": False, "due_now": n})
+    return JSONResponse({"provider": pid, "paused": False, "due_now": resumed.due_now})
 
 
 async def api_pauses(request: Request) -> Response:

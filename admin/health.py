@@ -33,7 +33,6 @@ when no mail comes in.
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -42,7 +41,7 @@ from relay.config import AlertSettings
 from relay.errors import SpoolError
 from relay.model import ProviderPause, RecipientStatus
 from relay.store.spool import SpoolHealth
-from relay.wording import plural
+from relay.wording import plural, when
 
 __all__ = ["Health", "State", "assess", "check"]
 
@@ -190,9 +189,5 @@ async def check(backend: Backend) -> Health:
 
 def _pause_line(p: ProviderPause) -> str:
     who = "all providers" if p.provider == "*" else p.provider
-    end = (
-        "until resumed"
-        if p.until is None
-        else "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(p.until))
-    )
+    end = "until resumed" if p.until is None else f"until {when(p.until)}"
     return f"{who}: {p.reason or 'no reason given'} ({end}, by {p.actor})"

@@ -26,25 +26,19 @@ from admin.api import (
     webhooks_data,
 )
 from admin.auth import DEVICE_COOKIE
-from admin.backend import ACTIONS, act, identity, state
+from admin.backend import ACTIONS, REFUSAL_STATUS, act, actor, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
-from admin.suppressions import (
-    ANY_SCOPE,
-    IMPORT_MAX,
-    InputError,
-    SuppressionFilter,
-    check_address,
-    check_reason,
-    check_scope,
-    entry_view,
-    expiry,
-    parse_csv,
-)
-from admin.testmail import TestMessageError, send_test_message, test_message_view
+from admin.suppressions import ANY_SCOPE, IMPORT_MAX, SuppressionFilter, entry_view
+from admin.testmail import test_message_view
 from relay.errors import UnknownMessage
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
+from relay.operations import suppressions as sup_ops
+from relay.operations.actor import Refused
+from relay.operations.queue import Acted, QueueAction
+from relay.operations.testmail import SendTest, send_test_message
 from relay.outbound.device_flow import DeviceFlowError
 from relay.store.suppressions import SOURCES
+from relay.wording import plural
 
 __all__ = ["render", "routes"]
 
@@ -76,28 +70,33 @@ def _notice(request: Request) -> str:
         missing = int(q.get("missing", "0"))
     except ValueError:
         return ""
+    messages, recipients = plural(n, "message"), plural(n, "recipient")
+    entries = plural(n, "suppression entry", "suppression entries")
+    past = {a.value: a.past for a in QueueAction}
     texts = {
-        "retry": f"{n} message(s) made due now.",
-        "delete": f"{n} message(s) deleted.",
+        "retry": f"{messages} {past['retry']}.",
+        "delete": f"{messages} {past['delete']}.",
         "reload": "Configuration reloaded.",
-        "hold": f"{n} recipient(s) held.",
-        "release": f"{n} recipient(s) released: due now.",
-        "reroute": f"{n} recipient(s) rerouted: due now.",
+        "hold": f"{recipients} {past['hold']}.",
+        "release": f"{recipients} {past['release']}: due now.",
+        "reroute": f"{recipients} {past['reroute']}: due now.",
         "pause": "Delivery paused; mail is still accepted.",
         "resume": "Delivery resumed.",
         "reload-failed": "Reload failed; the running configuration is unchanged.",
         "added": "Address added to the suppression list.",
-        "removed": f"{n} suppression entr{'y' if n == 1 else 'ies'} removed.",
-        "imported": f"{n} suppression entr{'y' if n == 1 else 'ies'} imported.",
+        "removed": f"{entries} removed.",
+        "imported": f"{entries} imported.",
     }
     text = texts.get(done or "", "")
     if text and missing:
-        text += f" {missing} were no longer in the queue."
+        text += f" {plural(missing, 'message was', 'messages were')} no longer in the queue."
     return text
 
 
-def _done(action: str, result: dict[str, Any]) -> str:
-    return urlencode({"done": action, "n": len(result["done"]), "missing": len(result["missing"])})
+def _done(acted: Acted) -> str:
+    return urlencode(
+        {"done": acted.action.value, "n": len(acted.done), "missing": len(acted.missing)}
+    )
 
 
 def _see_other(url: str) -> RedirectResponse:
@@ -208,11 +207,20 @@ async def send_test(request: Request) -> Response:
     """The "Send test message" form: queue it, then show it on the provider list."""
     form = await request.form()
     fields = {"provider": str(form.get("provider", "")), "to": str(form.get("to", ""))}
+    b = state(request).backend
     try:
-        qid = await send_test_message(state(request).backend, fields["provider"], fields["to"])
-    except TestMessageError as exc:
-        return await _providers_page(request, send_error=str(exc), form=fields, status=exc.status)
-    return _see_other(f"/providers?{urlencode({'test_message': qid})}#test-message")
+        sent = await send_test_message(
+            b.spool,
+            b.snapshot().config,
+            SendTest(fields["provider"], fields["to"]),
+            actor(request),
+            hostname=b.hostname,
+            now=b.clock(),
+        )
+    except Refused as exc:
+        status = REFUSAL_STATUS[exc.refusal]
+        return await _providers_page(request, send_error=str(exc), form=fields, status=status)
+    return _see_other(f"/providers?{urlencode({'test_message': sent.queue_id})}#test-message")
 
 
 def _page_links(
@@ -257,11 +265,11 @@ async def queue_action(request: Request) -> Response:
     if action not in ACTIONS:
         return _render(request, "error.html", {"message": "Unknown action."}, 400)
     ids = [str(v) for v in form.getlist("queue_id")]
-    result = await act(state(request).backend.spool, action, ids)
+    acted = await act(state(request).backend.spool, action, ids, actor(request))
     # Drop an older notice from the way back before adding this one.
     back = back.split("done=")[0].rstrip("&?") or "/queue"
     sep = "&" if "?" in back else "?"
-    params = _done(action, result)
+    params = _done(acted)
     return _see_other(f"{back}{sep}{params}")
 
 
@@ -305,8 +313,7 @@ async def message_action(request: Request) -> Response:
     action = str(form.get("action", ""))
     if action not in ACTIONS:
         return _render(request, "error.html", {"message": "Unknown action."}, 400)
-    result = await act(state(request).backend.spool, action, [qid])
-    params = _done(action, result)
+    params = _done(await act(state(request).backend.spool, action, [qid], actor(request)))
     if action == "delete":
         return _see_other(f"/queue?{params}")
     return _see_other(f"/messages/{qid}?{params}")
@@ -360,31 +367,34 @@ async def suppression_add(request: Request) -> Response:
     form = await request.form()
     fields = {k: str(form.get(k, "")) for k in ("address", "scope", "reason", "expires_in")}
     try:
-        address = check_address(fields["address"])
-        scope = check_scope(fields["scope"])
-        reason = check_reason(fields["reason"])
-        expires_at = expiry(st.backend.clock(), expires_in=fields["expires_in"].strip())
-    except InputError as exc:
+        expires_at = sup_ops.expiry(st.backend.clock(), expires_in=fields["expires_in"].strip())
+        done = await sup_ops.suppress(
+            st.backend.spool,
+            fields["address"],
+            actor(request),
+            scope=fields["scope"],
+            reason=fields["reason"],
+            expires_at=expires_at,
+        )
+    except Refused as exc:
         return await _suppressions_page(request, error=str(exc), form=fields, status=400)
-    await st.backend.spool.suppressions.add(
-        address,
-        scope=scope,
-        source="manual",
-        reason=reason or "added by hand",
-        expires_at=expires_at,
-    )
-    return _see_other(f"/suppressions?{urlencode({'search': address, 'done': 'added'})}")
+    query = urlencode({"search": done.entry.address, "done": "added"})
+    return _see_other(f"/suppressions?{query}")
 
 
 async def suppression_remove(request: Request) -> Response:
     form = await request.form()
     back = _local_path(str(form.get("back", "")), "/suppressions")
     try:
-        address = check_address(str(form.get("address", "")))
-        scope = check_scope(str(form.get("scope", "")))
-    except InputError as exc:
+        done = await sup_ops.unsuppress(
+            state(request).backend.spool,
+            str(form.get("address", "")),
+            actor(request),
+            scope=str(form.get("scope", "")),
+        )
+    except Refused as exc:
         return await _suppressions_page(request, error=str(exc), status=400)
-    n = await state(request).backend.spool.suppressions.remove(address, scope=scope)
+    n = done.removed
     back = back.split("done=")[0].rstrip("&?") or "/suppressions"
     sep = "&" if "?" in back else "?"
     return _see_other(f"{back}{sep}{urlencode({'done': 'removed', 'n': n})}")
@@ -398,18 +408,19 @@ async def suppression_import(request: Request) -> Response:
             return await _suppressions_page(request, error="Choose a CSV file.", status=400)
         data = await upload.read(IMPORT_MAX + 1)
     try:
-        entries = parse_csv(data)
-    except InputError as exc:
+        done = await sup_ops.import_csv(
+            state(request).backend.spool, data, actor(request), max_bytes=IMPORT_MAX
+        )
+    except Refused as exc:
         return await _suppressions_page(request, error=f"Import refused: {exc}", status=400)
-    n = await state(request).backend.spool.suppressions.add_many(entries)
-    return _see_other(f"/suppressions?{urlencode({'done': 'imported', 'n': n})}")
+    return _see_other(f"/suppressions?{urlencode({'done': 'imported', 'n': done.count})}")
 
 
 async def suppression_page(request: Request) -> Response:
     """One address: its entries in every scope and the bounces that put it there."""
     try:
-        address = check_address(request.path_params["address"])
-    except InputError as exc:
+        address = sup_ops.lookup_key(request.path_params["address"])
+    except Refused as exc:
         return _render(request, "error.html", {"message": str(exc)}, 400)
     data = await suppression_detail(state(request), address)
     return _render(
@@ -463,7 +474,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     # Ends every session issued so far (server-side session version), and starts
     # a fresh anonymous one so that the login form right after has a token.
-    await state(request).sessions.log_out(request.session)
+    await state(request).sessions.log_out(request.session, actor(request))
     return _see_other("/login")
 
 

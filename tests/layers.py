@@ -10,6 +10,12 @@ wrong way.
 Imports inside functions and under ``TYPE_CHECKING`` count too: they hide a
 circle or an upward dependency, they do not remove it.
 
+The front-ends (``admin`` and ``relay.cli``) reach the store only through
+``relay.operations`` and the store's read views: ``front_end_writes`` finds a
+call of a store write method (``SPOOL_WRITES``, ``SUPPRESSION_WRITES``) in
+their code, an import of a store module behind the facade, or of a name that
+only a write method takes (``WRITE_INPUTS``).
+
 The layers, lowest first (a module may import its own wing and any lower layer):
 
 0. core: ``relay.model``, ``errors``, ``config``, ``secrets``, ``message``,
@@ -18,9 +24,11 @@ The layers, lowest first (a module may import its own wing and any lower layer):
 2. ``relay.inbound``, ``relay.outbound``, ``relay.bounces`` and ``relay.notify``: the
    sides of the spool (what comes in, what goes out, what comes back, who is told);
    none imports another
-3. ``admin``: the web page over the backend the daemon hands it
-4. ``relay.daemon``: the composition root
-5. ``relay.cli``: the ``sluice`` command
+3. ``relay.operations``: one typed function per operator or app action; the
+   only code that calls the store's write methods for a front-end
+4. ``admin``: the web page over the backend the daemon hands it
+5. ``relay.daemon``: the composition root
+6. ``relay.cli``: the ``sluice`` command
 """
 
 from __future__ import annotations
@@ -33,8 +41,14 @@ from pathlib import Path
 
 __all__ = [
     "ROOT",
+    "SPOOL_READS",
+    "SPOOL_WRITES",
+    "SUPPRESSION_READS",
+    "SUPPRESSION_WRITES",
     "Graph",
+    "StoreReach",
     "cycles",
+    "front_end_writes",
     "import_graph",
     "render_wings",
     "upward",
@@ -52,9 +66,10 @@ RANKS = {
     "outbound": 2,
     "bounces": 2,
     "notify": 2,
-    "admin": 3,
-    "daemon": 4,
-    "cli": 5,
+    "operations": 3,
+    "admin": 4,
+    "daemon": 5,
+    "cli": 6,
 }
 
 Graph = dict[str, set[str]]
@@ -65,7 +80,7 @@ def wing_of(module: str) -> str:
     parts = module.split(".")
     if parts[0] == "admin":
         return "admin"
-    wings = ("store", "inbound", "outbound", "bounces", "notify", "cli", "daemon")
+    wings = ("store", "inbound", "outbound", "bounces", "notify", "operations", "cli", "daemon")
     if len(parts) >= 2 and parts[1] in wings:
         return parts[1]
     return "core"
@@ -200,8 +215,148 @@ def render_wings(graph: Graph) -> Iterable[str]:
     wings = wing_graph(graph)
     for wing, rank in sorted(RANKS.items(), key=lambda kv: (-kv[1], kv[0])):
         uses = sorted(wings[wing], key=lambda w: (-RANKS[w], w))
-        line = f"[{rank}] {wing:<9}" + (f" -> {', '.join(uses)}" if uses else "")
+        line = f"[{rank}] {wing:<10}" + (f" -> {', '.join(uses)}" if uses else "")
         yield line.rstrip()
+
+
+# --------------------------------------------------------- front-ends and the store
+
+#: ``Spool`` methods that change the spool: only ``relay.operations`` calls them
+#: for a front-end (the daemon's own parts call them directly)
+SPOOL_WRITES = frozenset(
+    {
+        "enqueue",
+        "enqueue_dsn",
+        "claim",
+        "claim_due",
+        "finish",
+        "release",
+        "requeue_inflight",
+        "requeue_expired_leases",
+        "retry_now",
+        "delete",
+        "control",
+        "hold_claimed",
+        "expire_held",
+        "pause_provider",
+        "resume_provider",
+        "end_expired_pauses",
+        "prune",
+        "prune_notifications",
+        "add_events",
+        "outbox_next",
+        "outbox_delivered",
+        "outbox_failed",
+        "counter_add",
+        "counter_prune",
+        "meta_set",
+        "save_oauth_grant",
+        "oauth_grant_failed",
+        "revoke_admin_sessions",
+    }
+)
+#: ``Spool`` methods a front-end may call: reads, the lifecycle, and
+#: ``probe_write`` (``/healthz`` asks whether a write fits again; it leaves nothing)
+SPOOL_READS = frozenset(
+    {
+        "open",
+        "aclose",
+        "probe_write",
+        "oauth_grant",
+        "meta_get",
+        "counter_get",
+        "counter_since",
+        "counts_by_status",
+        "count_selected",
+        "body",
+        "get",
+        "raw",
+        "list_queue",
+        "list_log",
+        "oldest_pending",
+        "provider_failures",
+        "attempt_buckets",
+        "pauses",
+        "audit_log",
+        "admin_session_version",
+        "outbox_recent",
+        "outbox_counts",
+    }
+)
+#: ``Suppressions`` (``spool.suppressions``) methods that change the list
+SUPPRESSION_WRITES = frozenset({"record_bounce", "add", "add_many", "remove"})
+SUPPRESSION_READS = frozenset(
+    {"active", "active_many", "page", "entries_of", "scopes", "count_by_source", "bounces_of"}
+    | {"bounce_raw"}
+)
+#: the wings that are front-ends
+FRONT_ENDS = ("admin", "cli")
+#: the store modules a front-end may import: the facade and the suppression
+#: list (for their read views and value types), and the lock (who runs)
+FRONT_END_STORE_MODULES = frozenset(
+    {"relay.store", "relay.store.spool", "relay.store.suppressions", "relay.store.lock"}
+)
+#: store names that are only ever the input of a write method
+WRITE_INPUTS = frozenset({"NewMessage", "NewBounce", "Control", "Finish", "new_queue_id"})
+
+# A generic method name (``add``, ``delete``) is a store write only on a
+# receiver that names the store; a name with an underscore (``retry_now``,
+# ``revoke_admin_sessions``) is the store's own wherever it is called.
+_STORE_RECEIVER = ("spool", "suppressions", "versions")
+
+
+@dataclass(frozen=True)
+class StoreReach:
+    """A front-end module reaching past the operations layer into the store."""
+
+    module: str
+    line: int
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.line}: {self.what}"
+
+
+def _reaches(module: str, tree: ast.AST) -> Iterable[StoreReach]:
+    writes = SPOOL_WRITES | SUPPRESSION_WRITES
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name = node.func.attr
+            receiver = ast.unparse(node.func.value)
+            named = any(word in receiver.lower() for word in _STORE_RECEIVER)
+            if name in writes and ("_" in name or named):
+                yield StoreReach(module, node.lineno, f"calls {receiver}.{name}()")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("relay.store."):
+                    if alias.name not in FRONT_END_STORE_MODULES:
+                        yield StoreReach(module, node.lineno, f"imports {alias.name}")
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            mod = node.module
+            if mod != "relay.store" and not mod.startswith("relay.store."):
+                continue
+            if mod not in FRONT_END_STORE_MODULES:
+                yield StoreReach(module, node.lineno, f"imports {mod}")
+                continue
+            for alias in node.names:
+                # ``from relay.store import writer`` imports a module behind the facade.
+                sub = f"{mod}.{alias.name}" if mod == "relay.store" else None
+                inside = (
+                    sub is not None
+                    and alias.name.islower()
+                    and sub not in (FRONT_END_STORE_MODULES)
+                )
+                if alias.name in WRITE_INPUTS or inside:
+                    yield StoreReach(module, node.lineno, f"imports {alias.name} from {mod}")
+
+
+def front_end_writes(root: Path = ROOT) -> list[StoreReach]:
+    """Where ``admin`` or ``relay.cli`` writes to the store without ``relay.operations``."""
+    found: list[StoreReach] = []
+    for m, f in _modules(root).items():
+        if wing_of(m) in FRONT_ENDS:
+            found.extend(_reaches(m, ast.parse(f.read_text(), str(f))))
+    return sorted(found, key=lambda r: (r.module, r.line, r.what))
 
 
 def main() -> int:
@@ -210,6 +365,7 @@ def main() -> int:
     for line in lines:
         print(line)
     problems = [" <-> ".join(c) for c in cycles(graph)] + [str(v) for v in upward(graph)]
+    problems += [str(r) for r in front_end_writes()]
     for p in problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
     return 1 if problems else 0

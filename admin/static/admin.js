@@ -1,4 +1,4 @@
-// Sluice admin: local times, relative hints, auto-refresh, selection helpers.
+// Sluice admin: relative time hints, auto-refresh, selection helpers.
 // Served from /static (CSP script-src 'self'); no inline script anywhere.
 "use strict";
 
@@ -25,19 +25,15 @@
     for (const el of document.querySelectorAll("time[data-ts]")) {
       const ts = Number(el.dataset.ts);
       if (!Number.isFinite(ts)) continue;
-      const date = new Date(ts * 1000);
-      el.title = date.toISOString();
-      el.textContent = localText(date);
+      // The text stays the server's UTC time with its zone (relay.wording.when:
+      // one rule for the pages, the CLI and the log); the viewer's own is a hint.
+      el.title = `${localText(new Date(ts * 1000))} in your time zone`;
       if (el.hasAttribute("data-rel")) {
         const rel = document.createElement("span");
         rel.className = "rel";
         rel.textContent = `(${relative(ts - now)})`;
         el.appendChild(rel);
       }
-    }
-    for (const el of document.querySelectorAll("text[data-hour]")) {
-      const date = new Date(Number(el.dataset.hour) * 1000);
-      el.textContent = `${pad(date.getHours())}:00`;
     }
     for (const el of document.querySelectorAll("input.tz")) {
       el.value = String(new Date().getTimezoneOffset());

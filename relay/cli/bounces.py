@@ -1,9 +1,8 @@
 """``sluice suppression ...`` (list, show, add, remove, import, export) and ``sluice bounces ...``.
 
-The suppression commands act on the spool through the store, beside a
-running daemon (its scheduler reads the list at every attempt). CSV is
-``address,scope,source,reason,created_at,expires_at`` with a header row, times
-as UTC ISO 8601; an import needs only the ``address`` column. The bounce
+The suppression commands act on the spool through ``relay.operations.suppressions``
+(the checks and the CSV codec the admin uses too), beside a running daemon
+(its scheduler reads the list at every attempt). The bounce
 commands reach the configured bounce mailbox; like the queue commands they
 need no provider secret, only the mailbox's own.
 """
@@ -12,71 +11,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import datetime as dt
-import io
 import json
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from dataclasses import asdict
+from os import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from relay.bounces.mailbox import Mailbox, MailboxError
 from relay.bounces.poller import BouncePoller
-from relay.config import Config, load, parse_duration
-from relay.model import Suppression
+from relay.config import Config, load
+from relay.operations import suppressions as sup_ops
+from relay.operations.actor import Actor, Refused
 from relay.store.spool import Spool
 from relay.store.suppressions import SOURCES, normalize
+from relay.wording import plural, when
 
 __all__ = ["register"]
-
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
-
-COLUMNS = ("address", "scope", "source", "reason", "created_at", "expires_at")
-_PAGE = 1000
 
 
 def _cfg(args: argparse.Namespace) -> Config:
     path: Path = args.config_path_of(args)
     return load(path, secrets=False)
-
-
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
-
-
-def _ts(text: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
-
-
-async def _all(spool: Spool, **filters: Any) -> list[Suppression]:
-    out: list[Suppression] = []
-    after: tuple[str, str] | None = None
-    while True:
-        page = await spool.suppressions.page(
-            after=after[0] if after else None,
-            after_scope=after[1] if after else None,
-            limit=_PAGE,
-            **filters,
-        )
-        out.extend(page)
-        if len(page) < _PAGE:
-            return out
-        after = (page[-1].address, page[-1].scope)
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
@@ -92,12 +50,12 @@ async def cmd_list(args: argparse.Namespace) -> int:
         filtered = args.search or args.scope or args.source
         print("no matching entries" if filtered else "no suppressed addresses")
         return EX_OK
-    print(f"{'ADDRESS':<40} {'SCOPE':<12} {'SOURCE':<7} {'SINCE':<20} REASON")
+    print(f"{'ADDRESS':<40} {'SCOPE':<12} {'SOURCE':<7} {'SINCE':<23} REASON")
     for e in entries:
         scope = e.scope or "(all)"
-        expiry = f" (until {_iso(e.expires_at)})" if e.expires_at else ""
+        expiry = f" (until {when(e.expires_at)})" if e.expires_at else ""
         print(
-            f"{e.address:<40} {scope:<12} {e.source:<7} {_iso(e.created_at):<20} {e.reason}{expiry}"
+            f"{e.address:<40} {scope:<12} {e.source:<7} {when(e.created_at):<23} {e.reason}{expiry}"
         )
     return EX_OK
 
@@ -112,14 +70,13 @@ async def cmd_show(args: argparse.Namespace) -> int:
         print(f"sluice: {normalize(args.address)} is not suppressed and has no bounces")
         return EX_NOINPUT
     for e in entries:
-        print(f"suppressed ({e.scope or 'every stream'}) since {_iso(e.created_at)} by {e.source}")
-        print(f"  reason: {e.reason}" + (f"; until {_iso(e.expires_at)}" if e.expires_at else ""))
+        print(f"suppressed ({e.scope or 'every stream'}) since {when(e.created_at)} by {e.source}")
+        print(f"  reason: {e.reason}" + (f"; until {when(e.expires_at)}" if e.expires_at else ""))
     if bounces:
-        plural = "" if len(bounces) == 1 else "s"
-        print(f"{len(bounces)} bounce{plural}:")
+        print(f"{plural(len(bounces), 'bounce')}:")
     for b in bounces:
         print(
-            f"  {_iso(b.received_at)} {b.kind:<4} {b.status or '-':<7} {b.source:<4} "
+            f"  {when(b.received_at)} {b.kind:<4} {b.status or '-':<7} {b.source:<4} "
             f"{b.queue_id or '-'} {b.diagnostic}"
         )
     return EX_OK
@@ -127,21 +84,30 @@ async def cmd_show(args: argparse.Namespace) -> int:
 
 async def cmd_add(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    expires = None
-    if args.expires:
-        try:
-            expires = dt.datetime.now(dt.UTC).timestamp() + parse_duration(args.expires)
-        except ValueError as exc:
-            print(f"sluice: --expires: {exc}", file=sys.stderr)
-            return EX_USAGE
+    try:
+        expires = sup_ops.expiry(time.time(), expires_in=args.expires)
+    except Refused as exc:
+        print(f"sluice: --expires: {exc}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        # Every address is checked before any is added: all or none, as an import.
+        addresses = [sup_ops.check_address(a) for a in args.address]
+        sup_ops.check_scope(args.scope)
+    except Refused as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EX_DATAERR
     async with await Spool.open(cfg.spool.path) as spool:
-        for address in args.address:
-            await spool.suppressions.add(
-                address, scope=args.scope, source="manual", reason=args.reason, expires_at=expires
+        for address in addresses:
+            await sup_ops.suppress(
+                spool,
+                address,
+                Actor.cli(),
+                scope=args.scope,
+                reason=args.reason,
+                expires_at=expires,
             )
-    n = len(args.address)
     scope = f" for {args.scope}" if args.scope else ""
-    print(f"suppressed {n} address{'' if n == 1 else 'es'}{scope}")
+    print(f"suppressed {plural(len(addresses), 'address', 'addresses')}{scope}")
     return EX_OK
 
 
@@ -149,74 +115,50 @@ async def cmd_remove(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     removed = 0
     async with await Spool.open(cfg.spool.path) as spool:
-        for address in args.address:
-            removed += await spool.suppressions.remove(address, scope=args.scope)
-    print(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
+        try:
+            for address in args.address:
+                done = await sup_ops.unsuppress(spool, address, Actor.cli(), scope=args.scope)
+                removed += done.removed
+        except Refused as exc:
+            print(f"sluice: {exc}", file=sys.stderr)
+            return EX_DATAERR
+    print(f"removed {plural(removed, 'entry', 'entries')}")
     return EX_OK if removed else EX_NOINPUT
-
-
-def _rows(text: TextIO) -> Iterator[dict[str, str]]:
-    reader = csv.DictReader(text)
-    if reader.fieldnames is None or "address" not in reader.fieldnames:
-        raise ValueError("the CSV needs a header row with an 'address' column")
-    yield from reader
 
 
 async def cmd_import(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     try:
-        text = (
-            sys.stdin.read()
+        data = (
+            sys.stdin.buffer.read()
             if args.file == "-"
-            else await asyncio.to_thread(Path(args.file).read_text, encoding="utf-8")
+            else await asyncio.to_thread(Path(args.file).read_bytes)
         )
     except OSError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_NOINPUT
-    entries = []
-    try:
-        with io.StringIO(text, newline="") as source:
-            for n, row in enumerate(_rows(source), start=2):
-                address = (row.get("address") or "").strip()
-                if not address or "@" not in address:
-                    print(f"sluice: {args.file}:{n}: not an address: {address!r}", file=sys.stderr)
-                    return EX_DATAERR
-                entries.append(
-                    Suppression(
-                        address=normalize(address),
-                        scope=(row.get("scope") or args.scope or "").strip(),
-                        source="import",
-                        reason=(row.get("reason") or "imported").strip(),
-                        created_at=_ts(row.get("created_at") or "") or 0.0,
-                        expires_at=_ts(row.get("expires_at") or ""),
-                    )
-                )
-    except (ValueError, csv.Error) as exc:
-        print(f"sluice: {args.file}: {exc}", file=sys.stderr)
-        return EX_DATAERR
     async with await Spool.open(cfg.spool.path) as spool:
-        count = await spool.suppressions.add_many(entries)
-    print(f"imported {count} entr{'y' if count == 1 else 'ies'}")
+        try:
+            done = await sup_ops.import_csv(spool, data, Actor.cli(), default_scope=args.scope)
+        except sup_ops.RowRefused as exc:
+            print(f"sluice: {args.file}:{exc.line}: {exc.problem}", file=sys.stderr)
+            return EX_DATAERR
+        except Refused as exc:
+            print(f"sluice: {args.file}: {exc}", file=sys.stderr)
+            return EX_DATAERR
+    print(f"imported {plural(done.count, 'entry', 'entries')}")
     return EX_OK
 
 
 async def cmd_export(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     async with await Spool.open(cfg.spool.path) as spool:
-        entries = await _all(spool, scope=args.scope, source=args.source)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for e in entries:
-        writer.writerow(
-            [e.address, e.scope, e.source, e.reason, _iso(e.created_at), _iso(e.expires_at)]
-        )
+        text, n = await sup_ops.export_csv(spool, scope=args.scope, source=args.source)
     if args.file == "-":
-        sys.stdout.write(buffer.getvalue())
+        sys.stdout.write(text)
     else:
-        await asyncio.to_thread(Path(args.file).write_text, buffer.getvalue(), encoding="utf-8")
-        n = len(entries)
-        print(f"exported {n} entr{'y' if n == 1 else 'ies'} to {args.file}")
+        await asyncio.to_thread(Path(args.file).write_text, text, encoding="utf-8")
+        print(f"exported {plural(n, 'entry', 'entries')} to {args.file}")
     return EX_OK
 
 

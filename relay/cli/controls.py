@@ -1,9 +1,9 @@
 """``sluice queue hold|release|reroute`` and ``sluice providers pause|resume``.
 
 Operator controls, as ``postsuper -h/-H`` and KumoMTA's ``kcli rebind`` do
-them: each acts on the spool directly (the daemon needs not run, and picks
-the change up at its next look, within a second for pauses), and each is
-written to the spool's audit log as ``cli:$USER``.
+them: each opens the spool and calls ``relay.operations`` (the daemon needs
+not run, and picks the change up at its next look, within a second for
+pauses), which writes it to the spool's audit log as ``cli:$USER``.
 
 A selection is queue IDs and/or filters (``--sender``, ``--recipient-domain``,
 ``--provider``, ``--stream``, ``--older-than``, ``--status``); every given
@@ -14,34 +14,22 @@ criterion nothing is done. ``--dry-run`` only counts.
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 import time
 from collections.abc import Callable
+from os import EX_NOINPUT, EX_OK, EX_USAGE
 from pathlib import Path
 from typing import Any
 
 from relay.config import Config, load, parse_duration
 from relay.model import RecipientStatus, Selection
-from relay.store.spool import ALL_PROVIDERS, Control, Spool
-from relay.wording import plural
+from relay.operations import providers as provider_ops
+from relay.operations import queue as queue_ops
+from relay.operations.actor import Actor, Refused
+from relay.store.spool import Spool
+from relay.wording import plural, when
 
-__all__ = ["actor", "register_providers", "register_queue"]
-
-EX_OK = 0
-EX_USAGE = 64
-EX_NOINPUT = 66
-
-_DONE = {"hold": "held", "release": "released", "reroute": "rerouted"}
-
-
-def actor() -> str:
-    """Who runs this command, for the audit log: ``cli:$USER``."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "?"
-    return f"cli:{user}"
+__all__ = ["register_providers", "register_queue"]
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -75,29 +63,28 @@ async def cmd_control(args: argparse.Namespace) -> int:
     if selection.empty:
         print("sluice: give queue IDs, a filter, or --all", file=sys.stderr)
         return EX_USAGE
-    via = getattr(args, "via", None)
-    if via is not None and via not in {p.id for p in cfg.providers if p.enabled}:
-        known = ", ".join(p.id for p in cfg.providers if p.enabled)
-        print(f"sluice: no enabled provider {via!r} (enabled: {known})", file=sys.stderr)
-        return EX_USAGE
-    control = Control(
-        action=args.action,
-        actor=actor(),
+    request = queue_ops.ControlRequest(
+        action=queue_ops.QueueAction(args.action),
+        selection=selection,
         reason=getattr(args, "reason", "") or "",
-        provider=via,
-        age_while_held=cfg.hold.age_while_held,
+        via=getattr(args, "via", None),
     )
+    try:
+        queue_ops.check(cfg, request)
+    except Refused as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EX_USAGE
     async with await Spool.open(cfg.spool.path) as spool:
         if args.dry_run:
-            n = await spool.count_selected(selection, args.action)
+            n = await queue_ops.count(spool, cfg, request)
             print(
-                f"would {args.action} {plural(n.recipients, 'recipient')} "
+                f"would {n.action} {plural(n.recipients, 'recipient')} "
                 f"of {plural(n.messages, 'message')}"
             )
             return EX_OK
-        done = await spool.control(selection, control, endpoints=cfg.notify.webhooks)
-    print(f"{_DONE[args.action]} {plural(done, 'recipient')} ({selection.describe()})")
-    return EX_OK if done or not selection.queue_ids else EX_NOINPUT
+        done = await queue_ops.control(spool, cfg, request, Actor.cli())
+    print(f"{done.action.past} {plural(done.recipients, 'recipient')} ({done.selection})")
+    return EX_OK if done.recipients or not selection.queue_ids else EX_NOINPUT
 
 
 def register_queue(
@@ -126,46 +113,43 @@ def register_queue(
         p.set_defaults(func=cmd_control, action=action, config_path_of=config_path)
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
-
-
 async def cmd_pause(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    target = _target(args, cfg)
-    if target is None:
+    if args.all == bool(args.id):
+        print("sluice: give a provider id or --all (not both)", file=sys.stderr)
+        return EX_USAGE
+    target: str = provider_ops.ALL_PROVIDERS if args.all else args.id
+    try:
+        provider_ops.check_provider(cfg, target)
+    except Refused as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
         return EX_USAGE
     async with await Spool.open(cfg.spool.path) as spool:
         if args.pause:
-            until = time.time() + args.duration if args.duration is not None else None
-            await spool.pause_provider(target, actor=actor(), reason=args.reason, until=until)
-            end = f"until {_when(until)}" if until is not None else "until resumed"
-            print(f"{_name(target)}: delivery paused {end}; mail is still accepted")
+            try:
+                paused = await provider_ops.pause(
+                    spool,
+                    cfg,
+                    target,
+                    Actor.cli(),
+                    reason=args.reason,
+                    duration=args.duration,
+                    now=time.time(),
+                )
+            except Refused as exc:
+                print(f"sluice: --for: {exc}", file=sys.stderr)
+                return EX_USAGE
+            end = f"until {when(paused.until)}" if paused.until is not None else "until resumed"
+            print(f"{paused.name}: delivery paused {end}; mail is still accepted")
             return EX_OK
-        n = await spool.resume_provider(target, actor=actor())
-    if n is None:
-        print(f"{_name(target)}: was not paused")
+        resumed = await provider_ops.resume(spool, cfg, target, Actor.cli())
+    if resumed.due_now is None:
+        print(f"{resumed.name}: was not paused")
         return EX_OK
-    print(f"{_name(target)}: delivery resumed; {plural(n, 'waiting recipient')} due now")
+    print(
+        f"{resumed.name}: delivery resumed; {plural(resumed.due_now, 'waiting recipient')} due now"
+    )
     return EX_OK
-
-
-def _name(target: str) -> str:
-    return "all providers" if target == ALL_PROVIDERS else f"provider {target}"
-
-
-def _target(args: argparse.Namespace, cfg: Config) -> str | None:
-    if args.all == bool(args.id):
-        print("sluice: give a provider id or --all (not both)", file=sys.stderr)
-        return None
-    if args.all:
-        return ALL_PROVIDERS
-    if args.id not in {p.id for p in cfg.providers}:
-        known = ", ".join(p.id for p in cfg.providers)
-        print(f"sluice: no provider {args.id!r} (known: {known})", file=sys.stderr)
-        return None
-    target: str = args.id
-    return target
 
 
 def register_providers(

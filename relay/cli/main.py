@@ -1,7 +1,9 @@
 """The ``sluice`` command: thin subcommands over the daemon and the spool.
 
 Exit codes follow sysexits(3): 0 ok, 64 usage, 69 unavailable, 75 temporary
-failure, 78 configuration error.
+failure, 78 configuration error. They are the stdlib's ``os.EX_*`` (Unix
+only, as Sluice is), in every module that exits: the stdlib has each one
+Sluice uses, so none is written out by hand.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import os
 import select
 import signal
 import sys
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
+from os import EX_CONFIG, EX_NOINPUT, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,19 +29,15 @@ from relay.cli import providers as provider_cli
 from relay.config import Config, load, load_structure
 from relay.errors import ConfigError, ListenError, SpoolError, UnknownMessage
 from relay.model import RecipientStatus
+from relay.operations import queue as queue_ops
+from relay.operations.actor import Actor
+from relay.operations.sessions import revoke_admin_sessions
 from relay.runner import run_fast
 from relay.store.spool import Spool
-from relay.wording import plural
+from relay.wording import plural, when
 
 __all__ = ["main"]
 
-EX_OK = 0
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
-EX_TEMPFAIL = 75
-EX_NOPERM = 77
-EX_CONFIG = 78
 
 DEFAULT_CONFIG = "/etc/sluice/config.yaml"
 
@@ -120,10 +118,6 @@ async def cmd_reload(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
-
-
 async def cmd_queue_list(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
     statuses = [RecipientStatus(s) for s in args.status] if args.status else None
@@ -135,11 +129,11 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
     if not entries:
         print("queue is empty" if statuses is None else "no matching recipients")
         return EX_OK
-    print(f"{'QUEUE ID':<17} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<19} RECIPIENT / REASON")
+    print(f"{'QUEUE ID':<17} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<23} RECIPIENT / REASON")
     for e in entries:
         print(
             f"{e.queue_id:<17} {e.status.value:<9} {e.attempts:>5} "
-            f"{_when(e.next_attempt_at):<19} {e.email}"
+            f"{when(e.next_attempt_at):<23} {e.email}"
         )
         if e.reason:
             print(f"{'':<17} {e.reason[:200]}")
@@ -156,19 +150,19 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
         return EX_OK
     print(
         f"Queue ID:  {detail.queue_id}\nFrom:      <{detail.sender}>\n"
-        f"Subject:   {detail.subject}\nReceived:  {_when(detail.received_at)} from "
+        f"Subject:   {detail.subject}\nReceived:  {when(detail.received_at)} from "
         f"{detail.client} ({detail.helo})\nSize:      {plural(detail.size, 'byte')}\n"
     )
     for r in detail.recipients:
         print(
             f"  <{r.email}> {r.status.value}, {plural(r.attempts, 'attempt')}, "
-            f"next {_when(r.next_attempt_at)}: {r.reason}"
+            f"next {when(r.next_attempt_at)}: {r.reason}"
         )
     if detail.attempts:
         print("\nAttempts:")
         for a in detail.attempts:
             print(
-                f"  {_when(a.started_at)} <{a.email}> via {a.provider or '-'}: "
+                f"  {when(a.started_at)} <{a.email}> via {a.provider or '-'}: "
                 f"{a.status.value} {a.reason}"
             )
     return EX_OK
@@ -177,19 +171,27 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
 async def cmd_queue_retry(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
-        for qid in args.queue_id:
-            n = await spool.retry_now(qid)
-            print(f"{qid}: {plural(n, 'recipient')} due now")
-    return EX_OK
+        acted = await queue_ops.retry(spool, args.queue_id, Actor.cli())
+    for qid in acted.done:
+        # The recipients' state now, as postqueue -i users read it: "2 recipients due now".
+        print(f"{qid}: {plural(acted.recipients[qid], 'recipient')} due now")
+    return _missing(acted)
 
 
 async def cmd_queue_delete(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
     async with await Spool.open(cfg.spool.path) as spool:
-        for qid in args.queue_id:
-            await spool.delete(qid)
-            print(f"{qid}: deleted")
-    return EX_OK
+        acted = await queue_ops.delete(spool, args.queue_id, Actor.cli())
+    for qid in acted.done:
+        print(f"{qid}: {acted.action.past}")
+    return _missing(acted)
+
+
+def _missing(acted: queue_ops.Acted) -> int:
+    """EX_NOINPUT, and each unknown queue ID named, when any was not in the queue."""
+    for qid in acted.missing:
+        print(f"sluice: no message with queue ID {qid}", file=sys.stderr)
+    return EX_NOINPUT if acted.missing else EX_OK
 
 
 async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
@@ -218,8 +220,8 @@ async def cmd_admin_revoke_sessions(args: argparse.Namespace) -> int:
     # Only the spool path is needed: secrets and ${VAR}s may be the daemon's alone.
     cfg = load_structure(_config_path(args))
     async with await Spool.open(cfg.spool.path) as spool:
-        version = await spool.revoke_admin_sessions()
-    print(f"sluice: every admin session ended (session version {version})")
+        revoked = await revoke_admin_sessions(spool, Actor.cli())
+    print(f"sluice: every admin session ended (session version {revoked.version})")
     return EX_OK
 
 

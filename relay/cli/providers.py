@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from os import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,11 +33,6 @@ if TYPE_CHECKING:
     from relay.outbound.probe import TestReport
 
 __all__ = ["register"]
-
-EX_OK = 0
-EX_USAGE = 64
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 
 
 def _credentials(p: ProviderSettings) -> str:
@@ -172,6 +168,8 @@ async def cmd_test(args: argparse.Namespace) -> int:
 
 async def cmd_connect(args: argparse.Namespace) -> int:
     # Imported here: httpx and the spool are not needed by the rest of the CLI.
+    from relay.operations.actor import Actor
+    from relay.operations.providers import save_sign_in
     from relay.outbound.device_flow import DeviceFlow, DeviceFlowError
     from relay.store.spool import Spool
 
@@ -215,7 +213,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         print(f"sluice: {p.id}: {exc.text}", file=sys.stderr)
         return EX_UNAVAILABLE
     async with await Spool.open(cfg.spool.path) as spool:
-        await spool.save_oauth_grant(p.id, grant.refresh_token)
+        await save_sign_in(spool, p.id, grant.refresh_token, Actor.cli())
     print(f"{p.id}: connected; the refresh token is stored in the spool ({cfg.spool.path})")
     return EX_OK
 

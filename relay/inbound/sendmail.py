@@ -31,6 +31,15 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from os import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_NOUSER,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_USAGE,
+)
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,14 +61,6 @@ from relay.store.spool import NewMessage, Spool, new_queue_id, read_meta
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_NOUSER = 67
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
 
 DEFAULT_CONFIG = "/etc/sluice/config.yaml"
 _TIMEOUT = 60.0  # per SMTP command; the listener answers the final dot after one commit

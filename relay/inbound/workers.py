@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "usage: python -m relay.inbound.workers CHANNEL_FD (started by sluice serve)",
             file=sys.stderr,
         )
-        return 64
+        return os.EX_USAGE
     with contextlib.suppress(KeyboardInterrupt):
         return run_fast(_serve(int(args[0])))
     return 0

@@ -34,7 +34,7 @@ from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
-from relay.wording import plural
+from relay.wording import plural, when
 
 __all__ = [
     "Partial",
@@ -393,7 +393,7 @@ class Provider:
             log.warning(
                 "provider %s skipped until %s: %s",
                 self.id,
-                time.strftime("%H:%M:%S", time.localtime(health.blocked_until(now))),
+                when(health.blocked_until(now)),
                 verdict.reason,
             )
 

@@ -52,7 +52,7 @@ from relay.outbound.routing import hold_rule_for
 from relay.store.spool import ALL_PROVIDERS, Finish, OutboxEvent, Spool
 from relay.store.suppressions import NewBounce, Threshold, normalize
 from relay.verp import verp_address
-from relay.wording import plural
+from relay.wording import plural, when
 
 __all__ = [
     "LimitWait",
@@ -464,7 +464,7 @@ class Scheduler:
                     "%s: to=<%s> waits until %s: %s",
                     claim.queue_id,
                     claim.recipients[rid].address,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wait.until)),
+                    when(wait.until),
                     wait.reason,
                 )
 
@@ -609,7 +609,7 @@ def operator_pause(provider_id: str, pause: ProviderPause, *, now: float) -> Una
         until, end = now + _INDEFINITE_PAUSE_RECHECK, "until resumed"
     else:
         until = pause.until
-        end = "until " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(pause.until))
+        end = f"until {when(pause.until)}"
     reason = f": {pause.reason}" if pause.reason else ""
     return Unavailable(
         provider_id, f"{provider_id}: paused by operator{reason} {end}", until, limit=True

@@ -57,7 +57,7 @@ async def test_hold_and_release_by_form_with_confirmation_and_csrf(
                 "/queue/control", data={**form, "csrf_token": token, "confirmed": "yes"}
             )
             assert r.status_code == 303 and r.headers["location"] == "/queue?done=hold&n=2"
-            assert "2 recipient(s) held." in (await c.get(r.headers["location"])).text
+            assert "2 recipients held." in (await c.get(r.headers["location"])).text
             held = {e.queue_id for e in await s.spool.list_queue(statuses=[RecipientStatus.HELD])}
             assert held == set(q[:2])
             # Release by a filter: everything held to example.net.

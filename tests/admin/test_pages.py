@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from relay.secrets import MASK
+from relay.wording import when
 from tests.admin.conftest import AppClientFactory
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import TestUpstream
@@ -54,6 +55,9 @@ async def test_every_page_and_route_answers(
                 assert r.status_code == 200, path
                 assert r.headers["content-type"].startswith("text/html")
                 assert text in r.text, path
+            # Times are shown as everywhere else: UTC, with the zone (relay.wording.when).
+            shown = (await c.get(f"/messages/{entry.queue_id}")).text
+            assert f">{when(entry.received_at)}</time>" in shown
             api = {
                 "/api/overview": "counts",
                 "/api/providers": "up1",
@@ -194,7 +198,14 @@ async def test_queue_actions_by_form_and_api(
             )
             assert r.status_code == 303
             assert r.headers["location"] == "/queue?limit=50&done=delete&n=2&missing=0"
-            assert "2 message(s) deleted." in (await c.get(r.headers["location"])).text
+            assert "2 messages deleted." in (await c.get(r.headers["location"])).text
+            # Deleting one already gone says so, in words that agree with the count.
+            r = await c.post(
+                "/queue/action",
+                data={"csrf_token": token, "action": "delete", "queue_id": [q[0]]},
+            )
+            notice = (await c.get(r.headers["location"])).text
+            assert "0 messages deleted. 1 message was no longer in the queue." in notice
             assert {e.queue_id for e in await s.spool.list_queue()} == set(q[2:])
             # Retry now: the next attempt becomes due at once (the upstream now accepts).
             upstream.reply.clear()
