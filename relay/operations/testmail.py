@@ -21,6 +21,7 @@ from relay.address import address_problem
 from relay.config import Config
 from relay.message import PROVIDER_HEADER
 from relay.operations.actor import Actor, Refusal, Refused
+from relay.received import received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id
 from relay.wording import when
 
@@ -97,10 +98,17 @@ async def send_test_message(
         f"sent through provider {label} at {when(now)}.\n"
         "If you can read it, this provider delivers mail.\n"
     )
-    data = msg.as_bytes()
+    queue_id = new_queue_id(now)
+    # Sluice's own trace line, as on every message it spools (the listener's,
+    # sendmail's, a DSN's), so a bounce of the test message is matched to it
+    # without VERP (``relay.received``).
+    trace = received_header(
+        hostname=hostname, queue_id=queue_id, protocol="local", recipients=[rcpt], now=now
+    )
+    data = trace + msg.as_bytes()
     queue_id = await spool.enqueue(
         NewMessage(
-            queue_id=new_queue_id(now),
+            queue_id=queue_id,
             sender=sender,
             recipients=[rcpt],
             data=data,
