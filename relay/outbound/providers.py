@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,9 @@ from relay.outbound.oauth import GrantStore, TokenSource
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
+
+# Re-exported: a provider's context is the one every TLS client of Sluice uses.
+from relay.tls import settings_context as tls_context
 from relay.wording import plural
 
 __all__ = [
@@ -51,18 +53,6 @@ log = logging.getLogger("sluice.providers")
 
 #: a rate-limited attempt waits in place up to this long; beyond it the mail is deferred
 _MAX_RATE_WAIT = 2.0
-
-
-def tls_context(settings: ProviderSettings) -> ssl.SSLContext | None:
-    """The client TLS context for a provider; verification is on unless disabled."""
-    if settings.encryption == "none":
-        return None
-    ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not settings.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def upstream_of(
