@@ -29,15 +29,13 @@ import httpx
 
 from relay.config import OAuth2Settings
 from relay.errors import SluiceError
+from relay.http import client as http_client
 from relay.secrets import SecretError
 from relay.store.spool import OAuthGrant
 
 __all__ = ["GrantStore", "OAuthError", "OAuthStatus", "TokenSource"]
 
 log = logging.getLogger("sluice.oauth")
-
-#: token endpoints answer in well under this; a hung one must not hold mail forever
-_HTTP_TIMEOUT = 20.0
 
 
 class OAuthError(SluiceError):
@@ -187,7 +185,7 @@ class TokenSource:
             raise OAuthError(self._last_error, reauthorize=True)
         form = await asyncio.to_thread(self._form)  # may read secret files
         try:
-            async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as client:
+            async with http_client() as client:
                 resp = await client.post(
                     self.settings.token_url, data=form, headers={"Accept": "application/json"}
                 )

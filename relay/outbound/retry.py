@@ -4,7 +4,7 @@ The delay after the *n*-th failed attempt is::
 
     delay = min(max_delay, first_delay * 2 ** (n - 1)) * (1 + jitter * u),  u ∈ [-1, 1)
 
-the exponential backoff of stamina and RFC 5321 § 4.5.4.1, with relative jitter
+the exponential backoff of stamina and RFC 5321 § 4.5.4.1 (``relay.backoff``), with relative jitter
 so that a burst of failures does not come back as a burst. With
 ``retry.schedule`` (Haraka's ``temp_fail_intervals``: ``[1m, 5m, 1h*3, 4h]``)
 the *n*-th entry of the list, repeats expanded, is the base delay instead, the
@@ -21,6 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.backoff import exponential, jittered
 from relay.config import RetrySettings, ScheduleStep
 from relay.model import Delivered, Outcome, PermFailure, RecipientStatus, TempFailure
 
@@ -38,8 +39,8 @@ def backoff(attempts: int, policy: RetrySettings, rng: random.Random) -> float:
     if policy.schedule:
         base = scheduled(attempts, policy.schedule)
     else:
-        base = min(policy.max_delay, policy.first_delay * 2.0 ** max(0, min(attempts - 1, 62)))
-    return max(0.0, base * (1 + policy.jitter * rng.uniform(-1.0, 1.0)))
+        base = exponential(attempts, first=policy.first_delay, cap=policy.max_delay)
+    return jittered(base, policy.jitter, rng)
 
 
 def scheduled(attempts: int, schedule: Sequence[ScheduleStep]) -> float:
