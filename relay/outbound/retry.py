@@ -23,7 +23,14 @@ from dataclasses import dataclass
 
 from relay.backoff import exponential, jittered
 from relay.config import RetrySettings, ScheduleStep
-from relay.model import Delivered, Outcome, PermFailure, RecipientStatus, TempFailure
+from relay.model import (
+    AttemptStatus,
+    Delivered,
+    Outcome,
+    PermFailure,
+    RecipientStatus,
+    TempFailure,
+)
 
 __all__ = ["Decision", "backoff", "decide", "scheduled"]
 
@@ -32,6 +39,13 @@ __all__ = ["Decision", "backoff", "decide", "scheduled"]
 class Decision:
     status: RecipientStatus
     next_attempt_at: float | None
+
+    @property
+    def attempt_status(self) -> AttemptStatus:
+        """The delivery-log status of the attempt this decision closes (``STATUS_WORDS``)."""
+        logged = self.status.attempt_status
+        assert logged is not None, self.status  # decide() returns outcomes only
+        return logged
 
 
 def backoff(attempts: int, policy: RetrySettings, rng: random.Random) -> float:
