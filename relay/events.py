@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 # EventType is re-exported: its home is relay.model, beside the statuses it corresponds to.
-from relay.model import STATUS_WORDS, EventType
+from relay.model import STATUS_WORDS, EventType, RecipientStatus
 
 __all__ = [
     "OUTCOME_EVENTS",
@@ -179,7 +179,7 @@ def bounce_events(
         entry: dict[str, Any] = {
             "queue_id": queue_id,
             "recipient": recipient,
-            "status": "suppressed",
+            "status": RecipientStatus.SUPPRESSED.value,
             "source": "bounce",
             "reason": suppressed,
             "scope": "",
