@@ -41,6 +41,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from relay.backoff import exponential
 from relay.config import AdminSettings
 from relay.operations.actor import Actor
 from relay.operations.sessions import revoke_admin_sessions
@@ -354,7 +355,7 @@ class LoginLimiter:
     def delay(self, failures: int) -> float:
         if failures < self.FREE:
             return 0.0
-        return min(self.CAP, self.BASE * 2.0 ** (failures - self.FREE))
+        return exponential(failures - self.FREE + 1, first=self.BASE, cap=self.CAP)
 
     def _get(self, key: str, now: float) -> _Failures | None:
         rec = self._failures.get(key)

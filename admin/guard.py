@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -62,7 +63,7 @@ from admin.auth import (
     Sessions,
 )
 
-__all__ = ["SCOPE_KEY", "Guard", "Identity", "allowed_host_names"]
+__all__ = ["SCOPE_KEY", "Guard", "Identity", "Via", "allowed_host_names"]
 
 SCOPE_KEY = "sluice.identity"
 
@@ -86,19 +87,28 @@ _SECURITY_HEADERS = [
 ]
 
 
+class Via(StrEnum):
+    """How a request's caller proved who they are."""
+
+    TOKEN = "token"  #: the API bearer token
+    BASIC = "basic"  #: HTTP Basic user name and password
+    COOKIE = "cookie"  #: the session cookie of a login
+    OPEN = "open"  #: nothing to prove: no password is configured
+    NONE = "none"  #: not proved: only the public pages
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who made the request and how they proved it."""
 
-    #: "token", "basic", "cookie", "open" (no password configured) or "none"
-    via: str
+    via: Via
     user: str | None
     #: the cookie session (or a new anonymous one) when the caller is a browser
     session: Session | None
 
     @property
     def authenticated(self) -> bool:
-        return self.via != "none"
+        return self.via is not Via.NONE
 
 
 def allowed_host_names(listen_host: str, extra: Iterable[str]) -> frozenset[str]:
@@ -186,8 +196,8 @@ class Guard:
         # admin) are what a forged cross-site form would ride on: demand the token.
         # An open admin called without any cookie is a script; Origin was checked.
         # A stale, revoked or forged cookie still marks a browser: no exemption.
-        cookie_borne = identity.via == "cookie" or (
-            identity.via in ("open", "none") and COOKIE in headers.get("cookie", "")
+        cookie_borne = identity.via is Via.COOKIE or (
+            identity.via in (Via.OPEN, Via.NONE) and COOKIE in headers.get("cookie", "")
         )
         if method in _UNSAFE and (cookie_borne or path == "/login"):
             if cookie_session is None:
@@ -226,14 +236,14 @@ class Guard:
         scheme, _, value = auth.partition(" ")
         scheme = scheme.lower()
         client = (scope.get("client") or ("?", 0))[0]
-        nobody = Identity("none", None, None)
+        nobody = Identity(Via.NONE, None, None)
         if scheme == "bearer":
             keys = self.limiter.keys(client, None)
             if (throttled := self._throttled(keys)) is not None:
                 return nobody, throttled
             if creds.check_token(value.strip()):
                 self.limiter.succeeded(keys)
-                return Identity("token", creds.username, None), None
+                return Identity(Via.TOKEN, creds.username, None), None
             self.limiter.failed(keys)
             return nobody, (401, "bad token", [])
         if scheme == "basic" and creds.login_required:
@@ -243,7 +253,7 @@ class Guard:
                 return nobody, throttled
             if pair is not None and await creds.check(*pair):
                 self.limiter.succeeded(keys)
-                return Identity("basic", pair[0], None), None
+                return Identity(Via.BASIC, pair[0], None), None
             self.limiter.failed(keys)
             return nobody, (
                 401,
@@ -251,10 +261,10 @@ class Guard:
                 [("www-authenticate", 'Basic realm="Sluice admin"')],
             )
         if not creds.login_required:
-            return Identity("open", None, session or Session.anonymous()), None
+            return Identity(Via.OPEN, None, session or Session.anonymous()), None
         if session is not None and session.user is not None:
-            return Identity("cookie", session.user, session), None
-        return Identity("none", None, session or Session.anonymous()), None
+            return Identity(Via.COOKIE, session.user, session), None
+        return Identity(Via.NONE, None, session or Session.anonymous()), None
 
     async def _check_csrf(
         self, session: Session, scope: Scope, headers: dict[str, str], receive: Receive

@@ -20,7 +20,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import (
@@ -36,7 +36,7 @@ from pydantic import (
 
 from relay.errors import ConfigError
 from relay.events import EventType
-from relay.secrets import SecretError, SecretSource
+from relay.secrets import Secret, SecretError, SecretSource
 
 __all__ = [
     "AUTO_WORKERS_MAX",
@@ -69,6 +69,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "resolve_paths",
+    "secret_fields",
 ]
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -219,12 +220,40 @@ ScheduleStepT = Annotated[ScheduleStep, BeforeValidator(parse_schedule_step)]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def secret_fields(model: type[BaseModel]) -> dict[str, Secret]:
+    """The fields of ``model`` marked ``Secret`` (``Annotated[..., Secret(...)]``), by name."""
+    return {
+        name: mark
+        for name, info in model.model_fields.items()
+        for mark in info.metadata
+        if isinstance(mark, Secret)
+    }
+
+
+def _folded(model: type[BaseModel], name: str) -> bool:
+    """Whether a secret field is a ``SecretSource`` (written NAME, NAME_env or NAME_file)."""
+    return SecretSource in get_args(model.model_fields[name].annotation)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_secrets(cls, data: object) -> object:
+        """Every ``Secret``-marked ``SecretSource`` field: its three keys folded into one."""
+        for name, mark in secret_fields(cls).items():
+            if isinstance(data, dict) and _folded(cls, name):
+                credential = cls._default_credential(data)
+                data = _fold_secret(data, name, credential=credential, owner=mark.owner_in(data))
+        return data
 
-#: the secret keys users write, by base name; each folds into one ``SecretSource``
-SECRET_NAMES = ("password", "client_secret", "refresh_token", "api_token", "secret")
+    @classmethod
+    def _default_credential(cls, data: dict[str, Any]) -> str | None:
+        """The systemd credential a secret given by none of its keys is read from (none)."""
+        return None
+
+
 _SECRET_PARTS = {"inline": "", "env": "_env", "file": "_file"}
 
 
@@ -356,19 +385,13 @@ class AdminSettings(_Model):
     enabled: bool = True
     listen: EndpointT = Endpoint("127.0.0.1", 8025)
     username: str = "admin"
-    password_hash: SecretStr | None = None
+    password_hash: Annotated[SecretStr | None, Secret("the admin")] = None
     #: ``password``/``password_env``/``password_file`` (the clear password) folded
-    password: SecretSource | None = None
+    password: Annotated[SecretSource | None, Secret("the admin")] = None
     #: ``api_token``/``api_token_env``/``api_token_file`` (bearer token for /api/) folded
-    api_token: SecretSource | None = None
+    api_token: Annotated[SecretSource | None, Secret("the admin API")] = None
     allowed_hosts: list[str] = Field(default_factory=list)
     session_max_age: Duration = Field(default=12 * 3600.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fold(cls, data: object) -> object:
-        data = _fold_secret(data, "password", owner="the admin")
-        return _fold_secret(data, "api_token", owner="the admin API")
 
     @field_validator("password_hash")
     @classmethod
@@ -382,20 +405,14 @@ class OAuth2Settings(_Model):
     token_url: str
     client_id: str
     #: ``client_secret``/``_env``/``_file`` folded
-    client_secret: SecretSource | None = None
+    client_secret: Annotated[SecretSource | None, Secret("oauth2")] = None
     #: ``refresh_token``/``_env``/``_file`` folded
-    refresh_token: SecretSource | None = None
+    refresh_token: Annotated[SecretSource | None, Secret("oauth2")] = None
     scope: str = ""
     refresh_margin: Duration = Field(default=300.0, ge=0)
     #: RFC 8628 device authorization endpoint: lets ``sluice providers connect``
     #: (or the admin's Connect button) obtain the refresh token by a sign-in
     device_authorization_url: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fold(cls, data: object) -> object:
-        data = _fold_secret(data, "client_secret", owner="oauth2")
-        return _fold_secret(data, "refresh_token", owner="oauth2")
 
 
 class ProviderSettings(_Model):
@@ -408,7 +425,7 @@ class ProviderSettings(_Model):
     username: str | None = None
     #: ``password``/``password_env``/``password_file`` folded; with a username and
     #: none of them (and no oauth2), the systemd credential named after the id
-    password: SecretSource | None = None
+    password: Annotated[SecretSource | None, Secret("provider", key="id")] = None
     oauth2: OAuth2Settings | None = None
     #: the one SASL mechanism tried per connection; "auto" picks the strongest the
     #: server offers (CRAM-MD5, then PLAIN, then LOGIN), or XOAUTH2 with ``oauth2``
@@ -442,16 +459,12 @@ class ProviderSettings(_Model):
     failure_threshold: int = Field(default=3, ge=1, le=1000)
     cooldown: Duration = Field(default=60.0, ge=0)
 
-    @model_validator(mode="before")
     @classmethod
-    def _fold(cls, data: object) -> object:
-        if not isinstance(data, dict):
-            return data
+    def _default_credential(cls, data: dict[str, Any]) -> str | None:
+        """With a username and no oauth2, the password is the credential named after the id."""
         pid = data.get("id")
         needs = bool(data.get("username")) and data.get("oauth2") is None
-        credential = pid if needs and isinstance(pid, str) and pid else None
-        owner = f"provider {pid}" if isinstance(pid, str) else "the provider"
-        return _fold_secret(data, "password", credential=credential, owner=owner)
+        return pid if needs and isinstance(pid, str) and pid else None
 
     @model_validator(mode="after")
     def _mechanism_fits_credentials(self) -> ProviderSettings:
@@ -481,7 +494,7 @@ class MailboxSettings(_Model):
     encryption: Literal["tls", "starttls", "none"] = "tls"
     username: str = Field(min_length=1)
     #: ``password``/``password_env``/``password_file`` folded
-    password: SecretSource | None = None
+    password: Annotated[SecretSource | None, Secret("the bounce mailbox")] = None
     #: XOAUTH2 (Microsoft 365, Gmail mailboxes), as for providers
     oauth2: OAuth2Settings | None = None
     folder: str = "INBOX"
@@ -494,11 +507,6 @@ class MailboxSettings(_Model):
     max_message_size: Size = Field(default=10 * 1024 * 1024, gt=0)
     tls_verify: bool = True
     ca_file: Path | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fold(cls, data: object) -> object:
-        return _fold_secret(data, "password", owner="the bounce mailbox")
 
     @property
     def effective_port(self) -> int:
@@ -564,7 +572,7 @@ class WebhookSettings(_Model):
     events: list[EventType] = Field(default_factory=lambda: list(EventType), min_length=1)
     #: ``secret``/``secret_env``/``secret_file`` folded: the HMAC key (required:
     #: a receiver must be able to tell Sluice's events from anyone's)
-    secret: SecretSource | None = None
+    secret: Annotated[SecretSource | None, Secret("webhook", key="url")] = None
     timeout: Duration = Field(default=10.0, gt=0)
 
     @model_validator(mode="after")
@@ -578,12 +586,6 @@ class WebhookSettings(_Model):
         """The signing secret (always set: checked at load)."""
         assert self.secret is not None
         return self.secret
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fold(cls, data: object) -> object:
-        owner = f"webhook {data.get('url')}" if isinstance(data, dict) else "the webhook"
-        return _fold_secret(data, "secret", owner=owner)
 
 
 class NotifySettings(_Model):
@@ -663,33 +665,50 @@ class Config(_Model):
         raise KeyError(provider_id)
 
     def secrets(self) -> Iterator[SecretRef]:
-        """Every secret the config names (disabled providers' and admin's included)."""
-        for i, p in enumerate(self.providers):
-            if p.password is not None:
-                yield SecretRef(("providers", i, "password"), p.password, p.id)
-            if p.oauth2 is not None:
-                for name in ("client_secret", "refresh_token"):
-                    source = getattr(p.oauth2, name)
-                    if source is not None:
-                        yield SecretRef(("providers", i, "oauth2", name), source, p.id)
-        for name in ("password", "api_token"):
-            source = getattr(self.admin, name)
-            if source is not None:
-                yield SecretRef(("admin", name), source, None)
-        box = self.bounces.mailbox
-        if box is not None:
-            if box.password is not None:
-                yield SecretRef(("bounces", "mailbox", "password"), box.password, None)
-            if box.oauth2 is not None:
-                for name in ("client_secret", "refresh_token"):
-                    source = getattr(box.oauth2, name)
-                    if source is not None:
-                        yield SecretRef(("bounces", "mailbox", "oauth2", name), source, None)
-        for i, hook in enumerate(self.notify.webhooks):
-            yield SecretRef(("notify", "webhooks", i, "secret"), hook.key, None)
+        """Every secret the config names (disabled providers' and admin's included).
+
+        Found by walking the models for ``Secret``-marked fields, providers
+        first, then the other sections in their order; a ``SecretStr``
+        (``admin.password_hash``) comes as an inline ``SecretSource``.
+        """
+        sections = sorted(type(self).model_fields, key=lambda name: name != "providers")
+        for name in sections:
+            yield from _secrets_in(getattr(self, name), (name,), None)
 
 
 Loc = tuple[str | int, ...]
+
+
+def _secrets_in(value: object, loc: Loc, provider: str | None) -> Iterator[SecretRef]:
+    """The ``SecretRef`` of every marked field set in ``value`` and below it."""
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _secrets_in(item, (*loc, i), provider)
+        return
+    if not isinstance(value, BaseModel):
+        return
+    if isinstance(value, ProviderSettings):
+        provider = value.id
+    marked = secret_fields(type(value))
+    for name in type(value).model_fields:
+        item = getattr(value, name)
+        if name not in marked:
+            yield from _secrets_in(item, (*loc, name), provider)
+        elif isinstance(item, SecretSource):
+            yield SecretRef((*loc, name), item, provider)
+        elif isinstance(item, SecretStr):
+            yield SecretRef((*loc, name), SecretSource(name=name, inline=item), provider)
+
+
+def _secret_keys(model: type[BaseModel]) -> Iterator[tuple[str, bool]]:
+    """Every marked field's name under ``model``, and whether it is folded."""
+    for name, info in model.model_fields.items():
+        if name in secret_fields(model):
+            yield name, _folded(model, name)
+        for arg in [info.annotation, *get_args(info.annotation)]:
+            for inner in [arg, *get_args(arg)]:
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    yield from _secret_keys(inner)
 
 
 class SecretRef(NamedTuple):
@@ -706,6 +725,12 @@ class SecretRef(NamedTuple):
         """The key the user wrote, e.g. ("providers", 0, "password_env")."""
         return (*self.loc[:-1], self.source.yaml_key)
 
+
+#: the secret keys users write, by base name; each folds into one ``SecretSource``
+#: (derived from the ``Secret`` marks: ``password``, ``client_secret`` ...)
+SECRET_NAMES = tuple(dict.fromkeys(name for name, folded in _secret_keys(Config) if folded))
+#: every key whose value is a secret (those above, and ``password_hash``)
+_SECRET_KEYS = frozenset(name for name, _ in _secret_keys(Config))
 
 #: which secrets ``load`` resolves: all, none, or those a predicate picks
 SecretsWanted = bool | Callable[[SecretRef], bool]
@@ -761,7 +786,7 @@ def _expand_env(
     that value is not used, and "" would read as an (invalid) empty secret.
     """
     if isinstance(node, yaml.ScalarNode) and "${" in node.value:
-        secret = keep_secret_vars and bool(loc) and loc[-1] in (*SECRET_NAMES, "password_hash")
+        secret = keep_secret_vars and bool(loc) and loc[-1] in _SECRET_KEYS
 
         def sub(m: re.Match[str]) -> str:
             if m.group(1) in env:

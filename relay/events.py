@@ -23,8 +23,10 @@ import hmac
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol
+
+# EventType is re-exported: its home is relay.model, beside the statuses it corresponds to.
+from relay.model import STATUS_WORDS, EventType, RecipientStatus
 
 __all__ = [
     "OUTCOME_EVENTS",
@@ -44,34 +46,12 @@ __all__ = [
 SIGNATURE_HEADER = "X-Sluice-Signature"
 
 
-class EventType(StrEnum):
-    """What an event reports; an endpoint's ``events`` list filters on these names."""
-
-    SENT = "sent"
-    DEFERRED = "deferred"
-    FAILED = "failed"
-    EXPIRED = "expired"
-    #: a provider's health changed (ok, error, cooldown, paused ...)
-    PROVIDER_STATE = "provider_state"
-    #: a DSN from the bounce mailbox, or a provider's refusal of the address
-    BOUNCED = "bounced"
-    #: a recipient skipped for the suppression list, or an address bounces suppressed
-    SUPPRESSED = "suppressed"
-    #: an operator (or a ``hold.rules`` rule) held a recipient ...
-    HELD = "held"
-    #: ... and an operator released it
-    RELEASED = "released"
-
-
-#: the recipient states the scheduler records that make an event
+#: the events of the outcomes the scheduler records: the rows of ``STATUS_WORDS``
+#: with all three words (a recipient status, a log row and an event)
 OUTCOME_EVENTS = frozenset(
-    {
-        EventType.SENT,
-        EventType.DEFERRED,
-        EventType.FAILED,
-        EventType.EXPIRED,
-        EventType.SUPPRESSED,
-    }
+    row.event
+    for row in STATUS_WORDS
+    if row.event is not None and row.attempt is not None and row.recipient is not None
 )
 
 
@@ -199,7 +179,7 @@ def bounce_events(
         entry: dict[str, Any] = {
             "queue_id": queue_id,
             "recipient": recipient,
-            "status": "suppressed",
+            "status": RecipientStatus.SUPPRESSED.value,
             "source": "bounce",
             "reason": suppressed,
             "scope": "",

@@ -209,13 +209,11 @@ def _stderr_is_journal(stream: IO[str], environ: Mapping[str, str]) -> bool:
 def config_secrets(cfg: Config, env: Mapping[str, str] | None = None) -> set[str]:
     """Every secret value the config resolves to (for the redactor); unresolvable ones skipped."""
     out: set[str] = set()
-    for ref in cfg.secrets():
+    for ref in cfg.secrets():  # every field marked secret, admin.password_hash included
         try:
             out.add(ref.source.resolve(env).get_secret_value())
         except SecretError:
             continue
-    if cfg.admin.password_hash is not None:
-        out.add(cfg.admin.password_hash.get_secret_value())
     return out
 
 

@@ -1,4 +1,9 @@
-"""Values shared by every layer: states, outcomes and the rows users see."""
+"""Values shared by every layer: states, outcomes and the rows users see.
+
+Every state Sluice has is a ``StrEnum`` here (so JSON, SQL and templates keep
+the plain words), and ``STATUS_WORDS`` is the one table that says how a
+recipient's status, its delivery-log row and its webhook event correspond.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +18,27 @@ from relay.address import valid_address
 __all__ = [
     "ACTIVE",
     "MOVES_ON",
+    "STATUS_WORDS",
     "TERMINAL",
+    "Action",
     "AttemptStatus",
     "AuditEntry",
     "Claim",
     "ClaimedRecipient",
     "Delivered",
+    "EventType",
+    "GrantState",
     "LogEntry",
     "MessageDetail",
     "Outcome",
     "PermFailure",
+    "ProviderHealth",
     "ProviderPause",
     "QueueEntry",
     "RecipientStatus",
     "Scope",
     "Selection",
+    "StatusWords",
     "Suppression",
     "TempFailure",
     "suppressed_for",
@@ -47,6 +58,14 @@ class RecipientStatus(StrEnum):
     SUPPRESSED = "suppressed"  #: on the suppression list: never given to a provider
     #: put aside by an operator or a ``hold.rules`` rule: never claimed until released
     HELD = "held"
+
+    @property
+    def attempt_status(self) -> AttemptStatus | None:
+        """The delivery-log status of the attempt that leaves a recipient here (``STATUS_WORDS``).
+
+        ``None`` for the states no attempt leads to (queued, held).
+        """
+        return _ATTEMPT_OF.get(self)
 
 
 #: ``HELD`` is in neither set: it is not delivered, and not finished either.
@@ -90,6 +109,116 @@ class AttemptStatus(StrEnum):
             return cls(text.strip().lower().replace(" ", "_"))
         except ValueError:
             return None
+
+
+class EventType(StrEnum):
+    """What a webhook event reports; an endpoint's ``events`` list filters on these names.
+
+    ``relay.events`` (the bodies, the outbox rows, the signature) re-exports it.
+    """
+
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    #: a provider's health changed (``ProviderHealth``)
+    PROVIDER_STATE = "provider_state"
+    #: a DSN from the bounce mailbox, or a provider's refusal of the address
+    BOUNCED = "bounced"
+    #: a recipient skipped for the suppression list, or an address bounces suppressed
+    SUPPRESSED = "suppressed"
+    #: an operator (or a ``hold.rules`` rule) held a recipient ...
+    HELD = "held"
+    #: ... and an operator released it
+    RELEASED = "released"
+
+    @property
+    def recipient_status(self) -> RecipientStatus | None:
+        """The status the event's recipient is left in (``STATUS_WORDS``).
+
+        ``None`` for events that change no recipient's status (a bounce after
+        delivery, a provider's health).
+        """
+        return _RECIPIENT_OF.get(self)
+
+
+class StatusWords(NamedTuple):
+    """One row of ``STATUS_WORDS``: the three words for one thing that befalls a recipient."""
+
+    #: the recipient's status afterwards (None: unchanged, or no recipient)
+    recipient: RecipientStatus | None
+    #: the delivery-log row's status (None: no attempt is logged)
+    attempt: AttemptStatus | None
+    #: the webhook event (None: none is sent)
+    event: EventType | None
+
+
+#: How the status words correspond. Their values happen to be equal where the
+#: words are equal, but nothing may rely on that: convert through this table
+#: (``RecipientStatus.attempt_status``, ``EventType.recipient_status``). Every
+#: member of the three enums is in it (``tests/unit/test_states.py``).
+STATUS_WORDS: tuple[StatusWords, ...] = (
+    # accepted from an app: nothing tried, nobody told
+    StatusWords(RecipientStatus.QUEUED, None, None),
+    # claimed by the scheduler: the attempt's log row opens
+    StatusWords(RecipientStatus.SENDING, AttemptStatus.IN_PROGRESS, None),
+    # the outcomes the scheduler records, each closing the log row and told
+    StatusWords(RecipientStatus.SENT, AttemptStatus.SUCCESS, EventType.SENT),
+    StatusWords(RecipientStatus.DEFERRED, AttemptStatus.DEFERRED, EventType.DEFERRED),
+    StatusWords(RecipientStatus.FAILED, AttemptStatus.FAIL, EventType.FAILED),
+    StatusWords(RecipientStatus.EXPIRED, AttemptStatus.FAIL, EventType.EXPIRED),
+    StatusWords(RecipientStatus.SUPPRESSED, AttemptStatus.SUPPRESSED, EventType.SUPPRESSED),
+    # operator controls: no attempt; a release queues the recipient again
+    StatusWords(RecipientStatus.HELD, None, EventType.HELD),
+    StatusWords(RecipientStatus.QUEUED, None, EventType.RELEASED),
+    # a bounce after delivery is logged and told; the recipient stays sent
+    StatusWords(None, AttemptStatus.BOUNCED, EventType.BOUNCED),
+    # not about a recipient at all
+    StatusWords(None, None, EventType.PROVIDER_STATE),
+)
+
+_ATTEMPT_OF: dict[RecipientStatus, AttemptStatus] = {
+    row.recipient: row.attempt
+    for row in STATUS_WORDS
+    if row.recipient is not None and row.attempt is not None
+}
+_RECIPIENT_OF: dict[EventType, RecipientStatus] = {
+    row.event: row.recipient
+    for row in STATUS_WORDS
+    if row.event is not None and row.recipient is not None
+}
+
+
+class Action(StrEnum):
+    """An operator's (or an app's) action, as the audit log and the front-ends name it."""
+
+    RETRY = "retry"  #: make a message due now
+    DELETE = "delete"  #: delete a message
+    HOLD = "hold"  #: put recipients aside until released
+    RELEASE = "release"  #: hand held recipients back to the scheduler
+    REROUTE = "reroute"  #: the next attempt of recipients through one provider
+    PAUSE = "pause"  #: stop delivering through a provider (mail is still taken)
+    RESUME = "resume"  #: end a pause
+    #: held past ``hold.expire_after``: expired by Sluice itself
+    EXPIRE_HELD = "expire-held"
+    SUPPRESS = "suppress"  #: add an address to the suppression list
+    UNSUPPRESS = "unsuppress"  #: take it off again
+
+
+class ProviderHealth(StrEnum):
+    """A provider's health as people and ``provider_state`` events see it."""
+
+    UNKNOWN = "unknown"  #: not tried yet (grey)
+    OK = "ok"  #: the last attempt went through (green)
+    ERROR = "error"  #: failing, or set up wrong (red)
+    COOLDOWN = "cooldown"  #: skipped for now: circuit open, or paused at its own request
+
+
+class GrantState(StrEnum):
+    """A stored device sign-in (an OAuth refresh token in the spool)."""
+
+    CONNECTED = "connected"  #: usable
+    FAILED = "failed"  #: the provider refused it (revoked, expired): sign in again
 
 
 class Scope(StrEnum):
@@ -394,6 +523,7 @@ class AuditEntry:
     id: int
     at: float
     actor: str
+    #: an ``Action`` value (kept a plain string: rows written by any version read back)
     action: str
     target: str
     count: int

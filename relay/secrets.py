@@ -14,6 +14,13 @@ hides it works from that object:
   value comes from, never the value;
 * ``relay.logsetup`` masks every resolved value in every log line.
 
+A config field is a secret when it is marked so, and only there:
+``Annotated[SecretSource | None, Secret("the admin")]``. ``relay.config``
+finds the marked fields by walking its models, and derives from them the keys
+it folds, the list ``Config.secrets()`` gives (to resolve at load, and to the
+log redactor) and the keys whose ``${VAR}`` may stay unset; a new secret field
+needs nothing else.
+
 A provider with a ``username`` and no password keys takes its password from
 the systemd credential named after its id (``LoadCredential=main:...`` puts
 it in ``$CREDENTIALS_DIRECTORY/main``); a relative ``*_file`` is looked up in
@@ -28,18 +35,41 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from relay.errors import SluiceError
 
-__all__ = ["MASK", "SecretError", "SecretSource", "mask"]
+__all__ = ["MASK", "Secret", "SecretError", "SecretSource", "mask"]
 
 MASK = "••••••"
 
 #: the systemd credential example the messages give (the unit's own comment agrees)
 _CREDENTIAL_DIR = "/etc/sluice/credentials"
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """The mark of a secret config field: ``Annotated[SecretSource | None, Secret(...)]``.
+
+    A ``SecretSource`` field is written as ``NAME``, ``NAME_env`` or
+    ``NAME_file``; a ``SecretStr`` one (``admin.password_hash``) as itself.
+    ``owner`` says whom the secret is for in messages ("the admin"); with
+    ``key``, the value of that key of the section follows it ("provider"
+    and ``id``: "provider main"; "the provider" when the key is missing).
+    """
+
+    owner: str = ""
+    key: str | None = None
+
+    def owner_in(self, section: Mapping[str, object]) -> str:
+        """The owner, named by the section's ``key`` when there is one."""
+        if self.key is None:
+            return self.owner
+        value = section.get(self.key)
+        return f"{self.owner} {value}" if isinstance(value, str) and value else f"the {self.owner}"
 
 
 def mask(value: object) -> str:

@@ -12,7 +12,6 @@ COPY + delete where the server lacks MOVE), else flagged ``$SluiceProcessed``
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -22,6 +21,9 @@ from imapclient.exceptions import IMAPClientError
 
 from relay.config import MailboxSettings
 from relay.errors import SluiceError
+
+# Re-exported: the mailbox's context is the one every TLS client of Sluice uses.
+from relay.tls import settings_context as tls_context
 
 __all__ = ["PROCESSED", "Fetched", "Mailbox", "MailboxError", "tls_context"]
 
@@ -40,17 +42,6 @@ class Fetched:
     size: int
     #: the message; None when it is over the size limit (it is skipped, and marked)
     data: bytes | None = field(default=None, repr=False)
-
-
-def tls_context(settings: MailboxSettings) -> ssl.SSLContext | None:
-    if settings.encryption == "none":
-        return None
-    ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not settings.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class Mailbox:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from relay.backoff import exponential
 from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
 from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
 from relay.config import BounceSettings, Config, MailboxSettings
@@ -101,7 +102,9 @@ class BouncePoller:
                 except Exception as exc:  # never let the poller die: delivery goes on
                     self._failed(f"internal error: {type(exc).__name__}: {exc}", exc)
                 if self.status.failures:
-                    wait = min(_MAX_BACKOFF, box.poll_interval * 2 ** min(self.status.failures, 12))
+                    # doubling at most 12 times, and never past an hour
+                    cap = min(_MAX_BACKOFF, box.poll_interval * 2**12)
+                    wait = exponential(self.status.failures + 1, first=box.poll_interval, cap=cap)
             self.status.next_poll_at = self._clock() + wait
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import logsetup
+from relay.backoff import exponential
 from relay.config import LogSettings, SmtpSettings
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
 from relay.runner import run_fast
@@ -222,6 +223,7 @@ class AcceptorPool:
         cannot start does not spin, and one that can again is back within a
         minute; meanwhile ``alive`` (so ``/healthz``) tells nobody accepts.
         """
+        failures = 0
         delay = _RESPAWN_DELAY
         while not self._stopping:
             await asyncio.sleep(delay)
@@ -231,7 +233,8 @@ class AcceptorPool:
                 await self._spawn(slot)
                 return
             except OSError as exc:
-                delay = min(delay * 2, _RESPAWN_MAX_DELAY)
+                failures += 1
+                delay = exponential(failures + 1, first=_RESPAWN_DELAY, cap=_RESPAWN_MAX_DELAY)
                 log.error(
                     "could not start accept worker %d: %s; trying again in %.0f s",
                     slot,

@@ -32,8 +32,7 @@ log = logging.getLogger("sluice.notify")
 
 _GIVEN_UP = frozenset({RecipientStatus.FAILED, RecipientStatus.EXPIRED})
 #: the event each recorded recipient state makes
-_OUTCOME = {EventType(e.value): RecipientStatus(e.value) for e in OUTCOME_EVENTS}
-_EVENT_OF = {status: event for event, status in _OUTCOME.items()}
+_EVENT_OF = {event.recipient_status: event for event in OUTCOME_EVENTS}
 
 
 class Notifications:

@@ -3,7 +3,7 @@
 One worker per configured endpoint posts that endpoint's events one at a
 time, oldest first, so events about one message arrive in the order they
 happened. Only a 2xx answer acknowledges an event (a redirect is not
-followed: a receiver moved is a configuration to fix). Anything else (no
+followed: a receiver moved is a configuration to fix; ``relay.http`` decides). Anything else (no
 answer, a timeout, 3xx, 4xx, 5xx) leaves the event at the head of the
 endpoint's line, tried again after a back-off that doubles from
 ``notify.webhook_first_delay`` up to ``notify.webhook_max_delay``; the
@@ -25,8 +25,11 @@ from collections.abc import Callable
 
 import httpx
 
+from relay.backoff import exponential
 from relay.config import Config, NotifySettings, WebhookSettings
 from relay.events import SIGNATURE_HEADER, sign
+from relay.http import USER_AGENT
+from relay.http import client as http_client
 from relay.secrets import SecretError
 from relay.store.spool import OutboxRow, Spool
 
@@ -40,8 +43,7 @@ _CONFIG_CHECK = 1.0
 
 def backoff(failures: int, settings: NotifySettings) -> float:
     """Seconds to wait after the ``failures``-th failed try in a row (1, 2, ...)."""
-    delay: float = settings.webhook_first_delay * 2.0 ** max(0, failures - 1)
-    return min(settings.webhook_max_delay, delay)
+    return exponential(failures, first=settings.webhook_first_delay, cap=settings.webhook_max_delay)
 
 
 class WebhookSender:
@@ -53,7 +55,7 @@ class WebhookSender:
         config: Callable[[], Config],
         *,
         clock: Callable[[], float] = time.time,
-        user_agent: str = "Sluice-Webhooks",
+        user_agent: str = USER_AGENT,
     ) -> None:
         self._spool = spool
         self._config = config
@@ -71,7 +73,7 @@ class WebhookSender:
         """Post events until ``stop`` is set; one worker per configured endpoint."""
         workers: dict[str, asyncio.Task[None]] = {}
         async with (
-            httpx.AsyncClient(follow_redirects=False, trust_env=False) as client,
+            http_client(user_agent=self._user_agent) as client,
             asyncio.TaskGroup() as tg,
         ):
             while not stop.is_set():
@@ -118,7 +120,6 @@ class WebhookSender:
             now = self._clock()
             headers = {
                 "Content-Type": "application/json",
-                "User-Agent": self._user_agent,
                 "X-Sluice-Event": row.event,
                 "X-Sluice-Event-Id": row.event_id,
                 SIGNATURE_HEADER: sign(secret.get_secret_value().encode(), body, int(now)),

@@ -25,13 +25,12 @@ import httpx
 
 from relay.config import OAuth2Settings
 from relay.errors import SluiceError
+from relay.http import client as http_client
 
 __all__ = ["DEVICE_GRANT", "DeviceCode", "DeviceFlow", "DeviceFlowError", "Grant"]
 
 #: RFC 8628 § 3.4: the grant type of the token request
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-_HTTP_TIMEOUT = 20.0
 
 
 class DeviceFlowError(SluiceError):
@@ -96,7 +95,7 @@ class DeviceFlow:
 
     async def _post(self, url: str, form: dict[str, str]) -> tuple[int, dict[str, object]]:
         try:
-            async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as client:
+            async with http_client() as client:
                 resp = await client.post(url, data=form, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
             raise DeviceFlowError(

@@ -47,6 +47,7 @@ from aiosmtplib import (
 from relay.errors import SluiceError
 from relay.outbound.oauth import OAuthError, TokenSource
 from relay.outbound.replies import Phase, error_outcome, format_reply
+from relay.tls import client_context
 
 __all__ = [
     "BANNER_WAIT",
@@ -314,9 +315,9 @@ async def _speaks_tls(host: str, port: int, limit: float) -> bool:
     Only to name the problem: nothing but a ClientHello is sent, and the
     connection is closed at once.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # a sniff: nothing but a ClientHello goes over it
+    # A sniff: nothing but a ClientHello goes over it, so nothing is checked, and
+    # any version is offered (an old server is still a TLS server to name).
+    ctx = client_context(verify=False, minimum_version=ssl.TLSVersion.MINIMUM_SUPPORTED)
     wait = min(_SNIFF_TIMEOUT, limit)
     try:
         async with asyncio.timeout(wait):

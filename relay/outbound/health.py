@@ -1,4 +1,4 @@
-"""A provider's health: what users see (unknown/ok/error/cooldown) and the circuit breaker.
+"""A provider's health: what users see (``ProviderHealth``) and the circuit breaker.
 
 After ``threshold`` consecutive failures of the provider itself (connection,
 TLS, AUTH) the circuit opens: the provider is skipped for ``cooldown``
@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.model import ProviderHealth
 from relay.wording import plural
 
-__all__ = ["Health", "HealthView"]
+__all__ = ["Health", "HealthView", "ProviderHealth"]
 
 
 @dataclass(frozen=True, slots=True)
 class HealthView:
-    state: str
+    state: ProviderHealth
     last_error: str
     last_error_at: float | None
     last_ok_at: float | None
@@ -70,11 +71,11 @@ class Health:
     def view(self, now: float) -> HealthView:
         blocked = self.blocked_until(now)
         if blocked is not None:
-            state = "cooldown"
+            state = ProviderHealth.COOLDOWN
         elif self.failures:
-            state = "error"
+            state = ProviderHealth.ERROR
         elif self.last_ok_at is not None:
-            state = "ok"
+            state = ProviderHealth.OK
         else:
-            state = "unknown"
+            state = ProviderHealth.UNKNOWN
         return HealthView(state, self.last_error, self.last_error_at, self.last_ok_at, blocked)

@@ -23,21 +23,21 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 import httpx
 
 from relay.config import OAuth2Settings
 from relay.errors import SluiceError
+from relay.http import client as http_client
+from relay.model import GrantState
 from relay.secrets import SecretError
 from relay.store.spool import OAuthGrant
 
-__all__ = ["GrantStore", "OAuthError", "OAuthStatus", "TokenSource"]
+__all__ = ["GrantStore", "OAuthError", "OAuthStatus", "SignInState", "TokenSource", "TokenState"]
 
 log = logging.getLogger("sluice.oauth")
-
-#: token endpoints answer in well under this; a hung one must not hold mail forever
-_HTTP_TIMEOUT = 20.0
 
 
 class OAuthError(SluiceError):
@@ -59,22 +59,33 @@ class GrantStore(Protocol):
     async def oauth_grant_failed(self, provider: str, error: str) -> None: ...
 
 
-#: what a provider with a device sign-in shows: grey, green, red
-NEEDS_SIGN_IN = "needs sign-in"
-CONNECTED = "connected"
-SIGN_IN_FAILED = "sign-in failed"
+class TokenState(StrEnum):
+    """Where a provider's access token stands."""
+
+    UNKNOWN = "unknown"  #: no token asked for yet
+    VALID = "valid"  #: a token in its lifetime
+    EXPIRED = "expired"  #: the token's lifetime is over; the next use refreshes it
+    ERROR = "error"  #: the endpoint failed (unreachable, 5xx); retried at the next use
+    REAUTHORIZE = "reauthorize"  #: the grant was refused: a human must act
+
+
+class SignInState(StrEnum):
+    """What a provider with a device sign-in shows (grey, green, red)."""
+
+    NEEDS_SIGN_IN = "needs sign-in"
+    CONNECTED = "connected"
+    #: revoked or refused: sign in again
+    FAILED = "sign-in failed"
 
 
 @dataclass(frozen=True, slots=True)
 class OAuthStatus:
-    #: "unknown" (no token yet), "valid", "expired", "error" (will retry), "reauthorize"
-    state: str
+    state: TokenState
     valid_until: float | None
     last_refresh: float | None
     last_error: str
-    #: with a device sign-in configured: "needs sign-in", "connected" or
-    #: "sign-in failed" (revoked or refused: sign in again); else None
-    sign_in: str | None = None
+    #: with a device sign-in configured; else None
+    sign_in: SignInState | None = None
 
 
 class TokenSource:
@@ -108,27 +119,28 @@ class TokenSource:
 
     def status(self) -> OAuthStatus:
         if self._reauthorize:
-            state = "reauthorize"
+            state = TokenState.REAUTHORIZE
         elif self._token is not None and not self._expired(self._clock()):
-            state = "valid"
+            state = TokenState.VALID
         elif self._last_error:
-            state = "error"
+            state = TokenState.ERROR
         elif self._token is not None:
-            state = "expired"
+            state = TokenState.EXPIRED
         else:
-            state = "unknown"
+            state = TokenState.UNKNOWN
         return OAuthStatus(
             state, self._expires_at, self._last_refresh, self._last_error, self._sign_in()
         )
 
-    def _sign_in(self) -> str | None:
+    def _sign_in(self) -> SignInState | None:
         if not self.settings.device_authorization_url:
             return None
-        if self._reauthorize or (self._grant is not None and self._grant.state == "failed"):
-            return SIGN_IN_FAILED
+        failed = self._grant is not None and self._grant.state == GrantState.FAILED
+        if self._reauthorize or failed:
+            return SignInState.FAILED
         if self._grant is not None or self._refresh_token or self._configured_refresh():
-            return CONNECTED
-        return NEEDS_SIGN_IN
+            return SignInState.CONNECTED
+        return SignInState.NEEDS_SIGN_IN
 
     def _configured_refresh(self) -> bool:
         return self.settings.refresh_token is not None
@@ -168,7 +180,8 @@ class TokenSource:
     async def _refresh(self) -> str:
         await self.sync_grant()
         grant = self._grant
-        stored = grant.refresh_token if grant is not None and grant.state == "connected" else None
+        usable = grant is not None and grant.state == GrantState.CONNECTED
+        stored = grant.refresh_token if grant is not None and usable else None
         if stored is not None and stored != self._refresh_token:
             self._refresh_token = stored  # a new sign-in replaces what we had
             self._reauthorize = False
@@ -178,16 +191,16 @@ class TokenSource:
             and not self._configured_refresh()
         ):
             self._last_error = (
-                f"{NEEDS_SIGN_IN}: run `sluice providers connect {self._provider_id}` "
+                f"{SignInState.NEEDS_SIGN_IN}: run `sluice providers connect {self._provider_id}` "
                 "or use Connect on the admin page"
                 if grant is None
-                else f"{SIGN_IN_FAILED} ({grant.error}); sign in again with "
+                else f"{SignInState.FAILED} ({grant.error}); sign in again with "
                 f"`sluice providers connect {self._provider_id}`"
             )
             raise OAuthError(self._last_error, reauthorize=True)
         form = await asyncio.to_thread(self._form)  # may read secret files
         try:
-            async with httpx.AsyncClient(timeout=_HTTP_TIMEOUT) as client:
+            async with http_client() as client:
                 resp = await client.post(
                     self.settings.token_url, data=form, headers={"Accept": "application/json"}
                 )

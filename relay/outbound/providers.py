@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,12 +27,15 @@ from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.errors import SluiceError
 from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
 from relay.model import Claim, Delivered, Outcome
-from relay.outbound.health import Health, HealthView
+from relay.outbound.health import Health, HealthView, ProviderHealth
 from relay.outbound.limits import Counters, Grant, Quota, TokenBucket
-from relay.outbound.oauth import GrantStore, TokenSource
+from relay.outbound.oauth import GrantStore, SignInState, TokenSource, TokenState
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
+
+# Re-exported: a provider's context is the one every TLS client of Sluice uses.
+from relay.tls import settings_context as tls_context
 from relay.wording import plural, when
 
 __all__ = [
@@ -51,18 +53,6 @@ log = logging.getLogger("sluice.providers")
 
 #: a rate-limited attempt waits in place up to this long; beyond it the mail is deferred
 _MAX_RATE_WAIT = 2.0
-
-
-def tls_context(settings: ProviderSettings) -> ssl.SSLContext | None:
-    """The client TLS context for a provider; verification is on unless disabled."""
-    if settings.encryption == "none":
-        return None
-    ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not settings.tls_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def upstream_of(
@@ -105,8 +95,7 @@ class ProviderStatus:
     encryption: str
     enabled: bool
     priority: int
-    #: "unknown" (grey), "ok" (green), "error" (red), "cooldown" (skipped for now)
-    health: str = "unknown"
+    health: ProviderHealth = ProviderHealth.UNKNOWN
     last_error: str = ""
     last_error_at: float | None = None
     last_ok_at: float | None = None
@@ -118,16 +107,15 @@ class ProviderStatus:
     rate: str | None = None
     rate_unit: str = "messages"
     max_connections: int = 0
-    #: for XOAUTH2 providers: "unknown" (no token yet), "valid", "expired", "error"
-    #: (the endpoint failed; retried), "reauthorize" (a human must act); else None
-    oauth_state: str | None = None
+    #: for XOAUTH2 providers; else None
+    oauth_state: TokenState | None = None
     oauth_valid_until: float | None = None
     #: while in cool-down or paused: when it will be tried again
     blocked_until: float | None = None
     oauth_last_refresh: float | None = None
     oauth_last_error: str = ""
-    #: with a device sign-in configured: "needs sign-in", "connected", "sign-in failed"
-    oauth_sign_in: str | None = None
+    #: with a device sign-in configured; else None
+    oauth_sign_in: SignInState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +377,8 @@ class Provider:
         )
         if verdict.pause:
             health.pause(now + (verdict.retry_after or s.cooldown), verdict.reason)
-        if health.view(now).state == "cooldown" and was != "cooldown":
+        now_cooling = health.view(now).state is ProviderHealth.COOLDOWN
+        if now_cooling and was is not ProviderHealth.COOLDOWN:
             log.warning(
                 "provider %s skipped until %s: %s",
                 self.id,
@@ -399,12 +388,12 @@ class Provider:
 
     # ------------------------------------------------------------------- status
 
-    def health_now(self) -> str:
+    def health_now(self) -> ProviderHealth:
         """The health word of ``status()`` alone: no spool read, no token sync."""
         return self._health_word(self.state.health.view(self._clock()))
 
-    def _health_word(self, view: HealthView) -> str:
-        return "error" if self._setup_error else view.state
+    def _health_word(self, view: HealthView) -> ProviderHealth:
+        return ProviderHealth.ERROR if self._setup_error else view.state
 
     async def status(self) -> ProviderStatus:
         s, now = self.settings, self._clock()
@@ -538,7 +527,7 @@ class ProviderSet:
         return [await p.status() for p in self.providers]
 
     def health(self) -> dict[str, str]:
-        """Provider id -> health word now (what ``provider_state`` events compare)."""
+        """Provider id -> ``ProviderHealth`` now (what ``provider_state`` events compare)."""
         return {p.id: p.health_now() for p in self.providers}
 
     async def aclose(self) -> None:

@@ -4,7 +4,7 @@ The delay after the *n*-th failed attempt is::
 
     delay = min(max_delay, first_delay * 2 ** (n - 1)) * (1 + jitter * u),  u ∈ [-1, 1)
 
-the exponential backoff of stamina and RFC 5321 § 4.5.4.1, with relative jitter
+the exponential backoff of stamina and RFC 5321 § 4.5.4.1 (``relay.backoff``), with relative jitter
 so that a burst of failures does not come back as a burst. With
 ``retry.schedule`` (Haraka's ``temp_fail_intervals``: ``[1m, 5m, 1h*3, 4h]``)
 the *n*-th entry of the list, repeats expanded, is the base delay instead, the
@@ -21,8 +21,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.backoff import exponential, jittered
 from relay.config import RetrySettings, ScheduleStep
-from relay.model import Delivered, Outcome, PermFailure, RecipientStatus, TempFailure
+from relay.model import (
+    AttemptStatus,
+    Delivered,
+    Outcome,
+    PermFailure,
+    RecipientStatus,
+    TempFailure,
+)
 
 __all__ = ["Decision", "backoff", "decide", "scheduled"]
 
@@ -32,14 +40,21 @@ class Decision:
     status: RecipientStatus
     next_attempt_at: float | None
 
+    @property
+    def attempt_status(self) -> AttemptStatus:
+        """The delivery-log status of the attempt this decision closes (``STATUS_WORDS``)."""
+        logged = self.status.attempt_status
+        assert logged is not None, self.status  # decide() returns outcomes only
+        return logged
+
 
 def backoff(attempts: int, policy: RetrySettings, rng: random.Random) -> float:
     """Seconds to wait after ``attempts`` failed attempts (``attempts >= 1``)."""
     if policy.schedule:
         base = scheduled(attempts, policy.schedule)
     else:
-        base = min(policy.max_delay, policy.first_delay * 2.0 ** max(0, min(attempts - 1, 62)))
-    return max(0.0, base * (1 + policy.jitter * rng.uniform(-1.0, 1.0)))
+        base = exponential(attempts, first=policy.first_delay, cap=policy.max_delay)
+    return jittered(base, policy.jitter, rng)
 
 
 def scheduled(attempts: int, schedule: Sequence[ScheduleStep]) -> float:

@@ -71,13 +71,6 @@ __all__ = [
 
 log = logging.getLogger("sluice.scheduler")
 
-_ATTEMPT_STATUS = {
-    RecipientStatus.SENT: AttemptStatus.SUCCESS,
-    RecipientStatus.FAILED: AttemptStatus.FAIL,
-    RecipientStatus.EXPIRED: AttemptStatus.FAIL,
-    RecipientStatus.DEFERRED: AttemptStatus.DEFERRED,
-}
-
 NO_PROVIDER = TempFailure("", None, "4.4.0 no provider is available for this message")
 
 #: at most this often held mail is checked against hold.expire_after, and ran-out
@@ -494,7 +487,7 @@ class Scheduler:
                     recipient_id=rid,
                     attempt_id=claim.attempt_ids[rid],
                     status=decision.status,
-                    attempt_status=_ATTEMPT_STATUS[decision.status],
+                    attempt_status=decision.attempt_status,
                     next_attempt_at=decision.next_attempt_at,
                     code=outcome.code,
                     reply=reply,

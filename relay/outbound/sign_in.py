@@ -17,14 +17,23 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 
 from relay.config import ProviderSettings
 from relay.outbound.device_flow import DeviceCode, DeviceFlow, DeviceFlowError
 from relay.secrets import SecretError
 
-__all__ = ["SignIn", "SignIns"]
+__all__ = ["SignIn", "SignInProgress", "SignIns"]
 
 log = logging.getLogger("sluice.oauth")
+
+
+class SignInProgress(StrEnum):
+    """How a sign-in started from the admin stands."""
+
+    PENDING = "pending"  #: waiting for the person to sign in
+    CONNECTED = "connected"  #: signed in; the refresh token is stored
+    FAILED = "failed"  #: refused, expired, or the token could not be stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +44,7 @@ class SignIn:
     user_code: str
     verification_uri: str
     expires_at: float
-    #: "pending" (waiting for the person), "connected", or "failed"
-    state: str = "pending"
+    state: SignInProgress = SignInProgress.PENDING
     error: str = ""
     verification_uri_complete: str | None = None
 
@@ -99,18 +107,18 @@ class SignIns:
             grant = await flow.wait(code)
             await self._save(provider, grant.refresh_token)
         except DeviceFlowError as exc:
-            self._finish(provider, "failed", exc.text)
+            self._finish(provider, SignInProgress.FAILED, exc.text)
             log.warning("provider %s: sign-in failed: %s", provider, exc.text)
         except Exception as exc:  # stored nothing: say so on the page, never crash the daemon
-            self._finish(provider, "failed", f"{type(exc).__name__}: {exc}")
+            self._finish(provider, SignInProgress.FAILED, f"{type(exc).__name__}: {exc}")
             log.exception("provider %s: sign-in failed", provider)
         else:
-            self._finish(provider, "connected", "")
+            self._finish(provider, SignInProgress.CONNECTED, "")
             log.info("provider %s: signed in; refresh token stored in the spool", provider)
         finally:
             self._tasks.pop(provider, None)
 
-    def _finish(self, provider: str, state: str, error: str) -> None:
+    def _finish(self, provider: str, state: SignInProgress, error: str) -> None:
         current = self._current.get(provider)
         if current is not None:
             self._current[provider] = replace(current, state=state, error=error)

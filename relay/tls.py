@@ -1,0 +1,63 @@
+"""The client TLS context: how Sluice checks a server it connects to (providers, IMAP).
+
+One rule for every TLS client Sluice opens: the system's trust store (or the
+configured ``ca_file`` instead), the host name checked, TLS 1.2 at least
+(RFC 8996 retired 1.0 and 1.1), all from ``ssl.create_default_context``.
+A provider or mailbox with ``tls_verify: false`` turns both checks off; the
+connection is still encrypted. ``relay.outbound.handshake`` also uses it, with
+``verify=False`` and no version floor, for its sniff that only asks "does
+this port speak TLS at all?", so that an old server is named for what it is.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["MINIMUM_VERSION", "TlsClientSettings", "client_context", "settings_context"]
+
+#: RFC 8996: TLS 1.0 and 1.1 are deprecated
+MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+def client_context(
+    ca_file: Path | str | None = None,
+    *,
+    verify: bool = True,
+    minimum_version: ssl.TLSVersion = MINIMUM_VERSION,
+) -> ssl.SSLContext:
+    """A client context that checks the server's certificate and name unless ``verify`` is off.
+
+    Args:
+        ca_file: PEM file of the authorities to trust instead of the system's.
+        verify: check the certificate chain and the host name.
+        minimum_version: the oldest TLS version offered.
+    """
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    ctx.minimum_version = minimum_version
+    if not verify:
+        # check_hostname first: verify_mode cannot be CERT_NONE while it is on.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class TlsClientSettings(Protocol):
+    """What a config section needs to say for a TLS client (provider, bounce mailbox)."""
+
+    @property
+    def encryption(self) -> str: ...
+
+    @property
+    def ca_file(self) -> Path | None: ...
+
+    @property
+    def tls_verify(self) -> bool: ...
+
+
+def settings_context(settings: TlsClientSettings) -> ssl.SSLContext | None:
+    """The context for a config section; ``None`` when it says ``encryption: none``."""
+    if settings.encryption == "none":
+        return None
+    return client_context(settings.ca_file, verify=settings.tls_verify)
