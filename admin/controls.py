@@ -21,12 +21,12 @@ from admin.backend import REFUSAL_STATUS, AdminState, actor, json_body, state
 from admin.data import jsonable
 from admin.pages import render
 from relay.config import parse_duration
-from relay.model import ProviderPause, RecipientStatus, Selection
+from relay.model import Action, ProviderPause, RecipientStatus, Selection
 from relay.operations import providers as provider_ops
 from relay.operations import queue as queue_ops
 from relay.operations.actor import Refused
 from relay.operations.providers import ALL_PROVIDERS
-from relay.operations.queue import CONTROLS, ControlRequest, QueueAction
+from relay.operations.queue import CONTROLS, ControlRequest
 
 __all__ = ["CONTROLS", "pause_views", "routes", "selection_from"]
 
@@ -64,9 +64,7 @@ def selection_from(fields: Mapping[str, Any], queue_ids: Sequence[str]) -> Selec
     )
 
 
-def _request(
-    action: QueueAction, fields: Mapping[str, Any], selection: Selection
-) -> ControlRequest:
+def _request(action: Action, fields: Mapping[str, Any], selection: Selection) -> ControlRequest:
     return ControlRequest(
         action=action,
         selection=selection,
@@ -88,17 +86,17 @@ async def queue_control(request: Request) -> Response:
     st = state(request)
     form = await request.form()
     try:
-        action = QueueAction(str(form.get("action", "")))
+        action = Action(str(form.get("action", "")))
     except ValueError:
-        action = QueueAction.RETRY  # not a control: refused just below
+        action = Action.RETRY  # not a control: refused just below
     if action not in CONTROLS:
         return render(request, "error.html", {"message": "Unknown action."}, 400)
     fields: dict[str, Any] = {k: form.get(k) for k in (*_FILTERS, "reason", "via", "everything")}
     fields["status"] = [str(s) for s in form.getlist("status")]
     # One form carries every action's inputs: keep only this action's own.
-    if action is not QueueAction.REROUTE:
+    if action is not Action.REROUTE:
         fields["via"] = None
-    if action is not QueueAction.HOLD:
+    if action is not Action.HOLD:
         fields["reason"] = None
     ids = [str(v) for v in form.getlist("queue_id")]
     try:
@@ -205,7 +203,7 @@ async def api_queue_control(request: Request) -> Response:
     (hold), ``"via"`` (reroute) and ``"dry_run": true`` (only count).
     """
     st = state(request)
-    action = QueueAction(request.url.path.rsplit("/", 1)[-1])
+    action = Action(request.url.path.rsplit("/", 1)[-1])
     try:
         body = await json_body(request)
         ids = body.get("queue_ids") or []

@@ -31,10 +31,10 @@ from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
 from admin.suppressions import ANY_SCOPE, IMPORT_MAX, SuppressionFilter, entry_view
 from admin.testmail import test_message_view
 from relay.errors import UnknownMessage
-from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
+from relay.model import Action, AttemptStatus, LogEntry, QueueEntry, RecipientStatus
 from relay.operations import suppressions as sup_ops
 from relay.operations.actor import Refused
-from relay.operations.queue import Acted, QueueAction
+from relay.operations.queue import Acted
 from relay.operations.testmail import SendTest, send_test_message
 from relay.outbound.device_flow import DeviceFlowError
 from relay.store.suppressions import SOURCES
@@ -72,7 +72,7 @@ def _notice(request: Request) -> str:
         return ""
     messages, recipients = plural(n, "message"), plural(n, "recipient")
     entries = plural(n, "suppression entry", "suppression entries")
-    past = {a.value: a.past for a in QueueAction}
+    past = {a.value: a.past for a in Action}
     texts = {
         "retry": f"{messages} {past['retry']}.",
         "delete": f"{messages} {past['delete']}.",

@@ -204,6 +204,25 @@ class Action(StrEnum):
     SUPPRESS = "suppress"  #: add an address to the suppression list
     UNSUPPRESS = "unsuppress"  #: take it off again
 
+    @property
+    def past(self) -> str:
+        """The action done, for what a front-end says afterwards: "held", "rerouted"."""
+        return _ACTION_PAST[self]
+
+
+_ACTION_PAST = {
+    Action.RETRY: "made due now",
+    Action.DELETE: "deleted",
+    Action.HOLD: "held",
+    Action.RELEASE: "released",
+    Action.REROUTE: "rerouted",
+    Action.PAUSE: "paused",
+    Action.RESUME: "resumed",
+    Action.EXPIRE_HELD: "expired",
+    Action.SUPPRESS: "suppressed",
+    Action.UNSUPPRESS: "unsuppressed",
+}
+
 
 class ProviderHealth(StrEnum):
     """A provider's health as people and ``provider_state`` events see it."""

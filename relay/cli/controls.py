@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config, load, parse_duration
-from relay.model import RecipientStatus, Selection
+from relay.model import Action, RecipientStatus, Selection
 from relay.operations import providers as provider_ops
 from relay.operations import queue as queue_ops
 from relay.operations.actor import Actor, Refused
@@ -64,7 +64,7 @@ async def cmd_control(args: argparse.Namespace) -> int:
         print("sluice: give queue IDs, a filter, or --all", file=sys.stderr)
         return EX_USAGE
     request = queue_ops.ControlRequest(
-        action=queue_ops.QueueAction(args.action),
+        action=Action(args.action),
         selection=selection,
         reason=getattr(args, "reason", "") or "",
         via=getattr(args, "via", None),

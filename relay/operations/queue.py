@@ -4,28 +4,27 @@
 ``hold``, ``release`` and ``reroute`` on a ``Selection`` of recipients
 (``postsuper -h``/``-H``, KumoMTA's ``kcli rebind``), each written to the
 spool's audit log with its actor. The past tense of each action lives on
-``QueueAction`` so that the CLI and the admin say "held" with one word.
+``Action`` so that the CLI and the admin say "held" with one word.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 
 from relay.config import Config
 from relay.errors import UnknownMessage
-from relay.model import Selection
+from relay.model import Action, Selection
 from relay.operations.actor import Actor, Refusal, Refused
 from relay.store.spool import Control, Selected, Spool
 
 __all__ = [
     "CONTROLS",
+    "QUEUE_ACTIONS",
     "REASON_MAX",
     "Acted",
     "ControlRequest",
     "Controlled",
-    "QueueAction",
     "check",
     "control",
     "count",
@@ -34,41 +33,21 @@ __all__ = [
 ]
 
 
-class QueueAction(StrEnum):
-    """An operator's action on queued mail."""
-
-    RETRY = "retry"
-    DELETE = "delete"
-    HOLD = "hold"
-    RELEASE = "release"
-    REROUTE = "reroute"
-
-    @property
-    def past(self) -> str:
-        """The action done, for what a front-end says afterwards: "held", "rerouted"."""
-        return _PAST[self]
-
-
-_PAST = {
-    QueueAction.RETRY: "made due now",
-    QueueAction.DELETE: "deleted",
-    QueueAction.HOLD: "held",
-    QueueAction.RELEASE: "released",
-    QueueAction.REROUTE: "rerouted",
-}
+#: the actions a front-end may ask for on queued mail, in the order they are offered
+QUEUE_ACTIONS = (Action.RETRY, Action.DELETE, Action.HOLD, Action.RELEASE, Action.REROUTE)
 
 #: a hold's reason is cut to this many characters (it is shown on every recipient)
 REASON_MAX = 500
 
 #: the actions on a selection of recipients (the others take queue IDs)
-CONTROLS = (QueueAction.HOLD, QueueAction.RELEASE, QueueAction.REROUTE)
+CONTROLS = (Action.HOLD, Action.RELEASE, Action.REROUTE)
 
 
 @dataclass(frozen=True, slots=True)
 class Acted:
     """What a retry or a delete did: the queue IDs done, and those not in the queue."""
 
-    action: QueueAction
+    action: Action
     done: tuple[str, ...]
     missing: tuple[str, ...]
     #: retry: recipients made due now, by queue ID (a delete has none)
@@ -79,7 +58,7 @@ class Acted:
 class ControlRequest:
     """A hold, release or reroute of a selection of recipients."""
 
-    action: QueueAction
+    action: Action
     selection: Selection
     #: hold: why (shown as the recipients' reason)
     reason: str = ""
@@ -91,7 +70,7 @@ class ControlRequest:
 class Controlled:
     """What a hold, release or reroute did (or, for a dry run, would do)."""
 
-    action: QueueAction
+    action: Action
     #: recipients acted on (a dry run: that it would act on)
     recipients: int
     #: the selection in words, as the audit log has it
@@ -118,7 +97,7 @@ async def retry(spool: Spool, queue_ids: Iterable[str], actor: Actor) -> Acted:
             missing.append(qid)
         else:
             done.append(qid)
-    return Acted(QueueAction.RETRY, tuple(done), tuple(missing), due)
+    return Acted(Action.RETRY, tuple(done), tuple(missing), due)
 
 
 async def delete(spool: Spool, queue_ids: Iterable[str], actor: Actor) -> Acted:
@@ -133,7 +112,7 @@ async def delete(spool: Spool, queue_ids: Iterable[str], actor: Actor) -> Acted:
             missing.append(qid)
         else:
             done.append(qid)
-    return Acted(QueueAction.DELETE, tuple(done), tuple(missing), {})
+    return Acted(Action.DELETE, tuple(done), tuple(missing), {})
 
 
 def check(config: Config, request: ControlRequest) -> None:
@@ -148,7 +127,7 @@ def check(config: Config, request: ControlRequest) -> None:
         raise Refused(f"unknown action {request.action.value!r}", Refusal.NOT_FOUND)
     if request.selection.empty:
         raise Refused("give queue IDs, a filter, or everything")
-    if request.action is QueueAction.REROUTE:
+    if request.action is Action.REROUTE:
         enabled = [p.id for p in config.providers if p.enabled]
         if request.via not in enabled:
             raise Refused(f"no enabled provider {request.via!r} (enabled: {', '.join(enabled)})")
@@ -176,7 +155,7 @@ async def control(
         Refused: see ``check``.
     """
     check(config, request)
-    hold, reroute = request.action is QueueAction.HOLD, request.action is QueueAction.REROUTE
+    hold, reroute = request.action is Action.HOLD, request.action is Action.REROUTE
     done = await spool.control(
         request.selection,
         Control(

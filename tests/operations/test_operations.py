@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import Config, load
-from relay.model import RecipientStatus, Selection, Suppression
+from relay.model import Action, RecipientStatus, Selection, Suppression
 from relay.operations import providers as provider_ops
 from relay.operations import queue as queue_ops
 from relay.operations import suppressions as sup_ops
@@ -49,8 +49,13 @@ def test_actors_are_named_in_the_audit_log_as_before() -> None:
 
 
 def test_each_action_has_its_past_tense() -> None:
-    A = queue_ops.QueueAction
-    assert [a.past for a in A] == ["made due now", "deleted", "held", "released", "rerouted"]
+    assert [a.past for a in queue_ops.QUEUE_ACTIONS] == [
+        "made due now",
+        "deleted",
+        "held",
+        "released",
+        "rerouted",
+    ]
 
 
 async def test_test_message_retry_hold_release_delete(spool: Spool, config: Config) -> None:
@@ -71,7 +76,7 @@ async def test_test_message_retry_hold_release_delete(spool: Spool, config: Conf
     assert retried.recipients == {sent.queue_id: 1}
 
     hold = queue_ops.ControlRequest(
-        queue_ops.QueueAction.HOLD, Selection(queue_ids=(sent.queue_id,)), reason=" why " * 200
+        Action.HOLD, Selection(queue_ids=(sent.queue_id,)), reason=" why " * 200
     )
     dry = await queue_ops.count(spool, config, hold)
     assert (dry.dry_run, dry.recipients, dry.messages) == (True, 1, 1)
@@ -79,7 +84,7 @@ async def test_test_message_retry_hold_release_delete(spool: Spool, config: Conf
     assert (held.action.past, held.recipients) == ("held", 1)
     (entry,) = await spool.list_queue(statuses=[RecipientStatus.HELD])
     assert len(entry.reason) <= queue_ops.REASON_MAX + 50  # cut, not the 1000 given
-    release = queue_ops.ControlRequest(queue_ops.QueueAction.RELEASE, Selection(everything=True))
+    release = queue_ops.ControlRequest(Action.RELEASE, Selection(everything=True))
     assert (await queue_ops.control(spool, config, release, BOB)).recipients == 1
     audit = [(e.actor, e.action, e.count) for e in await spool.audit_log()]
     assert audit == [("bob", "release", 1), ("cli:alice", "hold", 1)]
@@ -111,12 +116,10 @@ async def test_a_test_message_is_refused_before_anything_is_queued(
 
 async def test_reroute_needs_an_enabled_provider(spool: Spool, config: Config) -> None:
     for via in ("off", "nope", None):
-        request = queue_ops.ControlRequest(
-            queue_ops.QueueAction.REROUTE, Selection(everything=True), via=via
-        )
+        request = queue_ops.ControlRequest(Action.REROUTE, Selection(everything=True), via=via)
         with pytest.raises(Refused, match=rf"no enabled provider {via!r} \(enabled: up1\)"):
             await queue_ops.control(spool, config, request, ALICE)
-    empty = queue_ops.ControlRequest(queue_ops.QueueAction.HOLD, Selection())
+    empty = queue_ops.ControlRequest(Action.HOLD, Selection())
     with pytest.raises(Refused):
         await queue_ops.control(spool, config, empty, ALICE)
     assert await spool.audit_log() == []
