@@ -32,8 +32,9 @@ from admin.stats import summary
 from admin.suppressions import IMPORT_MAX, SuppressionFilter, bounce_view, entry_view
 from admin.testmail import test_message_view
 from relay.bounces.mailbox import MailboxError
+from relay.bounces.poller import MailboxState
 from relay.errors import UnknownMessage
-from relay.model import RecipientStatus
+from relay.model import ProviderHealth, RecipientStatus
 from relay.operations import suppressions as sup_ops
 from relay.operations.actor import Refused
 from relay.operations.testmail import SendTest, send_test_message
@@ -81,15 +82,9 @@ def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
     """
     poll = st.backend.bounce_mailbox()
     if poll is None:
-        return {"state": "off", "configured": False}
-    if poll.failures:
-        state_ = "failing"
-    elif poll.last_ok_at is None:
-        state_ = "waiting"
-    else:
-        state_ = "ok"
+        return {"state": MailboxState.OFF, "configured": False}
     return {
-        "state": state_,
+        "state": poll.state,
         "configured": True,
         "last_poll_at": poll.last_poll_at,
         "last_ok_at": poll.last_ok_at,
@@ -391,10 +386,10 @@ async def metrics(request: Request) -> Response:
         g.webhook_failing.labels(url).set(c["failing"])
     pauses = await b.spool.pauses()
     for p in await b.snapshot().providers.status():
-        for health in ("unknown", "ok", "error", "cooldown"):
+        for health in ProviderHealth:
             g.health.labels(p.id, health).set(1 if p.health == health else 0)
-        if p.health in ("ok", "error"):
-            b.metrics.provider_up.labels(p.id).set(1 if p.health == "ok" else 0)
+        if p.health in (ProviderHealth.OK, ProviderHealth.ERROR):
+            b.metrics.provider_up.labels(p.id).set(1 if p.health == ProviderHealth.OK else 0)
         g.sent_today.labels(p.id).set(p.sent_today)
         g.provider_failures.labels(p.id).set(failures.get(p.id, 0))
         g.paused.labels(p.id).set(1 if p.id in pauses or "*" in pauses else 0)

@@ -16,7 +16,14 @@ from enum import Enum
 from typing import Any
 
 from relay.config import ProviderSettings
-from relay.model import AttemptStatus, LogEntry, MessageDetail, QueueEntry, RecipientStatus
+from relay.model import (
+    AttemptStatus,
+    LogEntry,
+    MessageDetail,
+    ProviderHealth,
+    QueueEntry,
+    RecipientStatus,
+)
 from relay.outbound.providers import ProviderStatus
 from relay.secrets import mask
 
@@ -94,7 +101,7 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
             if o is not None
             else None
         ),
-        "health": "unknown",
+        "health": ProviderHealth.UNKNOWN,
         "last_error": "",
         "last_error_at": None,
         "last_ok_at": None,

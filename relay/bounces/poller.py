@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from relay.backoff import exponential
 from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
@@ -30,11 +31,20 @@ from relay.config import BounceSettings, Config, MailboxSettings
 from relay.store.suppressions import NewBounce, Suppressions, Threshold
 from relay.verp import parse as parse_verp
 
-__all__ = ["BouncePoller", "PollResult", "PollStatus"]
+__all__ = ["BouncePoller", "MailboxState", "PollResult", "PollStatus"]
 
 log = logging.getLogger("sluice.bounces")
 
 _MAX_BACKOFF = 3600.0
+
+
+class MailboxState(StrEnum):
+    """The bounce mailbox at a glance (the overview's card, ``/api/overview``)."""
+
+    OFF = "off"  #: no bounce mailbox configured
+    WAITING = "waiting"  #: configured, not read successfully yet
+    OK = "ok"  #: the last poll worked
+    FAILING = "failing"  #: the last poll failed
 
 
 @dataclass
@@ -51,6 +61,13 @@ class PollStatus:
     @property
     def ok(self) -> bool:
         return self.failures == 0
+
+    @property
+    def state(self) -> MailboxState:
+        """The one word for the mailbox's state (a failure outranks an earlier success)."""
+        if self.failures:
+            return MailboxState.FAILING
+        return MailboxState.WAITING if self.last_ok_at is None else MailboxState.OK
 
 
 @dataclass

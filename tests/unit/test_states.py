@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from admin.guard import Identity, Via
+from relay.bounces.poller import MailboxState, PollStatus
 from relay.config import RetrySettings
 from relay.events import OUTCOME_EVENTS, event_body
 from relay.events import EventType as ReExported
@@ -141,3 +142,23 @@ async def test_every_action_the_store_audits_is_an_action(tmp_path: Path) -> Non
         ["hold", "release", "reroute", "pause", "resume"]
     )
     assert {Action(e.action) for e in entries} <= set(Action)
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        (PollStatus(configured=True), MailboxState.WAITING),
+        (PollStatus(configured=True, last_ok_at=T0), MailboxState.OK),
+        (PollStatus(configured=True, failures=1), MailboxState.FAILING),
+        # a failure after a success is what the operator must see
+        (PollStatus(configured=True, last_ok_at=T0, failures=2), MailboxState.FAILING),
+    ],
+)
+def test_the_bounce_mailbox_has_one_state_word(status: PollStatus, state: MailboxState) -> None:
+    assert status.state is state
+
+
+def test_every_action_has_a_past_tense_of_its_own() -> None:
+    pasts = [a.past for a in Action]
+    assert len(set(pasts)) == len(pasts) and all(pasts)
+    assert Action.HOLD.past == "held" and Action.RETRY.past == "made due now"
