@@ -110,10 +110,6 @@ def selection_params(selection: Selection, action: str, now: float) -> dict[str,
     }
 
 
-def _with_selected(sql: str) -> str:
-    return f"WITH selected AS ({QUERIES['selected_recipients']}) {sql}"
-
-
 def audit(
     c: sqlite3.Connection,
     now: float,
@@ -142,10 +138,13 @@ async def count_selected(
 ) -> Selected:
     """How many recipients ``action`` would affect now (the confirmation step)."""
     params = selection_params(selection, action, now)
-    async with reader.execute(_with_selected(QUERIES["count_selected"]), params) as cur:
-        row = await cur.fetchone()
-    assert row is not None
-    return Selected(int(row["recipients"]), int(row["messages"]))
+    rows = list(await reader.execute_fetchall(QUERIES["selected_recipients"], params))
+    return Selected(len(rows), len({r["message_id"] for r in rows}))
+
+
+def _selected_ids(c: sqlite3.Connection, params: dict[str, Any]) -> str:
+    """The selection's recipient ids now, as the JSON array the actions take (``:ids``)."""
+    return json.dumps([r["id"] for r in c.execute(QUERIES["selected_recipients"], params)])
 
 
 def control(
@@ -175,13 +174,13 @@ def control(
         params["via"] = ctl.provider
     else:
         raise ValueError(f"unknown action {ctl.action!r}")
-    sql = _with_selected(QUERIES[query])
+    sql = QUERIES[query]
     detail = f"via {ctl.provider}" if ctl.action == "reroute" else ctl.reason
     kind = _CONTROL_EVENT.get(ctl.action)
     status = RecipientStatus.HELD if ctl.action == "hold" else RecipientStatus.QUEUED
 
     def job(c: sqlite3.Connection) -> tuple[int, bool]:
-        changed = c.execute(sql, params).fetchall()
+        changed = c.execute(sql, params | {"ids": _selected_ids(c, params)}).fetchall()
         audit(c, now, ctl.actor, ctl.action, selection.describe(), len(changed), detail)
         events: list[OutboxEvent] = []
         if kind is not None and endpoints:

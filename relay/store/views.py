@@ -8,6 +8,7 @@ does not depend on how deep it is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -99,27 +100,12 @@ async def list_queue(
     limit: int,
 ) -> list[QueueEntry]:
     """One page of queue entries, newest first."""
-    where: list[str] = ["1=1"]
-    params: dict[str, Any] = {"limit": limit}
+    params = _page_params(search, before_id, limit)
+    query = "queue_page"
     if statuses is not None:
-        _status_filter("r.status", statuses, where, params)
-    if before_id is not None:
-        where.append("r.id < :before_id")
-        params["before_id"] = before_id
-    if search:
-        where.append(
-            "(r.rcpt LIKE :q ESCAPE '\\' OR m.subject LIKE :q ESCAPE '\\'"
-            " OR m.sender LIKE :q ESCAPE '\\' OR m.queue_id = :exact)"
-        )
-        params["q"] = "%" + like_escape(search) + "%"
-        params["exact"] = search
-    sql = (
-        "SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at,"
-        " r.last_attempt_at, r.next_attempt_at, r.attempts, r.status, r.last_reply,"
-        " r.provider, m.size FROM recipients AS r JOIN messages AS m ON m.id = r.message_id"
-        f" WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT :limit"
-    )
-    async with reader.execute(sql, params) as cur:
+        query = "queue_page_by_status"
+        params["statuses"] = json.dumps([s.value for s in statuses])
+    async with reader.execute(QUERIES[query], params) as cur:
         return [QueueEntry.from_row(r) async for r in cur]
 
 
@@ -134,40 +120,24 @@ async def list_log(
     limit: int,
 ) -> list[LogEntry]:
     """One page of the delivery log, newest first."""
-    where: list[str] = ["1=1"]
-    params: dict[str, Any] = {"limit": limit}
+    params = _page_params(search, before_id, limit)
+    params.update(since=since, until=until)
+    query = "log_page"
     if statuses is not None:
-        _status_filter("status", statuses, where, params)
-    if since is not None:
-        where.append("started_at >= :since")
-        params["since"] = since
-    if until is not None:
-        where.append("started_at < :until")
-        params["until"] = until
-    if before_id is not None:
-        where.append("id < :before_id")
-        params["before_id"] = before_id
-    if search:
-        where.append(
-            "(rcpt LIKE :q ESCAPE '\\' OR subject LIKE :q ESCAPE '\\' OR queue_id = :exact)"
-        )
-        params["q"] = "%" + like_escape(search) + "%"
-        params["exact"] = search
-    sql = f"SELECT * FROM attempts WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT :limit"
-    async with reader.execute(sql, params) as cur:
+        query = "log_page_by_status"
+        params["statuses"] = json.dumps([s.value for s in statuses])
+    async with reader.execute(QUERIES[query], params) as cur:
         return [LogEntry.from_row(r) async for r in cur]
 
 
-def _status_filter(
-    column: str,
-    statuses: Iterable[RecipientStatus | AttemptStatus],
-    where: list[str],
-    params: dict[str, Any],
-) -> None:
-    """Add ``column IN (...)`` with one bound parameter per status."""
-    wanted = [s.value for s in statuses]
-    where.append(f"{column} IN ({', '.join(f':s{i}' for i in range(len(wanted)))})")
-    params.update({f"s{i}": value for i, value in enumerate(wanted)})
+def _page_params(search: str | None, before_id: int | None, limit: int) -> dict[str, Any]:
+    """The parameters every page query takes: the search (substring, or queue ID) and keyset."""
+    return {
+        "q": "%" + like_escape(search) + "%" if search else None,
+        "exact": search or None,
+        "before_id": before_id,
+        "limit": limit,
+    }
 
 
 async def counts_by_status(reader: aiosqlite.Connection) -> dict[RecipientStatus, int]:
