@@ -130,8 +130,12 @@ class Spool:
         try:
             spool_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
             conn = await asyncio.to_thread(connect, spool_path)
-            await asyncio.to_thread(migrate, conn)
         except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
+        try:
+            await asyncio.to_thread(migrate, conn)
+        except (SpoolError, sqlite3.Error) as exc:
+            conn.close()
             raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
         lock = write_lock_path(spool_path)
         writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock, clock=clock)

@@ -65,3 +65,7 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value;
 -- name: health_probe_drop
 -- ... removed in the same transaction (its pages go to the free list, for later use).
 DELETE FROM meta WHERE key = 'health.probe';
+
+-- name: meta_table_exists
+-- Whether the spool has its meta table yet (a new, empty file has none: version 0).
+SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta';
