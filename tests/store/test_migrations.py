@@ -201,3 +201,22 @@ def test_a_failing_step_leaves_the_spool_at_its_version(tmp_path: Path) -> None:
         assert "crlf_only" not in {r[1] for r in conn.execute("PRAGMA table_info(bodies)")}
     finally:
         conn.close()
+
+
+async def test_the_status_columns_refuse_words_sluice_does_not_know(tmp_path: Path) -> None:
+    """Version 4's CHECKs: a stray word is an error when written, not a row nobody claims."""
+    path = tmp_path / "spool.sqlite3"
+    _old_spool(path, 3)
+    async with await Spool.open(path):
+        pass
+    conn = _connect(path)
+    try:
+        for sql in (
+            "UPDATE recipients SET status = 'defered' WHERE id = 1",
+            "UPDATE attempts SET status = 'FAIL' WHERE id = 1",
+        ):
+            with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint failed"):
+                conn.execute(sql)
+        conn.execute("UPDATE recipients SET status = 'held' WHERE id = 1")  # a known word
+    finally:
+        conn.close()

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     id              INTEGER PRIMARY KEY,
     message_id      INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     rcpt            TEXT    NOT NULL,
-    status          TEXT    NOT NULL DEFAULT 'queued',
+    status          TEXT    NOT NULL DEFAULT 'queued' CHECK (status IN
+        ('queued', 'sending', 'deferred', 'sent', 'failed', 'expired', 'suppressed', 'held')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     since           REAL    NOT NULL,      -- start of the give-up clock
     next_attempt_at REAL,
@@ -63,7 +64,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     subject      TEXT    NOT NULL DEFAULT '',
     started_at   REAL    NOT NULL,
     finished_at  REAL,
-    status       TEXT    NOT NULL,        -- in_progress, success, fail, deferred, bounced, suppressed
+    status       TEXT    NOT NULL CHECK (status IN
+        ('in_progress', 'success', 'fail', 'deferred', 'bounced', 'suppressed')),
     provider     TEXT,
     code         INTEGER,
     reply        TEXT    NOT NULL DEFAULT ''
