@@ -102,6 +102,8 @@ def selection_params(selection: Selection, action: str, now: float) -> dict[str,
         if selection.recipient_domain
         else None,
         "provider": selection.provider or None,
+        # stored as relay.message.stream_of has it (lower case): the query
+        # compares without regard to case, as people type it
         "stream": selection.stream or None,
         "received_before": None if selection.older_than is None else now - selection.older_than,
         "statuses": json.dumps([s.value for s in selection.statuses])

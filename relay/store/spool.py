@@ -40,9 +40,10 @@ from pathlib import Path
 
 import aiosqlite
 
+from relay.config import SuppressionSettings
 from relay.errors import SpoolError
 from relay.events import Endpoint, OutboxEvent
-from relay.message import HeaderBlock
+from relay.message import HeaderBlock, stream_of
 from relay.model import (
     AttemptStatus,
     AuditEntry,
@@ -66,7 +67,6 @@ from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
 
 __all__ = [
     "ALL_PROVIDERS",
-    "STREAM_HEADER",
     "AttemptBucket",
     "Claimed",
     "Control",
@@ -112,6 +112,11 @@ class Spool:
         self.outbox_wake = asyncio.Event()
         #: bounces and the suppression list
         self.suppressions = Suppressions(writer, reader, clock, outbox_wake=self.outbox_wake)
+        #: the headers that name a message's stream (``suppression.stream_headers``):
+        #: ``enqueue`` stores ``relay.message.stream_of`` of them, the value the
+        #: scheduler matches suppression scopes against. The daemon sets it from
+        #: its config (and on reload); other processes keep the default.
+        self.stream_headers: list[str] = SuppressionSettings().stream_headers
 
     @classmethod
     async def open(
@@ -163,7 +168,7 @@ class Spool:
 
     async def enqueue(self, msg: NewMessage) -> str:
         """Store a message and its recipients in one durable transaction."""
-        stream = _stream_of(msg.data)
+        stream = stream_of(HeaderBlock(msg.data), self.stream_headers)
         queue_id = await self._writer.submit(lambda c: queue.insert_message(c, msg, stream))
         self.wake.set()
         return queue_id
@@ -552,15 +557,3 @@ class Spool:
             if not self._checkpointer.alive and checkpoints.running:
                 checkpoints = replace(checkpoints, running=False)
         return SpoolHealth(self._writer.health, checkpoints)
-
-
-#: the header that names a message's stream (an app's own label for filters)
-STREAM_HEADER = "X-Sluice-Stream"
-
-
-def _stream_of(data: bytes) -> str:
-    """The ``X-Sluice-Stream`` header's value, if any (a cheap look first)."""
-    head = HeaderBlock(data)
-    if not head.mentions(STREAM_HEADER):
-        return ""
-    return (head.value(STREAM_HEADER) or "").strip()[:200]

@@ -14,7 +14,7 @@ WHERE r.status IN (SELECT value FROM json_each(:allowed))
   AND (:sender IS NULL OR m.sender = :sender COLLATE NOCASE)
   AND (:domain IS NULL OR r.rcpt LIKE '%@' || :domain ESCAPE '\')
   AND (:provider IS NULL OR r.provider = :provider)
-  AND (:stream IS NULL OR m.stream = :stream)
+  AND (:stream IS NULL OR m.stream = :stream COLLATE NOCASE)
   AND (:received_before IS NULL OR m.received_at <= :received_before)
   AND (:statuses IS NULL OR r.status IN (SELECT value FROM json_each(:statuses)))
 
