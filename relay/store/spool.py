@@ -26,6 +26,36 @@ Reads go through a separate aiosqlite connection, so the admin page and the CLI
 never hold the writer, and never see an uncommitted row.
 
 Every state change is a guarded ``UPDATE ... WHERE status = ? RETURNING``.
+
+**The backend contract.** What a second backend (PostgreSQL, issue #27)
+must provide is ``Spool.open`` / ``aclose`` and the public methods below,
+with these signatures and results, plus ``wake``, ``outbox_wake``,
+``stream_headers`` and ``suppressions`` (``relay/store/suppressions.py``):
+
+- queue: ``enqueue``, ``claim`` / ``claim_due``, ``finish``, ``release``,
+  ``requeue_inflight``, ``requeue_expired_leases``, ``retry_now``, ``delete``,
+  ``prune``, ``body``;
+- outboxes: ``enqueue_dsn``, ``add_events``, ``outbox_next``,
+  ``outbox_delivered``, ``outbox_failed``, ``outbox_recent``,
+  ``outbox_counts``, ``prune_notifications``;
+- controls: ``count_selected``, ``control``, ``hold_claimed``,
+  ``expire_held``, ``pause_provider``, ``resume_provider``,
+  ``end_expired_pauses``;
+- views: ``get``, ``raw``, ``list_queue``, ``list_log``, ``counts_by_status``,
+  ``oldest_pending``, ``provider_failures``, ``attempt_buckets``, ``pauses``,
+  ``audit_log``;
+- state: ``counter_add``, ``counter_prune``, ``counter_get``,
+  ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
+  ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
+  ``revoke_admin_sessions``, ``probe_write``, ``health``.
+
+Results are plain values and frozen dataclasses of ``relay.model`` and of
+the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
+leave as plain ints named for what they are (``message_id``, a recipient's
+``id`` as a keyset for the next page, ``attempt_ids``), and come back only
+to the methods that take them. ``tests/store/test_backend_contract.py``
+walks every result type to keep it so. The SQL itself (``sql/*.sql``) and
+the writer thread are this backend's own business.
 """
 
 from __future__ import annotations
