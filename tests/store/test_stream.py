@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from pathlib import Path
 
+import yaml
+
 from relay.message import HeaderBlock, stream_of
-from relay.model import Selection
+from relay.model import RecipientStatus, Selection
 from relay.store.spool import NewMessage, Spool
+from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send, write_config
+from tests.upstream import TestUpstream
 
 
 def _msg(queue_id: str, head: str) -> NewMessage:
@@ -48,3 +53,41 @@ async def test_the_stored_stream_is_stream_of_the_headers(tmp_path: Path) -> Non
     default = ["X-Sluice-Stream", "List-Id"]
     for m in messages[:3]:
         assert _stored(path)[m.queue_id] == stream_of(HeaderBlock(m.data), default)
+
+
+def _mail(head: str) -> bytes:
+    return f"From: a@example.org\r\n{head}Subject: s\r\n\r\nhello\r\n".encode()
+
+
+async def _status_is(spool: Spool, queue_id: str, rcpt: str, status: RecipientStatus) -> bool:
+    detail = await spool.get(queue_id)
+    return any(r.email == rcpt and r.status is status for r in detail.recipients)
+
+
+async def test_the_daemon_stores_and_suppresses_by_its_configured_headers(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """suppression.stream_headers names the stream stored and the one matched, on reload too."""
+    sections = {"suppression": {"stream_headers": ["X-Campaign"]}}
+    async with sluice([provider_for(upstream)], **sections) as s:
+        await s.spool.suppressions.add("gone@example.net", scope="spring", source="api")
+        rcpts = ["gone@example.net", "ok@example.net"]
+        _, reply = await smtp_send(s.port, "a@example.org", rcpts, _mail("X-Campaign: Spring\r\n"))
+        queue_id = reply.split()[-1]
+        for rcpt, status in zip(
+            rcpts, (RecipientStatus.SUPPRESSED, RecipientStatus.SENT), strict=True
+        ):
+            await eventually(partial(_status_is, s.spool, queue_id, rcpt, status))
+        assert _stored(s.config_path.parent / "spool.sqlite3")[queue_id] == "spring"
+
+        cfg = yaml.safe_load(s.config_path.read_text())
+        cfg["suppression"]["stream_headers"] = ["X-Other"]
+        write_config(s.config_path, cfg)
+        assert await s.daemon.reload() is True, s.daemon.last_reload_error
+        _, reply = await smtp_send(
+            s.port,
+            "a@example.org",
+            ["b@example.net"],
+            _mail("X-Campaign: Spring\r\nX-Other: Fall\r\n"),
+        )
+        assert _stored(s.config_path.parent / "spool.sqlite3")[reply.split()[-1]] == "fall"
