@@ -25,7 +25,8 @@ split adds no hop, await or transaction to the hot path.
 Reads go through a separate aiosqlite connection, so the admin page and the CLI
 never hold the writer, and never see an uncommitted row.
 
-Every state change is a guarded ``UPDATE ... WHERE status = ? RETURNING``.
+Every state change is a guarded update: ``... WHERE status = ? RETURNING``, and no row
+returned means the row had moved on.
 
 **The backend contract.** What a second backend (PostgreSQL, issue #27)
 must provide is ``Spool.open`` / ``aclose`` and the public methods below,
