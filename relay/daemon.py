@@ -475,7 +475,12 @@ class Daemon:
     def _worker_settings(self) -> WorkerSettings:
         cfg = self.config
         return WorkerSettings(
-            cfg.smtp, cfg.log, cfg.spool.path, self.hostname, sluice_logs=logsetup.installed()
+            cfg.smtp,
+            cfg.log,
+            cfg.spool.path,
+            self.hostname,
+            sluice_logs=logsetup.installed(),
+            stream_headers=cfg.suppression.stream_headers,
         )
 
     def _session_grace(self) -> float:

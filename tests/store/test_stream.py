@@ -6,6 +6,7 @@ import sqlite3
 from functools import partial
 from pathlib import Path
 
+import pytest
 import yaml
 
 from relay.message import HeaderBlock, stream_of
@@ -64,30 +65,37 @@ async def _status_is(spool: Spool, queue_id: str, rcpt: str, status: RecipientSt
     return any(r.email == rcpt and r.status is status for r in detail.recipients)
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-daemon", "accept-worker"])
 async def test_the_daemon_stores_and_suppresses_by_its_configured_headers(
-    sluice: SluiceFactory, upstream: TestUpstream
+    sluice: SluiceFactory, upstream: TestUpstream, workers: int
 ) -> None:
-    """suppression.stream_headers names the stream stored and the one matched, on reload too."""
-    sections = {"suppression": {"stream_headers": ["X-Campaign"]}}
+    """suppression.stream_headers names the stream stored and the one matched, on reload too.
+
+    With an accept worker the message is stored by the worker's own spool,
+    which the daemon's settings (and their reload) reach through its channel.
+    """
+    sections = {"suppression": {"stream_headers": ["X-Campaign"]}, "smtp": {"workers": workers}}
     async with sluice([provider_for(upstream)], **sections) as s:
+        stored = partial(_stored, s.config_path.parent / "spool.sqlite3")
         await s.spool.suppressions.add("gone@example.net", scope="spring", source="api")
         rcpts = ["gone@example.net", "ok@example.net"]
         _, reply = await smtp_send(s.port, "a@example.org", rcpts, _mail("X-Campaign: Spring\r\n"))
         queue_id = reply.split()[-1]
+        assert stored()[queue_id] == "spring"
         for rcpt, status in zip(
             rcpts, (RecipientStatus.SUPPRESSED, RecipientStatus.SENT), strict=True
         ):
             await eventually(partial(_status_is, s.spool, queue_id, rcpt, status))
-        assert _stored(s.config_path.parent / "spool.sqlite3")[queue_id] == "spring"
 
         cfg = yaml.safe_load(s.config_path.read_text())
         cfg["suppression"]["stream_headers"] = ["X-Other"]
         write_config(s.config_path, cfg)
         assert await s.daemon.reload() is True, s.daemon.last_reload_error
-        _, reply = await smtp_send(
-            s.port,
-            "a@example.org",
-            ["b@example.net"],
-            _mail("X-Campaign: Spring\r\nX-Other: Fall\r\n"),
-        )
-        assert _stored(s.config_path.parent / "spool.sqlite3")[reply.split()[-1]] == "fall"
+        both = _mail("X-Campaign: Spring\r\nX-Other: Fall\r\n")
+
+        async def stored_under_the_new_headers() -> bool:
+            # a worker takes the new settings from its channel, a moment after the reload
+            _, reply = await smtp_send(s.port, "a@example.org", ["b@example.net"], both)
+            return stored()[reply.split()[-1]] == "fall"
+
+        await eventually(stored_under_the_new_headers, interval=0.1)
