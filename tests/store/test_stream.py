@@ -12,7 +12,15 @@ import yaml
 from relay.message import HeaderBlock, stream_of
 from relay.model import RecipientStatus, Selection
 from relay.store.spool import NewMessage, Spool
-from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send, write_config
+from tests.conftest import (
+    SluiceFactory,
+    eventually,
+    fast_config,
+    provider_for,
+    smtp_send,
+    write_config,
+)
+from tests.daemon_proc import run_cli
 from tests.upstream import TestUpstream
 
 
@@ -99,3 +107,24 @@ async def test_the_daemon_stores_and_suppresses_by_its_configured_headers(
             return stored()[reply.split()[-1]] == "fall"
 
         await eventually(stored_under_the_new_headers, interval=0.1)
+
+
+async def test_sendmail_with_the_daemon_down_stores_the_stream_by_the_config(
+    tmp_path: Path,
+) -> None:
+    """``sluice sendmail`` writing the spool itself names the stream as the daemon would."""
+    cfg = fast_config(
+        tmp_path,
+        [{"id": "x", "host": "127.0.0.1", "port": 9, "encryption": "none"}],
+        suppression={"stream_headers": ["X-Campaign"]},
+    )
+    path = write_config(tmp_path / "sluice.yaml", cfg)
+    spool = tmp_path / "spool.sqlite3"
+    async with await Spool.open(spool):  # installed, daemon not running
+        pass
+    message = b"To: to@example.net\nSubject: s\nX-Campaign: Spring\n\nhello\n"
+    rc, _out, err = await run_cli(
+        "sendmail", "-t", "-i", stdin=message, env={"SLUICE_CONFIG": str(path)}
+    )
+    assert rc == 0, err
+    assert list(_stored(spool).values()) == ["spring"]
