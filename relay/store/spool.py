@@ -145,8 +145,9 @@ class Spool:
         self.suppressions = Suppressions(writer, reader, clock, outbox_wake=self.outbox_wake)
         #: the headers that name a message's stream (``suppression.stream_headers``):
         #: ``enqueue`` stores ``relay.message.stream_of`` of them, the value the
-        #: scheduler matches suppression scopes against. The daemon sets it from
-        #: its config (and on reload); other processes keep the default.
+        #: scheduler matches suppression scopes against. Whoever stores mail sets
+        #: it from the config: the daemon (and on reload), its accept workers,
+        #: ``sluice sendmail``; the rest store no mail and keep the default.
         self.stream_headers: list[str] = SuppressionSettings().stream_headers
 
     @classmethod
@@ -157,10 +158,14 @@ class Spool:
         clock: Clock = time.time,
         checkpoints: bool = False,
     ) -> Spool:
-        """Open (creating it if needed) the spool at ``path``.
+        """Open (creating it if needed) the spool at ``path``, brought to the current schema.
 
         ``checkpoints=True`` (the daemon) also starts the ``Checkpointer``
         that copies the WAL into the database for every process writing it.
+
+        Raises:
+            SpoolError: the file cannot be opened, a migration step failed, or
+                the spool is newer than this code (``relay/store/migrations.py``).
         """
         spool_path = Path(path)
         try:
