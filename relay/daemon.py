@@ -231,6 +231,8 @@ class Daemon:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
             await self._record_listen()
         self._snapshot = Snapshot(new, providers)
+        if self.spool is not None:
+            self.spool.stream_headers = new.suppression.stream_headers
         logsetup.apply_config(new)
         if self.acceptors is not None:
             if rebound:  # they serve the new sockets; the old ones finish their sessions
@@ -356,6 +358,7 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(spool_lock(cfg.spool.path))
             spool = await Spool.open(cfg.spool.path, clock=self._clock, checkpoints=True)
+            spool.stream_headers = cfg.suppression.stream_headers
             stack.push_async_callback(spool.aclose)
             self.spool = spool
             requeued = await spool.requeue_inflight()
@@ -472,7 +475,12 @@ class Daemon:
     def _worker_settings(self) -> WorkerSettings:
         cfg = self.config
         return WorkerSettings(
-            cfg.smtp, cfg.log, cfg.spool.path, self.hostname, sluice_logs=logsetup.installed()
+            cfg.smtp,
+            cfg.log,
+            cfg.spool.path,
+            self.hostname,
+            sluice_logs=logsetup.installed(),
+            stream_headers=cfg.suppression.stream_headers,
         )
 
     def _session_grace(self) -> float:

@@ -138,10 +138,18 @@ _LIST_ID = re.compile(r"<([^<>\s]+)>")
 def stream_of(head: HeaderBlock, headers: list[str]) -> str:
     """The message's stream (a newsletter, a campaign): the first of ``headers`` it has.
 
-    ``List-Id`` (RFC 2919) names its list in angle brackets after an optional
-    phrase; that part is the stream. Lower-cased, at most 200 characters.
+    The one home of the word: the store keeps this value with each message
+    (operators select by it) and the scheduler matches suppression scopes
+    against it, so both see the same stream. ``List-Id`` (RFC 2919) names its
+    list in angle brackets after an optional phrase; that part is the stream.
+    Lower-cased (a list identifier is compared without regard to case, and
+    people type stream names), at most 200 characters; ``''`` when none.
     """
     for name in headers:
+        # A cheap look first: most mail names no stream, and this runs for
+        # every message the listener accepts.
+        if not head.mentions(name):
+            continue
         value = head.value(name)
         if value:
             if name.lower() == "list-id" and (m := _LIST_ID.search(value)):

@@ -441,7 +441,7 @@ class Selection:
     recipient_domain: str | None = None
     #: the provider that last answered for the recipient
     provider: str | None = None
-    #: the message's ``X-Sluice-Stream`` header
+    #: the message's stream (``relay.message.stream_of``), in any case
     stream: str | None = None
     #: received at least this many seconds ago
     older_than: float | None = None

@@ -174,8 +174,9 @@ def _spool_writable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
-async def _enqueue(path: Path, msg: NewMessage) -> str:
+async def _enqueue(path: Path, msg: NewMessage, stream_headers: list[str]) -> str:
     async with await Spool.open(path) as spool:
+        spool.stream_headers = stream_headers  # as the daemon's spool has them
         return await spool.enqueue(msg)
 
 
@@ -210,7 +211,7 @@ def _spool_directly(
     )
     owner = path.stat()
     try:
-        asyncio.run(_enqueue(path, msg))
+        asyncio.run(_enqueue(path, msg, cfg.suppression.stream_headers))
     finally:
         if os.geteuid() == 0 and owner.st_uid != 0:
             # root wrote as itself: give SQLite's side files back to the daemon's user.

@@ -36,13 +36,13 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from relay import logsetup
 from relay.backoff import exponential
-from relay.config import LogSettings, SmtpSettings
+from relay.config import LogSettings, SmtpSettings, SuppressionSettings
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
 from relay.runner import run_fast
 from relay.store.spool import Spool
@@ -67,6 +67,8 @@ class WorkerSettings:
     hostname: str
     #: the daemon logs through ``logsetup.configure`` (else: plain lines, as in the demo)
     sluice_logs: bool = True
+    #: ``suppression.stream_headers``: what names the stream the spool stores
+    stream_headers: list[str] = field(default_factory=lambda: SuppressionSettings().stream_headers)
 
 
 def _send(writer: asyncio.StreamWriter, message: object) -> None:
@@ -340,6 +342,7 @@ async def _serve(channel_fd: int) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     spool = await Spool.open(settings.spool_path)
+    spool.stream_headers = settings.stream_headers
     try:
         handler = RelayHandler(
             spool,
@@ -362,6 +365,7 @@ async def _serve(channel_fd: int) -> int:
                 if kind == "settings":
                     settings = value
                     _configure_logs(settings)
+                    spool.stream_headers = settings.stream_headers
                 elif kind == "stop":
                     grace = value
                     break

@@ -255,27 +255,15 @@ class Suppressions:
         ``after_scope`` for the next page (``after`` alone skips the rest of
         that address).
         """
-        where = ["1=1"]
-        params: dict[str, Any] = {"limit": limit}
-        if search:
-            where.append("address LIKE :q ESCAPE '\\'")
-            params["q"] = "%" + like_escape(search.lower()) + "%"
-        if scope is not None:
-            where.append("scope = :scope")
-            params["scope"] = scope
-        if source is not None:
-            where.append("source = :source")
-            params["source"] = source
-        if after is not None:
-            # Keyset on (address, scope): one address may have several entries.
-            where.append("(address > :after OR (address = :after AND scope > :after_scope))")
-            params["after"] = after
-            params["after_scope"] = after_scope if after_scope is not None else "\uffff"
-        sql = (
-            "SELECT address, scope, source, reason, created_at, expires_at FROM suppressions"
-            f" WHERE {' AND '.join(where)} ORDER BY address, scope LIMIT :limit"
-        )
-        async with self._reader.execute(sql, params) as cur:
+        params = {
+            "q": "%" + like_escape(search.lower()) + "%" if search else None,
+            "scope": scope,
+            "source": source,
+            "after": after,
+            "after_scope": after_scope if after_scope is not None else "\uffff",
+            "limit": limit,
+        }
+        async with self._reader.execute(QUERIES["suppressions_page"], params) as cur:
             return [Suppression.from_row(r) async for r in cur]
 
     async def entries_of(self, address: str) -> list[Suppression]:

@@ -1,4 +1,7 @@
-"""A spool made by an older Sluice opens, gains the new columns, and keeps its mail."""
+"""A spool made by an older Sluice opens, gains the new columns, and keeps its mail.
+
+(tests/store/test_migrations.py opens a spool of every earlier version.)
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,8 @@ import time
 from pathlib import Path
 
 from relay.model import AttemptStatus
+from relay.store.migrations import SCHEMA_VERSION, migrate
 from relay.store.spool import NewMessage, Spool, new_queue_id
-from relay.store.sql import SCHEMA
-
-_CRLF_COLUMN = ",\n    crlf_only  INTEGER NOT NULL DEFAULT 0"
 
 
 def _message(data: bytes, *, crlf_only: bool) -> NewMessage:
@@ -28,10 +29,10 @@ def _message(data: bytes, *, crlf_only: bool) -> NewMessage:
 
 def _version_1_spool(path: Path) -> None:
     """The schema of version 1 (bodies without crlf_only), holding one queued message."""
-    assert _CRLF_COLUMN in SCHEMA
-    with sqlite3.connect(path) as db:
-        db.executescript(SCHEMA.replace(_CRLF_COLUMN, ""))
-        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, target=1)
+    assert "crlf_only" not in {row[1] for row in db.execute("PRAGMA table_info(bodies)")}
+    with db:
         db.execute(
             "INSERT INTO messages (id, queue_id, received_at, sender, size)"
             " VALUES (1, 'OLD', 0, 'a@example.com', 9)"
@@ -62,7 +63,7 @@ async def test_a_version_1_spool_gains_crlf_only_and_its_mail_is_checked_at_deli
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == ("3",)
+    assert version == (str(SCHEMA_VERSION),)
 
 
 async def test_an_older_spools_log_statuses_become_lower_case(tmp_path: Path) -> None:

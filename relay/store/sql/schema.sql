@@ -1,4 +1,7 @@
--- Sluice spool schema. Times are UTC epoch seconds (REAL).
+-- Sluice spool schema, as it stands after the last migration: for reading.
+-- Spools are made and upgraded by migrations/NNNN_*.sql alone
+-- (relay/store/migrations.py); tests/store/test_migrations.py checks that
+-- they arrive at this. Times are UTC epoch seconds (REAL).
 -- The attempts table *is* the delivery log: it keeps its own copy of the
 -- queue ID, address and subject so that it outlives pruned or deleted mail.
 
@@ -27,7 +30,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     id              INTEGER PRIMARY KEY,
     message_id      INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     rcpt            TEXT    NOT NULL,
-    status          TEXT    NOT NULL DEFAULT 'queued',
+    status          TEXT    NOT NULL DEFAULT 'queued' CHECK (status IN
+        ('queued', 'sending', 'deferred', 'sent', 'failed', 'expired', 'suppressed', 'held')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     since           REAL    NOT NULL,      -- start of the give-up clock
     next_attempt_at REAL,
@@ -47,9 +51,7 @@ CREATE INDEX IF NOT EXISTS recipients_due
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients(message_id);
 CREATE INDEX IF NOT EXISTS recipients_sending ON recipients(id) WHERE status = 'sending';
 CREATE INDEX IF NOT EXISTS recipients_status ON recipients(status, id);
--- Finished recipients, for pruning. (It replaces recipients_terminal, made
--- before 'suppressed' was a final state: a partial index cannot be altered.)
-DROP INDEX IF EXISTS recipients_terminal;
+-- Finished recipients, for pruning.
 CREATE INDEX IF NOT EXISTS recipients_finished
     ON recipients(updated_at) WHERE status IN ('sent', 'failed', 'expired', 'suppressed');
 
@@ -62,7 +64,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     subject      TEXT    NOT NULL DEFAULT '',
     started_at   REAL    NOT NULL,
     finished_at  REAL,
-    status       TEXT    NOT NULL,        -- in_progress, success, fail, deferred, bounced, suppressed
+    status       TEXT    NOT NULL CHECK (status IN
+        ('in_progress', 'success', 'fail', 'deferred', 'bounced', 'suppressed')),
     provider     TEXT,
     code         INTEGER,
     reply        TEXT    NOT NULL DEFAULT ''

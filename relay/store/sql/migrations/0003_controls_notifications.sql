@@ -1,0 +1,125 @@
+-- Version 3: what the second round added. Tables made by earlier builds that
+-- still called themselves version 2 (oauth_grants ... dsn_sent came one by
+-- one) are kept as they are: IF NOT EXISTS.
+
+-- Recipients and messages: operator holds, reroutes, and the stream filter.
+ALTER TABLE messages ADD COLUMN stream TEXT NOT NULL DEFAULT '';  -- X-Sluice-Stream, for filters
+ALTER TABLE recipients ADD COLUMN held_at REAL;          -- when it was put on hold (status 'held')
+ALTER TABLE recipients ADD COLUMN released_at REAL;      -- last release from a hold: hold.rules spare it
+ALTER TABLE recipients ADD COLUMN route_override TEXT;   -- provider for the next attempt only (reroute)
+
+-- Finished recipients, for pruning. (It replaces recipients_terminal, made
+-- before 'suppressed' was a final state: a partial index cannot be altered.)
+DROP INDEX IF EXISTS recipients_terminal;
+CREATE INDEX IF NOT EXISTS recipients_finished
+    ON recipients(updated_at) WHERE status IN ('sent', 'failed', 'expired', 'suppressed');
+
+-- Delivery-log statuses in lower case, like recipients'. An older Sluice
+-- cannot read these values, so this step has no way back.
+UPDATE attempts SET status = CASE status WHEN 'IN PROGRESS' THEN 'in_progress'
+    WHEN 'SUCCESS' THEN 'success' WHEN 'FAIL' THEN 'fail' END
+WHERE status IN ('IN PROGRESS', 'SUCCESS', 'FAIL');
+
+-- Refresh tokens from a provider sign-in (OAuth 2.0 device grant, RFC 8628):
+-- kept here, beside the mail and with the spool's file permissions, never in
+-- the YAML. state: 'connected', or 'failed' once the provider refused the
+-- token (revoked, expired): someone must sign in again.
+CREATE TABLE IF NOT EXISTS oauth_grants (
+    provider      TEXT PRIMARY KEY,
+    refresh_token TEXT NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'connected',
+    error         TEXT NOT NULL DEFAULT '',
+    updated_at    REAL NOT NULL
+);
+
+-- Bounces: a provider's permanent per-recipient refusal at SMTP time
+-- (source 'smtp'), or a delivery status notification read from the bounce
+-- mailbox (source 'dsn'). kind: 'hard' (5.x.x, Action: failed) or 'soft'
+-- (4.x.x, Action: delayed). address is lower-cased.
+CREATE TABLE IF NOT EXISTS bounces (
+    id           INTEGER PRIMARY KEY,
+    address      TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    status       TEXT    NOT NULL DEFAULT '',
+    diagnostic   TEXT    NOT NULL DEFAULT '',
+    source       TEXT    NOT NULL,
+    queue_id     TEXT,
+    stream       TEXT    NOT NULL DEFAULT '',
+    received_at  REAL    NOT NULL,
+    raw          BLOB,
+    -- what makes one bounce one: its Message-ID (or digest) and the address
+    key          TEXT    UNIQUE
+);
+CREATE INDEX IF NOT EXISTS bounces_address ON bounces(address, received_at);
+CREATE INDEX IF NOT EXISTS bounces_queue_id ON bounces(queue_id);
+
+-- Suppressed addresses: never sent to a provider. scope '' applies to every
+-- stream; otherwise only to mail of that stream (X-Sluice-Stream, List-Id).
+-- source: bounce, manual, import, api.
+CREATE TABLE IF NOT EXISTS suppressions (
+    address    TEXT NOT NULL,
+    scope      TEXT NOT NULL DEFAULT '',
+    source     TEXT NOT NULL,
+    reason     TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    PRIMARY KEY (address, scope)
+);
+CREATE INDEX IF NOT EXISTS suppressions_created ON suppressions(created_at);
+
+-- Webhook events waiting to be posted, and those posted (kept for the admin's
+-- Webhooks page for notify.webhook_retention). One row per endpoint that
+-- wants the event, written in the transaction that records the outcome it
+-- reports; posted in id order per endpoint (relay/notify/webhooks.py).
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id              INTEGER PRIMARY KEY,
+    endpoint        TEXT    NOT NULL,      -- the endpoint's URL
+    event_id        TEXT    NOT NULL,
+    event           TEXT    NOT NULL,
+    queue_id        TEXT    NOT NULL DEFAULT '',
+    body            TEXT    NOT NULL,      -- the JSON posted, byte for byte
+    created_at      REAL    NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL,
+    last_attempt_at REAL,
+    delivered_at    REAL,
+    last_status     INTEGER,               -- HTTP status of the last try (NULL: no answer)
+    last_error      TEXT    NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_pending
+    ON webhook_outbox(endpoint, id) WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS webhook_outbox_created ON webhook_outbox(created_at);
+
+-- DSNs sent, per recipient reported and kind (failed, delayed): at most one of
+-- each kind per recipient, and the count per sender address per hour that
+-- notify.dsn_per_hour limits.
+CREATE TABLE IF NOT EXISTS dsn_sent (
+    recipient_id INTEGER NOT NULL,
+    kind         TEXT    NOT NULL,
+    sender       TEXT    NOT NULL,
+    dsn_queue_id TEXT    NOT NULL,         -- '' when the rate limit withheld it
+    sent_at      REAL    NOT NULL,
+    PRIMARY KEY (recipient_id, kind)
+);
+CREATE INDEX IF NOT EXISTS dsn_sent_sender ON dsn_sent(sender, sent_at);
+
+-- Operator pauses of delivery (`sluice providers pause`): provider '*' = all.
+-- until NULL: until resumed. A row whose until has passed is no longer a pause.
+CREATE TABLE IF NOT EXISTS provider_pauses (
+    provider TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL DEFAULT '',
+    until    REAL,
+    actor    TEXT NOT NULL,
+    at       REAL NOT NULL
+);
+
+-- The audit log: every operator action (hold, release, reroute, pause, ...).
+CREATE TABLE IF NOT EXISTS audit (
+    id     INTEGER PRIMARY KEY,
+    at     REAL    NOT NULL,
+    actor  TEXT    NOT NULL,               -- admin user name, "api", "cli:$USER", "sluice"
+    action TEXT    NOT NULL,
+    target TEXT    NOT NULL DEFAULT '',    -- the selection or the provider
+    count  INTEGER NOT NULL DEFAULT 0,     -- recipients affected
+    detail TEXT    NOT NULL DEFAULT ''
+);
