@@ -63,7 +63,7 @@ _REPO_PATH = re.compile(r"(?<![\w./-])((?:relay|admin|tests|bench|systemd|docs|\
 _DOTTED = re.compile(r"(?<![\w./$-])([a-z][a-z_0-9]*(?:\.[a-z_0-9]+)+)(?![\w/-])")
 _FILE_SUFFIXES = {"json", "py", "md", "yaml", "sql", "sqlite3", "toml", "svg", "txt", "csv", "eml"}
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
-_SHELL_OPS = {"&&", "||", "|", ";", "(", ")"}
+_OPERATOR_CHARS = set("&|;()<>")  # a token of only these separates commands (&&, |, ;, >)
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def shell_commands(block: Block) -> Iterator[tuple[int, list[str]]]:
         lexer.commenters = "#"
         argv: list[str] = []
         for token in lexer:
-            if token in _SHELL_OPS or set(token) <= set("&|;()<>"):
+            if set(token) <= _OPERATOR_CHARS:
                 if argv:
                     yield block.line + start, argv
                 argv = []
