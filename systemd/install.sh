@@ -40,6 +40,8 @@ echo "== the program: a venv at $PREFIX"
 "$PYTHON" -m venv "$PREFIX"
 "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check "$SRC[fast]"
 install -m 644 "$SRC/README.md" "$PREFIX/README.md"
+install -d "$PREFIX/docs"
+install -m 644 "$SRC"/docs/*.md "$PREFIX/docs/"
 
 echo "== the unit, the user and the directories${DESTDIR:+ (under $DESTDIR)}"
 install -d "$DESTDIR/etc/systemd/system" "$DESTDIR/usr/lib/sysusers.d" \

@@ -2,8 +2,8 @@
 
 ``python -m tests.layers`` prints every module under its layer with what it
 imports from the project; ``python -m tests.layers --wings`` prints the wings and
-what each imports: the architecture picture in README is that output, and
-``tests/unit/test_layers.py`` checks that README still shows it.
+what each imports: the architecture picture in docs/architecture.md is that output, and
+``tests/unit/test_layers.py`` checks that docs/architecture.md still shows it.
 ``tests/unit/test_layers.py`` fails on a circle or on an import that runs the
 wrong way.
 
@@ -211,7 +211,7 @@ def wing_graph(graph: Graph) -> dict[str, set[str]]:
 
 
 def render_wings(graph: Graph) -> Iterable[str]:
-    """One line per wing, highest layer first: what README's architecture picture shows."""
+    """One line per wing, highest layer first: what docs/architecture.md's picture shows."""
     wings = wing_graph(graph)
     for wing, rank in sorted(RANKS.items(), key=lambda kv: (-kv[1], kv[0])):
         uses = sorted(wings[wing], key=lambda w: (-RANKS[w], w))

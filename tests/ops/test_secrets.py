@@ -66,7 +66,7 @@ async def test_the_example_config_passes_check_with_the_units_credential(tmp_pat
 
 def test_unit_readme_and_example_name_the_same_credential() -> None:
     unit = (REPO / "systemd" / "sluice.service").read_text()
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "operating.md").read_text()  # where the install steps are
     example = EXAMPLE.read_text()
     line = "LoadCredential=main:/etc/sluice/credentials/main"
     assert f"#{line}" in unit and line in readme and line in example
