@@ -34,6 +34,7 @@ __all__ = [
     "field_value",
     "header_end",
     "rewrite",
+    "stream_name",
     "stream_of",
     "wire_data",
 ]
@@ -154,8 +155,18 @@ def stream_of(head: HeaderBlock, headers: list[str]) -> str:
         if value:
             if name.lower() == "list-id" and (m := _LIST_ID.search(value)):
                 value = m.group(1)
-            return value.strip().lower()[:200]
+            return stream_name(value)
     return ""
+
+
+def stream_name(text: str) -> str:
+    """A stream's name as Sluice keeps and compares it: trimmed, lower-cased, 200 at most.
+
+    Used for what a message names (``stream_of``) and for what people type (a
+    suppression's scope, an operator's selection), so ``Newsletter`` typed on
+    the page matches ``List-Id: <newsletter>``.
+    """
+    return text.strip().lower()[:200]
 
 
 # --------------------------------------------------------- per-provider rewrite

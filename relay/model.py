@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 # Re-exported: the delivery side checks addresses with the same rules (relay.address).
 from relay.address import valid_address
+from relay.message import stream_name
 
 __all__ = [
     "ACTIVE",
@@ -511,7 +512,8 @@ def suppressed_for(entries: Iterable[Suppression], stream: str) -> dict[str, Sup
     """
     found: dict[str, Suppression] = {}
     for entry in sorted(entries, key=lambda e: e.scope, reverse=True):
-        if entry.scope in ("", stream):
+        # stream_name: entries stored before scopes were normalised keep their case
+        if not entry.scope or stream_name(entry.scope) == stream:
             found.setdefault(entry.address, entry)
     return found
 

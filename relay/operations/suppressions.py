@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from relay.address import address_problem
 from relay.config import parse_duration
+from relay.message import stream_name
 from relay.model import Suppression
 from relay.operations.actor import Actor, ActorKind, Refused
 from relay.store.spool import Spool
@@ -97,7 +98,7 @@ def lookup_key(text: object) -> str:
 
 
 def check_scope(text: object) -> str:
-    """A scope (a stream name; '' is global).
+    """A scope (a stream name; '' is global), as streams are named (``stream_name``).
 
     Raises:
         Refused: not text, too long, or with control characters.
@@ -109,7 +110,7 @@ def check_scope(text: object) -> str:
     scope = text.strip()
     if len(scope) > _SCOPE_MAX or any(ord(c) < 32 or ord(c) == 127 for c in scope):
         raise Refused(f"scope: at most {_SCOPE_MAX} characters, no control characters")
-    return scope
+    return stream_name(scope)
 
 
 def check_reason(text: object) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from relay.message import HeaderBlock, stream_of
+from relay.message import HeaderBlock, stream_name, stream_of
+from relay.model import Suppression, suppressed_for
+from relay.operations.suppressions import check_scope
 
 DEFAULT = ["X-Sluice-Stream", "List-Id"]
 
@@ -35,3 +37,29 @@ CASES = [
 def test_stream_of(lines: str, headers: list[str], stream: str) -> None:
     data = ("From: a@example.com\r\n" + lines + "\r\nbody\r\n").encode()
     assert stream_of(HeaderBlock(data), headers) == stream
+
+
+@pytest.mark.parametrize(
+    ("typed", "name"),
+    [
+        ("Newsletter", "newsletter"),
+        ("  Weekly News ", "weekly news"),
+        ("", ""),
+        ("B" * 250, "b" * 200),
+    ],
+)
+def test_a_typed_stream_name_is_kept_as_a_message_names_it(typed: str, name: str) -> None:
+    assert stream_name(typed) == name
+    head = HeaderBlock(f"X-Sluice-Stream: {typed}\r\n\r\n".encode())
+    assert stream_of(head, ["X-Sluice-Stream"]) == name
+
+
+def test_a_scope_typed_in_any_case_suppresses_the_stream() -> None:
+    stream = stream_of(HeaderBlock(b"List-Id: News <NEWSLETTER>\r\n\r\n"), ["List-Id"])
+    typed = Suppression("a@example.org", check_scope(" Newsletter "), "manual", "", 0.0)
+    assert typed.scope == "newsletter"
+    assert set(suppressed_for([typed], stream)) == {"a@example.org"}
+    # an entry stored with its case before scopes were normalised still applies
+    legacy = Suppression("b@example.org", "NewsLetter", "manual", "", 0.0)
+    assert set(suppressed_for([legacy], stream)) == {"b@example.org"}
+    assert suppressed_for([legacy], "other") == {}
