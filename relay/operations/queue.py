@@ -86,13 +86,12 @@ def _unique(queue_ids: Iterable[str]) -> list[str]:
 
 async def retry(spool: Spool, queue_ids: Iterable[str], actor: Actor) -> Acted:
     """Make messages due now (failed ones too); unknown IDs are reported, not fatal."""
-    del actor  # not audited: the spool logs the attempt that follows
     done: list[str] = []
     missing: list[str] = []
     due: dict[str, int] = {}
     for qid in _unique(queue_ids):
         try:
-            due[qid] = await spool.retry_now(qid)
+            due[qid] = await spool.retry_now(qid, actor=actor.audit)
         except UnknownMessage:
             missing.append(qid)
         else:
@@ -102,12 +101,11 @@ async def retry(spool: Spool, queue_ids: Iterable[str], actor: Actor) -> Acted:
 
 async def delete(spool: Spool, queue_ids: Iterable[str], actor: Actor) -> Acted:
     """Delete messages from the queue; unknown IDs are reported, not fatal."""
-    del actor  # not audited: the message and its log go with it
     done: list[str] = []
     missing: list[str] = []
     for qid in _unique(queue_ids):
         try:
-            await spool.delete(qid)
+            await spool.delete(qid, actor=actor.audit)
         except UnknownMessage:
             missing.append(qid)
         else:

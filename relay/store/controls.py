@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from relay.events import Affected, Endpoint, EventType, OutboxEvent, control_eve
 from relay.model import Claim, RecipientStatus, Selection
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, like_escape
+from relay.wording import when
 
 __all__ = [
     "ALL_PROVIDERS",
@@ -251,7 +251,7 @@ def pause_provider(
     c: sqlite3.Connection, now: float, provider: str, actor: str, reason: str, until: float | None
 ) -> None:
     """Pause delivery through ``provider`` (``ALL_PROVIDERS``: all); audited."""
-    detail = reason + (f" (until {_utc(until)})" if until is not None else "")
+    detail = reason + (f" (until {when(until)})" if until is not None else "")
     c.execute(
         QUERIES["pause_set"],
         {"provider": provider, "reason": reason, "until": until, "actor": actor, "now": now},
@@ -277,7 +277,3 @@ def end_expired_pauses(c: sqlite3.Connection, now: float) -> list[str]:
     for provider in ended:
         audit(c, now, "sluice", "resume", provider, 0, "the pause ran out")
     return ended
-
-
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))

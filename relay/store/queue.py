@@ -276,14 +276,18 @@ def retry_now(c: sqlite3.Connection, now: float, queue_id: str) -> int:
     return len(c.execute(QUERIES["retry_message"], {"queue_id": queue_id, "now": now}).fetchall())
 
 
-def delete(c: sqlite3.Connection, queue_id: str) -> None:
-    """Delete a message; its log rows stay.
+def delete(c: sqlite3.Connection, queue_id: str) -> int:
+    """Delete a message; its log rows stay. How many of its recipients were still unsent.
 
     Raises:
         UnknownMessage: no message has that queue ID.
     """
+    (unsent,) = c.execute(
+        QUERIES["unsent_recipients_of_message"], {"queue_id": queue_id}
+    ).fetchone()
     if not c.execute(QUERIES["delete_message"], {"queue_id": queue_id}).fetchall():
         raise UnknownMessage(queue_id)
+    return int(unsent)
 
 
 def prune(

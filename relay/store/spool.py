@@ -76,6 +76,7 @@ from relay.errors import SpoolError
 from relay.events import Endpoint, OutboxEvent
 from relay.message import HeaderBlock, stream_of
 from relay.model import (
+    Action,
     AttemptStatus,
     AuditEntry,
     Claim,
@@ -95,6 +96,7 @@ from relay.store.state import OAuthGrant, SpoolHealth, read_meta
 from relay.store.suppressions import Suppressions
 from relay.store.views import AttemptBucket
 from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
+from relay.wording import plural
 
 __all__ = [
     "ALL_PROVIDERS",
@@ -264,16 +266,39 @@ class Spool:
             self.wake.set()
         return n
 
-    async def retry_now(self, queue_id: str) -> int:
-        """Make every unsent recipient of a message due now (``postqueue -i``)."""
+    async def retry_now(self, queue_id: str, *, actor: str | None = None) -> int:
+        """Make every unsent recipient of a message due now (``postqueue -i``).
+
+        With an ``actor`` (an operator's action), the audit log records who, in
+        the same transaction.
+        """
         now = self._clock()
-        n = await self._writer.submit(lambda c: queue.retry_now(c, now, queue_id))
+
+        def job(c: sqlite3.Connection) -> int:
+            n = queue.retry_now(c, now, queue_id)
+            if actor is not None:
+                controls.audit(c, now, actor, Action.RETRY, queue_id, n, "made due now")
+            return n
+
+        n = await self._writer.submit(job)
         self.wake.set()
         return n
 
-    async def delete(self, queue_id: str) -> None:
-        """Delete a message (``postsuper -d``); its log rows stay."""
-        await self._writer.submit(lambda c: queue.delete(c, queue_id))
+    async def delete(self, queue_id: str, *, actor: str | None = None) -> None:
+        """Delete a message (``postsuper -d``); its log rows stay.
+
+        With an ``actor``, the audit log records who deleted it and how many of
+        its recipients were still unsent: the message itself is gone after.
+        """
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> None:
+            unsent = queue.delete(c, queue_id)
+            if actor is not None:
+                detail = f"{plural(unsent, 'recipient')} not yet delivered"
+                controls.audit(c, now, actor, Action.DELETE, queue_id, unsent, detail)
+
+        await self._writer.submit(job)
 
     async def prune(self, *, log_retention: float, keep_sent: float, limit: int = 5000) -> int:
         """Drop old log rows and long-finished messages; returns messages removed."""

@@ -87,10 +87,19 @@ async def test_test_message_retry_hold_release_delete(spool: Spool, config: Conf
     release = queue_ops.ControlRequest(Action.RELEASE, Selection(everything=True))
     assert (await queue_ops.control(spool, config, release, BOB)).recipients == 1
     audit = [(e.actor, e.action, e.count) for e in await spool.audit_log()]
-    assert audit == [("bob", "release", 1), ("cli:alice", "hold", 1)]
+    # every operator action is audited, retry and delete included (who, what, how many)
+    assert audit == [("bob", "release", 1), ("cli:alice", "hold", 1), ("cli:alice", "retry", 1)]
 
     deleted = await queue_ops.delete(spool, [sent.queue_id, sent.queue_id], ALICE)
     assert (deleted.done, deleted.missing) == ((sent.queue_id,), ())
+    (gone, *_) = await spool.audit_log()
+    assert (gone.actor, gone.action, gone.target, gone.count) == (
+        "cli:alice",
+        "delete",
+        sent.queue_id,
+        1,
+    )
+    assert gone.detail == "1 recipient not yet delivered"
     assert (await queue_ops.delete(spool, [sent.queue_id], ALICE)).missing == (sent.queue_id,)
 
 

@@ -101,6 +101,12 @@ WHERE message_id = (SELECT id FROM messages WHERE queue_id = :queue_id)
   AND status IN ('queued', 'deferred', 'failed', 'expired')
 RETURNING id;
 
+-- name: unsent_recipients_of_message
+-- How many recipients of a message have no final outcome (what a delete takes away).
+SELECT count(*) FROM recipients
+WHERE message_id = (SELECT id FROM messages WHERE queue_id = :queue_id)
+  AND status IN ('queued', 'sending', 'deferred', 'held');
+
 -- name: delete_message
 -- Remove a message, its body and its recipients (the log keeps its rows).
 DELETE FROM messages WHERE queue_id = :queue_id RETURNING id;
