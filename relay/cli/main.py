@@ -248,7 +248,7 @@ def _port(text: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error exits 64 (EX_USAGE, as README says), not 2."""
+    """argparse, but a usage error exits 64 (EX_USAGE, as docs/operating.md says), not 2."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
