@@ -14,11 +14,11 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from os import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.bounces.mailbox import Mailbox, MailboxError
 from relay.bounces.poller import BouncePoller
@@ -28,6 +28,8 @@ from relay.operations.actor import Actor, Refused
 from relay.store.spool import Spool
 from relay.store.suppressions import SOURCES, normalize
 from relay.wording import plural, when
+
+_T = TypeVar("_T")
 
 __all__ = ["register"]
 
@@ -162,21 +164,23 @@ async def cmd_export(args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def _poller(cfg: Config, spool: Spool) -> BouncePoller:
-    return BouncePoller(spool.suppressions, lambda: cfg)
-
-
-async def cmd_poll(args: argparse.Namespace) -> int:
-    cfg = _cfg(args)
+async def _ask_mailbox(cfg: Config, ask: Callable[[BouncePoller], Awaitable[_T]]) -> _T | int:
+    """``ask`` a poller of the configured bounce mailbox; an exit code when it cannot."""
     if cfg.bounces.mailbox is None:
         print("sluice: no bounces.mailbox is configured", file=sys.stderr)
         return EX_CONFIG
     async with await Spool.open(cfg.spool.path) as spool:
         try:
-            result = await _poller(cfg, spool).poll_once()
+            return await ask(BouncePoller(spool.suppressions, lambda: cfg))
         except MailboxError as exc:
             print(f"sluice: bounce mailbox: {exc}", file=sys.stderr)
             return EX_UNAVAILABLE
+
+
+async def cmd_poll(args: argparse.Namespace) -> int:
+    result = await _ask_mailbox(_cfg(args), BouncePoller.poll_once)
+    if isinstance(result, int):
+        return result
     print(
         f"read {result.fetched}: {result.bounces} bounces, {result.not_bounces} not bounces, "
         f"{result.unreadable} unreadable, {result.too_large} too large"
@@ -188,16 +192,10 @@ async def cmd_poll(args: argparse.Namespace) -> int:
 
 async def cmd_folders(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    if cfg.bounces.mailbox is None:
-        print("sluice: no bounces.mailbox is configured", file=sys.stderr)
-        return EX_CONFIG
-    async with await Spool.open(cfg.spool.path) as spool:
-        try:
-            folders = await _poller(cfg, spool).folders()
-        except MailboxError as exc:
-            print(f"sluice: bounce mailbox: {exc}", file=sys.stderr)
-            return EX_UNAVAILABLE
-    chosen = cfg.bounces.mailbox.folder
+    folders = await _ask_mailbox(cfg, BouncePoller.folders)
+    if isinstance(folders, int):
+        return folders
+    chosen = cfg.bounces.mailbox.folder if cfg.bounces.mailbox is not None else ""
     for name in folders:
         print(f"{'*' if name == chosen else ' '} {name}")
     if chosen not in folders:

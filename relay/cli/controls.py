@@ -101,7 +101,9 @@ def register_queue(
         p.add_argument("--sender", help="envelope sender (exact, any case)")
         p.add_argument("--recipient-domain", help="recipient domain (exact, any case)")
         p.add_argument("--provider", help="the provider that last answered for the recipient")
-        p.add_argument("--stream", help="the message's stream (suppression.stream_headers; any case)")
+        p.add_argument(
+            "--stream", help="the message's stream (suppression.stream_headers; any case)"
+        )
         p.add_argument("--older-than", type=_duration, metavar="AGE", help="e.g. 30m, 2h")
         p.add_argument("--status", action="append", choices=[s.value for s in RecipientStatus])
         p.add_argument("--all", action="store_true", help="everything (no other criterion)")
