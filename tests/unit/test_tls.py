@@ -88,6 +88,16 @@ def test_defaults() -> None:
     assert ctx.minimum_version == MINIMUM_VERSION == ssl.TLSVersion.TLSv1_2
 
 
+def test_a_context_that_checks_nothing_loads_no_trust_store() -> None:
+    # The system's trust store costs about 17 MB under OpenSSL 3, and the
+    # handshake's sniff builds such a context for every unreachable provider.
+    sniff = client_context(verify=False, minimum_version=ssl.TLSVersion.MINIMUM_SUPPORTED)
+    assert sniff.cert_store_stats()["x509_ca"] == 0
+    assert (sniff.verify_mode, sniff.check_hostname) == (ssl.CERT_NONE, False)
+    assert sniff.minimum_version == ssl.TLSVersion.MINIMUM_SUPPORTED
+    assert client_context().cert_store_stats()["x509_ca"] > 0  # the checking one does
+
+
 def test_providers_and_the_mailbox_use_it(ca_file: Path) -> None:
     provider = ProviderSettings.model_validate(
         {"id": "p", "host": "smtp.example.com", "ca_file": str(ca_file), "tls_verify": False}
