@@ -220,3 +220,18 @@ async def test_the_status_columns_refuse_words_sluice_does_not_know(tmp_path: Pa
         conn.execute("UPDATE recipients SET status = 'held' WHERE id = 1")  # a known word
     finally:
         conn.close()
+
+
+def test_an_up_to_date_spool_opens_without_reading_its_rows(tmp_path: Path) -> None:
+    # The foreign-key check reads every row of every table; every `sluice`
+    # command and accept worker opens the spool, so it runs only after steps.
+    path = tmp_path / "spool.sqlite3"
+    conn = _connect(path)
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    assert migrate(conn) == 0
+    assert "PRAGMA foreign_key_check" in seen  # a new spool: the steps ran
+    seen.clear()
+    assert migrate(conn) == SCHEMA_VERSION
+    assert seen and "PRAGMA foreign_key_check" not in seen
+    conn.close()
