@@ -26,6 +26,7 @@ from admin.auth import COOKIE, Credentials, LoginLimiter, Sessions
 from admin.backend import AdminState, Backend
 from admin.guard import Guard, allowed_host_names
 from relay.config import AdminSettings
+from relay.logsetup import mask_url
 from relay.wording import plural, when
 
 __all__ = ["create_app"]
@@ -47,6 +48,7 @@ def _templates() -> Jinja2Templates:
     )
     env.filters["utc"] = partial(when, empty="–")
     env.filters["iso"] = _iso
+    env.filters["masked_url"] = mask_url  # a webhook URL's query may hold its token
     env.globals["plural"] = plural
     return Jinja2Templates(env=env)
 

@@ -12,6 +12,10 @@ resolved: provider passwords, OAuth secrets, the admin password and token)
 with ``MASK``, as well as an SMTP ``AUTH`` payload and a ``password=VALUE``
 assignment. Words merely following "password:" in a sentence are left alone
 (Sluice's own "has no password: anyone on this machine ..." must read right).
+A URL that may carry a token (a webhook's ``?token=...``, ``user:pass@``) is
+logged through ``mask_url``, which keeps the scheme, host and path and masks
+the query values and any userinfo; httpx's own "HTTP Request: POST URL" line
+passes ``UrlMaskFilter`` (``mask_http_logs``) for the same reason.
 Under systemd, when stderr is the journal (``$JOURNAL_STREAM`` matches it),
 the timestamp is left out since the journal adds its own.
 """
@@ -26,6 +30,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import IO, Any, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from relay.config import Config
 from relay.secrets import MASK, SecretError
@@ -35,9 +40,13 @@ __all__ = [
     "LogfmtFormatter",
     "Redactor",
     "SluiceLogHandler",
+    "UrlMaskFilter",
     "apply_config",
     "config_secrets",
     "configure",
+    "mask_http_logs",
+    "mask_url",
+    "mask_urls_in",
 ]
 
 Format = Literal["text", "json"]
@@ -85,6 +94,72 @@ class Redactor:
 
 def _mask_group(m: re.Match[str]) -> str:
     return (m.group(1) or m.group(2)) + MASK
+
+
+#: what stands for a masked query value or userinfo in a URL (ASCII: it stays a URL)
+URL_MASK = "***"
+_URL = re.compile(r"\bhttps?://[^\s\"'<>]+", re.IGNORECASE)
+#: the loggers of the HTTP client Sluice uses; it logs each request's full URL at INFO
+_HTTP_LOGGERS = ("httpx",)
+
+
+def mask_url(url: str) -> str:
+    """``url`` fit for a log line or a page: query values and userinfo masked.
+
+    ``https://u:p@hooks.example/x?token=abc&v=1#f`` becomes
+    ``https://***@hooks.example/x?token=***&v=***``: the parameter names stay
+    (they tell which URL it is), their values, the fragment and any
+    ``user:password@`` go, since a webhook receiver's URL often carries its
+    token there. Text that is not a URL is returned as it is.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:  # not a URL urlsplit can read (a bad IPv6 host): hide it whole
+        return f"{url.partition(':')[0]}://{URL_MASK}" if "://" in url else url
+    if not (parts.query or parts.fragment or "@" in parts.netloc):
+        return url
+    netloc = f"{URL_MASK}@{host}" if "@" in parts.netloc else host
+    query = "&".join(
+        f"{field.partition('=')[0]}={URL_MASK}" if "=" in field else URL_MASK
+        for field in parts.query.split("&")
+        if field
+    )
+    return urlunsplit(SplitResult(parts.scheme, netloc, parts.path, query, ""))
+
+
+def mask_urls_in(text: str) -> str:
+    """Every ``http(s)://`` URL in ``text`` through ``mask_url``."""
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda m: mask_url(m.group(0)), text)
+
+
+class UrlMaskFilter(logging.Filter):
+    """Masks the URLs in a record's message (``mask_url``); keeps every record.
+
+    Put on a logger, it runs before any handler, pytest's caplog included, so
+    no handler ever sees the URL in clear.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_urls_in(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def mask_http_logs() -> None:
+    """Put ``UrlMaskFilter`` on the HTTP client's loggers (once; calling again is harmless).
+
+    Called by ``configure`` and by every task that opens an HTTP client
+    (the webhook sender), so an embedding that owns logging is covered too.
+    """
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, UrlMaskFilter) for f in logger.filters):
+            logger.addFilter(UrlMaskFilter())
 
 
 def _fields(record: logging.LogRecord, *, with_time: bool) -> dict[str, Any]:
@@ -240,6 +315,7 @@ def configure(
     # exchanges; keep only its problems. Same for the asyncio debug chatter.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    mask_http_logs()
     return handler
 
 
@@ -252,6 +328,7 @@ def configure_plain(level: str = "info") -> None:
     )
     # aiosmtpd logs every command at INFO ("mail.log"); keep only problems.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    mask_http_logs()
 
 
 def installed() -> bool:

@@ -30,6 +30,7 @@ from relay.config import Config, NotifySettings, WebhookSettings
 from relay.events import SIGNATURE_HEADER, sign
 from relay.http import USER_AGENT
 from relay.http import client as http_client
+from relay.logsetup import mask_http_logs, mask_url, mask_urls_in
 from relay.secrets import SecretError
 from relay.store.spool import OutboxRow, Spool
 
@@ -72,6 +73,7 @@ class WebhookSender:
     async def run(self, stop: asyncio.Event) -> None:
         """Post events until ``stop`` is set; one worker per configured endpoint."""
         workers: dict[str, asyncio.Task[None]] = {}
+        mask_http_logs()  # httpx logs each POST's URL, which may carry the receiver's token
         async with (
             http_client(user_agent=self._user_agent) as client,
             asyncio.TaskGroup() as tg,
@@ -81,7 +83,8 @@ class WebhookSender:
                     if hook.url not in workers or workers[hook.url].done():
                         self._wakes[hook.url] = asyncio.Event()
                         workers[hook.url] = tg.create_task(
-                            self._endpoint(hook.url, client, stop), name=f"webhook {hook.url}"
+                            self._endpoint(hook.url, client, stop),
+                            name=f"webhook {mask_url(hook.url)}",
                         )
                 self._spool.outbox_wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -135,11 +138,15 @@ class WebhookSender:
         except SecretError as exc:
             error = f"the webhook secret cannot be read: {exc.message}"
         except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            error = (
+                f"{type(exc).__name__}: {mask_urls_in(str(exc))}"
+                if str(exc)
+                else type(exc).__name__
+            )
         delay = backoff(row.attempts + 1, self._config().notify)
         log.warning(
             "webhook %s: event %s (%s) not acknowledged: %s; retrying in %.0fs",
-            hook.url,
+            mask_url(hook.url),
             row.event_id,
             row.event,
             error,

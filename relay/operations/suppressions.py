@@ -12,6 +12,28 @@ row, times as UTC ISO 8601 (what ``export`` writes); an import needs only the
 ``address`` column, takes a UTF-8 file with or without a byte-order mark, is
 all or nothing, and names a bad row by the line it starts on. The stdlib
 ``csv`` module reads and writes it: no library is needed beyond that.
+
+Spreadsheet formulas (CSV injection): a cell that starts with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return is run as a formula by Excel and
+LibreOffice when the export is opened there, and addresses (``=x@example.org``
+is a valid one), scopes and reasons come from outside (an app, a bounce). So
+``write_csv`` writes such a cell with a single quote in front (OWASP's
+advice: the spreadsheet shows the text, runs nothing), and ``parse_csv``
+takes that quote off again. For the round trip to be lossless, a value that
+already starts with quotes followed by such a character gets one more quote
+too. The rule, on every cell:
+
+* a value *needs* the prefix when, with its leading ``'`` removed, it starts
+  with one of ``= + - @ TAB CR``;
+* export writes ``'`` + value when the value needs it, else the value;
+* import removes one leading ``'`` when what follows needs it, else keeps the
+  cell as it is.
+
+So ``=1+1`` is written ``'=1+1``, ``'=1+1`` is written ``''=1+1``, and
+``'quoted`` (nothing to run after the quote) is written as it is; each reads
+back as it was. A file written before this rule by hand or by an older Sluice
+reads as before, except a cell starting with a quote then one of those
+characters, which loses that quote.
 """
 
 from __future__ import annotations
@@ -44,7 +66,9 @@ __all__ = [
     "export_csv",
     "import_csv",
     "lookup_key",
+    "neutralize",
     "parse_csv",
+    "restore",
     "suppress",
     "unsuppress",
     "write_csv",
@@ -57,6 +81,9 @@ _LOOKUP_MAX = 320
 _SCOPE_MAX = 200
 _REASON_MAX = 500
 _PAGE = 1000
+#: what a spreadsheet runs as a formula at the start of a cell (OWASP: CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_QUOTE = "'"
 
 
 # ------------------------------------------------------------------ input checks
@@ -187,15 +214,31 @@ def _iso(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
+def _needs_quote(value: str) -> bool:
+    """Whether a spreadsheet would run ``value`` once its leading quotes are taken off."""
+    return value.lstrip(_QUOTE).startswith(_FORMULA_START)
+
+
+def neutralize(value: str) -> str:
+    """A cell as exported: a quote in front of what a spreadsheet would run (module doc)."""
+    return _QUOTE + value if _needs_quote(value) else value
+
+
+def restore(cell: str) -> str:
+    """A cell as imported: ``neutralize`` undone, any other cell kept as it is."""
+    if cell.startswith(_QUOTE) and _needs_quote(cell[1:]):
+        return cell[1:]
+    return cell
+
+
 def write_csv(entries: list[Suppression]) -> str:
-    """The entries as CSV, header first."""
+    """The entries as CSV, header first, formula-looking cells neutralized (module doc)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(COLUMNS)
     for e in entries:
-        writer.writerow(
-            [e.address, e.scope, e.source, e.reason, _iso(e.created_at), _iso(e.expires_at)]
-        )
+        row = [e.address, e.scope, e.source, e.reason, _iso(e.created_at), _iso(e.expires_at)]
+        writer.writerow([neutralize(cell) for cell in row])
     return buffer.getvalue()
 
 
@@ -225,7 +268,8 @@ def parse_csv(
         if reader.fieldnames is None or "address" not in reader.fieldnames:
             raise Refused("the CSV needs a header row with an 'address' column")
         start = reader.line_num + 1
-        for row in reader:
+        for raw in reader:
+            row = {k: restore(v) for k, v in raw.items() if isinstance(v, str)}
             try:
                 created = (row.get("created_at") or "").strip()
                 expires = (row.get("expires_at") or "").strip()

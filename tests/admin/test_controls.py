@@ -15,6 +15,7 @@ from relay.model import RecipientStatus
 from tests.admin.conftest import AppClientFactory
 from tests.admin.test_pages import csrf_of, message
 from tests.conftest import Running, SluiceFactory, eventually, provider_for, smtp_send
+from tests.peers import free_port
 from tests.upstream import TestUpstream
 from tests.webhook_receiver import WebhookReceiver
 
@@ -217,3 +218,16 @@ async def test_api_hold_and_release_post_webhook_events(
     assert {e["data"]["queue_id"] for e in events.values()} == {qid}
     for h in rx.requests:
         assert verify(b"whsec-admin", h.headers["x-sluice-signature"], h.body, now=time.time())
+
+
+async def test_the_webhooks_page_shows_a_url_without_its_token(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    port = free_port()  # nobody answers: only the page matters here
+    url = f"http://u:SECRET-PW@127.0.0.1:{port}/hook?token=SECRET"
+    notify = {"webhooks": [{"url": url, "secret": "whsec-admin"}]}
+    async with sluice([provider_for(upstream)], notify=notify) as s, app_client(s) as c:
+        page = await c.get("/webhooks")
+    assert page.status_code == 200
+    assert "SECRET" not in page.text
+    assert f"http://***@127.0.0.1:{port}/hook?token=***" in page.text

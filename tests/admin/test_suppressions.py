@@ -21,6 +21,7 @@ from tests.admin.conftest import AppClientFactory
 from tests.admin.test_pages import csrf_of
 from tests.bounces.mailhost import dovecot
 from tests.conftest import Running, SluiceFactory, eventually, provider_for, smtp_send
+from tests.ops.test_suppression_cli import FORMULAS, assert_neutralized
 from tests.peers import free_port
 from tests.upstream import TestUpstream
 
@@ -246,6 +247,40 @@ async def test_csv_export_then_import_round_trip(
             files={"file": ("bad.csv", b"email\nx@example.org\n", "text/csv")},
         )
         assert r.status_code == 400 and "&#39;address&#39; column" in r.text
+
+
+async def test_csv_export_neutralizes_formulas_and_import_restores_them(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("right-pw\n")
+    async with sluice([provider_for(upstream)]) as s:
+        async with app_client(s, password_file=tmp_path / "pw", token="app-token") as c:
+            auth = {"authorization": "Bearer app-token"}
+            sup = s.spool.suppressions
+            for address, scope, reason in FORMULAS:
+                await sup.add(address, scope=scope, reason=reason)
+            before = await sup.page()
+
+            for route in ("/api/suppressions.csv", "/suppressions.csv"):
+                page = await c.get(route, headers=auth)
+                assert page.status_code == 200, route
+                table = list(csv.reader(io.StringIO(page.text)))
+                assert len(table) == len(FORMULAS) + 1
+                assert_neutralized(table)
+            exported = (await c.get("/api/suppressions.csv", headers=auth)).content
+
+            for e in before:
+                await sup.remove(e.address)
+            r = await c.post(
+                "/api/suppressions.csv",
+                content=exported,
+                headers={**auth, "content-type": "text/csv"},
+            )
+            assert r.status_code == 200 and r.json() == {"imported": len(FORMULAS)}
+            after = await sup.page()
+            assert [(e.address, e.scope, e.reason, int(e.created_at)) for e in after] == [
+                (e.address, e.scope, e.reason, int(e.created_at)) for e in before
+            ]
 
 
 async def test_api_add_and_delete_with_a_bearer_token(

