@@ -9,6 +9,14 @@ that dies between recording and marking does not count it twice.
 
 A failure is kept in ``status`` (shown on the admin overview and in
 ``/healthz``) and logged once per change, not once per poll.
+
+Each message is read on its own: whatever one message raises while it is
+keyed or classified (a parse error, a ``RecursionError`` from a message
+nested a thousand levels deep) makes that message *unreadable*, never the
+batch. It is logged once with its UID and the reason (no traceback: the
+reason is the input, not a bug to chase), counted in ``PollResult`` and
+``PollStatus``, and marked like every read message so no later poll reads
+it again; the others of the batch are recorded as usual.
 """
 
 from __future__ import annotations
@@ -57,6 +65,11 @@ class PollStatus:
     last_error: str = ""
     failures: int = 0
     next_poll_at: float | None = None
+    #: messages skipped as unreadable since start (marked, never read again)
+    unreadable: int = 0
+    #: the latest one: "UID 7: RecursionError: ..." ("" when none)
+    last_unreadable: str = ""
+    last_unreadable_at: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -153,6 +166,9 @@ class BouncePoller:
                     result.too_large += 1
                 else:
                     result.unreadable += 1
+                    self.status.unreadable += 1
+                    self.status.last_unreadable = f"UID {item.uid}: {item.problem}"
+                    self.status.last_unreadable_at = self._clock()
                 log.warning("bounce mailbox: message %d skipped: %s", item.uid, item.problem)
                 continue
             if item.report is None:
@@ -235,21 +251,34 @@ def _fetch_and_parse(
 def _parse(f: Fetched, max_size: int) -> _Parsed:
     if f.data is None:
         return _Parsed(f.uid, "", None, None, f"{f.size} bytes is over the {max_size}-byte limit")
-    key = _key(f.data)
+    key = _digest(f.data)
     try:
+        key = _key(f.data)
         report = read_bounce(f.data, max_size=max_size)
     except UnreadableBounce as exc:
         return _Parsed(f.uid, key, None, f.data, str(exc))
-    except (ValueError, LookupError, UnicodeError, AttributeError, TypeError) as exc:
-        # The email package's own limits on malformed input: skip, log, go on.
-        return _Parsed(f.uid, key, None, f.data, f"unreadable: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        # Broad on purpose: anything one hostile message makes the email package
+        # raise (RecursionError on deep nesting, ValueError, ...) is about that
+        # message only. Skip it, say why, go on with the batch.
+        return _Parsed(f.uid, key, None, f.data, _reason(exc))
     return _Parsed(f.uid, key, report, f.data)
+
+
+def _reason(exc: Exception) -> str:
+    """One short line for the log and the card: the exception's type and its first words."""
+    text = " ".join(str(exc).split())
+    return f"unreadable: {type(exc).__name__}" + (f": {text[:200]}" if text else "")
 
 
 def _key(raw: bytes) -> str:
     head = email.message_from_bytes(raw[:65536], policy=email.policy.compat32)
     mid = str(head.get("Message-ID", "")).strip()
-    return mid or "sha256:" + hashlib.sha256(raw).hexdigest()
+    return mid or _digest(raw)
+
+
+def _digest(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def _mark_done(
