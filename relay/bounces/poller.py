@@ -92,6 +92,8 @@ class PollResult:
     unreadable: int = 0
     too_large: int = 0
     suppressed: list[str] = field(default_factory=list)
+    #: one "UID 7: reason" per unreadable message (``sluice bounces poll`` prints them)
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +168,9 @@ class BouncePoller:
                     result.too_large += 1
                 else:
                     result.unreadable += 1
+                    result.skipped.append(f"UID {item.uid}: {item.problem}")
                     self.status.unreadable += 1
-                    self.status.last_unreadable = f"UID {item.uid}: {item.problem}"
+                    self.status.last_unreadable = result.skipped[-1]
                     self.status.last_unreadable_at = self._clock()
                 log.warning("bounce mailbox: message %d skipped: %s", item.uid, item.problem)
                 continue

@@ -10,6 +10,7 @@ both genuine bounces, in process and through ``sluice bounces poll``.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from relay.bounces.mailbox import PROCESSED
 from relay.bounces.poller import BouncePoller
 from relay.store.spool import Spool
+from tests.admin.conftest import AppClientFactory, app_client
 from tests.bounces.mailhost import Dovecot
 from tests.bounces.test_mailbox import (
     PASSWORD,
@@ -27,10 +29,10 @@ from tests.bounces.test_mailbox import (
     imap,
     mailbox_settings,
 )
-from tests.conftest import fast_config, write_config
+from tests.conftest import SluiceFactory, eventually, fast_config, write_config
 from tests.daemon_proc import run_cli
 
-__all__ = ["imap"]  # the Dovecot fixture, shared with test_mailbox
+__all__ = ["app_client", "imap"]  # fixtures shared with test_mailbox and the admin tests
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +103,53 @@ async def test_sluice_bounces_poll_reads_past_a_poison_message(
     assert "Traceback" not in out + err
     assert out.splitlines()[0] == ("read 3: 2 bounces, 0 not bounces, 1 unreadable, 0 too large")
     assert {f"now suppressed: {a}" for a in (GMAIL, EXIM)} <= set(out.splitlines())
+    assert out.splitlines()[-1].startswith("skipped UID 2: unreadable: RecursionError")
     # Not retried: the next poll finds nothing new.
     rc, out, err = await run_cli("bounces", "poll", "-c", str(cfg))
     assert rc == 0 and "Traceback" not in out + err
     assert out.splitlines()[0].startswith("read 0:")
+
+
+async def test_the_daemon_shows_the_poison_on_the_bounce_mailbox_card_and_stays_ok(
+    imap: Dovecot, sluice: SluiceFactory, app_client: AppClientFactory
+) -> None:
+    await append(imap, fixture("gmail.eml"), nested(), fixture("exim.eml"))
+    box = {
+        "host": "127.0.0.1",
+        "port": imap.port,
+        "encryption": "none",
+        "username": "bounces",
+        "password": PASSWORD,
+        "poll_interval": "200ms",
+    }
+    provider = {"id": "p", "host": "127.0.0.1", "port": 2525, "encryption": "none"}
+    async with sluice([provider], bounces={"threshold": 1, "mailbox": box}) as s:
+        async with app_client(s) as c:
+
+            async def card() -> dict[str, object]:
+                data: dict[str, object] = (await c.get("/api/overview")).json()["bounce_mailbox"]
+                return data
+
+            async def read() -> bool:
+                now = await card()
+                return now["state"] == "ok" and now["unreadable"] == 1
+
+            await eventually(read, within=30)
+            for address in (GMAIL, EXIM):
+                assert await s.spool.suppressions.active(address) is not None
+            first = await card()
+            assert first["state"] == "ok" and first["error"] == ""
+            assert str(first["last_unreadable"]).startswith("UID 2: unreadable: RecursionError")
+            page = (await c.get("/")).text
+            assert "1 message skipped as unreadable" in page
+            assert "UID 2: unreadable: RecursionError" in page
+            # Later polls stay ok and do not count it again.
+            since = time.time()
+
+            async def polled_again() -> bool:
+                last = (await card())["last_ok_at"]
+                return isinstance(last, float) and last > since
+
+            await eventually(polled_again, within=30)
+            again = await card()
+            assert again["state"] == "ok" and again["unreadable"] == 1
