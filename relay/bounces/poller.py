@@ -164,7 +164,7 @@ class BouncePoller:
         threshold = Threshold.of(cfg.bounces)
         for item in parsed:
             if item.problem:
-                if item.report is None and item.raw is None and "over" in item.problem:
+                if item.raw is None:  # not fetched: over the size limit
                     result.too_large += 1
                 else:
                     result.unreadable += 1
@@ -194,8 +194,9 @@ class BouncePoller:
                 if entry is not None:
                     result.suppressed.append(entry.address)
         uids = [p.uid for p in parsed]
+        unreadable = [p.uid for p in parsed if p.problem and p.raw is not None]
         try:
-            await asyncio.to_thread(_mark_done, box, password, token, uids)
+            await asyncio.to_thread(_mark_done, box, password, token, uids, unreadable)
         except MailboxError as exc:
             # Recorded already (and keyed): the next poll reads them again, counts nothing twice.
             self._failed(str(exc))
@@ -285,13 +286,17 @@ def _digest(raw: bytes) -> str:
 
 
 def _mark_done(
-    box: MailboxSettings, password: str | None, token: str | None, uids: list[int]
+    box: MailboxSettings,
+    password: str | None,
+    token: str | None,
+    uids: list[int],
+    unreadable: list[int],
 ) -> None:
     if not uids:
         return
     with Mailbox(box, password=password, oauth_token=token) as mb:
         mb.fetch_new(limit=0)  # selects the folder (and learns whether it takes keywords)
-        mb.done(uids)
+        mb.done(uids, unreadable)
 
 
 def _bounces(item: _Parsed, settings: BounceSettings) -> list[NewBounce]:

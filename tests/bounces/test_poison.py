@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.bounces.mailbox import PROCESSED
+from relay.bounces.mailbox import PROCESSED, UNREADABLE
 from relay.bounces.poller import BouncePoller
 from relay.store.spool import Spool
 from tests.admin.conftest import AppClientFactory, app_client
@@ -69,8 +69,10 @@ async def test_a_message_nested_1000_deep_is_skipped_and_the_genuine_ones_count(
         assert poller.status.ok and poller.status.unreadable == 1
         assert poller.status.last_unreadable.startswith("UID 2: unreadable: RecursionError")
         assert poller.status.last_unreadable_at is not None
-        # Marked like the others: the next polls do not read it again.
-        assert all(PROCESSED in f for f in await flags_in(imap))
+        # Marked like the others (and flagged as unreadable): the next polls do not read it again.
+        flags = await flags_in(imap)
+        assert all(PROCESSED in f for f in flags)
+        assert [UNREADABLE in f for f in flags] == [False, True, False]
         for _ in range(2):
             again = await poller.poll_once()
             assert (again.fetched, again.unreadable) == (0, 0)
@@ -153,3 +155,21 @@ async def test_the_daemon_shows_the_poison_on_the_bounce_mailbox_card_and_stays_
             await eventually(polled_again, within=30)
             again = await card()
             assert again["state"] == "ok" and again["unreadable"] == 1
+
+
+async def test_a_quarantine_folder_takes_the_poison_and_only_the_poison(
+    imap: Dovecot, tmp_path: Path
+) -> None:
+    await append(imap, fixture("gmail.eml"), nested(), fixture("exim.eml"))
+    box = mailbox_settings(imap, quarantine_folder="Quarantine")
+    cfg = config_with(box, tmp_path, threshold=1)
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        poller = BouncePoller(spool.suppressions, lambda: cfg)
+        result = await poller.poll_once()  # the folder does not exist yet: it is made
+        assert (result.fetched, result.bounces, result.unreadable) == (3, 2, 1)
+        assert sorted(result.suppressed) == [GMAIL, EXIM]
+        assert (await poller.poll_once()).fetched == 0
+    # The genuine ones stay, processed; the poison is in the quarantine, flagged.
+    assert [PROCESSED in f for f in await flags_in(imap)] == [True, True]
+    (moved,) = await flags_in(imap, "Quarantine")
+    assert UNREADABLE in moved and PROCESSED not in moved
