@@ -91,6 +91,9 @@ def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
         "next_poll_at": poll.next_poll_at,
         "failures": poll.failures,
         "error": poll.last_error,
+        "unreadable": poll.unreadable,
+        "last_unreadable": poll.last_unreadable,
+        "last_unreadable_at": poll.last_unreadable_at,
     }
 
 

@@ -502,6 +502,9 @@ class MailboxSettings(_Model):
     processed_folder: str | None = None
     #: delete processed messages (only when asked: a bounce is evidence)
     delete_processed: bool = False
+    #: move messages that cannot be read here (made when missing); without it they are
+    #: flagged ``$SluiceUnreadable`` and processed like the rest
+    quarantine_folder: str | None = None
     poll_interval: Duration = Field(default=60.0, gt=0)
     timeout: Duration = Field(default=30.0, gt=0)
     max_message_size: Size = Field(default=10 * 1024 * 1024, gt=0)

@@ -7,7 +7,11 @@ processed, skipping (but reporting) those over the size limit; ``done``
 marks processed ones: moved to ``processed_folder`` when set (MOVE, or
 COPY + delete where the server lacks MOVE), else flagged ``$SluiceProcessed``
 (or ``\\Seen`` where the server takes no keywords), and deleted only when
-``delete_processed`` says so. Every network call has the configured timeout.
+``delete_processed`` says so. Messages the poller could not read at all are
+flagged ``$SluiceUnreadable`` first (so the operator can find them) and moved
+to ``quarantine_folder`` when one is set, else processed like the rest: never
+deleted, since they are what someone will want to look at. Every network
+call has the configured timeout.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from relay.errors import SluiceError
 # Re-exported: the mailbox's context is the one every TLS client of Sluice uses.
 from relay.tls import settings_context as tls_context
 
-__all__ = ["PROCESSED", "Fetched", "Mailbox", "MailboxError", "tls_context"]
+__all__ = ["PROCESSED", "UNREADABLE", "Fetched", "Mailbox", "MailboxError", "tls_context"]
 
 #: the keyword a processed bounce gets when it stays in the folder
 PROCESSED = b"$SluiceProcessed"
+#: the keyword of a message that could not be read (kept on a move to the quarantine)
+UNREADABLE = b"$SluiceUnreadable"
 _BATCH = 50
 
 
@@ -144,19 +150,28 @@ class Mailbox:
         except (OSError, IMAPClientError) as exc:
             raise MailboxError(f"reading {s.folder} failed: {_text(exc)}") from exc
 
-    def done(self, uids: Sequence[int]) -> None:
-        """Mark processed messages: move, flag, or delete, as configured."""
+    def done(self, uids: Sequence[int], unreadable: Sequence[int] = ()) -> None:
+        """Mark processed messages: move, flag, or delete, as configured.
+
+        ``unreadable`` (a subset of ``uids``) are flagged as such, and moved to
+        ``quarantine_folder`` when one is set instead of being processed.
+        """
         if not uids:
             return
         c, s = self._c(), self.settings
+        bad = [u for u in uids if u in set(unreadable)]
         try:
-            if s.processed_folder:
-                if c.has_capability("MOVE"):
-                    c.move(list(uids), s.processed_folder)
+            if bad and self._keywords:
+                c.add_flags(bad, [UNREADABLE])
+            if bad and s.quarantine_folder:
+                if not c.folder_exists(s.quarantine_folder):
+                    c.create_folder(s.quarantine_folder)
+                self._move(bad, s.quarantine_folder)
+                uids = [u for u in uids if u not in set(bad)]
+                if not uids:
                     return
-                c.copy(list(uids), s.processed_folder)
-                c.delete_messages(list(uids))
-                c.expunge()
+            if s.processed_folder:
+                self._move(uids, s.processed_folder)
                 return
             if s.delete_processed:
                 c.delete_messages(list(uids))
@@ -165,6 +180,16 @@ class Mailbox:
             c.add_flags(list(uids), [PROCESSED] if self._keywords else [b"\\Seen"])
         except (OSError, IMAPClientError) as exc:
             raise MailboxError(f"marking processed messages failed: {_text(exc)}") from exc
+
+    def _move(self, uids: Sequence[int], folder: str) -> None:
+        """MOVE, or COPY + delete where the server lacks MOVE (RFC 6851)."""
+        c = self._c()
+        if c.has_capability("MOVE"):
+            c.move(list(uids), folder)
+            return
+        c.copy(list(uids), folder)
+        c.delete_messages(list(uids))
+        c.expunge()
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -9,6 +9,14 @@ that dies between recording and marking does not count it twice.
 
 A failure is kept in ``status`` (shown on the admin overview and in
 ``/healthz``) and logged once per change, not once per poll.
+
+Each message is read on its own: whatever one message raises while it is
+keyed or classified (a parse error, a ``RecursionError`` from a message
+nested a thousand levels deep) makes that message *unreadable*, never the
+batch. It is logged once with its UID and the reason (no traceback: the
+reason is the input, not a bug to chase), counted in ``PollResult`` and
+``PollStatus``, and marked like every read message so no later poll reads
+it again; the others of the batch are recorded as usual.
 """
 
 from __future__ import annotations
@@ -57,6 +65,11 @@ class PollStatus:
     last_error: str = ""
     failures: int = 0
     next_poll_at: float | None = None
+    #: messages skipped as unreadable since start (marked, never read again)
+    unreadable: int = 0
+    #: the latest one: "UID 7: RecursionError: ..." ("" when none)
+    last_unreadable: str = ""
+    last_unreadable_at: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,6 +92,8 @@ class PollResult:
     unreadable: int = 0
     too_large: int = 0
     suppressed: list[str] = field(default_factory=list)
+    #: one "UID 7: reason" per unreadable message (``sluice bounces poll`` prints them)
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +164,14 @@ class BouncePoller:
         threshold = Threshold.of(cfg.bounces)
         for item in parsed:
             if item.problem:
-                if item.report is None and item.raw is None and "over" in item.problem:
+                if item.raw is None:  # not fetched: over the size limit
                     result.too_large += 1
                 else:
                     result.unreadable += 1
+                    result.skipped.append(f"UID {item.uid}: {item.problem}")
+                    self.status.unreadable += 1
+                    self.status.last_unreadable = result.skipped[-1]
+                    self.status.last_unreadable_at = self._clock()
                 log.warning("bounce mailbox: message %d skipped: %s", item.uid, item.problem)
                 continue
             if item.report is None:
@@ -175,8 +194,9 @@ class BouncePoller:
                 if entry is not None:
                     result.suppressed.append(entry.address)
         uids = [p.uid for p in parsed]
+        unreadable = [p.uid for p in parsed if p.problem and p.raw is not None]
         try:
-            await asyncio.to_thread(_mark_done, box, password, token, uids)
+            await asyncio.to_thread(_mark_done, box, password, token, uids, unreadable)
         except MailboxError as exc:
             # Recorded already (and keyed): the next poll reads them again, counts nothing twice.
             self._failed(str(exc))
@@ -235,31 +255,48 @@ def _fetch_and_parse(
 def _parse(f: Fetched, max_size: int) -> _Parsed:
     if f.data is None:
         return _Parsed(f.uid, "", None, None, f"{f.size} bytes is over the {max_size}-byte limit")
-    key = _key(f.data)
+    key = _digest(f.data)
     try:
+        key = _key(f.data)
         report = read_bounce(f.data, max_size=max_size)
     except UnreadableBounce as exc:
         return _Parsed(f.uid, key, None, f.data, str(exc))
-    except (ValueError, LookupError, UnicodeError, AttributeError, TypeError) as exc:
-        # The email package's own limits on malformed input: skip, log, go on.
-        return _Parsed(f.uid, key, None, f.data, f"unreadable: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        # Broad on purpose: anything one hostile message makes the email package
+        # raise (RecursionError on deep nesting, ValueError, ...) is about that
+        # message only. Skip it, say why, go on with the batch.
+        return _Parsed(f.uid, key, None, f.data, _reason(exc))
     return _Parsed(f.uid, key, report, f.data)
+
+
+def _reason(exc: Exception) -> str:
+    """One short line for the log and the card: the exception's type and its first words."""
+    text = " ".join(str(exc).split())
+    return f"unreadable: {type(exc).__name__}" + (f": {text[:200]}" if text else "")
 
 
 def _key(raw: bytes) -> str:
     head = email.message_from_bytes(raw[:65536], policy=email.policy.compat32)
     mid = str(head.get("Message-ID", "")).strip()
-    return mid or "sha256:" + hashlib.sha256(raw).hexdigest()
+    return mid or _digest(raw)
+
+
+def _digest(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
 def _mark_done(
-    box: MailboxSettings, password: str | None, token: str | None, uids: list[int]
+    box: MailboxSettings,
+    password: str | None,
+    token: str | None,
+    uids: list[int],
+    unreadable: list[int],
 ) -> None:
     if not uids:
         return
     with Mailbox(box, password=password, oauth_token=token) as mb:
         mb.fetch_new(limit=0)  # selects the folder (and learns whether it takes keywords)
-        mb.done(uids)
+        mb.done(uids, unreadable)
 
 
 def _bounces(item: _Parsed, settings: BounceSettings) -> list[NewBounce]:

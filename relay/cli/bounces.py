@@ -187,6 +187,8 @@ async def cmd_poll(args: argparse.Namespace) -> int:
     )
     for address in result.suppressed:
         print(f"now suppressed: {address}")
+    for line in result.skipped:
+        print(f"skipped {line}")
     return EX_OK
 
 
