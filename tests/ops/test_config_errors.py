@@ -7,18 +7,23 @@ is the absence of something).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from relay.config import load
 from relay.errors import ConfigError
-from tests.daemon_proc import REPO, run_cli
+from tests.conftest import provider_for
+from tests.daemon_proc import REPO, DaemonProcess, run_cli
+from tests.upstream import TestUpstream
 
 BASE = """\
 smtp:
@@ -327,8 +332,8 @@ BOMBS = [
 ]
 
 
-def _sluice_check(path: Path) -> tuple[int, str, str, float]:
-    """``sluice check -c PATH`` in a subprocess under 2 GiB of address space and a timeout.
+def _sluice(command: str, path: Path) -> tuple[int, str, str, float]:
+    """``sluice COMMAND -c PATH`` in a subprocess under 2 GiB of address space and a timeout.
 
     The limits keep a failing run (the loader before its bounds took minutes and
     gigabytes) from taking the machine with it; they end it as a failure instead.
@@ -340,7 +345,7 @@ def _sluice_check(path: Path) -> tuple[int, str, str, float]:
     started = time.monotonic()
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "relay.cli", "check", "-c", str(path)],
+            [sys.executable, "-m", "relay.cli", command, "-c", str(path)],
             capture_output=True,
             text=True,
             errors="replace",
@@ -350,7 +355,7 @@ def _sluice_check(path: Path) -> tuple[int, str, str, float]:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"sluice check ran over 30 s on {path.name}")
+        pytest.fail(f"sluice {command} ran over 30 s")
     return done.returncode, done.stdout, done.stderr, time.monotonic() - started
 
 
@@ -362,7 +367,7 @@ def test_config_bomb_is_refused_quickly_with_file_line_and_exit_78(
 ) -> None:
     path = tmp_path / "sluice.yaml"
     path.write_text(text, encoding="utf-8")
-    rc, out, err, took = _sluice_check(path)
+    rc, out, err, took = _sluice("check", path)
     assert "Traceback" not in err, err[-2000:]
     assert rc == 78, err[-2000:]
     assert out == ""
@@ -387,3 +392,30 @@ def test_anchors_within_the_bounds_still_repeat_provider_settings(tmp_path: Path
         ("main", "smtp.example.com", 2525),
         ("spare", "smtp.example.com", 2525),
     ]
+
+
+async def test_reload_with_a_bomb_is_refused_at_once_and_does_not_block_the_next(
+    ops_config: Callable[..., Path],
+    daemon_proc: Callable[..., DaemonProcess],
+    upstream: TestUpstream,
+) -> None:
+    """A reload loads under a lock: before the bounds a billion laughs held it for minutes."""
+    path = ops_config([provider_for(upstream)])
+    good = path.read_text()
+    d = await daemon_proc(path).start()
+
+    path.write_text(LAUGHS)
+    # Refused by the command before it signals (run in a thread: it has a timeout, run_cli not).
+    rc, _out, err, _took = await asyncio.to_thread(_sluice, "reload", path)
+    assert rc == 78
+    assert f"{path}:5: e.0: aliases expand" in err
+    mark = len(d.lines)
+    d.send_signal(signal.SIGHUP)  # the daemon's own load, as systemd's ExecReload would
+    await d.wait_line(f"reload rejected: {path}:5: e.0: aliases expand", start=mark, within=5)
+
+    path.write_text(good)
+    mark = len(d.lines)
+    d.send_signal(signal.SIGHUP)
+    await d.wait_line("configuration reloaded", start=mark, within=5)
+    assert d.proc is not None and d.proc.returncode is None
+    assert await d.stop() == 0
