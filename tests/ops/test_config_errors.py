@@ -292,7 +292,8 @@ BOMBS = [
     (
         "10,000-deep flow nesting",
         BASE + "routes: " + "[" * 10_000 + "]" * 10_000 + "\n",
-        r"10: routes(\.0){64}: nested deeper than 64 levels",
+        # libyaml (when PyYAML has it) stops past 1,000 levels itself, the composer at 64
+        r"10: (routes(\.0){64}: nested deeper than 64 levels|\(yaml\): exceeded maximum nesting)",
     ),
     (
         "1,000-deep block nesting",
@@ -317,7 +318,7 @@ BOMBS = [
     (
         "control character",
         BASE + "    helo: a\x07b\n",
-        r"10: \(yaml\): special characters are not allowed",
+        r"10: \(yaml\): (special|control) characters are not allowed",  # PyYAML's | libyaml's
     ),
     (
         "thousands of unknown keys",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from relay import config
 from relay.config import load, loads
 from relay.errors import ConfigError
 
@@ -24,6 +25,15 @@ providers:
   - id: main
     host: smtp.example.com
 """
+
+
+@pytest.fixture(autouse=True, params=["libyaml", "pure-python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every bound holds on both parsers the loader may sit on (libyaml is optional)."""
+    if request.param == "libyaml" and not config._WITH_LIBYAML:
+        pytest.skip("this PyYAML is built without libyaml")
+    monkeypatch.setattr(config, "_WITH_LIBYAML", request.param == "libyaml")
+    return str(request.param)
 
 
 def _issues(text: str) -> list[str]:
