@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 from relay.address import domain_to_ascii
 
-__all__ = ["SOFTWARE", "queue_id_from_received", "received_header"]
+__all__ = ["SOFTWARE", "helo_name", "queue_id_from_received", "received_header"]
 
 #: the comment after ``by HOST`` that marks a trace line as Sluice's
 SOFTWARE = "Sluice"
@@ -57,6 +57,45 @@ _SLUICE_BY = re.compile(
     rb"\(" + SOFTWARE.encode() + rb"(?: " + _LOCAL.encode() + rb", uid \d+)?\)"
     rb"\s+with\s+[!-~]+\s+id\s+([0-9A-F]{16})\b"
 )
+
+
+#: what ``helo_name`` escapes: a backslash, C0 and C1 controls, DEL, and lone
+#: surrogates (aiosmtpd decodes arguments with ``surrogateescape``, so an
+#: undecodable byte 0xHH arrives as U+DCHH)
+_HELO_ESCAPED = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _helo_escape(match: re.Match[str]) -> str:
+    """One escaped character: ``\\xHH`` names a byte, ``\\uHHHH`` a character.
+
+    A C1 control sent as valid UTF-8 (U+0085) is ``\\u0085``, so that it
+    never reads as the undecodable byte 0x85 (``\\x85``).
+    """
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
+def helo_name(name: str) -> str:
+    """The client's HELO/EHLO name as Sluice keeps it: every byte it sent, none that hurts.
+
+    Sluice accepts any HELO name, as Postfix does unless
+    ``smtpd_helo_restrictions`` say otherwise: the name is the client's
+    claim, recorded for people to read, never trusted, and refusing a
+    local application over it would lose its mail for no gain. What is
+    kept must still be storable (the spool's ``helo`` column is UTF-8 text,
+    which a lone surrogate is not) and safe in logs and headers, so an
+    undecodable byte or a control character becomes ``\\xHH`` and a
+    backslash ``\\\\``. Unlike Postfix's ``?`` for each such byte, this
+    loses nothing: ``h\\xff`` on the wire and ``h`` + byte 0xFF stay
+    distinguishable. Valid UTF-8 is kept as sent; the ``Received:`` line
+    further reduces it to printable ASCII (``_token``).
+    """
+    return _HELO_ESCAPED.sub(_helo_escape, name)
 
 
 def _token(text: str, limit: int = 255) -> str:
