@@ -59,25 +59,25 @@ _SLUICE_BY = re.compile(
 )
 
 
-#: what ``helo_name`` escapes: a backslash, C0 and C1 controls, DEL, and lone
-#: surrogates (aiosmtpd decodes arguments with ``surrogateescape``, so an
-#: undecodable byte 0xHH arrives as U+DCHH)
-_HELO_ESCAPED = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+def _helo_char(char: str) -> str:
+    """One character of a HELO name as kept: ``\\xHH`` names a byte, ``\\uHHHH`` a character.
 
-
-def _helo_escape(match: re.Match[str]) -> str:
-    """One escaped character: ``\\xHH`` names a byte, ``\\uHHHH`` a character.
-
-    A C1 control sent as valid UTF-8 (U+0085) is ``\\u0085``, so that it
-    never reads as the undecodable byte 0x85 (``\\x85``).
+    aiosmtpd decodes arguments with ``surrogateescape``, so an undecodable
+    byte 0xHH arrives as U+DCHH and is written ``\\xHH``. A character that
+    is not printable (``str.isprintable``: controls, format characters such
+    as U+200E, line and paragraph separators...) is written by its code
+    point, so that U+0085 sent as UTF-8 never reads as the byte 0x85.
     """
-    char = match.group()
+    code = ord(char)
     if char == "\\":
         return "\\\\"
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+    if 0xDC80 <= code <= 0xDCFF:
         return f"\\x{code - 0xDC00:02x}"
-    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+    if char.isprintable():
+        return char
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def helo_name(name: str) -> str:
@@ -89,13 +89,16 @@ def helo_name(name: str) -> str:
     local application over it would lose its mail for no gain. What is
     kept must still be storable (the spool's ``helo`` column is UTF-8 text,
     which a lone surrogate is not) and safe in logs and headers, so an
-    undecodable byte or a control character becomes ``\\xHH`` and a
-    backslash ``\\\\``. Unlike Postfix's ``?`` for each such byte, this
-    loses nothing: ``h\\xff`` on the wire and ``h`` + byte 0xFF stay
-    distinguishable. Valid UTF-8 is kept as sent; the ``Received:`` line
-    further reduces it to printable ASCII (``_token``).
+    undecodable byte becomes ``\\xHH``, a character that is not printable
+    ``\\xHH`` or ``\\uHHHH`` (``_helo_char``), and a backslash ``\\\\``.
+    Unlike Postfix's ``?`` for each such byte, this loses nothing: ``h\\xff``
+    on the wire and ``h`` + byte 0xFF stay distinguishable. Printable UTF-8
+    is kept as sent; the ``Received:`` line further reduces it to printable
+    ASCII (``_token``).
     """
-    return _HELO_ESCAPED.sub(_helo_escape, name)
+    if name.isprintable() and "\\" not in name:
+        return name  # the usual case, kept without a copy
+    return "".join(map(_helo_char, name))
 
 
 def _token(text: str, limit: int = 255) -> str:

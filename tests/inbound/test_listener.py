@@ -235,11 +235,16 @@ async def test_client_dropping_during_data_stores_nothing(
     assert counts[RecipientStatus.SENT] == 1
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-daemon", "accept-worker"])
 async def test_ehlo_name_with_invalid_utf8_is_accepted_and_kept_escaped(
-    sluice: SluiceFactory, upstream: TestUpstream, caplog: pytest.LogCaptureFixture
+    sluice: SluiceFactory, upstream: TestUpstream, caplog: pytest.LogCaptureFixture, workers: int
 ) -> None:
-    """Issue #23, point 5: undecodable bytes in EHLO cost the session every message (451)."""
-    async with sluice([provider_for(upstream)]) as s:
+    """Issue #23, point 5: undecodable bytes in EHLO cost the session every message (451).
+
+    Also through an accept worker (the default), whose session reaches the
+    daemon's spool pickled.
+    """
+    async with sluice([provider_for(upstream)], smtp={"workers": workers}) as s:
         replies = await raw_session(
             s.port,
             [
