@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 from relay.address import domain_to_ascii
 
-__all__ = ["SOFTWARE", "queue_id_from_received", "received_header"]
+__all__ = ["SOFTWARE", "helo_name", "queue_id_from_received", "received_header"]
 
 #: the comment after ``by HOST`` that marks a trace line as Sluice's
 SOFTWARE = "Sluice"
@@ -57,6 +57,48 @@ _SLUICE_BY = re.compile(
     rb"\(" + SOFTWARE.encode() + rb"(?: " + _LOCAL.encode() + rb", uid \d+)?\)"
     rb"\s+with\s+[!-~]+\s+id\s+([0-9A-F]{16})\b"
 )
+
+
+def _helo_char(char: str) -> str:
+    """One character of a HELO name as kept: ``\\xHH`` names a byte, ``\\uHHHH`` a character.
+
+    aiosmtpd decodes arguments with ``surrogateescape``, so an undecodable
+    byte 0xHH arrives as U+DCHH and is written ``\\xHH``. A character that
+    is not printable (``str.isprintable``: controls, format characters such
+    as U+200E, line and paragraph separators...) is written by its code
+    point, so that U+0085 sent as UTF-8 never reads as the byte 0x85.
+    """
+    code = ord(char)
+    if char == "\\":
+        return "\\\\"
+    if 0xDC80 <= code <= 0xDCFF:
+        return f"\\x{code - 0xDC00:02x}"
+    if char.isprintable():
+        return char
+    if code < 0x80:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def helo_name(name: str) -> str:
+    """The client's HELO/EHLO name as Sluice keeps it: every byte it sent, none that hurts.
+
+    Sluice accepts any HELO name, as Postfix does unless
+    ``smtpd_helo_restrictions`` say otherwise: the name is the client's
+    claim, recorded for people to read, never trusted, and refusing a
+    local application over it would lose its mail for no gain. What is
+    kept must still be storable (the spool's ``helo`` column is UTF-8 text,
+    which a lone surrogate is not) and safe in logs and headers, so an
+    undecodable byte becomes ``\\xHH``, a character that is not printable
+    ``\\xHH`` or ``\\uHHHH`` (``_helo_char``), and a backslash ``\\\\``.
+    Unlike Postfix's ``?`` for each such byte, this loses nothing: ``h\\xff``
+    on the wire and ``h`` + byte 0xFF stay distinguishable. Printable UTF-8
+    is kept as sent; the ``Received:`` line further reduces it to printable
+    ASCII (``_token``).
+    """
+    if name.isprintable() and "\\" not in name:
+        return name  # the usual case, kept without a copy
+    return "".join(map(_helo_char, name))
 
 
 def _token(text: str, limit: int = 255) -> str:

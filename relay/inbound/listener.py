@@ -34,7 +34,7 @@ from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
 from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.message import bare_line_ending, extract_subject
-from relay.received import received_header
+from relay.received import helo_name, received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = [
@@ -120,6 +120,15 @@ class RelayHandler:
         self._hostname = hostname
         self._clock = clock
 
+    async def handle_HELO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        # Any name is accepted and kept escaped (``relay.received.helo_name``
+        # says why): aiosmtpd would keep undecodable bytes as lone surrogates,
+        # which the spool cannot store (a 451 for every message of the session).
+        session.host_name = helo_name(hostname)
+        return f"250 {server.hostname}"
+
     async def handle_EHLO(
         self,
         server: SMTP,
@@ -130,7 +139,7 @@ class RelayHandler:
     ) -> list[str]:
         # aiosmtpd reads commands one line at a time and answers in order, so
         # pipelined commands (RFC 2920) are safe; it just doesn't say so.
-        session.host_name = hostname
+        session.host_name = helo_name(hostname)
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
     async def handle_MAIL(

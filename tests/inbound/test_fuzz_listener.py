@@ -1,6 +1,10 @@
 """Property test against a live listener: whatever a client sends, Sluice answers with a
 valid SMTP reply, stays up, and stores exactly one message per ``250 ... queued as``.
 
+The second property feeds arbitrary bytes (not only UTF-8) as the argument of
+every command and asserts no internal error and no traceback in the log
+(issue #23, point 5: an undecodable byte in EHLO cost a session every message).
+
 Sluice runs in a thread with its own event loop, so Hypothesis can drive it with
 plain blocking sockets (Hypothesis does not run async tests itself).
 """
@@ -8,12 +12,14 @@ plain blocking sockets (Hypothesis does not run async tests itself).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -176,3 +182,101 @@ def test_any_input_gets_a_valid_reply_and_one_message_per_250(
     with sqlite3.connect(f"file:{live.spool}?mode=ro", uri=True, timeout=10) as db:
         (stored,) = db.execute("SELECT count(*) FROM messages").fetchone()
     assert stored == live.queued
+
+
+# Any bytes a client can put on one command line: everything but CR and LF,
+# with undecodable high bytes made likely (they are what broke EHLO).
+hostile = st.one_of(
+    st.binary(max_size=60),
+    st.lists(st.integers(0x80, 0xFF), max_size=8).map(bytes),
+    st.lists(
+        st.sampled_from([b"h", b"\xff", b"\xfe", b"\xc3", b"\x00", b"\\", b"<", b">"]), max_size=20
+    ).map(b"".join),
+).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+verb = st.sampled_from(
+    [b"HELO", b"EHLO", b"MAIL FROM:", b"RCPT TO:", b"NOOP", b"VRFY", b"RSET", b"HELP", b"XYZZY"]
+)
+hostile_command = st.one_of(
+    st.builds(lambda v, a: [(v + b" " + a + b"\r\n", b"")], verb, hostile),
+    st.builds(lambda v, a: [(v + b"<" + a + b">\r\n", b"")], verb, hostile),
+    st.builds(lambda a: [(a + b"\r\n", b"")], hostile),  # an unknown (or empty) verb
+    st.builds(  # a valid path with hostile parameters (SIZE=, BODY=, SMTPUTF8...)
+        lambda v, addr, a: [(v + f"<{addr}> ".encode() + a + b"\r\n", b"")],
+        st.sampled_from([b"MAIL FROM:", b"RCPT TO:"]),
+        valid_address,
+        hostile,
+    ),
+)
+# A transaction whose greeting name and header are hostile, so that the bytes
+# reach the Received line, the spool and the log of an accepted message.
+hostile_transaction = st.builds(
+    lambda hello, name, s, r, header: [
+        (hello + b" " + name + b"\r\n", b""),
+        (f"MAIL FROM:<{s}>\r\n".encode(), b""),
+        (f"RCPT TO:<{r}>\r\n".encode(), b""),
+        (b"DATA\r\n", b"X-Fuzz: " + header + b"\r\nSubject: " + header + b"\r\n\r\nhi\r\n.\r\n"),
+    ],
+    st.sampled_from([b"EHLO", b"HELO"]),
+    hostile.filter(lambda b: b.strip() != b""),
+    valid_address,
+    valid_address,
+    hostile,
+)
+hostile_steps = st.lists(st.one_of(hostile_command, hostile_transaction), max_size=6).map(
+    lambda groups: [step for group in groups for step in group]
+)
+
+
+def well_formed(reply: bytes) -> bool:
+    """Every line ``NNN-text`` or, last, ``NNN text``, with one code throughout (RFC 5321 § 4.2)."""
+    lines = reply.split(b"\r\n")[:-1]
+    code = lines[0][:3]
+    return all(
+        REPLY.match(line) and line[:3] == code and (line[3:4] == b" ") == (i == len(lines) - 1)
+        for i, line in enumerate(lines)
+    )
+
+
+@settings(
+    max_examples=150,
+    deadline=timedelta(seconds=5),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(session=hostile_steps)
+def test_arbitrary_bytes_in_any_command_get_an_answer_and_no_traceback(
+    live: Live, session: list[tuple[bytes, bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.clear()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
+        buf = bytearray()
+        assert read_reply(sock, buf).startswith(b"220")
+        ended = False
+        for line, data in session:
+            sock.sendall(line)
+            replies = [read_reply(sock, buf)]
+            if replies[0].startswith(b"354"):
+                # A hostile line may happen to be DATA: end that message too.
+                sock.sendall(data or b".\r\n")
+                replies.append(read_reply(sock, buf))
+            ended = replies[-1][:3] in (b"221", b"421")  # a hostile line may happen to be QUIT
+            for reply in replies:
+                assert reply != b"<closed>", line
+                assert well_formed(reply), (line, reply)
+                assert reply.isascii(), (line, reply)
+                assert not (reply.startswith(b"451") and b"internal" in reply.lower()), (
+                    line,
+                    reply,
+                )
+                assert not reply.startswith(b"500 Error: ("), (line, reply)
+                if b"queued as" in reply:
+                    live.queued += 1
+            if ended:
+                break
+        if not ended:
+            sock.sendall(b"QUIT\r\n")
+            assert read_reply(sock, buf).startswith(b"221")
+    # The log records the thread's records as they are emitted; the session's
+    # last ones are in once QUIT is answered.
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, [r.getMessage() for r in bad]
+    assert "Traceback" not in caplog.text

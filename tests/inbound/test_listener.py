@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aiosmtplib
 import pytest
@@ -232,3 +233,51 @@ async def test_client_dropping_during_data_stores_nothing(
         counts = await s.spool.counts_by_status()
     assert sum(counts.values()) == 1
     assert counts[RecipientStatus.SENT] == 1
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-daemon", "accept-worker"])
+async def test_ehlo_name_with_invalid_utf8_is_accepted_and_kept_escaped(
+    sluice: SluiceFactory, upstream: TestUpstream, caplog: pytest.LogCaptureFixture, workers: int
+) -> None:
+    """Issue #23, point 5: undecodable bytes in EHLO cost the session every message (451).
+
+    Also through an accept worker (the default), whose session reaches the
+    daemon's spool pickled.
+    """
+    async with sluice([provider_for(upstream)], smtp={"workers": workers}) as s:
+        replies = await raw_session(
+            s.port,
+            [
+                b"EHLO h\xff\xfe\\x\r\n",
+                b"MAIL FROM:<app@example.org>\r\n",
+                b"RCPT TO:<a@example.net>\r\n",
+                b"DATA\r\n",
+                b"Subject: bytes\r\n\r\nhi\r\n.\r\n",
+                b"HELO \x01\x80ok\r\n",
+                b"MAIL FROM:<app@example.org>\r\n",
+                b"RCPT TO:<b@example.net>\r\n",
+                b"DATA\r\n",
+                b"Subject: bytes\r\n\r\nhi\r\n.\r\n",
+                b"QUIT\r\n",
+            ],
+        )
+        codes = [r[:3] for r in replies]
+        assert codes == ["220", *["250", "250", "250", "354", "250"] * 2, "221"], replies
+        await upstream.wait_for(2)
+        rows = await s.spool._writer.submit(
+            lambda c: [
+                (r[0], bytes(r[1]))
+                for r in c.execute(
+                    "SELECT m.helo, b.data FROM bodies b JOIN messages m"
+                    " ON m.id = b.message_id ORDER BY m.id"
+                )
+            ]
+        )
+    # Every byte sent is recorded, escaped: undecodable bytes and controls as
+    # \xHH, the backslash doubled, so nothing is lost or ambiguous.
+    assert [helo for helo, _ in rows] == ["h\\xff\\xfe\\\\x", "\\x01\\x80ok"]
+    first, second = (data for _, data in rows)
+    assert first.startswith(b"Received: from h\\xff\\xfe\\\\x ([127.0.0.1])\r\n"), first
+    assert second.startswith(b"Received: from \\x01\\x80ok ([127.0.0.1])\r\n"), second
+    assert all(data.split(b"\r\n\r\n")[0].isascii() for data in (first, second))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.received import queue_id_from_received, received_header
+from relay.received import helo_name, queue_id_from_received, received_header
 
 NOW = 1_700_000_000.0
 
@@ -60,6 +61,40 @@ def test_received_header_neutralises_hostile_helo() -> None:
     )
     assert h.count(b"\r\n") == 3  # still exactly three folded lines
     assert b"\r\nBcc" not in h
+
+
+def _unescape(kept: str) -> bytes:
+    """The bytes a client sent, back from ``helo_name``'s escapes (the test's inverse)."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group() == "\\\\":
+            return "\\"
+        if m.group(1) is not None:
+            code = int(m.group(1), 16)
+            return chr(code) if code < 0x80 else chr(0xDC00 + code)
+        return chr(int(m.group(2) or m.group(3), 16))
+
+    text = re.sub(r"\\x([0-9a-f]{2})|\\u([0-9a-f]{4})|\\U([0-9a-f]{8})|\\\\", one, kept)
+    return text.encode("utf-8", "surrogateescape")
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=80),
+        st.text(max_size=20).map(lambda t: t.encode("utf-8")),
+    ).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+)
+def test_helo_name_keeps_every_byte_sent_in_storable_printable_text(sent: bytes) -> None:
+    """Issue #23, point 5: any bytes in HELO are kept, storable (no lone surrogate) and lossless."""
+    kept = helo_name(sent.decode("utf-8", "surrogateescape"))  # as aiosmtpd decodes it
+    kept.encode("utf-8")  # storable: raises on a lone surrogate
+    assert kept.isprintable()
+    assert _unescape(kept) == sent
+
+
+def test_helo_name_escapes_bytes_and_characters_apart() -> None:
+    assert helo_name(b"h\xff\xfe".decode("utf-8", "surrogateescape")) == "h\\xff\\xfe"
+    assert helo_name("a\\b\x00\u0085 b\u00fccher") == "a\\\\b\\x00\\u0085 b\u00fccher"
 
 
 def _for_clause(recipient: str, *, utf8: bool) -> bytes:
