@@ -245,7 +245,12 @@ class AcceptorPool:
                 )
 
     def reconfigure(self) -> None:
-        """Send the current settings to every worker (a reload)."""
+        """Send the current settings to every worker (a reload).
+
+        Each worker applies them when it next reads its channel, as Postfix's
+        processes take a ``postfix reload``: a session that starts in that
+        moment may still run under the old settings.
+        """
         settings = self._settings()
         for worker in self._workers.values():
             _send(worker.writer, ("settings", settings))
