@@ -37,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from relay.errors import ConfigError
+from relay.errors import ConfigError, SluiceError
 from relay.events import EventType
 from relay.secrets import Secret, SecretError, SecretSource
 
@@ -918,7 +918,7 @@ _KNOWN_TAGS = frozenset(
 )
 
 
-class _TooBig(Exception):
+class _TooBig(SluiceError):
     """Raised inside the composer when a bound is passed; ``loads`` reports it."""
 
     def __init__(self, line: int, loc: Loc, message: str) -> None:
