@@ -926,8 +926,16 @@ def _clean_loc(loc: tuple[Any, ...]) -> Loc:
 def _secret_issues(
     cfg: Config, env: Mapping[str, str], wanted: SecretsWanted
 ) -> Iterator[tuple[Loc, str]]:
-    """Every wanted secret must resolve to a non-empty value; report those that do not."""
+    """Every wanted secret must resolve to a non-empty value; report those that do not.
+
+    A disabled provider's secrets are not wanted: it sends nothing, and its
+    variable or credential may well be missing until it is enabled (its
+    provider then needs them, and the reload that enables it checks them).
+    """
+    disabled = {i for i, p in enumerate(cfg.providers) if not p.enabled}
     for ref in cfg.secrets():
+        if ref.loc[0] == "providers" and ref.loc[1] in disabled:
+            continue
         if wanted is True or (callable(wanted) and wanted(ref)):
             try:
                 ref.source.resolve(env)
