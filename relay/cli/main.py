@@ -128,7 +128,19 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
     statuses = [RecipientStatus(s) for s in args.status] if args.status else None
     async with await Spool.open(cfg.spool.path) as spool:
-        entries = await spool.list_queue(statuses=statuses, search=args.search, limit=args.limit)
+        # One more than shown: whether the list was cut is then known, not guessed.
+        entries = await spool.list_queue(
+            statuses=statuses, search=args.search, limit=args.limit + 1
+        )
+    cut = len(entries) > args.limit
+    entries = entries[: args.limit]
+    if cut:
+        # On stderr, so that stdout stays the list (and --json stays JSON).
+        print(
+            f"sluice: showing the newest {plural(args.limit, 'recipient')}; there are more "
+            "(--limit N shows more; --status and --search narrow the list)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps([asdict(e) for e in entries], default=str, indent=1))
         return EX_OK
@@ -258,6 +270,17 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     return await run_demo(Path(args.dir), ports)
 
 
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is less than 1")
+    return number
+
+
 def _port(text: str) -> int:
     """An argparse type: a TCP port, 0 meaning "any free one"."""
     try:
@@ -330,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", cmd_queue_list, "list queued recipients, newest first", qsub)
     p.add_argument("--status", action="append", choices=[s.value for s in RecipientStatus])
     p.add_argument("--search", help="substring of recipient, sender or subject; or a queue ID")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument(
+        "--limit", type=_positive, default=100, help="show at most this many (default 100)"
+    )
     p.add_argument("--json", action="store_true")
     p = add("show", cmd_queue_show, "show one message, its recipients and attempts", qsub)
     p.add_argument("queue_id")
