@@ -71,6 +71,9 @@ if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then
             fi
         done
     fi
+else
+    echo "install.sh: note: not checked that the service user can execute $real" \
+        "(that needs root and runuser)" >&2
 fi
 
 echo "== the program: a venv at $PREFIX (on $real)"

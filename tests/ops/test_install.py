@@ -338,3 +338,31 @@ def test_an_interpreter_under_a_closed_home_is_refused_with_the_reason_and_the_f
     assert "use the system interpreter (PYTHON=/usr/bin/python3" in proc.stderr
     # Refused before anything was installed.
     assert not prefix.exists() and not root.exists()
+
+
+_HOMES = ("/root/", "/home/", "/run/user/")
+_OWN_BASE = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
+
+
+@pytest.mark.skipif(
+    not _OWN_BASE.startswith(_HOMES), reason="this test's Python is not under a home directory"
+)
+def test_a_python_under_a_home_directory_is_refused_as_protecthome_hides_it(
+    tmp_path: Path,
+) -> None:
+    # This test's own interpreter (root's pyenv, say): the unit's ProtectHome=yes hides it.
+    prefix, root = tmp_path / "opt" / "sluice", tmp_path / "root"
+    proc = subprocess.run(
+        ["sh", str(SCRIPT), str(prefix)],
+        env=_clean_env(DESTDIR=str(root), PYTHON=sys.executable),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 69, proc.stdout + proc.stderr
+    assert f"runs {_OWN_BASE}, under a home directory" in proc.stderr
+    assert "ProtectHome=yes hides it" in proc.stderr
+    assert "use the system interpreter (PYTHON=/usr/bin/python3" in proc.stderr
+    assert not prefix.exists() and not root.exists()
