@@ -35,19 +35,11 @@ def check_exposure(settings: AdminSettings) -> None:
     Raises:
         ConfigError: ``admin.listen`` is not loopback and no password is configured.
     """
-    # Whether one is *given*; that it is not empty is checked where it is
-    # resolved (``load``, and ``Credentials.from_settings`` at start-up).
-    has_password = settings.password_hash is not None or settings.password is not None
-    if has_password:
+    issue = settings.exposure_issue()
+    if issue is not None:
+        raise ConfigError([f"admin.listen: {issue}"])
+    if settings.has_password or not settings.enabled:
         return
-    if not settings.listen.is_loopback:
-        raise ConfigError(
-            [
-                f"admin.listen: {settings.listen} is not a loopback address and no admin "
-                "password is configured; set admin.password_hash (see `sluice admin "
-                "hash-password`), password_env or password_file, or listen on 127.0.0.1"
-            ]
-        )
     log.warning(
         "admin page at %s has no password: anyone on this machine can use it "
         "(set admin.password_hash to require a login)",

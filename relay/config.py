@@ -40,6 +40,7 @@ from pydantic import (
 from relay.errors import ConfigError, SluiceError
 from relay.events import EventType
 from relay.secrets import Secret, SecretError, SecretSource
+from relay.tls import settings_context
 
 try:
     from yaml._yaml import CParser as _CParser
@@ -410,6 +411,26 @@ class AdminSettings(_Model):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty; an empty password is no password")
         return value
+
+    @property
+    def has_password(self) -> bool:
+        """Whether a password is *given* (its value is checked where it is resolved)."""
+        return self.password_hash is not None or self.password is not None
+
+    def exposure_issue(self) -> str | None:
+        """Why this admin must not start: reachable from the network with no password.
+
+        One rule in one place: ``load`` reports it with its line (so ``sluice
+        check`` refuses what ``sluice serve`` would), and the admin server
+        checks it again for settings built in code.
+        """
+        if not self.enabled or self.has_password or self.listen.is_loopback:
+            return None
+        return (
+            f"{self.listen} is not a loopback address and no admin password is configured; "
+            "set admin.password_hash (see `sluice admin hash-password`), password_env or "
+            "password_file, or listen on 127.0.0.1"
+        )
 
 
 class OAuth2Settings(_Model):
@@ -782,6 +803,27 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
             )
     if cfg.retry.first_delay > cfg.retry.max_delay:
         yield ("retry", "first_delay"), "first_delay is longer than max_delay"
+    exposed = cfg.admin.exposure_issue()
+    if exposed is not None:
+        yield ("admin", "listen"), exposed
+
+
+def _file_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
+    """Files the daemon reads at start besides secrets: each must load as it will then.
+
+    A provider's ``ca_file`` becomes its TLS context when the daemon builds
+    its providers; a missing or non-PEM file stopped ``serve`` there (exit 69,
+    no line) while ``check`` said OK. Building the same context here (no
+    network: OpenSSL only reads the file) makes both refuse it with its line.
+    """
+    for i, p in enumerate(cfg.providers):
+        if p.ca_file is None:
+            continue
+        try:
+            settings_context(p)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            yield ("providers", i, "ca_file"), f"cannot load {p.ca_file}: {reason}"
 
 
 def _expand_env(
@@ -884,8 +926,16 @@ def _clean_loc(loc: tuple[Any, ...]) -> Loc:
 def _secret_issues(
     cfg: Config, env: Mapping[str, str], wanted: SecretsWanted
 ) -> Iterator[tuple[Loc, str]]:
-    """Every wanted secret must resolve to a non-empty value; report those that do not."""
+    """Every wanted secret must resolve to a non-empty value; report those that do not.
+
+    A disabled provider's secrets are not wanted: it sends nothing, and its
+    variable or credential may well be missing until it is enabled (its
+    provider then needs them, and the reload that enables it checks them).
+    """
+    disabled = {i for i, p in enumerate(cfg.providers) if not p.enabled}
     for ref in cfg.secrets():
+        if ref.loc[0] == "providers" and ref.loc[1] in disabled:
+            continue
         if wanted is True or (callable(wanted) and wanted(ref)):
             try:
                 ref.source.resolve(env)
@@ -1109,8 +1159,9 @@ def loads(
 ) -> Config:
     """Parse and validate YAML text; raise ``ConfigError`` listing every issue.
 
-    ``secrets`` says which secrets must resolve now (``True``: all). When none
-    are wanted, a ``${VAR}`` in a secret's value may be unset. ``unset="empty"``
+    ``secrets`` says which secrets must resolve now (``True``: all); when any
+    are, each provider's ``ca_file`` must load too (what ``serve`` reads at
+    start). When none are wanted, a ``${VAR}`` in a secret's value may be unset. ``unset="empty"``
     reads any other unset ``${VAR}`` as "".
     """
     environ = os.environ if env is None else env
@@ -1145,6 +1196,7 @@ def loads(
         raise ConfigError(issues + _not_shown(source, len(errors))) from None
     problems = list(_semantic_issues(cfg))
     if secrets is not False:
+        problems.extend(_file_issues(cfg))
         problems.extend(_secret_issues(cfg, environ, secrets))
     if problems:
         raise ConfigError(

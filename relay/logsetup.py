@@ -150,6 +150,18 @@ class UrlMaskFilter(logging.Filter):
         return True
 
 
+def _quiet_http_logs(level: str) -> None:
+    """httpx's "HTTP Request: POST ..." line per request: shown at ``log.level: debug`` only.
+
+    httpx logs every request at INFO, so each webhook POST (and OAuth token
+    refresh) was a line in the journal; Sluice logs a webhook's failures itself.
+    """
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(
+            logging.DEBUG if level.lower() == "debug" else logging.WARNING
+        )
+
+
 def mask_http_logs() -> None:
     """Put ``UrlMaskFilter`` on the HTTP client's loggers (once; calling again is harmless).
 
@@ -315,6 +327,7 @@ def configure(
     # exchanges; keep only its problems. Same for the asyncio debug chatter.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
+    _quiet_http_logs(level)
     mask_http_logs()
     return handler
 
@@ -343,6 +356,7 @@ def apply_config(cfg: Config) -> None:
     if not handlers:
         return  # embedded (tests, demo): the host application owns logging
     root.setLevel(cfg.log.level.upper())
+    _quiet_http_logs(cfg.log.level)
     for handler in handlers:
         handler.redactor.update(config_secrets(cfg))
         handler.set_format(cfg.log.format)

@@ -170,7 +170,7 @@ class SecretSource(BaseModel):
             return self.inline
         if self.env is not None:
             if self.env not in environ:
-                raise SecretError(self.yaml_key, f"environment variable {self.env} is not set")
+                raise SecretError(self.yaml_key, self._unset_message())
             if _blank(environ[self.env]):
                 raise SecretError(
                     self.yaml_key,
@@ -182,6 +182,22 @@ class SecretSource(BaseModel):
         if self.credential is not None:
             return self._read(self._credential_path(environ))
         raise SecretError(self.name, f"no {self.name} given")
+
+    def _unset_message(self) -> str:
+        """Why a ``NAME_env`` variable is missing, and what lasts longer than an environment.
+
+        A daemon reads its environment once, when it starts: a variable
+        exported in the operator's shell, or added to the unit since, never
+        reaches it, and a reload that adds a provider fails here although the
+        shell has the variable. A file is read at each use; a credential comes
+        with the unit, so the check in ``ExecStartPre=`` sees it too.
+        """
+        return (
+            f"environment variable {self.env} is not set in the daemon's environment (only the "
+            "environment sluice was started with counts: a variable exported in a shell, or "
+            f"added to the unit since, reaches it only at a restart); use {self.name}_file, read "
+            "at each use (a reload sees a new file), or a systemd credential (LoadCredential=)"
+        )
 
     def _file_path(self, environ: Mapping[str, str]) -> Path:
         assert self.file is not None

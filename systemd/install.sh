@@ -12,12 +12,20 @@
 #
 # DESTDIR=DIR puts the files of 2 and 3 under DIR instead of / (the venv stays at
 # PREFIX, since a venv cannot move); tests/ops/test_install.py runs it that way.
-# PYTHON picks the interpreter (default python3; Sluice needs 3.11 or later).
+# PYTHON picks the interpreter (default: the system's /usr/bin/python3, else python3 on
+# PATH; Sluice needs 3.11 or later). The venv runs on it as the service user, so an
+# interpreter that user cannot execute is refused before anything is installed: root's
+# pyenv, asdf or conda Python lives under root's home, which is closed to other users
+# (and hidden by the unit's ProtectHome=yes). SLUICE_USER names the service user
+# (default sluice, the sysusers.d entry; until that user exists, nobody stands in).
 set -eu
 
 PREFIX=${1:-/opt/sluice}
 DESTDIR=${DESTDIR:-}
-PYTHON=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
+SLUICE_USER=${SLUICE_USER:-sluice}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 
 case $PREFIX in
@@ -36,7 +44,39 @@ if ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
     exit 69
 fi
 
-echo "== the program: a venv at $PREFIX"
+# The interpreter the venv links to (a venv's own python names its base), and its file.
+base=$("$PYTHON" -c 'import sys; print(getattr(sys, "_base_executable", "") or sys.executable)')
+real=$(readlink -f "$base")
+fix="use the system interpreter (PYTHON=/usr/bin/python3; on Debian/Ubuntu: apt-get install \
+python3 python3-venv), or one installed outside any home directory (/usr/local, /opt)"
+for path in "$base" "$real"; do
+    case $path in
+    /root/* | /home/* | /run/user/*)
+        echo "install.sh: $PYTHON runs $path, under a home directory: the service's" \
+            "ProtectHome=yes hides it, so the venv could not start; $fix" >&2
+        exit 69 ;;
+    esac
+done
+if [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then
+    as=$SLUICE_USER
+    if ! id "$as" >/dev/null 2>&1; then as=nobody; fi  # sluice is made below: same rights
+    if id "$as" >/dev/null 2>&1; then
+        for path in "$base" "$real"; do
+            if ! runuser -u "$as" -- test -x "$path"; then
+                echo "install.sh: the service user ($as) cannot execute $path ($PYTHON):" \
+                    "a directory on its path is closed to it (pyenv, asdf and conda install" \
+                    "under a home directory), so the service would fail with Permission" \
+                    "denied; $fix" >&2
+                exit 69
+            fi
+        done
+    fi
+else
+    echo "install.sh: note: not checked that the service user can execute $real" \
+        "(that needs root and runuser)" >&2
+fi
+
+echo "== the program: a venv at $PREFIX (on $real)"
 "$PYTHON" -m venv "$PREFIX"
 "$PREFIX/bin/python" -m pip install -q --disable-pip-version-check "$SRC[fast]"
 install -m 644 "$SRC/README.md" "$PREFIX/README.md"
@@ -61,6 +101,8 @@ fi
 echo "== the config"
 config="$DESTDIR/etc/sluice/config.yaml"
 install -d -m 750 "$DESTDIR/etc/sluice"
+# Where the provider passwords go (LoadCredential=): root's alone, systemd reads them.
+install -d -m 700 "$DESTDIR/etc/sluice/credentials"
 if [ -e "$config" ]; then
     echo "kept $config"
 else

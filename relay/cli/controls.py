@@ -81,10 +81,30 @@ async def cmd_control(args: argparse.Namespace) -> int:
                 f"would {n.action} {plural(n.recipients, 'recipient')} "
                 f"of {plural(n.messages, 'message')}"
             )
+            _warn_paused(n)
             return EX_OK
         done = await queue_ops.control(spool, cfg, request, Actor.cli())
     print(f"{done.action.past} {plural(done.recipients, 'recipient')} ({done.selection})")
+    _warn_paused(done)
     return EX_OK if done.recipients or not selection.queue_ids else EX_NOINPUT
+
+
+def _warn_paused(result: queue_ops.Controlled) -> None:
+    """A reroute via a paused provider: the recipients wait for the resume; say so."""
+    pause = result.via_paused
+    if pause is None:
+        return
+    if pause.provider == provider_ops.ALL_PROVIDERS:
+        subject, resume = "all providers are", "--all"
+    else:
+        subject, resume = f"provider {pause.provider} is", pause.provider
+    why = f" ({pause.reason})" if pause.reason else ""
+    end = f"until {when(pause.until)}" if pause.until is not None else "until resumed"
+    print(
+        f"sluice: warning: {subject} paused{why} {end}: the rerouted recipients wait for it "
+        f"(`sluice providers resume {resume}`)",
+        file=sys.stderr,
+    )
 
 
 def register_queue(

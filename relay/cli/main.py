@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import inspect
 import json
 import os
 import select
@@ -42,6 +43,11 @@ __all__ = ["main"]
 DEFAULT_CONFIG = "/etc/sluice/config.yaml"
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+#: a command that runs without an event loop (one that prompts at a terminal)
+SyncCommand = Callable[[argparse.Namespace], int]
+
+#: the exit status of a command stopped by Ctrl-C, as a shell reports it (128 + SIGINT)
+_INTERRUPTED = 128 + signal.SIGINT
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -122,7 +128,19 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
     statuses = [RecipientStatus(s) for s in args.status] if args.status else None
     async with await Spool.open(cfg.spool.path) as spool:
-        entries = await spool.list_queue(statuses=statuses, search=args.search, limit=args.limit)
+        # One more than shown: whether the list was cut is then known, not guessed.
+        entries = await spool.list_queue(
+            statuses=statuses, search=args.search, limit=args.limit + 1
+        )
+    cut = len(entries) > args.limit
+    entries = entries[: args.limit]
+    if cut:
+        # On stderr, so that stdout stays the list (and --json stays JSON).
+        print(
+            f"sluice: showing the newest {plural(args.limit, 'recipient')}; there are more "
+            "(--limit N shows more; --status and --search narrow the list)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps([asdict(e) for e in entries], default=str, indent=1))
         return EX_OK
@@ -194,16 +212,32 @@ def _missing(acted: queue_ops.Acted) -> int:
     return EX_NOINPUT if acted.missing else EX_OK
 
 
-async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
-    """Print an argon2 hash for ``admin.password_hash`` (password from a TTY or stdin)."""
+def cmd_admin_hash_password(args: argparse.Namespace) -> int:
+    """Print an argon2 hash for ``admin.password_hash`` (password from a TTY or stdin).
+
+    Run without an event loop, on purpose: under ``asyncio.run`` the first
+    Ctrl-C only cancels the main task, which cannot happen while ``getpass``
+    blocks in a read, so the prompt hung until a second Ctrl-C. Here Ctrl-C
+    is a plain ``KeyboardInterrupt`` (exit 130 at once), and Ctrl-D (end of
+    input) is a one-line message instead of an ``EOFError`` traceback.
+    """
     # Imported when used: argon2 is only for this command (and the admin).
     import getpass
 
     from admin.auth import hash_password
 
     if sys.stdin.isatty():
-        password = getpass.getpass("New admin password: ")
-        if getpass.getpass("Repeat it: ") != password:
+        try:
+            password = getpass.getpass("New admin password: ")
+            repeated = getpass.getpass("Repeat it: ")
+        except EOFError:
+            # getpass leaves the cursor after the prompt; end that line first.
+            print("\nsluice: no password entered (end of input)", file=sys.stderr)
+            return EX_USAGE
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            return _INTERRUPTED
+        if repeated != password:
             print("sluice: the passwords differ", file=sys.stderr)
             return EX_USAGE
     else:
@@ -211,7 +245,7 @@ async def cmd_admin_hash_password(args: argparse.Namespace) -> int:
     if not password:
         print("sluice: empty password", file=sys.stderr)
         return EX_USAGE
-    print(await asyncio.to_thread(hash_password, password))
+    print(hash_password(password))
     return EX_OK
 
 
@@ -234,6 +268,17 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     logsetup.configure_plain("info")
     ports = DemoPorts(smtp=args.smtp_port, admin=args.admin_port, sink=args.sink_port)
     return await run_demo(Path(args.dir), ports)
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is less than 1")
+    return number
 
 
 def _port(text: str) -> int:
@@ -286,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Command, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Command | SyncCommand, help: str, parent: Any = sub
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, parents=[common], help=help)
         p.set_defaults(func=func)
         return p
@@ -306,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("list", cmd_queue_list, "list queued recipients, newest first", qsub)
     p.add_argument("--status", action="append", choices=[s.value for s in RecipientStatus])
     p.add_argument("--search", help="substring of recipient, sender or subject; or a queue ID")
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument(
+        "--limit", type=_positive, default=100, help="show at most this many (default 100)"
+    )
     p.add_argument("--json", action="store_true")
     p = add("show", cmd_queue_show, "show one message, its recipients and attempts", qsub)
     p.add_argument("queue_id")
@@ -363,8 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sendmail.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        run = run_fast if args.func is cmd_serve else asyncio.run
-        code: int = run(args.func(args))
+        code: int
+        if inspect.iscoroutinefunction(args.func):
+            run = run_fast if args.func is cmd_serve else asyncio.run
+            code = run(args.func(args))
+        else:
+            code = args.func(args)
         # Flushed here, not at interpreter exit, so that a closed pipe is seen below.
         sys.stdout.flush()
         return code
@@ -393,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_UNAVAILABLE
     except KeyboardInterrupt:
-        return 130
+        return _INTERRUPTED
 
 
 def _stdout_gone() -> bool:

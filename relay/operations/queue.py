@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from relay.config import Config
 from relay.errors import UnknownMessage
-from relay.model import Action, Selection
+from relay.model import Action, ProviderPause, Selection
 from relay.operations.actor import Actor, Refusal, Refused
-from relay.store.spool import Control, Selected, Spool
+from relay.store.spool import ALL_PROVIDERS, Control, Selected, Spool
 
 __all__ = [
     "CONTROLS",
@@ -78,6 +78,9 @@ class Controlled:
     dry_run: bool = False
     #: a dry run: of how many messages
     messages: int = 0
+    #: a reroute via a provider that is paused now (itself, or all providers): the
+    #: rerouted recipients wait for the resume; front-ends warn (None: not paused)
+    via_paused: ProviderPause | None = None
 
 
 def _unique(queue_ids: Iterable[str]) -> list[str]:
@@ -131,6 +134,18 @@ def check(config: Config, request: ControlRequest) -> None:
             raise Refused(f"no enabled provider {request.via!r} (enabled: {', '.join(enabled)})")
 
 
+async def _via_paused(spool: Spool, request: ControlRequest) -> ProviderPause | None:
+    """The pause in force on a reroute's provider (or on all of them), if any.
+
+    A reroute to a paused provider is allowed (the pause may end soon, and the
+    operator may mean it), but its recipients then wait: the caller must say so.
+    """
+    if request.action is not Action.REROUTE or request.via is None:
+        return None
+    pauses = await spool.pauses()
+    return pauses.get(request.via) or pauses.get(ALL_PROVIDERS)
+
+
 async def count(spool: Spool, config: Config, request: ControlRequest) -> Controlled:
     """A dry run: how many recipients (of how many messages) the request would act on."""
     check(config, request)
@@ -141,6 +156,7 @@ async def count(spool: Spool, config: Config, request: ControlRequest) -> Contro
         request.selection.describe(),
         dry_run=True,
         messages=n.messages,
+        via_paused=await _via_paused(spool, request),
     )
 
 
@@ -165,4 +181,9 @@ async def control(
         ),
         endpoints=config.notify.webhooks,
     )
-    return Controlled(request.action, done, request.selection.describe())
+    return Controlled(
+        request.action,
+        done,
+        request.selection.describe(),
+        via_paused=await _via_paused(spool, request),
+    )

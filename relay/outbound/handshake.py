@@ -137,11 +137,21 @@ class HandshakeError(SluiceError):
         self.code = code
 
 
-def insecure_auth(up: Upstream) -> str | None:
-    """Why credentials may not be sent on this connection, or ``None`` if they may."""
+def insecure_auth(up: Upstream, *, offers_starttls: bool = False) -> str | None:
+    """Why credentials may not be sent on this connection, or ``None`` if they may.
+
+    With ``encryption: none`` against a server that offers STARTTLS, the fix
+    is ``encryption: starttls``, not sending the password in clear: the hint
+    names that one.
+    """
     if up.allow_insecure_auth:
         return None
     if up.encryption == "none" or up.tls_context is None:
+        if offers_starttls:
+            return (
+                "refusing to send credentials without TLS; the server offers STARTTLS: "
+                "set encryption: starttls"
+            )
         return "refusing to send credentials without TLS (set allow_insecure_auth to allow it)"
     if up.tls_context.verify_mode == ssl.CERT_NONE:
         return (
@@ -395,7 +405,8 @@ def _mechanism(up: Upstream, offered: list[str]) -> str | None:
 
 async def _authenticate(smtp: aiosmtplib.SMTP, up: Upstream, user: str, steps: _Steps) -> None:
     """One AUTH exchange with one mechanism; its answer is final for this connection."""
-    if (problem := insecure_auth(up)) is not None:
+    problem = insecure_auth(up, offers_starttls=smtp.supports_extension("starttls"))
+    if problem is not None:
         raise steps.fail("AUTH", problem, f"4.7.0 {problem}")
     offered = smtp.server_auth_methods
     if not smtp.supports_extension("auth"):

@@ -481,7 +481,15 @@ class ProviderSet:
         for p in config.providers:
             state = kept.get(p.id) or ProviderState(p.id, counters, clock, grants)
             state.adopt(p)
-            upstream = upstream_of(p, config.delivery, oauth=state.oauth)
+            try:
+                upstream = upstream_of(p, config.delivery, oauth=state.oauth)
+            except LookupError:
+                if p.enabled:
+                    raise
+                # A disabled provider sends nothing: its secret may be missing
+                # until it is enabled (``load`` checks it no sooner either).
+                bare = p.model_copy(update={"password": None})
+                upstream = upstream_of(bare, config.delivery, oauth=state.oauth)
             built.append(
                 Provider(p, upstream, local_hostname=local_hostname, state=state, clock=clock)
             )

@@ -191,7 +191,8 @@ class _Converter:
         msg: Message = _HEADERS.parsebytes(b"".join(fields) + b"\r\n")
         msg.set_default_type(default_type)
         ctype = msg.get_content_type()
-        cte = str(msg.get("content-transfer-encoding", "7bit")).strip().lower()
+        declared = msg.get("content-transfer-encoding")
+        cte = str(declared or "7bit").strip().lower()
         new_body = body
         set_cte: str | None = None
         if self.fits(body):
@@ -207,7 +208,7 @@ class _Converter:
             if not self.eight_bit and cte != "7bit":
                 set_cte = "7bit"
         else:
-            new_body, set_cte = self.leaf(body, cte, ctype, path)
+            new_body, set_cte = self.leaf(body, cte, ctype, path, declared=declared is not None)
             if "content-type" not in msg and not body.isascii():
                 charset = "utf-8" if _is_utf8(body) else "unknown-8bit"
                 new_fields.append(f"Content-Type: text/plain; charset={charset}\r\n".encode())
@@ -288,8 +289,16 @@ class _Converter:
         self.changes.append(f"part {path}: dropped the {what} (not content; did not fit)")
         return b""
 
-    def leaf(self, body: bytes, cte: str, ctype: str, path: str) -> tuple[bytes, str]:
-        """A body re-encoded; returns it with its new Content-Transfer-Encoding."""
+    def leaf(
+        self, body: bytes, cte: str, ctype: str, path: str, *, declared: bool = True
+    ) -> tuple[bytes, str]:
+        """A body re-encoded; returns it with its new Content-Transfer-Encoding.
+
+        ``declared``: whether the part has a Content-Transfer-Encoding header.
+        Without one it is read as 7bit (RFC 2045 § 6.1), but the change line
+        says "no encoding header": "7bit -> ..." for 8-bit content read as if
+        the part had claimed 7bit.
+        """
         if cte == "base64":
             content = binascii.a2b_base64(body)  # non-strict: skips what is not base64
         elif cte == "quoted-printable":
@@ -308,7 +317,8 @@ class _Converter:
             encoded, new = _qp(content), "quoted-printable"
         else:
             encoded, new = _base64(content), "base64"
-        self.changes.append(f"part {path} {ctype}: {cte} -> {new} ({why})")
+        was = cte if declared else "no encoding header"
+        self.changes.append(f"part {path} {ctype}: {was} -> {new} ({why})")
         return encoded, new
 
 

@@ -62,14 +62,31 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def _system_python_fits() -> bool:
+    """Whether /usr/bin/python3 (the script's default) is 3.11+ and can make a venv."""
+    system = Path("/usr/bin/python3")
+    if not system.exists():
+        return False
+    probe = "import sys, ensurepip; sys.exit(sys.version_info < (3, 11))"
+    return subprocess.run([system, "-c", probe], capture_output=True, check=False).returncode == 0
+
+
+def _python_env() -> dict[str, str]:
+    """The script's default interpreter (the system's) where it fits; else the one CI runs.
+
+    The test's own interpreter may live under root's home (pyenv here), which
+    the script refuses, as the service could not run it.
+    """
+    return {} if _system_python_fits() else {"PYTHON": sys.executable}
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     base = tmp_path_factory.mktemp("install")
     prefix, root = base / "opt" / "sluice", base / "root"
-    # PYTHON: the interpreter CI runs (3.11+); README's `python3` may be older elsewhere.
     proc = subprocess.run(
         ["sh", str(SCRIPT), str(prefix)],
-        env=_clean_env(DESTDIR=str(root), PYTHON=sys.executable),
+        env=_clean_env(DESTDIR=str(root), **_python_env()),
         cwd=base,
         capture_output=True,
         text=True,
@@ -119,6 +136,8 @@ def test_install_lays_out_the_files(installed: Installed) -> None:
         (installed.root / "usr/lib/tmpfiles.d/sluice.conf", 0o644),
         (installed.config, 0o640),
         (installed.config.parent, 0o750),
+        # README's next step writes the provider's password there.
+        (installed.root / "etc/sluice/credentials", 0o700),
     ):
         assert stat.S_IMODE(f.stat().st_mode) == mode, f
     assert installed.config.read_text() == (REPO / "config.example.yaml").read_text()
@@ -250,7 +269,7 @@ def test_running_it_again_upgrades_and_keeps_the_config(installed: Installed) ->
     installed.config.write_text(edited)
     proc = subprocess.run(
         ["sh", str(SCRIPT), str(installed.prefix)],
-        env=_clean_env(DESTDIR=str(installed.root), PYTHON=sys.executable),
+        env=_clean_env(DESTDIR=str(installed.root), **_python_env()),
         capture_output=True,
         text=True,
         timeout=800,
@@ -275,3 +294,75 @@ def test_a_relative_prefix_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 64
     assert "PREFIX must be an absolute path" in proc.stderr
     assert not (tmp_path / "opt").exists()
+
+
+def test_the_default_interpreter_is_the_systems_and_the_service_user_can_run_it(
+    installed: Installed,
+) -> None:
+    base = os.readlink(installed.prefix / "bin" / "python3")  # python -> python3 -> base
+    if _system_python_fits():
+        assert base == "/usr/bin/python3", base
+        assert "(on /usr/bin/python3" in installed.output
+    if os.geteuid() == 0 and shutil.which("runuser"):
+        # The interpreter the venv runs on is open to an unprivileged user, as the
+        # unit's User= is. (The temporary PREFIX itself is not: pytest's tmp is 0700.)
+        r = subprocess.run(["runuser", "-u", "nobody", "--", "test", "-x", base], check=False)
+        assert r.returncode == 0, base
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="checking as the service user needs root (runuser)")
+@pytest.mark.skipif(not _system_python_fits(), reason="no /usr/bin/python3 3.11+ to link to")
+def test_an_interpreter_under_a_closed_home_is_refused_with_the_reason_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    # As root's pyenv, asdf or conda Python: under a home directory only its owner
+    # enters. A link to the system's interpreter, so that only the place differs.
+    home = tmp_path / "home"
+    (home / "bin").mkdir(parents=True)
+    home.chmod(0o700)
+    python = home / "bin" / "python3"
+    python.symlink_to(Path("/usr/bin/python3").resolve())
+    prefix, root = tmp_path / "opt" / "sluice", tmp_path / "root"
+    proc = subprocess.run(
+        ["sh", str(SCRIPT), str(prefix)],
+        env=_clean_env(DESTDIR=str(root), PYTHON=str(python), SLUICE_USER="nobody"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 69, proc.stdout + proc.stderr
+    assert f"the service user (nobody) cannot execute {python}" in proc.stderr
+    assert "Permission denied" in proc.stderr  # what the service would have met
+    assert "use the system interpreter (PYTHON=/usr/bin/python3" in proc.stderr
+    # Refused before anything was installed.
+    assert not prefix.exists() and not root.exists()
+
+
+_HOMES = ("/root/", "/home/", "/run/user/")
+_OWN_BASE = os.path.realpath(getattr(sys, "_base_executable", "") or sys.executable)
+
+
+@pytest.mark.skipif(
+    not _OWN_BASE.startswith(_HOMES), reason="this test's Python is not under a home directory"
+)
+def test_a_python_under_a_home_directory_is_refused_as_protecthome_hides_it(
+    tmp_path: Path,
+) -> None:
+    # This test's own interpreter (root's pyenv, say): the unit's ProtectHome=yes hides it.
+    prefix, root = tmp_path / "opt" / "sluice", tmp_path / "root"
+    proc = subprocess.run(
+        ["sh", str(SCRIPT), str(prefix)],
+        env=_clean_env(DESTDIR=str(root), PYTHON=sys.executable),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 69, proc.stdout + proc.stderr
+    assert f"runs {_OWN_BASE}, under a home directory" in proc.stderr
+    assert "ProtectHome=yes hides it" in proc.stderr
+    assert "use the system interpreter (PYTHON=/usr/bin/python3" in proc.stderr
+    assert not prefix.exists() and not root.exists()

@@ -218,6 +218,7 @@ def test_http_client_request_lines_are_masked_before_any_handler(
     logsetup.mask_http_logs()  # once is enough; twice adds nothing
     httpx_log = logging.getLogger("httpx")
     assert sum(isinstance(f, logsetup.UrlMaskFilter) for f in httpx_log.filters) == 1
-    with caplog.at_level(logging.INFO):
+    # Its own logger at INFO, as `log.level: debug` has it (else Sluice keeps it at WARNING).
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="httpx"):
         httpx_log.info('HTTP Request: %s %s "%s"', "POST", "https://h/x?key=K3Y", "HTTP/1.1 200")
     assert caplog.messages == ['HTTP Request: POST https://h/x?key=*** "HTTP/1.1 200"']

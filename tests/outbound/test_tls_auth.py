@@ -122,6 +122,20 @@ async def test_no_credentials_in_clear(sluice: SluiceFactory, upstream: TestUpst
     assert upstream.messages == []
 
 
+async def test_no_credentials_in_clear_to_a_starttls_server_names_encryption_starttls(
+    sluice: SluiceFactory, starttls_upstream: TestUpstream
+) -> None:
+    # encryption: none against a server that offers STARTTLS: the fix is to use it.
+    p = provider_for(starttls_upstream, username="relay", password=PASSWORD)
+    async with sluice([p]) as s:
+        _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+        (entry,) = await eventually(lambda: _deferred(s, queue_id_of(reply)))
+    assert "refusing to send credentials without TLS" in entry.reason
+    assert "the server offers STARTTLS: set encryption: starttls" in entry.reason
+    assert "allow_insecure_auth" not in entry.reason
+    assert starttls_upstream.messages == []
+
+
 async def test_xoauth2_end_to_end_with_refresh_and_reauthorize(
     sluice: SluiceFactory, server_tls: ssl.SSLContext, ca_file: Path, token_server: TokenServer
 ) -> None:

@@ -476,3 +476,13 @@ def test_readme_is_a_door_and_docs_is_the_house() -> None:
     for doc in ("operating", "http-api", "architecture", "development"):
         assert f"(docs/{doc}.md)" in readme
     assert "minutes on 2 cores" in readme  # how long the second command takes
+
+
+def test_readme_says_a_utf8_address_needs_smtputf8_with_the_listeners_reply() -> None:
+    """Postfix takes a UTF-8 address without SMTPUTF8; Sluice refuses it: README warns."""
+    from relay.inbound.listener import R_NEED_SMTPUTF8
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    code = " ".join(R_NEED_SMTPUTF8.split()[:2])  # "553 5.6.7", what the client is answered
+    assert f"without it the answer is `{code}`" in readme
+    assert "needs the client to declare `SMTPUTF8` on `MAIL FROM`" in readme

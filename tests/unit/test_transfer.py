@@ -133,6 +133,17 @@ def test_8bit_text_without_content_type_declares_its_charset() -> None:
     assert msg.get_content_charset() == "utf-8"
 
 
+def test_the_change_line_of_8bit_without_an_encoding_header_says_so() -> None:
+    data = HEAD + b"\r\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\r\n"
+    got = prepare(data, eight_bit=False)
+    assert "part 1 text/plain: no encoding header -> quoted-printable (8-bit)" in got.changes
+    assert not any("7bit ->" in change for change in got.changes), got.changes
+    # A declared encoding is named as declared.
+    declared = HEAD + b"Content-Transfer-Encoding: 8bit\r\n\r\nK\xc3\xb6ln\r\n"
+    got = prepare(declared, eight_bit=False)
+    assert "part 1 text/plain: 8bit -> quoted-printable (8-bit)" in got.changes
+
+
 def test_8bit_that_is_not_utf8_is_declared_unknown_8bit() -> None:
     data = HEAD + b"\r\nGr\xfc\xdfe\r\n"
     got = prepare(data, eight_bit=False)
