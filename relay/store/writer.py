@@ -160,7 +160,11 @@ class DiskSpace:
         return self._reserve and self.path.exists()
 
     def release(self) -> int:
-        """Delete the reserve file; the bytes given back (0 if there was none)."""
+        """Delete the reserve file; the bytes given back (0 if there was none).
+
+        Any writer of the spool may give it back (an accept worker's write
+        may be the one that finds the disk full); only the daemon makes it.
+        """
         try:
             size = self.path.stat().st_size
             self.path.unlink()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import re
 import subprocess
@@ -27,6 +28,7 @@ import aiosmtplib
 import pytest
 
 from relay.errors import SpoolError
+from relay.inbound.listener import SpoolRefusals
 from relay.store.spool import Spool
 from tests.conftest import eventually, fast_config, provider_for, write_config
 from tests.daemon_proc import DaemonProcess, start_daemon
@@ -142,12 +144,15 @@ def delivered(upstream: TestUpstream) -> set[int]:
 
 @contextlib.asynccontextmanager
 async def daemon_on(
-    folder: Path, upstream: TestUpstream, **env: str
+    folder: Path, upstream: TestUpstream, *, workers: int = 0
 ) -> AsyncIterator[DaemonProcess]:
     """``sluice serve`` with its spool on ``folder`` and the admin on a free port."""
     tmp = folder.parent
     cfg = fast_config(
-        tmp, [provider_for(upstream)], admin={"enabled": True, "listen": "127.0.0.1:0"}
+        tmp,
+        [provider_for(upstream)],
+        admin={"enabled": True, "listen": "127.0.0.1:0"},
+        smtp={"workers": workers},
     )
     cfg["spool"] = {"path": str(folder / "spool.sqlite3")}
     daemon = await start_daemon(write_config(tmp / "sluice.yaml", cfg))
@@ -191,10 +196,11 @@ async def test_a_failed_write_gives_the_reserve_back_truncates_the_wal_and_recov
         assert not spool.health().writes.failing
 
 
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-daemon", "accept-worker"])
 async def test_mail_refused_on_a_full_disk_is_never_lost_and_flows_again_without_a_restart(
-    small_fs: Path, upstream: TestUpstream
+    small_fs: Path, upstream: TestUpstream, workers: int
 ) -> None:
-    async with daemon_on(small_fs, upstream) as daemon:
+    async with daemon_on(small_fs, upstream, workers=workers) as daemon:
         port = await admin_port(daemon)
         senders = Senders(daemon.port)
         stop = asyncio.Event()
@@ -263,3 +269,27 @@ async def _sends(client: aiosmtplib.SMTP) -> bool:
     except aiosmtplib.SMTPSenderRefused:
         return False
     return True
+
+
+def test_refused_mail_is_logged_once_a_minute_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sluice.smtp")
+    now = [0.0]
+    refusals = SpoolRefusals(clock=lambda: now[0])
+    for i in range(1000):  # a minute of clients retrying as fast as they can
+        now[0] = i * 0.059
+        refusals.refused("127.0.0.1", "database or disk is full", disk_full=True)
+    now[0] = 60.0
+    refusals.refused("127.0.0.1", "database or disk is full", disk_full=True)
+    refusals.accepted()
+    refusals.accepted()
+    # On the edge of full, taking and refusing by turns: no more lines this minute.
+    for _ in range(50):
+        refusals.refused("127.0.0.1", "no room for mail", disk_full=True)
+        refusals.accepted()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("spool disk full: refusing mail (from 127.0.0.1:")
+    assert lines[1].startswith("spool disk full: 1000 messages refused in the last 60 s")
+    assert lines[2] == "spool takes mail again (0 messages refused since the last line)"
