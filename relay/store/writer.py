@@ -138,8 +138,6 @@ class DiskSpace:
 
     def reserve_size(self) -> int:
         """The reserve for this file system: ``RESERVE_BYTES``, at most 1/16 of it."""
-        if not self._reserve:
-            return 0
         try:
             st = os.statvfs(self._dir)
         except OSError:
@@ -151,13 +149,17 @@ class DiskSpace:
         return self.free() < _ROOM_BYTES
 
     def has_room(self) -> bool:
-        """Room for mail again: the reserve (when missing) and a margin fit."""
+        """Room for mail again: the reserve (when missing) and a margin fit.
+
+        The same for every writer of the spool, the daemon's accept workers
+        included: room that the daemon needs for its reserve is not room for mail.
+        """
         need = _ROOM_BYTES + (0 if self.reserved() else self.reserve_size())
         return self.free() >= need
 
     def reserved(self) -> bool:
         """Whether the reserve file is in place."""
-        return self._reserve and self.path.exists()
+        return self.path.exists()
 
     def release(self) -> int:
         """Delete the reserve file; the bytes given back (0 if there was none).
