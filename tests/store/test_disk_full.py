@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import re
@@ -253,7 +254,8 @@ async def test_serve_starts_on_a_full_disk_refuses_mail_and_recovers(
                 await c.sendmail("app@example.org", ["a@example.net"], message(1))
         assert refused.value.code == 452 and "4.3.1" in refused.value.message
         status, body = await healthz(port)
-        assert status == 503 and "disk full" in body, body
+        assert status == 503 and "spool disk full: no room at start-up" in body, body
+        assert json.loads(body)["spool_writes"]["failing"] is True
 
         filler.unlink()
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=daemon.port, timeout=10) as c:
