@@ -29,8 +29,8 @@ import aiosmtplib
 import pytest
 
 from relay.errors import SpoolError
-from relay.inbound.listener import SpoolRefusals
 from relay.store.spool import Spool
+from relay.store.writer import Checkpointer, write_lock_path
 from tests.conftest import eventually, fast_config, provider_for, write_config
 from tests.daemon_proc import DaemonProcess, start_daemon
 from tests.store.test_health import FULL, new_message
@@ -276,6 +276,9 @@ async def _sends(client: aiosmtplib.SMTP) -> bool:
 def test_refused_mail_is_logged_once_a_minute_with_a_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Imported here: the rest of this module also runs against the code before #23.
+    from relay.inbound.listener import SpoolRefusals
+
     caplog.set_level(logging.INFO, logger="sluice.smtp")
     now = [0.0]
     refusals = SpoolRefusals(clock=lambda: now[0])
@@ -295,3 +298,26 @@ def test_refused_mail_is_logged_once_a_minute_with_a_count(
     assert lines[0].startswith("spool disk full: refusing mail (from 127.0.0.1:")
     assert lines[1].startswith("spool disk full: 1000 messages refused in the last 60 s")
     assert lines[2] == "spool takes mail again (0 messages refused since the last line)"
+
+
+async def test_a_checkpointer_failing_on_a_full_disk_goes_again_as_soon_as_there_is_room(
+    small_fs: Path,
+) -> None:
+    path = small_fs / "spool.sqlite3"
+    async with await Spool.open(path) as spool:  # no checkpointer: the WAL keeps it all
+        for _ in range(20):
+            await spool.enqueue(new_message(100_000))
+        filler = fill(small_fs)
+        # Copying 2 MB of WAL into the database needs room it cannot have.
+        checkpointer = Checkpointer(path, write_lock_path(path), interval=0.1)
+        try:
+            # Five failures (0.2 + 0.4 + 0.8 + 1.6 s apart): its back-off is now 3.2 s.
+            await eventually(lambda: checkpointer.health.errors >= 5, within=15)
+            assert checkpointer.health.failing
+            assert FULL in (checkpointer.health.last_error or "")
+            filler.unlink()
+            started = time.monotonic()
+            await eventually(lambda: not checkpointer.health.failing, within=10)
+            assert time.monotonic() - started < 1.5  # not the rest of the back-off
+        finally:
+            await checkpointer.close()
