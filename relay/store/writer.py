@@ -127,6 +127,8 @@ class DiskSpace:
         self._dir = spool.parent
         self.path = reserve_path(spool)
         self._reserve = reserve
+        #: bytes of reserve this process gave back since it last made one (for the log)
+        self.given_back = 0
 
     def free(self) -> int:
         """Bytes free for this process on the spool's file system (0 if unknown)."""
@@ -175,6 +177,7 @@ class DiskSpace:
         except OSError as exc:
             log.error("cannot delete the spool's reserve file %s: %s", self.path, exc)
             return 0
+        self.given_back += size
         return size
 
     def make(self) -> bool:
@@ -204,6 +207,7 @@ class DiskSpace:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             return False
+        self.given_back = 0
         return True
 
 
@@ -386,7 +390,9 @@ class Writer:
         """
         now = self._clock()
         was_full = self.health.disk_full
-        released = self._space.release() if self._space is not None else 0
+        if self._space is not None:
+            self._space.release()
+        released = self._space.given_back if self._space is not None else 0
         self._truncate_wal()
         h = self.health
         self.health = replace(
