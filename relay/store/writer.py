@@ -421,8 +421,9 @@ class Writer:
         space = self._space
         if space is None or not space.has_room():
             return
-        if not self._truncate_wal():
-            return  # not even the checkpoint fits yet: look again soon
+        # Best effort: a reader in the way only delays it to the checkpointer's
+        # next round, and must not keep mail out while there is room.
+        self._truncate_wal()
         reserved = space.make()
         self.health = replace(self.health, disk_full=False)
         if not self._full_said:
@@ -436,7 +437,7 @@ class Writer:
         )
 
     def _truncate_wal(self) -> bool:
-        """Copy the WAL into the database and cut it to nothing; whether it worked.
+        """Copy the WAL into the database and cut it to nothing; whether it all went.
 
         ``busy_timeout`` is shortened meanwhile: TRUNCATE waits for readers,
         and the writer thread must not hang on a slow one.
