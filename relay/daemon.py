@@ -361,7 +361,14 @@ class Daemon:
             spool.stream_headers = cfg.suppression.stream_headers
             stack.push_async_callback(spool.aclose)
             self.spool = spool
-            requeued = await spool.requeue_inflight()
+            try:
+                requeued = await spool.requeue_inflight()
+            except SpoolError as exc:
+                # A full disk must not keep the daemon from starting (it
+                # refuses mail until there is room): these leases expire and
+                # the scheduler requeues them then.
+                log.error("could not requeue what the last run left in flight: %s", exc)
+                requeued = 0
             if requeued:
                 log.warning(
                     "requeued %s left in flight by the last run", plural(requeued, "recipient")

@@ -36,12 +36,15 @@ from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.message import bare_line_ending, extract_subject
 from relay.received import helo_name, received_header
 from relay.store.spool import NewMessage, Spool, new_queue_id
+from relay.store.writer import is_disk_full
+from relay.wording import plural
 
 __all__ = [
     "AcceptEvents",
     "Listener",
     "RelayHandler",
     "Sessions",
+    "SpoolRefusals",
     "gate",
     "peer_filter",
     "start_listeners",
@@ -71,6 +74,8 @@ R_BARE_LF = (
 R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections (limit {limit}); try again later"
 R_SPOOL_ERROR = "451 4.3.0 Could not store the message (local spool error); try again later"
 R_INTERNAL = "451 4.3.0 Internal error; try again later"
+# RFC 5321 § 4.2.2 (452: insufficient system storage), RFC 3463 4.3.1 (mail system full).
+R_DISK_FULL = "452 4.3.1 Insufficient system storage (the spool's disk is full); try again later"
 R_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
 R_DENIED = "554 5.7.1 Access denied: {peer} is not in smtp.allowed_networks"
 R_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
@@ -98,6 +103,63 @@ class _NoEvents:
         pass
 
 
+class SpoolRefusals:
+    """What the log says about mail the spool cannot take: a line per interval, with a count.
+
+    A full disk refuses every message, as fast as clients retry (24,487
+    lines in 25 s before this). The first refusal is logged at once, the
+    rest are counted into one line per ``interval``, and the first message
+    taken after a logged refusal says so (once, with the count since). A disk
+    on the edge of full, taking and refusing mail by turns, logs no more.
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Clock = time.monotonic) -> None:
+        self._interval = interval
+        self._clock = clock
+        #: when a refusal was last logged; refusals counted since; "taking mail again" owed
+        self._logged_at: float | None = None
+        self._count = 0
+        self._owed = False
+
+    def refused(self, client: str, error: object, *, disk_full: bool) -> None:
+        """One message (or MAIL) refused because of the spool; logs if a line is due."""
+        now = self._clock()
+        self._count += 1
+        if self._logged_at is not None and now - self._logged_at < self._interval:
+            return
+        what = "spool disk full" if disk_full else "spool write failing"
+        if self._count == 1:
+            log.error(
+                "%s: refusing mail (from %s: %s); refusals are counted, a line a minute",
+                what,
+                client,
+                error,
+                extra={"event": "spool_refused"},
+            )
+        else:
+            assert self._logged_at is not None
+            log.error(
+                "%s: %s refused in the last %.0f s (%s)",
+                what,
+                plural(self._count, "message"),
+                now - self._logged_at,
+                error,
+                extra={"event": "spool_refused"},
+            )
+        self._logged_at, self._count, self._owed = now, 0, True
+
+    def accepted(self) -> None:
+        """A message was taken: if a refusal was logged, say once that mail flows again."""
+        if not self._owed:
+            return
+        log.warning(
+            "spool takes mail again (%s refused since the last line)",
+            plural(self._count, "message"),
+            extra={"event": "spool_refused"},
+        )
+        self._count, self._owed = 0, False
+
+
 class RelayHandler:
     """aiosmtpd hooks for one listener, and ``accept`` for a whole message.
 
@@ -119,6 +181,7 @@ class RelayHandler:
         self._settings = settings
         self._hostname = hostname
         self._clock = clock
+        self._refusals = SpoolRefusals()
 
     async def handle_HELO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str
@@ -153,6 +216,12 @@ class RelayHandler:
             return R_NEED_SMTPUTF8
         elif (problem := address_problem(address)) is not None:
             return R_BAD_SENDER.format(reason=problem)
+        if self._spool.disk_full:
+            # Refused before the client sends its body (Postfix does the same):
+            # the message stays with the client until there is room.
+            self._refusals.refused(peer_ip(session), "no room for mail", disk_full=True)
+            self._events.on_reject("disk_full")
+            return R_DISK_FULL
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return R_MAIL_OK
@@ -219,9 +288,11 @@ class RelayHandler:
         try:
             await self._spool.enqueue(message)
         except SpoolError as exc:
-            log.error("could not spool message from %s: %s", message.client, exc)
+            full = is_disk_full(exc) or self._spool.disk_full
+            self._refusals.refused(message.client, exc, disk_full=full)
             self._events.on_reject("spool_error")
             return R_SPOOL_ERROR
+        self._refusals.accepted()
         # Counted and logged just after the 250 is written (the next turn of
         # the loop), not before: the client waits for its reply, not for our
         # log line. The message is already committed either way.

@@ -8,12 +8,14 @@ is really held, so a stale pid is never signalled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from relay.errors import SpoolLocked
+from relay.store.writer import reserve_path
 
 __all__ = ["daemon_pid", "spool_lock"]
 
@@ -37,10 +39,29 @@ def spool_lock(spool_path: Path) -> Iterator[None]:
                 f"spool {spool_path} is in use by another sluice process (pid {holder})"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _write_pid(fd, spool_path)
         yield
     finally:
         os.close(fd)
+
+
+def _write_pid(fd: int, spool_path: Path) -> None:
+    """Write our pid into the lock file; on a full disk, give the spool's reserve back first.
+
+    The daemon must start on a full disk (issue #23), and the pid is what
+    ``sluice reload`` signals. The reserve file (``relay.store.writer``) is
+    there for moments like this one; the spool makes it again once there is room.
+    """
+    pid = f"{os.getpid()}\n".encode()
+    try:
+        os.pwrite(fd, pid, 0)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            reserve_path(spool_path).unlink()
+        with contextlib.suppress(OSError):  # still no room: the lock alone holds
+            os.pwrite(fd, pid, 0)
 
 
 def daemon_pid(spool_path: Path) -> int | None:

@@ -95,7 +95,7 @@ from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
 from relay.store.state import OAuthGrant, SpoolHealth, read_meta
 from relay.store.suppressions import Suppressions
 from relay.store.views import AttemptBucket
-from relay.store.writer import Checkpointer, Writer, connect, write_lock_path
+from relay.store.writer import Checkpointer, DiskSpace, Writer, connect, write_lock_path
 from relay.wording import plural
 
 __all__ = [
@@ -170,8 +170,16 @@ class Spool:
                 the spool is newer than this code (``relay/store/migrations.py``).
         """
         spool_path = Path(path)
+        # The daemon keeps a reserve file beside the spool (``DiskSpace``). On
+        # a disk already full it is given back first, so that the spool opens
+        # (its WAL index needs a page or two) and the daemon starts, refusing
+        # mail until there is room, instead of exiting.
+        space = DiskSpace(spool_path, reserve=checkpoints)
         try:
             spool_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            full = await asyncio.to_thread(space.nearly_full)
+            if full:
+                await asyncio.to_thread(space.release)
             conn = await asyncio.to_thread(connect, spool_path)
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
@@ -180,8 +188,12 @@ class Spool:
         except (SpoolError, sqlite3.Error) as exc:
             conn.close()
             raise SpoolError(f"cannot open spool {spool_path}: {exc}") from exc
+        if not full:
+            await asyncio.to_thread(space.make)
         lock = write_lock_path(spool_path)
-        writer = Writer(conn, asyncio.get_running_loop(), lock_path=lock, clock=clock)
+        writer = Writer(
+            conn, asyncio.get_running_loop(), lock_path=lock, clock=clock, space=space, full=full
+        )
         reader = await aiosqlite.connect(spool_path, timeout=30)
         reader.row_factory = aiosqlite.Row
         await reader.execute("PRAGMA busy_timeout=30000")
@@ -606,9 +618,18 @@ class Spool:
         write would prove little: it can fit in pages the spool already has.
 
         Raises:
-            SpoolError: it does not fit (the disk is still full) or fails.
+            SpoolError: it does not fit (the disk is still full) or fails; at
+                once while the writer knows the disk is full (the probe would
+                only eat the room the reserve gave back for the checkpoint).
         """
+        if self._writer.disk_full:
+            raise SpoolError("spool disk full")
         await self._writer.submit(lambda c: state.probe_write(c, size))
+
+    @property
+    def disk_full(self) -> bool:
+        """The spool's disk is full: mail is refused until the writer finds room (no I/O)."""
+        return self._writer.disk_full
 
     def health(self) -> SpoolHealth:
         """The last write failure and success, and how checkpoints go; no I/O."""

@@ -13,12 +13,22 @@ mostly outside the write lock, so that the copy no longer stalls the writers.
 Both keep a small health record (``WriteHealth``, ``CheckpointHealth``) that
 ``/healthz`` and ``/metrics`` read: a spool whose disk is full must not look
 healthy.
+
+A full disk must not wedge the spool (issue #23): ``DiskSpace`` watches the
+spool's file system (``os.statvfs``, a cheap system call) and keeps a reserve
+file beside the spool. The moment a write fails for want of room, the writer
+gives the reserve back and truncates the WAL (``wal_checkpoint(TRUNCATE)``),
+so the copy itself has room to run; then, from its own thread, it looks for
+room every ``_PROBE_EVERY`` seconds and, as soon as there is some, truncates
+the WAL again and makes the reserve anew. Nobody has to step in, whatever the
+size of the file system.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -36,10 +46,13 @@ __all__ = [
     "SPOOL_FILE_MODE",
     "CheckpointHealth",
     "Checkpointer",
+    "DiskSpace",
     "Job",
     "WriteHealth",
     "Writer",
     "connect",
+    "is_disk_full",
+    "reserve_path",
     "write_lock_path",
 ]
 
@@ -54,12 +67,156 @@ _BATCH_MAX = 512
 #: database (SQLite's default is 1,000). It is only the fallback for when no
 #: ``Checkpointer`` runs (``sluice queue`` without a daemon) or it falls behind.
 AUTOCHECKPOINT_PAGES = 16_384
-#: After a reset, a WAL file larger than this is truncated back to it.
-_WAL_SIZE_LIMIT = 64 * 1024 * 1024
+#: After a reset, a WAL file larger than this is truncated back to it. Small,
+#: so that the WAL gives its room back to the file system once copied: a WAL
+#: left at its high-water mark held on to space a full disk needed. With the
+#: checkpointer running it restarts the WAL every 1,000 pages (4 MB), so this
+#: costs nothing in steady state.
+_WAL_SIZE_LIMIT = 8 * 1024 * 1024
 #: A failing checkpointer waits twice as long after each failure, up to this.
 _CHECKPOINT_BACKOFF_MAX = 30.0
 #: ... and says so in the log at most this often while it keeps failing.
 _CHECKPOINT_LOG_EVERY = 60.0
+#: While the disk is full, how often the writer (and a failing checkpointer)
+#: look for room again: one ``statvfs`` call, so it can be often.
+_PROBE_EVERY = 0.1
+#: The reserve file's size, at most (and at most 1/16 of the file system): a
+#: few MB is what a checkpoint of a capped WAL needs to grow the database by.
+RESERVE_BYTES = 8 * 1024 * 1024
+#: The disk has room again when this much is free beyond the reserve.
+_ROOM_BYTES = 1024 * 1024
+#: "spool disk full" and "room again" are logged at most this often.
+_FULL_LOG_EVERY = 60.0
+#: SQLite's primary result code for "database or disk is full".
+_SQLITE_FULL = 13
+_FULL_TEXT = "database or disk is full"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the database's page cap) is full.
+
+    SQLite turns ENOSPC on a write into SQLITE_FULL; a ``SpoolError`` carries
+    its text; ``OSError`` ENOSPC comes from files written directly.
+    """
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == _SQLITE_FULL:
+            return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return _FULL_TEXT in str(exc)
+
+
+def reserve_path(spool: Path) -> Path:
+    """The reserve file beside the spool (``<spool>.reserve``)."""
+    return spool.with_name(spool.name + ".reserve")
+
+
+class DiskSpace:
+    """The spool's file system: its free space, and a reserve file given back when it fills.
+
+    Databases keep such a reserve (a pre-allocated file) so that the work
+    that frees space, here the WAL checkpoint that truncates the WAL, still
+    has room to run on a full disk. It is allocated for real
+    (``posix_fallocate``, then ``fsync``), so the space is the spool's and
+    not a sparse promise. Only the daemon keeps one; every writer uses
+    ``free`` and ``has_room`` to see when a full disk has room again.
+    """
+
+    def __init__(self, spool: Path, *, reserve: bool = True) -> None:
+        self._dir = spool.parent
+        self.path = reserve_path(spool)
+        self._reserve = reserve
+        #: bytes of reserve this process gave back since it last made one (for the log)
+        self.given_back = 0
+
+    def free(self) -> int:
+        """Bytes free for this process on the spool's file system (0 if unknown)."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def reserve_size(self) -> int:
+        """The reserve for this file system: ``RESERVE_BYTES``, at most 1/16 of it."""
+        try:
+            st = os.statvfs(self._dir)
+        except OSError:
+            return RESERVE_BYTES
+        return max(0, min(RESERVE_BYTES, st.f_blocks * st.f_frsize // 16))
+
+    def nearly_full(self) -> bool:
+        """Less than the margin free: a spool opened now could not take mail."""
+        return self.free() < _ROOM_BYTES
+
+    def has_room(self) -> bool:
+        """Room for mail again: the reserve (when missing) and a margin fit.
+
+        The same for every writer of the spool, the daemon's accept workers
+        included: room that the daemon needs for its reserve is not room for mail.
+        """
+        need = _ROOM_BYTES + (0 if self.reserved() else self.reserve_size())
+        return self.free() >= need
+
+    def reserved(self) -> bool:
+        """Whether the reserve file is in place."""
+        return self.path.exists()
+
+    def release(self) -> int:
+        """Delete the reserve file; the bytes given back (0 if there was none).
+
+        Any writer of the spool may give it back (an accept worker's write
+        may be the one that finds the disk full); only the daemon makes it.
+        """
+        try:
+            size = self.path.stat().st_size
+            self.path.unlink()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            log.error("cannot delete the spool's reserve file %s: %s", self.path, exc)
+            return 0
+        self.given_back += size
+        return size
+
+    def make(self) -> bool:
+        """Make the reserve file if missing and it fits with room to spare; whether it is there.
+
+        Written under a temporary name and renamed, so that a half-made
+        reserve is never taken for one.
+        """
+        if not self._reserve:
+            return False
+        if self.path.exists():
+            return True
+        size = self.reserve_size()
+        if size <= 0 or self.free() < size + _ROOM_BYTES:
+            return False
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, SPOOL_FILE_MODE)
+            try:
+                os.posix_fallocate(fd, 0, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.replace(self.path)
+            _fsync_dir(self._dir)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return False
+        self.given_back = 0
+        return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +226,21 @@ class WriteHealth:
     ``failing`` holds from a failed write (a job's ``sqlite3.OperationalError``
     such as "database or disk is full", or a failed ``COMMIT``) until a later
     commit that changed something succeeds: an empty commit succeeds even on
-    a full disk, so it proves nothing.
+    a full disk, so it proves nothing. It also holds while ``disk_full``: from
+    a write that failed for want of room until the writer finds room again.
     """
 
     last_error: str | None = None
     last_error_at: float | None = None
     last_ok_at: float | None = None
     errors: int = 0
+    #: the spool's disk is full: mail is refused (452) until there is room again
+    disk_full: bool = False
 
     @property
     def failing(self) -> bool:
+        if self.disk_full:
+            return True
         if self.last_error_at is None:
             return False
         return self.last_ok_at is None or self.last_ok_at < self.last_error_at
@@ -146,13 +308,23 @@ class Writer:
         *,
         lock_path: Path | None = None,
         clock: Callable[[], float] = time.time,
+        space: DiskSpace | None = None,
+        full: bool = False,
     ) -> None:
+        """``space``: the spool's file system, watched after a write fails for want
+        of room; ``full``: the disk was already full when the spool was opened."""
         self._conn = conn
         self._lock_fd = _open_lock(lock_path) if lock_path is not None else None
         self._loop = loop
         self._clock = clock
+        self._space = space
+        #: when "spool disk full" was last logged, and whether "room again" is still owed
+        self._full_logged_at: float | None = None
+        self._full_said = False
         #: the last write failure and success, for ``/healthz``
         self.health = WriteHealth()
+        if full:
+            self._enter_full(f"no room at start-up ({_mb(self._free())} free)")
         self._cond = threading.Condition()
         self._jobs: list[tuple[Job[Any], asyncio.Future[Any], bool]] = []
         self._synchronous = "FULL"
@@ -177,13 +349,26 @@ class Writer:
             self._cond.notify()
         return await future
 
+    @property
+    def disk_full(self) -> bool:
+        """Whether the last write failed for want of room and none has been found since."""
+        return self.health.disk_full
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._jobs and not self._closing:
-                    self._cond.wait()
+                if not self._jobs and not self._closing:
+                    # While the disk is full, wake up to look for room even
+                    # when no job comes: recovery must not wait for mail.
+                    self._cond.wait(_PROBE_EVERY if self.health.disk_full else None)
                 if not self._jobs and self._closing:
                     break
+                pending = bool(self._jobs)
+            if self.health.disk_full:
+                with _flocked(self._lock_fd):
+                    self._look_for_room()
+            if not pending:
+                continue
             # The batch is taken once our turn has come: what arrived while
             # another process was writing joins this transaction.
             with _flocked(self._lock_fd):
@@ -191,6 +376,82 @@ class Writer:
                     batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
                 self._run_batch(batch)
         self._conn.close()
+
+    def _free(self) -> int:
+        return self._space.free() if self._space is not None else 0
+
+    def _enter_full(self, error: str) -> None:
+        """A write failed for want of room: give the reserve back, truncate the WAL.
+
+        Runs on the writer thread with the write lock held (or before the
+        thread starts), so nobody writes in between. The WAL a failed write
+        grew keeps its size after the rollback; only a TRUNCATE checkpoint
+        gives that room back to the file system.
+        """
+        now = self._clock()
+        was_full = self.health.disk_full
+        if self._space is not None:
+            self._space.release()
+        released = self._space.given_back if self._space is not None else 0
+        self._truncate_wal()
+        h = self.health
+        self.health = replace(
+            h,
+            disk_full=True,
+            last_error=f"spool disk full: {error}",
+            last_error_at=now,
+            errors=h.errors + 1,
+        )
+        if was_full:
+            return
+        if self._full_logged_at is None or now - self._full_logged_at >= _FULL_LOG_EVERY:
+            self._full_logged_at = now
+            self._full_said = True
+            log.error(
+                "spool disk full (%s); gave back the %s reserve and truncated the WAL; "
+                "refusing mail (452) until there is room (%s free now)",
+                error,
+                _mb(released),
+                _mb(self._free()),
+                extra={"event": "disk_full"},
+            )
+
+    def _look_for_room(self) -> None:
+        """One look at the file system; with room again, truncate the WAL, remake the reserve."""
+        space = self._space
+        if space is None or not space.has_room():
+            return
+        # Best effort: a reader in the way only delays it to the checkpointer's
+        # next round, and must not keep mail out while there is room.
+        self._truncate_wal()
+        reserved = space.make()
+        self.health = replace(self.health, disk_full=False)
+        if not self._full_said:
+            return  # flapping on the edge of full: neither is said more than once a minute
+        self._full_said = False
+        log.warning(
+            "spool disk has room again (%s free): taking mail%s",
+            _mb(space.free()),
+            "" if reserved else "; the reserve file could not be made yet",
+            extra={"event": "disk_full"},
+        )
+
+    def _truncate_wal(self) -> bool:
+        """Copy the WAL into the database and cut it to nothing; whether it all went.
+
+        ``busy_timeout`` is shortened meanwhile: TRUNCATE waits for readers,
+        and the writer thread must not hang on a slow one.
+        """
+        try:
+            self._conn.execute("PRAGMA busy_timeout=1000")
+            try:
+                row = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self._conn.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.Error as exc:
+            log.debug("truncating the WAL failed: %s", exc)
+            return False
+        return row is None or int(row[0]) == 0
 
     def _run_batch(self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]) -> None:
         # A job whose caller went away before it started (client dropped during
@@ -210,7 +471,9 @@ class Writer:
                 self._conn.execute("ROLLBACK")
             error = SpoolError(f"spool commit failed: {exc}")
             results, failure = [(False, error)] * len(batch), str(error)
-        if failure is not None:
+        if failure is not None and self._space is not None and self._is_full(failure):
+            self._enter_full(failure)
+        elif failure is not None:
             h = self.health
             self.health = replace(
                 h, last_error=failure, last_error_at=self._clock(), errors=h.errors + 1
@@ -219,6 +482,14 @@ class Writer:
             self.health = replace(self.health, last_ok_at=self._clock())
         for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
             self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
+
+    def _is_full(self, failure: str) -> bool:
+        """A failure for want of room: SQLite's words, or a disk with no room left.
+
+        ENOSPC can also surface as an I/O error (an ``fsync``, the WAL index),
+        hence the look at the file system itself.
+        """
+        return _FULL_TEXT in failure or (self._space is not None and not self._space.has_room())
 
     def _transaction(
         self, batch: list[tuple[Job[Any], asyncio.Future[Any], bool]]
@@ -317,6 +588,9 @@ class Checkpointer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = path
+        self._space = DiskSpace(path, reserve=False)
+        #: the last failure was for want of room: look for room instead of waiting out the back-off
+        self._full = False
         self._connect = connect
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
@@ -334,11 +608,12 @@ class Checkpointer:
         delay = self._interval
         logged_at: float | None = None
         try:
-            while not self._stop.wait(delay):
+            while not self._pause(delay):
                 try:
                     self._round()
                 except Exception as exc:  # sqlite3.Error, OSError: keep going, see above
                     self._close_conn()
+                    self._full = is_disk_full(exc)
                     now = self._clock()
                     h = self.health
                     self.health = replace(
@@ -362,10 +637,28 @@ class Checkpointer:
                     log.warning("spool checkpoints work again")
                     logged_at = None
                 self.health = replace(self.health, failing=False, last_ok_at=self._clock())
+                self._full = False
                 delay = self._interval
         finally:
             self._close_conn()
             self.health = replace(self.health, running=False)
+
+    def _pause(self, delay: float) -> bool:
+        """Wait ``delay`` seconds; whether to stop.
+
+        After a failure for want of room, the wait ends as soon as the file
+        system has room again: the WAL must be copied back before new mail
+        fills that room, not after a back-off of up to 30 s.
+        """
+        if not self._full:
+            return self._stop.wait(delay)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(left, _PROBE_EVERY)):
+                return True
+            if self._space.has_room():
+                return False
+        return False
 
     def _round(self) -> None:
         if self._conn is None:
@@ -420,6 +713,11 @@ def _flocked(fd: int | None) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _mb(n: int) -> str:
+    """Bytes as MB for the log (one decimal)."""
+    return f"{n / 1_000_000:.1f} MB"
 
 
 def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
