@@ -212,3 +212,45 @@ def test_pending_outcomes_back_off_and_bound() -> None:
     assert pending.recipient_ids() == {1, 2}
     pending.recorded(first)
     assert pending.recipient_ids() == {2} and not pending.full
+
+
+@needs_root
+async def test_stopped_before_the_outcome_is_written_sends_it_again_at_the_next_start(
+    sluice: SluiceFactory,
+    upstream: TestUpstream,
+    small_disk: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The window the memory cannot cover: the daemon stops (or dies) while the
+    # outcome waits. The recipient is still "sending" in the spool, so the next
+    # start sends it again, once: the rule for any delivery in flight at a crash.
+    caplog.set_level(logging.INFO)
+    spool_path = small_disk / "spool.sqlite3"
+    fillers: list[Path] = []
+
+    async def disk_fills_before_the_250(msg: Received) -> None:
+        upstream.on_data = None
+        fillers.append(fill(small_disk, spool_path))
+
+    body = b"Subject: once\r\nMessage-ID: <once@example.org>\r\n\r\nbody\r\n"
+    async with sluice([provider_for(upstream)], spool={"path": str(spool_path)}) as s:
+        upstream.on_data = disk_fills_before_the_250
+        refused, _ = await smtp_send(s.port, "app@example.org", ["r@example.net"], body)
+        assert refused == {}
+        assert s.daemon.scheduler is not None
+        scheduler = s.daemon.scheduler
+        await eventually(lambda: scheduler.unrecorded == 1)
+    stopping = [r.getMessage() for r in caplog.records if "stopping with" in r.getMessage()]
+    assert stopping == [
+        "stopping with 1 recipient outcome not recorded"
+        " (spool commit failed: database or disk is full); the next start sends them again"
+    ]
+    fillers.pop().unlink()
+
+    async with sluice([provider_for(upstream)], spool={"path": str(spool_path)}) as s:
+        await upstream.wait_for(2)
+        await s.wait_idle()
+        counts = await s.spool.counts_by_status()
+        assert counts[RecipientStatus.SENT] == 1
+    assert [message_id(m) for m in upstream.messages] == ["once@example.org"] * 2
+    assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
