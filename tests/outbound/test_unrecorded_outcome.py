@@ -254,3 +254,47 @@ async def test_stopped_before_the_outcome_is_written_sends_it_again_at_the_next_
         assert counts[RecipientStatus.SENT] == 1
     assert [message_id(m) for m in upstream.messages] == ["once@example.org"] * 2
     assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
+
+
+@needs_root
+async def test_a_refusal_recorded_late_still_counts_as_a_bounce(
+    sluice: SluiceFactory,
+    upstream: TestUpstream,
+    small_disk: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What follows a recording (the 5.1.1 counted as a hard bounce) follows the
+    # late recording too, once.
+    caplog.set_level(logging.INFO)
+    spool_path = small_disk / "spool.sqlite3"
+    fillers: list[Path] = []
+    upstream.reply["RCPT:gone@example.net"] = "550 5.1.1 <gone@example.net>: user unknown"
+
+    async def disk_fills_before_the_250(msg: Received) -> None:
+        upstream.on_data = None
+        fillers.append(fill(small_disk, spool_path))
+
+    body = b"Subject: two\r\nMessage-ID: <two@example.org>\r\n\r\nbody\r\n"
+    async with sluice(
+        [provider_for(upstream)], spool={"path": str(spool_path)}, bounces={"threshold": 1}
+    ) as s:
+        assert s.daemon.scheduler is not None
+        scheduler = s.daemon.scheduler
+        upstream.on_data = disk_fills_before_the_250
+        refused, _ = await smtp_send(
+            s.port, "app@example.org", ["ok@example.net", "gone@example.net"], body
+        )
+        assert refused == {}
+        await eventually(lambda: scheduler.unrecorded == 1)
+        assert await s.spool.suppressions.active("gone@example.net") is None
+        fillers.pop().unlink()
+        await eventually(lambda: scheduler.unrecorded == 0)
+        await s.wait_idle()
+        counts = await s.spool.counts_by_status()
+        assert counts[RecipientStatus.SENT] == 1 and counts[RecipientStatus.FAILED] == 1
+        entry = await s.spool.suppressions.active("gone@example.net")
+        assert entry is not None and "5.1.1" in entry.reason
+        assert len(await s.spool.suppressions.bounces_of("gone@example.net")) == 1
+    assert [message_id(m) for m in upstream.messages] == ["two@example.org"]
+    assert upstream.messages[0].recipients == ["ok@example.net"]
+    assert not [r for r in caplog.records if r.exc_info], "no traceback in the log"
