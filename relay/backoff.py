@@ -18,6 +18,7 @@ Each caller keeps its own parameters and says what its ``n`` counts:
 * ``relay.outbound.retry`` (a recipient's next attempt: ``retry.first_delay``
   up to ``retry.max_delay``, relative jitter);
 * ``relay.notify.webhooks`` (an event not acknowledged);
+* ``relay.outbound.pending`` (an outcome the spool could not record yet);
 * ``relay.bounces.poller`` (the bounce mailbox unreachable);
 * ``admin.auth`` (failed logins beyond the free ones);
 * ``relay.inbound.workers`` (an accept worker that cannot start).

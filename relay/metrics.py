@@ -66,6 +66,12 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.outcomes_unrecorded = Gauge(
+            "sluice_outcomes_unrecorded",
+            "Attempts whose outcomes the spool could not record yet (a full disk), held in"
+            " memory and written again; their recipients are not tried again meanwhile.",
+            registry=r,
+        )
         self.provider_up = Gauge(
             "sluice_provider_up",
             "1 when the provider's last attempt succeeded, 0 when it failed.",

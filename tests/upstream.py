@@ -10,6 +10,7 @@ to it::
     upstream.refuse = True      # stop listening altogether (connection refused)
     upstream.reply["DATA:start"] = "554 5.5.1 no"  # answer the DATA command itself
     upstream.reply["RCPT:far@example.com"] = "251 2.1.5 will forward"  # accepted
+    upstream.on_data = fill_the_disk  # awaited after a message is kept, before its 250
 
 PIPELINING (RFC 2920): ``pipelining=True`` offers it in the EHLO reply
 (aiosmtpd reads pipelined commands anyway, it just does not say so).
@@ -32,6 +33,7 @@ import base64
 import ssl
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -80,6 +82,9 @@ class TestUpstream:
     data_without_rcpt: bool = False
     #: what came between such a 354 and its final dot, per transaction
     orphan_bodies: list[bytes] = field(default_factory=list)
+    #: awaited with each accepted message after it is recorded, before its 250 goes out
+    #: (so a test can make something happen between the delivery and Sluice's hearing of it)
+    on_data: Callable[[Received], Awaitable[None]] | None = None
     _server: asyncio.Server | None = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -291,18 +296,19 @@ class _Handler:
         if (fault := await self._fault(server, "DATA", "DATA")) is not None:
             return fault
         login = session.auth_data if isinstance(session.auth_data, str) else None
-        await self.up._record(
-            Received(
-                sender="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
-                recipients=list(envelope.rcpt_tos),
-                data=envelope.original_content or b"",
-                mail_options=list(envelope.mail_options),
-                tls=session.ssl is not None
-                or (
-                    server.transport is not None
-                    and server.transport.get_extra_info("ssl_object") is not None
-                ),
-                login=login,
-            )
+        received = Received(
+            sender="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
+            recipients=list(envelope.rcpt_tos),
+            data=envelope.original_content or b"",
+            mail_options=list(envelope.mail_options),
+            tls=session.ssl is not None
+            or (
+                server.transport is not None
+                and server.transport.get_extra_info("ssl_object") is not None
+            ),
+            login=login,
         )
+        await self.up._record(received)
+        if self.up.on_data is not None:
+            await self.up.on_data(received)
         return "250 2.0.0 OK queued upstream"

@@ -14,6 +14,14 @@ back-off applies only when every candidate has answered. ``_deliver`` is a
 short sequence of named steps; what happens to a recipient no provider
 answered (wait for a limit, expire while waiting, skip for health) is decided
 by the pure functions at the end of this module.
+
+An outcome the spool cannot take (a full disk right after the provider's
+250) is not dropped: it is kept (``relay.outbound.pending``) and written again
+with back-off before anything else is claimed, and its recipients are left
+out of the lease sweep meanwhile, so a recipient whose 250 this process has
+seen is never sent again while it runs. A crash in that window falls under
+the rule for every delivery in flight: the next start sends at most those
+again.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from relay.model import (
     TempFailure,
     suppressed_for,
 )
+from relay.outbound.pending import PendingOutcomes, Refusal, Unrecorded
 from relay.outbound.providers import Partial, ProviderSet, Unavailable
 from relay.outbound.replies import final, hard_bounce
 from relay.outbound.retry import decide
@@ -125,6 +134,13 @@ class Scheduler:
         self._controls_swept = -_CONTROLS_SWEEP_EVERY
         #: when the last claim that took mail was asked for (monotonic; ``batch_wait``)
         self._last_claim = -float("inf")
+        #: outcomes seen but not yet written (a full disk); written again before claims
+        self._unrecorded = PendingOutcomes(rng=self._rng)
+
+    @property
+    def unrecorded(self) -> int:
+        """How many attempts' outcomes wait in memory to be written to the spool."""
+        return len(self._unrecorded)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set, then drain for ``delivery.shutdown_grace``."""
@@ -133,13 +149,16 @@ class Scheduler:
             async with asyncio.TaskGroup() as tg:
                 while not stop.is_set():
                     cfg = self._snapshot().config.delivery
+                    await self._record_late()
                     now = time.monotonic()
                     if now - last_lease_sweep > min(60.0, cfg.lease / 4):
                         last_lease_sweep = now
-                        await self._spool.requeue_expired_leases()
+                        await self._sweep_leases()
                     self._spool.wake.clear()
                     await self._operator_controls(now)
                     free = cfg.max_concurrent - len(self._inflight)
+                    if self._unrecorded.full:
+                        free = 0  # each delivery could add to what waits in memory
                     claims: list[Claim] = []
                     if free > 0:
                         asked = time.monotonic()
@@ -162,6 +181,7 @@ class Scheduler:
                         await _wait_any(
                             stop,
                             asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED),
+                            within=self._unrecorded.next_in(time.monotonic()),
                         )
                         continue
                     if claims and len(claims) == free:
@@ -169,16 +189,26 @@ class Scheduler:
                         # deliveries that ended during the claim freed slots that
                         # no wake event will announce.
                         continue
-                    if not self._inflight:
+                    if not self._inflight and not self._unrecorded:
                         self.idle.set()
-                    await _wait_any(stop, self._spool.wake.wait(), within=cfg.poll_interval)
+                    retry = self._unrecorded.next_in(time.monotonic())
+                    within = cfg.poll_interval if retry is None else min(cfg.poll_interval, retry)
+                    await _wait_any(stop, self._spool.wake.wait(), within=within)
                     self.idle.clear()
                     wait = batch_wait(time.monotonic(), self._last_claim, cfg.batch_window)
                     if wait > 0:
                         await _wait_any(stop, asyncio.sleep(wait))
                 await self._drain()
+                await self._record_late(stopping=True)
         finally:
             self.idle.set()
+
+    async def _sweep_leases(self) -> None:
+        """Queue again what outlived its lease, but never a recipient whose outcome waits here."""
+        try:
+            await self._spool.requeue_expired_leases(keep=self._unrecorded.recipient_ids())
+        except SpoolError as exc:
+            log.error("cannot take back expired leases: %s", exc)
 
     async def _operator_controls(self, now: float) -> None:
         """Now and then, expire long-held mail and ended pauses.
@@ -228,6 +258,20 @@ class Scheduler:
                     self._spool.release(claim, reply="interrupted by shutdown; will retry")
                 )
             raise
+        except SpoolError as exc:
+            # Not a crash, and no traceback: the spool refused a write (a full
+            # disk). Outcomes known by then are never lost here: ``_record``
+            # keeps those it cannot write, and a recorded row is left alone by
+            # the release (guarded). The rest was not sent, so giving it back
+            # sends nothing twice; if the release fails too, the lease sweep
+            # takes it back.
+            log.error("%s: cannot write to the spool: %s; releasing for retry", claim.queue_id, exc)
+            with contextlib.suppress(SpoolError):
+                await self._spool.release(
+                    claim,
+                    reply="4.3.0 spool write failed during delivery; will retry",
+                    next_attempt_at=self._clock() + 60,
+                )
         except Exception:
             log.exception("%s: delivery crashed; releasing for retry", claim.queue_id)
             with contextlib.suppress(SpoolError):
@@ -438,20 +482,34 @@ class Scheduler:
         return tried
 
     async def _wait_for_limits(self, claim: Claim, waits: dict[int, LimitWait]) -> None:
-        """Give back, without counting an attempt, recipients that wait for a limit."""
+        """Give back, without counting an attempt, recipients that wait for a limit.
+
+        A release the spool refuses is logged, not raised: the outcomes of the
+        same attempt's other recipients (a 250 among them) are still to be
+        recorded. These were not sent; the lease sweep takes them back.
+        """
         groups: dict[LimitWait, list[int]] = {}
         for rid, wait in waits.items():
             groups.setdefault(wait, []).append(rid)
         for wait, rids in groups.items():
-            await self._spool.release(
-                replace(
-                    claim,
-                    recipients={r: claim.recipients[r] for r in rids},
-                    attempt_ids={r: claim.attempt_ids[r] for r in rids},
-                ),
-                reply=wait.reason,
-                next_attempt_at=wait.until,
-            )
+            try:
+                await self._spool.release(
+                    replace(
+                        claim,
+                        recipients={r: claim.recipients[r] for r in rids},
+                        attempt_ids={r: claim.attempt_ids[r] for r in rids},
+                    ),
+                    reply=wait.reason,
+                    next_attempt_at=wait.until,
+                )
+            except SpoolError as exc:
+                log.error(
+                    "%s: cannot give back %s waiting for a limit: %s; the lease sweep will",
+                    claim.queue_id,
+                    plural(len(rids), "recipient"),
+                    exc,
+                )
+                continue
             for rid in rids:
                 log.info(
                     "%s: to=<%s> waits until %s: %s",
@@ -497,12 +555,98 @@ class Scheduler:
             _log_outcome(claim, rcpt.address, outcome, decision.status, provider_id)
             self._metrics.deliveries.labels(provider_id or "-", decision.status.value).inc()
         events = self._outcome_hook.events(claim, finishes) if self._outcome_hook else ()
-        await self._spool.finish(finishes, events)
-        if snap.config.bounces.count_smtp_refusals:
-            for rid, (outcome, provider_id) in settled.items():
-                if hard_bounce(outcome):
-                    await self._smtp_bounce(claim, rid, outcome, provider_id, snap)
+        refusals = [
+            Refusal(rid, outcome, provider_id)
+            for rid, (outcome, provider_id) in settled.items()
+            if hard_bounce(outcome)
+        ]
+        try:
+            await self._spool.finish(finishes, events)
+        except SpoolError as exc:
+            self._keep_unrecorded(claim, finishes, events, refusals, exc)
+            return []
+        await self._count_refusals(claim, refusals, snap)
         return finishes
+
+    def _keep_unrecorded(
+        self,
+        claim: Claim,
+        finishes: list[Finish],
+        events: Sequence[OutboxEvent],
+        refusals: list[Refusal],
+        exc: SpoolError,
+    ) -> None:
+        """Hold outcomes the spool refused, to write them again; one line, no traceback."""
+        self._unrecorded.keep(
+            claim, finishes, events, refusals, error=str(exc), now=time.monotonic()
+        )
+        self._metrics.outcomes_unrecorded.set(len(self._unrecorded))
+        log.error(
+            "%s: the outcome of %s cannot be recorded: %s; kept in memory and written again"
+            " shortly; meanwhile none of them is tried again",
+            claim.queue_id,
+            plural(len(finishes), "recipient"),
+            exc,
+            extra={"event": "outcome_unrecorded", "queue_id": claim.queue_id},
+        )
+
+    async def _record_late(self, *, stopping: bool = False) -> None:
+        """Write the kept outcomes that are due (all of them when ``stopping``).
+
+        Runs in the scheduler's loop before each claim, so a kept recipient's
+        outcome is in the spool before anything could claim it again. Never
+        raises: a failure waits longer (``PendingOutcomes.failed_again``).
+        """
+        now = time.monotonic()
+        items = list(self._unrecorded) if stopping else self._unrecorded.due(now)
+        for item in items:
+            try:
+                await self._spool.finish(item.finishes, item.events)
+            except SpoolError as exc:
+                self._unrecorded.failed_again(item, str(exc), now=time.monotonic())
+                continue
+            self._unrecorded.recorded(item)
+            self._metrics.outcomes_unrecorded.set(len(self._unrecorded))
+            log.warning(
+                "%s: the outcome of %s was recorded late, after %.1fs and %s",
+                item.claim.queue_id,
+                plural(len(item.finishes), "recipient"),
+                time.monotonic() - item.since,
+                plural(item.failures, "failed write"),
+                extra={"event": "outcome_recorded_late", "queue_id": item.claim.queue_id},
+            )
+            await self._after_late(item)
+        if stopping and self._unrecorded:
+            last = list(self._unrecorded)[-1]
+            log.error(
+                "stopping with %s not recorded (%s); the next start sends them again",
+                plural(sum(len(i.finishes) for i in self._unrecorded), "recipient outcome"),
+                last.error,
+            )
+
+    async def _after_late(self, item: Unrecorded) -> None:
+        """What follows a recording (refusals counted, the outcome hook), done late."""
+        claim = item.claim
+        try:
+            await self._count_refusals(claim, item.refusals, self._snapshot())
+            data = await self._body(claim)
+        except SpoolError as exc:
+            log.error("%s: after its late outcome: %s", claim.queue_id, exc)
+            return
+        except Exception:
+            # Never raised into the scheduler's loop, which must go on.
+            log.exception("%s: after its late outcome", claim.queue_id)
+            return
+        if data is not None:
+            await self._after_recorded(claim, list(item.finishes), data)
+
+    async def _count_refusals(
+        self, claim: Claim, refusals: Sequence[Refusal], snap: Snapshot
+    ) -> None:
+        """A provider's refusal of the address itself counts as a hard bounce (if configured)."""
+        if snap.config.bounces.count_smtp_refusals:
+            for r in refusals:
+                await self._smtp_bounce(claim, r.recipient_id, r.outcome, r.provider, snap)
 
     async def _smtp_bounce(
         self, claim: Claim, rid: int, outcome: Outcome, provider: str | None, snap: Snapshot

@@ -14,7 +14,7 @@ import json
 import random
 import secrets
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import aiosqlite
@@ -259,10 +259,15 @@ def requeue_inflight(c: sqlite3.Connection, now: float) -> int:
     return n
 
 
-def requeue_expired_leases(c: sqlite3.Connection, now: float) -> int:
-    """Leases that outlived any attempt are reclaimed; how many."""
-    c.execute(QUERIES["close_expired_lease_attempts"], {"now": now})
-    return int(c.execute(QUERIES["requeue_expired_leases"], {"now": now}).rowcount)
+def requeue_expired_leases(c: sqlite3.Connection, now: float, keep: Collection[int] = ()) -> int:
+    """Leases that outlived any attempt are reclaimed, but for the recipients in ``keep``; how many.
+
+    ``keep``: recipients whose outcome the scheduler holds but could not write
+    yet (``relay.outbound.pending``); reclaiming them would send them again.
+    """
+    params = {"now": now, "keep": json.dumps(sorted(keep))}
+    c.execute(QUERIES["close_expired_lease_attempts"], params)
+    return int(c.execute(QUERIES["requeue_expired_leases"], params).rowcount)
 
 
 def retry_now(c: sqlite3.Connection, now: float, queue_id: str) -> int:

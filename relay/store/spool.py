@@ -65,7 +65,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,10 +270,15 @@ class Spool:
             self.wake.set()
         return n
 
-    async def requeue_expired_leases(self) -> int:
-        """Leases that outlived any possible attempt go back to the queue; how many."""
+    async def requeue_expired_leases(self, keep: Collection[int] = ()) -> int:
+        """Leases that outlived any possible attempt go back to the queue; how many.
+
+        ``keep``: recipient ids left alone, whatever their lease (their outcome
+        is known to the scheduler, not yet written).
+        """
         now = self._clock()
-        n = await self._writer.submit(lambda c: queue.requeue_expired_leases(c, now))
+        kept = frozenset(keep)
+        n = await self._writer.submit(lambda c: queue.requeue_expired_leases(c, now, kept))
         if n:
             self.wake.set()
         return n

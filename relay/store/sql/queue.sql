@@ -71,19 +71,22 @@ SET status = 'queued', next_attempt_at = :now, lease_until = NULL, updated_at = 
 WHERE status = 'sending';
 
 -- name: close_expired_lease_attempts
--- Log rows of attempts whose lease ran out: their outcome is unknown.
+-- Log rows of attempts whose lease ran out: their outcome is unknown. :keep (a JSON
+-- array of recipient ids) are those whose outcome is known but not yet written.
 UPDATE attempts
 SET status = 'deferred', finished_at = :now,
     reply = 'interrupted: the attempt outlived its lease (delivery.lease); retrying'
 WHERE status = 'in_progress' AND recipient_id IN (
     SELECT id FROM recipients WHERE status = 'sending' AND lease_until < :now
+      AND id NOT IN (SELECT value FROM json_each(:keep))
 );
 
 -- name: requeue_expired_leases
--- A lease that outlived any possible attempt is reclaimed.
+-- A lease that outlived any possible attempt is reclaimed, except those in :keep.
 UPDATE recipients
 SET status = 'queued', next_attempt_at = :now, lease_until = NULL, updated_at = :now
-WHERE status = 'sending' AND lease_until < :now;
+WHERE status = 'sending' AND lease_until < :now
+  AND id NOT IN (SELECT value FROM json_each(:keep));
 
 -- name: close_inflight_attempts
 -- Log rows left in progress by a crash: their outcome is unknown.
