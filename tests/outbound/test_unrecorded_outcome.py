@@ -31,6 +31,7 @@ import pytest
 from relay.model import AttemptStatus, Claim, RecipientStatus
 from relay.outbound.pending import PendingOutcomes, Unrecorded
 from relay.store.spool import Finish, NewMessage, Spool
+from relay.store.writer import reserve_path
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import Received, TestUpstream
 
@@ -54,7 +55,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(disk: Path, spool: Path) -> Path:
-    """Truncate the spool's WAL, then fill ``disk`` until the file system says ENOSPC.
+    """Truncate the spool's WAL, drop its reserve, then fill ``disk`` until ENOSPC.
 
     Runs on the event loop's thread without yielding, so no Sluice coroutine
     writes in between; the checkpoint waits for the writer thread if it is busy.
@@ -66,6 +67,13 @@ def fill(disk: Path, spool: Path) -> Path:
             assert time.monotonic() < deadline, "the WAL could not be truncated"
     finally:
         conn.close()
+    # The daemon's reserve file (``relay.store.writer.DiskSpace``) is gone
+    # too: it is given back at the first failed write, and here something
+    # else on the machine has already eaten that room. Without this, the
+    # reserve would let the outcomes be written at once and the scenario
+    # would never happen (which is what the reserve is for, on a disk that
+    # fills only once).
+    reserve_path(spool).unlink(missing_ok=True)
     filler = disk / "filler"
     with filler.open("ab", buffering=0) as f:
         for chunk in (1 << 16, 1 << 9, 1):
