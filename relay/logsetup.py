@@ -271,7 +271,7 @@ def configure(
     for old in [h for h in root.handlers if isinstance(h, SluiceLogHandler)]:
         root.removeHandler(old)
     handler = SluiceLogHandler(
-        out, fmt, Redactor(secrets), with_time=not _stderr_is_journal(out, env)
+        out, fmt, Redactor(secrets, heuristics=True), with_time=not _stderr_is_journal(out, env)
     )
     root.addHandler(handler)
     root.setLevel(level.upper())

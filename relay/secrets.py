@@ -101,11 +101,17 @@ class Redactor:
     tokens it obtained at run time with ``with_values``. Most texts hold no
     secret, so each pass first asks ``str.__contains__`` (a C substring
     search) whether it could match, and runs its regex only then.
+
+    ``heuristics`` also masks what merely looks like a secret (an ``AUTH``
+    payload, a ``password=VALUE``): right for log lines, where Sluice's own
+    debug text may hold one; wrong for a provider's reply kept for people,
+    where "does not offer AUTH CRAM-MD5 (it offers: ...)" must stay readable.
     """
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = (), *, heuristics: bool = False) -> None:
         self._pattern: re.Pattern[str] | None = None
         self._values: tuple[str, ...] = ()
+        self._heuristics = heuristics
         self.update(secrets)
 
     def update(self, secrets: Iterable[str]) -> None:
@@ -116,13 +122,13 @@ class Redactor:
 
     def with_values(self, secrets: Iterable[str]) -> Redactor:
         """A new redactor masking these values as well as this one's (this one is unchanged)."""
-        return Redactor((*self._values, *secrets))
+        return Redactor((*self._values, *secrets), heuristics=self._heuristics)
 
     def __call__(self, text: str) -> str:
         if self._pattern is not None and any(v in text for v in self._values):
             text = self._pattern.sub(MASK, text)
         # Both alternatives of _SECRETISH need an "=" or the word AUTH (any case).
-        if "=" in text or "auth" in text.casefold():
+        if self._heuristics and ("=" in text or "auth" in text.casefold()):
             text = _SECRETISH.sub(_mask_group, text)
         return text
 

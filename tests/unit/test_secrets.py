@@ -334,3 +334,11 @@ def test_with_values_adds_run_time_tokens_without_changing_the_original() -> Non
     text = "configSecret runtimeToken ab"
     assert both(text) == f"{MASK} {MASK} ab"
     assert config(text) == f"{MASK} runtimeToken ab"
+
+
+def test_only_the_log_masks_what_merely_looks_like_a_secret() -> None:
+    reply = "4.7.0 the server does not offer AUTH CRAM-MD5 (it offers: PLAIN); token=abc"
+    assert Redactor(["configSecret"])(reply) == reply  # a stored reply stays readable
+    log = Redactor(["configSecret"], heuristics=True)
+    assert log("AUTH PLAIN AHVzZXIAcHc=") == f"AUTH PLAIN {MASK}"
+    assert log.with_values(["runtimeToken"])("token=abc") == f"token={MASK}"
