@@ -24,10 +24,11 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+import yaml
 
 from relay.model import QueueEntry
 from relay.secrets import MASK
-from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send, write_config
 from tests.daemon_proc import DaemonProcess, run_cli
 from tests.peers import free_port
 from tests.upstream import TestUpstream
@@ -339,3 +340,28 @@ async def test_a_provider_reply_echoing_its_password_is_stored_and_sent_masked(
     leaks = Leaks()
     _look_at_the_spool(tmp_path / "spool.sqlite3", leaks)
     assert leaks == {}
+
+
+async def test_a_password_changed_by_reload_is_masked_in_what_is_stored_from_then_on(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    new_pw = "N3wProvPw-echo-6e6e"
+    upstream.users = {"relay": PROVIDER_PW}
+    p = provider_for(upstream, username="relay", password=PROVIDER_PW, allow_insecure_auth=True)
+    async with sluice([p]) as s:
+        cfg = yaml.safe_load(s.config_path.read_text())
+        cfg["providers"][0]["password"] = new_pw
+        write_config(s.config_path, cfg)
+        upstream.users = {"relay": new_pw}
+        assert await s.daemon.reload() is True, s.daemon.last_reload_error
+        upstream.reply["RCPT"] = f"550 5.1.1 no such user (you are relay/{new_pw})"
+        _, reply = await smtp_send(
+            s.port, "a@example.org", ["b@example.net"], b"Subject: s\r\n\r\nbody\r\n"
+        )
+        qid = reply.rsplit(" ", 1)[-1]
+
+        async def logged() -> list[Any]:
+            return [e for e in await s.spool.list_log(search=qid) if e.reason]
+
+        (log,) = await eventually(logged)
+    assert log.reason == f"550 5.1.1 no such user (you are relay/{MASK})"
