@@ -39,6 +39,7 @@ from relay.outbound.providers import ProviderSet
 from relay.outbound.scheduler import Scheduler, Snapshot
 from relay.outbound.sign_in import SignIn, SignIns
 from relay.sdnotify import Notifier
+from relay.secrets import Redactor
 from relay.store.lock import spool_lock
 from relay.store.spool import Spool
 from relay.wording import plural
@@ -233,6 +234,7 @@ class Daemon:
         self._snapshot = Snapshot(new, providers)
         if self.spool is not None:
             self.spool.stream_headers = new.suppression.stream_headers
+            self.spool.redact = Redactor(logsetup.config_secrets(new))
         logsetup.apply_config(new)
         if self.acceptors is not None:
             if rebound:  # they serve the new sockets; the old ones finish their sessions
@@ -359,6 +361,7 @@ class Daemon:
             stack.enter_context(spool_lock(cfg.spool.path))
             spool = await Spool.open(cfg.spool.path, clock=self._clock, checkpoints=True)
             spool.stream_headers = cfg.suppression.stream_headers
+            spool.redact = Redactor(logsetup.config_secrets(cfg))
             stack.push_async_callback(spool.aclose)
             self.spool = spool
             try:

@@ -6,7 +6,8 @@ when the caller gave them (``extra={"event": "accept", "queue_id": ...}``),
 the message, and any other ``extra`` fields. A message that starts with a
 queue ID (``"0123ABCD...: accepted ..."``) gets the ``queue_id`` field too.
 
-Secrets never reach the output: every line passes a redactor that replaces
+Secrets never reach the output: every line passes a redactor
+(``relay.secrets.Redactor``, the one the spool uses too) that replaces
 the values Sluice knows to be secrets (every ``SecretSource`` of the config,
 resolved: provider passwords, OAuth secrets, the admin password and token)
 with ``MASK``, as well as an SMTP ``AUTH`` payload and a ``password=VALUE``
@@ -33,7 +34,7 @@ from typing import IO, Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from relay.config import Config
-from relay.secrets import MASK, SecretError
+from relay.secrets import Redactor, SecretError
 
 __all__ = [
     "JsonFormatter",
@@ -56,44 +57,7 @@ _STANDARD = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
 ) | {"message", "asctime", "taskName"}
 _LEADING_QID = re.compile(r"^([0-9A-F]{16}): ")
-# An AUTH payload (base64 of user and password: its value is never known in
-# advance), and a ``key=value`` assignment (no blank before "=": prose has none).
-_SECRETISH = re.compile(
-    r"(?i)(\bAUTH\s+(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5)\s+)\S+"
-    r"|(\b(?:password|passwd|secret|token|api_key)=)(\"[^\"]*\"|'[^']*'|[^\s\"]+)"
-)
 _LOGFMT_BARE = re.compile(r"^[^\s\"=\\]+$")
-_MIN_SECRET = 4  # shorter "secrets" would mask ordinary words
-
-
-class Redactor:
-    """Replaces known secret values and secret-looking fragments with ``MASK``.
-
-    Most lines hold none, so each pass first asks ``str.__contains__`` (a C
-    substring search) whether it could match, and runs its regex only then.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._pattern: re.Pattern[str] | None = None
-        self._values: tuple[str, ...] = ()
-        self.update(secrets)
-
-    def update(self, secrets: Iterable[str]) -> None:
-        values = sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True)
-        self._values = tuple(values)
-        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
-
-    def __call__(self, text: str) -> str:
-        if self._pattern is not None and any(v in text for v in self._values):
-            text = self._pattern.sub(MASK, text)
-        # Both alternatives of _SECRETISH need an "=" or the word AUTH (any case).
-        if "=" in text or "auth" in text.casefold():
-            text = _SECRETISH.sub(_mask_group, text)
-        return text
-
-
-def _mask_group(m: re.Match[str]) -> str:
-    return (m.group(1) or m.group(2)) + MASK
 
 
 #: what stands for a masked query value or userinfo in a URL (ASCII: it stays a URL)
@@ -319,7 +283,7 @@ def configure(
     for old in [h for h in root.handlers if isinstance(h, SluiceLogHandler)]:
         root.removeHandler(old)
     handler = SluiceLogHandler(
-        out, fmt, Redactor(secrets), with_time=not _stderr_is_journal(out, env)
+        out, fmt, Redactor(secrets, heuristics=True), with_time=not _stderr_is_journal(out, env)
     )
     root.addHandler(handler)
     root.setLevel(level.upper())

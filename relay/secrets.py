@@ -12,7 +12,11 @@ hides it works from that object:
   password is no password, and an admin with an empty one would be open;
 * ``display()`` is what the CLI and the admin show: ``MASK`` and where the
   value comes from, never the value;
-* ``relay.logsetup`` masks every resolved value in every log line.
+* ``Redactor`` masks every resolved value in a text: ``relay.logsetup``
+  puts every log line through one, and the spool every text from outside it
+  stores (a provider's reply, a token endpoint's error, a webhook event's
+  body), since such text may echo what Sluice sent (a token endpoint that
+  repeats the request's ``client_secret`` in its ``error_description``).
 
 A config field is a secret when it is marked so, and only there:
 ``Annotated[SecretSource | None, Secret("the admin")]``. ``relay.config``
@@ -33,8 +37,10 @@ imports it, never the reverse).
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from relay.errors import SluiceError
 
-__all__ = ["MASK", "Secret", "SecretError", "SecretSource", "mask"]
+__all__ = ["MASK", "Redactor", "Secret", "SecretError", "SecretSource", "mask"]
 
 MASK = "••••••"
 
@@ -75,6 +81,88 @@ class Secret:
 def mask(value: object) -> str:
     """What the CLI, the admin page and the API show in place of a secret (or "")."""
     return MASK if value else ""
+
+
+# An AUTH payload (base64 of user and password: its value is never known in
+# advance), and a ``key=value`` assignment (no blank before "=": prose has none).
+_SECRETISH = re.compile(
+    r"(?i)(\bAUTH\s+(?:PLAIN|LOGIN|XOAUTH2|CRAM-MD5)\s+)\S+"
+    r"|(\b(?:password|passwd|secret|token|api_key)=)(\"[^\"]*\"|'[^']*'|[^\s\"]+)"
+)
+_MIN_SECRET = 4  # shorter "secrets" would mask ordinary words
+
+
+class Redactor:
+    """Replaces known secret values and secret-looking fragments with ``MASK``.
+
+    One mechanism for every place text from outside is kept or shown: the
+    log handler holds one, the spool holds one (set from the config by the
+    daemon, as ``stream_headers`` is), and an OAuth token source adds the
+    tokens it obtained at run time with ``with_values``. Most texts hold no
+    secret, so each pass first asks ``str.__contains__`` (a C substring
+    search) whether it could match, and runs its regex only then.
+
+    ``heuristics`` also masks what merely looks like a secret (an ``AUTH``
+    payload, a ``password=VALUE``): right for log lines, where Sluice's own
+    debug text may hold one; wrong for a provider's reply kept for people,
+    where "does not offer AUTH CRAM-MD5 (it offers: ...)" must stay readable.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), *, heuristics: bool = False) -> None:
+        self._pattern: re.Pattern[str] | None = None
+        self._values: tuple[str, ...] = ()
+        self._heuristics = heuristics
+        self.update(secrets)
+
+    def update(self, secrets: Iterable[str]) -> None:
+        """Mask ``secrets`` from now on (instead of the values given before); on reload."""
+        values = sorted({s for s in secrets if len(s) >= _MIN_SECRET}, key=len, reverse=True)
+        self._values = tuple(values)
+        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+
+    def with_values(self, secrets: Iterable[str]) -> Redactor:
+        """A new redactor masking these values as well as this one's (this one is unchanged)."""
+        return Redactor((*self._values, *secrets), heuristics=self._heuristics)
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is not None and any(v in text for v in self._values):
+            text = self._pattern.sub(MASK, text)
+        # Both alternatives of _SECRETISH need an "=" or the word AUTH (any case).
+        if self._heuristics and ("=" in text or "auth" in text.casefold()):
+            text = _SECRETISH.sub(_mask_group, text)
+        return text
+
+    def json_text(self, text: str) -> str:
+        """A JSON document with every string in it redacted; unchanged when none needs it.
+
+        The document is redacted value by value and encoded again (compact,
+        keys sorted, as ``relay.events.event_body`` writes it), so it stays
+        valid JSON whatever the secret's characters; a text that is not JSON
+        is redacted as text.
+        """
+        if "\\" not in text and self(text) == text:
+            return text  # the common case: nothing to mask, escaped or not
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return self(text)
+        masked = self._walk(doc)
+        if masked == doc:
+            return text
+        return json.dumps(masked, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+    def _walk(self, doc: object) -> object:
+        if isinstance(doc, str):
+            return self(doc)
+        if isinstance(doc, list):
+            return [self._walk(v) for v in doc]
+        if isinstance(doc, dict):
+            return {k: self._walk(v) for k, v in doc.items()}
+        return doc
+
+
+def _mask_group(m: re.Match[str]) -> str:
+    return (m.group(1) or m.group(2)) + MASK
 
 
 class SecretError(SluiceError, LookupError):

@@ -72,7 +72,8 @@ class TestUpstream:
     starttls_context: ssl.SSLContext | None = None
     #: username -> password; AUTH required when set
     users: dict[str, str] | None = None
-    #: mechanism -> checker, e.g. {"XOAUTH2": fn(user, token) -> bool}
+    #: mechanism -> checker, e.g. {"XOAUTH2": fn(user, token) -> bool}; a str it
+    #: returns is a refusal, sent as the reply
     extra_auth: dict[str, Any] = field(default_factory=dict)
     #: offer PIPELINING in the EHLO reply
     pipelining: bool = False
@@ -253,7 +254,10 @@ class _Handler:
         fields = dict(p.split("=", 1) for p in raw.split("\x01") if "=" in p)
         user = fields.get("user", "")
         token = fields.get("auth", "").removeprefix("Bearer ")
-        ok = bool(checker(user, token))
+        verdict = checker(user, token)
+        if isinstance(verdict, str):  # a refusal in the checker's words (a reply that echoes)
+            return AuthResult(success=False, handled=False, message=verdict)
+        ok = bool(verdict)
         return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
     async def handle_EHLO(

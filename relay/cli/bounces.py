@@ -23,8 +23,10 @@ from typing import Any, TypeVar
 from relay.bounces.mailbox import Mailbox, MailboxError
 from relay.bounces.poller import BouncePoller
 from relay.config import Config, load
+from relay.logsetup import config_secrets
 from relay.operations import suppressions as sup_ops
 from relay.operations.actor import Actor, Refused
+from relay.secrets import Redactor
 from relay.store.spool import Spool
 from relay.store.suppressions import SOURCES, normalize
 from relay.wording import plural, when
@@ -170,6 +172,7 @@ async def _ask_mailbox(cfg: Config, ask: Callable[[BouncePoller], Awaitable[_T]]
         print("sluice: no bounces.mailbox is configured", file=sys.stderr)
         return EX_CONFIG
     async with await Spool.open(cfg.spool.path) as spool:
+        spool.redact = Redactor(config_secrets(cfg))  # bounces it stores are masked as the daemon's
         try:
             return await ask(BouncePoller(spool.suppressions, lambda: cfg))
         except MailboxError as exc:

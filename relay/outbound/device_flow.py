@@ -11,7 +11,9 @@ the YAML, and ``TokenSource`` uses it from then on.
 The polling follows RFC 8628 § 3.5: ``authorization_pending`` means wait
 ``interval`` and ask again; ``slow_down`` adds 5 seconds to the interval for
 good; ``expired_token`` and ``access_denied`` end the attempt. Tokens are
-never logged.
+never logged, and what an endpoint answers is shown only through a
+``relay.secrets.Redactor`` of what was sent to it (the client secret, the
+device code): an endpoint may echo the request in its error.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import httpx
 from relay.config import OAuth2Settings
 from relay.errors import SluiceError
 from relay.http import client as http_client
+from relay.secrets import Redactor
 
 __all__ = ["DEVICE_GRANT", "DeviceCode", "DeviceFlow", "DeviceFlowError", "Grant"]
 
@@ -99,7 +102,7 @@ class DeviceFlow:
                 resp = await client.post(url, data=form, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
             raise DeviceFlowError(
-                "unreachable", f"{url} is unreachable: {type(exc).__name__}: {exc}"
+                "unreachable", _redact(form, f"{url} is unreachable: {type(exc).__name__}: {exc}")
             ) from None
         try:
             body = resp.json()
@@ -126,8 +129,10 @@ class DeviceFlow:
         if status != 200 or not all(
             isinstance(v, str) and v for v in (device_code, user_code, uri)
         ):
-            error = str(body.get("error") or f"HTTP {status}")
-            raise DeviceFlowError(error, f"device authorization refused: {_describe(body, error)}")
+            error = _redact(form, str(body.get("error") or f"HTTP {status}"))
+            raise DeviceFlowError(
+                error, f"device authorization refused: {_describe(form, body, error)}"
+            )
         assert isinstance(device_code, str) and isinstance(user_code, str) and isinstance(uri, str)
         expires_in = _number(body.get("expires_in"), 900.0)
         complete = body.get("verification_uri_complete")
@@ -179,14 +184,19 @@ class DeviceFlow:
                 )
             if error == "access_denied":
                 raise DeviceFlowError("access_denied", "the sign-in was refused")
-            err = str(error or f"HTTP {status}")
-            raise DeviceFlowError(err, f"sign-in failed: {_describe(body, err)}")
+            err = _redact(form, str(error or f"HTTP {status}"))
+            raise DeviceFlowError(err, f"sign-in failed: {_describe(form, body, err)}")
 
 
 def _number(value: object, default: float) -> float:
     return float(value) if isinstance(value, int | float) and value >= 0 else default
 
 
-def _describe(body: dict[str, object], error: str) -> str:
-    described = str(body.get("error_description") or "")[:200]
+def _redact(form: dict[str, str], text: str) -> str:
+    """``text`` with the secrets of ``form`` masked (the client secret, the device code)."""
+    return Redactor(v for k, v in form.items() if k in ("client_secret", "device_code"))(text)
+
+
+def _describe(form: dict[str, str], body: dict[str, object], error: str) -> str:
+    described = _redact(form, str(body.get("error_description") or ""))[:200]
     return f"{error} ({described})" if described else error

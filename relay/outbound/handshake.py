@@ -447,6 +447,8 @@ async def _authenticate(smtp: aiosmtplib.SMTP, up: Upstream, user: str, steps: _
             reply = await method(user, up.password or "")
     except SMTPAuthenticationError as exc:
         said = format_reply(exc.code, exc.message)
+        if up.oauth is not None:  # a server may echo the XOAUTH2 payload's token
+            said = up.oauth.redact(said)
         raise steps.fail(
             "AUTH",
             f"{said} ({name} as {user})",

@@ -7,7 +7,12 @@ expires, so a token is never used in its last minutes, and it keeps what users
 need to see: the state, when the token is valid until, the last refresh and
 the last error. An endpoint that refuses the grant (``invalid_grant``, 400/401)
 moves the source to ``reauthorize``: mail waits with a reply that says so
-instead of looping on 4xx. Tokens and secrets are never logged.
+instead of looping on 4xx. Tokens and secrets are never logged, and never
+shown: an endpoint may echo the request in its error (the ``client_secret``,
+the refresh token), so every text it answers passes ``redact`` (a
+``relay.secrets.Redactor`` of every value this source sent or obtained,
+tokens got at run time included) before it becomes ``last_error``, a
+delivery reply, a page or an event.
 
 A provider signed in through the device grant (``relay.outbound.device_flow``)
 has its refresh token in the spool (``GrantStore``), not in the YAML: it is
@@ -32,12 +37,15 @@ from relay.config import OAuth2Settings
 from relay.errors import SluiceError
 from relay.http import client as http_client
 from relay.model import GrantState
-from relay.secrets import SecretError
+from relay.secrets import Redactor, SecretError
 from relay.store.spool import OAuthGrant
 
 __all__ = ["GrantStore", "OAuthError", "OAuthStatus", "SignInState", "TokenSource", "TokenState"]
 
 log = logging.getLogger("sluice.oauth")
+
+#: how many of its latest tokens and secrets a source masks in what it shows
+_KNOWN = 16
 
 
 class OAuthError(SluiceError):
@@ -113,6 +121,23 @@ class TokenSource:
         self._reauthorize = False
         # A rotated refresh token (RFC 6749 § 6) replaces the configured one in memory.
         self._refresh_token: str | None = None
+        #: the last tokens and secrets this source sent or got (for ``redact``), newest last
+        self._known: tuple[str, ...] = ()
+
+    def redact(self, text: str) -> str:
+        """``text`` (from the token endpoint or the provider) with this source's secrets masked.
+
+        Masks the client secret and refresh token last sent, the refresh
+        tokens stored or rotated in, and the access tokens obtained.
+        """
+        return Redactor(self._known)(text)
+
+    def _learn(self, *values: str | None) -> None:
+        # Bounded: a daemon running for a year gets thousands of access tokens;
+        # the client secret and refresh token come again with every refresh.
+        new = [v for v in values if v]
+        kept = [v for v in self._known if v not in new]
+        self._known = (*kept, *new)[-_KNOWN:]
 
     def same_settings(self, settings: OAuth2Settings) -> bool:
         return settings == self.settings
@@ -199,26 +224,30 @@ class TokenSource:
             )
             raise OAuthError(self._last_error, reauthorize=True)
         form = await asyncio.to_thread(self._form)  # may read secret files
+        self._learn(stored, form.get("client_secret"), form.get("refresh_token"))
         try:
             async with http_client() as client:
                 resp = await client.post(
                     self.settings.token_url, data=form, headers={"Accept": "application/json"}
                 )
         except httpx.HTTPError as exc:
-            self._last_error = f"token endpoint unreachable: {type(exc).__name__}: {exc}"
+            self._last_error = self.redact(
+                f"token endpoint unreachable: {type(exc).__name__}: {exc}"
+            )
             log.warning("provider %s: %s", self._provider_id, self._last_error)
             raise OAuthError(self._last_error) from None
         body = _json(resp)
         token = body.get("access_token")
         if resp.status_code != 200 or not isinstance(token, str) or not token:
             error = str(body.get("error") or f"HTTP {resp.status_code}")
-            described = str(body.get("error_description") or "")[:200]
+            # Masked before it is cut: a cut through a secret would leave its start.
+            described = self.redact(str(body.get("error_description") or ""))[:200]
             # RFC 6749 § 5.2: these mean the grant itself is no good; retrying won't help.
             fatal = error in {"invalid_grant", "invalid_client", "unauthorized_client"} or (
                 resp.status_code in (400, 401) and "error" in body
             )
-            self._last_error = f"token refresh failed: {error}" + (
-                f" ({described})" if described else ""
+            self._last_error = self.redact(
+                f"token refresh failed: {error}" + (f" ({described})" if described else "")
             )
             if fatal:
                 self._reauthorize = True
@@ -227,15 +256,16 @@ class TokenSource:
                 if self._grants is not None and stored is not None:
                     # Revoked or expired: the stored sign-in is no good any more.
                     self._refresh_token = None
-                    await self._grants.oauth_grant_failed(self._provider_id, f"{error}")
+                    await self._grants.oauth_grant_failed(self._provider_id, self.redact(error))
                     await self.sync_grant()
             log.warning("provider %s: %s", self._provider_id, self._last_error)
             raise OAuthError(self._last_error, reauthorize=fatal)
         now = self._clock()
         self._token = token
+        rotated = body.get("refresh_token")
+        self._learn(token, rotated if isinstance(rotated, str) else None)
         expires_in = body.get("expires_in")
         self._expires_at = now + float(expires_in) if isinstance(expires_in, int | float) else None
-        rotated = body.get("refresh_token")
         if isinstance(rotated, str) and rotated and rotated != self._refresh_token:
             self._refresh_token = rotated
             if self._grants is not None and (stored is not None or self._sign_in() is not None):

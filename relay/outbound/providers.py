@@ -33,6 +33,7 @@ from relay.outbound.oauth import GrantStore, SignInState, TokenSource, TokenStat
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
+from relay.secrets import Redactor
 
 # Re-exported: a provider's context is the one every TLS client of Sluice uses.
 from relay.tls import settings_context as tls_context
@@ -372,19 +373,27 @@ class Provider:
             health.record_ok(now)
             return
         was = health.view(now).state
-        health.record_failure(
-            verdict.reason, now, threshold=s.failure_threshold, cooldown=s.cooldown
-        )
+        # The reason is the provider's own text, shown on pages and the API: it
+        # may echo what was sent (the password, an OAuth token).
+        reason = self._redact(verdict.reason)
+        health.record_failure(reason, now, threshold=s.failure_threshold, cooldown=s.cooldown)
         if verdict.pause:
-            health.pause(now + (verdict.retry_after or s.cooldown), verdict.reason)
+            health.pause(now + (verdict.retry_after or s.cooldown), reason)
         now_cooling = health.view(now).state is ProviderHealth.COOLDOWN
         if now_cooling and was is not ProviderHealth.COOLDOWN:
             log.warning(
                 "provider %s skipped until %s: %s",
                 self.id,
                 when(health.blocked_until(now)),
-                verdict.reason,
+                reason,
             )
+
+    def _redact(self, text: str) -> str:
+        """``text`` with this provider's password and OAuth tokens masked."""
+        up = self.upstream
+        if up is not None and up.password:
+            text = Redactor([up.password])(text)
+        return self.state.oauth.redact(text) if self.state.oauth is not None else text
 
     # ------------------------------------------------------------------- status
 

@@ -87,6 +87,7 @@ from relay.model import (
     RecipientStatus,
     Selection,
 )
+from relay.secrets import Redactor
 from relay.store import controls, outbox, queue, state, views
 from relay.store.controls import ALL_PROVIDERS, Control, Selected
 from relay.store.migrations import migrate
@@ -151,6 +152,23 @@ class Spool:
         #: it from the config: the daemon (and on reload), its accept workers,
         #: ``sluice sendmail``; the rest store no mail and keep the default.
         self.stream_headers: list[str] = SuppressionSettings().stream_headers
+        #: masks the config's resolved secrets in every text from outside the spool
+        #: keeps: the reply or error of an attempt, a webhook event's body, a DSN,
+        #: a refused sign-in's error. Such text may echo what Sluice sent (a token
+        #: endpoint repeating the ``client_secret`` of the request), and pages, the
+        #: API, the CLI and webhook receivers all read it from here. The daemon sets
+        #: it from the config (and on reload), as ``stream_headers``.
+        self._redact = Redactor()
+
+    @property
+    def redact(self) -> Redactor:
+        """What masks secrets in the text from outside the spool stores (bounces' too)."""
+        return self._redact
+
+    @redact.setter
+    def redact(self, redactor: Redactor) -> None:
+        self._redact = redactor
+        self.suppressions.redact = redactor
 
     @classmethod
     async def open(
@@ -245,7 +263,9 @@ class Spool:
         A recipient no longer ``sending`` (deleted, or reclaimed) is left alone
         and its log row is still closed, so the log tells what happened.
         """
-        items = list(finishes)
+        redact = self.redact
+        items = [replace(f, reply=redact(f.reply)) for f in finishes]
+        events = self._redacted(events)
         now = self._clock()
         moved = await self._writer.submit(lambda c: queue.finish(c, now, items, events))
         if any(f.status is RecipientStatus.QUEUED for f in items):
@@ -260,6 +280,7 @@ class Spool:
         """Give a claim back without counting an attempt (e.g. at shutdown)."""
         now = self._clock()
         due = now if next_attempt_at is None else next_attempt_at
+        reply = self.redact(reply)
         await self._writer.submit(lambda c: queue.release(c, now, claim, reply, due))
 
     async def requeue_inflight(self) -> int:
@@ -342,9 +363,14 @@ class Spool:
         """Enqueue a DSN about ``recipient_ids`` to ``sender``, at most once each, rate-limited.
 
         The check, the marks and the message are one transaction: a crash
-        cannot send a DSN twice, nor mark one that was never queued.
+        cannot send a DSN twice, nor mark one that was never queued. The DSN
+        quotes the provider's reply, so it passes ``redact`` as well.
         """
         now = self._clock()
+        text = msg.data.decode("utf-8", "surrogateescape")
+        masked = self.redact(text)
+        if masked != text:
+            msg = replace(msg, data=masked.encode("utf-8", "surrogateescape"))
 
         def job(c: sqlite3.Connection) -> DsnVerdict:
             verdict, fresh = outbox.dsn_verdict(c, now, recipient_ids, kind, sender, per_hour)
@@ -361,9 +387,14 @@ class Spool:
 
     async def add_events(self, events: Sequence[OutboxEvent]) -> None:
         """Store webhook events that no outcome carries (a provider's state change)."""
+        events = self._redacted(events)
         if events:
             await self._writer.submit(lambda c: outbox.insert_events(c, events))
             self.outbox_wake.set()
+
+    def _redacted(self, events: Sequence[OutboxEvent]) -> Sequence[OutboxEvent]:
+        """``events`` with their bodies through ``redact`` (valid JSON still)."""
+        return [replace(e, body=self.redact.json_text(e.body)) for e in events]
 
     async def outbox_next(self, endpoint: str) -> OutboxRow | None:
         """An endpoint's oldest unacknowledged event (read on the writer: always fresh)."""
@@ -601,6 +632,7 @@ class Spool:
     async def oauth_grant_failed(self, provider: str, error: str) -> None:
         """The provider refused the stored token (revoked, expired): mark it failed."""
         now = self._clock()
+        error = self.redact(error)
         await self._writer.submit(lambda c: state.oauth_grant_failed(c, now, provider, error))
 
     async def oauth_grant(self, provider: str) -> OAuthGrant | None:

@@ -28,6 +28,7 @@ import aiosqlite
 from relay.config import BounceSettings
 from relay.events import Endpoint, bounce_events
 from relay.model import Suppression, suppressed_for
+from relay.secrets import Redactor
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, like_escape
 from relay.store.writer import Writer
@@ -132,6 +133,8 @@ class Suppressions:
         self._clock = clock
         #: set when webhook events are stored (``Spool.outbox_wake``)
         self._outbox_wake = outbox_wake
+        #: masks secrets in a bounce's diagnostic and raw message (``Spool.redact`` sets it)
+        self.redact = Redactor()
 
     # ------------------------------------------------------------------ writes
 
@@ -150,6 +153,7 @@ class Suppressions:
         bounce. A bounce recorded before (same ``key``) is not reported again.
         """
         now = self._clock()
+        bounce = self._redacted(bounce)
 
         def job(c: sqlite3.Connection) -> tuple[Suppression | None, bool]:
             done = _record_bounce(c, bounce, threshold, now)
@@ -175,6 +179,22 @@ class Suppressions:
         if evented and self._outbox_wake is not None:
             self._outbox_wake.set()
         return entry
+
+    def _redacted(self, bounce: NewBounce) -> NewBounce:
+        """``bounce`` with its diagnostic and raw message through ``redact``.
+
+        Both are a provider's text (a refusal, a DSN) that may echo what
+        Sluice sent it; they are kept, shown and posted in events.
+        """
+        diagnostic = self.redact(bounce.diagnostic)
+        raw = bounce.raw
+        if raw is not None:
+            text = raw.decode("utf-8", "surrogateescape")
+            masked = self.redact(text)
+            raw = raw if masked == text else masked.encode("utf-8", "surrogateescape")
+        if diagnostic == bounce.diagnostic and raw is bounce.raw:
+            return bounce
+        return replace(bounce, diagnostic=diagnostic, raw=raw)
 
     async def add(
         self,

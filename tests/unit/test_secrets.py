@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from admin.auth import Credentials
 from admin.server import check_exposure
 from relay.config import AdminSettings, Config, ProviderSettings, loads
 from relay.errors import ConfigError
-from relay.secrets import MASK, SecretError, SecretSource
+from relay.secrets import MASK, Redactor, SecretError, SecretSource
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -306,3 +307,38 @@ def test_config_secrets_lists_every_source() -> None:
         }
     )
     assert [ref.source.yaml_key for ref in cfg.secrets()] == ["password", "api_token"]
+
+
+def test_the_redactor_masks_values_inside_json_and_keeps_it_valid() -> None:
+    # A webhook event's body is JSON: a secret with characters JSON escapes
+    # (a quote, a backslash) is not in its text as such, and masking must not
+    # break the document.
+    redact = Redactor(['sec"ret\\1', "plainSecret"])
+    body = json.dumps(
+        {"data": {"reply": 'echo sec"ret\\1 and plainSecret', "n": 1, "l": ["plainSecret"]}},
+        separators=(",", ":"),
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    masked = redact.json_text(body)
+    assert json.loads(masked) == {"data": {"reply": f"echo {MASK} and {MASK}", "n": 1, "l": [MASK]}}
+    assert "sec" not in masked and "plainSecret" not in masked
+    clean = '{"data":{"reply":"250 ok \\"quoted\\""}}'
+    assert redact.json_text(clean) is clean  # nothing to mask: the very same text
+    assert redact.json_text("not json plainSecret") == f"not json {MASK}"
+
+
+def test_with_values_adds_run_time_tokens_without_changing_the_original() -> None:
+    config = Redactor(["configSecret"])
+    both = config.with_values(["runtimeToken", "ab"])  # too short to mask: "ab"
+    text = "configSecret runtimeToken ab"
+    assert both(text) == f"{MASK} {MASK} ab"
+    assert config(text) == f"{MASK} runtimeToken ab"
+
+
+def test_only_the_log_masks_what_merely_looks_like_a_secret() -> None:
+    reply = "4.7.0 the server does not offer AUTH CRAM-MD5 (it offers: PLAIN); token=abc"
+    assert Redactor(["configSecret"])(reply) == reply  # a stored reply stays readable
+    log = Redactor(["configSecret"], heuristics=True)
+    assert log("AUTH PLAIN AHVzZXIAcHc=") == f"AUTH PLAIN {MASK}"
+    assert log.with_values(["runtimeToken"])("token=abc") == f"token={MASK}"
