@@ -12,12 +12,22 @@ A suppression entry is global (scope ``''``) or scoped to one stream (the
 relay's counterpart of a newsletter campaign, named by a header such as
 ``X-Sluice-Stream`` or ``List-Id``), has a source (bounce, manual, import,
 api), a reason, and an optional expiry. Addresses are compared lower-cased.
+
+A bounce read from the bounce mailbox (``record_dsn``) counts only when it is
+about mail Sluice sent to that address: a verified VERP token naming a
+recipient row of that address, or a queue ID (Sluice's ``Received:`` line in
+the returned header) naming a message delivered through a provider to it.
+Anyone can write a well-formed DSN to the bounce address, which is the
+return path of every relayed message; what names no such mail is kept as an
+*unmatched* bounce (who sent it, the address it claims, why it did not
+match; the latest ``UNMATCHED_KEPT``), shown and never counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,7 +36,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from relay.config import BounceSettings
-from relay.events import Endpoint, bounce_events
+from relay.events import Endpoint, OutboxEvent, bounce_events
 from relay.model import Suppression, suppressed_for
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, like_escape
@@ -34,10 +44,13 @@ from relay.store.writer import Writer
 
 __all__ = [
     "SOURCES",
+    "UNMATCHED_KEPT",
     "BounceRecord",
+    "DsnOutcome",
     "NewBounce",
     "Suppressions",
     "Threshold",
+    "UnmatchedBounce",
     "normalize",
 ]
 
@@ -47,6 +60,10 @@ SOURCES = ("bounce", "manual", "import", "api")
 #: a stored bounce message is cut to this size (the DSN itself is small; the
 #: returned original is not needed whole to see why it bounced)
 _RAW_MAX = 256 * 1024
+
+#: unmatched bounces kept (the latest): enough to see a pattern, bounded
+#: whatever a forger sends
+UNMATCHED_KEPT = 1000
 
 
 def normalize(address: str) -> str:
@@ -98,6 +115,43 @@ class BounceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UnmatchedBounce:
+    """A bounce that named no mail Sluice sent to the address it claims: kept, never counted."""
+
+    id: int
+    received_at: float
+    #: the bounce's From (who claims to report it)
+    sender: str
+    #: the address it says failed
+    address: str
+    queue_id: str | None
+    #: why it did not match
+    reason: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> UnmatchedBounce:
+        return cls(
+            id=row["id"],
+            received_at=row["received_at"],
+            sender=row["sender"],
+            address=row["address"],
+            queue_id=row["queue_id"],
+            reason=row["reason"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DsnOutcome:
+    """What ``record_dsn`` made of a bounce: counted (maybe suppressing), or unmatched and why."""
+
+    matched: bool
+    #: the suppression it caused (matched bounces only)
+    entry: Suppression | None = None
+    #: why it was not matched ('' when matched)
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Threshold:
     """When bounces make an address suppressed (``bounces:`` in the config)."""
 
@@ -132,6 +186,8 @@ class Suppressions:
         self._clock = clock
         #: set when webhook events are stored (``Spool.outbox_wake``)
         self._outbox_wake = outbox_wake
+        #: the VERP key once read (``verp_key``): it never changes
+        self._verp_key: bytes | None = None
 
     # ------------------------------------------------------------------ writes
 
@@ -155,19 +211,7 @@ class Suppressions:
             done = _record_bounce(c, bounce, threshold, now)
             if done is None:
                 return None, False
-            events = bounce_events(
-                endpoints,
-                bounce_id=done.bounce_id,
-                queue_id=done.queue_id,
-                recipient=done.address,
-                kind=bounce.kind,
-                status=bounce.status,
-                diagnostic=bounce.diagnostic[:1000],
-                source=bounce.source,
-                now=now,
-                suppressed=done.entry.reason if done.entry is not None else None,
-                suppressed_until=done.entry.expires_at if done.entry is not None else None,
-            )
+            events = _events(endpoints, bounce, done, now)
             insert_events(c, events)
             return done.entry, bool(events)
 
@@ -175,6 +219,72 @@ class Suppressions:
         if evented and self._outbox_wake is not None:
             self._outbox_wake.set()
         return entry
+
+    async def record_dsn(
+        self,
+        bounce: NewBounce,
+        threshold: Threshold,
+        *,
+        sender: str = "",
+        problem: str = "",
+        endpoints: Sequence[Endpoint] = (),
+    ) -> DsnOutcome:
+        """Record a bounce from the mailbox if it is about mail Sluice sent; else keep it apart.
+
+        ``bounce.recipient_id`` is set only from a VERP token that verified;
+        ``bounce.queue_id`` alone comes from the returned ``Received:`` line.
+        ``problem`` (a token that did not verify) makes it unmatched at once.
+        A matched bounce is recorded as ``record_bounce`` does, in the same
+        transaction as the check; an unmatched one is kept in
+        ``unmatched_bounces`` (no event, no count).
+        """
+        now = self._clock()
+
+        def job(c: sqlite3.Connection) -> tuple[DsnOutcome, bool]:
+            reason = problem or _why_unmatched(c, bounce)
+            if reason:
+                c.execute(
+                    QUERIES["unmatched_insert"],
+                    {
+                        "now": now,
+                        "sender": sender[:500],
+                        "address": normalize(bounce.address)[:500],
+                        "queue_id": bounce.queue_id,
+                        "reason": reason[:500],
+                        "key": bounce.key,
+                    },
+                )
+                c.execute(QUERIES["unmatched_prune"], {"keep": UNMATCHED_KEPT})
+                return DsnOutcome(matched=False, reason=reason), False
+            done = _record_bounce(c, bounce, threshold, now)
+            if done is None:
+                return DsnOutcome(matched=True), False
+            events = _events(endpoints, bounce, done, now)
+            insert_events(c, events)
+            return DsnOutcome(matched=True, entry=done.entry), bool(events)
+
+        outcome, evented = await self._writer.submit(job)
+        if evented and self._outbox_wake is not None:
+            self._outbox_wake.set()
+        return outcome
+
+    async def verp_key(self) -> bytes:
+        """The secret VERP tokens are signed with (``relay.verp``): made at first use, kept.
+
+        It lives in the spool (``spool_keys``), so every process that sends
+        or reads bounces for this spool (the daemon, ``sluice bounces poll``)
+        agrees on it, and it survives restarts and upgrades. Never logged.
+        """
+        if self._verp_key is None:
+            fresh = secrets.token_bytes(32)
+            now = self._clock()
+
+            def job(c: sqlite3.Connection) -> bytes:
+                c.execute(QUERIES["spool_key_make"], {"name": "verp", "secret": fresh, "now": now})
+                return bytes(c.execute(QUERIES["spool_key_get"], {"name": "verp"}).fetchone()[0])
+
+            self._verp_key = await self._writer.submit(job)
+        return self._verp_key
 
     async def add(
         self,
@@ -295,6 +405,17 @@ class Suppressions:
         ) as cur:
             return [BounceRecord.from_row(r) async for r in cur]
 
+    async def unmatched(self, *, limit: int = 5) -> list[UnmatchedBounce]:
+        """The latest unmatched bounces, newest first."""
+        async with self._reader.execute(QUERIES["unmatched_latest"], {"limit": limit}) as cur:
+            return [UnmatchedBounce.from_row(r) async for r in cur]
+
+    async def unmatched_count(self) -> int:
+        """How many unmatched bounces are kept (at most ``UNMATCHED_KEPT``)."""
+        async with self._reader.execute(QUERIES["unmatched_count"]) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
     async def bounce_raw(self, bounce_id: int) -> bytes | None:
         """The stored bounce message (cut to 256 KiB), to view it."""
         async with self._reader.execute(QUERIES["bounce_raw"], {"id": bounce_id}) as cur:
@@ -310,6 +431,50 @@ class _Recorded:
     address: str
     queue_id: str
     entry: Suppression | None
+
+
+def _events(
+    endpoints: Sequence[Endpoint], bounce: NewBounce, done: _Recorded, now: float
+) -> list[OutboxEvent]:
+    """The webhook events of a bounce just recorded (``bounced``, and ``suppressed`` if it did)."""
+    return bounce_events(
+        endpoints,
+        bounce_id=done.bounce_id,
+        queue_id=done.queue_id,
+        recipient=done.address,
+        kind=bounce.kind,
+        status=bounce.status,
+        diagnostic=bounce.diagnostic[:1000],
+        source=bounce.source,
+        now=now,
+        suppressed=done.entry.reason if done.entry is not None else None,
+        suppressed_until=done.entry.expires_at if done.entry is not None else None,
+    )
+
+
+def _why_unmatched(c: sqlite3.Connection, bounce: NewBounce) -> str:
+    """Why a bounce from the mailbox is not about mail Sluice sent to its address ('' if it is)."""
+    address = normalize(bounce.address)
+    if bounce.queue_id is None:
+        return "no VERP token and no queue ID of Sluice's in the returned header"
+    if bounce.recipient_id is not None:
+        row = c.execute(
+            QUERIES["bounce_verp_recipient"],
+            {"queue_id": bounce.queue_id, "recipient_id": bounce.recipient_id},
+        ).fetchone()
+        if row is None:
+            return f"the VERP token names no recipient in the spool ({bounce.queue_id})"
+        if normalize(row["rcpt"]) != address:
+            return f"the VERP token is for another recipient of {bounce.queue_id}"
+        return ""
+    row = c.execute(
+        QUERIES["bounce_delivered_recipient"], {"queue_id": bounce.queue_id, "address": address}
+    ).fetchone()
+    if row is not None:
+        return ""
+    if c.execute(QUERIES["message_exists"], {"queue_id": bounce.queue_id}).fetchone() is None:
+        return f"queue ID {bounce.queue_id} names no message in the spool"
+    return f"{bounce.queue_id} was not delivered to this address through a provider"
 
 
 def _record_bounce(
