@@ -102,6 +102,8 @@ class PollResult:
     #: failed addresses of bounces about no mail Sluice sent them (kept, never counted)
     unmatched: int = 0
     suppressed: list[str] = field(default_factory=list)
+    #: one "<address> from <sender>: reason" per unmatched failure (``sluice bounces poll``)
+    unmatched_lines: list[str] = field(default_factory=list)
     #: one "UID 7: reason" per unreadable message (``sluice bounces poll`` prints them)
     skipped: list[str] = field(default_factory=list)
 
@@ -196,6 +198,9 @@ class BouncePoller:
                 )
                 if not outcome.matched:
                     result.unmatched += 1
+                    result.unmatched_lines.append(
+                        f"<{bounce.address}> from <{sender}>: {outcome.reason}"
+                    )
                     log.warning(
                         "bounce not matched, not counted: to=<%s> from=<%s> queue_id=%s: %s",
                         bounce.address,
