@@ -14,6 +14,7 @@ about delivered mail must still suppress, with VERP and without.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,15 @@ import pytest
 from relay.bounces.poller import BouncePoller
 from relay.store.spool import Spool
 from relay.verp import verp_address
+from tests.admin.conftest import AppClientFactory, app_client
 from tests.bounces.genuine import delivered
 from tests.bounces.mailhost import Dovecot
+from tests.bounces.test_end_to_end import GONE, OK, Peers, peers, sections, send
 from tests.bounces.test_mailbox import PASSWORD, append, config_with, imap, mailbox_settings
-from tests.conftest import fast_config, write_config
+from tests.conftest import Running, SluiceFactory, eventually, fast_config, smtp_send, write_config
 from tests.daemon_proc import run_cli
 
-__all__ = ["imap"]  # the Dovecot fixture, shared with test_mailbox
+__all__ = ["app_client", "imap", "peers"]  # fixtures shared with the other bounce tests
 
 pytestmark = pytest.mark.slow
 
@@ -81,19 +84,30 @@ def dsn(rcpt: str, *, to: str = BOUNCES, received_id: str | None = None) -> byte
     ).encode()
 
 
-def forgeries(rcpt: str, real_qid: str, real_rid: int) -> list[bytes]:
-    """Every kind of forged DSN about ``rcpt`` that needs no secret of Sluice's."""
+def forged(
+    rcpt: str, real_qid: str, real_rid: int, bounces: str = BOUNCES
+) -> list[tuple[str, bytes]]:
+    """(where it is sent, the DSN) of every kind of forgery about ``rcpt`` needing no secret."""
+    local, _, domain = bounces.partition("@")
     made_up = secrets.token_hex(8).upper()
     forged_mac = secrets.token_hex(8)
-    return [
-        dsn(rcpt),  # no queue ID at all
-        dsn(rcpt, received_id=made_up),  # a made-up Received id
-        dsn(rcpt, received_id=real_qid),  # a real message, never sent to rcpt
+    tokens = (
         # a VERP token with a forged MAC
-        dsn(rcpt, to=f"bounces+{real_qid.lower()}-{real_rid}-{forged_mac}@sluice.example"),
+        f"{local}+{real_qid.lower()}-{real_rid}-{forged_mac}@{domain}",
         # a token of before signed tokens (as mail in flight at the upgrade carries)
-        dsn(rcpt, to=f"bounces+{real_qid}-{real_rid}@sluice.example"),
+        f"{local}+{real_qid}-{real_rid}@{domain}",
+    )
+    return [
+        (bounces, dsn(rcpt, to=bounces)),  # no queue ID at all
+        (bounces, dsn(rcpt, to=bounces, received_id=made_up)),  # a made-up Received id
+        (bounces, dsn(rcpt, to=bounces, received_id=real_qid)),  # a real one, not to rcpt
+        *((to, dsn(rcpt, to=to)) for to in tokens),
     ]
+
+
+def forgeries(rcpt: str, real_qid: str, real_rid: int) -> list[bytes]:
+    """The DSNs of ``forged``, to append to the mailbox."""
+    return [data for _to, data in forged(rcpt, real_qid, real_rid)]
 
 
 async def test_forged_dsns_leave_the_address_off_the_list_and_are_kept_as_unmatched(
@@ -190,3 +204,43 @@ async def test_sluice_bounces_poll_prints_the_unmatched_count(
     async with await Spool.open(tmp_path / "spool.sqlite3") as spool:
         assert await spool.suppressions.active(CEO) is None
         assert await spool.suppressions.unmatched_count() == 5
+
+
+async def test_the_daemon_counts_postfixs_real_dsn_and_shows_the_forgeries_apart(
+    sluice: SluiceFactory, peers: Peers, app_client: AppClientFactory
+) -> None:
+    """End to end: Postfix bounces real VERP mail; forgeries come in over SMTP beside it."""
+    provider = {"id": "mx", "host": "127.0.0.1", "port": peers.mx.port, "encryption": "none"}
+    async with sluice([provider], **sections(peers, threshold=1)) as s:
+        book = s.spool.suppressions
+        qid = await send(s, [GONE, OK], "real mail")
+        await eventually(lambda: peers.delivered_to("ok") == 1, within=30)
+        # OK got the message: its reader knows the queue ID and its own recipient id.
+        (ok_rid,) = [r.id for r in (await s.spool.get(qid)).recipients if r.email == OK]
+        for rcpt in (CEO, CFO):
+            for to, data in forged(rcpt, qid, ok_rid, "bounces@bounce.test"):
+                refused, _ = await smtp_send(
+                    peers.mx.port, "mailer-daemon@corp.example", [to], data
+                )
+                assert refused == {}
+        await eventually(lambda: book.active(GONE), within=30)  # Postfix's DSN counts
+        await eventually(_unmatched_are(s, 10), within=30)
+        for address in (CEO, CFO):
+            assert await book.active(address) is None
+            assert await book.bounces_of(address) == []
+        assert await book.active(OK) is None
+        async with app_client(s) as c:
+            card = (await c.get("/api/overview")).json()["bounce_mailbox"]
+            assert card["unmatched"] == 10
+            assert {u["address"] for u in card["unmatched_latest"]} <= {CEO, CFO}
+            assert len(card["unmatched_latest"]) == 5
+            page = (await c.get("/")).text
+            assert "10 bounces not matched to mail Sluice sent" in page
+            assert "cfo@corp.example" in page
+
+
+def _unmatched_are(s: Running, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await s.spool.suppressions.unmatched_count() == n
+
+    return check
