@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.bounces.mailbox import PROCESSED
 from relay.bounces.poller import BouncePoller
 from relay.store.spool import Spool
 from relay.verp import verp_address
@@ -26,8 +27,15 @@ from tests.admin.conftest import AppClientFactory, app_client
 from tests.bounces.genuine import delivered
 from tests.bounces.mailhost import Dovecot
 from tests.bounces.test_end_to_end import GONE, OK, Peers, peers, sections, send
-from tests.bounces.test_mailbox import PASSWORD, append, config_with, imap, mailbox_settings
-from tests.conftest import Running, SluiceFactory, eventually, fast_config, smtp_send, write_config
+from tests.bounces.test_mailbox import (
+    PASSWORD,
+    append,
+    config_with,
+    flags_in,
+    imap,
+    mailbox_settings,
+)
+from tests.conftest import SluiceFactory, eventually, fast_config, smtp_send, write_config
 from tests.daemon_proc import run_cli
 
 __all__ = ["app_client", "imap", "peers"]  # fixtures shared with the other bounce tests
@@ -224,11 +232,12 @@ async def test_the_daemon_counts_postfixs_real_dsn_and_shows_the_forgeries_apart
                 )
                 assert refused == {}
         await eventually(lambda: book.active(GONE), within=30)  # Postfix's DSN counts
-        await eventually(_unmatched_are(s, 10), within=30)
+        await eventually(_all_read(peers, 11), within=30)
         for address in (CEO, CFO):
             assert await book.active(address) is None
             assert await book.bounces_of(address) == []
         assert await book.active(OK) is None
+        assert await book.unmatched_count() == 10
         async with app_client(s) as c:
             card = (await c.get("/api/overview")).json()["bounce_mailbox"]
             assert card["unmatched"] == 10
@@ -239,8 +248,11 @@ async def test_the_daemon_counts_postfixs_real_dsn_and_shows_the_forgeries_apart
             assert "cfo@corp.example" in page
 
 
-def _unmatched_are(s: Running, n: int) -> Callable[[], Awaitable[bool]]:
+def _all_read(peers: Peers, n: int) -> Callable[[], Awaitable[bool]]:
+    """Whether the poller has read (and marked) all ``n`` messages in the bounce mailbox."""
+
     async def check() -> bool:
-        return await s.spool.suppressions.unmatched_count() == n
+        flags = await flags_in(peers.imap)
+        return len(flags) == n and all(PROCESSED in f for f in flags)
 
     return check
