@@ -276,6 +276,13 @@ class Suppressions:
         agrees on it, and it survives restarts and upgrades. Never logged.
         """
         if self._verp_key is None:
+            # Read first: once made, no process needs the writer for it (a spool
+            # that cannot be written, a full disk, still signs and checks tokens).
+            async with self._reader.execute(QUERIES["spool_key_get"], {"name": "verp"}) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                self._verp_key = bytes(row[0])
+                return self._verp_key
             fresh = secrets.token_bytes(32)
             now = self._clock()
 
