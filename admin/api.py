@@ -70,19 +70,24 @@ async def overview_data(st: AdminState) -> dict[str, Any]:
         "started_at": status.started_at,
         "last_reload_error": status.last_reload_error,
         "last_reload_at": status.last_reload_at,
-        "bounce_mailbox": bounce_mailbox_data(st),
+        "bounce_mailbox": await bounce_mailbox_data(st),
         "pauses": [jsonable(p) for p in (await b.spool.pauses()).values()],
     }
 
 
-def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
+async def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
     """The bounce mailbox on the overview: ``off``, ``waiting`` (not read yet), ``ok``, ``failing``.
 
     Shown to the logged-in operator only: the error text may name the mail server.
+    ``unmatched`` counts the bounces kept because they named no mail Sluice
+    sent to the address (forged, or about mail already pruned), and
+    ``unmatched_latest`` lists the newest few: what a forger tried is seen,
+    never counted.
     """
     poll = st.backend.bounce_mailbox()
     if poll is None:
         return {"state": MailboxState.OFF, "configured": False}
+    sup = st.backend.spool.suppressions
     return {
         "state": poll.state,
         "configured": True,
@@ -94,6 +99,8 @@ def bounce_mailbox_data(st: AdminState) -> dict[str, Any]:
         "unreadable": poll.unreadable,
         "last_unreadable": poll.last_unreadable,
         "last_unreadable_at": poll.last_unreadable_at,
+        "unmatched": await sup.unmatched_count(),
+        "unmatched_latest": [jsonable(u) for u in await sup.unmatched(limit=5)],
     }
 
 

@@ -284,10 +284,12 @@ SPOOL_READS = frozenset(
     }
 )
 #: ``Suppressions`` (``spool.suppressions``) methods that change the list
-SUPPRESSION_WRITES = frozenset({"record_bounce", "add", "add_many", "remove"})
+SUPPRESSION_WRITES = frozenset(
+    {"record_bounce", "record_dsn", "verp_key", "add", "add_many", "remove"}
+)
 SUPPRESSION_READS = frozenset(
     {"active", "active_many", "page", "entries_of", "scopes", "count_by_source", "bounces_of"}
-    | {"bounce_raw"}
+    | {"bounce_raw", "unmatched", "unmatched_count"}
 )
 #: the wings that are front-ends
 FRONT_ENDS = ("admin", "cli")

@@ -14,7 +14,9 @@ notices) are not bounces, unless they carry a delivery-status report.
 Which message a bounce answers: the VERP token in the address it was sent to
 (``relay.verp``), else Sluice's own ``Received:`` line in the returned
 headers, which every message Sluice spools carries, however it came in
-(``relay.received`` writes it and reads it back).
+(``relay.received`` writes it and reads it back). What is read here is only
+what the bounce claims: the poller checks the token's MAC and the store
+whether the message was delivered to the address (``record_dsn``).
 
 Hostile input is bounded: a bounce over ``max_size`` or nested deeper than
 ``_MAX_DEPTH`` raises ``UnreadableBounce``; undecodable text is replaced, never
@@ -77,6 +79,8 @@ class BounceReport:
     delivered_to: list[str] = field(default_factory=list)
     #: "dsn" (RFC 3464) or "heuristic" (flufl.bounce)
     format: str = "dsn"
+    #: who the bounce says it is from (its ``From:`` address), for unmatched bounces
+    sender: str = ""
 
 
 def read_bounce(raw: bytes, *, max_size: int = 10 * 1024 * 1024) -> BounceReport | None:
@@ -92,8 +96,9 @@ def read_bounce(raw: bytes, *, max_size: int = 10 * 1024 * 1024) -> BounceReport
     delivered_to = _delivered_to(msg)
     queue_id = _queue_id(parts, raw)
     report = _delivery_status(parts)
+    sender = email.utils.parseaddr(_header(msg, "From"))[1]
     if report is not None:
-        return BounceReport(report, queue_id, delivered_to, "dsn")
+        return BounceReport(report, queue_id, delivered_to, "dsn", sender)
     if _auto_reply(msg) and not _from_mail_system(msg):
         return None
     try:
@@ -105,7 +110,7 @@ def read_bounce(raw: bytes, *, max_size: int = 10 * 1024 * 1024) -> BounceReport
     failures += [_found(parts, _text(a), "soft") for a in sorted(temporary) if a not in permanent]
     if not failures:
         return None
-    return BounceReport(failures, queue_id, delivered_to, "heuristic")
+    return BounceReport(failures, queue_id, delivered_to, "heuristic", sender)
 
 
 def _walk(msg: email.message.Message) -> Iterator[email.message.Message]:

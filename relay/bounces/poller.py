@@ -17,6 +17,13 @@ batch. It is logged once with its UID and the reason (no traceback: the
 reason is the input, not a bug to chase), counted in ``PollResult`` and
 ``PollStatus``, and marked like every read message so no later poll reads
 it again; the others of the batch are recorded as usual.
+
+A bounce counts only when it is about mail Sluice sent to the address it
+names (a signed VERP token, or the returned ``Received:`` line's queue ID
+and a recipient that message was delivered to): anyone can send a
+well-formed DSN to the bounce address. The rest are kept as *unmatched*
+(``Suppressions.record_dsn``), logged one line each, counted in
+``PollResult.unmatched``, and never count toward suppression.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
 from relay.config import BounceSettings, Config, MailboxSettings
 from relay.store.suppressions import NewBounce, Suppressions, Threshold
 from relay.verp import parse as parse_verp
+from relay.verp import token_of
 
 __all__ = ["BouncePoller", "MailboxState", "PollResult", "PollStatus"]
 
@@ -91,7 +99,11 @@ class PollResult:
     not_bounces: int = 0
     unreadable: int = 0
     too_large: int = 0
+    #: failed addresses of bounces about no mail Sluice sent them (kept, never counted)
+    unmatched: int = 0
     suppressed: list[str] = field(default_factory=list)
+    #: one "<address> from <sender>: reason" per unmatched failure (``sluice bounces poll``)
+    unmatched_lines: list[str] = field(default_factory=list)
     #: one "UID 7: reason" per unreadable message (``sluice bounces poll`` prints them)
     skipped: list[str] = field(default_factory=list)
 
@@ -162,6 +174,7 @@ class BouncePoller:
             raise
         result.fetched = len(parsed)
         threshold = Threshold.of(cfg.bounces)
+        key = await self._store.verp_key() if cfg.bounces.address else None
         for item in parsed:
             if item.problem:
                 if item.raw is None:  # not fetched: over the size limit
@@ -178,10 +191,26 @@ class BouncePoller:
                 result.not_bounces += 1
                 continue
             result.bounces += 1
-            for bounce in _bounces(item, cfg.bounces):
-                entry = await self._store.record_bounce(
-                    bounce, threshold, endpoints=cfg.notify.webhooks
+            sender = item.report.sender
+            for bounce, problem in _bounces(item, cfg.bounces, key):
+                outcome = await self._store.record_dsn(
+                    bounce, threshold, sender=sender, problem=problem, endpoints=cfg.notify.webhooks
                 )
+                if not outcome.matched:
+                    result.unmatched += 1
+                    result.unmatched_lines.append(
+                        f"<{bounce.address}> from <{sender}>: {outcome.reason}"
+                    )
+                    log.warning(
+                        "bounce not matched, not counted: to=<%s> from=<%s> queue_id=%s: %s",
+                        bounce.address,
+                        sender,
+                        bounce.queue_id or "-",
+                        outcome.reason,
+                        extra={"event": "bounce_unmatched", "queue_id": bounce.queue_id or ""},
+                    )
+                    continue
+                entry = outcome.entry
                 log.info(
                     "bounce: to=<%s> kind=%s status=%s queue_id=%s%s",
                     bounce.address,
@@ -299,29 +328,42 @@ def _mark_done(
         mb.done(uids, unreadable)
 
 
-def _bounces(item: _Parsed, settings: BounceSettings) -> list[NewBounce]:
-    """One ``NewBounce`` per failed recipient, attributed by VERP when possible."""
+def _bounces(
+    item: _Parsed, settings: BounceSettings, key: bytes | None
+) -> list[tuple[NewBounce, str]]:
+    """One ``NewBounce`` per failed recipient, with why it cannot match ('' when it may).
+
+    A VERP token counts only when its MAC verifies (``relay.verp``); then it
+    names the recipient row. A bounce sent to a token that does not verify
+    (forged, or answering mail sent before tokens were signed) is unmatched
+    outright: it does not fall back on the queue ID a forger can copy. With
+    no token, the queue ID of the returned ``Received:`` line is what the
+    store checks against the recipients the message was delivered to.
+    """
     report = item.report
     assert report is not None
     verp: tuple[str, int] | None = None
-    if settings.address:
-        for addr in report.delivered_to:
-            verp = parse_verp(addr, settings.address)
+    problem = ""
+    if settings.address and key is not None:
+        tokens = [a for a in report.delivered_to if token_of(a, settings.address) is not None]
+        for addr in tokens:
+            verp = parse_verp(addr, settings.address, key)
             if verp is not None:
                 break
+        if verp is None and tokens:
+            problem = "a VERP token that does not verify (forged, or older than signed tokens)"
     out = []
     for failure in report.failures:
-        out.append(
-            NewBounce(
-                address=failure.address,
-                kind=failure.kind,
-                source="dsn",
-                status=failure.status,
-                diagnostic=failure.diagnostic,
-                queue_id=verp[0] if verp is not None else report.queue_id,
-                recipient_id=verp[1] if verp is not None else None,
-                key=f"{item.key}:{failure.address.lower()}",
-                raw=item.raw,
-            )
+        bounce = NewBounce(
+            address=failure.address,
+            kind=failure.kind,
+            source="dsn",
+            status=failure.status,
+            diagnostic=failure.diagnostic,
+            queue_id=verp[0] if verp is not None else report.queue_id,
+            recipient_id=verp[1] if verp is not None else None,
+            key=f"{item.key}:{failure.address.lower()}",
+            raw=item.raw,
         )
+        out.append((bounce, problem))
     return out

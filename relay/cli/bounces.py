@@ -186,10 +186,16 @@ async def cmd_poll(args: argparse.Namespace) -> int:
         return result
     print(
         f"read {result.fetched}: {result.bounces} bounces, {result.not_bounces} not bounces, "
-        f"{result.unreadable} unreadable, {result.too_large} too large"
+        f"{result.unreadable} unreadable, {result.too_large} too large, "
+        f"{result.unmatched} unmatched"
     )
     for address in result.suppressed:
         print(f"now suppressed: {address}")
+    if result.unmatched:
+        bounces = plural(result.unmatched, "unmatched bounce")
+        print(f"{bounces} (about no mail Sluice sent them): not counted")
+    for line in result.unmatched_lines:
+        print(f"unmatched {line}")
     for line in result.skipped:
         print(f"skipped {line}")
     return EX_OK

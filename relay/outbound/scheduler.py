@@ -425,6 +425,7 @@ class Scheduler:
         """
         tried = Tried()
         bounces = snap.config.bounces
+        verp_key = await self._spool.suppressions.verp_key() if bounces.verp else b""
         for rids_of_route, route in snap.providers.plan(claim, head):
             pending = {rid: claim.recipients[rid].address for rid in rids_of_route}
             for provider in route:
@@ -440,7 +441,7 @@ class Scheduler:
                 answered: list[tuple[int, Outcome]] = []
                 for group, envelope in _return_paths(
                     rids, claim.queue_id, provider.settings.bounce_address or bounces.address,
-                    verp=bounces.verp,
+                    verp=bounces.verp, key=verp_key,
                 ):  # fmt: skip
                     started = time.monotonic()
                     got = self._paused(provider.id) or await provider.deliver(
@@ -720,12 +721,13 @@ class Settled(NamedTuple):
 
 
 def _return_paths(
-    rids: list[int], queue_id: str, bounce_address: str | None, *, verp: bool
+    rids: list[int], queue_id: str, bounce_address: str | None, *, verp: bool, key: bytes
 ) -> list[tuple[list[int], str | None]]:
     """The envelope sender of each transaction: the app's own (None), the bounce
-    address, or, with VERP, one return path (and so one transaction) per recipient."""
+    address, or, with VERP, one return path (and so one transaction) per recipient,
+    signed with the spool's ``key`` (``relay.verp``)."""
     if bounce_address and verp:
-        return [([rid], verp_address(bounce_address, queue_id, rid)) for rid in rids]
+        return [([rid], verp_address(bounce_address, queue_id, rid, key)) for rid in rids]
     return [(rids, bounce_address)]
 
 

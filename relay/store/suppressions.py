@@ -12,12 +12,22 @@ A suppression entry is global (scope ``''``) or scoped to one stream (the
 relay's counterpart of a newsletter campaign, named by a header such as
 ``X-Sluice-Stream`` or ``List-Id``), has a source (bounce, manual, import,
 api), a reason, and an optional expiry. Addresses are compared lower-cased.
+
+A bounce read from the bounce mailbox (``record_dsn``) counts only when it is
+about mail Sluice sent to that address: a verified VERP token naming a
+recipient row of that address, or a queue ID (Sluice's ``Received:`` line in
+the returned header) naming a message delivered through a provider to it.
+Anyone can write a well-formed DSN to the bounce address, which is the
+return path of every relayed message; what names no such mail is kept as an
+*unmatched* bounce (who sent it, the address it claims, why it did not
+match; the latest ``UNMATCHED_KEPT``), shown and never counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -26,7 +36,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from relay.config import BounceSettings
-from relay.events import Endpoint, bounce_events
+from relay.events import Endpoint, OutboxEvent, bounce_events
 from relay.model import Suppression, suppressed_for
 from relay.secrets import Redactor
 from relay.store.outbox import insert_events
@@ -35,10 +45,13 @@ from relay.store.writer import Writer
 
 __all__ = [
     "SOURCES",
+    "UNMATCHED_KEPT",
     "BounceRecord",
+    "DsnOutcome",
     "NewBounce",
     "Suppressions",
     "Threshold",
+    "UnmatchedBounce",
     "normalize",
 ]
 
@@ -48,6 +61,10 @@ SOURCES = ("bounce", "manual", "import", "api")
 #: a stored bounce message is cut to this size (the DSN itself is small; the
 #: returned original is not needed whole to see why it bounced)
 _RAW_MAX = 256 * 1024
+
+#: unmatched bounces kept (the latest): enough to see a pattern, bounded
+#: whatever a forger sends
+UNMATCHED_KEPT = 1000
 
 
 def normalize(address: str) -> str:
@@ -99,6 +116,43 @@ class BounceRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UnmatchedBounce:
+    """A bounce that named no mail Sluice sent to the address it claims: kept, never counted."""
+
+    id: int
+    received_at: float
+    #: the bounce's From (who claims to report it)
+    sender: str
+    #: the address it says failed
+    address: str
+    queue_id: str | None
+    #: why it did not match
+    reason: str
+
+    @classmethod
+    def from_row(cls, row: Any) -> UnmatchedBounce:
+        return cls(
+            id=row["id"],
+            received_at=row["received_at"],
+            sender=row["sender"],
+            address=row["address"],
+            queue_id=row["queue_id"],
+            reason=row["reason"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DsnOutcome:
+    """What ``record_dsn`` made of a bounce: counted (maybe suppressing), or unmatched and why."""
+
+    matched: bool
+    #: the suppression it caused (matched bounces only)
+    entry: Suppression | None = None
+    #: why it was not matched ('' when matched)
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Threshold:
     """When bounces make an address suppressed (``bounces:`` in the config)."""
 
@@ -135,6 +189,8 @@ class Suppressions:
         self._outbox_wake = outbox_wake
         #: masks secrets in a bounce's diagnostic and raw message (``Spool.redact`` sets it)
         self.redact = Redactor()
+        #: the VERP key once read (``verp_key``): it never changes
+        self._verp_key: bytes | None = None
 
     # ------------------------------------------------------------------ writes
 
@@ -159,19 +215,7 @@ class Suppressions:
             done = _record_bounce(c, bounce, threshold, now)
             if done is None:
                 return None, False
-            events = bounce_events(
-                endpoints,
-                bounce_id=done.bounce_id,
-                queue_id=done.queue_id,
-                recipient=done.address,
-                kind=bounce.kind,
-                status=bounce.status,
-                diagnostic=bounce.diagnostic[:1000],
-                source=bounce.source,
-                now=now,
-                suppressed=done.entry.reason if done.entry is not None else None,
-                suppressed_until=done.entry.expires_at if done.entry is not None else None,
-            )
+            events = _events(endpoints, bounce, done, now)
             insert_events(c, events)
             return done.entry, bool(events)
 
@@ -195,6 +239,81 @@ class Suppressions:
         if diagnostic == bounce.diagnostic and raw is bounce.raw:
             return bounce
         return replace(bounce, diagnostic=diagnostic, raw=raw)
+
+    async def record_dsn(
+        self,
+        bounce: NewBounce,
+        threshold: Threshold,
+        *,
+        sender: str = "",
+        problem: str = "",
+        endpoints: Sequence[Endpoint] = (),
+    ) -> DsnOutcome:
+        """Record a bounce from the mailbox if it is about mail Sluice sent; else keep it apart.
+
+        ``bounce.recipient_id`` is set only from a VERP token that verified;
+        ``bounce.queue_id`` alone comes from the returned ``Received:`` line.
+        ``problem`` (a token that did not verify) makes it unmatched at once.
+        A matched bounce is recorded as ``record_bounce`` does, in the same
+        transaction as the check; an unmatched one is kept in
+        ``unmatched_bounces`` (no event, no count).
+        """
+        now = self._clock()
+        bounce = self._redacted(bounce)
+        sender = self.redact(sender)
+
+        def job(c: sqlite3.Connection) -> tuple[DsnOutcome, bool]:
+            reason = problem or _why_unmatched(c, bounce)
+            if reason:
+                c.execute(
+                    QUERIES["unmatched_insert"],
+                    {
+                        "now": now,
+                        "sender": sender[:500],
+                        "address": normalize(bounce.address)[:500],
+                        "queue_id": bounce.queue_id,
+                        "reason": reason[:500],
+                        "key": bounce.key,
+                    },
+                )
+                c.execute(QUERIES["unmatched_prune"], {"keep": UNMATCHED_KEPT})
+                return DsnOutcome(matched=False, reason=reason), False
+            done = _record_bounce(c, bounce, threshold, now)
+            if done is None:
+                return DsnOutcome(matched=True), False
+            events = _events(endpoints, bounce, done, now)
+            insert_events(c, events)
+            return DsnOutcome(matched=True, entry=done.entry), bool(events)
+
+        outcome, evented = await self._writer.submit(job)
+        if evented and self._outbox_wake is not None:
+            self._outbox_wake.set()
+        return outcome
+
+    async def verp_key(self) -> bytes:
+        """The secret VERP tokens are signed with (``relay.verp``): made at first use, kept.
+
+        It lives in the spool (``spool_keys``), so every process that sends
+        or reads bounces for this spool (the daemon, ``sluice bounces poll``)
+        agrees on it, and it survives restarts and upgrades. Never logged.
+        """
+        if self._verp_key is None:
+            # Read first: once made, no process needs the writer for it (a spool
+            # that cannot be written, a full disk, still signs and checks tokens).
+            async with self._reader.execute(QUERIES["spool_key_get"], {"name": "verp"}) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                self._verp_key = bytes(row[0])
+                return self._verp_key
+            fresh = secrets.token_bytes(32)
+            now = self._clock()
+
+            def job(c: sqlite3.Connection) -> bytes:
+                c.execute(QUERIES["spool_key_make"], {"name": "verp", "secret": fresh, "now": now})
+                return bytes(c.execute(QUERIES["spool_key_get"], {"name": "verp"}).fetchone()[0])
+
+            self._verp_key = await self._writer.submit(job)
+        return self._verp_key
 
     async def add(
         self,
@@ -315,6 +434,17 @@ class Suppressions:
         ) as cur:
             return [BounceRecord.from_row(r) async for r in cur]
 
+    async def unmatched(self, *, limit: int = 5) -> list[UnmatchedBounce]:
+        """The latest unmatched bounces, newest first."""
+        async with self._reader.execute(QUERIES["unmatched_latest"], {"limit": limit}) as cur:
+            return [UnmatchedBounce.from_row(r) async for r in cur]
+
+    async def unmatched_count(self) -> int:
+        """How many unmatched bounces are kept (at most ``UNMATCHED_KEPT``)."""
+        async with self._reader.execute(QUERIES["unmatched_count"]) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
     async def bounce_raw(self, bounce_id: int) -> bytes | None:
         """The stored bounce message (cut to 256 KiB), to view it."""
         async with self._reader.execute(QUERIES["bounce_raw"], {"id": bounce_id}) as cur:
@@ -330,6 +460,50 @@ class _Recorded:
     address: str
     queue_id: str
     entry: Suppression | None
+
+
+def _events(
+    endpoints: Sequence[Endpoint], bounce: NewBounce, done: _Recorded, now: float
+) -> list[OutboxEvent]:
+    """The webhook events of a bounce just recorded (``bounced``, and ``suppressed`` if it did)."""
+    return bounce_events(
+        endpoints,
+        bounce_id=done.bounce_id,
+        queue_id=done.queue_id,
+        recipient=done.address,
+        kind=bounce.kind,
+        status=bounce.status,
+        diagnostic=bounce.diagnostic[:1000],
+        source=bounce.source,
+        now=now,
+        suppressed=done.entry.reason if done.entry is not None else None,
+        suppressed_until=done.entry.expires_at if done.entry is not None else None,
+    )
+
+
+def _why_unmatched(c: sqlite3.Connection, bounce: NewBounce) -> str:
+    """Why a bounce from the mailbox is not about mail Sluice sent to its address ('' if it is)."""
+    address = normalize(bounce.address)
+    if bounce.queue_id is None:
+        return "no VERP token and no queue ID of Sluice's in the returned header"
+    if bounce.recipient_id is not None:
+        row = c.execute(
+            QUERIES["bounce_verp_recipient"],
+            {"queue_id": bounce.queue_id, "recipient_id": bounce.recipient_id},
+        ).fetchone()
+        if row is None:
+            return f"the VERP token names no recipient in the spool ({bounce.queue_id})"
+        if normalize(row["rcpt"]) != address:
+            return f"the VERP token is for another recipient of {bounce.queue_id}"
+        return ""
+    row = c.execute(
+        QUERIES["bounce_delivered_recipient"], {"queue_id": bounce.queue_id, "address": address}
+    ).fetchone()
+    if row is not None:
+        return ""
+    if c.execute(QUERIES["message_exists"], {"queue_id": bounce.queue_id}).fetchone() is None:
+        return f"queue ID {bounce.queue_id} names no message in the spool"
+    return f"{bounce.queue_id} was not delivered to this address through a provider"
 
 
 def _record_bounce(

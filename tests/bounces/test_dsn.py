@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
-from relay.verp import parse, verp_address
+from relay.verp import parse, token_of, verp_address
+from tests.bounces.genuine import about
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -57,12 +58,21 @@ def test_real_bounce_shapes(
     assert report.format == fmt
 
 
+KEY = b"k" * 32
+
+
 def test_the_bounce_names_the_verp_address_it_was_sent_to() -> None:
-    report = read_bounce(load("gmail.eml"))
+    signed = verp_address("bounces@sluice.example", "0190F2A3B4C5D6E7", 42, KEY)
+    report = read_bounce(about(load("gmail.eml"), "0190F2A3B4C5D6E7", signed))
     assert report is not None
-    assert "bounces+0190F2A3B4C5D6E7-42@sluice.example" in report.delivered_to
-    (verp,) = {parse(a, "bounces@sluice.example") for a in report.delivered_to} - {None}
+    assert signed in report.delivered_to
+    (verp,) = {parse(a, "bounces@sluice.example", KEY) for a in report.delivered_to} - {None}
     assert verp == ("0190F2A3B4C5D6E7", 42)
+    # The sample as stored carries a token of before signing: it is read, never accepted.
+    old = read_bounce(load("gmail.eml"))
+    assert old is not None and "bounces+0190F2A3B4C5D6E7-42@sluice.example" in old.delivered_to
+    assert {parse(a, "bounces@sluice.example", KEY) for a in old.delivered_to} == {None}
+    assert token_of("bounces+0190F2A3B4C5D6E7-42@sluice.example", "bounces@sluice.example")
 
 
 def test_an_out_of_office_reply_is_not_a_bounce() -> None:
@@ -127,9 +137,9 @@ def test_garbage_never_crashes(data: bytes) -> None:
     st.integers(min_value=1, max_value=10**15),
 )
 def test_verp_round_trip(queue_id: str, rid: int) -> None:
-    address = verp_address("Bounces@Example.COM", queue_id, rid)
-    assert parse(address, "bounces@example.com") == (queue_id, rid)
-    assert parse(address, "other@example.com") is None
-    assert parse("bounces@example.com", "bounces@example.com") is None
+    address = verp_address("Bounces@Example.COM", queue_id, rid, KEY)
+    assert parse(address, "bounces@example.com", KEY) == (queue_id, rid)
+    assert parse(address, "other@example.com", KEY) is None
+    assert parse("bounces@example.com", "bounces@example.com", KEY) is None
     # relay.address.domain_of: a trailing dot on the domain is the same domain.
-    assert parse(address.replace(".COM", ".com."), "bounces@example.com") == (queue_id, rid)
+    assert parse(address.replace(".COM", ".com."), "bounces@example.com", KEY) == (queue_id, rid)

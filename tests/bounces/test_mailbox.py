@@ -15,6 +15,7 @@ from relay.bounces.mailbox import PROCESSED, Mailbox, MailboxError
 from relay.bounces.poller import BouncePoller
 from relay.config import Config, MailboxSettings, loads
 from relay.store.spool import Spool
+from tests.bounces.genuine import about, delivered
 from tests.bounces.mailhost import Dovecot, dovecot
 from tests.conftest import eventually
 
@@ -121,17 +122,20 @@ async def test_poll_records_bounces_skips_the_rest_and_marks_everything(
 ) -> None:
     garbage = b"\x00\xff" * 50 + b"\r\n\r\n" + bytes(range(256)) * 4
     huge = b"From: MAILER-DAEMON@x\r\nSubject: big\r\n\r\n" + b"y" * 300_000 + b"\r\n"
-    await append(
-        imap,
-        fixture("gmail.eml"),
-        fixture("exim.eml"),
-        fixture("out-of-office.eml"),
-        garbage,
-        huge,
-    )
     box = mailbox_settings(imap, max_message_size=200_000)
     cfg = config_with(box, tmp_path, threshold=5)
     async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        # Bounces about mail this spool delivered (only those count).
+        gmail, _ = await delivered(spool, "nobody.here@gmail.com")
+        exim, _ = await delivered(spool, "olduser@example.com")
+        await append(
+            imap,
+            about(fixture("gmail.eml"), gmail),
+            about(fixture("exim.eml"), exim),
+            fixture("out-of-office.eml"),
+            garbage,
+            huge,
+        )
         poller = poller_for(spool, cfg)
         result = await poller.poll_once()
         assert result.fetched == 5
@@ -172,7 +176,8 @@ async def test_a_mailbox_that_is_down_backs_off_and_recovers(imap: Dovecot, tmp_
             await eventually(lambda: poller.status.failures >= 1)
             assert "cannot connect" in poller.status.last_error
             assert poller.status.next_poll_at is not None
-            await append(imap, fixture("gmail.eml"))
+            gmail, _ = await delivered(spool, "nobody.here@gmail.com")
+            await append(imap, about(fixture("gmail.eml"), gmail))
             cfg_box[0] = box  # the mailbox is back (here: the right port)
             # The next attempt comes after the back-off; then it is healthy again.
             await eventually(

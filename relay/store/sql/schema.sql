@@ -120,6 +120,29 @@ CREATE TABLE IF NOT EXISTS bounces (
 CREATE INDEX IF NOT EXISTS bounces_address ON bounces(address, received_at);
 CREATE INDEX IF NOT EXISTS bounces_queue_id ON bounces(queue_id);
 
+-- Bounces that named no mail Sluice sent to the address they claim (no
+-- token or queue ID, a token that does not verify, a queue ID whose message
+-- was not delivered to that address): kept to be seen, the latest 1,000 only.
+CREATE TABLE IF NOT EXISTS unmatched_bounces (
+    id          INTEGER PRIMARY KEY,
+    received_at REAL    NOT NULL,
+    sender      TEXT    NOT NULL DEFAULT '',
+    address     TEXT    NOT NULL,
+    queue_id    TEXT,
+    reason      TEXT    NOT NULL,
+    -- what makes one bounce one, as in bounces.key
+    key         TEXT    UNIQUE
+);
+
+-- Secrets the spool keeps for itself: 'verp' signs VERP return paths
+-- (relay/verp.py). Made at first use by Suppressions.verp_key, never logged
+-- or shown; the spool's file permissions guard it, as they do OAuth grants.
+CREATE TABLE IF NOT EXISTS spool_keys (
+    name       TEXT PRIMARY KEY,
+    secret     BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+
 -- Suppressed addresses: never sent to a provider. scope '' applies to every
 -- stream; otherwise only to mail of that stream (X-Sluice-Stream, List-Id).
 -- source: bounce, manual, import, api.

@@ -96,3 +96,45 @@ WHERE address >= coalesce(:after, '')
   AND (:scope IS NULL OR scope = :scope)
   AND (:source IS NULL OR source = :source)
 ORDER BY address, scope LIMIT :limit;
+
+-- name: bounce_verp_recipient
+-- The recipient row a verified VERP token names (its queue ID and row id).
+SELECT r.id, r.rcpt FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
+WHERE m.queue_id = :queue_id AND r.id = :recipient_id;
+
+-- name: bounce_delivered_recipient
+-- Whether the message with :queue_id was delivered through a provider to :address.
+SELECT r.id FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
+WHERE m.queue_id = :queue_id AND lower(r.rcpt) = :address AND r.status = 'sent'
+LIMIT 1;
+
+-- name: message_exists
+-- Whether a queue ID names a message in the spool.
+SELECT 1 FROM messages WHERE queue_id = :queue_id;
+
+-- name: unmatched_insert
+-- Keep a bounce that named no mail Sluice sent; one read before (same key) is ignored.
+INSERT OR IGNORE INTO unmatched_bounces (received_at, sender, address, queue_id, reason, key)
+VALUES (:now, :sender, :address, :queue_id, :reason, :key);
+
+-- name: unmatched_prune
+-- Keep only the latest :keep unmatched bounces.
+DELETE FROM unmatched_bounces
+WHERE id <= (SELECT max(id) FROM unmatched_bounces) - :keep;
+
+-- name: unmatched_latest
+-- The latest unmatched bounces, newest first.
+SELECT id, received_at, sender, address, queue_id, reason FROM unmatched_bounces
+ORDER BY id DESC LIMIT :limit;
+
+-- name: unmatched_count
+-- How many unmatched bounces are kept.
+SELECT count(*) FROM unmatched_bounces;
+
+-- name: spool_key_get
+-- A secret the spool keeps for itself (spool_keys), by name.
+SELECT secret FROM spool_keys WHERE name = :name;
+
+-- name: spool_key_make
+-- Make a secret unless another process made it first.
+INSERT OR IGNORE INTO spool_keys (name, secret, created_at) VALUES (:name, :secret, :now);
