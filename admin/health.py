@@ -4,7 +4,8 @@ Three states, judged from facts the store and the daemon report:
 
 * ``unhealthy`` (HTTP 503): mail is not being taken safely, so a probe should
   fail: the spool cannot be read, its writes fail now (a full disk: the
-  listener answers 451 to every message), or nobody accepts SMTP
+  listener answers 452 to every message; also when the file system has no
+  room left, whichever process found it full), or nobody accepts SMTP
   connections (no listener, or every accept worker dead).
 * ``degraded`` (HTTP 200): mail flows, but something needs a look before it
   gets worse: the WAL checkpointer fails or stopped (the writers' own
@@ -84,6 +85,7 @@ def assess(
     deferred: int | None = None,
     provider_failures: dict[str, int] | None = None,
     paused: list[str] | None = None,
+    short_of_room: str | None = None,
 ) -> Health:
     """The verdict over the facts (pure; see the module docstring for the rules)."""
     bad: list[str] = []
@@ -92,6 +94,8 @@ def assess(
         bad.append("the spool cannot be read")
     if spool.writes.failing:
         bad.append(f"spool writes fail: {spool.writes.last_error}")
+    elif short_of_room is not None:
+        bad.append(f"spool disk full: {short_of_room}; mail is refused (452)")
     if not status.listener_up:
         bad.append("nobody accepts SMTP connections")
     cp = spool.checkpoints
@@ -164,6 +168,7 @@ async def check(backend: Backend) -> Health:
     if spool.health().writes.failing:
         with contextlib.suppress(SpoolError):
             await spool.probe_write()
+    short_of_room = await spool.short_of_room()
     now = backend.clock()
     alerts = backend.snapshot().config.alerts
     deferred: int | None = None
@@ -184,6 +189,7 @@ async def check(backend: Backend) -> Health:
         deferred=deferred,
         provider_failures=failures,
         paused=paused,
+        short_of_room=short_of_room,
     )
 
 

@@ -663,6 +663,14 @@ class Spool:
             raise SpoolError("spool disk full")
         await self._writer.submit(lambda c: state.probe_write(c, size))
 
+    async def short_of_room(self) -> str | None:
+        """Why the spool's disk has no room for mail now, else None (``/healthz``).
+
+        Looks at the file system itself, so it also sees a disk that the
+        daemon's accept workers found full while the daemon wrote nothing.
+        """
+        return await asyncio.to_thread(self._writer.short_of_room)
+
     @property
     def disk_full(self) -> bool:
         """The spool's disk is full: mail is refused until the writer finds room (no I/O)."""

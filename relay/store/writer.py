@@ -380,6 +380,17 @@ class Writer:
     def _free(self) -> int:
         return self._space.free() if self._space is not None else 0
 
+    def short_of_room(self) -> str | None:
+        """Why the spool's file system has no room for mail now, else None (one ``statvfs``).
+
+        Whatever process filled it: the daemon's own writes may all still fit
+        while its accept workers' are refused. Blocking (a system call): call
+        it from a thread.
+        """
+        if self._space is None or self._space.has_room():
+            return None
+        return f"{_mb(self._space.free())} free on its file system"
+
     def _enter_full(self, error: str) -> None:
         """A write failed for want of room: give the reserve back, truncate the WAL.
 
