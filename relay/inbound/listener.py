@@ -16,6 +16,7 @@ never aiosmtpd's threaded ``Controller`` (two loops would share the spool).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import random
@@ -76,6 +77,9 @@ R_DENIED = "554 5.7.1 Access denied: {peer} is not in smtp.allowed_networks"
 R_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
 
 Clock = Callable[[], float]
+
+#: at shutdown, how long a message being stored may take before its session is closed anyway
+_COMMIT_WAIT = 10.0
 
 
 class AcceptEvents(Protocol):
@@ -367,20 +371,39 @@ class Listener:
         self._retired.extend(removed)
 
     async def aclose(self, grace: float) -> None:
-        """Stop accepting, let sessions finish for ``grace`` seconds, then 421 the rest."""
+        """Stop accepting, let sessions finish for ``grace`` seconds, then 421 the rest.
+
+        ``grace=0`` ends every session at once (an accept worker whose daemon
+        is gone), except that a message being stored still gets its answer.
+        """
         self.stop_accepting()
         for server in self._retired:
             server.close()
         self.servers.extend(self._retired)
         self._retired.clear()
         tasks = [t for s in self.sessions.open if (t := s.task) is not None]
-        if tasks:
+        if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
-        for session in list(self.sessions.open):
-            # Tell the client we are stopping (RFC 5321 section 3.8) and close.
-            await session.close_with(R_SHUTDOWN)
+        await asyncio.gather(*(_end(session) for session in list(self.sessions.open)))
+        # The closed sessions' tasks end at their next await; wait for that, so
+        # that none is still inside the spool when its owner closes it.
+        tasks = [t for s in self.sessions.open if (t := s.task) is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=_COMMIT_WAIT)
         for server in self.servers:
             await server.wait_closed()
+
+
+async def _end(session: RelaySMTP) -> None:
+    """Tell the client we are stopping (RFC 5321 section 3.8) and close.
+
+    A message being stored is answered first: a client must not hear 421 for
+    mail that was committed (it would send it again).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_COMMIT_WAIT):
+            await session.between_messages.wait()
+    await session.close_with(R_SHUTDOWN)
 
 
 async def start_listeners(
