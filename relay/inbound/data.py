@@ -103,7 +103,7 @@ async def read_data(
             # would hold the file twice (its chunks, then their join) and
             # ``bytearray`` of it a third time (a 25 MB message took 100 MB).
             whole = bytearray(moved + len(buf))
-            await asyncio.to_thread(_read_back, spill, memoryview(whole)[:moved])
+            await asyncio.to_thread(_read_back, spill, whole, moved)
             whole[moved:] = buf
             buf = whole
             del whole  # ``buf`` alone holds it, so that it can go below
@@ -125,15 +125,21 @@ async def read_data(
     return Data(body, None, _crlf_only(body))
 
 
-def _read_back(spill: IO[bytes], into: memoryview) -> None:
-    """Fill ``into`` from the start of ``spill`` (all of it was written there)."""
+def _read_back(spill: IO[bytes], into: bytearray, size: int) -> None:
+    """Fill the first ``size`` bytes of ``into`` from the start of ``spill`` (all it holds).
+
+    Every view of ``into`` is released before this returns: the caller then
+    resizes it, which a view still alive would forbid.
+    """
     spill.seek(0)
     done = 0
-    while done < len(into):
-        n = spill.readinto(into[done:])  # type: ignore[attr-defined]
-        if not n:
-            raise OSError("the spill file of a DATA body is shorter than what was written")
-        done += n
+    with memoryview(into) as whole:
+        while done < size:
+            with whole[done:size] as rest:
+                n = spill.readinto(rest)  # type: ignore[attr-defined]
+            if not n:
+                raise OSError("the spill file of a DATA body is shorter than what was written")
+            done += n
 
 
 def _spill_file() -> IO[bytes]:
