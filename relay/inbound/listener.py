@@ -36,6 +36,7 @@ from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.message import bare_line_ending, extract_subject
 from relay.received import helo_name, received_header
+from relay.runner import GIVE_BACK_AFTER, LARGE_MESSAGE, give_back_memory
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = [
@@ -229,7 +230,10 @@ class RelayHandler:
         # Counted and logged just after the 250 is written (the next turn of
         # the loop), not before: the client waits for its reply, not for our
         # log line. The message is already committed either way.
-        asyncio.get_running_loop().call_soon(self._accepted, message)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._accepted, message)
+        if len(message.data) >= LARGE_MESSAGE:
+            loop.call_later(GIVE_BACK_AFTER, give_back_memory)
         return R_QUEUED.format(queue_id=queue_id)
 
     def _accepted(self, message: NewMessage) -> None:
