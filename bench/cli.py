@@ -176,7 +176,7 @@ async def _steps(args: argparse.Namespace) -> int:
 async def _memory(args: argparse.Namespace) -> int:
     from bench.memory import run_memory
 
-    report = await run_memory(size=args.size, within=args.timeout)
+    report = await run_memory(size=args.size, messages=args.messages, within=args.timeout)
     print(json.dumps(report, indent=1))
     if args.json:
         await asyncio.to_thread(Path(args.json).write_text, json.dumps(report, indent=1))
@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=_steps)
     p = sub.add_parser("memory", help="one large message through Sluice: peak RSS of each process")
     p.add_argument("--size", type=int, default=25 * 2**20, help="message size in bytes")
+    p.add_argument("--messages", type=int, default=1, help="sent one after another")
     p.add_argument("--timeout", type=float, default=300.0, help="limit for each wait, seconds")
     p.add_argument("--json")
     p.set_defaults(func=_memory)

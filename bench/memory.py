@@ -5,7 +5,8 @@
    start; each process's resident memory is read once it answers EHLO.
 2. One message of ``size`` bytes (a header and base64 lines, like a mail with
    an attachment) is sent over SMTP; Sluice accepts it into the spool and
-   delivers it to the sink.
+   delivers it to the sink (``messages`` times, each once the last arrived:
+   whether what stays held grows with each one).
 3. Once the sink has it (its bytes are compared with what was sent), and
    again after a short settle, ``/proc/PID/status`` gives each process's
    ``VmHWM`` (the peak resident set since it started) and ``VmRSS`` (what it
@@ -57,6 +58,7 @@ def _memory(pid: int) -> dict[str, float]:
     return {
         "peak_mb": round(rss_bytes(pid, "VmHWM") / _MB, 1),
         "rss_mb": round(rss_bytes(pid, "VmRSS") / _MB, 1),
+        "anon_mb": round(rss_bytes(pid, "RssAnon") / _MB, 1),
     }
 
 
@@ -92,8 +94,12 @@ async def _send(port: int, message: bytes, within: float) -> str:
             writer.close()
 
 
-async def run_memory(*, size: int, within: float = 300.0) -> dict[str, Any]:
-    """Send one message of ``size`` bytes through Sluice; each process's memory before and after."""
+async def run_memory(*, size: int, messages: int = 1, within: float = 300.0) -> dict[str, Any]:
+    """Send ``messages`` of ``size`` bytes through Sluice, one after another.
+
+    Returns each process's memory before, right after the last delivery and
+    after a settle, and whether the last message arrived byte for byte.
+    """
     token = f"memory-{os.getpid()}-{time.time_ns()}"
     message = make_message(size, token)
     with tempfile.TemporaryDirectory(prefix="sluice-bench-memory-") as tmp:
@@ -111,17 +117,18 @@ async def run_memory(*, size: int, within: float = 300.0) -> dict[str, Any]:
                 raise RuntimeError(f"expected one accept worker, found {workers}")
             (worker,) = workers
             before = {"daemon": _memory(sluice.pid), "worker": _memory(worker)}
-            started = time.monotonic()
-            reply = await _send(sluice.port, message, within)
-            accepted = time.monotonic() - started
-            if not reply.startswith("250"):
-                raise RuntimeError(f"not accepted: {reply}")
-            deadline = time.monotonic() + within
-            while await sink.count() < 1:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the sink did not get the message in time")
-                await asyncio.sleep(0.05)
-            delivered = time.monotonic() - started
+            for n in range(1, messages + 1):
+                started = time.monotonic()
+                reply = await _send(sluice.port, message, within)
+                accepted = time.monotonic() - started
+                if not reply.startswith("250"):
+                    raise RuntimeError(f"not accepted: {reply}")
+                deadline = time.monotonic() + within
+                while await sink.count() < n:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the sink did not get the message in time")
+                    await asyncio.sleep(0.05)
+                delivered = time.monotonic() - started
             _, length, digest = (await sink.command(f"last {token}")).split()
             # The sink keeps what came before the end line, whose CRLF ends
             # the message's last line: the message without its last two bytes.
@@ -136,6 +143,7 @@ async def run_memory(*, size: int, within: float = 300.0) -> dict[str, Any]:
             await sink.stop()
     return {
         "size_mb": round(len(message) / _MB, 2),
+        "messages": messages,
         "accepted_s": round(accepted, 2),
         "delivered_s": round(delivered, 2),
         "byte_identical": identical,
