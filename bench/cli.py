@@ -1,4 +1,4 @@
-"""Command line of the harness: ``python -m bench run``, ``scale`` and ``steps``."""
+"""Command line of the harness: ``python -m bench run``, ``scale``, ``steps`` and ``memory``."""
 
 from __future__ import annotations
 
