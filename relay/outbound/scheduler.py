@@ -176,27 +176,6 @@ class Scheduler:
         finally:
             self.idle.set()
 
-    def _start_attempts(self, tg: asyncio.TaskGroup, claims: list[Claim]) -> None:
-        """One delivery task per claim.
-
-        Not a loop in ``run``: its variable would keep the last claim, body
-        included (25 MB for a large message), for as long as no other mail is
-        claimed. ``run`` keeps ``claims`` until its next turn (up to a poll
-        interval), so a large body is taken out of it once its task has it;
-        the heap's free pages are given back after that task.
-        """
-        for i, claim in enumerate(claims):
-            task = tg.create_task(self._attempt(claim), name=f"deliver-{claim.queue_id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
-            if claim.data is not None and len(claim.data) >= LARGE_MESSAGE:
-                task.add_done_callback(self._give_back_later)
-                claims[i] = replace(claim, data=None)  # the task has it; ``run``'s list need not
-
-    @staticmethod
-    def _give_back_later(_task: asyncio.Task[None]) -> None:
-        asyncio.get_running_loop().call_later(GIVE_BACK_AFTER, give_back_memory)
-
     async def _operator_controls(self, now: float) -> None:
         """Now and then, expire long-held mail and ended pauses.
 
@@ -224,6 +203,27 @@ class Scheduler:
             if pause is not None and pause.active(now):
                 return operator_pause(provider_id, pause, now=now)
         return None
+
+    def _start_attempts(self, tg: asyncio.TaskGroup, claims: list[Claim]) -> None:
+        """One delivery task per claim.
+
+        Not a loop in ``run``: its variable would keep the last claim, body
+        included (25 MB for a large message), for as long as no other mail is
+        claimed. ``run`` keeps ``claims`` until its next turn (up to a poll
+        interval), so a large body is taken out of it once its task has it;
+        the heap's free pages are given back after that task.
+        """
+        for i, claim in enumerate(claims):
+            task = tg.create_task(self._attempt(claim), name=f"deliver-{claim.queue_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            if claim.data is not None and len(claim.data) >= LARGE_MESSAGE:
+                task.add_done_callback(self._give_back_later)
+                claims[i] = replace(claim, data=None)  # the task has it; ``run``'s list need not
+
+    @staticmethod
+    def _give_back_later(_task: asyncio.Task[None]) -> None:
+        asyncio.get_running_loop().call_later(GIVE_BACK_AFTER, give_back_memory)
 
     async def _drain(self) -> None:
         grace = self._snapshot().config.delivery.shutdown_grace
