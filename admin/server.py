@@ -10,8 +10,10 @@ Connections are bounded (``_BoundedH11``): uvicorn keeps a connection that
 never sends a request open for ever, so 400 idle connections held 400 of the
 daemon's descriptors and, near its open-file limit, ``/healthz`` got no
 answer. A connection that sends nothing is now closed after the
-keep-alive timeout, and past ``MAX_CONNECTIONS`` the one idle the longest is
-closed for each new one, so a new request (a health check) is always served.
+keep-alive timeout, one that has not sent a whole request head within
+``REQUEST_WITHIN`` seconds is closed too (nginx's ``client_header_timeout``),
+and past ``MAX_CONNECTIONS`` the one idle the longest is closed for each new
+one, so a new request (a health check) is always served.
 uvicorn's own ``limit_concurrency`` does not do this: it keeps the idle
 connections and answers ``503`` to the new request instead.
 """
@@ -34,7 +36,7 @@ from admin.backend import Backend
 from relay.config import AdminSettings, Endpoint
 from relay.errors import ConfigError, ListenError
 
-__all__ = ["IDLE_TIMEOUT", "MAX_CONNECTIONS", "AdminServer", "check_exposure"]
+__all__ = ["IDLE_TIMEOUT", "MAX_CONNECTIONS", "REQUEST_WITHIN", "AdminServer", "check_exposure"]
 
 log = logging.getLogger("sluice.admin")
 
@@ -42,6 +44,8 @@ log = logging.getLogger("sluice.admin")
 MAX_CONNECTIONS = 64
 #: seconds a connection may stay silent: before its first request and between requests
 IDLE_TIMEOUT = 5
+#: seconds from the connection (or the last response) to a request's whole head
+REQUEST_WITHIN = 10
 
 
 def check_exposure(settings: AdminSettings) -> None:
@@ -83,6 +87,8 @@ class _BoundedH11(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.idle_since = self.loop.time()
+        self._request_due: asyncio.TimerHandle | None = None
+        self._await_request()
         # uvicorn arms its keep-alive timer only after a response: arm it now,
         # so a client that never says anything is closed like an idle keep-alive.
         self.timeout_keep_alive_task = self.loop.call_later(
@@ -94,9 +100,37 @@ class _BoundedH11(H11Protocol):
             if idle:
                 min(idle, key=lambda c: c.idle_since).transport.close()
 
+    def handle_events(self) -> None:
+        super().handle_events()
+        if not self.idle and self._request_due is not None:
+            self._request_due.cancel()  # a whole request came in time
+            self._request_due = None
+
     def on_response_complete(self) -> None:
         self.idle_since = self.loop.time()
+        self._await_request()
         super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._request_due is not None:
+            self._request_due.cancel()
+            self._request_due = None
+        super().connection_lost(exc)
+
+    def _await_request(self) -> None:
+        """Close the connection unless a whole request head arrives within ``REQUEST_WITHIN``.
+
+        The keep-alive timer stops at the first byte, so a client trickling a
+        request head (slowloris) would otherwise hold its connection for ever.
+        """
+        if self._request_due is not None:
+            self._request_due.cancel()
+        self._request_due = self.loop.call_later(REQUEST_WITHIN, self._request_late)
+
+    def _request_late(self) -> None:
+        self._request_due = None
+        if self.idle and not self.transport.is_closing():
+            self.transport.close()
 
     @property
     def idle(self) -> bool:
