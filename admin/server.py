@@ -5,6 +5,17 @@ uvicorn's ``Server.serve()`` normally installs SIGINT/SIGTERM handlers with
 (``loop.add_signal_handler``), so ``capture_signals`` is a no-op here. We bind
 the socket ourselves: a bind failure is then an ``OSError`` the daemon
 reports, not uvicorn's ``sys.exit``, and port 0 is known before serving.
+
+Connections are bounded (``_BoundedH11``): uvicorn keeps a connection that
+never sends a request open for ever, so 400 idle connections held 400 of the
+daemon's descriptors and, near its open-file limit, ``/healthz`` got no
+answer. A connection that sends nothing is now closed after the
+keep-alive timeout, one that has not sent a whole request head within
+``REQUEST_WITHIN`` seconds is closed too (nginx's ``client_header_timeout``),
+and past ``MAX_CONNECTIONS`` the one idle the longest is closed for each new
+one, so a new request (a health check) is always served.
+uvicorn's own ``limit_concurrency`` does not do this: it keeps the idle
+connections and answers ``503`` to the new request instead.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from admin.app import create_app
 from admin.auth import Credentials
@@ -24,9 +36,16 @@ from admin.backend import Backend
 from relay.config import AdminSettings, Endpoint
 from relay.errors import ConfigError, ListenError
 
-__all__ = ["AdminServer", "check_exposure"]
+__all__ = ["IDLE_TIMEOUT", "MAX_CONNECTIONS", "REQUEST_WITHIN", "AdminServer", "check_exposure"]
 
 log = logging.getLogger("sluice.admin")
+
+#: open admin connections before the one idle the longest is closed for a new one
+MAX_CONNECTIONS = 64
+#: seconds a connection may stay silent: before its first request and between requests
+IDLE_TIMEOUT = 5
+#: seconds from the connection (or the last response) to a request's whole head
+REQUEST_WITHIN = 10
 
 
 def check_exposure(settings: AdminSettings) -> None:
@@ -52,6 +71,63 @@ class _EmbeddedServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         # The daemon owns the signals; uvicorn must neither take nor re-raise them.
         yield
+
+
+class _BoundedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with idle connections closed (see the module docstring)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.idle_since = self.loop.time()
+        self._request_due: asyncio.TimerHandle | None = None
+        self._await_request()
+        # uvicorn arms its keep-alive timer only after a response: arm it now,
+        # so a client that never says anything is closed like an idle keep-alive.
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+        if len(self.connections) > MAX_CONNECTIONS:
+            idle = [c for c in self.connections if isinstance(c, _BoundedH11) and c.idle]
+            idle.remove(self)
+            if idle:
+                min(idle, key=lambda c: c.idle_since).transport.close()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if not self.idle and self._request_due is not None:
+            self._request_due.cancel()  # a whole request came in time
+            self._request_due = None
+
+    def on_response_complete(self) -> None:
+        self.idle_since = self.loop.time()
+        self._await_request()
+        super().on_response_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._request_due is not None:
+            self._request_due.cancel()
+            self._request_due = None
+        super().connection_lost(exc)
+
+    def _await_request(self) -> None:
+        """Close the connection unless a whole request head arrives within ``REQUEST_WITHIN``.
+
+        The keep-alive timer stops at the first byte, so a client trickling a
+        request head (slowloris) would otherwise hold its connection for ever.
+        """
+        if self._request_due is not None:
+            self._request_due.cancel()
+        self._request_due = self.loop.call_later(REQUEST_WITHIN, self._request_late)
+
+    def _request_late(self) -> None:
+        self._request_due = None
+        if self.idle and not self.transport.is_closing():
+            self.transport.close()
+
+    @property
+    def idle(self) -> bool:
+        """No request is being answered (none came yet, only part of one, or the last is done)."""
+        return self.cycle is None or self.cycle.response_complete
 
 
 def _bind(endpoint: Endpoint) -> socket.socket:
@@ -106,6 +182,8 @@ class AdminServer:
             proxy_headers=False,  # nothing sits in front of us; trust no X-Forwarded-*
             server_header=False,
             ws="none",
+            http=_BoundedH11,
+            timeout_keep_alive=IDLE_TIMEOUT,
             timeout_graceful_shutdown=2,
         )
         return cls(_EmbeddedServer(config), sock)

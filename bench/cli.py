@@ -1,4 +1,4 @@
-"""Command line of the harness: ``python -m bench run``, ``scale`` and ``steps``."""
+"""Command line of the harness: ``python -m bench run``, ``scale``, ``steps`` and ``memory``."""
 
 from __future__ import annotations
 
@@ -173,6 +173,16 @@ async def _steps(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _memory(args: argparse.Namespace) -> int:
+    from bench.memory import run_memory
+
+    report = await run_memory(size=args.size, messages=args.messages, within=args.timeout)
+    print(json.dumps(report, indent=1))
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(report, indent=1))
+    return 0 if report["byte_identical"] else 1
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,5 +228,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare", choices=["postfix"])
     p.add_argument("--json")
     p.set_defaults(func=_steps)
+    p = sub.add_parser("memory", help="one large message through Sluice: peak RSS of each process")
+    p.add_argument("--size", type=int, default=25 * 2**20, help="message size in bytes")
+    p.add_argument("--messages", type=int, default=1, help="sent one after another")
+    p.add_argument("--timeout", type=float, default=300.0, help="limit for each wait, seconds")
+    p.add_argument("--json")
+    p.set_defaults(func=_memory)
     args = parser.parse_args(argv)
     sys.exit(asyncio.run(args.func(args)))

@@ -8,6 +8,9 @@ time. The parent drives it over stdin, one command a line, one answer a line:
 ``count``        -> ``count N`` (messages received so far)
 ``start``        -> ``ok`` (leave *held* mode: greet the connections waiting)
 ``dump PATH``    -> ``ok`` (write ``{"tokens": {token: [t, ...]}, ...}`` as JSON)
+``last TOKEN``   -> ``last LENGTH SHA256`` of the last message, from its ``X-Bench: TOKEN``
+                    line to the end (what Sluice added before it left out), dot-stuffed as
+                    received (``python -m bench memory`` compares it with what it sent)
 ``quit``         -> exits
 
 Started with ``--held``, it accepts TCP connections but withholds the greeting
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import re
 import sys
@@ -42,9 +46,12 @@ class Sink:
         self.connections = 0
         self.tokens: dict[str, list[float]] = {}
         self.waiting: list[SinkProtocol] = []
+        #: the last message as received (no copy: the bytes ``record`` was given)
+        self.last = b""
 
     def record(self, data: bytes) -> None:
         self.count += 1
+        self.last = data
         # The buffer handed over starts with the CRLF that ended DATA, so the
         # first header line matches the pattern too.
         match = _TOKEN.search(data, 0, 16384)
@@ -154,6 +161,10 @@ async def _serve(port: int, held: bool) -> None:
                 }
                 await asyncio.to_thread(Path(arg).write_text, json.dumps(report))
                 print("ok", flush=True)
+            elif cmd == "last":
+                start = sink.last.find(b"X-Bench: " + arg.encode())
+                body = memoryview(sink.last)[max(start, 0) :]
+                print(f"last {len(body)} {hashlib.sha256(body).hexdigest()}", flush=True)
             elif cmd == "quit":
                 break
             else:

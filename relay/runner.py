@@ -1,12 +1,18 @@
-"""Run the daemon's event loop: uvloop when it is installed (the ``fast`` extra)."""
+"""The daemon's process: its event loop (uvloop when installed), and its heap after large mail."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["run_fast"]
+__all__ = ["GIVE_BACK_AFTER", "LARGE_MESSAGE", "give_back_memory", "run_fast"]
+
+#: a message this large is followed by ``give_back_memory`` (bytes)
+LARGE_MESSAGE = 1 << 20
+#: seconds after it: by then every copy of it is gone
+GIVE_BACK_AFTER = 1.0
 
 
 def run_fast(coro: Coroutine[Any, Any, int]) -> int:
@@ -20,3 +26,21 @@ def run_fast(coro: Coroutine[Any, Any, int]) -> int:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def give_back_memory() -> None:
+    """Return the heap's free pages to the system: glibc's ``malloc_trim(0)``, where there is one.
+
+    glibc keeps what a large message freed in its heaps for reuse: after one
+    25 MB message, the accept worker stayed 27 MB and the daemon 28 MB larger
+    for good. ``malloc_trim(0)`` releases free pages anywhere in the heaps (a
+    few milliseconds); it is called after a large message only. No library
+    for one libc call; where the C library has no ``malloc_trim`` (musl),
+    nothing happens.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the C library this process runs on
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

@@ -209,6 +209,10 @@ class RelaySMTP(SMTP):
         self._open = sessions
         #: the task serving this session (waited for at shutdown)
         self.task: asyncio.Task[Any] | None = None
+        #: cleared while a message is being stored and answered: a shutdown
+        #: waits for it, so a client never hears 421 for mail that was committed
+        self.between_messages = asyncio.Event()
+        self.between_messages.set()
         #: continuation lines of a multi-line reply, sent with its last line (``push``)
         self._held_lines: list[bytes] = []
 
@@ -323,12 +327,16 @@ class RelaySMTP(SMTP):
         except asyncio.IncompleteReadError:
             self._writer.close()
             return
-        if data.error is not None:
-            status = data.error
-        else:
-            status = await self._relay.accept(self.session, self.envelope, data)
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push(status)
+        self.between_messages.clear()
+        try:
+            if data.error is not None:
+                status = data.error
+            else:
+                status = await self._relay.accept(self.session, self.envelope, data)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(status)
+        finally:
+            self.between_messages.set()
 
     async def _handle_client(self) -> None:
         """Ask the gate before the greeting; serve the session while it counts as open.

@@ -16,6 +16,7 @@ never aiosmtpd's threaded ``Controller`` (two loops would share the spool).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import random
@@ -35,6 +36,7 @@ from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.message import bare_line_ending, extract_subject
 from relay.received import helo_name, received_header
+from relay.runner import GIVE_BACK_AFTER, LARGE_MESSAGE, give_back_memory
 from relay.store.spool import NewMessage, Spool, new_queue_id
 from relay.store.writer import is_disk_full
 from relay.wording import plural
@@ -81,6 +83,9 @@ R_DENIED = "554 5.7.1 Access denied: {peer} is not in smtp.allowed_networks"
 R_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
 
 Clock = Callable[[], float]
+
+#: at shutdown, how long a message being stored may take before its session is closed anyway
+_COMMIT_WAIT = 10.0
 
 
 class AcceptEvents(Protocol):
@@ -296,7 +301,10 @@ class RelayHandler:
         # Counted and logged just after the 250 is written (the next turn of
         # the loop), not before: the client waits for its reply, not for our
         # log line. The message is already committed either way.
-        asyncio.get_running_loop().call_soon(self._accepted, message)
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._accepted, message)
+        if len(message.data) >= LARGE_MESSAGE:
+            loop.call_later(GIVE_BACK_AFTER, give_back_memory)
         return R_QUEUED.format(queue_id=queue_id)
 
     def _accepted(self, message: NewMessage) -> None:
@@ -438,20 +446,39 @@ class Listener:
         self._retired.extend(removed)
 
     async def aclose(self, grace: float) -> None:
-        """Stop accepting, let sessions finish for ``grace`` seconds, then 421 the rest."""
+        """Stop accepting, let sessions finish for ``grace`` seconds, then 421 the rest.
+
+        ``grace=0`` ends every session at once (an accept worker whose daemon
+        is gone), except that a message being stored still gets its answer.
+        """
         self.stop_accepting()
         for server in self._retired:
             server.close()
         self.servers.extend(self._retired)
         self._retired.clear()
         tasks = [t for s in self.sessions.open if (t := s.task) is not None]
-        if tasks:
+        if tasks and grace > 0:
             await asyncio.wait(tasks, timeout=grace)
-        for session in list(self.sessions.open):
-            # Tell the client we are stopping (RFC 5321 section 3.8) and close.
-            await session.close_with(R_SHUTDOWN)
+        await asyncio.gather(*(_end(session) for session in list(self.sessions.open)))
+        # The closed sessions' tasks end at their next await; wait for that, so
+        # that none is still inside the spool when its owner closes it.
+        tasks = [t for s in self.sessions.open if (t := s.task) is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=_COMMIT_WAIT)
         for server in self.servers:
             await server.wait_closed()
+
+
+async def _end(session: RelaySMTP) -> None:
+    """Tell the client we are stopping (RFC 5321 section 3.8) and close.
+
+    A message being stored is answered first: a client must not hear 421 for
+    mail that was committed (it would send it again).
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_COMMIT_WAIT):
+            await session.between_messages.wait()
+    await session.close_with(R_SHUTDOWN)
 
 
 async def start_listeners(

@@ -16,9 +16,11 @@ processes do for its queue manager. Each one:
   socketpair), which counts it in ``/metrics`` and wakes the scheduler.
 
 The daemon sends settings on reload and ``stop`` on shutdown; a worker whose
-channel closes (the daemon died) stops accepting at once and lets its open
-sessions finish. A worker that dies is replaced. Nothing is lost when one
-dies mid-message: a client gets ``250`` only once the message is committed.
+channel closes (the daemon died: the kernel closes its end of the socketpair
+however it ends, ``kill -9`` included) stops accepting at once, answers
+``421 4.3.2`` to its open sessions and exits. A worker that dies is replaced.
+Nothing is lost when one dies mid-message: a client gets ``250`` only once
+the message is committed.
 
 Frames on the channel, both ways: a 4-byte big-endian length and a pickle.
 Both ends are this program, parent and child, over a private socketpair.
@@ -374,7 +376,18 @@ async def _serve(channel_fd: int) -> int:
                 elif kind == "stop":
                     grace = value
                     break
-            stop.set()  # asked to, or the daemon is gone
+            else:
+                # The daemon is gone (killed: a stop would have said so). Nobody
+                # delivers or counts what this worker takes, and its sockets
+                # keep a restarted daemon's port busy: 421 every session now
+                # (a message being stored still gets its answer) and exit.
+                grace = 0.0
+                log.warning(
+                    "the daemon is gone (its channel closed): ending %d open SMTP "
+                    "session(s) with 421 and exiting",
+                    len(listener.sessions.open),
+                )
+            stop.set()
 
         task = loop.create_task(commands())
         await stop.wait()

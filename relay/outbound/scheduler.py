@@ -58,6 +58,7 @@ from relay.outbound.providers import Partial, ProviderSet, Unavailable
 from relay.outbound.replies import final, hard_bounce
 from relay.outbound.retry import decide
 from relay.outbound.routing import hold_rule_for
+from relay.runner import GIVE_BACK_AFTER, LARGE_MESSAGE, give_back_memory
 from relay.store.spool import ALL_PROVIDERS, Finish, OutboxEvent, Spool
 from relay.store.suppressions import NewBounce, Threshold, normalize
 from relay.verp import verp_address
@@ -170,12 +171,7 @@ class Scheduler:
                             claims, self._pauses = claimed.claims, claimed.pauses
                             if claims:
                                 self._last_claim = asked
-                    for claim in claims:
-                        task = tg.create_task(
-                            self._attempt(claim), name=f"deliver-{claim.queue_id}"
-                        )
-                        self._inflight.add(task)
-                        task.add_done_callback(self._inflight.discard)
+                    self._start_attempts(tg, claims)
                     if len(self._inflight) >= cfg.max_concurrent:
                         # Full: more may be due, so claim again when a slot frees.
                         await _wait_any(
@@ -237,6 +233,27 @@ class Scheduler:
             if pause is not None and pause.active(now):
                 return operator_pause(provider_id, pause, now=now)
         return None
+
+    def _start_attempts(self, tg: asyncio.TaskGroup, claims: list[Claim]) -> None:
+        """One delivery task per claim.
+
+        Not a loop in ``run``: its variable would keep the last claim, body
+        included (25 MB for a large message), for as long as no other mail is
+        claimed. ``run`` keeps ``claims`` until its next turn (up to a poll
+        interval), so a large body is taken out of it once its task has it;
+        the heap's free pages are given back after that task.
+        """
+        for i, claim in enumerate(claims):
+            task = tg.create_task(self._attempt(claim), name=f"deliver-{claim.queue_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            if claim.data is not None and len(claim.data) >= LARGE_MESSAGE:
+                task.add_done_callback(self._give_back_later)
+                claims[i] = replace(claim, data=None)  # the task has it; ``run``'s list need not
+
+    @staticmethod
+    def _give_back_later(_task: asyncio.Task[None]) -> None:
+        asyncio.get_running_loop().call_later(GIVE_BACK_AFTER, give_back_memory)
 
     async def _drain(self) -> None:
         grace = self._snapshot().config.delivery.shutdown_grace

@@ -120,14 +120,42 @@ def insert_message(c: sqlite3.Connection, msg: NewMessage, stream: str = "") -> 
         },
     )
     mid = cur.lastrowid
-    c.execute(
-        QUERIES["insert_body"], {"message_id": mid, "data": msg.data, "crlf_only": msg.crlf_only}
-    )
+    if len(msg.data) < BLOB_IO_FROM:
+        c.execute(
+            QUERIES["insert_body"],
+            {"message_id": mid, "data": msg.data, "crlf_only": msg.crlf_only},
+        )
+    else:
+        c.execute(
+            QUERIES["insert_body_room"],
+            {"message_id": mid, "size": len(msg.data), "crlf_only": msg.crlf_only},
+        )
+        assert mid is not None
+        with c.blobopen("bodies", "data", mid) as blob:
+            blob.write(msg.data)
     c.executemany(
         QUERIES["insert_recipient"],
         [{"message_id": mid, "rcpt": r, "now": msg.received_at} for r in msg.recipients],
     )
     return msg.queue_id
+
+
+#: bodies this large are written and read through a blob handle (``blobopen``):
+#: an INSERT of the bytes had SQLite hold two copies of them besides the
+#: caller's (the bound value and the record), a SELECT one more (the column)
+BLOB_IO_FROM = 1 << 20
+
+
+def _claimed_body(c: sqlite3.Connection, mid: int, size: int) -> tuple[bytes, bool] | None:
+    """A message's bytes and whether every line ends in CRLF; ``None`` when it has no body."""
+    if size < BLOB_IO_FROM:
+        row = c.execute(QUERIES["body"], {"message_id": mid}).fetchone()
+        return None if row is None else (bytes(row["data"]), bool(row["crlf_only"]))
+    row = c.execute(QUERIES["body_crlf_only"], {"message_id": mid}).fetchone()
+    if row is None:
+        return None
+    with c.blobopen("bodies", "data", mid, readonly=True) as blob:
+        return blob.read(), bool(row["crlf_only"])
 
 
 def claim(c: sqlite3.Connection, now: float, limit: int, lease: float) -> Claimed:
@@ -148,14 +176,14 @@ def claim(c: sqlite3.Connection, now: float, limit: int, lease: float) -> Claime
         env = c.execute(QUERIES["message_envelope"], {"message_id": mid}).fetchone()
         if not rcpts or env is None:
             continue
-        body = c.execute(QUERIES["body"], {"message_id": mid}).fetchone()
+        body = _claimed_body(c, mid, env["size"])
         addresses = json.dumps(sorted({normalize(r["rcpt"]) for r in rcpts}))
         suppressions = c.execute(
             QUERIES["suppressions_in_force"], {"addresses": addresses, "now": now}
         )
         claimed = Claim(
-            data=bytes(body["data"]) if body is not None else None,
-            crlf_only=body is not None and bool(body["crlf_only"]),
+            data=body[0] if body is not None else None,
+            crlf_only=body is not None and body[1],
             suppressions=tuple(map(Suppression.from_row, suppressions)),
             message_id=mid,
             queue_id=env["queue_id"],

@@ -375,6 +375,9 @@ class Writer:
                 with self._cond:
                     batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
                 self._run_batch(batch)
+            # Not kept until the next batch: its jobs hold what they wrote
+            # (a 25 MB message) and its futures what they read.
+            del batch
         self._conn.close()
 
     def _free(self) -> int:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import httpx
 import pytest
 from argon2 import PasswordHasher
 
+from admin.server import IDLE_TIMEOUT, MAX_CONNECTIONS, REQUEST_WITHIN
 from relay.errors import ConfigError
 from tests.conftest import SluiceFactory, fast_config, provider_for, write_config
 from tests.daemon_proc import start_daemon
@@ -84,6 +88,59 @@ async def test_sigterm_stops_a_daemon_serving_the_admin(
     finally:
         await proc.kill()
     assert "stopped" in proc.output
+
+
+async def test_healthz_answers_while_400_idle_connections_are_open(
+    tmp_path: Path, upstream: TestUpstream
+) -> None:
+    """400 connections that never send a request cannot keep ``/healthz`` from answering.
+
+    The daemon's open-file limit is lowered to 150 more than it uses, as on a
+    host with a tight ``LimitNOFILE``: before, uvicorn held every idle
+    connection, accepting failed at the limit and ``/healthz`` got no answer.
+    Now idle ones are closed past ``MAX_CONNECTIONS``, and any that stays silent
+    is closed after ``IDLE_TIMEOUT``, one trickling a request head after ``REQUEST_WITHIN``.
+    """
+    cfg = fast_config(
+        tmp_path, [provider_for(upstream)], admin={"enabled": True, "listen": "127.0.0.1:0"}
+    )
+    proc = await start_daemon(write_config(tmp_path / "sluice.yaml", cfg))
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        port = int((await proc.wait_line(re.compile(r"listening admin=127\.0\.0\.1:(\d+)")))[1])
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)[1]
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (in_use + 150, hard))
+        readers = []
+        for _ in range(400):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            readers.append(reader)
+            writers.append(writer)
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=2.0) as c:
+            r = await c.get("/healthz")
+        assert r.status_code in (200, 503), r.text
+        # The daemon holds a bounded number of them, not 400.
+        assert len(os.listdir(f"/proc/{pid}/fd")) <= in_use + MAX_CONNECTIONS + 5
+        # A client trickling a request head is closed REQUEST_WITHIN after it connected.
+        slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
+        writers.append(slow_w)
+        slow_w.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        # The newest idle ones it still holds are closed once silent for IDLE_TIMEOUT.
+        async with asyncio.timeout(IDLE_TIMEOUT + 5):
+            assert await readers[-1].read() == b""
+        async with asyncio.timeout(REQUEST_WITHIN + 5):
+            while not slow_r.at_eof():
+                slow_w.write(b"X")  # a byte every second: each one is seen, none is enough
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    await asyncio.wait_for(slow_r.read(1), 1.0)
+        assert "Traceback" not in proc.output
+    finally:
+        for writer in writers:
+            writer.close()
+        await proc.kill()
 
 
 def test_hash_password_command_prints_a_verifiable_hash() -> None:

@@ -6,6 +6,7 @@ the daemon's real sockets; mail goes over loopback SMTP to a real upstream.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -276,6 +277,72 @@ async def test_sigterm_stops_the_workers_and_sigkill_leaves_none_behind(
         await upstream.wait_for(2)
         assert await daemon.stop(signal.SIGTERM) == 0
     finally:
+        await daemon.kill()
+
+
+async def _reply(reader: asyncio.StreamReader, within: float) -> str:
+    """The next (last line of a) reply, or ``"<closed>"``; fails past ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while line := await reader.readline():
+            if line[3:4] != b"-":
+                return line.decode().strip()
+    return "<closed>"
+
+
+async def test_a_worker_whose_daemon_is_killed_ends_its_sessions_with_421_and_exits(
+    tmp_path: Path, upstream: TestUpstream
+) -> None:
+    """SIGKILL of the daemon alone: its worker 421s open sessions at once and exits.
+
+    One session waits between commands, the other is in the middle of a
+    message body. Before, the worker gave them 5 s more, took their mail into
+    a spool nobody delivered from, and answered 451 "spool is closed" to one
+    still being stored when it closed its spool.
+    """
+    path = write_config(
+        tmp_path / "sluice.yaml", fast_config(tmp_path, [provider_for(upstream)], smtp=WORKER)
+    )
+    daemon = await start_daemon(path)
+    assert daemon.proc is not None
+    (worker,) = _children(daemon.proc.pid)
+    streams: list[asyncio.StreamWriter] = []
+    try:
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", daemon.port)
+        data_r, data_w = await asyncio.open_connection("127.0.0.1", daemon.port)
+        streams += [idle_w, data_w]
+        for reader, writer, commands in (
+            (idle_r, idle_w, [b"EHLO app\r\n", b"MAIL FROM:<a@example.org>\r\n"]),
+            (
+                data_r,
+                data_w,
+                [
+                    b"EHLO app\r\n",
+                    b"MAIL FROM:<a@example.org>\r\n",
+                    b"RCPT TO:<b@example.net>\r\n",
+                    b"DATA\r\n",
+                ],
+            ),
+        ):
+            assert (await _reply(reader, 10)).startswith("220")
+            for command in commands:
+                writer.write(command)
+                assert (await _reply(reader, 10))[:1] in ("2", "3")
+        data_w.write(b"Subject: half a message\r\n\r\nthe first line\r\n")
+        await data_w.drain()
+
+        daemon.send_signal(signal.SIGKILL)
+        # Within 3 s: less than the 5 s a worker used to give its sessions.
+        assert (await _reply(idle_r, 3)).startswith("421 4.3.2")
+        assert (await _reply(data_r, 3)).startswith("421 4.3.2")
+        await eventually(lambda: not _alive(worker), within=5)
+        await daemon.wait_line("the daemon is gone", within=5)
+        assert "451" not in daemon.output and "Traceback" not in daemon.output
+        assert upstream.messages == []
+    finally:
+        for writer in streams:
+            writer.close()
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
         await daemon.kill()
 
 

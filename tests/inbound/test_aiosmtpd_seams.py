@@ -157,7 +157,7 @@ async def test_through_a_socket_each_seam_still_does_its_part(
 
 
 #: attributes of RelaySMTP's own (not aiosmtpd's)
-_OURS = {"_relay", "_gate", "_open", "task", "_held_lines"}
+_OURS = {"_relay", "_gate", "_open", "task", "_held_lines", "between_messages"}
 #: per-connection objects, equal in kind but never in identity
 _PER_CONNECTION = {"_stream_reader_wr", "_source_traceback", "_over_ssl", "_closed"}
 

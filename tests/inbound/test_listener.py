@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+from pathlib import Path
 
 import aiosmtplib
 import pytest
 
 from relay.model import RecipientStatus
-from tests.conftest import Running, SluiceFactory, provider_for, raw_session, smtp_send
+from tests.conftest import Running, SluiceFactory, eventually, provider_for, raw_session, smtp_send
 from tests.upstream import TestUpstream
 
 HELLO = b"Subject: hi\r\n\r\nhello\r\n"
@@ -281,3 +283,47 @@ async def test_ehlo_name_with_invalid_utf8_is_accepted_and_kept_escaped(
     assert second.startswith(b"Received: from \\x01\\x80ok ([127.0.0.1])\r\n"), second
     assert all(data.split(b"\r\n\r\n")[0].isascii() for data in (first, second))
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_a_message_being_stored_at_shutdown_gets_its_250_before_the_421(
+    sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    """Ending every session at once (an accept worker whose daemon is gone) waits for a commit.
+
+    Another connection holds the spool's write lock, so the message sits in
+    its commit when the listener closes with no grace. The client must hear
+    the 250 of the committed message before the 421, or it sends it again.
+    """
+    async with sluice([provider_for(upstream)]) as s:
+        listener = s.daemon.listener
+        assert listener is not None
+        blocker = sqlite3.connect(tmp_path / "spool.sqlite3", isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            writer.write(
+                b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+            )
+            replies = b""
+            while b"354" not in replies:
+                replies += await asyncio.wait_for(reader.read(1024), 5)
+            writer.write(b"Subject: stored at shutdown\r\n\r\nbody\r\n.\r\n")
+            await eventually(
+                lambda: any(not x.between_messages.is_set() for x in listener.sessions.open)
+            )
+            closing = asyncio.create_task(listener.aclose(grace=0))
+            for _ in range(50):  # loop turns enough for a 421 to go out, if one were sent now
+                await asyncio.sleep(0)
+            blocker.execute("ROLLBACK")
+            rest = b""
+            async with asyncio.timeout(10):
+                while chunk := await reader.read(1024):
+                    rest += chunk
+            await closing
+            writer.close()
+        finally:
+            blocker.close()
+        lines = rest.decode().splitlines()
+        assert lines[0].startswith("250 2.0.0 Ok: queued as"), lines
+        assert lines[1].startswith("421 4.3.2"), lines
+        assert await stored(s) == 1

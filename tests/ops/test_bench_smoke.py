@@ -197,3 +197,35 @@ def test_bench_steps_times_each_step_of_a_message_and_names_the_processes(
         set(report["cpu_ms_per_msg"]) == {"sluice daemon"}  # one CPU: no worker
     )
     assert "greeting" in proc.stdout and "sluice" in proc.stdout
+
+
+def test_bench_memory_reports_each_process_and_compares_the_bytes(tmp_path: Path) -> None:
+    """``python -m bench memory`` with a 3 MB message (two, one after the other)."""
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "memory",
+            "--size",
+            str(3 * 2**20),
+            "--messages",
+            "2",
+            "--timeout",
+            "60",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["byte_identical"] is True and report["messages"] == 2
+    for when in ("before", "after_delivery", "settled"):
+        for process in ("daemon", "worker"):
+            figures = report[when][process]
+            assert 0 < figures["rss_mb"] <= figures["peak_mb"], (when, process, figures)

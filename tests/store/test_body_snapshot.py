@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from relay.store.queue import BLOB_IO_FROM
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
 
@@ -38,3 +39,24 @@ async def test_body_of_a_message_committed_during_an_open_read(tmp_path: Path) -
         claim = next(c for c in claims if c.queue_id == late.queue_id)
         assert await spool.body(claim.message_id) == late.data
         await open_cursor.close()
+
+
+async def test_large_bodies_go_through_a_blob_handle_byte_for_byte(tmp_path: Path) -> None:
+    """Bodies from ``BLOB_IO_FROM`` on are written and read in place, the same bytes either way."""
+    now = time.time()
+    small = b"Subject: small\r\n\r\n" + bytes(range(256)) * 64 + b"\r\n"
+    large = b"Subject: large\r\n\r\n" + bytes(range(256)) * (BLOB_IO_FROM // 256) + b"bare\n"
+    async with await Spool.open(tmp_path / "spool.sqlite3") as spool:
+        sent = {}
+        for data, crlf_only in ((small, True), (large, False), (large[:BLOB_IO_FROM], False)):
+            qid = new_queue_id(now)
+            sent[qid] = (data, crlf_only)
+            await spool.enqueue(
+                NewMessage(
+                    qid, "a@example.com", ["b@example.net"], data, "s", now, crlf_only=crlf_only
+                )
+            )
+        claims = await spool.claim_due(10, lease=60)
+        assert {c.queue_id: (c.data, c.crlf_only) for c in claims} == sent
+        for c in claims:
+            assert await spool.body(c.message_id) == sent[c.queue_id][0]

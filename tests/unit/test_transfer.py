@@ -40,6 +40,15 @@ def check(original: bytes, out: bytes, *, eight_bit: bool) -> None:
 # ------------------------------------------------------------------ the fast path
 
 
+@given(
+    st.binary(max_size=200).map(lambda b: b.translate(bytes(b"a\r\n"[i % 3] for i in range(256)))),
+    st.integers(1, 16),
+)
+def test_longest_line_in_pieces_is_the_longest_line(data: bytes, chunk: int) -> None:
+    """Split in pieces of any size (a large message's way), the answer is splitlines' own."""
+    assert longest_line(data, chunk=chunk) == max(map(len, data.splitlines()), default=0)
+
+
 @pytest.mark.parametrize("eight_bit", [True, False])
 def test_a_message_that_fits_is_the_same_object(eight_bit: bool) -> None:
     data = HEAD + b"\r\n" + b"x" * MAX_LINE + b"\r\n.dot\r\n"

@@ -11,6 +11,11 @@ VALUES (:queue_id, :received_at, :sender, :subject, :size, :client, :helo, :stre
 -- The stored bytes of a message.
 INSERT INTO bodies (message_id, data, crlf_only) VALUES (:message_id, :data, :crlf_only);
 
+-- name: insert_body_room
+-- Room for a large message's bytes, written next through a blob handle.
+INSERT INTO bodies (message_id, data, crlf_only)
+VALUES (:message_id, zeroblob(:size), :crlf_only);
+
 -- name: insert_recipient
 -- One recipient of a new message, due at once.
 INSERT INTO recipients (message_id, rcpt, status, since, next_attempt_at, updated_at)
@@ -34,7 +39,7 @@ RETURNING id, rcpt, attempts, since, route_override, released_at;
 
 -- name: message_envelope
 -- Envelope fields the scheduler needs for a claimed message.
-SELECT id, queue_id, sender, received_at, subject FROM messages WHERE id = :message_id;
+SELECT id, queue_id, sender, received_at, subject, size FROM messages WHERE id = :message_id;
 
 -- name: insert_attempt
 -- A delivery-log row, in progress until the outcome is recorded.
@@ -135,3 +140,7 @@ DELETE FROM messages WHERE id IN (
 -- name: body
 -- The stored bytes of a message.
 SELECT data, crlf_only FROM bodies WHERE message_id = :message_id;
+
+-- name: body_crlf_only
+-- Whether a message's lines all end in CRLF (its bytes read through a blob handle).
+SELECT crlf_only FROM bodies WHERE message_id = :message_id;
