@@ -432,14 +432,18 @@ def final(
             provider" is not final, as a skipped provider may yet carry it.
         wait: seconds until the first skipped provider may be used again.
 
-    The text names every provider's answer when there were several
-    ("a: 421 4.7.0 try later; b: 451 4.3.0 busy"), so the queue and the log say
-    who said what.
+    The text names every provider's answer when there were several, the
+    one that stands first ("451 4.3.0 busy (via b; a said 421 4.7.0 try
+    later)", "250 OK (via b; a said 451 4.3.0 ...)"), so the queue and the
+    log say who said what on one line that starts with the code recorded.
     """
-    last = answers[-1][1]
+    last_id, last = answers[-1]
     text = last.text
     if len(answers) > 1:
-        text = "; ".join(f"{pid}: {o.text}" for pid, o in answers)
+        # The answer that stands comes first, so the line starts with its code
+        # (pages and DSNs prefix the code to a reply that does not).
+        said = "; ".join(f"{pid} said {o.text}" for pid, o in answers[:-1])
+        text = " ".join(f"{last.text} (via {last_id}; {said})".split())
     if all(o.text == _NO_SMTPUTF8 for _, o in answers):
         ids = ", ".join(dict.fromkeys(pid for pid, _ in answers))
         text = (
