@@ -364,6 +364,15 @@ class Provider:
             limit=True,
         )
 
+    def spoke_for_itself(self, outcomes: Sequence[Outcome]) -> None:
+        """Outcomes of earlier attempts found, together, to speak for the provider.
+
+        The scheduler's cross-transaction rule (``replies.AcrossTransactions``:
+        the same 4xx to several domains, one transaction each with VERP) gives
+        them ``Scope.PAUSE``; health takes them as it takes one attempt's.
+        """
+        self._judge(outcomes)
+
     def _judge(self, outcomes: Sequence[Outcome]) -> None:
         """Health from one attempt, as ``replies.health_verdict`` reads the outcomes."""
         now = self._clock()

@@ -46,11 +46,15 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from relay.enhanced_status import ENHANCED_STATUS, address_status
+from relay.address import domain_of
+from relay.enhanced_status import ENHANCED_STATUS, address_status, enhanced_status
 from relay.model import Delivered, Outcome, PermFailure, Scope, TempFailure
 
 __all__ = [
+    "ACROSS_DOMAINS",
+    "ACROSS_WINDOW",
     "RULES",
+    "AcrossTransactions",
     "HealthVerdict",
     "Phase",
     "Rule",
@@ -64,6 +68,7 @@ __all__ = [
     "no_smtputf8",
     "reply_outcome",
     "retry_hint",
+    "shared_key",
     "shared_refusal",
     "unreadable",
 ]
@@ -432,14 +437,18 @@ def final(
             provider" is not final, as a skipped provider may yet carry it.
         wait: seconds until the first skipped provider may be used again.
 
-    The text names every provider's answer when there were several
-    ("a: 421 4.7.0 try later; b: 451 4.3.0 busy"), so the queue and the log say
-    who said what.
+    The text names every provider's answer when there were several, the
+    one that stands first ("451 4.3.0 busy (via b; a said 421 4.7.0 try
+    later)", "250 OK (via b; a said 451 4.3.0 ...)"), so the queue and the
+    log say who said what on one line that starts with the code recorded.
     """
-    last = answers[-1][1]
+    last_id, last = answers[-1]
     text = last.text
     if len(answers) > 1:
-        text = "; ".join(f"{pid}: {o.text}" for pid, o in answers)
+        # The answer that stands comes first, so the line starts with its code
+        # (pages and DSNs prefix the code to a reply that does not).
+        said = "; ".join(f"{pid} said {o.text}" for pid, o in answers[:-1])
+        text = " ".join(f"{last.text} (via {last_id}; {said})".split())
     if all(o.text == _NO_SMTPUTF8 for _, o in answers):
         ids = ", ".join(dict.fromkeys(pid for pid, _ in answers))
         text = (
@@ -450,6 +459,116 @@ def final(
             last.recipient, None, f"4.4.0 {text}; waiting for: {waiting}", retry_after=wait
         )
     return replace(last, text=text)
+
+
+#: the same 4xx to recipients of this many distinct domains through one
+#: provider speaks for the provider, as it would within one transaction
+ACROSS_DOMAINS = 2
+#: ... when they all came within this many seconds of each other
+ACROSS_WINDOW = 120.0
+#: at most this many distinct replies (and domains per reply) are kept per provider
+_ACROSS_KEEP = 16
+
+#: an address in a reply (with the colon Postfix writes after it), left out of ``shared_key``
+_ADDRESSES = re.compile(r"(?:<[^<>\s]*>|[^\s<>@]+@[^\s<>@]+):?")
+
+
+def shared_key(outcome: Outcome) -> tuple[int, str, str] | None:
+    """What makes two 4xx replies "the same" for ``AcrossTransactions``, or ``None``.
+
+    Only a recipient's 4xx that the "every-recipient" rule would take for the
+    provider's own when shared (never greylisting or a mailbox's status):
+    the code, the enhanced status code and the text in lower case, with
+    addresses and spacing taken out (servers often echo the recipient).
+    """
+    if not isinstance(outcome, TempFailure) or outcome.scope is not Scope.RECIPIENT:
+        return None
+    text = outcome.text
+    if text[:3].isdigit():
+        text = text[3:]
+    code = _readable(outcome.code, text)
+    if code is None or not 400 <= code < 500:
+        return None
+    if not judge(Phase.RCPT, code, text, shared=True).shared:
+        return None
+    status = enhanced_status(text)
+    words = " ".join(_ADDRESSES.sub(" ", text.replace(status, "", 1)).lower().split())
+    return code, status, words
+
+
+class AcrossTransactions:
+    """The same 4xx to distinct recipients of distinct domains, across transactions.
+
+    "The same 4xx to every recipient" (the ``every-recipient`` rule) can
+    only be seen within one transaction; with VERP every recipient is a
+    transaction of its own, so a provider that defers everyone would keep
+    every recipient deferred while the next provider sits idle. This keeps,
+    per provider, the recent recipient 4xx replies (``shared_key``) and the
+    domains they came for; once one reply came for ``domains`` distinct
+    domains within ``window`` seconds it speaks for the provider, and
+    ``lift`` gives those outcomes the scope the rule would have
+    (``Scope.PAUSE``: the next provider at once, and this one paused). A
+    delivery through the provider forgets what it kept: the reply was not
+    for everyone. Distinct domains, because one destination's trouble behind
+    a relay (its MX down) defers only that domain's recipients.
+
+    Owned by the scheduler (one per process, like the providers' health);
+    bounded: at most ``_ACROSS_KEEP`` replies per provider, and as many
+    domains per reply, each forgotten after ``window``.
+    """
+
+    def __init__(self, *, window: float = ACROSS_WINDOW, domains: int = ACROSS_DOMAINS) -> None:
+        self._window = window
+        self._domains = domains
+        #: provider id -> reply key -> domain -> when it was last seen
+        self._seen: dict[str, dict[tuple[int, str, str], dict[str, float]]] = {}
+
+    def note(self, provider: str, outcomes: Sequence[Outcome], now: float) -> None:
+        """Keep the 4xx replies of one transaction through ``provider``."""
+        if any(isinstance(o, Delivered) for o in outcomes):
+            self._seen.pop(provider, None)
+            return
+        seen = self._seen.setdefault(provider, {})
+        for outcome in outcomes:
+            key = shared_key(outcome)
+            if key is None:
+                continue
+            domains = seen.pop(key, {})  # re-inserted last: the oldest key goes first
+            domains.pop(domain := domain_of(outcome.recipient), None)
+            domains[domain] = now
+            while len(domains) > _ACROSS_KEEP:
+                del domains[next(iter(domains))]
+            seen[key] = domains
+            while len(seen) > _ACROSS_KEEP:
+                del seen[next(iter(seen))]
+
+    def speaks_for_provider(self, provider: str, outcome: Outcome, now: float) -> bool:
+        """Whether ``outcome``'s reply came for enough distinct domains, recently enough."""
+        key = shared_key(outcome)
+        if key is None:
+            return False
+        domains = self._seen.get(provider, {}).get(key, {})
+        return sum(now - at <= self._window for at in domains.values()) >= self._domains
+
+    def lift(
+        self, provider: str, answered: Sequence[tuple[int, Outcome]], now: float
+    ) -> tuple[list[tuple[int, Outcome]], list[Outcome]]:
+        """``answered`` with each outcome that speaks for the provider given ``Scope.PAUSE``.
+
+        Returns the new list and the outcomes changed now (for the
+        provider's health, which pauses it as the rule within one
+        transaction does).
+        """
+        out: list[tuple[int, Outcome]] = []
+        lifted: list[Outcome] = []
+        for rid, outcome in answered:
+            if isinstance(outcome, TempFailure) and self.speaks_for_provider(
+                provider, outcome, now
+            ):
+                outcome = replace(outcome, scope=Scope.PAUSE)
+                lifted.append(outcome)
+            out.append((rid, outcome))
+        return out, lifted
 
 
 @dataclass(frozen=True, slots=True)

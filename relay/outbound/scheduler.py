@@ -10,7 +10,10 @@ per ``delivery.batch_window`` (``batch_wait``), each taking what arrived meanwhi
 Per message, the providers are tried in order: a recipient whose answer
 moves it on (``relay.outbound.replies`` decides: the provider failed, asked to
 back off, or cannot carry this message) is offered at once to the next one;
-back-off applies only when every candidate has answered. ``_deliver`` is a
+back-off applies only when every candidate has answered. A provider's reply
+is also weighed with its replies to other transactions (``_lift``): the same
+4xx to recipients of several domains speaks for the provider even when each
+recipient was a transaction of its own (VERP). ``_deliver`` is a
 short sequence of named steps; what happens to a recipient no provider
 answered (wait for a limit, expire while waiting, skip for health) is decided
 by the pure functions at the end of this module.
@@ -54,8 +57,8 @@ from relay.model import (
     suppressed_for,
 )
 from relay.outbound.pending import PendingOutcomes, Refusal, Unrecorded
-from relay.outbound.providers import Partial, ProviderSet, Unavailable
-from relay.outbound.replies import final, hard_bounce
+from relay.outbound.providers import Partial, Provider, ProviderSet, Unavailable
+from relay.outbound.replies import AcrossTransactions, final, hard_bounce
 from relay.outbound.retry import decide
 from relay.outbound.routing import hold_rule_for
 from relay.runner import GIVE_BACK_AFTER, LARGE_MESSAGE, give_back_memory
@@ -137,6 +140,9 @@ class Scheduler:
         self._last_claim = -float("inf")
         #: outcomes seen but not yet written (a full disk); written again before claims
         self._unrecorded = PendingOutcomes(rng=self._rng)
+        #: recent recipient 4xx replies per provider: the same one to several
+        #: domains speaks for the provider across transactions (VERP)
+        self._across = AcrossTransactions()
 
     @property
     def unrecorded(self) -> int:
@@ -481,7 +487,10 @@ class Scheduler:
                     self._metrics.delivery_seconds.labels(provider.id).observe(
                         time.monotonic() - started
                     )
+                    self._across.note(provider.id, got, self._clock())
                     answered.extend(zip(group, got, strict=True))
+                    answered = self._lift(provider, answered, claim.queue_id)
+                answered = self._lift(provider, answered, claim.queue_id)
                 for rid, outcome in answered:
                     tried.answers.setdefault(rid, []).append((provider.id, outcome))
                     if not outcome.moves_on:
@@ -498,6 +507,33 @@ class Scheduler:
                 if not pending:
                     break
         return tried
+
+    def _lift(
+        self, provider: Provider, answered: list[tuple[int, Outcome]], queue_id: str
+    ) -> list[tuple[int, Outcome]]:
+        """Recipient 4xx replies that, across transactions, speak for the provider.
+
+        The rule "the same 4xx to every recipient of a transaction" cannot
+        fire when each recipient is a transaction of its own (VERP); the same
+        reply to recipients of distinct domains (``AcrossTransactions``) does
+        what it would: the recipients move on to the next provider of the
+        route, and the provider is paused (as its health would pause it for
+        the reply within one transaction), so the rest of this claim and
+        later claims skip it. Called after each transaction, and once more
+        when the provider is done (another claim may have tipped it meanwhile).
+        """
+        answered, lifted = self._across.lift(provider.id, answered, self._clock())
+        if lifted:
+            log.warning(
+                "%s: provider %s gave the same reply to recipients of several domains;"
+                " it speaks for the provider: %s",
+                queue_id,
+                provider.id,
+                lifted[0].text,
+                extra={"event": "failover", "queue_id": queue_id},
+            )
+            provider.spoke_for_itself(lifted)
+        return answered
 
     async def _wait_for_limits(self, claim: Claim, waits: dict[int, LimitWait]) -> None:
         """Give back, without counting an attempt, recipients that wait for a limit.

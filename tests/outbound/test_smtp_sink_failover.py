@@ -56,11 +56,12 @@ async def test_4xx_to_every_rcpt_pauses_smtp_sink_and_fails_over(
     assert {e.provider for e in done} == {"spare"} and all(e.attempts == 1 for e in done)
     # Both answers, in the order the providers gave them.
     for entry in done:
-        assert entry.reason.startswith(f"sink: {SINK_REFUSAL}; spare: 250 "), entry.reason
+        assert entry.reason.startswith("250 "), entry.reason
+        assert entry.reason.endswith(f" (via spare; sink said {SINK_REFUSAL})"), entry.reason
     assert by_id["sink"].health == "cooldown"
     assert by_id["sink"].last_error == SINK_REFUSAL
     lines = [r.getMessage() for r in caplog.records if "status=sent" in r.getMessage()]
-    assert len(lines) == 2 and all(f"sink: {SINK_REFUSAL}; spare: 250" in x for x in lines)
+    assert len(lines) == 2 and all(f"(via spare; sink said {SINK_REFUSAL})" in x for x in lines)
 
 
 async def test_when_both_refuse_the_reason_and_log_show_both_answers(
@@ -79,7 +80,7 @@ async def test_when_both_refuse_the_reason_and_log_show_both_answers(
             qid = queue_id_of(reply)
             deferred = await eventually(lambda: _status(s.spool, qid, RecipientStatus.DEFERRED))
             assert len(deferred) == 2
-            want = f"sink: {SINK_REFUSAL}; spare: 451 4.3.0 busy"
+            want = f"451 4.3.0 busy (via spare; sink said {SINK_REFUSAL})"
             assert all(e.reason == want and e.provider == "spare" for e in deferred)
             first_attempt = sorted(await s.spool.list_log(search=qid), key=lambda e: e.id)[:2]
             assert [e.reason for e in first_attempt] == [want, want]

@@ -9,10 +9,11 @@ import pytest
 
 from relay.config import Config, OAuth2Settings, Rate
 from relay.message import HeaderBlock, bare_line_ending, rewrite
-from relay.model import TempFailure
+from relay.model import Delivered, Scope, TempFailure
 from relay.outbound.health import Health
 from relay.outbound.limits import Quota, TokenBucket, next_utc_midnight, utc_window
 from relay.outbound.oauth import OAuthError, TokenSource
+from relay.outbound.replies import AcrossTransactions
 from relay.outbound.routing import route_for
 from relay.outbound.session import classify
 from tests.outbound.token_server import TokenServer
@@ -251,3 +252,58 @@ def test_a_long_non_ascii_send_from_name_is_folded_with_crlf() -> None:
     head = out.split(b"\r\n\r\n", 1)[0]
     assert b"\r\n " in head  # it was folded
     assert bare_line_ending(out) is None
+
+
+# ------------------------------------------- the same 4xx across transactions (VERP)
+
+
+def _deferred(rcpt: str, text: str = "451 4.3.0 Temporary system problem") -> TempFailure:
+    return TempFailure(rcpt, int(text[:3]), text)
+
+
+def test_the_same_4xx_to_two_domains_speaks_for_the_provider() -> None:
+    across = AcrossTransactions(window=60, domains=2)
+    first = _deferred("a@one.example")
+    across.note("p", [first], 100.0)
+    assert not across.speaks_for_provider("p", first, 100.0)
+    # Echoed addresses and spacing do not make the replies differ.
+    second = _deferred("b@two.example", "451  4.3.0 <b@two.example>: Temporary system problem")
+    across.note("p", [second], 110.0)
+    lifted, changed = across.lift("p", [(1, first), (2, second)], 110.0)
+    assert all(isinstance(o, TempFailure) and o.scope is Scope.PAUSE for _, o in lifted)
+    assert changed == [o for _, o in lifted] and all(o.moves_on for o in changed)
+    # Another provider, and the same provider after the window, know nothing of it.
+    assert not across.speaks_for_provider("q", second, 110.0)
+    assert not across.speaks_for_provider("p", second, 165.0)
+
+
+def test_one_domain_a_delivery_or_another_reply_do_not_add_up() -> None:
+    across = AcrossTransactions(window=60, domains=2)
+    same = [_deferred(f"u{i}@one.example") for i in range(5)]
+    for o in same:
+        across.note("p", [o], 100.0)
+    assert not across.speaks_for_provider("p", same[0], 100.0)  # that domain's own trouble
+    other = _deferred("x@two.example", "451 4.3.2 something else")
+    across.note("p", [other], 100.0)
+    assert not across.speaks_for_provider("p", other, 100.0)
+    across.note("p", [_deferred("y@two.example")], 101.0)
+    assert across.speaks_for_provider("p", same[0], 101.0)
+    across.note("p", [Delivered("z@three.example", 250, "250 OK")], 102.0)
+    assert not across.speaks_for_provider("p", same[0], 102.0)  # not everyone, after all
+
+
+def test_greylisting_and_a_mailbox_status_stay_the_recipients() -> None:
+    across = AcrossTransactions(window=60, domains=2)
+    for text in ("451 4.7.1 Greylisted, please try again later", "452 4.2.2 over quota"):
+        outcomes = [_deferred("a@one.example", text), _deferred("b@two.example", text)]
+        across.note("p", outcomes, 100.0)
+        lifted, changed = across.lift("p", list(enumerate(outcomes)), 100.0)
+        assert changed == [] and [o for _, o in lifted] == outcomes
+
+
+def test_what_it_keeps_is_bounded() -> None:
+    across = AcrossTransactions(window=60, domains=2)
+    for i in range(1000):
+        across.note("p", [_deferred(f"a@d{i}.example", f"451 4.3.0 reply {i}")], 100.0)
+        across.note("p", [_deferred(f"a@d{i}.example")], 100.0)
+    assert sum(len(d) for keys in across._seen.values() for d in keys.values()) <= 16 * 16

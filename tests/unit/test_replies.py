@@ -279,7 +279,19 @@ def test_failover_names_each_providers_answer() -> None:
     ]
     out = final(answers)
     assert isinstance(out, TempFailure) and out.code == 451
-    assert out.text == "primary: 421 4.7.0 try later; backup: 451 4.3.0 busy"
+    assert out.text == "451 4.3.0 busy (via backup; primary said 421 4.7.0 try later)"
+
+
+def test_a_success_after_failover_reads_as_a_success_on_one_line() -> None:
+    """#24 point 11: not "250 primary: 451 ...; backup: 250 OK" on the pages (code + reason)."""
+    answers: list[tuple[str, Outcome]] = [
+        ("primary", TempFailure("a@x", 451, "451 4.3.0 busy\r\n  try later", scope=Scope.PAUSE)),
+        ("backup", Delivered("a@x", 250, "250 2.0.0 OK queued")),
+    ]
+    out = final(answers)
+    assert isinstance(out, Delivered) and out.code == 250
+    assert out.text.startswith("250 2.0.0 OK queued (via backup; primary said 451 4.3.0 busy")
+    assert "\n" not in out.text and "\r" not in out.text
 
 
 def test_no_provider_with_smtputf8_fails_for_good_with_a_clear_reason() -> None:
@@ -300,7 +312,7 @@ def test_not_final_while_a_skipped_provider_may_still_carry_it() -> None:
 def test_smtputf8_then_a_real_answer_keeps_the_real_answer() -> None:
     out = final([("sink", no_smtputf8("ü@x")), ("up", TempFailure("ü@x", None, "4.4.1 refused"))])
     assert isinstance(out, TempFailure)
-    assert out.text.startswith("sink: 553 5.6.7") and out.text.endswith("up: 4.4.1 refused")
+    assert out.text.startswith("4.4.1 refused (via up; sink said 553 5.6.7"), out.text
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ def test_fate_with_answers_names_the_last_provider_and_every_answer() -> None:
     got = fate(rcpt(), answers, [], give_up_after=86400, now=NOW)
     assert isinstance(got, Settled) and got.provider == "b"
     assert isinstance(got.outcome, Delivered)
-    assert got.outcome.text == "a: 421 4.7.0 try later; b: 250 ok"
+    assert got.outcome.text == "250 ok (via b; a said 421 4.7.0 try later)"
 
 
 def test_fate_answers_win_over_skips_except_a_not_here() -> None:
