@@ -237,8 +237,16 @@ def _page_links(
 
 
 async def queue(request: Request) -> Response:
+    """The queue, one row per recipient; a row's checkbox stands for its whole message.
+
+    The retry/delete/hold/release/reroute forms take queue IDs (``relay.operations.queue``
+    acts on messages), so every checkbox of one message is one choice (the
+    script ticks them together) and says how many recipients it covers.
+    """
+    spool = state(request).backend.spool
     f = QueueFilter.parse(request.query_params)
-    entries = await f.page(state(request).backend.spool)
+    entries = await f.page(spool)
+    marks = await spool.queue_marks(e.queue_id for e in entries)
     base_q = [("status", s.value) for s in f.statuses]
     if f.search:
         base_q.append(("search", f.search))
@@ -249,6 +257,8 @@ async def queue(request: Request) -> Response:
         {
             "f": f,
             "entries": entries,
+            "recipients_of": marks.recipients,
+            "bounced": marks.bounced,
             "statuses": [s.value for s in RecipientStatus],
             "page_sizes": PAGE_SIZES,
             **_page_links("/queue", base_q, entries, f.limit),

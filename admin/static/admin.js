@@ -67,15 +67,29 @@
     const all = document.getElementById("select-all");
     const boxes = () => document.querySelectorAll("input[name=queue_id]");
     const count = document.getElementById("selected-count");
+    // A row is one recipient, its checkbox its whole message (the actions take queue
+    // IDs): the boxes of one message tick together, and the count is in messages.
     const update = () => {
-      if (count) count.textContent =
-        `Selected: ${document.querySelectorAll("input[name=queue_id]:checked").length}`;
+      if (!count) return;
+      const chosen = new Map();
+      for (const b of document.querySelectorAll("input[name=queue_id]:checked")) {
+        chosen.set(b.value, Number(b.dataset.recipients || 1));
+      }
+      let recipients = 0;
+      for (const n of chosen.values()) recipients += n;
+      const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+      count.textContent = chosen.size ?
+        `Selected: ${plural(chosen.size, "message")} (${plural(recipients, "recipient")})` :
+        "Selected: 0";
     };
     if (all) all.addEventListener("change", () => {
       for (const b of boxes()) b.checked = all.checked;
       update();
     });
-    for (const b of boxes()) b.addEventListener("change", update);
+    for (const b of boxes()) b.addEventListener("change", () => {
+      for (const other of boxes()) if (other.value === b.value) other.checked = b.checked;
+      update();
+    });
     for (const button of document.querySelectorAll("button[data-confirm]")) {
       button.addEventListener("click", (event) => {
         if (!window.confirm(button.dataset.confirm)) event.preventDefault();

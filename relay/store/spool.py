@@ -534,6 +534,10 @@ class Spool:
             self._reader, statuses=statuses, search=search, before_id=before_id, limit=limit
         )
 
+    async def queue_marks(self, queue_ids: Iterable[str]) -> views.QueueMarks:
+        """For a queue page: each message's recipient count, and who bounced after delivery."""
+        return await views.queue_marks(self._reader, queue_ids)
+
     async def list_log(
         self,
         *,

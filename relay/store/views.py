@@ -29,6 +29,7 @@ from relay.store.sql import QUERIES, like_escape
 
 __all__ = [
     "AttemptBucket",
+    "QueueMarks",
     "attempt_buckets",
     "audit_log",
     "counts_by_status",
@@ -39,6 +40,7 @@ __all__ = [
     "pauses",
     "pauses_of",
     "provider_failures",
+    "queue_marks",
 ]
 
 
@@ -55,6 +57,22 @@ class AttemptBucket:
     count: int
     #: how many of ``count`` started at or after ``hour_ago``
     last_hour: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMarks:
+    """What the queue page adds to its rows (``Spool.queue_marks``).
+
+    A recipient's own status stays ``sent`` when a bounce comes back after
+    delivery (the bounce is a delivery-log row, ``relay.store.suppressions``);
+    the page must still say ``bounced``. And a row's checkbox acts on its whole
+    message, so the page says how many recipients that is.
+    """
+
+    #: recipients per message (queue ID), all of them, not only those on the page
+    recipients: dict[str, int]
+    #: recipient row id -> the latest bounce's reply, for recipients that bounced
+    bounced: dict[int, str]
 
 
 def pauses_of(rows: Iterable[Any]) -> dict[str, ProviderPause]:
@@ -107,6 +125,22 @@ async def list_queue(
         params["statuses"] = json.dumps([s.value for s in statuses])
     async with reader.execute(QUERIES[query], params) as cur:
         return [QueueEntry.from_row(r) async for r in cur]
+
+
+async def queue_marks(reader: aiosqlite.Connection, queue_ids: Iterable[str]) -> QueueMarks:
+    """Recipient counts and bounces after delivery of the given messages (one page's)."""
+    params = {"queue_ids": json.dumps(sorted(set(queue_ids)))}
+    recipients: dict[str, int] = {}
+    async with reader.execute(QUERIES["queue_marks_counts"], params) as cur:
+        async for row in cur:
+            recipients[row["queue_id"]] = int(row["n"])
+    bounced: dict[int, str] = {}
+    async with reader.execute(QUERIES["queue_marks_bounced"], params) as cur:
+        async for row in cur:
+            code, reply = row["code"], row["reply"] or ""
+            text = reply if code is None or reply.startswith(str(code)) else f"{code} {reply}"
+            bounced[int(row["recipient_id"])] = text
+    return QueueMarks(recipients=recipients, bounced=bounced)
 
 
 async def list_log(

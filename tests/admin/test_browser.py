@@ -18,6 +18,7 @@ from playwright._impl._api_structures import SetCookieParam
 from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
 from relay.store.spool import Spool
+from relay.store.suppressions import NewBounce, Threshold
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.upstream import TestUpstream
 
@@ -89,7 +90,25 @@ async def test_operator_journey(
                 return bool(rows) and rows[0].attempts == 1 and rows[0].status == "deferred"
 
             await eventually(deferred_once)
+            await smtp_send(s.port, "app@example.org", ["gone@example.net"], mail("bounces later"))
+            await smtp_send(
+                s.port, "team@example.org", ["r1@example.net", "r2@example.net"], mail("two")
+            )
             await s.wait_idle()
+            (gone,) = await s.spool.list_queue(search="gone@")
+            # The DSN that comes back after the provider took it (what the poller records).
+            await s.spool.suppressions.record_bounce(
+                NewBounce(
+                    address="gone@example.net",
+                    kind="hard",
+                    source="dsn",
+                    status="5.1.1",
+                    diagnostic="smtp; 550 5.1.1 user unknown",
+                    queue_id=gone.queue_id,
+                    key="journey-dsn",
+                ),
+                Threshold(hard=5),
+            )
 
             context = await browser.new_context(
                 viewport={"width": 1366, "height": 900}, timezone_id="America/Los_Angeles"
@@ -127,6 +146,30 @@ async def test_operator_journey(
             await expect(row.locator("time[data-rel] .rel").last).to_contain_text("in ")
             # After the script ran, times still read as the CLI and the log write them.
             await expect(row.locator("time[data-ts]").first).to_contain_text(" UTC")
+            # Who sent it, when it came in (in UTC) and the provider that answered.
+            await expect(row.locator("td.sender")).to_have_text("app@example.org")
+            await expect(row.locator("td.received time")).to_contain_text(" UTC")
+            await expect(row.locator("td.provider")).to_have_text("up1")
+            # Sent, then a bounce came back: the queue says bounced, with the report.
+            bounced = page.locator("tr", has_text="gone@example.net")
+            await expect(bounced.locator(".badge")).to_have_text("bounced")
+            await expect(bounced.locator("td.reason")).to_contain_text("5.1.1 user unknown")
+            await expect(
+                page.locator("tr", has_text="ok@example.net").locator(".badge")
+            ).to_have_text("sent")
+            # A row's checkbox is its whole message (the actions take queue IDs): ticking
+            # one recipient's row ticks its message's other row, and says so.
+            r1 = page.locator("tr", has_text="r1@example.net").locator("input[name=queue_id]")
+            r2 = page.locator("tr", has_text="r2@example.net").locator("input[name=queue_id]")
+            await expect(r1).to_have_attribute("aria-label", re.compile(r"\(2 recipients\)$"))
+            await r1.check()
+            await expect(r2).to_be_checked()
+            await expect(page.locator("#selected-count")).to_have_text(
+                "Selected: 1 message (2 recipients)"
+            )
+            await r2.uncheck()
+            await expect(r1).not_to_be_checked()
+            await expect(page.locator("#selected-count")).to_have_text("Selected: 0")
             await shot(page, "02-queue")
 
             # Retry now: another attempt happens at once (the upstream still defers).
@@ -192,6 +235,12 @@ async def test_operator_journey(
             # Overview and providers.
             await page.goto(base + "/")
             await expect(page.locator("svg.chart rect.bar").first).to_be_visible()
+            # The cards count recipients, the table attempts: each says which.
+            await expect(page.locator("#recipients-heading")).to_contain_text("Recipients")
+            await expect(page.locator("#deliveries h2")).to_have_text("Delivery attempts")
+            await expect(page.locator("#deliveries")).to_contain_text(
+                "cards above count recipients"
+            )
             await shot(page, "05-overview")
             await page.goto(base + "/providers")
             await expect(page.locator("tr", has_text="Primary relay")).to_contain_text(
@@ -373,6 +422,27 @@ async def test_provider_list_test_connection_and_test_message(
             got = await upstream.wait_for(2)
             assert got[-1].recipients == ["operator@example.net"]
             assert b"Sluice test message via up1" in got[-1].data
+
+            # Priority (lower is tried first), and pause / resume right in a row.
+            await expect(page.locator("tr[data-provider=up1] td.priority")).to_have_text("100")
+            await expect(page.locator("tr[data-provider=locked] td.priority")).to_have_text("9")
+            spare = page.locator("tr[data-provider=spare]")
+            await spare.locator("input[name=reason]").fill("planned work")
+            await spare.locator(".pause-button").click()
+            await expect(page.locator("#notice")).to_have_text(
+                "Delivery paused; mail is still accepted."
+            )
+            await expect(spare).to_have_attribute("data-paused", "yes")
+            await expect(spare.locator(".paused")).to_contain_text("paused")
+            await expect(spare.locator(".pause-reason")).to_have_text("planned work")
+            await expect(page.locator("tr[data-provider=up1] .pause-button")).to_be_visible()
+            await shot(page, "11-provider-paused-in-list")
+            await spare.get_by_role("button", name="Resume").click()
+            await expect(page.locator("#notice")).to_have_text("Delivery resumed.")
+            await expect(page).to_have_url(re.compile(r"/providers\?done=resume"))
+            await expect(spare.locator(".pause-button")).to_be_visible()
+            await expect(spare).not_to_have_attribute("data-paused", "yes")
+            assert await s.spool.pauses() == {}
 
             assert errors == [], errors
             await context.close()
@@ -600,3 +670,152 @@ async def test_hold_release_and_pause_journey(
         await expect(actions.nth(3)).to_contain_text("admin")
         await shot(page, "23-audit")
         assert errors == []
+
+
+#: What one page at phone width must hold to, measured in the page itself: the
+#: document no wider than the viewport; every nav link inside the viewport, hit
+#: at its centre (nothing drawn over it) and legible on what is painted under it
+#: (the colour of the first opaque box at that point: a link that overflowed the
+#: dark header would sit on the light page); every control outside a table's
+#: own scroll box within the screen; every date in UTC (relay.wording.when).
+PHONE_CHECK = """() => {
+  const lum = (rgb) => {
+    const [r, g, b] = rgb.match(/[\\d.]+/g).slice(0, 3).map((v) => {
+      const c = Number(v) / 255;
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const opaque = (c) => c && c !== "transparent" && !/rgba\\(.*,\\s*0\\)$/.test(c);
+  const width = Math.min(window.innerWidth, 390), height = window.innerHeight;
+  const problems = [];
+  const doc = document.documentElement;
+  if (doc.scrollWidth > width) problems.push(`document ${doc.scrollWidth} px wide`);
+  for (const a of document.querySelectorAll("header.top nav a")) {
+    const r = a.getBoundingClientRect();
+    const x = r.left + r.width / 2, y = r.top + r.height / 2;
+    const name = a.textContent.trim();
+    if (r.width === 0 || r.left < 0 || r.right > width || r.top < 0 || r.bottom > height) {
+      problems.push(`nav ${name} outside the viewport (${r.left}-${r.right})`);
+      continue;
+    }
+    const hit = document.elementFromPoint(x, y);
+    if (!hit || !(hit === a || a.contains(hit))) problems.push(`nav ${name} covered`);
+    const under = document.elementsFromPoint(x, y)
+      .map((el) => getComputedStyle(el).backgroundColor).find(opaque) || "rgb(255, 255, 255)";
+    const [l1, l2] = [lum(getComputedStyle(a).color), lum(under)].sort((p, q) => q - p);
+    const ratio = (l1 + 0.05) / (l2 + 0.05);
+    if (ratio < 4.5) problems.push(`nav ${name} contrast ${ratio.toFixed(2)} on ${under}`);
+  }
+  for (const el of document.querySelectorAll("button, a.button, input, select, textarea")) {
+    if (el.closest(".scroll") || el.type === "hidden") continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;  // in a closed <details>
+    if (r.left < 0 || r.right > width + 0.5) {
+      problems.push(`${el.tagName} ${el.name || el.textContent.trim()} at ${r.left}-${r.right}`);
+    }
+  }
+  for (const t of document.querySelectorAll("time[data-ts]")) {
+    if (!t.firstChild.textContent.trim().endsWith(" UTC")) problems.push(`time ${t.textContent}`);
+  }
+  return problems;
+}"""
+
+
+async def test_every_page_at_phone_width(
+    browser: Browser, sluice: SluiceFactory, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    """Each page at 390×844 (a phone): no sideways scroll, a usable nav, buttons on screen."""
+    from tests.webhook_receiver import WebhookReceiver
+
+    rx = await WebhookReceiver().start()
+    long_reply = "451 4.2.0 " + "mailbox-temporarily-unavailable-" * 6 + " try later"
+    upstream.reply["RCPT:later@example.net"] = long_reply
+    (tmp_path / "pw").write_text("admin-pw\n")
+    admin = {"enabled": True, "listen": "127.0.0.1:0", "password_file": str(tmp_path / "pw")}
+    notify = {"webhooks": [{"url": rx.url, "secret": "phone-test-secret", "events": ["sent"]}]}
+    providers = [
+        provider_for(upstream, caption="Primary relay", send_from="app@example.org"),
+        provider_for(upstream, "spare", caption="Backup relay", priority=200),
+    ]
+    retry = {"first_delay": "1h", "max_delay": "2h"}
+    try:
+        async with sluice(providers, admin=admin, notify=notify, retry=retry) as s:
+            assert s.daemon.admin is not None
+            base = f"http://127.0.0.1:{s.daemon.admin.address.port}"
+            subject = "A subject long enough to need more than one line " * 3
+            await smtp_send(
+                s.port,
+                "a-rather-long-sender-address@example.org",
+                ["later@example.net", "ok@example.net"],
+                mail(subject),
+            )
+            await s.wait_idle()
+            (entry, *_) = await s.spool.list_queue(search="later@")
+            await s.spool.suppressions.record_bounce(
+                NewBounce(
+                    address="gone-for-good-with-a-long-name@example.net",
+                    kind="hard",
+                    source="dsn",
+                    status="5.1.1",
+                    diagnostic="smtp; 550 5.1.1 " + "user-unknown-" * 10,
+                    key="phone-1",
+                ),
+                Threshold(hard=1),
+            )
+            await rx.wait_for(lambda hits: len(hits) >= 1)
+
+            # Not is_mobile: a mobile viewport zooms out to fit a too-wide page, and
+            # window.innerWidth grows with it, hiding the very overflow looked for.
+            context = await browser.new_context(viewport={"width": 390, "height": 844})
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on(
+                "console",
+                lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" else None,
+            )
+
+            async def check(name: str) -> None:
+                await page.wait_for_load_state("load")
+                problems = await page.evaluate(PHONE_CHECK)
+                await shot(page, f"40-phone-{name}")
+                assert problems == [], (name, problems)
+
+            await page.goto(base + "/")
+            await check("login")
+            await page.fill("input[name=password]", "admin-pw")
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(base + "/")
+            await check("overview")
+
+            # Every page of the nav, reached by clicking its link (clickable, not only visible).
+            nav = page.locator("header.top nav a")
+            names = await nav.all_inner_texts()
+            assert len(names) == 7, names
+            for name in names:
+                await page.locator("header.top nav").get_by_role("link", name=name).click()
+                await expect(page.locator("header.top nav a[aria-current=page]")).to_have_text(name)
+                await check(name.lower())
+
+            # The pages below the nav: a provider, a message (its Delete on screen), an address.
+            for path, name in (
+                ("/providers/spare", "provider"),
+                (f"/messages/{entry.queue_id}", "message"),
+                ("/suppressions/gone-for-good-with-a-long-name@example.net", "suppression"),
+            ):
+                await page.goto(base + path)
+                await check(name)
+            await page.goto(base + f"/messages/{entry.queue_id}")
+            delete = page.get_by_role("button", name="Delete")
+            await expect(delete).to_be_in_viewport()
+
+            # The queue's key columns (who, what state, why) are on screen without scrolling.
+            await page.goto(base + "/queue")
+            row = page.locator("tr", has_text="later@example.net")
+            for cell in ("td.email", "td.status"):
+                box = await row.locator(cell).bounding_box()
+                assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= 390, cell
+            assert errors == [], errors
+            await context.close()
+    finally:
+        await rx.stop()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from relay.model import AttemptStatus, RecipientStatus
 from relay.store.spool import Finish, NewMessage, Spool
+from relay.store.suppressions import NewBounce, Threshold
 
 
 def _msg(queue_id: str, *rcpts: str, subject: str = "hello") -> NewMessage:
@@ -73,3 +74,35 @@ async def test_queue_and_log_pages_filter_search_and_page(tmp_path: Path) -> Non
         assert await spool.list_log(since=1001) == []
         assert await spool.list_log(until=1000) == []
         assert await spool.list_log(before_id=log[0].id) == []
+
+
+async def test_queue_marks_count_recipients_and_find_bounces_after_delivery(
+    tmp_path: Path,
+) -> None:
+    """The queue page's extras: a sent recipient that bounced later, and per-message counts.
+
+    The recipient's own status stays ``sent``; only the delivery log's BOUNCED
+    row (linked by recipient id) tells, so the view must find that row.
+    """
+    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: 1000.0) as spool:
+        await spool.enqueue(_msg("A", "a@example.net", "b@example.net"))
+        await _attempt(spool, AttemptStatus.SUCCESS, RecipientStatus.SENT)
+        await spool.enqueue(_msg("B", "c@example.net"))
+        bounce = NewBounce(
+            address="b@example.net",
+            kind="hard",
+            source="dsn",
+            status="5.1.1",
+            diagnostic="smtp; 550 5.1.1 user unknown",
+            queue_id="A",
+            key="dsn-b",
+        )
+        await spool.suppressions.record_bounce(bounce, Threshold(hard=5))
+        (a,) = await spool.list_queue(search="a@")
+        (b,) = await spool.list_queue(search="b@")
+        assert (a.status, b.status) == (RecipientStatus.SENT, RecipientStatus.SENT)
+        marks = await spool.queue_marks(["A", "B", "nope"])
+        assert marks.recipients == {"A": 2, "B": 1}
+        assert list(marks.bounced) == [b.id]
+        assert "550 5.1.1 user unknown" in marks.bounced[b.id]
+        assert (await spool.queue_marks([])).recipients == {}

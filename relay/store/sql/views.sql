@@ -97,3 +97,18 @@ WHERE status IN (SELECT value FROM json_each(:statuses))
   AND (:q IS NULL OR rcpt LIKE :q ESCAPE '\' OR subject LIKE :q ESCAPE '\'
        OR queue_id = :exact)
 ORDER BY id DESC LIMIT :limit;
+
+-- name: queue_marks_counts
+-- How many recipients each message of a queue page (:queue_ids, a JSON array) has.
+SELECT m.queue_id, count(*) AS n
+FROM messages AS m JOIN recipients AS r ON r.message_id = m.id
+WHERE m.queue_id IN (SELECT value FROM json_each(:queue_ids))
+GROUP BY m.queue_id;
+
+-- name: queue_marks_bounced
+-- The BOUNCED delivery-log rows (a report after delivery) of a queue page's
+-- messages, oldest first; attempts_message serves the join.
+SELECT a.recipient_id, a.code, a.reply
+FROM messages AS m JOIN attempts AS a ON a.message_id = m.id
+WHERE m.queue_id IN (SELECT value FROM json_each(:queue_ids)) AND a.status = 'bounced'
+ORDER BY a.id;
