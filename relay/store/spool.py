@@ -44,11 +44,11 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
   ``end_expired_pauses``;
 - views: ``get``, ``raw``, ``list_queue``, ``list_log``, ``counts_by_status``,
   ``oldest_pending``, ``provider_failures``, ``attempt_buckets``, ``pauses``,
-  ``audit_log``;
+  ``audit_log``, ``queue_marks``;
 - state: ``counter_add``, ``counter_prune``, ``counter_get``,
   ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
   ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
-  ``revoke_admin_sessions``, ``probe_write``, ``health``.
+  ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
 the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
