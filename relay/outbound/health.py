@@ -13,7 +13,11 @@ whether it lets us in. Every attempt (one transaction) is summed up as an
   the provider, nor does "this provider cannot carry this message".
 * **degraded** (``DEGRADED``, amber): at least two, and at least half, of the
   recent attempts delivered nothing and were deferred or refused for a reason
-  that is not the address.
+  that is not the address. A failure of the provider itself stops counting
+  once a later attempt delivered (a provider back from an outage is green at
+  its first delivery, as the circuit breaker closes); deferrals count until
+  they leave the window, so a provider that deferred everything is amber
+  until most of its recent attempts deliver again.
 * **healthy** (``OK``, green): otherwise, once an attempt was made.
 
 Independently, after ``threshold`` consecutive failures of the provider
@@ -154,6 +158,10 @@ def judge(window: Sequence[Attempt], n: int = WINDOW) -> Verdict:
                 f"the last {plural(n, 'attempt')} got the same reply for every recipient"
                 f" ({len(recipients)} different): {refusals[-1][2]}",
             )
+    # The provider's own failures end with a delivery (as the circuit breaker
+    # closes on one success); deferrals count for their share of the window.
+    last_ok = max((i for i, a in enumerate(recent) if a.delivered), default=-1)
+    troubled = [a for i, a in enumerate(recent) if a.troubled and not (a.fault and i < last_ok)]
     if len(troubled) >= 2 and 2 * len(troubled) >= len(recent):
         last = troubled[-1]
         text = last.fault or last.refusals[-1][2]

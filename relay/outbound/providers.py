@@ -428,6 +428,13 @@ class Provider:
 
     # ------------------------------------------------------------------- status
 
+    def health_in_words(self) -> tuple[ProviderHealth, str, float | None]:
+        """(word, reason, since) now, without a spool read: what ``/healthz`` reports."""
+        view = self.state.health.view(self._clock())
+        if self._setup_error:
+            return ProviderHealth.ERROR, f"misconfigured: {self._setup_error}", None
+        return view.state, view.reason, view.since
+
     def health_now(self) -> ProviderHealth:
         """The health word of ``status()`` alone: no spool read, no token sync."""
         return self._health_word(self.state.health.view(self._clock()))
@@ -582,6 +589,15 @@ class ProviderSet:
         """Write every provider's health record that changed (at start: replace the last run's)."""
         for p in self.providers:
             await p.state.publish()
+
+    def troubles(self) -> list[tuple[str, ProviderHealth, str, float | None]]:
+        """Enabled providers failing or in an automatic cool-down: (id, word, reason, since)."""
+        out = []
+        for p in self.providers:
+            word, reason, since = p.health_in_words()
+            if p.settings.enabled and word.trouble:
+                out.append((p.id, word, reason, since))
+        return out
 
     def health(self) -> dict[str, str]:
         """Provider id -> ``ProviderHealth`` now (what ``provider_state`` events compare)."""

@@ -119,3 +119,12 @@ def test_the_record_another_process_reads_gives_the_same_word() -> None:
     assert rec.resolve(120.0)[0] is ProviderHealth.COOLDOWN
     assert rec.resolve(161.0)[0] is ProviderHealth.ERROR
     assert HealthRecord.from_json("not json") is None
+
+
+def test_an_outage_ends_at_the_first_delivery() -> None:
+    fault = TempFailure("x@a.example", None, "4.4.1 connection refused", scope=Scope.PROVIDER)
+    window = [attempt(0, fault), attempt(1, fault), attempt(2, ok("y@a.example"))]
+    assert judge(window).state is ProviderHealth.OK
+    # Deferrals are different: they still count for their share.
+    window = [attempt(0, deferred("a@a.example")), attempt(1, deferred("b@b.example"))]
+    assert judge([*window, attempt(2, ok("c@c.example"))]).state is ProviderHealth.DEGRADED
