@@ -156,7 +156,7 @@ def judge(window: Sequence[Attempt], n: int = WINDOW) -> Verdict:
             return Verdict(
                 ProviderHealth.ERROR,
                 f"the last {plural(n, 'attempt')} got the same reply for every recipient"
-                f" ({len(recipients)} different): {refusals[-1][2]}",
+                f" ({len(recipients)} different recipients): {refusals[-1][2]}",
             )
     # The provider's own failures end with a delivery (as the circuit breaker
     # closes on one success); deferrals count for their share of the window.
