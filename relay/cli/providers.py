@@ -7,7 +7,9 @@ end, its settings, today's usage against its limits (read from the spool's
 durable counters) and its credentials *masked*.
 ``test`` runs ``test_provider`` (connect, TLS, EHLO or HELO, STARTTLS, AUTH,
 QUIT: the handshake delivery uses) and prints every step with the server's
-reply and how long it took; it exits 0 only if every tested provider passed.
+reply and how long it took, then the provider's health from deliveries (a
+server may pass the handshake and refuse every recipient); it exits 0 only
+if every tested provider passed and none is failing or cooling down.
 ``connect`` signs an XOAUTH2 provider in through the OAuth 2.0 device grant
 (RFC 8628): it prints a code and a URL, waits for the sign-in, and stores the
 refresh token in the spool, where the daemon picks it up.
@@ -183,12 +185,22 @@ def _by_priority(cfg: Config) -> list[str]:
     return [p.id for p in sorted(enabled, key=lambda p: p.priority)]
 
 
-def _print_report(p: ProviderSettings, report: TestReport) -> None:
+def _print_report(p: ProviderSettings, report: TestReport, health: dict[str, Any]) -> None:
     print(f"{p.id} ({p.host}:{p.port}, {p.encryption})")
     for step in report.steps:
         took = f"{step.elapsed * 1000:.0f} ms"
         print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}  ({took})")
-    print(f"  => {'OK' if report.ok else 'FAILED'}")
+    word = ProviderHealth(health["health"])
+    line = word.label
+    if health["health_since"] is not None:
+        line += f" since {when(health['health_since'])}"
+    if health["health_reason"]:
+        line += f": {health['health_reason']}"
+    print(f"  deliveries: {line}")
+    if report.ok and word.trouble:
+        print(f"  => handshake OK, but deliveries through {p.id} are {word.label}")
+    else:
+        print(f"  => {'OK' if report.ok else 'FAILED'}")
 
 
 async def cmd_test(args: argparse.Namespace) -> int:
@@ -214,12 +226,24 @@ async def cmd_test(args: argparse.Namespace) -> int:
     reports = await asyncio.gather(
         *(test_provider(p, local_hostname=hostname, timeout=args.timeout) for p in chosen)
     )
+    # The handshake is not the whole truth: deliveries may still fail (a 451 to
+    # every recipient). Health as the daemon last recorded it goes with it.
+    live = await _live(cfg)
+    now = time.time()
+    health = {p.id: _health(live[p.id], now) for p in chosen}
     if args.json:
-        print(json.dumps({p.id: asdict(r) for p, r in zip(chosen, reports, strict=True)}))
+        print(
+            json.dumps(
+                {p.id: asdict(r) | health[p.id] for p, r in zip(chosen, reports, strict=True)}
+            )
+        )
     else:
         for p, report in zip(chosen, reports, strict=True):
-            _print_report(p, report)
-    return EX_OK if all(r.ok for r in reports) else EX_UNAVAILABLE
+            _print_report(p, report, health[p.id])
+    ok = all(r.ok for r in reports) and not any(
+        ProviderHealth(h["health"]).trouble for h in health.values()
+    )
+    return EX_OK if ok else EX_UNAVAILABLE
 
 
 async def cmd_connect(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ A real upstream, a real Sluice with its admin on a real port, and the real
 ``sluice providers list`` in another process: within a minute the provider
 is "failing" with the upstream's reply on the provider list and page, in
 ``/api/providers``, in ``providers list`` (text and ``--json``), on
-``/metrics`` and in ``/healthz`` (degraded, with the reason). Once the
+``/metrics`` and in ``/healthz`` (degraded, with the reason), and ``sluice
+providers test`` no longer says a plain OK for its handshake. Once the
 upstream accepts again and the waiting mail is delivered, it is green
 everywhere again.
 """
@@ -113,6 +114,11 @@ async def test_a_provider_deferring_everyone_turns_red_everywhere_then_green(
             except TimeoutError:
                 raise AssertionError(f"not failing everywhere: {_brief(seen)}") from None
             assert not upstream.messages
+            # The handshake passes, but `providers test` no longer says a plain OK.
+            rc, text, err = await run_cli("providers", "test", "main", "-c", str(s.config_path))
+            assert rc != 0, (text, err)
+            assert "deliveries: failing since" in text and "451 4.3.0" in text
+            assert "=> handshake OK, but deliveries through main are failing" in text
 
             # The upstream takes mail again: the waiting mail goes, and more.
             del upstream.reply["RCPT"]
@@ -128,6 +134,8 @@ async def test_a_provider_deferring_everyone_turns_red_everywhere_then_green(
                 await eventually(is_green, within=60, interval=0.5)
             except TimeoutError:
                 raise AssertionError(f"not green everywhere: {_brief(seen)}") from None
+            rc, text, err = await run_cli("providers", "test", "main", "-c", str(s.config_path))
+            assert rc == 0 and "deliveries: healthy" in text and "=> OK" in text, (text, err)
 
 
 def _brief(seen: dict[str, Any]) -> dict[str, Any]:
