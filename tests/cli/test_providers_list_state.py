@@ -4,7 +4,8 @@ A real Sluice delivers through two real upstreams; one of them refuses
 connections until its circuit breaker opens (a long cool-down). The operator
 pauses the other one with the real CLI. ``providers list``, run as another
 process, shows both: the pause with its reason and end, the cool-down with
-its end and reason, and the usage of the day against the daily limit.
+its end and reason, and the usage of the day against the daily limit; and
+``/healthz`` says degraded for the cool-down, with its reason.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
 from tests.daemon_proc import run_cli
@@ -43,7 +46,8 @@ async def test_list_shows_pause_cooldown_and_usage(
     await upstream.stop()  # connection refused
     down = provider_for(upstream, "down", priority=10, failure_threshold=1, cooldown="1h")
     busy = provider_for(upstream2, "busy", priority=20, daily_limit=100)
-    async with sluice([down, busy]) as s:
+    admin = {"enabled": True, "listen": "127.0.0.1:0"}
+    async with sluice([down, busy], admin=admin) as s:
         await smtp_send(s.port, "app@example.org", ["a@example.net"], b"Subject: x\r\n\r\nx\r\n")
         await upstream2.wait_for(1)
 
@@ -64,6 +68,15 @@ async def test_list_shows_pause_cooldown_and_usage(
         busy_text = block(text, "busy")
         assert "health:      healthy" in busy_text
         assert "today (UTC): 1 sent / 100 messages" in busy_text
+        # The automatic cool-down turns /healthz degraded, with the reason (issue 24.1).
+        assert s.daemon.admin is not None
+        url = f"http://127.0.0.1:{s.daemon.admin.address.port}/healthz"
+        async with httpx.AsyncClient(timeout=30) as c:
+            health = (await c.get(url)).json()
+        assert health["status"] == "degraded", health
+        (line,) = [p for p in health["problems"] if p.startswith("provider down")]
+        assert line.startswith("provider down cooling down since") and "connection refused" in line
+        assert health["providers"] == [line]
 
         rc, out, err = await run_cli(
             "providers", "pause", "busy", "--for", "2h", "--reason", "incident 42",
