@@ -461,6 +461,7 @@ async def healthz(request: Request) -> Response:
         "deferred": h.deferred,
         "provider_failures_last_hour": h.provider_failures,
         "paused": h.paused,
+        "providers": h.providers,
         "last_reload_failed": status.last_reload_error is not None,
     }
     # /healthz answers without a login (for probes); the error text, which

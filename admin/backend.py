@@ -113,7 +113,8 @@ class _ScrapeGauges:
         )
         self.health = Gauge(
             "sluice_provider_health",
-            "1 for the provider's current health state (unknown, ok, error, cooldown).",
+            "1 for the provider's current health state (unknown, ok, degraded, error, cooldown:"
+            " judged from its recent deliveries, as on the admin pages and in providers list).",
             ["provider", "state"],
             registry=r,
         )

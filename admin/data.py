@@ -102,6 +102,11 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
             else None
         ),
         "health": ProviderHealth.UNKNOWN,
+        #: why it is in that state, and since when (``relay.outbound.health``)
+        "health_reason": "",
+        "health_since": None,
+        #: while in an automatic cool-down: when it will be tried again
+        "cooldown_until": None,
         "last_error": "",
         "last_error_at": None,
         "last_ok_at": None,
@@ -115,6 +120,9 @@ def provider_view(settings: ProviderSettings, status: ProviderStatus | None) -> 
     if status is not None:
         view.update(
             health=status.health,
+            health_reason=status.health_reason,
+            health_since=status.health_since,
+            cooldown_until=status.blocked_until,
             last_error=status.last_error,
             last_error_at=status.last_error_at,
             last_ok_at=status.last_ok_at,

@@ -12,7 +12,11 @@ Three states, judged from facts the store and the daemon report:
   checkpoints keep the spool going, more slowly), or fewer accept workers run
   than configured (the dead one is being replaced), or the bounce mailbox
   cannot be read (bounces wait there; delivery goes on), or an operator paused
-  delivery (``sluice providers pause``): mail is taken and waits.
+  delivery (``sluice providers pause``): mail is taken and waits, or a
+  provider is failing or in an automatic cool-down (``relay.outbound.health``:
+  the same words and reason as the provider pages, the API, ``/metrics`` and
+  ``sluice providers list``). A provider only degraded (amber) is not reported
+  here: it still delivers most mail.
 * ``ok`` (HTTP 200).
 
 Degraded answers 200 on purpose: an orchestrator restarting a relay that
@@ -69,6 +73,8 @@ class Health:
     provider_failures: dict[str, int] | None = None
     #: operator pauses in force, one line each ("main: incident until ...")
     paused: list[str] = field(default_factory=list)
+    #: providers failing or cooling down, one line each ("provider main failing since ...: ...")
+    providers: list[str] = field(default_factory=list)
 
     @property
     def http_status(self) -> int:
@@ -86,6 +92,7 @@ def assess(
     provider_failures: dict[str, int] | None = None,
     paused: list[str] | None = None,
     short_of_room: str | None = None,
+    providers: list[str] | None = None,
 ) -> Health:
     """The verdict over the facts (pure; see the module docstring for the rules)."""
     bad: list[str] = []
@@ -112,6 +119,7 @@ def assess(
         warn.append(f"bounce mailbox: {status.bounce_mailbox_error}")
     for line in paused or ():
         warn.append(f"delivery paused by an operator: {line}")
+    warn.extend(providers or ())
     if alerts is not None:
         warn.extend(_alerts(alerts, oldest_pending_age, deferred, provider_failures or {}))
     state = State.UNHEALTHY if bad else State.DEGRADED if warn else State.OK
@@ -125,6 +133,7 @@ def assess(
         deferred,
         provider_failures,
         list(paused or ()),
+        list(providers or ()),
     )
 
 
@@ -190,6 +199,12 @@ async def check(backend: Backend) -> Health:
         provider_failures=failures,
         paused=paused,
         short_of_room=short_of_room,
+        providers=[
+            f"provider {pid} {word.label}"
+            + (f" since {when(since)}" if since is not None else "")
+            + f": {reason}"
+            for pid, word, reason, since in backend.snapshot().providers.troubles()
+        ],
     )
 
 

@@ -218,6 +218,7 @@ class Daemon:
                 previous=old.providers,
                 counters=self.spool,
                 grants=self.spool,
+                health_log=self.spool,
             )
         except LookupError as exc:  # a secret vanished between validation and use
             if rebound:
@@ -244,6 +245,7 @@ class Daemon:
         log.info("configuration reloaded from %s", source, extra={"event": "reload"})
         # In-flight deliveries keep the provider objects they started with.
         await old.providers.aclose()
+        await providers.publish_health()  # a provider new to the config starts "unknown"
         return None
 
     @property
@@ -383,10 +385,12 @@ class Daemon:
                     local_hostname=self.hostname,
                     counters=spool,
                     grants=spool,
+                    health_log=spool,
                     clock=self._clock,
                 ),
             )
             stack.push_async_callback(lambda: self.snapshot().providers.aclose())
+            await self.snapshot().providers.publish_health()
             self._sign_ins = SignIns(spool.save_oauth_grant, clock=self._clock)
             stack.push_async_callback(self._sign_ins.aclose)
 

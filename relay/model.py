@@ -229,9 +229,29 @@ class ProviderHealth(StrEnum):
     """A provider's health as people and ``provider_state`` events see it."""
 
     UNKNOWN = "unknown"  #: not tried yet (grey)
-    OK = "ok"  #: the last attempt went through (green)
-    ERROR = "error"  #: failing, or set up wrong (red)
+    OK = "ok"  #: deliveries through it succeed (green)
+    ERROR = "error"  #: failing: its deliveries fail for its own reason, or set up wrong (red)
     COOLDOWN = "cooldown"  #: skipped for now: circuit open, or paused at its own request
+    DEGRADED = "degraded"  #: a share of its recent deliveries fail or defer (amber)
+
+    @property
+    def label(self) -> str:
+        """The word people read (pages, ``providers list``, ``/healthz``): "failing" for ERROR."""
+        return _HEALTH_LABEL[self]
+
+    @property
+    def trouble(self) -> bool:
+        """Failing or in automatic cool-down: ``/healthz`` reports it as degraded."""
+        return self in (ProviderHealth.ERROR, ProviderHealth.COOLDOWN)
+
+
+_HEALTH_LABEL = {
+    ProviderHealth.UNKNOWN: "unknown",
+    ProviderHealth.OK: "healthy",
+    ProviderHealth.ERROR: "failing",
+    ProviderHealth.COOLDOWN: "cooling down",
+    ProviderHealth.DEGRADED: "degraded",
+}
 
 
 class GrantState(StrEnum):

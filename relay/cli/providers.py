@@ -1,10 +1,15 @@
 """``sluice providers list``, ``sluice providers test [ID]`` and ``sluice providers connect ID``.
 
-``list`` shows each provider's settings, today's usage against its limits
-(read from the spool's durable counters) and its credentials *masked*.
+``list`` shows each provider's health (``relay.outbound.health``: as the
+daemon last wrote it to the spool, with its reason and since when), an
+operator's pause with its reason and end, an automatic cool-down with its
+end, its settings, today's usage against its limits (read from the spool's
+durable counters) and its credentials *masked*.
 ``test`` runs ``test_provider`` (connect, TLS, EHLO or HELO, STARTTLS, AUTH,
 QUIT: the handshake delivery uses) and prints every step with the server's
-reply and how long it took; it exits 0 only if every tested provider passed.
+reply and how long it took, then the provider's health from deliveries (a
+server may pass the handshake and refuse every recipient); it exits 0 only
+if every tested provider passed and none is failing or cooling down.
 ``connect`` signs an XOAUTH2 provider in through the OAuth 2.0 device grant
 (RFC 8628): it prints a code and a URL, waits for the sign-in, and stores the
 refresh token in the spool, where the daemon picks it up.
@@ -19,17 +24,19 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from os import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from relay.cli.controls import register_providers
 from relay.config import Config, ProviderSettings, load
+from relay.model import ProviderHealth, ProviderPause
 from relay.secrets import SecretError
-from relay.wording import plural
+from relay.wording import plural, when
 
 if TYPE_CHECKING:
+    from relay.outbound.health import HealthRecord
     from relay.outbound.probe import TestReport
 
 __all__ = ["register"]
@@ -50,28 +57,58 @@ def _credentials(p: ProviderSettings) -> str:
     return f"{p.username} / {p.password.display() if p.password else '(no password)'}"
 
 
-async def _usage(cfg: Config) -> dict[str, int]:
-    """Usage per provider in its limit's unit and window, from the spool if there is one."""
+@dataclass(frozen=True, slots=True)
+class _Live:
+    """What the spool tells about one provider: usage, the daemon's health record, a pause."""
+
+    used: int = 0
+    health: HealthRecord | None = None
+    pause: ProviderPause | None = None
+
+
+async def _live(cfg: Config) -> dict[str, _Live]:
+    """Per provider, from the spool if there is one (the daemon writes health on each change)."""
     # Imported when used: `providers list` opens the spool only when there is one.
+    from relay.outbound.health import HealthRecord, record_key
     from relay.outbound.limits import Quota
-    from relay.store.spool import Spool
+    from relay.store.spool import ALL_PROVIDERS, Spool
 
     if not cfg.spool.path.exists():
-        return {p.id: 0 for p in cfg.providers}
+        return {p.id: _Live() for p in cfg.providers}
+    out: dict[str, _Live] = {}
     async with await Spool.open(cfg.spool.path) as spool:
-        return {
-            p.id: await Quota(p.id, spool, unit=p.limit_unit, window=p.limit_window).used()
-            for p in cfg.providers
-        }
+        pauses = await spool.pauses()
+        for p in cfg.providers:
+            raw = await spool.meta_get(record_key(p.id))
+            out[p.id] = _Live(
+                used=await Quota(p.id, spool, unit=p.limit_unit, window=p.limit_window).used(),
+                health=HealthRecord.from_json(raw) if raw is not None else None,
+                pause=pauses.get(p.id) or pauses.get(ALL_PROVIDERS),
+            )
+    return out
+
+
+def _health(live: _Live, now: float) -> dict[str, Any]:
+    """The health fields, in the words of the API and ``/metrics`` (``HealthRecord.resolve``)."""
+    rec = live.health
+    if rec is None:
+        return {"health": ProviderHealth.UNKNOWN.value, "health_reason": "", "health_since": None}
+    state, reason, since = rec.resolve(now)
+    return {"health": state.value, "health_reason": reason, "health_since": since}
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
     # Shows no secret, connects nowhere: needs none (an operator's shell has none).
     cfg: Config = await asyncio.to_thread(load, args.config_path_of(args), secrets=False)
-    usage = await _usage(cfg)
+    live = await _live(cfg)
+    now = time.time()
     order = {pid: n for n, pid in enumerate(_by_priority(cfg))}
     rows = []
     for p in cfg.providers:
+        lv = live[p.id]
+        rec = lv.health
+        cooling = rec is not None and rec.blocked_until is not None and rec.blocked_until > now
+        pause = lv.pause
         rows.append(
             {
                 "id": p.id,
@@ -79,10 +116,17 @@ async def cmd_list(args: argparse.Namespace) -> int:
                 "enabled": p.enabled,
                 "priority": p.priority,
                 "order": order.get(p.id),
+                **_health(lv, now),
+                "paused": (
+                    {"reason": pause.reason, "until": pause.until, "by": pause.actor}
+                    if pause is not None
+                    else None
+                ),
+                "cooldown_until": rec.blocked_until if cooling and rec is not None else None,
                 "server": f"{p.host}:{p.port}",
                 "encryption": p.encryption,
                 "credentials": _credentials(p),
-                "sent_today": usage[p.id],
+                "sent_today": lv.used,
                 "daily_limit": p.daily_limit,
                 "limit_unit": p.limit_unit,
                 "limit_window": p.limit_window,
@@ -96,22 +140,36 @@ async def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
         return EX_OK
     for r in rows:
-        state = "enabled" if r["enabled"] else "disabled"
-        unit = r["limit_unit"]
-        limit = (
-            f"{r['daily_limit']} {unit}" if r["daily_limit"] is not None else f"no limit ({unit})"
-        )
-        print(f"{r['id']}  ({r['caption'] or 'no caption'}; {state}, priority {r['priority']})")
-        print(f"  server:      {r['server']} ({r['encryption']})")
-        print(f"  credentials: {r['credentials']}")
-        span = "last 24 h:  " if r["limit_window"] == "rolling_24h" else "today (UTC):"
-        print(f"  {span} {r['sent_today']} sent / {limit}")
-        connections = plural(cast(int, r["max_connections"]), "connection")
-        print(f"  rate:        {r['rate'] or 'unlimited'}; {connections}")
-        if r["send_from"]:
-            print(f"  send_from:   {r['send_from']}")
-    print("(lower priority numbers are tried first; live health is on the admin page)")
+        _print_row(r)
+    print("(lower priority numbers are tried first; health as the daemon last recorded it)")
     return EX_OK
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    state = "enabled" if r["enabled"] else "disabled"
+    unit = r["limit_unit"]
+    limit = f"{r['daily_limit']} {unit}" if r["daily_limit"] is not None else f"no limit ({unit})"
+    print(f"{r['id']}  ({r['caption'] or 'no caption'}; {state}, priority {r['priority']})")
+    health = ProviderHealth(r["health"])
+    line = health.label
+    if r["health_since"] is not None:
+        line += f" since {when(r['health_since'])}"
+    if r["health_reason"]:
+        line += f": {r['health_reason']}"
+    print(f"  health:      {line}")
+    if r["cooldown_until"] is not None:
+        print(f"  cooldown:    skipped until {when(r['cooldown_until'])}")
+    if (pause := r["paused"]) is not None:
+        end = "until resumed" if pause["until"] is None else f"until {when(pause['until'])}"
+        print(f"  paused:      {end} by {pause['by']}: {pause['reason'] or 'no reason given'}")
+    print(f"  server:      {r['server']} ({r['encryption']})")
+    print(f"  credentials: {r['credentials']}")
+    span = "last 24 h:  " if r["limit_window"] == "rolling_24h" else "today (UTC):"
+    print(f"  {span} {r['sent_today']} sent / {limit}")
+    connections = plural(cast(int, r["max_connections"]), "connection")
+    print(f"  rate:        {r['rate'] or 'unlimited'}; {connections}")
+    if r["send_from"]:
+        print(f"  send_from:   {r['send_from']}")
 
 
 def _rate(p: ProviderSettings) -> str | None:
@@ -127,12 +185,22 @@ def _by_priority(cfg: Config) -> list[str]:
     return [p.id for p in sorted(enabled, key=lambda p: p.priority)]
 
 
-def _print_report(p: ProviderSettings, report: TestReport) -> None:
+def _print_report(p: ProviderSettings, report: TestReport, health: dict[str, Any]) -> None:
     print(f"{p.id} ({p.host}:{p.port}, {p.encryption})")
     for step in report.steps:
         took = f"{step.elapsed * 1000:.0f} ms"
         print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}  ({took})")
-    print(f"  => {'OK' if report.ok else 'FAILED'}")
+    word = ProviderHealth(health["health"])
+    line = word.label
+    if health["health_since"] is not None:
+        line += f" since {when(health['health_since'])}"
+    if health["health_reason"]:
+        line += f": {health['health_reason']}"
+    print(f"  deliveries: {line}")
+    if report.ok and word.trouble:
+        print(f"  => handshake OK, but deliveries through {p.id} are {word.label}")
+    else:
+        print(f"  => {'OK' if report.ok else 'FAILED'}")
 
 
 async def cmd_test(args: argparse.Namespace) -> int:
@@ -158,12 +226,24 @@ async def cmd_test(args: argparse.Namespace) -> int:
     reports = await asyncio.gather(
         *(test_provider(p, local_hostname=hostname, timeout=args.timeout) for p in chosen)
     )
+    # The handshake is not the whole truth: deliveries may still fail (a 451 to
+    # every recipient). Health as the daemon last recorded it goes with it.
+    live = await _live(cfg)
+    now = time.time()
+    health = {p.id: _health(live[p.id], now) for p in chosen}
     if args.json:
-        print(json.dumps({p.id: asdict(r) for p, r in zip(chosen, reports, strict=True)}))
+        print(
+            json.dumps(
+                {p.id: asdict(r) | health[p.id] for p, r in zip(chosen, reports, strict=True)}
+            )
+        )
     else:
         for p, report in zip(chosen, reports, strict=True):
-            _print_report(p, report)
-    return EX_OK if all(r.ok for r in reports) else EX_UNAVAILABLE
+            _print_report(p, report, health[p.id])
+    ok = all(r.ok for r in reports) and not any(
+        ProviderHealth(h["health"]).trouble for h in health.values()
+    )
+    return EX_OK if ok else EX_UNAVAILABLE
 
 
 async def cmd_connect(args: argparse.Namespace) -> int:

@@ -27,7 +27,15 @@ from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.errors import SluiceError
 from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
 from relay.model import Claim, Delivered, Outcome
-from relay.outbound.health import Health, HealthView, ProviderHealth
+from relay.outbound.health import (
+    Attempt,
+    Health,
+    HealthLog,
+    HealthRecord,
+    HealthView,
+    ProviderHealth,
+    record_key,
+)
 from relay.outbound.limits import Counters, Grant, Quota, TokenBucket
 from relay.outbound.oauth import GrantStore, SignInState, TokenSource, TokenState
 from relay.outbound.replies import health_verdict
@@ -97,6 +105,9 @@ class ProviderStatus:
     enabled: bool
     priority: int
     health: ProviderHealth = ProviderHealth.UNKNOWN
+    #: why it is in that state ("" when healthy), and since when (``relay.outbound.health``)
+    health_reason: str = ""
+    health_since: float | None = None
     last_error: str = ""
     last_error_at: float | None = None
     last_ok_at: float | None = None
@@ -156,8 +167,12 @@ class ProviderState:
         counters: Counters | None,
         clock: Callable[[], float],
         grants: GrantStore | None = None,
+        health_log: HealthLog | None = None,
     ):
         self.health = Health()
+        #: where each change of health is written for other processes (the spool)
+        self.health_log = health_log
+        self._published: HealthRecord | None = None
         self.daily = Quota(provider_id, counters, clock=clock)
         self._counters = counters
         self.bucket: TokenBucket | None = None
@@ -165,6 +180,20 @@ class ProviderState:
         self._id = provider_id
         self._clock = clock
         self._grants = grants
+
+    async def publish(self) -> None:
+        """Write the health record to the spool when it changed (for ``providers list``)."""
+        if self.health_log is None:
+            return
+        record = self.health.record(self._clock())
+        if record == self._published:
+            return
+        self._published = record
+        try:
+            await self.health_log.meta_set({record_key(self._id): record.to_json()})
+        except SluiceError as exc:  # a full disk must not fail the delivery
+            self._published = None
+            log.warning("provider %s: could not record its health: %s", self._id, exc)
 
     def adopt(self, settings: ProviderSettings) -> None:
         """Follow a (re)loaded config: keep the bucket, quota and tokens unless settings changed."""
@@ -309,6 +338,7 @@ class Provider:
         elif not delivered:
             await self.state.daily.give_back(grant)
         self._judge(outcomes)
+        await self.state.publish()
         return outcomes if rest is None else Partial(outcomes, rest)
 
     async def _admit(self, want: int) -> tuple[Grant, int, Unavailable | None] | Unavailable:
@@ -377,6 +407,7 @@ class Provider:
         """Health from one attempt, as ``replies.health_verdict`` reads the outcomes."""
         now = self._clock()
         health, s = self.state.health, self.settings
+        health.record_attempt(Attempt.of(outcomes, now, self._redact))
         verdict = health_verdict(outcomes)
         if verdict is None:
             health.record_ok(now)
@@ -387,7 +418,7 @@ class Provider:
         reason = self._redact(verdict.reason)
         health.record_failure(reason, now, threshold=s.failure_threshold, cooldown=s.cooldown)
         if verdict.pause:
-            health.pause(now + (verdict.retry_after or s.cooldown), reason)
+            health.pause(now + (verdict.retry_after or s.cooldown), reason, now)
         now_cooling = health.view(now).state is ProviderHealth.COOLDOWN
         if now_cooling and was is not ProviderHealth.COOLDOWN:
             log.warning(
@@ -406,6 +437,13 @@ class Provider:
 
     # ------------------------------------------------------------------- status
 
+    def health_in_words(self) -> tuple[ProviderHealth, str, float | None]:
+        """(word, reason, since) now, without a spool read: what ``/healthz`` reports."""
+        view = self.state.health.view(self._clock())
+        if self._setup_error:
+            return ProviderHealth.ERROR, f"misconfigured: {self._setup_error}", None
+        return view.state, view.reason, view.since
+
     def health_now(self) -> ProviderHealth:
         """The health word of ``status()`` alone: no spool read, no token sync."""
         return self._health_word(self.state.health.view(self._clock()))
@@ -422,6 +460,7 @@ class Provider:
         last_error = view.last_error
         if self._setup_error and not last_error:
             last_error = f"misconfigured: {self._setup_error}"
+        reason = f"misconfigured: {self._setup_error}" if self._setup_error else view.reason
         return ProviderStatus(
             id=s.id,
             caption=s.caption,
@@ -431,6 +470,8 @@ class Provider:
             enabled=s.enabled,
             priority=s.priority,
             health=self._health_word(view),
+            health_reason=reason,
+            health_since=view.since,
             last_error=last_error,
             last_error_at=view.last_error_at,
             last_ok_at=view.last_ok_at,
@@ -488,6 +529,7 @@ class ProviderSet:
         counters: Counters | None = None,
         clock: Callable[[], float] = time.time,
         grants: GrantStore | None = None,
+        health_log: HealthLog | None = None,
     ) -> ProviderSet:
         """Build providers; with ``previous``, keep the state of every id that stays.
 
@@ -497,7 +539,7 @@ class ProviderSet:
         kept = {p.id: p.state for p in previous.providers} if previous is not None else {}
         built = []
         for p in config.providers:
-            state = kept.get(p.id) or ProviderState(p.id, counters, clock, grants)
+            state = kept.get(p.id) or ProviderState(p.id, counters, clock, grants, health_log)
             state.adopt(p)
             try:
                 upstream = upstream_of(p, config.delivery, oauth=state.oauth)
@@ -551,6 +593,20 @@ class ProviderSet:
     async def status(self) -> list[ProviderStatus]:
         """Every provider's state, in config order."""
         return [await p.status() for p in self.providers]
+
+    async def publish_health(self) -> None:
+        """Write every provider's health record that changed (at start: replace the last run's)."""
+        for p in self.providers:
+            await p.state.publish()
+
+    def troubles(self) -> list[tuple[str, ProviderHealth, str, float | None]]:
+        """Enabled providers failing or in an automatic cool-down: (id, word, reason, since)."""
+        out = []
+        for p in self.providers:
+            word, reason, since = p.health_in_words()
+            if p.settings.enabled and word.trouble:
+                out.append((p.id, word, reason, since))
+        return out
 
     def health(self) -> dict[str, str]:
         """Provider id -> ``ProviderHealth`` now (what ``provider_state`` events compare)."""

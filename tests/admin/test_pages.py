@@ -411,6 +411,7 @@ async def test_metrics_and_healthz(
                 "deferred": None,
                 "provider_failures_last_hour": None,
                 "paused": [],
+                "providers": [],
                 "last_reload_failed": False,
                 "last_reload_error": None,
             }

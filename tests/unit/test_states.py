@@ -107,7 +107,7 @@ def test_enums_keep_their_plain_words_in_json_and_text() -> None:
         "h": "ok"
     }
     assert f"{SignInState.FAILED}" == "sign-in failed"
-    assert [s.value for s in ProviderHealth] == ["unknown", "ok", "error", "cooldown"]
+    assert [s.value for s in ProviderHealth] == ["unknown", "ok", "error", "cooldown", "degraded"]
     assert [s.value for s in TokenState] == ["unknown", "valid", "expired", "error", "reauthorize"]
     assert [s.value for s in SignInProgress] == ["pending", "connected", "failed"]
     assert [s.value for s in GrantState] == ["connected", "failed"]
