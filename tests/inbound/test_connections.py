@@ -1,7 +1,8 @@
 """Connection limits and running out of descriptors (issue #13, item 5).
 
-``smtp.max_connections`` answers one client too many ``421 4.7.0`` and
-closes; under a low ``RLIMIT_NOFILE`` the daemon fits its sessions to the
+With ``smtp.connection_wait: 0``, ``smtp.max_connections`` answers one
+client too many ``421 4.7.0`` and closes (by default it waits in the
+backlog first: test_burst.py); under a low ``RLIMIT_NOFILE`` the daemon fits its sessions to the
 descriptors, logs a handful of lines instead of one per ``accept()``, and
 serves new clients again as soon as old ones leave. The process-level tests
 run ``sluice serve`` (and a bare asyncio server) under ``setrlimit``, on
