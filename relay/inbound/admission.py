@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import select
 import socket
 import struct
 import sys
@@ -106,8 +107,6 @@ def queued(sock: socket.socket) -> int:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_QUEUE.size)
             if len(info) >= _TCP_INFO_QUEUE.size:
                 return int(_TCP_INFO_QUEUE.unpack_from(info)[4])
-    import select
-
     readable, _, _ = select.select([sock], [], [], 0)
     return 1 if readable else 0
 

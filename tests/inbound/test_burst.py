@@ -118,6 +118,27 @@ async def test_a_client_that_waited_longer_than_connection_wait_gets_421(
             writer.close()
 
 
+async def test_each_waiting_client_gets_its_own_full_wait(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """The bound runs from each client's own arrival, not from the first one's."""
+    smtp = {"max_connections": 1, "connection_wait": "1s"}
+    async with sluice([provider_for(upstream)], smtp=smtp) as s:
+        line, _, held = await _greeting(s.port)
+        assert line.startswith(b"220"), line
+        first = asyncio.create_task(_greeting(s.port))
+        # Not a wait for something to happen: the second client is meant to
+        # arrive later than the first, and must not be refused with it.
+        await asyncio.sleep(0.5)
+        second = asyncio.create_task(_greeting(s.port))
+        for task in (first, second):
+            line, waited, writer = await task
+            assert line.startswith(b"421 4.7.0"), line
+            assert 1.0 <= waited < 10, waited
+            writer.close()
+        held.close()
+
+
 def test_the_backlog_holds_a_burst_of_twice_the_limit() -> None:
     assert listen_backlog(100) == 200
     assert listen_backlog(10) == 128
