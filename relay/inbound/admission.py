@@ -118,10 +118,17 @@ class Admission:
     whether it is greeted or refused by the gate.
     """
 
-    def __init__(self, limit: Callable[[], int], wait: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        limit: Callable[[], int],
+        wait: Callable[[], float],
+        refused: Callable[[], None] | None = None,
+    ) -> None:
         self.limit = limit
         #: ``smtp.connection_wait``: how long a client may wait in the backlog
         self.wait = wait
+        #: told of each client refused after its wait (``/metrics``)
+        self.refused = refused or (lambda: None)
         self.held = 0
         #: the most sessions held at once since start (a test and a bench read it)
         self.peak = 0
@@ -287,6 +294,7 @@ class AcceptServer:
             conn.setblocking(False)
             conn.send(R_WAITED.format(limit=limit, wait=waited).encode("ascii"))
         conn.close()
+        self._admission.refused()
         suppressed = self._admission.refusals.take()
         if suppressed is not None:
             ip = peer[0] if isinstance(peer, tuple) and peer else peer

@@ -308,6 +308,11 @@ class RelayHandler:
             loop.call_later(GIVE_BACK_AFTER, give_back_memory)
         return R_QUEUED.format(queue_id=queue_id)
 
+    @property
+    def events(self) -> AcceptEvents:
+        """Where what the listener accepts and refuses is reported."""
+        return self._events
+
     def _accepted(self, message: NewMessage) -> None:
         self._events.on_accept(len(message.data))
         log.info(
@@ -519,7 +524,11 @@ async def start_listeners(
         return fitted[wanted]
 
     admit = gate(peer_filter(settings), sessions.refusals, limit)
-    admission = Admission(limit, lambda: settings().connection_wait)
+    admission = Admission(
+        limit,
+        lambda: settings().connection_wait,
+        lambda: handler.events.on_reject("too_many_connections"),
+    )
 
     def factory() -> RelaySMTP:
         s = settings()

@@ -109,6 +109,16 @@ async def test_a_client_that_waited_longer_than_connection_wait_gets_421(
         assert line.startswith(b"421 4.7.0 Too many connections (limit 2, waited 1 s)"), line
         assert 1.0 <= waited < 10, waited
         writer.close()
+        # Counted in the daemon's /metrics, from a worker too.
+        registry = s.daemon.metrics.registry
+        await eventually(
+            lambda: (
+                registry.get_sample_value(
+                    "sluice_messages_rejected_total", {"reason": "too_many_connections"}
+                )
+                == 1
+            )
+        )
         # A fourth that a session frees up for within the bound is served.
         reader, fourth = await asyncio.open_connection("127.0.0.1", s.port)
         held.pop().close()
