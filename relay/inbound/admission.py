@@ -199,7 +199,8 @@ class AcceptServer:
             self._tasks.append(loop.create_task(self._accept_loop(sock), name="smtp-accept"))
 
     def is_serving(self) -> bool:
-        return bool(self._tasks) and not self._closed
+        """Whether a loop accepts on one of the sockets (one that failed has logged why)."""
+        return not self._closed and any(not task.done() for task in self._tasks)
 
     def close(self) -> None:
         """Stop accepting and close the sockets (each once its loop has ended: at the
@@ -276,8 +277,8 @@ class AcceptServer:
             if waiting and now - waiting[0] >= bound:
                 try:
                     conn, peer = sock.accept()
-                except OSError:  # taken by another worker (or out of descriptors)
-                    waiting.clear()
+                except OSError:  # taken by another worker (or out of descriptors):
+                    # the next count says which are left
                     await self._ready(loop, sock, readable=False, within=SAMPLE_EVERY)
                     continue
                 self._refuse(conn, peer, now - waiting.popleft())

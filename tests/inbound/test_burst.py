@@ -11,11 +11,13 @@ delivering to a real upstream.
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 import time
 
 import pytest
 
-from relay.inbound.admission import listen_backlog
+from relay.inbound.admission import listen_backlog, queued
 from tests.conftest import SluiceFactory, eventually, provider_for
 from tests.upstream import TestUpstream
 
@@ -152,3 +154,19 @@ async def test_each_waiting_client_gets_its_own_full_wait(
 def test_the_backlog_holds_a_burst_of_twice_the_limit() -> None:
     assert listen_backlog(100) == 200
     assert listen_backlog(10) == 128
+
+
+def test_the_clients_waiting_in_the_backlog_are_counted() -> None:
+    """What the lower bound of each client's wait is built from."""
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as server:
+        port = server.getsockname()[1]
+        assert queued(server) == 0
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        try:
+            # Linux counts them (TCP_INFO); elsewhere only "someone waits" is known.
+            assert queued(server) == (3 if sys.platform == "linux" else 1)
+            server.accept()[0].close()
+            assert queued(server) == (2 if sys.platform == "linux" else 1)
+        finally:
+            for client in clients:
+                client.close()
