@@ -310,8 +310,11 @@ class SmtpSettings(_Model):
     #: message at the first 452, so a low limit loses mail to long lists.
     max_recipients: int = Field(default=1000, ge=1, le=100_000)
     #: open client connections per accepting process (Postfix's default_process_limit);
-    #: one more is answered 421 and closed
+    #: more clients wait in the listen backlog until one ends
     max_connections: int = Field(default=100, ge=1, le=100_000)
+    #: how long a client may wait in the backlog for a session before it is
+    #: answered 421 (0: at once); ``relay.inbound.admission``
+    connection_wait: Duration = Field(default=30.0, ge=0, le=3600)
     hostname: str | None = None
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"

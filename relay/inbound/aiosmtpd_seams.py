@@ -23,6 +23,8 @@ Overridden (each with its own comment on what upstream does and why):
   commands, leave in one write instead of one per line;
 * ``_getaddr``: MAIL/RCPT paths split by RFC 5321's grammar, not RFC 5322's
   parser (which raises on ``MAIL FROM:<``);
+* ``connection_lost``: aiosmtpd's, then the listener is told the session's
+  place against ``smtp.max_connections`` is free (no hook runs there);
 * ``smtp_DATA``: the body read in chunks (``relay.inbound.data``) instead of
   one ``readuntil`` per line, with aiosmtpd's cancellation on a lost
   connection kept (the writer closed, ``CancelledError`` re-raised).
@@ -118,8 +120,8 @@ class SmtpTables:
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with a gate before the greeting, batched replies and chunked DATA.
 
-    It overrides five of aiosmtpd's members (``__init__``, ``_handle_client``,
-    ``push``, ``_getaddr``, ``smtp_DATA``), each because no public hook runs
+    It overrides six of aiosmtpd's members (``__init__``, ``_handle_client``,
+    ``push``, ``_getaddr``, ``connection_lost``, ``smtp_DATA``), each because no public hook runs
     early enough or cheaply enough; the module docstring lists them and what
     else of aiosmtpd they rely on.
     """
@@ -138,6 +140,7 @@ class RelaySMTP(SMTP):
         loop: asyncio.AbstractEventLoop,
         enable_SMTPUTF8: bool = True,
         decode_data: bool = False,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         """Set up one session, as aiosmtpd's ``__init__`` would, without its introspection.
 
@@ -164,6 +167,8 @@ class RelaySMTP(SMTP):
             loop: the daemon's event loop.
             enable_SMTPUTF8: offer SMTPUTF8 (RFC 6531).
             decode_data: aiosmtpd's option; Sluice keeps bytes.
+            on_lost: called once when the connection is gone (frees its place
+                against ``smtp.max_connections``, ``relay.inbound.admission``).
         """
         self.__ident__ = ident
         self.loop = loop
@@ -205,6 +210,7 @@ class RelaySMTP(SMTP):
         self._enforce_call_limit = False
 
         self._relay = handler
+        self._on_lost = on_lost
         self._gate = gate
         self._open = sessions
         #: the task serving this session (waited for at shutdown)
@@ -360,6 +366,23 @@ class RelaySMTP(SMTP):
             await super()._handle_client()
         finally:
             self._open.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """aiosmtpd's ``connection_lost``, then the listener is told a session slot is free.
+
+        aiosmtpd 1.4.6's ``connection_lost`` (asyncio calls it exactly once per
+        connection, however it ends) clears the transport and cancels the
+        session's task; no hook follows it. A session counts against
+        ``smtp.max_connections`` from its ``accept()`` until here, whether or
+        not its task ever ran, so the place is given back here, not when the
+        task ends.
+        """
+        try:
+            super().connection_lost(exc)
+        finally:
+            if self._on_lost is not None:
+                on_lost, self._on_lost = self._on_lost, None
+                on_lost()
 
     async def close_with(self, reply: str) -> None:
         """Send ``reply`` (a ``421`` or ``554``) and close, whatever state the session is in."""

@@ -10,14 +10,16 @@ Three defences, in order:
 
 1. ``fit_sessions`` raises the soft ``RLIMIT_NOFILE`` towards the hard
    limit when ``smtp.max_connections`` needs it, and otherwise caps the
-   sessions at what the descriptors allow. Over the cap a client is
-   answered ``421`` and closed at once, so its descriptor comes back and
-   ``accept()`` keeps working for the next one.
+   sessions at what the descriptors allow. Over the cap a client is not
+   accepted: it waits in the listen backlog, which costs this process no
+   descriptor (``relay.inbound.admission``), until a session ends or it has
+   waited ``smtp.connection_wait`` (then ``421``, and its descriptor comes
+   back at once).
 2. ``quiet_emfile`` turns the event loop's "out of system resource" reports
    into one line per interval with a count (they still happen if something
    else takes the descriptors). Accepting resumes by itself when descriptors
-   free: asyncio retries every second; uvloop (libuv) keeps a spare
-   descriptor to accept and close a waiting client with.
+   free: the SMTP accept loop (``relay.inbound.admission``) tries again when a
+   session ends or after a second, as asyncio's own accept loop does.
 3. The systemd unit sets ``LimitNOFILE=65536``.
 """
 
@@ -31,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FD_RESERVE", "Throttle", "fit_sessions", "quiet_emfile"]
+__all__ = ["FD_RESERVE", "OUT_OF_DESCRIPTORS", "Throttle", "fit_sessions", "quiet_emfile"]
 
 log = logging.getLogger("sluice.smtp")
 
@@ -41,7 +43,8 @@ FD_RESERVE = 64
 #: a session's socket, and a spill file while it reads a large DATA
 FDS_PER_SESSION = 2
 
-_OUT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: the errors of an ``accept()`` that ran out of descriptors or memory
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Throttle:
@@ -105,7 +108,7 @@ def quiet_emfile(loop: asyncio.AbstractEventLoop, *, interval: float = 60.0) -> 
 
     def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in _OUT_OF:
+        if isinstance(exc, OSError) and exc.errno in OUT_OF_DESCRIPTORS:
             suppressed = throttle.take()
             if suppressed is not None:
                 log.error(

@@ -31,6 +31,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay.address import NULL_PATH, address_problem, needs_smtputf8
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
+from relay.inbound.admission import AcceptServer, Admission, bind_endpoint, listen_backlog
 from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
 from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
@@ -307,6 +308,11 @@ class RelayHandler:
             loop.call_later(GIVE_BACK_AFTER, give_back_memory)
         return R_QUEUED.format(queue_id=queue_id)
 
+    @property
+    def events(self) -> AcceptEvents:
+        """Where what the listener accepts and refuses is reported."""
+        return self._events
+
     def _accepted(self, message: NewMessage) -> None:
         self._events.on_accept(len(message.data))
         log.info(
@@ -332,6 +338,8 @@ class Sessions:
 
     open: set[RelaySMTP] = field(default_factory=set)
     refusals: Throttle = field(default_factory=Throttle)
+    #: accepted clients whose session is being set up
+    starting: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def peer_filter(settings: Callable[[], SmtpSettings]) -> Callable[[str], bool]:
@@ -365,8 +373,9 @@ def gate(allowed: Callable[[str], bool], refusals: Throttle, limit: Callable[[],
             return R_DENIED.format(peer=ip)
         max_connections = limit()
         if open_sessions >= max_connections:
-            # Postfix's smtpd process limit, with a reply instead of a wait in
-            # the backlog: the client retries later (RFC 5321 section 3.8).
+            # Clients over the limit wait in the backlog (``Admission``); this
+            # one was accepted while the limit was higher (a reload lowered it):
+            # the client retries later (RFC 5321 section 3.8).
             suppressed = refusals.take()
             if suppressed is not None:
                 log.warning(
@@ -385,14 +394,16 @@ def gate(allowed: Callable[[str], bool], refusals: Throttle, limit: Callable[[],
 class Listener:
     """The SMTP servers of one daemon and the sessions they hold open."""
 
-    servers: list[asyncio.Server]
+    servers: list[AcceptServer]
     sessions: Sessions = field(default_factory=Sessions)
-    #: the configured address of each server, and how to make a session (for ``rebind``)
+    #: the configured address of each server, and how to serve bound sockets (for ``rebind``)
     endpoints: list[Endpoint] = field(default_factory=list)
-    factory: Callable[[], RelaySMTP] | None = None
+    #: the sessions held against ``smtp.max_connections`` (``peak``: the most at once)
+    admission: Admission | None = None
+    server: Callable[[list[socket.socket]], AcceptServer] | None = None
     #: False when accept worker processes serve these sockets (``relay.inbound.workers``)
     serve: bool = True
-    _retired: list[asyncio.Server] = field(default_factory=list)
+    _retired: list[AcceptServer] = field(default_factory=list)
 
     @property
     def addresses(self) -> list[Endpoint]:
@@ -421,22 +432,20 @@ class Listener:
         Raises:
             OSError: binding a new address failed.
         """
-        assert self.factory is not None, "rebind needs the listener from start_listeners"
-        loop = asyncio.get_running_loop()
+        assert self.server is not None, "rebind needs the listener from start_listeners"
         current = dict(zip(self.endpoints, self.servers, strict=True))
         added = [ep for ep in endpoints if ep not in current]
-        opened: list[asyncio.Server] = []
+        opened: list[AcceptServer] = []
         try:
             for ep in added:
-                opened.append(
-                    await loop.create_server(
-                        self.factory, host=ep.host, port=ep.port, start_serving=self.serve
-                    )
-                )
+                opened.append(self.server(await bind_endpoint(ep.host, ep.port)))
         except OSError:
             for server in opened:
                 server.close()
             raise
+        if self.serve:
+            for server in opened:
+                server.start_serving()
         fresh = dict(zip(added, opened, strict=True))
         removed = [s for ep, s in current.items() if ep not in endpoints]
         self.endpoints = list(dict.fromkeys(endpoints))
@@ -495,6 +504,10 @@ async def start_listeners(
     that when accept worker processes take the connections (until one
     serves the sockets, a client is refused rather than left waiting). ``sockets`` serves
     sockets already bound (by the daemon, in such a worker) instead.
+
+    Clients are taken off the listen backlog only while a session is free
+    (``relay.inbound.admission``); the others wait there, up to
+    ``smtp.connection_wait``.
     """
     loop = asyncio.get_running_loop()
     current = settings()
@@ -511,6 +524,11 @@ async def start_listeners(
         return fitted[wanted]
 
     admit = gate(peer_filter(settings), sessions.refusals, limit)
+    admission = Admission(
+        limit,
+        lambda: settings().connection_wait,
+        lambda: handler.events.on_reject("too_many_connections"),
+    )
 
     def factory() -> RelaySMTP:
         s = settings()
@@ -526,21 +544,51 @@ async def start_listeners(
             decode_data=False,
             timeout=s.idle_timeout,
             loop=loop,
+            on_lost=admission.release,
         )
 
-    servers: list[asyncio.Server] = []
+    def serve_one(conn: socket.socket) -> None:
+        task = loop.create_task(_session(loop, factory, conn, admission))
+        sessions.starting.add(task)
+        task.add_done_callback(sessions.starting.discard)
+
+    backlog = listen_backlog(current.max_connections)
+
+    def server(socks: list[socket.socket]) -> AcceptServer:
+        return AcceptServer(socks, admission, serve_one, backlog)
+
+    servers: list[AcceptServer] = []
     if sockets:
         for sock in sockets:
-            servers.append(await loop.create_server(factory, sock=sock))
-        return Listener(servers, sessions, factory=factory)
+            servers.append(server([sock]))
+            servers[-1].start_serving()
+        return Listener(servers, sessions, admission=admission, server=server)
     endpoints = list(dict.fromkeys(current.listen))
     try:
         for ep in endpoints:
-            servers.append(
-                await loop.create_server(factory, host=ep.host, port=ep.port, start_serving=serve)
-            )
+            servers.append(server(await bind_endpoint(ep.host, ep.port)))
     except OSError:
-        for server in servers:
-            server.close()
+        for srv in servers:
+            srv.close()
         raise
-    return Listener(servers, sessions, endpoints=endpoints, factory=factory, serve=serve)
+    if serve:
+        for srv in servers:
+            srv.start_serving()
+    return Listener(
+        servers, sessions, endpoints=endpoints, admission=admission, server=server, serve=serve
+    )
+
+
+async def _session(
+    loop: asyncio.AbstractEventLoop,
+    factory: Callable[[], RelaySMTP],
+    conn: socket.socket,
+    admission: Admission,
+) -> None:
+    """Start the session of an accepted client; its ``connection_lost`` frees its place."""
+    try:
+        await loop.connect_accepted_socket(factory, sock=conn)
+    except Exception as exc:  # the client left at once (or the loop is closing)
+        log.debug("could not start an SMTP session: %s", exc)
+        admission.release()
+        conn.close()

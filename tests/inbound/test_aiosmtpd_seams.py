@@ -1,7 +1,7 @@
 """The parts of aiosmtpd that ``relay.inbound.aiosmtpd_seams`` relies on are still there.
 
-RelaySMTP overrides five of aiosmtpd's members (``__init__``, ``_handle_client``,
-``push``, ``_getaddr``, ``smtp_DATA``) and uses more (``_set_post_data_state``,
+RelaySMTP overrides six of aiosmtpd's members (``__init__``, ``_handle_client``,
+``connection_lost``, ``push``, ``_getaddr``, ``smtp_DATA``) and uses more (``_set_post_data_state``,
 ``_reader``, ``_writer``, the reader's ``_buffer``, the cancellation of the
 session's task on a lost connection); the module's docstring says why no
 public hook does. An aiosmtpd upgrade that renames, re-signs or stops calling
@@ -108,7 +108,9 @@ async def test_through_a_socket_each_seam_still_does_its_part(
     sluice: SluiceFactory, upstream: TestUpstream
 ) -> None:
     async with sluice(
-        [provider_for(upstream)], smtp={"max_connections": 1, "allowed_networks": ["127.0.0.1/32"]}
+        [provider_for(upstream)],
+        # connection_wait 0: one too many is answered at once, not after a wait.
+        smtp={"max_connections": 1, "allowed_networks": ["127.0.0.1/32"], "connection_wait": 0},
     ) as s:
         # _handle_client: a refused peer hears 554 instead of a greeting...
         reader, writer = await asyncio.open_connection(
@@ -157,7 +159,7 @@ async def test_through_a_socket_each_seam_still_does_its_part(
 
 
 #: attributes of RelaySMTP's own (not aiosmtpd's)
-_OURS = {"_relay", "_gate", "_open", "task", "_held_lines", "between_messages"}
+_OURS = {"_relay", "_gate", "_open", "_on_lost", "task", "_held_lines", "between_messages"}
 #: per-connection objects, equal in kind but never in identity
 _PER_CONNECTION = {"_stream_reader_wr", "_source_traceback", "_over_ssl", "_closed"}
 
@@ -372,7 +374,7 @@ async def test_replies_to_a_pipelined_group_leave_together_in_order(
 
 
 #: every member of aiosmtpd's SMTP that RelaySMTP replaces
-_OVERRIDES = ["__init__", "_getaddr", "_handle_client", "push", "smtp_DATA"]
+_OVERRIDES = ["__init__", "_getaddr", "_handle_client", "connection_lost", "push", "smtp_DATA"]
 
 
 @pytest.mark.parametrize("name", _OVERRIDES)
