@@ -394,20 +394,25 @@ class Provider:
             limit=True,
         )
 
-    def spoke_for_itself(self, outcomes: Sequence[Outcome]) -> None:
+    async def spoke_for_itself(self, outcomes: Sequence[Outcome]) -> None:
         """Outcomes of earlier attempts found, together, to speak for the provider.
 
         The scheduler's cross-transaction rule (``replies.AcrossTransactions``:
         the same 4xx to several domains, one transaction each with VERP) gives
-        them ``Scope.PAUSE``; health takes them as it takes one attempt's.
+        them ``Scope.PAUSE``; health takes their verdict (the pause) as it takes
+        one attempt's. They are not recorded as one more attempt: each was
+        recorded when it was made, and the health window weighs the same reply
+        across attempts itself (``relay.outbound.health.judge``).
         """
-        self._judge(outcomes)
+        self._judge(outcomes, attempt=False)
+        await self.state.publish()  # the CLI reads the cool-down from the spool
 
-    def _judge(self, outcomes: Sequence[Outcome]) -> None:
+    def _judge(self, outcomes: Sequence[Outcome], *, attempt: bool = True) -> None:
         """Health from one attempt, as ``replies.health_verdict`` reads the outcomes."""
         now = self._clock()
         health, s = self.state.health, self.settings
-        health.record_attempt(Attempt.of(outcomes, now, self._redact))
+        if attempt:
+            health.record_attempt(Attempt.of(outcomes, now, self._redact))
         verdict = health_verdict(outcomes)
         if verdict is None:
             health.record_ok(now)

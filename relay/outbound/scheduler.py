@@ -489,8 +489,8 @@ class Scheduler:
                     )
                     self._across.note(provider.id, got, self._clock())
                     answered.extend(zip(group, got, strict=True))
-                    answered = self._lift(provider, answered, claim.queue_id)
-                answered = self._lift(provider, answered, claim.queue_id)
+                    answered = await self._lift(provider, answered, claim.queue_id)
+                answered = await self._lift(provider, answered, claim.queue_id)
                 for rid, outcome in answered:
                     tried.answers.setdefault(rid, []).append((provider.id, outcome))
                     if not outcome.moves_on:
@@ -508,7 +508,7 @@ class Scheduler:
                     break
         return tried
 
-    def _lift(
+    async def _lift(
         self, provider: Provider, answered: list[tuple[int, Outcome]], queue_id: str
     ) -> list[tuple[int, Outcome]]:
         """Recipient 4xx replies that, across transactions, speak for the provider.
@@ -532,7 +532,7 @@ class Scheduler:
                 lifted[0].text,
                 extra={"event": "failover", "queue_id": queue_id},
             )
-            provider.spoke_for_itself(lifted)
+            await provider.spoke_for_itself(lifted)
         return answered
 
     async def _wait_for_limits(self, claim: Claim, waits: dict[int, LimitWait]) -> None:
