@@ -14,14 +14,11 @@ are checked on their own below.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import random
 import re
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +30,8 @@ from relay.outbound.pending import PendingOutcomes, Unrecorded
 from relay.store.spool import Finish, NewMessage, Spool
 from relay.store.writer import reserve_path
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
+from tests.small_disk import fill as fill_up
+from tests.small_disk import small_tmpfs
 from tests.upstream import Received, TestUpstream
 
 needs_root = pytest.mark.skipif(
@@ -45,13 +44,8 @@ MESSAGES = 3
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 8 MiB file system for the spool, unmounted after the test."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "disk", 8) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(disk: Path, spool: Path) -> Path:
@@ -74,16 +68,7 @@ def fill(disk: Path, spool: Path) -> Path:
     # would never happen (which is what the reserve is for, on a disk that
     # fills only once).
     reserve_path(spool).unlink(missing_ok=True)
-    filler = disk / "filler"
-    with filler.open("ab", buffering=0) as f:
-        for chunk in (1 << 16, 1 << 9, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * chunk)
-    with pytest.raises(OSError) as full:
-        (disk / "probe").write_bytes(b"x" * 4096)
-    assert full.value.errno == errno.ENOSPC
-    return filler
+    return fill_up(disk)
 
 
 def message_id(msg: Received) -> str:

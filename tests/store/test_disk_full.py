@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
 import re
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from relay.store.spool import Spool
 from relay.store.writer import Checkpointer, write_lock_path
 from tests.conftest import eventually, fast_config, provider_for, write_config
 from tests.daemon_proc import DaemonProcess, start_daemon
+from tests.small_disk import fill, small_tmpfs
 from tests.store.test_health import FULL, new_message
 from tests.upstream import TestUpstream
 
@@ -44,36 +43,8 @@ DISK_LINES = re.compile(r"spool disk full|could not spool|refus|room again|takes
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 16 MB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "fs", 16) as mnt:
         yield mnt
-    finally:
-        # Lazy: a daemon killed by a failed test may still hold a file open.
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Take every free byte of ``folder``'s file system with one filler file."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    chunk = b"\0" * 65536
-    try:
-        while True:
-            try:
-                os.write(fd, chunk)
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                if len(chunk) == 512:
-                    break
-                chunk = chunk[: len(chunk) // 2]
-    finally:
-        os.close(fd)
-    return filler
 
 
 def reserve_path(spool: Path) -> Path:
