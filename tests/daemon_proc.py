@@ -143,7 +143,15 @@ async def run_cli(
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate(stdin)
+    try:
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate(stdin)
+    except BaseException:
+        # Cancelled (a caller's deadline) or timed out: reap the child here, or
+        # its transport is collected later, inside some other test.
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+        raise
     assert proc.returncode is not None
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
