@@ -30,7 +30,9 @@ __all__ = [
     "PostfixSasl",
     "SinkMessage",
     "SmtpSink",
+    "exited",
     "free_port",
+    "pid_in",
     "postfix_sasl",
     "require",
     "smtp_sink",
@@ -296,14 +298,15 @@ def _run(*args: str, output: Path) -> None:
         raise RuntimeError(f"{' '.join(args)} failed: {detail}")
 
 
-def _pid_in(path: Path) -> int | None:
+def pid_in(path: Path) -> int | None:
+    """The PID a daemon wrote in ``path`` (Postfix pads it with spaces), if any."""
     try:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
 
 
-async def _gone(pid: int | None, *, within: float = 20.0) -> None:
+async def exited(pid: int | None, *, within: float = 20.0) -> None:
     """Wait (bounded) until the daemon ``pid`` we started has exited."""
     if pid is None:
         return
@@ -412,16 +415,16 @@ async def postfix_sasl(
         yield PostfixSasl(host, submission, smtps, base)
     finally:
         if postfix_started:
-            master = _pid_in(spool / "pid" / "master.pid")
+            master = pid_in(spool / "pid" / "master.pid")
             await asyncio.to_thread(_run, postfix, "-c", str(etc), "stop", output=out)
-            await _gone(master)
+            await exited(master)
         if dovecot_started:
-            master = _pid_in(base / "dovecot" / "run" / "master.pid")
+            master = pid_in(base / "dovecot" / "run" / "master.pid")
             try:
                 await asyncio.to_thread(_run, doveadm, "-c", str(conf), "stop", output=out)
             except RuntimeError:
                 if master is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(master, signal.SIGTERM)
-            await _gone(master)
+            await exited(master)
         shutil.rmtree(base, ignore_errors=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import trustme
 
 from bench.postfix import _MASTER_CF
-from tests.peers import free_port, require, wait_for_port
+from tests.peers import exited, free_port, pid_in, require, wait_for_port
 
 __all__ = ["Dovecot", "Mailhost", "dovecot", "mailhost"]
 
@@ -141,6 +141,7 @@ async def dovecot(
         await wait_for_port("127.0.0.1", port, within=15)
         yield Dovecot(base, port, conf, dict(users), tls)
     finally:
+        master = pid_in(base / "run" / "master.pid")
         await asyncio.to_thread(
             subprocess.run,
             [doveadm, "-c", str(conf), "stop"],
@@ -149,11 +150,7 @@ async def dovecot(
             stderr=subprocess.DEVNULL,
             timeout=30,
         )
-        pid_file = base / "run" / "master.pid"
-        for _ in range(200):
-            if not pid_file.exists():
-                break
-            await asyncio.sleep(0.05)
+        await exited(master)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -246,10 +243,8 @@ async def mailhost(
         await wait_for_port("127.0.0.1", port, within=20)
         yield Mailhost(base, port, config_dir)
     finally:
+        master_pid = pid_in(queue_dir / "pid" / "master.pid")
         await asyncio.to_thread(run, "stop")
-        pid_file = queue_dir / "pid" / "master.pid"
-        for _ in range(200):
-            if not pid_file.exists():
-                break
-            await asyncio.sleep(0.1)
+        # Postfix's master leaves its pid file behind: wait for the process.
+        await exited(master_pid)
         shutil.rmtree(base, ignore_errors=True)
