@@ -67,6 +67,9 @@ class DaemonStatus:
     #: ... and its last poll failed with this ('' when it works)
     bounce_mailbox_error: str = ""
     bounce_mailbox_last_ok_at: float | None = None
+    #: delivery outcomes the spool refused to write, held until written
+    #: (``relay.outbound.pending``): those recipients are not tried again meanwhile
+    outcomes_unrecorded: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ Three states, judged from facts the store and the daemon report:
   gets worse: the WAL checkpointer fails or stopped (the writers' own
   checkpoints keep the spool going, more slowly), or fewer accept workers run
   than configured (the dead one is being replaced), or the bounce mailbox
-  cannot be read (bounces wait there; delivery goes on), or an operator paused
+  cannot be read (bounces wait there; delivery goes on), or delivery outcomes
+  wait in memory to be written (the spool refused them), or an operator paused
   delivery (``sluice providers pause``): mail is taken and waits, or a
   provider is failing or in an automatic cool-down (``relay.outbound.health``:
   the same words and reason as the provider pages, the API, ``/metrics`` and
@@ -117,6 +118,11 @@ def assess(
     if status.bounce_mailbox and status.bounce_mailbox_error:
         # Bounces wait in the mailbox; delivery is not affected.
         warn.append(f"bounce mailbox: {status.bounce_mailbox_error}")
+    if status.outcomes_unrecorded:
+        # Delivered (or refused) but not yet written: kept in memory and
+        # written again; those recipients are not tried again meanwhile.
+        n = status.outcomes_unrecorded
+        warn.append(f"{plural(n, 'delivery outcome')} not yet written to the spool")
     for line in paused or ():
         warn.append(f"delivery paused by an operator: {line}")
     warn.extend(providers or ())

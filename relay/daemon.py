@@ -268,6 +268,7 @@ class Daemon:
             bounce_mailbox=self.config.bounces.mailbox is not None,
             bounce_mailbox_error=self.bounces.status.last_error if self.bounces else "",
             bounce_mailbox_last_ok_at=self.bounces.status.last_ok_at if self.bounces else None,
+            outcomes_unrecorded=self.scheduler.unrecorded if self.scheduler is not None else 0,
         )
 
     async def test_connection(self, provider_id: str) -> TestReport:

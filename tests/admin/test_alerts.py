@@ -111,3 +111,21 @@ def test_assess_thresholds(
         provider_failures=failures,
     )
     assert h.state is state
+
+
+def test_outcomes_waiting_to_be_written_turn_healthz_degraded() -> None:
+    # The daemon's figure (Scheduler.unrecorded, through admin_status): delivery
+    # outcomes the spool refused, held in memory; tests/outbound/
+    # test_unrecorded_outcome.py makes them on a real full disk.
+    def verdict(unrecorded: int) -> tuple[State, list[str]]:
+        h = assess(
+            spool_readable=True,
+            spool=SpoolHealth(WriteHealth(), None),
+            status=DaemonStatus(started_at=0.0, listener_up=True, outcomes_unrecorded=unrecorded),
+            oldest_pending_age=None,
+        )
+        return h.state, h.problems
+
+    assert verdict(0) == (State.OK, [])
+    assert verdict(3) == (State.DEGRADED, ["3 delivery outcomes not yet written to the spool"])
+    assert verdict(1)[1] == ["1 delivery outcome not yet written to the spool"]

@@ -143,6 +143,8 @@ async def test_outcome_written_late_and_never_sent_twice(
             assert s.daemon.scheduler.unrecorded == sent_on_full_disk
             metric = s.daemon.metrics.registry.get_sample_value("sluice_outcomes_unrecorded")
             assert metric == sent_on_full_disk
+            # What /healthz reads (degraded: "N delivery outcomes not yet written").
+            assert s.daemon.admin_status().outcomes_unrecorded == sent_on_full_disk
         fillers.pop().unlink()  # space comes back
 
         async def all_sent() -> bool:
