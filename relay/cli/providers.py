@@ -145,18 +145,22 @@ async def cmd_list(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _health_line(r: dict[str, Any]) -> str:
+    """A provider's health word, since when and why ("failing since ...: 451 ..."): one wording."""
+    line = ProviderHealth(r["health"]).label
+    if r["health_since"] is not None:
+        line += f" since {when(r['health_since'])}"
+    if r["health_reason"]:
+        line += f": {r['health_reason']}"
+    return line
+
+
 def _print_row(r: dict[str, Any]) -> None:
     state = "enabled" if r["enabled"] else "disabled"
     unit = r["limit_unit"]
     limit = f"{r['daily_limit']} {unit}" if r["daily_limit"] is not None else f"no limit ({unit})"
     print(f"{r['id']}  ({r['caption'] or 'no caption'}; {state}, priority {r['priority']})")
-    health = ProviderHealth(r["health"])
-    line = health.label
-    if r["health_since"] is not None:
-        line += f" since {when(r['health_since'])}"
-    if r["health_reason"]:
-        line += f": {r['health_reason']}"
-    print(f"  health:      {line}")
+    print(f"  health:      {_health_line(r)}")
     if r["cooldown_until"] is not None:
         print(f"  cooldown:    skipped until {when(r['cooldown_until'])}")
     if (pause := r["paused"]) is not None:
@@ -191,12 +195,7 @@ def _print_report(p: ProviderSettings, report: TestReport, health: dict[str, Any
         took = f"{step.elapsed * 1000:.0f} ms"
         print(f"  {'ok  ' if step.ok else 'FAIL'} {step.name:<9} {step.detail}  ({took})")
     word = ProviderHealth(health["health"])
-    line = word.label
-    if health["health_since"] is not None:
-        line += f" since {when(health['health_since'])}"
-    if health["health_reason"]:
-        line += f": {health['health_reason']}"
-    print(f"  deliveries: {line}")
+    print(f"  deliveries: {_health_line(health)}")
     if report.ok and word.trouble:
         print(f"  => handshake OK, but deliveries through {p.id} are {word.label}")
     else:
