@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from relay.address_rules import ORIGINAL_TO_HEADER
+from relay.store.spool import Spool
 from tests.conftest import fast_config, provider_for, write_config
 from tests.daemon_proc import DaemonProcess, run_cli, start_daemon
 from tests.upstream import Received, TestUpstream
@@ -240,9 +241,9 @@ async def test_sendmail_with_the_daemon_down_applies_the_aliases_itself(
     upstream = await TestUpstream().start()
     try:
         path = _config(tmp_path, upstream)
-        # Once, so that the spool exists (as after installation); then down.
-        daemon = await start_daemon(path)
-        assert await daemon.stop() == 0
+        # The spool exists (as after installation); the daemon is down.
+        async with await Spool.open(tmp_path / "spool.sqlite3"):
+            pass
         env = {"SLUICE_CONFIG": str(path)}
         rc, _out, err = await run_cli(
             "sendmail", "-v", "nobody", stdin=b"Subject: refused\n\nx\n", env=env
@@ -287,3 +288,45 @@ async def test_accept_workers_apply_the_aliases_too(tmp_path: Path) -> None:
             assert await daemon.stop() == 0
     finally:
         await upstream.stop()
+
+
+async def test_redirect_hold_keeps_staging_mail_held_across_a_reload_without_redirect(
+    tmp_path: Path,
+) -> None:
+    """Acceptance-time, on purpose: removing redirect must not send queued mail to customers."""
+    upstream = await TestUpstream().start()
+    try:
+        hold = {"action": "hold", "allow": ["example.com"]}
+        path = _config(tmp_path, upstream, redirect=hold)
+        daemon = await start_daemon(path)
+        try:
+            code, out = await _swaks(daemon.port, "--to", "customer@gmail.com,dev@example.com")
+            assert code == 0, out
+            qid = _queue_id(out)
+            (got,) = await upstream.wait_for(1)
+            assert got.recipients == ["dev@example.com"]
+            _config(tmp_path, upstream)  # the same config without redirect
+            rc, _out, err = await run_cli("reload", "-c", str(path))
+            assert rc == 0, err
+            await daemon.wait_line("configuration reloaded")
+            rc, shown, _err = await run_cli("queue", "show", qid, "-c", str(path))
+            assert rc == 0
+            assert "<customer@gmail.com> (outside redirect.allow) held" in shown, shown
+            assert "held by redirect: outside redirect.allow" in shown
+            assert [m.recipients for m in upstream.messages] == [["dev@example.com"]]
+        finally:
+            assert await daemon.stop() == 0
+    finally:
+        await upstream.stop()
+
+
+async def test_sluice_check_names_the_line_of_a_bad_rule(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "providers:\n  - id: p\n    host: h\naliases:\n  root: [admin]\nredirect:\n  to: qa\n",
+        encoding="utf-8",
+    )
+    rc, _out, err = await run_cli("check", "-c", str(path))
+    assert rc == 78, err
+    assert f"{path}:5: aliases: root: 'admin' is a local name with no alias" in err
+    assert f"{path}:7: redirect.to: 'qa' is not a full address" in err
