@@ -136,7 +136,13 @@ async def test_root_is_aliased_over_smtp_and_the_original_is_shown(relay: Relay)
     assert "<archive@example.com> (archive copy (archive_bcc))" in shown
     async with httpx.AsyncClient() as client:
         page = await client.get(f"{relay.admin}/messages/{qid}")
+        api = (await client.get(f"{relay.admin}/api/messages/{qid}")).json()
     assert page.status_code == 200
+    ruled = {r["email"]: (r["rule"], r["original"]) for r in api["recipients"]}
+    assert ruled == {
+        "ops@example.com": ("alias", "root@sluice.test"),
+        "archive@example.com": ("archive", ""),
+    }
     assert "alias of root@sluice.test" in page.text
     assert "archive copy (archive_bcc)" in page.text
 
