@@ -273,6 +273,8 @@ def message_view(detail: MessageDetail, raw: bytes) -> dict[str, Any]:
     view = jsonable(detail)
     for row, attempt in zip(view["attempts"], detail.attempts, strict=True):
         row["status_label"] = attempt.status.label  # what the page shows (SUCCESS, FAIL)
+    for row, rcpt in zip(view["recipients"], detail.recipients, strict=True):
+        row["origin"] = rcpt.origin  # what an address rule did ("alias of root@web1")
     return {
         **view,
         "headers": header_list(raw),

@@ -21,12 +21,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -436,6 +437,142 @@ class AdminSettings(_Model):
         )
 
 
+# ------------------------------------------------------------ address rules
+# Issue #26 section 3: aliases, redirect and archive_bcc act at acceptance
+# (relay.address_rules), headers on the way out (relay.message.edit_headers).
+
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 section 3.6.8 field-name
+
+
+def _address_or_name(value: str) -> str:
+    """An alias key or target: a bare local name (``root``) or a full address."""
+    value = value.strip()
+    if not value or any(c.isspace() or c in '<>,"' for c in value):
+        raise ValueError(f"{value!r} is not a local name or an address")
+    local, at, domain = value.rpartition("@")
+    if at and (not local or not domain or ("." not in domain and domain != "localhost")):
+        raise ValueError(f"{value!r} is not a local name or an address")
+    return value.lower()
+
+
+def _mailbox(value: str) -> str:
+    """A full address (the redirect target, an archive address)."""
+    value = value.strip()
+    if "@" not in value:
+        raise ValueError(f"{value!r} is not a full address (user@domain)")
+    return _address_or_name(value)
+
+
+def _targets(value: object) -> object:
+    """One target or a list of them: always a list."""
+    return [value] if isinstance(value, str) else value
+
+
+AliasName = Annotated[str, AfterValidator(_address_or_name)]
+Mailbox = Annotated[str, AfterValidator(_mailbox)]
+AliasTargets = Annotated[list[AliasName], BeforeValidator(_targets), Field(min_length=1)]
+
+
+def _allow_entry(value: str) -> str:
+    """A redirect allow-list entry: ``example.com``, ``*.example.com`` or an address."""
+    value = value.strip().lower()
+    bare = value.removeprefix("*.")
+    if "@" in value:
+        return _mailbox(value)
+    if not bare or "*" in bare or not re.fullmatch(r"[a-z0-9._-]+", bare, re.ASCII):
+        raise ValueError(f"{value!r}: a domain, *.domain or an address")
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not _HEADER_NAME.fullmatch(value.replace("*", "a").replace("?", "a")):
+        raise ValueError(f"{value!r} is not a header field name")
+    return value
+
+
+def _header_value(value: str) -> str:
+    if "\r" in value or "\n" in value or not value.isascii():
+        raise ValueError("a header value is one line of ASCII")
+    return value
+
+
+class RedirectSettings(_Model):
+    """Staging hosts: recipients outside ``allow`` never reach their mailbox."""
+
+    #: where mail to recipients outside ``allow`` goes instead
+    to: Mailbox | None = None
+    #: domains (``example.com``), subdomains (``*.example.com``) and addresses that pass
+    allow: list[Annotated[str, AfterValidator(_allow_entry)]] = Field(default_factory=list)
+    #: rewrite (to ``to``) or hold (kept, on hold until an operator releases it)
+    action: Literal["rewrite", "hold"] = "rewrite"
+
+    @model_validator(mode="after")
+    def _target_for_rewrite(self) -> RedirectSettings:
+        if self.action == "rewrite" and self.to is None:
+            raise ValueError("redirect.to is needed with action: rewrite")
+        return self
+
+
+class ArchiveSettings(_Model):
+    """A copy of relayed mail to an archive (Postfix always_bcc / sender_bcc_maps)."""
+
+    #: gets a copy of every message
+    to: Mailbox | None = None
+    #: sender domain -> the address that gets a copy of that domain's mail
+    sender_domains: dict[str, Mailbox] = Field(default_factory=dict)
+
+
+class HeaderSettings(_Model):
+    """Header fields changed on the way out (the stored copy is never changed)."""
+
+    #: field names to remove, glob patterns allowed (``X-Internal-*``), any case
+    remove: list[Annotated[str, AfterValidator(_header_name)]] = Field(default_factory=list)
+    #: fields added, name -> value
+    add: dict[
+        Annotated[str, AfterValidator(_header_name)],
+        Annotated[str, AfterValidator(_header_value)],
+    ] = Field(default_factory=dict)
+
+    @field_validator("add")
+    @classmethod
+    def _no_globs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if "*" in name or "?" in name:
+                raise ValueError(f"{name!r}: an added field needs a plain name")
+        return value
+
+
+#: how deep aliases may point at aliases (Postfix virtual_alias_recursion_limit)
+ALIAS_RECURSION_LIMIT = 1000
+#: how many recipients one address may become (Postfix virtual_alias_expansion_limit)
+ALIAS_EXPANSION_LIMIT = 1000
+
+
+def alias_problem(aliases: Mapping[str, Sequence[str]], key: str) -> str | None:
+    """Why expanding ``key`` fails (too deep, too many), or ``None``; shared with the listener.
+
+    An address met again on its own path stays as it is (Postfix keeps an
+    alias that names itself, ``ops: ops, dev``), so a loop ends rather than fails.
+    """
+    found = 0
+    # Depth first, with a stack of its own: a chain 1,000 deep is allowed,
+    # and Python's own recursion limit is about that.
+    stack: list[tuple[str, frozenset[str], int]] = [(key, frozenset(), 0)]
+    while stack:
+        name, path, depth = stack.pop()
+        if depth > ALIAS_RECURSION_LIMIT:
+            return f"aliases nest deeper than {ALIAS_RECURSION_LIMIT}"
+        targets = aliases.get(name)
+        if targets is None or name in path:
+            found += 1
+            if found > ALIAS_EXPANSION_LIMIT:
+                return f"expands to more than {ALIAS_EXPANSION_LIMIT} recipients"
+            continue
+        below = path | {name}
+        stack.extend((t, below, depth + 1) for t in reversed(targets))
+    return None
+
+
 class OAuth2Settings(_Model):
     token_url: str
     client_id: str
@@ -477,6 +614,8 @@ class ProviderSettings(_Model):
     pipelining: bool = True
     send_from: str | None = None
     send_from_name: str | None = None
+    #: header fields removed and added for this provider, after the top-level ``headers``
+    headers: HeaderSettings | None = None
     #: this provider's bounce address (Return-Path), instead of bounces.address
     bounce_address: str | None = None
     daily_limit: int | None = Field(default=None, ge=1)
@@ -695,6 +834,28 @@ class Config(_Model):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     hold: HoldSettings = Field(default_factory=HoldSettings)
+
+    # address rules (relay.address_rules); the keys of section 3 of issue #26
+    #: domains whose addresses are local names (besides smtp.hostname and localhost)
+    local_domains: list[str] = Field(default_factory=list)
+    aliases: dict[AliasName, AliasTargets] = Field(default_factory=dict)
+    redirect: RedirectSettings | None = None
+    archive_bcc: ArchiveSettings | None = None
+    headers: HeaderSettings = Field(default_factory=HeaderSettings)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_end(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key in value:
+            if (why := alias_problem(value, key)) is not None:
+                raise ValueError(f"{key}: {why}")
+            for target in value[key]:
+                if "@" not in target and target not in value:
+                    raise ValueError(
+                        f"{key}: {target!r} is a local name with no alias of its own"
+                        " (mail to it would be refused)"
+                    )
+        return value
 
     def provider(self, provider_id: str) -> ProviderSettings:
         for provider in self.providers:

@@ -23,6 +23,7 @@ from pathlib import Path
 from admin.backend import Backend, DaemonStatus
 from admin.server import AdminServer, check_exposure
 from relay import logsetup
+from relay.address_rules import AddressRules
 from relay.bounces.mailbox import MailboxError
 from relay.bounces.poller import BouncePoller, PollStatus
 from relay.config import Config, load
@@ -99,6 +100,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._stopping_hard = False
         self.hostname = ""
+        #: the address rules of one config snapshot, made again when the snapshot changes
+        self._rules: tuple[Config, AddressRules] | None = None
         self.spool: Spool | None = None
         self.listener: Listener | None = None
         #: the accept worker processes, with ``smtp.workers`` > 0
@@ -125,6 +128,13 @@ class Daemon:
     @property
     def config(self) -> Config:
         return self.snapshot().config
+
+    def address_rules(self) -> AddressRules:
+        """The current config's address rules (asked at each RCPT and each message)."""
+        cfg = self.config
+        if self._rules is None or self._rules[0] is not cfg:
+            self._rules = (cfg, AddressRules.from_config(cfg, self.hostname))
+        return self._rules[1]
 
     def stop(self) -> None:
         """Begin a graceful stop (what SIGTERM does)."""
@@ -401,6 +411,7 @@ class Daemon:
                 hostname=self.hostname,
                 clock=self._clock,
                 events=self.metrics,
+                rules=self.address_rules,
             )
             workers = cfg.smtp.worker_count
             try:
@@ -496,6 +507,7 @@ class Daemon:
             self.hostname,
             sluice_logs=logsetup.installed(),
             stream_headers=cfg.suppression.stream_headers,
+            rules=self.address_rules(),
         )
 
     def _session_grace(self) -> float:

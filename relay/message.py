@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import email.errors
 import email.header
+import fnmatch
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr
 
 __all__ = [
     "PROVIDER_HEADER",
     "HeaderBlock",
+    "HeaderEdit",
     "bare_line_ending",
+    "edit_headers",
     "extract_subject",
     "field_name",
     "field_value",
@@ -215,6 +220,56 @@ def rewrite(
         elif "reply-to" not in names:
             out.append(b"Reply-To:" + original_from)
     return b"".join(out) + rest
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdit:
+    """The ``headers:`` rules for one provider: fields removed, fields added (its own last).
+
+    ``remove`` holds lower-case glob patterns (``x-internal-*``); ``add``
+    holds (name, value) pairs, each replacing any field of that name, so a
+    fixed header is never doubled by one the app already set.
+    """
+
+    remove: tuple[str, ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def merged(cls, *layers: tuple[Sequence[str], Mapping[str, str]] | None) -> HeaderEdit:
+        """The edit of several ``(remove, add)`` layers, later ones winning a name."""
+        remove: list[str] = []
+        add: dict[str, tuple[str, str]] = {}
+        for layer in layers:
+            if layer is None:
+                continue
+            remove += [p.lower() for p in layer[0] if p.lower() not in remove]
+            add.update({name.lower(): (name, value) for name, value in layer[1].items()})
+        return cls(tuple(remove), tuple(add.values()))
+
+    def drops(self, name: str) -> bool:
+        """Whether a field called ``name`` (lower case) goes."""
+        return any(fnmatch.fnmatchcase(name, p) for p in self.remove) or any(
+            name == n.lower() for n, _ in self.add
+        )
+
+
+def edit_headers(data: bytes, edit: HeaderEdit) -> bytes:
+    """``data`` with ``edit`` applied to its header block (``data`` itself when none applies).
+
+    Applied on the way out, after the provider's ``send_from`` rewrite and
+    before any signature, so what is signed is what is sent; the stored copy
+    is never changed (Postfix's ``smtp_header_checks`` act at the same point).
+    """
+    if not edit.remove and not edit.add:
+        return data
+    block = HeaderBlock(data)
+    kept = [f for f, n in zip(block.fields, block.names, strict=True) if not edit.drops(n)]
+    if not edit.add and len(kept) == len(block.fields):
+        return data
+    added = [f"{name}: {value}\r\n".encode("ascii") for name, value in edit.add]
+    if added and kept and not kept[-1].endswith(b"\n"):
+        kept[-1] += b"\r\n"  # a last field with no line ending (a message of headers alone)
+    return b"".join(kept) + b"".join(added) + block.rest
 
 
 # ------------------------------------------------------------ subject, wire form

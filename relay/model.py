@@ -22,6 +22,7 @@ __all__ = [
     "STATUS_WORDS",
     "TERMINAL",
     "Action",
+    "AddressRule",
     "AttemptStatus",
     "AuditEntry",
     "Claim",
@@ -36,6 +37,7 @@ __all__ = [
     "ProviderHealth",
     "ProviderPause",
     "QueueEntry",
+    "RcptNote",
     "RecipientStatus",
     "Scope",
     "Selection",
@@ -339,6 +341,8 @@ class ClaimedRecipient(NamedTuple):
     route_override: str | None = None
     #: released from a hold before: ``hold.rules`` no longer apply to it
     was_held: bool = False
+    #: an ``archive_bcc`` copy: the sender hears nothing about it (no DSN)
+    archive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +367,28 @@ class Claim:
     suppressions: tuple[Suppression, ...] = field(default=(), repr=False)
 
 
+class AddressRule(StrEnum):
+    """Which address rule made a recipient what it is (``relay.address_rules``)."""
+
+    #: an alias replaced the address the client gave
+    ALIAS = "alias"
+    #: ``redirect`` rewrote (or held) a recipient outside its allow-list
+    REDIRECT = "redirect"
+    #: a copy for ``archive_bcc``, not a recipient the client gave
+    ARCHIVE = "archive"
+
+
+@dataclass(frozen=True, slots=True)
+class RcptNote:
+    """What an address rule did to one stored recipient, kept beside it in the spool."""
+
+    rule: AddressRule
+    #: the address(es) the client gave, comma-separated ("" for an archive copy)
+    original: str = ""
+    #: not "": stored on hold, with this reason (``redirect.action: hold``)
+    held: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
     """One recipient of one message, as ``sluice queue list`` and the admin show it."""
@@ -380,9 +406,28 @@ class QueueEntry:
     reason: str
     provider: str | None
     size: int
+    #: the address the client gave, when an address rule changed it
+    original: str = ""
+    #: the rule that made this recipient, if any
+    rule: AddressRule | None = None
+
+    @property
+    def origin(self) -> str:
+        """What an address rule did, in words ("" when none did): the message page and CLI."""
+        if self.rule is AddressRule.ARCHIVE:
+            return "archive copy (archive_bcc)"
+        if self.rule is AddressRule.REDIRECT:
+            if self.original == self.email:
+                return "outside redirect.allow"
+            return f"redirected from {self.original}"
+        if self.rule is AddressRule.ALIAS:
+            return f"alias of {self.original}"
+        return ""
 
     @classmethod
     def from_row(cls, row: Any) -> QueueEntry:
+        # Only the message page's query reads the rule columns.
+        ruled = "rule" in row.keys()
         return cls(
             id=row["id"],
             queue_id=row["queue_id"],
@@ -397,6 +442,8 @@ class QueueEntry:
             reason=row["last_reply"],
             provider=row["provider"],
             size=row["size"],
+            original=(row["original_rcpt"] or "") if ruled else "",
+            rule=AddressRule(row["rule"]) if ruled and row["rule"] else None,
         )
 
 

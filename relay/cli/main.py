@@ -172,8 +172,9 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
         f"{detail.client} ({detail.helo})\nSize:      {plural(detail.size, 'byte')}\n"
     )
     for r in detail.recipients:
+        origin = f" ({r.origin})" if r.origin else ""
         print(
-            f"  <{r.email}> {r.status.value}, {plural(r.attempts, 'attempt')}, "
+            f"  <{r.email}>{origin} {r.status.value}, {plural(r.attempts, 'attempt')}, "
             f"next {when(r.next_attempt_at)}: {r.reason}"
         )
     if detail.attempts:

@@ -29,6 +29,7 @@ from typing import Protocol
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.address import NULL_PATH, address_problem, needs_smtputf8
+from relay.address_rules import AddressRules
 from relay.config import Endpoint, SmtpSettings
 from relay.errors import SpoolError
 from relay.inbound.admission import AcceptServer, Admission, bind_endpoint, listen_backlog
@@ -62,6 +63,8 @@ R_MAIL_OK = "250 2.1.0 Sender OK"
 R_RCPT_OK = "250 2.1.5 Recipient OK"
 R_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (limit {limit}); send the rest in a new message"
 R_BAD_RCPT = "501 5.1.3 Bad recipient address syntax: {reason}"
+#: an address rule refuses it (relay.address_rules): a local name without an alias
+R_NO_ALIAS = "550 5.1.1 <{address}>: {reason}"
 R_BAD_SENDER = "501 5.1.7 Bad sender address syntax: {reason}"
 # RFC 6531 section 3.7.4.1 (Postfix gives the same code).
 #: a recipient on the suppression list, with smtp.refuse_suppressed
@@ -180,8 +183,11 @@ class RelayHandler:
         hostname: str,
         clock: Clock = time.time,
         events: AcceptEvents | None = None,
+        rules: Callable[[], AddressRules] = AddressRules,
     ) -> None:
         self._events = events or _NoEvents()
+        #: the address rules of the current config (aliases, redirect, archive_bcc)
+        self._rules = rules
         self._rng = random.Random()  # queue IDs (seeded from os.urandom)
         self._spool = spool
         self._settings = settings
@@ -243,6 +249,9 @@ class RelayHandler:
             return R_NEED_SMTPUTF8
         if (problem := address_problem(address)) is not None:
             return R_BAD_RCPT.format(reason=problem)
+        if (refused := self._rules().refusal(address)) is not None:
+            self._events.on_reject("no_alias")
+            return R_NO_ALIAS.format(address=address, reason=refused)
         if self._settings().refuse_suppressed:
             entry = await self._spool.suppressions.active(address)
             if entry is not None and entry.scope == "":
@@ -279,11 +288,14 @@ class RelayHandler:
             now=now,
             utf8=envelope.smtp_utf8,
         )
+        sender = "" if envelope.mail_from == NULL_PATH else (envelope.mail_from or "")
+        resolved = self._rules().resolve(sender, envelope.rcpt_tos)
         message = NewMessage(
             queue_id=queue_id,
-            sender="" if envelope.mail_from == NULL_PATH else (envelope.mail_from or ""),
-            recipients=list(envelope.rcpt_tos),
-            data=header + content,
+            sender=sender,
+            recipients=resolved.recipients,
+            notes=resolved.notes,
+            data=header + resolved.header + content,
             subject=extract_subject(content),
             received_at=now,
             client=peer_ip(session),

@@ -18,7 +18,10 @@ accepted and ignored.
 Like sendmail, missing ``From:``, ``Date:`` and ``Message-ID:`` headers are
 added, line endings become CRLF, and without ``-i``/``-oi`` a line holding a
 single dot ends the input. Local names without a domain (cron mails ``root``)
-are qualified with ``smtp.hostname`` (or this host's FQDN).
+are qualified with ``smtp.hostname`` (or this host's FQDN), and then go
+through ``aliases:`` as any address at a local domain does: the listener
+refuses one with no alias, and so does the spool path here
+(``relay.address_rules``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from os import (
 from pathlib import Path
 from typing import BinaryIO
 
+from relay.address_rules import AddressRules
 from relay.config import Config, Endpoint, SmtpSettings, SpoolSettings, load_structure
 from relay.errors import ConfigError, SluiceError, SpoolError
 from relay.inbound.sendmail_args import (
@@ -199,11 +203,19 @@ def _spool_directly(
         local_uid=os.getuid(),
         utf8=not all(a.isascii() for a in (sender, *recipients)),
     )
+    # The listener's address rules, applied here as there (relay.address_rules).
+    rules = AddressRules.from_config(cfg, hostname)
+    refused = {r: why for r in recipients if (why := rules.refusal(r)) is not None}
+    if refused:
+        lines = "; ".join(f"<{r}>: {why}" for r, why in refused.items())
+        raise _Fail(EX_NOUSER, f"refused {lines} (nothing was queued)")
+    resolved = rules.resolve(sender, recipients)
     msg = NewMessage(
         queue_id=queue_id,
         sender=sender,
-        recipients=recipients,
-        data=received + data,
+        recipients=resolved.recipients,
+        notes=resolved.notes,
+        data=received + resolved.header + data,
         subject=extract_subject(data),
         received_at=now,
         client="sendmail",

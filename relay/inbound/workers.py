@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import logsetup
+from relay.address_rules import AddressRules
 from relay.backoff import exponential
 from relay.config import LogSettings, SmtpSettings, SuppressionSettings
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
@@ -71,6 +72,8 @@ class WorkerSettings:
     sluice_logs: bool = True
     #: ``suppression.stream_headers``: what names the stream the spool stores
     stream_headers: list[str] = field(default_factory=lambda: SuppressionSettings().stream_headers)
+    #: aliases, redirect and archive_bcc, applied as the daemon's own listener does
+    rules: AddressRules = field(default_factory=AddressRules)
 
 
 def _send(writer: asyncio.StreamWriter, message: object) -> None:
@@ -356,6 +359,7 @@ async def _serve(channel_fd: int) -> int:
             lambda: settings.smtp,
             hostname=settings.hostname,
             events=_ChannelEvents(writer),
+            rules=lambda: settings.rules,
         )
         listener = await start_listeners(
             lambda: settings.smtp,

@@ -129,11 +129,17 @@ class Notifications:
         """After the outcomes are committed: DSNs, then provider state changes."""
         cfg = self._config()
         now = self._clock()
-        failed = [f for f in finishes if f.status in _GIVEN_UP]
+        # An archive copy is the operator's, not the sender's: like Postfix's
+        # always_bcc (added with NOTIFY=NONE), its failure makes no DSN.
+        rcpts = claim.recipients
+        mine = [
+            f for f in finishes if not (f.recipient_id in rcpts and rcpts[f.recipient_id].archive)
+        ]
+        failed = [f for f in mine if f.status in _GIVEN_UP]
         warn_after = cfg.notify.delay_warning_after
         delayed = [
             f
-            for f in finishes
+            for f in mine
             if f.status is RecipientStatus.DEFERRED
             and warn_after is not None
             and now - claim.recipients[f.recipient_id].since >= warn_after

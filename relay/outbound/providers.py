@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.errors import SluiceError
-from relay.message import PROVIDER_HEADER, HeaderBlock, rewrite
+from relay.message import PROVIDER_HEADER, HeaderBlock, HeaderEdit, edit_headers, rewrite
 from relay.model import Claim, Delivered, Outcome
 from relay.outbound.health import (
     Attempt,
@@ -217,6 +217,10 @@ class ProviderState:
             )
 
 
+#: no ``headers:`` rules
+NO_HEADER_EDIT = HeaderEdit()
+
+
 class Provider:
     """One upstream with a bounded pool of reusable SMTP sessions."""
 
@@ -229,8 +233,11 @@ class Provider:
         state: ProviderState | None = None,
         clock: Callable[[], float] = time.time,
         setup_error: str = "",
+        headers: HeaderEdit = NO_HEADER_EDIT,
     ):
         self.settings = settings
+        #: ``headers:`` (top level, then this provider's own), applied to every attempt
+        self.headers = headers
         self.id = settings.id
         self.upstream = upstream
         self.state = state or ProviderState(settings.id, None, clock)
@@ -324,6 +331,7 @@ class Provider:
         s = self.settings
         sender_out = envelope_sender or (s.send_from if s.send_from is not None else sender)
         data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name, head=head)
+        data_out = edit_headers(data_out, self.headers)
         async with self._slots:
             outcomes = await self._send(
                 sender_out,
@@ -555,8 +563,17 @@ class ProviderSet:
                 # until it is enabled (``load`` checks it no sooner either).
                 bare = p.model_copy(update={"password": None})
                 upstream = upstream_of(bare, config.delivery, oauth=state.oauth)
+            layers = [config.headers, p.headers]
+            headers = HeaderEdit.merged(*((h.remove, h.add) for h in layers if h is not None))
             built.append(
-                Provider(p, upstream, local_hostname=local_hostname, state=state, clock=clock)
+                Provider(
+                    p,
+                    upstream,
+                    local_hostname=local_hostname,
+                    state=state,
+                    clock=clock,
+                    headers=headers,
+                )
             )
         return cls(built, config)
 

@@ -14,18 +14,20 @@ import json
 import random
 import secrets
 import sqlite3
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import aiosqlite
 
 from relay.errors import UnknownMessage
 from relay.events import OutboxEvent
 from relay.model import (
+    AddressRule,
     AttemptStatus,
     Claim,
     ClaimedRecipient,
     ProviderPause,
+    RcptNote,
     RecipientStatus,
     Suppression,
 )
@@ -79,6 +81,8 @@ class NewMessage:
     helo: str = ""
     #: Every line of ``data`` ends in CRLF (as the listener found it).
     crlf_only: bool = False
+    #: recipient -> what an address rule did to it (``relay.address_rules``)
+    notes: Mapping[str, RcptNote] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +137,26 @@ def insert_message(c: sqlite3.Connection, msg: NewMessage, stream: str = "") -> 
         assert mid is not None
         with c.blobopen("bodies", "data", mid) as blob:
             blob.write(msg.data)
+    notes, plain = msg.notes, _NO_NOTE
     c.executemany(
         QUERIES["insert_recipient"],
-        [{"message_id": mid, "rcpt": r, "now": msg.received_at} for r in msg.recipients],
+        [
+            {
+                "message_id": mid,
+                "rcpt": r,
+                "now": msg.received_at,
+                "held": (n := notes.get(r, plain)).held,
+                "original": n.original or None,
+                "rule": n.rule.value if n is not plain else None,
+            }
+            for r in msg.recipients
+        ],
     )
     return msg.queue_id
 
+
+#: what a recipient no rule touched has (no note)
+_NO_NOTE = RcptNote(AddressRule.ALIAS)
 
 #: bodies this large are written and read through a blob handle (``blobopen``):
 #: an INSERT of the bytes had SQLite hold two copies of them besides the
@@ -197,6 +215,7 @@ def claim(c: sqlite3.Connection, now: float, limit: int, lease: float) -> Claime
                     r["since"],
                     route_override=r["route_override"],
                     was_held=r["released_at"] is not None,
+                    archive=r["rule"] == AddressRule.ARCHIVE,
                 )
                 for r in rcpts
             },

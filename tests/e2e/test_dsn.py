@@ -133,3 +133,20 @@ async def test_delay_warning_once_then_failure(
     assert rcpt["Status"] == "4.4.7"  # RFC 3463: delivery time expired
     assert "451 4.3.0 mailbox busy" in rcpt["Diagnostic-Code"]
     assert len(upstream2.messages) == 2  # one warning, however many retries
+
+
+async def test_an_archive_copy_that_fails_sends_the_sender_no_dsn(
+    sluice: SluiceFactory, upstream: TestUpstream, upstream2: TestUpstream
+) -> None:
+    """archive_bcc is the operator's copy (Postfix adds always_bcc with NOTIFY=NONE)."""
+    upstream.reply["RCPT:bad@example.net"] = "550 5.1.1 <bad@example.net>: no such user"
+    upstream.reply["RCPT:archive@example.net"] = "550 5.1.1 <archive@example.net>: gone"
+    setup = {**_setup(upstream, upstream2), "archive_bcc": {"to": "archive@example.net"}}
+    async with sluice(**setup) as s:
+        await smtp_send(s.port, "app@sender.test", ["good@example.net", "bad@example.net"], BODY)
+        (dsn,) = await upstream2.wait_for(1)
+        await s.wait_idle()
+        statuses = {e.email: e.status for e in await s.spool.list_queue() if e.sender}
+    assert statuses["archive@example.net"] is RecipientStatus.FAILED
+    blocks = read_report(dsn.data).blocks[1:]
+    assert [b["Final-Recipient"] for b in blocks] == ["rfc822; bad@example.net"]

@@ -17,9 +17,14 @@ INSERT INTO bodies (message_id, data, crlf_only)
 VALUES (:message_id, zeroblob(:size), :crlf_only);
 
 -- name: insert_recipient
--- One recipient of a new message, due at once.
-INSERT INTO recipients (message_id, rcpt, status, since, next_attempt_at, updated_at)
-VALUES (:message_id, :rcpt, 'queued', :now, :now, :now);
+-- One recipient of a new message, due at once; or on hold from the start, with
+-- :held as its reason (redirect.action: hold). :original and :rule are what an
+-- address rule did to it (NULL: nothing).
+INSERT INTO recipients (message_id, rcpt, status, since, next_attempt_at, updated_at,
+                        held_at, last_reply, original_rcpt, rule)
+VALUES (:message_id, :rcpt, CASE WHEN :held = '' THEN 'queued' ELSE 'held' END,
+        :now, :now, :now, CASE WHEN :held = '' THEN NULL ELSE :now END, :held,
+        :original, :rule);
 
 -- name: due_messages
 -- Messages with due recipients, in due order. INDEXED BY: without it SQLite
@@ -35,7 +40,7 @@ LIMIT :limit;
 UPDATE recipients
 SET status = 'sending', lease_until = :lease_until, last_attempt_at = :now, updated_at = :now
 WHERE message_id = :message_id AND status IN ('queued', 'deferred') AND next_attempt_at <= :now
-RETURNING id, rcpt, attempts, since, route_override, released_at;
+RETURNING id, rcpt, attempts, since, route_override, released_at, rule;
 
 -- name: message_envelope
 -- Envelope fields the scheduler needs for a claimed message.

@@ -42,7 +42,10 @@ CREATE TABLE IF NOT EXISTS recipients (
     updated_at      REAL    NOT NULL,
     held_at         REAL,                  -- when it was put on hold (status 'held')
     released_at     REAL,                  -- last release from a hold: hold.rules spare it
-    route_override  TEXT                   -- provider for the next attempt only (reroute)
+    route_override  TEXT,                  -- provider for the next attempt only (reroute)
+    original_rcpt   TEXT,                  -- the address the client gave, when a rule changed it
+    rule            TEXT                   -- the address rule that made it: alias, redirect, archive
+        CHECK (rule IS NULL OR rule IN ('alias', 'redirect', 'archive'))
 );
 
 -- The scheduler's hot query: due mail in due order, never the whole queue.

@@ -9,7 +9,8 @@ SELECT * FROM messages WHERE queue_id = :queue_id;
 -- name: message_recipients
 -- Every recipient of one message, as queue entries.
 SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at, r.last_attempt_at,
-       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size
+       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size,
+       r.original_rcpt, r.rule
 FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
 WHERE r.message_id = :message_id ORDER BY r.id;
 
