@@ -114,6 +114,8 @@ class DkimKey:
     private: bytes = field(repr=False)
     #: the ``p=`` value of the TXT record (base64)
     public: str
+    #: the RSA key as OpenSSL holds it (``relay.outbound.dkim`` signs with it); None for Ed25519
+    rsa: rsa.RSAPrivateKey | None = field(default=None, repr=False, compare=False)
 
     @property
     def signature_algorithm(self) -> bytes:
@@ -167,7 +169,7 @@ def _rsa(private: rsa.RSAPrivateKey, key: str) -> DkimKey:
     spki = private.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return DkimKey("rsa", bits, pem, base64.b64encode(spki).decode("ascii"))
+    return DkimKey("rsa", bits, pem, base64.b64encode(spki).decode("ascii"), private)
 
 
 def _ed25519(private: ed25519.Ed25519PrivateKey) -> DkimKey:

@@ -9,13 +9,13 @@ default (no subdomains). Mail that already carries a DKIM-Signature with
 ``d=`` that domain is sent as it is (the app signed it, or an earlier hop).
 
 The signature is made by ``dkimpy`` (the library the issue asks for, kept
-since 2008). Its cost (measured in bench/RESULTS.md): an RSA 2048 signature
-is two 1024-bit modular exponentiations in Python (about 9 ms), relaxed body
-canonicalisation about 0.8 ms per 10 KB; an Ed25519 signature of a small
-message about 0.5 ms. So the work runs in a thread (``asyncio.to_thread``)
-except for Ed25519 over a small message, cheaper than the hop. dkimpy's
-arithmetic holds the GIL, so the event loop still waits up to one
-exponentiation (about 4 ms) at a time, not the whole signature.
+since 2008), with the RSA key operation done by OpenSSL (``_Dkim``: dkimpy's
+own takes about 7 ms of CPU in Python). Costs per message (bench/RESULTS.md):
+RSA 2048 or Ed25519 about 0.3-1 ms at 2 KB; at 100 KB about 6 ms, dkimpy's
+relaxed body canonicalisation (regular expressions over the body). So the
+work runs in a thread (``asyncio.to_thread``), except for Ed25519 over a
+small message, cheaper than the hop. dkimpy's Python code holds the GIL, so
+the event loop can still wait for a piece of it, not for the whole signature.
 
 Signatures are kept per (domain, selector, bytes signed) in a small bounded
 cache, so a message offered to a second provider with the same rewrite, or
@@ -37,6 +37,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import dkim
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from relay.config import DkimDomain, DkimSettings
 from relay.dkim import DkimKey, load_key, record_name, record_tags
@@ -207,10 +210,78 @@ class Signer:
         return header + data
 
 
+class _OpenSslRsa:
+    """``sign(digest).signature``, the shape dkimpy's Ed25519 branch calls: RSA by OpenSSL.
+
+    RSASSA-PKCS1-v1_5 over the SHA-256 digest dkimpy computed (RFC 6376
+    § 3.3.1), which is what dkimpy's own RSA code computes, in pure Python.
+    """
+
+    __slots__ = ("_key", "signature")
+
+    def __init__(self, key: rsa.RSAPrivateKey) -> None:
+        self._key = key
+        self.signature = b""
+
+    def sign(self, digest: bytes) -> _OpenSslRsa:
+        self.signature = self._key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        return self
+
+
+class _Dkim(dkim.DKIM):  # type: ignore[misc]  # dkimpy has no type hints
+    """dkimpy's signer, with the RSA private-key operation done by OpenSSL (``cryptography``).
+
+    dkimpy makes an RSA signature in Python: two 1024-bit modular
+    exponentiations, about 7 ms of CPU per message for a 2048-bit key, each
+    holding the GIL for 3-4 ms, so that even from a thread it stalls the
+    event loop that long (bench/RESULTS.md). It has no hook for the key
+    operation; its ``gen_header`` hands an Ed25519 key the digest
+    (``pk.sign(digest).signature``). For RSA this class lets ``gen_header``
+    take that branch with ``_OpenSslRsa``: canonicalization, header choice,
+    hashing and the field's layout stay dkimpy's, and ``a=rsa-sha256`` is
+    already in the field. Checked against dkimpy 1.1 (pinned ``<1.2``);
+    every RSA signature of the tests is verified by dkimpy and OpenDKIM.
+    """
+
+    signature_algorithm: bytes
+
+    def __init__(self, message: bytes, key: rsa.RSAPrivateKey | None) -> None:
+        super().__init__(message, linesep=_LINE_ENDING)
+        self._openssl_key = key
+
+    def gen_header(
+        self,
+        fields: list[tuple[bytes, bytes]],
+        include_headers: object,
+        canon_policy: object,
+        header_name: bytes,
+        pk: object,
+        standardize: bool = False,
+    ) -> bytes:
+        if self._openssl_key is None or self.signature_algorithm != b"rsa-sha256":
+            header: bytes = super().gen_header(
+                fields, include_headers, canon_policy, header_name, pk, standardize
+            )
+            return header
+        self.signature_algorithm = b"ed25519-sha256"  # the branch that calls pk.sign(digest)
+        try:
+            header = super().gen_header(
+                fields,
+                include_headers,
+                canon_policy,
+                header_name,
+                _OpenSslRsa(self._openssl_key),
+                standardize,
+            )
+        finally:
+            self.signature_algorithm = b"rsa-sha256"
+        return header
+
+
 def _signature(data: bytes, s: DkimDomain, key: DkimKey, include: list[str]) -> bytes:
     """The DKIM-Signature field (CRLF-ended) for ``data``: the CPU work, thread-safe."""
     header_c, body_c = s.canonicalization.split("/")
-    signature: bytes = dkim.DKIM(data, linesep=_LINE_ENDING).sign(
+    signature: bytes = _Dkim(data, key.rsa).sign(
         s.selector.encode("ascii"),
         s.domain.encode("ascii"),
         key.private,
