@@ -15,12 +15,15 @@ from pathlib import Path
 import dkim
 import pytest
 import pytest_asyncio
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.config import DkimDomain, DkimSettings, load
-from relay.dkim import DkimKey, generate_key, record_name
-from relay.outbound.dkim import Signer, sign
+from relay.dkim import DkimKey, generate_key, load_key, record_name
+from relay.outbound.dkim import Signer, _Dkim, sign
 from relay.secrets import SecretSource
-from tests.conftest import fast_config, provider_for, smtp_send, write_config
+from tests.conftest import SluiceFactory, fast_config, provider_for, smtp_send, write_config
 from tests.daemon_proc import DaemonProcess, start_daemon
 from tests.dkim_check import (
     Records,
@@ -151,6 +154,48 @@ def test_keys_are_read_when_the_signer_is_built(tmp_path: Path, keys: dict[str, 
         Signer.from_config(settings)
 
 
+async def test_keys_are_read_again_at_reload_and_a_bad_one_is_refused(
+    tmp_path: Path, sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    first, first_pem = generate_key("rsa")
+    key_file = tmp_path / "example.org.pem"
+    key_file.write_bytes(first_pem)
+    domain = {"domain": "example.org", "selector": "s1", "key_file": str(key_file)}
+    data = message("example.org")
+    async with sluice([provider_for(upstream)], dkim={"domains": [domain]}) as s:
+        await smtp_send(s.port, "app@example.org", ["someone@example.net"], data)
+        (got,) = await upstream.wait_for(1)
+        assert dkimpy_verifies(got.data, {"s1._domainkey.example.org": first.record()})
+        # a short key is a config error at reload: the running keys stay
+        short = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        key_file.write_bytes(
+            short.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        assert await s.daemon.reload() is False
+        error = s.daemon.last_reload_error or ""
+        assert f"{s.config_path}:" in error
+        assert "dkim.domains.0.key_file: an RSA key of 1024 bits" in error
+        assert "PRIVATE KEY" not in error
+        # a new Ed25519 key under a new selector is taken at the next reload
+        second, second_pem = generate_key("ed25519")
+        key_file.write_bytes(second_pem)
+        cfg = yaml.safe_load(s.config_path.read_text())
+        cfg["dkim"]["domains"][0]["selector"] = "s2"
+        s.config_path.write_text(yaml.safe_dump(cfg))
+        assert await s.daemon.reload() is True, s.daemon.last_reload_error
+        await smtp_send(s.port, "app@example.org", ["someone@example.net"], data)
+        got = (await upstream.wait_for(2))[1]
+        assert dkimpy_verifies(got.data, {"s2._domainkey.example.org": second.record()})
+        signer = s.daemon.snapshot().providers.dkim
+        assert signer is not None
+        (status,) = signer.status()
+        assert (status.selector, status.algorithm, status.signed) == ("s2", "ed25519", 2)
+
+
 # ----------------------------------------------------- through a real daemon, two verifiers
 
 
@@ -257,8 +302,6 @@ async def test_mail_the_app_signed_is_not_signed_again_nor_unknown_domains_signe
 
 
 def _key_of(path: Path) -> DkimKey:
-    from relay.dkim import load_key
-
     return load_key(path.read_text())
 
 
@@ -283,8 +326,6 @@ def test_the_openssl_rsa_signature_is_dkimpys_own_byte_for_byte(keys: dict[str, 
     PKCS#1 v1.5 is deterministic, so with the same ``t=`` (the same second)
     dkimpy's pure-Python RSA gives the very same field.
     """
-    from relay.outbound.dkim import _Dkim
-
     key = keys["rsa"]
     data = message("example.com")
     assert key.rsa is not None

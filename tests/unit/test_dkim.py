@@ -141,3 +141,22 @@ def test_the_config_checks_the_dkim_block(tmp_path: Path) -> None:
     missing = tmp_path / "nope.key"
     with pytest.raises(ConfigError, match=r"dkim.domains.0.key_file: cannot read"):
         loads(_config(tmp_path, missing), secrets=True)
+
+
+def test_without_a_key_given_the_key_is_the_credential_named_after_the_domain(
+    tmp_path: Path,
+) -> None:
+    _, pem = generate_key("ed25519")
+    (tmp_path / "dkim-example.com").write_bytes(pem)
+    text = (
+        "providers:\n  - id: main\n    host: smtp.example.com\n"
+        "dkim:\n  domains:\n    - domain: example.com\n      selector: s1\n"
+    )
+    cfg = loads(text, secrets=True, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    (ref,) = [r for r in cfg.secrets() if r.loc[0] == "dkim"]
+    # a secret like the others: resolved at load, and masked in logs (logsetup.config_secrets)
+    assert ref.loc == ("dkim", "domains", 0, "key")
+    assert ref.source.credential == "dkim-example.com"
+    assert ref.source.resolve({"CREDENTIALS_DIRECTORY": str(tmp_path)}).get_secret_value()
+    with pytest.raises(ConfigError, match=r"dkim.domains.0.key: DKIM domain example.com has no"):
+        loads(text, secrets=True, env={})
