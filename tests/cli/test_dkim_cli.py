@@ -11,6 +11,7 @@ from pathlib import Path
 import dns.resolver
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.cli.dkim import DnsUnavailable, check_domain, txt_lookup
 from relay.cli.main import main
@@ -154,3 +155,23 @@ def test_check_of_a_domain_not_configured_asks_no_dns(
     (tmp_path / "k.pem").write_text("not a key")
     assert main(["dkim", "check", "-c", str(path), "example.com"]) == 78
     assert "example.com: key_file: not a PEM private key" in capsys.readouterr().err
+
+
+def test_sluice_check_refuses_a_short_rsa_key_with_file_line_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    short = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    key_file = tmp_path / "short.pem"
+    key_file.write_bytes(
+        short.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    path = tmp_path / "sluice.yaml"
+    path.write_text(_config(key_file))
+    assert main(["check", "-c", str(path)]) == 78
+    err = capsys.readouterr().err
+    assert f"sluice: {path}:8: dkim.domains.0.key_file: an RSA key of 1024 bits" in err
+    assert "BEGIN" not in err
