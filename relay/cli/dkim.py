@@ -36,6 +36,7 @@ from relay.dkim import (
     record_name,
     record_strings,
 )
+from relay.errors import SluiceError
 from relay.secrets import SecretError
 
 __all__ = ["DnsUnavailable", "check_domain", "register", "txt_lookup"]
@@ -44,7 +45,7 @@ __all__ = ["DnsUnavailable", "check_domain", "register", "txt_lookup"]
 _DNS_LIFETIME = 5.0
 
 
-class DnsUnavailable(Exception):
+class DnsUnavailable(SluiceError):
     """No resolver answered (no network, no resolv.conf, a timeout): not "no record"."""
 
 
