@@ -175,16 +175,16 @@ class Signer:
         """``data`` with a DKIM-Signature prepended, or ``data`` itself when none is due."""
         if not self._domains:
             return data
-        if bare_line_ending(data) is not None:
-            # What goes on the wire has CRLF everywhere (``wire_data``): sign that.
-            data = _ANY_LINE_ENDING.sub(_LINE_ENDING, data)
-            head = None
         block = head if head is not None else HeaderBlock(data)
         if not block.mentions("from"):
             return data
         entry = self._entry_for(block)
         if entry is None:
             return data
+        if bare_line_ending(data) is not None:
+            # What goes on the wire has CRLF everywhere (``wire_data``): sign that.
+            data = _ANY_LINE_ENDING.sub(_LINE_ENDING, data)
+            block = HeaderBlock(data)
         s = entry.settings
         cache_key = (s.domain, s.selector, hashlib.blake2b(data, digest_size=20).digest())
         header = self._cache.get(cache_key)
