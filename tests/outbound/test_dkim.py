@@ -125,6 +125,18 @@ async def test_bare_line_endings_are_signed_as_they_go_on_the_wire(
     assert dkimpy_verifies(signed, {record_name("example.com", "s1"): keys["rsa"].record()})
 
 
+async def test_a_message_dkimpy_cannot_read_leaves_unsigned_with_a_warning(
+    keys: dict[str, DkimKey], caplog: pytest.LogCaptureFixture
+) -> None:
+    signer = signer_for(("example.com", keys["ed25519"]))
+    data = b"From: a@example.com\r\nnot a header line\r\nTo: b@example.net\r\n\r\nbody\r\n"
+    assert await sign(signer, data) is data
+    (status,) = signer.status()
+    assert (status.signed, status.failed) == (0, 1)
+    assert "Unexpected characters in RFC822 header" in status.last_error
+    assert "dkim: not signed for example.com: Unexpected characters" in caplog.text
+
+
 async def test_a_message_offered_again_is_not_signed_again(keys: dict[str, DkimKey]) -> None:
     signer = signer_for(("example.com", keys["rsa"]))
     first = await sign(signer, message("example.com"))
