@@ -17,6 +17,10 @@ work runs in a thread (``asyncio.to_thread``), except for Ed25519 over a
 small message, cheaper than the hop. dkimpy's Python code holds the GIL, so
 the event loop can still wait for a piece of it, not for the whole signature.
 
+A message with a line over 998 octets (PHP's unwrapped HTML) is re-encoded
+(``relay.outbound.transfer``, as the session would do after the signature)
+before it is signed, so that the signature covers what is sent.
+
 Signatures are kept per (domain, selector, bytes signed) in a small bounded
 cache, so a message offered to a second provider with the same rewrite, or
 retried soon with the same bytes, is not signed again. A message that cannot
@@ -44,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from relay.config import DkimDomain, DkimSettings
 from relay.dkim import DkimKey, load_key, record_name, record_tags
 from relay.message import HeaderBlock, bare_line_ending, field_value
+from relay.outbound.transfer import Unconvertible, convert, fits
 
 __all__ = ["DkimDomainStatus", "Signer", "sign"]
 
@@ -186,28 +191,45 @@ class Signer:
             data = _ANY_LINE_ENDING.sub(_LINE_ENDING, data)
             block = HeaderBlock(data)
         s = entry.settings
-        cache_key = (s.domain, s.selector, hashlib.blake2b(data, digest_size=20).digest())
-        header = self._cache.get(cache_key)
-        if header is None:
-            include = [n for n in block.names if n in s.headers] + list(s.oversign)
+        if not fits(data, eight_bit=True):
+            # A line over 998 octets: the session would re-encode it after the
+            # signature and break it, so re-encode first and sign that (rare;
+            # not cached). 8-bit text is left as it is (RFC 6376 § 5.3 would
+            # have it made 7-bit; providers offer 8BITMIME).
             try:
-                if entry.key.algorithm == "ed25519" and len(data) <= _INLINE_MAX:
-                    header = _signature(data, s, entry.key, include)
-                else:
-                    header = await asyncio.to_thread(_signature, data, s, entry.key, include)
-            except dkim.DKIMException as exc:
-                entry.failed += 1
-                entry.last_error = str(exc)
-                log.warning("dkim: not signed for %s: %s", s.domain, exc)
-                return data
-            self._cache[cache_key] = header
-            if len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
+                data, header, changes = await asyncio.to_thread(_fit_and_sign, data, s, entry.key)
+            except (dkim.DKIMException, Unconvertible) as exc:
+                return self._unsigned(entry, data, exc)
+            log.info("dkim: re-encoded before signing for %s: %s", s.domain, "; ".join(changes))
         else:
-            self._cache.move_to_end(cache_key)
+            include = [n for n in block.names if n in s.headers] + list(s.oversign)
+            cache_key = (s.domain, s.selector, hashlib.blake2b(data, digest_size=20).digest())
+            cached = self._cache.get(cache_key)
+            if cached is not None:
+                self._cache.move_to_end(cache_key)
+                header = cached
+            else:
+                try:
+                    if entry.key.algorithm == "ed25519" and len(data) <= _INLINE_MAX:
+                        header = _signature(data, s, entry.key, include)
+                    else:
+                        header = await asyncio.to_thread(_signature, data, s, entry.key, include)
+                except dkim.DKIMException as exc:
+                    return self._unsigned(entry, data, exc)
+                self._cache[cache_key] = header
+                if len(self._cache) > _CACHE_SIZE:
+                    self._cache.popitem(last=False)
         entry.signed += 1
         entry.last_signed_at = self._clock()
         return header + data
+
+    @staticmethod
+    def _unsigned(entry: _Domain, data: bytes, exc: Exception) -> bytes:
+        """Count and log a message that leaves unsigned (OpenDKIM's ``On-Default accept``)."""
+        entry.failed += 1
+        entry.last_error = str(exc)
+        log.warning("dkim: not signed for %s: %s", entry.settings.domain, exc)
+        return data
 
 
 class _OpenSslRsa:
@@ -276,6 +298,13 @@ class _Dkim(dkim.DKIM):  # type: ignore[misc]  # dkimpy has no type hints
         finally:
             self.signature_algorithm = b"rsa-sha256"
         return header
+
+
+def _fit_and_sign(data: bytes, s: DkimDomain, key: DkimKey) -> tuple[bytes, bytes, tuple[str, ...]]:
+    """Re-encode what does not fit the wire (``transfer.convert``), then sign: in a thread."""
+    fitted = convert(data, eight_bit=True)
+    include = [n for n in HeaderBlock(fitted.data).names if n in s.headers] + list(s.oversign)
+    return fitted.data, _signature(fitted.data, s, key, include), fitted.changes
 
 
 def _signature(data: bytes, s: DkimDomain, key: DkimKey, include: list[str]) -> bytes:

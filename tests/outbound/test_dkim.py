@@ -313,6 +313,20 @@ async def test_mail_the_app_signed_is_not_signed_again_nor_unknown_domains_signe
     assert signatures(got) == []
 
 
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_line_over_998_octets_is_re_encoded_before_it_is_signed(relay: Relay) -> None:
+    """PHP's unwrapped HTML: the session would re-encode it after signing; it comes first."""
+    long_line = b"<p>" + b"word " * 600 + b"</p>"  # 3,007 octets on one line
+    data = message("ed.example", "long").replace(b"Hello,", long_line + b"\r\nHello,")
+    got = await send_through(relay, data, "app@ed.example")
+    assert len(signatures(got)) == 1
+    assert b"Content-Transfer-Encoding: quoted-printable" in got
+    assert max(map(len, got.split(b"\r\n"))) <= 998
+    assert dkimpy_verifies(got, relay.records)
+    verdict = opendkim_verifies(got, relay.records, relay.tmp / "opendkim-long")
+    assert verdict.endswith("succeeded"), verdict
+
+
 def _key_of(path: Path) -> DkimKey:
     return load_key(path.read_text())
 
