@@ -135,7 +135,6 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if args.algorithm == "rsa" and args.bits < 2048:
         print(f"sluice: --bits {args.bits}: DKIM RSA keys need 2048 bits or more", file=sys.stderr)
         return EX_USAGE
-    key, pem = generate_key(args.algorithm, args.bits)
     path = Path(args.out) / f"{entry.domain}.{entry.selector}.private"
     try:
         # O_EXCL: never replace a key (the published record would stop matching);
@@ -148,6 +147,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         print(f"sluice: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
         return EX_CANTCREAT
     with os.fdopen(fd, "wb") as f:
+        key, pem = generate_key(args.algorithm, args.bits)
         f.write(pem)
     name = record_name(entry.domain, entry.selector)
     strings = " ".join(f'"{s}"' for s in record_strings(key.record()))
