@@ -21,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
-from admin import api, controls, pages
+from admin import api, controls, dkim, pages
 from admin.auth import COOKIE, Credentials, LoginLimiter, Sessions
 from admin.backend import AdminState, Backend
 from admin.guard import Guard, allowed_host_names
@@ -94,6 +94,7 @@ def create_app(
             *controls.routes,
             *pages.routes,
             *api.routes,
+            *dkim.routes,
             Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
         ],
         # Outermost first: the session is read before the guard looks at it.

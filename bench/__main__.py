@@ -1,4 +1,4 @@
-"""``python -m bench run|scale|steps|memory``: see bench/README.md."""
+"""``python -m bench run|scale|steps|memory|dkim``: see bench/README.md."""
 
 from __future__ import annotations
 

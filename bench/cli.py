@@ -183,6 +183,16 @@ async def _memory(args: argparse.Namespace) -> int:
     return 0 if report["byte_identical"] else 1
 
 
+async def _dkim(args: argparse.Namespace) -> int:
+    from bench.dkim import run_dkim
+
+    report = await run_dkim(messages=args.messages)
+    print(json.dumps(report, indent=1))
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_text, json.dumps(report, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,5 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=300.0, help="limit for each wait, seconds")
     p.add_argument("--json")
     p.set_defaults(func=_memory)
+    p = sub.add_parser("dkim", help="DKIM signing: cost per message, longest event-loop stall")
+    p.add_argument("--messages", type=int, default=50, help="messages per case")
+    p.add_argument("--json")
+    p.set_defaults(func=_dkim)
     args = parser.parse_args(argv)
     sys.exit(asyncio.run(args.func(args)))

@@ -38,6 +38,10 @@ from pydantic import (
     model_validator,
 )
 
+from relay.dkim import DEFAULT_HEADERS as DKIM_HEADERS
+from relay.dkim import NEVER_SIGNED as DKIM_NEVER_SIGNED
+from relay.dkim import DkimKeyError
+from relay.dkim import load_key as load_dkim_key
 from relay.errors import ConfigError, SluiceError
 from relay.events import EventType
 from relay.secrets import Secret, SecretError, SecretSource
@@ -58,6 +62,8 @@ __all__ = [
     "BounceSettings",
     "Config",
     "DeliverySettings",
+    "DkimDomain",
+    "DkimSettings",
     "Endpoint",
     "HoldRule",
     "HoldSettings",
@@ -819,6 +825,76 @@ class HoldSettings(_Model):
     rules: list[HoldRule] = Field(default_factory=list)
 
 
+# ------------------------------------------------------------------- DKIM (#26 § 2)
+
+
+class DkimDomain(_Model):
+    """How mail whose From header is in ``domain`` is signed on the way out.
+
+    Only that exact domain, as OpenDKIM's default (``SubDomains no``): a
+    subdomain signs with an entry of its own. The key is a secret written
+    ``key_file`` (or ``key_env``, ``key``); with none of them it is the
+    systemd credential ``dkim-DOMAIN``.
+    """
+
+    domain: str = Field(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+    )
+    selector: str = Field(
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*$"
+    )
+    #: ``key``/``key_env``/``key_file`` folded: the private key (RSA 2048+ or Ed25519), PEM
+    key: Annotated[SecretSource | None, Secret("DKIM domain", key="domain")] = None
+    #: header fields signed when present (RFC 6376 § 5.4.1, OpenDKIM's default set)
+    headers: list[str] = Field(default_factory=lambda: list(DKIM_HEADERS), min_length=1)
+    #: signed once more than present, so that none can be added (OpenDKIM's OversignHeaders)
+    oversign: list[str] = Field(default_factory=lambda: ["from"])
+    #: header/body canonicalization (RFC 6376 § 3.4)
+    canonicalization: Literal[
+        "relaxed/relaxed", "relaxed/simple", "simple/relaxed", "simple/simple"
+    ] = "relaxed/relaxed"
+
+    @field_validator("domain")
+    @classmethod
+    def _lower_domain(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("headers", "oversign")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        names = [name.strip().lower() for name in value]
+        for name in names:
+            if not re.fullmatch(r"[!-9;-~]+", name):
+                raise ValueError(f"{name!r} is not a header field name")
+            if name in DKIM_NEVER_SIGNED:
+                raise ValueError(f"{name!r} must not be signed (RFC 6376 § 5.4)")
+        return list(dict.fromkeys(names))
+
+    @field_validator("headers")
+    @classmethod
+    def _from_signed(cls, value: list[str]) -> list[str]:
+        if "from" not in value:
+            raise ValueError("must include from (RFC 6376 § 5.4)")
+        return value
+
+    @classmethod
+    def _default_credential(cls, data: dict[str, Any]) -> str | None:
+        """With no key given, the key is the systemd credential ``dkim-DOMAIN``."""
+        domain = data.get("domain")
+        return f"dkim-{domain.lower()}" if isinstance(domain, str) and domain else None
+
+
+class DkimSettings(_Model):
+    """DKIM signing on the way out (``relay.outbound.dkim``); no domains: nothing signed."""
+
+    domains: list[DkimDomain] = Field(default_factory=list)
+
+    def for_domain(self, domain: str) -> DkimDomain | None:
+        """The entry for a From domain (exact, any case), or ``None``."""
+        wanted = domain.lower()
+        return next((d for d in self.domains if d.domain == wanted), None)
+
+
 class Config(_Model):
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
@@ -834,6 +910,7 @@ class Config(_Model):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     hold: HoldSettings = Field(default_factory=HoldSettings)
+    dkim: DkimSettings = Field(default_factory=DkimSettings)
 
     # address rules (relay.address_rules); the keys of section 3 of issue #26
     #: domains whose addresses are local names (besides smtp.hostname and localhost)
@@ -967,6 +1044,11 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
             )
     if cfg.retry.first_delay > cfg.retry.max_delay:
         yield ("retry", "first_delay"), "first_delay is longer than max_delay"
+    domains: dict[str, int] = {}
+    for i, d in enumerate(cfg.dkim.domains):
+        if d.domain in domains:
+            yield ("dkim", "domains", i, "domain"), f"duplicate DKIM domain {d.domain!r}"
+        domains.setdefault(d.domain, i)
     exposed = cfg.admin.exposure_issue()
     if exposed is not None:
         yield ("admin", "listen"), exposed
@@ -988,6 +1070,22 @@ def _file_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             yield ("providers", i, "ca_file"), f"cannot load {p.ca_file}: {reason}"
+
+
+def _dkim_issues(cfg: Config, env: Mapping[str, str]) -> Iterator[tuple[Loc, str]]:
+    """Every DKIM key must load as the signer will load it: a bad key is a config error.
+
+    A key that cannot be read at all is ``_secret_issues``' to report; here
+    the text read must be an RSA (2048 bits or more) or Ed25519 private key.
+    """
+    for i, d in enumerate(cfg.dkim.domains):
+        if d.key is None:
+            continue
+        try:
+            load_dkim_key(d.key.resolve(env).get_secret_value(), key=d.key.yaml_key)
+        except SecretError as exc:
+            if isinstance(exc, DkimKeyError):
+                yield ("dkim", "domains", i, exc.key), exc.message
 
 
 def _expand_env(
@@ -1362,6 +1460,8 @@ def loads(
     if secrets is not False:
         problems.extend(_file_issues(cfg))
         problems.extend(_secret_issues(cfg, environ, secrets))
+        if secrets is True:  # the daemon's and ``sluice check``'s load: the keys it signs with
+            problems.extend(_dkim_issues(cfg, environ))
     if problems:
         raise ConfigError(
             [

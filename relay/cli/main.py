@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from relay import __version__
 from relay.cli import bounces as bounce_cli
 from relay.cli import controls
+from relay.cli import dkim as dkim_cli
 from relay.cli import providers as provider_cli
 from relay.config import Config, load, load_structure
 from relay.errors import ConfigError, ListenError, SpoolError, UnknownMessage
@@ -379,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     provider_cli.register(sub, common, _config_path)
     bounce_cli.register(sub, common, _config_path)
+    dkim_cli.register(sub, common, _config_path)
 
     p = sub.add_parser("demo", help="run Sluice against a local catch-all sink (quick start)")
     p.add_argument("--dir", default="var", help="where the demo config and spool go")

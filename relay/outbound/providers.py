@@ -27,6 +27,7 @@ from relay.config import Config, DeliverySettings, ProviderSettings
 from relay.errors import SluiceError
 from relay.message import PROVIDER_HEADER, HeaderBlock, HeaderEdit, edit_headers, rewrite
 from relay.model import Claim, Delivered, Outcome
+from relay.outbound.dkim import Signer, sign
 from relay.outbound.health import (
     Attempt,
     Health,
@@ -234,10 +235,13 @@ class Provider:
         clock: Callable[[], float] = time.time,
         setup_error: str = "",
         headers: HeaderEdit = NO_HEADER_EDIT,
+        dkim: Signer | None = None,
     ):
         self.settings = settings
         #: ``headers:`` (top level, then this provider's own), applied to every attempt
         self.headers = headers
+        #: the DKIM signer of the config this provider was built from (None: no signing)
+        self.dkim = dkim
         self.id = settings.id
         self.upstream = upstream
         self.state = state or ProviderState(settings.id, None, clock)
@@ -332,6 +336,8 @@ class Provider:
         sender_out = envelope_sender or (s.send_from if s.send_from is not None else sender)
         data_out = rewrite(data, send_from=s.send_from, send_from_name=s.send_from_name, head=head)
         data_out = edit_headers(data_out, self.headers)
+        # Signed last: over the bytes this provider is sent (rewrite and header rules done).
+        data_out = await sign(self.dkim, data_out, head=head if data_out is data else None)
         async with self._slots:
             outcomes = await self._send(
                 sender_out,
@@ -527,10 +533,17 @@ def _rate(s: ProviderSettings) -> str | None:
 class ProviderSet:
     """The configured providers and the routing that orders them per recipient."""
 
-    def __init__(self, providers: Sequence[Provider], config: Config | None = None) -> None:
+    def __init__(
+        self,
+        providers: Sequence[Provider],
+        config: Config | None = None,
+        dkim: Signer | None = None,
+    ) -> None:
         self.providers = list(providers)
         self.by_id = {p.id: p for p in self.providers}
         self.config = config
+        #: the DKIM signer every provider of this set signs with (for the admin's page too)
+        self.dkim = dkim
 
     @classmethod
     def from_config(
@@ -547,9 +560,13 @@ class ProviderSet:
         """Build providers; with ``previous``, keep the state of every id that stays.
 
         Raises:
-            LookupError: a provider's secret (env variable, file) is missing.
+            LookupError: a provider's secret (env variable, file) is missing, or a
+                DKIM key cannot be read or used (``SecretError``).
         """
         kept = {p.id: p.state for p in previous.providers} if previous is not None else {}
+        signer = Signer.from_config(
+            config.dkim, clock=clock, previous=previous.dkim if previous is not None else None
+        )
         built = []
         for p in config.providers:
             state = kept.get(p.id) or ProviderState(p.id, counters, clock, grants, health_log)
@@ -573,9 +590,10 @@ class ProviderSet:
                     state=state,
                     clock=clock,
                     headers=headers,
+                    dkim=signer,
                 )
             )
-        return cls(built, config)
+        return cls(built, config, signer)
 
     def candidates(self) -> list[Provider]:
         """Enabled providers in ``priority`` order (lowest first; ties keep file order)."""

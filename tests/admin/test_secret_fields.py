@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from relay import logsetup
 from relay.config import SECRET_NAMES, Config, _Model, secret_fields
+from relay.dkim import generate_key
 from relay.secrets import MASK, Secret, SecretSource
 from tests.admin.conftest import AppClientFactory
 from tests.conftest import SluiceFactory, provider_for, write_config
@@ -40,6 +41,8 @@ VALUES = {
     ("bounces", "mailbox", "oauth2", "client_secret"): "BoxCl1ent-77aa",
     ("bounces", "mailbox", "oauth2", "refresh_token"): "BoxRefr3sh-3c3c",
     ("notify", "webhooks", 0, "secret"): "H00kSecret-d00d",
+    # a DKIM private key must load (the daemon signs with it): a real one, made here
+    ("dkim", "domains", 0, "key"): generate_key("ed25519")[1].decode("ascii").strip(),
 }
 
 
@@ -113,6 +116,15 @@ def _config_dict(up: TestUpstream, tmp_path: Path) -> dict[str, Any]:
                 }
             ]
         },
+        "dkim": {
+            "domains": [
+                {
+                    "domain": "example.org",
+                    "selector": "s1",
+                    "key": VALUES[("dkim", "domains", 0, "key")],
+                }
+            ]
+        },
     }
 
 
@@ -132,6 +144,7 @@ def test_the_config_sets_every_marked_field_and_secrets_lists_each(
         "OAuth2Settings.refresh_token",
         "MailboxSettings.password",
         "WebhookSettings.secret",
+        "DkimDomain.key",
     }
     # The keys the loader folds are the marked SecretSource fields.
     assert set(SECRET_NAMES) == {loc[-1] for loc in VALUES} - {"password_hash"}
@@ -167,6 +180,7 @@ async def test_no_secret_on_any_admin_page_or_api(
         "/suppressions",
         "/webhooks",
         "/audit",
+        "/dkim",
         "/api/overview",
         "/api/providers",
         "/api/providers/up1",
