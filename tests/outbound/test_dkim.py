@@ -251,7 +251,9 @@ async def relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay
         {"sender_domain": ["via-rsa.example"], "providers": ["to-rsa"]},
         {"sender_domain": ["via-ed.example"], "providers": ["to-ed"]},
     ]
-    cfg = fast_config(tmp, providers, routes=routes, dkim={"domains": domains})
+    # header rules act before the signature (rewrite -> headers -> DKIM)
+    headers = {"remove": ["X-Mailer"], "add": {"List-Help": "<mailto:help@rsa.example>"}}
+    cfg = fast_config(tmp, providers, routes=routes, dkim={"domains": domains}, headers=headers)
     path = write_config(tmp / "sluice.yaml", cfg)
     load(path)  # what `sluice check` reads
     daemon = await start_daemon(path)
@@ -324,6 +326,25 @@ async def test_a_line_over_998_octets_is_re_encoded_before_it_is_signed(relay: R
     assert max(map(len, got.split(b"\r\n"))) <= 998
     assert dkimpy_verifies(got, relay.records)
     verdict = opendkim_verifies(got, relay.records, relay.tmp / "opendkim-long")
+    assert verdict.endswith("succeeded"), verdict
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_signature_covers_the_headers_as_the_header_rules_left_them(
+    relay: Relay,
+) -> None:
+    """headers: remove/add act before signing: both verifiers accept what arrives."""
+    data = message("rsa.example", "rules").replace(
+        b"MIME-Version:", b"X-Mailer: PHPMailer 6.9\r\nMIME-Version:"
+    )
+    got = await send_through(relay, data, "app@rsa.example")
+    head = got.split(b"\r\n\r\n", 1)[0]
+    assert b"X-Mailer" not in head and b"List-Help: <mailto:help@rsa.example>" in head
+    (field,) = signatures(got)
+    tags = dkim.util.parse_tag_value(field.split(b":", 1)[1])
+    assert b"list-help" in [h.strip() for h in tags[b"h"].split(b":")]  # added, then signed
+    assert dkimpy_verifies(got, relay.records)
+    verdict = opendkim_verifies(got, relay.records, relay.tmp / "opendkim-rules")
     assert verdict.endswith("succeeded"), verdict
 
 
