@@ -253,6 +253,7 @@ class RelaySMTP(SMTP):
         self._held_lines: list[bytes] = []
         self._smtp_auth = auth
         self._auth_needed = auth_needed
+        self._implicit_tls = implicit_tls
 
     @classmethod
     def tables(cls, handler: object) -> SmtpTables:
@@ -394,6 +395,9 @@ class RelaySMTP(SMTP):
             return
         if self._auth_needed is not None:
             self._auth_required = self._auth_needed(peer_ip(self.session))
+        if self._implicit_tls and self.transport is not None:
+            # As aiosmtpd fills it after STARTTLS: what was negotiated (the Received line's "S").
+            self.session.ssl = {"cipher": self.transport.get_extra_info("cipher")}
         self._open.add(self)
         self.task = asyncio.current_task()
         try:

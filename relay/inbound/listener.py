@@ -284,6 +284,11 @@ class RelayHandler:
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
         if envelope.smtp_utf8:
             protocol = "UTF8SMTP"  # RFC 6531 section 3.7.3
+        if session.extended_smtp:
+            # RFC 3848 (and RFC 6531 section 3.7.3 for UTF8SMTP): S over TLS, A after AUTH.
+            protocol += ("S" if session.ssl is not None else "") + (
+                "A" if session.authenticated else ""
+            )
         header = received_header(
             helo=session.host_name,
             client_ip=peer_ip(session),

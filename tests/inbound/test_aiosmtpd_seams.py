@@ -169,6 +169,7 @@ _OURS = {
     "between_messages",
     "_smtp_auth",
     "_auth_needed",
+    "_implicit_tls",
 }
 #: per-connection objects, equal in kind but never in identity
 _PER_CONNECTION = {"_stream_reader_wr", "_source_traceback", "_over_ssl", "_closed"}
