@@ -7,7 +7,8 @@ does the TLS and AUTH), with three listeners on loopback addresses:
   "no-AUTH network"); a client bound to 127.0.0.2 stands for one from a
   network beyond it;
 * ``implicit``: TLS from the first byte (port 465 style), AUTH required;
-* ``clear``: no TLS, AUTH allowed in clear by the explicit key (loopback only).
+* ``clear``: no TLS, AUTH allowed in clear by the explicit key (loopback only),
+  and only 127.0.0.2 may connect (the listener's own ``networks``).
 
 Real clients for what users run: swaks and msmtp. A small raw client (plain
 asyncio streams) where a test must look at single replies or the certificate.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import re
 import shutil
 import signal
@@ -33,8 +35,10 @@ import pytest_asyncio
 import trustme
 from argon2 import PasswordHasher
 
-from relay.config import load
+from relay.config import SmtpSettings, SmtpUser, load
 from relay.errors import ConfigError
+from relay.inbound import auth as auth_module
+from relay.inbound.auth import VERIFY_AT_ONCE, SmtpAuth, failure_line
 from tests.conftest import eventually, fast_config, provider_for, write_config
 from tests.daemon_proc import LISTENING, DaemonProcess, run_cli
 from tests.peers import require
@@ -95,7 +99,12 @@ async def relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay
                     "no_auth_networks": ["127.0.0.1/32"],
                 },
                 {"address": "127.0.0.6:0", "tls": "implicit", **tls, "auth": "required"},
-                {"address": "127.0.0.7:0", "auth": "required", "allow_auth_without_tls": True},
+                {
+                    "address": "127.0.0.7:0",
+                    "auth": "required",
+                    "allow_auth_without_tls": True,
+                    "networks": ["127.0.0.2/32"],
+                },
             ],
             "users": [
                 {"name": HASHED_USER, "password_hash": PasswordHasher().hash(HASHED_PW)},
@@ -350,6 +359,11 @@ async def test_clear_auth_only_where_the_key_allows_it_on_loopback(relay: Relay)
     )
     assert code == 0, out
     assert b"(Sluice) with ESMTPA id" in await _delivered(relay.upstream, "clear auth")
+    # Outside that listener's networks (127.0.0.1 is in smtp.allowed_networks): refused.
+    reader, writer = await asyncio.open_connection("127.0.0.7", relay.ports["clear"])
+    greeting = (await asyncio.wait_for(reader.readline(), 10)).decode()
+    assert greeting.startswith("554 5.7.1 Access denied: 127.0.0.1 is not in this listener's")
+    writer.close()
 
 
 # ------------------------------------------------------------ failed AUTH
@@ -523,3 +537,86 @@ async def test_listener_mistakes_are_config_errors(
     assert any(key in issue and message in issue for issue in caught.value.issues), (
         caught.value.issues
     )
+
+
+# ------------------------------------------------------------ the checker, in process
+
+
+@functools.cache
+def _heavy_hash() -> str:
+    """argon2 with twice the default work: long enough to see the loop go on meanwhile."""
+    return PasswordHasher(time_cost=6).hash(HASHED_PW)
+
+
+def _settings(**smtp: object) -> SmtpSettings:
+    return SmtpSettings.model_validate(
+        {"users": [{"name": HASHED_USER, "password_hash": _heavy_hash()}], **smtp}
+    )
+
+
+async def test_argon2_runs_off_the_loop_two_at_a_time() -> None:
+    settings = _settings()
+    auth = SmtpAuth(lambda: settings, lambda result: None)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    running = 0
+    peak = 0
+    real = auth_module._check
+
+    def counting(user: SmtpUser, password: bytes) -> bool:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            return real(user, password)
+        finally:
+            running -= 1
+
+    tick = asyncio.create_task(ticker())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth_module, "_check", counting)
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(
+                auth.authenticate(f"10.0.0.{i}", "PLAIN", HASHED_USER.encode(), HASHED_PW.encode())
+                for i in range(3)
+            )
+        )
+        took = time.monotonic() - started
+    tick.cancel()
+    assert [name for name, _ in results] == [HASHED_USER] * 3
+    assert peak == VERIFY_AT_ONCE
+    # The loop kept turning while argon2 ran: a tick every 5 ms, most of them on time.
+    assert ticks >= took / 0.005 / 4, (ticks, took)
+    # Remembered: the same user and password again costs no argon2.
+    calls_before = peak
+    name, reply = await auth.authenticate("10.0.0.9", "LOGIN", b"app1", HASHED_PW.encode())
+    assert (name, reply) == (HASHED_USER, "235 2.7.0 Authentication successful")
+    assert peak == calls_before and running == 0
+
+
+async def test_the_lockout_ends_auth_lockout_after_the_last_failure() -> None:
+    now = 1000.0
+    settings = _settings(auth_failure_delay=0, auth_failure_limit=2, auth_lockout="60s")
+    auth = SmtpAuth(lambda: settings, lambda result: None, clock=lambda: now)
+    for _ in range(2):
+        assert (await auth.authenticate("10.1.1.1", "PLAIN", b"nobody", b"x"))[0] is None
+    assert auth.locked_for("10.1.1.1") == 60
+    name, reply = await auth.authenticate("10.1.1.1", "PLAIN", b"app1", HASHED_PW.encode())
+    assert name is None and reply.startswith("454 4.7.0")
+    assert auth.locked_for("10.1.1.2") == 0
+    now += 61
+    assert auth.locked_for("10.1.1.1") == 0
+    name, _ = await auth.authenticate("10.1.1.1", "PLAIN", b"app1", HASHED_PW.encode())
+    assert name == HASHED_USER
+
+
+async def test_the_failure_line_never_shows_what_would_break_it() -> None:
+    line = failure_line("192.0.2.1", 'a b"c\n=d', "LOGIN", "unknown-user")
+    assert line == "auth failed client=192.0.2.1 user=a?b?c??d mechanism=LOGIN reason=unknown-user"
