@@ -423,7 +423,7 @@ class SmtpSettings(_Model):
     auth_failure_delay: Duration = Field(default=1.0, ge=0, le=60)
     #: this many failed AUTHs from one address within ``auth_lockout``...
     auth_failure_limit: int = Field(default=5, ge=1, le=10_000)
-    #: ...and AUTH from it is refused (454) until this long after the last one
+    #: ...and AUTH from it is answered 421 (and disconnected) until this long after the last one
     auth_lockout: Duration = Field(default=600.0, gt=0, le=86400)
     allowed_networks: list[Network] = Field(
         default_factory=lambda: [

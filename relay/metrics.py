@@ -75,8 +75,8 @@ class Metrics:
         self.smtp_auth = Counter(
             "sluice_smtp_auth",
             "SMTP AUTH attempts by result: ok, failed (wrong user or password, answered 535"
-            " after smtp.auth_failure_delay), locked (refused with 454: too many failures"
-            " from that address).",
+            " after smtp.auth_failure_delay), locked (answered 421 and disconnected: too many"
+            " failures from that address).",
             ["result"],
             registry=r,
         )

@@ -474,6 +474,9 @@ class RelaySMTP(SMTP):
         name, reply = await self._smtp_auth.authenticate(
             peer_ip(self.session), mechanism, credentials.login, credentials.password
         )
+        if name is None and reply.startswith("421"):
+            await self.close_with(reply)  # locked out: nothing more on this connection
+            return AuthResult(success=False, handled=True)
         if name is None:
             return AuthResult(success=False, handled=False, message=reply)
         # Part of the contract with per-user policies: session.auth_data is the user's name.

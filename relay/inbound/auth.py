@@ -4,8 +4,9 @@ What Postfix's submission service does with Dovecot SASL behind it, in one
 process: a failed AUTH is answered ``535`` only after ``smtp.auth_failure_delay``
 (1 s; Dovecot's ``auth_failure_delay`` is 2 s), and an address with
 ``smtp.auth_failure_limit`` failures (5) within ``smtp.auth_lockout`` (10 min)
-is refused AUTH with ``454`` until that long after its last failure, without
-a password being checked (Postfix's anvil does the same with 421 per client).
+is answered ``421`` to AUTH and disconnected until that long after its last
+failure, without a password being checked (as Postfix's anvil rate limits
+end a session with 421).
 Each failure is one log line a fail2ban filter matches::
 
     auth failed client=203.0.113.9 user=app mechanism=PLAIN reason=bad-password
@@ -56,8 +57,8 @@ _TRACKED_MAX = 10_000
 
 R_AUTH_OK = "235 2.7.0 Authentication successful"
 R_AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
-R_AUTH_LOCKED = "454 4.7.0 Too many failed authentications from {ip}; try again in {wait:.0f} s"
-R_AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure; try again later"
+#: the reply (then the connection is closed) to AUTH from an address over the failure limit
+R_AUTH_LOCKED = "421 4.7.0 Too many failed authentications from {ip}; try again in {wait:.0f} s"
 
 #: what a user name may show in a log line: no spaces, quotes or control characters
 _UNSAFE = re.compile(r"[^\x21-\x7e]|[\"\\=]")

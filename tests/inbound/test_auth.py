@@ -388,10 +388,19 @@ async def test_failed_auth_is_slowed_then_refused_logged_and_counted(relay: Rela
         reply = await raw.send(f"AUTH PLAIN {_plain(HASHED_USER, 'wrong')}")
         assert reply.startswith("535 5.7.8"), reply
         assert time.monotonic() - started >= FAILURE_DELAY
-    # Over the limit: refused at once, even with the right password.
+    # Over the limit: refused at once, even with the right password, and disconnected.
     reply = await raw.send(f"AUTH PLAIN {_plain(HASHED_USER, HASHED_PW)}")
-    assert reply.startswith("454 4.7.0 Too many failed authentications from 127.0.0.3"), reply
+    assert reply.startswith("421 4.7.0 Too many failed authentications from 127.0.0.3"), reply
+    assert await asyncio.wait_for(raw.reader.read(), 10) == b""
     await raw.close()
+    # A new connection from there is served, but AUTH is not (no password checked).
+    again = await Raw.open(relay.ports["starttls"], source="127.0.0.3")
+    await again.send("EHLO client.test")
+    await again.starttls(relay.ca_file)
+    await again.send("EHLO client.test")
+    reply = await again.send(f"AUTH PLAIN {_plain(HASHED_USER, HASHED_PW)}")
+    assert reply.startswith("421 4.7.0"), reply
+    await again.close()
     # Another address is not locked out.
     other = await Raw.open(relay.ports["starttls"], source="127.0.0.4")
     await other.send("EHLO client.test")
@@ -609,7 +618,7 @@ async def test_the_lockout_ends_auth_lockout_after_the_last_failure() -> None:
         assert (await auth.authenticate("10.1.1.1", "PLAIN", b"nobody", b"x"))[0] is None
     assert auth.locked_for("10.1.1.1") == 60
     name, reply = await auth.authenticate("10.1.1.1", "PLAIN", b"app1", HASHED_PW.encode())
-    assert name is None and reply.startswith("454 4.7.0")
+    assert name is None and reply.startswith("421 4.7.0")
     assert auth.locked_for("10.1.1.2") == 0
     now += 61
     assert auth.locked_for("10.1.1.1") == 0
