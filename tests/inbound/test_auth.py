@@ -40,7 +40,7 @@ from relay.errors import ConfigError
 from relay.inbound import auth as auth_module
 from relay.inbound.auth import VERIFY_AT_ONCE, SmtpAuth, failure_line
 from relay.tls import server_context
-from tests.conftest import eventually, fast_config, provider_for, write_config
+from tests.conftest import SluiceFactory, eventually, fast_config, provider_for, write_config
 from tests.daemon_proc import LISTENING, DaemonProcess, run_cli
 from tests.peers import require
 from tests.upstream import TestUpstream
@@ -684,3 +684,20 @@ async def test_a_relative_cert_file_is_read_from_the_systemd_credentials(
         "smtp.listen.0.cert_file: cannot load the certificate" in issue
         for issue in caught.value.issues
     ), caught.value.issues
+
+
+@pytest.mark.asyncio(loop_scope="function")
+async def test_auth_optional_in_process_takes_mail_with_or_without_it(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """``auth: optional``, accepting in the daemon's own process (``smtp.workers: 0``)."""
+    listen = [{"address": "127.0.0.1:0", "auth": "optional", "allow_auth_without_tls": True}]
+    users = [{"name": ENV_USER, "password": ENV_PW}]
+    async with sluice([provider_for(upstream)], smtp={"listen": listen, "users": users}) as s:
+        raw = await Raw.open(s.port)
+        assert "250-AUTH LOGIN PLAIN" in await raw.send("EHLO client.test")
+        assert (await raw.send("MAIL FROM:<app@example.org>")).startswith("250")
+        assert (await raw.send("RSET")).startswith("250")
+        assert (await raw.send(f"AUTH PLAIN {_plain(ENV_USER, ENV_PW)}")).startswith("235")
+        assert (await raw.send("MAIL FROM:<app@example.org>")).startswith("250")
+        await raw.close()
