@@ -6,7 +6,10 @@ process: a failed AUTH is answered ``535`` only after ``smtp.auth_failure_delay`
 ``smtp.auth_failure_limit`` failures (5) within ``smtp.auth_lockout`` (10 min)
 is answered ``421`` to AUTH and disconnected until that long after its last
 failure, without a password being checked (as Postfix's anvil rate limits
-end a session with 421).
+end a session with 421). The delay counts from the start of the AUTH, so an
+unknown user, refused without an argon2 check, is answered no sooner than a
+wrong password.
+
 Each failure is one log line a fail2ban filter matches::
 
     auth failed client=203.0.113.9 user=app mechanism=PLAIN reason=bad-password
@@ -135,9 +138,12 @@ class SmtpAuth:
     ) -> tuple[str | None, str]:
         """Check one AUTH: (the user's name or ``None``, the reply to send).
 
-        A refusal comes after ``smtp.auth_failure_delay``; an address over
-        the failure limit is refused at once without a check.
+        A refusal comes ``smtp.auth_failure_delay`` after the AUTH began
+        (counting the check, so that an unknown user, refused without argon2,
+        takes as long as a wrong password); an address over the failure limit
+        is refused at once without a check.
         """
+        began = time.monotonic()
         wait = self.locked_for(ip)
         name = login.decode("utf-8", "replace")
         if wait > 0:
@@ -162,7 +168,7 @@ class SmtpAuth:
         self._record_failure(ip)
         log.warning(failure_line(ip, name, mechanism, reason), extra={"event": "auth"})
         self._on_result("failed")
-        await asyncio.sleep(settings.auth_failure_delay)
+        await asyncio.sleep(max(0.0, settings.auth_failure_delay - (time.monotonic() - began)))
         return None, R_AUTH_FAILED
 
     async def _verify(self, settings: SmtpSettings, user: SmtpUser, password: bytes) -> bool:

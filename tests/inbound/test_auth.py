@@ -655,6 +655,16 @@ async def test_the_lockout_ends_auth_lockout_after_the_last_failure() -> None:
     assert name == HASHED_USER
 
 
+async def test_an_unknown_user_waits_as_long_as_a_wrong_password() -> None:
+    settings = _settings(auth_failure_delay=f"{FAILURE_DELAY}s")
+    auth = SmtpAuth(lambda: settings, lambda result: None)
+    for user in (b"nobody", HASHED_USER.encode()):
+        started = time.monotonic()
+        name, reply = await auth.authenticate("10.2.2.2", "PLAIN", user, b"wrong")
+        assert name is None and reply.startswith("535 5.7.8")
+        assert time.monotonic() - started >= FAILURE_DELAY
+
+
 async def test_the_failure_line_never_shows_what_would_break_it() -> None:
     line = failure_line("192.0.2.1", 'a b"c\n=d', "LOGIN", "unknown-user")
     assert line == "auth failed client=192.0.2.1 user=a?b?c??d mechanism=LOGIN reason=unknown-user"
