@@ -21,7 +21,6 @@ import base64
 import contextlib
 import functools
 import re
-import shutil
 import signal
 import ssl
 import time
@@ -454,9 +453,8 @@ async def _fail2ban_matches(relay: Relay, line: str, ip: str) -> None:
     """README's filter, run by fail2ban itself against the daemon's real log line."""
     log = relay.tmp / "sluice.log"
     log.write_text(line + "\n")
-    if shutil.which("fail2ban-regex") is None:
-        pytest.skip("fail2ban-regex is not installed (.ci/install-system-deps installs it)")
-    code, out = await _run("fail2ban-regex", "-v", "--print-all-matched", str(log), FAIL2BAN_REGEX)
+    fail2ban_regex = require("fail2ban-regex")
+    code, out = await _run(fail2ban_regex, "-v", "--print-all-matched", str(log), FAIL2BAN_REGEX)
     assert code == 0, out
     assert re.search(r"Lines: 1 lines, 0 ignored, 1 matched", out), out
     assert ip in out
