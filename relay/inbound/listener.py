@@ -406,7 +406,7 @@ def gate(
     allowed: Callable[[str], bool],
     refusals: Throttle,
     limit: Callable[[], int],
-    denied: str = R_DENIED,
+    denied: Callable[[], str] = lambda: R_DENIED,
 ) -> Gate:
     """What ``RelaySMTP`` asks before it greets a client: the reply refusing it, or ``None``.
 
@@ -415,13 +415,16 @@ def gate(
         refusals: throttles the log lines of refusals over the limit.
         limit: the sessions allowed at once (``smtp.max_connections``, fitted
             to the descriptors).
+        denied: the refusal to send (read at each refusal: a reload may give
+            the listener networks of its own).
     """
 
     def refusal(ip: str, open_sessions: int) -> str | None:
         if not allowed(ip):
-            where = "smtp.allowed_networks" if denied == R_DENIED else "the listener's networks"
+            reply = denied()
+            where = "smtp.allowed_networks" if reply == R_DENIED else "the listener's networks"
             log.warning("refused connection from %s: not in %s", ip, where)
-            return denied.format(peer=ip)
+            return reply.format(peer=ip)
         max_connections = limit()
         if open_sessions >= max_connections:
             # Clients over the limit wait in the backlog (``Admission``); this
@@ -648,8 +651,10 @@ async def start_listeners(
     )
 
     def factory_for(address: Endpoint) -> Callable[[], tuple[RelaySMTP, ssl.SSLContext | None]]:
-        own = _entry(current, address)
-        denied = R_DENIED_HERE if own is not None and own.networks is not None else R_DENIED
+        def denied() -> str:
+            entry = _entry(settings(), address)
+            return R_DENIED_HERE if entry is not None and entry.networks is not None else R_DENIED
+
         admit = gate(peer_filter(settings, address), sessions.refusals, limit, denied)
         needed = _auth_needed(settings, address)
 
