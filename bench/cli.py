@@ -85,14 +85,25 @@ async def _run(args: argparse.Namespace) -> int:
     if args.generator == "smtp-source" and not await asyncio.to_thread(Path(SMTP_SOURCE).exists):
         print(f"bench: {SMTP_SOURCE} is missing (apt-get install postfix)", file=sys.stderr)
         return 69
+    clients = args.client.split(",")
+    if set(clients) - {"plain", "tls-auth"}:
+        print("bench: --client takes plain, tls-auth or plain,tls-auth", file=sys.stderr)
+        return 64
+    if "tls-auth" in clients and (args.compare or args.generator == "smtp-source"):
+        print(
+            "bench: --client tls-auth runs Sluice alone, with the built-in generator",
+            file=sys.stderr,
+        )
+        return 64
     rows: list[dict[str, Any]] = []
     combos = [
-        (size, sessions, per_message)
+        (size, sessions, per_message, client)
         for size in _ints(args.size)
         for sessions in _ints(args.sessions)
         for per_message in args.connection_per_message
+        for client in clients
     ]
-    for size, sessions, per_message in combos:
+    for size, sessions, per_message, client in combos:
         sc = Scenario(
             messages=args.messages,
             size=size,
@@ -103,6 +114,7 @@ async def _run(args: argparse.Namespace) -> int:
             time_limit=args.timeout,
             per_message=per_message,
             generator=args.generator,
+            client=client,
         )
         # Relays take turns run by run, so that a machine getting slower or
         # faster during the scenario (shared hosts do) biases neither.
@@ -219,6 +231,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=["builtin", "smtp-source"],
         default="builtin",
         help="smtp-source: Postfix's own generator (untagged: lost/dup from counts only)",
+    )
+    p.add_argument(
+        "--client",
+        default="plain",
+        metavar="plain|tls-auth|plain,tls-auth",
+        help="tls-auth: every connection does STARTTLS and AUTH PLAIN (a submission client)",
     )
     p.add_argument("--compare", choices=["postfix"])
     p.add_argument("--json", help="write every figure to this file")

@@ -6,6 +6,8 @@ it opens a new connection for every message, says EHLO, sends it and QUITs, as
 most applications' mailers do (PHP, Django's ``send_mail``, cron, Rails).
 Per message it pipelines ``MAIL``/``RCPT``/``DATA`` (both Sluice and
 Postfix advertise PIPELINING), sends the body and waits for the final reply.
+With ``auth`` (``--client tls-auth``) every connection does STARTTLS and AUTH
+PLAIN after EHLO, as a submission client (msmtp, PHPMailer) does.
 Every message carries a unique token in an ``X-Bench:`` header so the sink can
 tell lost and duplicated messages apart, and the time its transaction started,
 kept here, gives the end-to-end latency.
@@ -14,12 +16,14 @@ kept here, gives the end-to-end latency.
 from __future__ import annotations
 
 import asyncio
+import base64
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SMTP_SOURCE", "LoadResult", "make_body", "run_load", "run_smtp_source"]
+__all__ = ["SMTP_SOURCE", "ClientAuth", "LoadResult", "make_body", "run_load", "run_smtp_source"]
 
 #: Postfix's own load generator (Debian: package postfix)
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -65,8 +69,19 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, str]:
             return int(line[:3]), "\n".join(text)
 
 
-async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect, read the greeting and say EHLO."""
+@dataclass(frozen=True)
+class ClientAuth:
+    """STARTTLS (with this context) and AUTH PLAIN after EHLO, as a submission client does."""
+
+    tls: ssl.SSLContext
+    user: str
+    password: str
+
+
+async def _open(
+    host: str, port: int, auth: ClientAuth | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect, read the greeting and say EHLO (then STARTTLS, EHLO and AUTH, with ``auth``)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         code, text = await _reply(reader)
@@ -76,6 +91,19 @@ async def _open(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.Str
         code, text = await _reply(reader)
         if code != 250:
             raise ConnectionError(f"EHLO: {text}")
+        if auth is not None:
+            writer.write(b"STARTTLS\r\n")
+            code, text = await _reply(reader)
+            if code != 220:
+                raise ConnectionError(f"STARTTLS: {text}")
+            await writer.start_tls(auth.tls, server_hostname=host)
+            plain = base64.b64encode(f"\0{auth.user}\0{auth.password}".encode()).decode()
+            replies = []
+            for command in ("EHLO loadgen.bench", f"AUTH PLAIN {plain}"):
+                writer.write(command.encode() + b"\r\n")
+                replies.append(await _reply(reader))
+            if [c for c, _ in replies] != [250, 235]:
+                raise ConnectionError(f"EHLO/AUTH after STARTTLS: {replies}")
     except BaseException:
         await _close(writer)
         raise
@@ -127,8 +155,9 @@ async def _session(
     size: int,
     result: LoadResult,
     deadline: float,
+    auth: ClientAuth | None = None,
 ) -> None:
-    reader, writer = await _open(host, port)
+    reader, writer = await _open(host, port, auth)
     try:
         for token in tokens:
             if time.monotonic() > deadline:
@@ -147,6 +176,7 @@ async def _session_per_message(
     size: int,
     result: LoadResult,
     deadline: float,
+    auth: ClientAuth | None = None,
 ) -> None:
     """A new connection per message: connect, EHLO, one transaction, QUIT, close.
 
@@ -157,7 +187,7 @@ async def _session_per_message(
             result.errors.append("deadline reached before every message was sent")
             return
         start = time.time()
-        reader, writer = await _open(host, port)
+        reader, writer = await _open(host, port, auth)
         try:
             await _transaction(reader, writer, token, size, result, start)
             await _quit(reader, writer)
@@ -176,10 +206,12 @@ async def run_load(
     run_id: str | None = None,
     result: LoadResult | None = None,
     per_message: bool = False,
+    auth: ClientAuth | None = None,
 ) -> LoadResult:
     """Send ``messages`` messages of ``size`` bytes from ``sessions`` concurrent sessions.
 
     ``per_message``: a new connection for every message instead of one per session.
+    ``auth``: each connection does STARTTLS and AUTH PLAIN before its first message.
 
     Pass ``result`` to watch progress while it runs (``len(result.sent)``).
     """
@@ -191,7 +223,7 @@ async def run_load(
     deadline = time.monotonic() + time_limit
     session = _session_per_message if per_message else _session
     outcomes = await asyncio.gather(
-        *(session(host, port, share, size, result, deadline) for share in shares if share),
+        *(session(host, port, share, size, result, deadline, auth) for share in shares if share),
         return_exceptions=True,
     )
     result.finished = time.time()

@@ -79,6 +79,7 @@ def write_sluice_config(
     extra_delivery: dict[str, str] | None = None,
     log_level: str = "info",
     admin: bool = False,
+    smtp_lines: list[str] | None = None,
 ) -> None:
     # Limits like the compared Postfix's: ``connections`` to the one
     # destination (its default_destination_concurrency_limit) under a global
@@ -86,7 +87,7 @@ def write_sluice_config(
     delivery = {"max_concurrent": str(max(100, connections)), **(extra_delivery or {})}
     lines = [
         "smtp:",
-        '  listen: ["127.0.0.1:0"]',
+        *(smtp_lines or ['  listen: ["127.0.0.1:0"]']),
         "  hostname: sluice.bench.invalid",
         "  max_message_size: 200MiB",
         f"  workers: {workers}",

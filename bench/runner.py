@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import socket
 import sqlite3
+import ssl
 import statistics
 import tempfile
 import time
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import LoadResult, run_load, run_smtp_source
+from bench.loadgen import ClientAuth, LoadResult, run_load, run_smtp_source
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
 from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
@@ -37,13 +39,16 @@ class Scenario:
     per_message: bool = False
     #: "builtin" (bench/loadgen.py, tagged) or "smtp-source" (Postfix's, untagged)
     generator: str = "builtin"
+    #: "plain" (loopback, no TLS or AUTH) or "tls-auth" (STARTTLS and AUTH PLAIN per connection)
+    client: str = "plain"
 
     @property
     def name(self) -> str:
         """``2048B x10s`` (connections reused) or ``2048B x10s conn/msg``, and ``n=``."""
         mode = " conn/msg" if self.per_message else ""
         gen = " smtp-source" if self.generator == "smtp-source" else ""
-        return f"{self.size}B x{self.sessions}s{mode}{gen} n={self.messages}"
+        auth = " tls+auth" if self.client == "tls-auth" else ""
+        return f"{self.size}B x{self.sessions}s{mode}{gen}{auth} n={self.messages}"
 
 
 @dataclass
@@ -59,6 +64,8 @@ class _Target:
     warnings: Callable[[], list[str]] = list
     #: where undelivered mail is, when some is missing (Sluice only)
     diagnose: Callable[[], list[Any]] = list
+    #: STARTTLS and AUTH for every connection (``--client tls-auth``)
+    auth: ClientAuth | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,12 +106,14 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
     cfg = work / "sluice.yaml"
+    auth, smtp_lines = _tls_auth(work) if sc.client == "tls-auth" else (None, None)
     write_sluice_config(
         cfg,
         sink_port=sink.port,
         spool=work / "spool.sqlite3",
         connections=sc.connections,
         workers=sc.workers,
+        smtp_lines=smtp_lines,
     )
     proc = await SluiceProcess.start(cfg)
     try:
@@ -118,9 +127,39 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
             lambda: tree_rss_bytes(proc.pid, "VmHWM"),
             lambda: list(proc.warnings),
             lambda: _unsent(work / "spool.sqlite3"),
+            auth,
         )
     finally:
         await proc.stop()
+
+
+def _tls_auth(work: Path) -> tuple[ClientAuth, list[str]]:
+    """A STARTTLS listener with AUTH required, its certificate, one user, and the client side.
+
+    The certificate (ECDSA P-256, trustme's) and the user's argon2 hash (argon2-cffi's
+    defaults, as ``sluice admin hash-password`` makes) are what an operator would use.
+    """
+    import trustme
+    from argon2 import PasswordHasher
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(work / "smtp.pem"))
+    password = secrets.token_urlsafe(16)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    lines = [
+        "  listen:",
+        '    - address: "127.0.0.1:0"',
+        "      tls: starttls",
+        f"      cert_file: {work / 'smtp.pem'}",
+        f"      key_file: {work / 'smtp.pem'}",
+        "      auth: required",
+        "  users:",
+        "    - name: bench",
+        f"      password_hash: {json.dumps(PasswordHasher().hash(password))}",
+    ]
+    return ClientAuth(client, "bench", password), lines
 
 
 @contextlib.asynccontextmanager
@@ -166,6 +205,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                         sessions=min(sc.sessions, sc.warmup),
                         run_id="warmup",
                         per_message=sc.per_message,
+                        auth=target.auth,
                     )
                     await _wait_count(sink, len(warm.sent), stall=30, limit=120)
                 base = await sink.count()
@@ -194,6 +234,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                         time_limit=sc.time_limit,
                         run_id=run,
                         per_message=sc.per_message,
+                        auth=target.auth,
                     )
                 accepted = len(load.sent) if sent is None else sent
                 t_accept = load.finished
@@ -226,6 +267,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
         "sessions": sc.sessions,
         "per_message": sc.per_message,
         "generator": sc.generator,
+        "client": sc.client,
         "scenario": sc.name,
         "accepted": accepted,
         "refused": len(load.errors),

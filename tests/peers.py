@@ -49,6 +49,7 @@ PACKAGES = {
     "swaks": "swaks",
     "msmtp": "msmtp",
     "php": "php-cli",
+    "fail2ban-regex": "fail2ban",
 }
 
 

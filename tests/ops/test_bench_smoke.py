@@ -95,6 +95,32 @@ def test_bench_run_with_a_connection_per_message(tmp_path: Path) -> None:
     assert "2048B x3s conn/msg n=30" in proc.stdout and "2048B x3s n=30" in proc.stdout
 
 
+def test_bench_run_with_tls_auth_clients(tmp_path: Path) -> None:
+    """``--client tls-auth``: every connection does STARTTLS and AUTH; all of it delivered."""
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            *("--messages", "20", "--sessions", "2", "--warmup", "2", "--timeout", "60"),
+            *("--workers", "0", "--connection-per-message", "--client", "tls-auth"),
+            *("--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["client"] == "tls-auth" and result["refused"] == 0, result["errors"]
+    assert result["accepted"] == result["delivered"] == 20
+    assert (result["lost"], result["duplicated"]) == (0, 0)
+    assert "2048B x2s conn/msg tls+auth n=20" in proc.stdout
+
+
 def test_bench_run_with_postfix_smtp_source(tmp_path: Path) -> None:
     """``--generator smtp-source``: untagged, so counted by the sink against what it sent."""
     require("smtp-source")
