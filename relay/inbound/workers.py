@@ -13,7 +13,10 @@ processes do for its queue manager. Each one:
   writer thread (WAL allows one writer at a time across processes; each
   commit is short), and answers ``250`` only after that commit, as in-process;
 * reports each accepted or refused message on its channel to the daemon (a
-  socketpair), which counts it in ``/metrics`` and wakes the scheduler.
+  socketpair), which counts it in ``/metrics`` and wakes the scheduler;
+* asks the daemon, over the same channel, whether a message fits its
+  ``smtp.policies`` rate: the daemon counts for all workers, so a client
+  spread over several gets the configured rate, not N times it.
 
 The daemon sends settings on reload and ``stop`` on shutdown; a worker whose
 channel closes (the daemon died: the kernel closes its end of the socketpair
@@ -44,8 +47,9 @@ from typing import Any
 
 from relay import logsetup
 from relay.backoff import exponential
-from relay.config import LogSettings, SmtpSettings, SuppressionSettings
+from relay.config import LogSettings, Rate, SmtpSettings, SuppressionSettings
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
+from relay.inbound.policy import WindowCounter
 from relay.runner import run_fast
 from relay.store.spool import Spool
 
@@ -57,6 +61,8 @@ _LENGTH = struct.Struct(">I")
 _READY_WITHIN = 30.0
 _RESPAWN_DELAY = 1.0
 _RESPAWN_MAX_DELAY = 60.0
+#: how long a worker waits for the daemon's answer to a rate question before refusing (451)
+_RATE_ANSWER_WITHIN = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +123,11 @@ class AcceptorPool:
         sockets: Callable[[], Sequence[socket.socket]],
         events: AcceptEvents,
         wake: Callable[[], None],
+        rates: WindowCounter | None = None,
     ) -> None:
         self._count = count
+        #: ``smtp.policies`` rates, counted here for every worker (they ask over their channel)
+        self._rates = rates or WindowCounter()
         self._settings = settings
         self._sockets = sockets
         self._events = events
@@ -199,6 +208,9 @@ class AcceptorPool:
                 self._wake()
             elif kind == "reject":
                 self._events.on_reject(value)
+            elif kind == "rate":
+                ident, key, rate = value
+                _send(worker.writer, ("rate", (ident, self._rates.take(key, rate))))
             elif kind == "ready" and not ready.done():
                 ready.set_result(None)
         if not ready.done():
@@ -325,6 +337,37 @@ class _ChannelEvents:
         _send(self._writer, ("reject", reason))
 
 
+class _ChannelRates:
+    """A ``RateGate`` that asks the daemon, which counts for every worker at once.
+
+    One question and answer per MAIL under a policy with a rate (a local
+    socketpair round trip, well under a millisecond); the answer is matched
+    to its question by a number, since sessions ask concurrently.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._asked = 0
+        self._pending: dict[int, asyncio.Future[bool]] = {}
+
+    async def take(self, key: str, rate: Rate) -> bool:
+        self._asked += 1
+        ident = self._asked
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = answer
+        try:
+            _send(self._writer, ("rate", (ident, key, rate)))
+            async with asyncio.timeout(_RATE_ANSWER_WITHIN):
+                return await answer
+        finally:
+            self._pending.pop(ident, None)
+
+    def answered(self, ident: int, allowed: bool) -> None:
+        answer = self._pending.get(ident)
+        if answer is not None and not answer.done():
+            answer.set_result(allowed)
+
+
 def _configure_logs(settings: WorkerSettings) -> None:
     if settings.sluice_logs:
         logsetup.configure(settings.log.level, settings.log.format)
@@ -350,12 +393,14 @@ async def _serve(channel_fd: int) -> int:
         signal.signal(sig, signal.SIG_IGN)
     spool = await Spool.open(settings.spool_path)
     spool.stream_headers = settings.stream_headers
+    rates = _ChannelRates(writer)
     try:
         handler = RelayHandler(
             spool,
             lambda: settings.smtp,
             hostname=settings.hostname,
             events=_ChannelEvents(writer),
+            rates=rates,
         )
         listener = await start_listeners(
             lambda: settings.smtp,
@@ -373,6 +418,8 @@ async def _serve(channel_fd: int) -> int:
                     settings = value
                     _configure_logs(settings)
                     spool.stream_headers = settings.stream_headers
+                elif kind == "rate":
+                    rates.answered(*value)
                 elif kind == "stop":
                     grace = value
                     break
