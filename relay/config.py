@@ -41,7 +41,7 @@ from relay.address import normal_domain
 from relay.errors import ConfigError, SluiceError
 from relay.events import EventType
 from relay.secrets import Secret, SecretError, SecretSource
-from relay.tls import settings_context
+from relay.tls import server_context, settings_context
 
 try:
     from yaml._yaml import CParser as _CParser
@@ -361,24 +361,16 @@ class SendingPolicy(_Model):
 
 
 def _policy_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
-    """``smtp.policies``: each names whom it matches, known users and providers, a size that fits.
-
-    ``smtp.users`` is read with ``getattr``: the policies do not depend on
-    the AUTH part of the config being there (no ``users`` key: no check).
-    """
-    users = getattr(cfg.smtp, "users", None)
+    """``smtp.policies``: whom each matches, known users and providers, a size that fits."""
+    users = {u.name for u in cfg.smtp.users}
     known = {p.id for p in cfg.providers}
     for i, policy in enumerate(cfg.smtp.policies):
         loc: Loc = ("smtp", "policies", i)
         if not (policy.users or policy.networks):
             yield loc, "a policy needs users or networks (0.0.0.0/0 and ::/0 match every client)"
-        if users is not None:
-            names = (
-                set(users) if isinstance(users, dict) else {getattr(u, "name", u) for u in users}
-            )
-            for j, name in enumerate(policy.users):
-                if name not in names:
-                    yield (*loc, "users", j), f"unknown user {name!r} (not in smtp.users)"
+        for j, name in enumerate(policy.users):
+            if name not in users:
+                yield (*loc, "users", j), f"unknown user {name!r} (not in smtp.users)"
         for j, pid in enumerate(policy.providers):
             if pid not in known:
                 yield (*loc, "providers", j), f"unknown provider id {pid!r}"
@@ -390,8 +382,134 @@ def _policy_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
             )
 
 
+# --------------------------------------------------------------- SMTP listeners and users
+# Issue #26: clients beyond loopback. A ``smtp.listen`` entry is a string (as
+# before: no TLS, no AUTH) or a mapping with TLS, its own networks and an AUTH
+# rule; ``smtp.users`` are who may AUTH. The defaults are Postfix's submission
+# service: AUTH only over TLS (smtpd_tls_auth_only), required on a listener
+# that is not on loopback.
+
+ListenTls = Literal["none", "starttls", "implicit"]
+ListenAuth = Literal["none", "optional", "required"]
+
+
+def _networks_of(value: object) -> object:
+    """A list of CIDR strings as networks (a host address is a /32 or /128)."""
+    if not isinstance(value, list):
+        return value
+    return [ipaddress.ip_network(str(v), strict=False) for v in value]
+
+
+def only_loopback(networks: list[Network]) -> bool:
+    """Whether every address of every network is a loopback address."""
+    return all(net.is_loopback for net in networks)
+
+
+class ListenerSettings(_Model):
+    """One ``smtp.listen`` entry: an address and how clients there are served.
+
+    A plain ``"host:port"`` string is this with ``tls: none`` and ``auth:
+    none``, exactly what a string always meant.
+    """
+
+    address: EndpointT
+    #: ``starttls``: offered after EHLO (RFC 3207); ``implicit``: TLS from the first byte (RFC 8314)
+    tls: ListenTls = "none"
+    #: PEM certificate chain and key; a relative path is looked up in
+    #: ``$CREDENTIALS_DIRECTORY`` first (systemd ``LoadCredential=``), read again on reload
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: who may connect here (default: ``smtp.allowed_networks``)
+    networks: list[Network] | None = None
+    #: whether AUTH is offered and needed before MAIL; default: ``none`` on a
+    #: loopback address, ``required`` elsewhere (Postfix's submission service)
+    auth: ListenAuth | None = None
+    #: with ``auth: required``, clients that may still send without AUTH
+    #: (Postfix's ``permit_mynetworks``)
+    no_auth_networks: list[Network] = Field(default_factory=list)
+    #: AUTH without TLS (passwords in clear); refused unless the address is loopback
+    allow_auth_without_tls: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: object) -> object:
+        if isinstance(data, str | Endpoint):
+            return {"address": _parse_endpoint(data), "auth": "none"}
+        return data
+
+    @field_validator("networks", "no_auth_networks", mode="before")
+    @classmethod
+    def _nets(cls, value: object) -> object:
+        return _networks_of(value)
+
+    @property
+    def auth_mode(self) -> ListenAuth:
+        """``auth`` with its default applied."""
+        if self.auth is not None:
+            return self.auth
+        return "none" if self.address.is_loopback else "required"
+
+    def connect_networks(self, smtp: SmtpSettings) -> list[Network]:
+        """Who may connect to this listener."""
+        return self.networks if self.networks is not None else smtp.allowed_networks
+
+    def unauthenticated_networks(self, smtp: SmtpSettings) -> list[Network]:
+        """Who may send mail here without AUTH."""
+        if self.auth_mode == "required":
+            return self.no_auth_networks
+        return self.connect_networks(smtp)
+
+
+class SmtpUser(_Model):
+    """One ``smtp.users`` entry: a name clients AUTH as, and its secret.
+
+    The secret is an argon2 ``password_hash`` (``sluice admin hash-password``)
+    or a clear password given as ``password``, ``password_env``,
+    ``password_file``, or else the systemd credential ``smtp-user-NAME``.
+    """
+
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^\s\x00-\x1f\x7f]+$")
+    password_hash: Annotated[SecretStr | None, Secret("smtp user", key="name")] = None
+    #: ``password``/``password_env``/``password_file`` folded
+    password: Annotated[SecretSource | None, Secret("smtp user", key="name")] = None
+
+    @classmethod
+    def _default_credential(cls, data: dict[str, Any]) -> str | None:
+        if data.get("password_hash") is not None or not isinstance(data.get("name"), str):
+            return None
+        return f"smtp-user-{data['name']}"
+
+    @field_validator("password_hash")
+    @classmethod
+    def _argon2(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("$argon2"):
+            raise ValueError("is not an argon2 hash (make one with `sluice admin hash-password`)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> SmtpUser:
+        if self.password_hash is not None and self.password is not None:
+            raise ValueError("give password_hash or a password, not both")
+        return self
+
+
 class SmtpSettings(_Model):
-    listen: list[EndpointT] = Field(default_factory=lambda: [Endpoint("127.0.0.1", 25)])
+    #: strings (``host:port``) or ``ListenerSettings`` mappings
+    listen: list[ListenerSettings] = Field(
+        default_factory=lambda: [ListenerSettings.model_validate("127.0.0.1:25")]
+    )
+    #: who may AUTH (``relay.inbound.auth``)
+    users: list[SmtpUser] = Field(default_factory=list)
+    #: the acknowledgement ``sluice check`` needs for a listener beyond loopback
+    #: that takes mail without AUTH from networks beyond loopback (an open relay
+    #: for whoever is in them)
+    allow_unauthenticated_relay_from_networks: bool = False
+    #: a failed AUTH is answered 535 after this long (slows password guessing)
+    auth_failure_delay: Duration = Field(default=1.0, ge=0, le=60)
+    #: this many failed AUTHs from one address within ``auth_lockout``...
+    auth_failure_limit: int = Field(default=5, ge=1, le=10_000)
+    #: ...and AUTH from it is refused (454) until this long after the last one
+    auth_lockout: Duration = Field(default=600.0, gt=0, le=86400)
     allowed_networks: list[Network] = Field(
         default_factory=lambda: [
             ipaddress.ip_network("127.0.0.0/8"),
@@ -423,9 +541,69 @@ class SmtpSettings(_Model):
     @field_validator("allowed_networks", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:
-        if not isinstance(value, list):
-            return value
-        return [ipaddress.ip_network(str(v), strict=False) for v in value]
+        return _networks_of(value)
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        """The addresses of ``listen``, in order."""
+        return [entry.address for entry in self.listen]
+
+    def listener(self, address: Endpoint) -> ListenerSettings:
+        """The ``listen`` entry of ``address`` (the first, if given twice).
+
+        Raises:
+            KeyError: no entry has that address.
+        """
+        for entry in self.listen:
+            if entry.address == address:
+                return entry
+        raise KeyError(address)
+
+    def listener_issues(self) -> Iterator[tuple[Loc, str]]:
+        """The listener rules pydantic cannot express per field (``load`` reports them)."""
+        names = [u.name for u in self.users]
+        for i, name in enumerate(names):
+            if names.index(name) != i:
+                yield ("smtp", "users", i, "name"), f"duplicate user name {name!r}"
+        for i, entry in enumerate(self.listen):
+            loc: Loc = ("smtp", "listen", i)
+            if entry.tls != "none" and (entry.cert_file is None or entry.key_file is None):
+                yield (*loc, "tls"), f"tls: {entry.tls} needs cert_file and key_file"
+            if entry.tls == "none" and (entry.cert_file or entry.key_file):
+                yield (*loc, "cert_file"), "cert_file and key_file need tls: starttls or implicit"
+            if entry.allow_auth_without_tls and not entry.address.is_loopback:
+                yield (
+                    (*loc, "allow_auth_without_tls"),
+                    f"{entry.address} is not a loopback address: passwords would cross the "
+                    "network in clear; use tls: starttls or implicit",
+                )
+            if entry.auth_mode != "none":
+                if entry.tls == "none" and not entry.allow_auth_without_tls:
+                    yield (
+                        (*loc, "auth"),
+                        f"auth: {entry.auth_mode} needs tls: starttls or implicit (AUTH is "
+                        "offered only over TLS; on a loopback address, "
+                        "allow_auth_without_tls: true allows it in clear)",
+                    )
+                if not self.users:
+                    yield (*loc, "auth"), f"auth: {entry.auth_mode} but smtp.users is empty"
+            elif entry.no_auth_networks:
+                yield (*loc, "no_auth_networks"), "only used with auth: required"
+            open_to = [
+                str(net) for net in entry.unauthenticated_networks(self) if not net.is_loopback
+            ]
+            if (
+                open_to
+                and not entry.address.is_loopback
+                and not self.allow_unauthenticated_relay_from_networks
+            ):
+                yield (
+                    loc,
+                    f"open relay: {entry.address} is not a loopback address and takes mail "
+                    f"without AUTH from {', '.join(open_to)}; require AUTH (auth: required, "
+                    "with tls), keep the unauthenticated networks on loopback, or acknowledge "
+                    "it with smtp.allow_unauthenticated_relay_from_networks: true",
+                )
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -901,6 +1079,7 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
             )
     if cfg.retry.first_delay > cfg.retry.max_delay:
         yield ("retry", "first_delay"), "first_delay is longer than max_delay"
+    yield from cfg.smtp.listener_issues()
     exposed = cfg.admin.exposure_issue()
     if exposed is not None:
         yield ("admin", "listen"), exposed
@@ -915,6 +1094,14 @@ def _file_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
     no line) while ``check`` said OK. Building the same context here (no
     network: OpenSSL only reads the file) makes both refuse it with its line.
     """
+    for i, entry in enumerate(cfg.smtp.listen):
+        if entry.tls == "none" or entry.cert_file is None or entry.key_file is None:
+            continue
+        try:
+            server_context(entry.cert_file, entry.key_file)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            yield ("smtp", "listen", i, "cert_file"), f"cannot load the certificate: {reason}"
     for i, p in enumerate(cfg.providers):
         if p.ca_file is None:
             continue

@@ -201,13 +201,13 @@ class Daemon:
         # building providers adopts the new settings into their shared state.
         listener = self.listener
         old_endpoints = list(listener.endpoints) if listener is not None else []
-        rebound = listener is not None and set(new.smtp.listen) != set(old_endpoints)
+        rebound = listener is not None and set(new.smtp.endpoints) != set(old_endpoints)
         if rebound:
             assert listener is not None
             try:
-                await listener.rebind(new.smtp.listen)
+                await listener.rebind(new.smtp.endpoints)
             except OSError as exc:
-                wanted = ", ".join(str(ep) for ep in new.smtp.listen)
+                wanted = ", ".join(str(ep) for ep in new.smtp.endpoints)
                 msg = f"{source}: smtp.listen: cannot listen on {wanted}: {exc.strerror or exc}"
                 log.error("reload rejected: %s", msg, extra={"event": "reload"})
                 return msg
@@ -412,14 +412,14 @@ class Daemon:
                     lambda: self.config.smtp, handler, hostname=self.hostname, serve=workers == 0
                 )
             except OSError as exc:
-                wanted = ", ".join(str(ep) for ep in cfg.smtp.listen)
+                wanted = ", ".join(str(ep) for ep in cfg.smtp.endpoints)
                 raise ListenError("smtp.listen", wanted, _reason(exc)) from exc
             stack.push_async_callback(self._close_listener)
             if workers:
                 self.acceptors = AcceptorPool(
                     workers,
                     settings=self._worker_settings,
-                    sockets=lambda: self.listener.sockets if self.listener else [],
+                    sockets=lambda: self.listener.bound if self.listener else [],
                     events=self.metrics,
                     wake=spool.wake.set,
                     rates=rates,

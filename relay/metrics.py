@@ -72,6 +72,14 @@ class Metrics:
             " memory and written again; their recipients are not tried again meanwhile.",
             registry=r,
         )
+        self.smtp_auth = Counter(
+            "sluice_smtp_auth",
+            "SMTP AUTH attempts by result: ok, failed (wrong user or password, answered 535"
+            " after smtp.auth_failure_delay), locked (refused with 454: too many failures"
+            " from that address).",
+            ["result"],
+            registry=r,
+        )
         self.provider_up = Gauge(
             "sluice_provider_up",
             "1 when the provider's last attempt succeeded, 0 when it failed.",
@@ -86,3 +94,6 @@ class Metrics:
 
     def on_reject(self, reason: str) -> None:
         self.rejected.labels(reason).inc()
+
+    def on_auth(self, result: str) -> None:
+        self.smtp_auth.labels(result).inc()

@@ -27,7 +27,11 @@ Overridden (each with its own comment on what upstream does and why):
   place against ``smtp.max_connections`` is free (no hook runs there);
 * ``smtp_DATA``: the body read in chunks (``relay.inbound.data``) instead of
   one ``readuntil`` per line, with aiosmtpd's cancellation on a lost
-  connection kept (the writer closed, ``CancelledError`` re-raised).
+  connection kept (the writer closed, ``CancelledError`` re-raised);
+* ``_authenticate``, ``auth_PLAIN``, ``auth_LOGIN``: aiosmtpd's mechanisms
+  read the credentials, and ``relay.inbound.auth.SmtpAuth`` checks them
+  (aiosmtpd calls its ``authenticator`` synchronously, on the event loop,
+  where argon2 must never run).
 
 Used without being overridden: ``_reader``/``_writer`` (the connection's
 streams, set by ``_cb_client_connected``), ``StreamReader._buffer`` (is the
@@ -46,13 +50,24 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, _AuthMechAttr, login_always_fail, syntax
+from aiosmtpd.smtp import (
+    SMTP,
+    AuthResult,
+    Envelope,
+    LoginPassword,
+    Session,
+    _AuthMechAttr,
+    login_always_fail,
+    syntax,
+)
 
 from relay.address import split_path
+from relay.inbound.auth import SmtpAuth
 from relay.inbound.data import Data, read_data
 
 __all__ = [
@@ -74,6 +89,8 @@ PINNED = ">=1.4.6,<1.5"
 R_NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 R_DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 R_START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+#: AUTH on a listener with ``auth: none`` (Postfix's wording)
+R_AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
 
 
 class MessageAcceptor(Protocol):
@@ -120,10 +137,11 @@ class SmtpTables:
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with a gate before the greeting, batched replies and chunked DATA.
 
-    It overrides six of aiosmtpd's members (``__init__``, ``_handle_client``,
-    ``push``, ``_getaddr``, ``connection_lost``, ``smtp_DATA``), each because no public hook runs
-    early enough or cheaply enough; the module docstring lists them and what
-    else of aiosmtpd they rely on.
+    It overrides nine of aiosmtpd's members (``__init__``, ``_handle_client``,
+    ``push``, ``_getaddr``, ``connection_lost``, ``smtp_DATA``, ``_authenticate``,
+    ``auth_PLAIN``, ``auth_LOGIN``), each because no public hook runs early
+    enough or cheaply enough, or off the event loop; the module docstring
+    lists them and what else of aiosmtpd they rely on.
     """
 
     def __init__(
@@ -141,6 +159,11 @@ class RelaySMTP(SMTP):
         enable_SMTPUTF8: bool = True,
         decode_data: bool = False,
         on_lost: Callable[[], None] | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        auth: SmtpAuth | None = None,
+        auth_require_tls: bool = True,
+        auth_needed: Callable[[str], bool] | None = None,
     ) -> None:
         """Set up one session, as aiosmtpd's ``__init__`` would, without its introspection.
 
@@ -169,6 +192,13 @@ class RelaySMTP(SMTP):
             decode_data: aiosmtpd's option; Sluice keeps bytes.
             on_lost: called once when the connection is gone (frees its place
                 against ``smtp.max_connections``, ``relay.inbound.admission``).
+            tls_context: offered by STARTTLS (aiosmtpd's option).
+            implicit_tls: the connection is TLS from its first byte (so AUTH
+                needs no STARTTLS).
+            auth: checks AUTH; ``None``: AUTH is not offered.
+            auth_require_tls: aiosmtpd's option: AUTH only after STARTTLS.
+            auth_needed: (client IP) -> whether it must AUTH before MAIL
+                (aiosmtpd's ``auth_required``, decided per client).
         """
         self.__ident__ = ident
         self.loop = loop
@@ -184,7 +214,7 @@ class RelaySMTP(SMTP):
         self._decode_data = decode_data
         self.command_size_limits.clear()
         self.hostname = hostname
-        self.tls_context = None
+        self.tls_context = tls_context
         self.require_starttls = None
         self._timeout_duration = timeout
         self._timeout_handle = None
@@ -195,7 +225,7 @@ class RelaySMTP(SMTP):
         self.envelope = None
         self.transport = None
         self._handler_coroutine = None
-        self._auth_require_tls = True
+        self._auth_require_tls = auth_require_tls and not implicit_tls
         self._proxy_timeout = None
         self._auth_callback = login_always_fail
         self._authenticator = None
@@ -221,6 +251,8 @@ class RelaySMTP(SMTP):
         self.between_messages.set()
         #: continuation lines of a multi-line reply, sent with its last line (``push``)
         self._held_lines: list[bytes] = []
+        self._smtp_auth = auth
+        self._auth_needed = auth_needed
 
     @classmethod
     def tables(cls, handler: object) -> SmtpTables:
@@ -360,6 +392,8 @@ class RelaySMTP(SMTP):
         if refusal is not None:
             await self.close_with(refusal)
             return
+        if self._auth_needed is not None:
+            self._auth_required = self._auth_needed(peer_ip(self.session))
         self._open.add(self)
         self.task = asyncio.current_task()
         try:
@@ -392,3 +426,51 @@ class RelaySMTP(SMTP):
             pass
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def offers_auth(self) -> bool:
+        """Whether this listener offers AUTH at all (``RelayHandler.handle_EHLO`` asks)."""
+        return self._smtp_auth is not None
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        """Hand the credentials aiosmtpd's mechanism read back to ``auth_PLAIN``/``auth_LOGIN``.
+
+        aiosmtpd 1.4.6's ``auth_PLAIN``/``auth_LOGIN`` end by calling this,
+        synchronously, with a ``LoginPassword``; its ``authenticator`` would
+        check the password right here, on the event loop. Here nothing is
+        checked: the unchecked result carries the credentials to ``_checked``.
+        """
+        return AuthResult(success=False, handled=False, auth_data=auth_data)
+
+    async def auth_PLAIN(self, _: object, args: list[str]) -> AuthResult:
+        """aiosmtpd's PLAIN (RFC 4616) reads the credentials; ``SmtpAuth`` checks them.
+
+        aiosmtpd 1.4.6's ``auth_PLAIN`` decodes the response and returns what
+        ``_authenticate`` says; that is the unchecked credentials here, which
+        are checked (off the loop) before the result goes back to ``smtp_AUTH``.
+        """
+        return await self._checked("PLAIN", await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: object, args: list[str]) -> AuthResult:
+        """aiosmtpd's LOGIN reads the credentials; ``SmtpAuth`` checks them.
+
+        aiosmtpd 1.4.6's ``auth_LOGIN`` asks for the user name and password
+        (two 334 challenges) and returns what ``_authenticate`` says; checked
+        here as for ``auth_PLAIN``.
+        """
+        return await self._checked("LOGIN", await super().auth_LOGIN(_, args))
+
+    async def _checked(self, mechanism: str, read: AuthResult) -> AuthResult:
+        if read.success or read.handled or not isinstance(read.auth_data, LoginPassword):
+            return read  # aiosmtpd answered already (bad base64, "*")
+        if self._smtp_auth is None:
+            return AuthResult(success=False, handled=False, message=R_AUTH_NOT_ENABLED)
+        assert self.session is not None
+        credentials = read.auth_data
+        name, reply = await self._smtp_auth.authenticate(
+            peer_ip(self.session), mechanism, credentials.login, credentials.password
+        )
+        if name is None:
+            return AuthResult(success=False, handled=False, message=reply)
+        # Part of the contract with per-user policies: session.auth_data is the user's name.
+        return AuthResult(success=True, auth_data=name, message=reply)

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ from typing import Protocol
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.address import NULL_PATH, address_problem, needs_smtputf8
-from relay.config import Endpoint, SmtpSettings
+from relay.config import Endpoint, ListenerSettings, Network, SmtpSettings
 from relay.errors import SpoolError
 from relay.inbound.admission import AcceptServer, Admission, bind_endpoint, listen_backlog
 from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
+from relay.inbound.auth import SmtpAuth
 from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.inbound.policy import (
@@ -54,6 +56,7 @@ from relay.received import helo_name, received_header
 from relay.runner import GIVE_BACK_AFTER, LARGE_MESSAGE, give_back_memory
 from relay.store.spool import NewMessage, Spool, new_queue_id
 from relay.store.writer import is_disk_full
+from relay.tls import server_context
 from relay.wording import plural
 
 __all__ = [
@@ -95,12 +98,16 @@ R_INTERNAL = "451 4.3.0 Internal error; try again later"
 R_DISK_FULL = "452 4.3.1 Insufficient system storage (the spool's disk is full); try again later"
 R_QUEUED = "250 2.0.0 Ok: queued as {queue_id}"
 R_DENIED = "554 5.7.1 Access denied: {peer} is not in smtp.allowed_networks"
+#: a client outside a listener's own ``networks``
+R_DENIED_HERE = "554 5.7.1 Access denied: {peer} is not in this listener's networks"
 R_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
 
 Clock = Callable[[], float]
 
 #: at shutdown, how long a message being stored may take before its session is closed anyway
 _COMMIT_WAIT = 10.0
+#: how long an implicit-TLS client may take over its handshake
+_HANDSHAKE_TIMEOUT = 30.0
 
 
 class AcceptEvents(Protocol):
@@ -114,12 +121,18 @@ class AcceptEvents(Protocol):
 
     def on_reject(self, reason: str) -> None: ...
 
+    def on_auth(self, result: str) -> None:
+        """One AUTH ended: ``ok``, ``failed`` or ``locked`` (``relay.inbound.auth``)."""
+
 
 class _NoEvents:
     def on_accept(self, size: int) -> None:
         pass
 
     def on_reject(self, reason: str) -> None:
+        pass
+
+    def on_auth(self, result: str) -> None:
         pass
 
 
@@ -226,6 +239,8 @@ class RelayHandler:
         # aiosmtpd reads commands one line at a time and answers in order, so
         # pipelined commands (RFC 2920) are safe; it just doesn't say so.
         session.host_name = helo_name(hostname)
+        if not getattr(server, "offers_auth", True):
+            responses = [r for r in responses if not r.startswith("250-AUTH")]
         responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
         match = self._policy(session)
         if match is not None and match.policy.max_message_size is not None:
@@ -449,19 +464,47 @@ class Sessions:
     starting: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-def peer_filter(settings: Callable[[], SmtpSettings]) -> Callable[[str], bool]:
-    """Whether an IP address is in ``smtp.allowed_networks`` (read at each call)."""
+def in_networks(ip: str, networks: Sequence[Network]) -> bool:
+    """Whether an IP address (text, as a socket gives it) is in one of ``networks``."""
+    addr = client_address(ip)
+    return addr is not None and any(addr in net for net in networks)
+
+
+def peer_filter(
+    settings: Callable[[], SmtpSettings], listener: Endpoint | None = None
+) -> Callable[[str], bool]:
+    """Whether an IP address may connect (read at each call).
+
+    ``smtp.allowed_networks``, or the ``networks`` of the ``listen`` entry
+    of address ``listener`` when it has its own.
+    """
 
     def allowed(ip: str) -> bool:
-        addr = client_address(ip)
-        if addr is None:
-            return False
-        return any(addr in net for net in settings().allowed_networks)
+        return in_networks(ip, _networks(settings(), listener))
 
     return allowed
 
 
-def gate(allowed: Callable[[str], bool], refusals: Throttle, limit: Callable[[], int]) -> Gate:
+def _entry(current: SmtpSettings, listener: Endpoint | None) -> ListenerSettings | None:
+    if listener is None:
+        return None
+    try:
+        return current.listener(listener)
+    except KeyError:  # removed by a reload; its sessions carry on with the defaults
+        return None
+
+
+def _networks(current: SmtpSettings, listener: Endpoint | None) -> list[Network]:
+    entry = _entry(current, listener)
+    return entry.connect_networks(current) if entry is not None else current.allowed_networks
+
+
+def gate(
+    allowed: Callable[[str], bool],
+    refusals: Throttle,
+    limit: Callable[[], int],
+    denied: str = R_DENIED,
+) -> Gate:
     """What ``RelaySMTP`` asks before it greets a client: the reply refusing it, or ``None``.
 
     Args:
@@ -473,8 +516,9 @@ def gate(allowed: Callable[[str], bool], refusals: Throttle, limit: Callable[[],
 
     def refusal(ip: str, open_sessions: int) -> str | None:
         if not allowed(ip):
-            log.warning("refused connection from %s: not in smtp.allowed_networks", ip)
-            return R_DENIED.format(peer=ip)
+            where = "smtp.allowed_networks" if denied == R_DENIED else "the listener's networks"
+            log.warning("refused connection from %s: not in %s", ip, where)
+            return denied.format(peer=ip)
         max_connections = limit()
         if open_sessions >= max_connections:
             # Clients over the limit wait in the backlog (``Admission``); this
@@ -504,7 +548,7 @@ class Listener:
     endpoints: list[Endpoint] = field(default_factory=list)
     #: the sessions held against ``smtp.max_connections`` (``peak``: the most at once)
     admission: Admission | None = None
-    server: Callable[[list[socket.socket]], AcceptServer] | None = None
+    server: Callable[[list[socket.socket], Endpoint], AcceptServer] | None = None
     #: False when accept worker processes serve these sockets (``relay.inbound.workers``)
     serve: bool = True
     _retired: list[AcceptServer] = field(default_factory=list)
@@ -522,6 +566,15 @@ class Listener:
     def sockets(self) -> list[socket.socket]:
         """The listening sockets, in ``addresses`` order (to hand to accept workers)."""
         return [sock for server in self.servers for sock in server.sockets]
+
+    @property
+    def bound(self) -> list[tuple[Endpoint, socket.socket]]:
+        """Each listening socket with the ``smtp.listen`` address it serves (for accept workers)."""
+        return [
+            (ep, sock)
+            for ep, server in zip(self.endpoints, self.servers, strict=True)
+            for sock in server.sockets
+        ]
 
     def stop_accepting(self) -> None:
         for server in self.servers:
@@ -542,7 +595,7 @@ class Listener:
         opened: list[AcceptServer] = []
         try:
             for ep in added:
-                opened.append(self.server(await bind_endpoint(ep.host, ep.port)))
+                opened.append(self.server(await bind_endpoint(ep.host, ep.port), ep))
         except OSError:
             for server in opened:
                 server.close()
@@ -594,20 +647,76 @@ async def _end(session: RelaySMTP) -> None:
     await session.close_with(R_SHUTDOWN)
 
 
+class TlsContexts:
+    """The server TLS context of each ``smtp.listen`` address, built again after a reload.
+
+    Contexts are built from the settings in use: when ``settings()`` returns
+    a new object (a reload, in the daemon or in an accept worker), the
+    certificates are read again, so a new session gets the new certificate
+    while open ones keep the context they started with. A certificate that
+    cannot be read then (``load`` checked it a moment before) keeps the
+    previous context and logs why.
+    """
+
+    def __init__(self, settings: Callable[[], SmtpSettings]) -> None:
+        self._settings = settings
+        self._for: SmtpSettings | None = None
+        self._contexts: dict[Endpoint, ssl.SSLContext] = {}
+
+    def get(self, address: Endpoint) -> ssl.SSLContext | None:
+        """The context for ``address`` (``None``: no TLS there)."""
+        current = self._settings()
+        if current is not self._for:
+            self._build(current)
+        return self._contexts.get(address)
+
+    def _build(self, current: SmtpSettings) -> None:
+        contexts: dict[Endpoint, ssl.SSLContext] = {}
+        for entry in current.listen:
+            if entry.tls == "none" or entry.cert_file is None or entry.key_file is None:
+                continue
+            try:
+                contexts[entry.address] = server_context(entry.cert_file, entry.key_file)
+            except OSError as exc:
+                log.error(
+                    "smtp.listen %s: cannot load the certificate (%s); keeping the previous one",
+                    entry.address,
+                    exc,
+                )
+                if entry.address in self._contexts:
+                    contexts[entry.address] = self._contexts[entry.address]
+        self._contexts = contexts
+        self._for = current
+
+
+def _auth_needed(settings: Callable[[], SmtpSettings], address: Endpoint) -> Callable[[str], bool]:
+    """(client IP) -> whether it must AUTH before MAIL on the listener at ``address``."""
+
+    def needed(ip: str) -> bool:
+        current = settings()
+        entry = _entry(current, address)
+        if entry is None or entry.auth_mode != "required":
+            return False
+        return not in_networks(ip, entry.no_auth_networks)
+
+    return needed
+
+
 async def start_listeners(
     settings: Callable[[], SmtpSettings],
     handler: RelayHandler,
     *,
     hostname: str,
     serve: bool = True,
-    sockets: Sequence[socket.socket] = (),
+    sockets: Sequence[tuple[Endpoint, socket.socket]] = (),
 ) -> Listener:
     """Bind every ``smtp.listen`` address; a failure to bind closes what was opened.
 
     ``serve=False`` binds without listening or accepting: the daemon does
     that when accept worker processes take the connections (until one
     serves the sockets, a client is refused rather than left waiting). ``sockets`` serves
-    sockets already bound (by the daemon, in such a worker) instead.
+    sockets already bound (by the daemon, in such a worker) instead, each
+    with the ``smtp.listen`` address whose TLS, networks and AUTH rule apply.
 
     Clients are taken off the listen backlog only while a session is free
     (``relay.inbound.admission``); the others wait there, up to
@@ -620,6 +729,8 @@ async def start_listeners(
     #: smtp.max_connections -> the sessions the descriptors allow (checked once per value)
     fitted = {current.max_connections: fit_sessions(current.max_connections)}
     tables = RelaySMTP.tables(handler)
+    tls = TlsContexts(settings)
+    auth = SmtpAuth(settings, handler.events.on_auth)
 
     def limit() -> int:
         wanted = settings().max_connections
@@ -627,50 +738,70 @@ async def start_listeners(
             fitted[wanted] = fit_sessions(wanted)
         return fitted[wanted]
 
-    admit = gate(peer_filter(settings), sessions.refusals, limit)
     admission = Admission(
         limit,
         lambda: settings().connection_wait,
         lambda: handler.events.on_reject("too_many_connections"),
     )
 
-    def factory() -> RelaySMTP:
-        s = settings()
-        return RelaySMTP(
-            handler,
-            gate=admit,
-            sessions=sessions.open,
-            tables=tables,
-            hostname=hostname,
-            ident="Sluice",
-            data_size_limit=s.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            timeout=s.idle_timeout,
-            loop=loop,
-            on_lost=admission.release,
-        )
+    def factory_for(address: Endpoint) -> Callable[[], tuple[RelaySMTP, ssl.SSLContext | None]]:
+        own = _entry(current, address)
+        denied = R_DENIED_HERE if own is not None and own.networks is not None else R_DENIED
+        admit = gate(peer_filter(settings, address), sessions.refusals, limit, denied)
+        needed = _auth_needed(settings, address)
 
-    def serve_one(conn: socket.socket) -> None:
-        task = loop.create_task(_session(loop, factory, conn, admission))
-        sessions.starting.add(task)
-        task.add_done_callback(sessions.starting.discard)
+        def factory() -> tuple[RelaySMTP, ssl.SSLContext | None]:
+            s = settings()
+            entry = _entry(s, address)
+            context = tls.get(address)
+            implicit = entry is not None and entry.tls == "implicit" and context is not None
+            offered = entry is not None and entry.auth_mode != "none"
+            protocol = RelaySMTP(
+                handler,
+                gate=admit,
+                sessions=sessions.open,
+                tables=tables,
+                hostname=hostname,
+                ident="Sluice",
+                data_size_limit=s.max_message_size,
+                enable_SMTPUTF8=True,
+                decode_data=False,
+                timeout=s.idle_timeout,
+                loop=loop,
+                on_lost=admission.release,
+                tls_context=None if implicit else context,
+                implicit_tls=implicit,
+                auth=auth if offered else None,
+                auth_require_tls=not (entry is not None and entry.allow_auth_without_tls),
+                auth_needed=needed,
+            )
+            return protocol, context if implicit else None
+
+        return factory
 
     backlog = listen_backlog(current.max_connections)
 
-    def server(socks: list[socket.socket]) -> AcceptServer:
+    def server(socks: list[socket.socket], address: Endpoint) -> AcceptServer:
+        factory = factory_for(address)
+
+        def serve_one(conn: socket.socket) -> None:
+            task = loop.create_task(_session(loop, factory, conn, admission))
+            sessions.starting.add(task)
+            task.add_done_callback(sessions.starting.discard)
+
         return AcceptServer(socks, admission, serve_one, backlog)
 
     servers: list[AcceptServer] = []
     if sockets:
-        for sock in sockets:
-            servers.append(server([sock]))
+        endpoints = [ep for ep, _ in sockets]
+        for ep, sock in sockets:
+            servers.append(server([sock], ep))
             servers[-1].start_serving()
-        return Listener(servers, sessions, admission=admission, server=server)
-    endpoints = list(dict.fromkeys(current.listen))
+        return Listener(servers, sessions, endpoints=endpoints, admission=admission, server=server)
+    endpoints = list(dict.fromkeys(current.endpoints))
     try:
         for ep in endpoints:
-            servers.append(server(await bind_endpoint(ep.host, ep.port)))
+            servers.append(server(await bind_endpoint(ep.host, ep.port), ep))
     except OSError:
         for srv in servers:
             srv.close()
@@ -685,13 +816,23 @@ async def start_listeners(
 
 async def _session(
     loop: asyncio.AbstractEventLoop,
-    factory: Callable[[], RelaySMTP],
+    factory: Callable[[], tuple[RelaySMTP, ssl.SSLContext | None]],
     conn: socket.socket,
     admission: Admission,
 ) -> None:
-    """Start the session of an accepted client; its ``connection_lost`` frees its place."""
+    """Start the session of an accepted client; its ``connection_lost`` frees its place.
+
+    On an implicit-TLS listener the handshake comes first (asyncio's, bounded
+    by ``_HANDSHAKE_TIMEOUT``); the greeting follows it.
+    """
     try:
-        await loop.connect_accepted_socket(factory, sock=conn)
+        protocol, context = factory()
+        await loop.connect_accepted_socket(
+            lambda: protocol,
+            sock=conn,
+            ssl=context,
+            ssl_handshake_timeout=_HANDSHAKE_TIMEOUT if context is not None else None,
+        )
     except Exception as exc:  # the client left at once (or the loop is closing)
         log.debug("could not start an SMTP session: %s", exc)
         admission.release()

@@ -74,7 +74,7 @@ class _Fail(SluiceError):
 
 def _connect_target(cfg: Config) -> Endpoint | None:
     """Where the daemon listens: the config's first address, or what it recorded."""
-    ep = cfg.smtp.listen[0]
+    ep = cfg.smtp.endpoints[0]
     if ep.port == 0:
         recorded = _recorded_listen(cfg.spool.path)
         if recorded is None:

@@ -47,7 +47,7 @@ from typing import Any
 
 from relay import logsetup
 from relay.backoff import exponential
-from relay.config import LogSettings, Rate, SmtpSettings, SuppressionSettings
+from relay.config import Endpoint, LogSettings, Rate, SmtpSettings, SuppressionSettings
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
 from relay.inbound.policy import WindowCounter
 from relay.runner import run_fast
@@ -120,7 +120,7 @@ class AcceptorPool:
         count: int,
         *,
         settings: Callable[[], WorkerSettings],
-        sockets: Callable[[], Sequence[socket.socket]],
+        sockets: Callable[[], Sequence[tuple[Endpoint, socket.socket]]],
         events: AcceptEvents,
         wake: Callable[[], None],
         rates: WindowCounter | None = None,
@@ -164,8 +164,8 @@ class AcceptorPool:
     async def _spawn(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair()
-        sockets = list(self._sockets())
-        fds = [s.fileno() for s in sockets]
+        bound = list(self._sockets())
+        fds = [s.fileno() for _, s in bound]
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command,
@@ -179,7 +179,9 @@ class AcceptorPool:
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent)
-        _send(writer, (self._settings(), fds))
+        _send(
+            writer, (self._settings(), [(ep, fd) for (ep, _), fd in zip(bound, fds, strict=True)])
+        )
         ready: asyncio.Future[None] = loop.create_future()
         worker = _Worker(slot, process, writer)
         worker.events = loop.create_task(
@@ -211,6 +213,8 @@ class AcceptorPool:
             elif kind == "rate":
                 ident, key, rate = value
                 _send(worker.writer, ("rate", (ident, self._rates.take(key, rate))))
+            elif kind == "auth":
+                self._events.on_auth(value)
             elif kind == "ready" and not ready.done():
                 ready.set_result(None)
         if not ready.done():
@@ -336,6 +340,9 @@ class _ChannelEvents:
     def on_reject(self, reason: str) -> None:
         _send(self._writer, ("reject", reason))
 
+    def on_auth(self, result: str) -> None:
+        _send(self._writer, ("auth", result))
+
 
 class _ChannelRates:
     """A ``RateGate`` that asks the daemon, which counts for every worker at once.
@@ -406,7 +413,7 @@ async def _serve(channel_fd: int) -> int:
             lambda: settings.smtp,
             handler,
             hostname=settings.hostname,
-            sockets=[socket.socket(fileno=fd) for fd in fds],
+            sockets=[(ep, socket.socket(fileno=fd)) for ep, fd in fds],
         )
         _send(writer, ("ready", os.getpid()))
 

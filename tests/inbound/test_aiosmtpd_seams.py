@@ -159,7 +159,17 @@ async def test_through_a_socket_each_seam_still_does_its_part(
 
 
 #: attributes of RelaySMTP's own (not aiosmtpd's)
-_OURS = {"_relay", "_gate", "_open", "_on_lost", "task", "_held_lines", "between_messages"}
+_OURS = {
+    "_relay",
+    "_gate",
+    "_open",
+    "_on_lost",
+    "task",
+    "_held_lines",
+    "between_messages",
+    "_smtp_auth",
+    "_auth_needed",
+}
 #: per-connection objects, equal in kind but never in identity
 _PER_CONNECTION = {"_stream_reader_wr", "_source_traceback", "_over_ssl", "_closed"}
 
@@ -201,8 +211,10 @@ async def test_init_matches_aiosmtpd() -> None:
     }
     assert all(m.__self__ is ours for m in mine["_smtp_methods"].values())
     assert set(theirs["_smtp_methods"]) >= {"EHLO", "MAIL", "RCPT", "DATA", "AUTH", "QUIT"}
+    # The mechanisms are aiosmtpd's, each wrapped by RelaySMTP (its check runs off the loop).
     assert {k: (v.method.__func__, v.is_builtin) for k, v in mine["_auth_methods"].items()} == {
-        k: (v.method.__func__, v.is_builtin) for k, v in theirs["_auth_methods"].items()
+        k: (getattr(RelaySMTP, f"auth_{k}"), v.is_builtin)
+        for k, v in theirs["_auth_methods"].items()
     }
     assert set(mine["_auth_methods"]) == {"LOGIN", "PLAIN"}
     assert all(v.method.__self__ is ours for v in mine["_auth_methods"].values())
@@ -374,7 +386,31 @@ async def test_replies_to_a_pipelined_group_leave_together_in_order(
 
 
 #: every member of aiosmtpd's SMTP that RelaySMTP replaces
-_OVERRIDES = ["__init__", "_getaddr", "_handle_client", "connection_lost", "push", "smtp_DATA"]
+_OVERRIDES = [
+    "__init__",
+    "_getaddr",
+    "_handle_client",
+    "connection_lost",
+    "push",
+    "smtp_DATA",
+    "_authenticate",
+    "auth_PLAIN",
+    "auth_LOGIN",
+]
+
+
+def test_the_mechanisms_hand_their_credentials_to_authenticate_last() -> None:
+    """Why RelaySMTP may check passwords after aiosmtpd's auth_PLAIN/auth_LOGIN return."""
+    for mech in ("PLAIN", "LOGIN"):
+        source = _source(f"auth_{mech}")
+        assert source.rstrip().endswith(
+            f'return self._authenticate("{mech}", LoginPassword(login, password))'
+        ), mech
+    assert _params(SMTP._authenticate) == ["self", "mechanism", "auth_data"]
+    # smtp_AUTH sends the result's message, and fills the session from a success.
+    auth = _source("smtp_AUTH")
+    assert "self.session.auth_data = _auth_data" in auth
+    assert "status = auth_result.message" in auth
 
 
 @pytest.mark.parametrize("name", _OVERRIDES)

@@ -20,7 +20,7 @@ def test_example_config_is_valid_with_the_units_credential(tmp_path: Path) -> No
     # What the unit's LoadCredential=main:/etc/sluice/credentials/main provides.
     (tmp_path / "main").write_text("s3cret\n")
     cfg = load(EXAMPLE, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
-    assert cfg.smtp.listen == [Endpoint("127.0.0.1", 25)]
+    assert cfg.smtp.endpoints == [Endpoint("127.0.0.1", 25)]
     assert str(cfg.spool.path).startswith("/var/lib/sluice/")
     (main,) = cfg.providers
     assert main.password is not None and main.password.credential == "main"
