@@ -1,10 +1,12 @@
 """``smtp.policies`` through a real daemon (``sluice serve``, two accept workers) and real
 clients (swaks, msmtp), delivering to two real upstreams.
 
-One daemon for the module. Its policies, first match wins:
+One daemon for the module, with a plain listener on 127.0.0.1 and a STARTTLS one with
+AUTH required on 127.0.0.4 (users alice and bob). Its policies, first match wins:
 
-0. clients on 127.0.0.2 and 127.0.0.3: 3 messages an hour (the rate tests bind there);
-1. the rest of 127.0.0.0/8: sender ``app@example.org`` or ``@news.example.org``, From
+0. user alice: sender ``alice@example.org`` only;
+1. clients on 127.0.0.2 and 127.0.0.3: 3 messages an hour (the rate tests bind there);
+2. the rest of 127.0.0.0/8: sender ``app@example.org`` or ``@news.example.org``, From
    domain ``example.org``, 20 KiB, routed to ``bulk`` on stream ``newsletter``.
 
 ``smtp.max_connections: 1`` per worker: two sessions open at once are in two processes,
@@ -21,15 +23,17 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import trustme
 
 from tests.conftest import eventually, fast_config, provider_for, write_config
-from tests.daemon_proc import DaemonProcess, start_daemon
+from tests.daemon_proc import LISTENING, DaemonProcess, start_daemon
 from tests.peers import require
 from tests.upstream import TestUpstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SIZE_LIMIT = 20 * 1024
+PASSWORD = "policy-test-password"
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Relay:
     #: the default provider (first by priority) and the policy's route
     up1: TestUpstream
     bulk: TestUpstream
+    #: the STARTTLS listener with AUTH required
+    auth_port: int
 
     @property
     def port(self) -> int:
@@ -45,18 +51,34 @@ class Relay:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay]:
+async def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> AsyncIterator[Relay]:
     up1 = await TestUpstream().start()
     bulk = await TestUpstream().start()
     tmp = tmp_path_factory.mktemp("policy")
+    cert = ca.issue_cert("127.0.0.4")
+    cert.cert_chain_pems[0].write_to_path(str(tmp / "smtp.crt"))
+    cert.private_key_pem.write_to_path(str(tmp / "smtp.key"))
+    submission = {
+        "address": "127.0.0.4:0",
+        "tls": "starttls",
+        "cert_file": str(tmp / "smtp.crt"),
+        "key_file": str(tmp / "smtp.key"),
+        "auth": "required",
+    }
     cfg = fast_config(
         tmp,
         [provider_for(up1, "up1", priority=1), provider_for(bulk, "bulk", priority=2)],
         smtp={
+            "listen": ["127.0.0.1:0", submission],
+            "users": [
+                {"name": "alice", "password_env": "POLICY_TEST_PW"},
+                {"name": "bob", "password_env": "POLICY_TEST_PW"},
+            ],
             "workers": 2,
             "max_connections": 1,
             "max_message_size": "1MiB",
             "policies": [
+                {"users": ["alice"], "allowed_senders": ["alice@example.org"]},
                 {"networks": ["127.0.0.2/31"], "rate": "3/h"},
                 {
                     "networks": ["127.0.0.0/8"],
@@ -69,9 +91,12 @@ async def relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay
             ],
         },
     )
-    daemon = await start_daemon(write_config(tmp / "sluice.yaml", cfg))
+    path = write_config(tmp / "sluice.yaml", cfg)
+    daemon = await start_daemon(path, env={"POLICY_TEST_PW": PASSWORD})
     try:
-        yield Relay(daemon, up1, bulk)
+        ports = [int(m.group(2)) for line in daemon.lines if (m := LISTENING.search(line))]
+        assert ports[0] == daemon.port
+        yield Relay(daemon, up1, bulk, ports[1])
     finally:
         await daemon.stop()
         await up1.stop()
@@ -162,7 +187,7 @@ async def test_a_network_policy_refuses_a_sender_with_550_and_takes_an_allowed_o
     assert " -> DATA" not in out
     await relay.daemon.wait_line(
         "refused MAIL FROM:<someone@example.org> from 127.0.0.1: "
-        "not allowed by smtp.policies[1].allowed_senders"
+        "not allowed by smtp.policies[2].allowed_senders"
     )
     for sender in ("app@example.org", "Anyone@NEWS.example.org"):
         code, out = await _swaks(
@@ -280,4 +305,32 @@ async def test_the_rate_is_one_count_across_accept_workers(relay: Relay) -> None
             await second.close()
     finally:
         await first.close()
-    await eventually(lambda: re.search(r"over smtp.policies\[0\].rate", relay.daemon.output))
+    await eventually(lambda: re.search(r"over smtp.policies\[1\].rate", relay.daemon.output))
+
+
+async def test_a_user_sending_as_a_sender_it_may_not_use_gets_550(relay: Relay) -> None:
+    """swaks over STARTTLS with AUTH PLAIN: alice may send as alice@, not as bob@."""
+    swaks = require("swaks")
+    auth = ["--tls", "--auth", "PLAIN", "--auth-password", PASSWORD, "--to", "r@example.net"]
+    server = ["--server", f"127.0.0.4:{relay.auth_port}"]
+    code, out = await _run(
+        swaks, *server, *auth, "--auth-user", "alice", "--from", "bob@example.org"
+    )
+    assert "<~  235 2.7.0" in out, out  # authenticated over TLS
+    assert code != 0, out
+    assert "<~* 550 5.7.1 Sender address not allowed for this user/network" in out, out
+    await relay.daemon.wait_line(
+        re.compile(
+            r"refused MAIL FROM:<bob@example.org> from \S+ \(user alice\): "
+            r"not allowed by smtp.policies\[0\].allowed_senders"
+        )
+    )
+    code, out = await _run(
+        swaks, *server, *auth, "--auth-user", "alice", "--from", "alice@example.org"
+    )
+    assert code == 0 and "queued as" in out, out
+    # bob has no policy of his own: the network's (policy 2) applies to him.
+    code, out = await _run(swaks, *server, *auth, "--auth-user", "bob", "--from", "b@example.org")
+    assert "<~* 550 5.7.1" in out and code != 0, out
+    code, out = await _run(swaks, *server, *auth, "--auth-user", "bob", "--from", "app@example.org")
+    assert code == 0 and "queued as" in out, out

@@ -12,11 +12,13 @@ from relay.config import Rate, SendingPolicy, loads
 from relay.errors import ConfigError
 from relay.inbound.policy import (
     R_NO_FROM,
+    Match,
     WindowCounter,
     default_headers,
     from_refusal,
     mail_size,
     policy_for,
+    rate_key,
     sender_allowed,
 )
 from relay.message import HeaderBlock
@@ -106,10 +108,19 @@ def test_the_window_allows_n_in_any_period_and_forgets_idle_keys() -> None:
     assert len(counter) == 1
 
 
+def test_the_rate_counts_per_user_when_authenticated_else_per_address() -> None:
+    match = Match(1, _policy(networks=["0.0.0.0/0", "::/0"], rate="5/m"))
+    assert rate_key(match, "10.0.0.5", "alice") == rate_key(match, "10.0.0.6", "alice")
+    assert rate_key(match, "10.0.0.5", None) != rate_key(match, "10.0.0.6", None)
+    # An IPv4 client seen on an IPv6 socket counts as itself.
+    assert rate_key(match, "::ffff:10.0.0.5", None) == rate_key(match, "10.0.0.5", None)
+    assert rate_key(Match(2, match.policy), "10.0.0.5", None) != rate_key(match, "10.0.0.5", None)
+
+
 def _config(policies: list[dict[str, Any]], **smtp: Any) -> str:
     return yaml.safe_dump(
         {
-            "smtp": {"policies": policies, **smtp},
+            "smtp": {"policies": policies, "users": [{"name": "alice", "password": "x"}], **smtp},
             "providers": [{"id": "up1", "host": "smtp.example.net"}],
         }
     )
@@ -120,6 +131,7 @@ def test_the_config_refuses_policies_that_cannot_apply_as_written() -> None:
         [
             {"allowed_senders": ["a@example.org"]},
             {"networks": ["10.0.0.0/8"], "providers": ["nope"], "max_message_size": "2MB"},
+            {"users": ["alice", "mallory"]},
         ],
         max_message_size="1MB",
     )
@@ -129,6 +141,8 @@ def test_the_config_refuses_policies_that_cannot_apply_as_written() -> None:
     assert "smtp.policies.0: a policy needs users or networks" in message
     assert "smtp.policies.1.providers.0: unknown provider id 'nope'" in message
     assert "smtp.policies.1.max_message_size: 2000000 is above smtp.max_message_size" in message
+    assert "smtp.policies.2.users.1: unknown user 'mallory' (not in smtp.users)" in message
+    assert "policies.2.users.0" not in message
 
 
 def test_a_valid_policy_loads() -> None:
