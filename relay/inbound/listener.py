@@ -297,7 +297,14 @@ class RelayHandler:
             return R_TOO_BIG.format(limit=limit)
         if policy.rate is not None and not self._spool.disk_full:
             key = rate_key(match, ip, user if isinstance(user, str) else None)
-            if not await self._rates.take(key, policy.rate):
+            try:
+                allowed = await self._rates.take(key, policy.rate)
+            except TimeoutError:
+                # An accept worker whose daemon does not answer (stuck, or gone
+                # and this worker about to stop): the client tries again later.
+                log.error("no answer from the daemon's rate count: MAIL from %s answered 451", who)
+                return R_INTERNAL
+            if not allowed:
                 log.warning(
                     "refused MAIL FROM:<%s> from %s: over smtp.policies[%d].rate (%d per %gs)",
                     address.strip("<>"),

@@ -348,8 +348,10 @@ class _ChannelRates:
     """A ``RateGate`` that asks the daemon, which counts for every worker at once.
 
     One question and answer per MAIL under a policy with a rate (a local
-    socketpair round trip, well under a millisecond); the answer is matched
-    to its question by a number, since sessions ask concurrently.
+    socketpair round trip; MAIL is answered no slower than a MAIL+RSET's
+    ordinary noise on a loaded 2-core host); the answer is matched to its
+    question by a number, since sessions ask concurrently. No answer within
+    10 s (a daemon stuck or gone) answers the MAIL ``451 4.3.0``.
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:

@@ -25,7 +25,10 @@ import pytest
 import pytest_asyncio
 import trustme
 
-from tests.conftest import eventually, fast_config, provider_for, write_config
+from relay.config import Rate, SmtpSettings
+from relay.inbound.listener import RelayHandler, start_listeners
+from relay.store.spool import Spool
+from tests.conftest import eventually, fast_config, provider_for, raw_session, write_config
 from tests.daemon_proc import LISTENING, DaemonProcess, start_daemon
 from tests.peers import require
 from tests.upstream import TestUpstream
@@ -334,3 +337,35 @@ async def test_a_user_sending_as_a_sender_it_may_not_use_gets_550(relay: Relay) 
     assert "<~* 550 5.7.1" in out and code != 0, out
     code, out = await _run(swaks, *server, *auth, "--auth-user", "bob", "--from", "app@example.org")
     assert code == 0 and "queued as" in out, out
+
+
+class _Unanswered:
+    """A rate count that never answers in time (an accept worker's daemon stuck or gone)."""
+
+    async def take(self, key: str, rate: Rate) -> bool:
+        raise TimeoutError
+
+
+async def test_a_rate_count_that_does_not_answer_gets_451_and_the_session_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = SmtpSettings.model_validate(
+        {"listen": ["127.0.0.1:0"], "policies": [{"networks": ["127.0.0.0/8"], "rate": "9/s"}]}
+    )
+    async with await Spool.open(tmp_path / "spool.sqlite3") as spool:
+        handler = RelayHandler(spool, lambda: settings, hostname="t.test", rates=_Unanswered())
+        listener = await start_listeners(lambda: settings, handler, hostname="t.test")
+        try:
+            (port,) = {ep.port for ep in listener.addresses}
+            replies = await raw_session(
+                port, [b"EHLO x\r\n", b"MAIL FROM:<a@example.org>\r\n", b"NOOP\r\n"]
+            )
+        finally:
+            await listener.aclose(grace=0)
+    assert replies[2].startswith("451 4.3.0"), replies
+    assert replies[3].startswith("250"), replies  # the session is still served
+    # Said as what it is, not as a traceback of an "error in SMTP session".
+    assert "no answer from the daemon's rate count: MAIL from 127.0.0.1 answered 451" in (
+        caplog.text
+    )
+    assert "error in SMTP session" not in caplog.text
