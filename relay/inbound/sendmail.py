@@ -24,6 +24,7 @@ are qualified with ``smtp.hostname`` (or this host's FQDN).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import pwd
 import smtplib
@@ -72,11 +73,23 @@ class _Fail(SluiceError):
         self.code = code
 
 
+def _plain_listener(cfg: Config) -> int:
+    """The first ``smtp.listen`` entry a local client may use without TLS or AUTH (else 0)."""
+    loopback = ipaddress.ip_address("127.0.0.1")
+    for i, entry in enumerate(cfg.smtp.listen):
+        if entry.tls == "implicit":
+            continue
+        if entry.auth_mode != "required" or any(loopback in net for net in entry.no_auth_networks):
+            return i
+    return 0
+
+
 def _connect_target(cfg: Config) -> Endpoint | None:
-    """Where the daemon listens: the config's first address, or what it recorded."""
-    ep = cfg.smtp.endpoints[0]
+    """Where the daemon listens: the config's first plain address, or what it recorded."""
+    index = _plain_listener(cfg)
+    ep = cfg.smtp.endpoints[index]
     if ep.port == 0:
-        recorded = _recorded_listen(cfg.spool.path)
+        recorded = _recorded_listen(cfg.spool.path, index)
         if recorded is None:
             return None
         ep = recorded
@@ -87,11 +100,12 @@ def _connect_target(cfg: Config) -> Endpoint | None:
     return ep
 
 
-def _recorded_listen(spool: Path) -> Endpoint | None:
+def _recorded_listen(spool: Path, index: int = 0) -> Endpoint | None:
     recorded = read_meta(spool, "daemon.listen")
     if not recorded:
         return None
-    host, _, port = recorded.split()[0].rpartition(":")
+    addresses = recorded.split()
+    host, _, port = addresses[min(index, len(addresses) - 1)].rpartition(":")
     return Endpoint(host.strip("[]"), int(port))
 
 

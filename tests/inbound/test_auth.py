@@ -46,8 +46,10 @@ HASHED_USER, HASHED_PW = "app1", "correct horse battery"
 ENV_USER, ENV_PW = "app2", "s3cret-from-env"
 FAILURE_DELAY = 0.3
 FAILURE_LIMIT = 3
-#: README's fail2ban filter (docs say: put it in /etc/fail2ban/filter.d/sluice-auth.conf)
-FAIL2BAN_REGEX = r"auth failed client=<HOST> user=\S* mechanism=\S+ reason=\S+"
+#: README's fail2ban filter, as written there
+FAIL2BAN_REGEX = re.search(
+    r"^failregex = (.+)$", (Path(__file__).parents[2] / "README.md").read_text(), re.MULTILINE
+).group(1)  # type: ignore[union-attr]
 
 
 @dataclass
