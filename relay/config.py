@@ -38,6 +38,7 @@ from pydantic import (
     model_validator,
 )
 
+from relay.address import normal_domain
 from relay.dkim import DEFAULT_HEADERS as DKIM_HEADERS
 from relay.dkim import NEVER_SIGNED as DKIM_NEVER_SIGNED
 from relay.dkim import DkimKeyError
@@ -77,6 +78,7 @@ __all__ = [
     "RouteSettings",
     "ScheduleStep",
     "SecretRef",
+    "SendingPolicy",
     "SmtpSettings",
     "SpoolSettings",
     "SuppressionSettings",
@@ -304,6 +306,89 @@ def _fold_secret(
     return out
 
 
+# ----------------------------------------------------------- smtp.policies
+# What a user (after AUTH) or a client network may send: ``relay.inbound.policy``
+# enforces it; kept in a block of its own.
+
+
+def _sender_pattern(value: object) -> object:
+    """An ``allowed_senders`` entry: ``<>``, ``user@domain``, ``@domain`` or ``*@domain``."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text == "<>":
+        return text
+    local, at, domain = text.rpartition("@")
+    if not at or not domain or " " in text:
+        raise ValueError(f"{value!r} is not an address, @domain, *@domain or <>")
+    if local == "*":
+        local = ""
+    return f"{local.lower()}@{normal_domain(domain)}"
+
+
+SenderPattern = Annotated[str, BeforeValidator(_sender_pattern)]
+
+
+class SendingPolicy(_Model):
+    """One entry of ``smtp.policies``: who it applies to, and what they may send.
+
+    Matches a session when every condition given matches (``users``: the
+    name the session authenticated as; ``networks``: the client's address);
+    the first entry that matches applies (Postfix's restriction lists read
+    the same way). A session no entry matches has no restriction.
+    """
+
+    users: list[str] = Field(default_factory=list)
+    networks: list[Network] = Field(default_factory=list)
+    #: envelope senders (MAIL FROM) allowed; empty: any. ``<>`` allows the null sender
+    allowed_senders: list[SenderPattern] = Field(default_factory=list)
+    #: domains the From header's address(es) may have (``*.example.com``: and below); empty: any
+    allowed_from_domains: list[str] = Field(default_factory=list)
+    #: messages per client (the user, else the client address) per second/minute/hour
+    rate: RateT | None = None
+    max_message_size: Size | None = Field(default=None, gt=0)
+    #: the default route: an ``X-Sluice-Provider`` header added when the message has none
+    providers: list[str] = Field(default_factory=list)
+    #: the default stream: an ``X-Sluice-Stream`` header added when the message names none
+    stream: str | None = None
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        return [ipaddress.ip_network(str(v), strict=False) for v in value]
+
+    @field_validator("allowed_from_domains", mode="before")
+    @classmethod
+    def _domains(cls, value: object) -> object:
+        if not isinstance(value, list):
+            return value
+        return [normal_domain(str(v)) for v in value]
+
+
+def _policy_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
+    """``smtp.policies``: whom each matches, known users and providers, a size that fits."""
+    users = {u.name for u in cfg.smtp.users}
+    known = {p.id for p in cfg.providers}
+    for i, policy in enumerate(cfg.smtp.policies):
+        loc: Loc = ("smtp", "policies", i)
+        if not (policy.users or policy.networks):
+            yield loc, "a policy needs users or networks (0.0.0.0/0 and ::/0 match every client)"
+        for j, name in enumerate(policy.users):
+            if name not in users:
+                yield (*loc, "users", j), f"unknown user {name!r} (not in smtp.users)"
+        for j, pid in enumerate(policy.providers):
+            if pid not in known:
+                yield (*loc, "providers", j), f"unknown provider id {pid!r}"
+        size = policy.max_message_size
+        if size is not None and size > cfg.smtp.max_message_size:
+            yield (
+                (*loc, "max_message_size"),
+                f"{size} is above smtp.max_message_size ({cfg.smtp.max_message_size})",
+            )
+
+
 # --------------------------------------------------------------- SMTP listeners and users
 # Issue #26: clients beyond loopback. A ``smtp.listen`` entry is a string (as
 # before: no TLS, no AUTH) or a mapping with TLS, its own networks and an AUTH
@@ -451,6 +536,8 @@ class SmtpSettings(_Model):
     hostname: str | None = None
     idle_timeout: Duration = Field(default=300.0, gt=0)
     bare_line_endings: Literal["reject", "accept"] = "reject"
+    #: what each user or client network may send (``SendingPolicy``; first match wins)
+    policies: list[SendingPolicy] = Field(default_factory=list)
     #: refuse a recipient on the suppression list at RCPT (a 5xx the app sees)
     #: instead of accepting it and ending it as ``suppressed``; global entries
     #: only (a message's stream is not known before DATA)
@@ -1239,6 +1326,7 @@ def _semantic_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:
     exposed = cfg.admin.exposure_issue()
     if exposed is not None:
         yield ("admin", "listen"), exposed
+    yield from _policy_issues(cfg)
 
 
 def _file_issues(cfg: Config) -> Iterator[tuple[Loc, str]]:

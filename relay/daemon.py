@@ -29,6 +29,7 @@ from relay.bounces.poller import BouncePoller, PollStatus
 from relay.config import Config, load
 from relay.errors import ConfigError, ListenError, SpoolError
 from relay.inbound.listener import Listener, RelayHandler, start_listeners
+from relay.inbound.policy import LocalRates, WindowCounter
 from relay.inbound.workers import AcceptorPool, WorkerSettings
 from relay.metrics import Metrics
 from relay.model import ACTIVE, RecipientStatus
@@ -405,6 +406,8 @@ class Daemon:
             self._sign_ins = SignIns(spool.save_oauth_grant, clock=self._clock)
             stack.push_async_callback(self._sign_ins.aclose)
 
+            #: ``smtp.policies`` rates, one count for this process and every accept worker
+            rates = WindowCounter()
             handler = RelayHandler(
                 spool,
                 lambda: self.config.smtp,
@@ -412,6 +415,7 @@ class Daemon:
                 clock=self._clock,
                 events=self.metrics,
                 rules=self.address_rules,
+                rates=LocalRates(rates),
             )
             workers = cfg.smtp.worker_count
             try:
@@ -429,6 +433,7 @@ class Daemon:
                     sockets=lambda: self.listener.bound if self.listener else [],
                     events=self.metrics,
                     wake=spool.wake.set,
+                    rates=rates,
                 )
                 # Stopped before the listener's sockets close (the stack is LIFO).
                 stack.push_async_callback(self._close_acceptors)

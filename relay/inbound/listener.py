@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 import socket
@@ -38,7 +37,22 @@ from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
 from relay.inbound.auth import SmtpAuth
 from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
-from relay.message import bare_line_ending, extract_subject
+from relay.inbound.policy import (
+    R_RATE,
+    R_SENDER_NOT_ALLOWED,
+    R_TOO_BIG,
+    LocalRates,
+    Match,
+    RateGate,
+    client_address,
+    default_headers,
+    from_refusal,
+    mail_size,
+    policy_for,
+    rate_key,
+    sender_allowed,
+)
+from relay.message import HeaderBlock, bare_line_ending, extract_subject
 from relay.received import helo_name, received_header
 from relay.runner import GIVE_BACK_AFTER, LARGE_MESSAGE, give_back_memory
 from relay.store.spool import NewMessage, Spool, new_queue_id
@@ -197,10 +211,13 @@ class RelayHandler:
         clock: Clock = time.time,
         events: AcceptEvents | None = None,
         rules: Callable[[], AddressRules] = AddressRules,
+        rates: RateGate | None = None,
     ) -> None:
         self._events = events or _NoEvents()
         #: the address rules of the current config (aliases, redirect, archive_bcc)
         self._rules = rules
+        #: counts ``smtp.policies`` rates (the daemon's counter, for every accepting process)
+        self._rates = rates or LocalRates()
         self._rng = random.Random()  # queue IDs (seeded from os.urandom)
         self._spool = spool
         self._settings = settings
@@ -230,7 +247,83 @@ class RelayHandler:
         session.host_name = helo_name(hostname)
         if not getattr(server, "offers_auth", True):
             responses = [r for r in responses if not r.startswith("250-AUTH")]
-        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        responses = [*responses[:-1], "250-PIPELINING", responses[-1]]
+        match = self._policy(session)
+        if match is not None and match.policy.max_message_size is not None:
+            # Known before MAIL only for a network's policy (a user's comes after AUTH).
+            size = f"SIZE {self._size_limit(match)}"
+            responses = [r[:4] + size if r[4:].startswith("SIZE ") else r for r in responses]
+        return responses
+
+    def _policy(self, session: Session) -> Match | None:
+        """The ``smtp.policies`` entry that applies to this session now (AUTH may change it)."""
+        policies = self._settings().policies
+        if not policies:
+            return None
+        user = session.auth_data if session.authenticated else None
+        return policy_for(policies, peer_ip(session), user if isinstance(user, str) else None)
+
+    def _size_limit(self, match: Match | None) -> int:
+        limit = self._settings().max_message_size
+        if match is not None and match.policy.max_message_size is not None:
+            limit = min(limit, match.policy.max_message_size)
+        return limit
+
+    async def _policy_refusal(
+        self, server: SMTP, session: Session, address: str, options: list[str]
+    ) -> str | None:
+        """At MAIL: the reply refusing it under the session's policy, or ``None``.
+
+        Also sets the session's size limit for DATA. The rate is counted last,
+        so a MAIL refused for another reason does not use up the client's rate
+        (the spool's room is checked before it, by the caller's order too).
+        """
+        match = self._policy(session)
+        server.data_size_limit = self._size_limit(match)
+        if match is None:
+            return None
+        policy = match.policy
+        ip = peer_ip(session)
+        user = session.auth_data if session.authenticated else None
+        who = f"{ip} (user {user})" if user else ip
+        if not sender_allowed(policy, address):
+            log.warning(
+                "refused MAIL FROM:<%s> from %s: not allowed by smtp.policies[%d].allowed_senders",
+                address.strip("<>"),
+                who,
+                match.index,
+                extra={"event": "policy_refused"},
+            )
+            self._events.on_reject("policy_sender")
+            return R_SENDER_NOT_ALLOWED
+        declared = mail_size(options)
+        limit = self._size_limit(match)
+        if declared is not None and declared > limit:
+            self._events.on_reject("policy_size")
+            return R_TOO_BIG.format(limit=limit)
+        if policy.rate is not None and not self._spool.disk_full:
+            key = rate_key(match, ip, user if isinstance(user, str) else None)
+            try:
+                allowed = await self._rates.take(key, policy.rate)
+            except TimeoutError:
+                # An accept worker whose daemon does not answer (stuck, or gone
+                # and this worker about to stop): the client tries again later.
+                log.error("no answer from the daemon's rate count: MAIL from %s answered 451", who)
+                return R_INTERNAL
+            if not allowed:
+                log.warning(
+                    "refused MAIL FROM:<%s> from %s: over smtp.policies[%d].rate (%d per %gs)",
+                    address.strip("<>"),
+                    who,
+                    match.index,
+                    policy.rate.count,
+                    policy.rate.per,
+                    extra={"event": "policy_refused"},
+                )
+                self._events.on_reject("policy_rate")
+                unit = {1.0: "second", 60.0: "minute", 3600.0: "hour"}.get(policy.rate.per, "?")
+                return R_RATE.format(count=policy.rate.count, per=unit)
+        return None
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -243,6 +336,10 @@ class RelayHandler:
             return R_NEED_SMTPUTF8
         elif (problem := address_problem(address)) is not None:
             return R_BAD_SENDER.format(reason=problem)
+        if self._settings().policies:
+            refusal = await self._policy_refusal(server, session, address, options)
+            if refusal is not None:
+                return refusal
         if self._spool.disk_full:
             # Refused before the client sends its body (Postfix does the same):
             # the message stays with the client until there is room.
@@ -288,6 +385,23 @@ class RelayHandler:
                 self._events.on_reject("bare_line_ending")
                 return R_BARE_LF.format(offset=offset)
             crlf_only = True
+        if settings.policies:
+            match = self._policy(session)
+            if match is not None:
+                head = HeaderBlock(content)
+                refusal = from_refusal(match.policy, head)
+                if refusal is not None:
+                    log.warning(
+                        "rejected message from %s: From not allowed by "
+                        "smtp.policies[%d].allowed_from_domains (%s)",
+                        peer_ip(session),
+                        match.index,
+                        refusal[10:],
+                        extra={"event": "policy_refused"},
+                    )
+                    self._events.on_reject("policy_from")
+                    return refusal
+                content = default_headers(match.policy, head, self._spool.stream_headers) + content
         now = self._clock()
         queue_id = new_queue_id(now, self._rng)
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
@@ -376,13 +490,8 @@ class Sessions:
 
 def in_networks(ip: str, networks: Sequence[Network]) -> bool:
     """Whether an IP address (text, as a socket gives it) is in one of ``networks``."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks)
+    addr = client_address(ip)
+    return addr is not None and any(addr in net for net in networks)
 
 
 def peer_filter(

@@ -13,7 +13,10 @@ processes do for its queue manager. Each one:
   writer thread (WAL allows one writer at a time across processes; each
   commit is short), and answers ``250`` only after that commit, as in-process;
 * reports each accepted or refused message on its channel to the daemon (a
-  socketpair), which counts it in ``/metrics`` and wakes the scheduler.
+  socketpair), which counts it in ``/metrics`` and wakes the scheduler;
+* asks the daemon, over the same channel, whether a message fits its
+  ``smtp.policies`` rate: the daemon counts for all workers, so a client
+  spread over several gets the configured rate, not N times it.
 
 The daemon sends settings on reload and ``stop`` on shutdown; a worker whose
 channel closes (the daemon died: the kernel closes its end of the socketpair
@@ -45,8 +48,9 @@ from typing import Any
 from relay import logsetup
 from relay.address_rules import AddressRules
 from relay.backoff import exponential
-from relay.config import Endpoint, LogSettings, SmtpSettings, SuppressionSettings
+from relay.config import Endpoint, LogSettings, Rate, SmtpSettings, SuppressionSettings
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
+from relay.inbound.policy import WindowCounter
 from relay.runner import run_fast
 from relay.store.spool import Spool
 
@@ -58,6 +62,8 @@ _LENGTH = struct.Struct(">I")
 _READY_WITHIN = 30.0
 _RESPAWN_DELAY = 1.0
 _RESPAWN_MAX_DELAY = 60.0
+#: how long a worker waits for the daemon's answer to a rate question before refusing (451)
+_RATE_ANSWER_WITHIN = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +126,11 @@ class AcceptorPool:
         sockets: Callable[[], Sequence[tuple[Endpoint, socket.socket]]],
         events: AcceptEvents,
         wake: Callable[[], None],
+        rates: WindowCounter | None = None,
     ) -> None:
         self._count = count
+        #: ``smtp.policies`` rates, counted here for every worker (they ask over their channel)
+        self._rates = rates or WindowCounter()
         self._settings = settings
         self._sockets = sockets
         self._events = events
@@ -204,6 +213,9 @@ class AcceptorPool:
                 self._wake()
             elif kind == "reject":
                 self._events.on_reject(value)
+            elif kind == "rate":
+                ident, key, rate = value
+                _send(worker.writer, ("rate", (ident, self._rates.take(key, rate))))
             elif kind == "auth":
                 self._events.on_auth(value)
             elif kind == "ready" and not ready.done():
@@ -335,6 +347,39 @@ class _ChannelEvents:
         _send(self._writer, ("auth", result))
 
 
+class _ChannelRates:
+    """A ``RateGate`` that asks the daemon, which counts for every worker at once.
+
+    One question and answer per MAIL under a policy with a rate (a local
+    socketpair round trip; MAIL is answered no slower than a MAIL+RSET's
+    ordinary noise on a loaded 2-core host); the answer is matched to its
+    question by a number, since sessions ask concurrently. No answer within
+    10 s (a daemon stuck or gone) answers the MAIL ``451 4.3.0``.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._asked = 0
+        self._pending: dict[int, asyncio.Future[bool]] = {}
+
+    async def take(self, key: str, rate: Rate) -> bool:
+        self._asked += 1
+        ident = self._asked
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending[ident] = answer
+        try:
+            _send(self._writer, ("rate", (ident, key, rate)))
+            async with asyncio.timeout(_RATE_ANSWER_WITHIN):
+                return await answer
+        finally:
+            self._pending.pop(ident, None)
+
+    def answered(self, ident: int, allowed: bool) -> None:
+        answer = self._pending.get(ident)
+        if answer is not None and not answer.done():
+            answer.set_result(allowed)
+
+
 def _configure_logs(settings: WorkerSettings) -> None:
     if settings.sluice_logs:
         logsetup.configure(settings.log.level, settings.log.format)
@@ -360,6 +405,7 @@ async def _serve(channel_fd: int) -> int:
         signal.signal(sig, signal.SIG_IGN)
     spool = await Spool.open(settings.spool_path)
     spool.stream_headers = settings.stream_headers
+    rates = _ChannelRates(writer)
     try:
         handler = RelayHandler(
             spool,
@@ -367,6 +413,7 @@ async def _serve(channel_fd: int) -> int:
             hostname=settings.hostname,
             events=_ChannelEvents(writer),
             rules=lambda: settings.rules,
+            rates=rates,
         )
         listener = await start_listeners(
             lambda: settings.smtp,
@@ -384,6 +431,8 @@ async def _serve(channel_fd: int) -> int:
                     settings = value
                     _configure_logs(settings)
                     spool.stream_headers = settings.stream_headers
+                elif kind == "rate":
+                    rates.answered(*value)
                 elif kind == "stop":
                     grace = value
                     break
