@@ -111,7 +111,7 @@ async def test_queue_marks_count_recipients_and_find_bounces_after_delivery(
 async def test_waiting_via_counts_unsent_recipients_last_tried_through_a_provider(
     tmp_path: Path,
 ) -> None:
-    """What a provider's Delete confirmation says: recipients still waiting whose last try was it."""
+    """A provider's Delete confirmation: recipients still waiting whose last try was it."""
     async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: 1000.0) as spool:
         await spool.enqueue(_msg("A", "a1@example.net", "a2@example.net"))
         await _attempt(spool, AttemptStatus.DEFERRED, RecipientStatus.DEFERRED)  # 2 waiting
