@@ -671,6 +671,10 @@ def _give_tail(node: object, tail: CommentToken | None) -> None:
 def _put(mapping: CommentedMap, key: str, value: object) -> None:
     """Add a key at the end of a mapping, below the last entry's own comment lines."""
     column = _column_of(mapping)
+    if getattr(mapping.lc, "col", None) is None:
+        # Made by an edit (an appended provider): a comment on it was moved there to
+        # stay at the end of the block, so all of it moves on below the new key.
+        column = 1 << 30
     tail = _take_tail(mapping, column) if len(mapping) else None
     mapping[key] = value
     _give_tail(mapping, tail)

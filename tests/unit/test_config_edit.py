@@ -288,3 +288,32 @@ def test_lines_ruamel_would_respace_stay_as_written_unless_next_to_an_edit() -> 
     out = doc.render()
     assert _changed_lines(text, out) == ["-    port: 25", "+    port: 2525"]
     assert '  listen:   ["127.0.0.1:25"]\n  hostname:    relay.example.com\n' in out
+
+
+def test_keys_set_one_by_one_on_an_appended_provider_stay_one_block() -> None:
+    """As ``add_provider`` builds it: the id appended, then each field set."""
+    text = (ROOT / "config.example.yaml").read_text()
+    doc = ConfigDocument(text.encode())
+    index = doc.append(("providers",), {"id": "sg"})
+    for key, value in (("host", "smtp.sendgrid.net"), ("port", 587), ("username", "apikey")):
+        doc.set(("providers", index, key), value)
+    out = doc.render()
+    assert _changed_lines(text, out) == [
+        "+  - id: sg",
+        "+    host: smtp.sendgrid.net",
+        "+    port: 587",
+        "+    username: apikey",
+    ]
+    assert out.index("    username: apikey") < out.index("# Routing (example)")
+
+
+def test_a_comment_that_ends_the_file_stays_below_a_provider_built_key_by_key() -> None:
+    text = "providers:\n  - id: a\n    host: a.example.com\n# the very end\n"
+    doc = ConfigDocument(text.encode())
+    index = doc.append(("providers",), {"id": "sg"})
+    doc.set(("providers", index, "host"), "h.example.com")
+    doc.set(("providers", index, "port"), 25)
+    assert doc.render() == (
+        "providers:\n  - id: a\n    host: a.example.com\n"
+        "  - id: sg\n    host: h.example.com\n    port: 25\n# the very end\n"
+    )
