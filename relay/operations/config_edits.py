@@ -57,6 +57,7 @@ from relay.model import Action
 from relay.operations.actor import Actor
 from relay.secrets import SecretSource
 from relay.store.spool import Spool
+from relay.tls import settings_context
 
 __all__ = [
     "CONNECTION_FIELDS",
@@ -287,6 +288,7 @@ class _Secrets:
         return self.ctx.secrets_dir.absolute() / name
 
     def write(self) -> None:
+        """Write every pending secret, remembering what each file held (for ``undo``)."""
         for name, value in self.pending.values():
             path = self.path(name)
             try:
@@ -397,6 +399,18 @@ def _validate(ctx: EditContext, text: str, prefix: Loc, what: str) -> Config:
         raise EditRefused(f"the {what} is not valid", errors) from None
 
 
+def _ca_file(settings: ProviderSettings | MailboxSettings, field: str) -> None:
+    """Refuse a ``ca_file`` that does not load, as ``sluice check`` does (OpenSSL reads it)."""
+    if settings.ca_file is None:
+        return
+    try:
+        settings_context(settings)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        message = f"cannot load {settings.ca_file}: {reason}"
+        raise EditRefused(message, [FieldError(field, message)]) from None
+
+
 def _with_typed(
     settings: ProviderSettings | MailboxSettings, secrets: _Secrets, prefix: str = ""
 ) -> Any:
@@ -426,11 +440,19 @@ async def _commit(
     detail: str,
 ) -> tuple[str, bool]:
     """Write secrets and file, reload (undo both if refused), audit. (digest, reloaded)."""
-    await asyncio.to_thread(secrets.write)
     try:
+        await asyncio.to_thread(secrets.write)
         digest = await asyncio.to_thread(
             write_atomic, ctx.config_path, text, expect_digest=doc.digest, base_text=doc.text
         )
+    except OSError as exc:
+        await asyncio.to_thread(secrets.undo)
+        where = exc.filename or ctx.config_path
+        raise EditRefused(
+            f"cannot write {where}: {exc.strerror or exc}; the user Sluice runs as needs "
+            "write access to the config file's directory and the secrets directory "
+            '(docs/operating.md, "Editing providers without opening the file")'
+        ) from None
     except BaseException:
         await asyncio.to_thread(secrets.undo)
         raise
@@ -528,6 +550,7 @@ async def add_provider(
     text = doc.render()
     cfg = _validate(ctx, text, ("providers", index), "provider")
     p = cfg.providers[index]
+    _ca_file(p, "ca_file")
     answer = None
     sign_in = _needs_sign_in(p)
     if not sign_in:
@@ -579,6 +602,7 @@ async def edit_provider(
     text = doc.render()
     cfg = _validate(ctx, text, ("providers", index), "provider")
     p = cfg.providers[index]
+    _ca_file(p, "ca_file")
     answer = None
     sign_in = _needs_sign_in(p)
     if p.enabled and not sign_in and CONNECTION_FIELDS.intersection(changed):
@@ -703,6 +727,8 @@ async def save_bounces(
     text = doc.render()
     cfg = _validate(ctx, text, ("bounces",), "bounce settings")
     box = cfg.bounces.mailbox
+    if box is not None:
+        _ca_file(box, "mailbox.ca_file")
     answer = None
     touched = {c.removeprefix("mailbox.") for c in changed if c.startswith("mailbox.")}
     if box is not None and _MAILBOX_CONNECTION.intersection(touched):

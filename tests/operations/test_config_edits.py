@@ -275,3 +275,34 @@ async def test_remove_refuses_a_provider_a_route_names_then_removes(
     assert result.reloaded
     assert "id: main" not in ctx.config_path.read_text()
     assert ctx.config_path.read_text().startswith("# Sluice on the test host")
+
+
+async def test_a_ca_file_that_does_not_load_is_refused_on_its_field(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    ctx = _ctx(tmp_path, spool, checks)
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("not a certificate\n")
+    for ca in (tmp_path / "missing.pem", bad):
+        with pytest.raises(EditRefused) as info:
+            await ops.add_provider(
+                ctx,
+                {**SG, "encryption": "starttls", "ca_file": str(ca)},
+                BOB,
+                base_digest=ctx.loaded_digest,
+            )
+        assert [e.field for e in info.value.errors] == ["ca_file"]
+        assert f"cannot load {ca}" in info.value.errors[0].message
+    assert checks.seen == [] and ctx.config_path.read_text() == CONFIG
+
+
+async def test_a_file_that_cannot_be_written_is_refused_in_words(
+    tmp_path: Path, spool: Spool
+) -> None:
+    ctx = _ctx(tmp_path, spool, Checks())
+    (tmp_path / "secrets").write_text("a file where the directory should be")
+    with pytest.raises(EditRefused) as info:
+        await ops.add_provider(ctx, SG, BOB, base_digest=ctx.loaded_digest)
+    assert "cannot write" in str(info.value) and "write access" in str(info.value)
+    assert ctx.config_path.read_text() == CONFIG
