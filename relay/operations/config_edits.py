@@ -362,6 +362,8 @@ def _apply_values(
             )
             changed.append(fieldname)
             continue
+        if value is not None and value != "" and doc.has(loc) and _same(doc.get(loc), value):
+            continue  # sent as it is (a form may send every field): nothing to change
         reason = doc.provenance(loc)
         if reason is not None and "environment variable" in reason and doc.has(loc):
             errors.append(FieldError(fieldname, f"comes {reason}; change it there, not here"))
@@ -382,6 +384,13 @@ def _apply_values(
     if errors:
         raise EditRefused("the form has errors", errors)
     return changed
+
+
+def _same(current: object, value: object) -> bool:
+    """Whether a form's value is what the file has (a form sends "587" for 587)."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return current is value or str(current).lower() == str(value).lower()
+    return str(current) == str(value)
 
 
 def _validate(ctx: EditContext, text: str, prefix: Loc, what: str) -> Config:

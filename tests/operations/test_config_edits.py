@@ -8,6 +8,7 @@ Postfix with Dovecot SASL, is in tests/cli/test_providers_edit.py.
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -306,3 +307,25 @@ async def test_a_file_that_cannot_be_written_is_refused_in_words(
         await ops.add_provider(ctx, SG, BOB, base_digest=ctx.loaded_digest)
     assert "cannot write" in str(info.value) and "write access" in str(info.value)
     assert ctx.config_path.read_text() == CONFIG
+
+
+async def test_fields_sent_unchanged_change_nothing_even_from_the_environment(
+    tmp_path: Path, spool: Spool
+) -> None:
+    (tmp_path / "sluice.yaml").write_text(CONFIG.replace("host: 127.0.0.1", "host: ${RELAY_HOST}"))
+    ctx = _ctx(tmp_path, spool, Checks())
+    ctx = dataclasses.replace(ctx, env={"RELAY_HOST": "127.0.0.1"})
+    result = await ops.edit_provider(
+        ctx,
+        "main",
+        {"host": "${RELAY_HOST}", "port": "2525", "encryption": "none"},
+        BOB,
+        base_digest=ctx.loaded_digest,
+    )
+    assert result.changed == [] and not result.reloaded
+    with pytest.raises(EditRefused) as info:
+        await ops.edit_provider(
+            ctx, "main", {"host": "10.0.0.1"}, BOB, base_digest=ctx.loaded_digest
+        )
+    assert info.value.errors[0].field == "host"
+    assert "environment variable RELAY_HOST" in info.value.errors[0].message
