@@ -497,9 +497,13 @@ def _provider_index(doc: ConfigDocument, provider_id: str) -> int:
     return index
 
 
-def _needs_sign_in(p: ProviderSettings) -> bool:
+async def _needs_sign_in(spool: Spool, p: ProviderSettings) -> bool:
+    """An oauth2 provider with a device sign-in, no refresh token in the file, none in the spool."""
     o = p.oauth2
-    return o is not None and bool(o.device_authorization_url) and o.refresh_token is None
+    if o is None or not o.device_authorization_url or o.refresh_token is not None:
+        return False
+    grant = await spool.oauth_grant(p.id)
+    return grant is None or grant.state != "connected"
 
 
 async def _check(
@@ -561,7 +565,7 @@ async def add_provider(
     p = cfg.providers[index]
     _ca_file(p, "ca_file")
     answer = None
-    sign_in = _needs_sign_in(p)
+    sign_in = await _needs_sign_in(ctx.spool, p)
     if not sign_in:
         answer = await _check(ctx, p, secrets, save_anyway)
     digest, reloaded = await _commit(
@@ -613,7 +617,7 @@ async def edit_provider(
     p = cfg.providers[index]
     _ca_file(p, "ca_file")
     answer = None
-    sign_in = _needs_sign_in(p)
+    sign_in = await _needs_sign_in(ctx.spool, p)
     if p.enabled and not sign_in and CONNECTION_FIELDS.intersection(changed):
         answer = await _check(ctx, p, secrets, save_anyway)
     digest, reloaded = await _commit(

@@ -329,3 +329,31 @@ async def test_fields_sent_unchanged_change_nothing_even_from_the_environment(
         )
     assert info.value.errors[0].field == "host"
     assert "environment variable RELAY_HOST" in info.value.errors[0].message
+
+
+async def test_a_device_sign_in_provider_is_saved_unchecked_and_asks_for_connect(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    checks.answer = "AUTH: 535 no token yet"
+    ctx = _ctx(tmp_path, spool, checks)
+    m365 = {
+        "id": "m365",
+        "host": "127.0.0.1",
+        "port": 2527,
+        "encryption": "none",
+        "allow_insecure_auth": True,
+        "username": "app@example.com",
+        "auth_mechanism": "xoauth2",
+        "oauth2.token_url": "https://login.example.com/token",
+        "oauth2.client_id": "client-1",
+        "oauth2.device_authorization_url": "https://login.example.com/devicecode",
+    }
+    result = await ops.add_provider(ctx, m365, BOB, base_digest=ctx.loaded_digest)
+    assert result.needs_sign_in and checks.seen == []
+    await spool.save_oauth_grant("m365", "refresh-token-from-the-sign-in")
+    ctx = _ctx(tmp_path, spool, checks)  # the daemon reloaded: it runs the new file
+    checks.answer = None
+    result = await ops.edit_provider(ctx, "m365", {"port": 2528}, BOB, base_digest=result.digest)
+    assert not result.needs_sign_in  # signed in: the edit is checked like any other
+    assert [p.id for p in checks.seen] == ["m365"]
