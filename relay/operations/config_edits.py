@@ -345,12 +345,13 @@ def _apply_values(
     errors: list[FieldError] = []
     # Where a secret comes from is read from the file as it was: a new provider's
     # username must not make its typed password "the systemd credential".
-    origin = ConfigDocument(doc.raw, path=doc.path)
+    origin: ConfigDocument | None = None
     for fieldname, value in values.items():
         loc = (*container, *_loc_of(fieldname))
         if fieldname in secret_set:
             if value is None or value == "":
                 continue  # the masked field left as it was: unchanged
+            origin = origin or ConfigDocument(doc.raw, path=doc.path)
             _set_secret(
                 doc,
                 origin,
