@@ -453,9 +453,15 @@ class ConfigDocument:
         if not self.has(loc):
             return False
         self._refuse_shared(loc)
+        # A mapping that would be left empty goes whole: "log:" with nothing under
+        # it reads as null, and ruamel cannot write an empty block mapping that
+        # held comments.
+        while len(loc) > 1 and isinstance(self.get(loc[:-1]), CommentedMap):
+            if len(self.get(loc[:-1])) != 1:
+                break
+            loc = loc[:-1]
         parent = self._container(loc, create=False)
-        key = loc[-1]
-        _remove(parent, key)
+        _remove(parent, loc[-1])
         self.changed.append(loc)
         return True
 
@@ -592,9 +598,15 @@ def _like(old: object, value: object) -> object:
 
 
 def _last_comment_holder(node: object) -> tuple[Any, Any] | None:
-    """(container, key) whose trailing comment ends ``node``, the deepest last entry."""
+    """(container, key) whose trailing comment ends ``node``, the deepest last entry.
+
+    A flow collection (``[a, b]``, ``{k: v}``) is one line: the comment after it
+    belongs to its key, never inside it (where ruamel would break the line).
+    """
     holder: tuple[Any, Any] | None = None
     while isinstance(node, CommentedMap | CommentedSeq) and len(node) > 0:
+        if holder is not None and node.fa.flow_style():
+            break
         key: Any = (
             next(reversed(list(node.keys()))) if isinstance(node, CommentedMap) else len(node) - 1
         )
@@ -665,11 +677,17 @@ def _give_tail(node: object, tail: CommentToken | None) -> None:
     if existing is not None:
         existing.value = existing.value.rstrip("\n") + value
         return
-    token = CommentToken(value, tail.start_mark, None)
-    if isinstance(container, CommentedMap):
-        container.ca.items[key] = [None, None, token, None]
-    else:
-        container.ca.items[key] = [token, None]
+    _set_trailing(container, key, CommentToken(value, tail.start_mark, None))
+
+
+def _set_trailing(container: Any, key: Any, token: CommentToken) -> None:
+    """Make ``token`` the comment after an entry, keeping the comments before it (slot 1)."""
+    index = 2 if isinstance(container, CommentedMap) else 0
+    entry = container.ca.items.get(key)
+    if entry is None:
+        entry = [None, None, None, None] if index == 2 else [None, None]
+        container.ca.items[key] = entry
+    entry[index] = token
 
 
 def _put(mapping: CommentedMap, key: str, value: object) -> None:
@@ -692,26 +710,86 @@ def _append(seq: CommentedSeq, item: object) -> None:
     _give_tail(seq, tail)
 
 
+def _entry_holder(container: Any, key: Any) -> tuple[Any, Any]:
+    """(container, key) holding the comment that follows an entry (inside it if a block)."""
+    value = container[key]
+    if isinstance(value, CommentedMap | CommentedSeq) and len(value) and not value.fa.flow_style():
+        inner = _last_comment_holder(value)
+        if inner is not None:
+            return inner
+    return container, key
+
+
+def _kept_lines(text: str, column: int) -> str:
+    """Of a removed entry's trailing comment, the lines that belong to what follows it.
+
+    The first line ends the entry's own line (its end-of-line comment goes with
+    it), and so do lines indented deeper than the entry (commented-out parts of
+    it); from the first line at the entry's column or less on, the comment is
+    about what comes next, and stays.
+    """
+    lines = text.splitlines(keepends=True)[1:]
+    for i, line in enumerate(lines):
+        stripped = line.lstrip(" ")
+        if stripped.startswith("#") and len(line) - len(stripped) <= column:
+            start = i
+            while start > 0 and not lines[start - 1].strip():
+                start -= 1  # the blank lines before it separate it: they stay too
+            return "".join(lines[start:])
+    # Only blank lines (or the entry's own): keep the blank lines that end the block.
+    blanks = len(lines) - len(list(dropwhile_blank_end(lines)))
+    return "".join(lines[len(lines) - blanks :]) if blanks else ""
+
+
+def dropwhile_blank_end(lines: list[str]) -> list[str]:
+    """``lines`` without the blank lines at its end."""
+    end = len(lines)
+    while end > 0 and not lines[end - 1].strip():
+        end -= 1
+    return lines[:end]
+
+
 def _remove(container: Any, key: Any) -> None:
-    """Remove an entry; if it was the last, its trailing "next section" comment moves up."""
-    is_last = (isinstance(container, CommentedMap) and list(container.keys())[-1] == key) or (
-        isinstance(container, CommentedSeq) and key in (-1, len(container) - 1)
-    )
-    column = _column_of(container[key]) if isinstance(container[key], CommentedMap) else 1
+    """Remove an entry, keeping the comment lines after it that are about what follows.
+
+    ruamel keeps a comment on the entry before it, so deleting an entry would
+    delete the comment that introduces the next key, item or section; those
+    lines move to the entry before (or, for the first entry, to the end of the
+    one before the block... which ruamel cannot hold: they go before the block).
+    """
     if isinstance(container, CommentedMap):
         column = _column_of(container)
-    tail = _take_tail(container[key], column) if is_last else None
-    if tail is None and is_last:
-        token = _comment_of(
-            container, key if isinstance(container, CommentedMap) else len(container) - 1
-        )
-        if token is not None:
-            _, after = _split_tail(token.value, column)
-            tail = CommentToken(after, token.start_mark, None) if after else None
+        keys = list(container.keys())
+        position = keys.index(key)
+        previous: Any = keys[position - 1] if position > 0 else None
+    else:
+        item = container[key]
+        column = _column_of(item) - 2 if isinstance(item, CommentedMap) else _column_of(container)
+        position = key if key >= 0 else len(container) + key
+        previous = position - 1 if position > 0 else None
+    token = _comment_of(*_entry_holder(container, key))
+    kept = _kept_lines(token.value, column) if token is not None else ""
     del container[key]
+    if not kept:
+        return
+    if previous is not None:
+        target, tkey = _entry_holder(container, previous)
+        existing = _comment_of(target, tkey)
+        if existing is not None:
+            existing.value = existing.value + kept
+            return
+        _set_trailing(target, tkey, CommentToken("\n" + kept, token.start_mark, None))
+        return
     if len(container):
-        # The new last entry drops its own trailing blank lines' duplicate.
-        _give_tail(container, tail)
+        # The first entry went: its following comment goes before the new first one.
+        pre = CommentToken(kept, token.start_mark if token else None, None)  # never None here
+        comment = container.ca.comment
+        if comment is None:
+            container.ca.comment = [None, [pre]]
+        elif comment[1] is None:
+            comment[1] = [pre]
+        else:
+            comment[1].append(pre)
 
 
 # ------------------------------------------------------------------ splicing

@@ -401,3 +401,83 @@ def test_any_edits_change_only_their_own_lines(source: str, data: st.DataObject)
     for line in _changed_lines(text, out):
         # A changed line is an edited key's line (a flow mapping holds several keys).
         assert any(f"{key}:" in line for key in keys), line
+
+
+def _only_own_lines_removed(text: str, out: str, keys: set[str]) -> str | None:
+    """None when every removed line is a deleted key's, or a comment just above one.
+
+    A comment right above a key describes it and goes with it; a comment below
+    a deleted key is about what follows, and must stay. A line that only moved
+    (an item's dash passed to its next key) counts as kept.
+    """
+    o, n = text.splitlines(), out.splitlines()
+    removed: set[int] = set()
+    added: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, o, n, autojunk=False).get_opcodes():
+        if tag in ("delete", "replace"):
+            removed.update(range(i1, i2))
+        if tag in ("insert", "replace"):
+            added.extend(n[j1:j2])
+
+    def bare(line: str) -> str:
+        return line.strip().removeprefix("- ")
+
+    moved = {bare(o[i]) for i in removed} & {bare(line) for line in added}
+
+    def own(line: str) -> bool:
+        return bare(line) in moved or "{" in line or any(f"{k}:" in line for k in keys)
+
+    for i in sorted(removed):
+        if own(o[i]):
+            continue
+        j = i
+        while j < len(o) and (not o[j].strip() or o[j].strip().startswith("#")):
+            j += 1
+        if j < len(o) and j in removed and own(o[j]) and not own(o[i]):
+            continue
+        return f"line {i + 1} removed: {o[i]!r}"
+    extra = [line for line in added if not own(line)]
+    return f"added: {extra[0]!r}" if extra else None
+
+
+@pytest.mark.parametrize("source", ["tricky", "example"])
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_any_deletions_keep_every_comment_about_what_follows(
+    source: str, data: st.DataObject
+) -> None:
+    text = TRICKY if source == "tricky" else (ROOT / "config.example.yaml").read_text()
+    expected = yaml.safe_load(text)
+    chosen = data.draw(
+        st.lists(st.sampled_from(_scalar_locs(expected)), min_size=1, max_size=3, unique=True)
+    )
+    doc = ConfigDocument(text.encode())
+    done = []
+    for loc in chosen:
+        parent = doc.get(loc[:-1])
+        if len(parent) == 1:
+            continue  # a section left empty goes whole: its own test below
+        doc.delete(loc)
+        node: Any = expected
+        for part in loc[:-1]:
+            node = node[part]
+        del node[loc[-1]]
+        done.append(loc)
+    out = doc.render()
+    assert yaml.safe_load(out) == expected
+    assert _only_own_lines_removed(text, out, {str(loc[-1]) for loc in done}) is None
+
+
+def test_deleting_a_key_keeps_the_comment_below_it_for_the_next_key() -> None:
+    doc = ConfigDocument(TRICKY.encode())
+    doc.delete(("providers", 0, "host"))
+    assert _changed_lines(TRICKY, doc.render()) == ["-    host: smtp.example.com"]
+
+
+def test_a_section_left_empty_goes_whole() -> None:
+    text = "log:\n  # the level\n  level: debug\n# next\nproviders:\n  - id: a\n    host: h\n"
+    doc = ConfigDocument(text.encode())
+    doc.delete(("log", "level"))
+    out = doc.render()
+    assert yaml.safe_load(out) == {"providers": [{"id": "a", "host": "h"}]}
+    assert out.endswith("# next\nproviders:\n  - id: a\n    host: h\n")
