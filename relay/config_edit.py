@@ -737,16 +737,10 @@ def _kept_lines(text: str, column: int) -> str:
                 start -= 1  # the blank lines before it separate it: they stay too
             return "".join(lines[start:])
     # Only blank lines (or the entry's own): keep the blank lines that end the block.
-    blanks = len(lines) - len(list(dropwhile_blank_end(lines)))
-    return "".join(lines[len(lines) - blanks :]) if blanks else ""
-
-
-def dropwhile_blank_end(lines: list[str]) -> list[str]:
-    """``lines`` without the blank lines at its end."""
     end = len(lines)
     while end > 0 and not lines[end - 1].strip():
         end -= 1
-    return lines[:end]
+    return "".join(lines[end:])
 
 
 def _remove(container: Any, key: Any) -> None:
@@ -754,8 +748,8 @@ def _remove(container: Any, key: Any) -> None:
 
     ruamel keeps a comment on the entry before it, so deleting an entry would
     delete the comment that introduces the next key, item or section; those
-    lines move to the entry before (or, for the first entry, to the end of the
-    one before the block... which ruamel cannot hold: they go before the block).
+    lines move to the entry before it, or, when the first entry goes, before
+    the new first one.
     """
     if isinstance(container, CommentedMap):
         column = _column_of(container)
@@ -768,8 +762,10 @@ def _remove(container: Any, key: Any) -> None:
         position = key if key >= 0 else len(container) + key
         previous = position - 1 if position > 0 else None
     token = _comment_of(*_entry_holder(container, key))
-    kept = _kept_lines(token.value, column) if token is not None else ""
     del container[key]
+    if token is None:
+        return
+    kept = _kept_lines(token.value, column)
     if not kept:
         return
     if previous is not None:
@@ -782,7 +778,7 @@ def _remove(container: Any, key: Any) -> None:
         return
     if len(container):
         # The first entry went: its following comment goes before the new first one.
-        pre = CommentToken(kept, token.start_mark if token else None, None)  # never None here
+        pre = CommentToken(kept, token.start_mark, None)
         comment = container.ca.comment
         if comment is None:
             container.ca.comment = [None, [pre]]
