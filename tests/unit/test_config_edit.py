@@ -481,3 +481,15 @@ def test_a_section_left_empty_goes_whole() -> None:
     out = doc.render()
     assert yaml.safe_load(out) == {"providers": [{"id": "a", "host": "h"}]}
     assert out.endswith("# next\nproviders:\n  - id: a\n    host: h\n")
+
+
+def test_a_missing_mapping_set_key_by_key_stays_above_the_ending_comment() -> None:
+    """``oauth2.client_id`` then ``oauth2.token_url`` on a new provider (the fix from h25-admin)."""
+    text = "providers:\n  - id: a\n    host: a.example.com\n# the very end\n"
+    doc = ConfigDocument(text.encode())
+    index = doc.append(("providers",), {"id": "sg"})
+    doc.set(("providers", index, "oauth2", "client_id"), "c")
+    doc.set(("providers", index, "oauth2", "token_url"), "t")
+    assert doc.render().endswith(
+        "  - id: sg\n    oauth2:\n      client_id: c\n      token_url: t\n# the very end\n"
+    )
