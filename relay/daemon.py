@@ -239,14 +239,6 @@ class Daemon:
             for ep in listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
             await self._record_listen()
-            if self._config_text is None and self._config_path is not None:
-                # Started with a config loaded elsewhere (tests, embedding): the
-                # file as it is now stands for it.
-                with contextlib.suppress(OSError, UnicodeDecodeError):
-                    self._config_text = await asyncio.to_thread(
-                        self._config_path.read_text, encoding="utf-8"
-                    )
-            await self._record_digest()
         self._snapshot = Snapshot(new, providers)
         self._config_text = text
         await self._record_digest()
@@ -482,6 +474,14 @@ class Daemon:
             for ep in self.listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
             await self._record_listen()
+            if self._config_text is None and self._config_path is not None:
+                # Started with a config loaded elsewhere (tests, embedding): the
+                # file as it is now stands for it.
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    self._config_text = await asyncio.to_thread(
+                        self._config_path.read_text, encoding="utf-8"
+                    )
+            await self._record_digest()
 
             self.notifications = Notifications(
                 spool,
