@@ -14,6 +14,8 @@ The modules, by subject:
 * ``actor``: who acts, and how a refusal is said;
 * ``queue``: retry, delete, hold, release, reroute;
 * ``providers``: pause, resume, and storing a provider's sign-in;
+* ``config_edits``: add, edit, enable, disable and remove a provider, save the
+  bounce settings: the config file edited, checked, written and reloaded;
 * ``suppressions``: suppress, unsuppress, and the one CSV codec (import, export);
 * ``testmail``: send a test message through one provider;
 * ``sessions``: end every admin session.
