@@ -43,6 +43,7 @@ from relay.backoff import exponential
 from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
 from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
 from relay.config import BounceSettings, Config, MailboxSettings
+from relay.model import Suppression
 from relay.store.suppressions import NewBounce, Suppressions, Threshold
 from relay.verp import parse as parse_verp
 from relay.verp import token_of
@@ -217,7 +218,7 @@ class BouncePoller:
                     bounce.kind,
                     bounce.status or "-",
                     bounce.queue_id or "-",
-                    " (now suppressed)" if entry is not None else "",
+                    _suppressed_note(entry),
                     extra={"event": "bounce", "queue_id": bounce.queue_id or ""},
                 )
                 if entry is not None:
@@ -367,3 +368,10 @@ def _bounces(
         )
         out.append((bounce, problem))
     return out
+
+
+def _suppressed_note(entry: Suppression | None) -> str:
+    """The tail of the ``bounce:`` log line when the bounce suppressed its address."""
+    if entry is None:
+        return ""
+    return f" (now suppressed for stream {entry.scope})" if entry.scope else " (now suppressed)"
