@@ -25,6 +25,7 @@ from relay.config import AdminSettings
 from relay.metrics import Metrics
 from relay.operations import queue as queue_ops
 from relay.operations.actor import Actor, ActorKind, Refusal
+from relay.operations.config_edits import EditContext
 from relay.operations.queue import Acted
 from relay.outbound.probe import TestReport
 from relay.outbound.scheduler import Snapshot
@@ -94,6 +95,11 @@ class Backend:
     bounce_mailbox: Callable[[], PollStatus | None] = lambda: None
     #: list the bounce mailbox server's folders (raises ``MailboxError``; None: no poller)
     bounce_folders: Callable[[], Awaitable[list[str]]] | None = None
+    #: sha256 of the config file the daemon runs (its last load or reload; None: no file)
+    config_digest: Callable[[], str | None] = lambda: None
+    #: what a config edit needs (``relay.operations.config_edits``); None: the daemon
+    #: was not started from a file, so there is nothing to edit
+    edit_context: Callable[[], EditContext] | None = None
 
 
 class _ScrapeGauges:

@@ -409,6 +409,11 @@ class AdminSettings(_Model):
     api_token: Annotated[SecretSource | None, Secret("the admin API")] = None
     allowed_hosts: list[str] = Field(default_factory=list)
     session_max_age: Duration = Field(default=12 * 3600.0, gt=0)
+    # -- config edits (issue #25: relay/config_edit.py, relay/operations/config_edits.py)
+    #: the admin may edit the config file (false: no edit forms, the API answers 403)
+    config_edits: bool = True
+    #: where typed secrets are written (default: ``secrets`` beside the spool file)
+    secrets_dir: Path | None = None
 
     @field_validator("password_hash")
     @classmethod

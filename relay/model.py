@@ -204,6 +204,9 @@ class Action(StrEnum):
     EXPIRE_HELD = "expire-held"
     SUPPRESS = "suppress"  #: add an address to the suppression list
     UNSUPPRESS = "unsuppress"  #: take it off again
+    #: change the config file (a provider added, edited, enabled, disabled, removed;
+    #: the bounce settings): the keys changed, never a secret's value
+    EDIT_CONFIG = "edit-config"
 
     @property
     def past(self) -> str:
@@ -222,6 +225,7 @@ _ACTION_PAST = {
     Action.EXPIRE_HELD: "expired",
     Action.SUPPRESS: "suppressed",
     Action.UNSUPPRESS: "unsuppressed",
+    Action.EDIT_CONFIG: "changed in the config file",
 }
 
 

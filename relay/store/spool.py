@@ -41,10 +41,10 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
   ``outbox_counts``, ``prune_notifications``;
 - controls: ``count_selected``, ``control``, ``hold_claimed``,
   ``expire_held``, ``pause_provider``, ``resume_provider``,
-  ``end_expired_pauses``;
+  ``end_expired_pauses``, ``record_audit``;
 - views: ``get``, ``raw``, ``list_queue``, ``list_log``, ``counts_by_status``,
   ``oldest_pending``, ``provider_failures``, ``attempt_buckets``, ``pauses``,
-  ``audit_log``, ``queue_marks``;
+  ``audit_log``, ``queue_marks``, ``waiting_via``;
 - state: ``counter_add``, ``counter_prune``, ``counter_get``,
   ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
   ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
@@ -497,6 +497,15 @@ class Spool:
             self.wake.set()
         return n
 
+    async def record_audit(
+        self, actor: str, action: str, target: str, detail: str, *, count: int = 0
+    ) -> None:
+        """One audit-log row for an action that changes no spool row (a config edit)."""
+        now = self._clock()
+        await self._writer.submit(
+            lambda c: controls.audit(c, now, actor, action, target, count, detail)
+        )
+
     async def end_expired_pauses(self) -> list[str]:
         """Forget pauses whose duration ran out (they resumed by themselves); audited."""
         now = self._clock()
@@ -590,6 +599,10 @@ class Spool:
         For the admin and the CLI; the scheduler gets them with each ``claim``.
         """
         return await views.pauses(self._reader, self._clock())
+
+    async def waiting_via(self, provider: str) -> int:
+        """Recipients still waiting whose last attempt went through ``provider``."""
+        return await views.waiting_via(self._reader, provider)
 
     async def audit_log(self, *, before_id: int | None = None, limit: int = 50) -> list[AuditEntry]:
         """One page of the audit log, newest first; keyset pagination on ``id``."""

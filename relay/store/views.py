@@ -190,6 +190,13 @@ async def oldest_pending(reader: aiosqlite.Connection) -> float | None:
     return float(row[0]) if row is not None and row[0] is not None else None
 
 
+async def waiting_via(reader: aiosqlite.Connection, provider: str) -> int:
+    """Recipients still waiting whose last attempt went through ``provider``."""
+    async with reader.execute(QUERIES["waiting_via"], {"provider": provider}) as cur:
+        row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 async def provider_failures(reader: aiosqlite.Connection, since: float) -> dict[str, int]:
     """Failed or deferred attempts per provider since ``since``."""
     rows = await reader.execute_fetchall(QUERIES["provider_failures_since"], {"since": since})

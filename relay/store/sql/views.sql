@@ -27,6 +27,12 @@ SELECT status, count(*) AS n FROM recipients GROUP BY status;
 -- pending ones only.
 SELECT min(since) FROM recipients WHERE status IN ('queued', 'deferred', 'sending');
 
+-- name: waiting_via
+-- Recipients still waiting whose last attempt went through :provider (what
+-- removing that provider from the config affects).
+SELECT count(*) FROM recipients
+WHERE provider = :provider AND status IN ('queued', 'deferred', 'sending', 'held');
+
 -- name: provider_failures_since
 -- Failed or deferred delivery-log rows per provider since :since (alerts).
 SELECT provider, COUNT(*) AS n FROM attempts

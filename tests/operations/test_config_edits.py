@@ -1,0 +1,224 @@
+"""Config edits on a real file and a real spool: what is written, refused, put back, audited.
+
+The connection test is the front-end's (the daemon's or the CLI's
+``test_provider``); here it is a function that answers as a server would, so
+each step's refusal can be shown alone. The real thing, against a private
+Postfix with Dovecot SASL, is in tests/cli/test_providers_edit.py.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from relay.config import MailboxSettings, ProviderSettings, load
+from relay.config_edit import ConfigDocument, EditRefused, digest_of
+from relay.model import Action
+from relay.operations import config_edits as ops
+from relay.operations.actor import Actor, ActorKind
+from relay.store.spool import Spool
+
+BOB = Actor(ActorKind.ADMIN, "bob")
+PASSWORD = "Zq-distinctive-Pw-8812"
+
+CONFIG = """\
+# Sluice on the test host (a comment the edits must keep)
+spool:
+  path: spool.sqlite3   # beside this file
+delivery:
+  poll_interval: 0.05
+
+providers:
+  # the one we had
+  - id: main
+    host: 127.0.0.1
+    port: 2525
+    encryption: none
+"""
+
+
+@pytest.fixture
+async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
+    async with await Spool.open(tmp_path / "spool.sqlite3") as s:
+        yield s
+
+
+class Checks:
+    """Answers of the connection test (None: passed) and what it was asked."""
+
+    def __init__(self) -> None:
+        self.answer: str | None = None
+        self.seen: list[ProviderSettings] = []
+        self.reload_error: str | None = None
+        self.reloads = 0
+
+    async def provider(self, p: ProviderSettings) -> str | None:
+        self.seen.append(p)
+        return self.answer
+
+    async def mailbox(self, box: MailboxSettings) -> str | None:
+        return self.answer
+
+    async def reload(self) -> str | None:
+        self.reloads += 1
+        return self.reload_error
+
+
+def _ctx(tmp_path: Path, spool: Spool, checks: Checks, *, daemon: bool = True) -> ops.EditContext:
+    path = tmp_path / "sluice.yaml"
+    if not path.exists():
+        path.write_text(CONFIG)
+    raw = path.read_bytes()
+    return ops.EditContext(
+        config_path=path,
+        spool=spool,
+        secrets_dir=tmp_path / "secrets",
+        loaded_digest=digest_of(raw) if daemon else None,
+        loaded_text=raw.decode() if daemon else None,
+        check_provider=checks.provider,
+        check_mailbox=checks.mailbox,
+        reload=checks.reload if daemon else None,
+    )
+
+
+SG = {
+    "id": "sg",
+    "host": "127.0.0.1",
+    "port": 2526,
+    "encryption": "none",
+    "username": "apikey",
+    "password": PASSWORD,
+    "allow_insecure_auth": True,
+    "daily_limit": 100,
+}
+
+
+async def test_add_writes_the_block_and_a_0600_secret_never_the_value(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    ctx = _ctx(tmp_path, spool, checks)
+    before = ctx.config_path.read_text()
+    result = await ops.add_provider(ctx, SG, BOB, base_digest=ctx.loaded_digest)
+    after = ctx.config_path.read_text()
+    assert after.startswith(before)  # only the new block, at the end
+    assert PASSWORD not in after
+    secret = tmp_path / "secrets" / "provider-sg-password"
+    assert f"password_file: {secret}" in after
+    assert secret.read_text() == PASSWORD
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    # The connection test saw the typed password (the file was not written yet).
+    tested = checks.seen[0]
+    assert tested.password is not None
+    assert tested.password.resolve().get_secret_value() == PASSWORD
+    assert result.reloaded and checks.reloads == 1
+    assert result.digest == digest_of(ctx.config_path.read_bytes())
+    assert load(ctx.config_path).provider("sg").daily_limit == 100
+    entry = (await spool.audit_log())[0]
+    assert (entry.actor, entry.action, entry.target) == ("bob", Action.EDIT_CONFIG, "provider sg")
+    assert "password" in entry.detail and PASSWORD not in entry.detail
+
+
+async def test_a_failed_connection_test_refuses_on_the_field_unless_saved_anyway(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    checks.answer = "AUTH: 535 5.7.8 Error: authentication failed"
+    ctx = _ctx(tmp_path, spool, checks)
+    with pytest.raises(EditRefused) as info:
+        await ops.add_provider(ctx, SG, BOB, base_digest=ctx.loaded_digest)
+    assert [e.field for e in info.value.errors] == ["password"]
+    assert "535 5.7.8" in info.value.errors[0].message
+    assert ctx.config_path.read_text() == CONFIG
+    assert not (tmp_path / "secrets" / "provider-sg-password").exists()
+    result = await ops.add_provider(ctx, SG, BOB, base_digest=ctx.loaded_digest, save_anyway=True)
+    assert result.connection_error == checks.answer
+    assert "id: sg" in ctx.config_path.read_text()
+
+
+async def test_invalid_fields_are_refused_in_words_by_field(tmp_path: Path, spool: Spool) -> None:
+    ctx = _ctx(tmp_path, spool, Checks())
+    with pytest.raises(EditRefused) as info:
+        await ops.add_provider(
+            ctx,
+            {**SG, "port": 70000, "encryption": "ssl", "limit_unit": "bytes"},
+            BOB,
+            base_digest=ctx.loaded_digest,
+        )
+    fields = {e.field: e.message for e in info.value.errors}
+    assert set(fields) == {"port", "encryption", "limit_unit"}
+    assert all("providers." not in m for m in fields.values())
+    assert ctx.config_path.read_text() == CONFIG
+
+
+async def test_edit_a_limit_needs_no_connection_and_keeps_the_rest(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    checks.answer = "connect: refused"  # the limit change must not ask
+    ctx = _ctx(tmp_path, spool, checks)
+    result = await ops.edit_provider(
+        ctx, "main", {"daily_limit": 250, "password": ""}, BOB, base_digest=ctx.loaded_digest
+    )
+    assert result.changed == ["daily_limit"]
+    assert checks.seen == []
+    assert ctx.config_path.read_text() == CONFIG + "    daily_limit: 250\n"
+
+
+async def test_the_last_enabled_provider_cannot_be_disabled_or_removed(
+    tmp_path: Path, spool: Spool
+) -> None:
+    ctx = _ctx(tmp_path, spool, Checks())
+    for attempt in (
+        ops.set_provider_enabled(ctx, "main", False, BOB, base_digest=ctx.loaded_digest),
+        ops.remove_provider(ctx, "main", BOB, base_digest=ctx.loaded_digest),
+    ):
+        with pytest.raises(EditRefused) as info:
+            await attempt
+        assert "only enabled provider" in str(info.value)
+    assert ctx.config_path.read_text() == CONFIG
+
+
+async def test_a_hand_edit_not_reloaded_is_refused_with_the_difference(
+    tmp_path: Path, spool: Spool
+) -> None:
+    ctx = _ctx(tmp_path, spool, Checks())
+    ctx.config_path.write_text(CONFIG.replace("port: 2525", "port: 2600"))
+    with pytest.raises(EditRefused) as info:
+        await ops.edit_provider(ctx, "main", {"daily_limit": 5}, BOB, base_digest=ctx.loaded_digest)
+    assert info.value.diff is not None
+    assert "-    port: 2525" in info.value.diff and "+    port: 2600" in info.value.diff
+    assert "daily_limit" not in ctx.config_path.read_text()
+
+
+async def test_a_refused_reload_puts_the_old_file_and_secrets_back(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    ctx = _ctx(tmp_path, spool, checks)
+    checks.reload_error = "smtp.listen: cannot listen on 127.0.0.1:25"
+    with pytest.raises(EditRefused) as info:
+        await ops.add_provider(ctx, SG, BOB, base_digest=ctx.loaded_digest)
+    assert "cannot listen" in str(info.value)
+    assert ctx.config_path.read_text() == CONFIG
+    assert not (tmp_path / "secrets" / "provider-sg-password").exists()
+    assert await spool.audit_log() == []
+
+
+async def test_without_a_daemon_the_file_is_saved_and_not_reloaded(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    ctx = _ctx(tmp_path, spool, checks, daemon=False)
+    doc = ConfigDocument.read(ctx.config_path)
+    result = await ops.set_provider_enabled(ctx, "main", True, BOB, base_digest=doc.digest)
+    assert result.changed == [] and not result.reloaded
+    await ops.add_provider(ctx, {**SG, "enabled": False}, BOB, base_digest=doc.digest)
+    assert checks.reloads == 0
+    added = ConfigDocument.read(ctx.config_path)
+    result = await ops.set_provider_enabled(ctx, "sg", True, BOB, base_digest=added.digest)
+    assert result.changed == ["enabled"] and not result.reloaded
+    assert "enabled: true" in ctx.config_path.read_text()

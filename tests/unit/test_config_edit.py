@@ -1,0 +1,264 @@
+"""The YAML writer keeps the operator's file: only the edited lines change, byte for byte.
+
+Each test reads a real file, edits it through ``ConfigDocument`` and compares
+the bytes written with the bytes read: every line outside the edit must be
+the same (comments at every position, blank lines, quoting, flow style,
+Windows line endings, a missing final newline). Keys behind anchors, aliases
+and merge keys are refused with a reason. ``write_atomic`` refuses a stale
+file with the difference; ``write_secret`` makes a 0600 file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from relay.config import loads
+from relay.config_edit import (
+    ConfigDocument,
+    EditRefused,
+    digest_of,
+    write_atomic,
+    write_secret,
+)
+from tests.layers import ROOT
+
+# Comments at every position a file can have them: before the document, at
+# the end of a key line, between keys, inside a list item, after a list, at
+# different indentations, and at the very end.
+TRICKY = """\
+# head comment, before everything
+
+# a second block after a blank line
+smtp:   # after a section key
+  # before a key
+  listen: ["127.0.0.1:2525"]   # flow list, with a comment
+  allowed_networks: [127.0.0.0/8, '::1/128']
+  hostname: "relay.example.com"   # double-quoted
+  bare_line_endings: 'reject'     # single-quoted
+
+providers:
+  # the first provider
+  - id: main          # id comment
+    host: smtp.example.com
+    # between keys, indented
+    port: 587
+    username: 'app'
+    password_env: SLUICE_MAIN_PASSWORD
+    # commented-out example inside the item
+    # daily_limit: 1000
+
+  - {id: backup, host: backup.example.com, port: 25, encryption: none}   # a flow mapping
+
+# the routes section's comment, owned by what follows
+routes: []
+# the very end
+"""
+
+
+def _changed_lines(before: str, after: str) -> list[str]:
+    """The lines that differ, as unified-diff lines without headers ("-..." and "+...")."""
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+def test_unedited_round_trip_is_byte_identical() -> None:
+    for text in (TRICKY, (ROOT / "config.example.yaml").read_text()):
+        doc = ConfigDocument(text.encode())
+        assert doc.render() == text
+
+
+def test_setting_a_value_changes_only_its_line() -> None:
+    doc = ConfigDocument(TRICKY.encode())
+    doc.set(("providers", 0, "port"), 2525)
+    out = doc.render()
+    assert _changed_lines(TRICKY, out) == ["-    port: 587", "+    port: 2525"]
+
+
+def test_quoting_and_flow_style_are_kept_when_edited() -> None:
+    doc = ConfigDocument(TRICKY.encode())
+    doc.set(("smtp", "hostname"), "mx.example.org")
+    doc.set(("smtp", "bare_line_endings"), "accept")
+    doc.set(("smtp", "listen"), ["127.0.0.1:2526"])
+    out = doc.render()
+    # ruamel keeps an end-of-line comment at its column: only the spaces before it may move.
+    assert [" ".join(line.split()) for line in _changed_lines(TRICKY, out)] == [
+        '- listen: ["127.0.0.1:2525"] # flow list, with a comment',
+        '+ listen: ["127.0.0.1:2526"] # flow list, with a comment',
+        '- hostname: "relay.example.com" # double-quoted',
+        "- bare_line_endings: 'reject' # single-quoted",
+        '+ hostname: "mx.example.org" # double-quoted',
+        "+ bare_line_endings: 'accept' # single-quoted",
+    ]
+    assert yaml.safe_load(out)["smtp"]["listen"] == ["127.0.0.1:2526"]
+
+
+def test_a_flow_mapping_item_is_edited_in_place() -> None:
+    doc = ConfigDocument(TRICKY.encode())
+    doc.set(("providers", 1, "port"), 2525)
+    out = doc.render()
+    changed = _changed_lines(TRICKY, out)
+    assert len(changed) == 2
+    assert changed[1].startswith("+  - {id: backup") and "port: 2525" in changed[1]
+    assert yaml.safe_load(out)["providers"][1]["port"] == 2525
+
+
+def test_a_new_key_goes_below_the_items_own_comments_and_above_the_next_sections() -> None:
+    doc = ConfigDocument(TRICKY.encode())
+    doc.set(("providers", 0, "daily_limit"), 500)
+    out = doc.render()
+    assert _changed_lines(TRICKY, out) == ["+    daily_limit: 500"]
+    lines = out.splitlines()
+    assert lines.index("    daily_limit: 500") == lines.index("    # daily_limit: 1000") + 1
+
+
+def test_an_appended_provider_is_the_only_block_added() -> None:
+    text = (ROOT / "config.example.yaml").read_text()
+    doc = ConfigDocument(text.encode())
+    doc.append(
+        ("providers",),
+        {"id": "sg", "host": "smtp.sendgrid.net", "port": 587, "username": "apikey"},
+    )
+    out = doc.render()
+    added = _changed_lines(text, out)
+    assert added == [
+        "+  - id: sg",
+        "+    host: smtp.sendgrid.net",
+        "+    port: 587",
+        "+    username: apikey",
+    ]
+    # Above the next section's comment, not below it.
+    assert out.index("  - id: sg") < out.index("# Routing (example)")
+    cfg = loads(out, secrets=False)
+    assert [p.id for p in cfg.providers] == ["main", "sg"]
+
+
+def test_removing_a_provider_gives_back_the_file_it_was_added_to() -> None:
+    text = (ROOT / "config.example.yaml").read_text()
+    doc = ConfigDocument(text.encode())
+    doc.append(("providers",), {"id": "sg", "host": "smtp.sendgrid.net"})
+    added = doc.render()
+    again = ConfigDocument(added.encode())
+    again.delete(("providers", 1))
+    assert again.render() == text
+
+
+def test_windows_line_endings_are_kept() -> None:
+    crlf = TRICKY.replace("\n", "\r\n")
+    doc = ConfigDocument(crlf.encode())
+    assert doc.render() == crlf
+    doc.set(("providers", 0, "port"), 465)
+    out = doc.render()
+    assert out == crlf.replace("port: 587", "port: 465")
+    assert "\n" not in out.replace("\r\n", "")
+
+
+def test_a_missing_final_newline_stays_missing() -> None:
+    text = TRICKY.rstrip("\n")
+    doc = ConfigDocument(text.encode())
+    doc.set(("providers", 0, "host"), "smtp2.example.com")
+    out = doc.render()
+    assert out == text.replace("host: smtp.example.com", "host: smtp2.example.com")
+    assert not out.endswith("\n")
+
+
+ANCHORED = """\
+defaults: &defaults   # shared settings
+  port: 2525
+  encryption: none
+providers:
+  - <<: *defaults
+    id: a
+    host: a.example.com
+  - id: b
+    host: b.example.com
+    port: 25
+    encryption: none
+    username: &user shared-user
+  - id: c
+    host: c.example.com
+    port: 25
+    encryption: none
+    username: *user
+"""
+
+
+def test_a_key_behind_a_merge_key_is_refused_with_the_reason() -> None:
+    doc = ConfigDocument(ANCHORED.encode())
+    with pytest.raises(EditRefused) as info:
+        doc.set(("providers", 0, "port"), 587)
+    assert "merge key" in info.value.message and "*defaults" in info.value.message
+    assert doc.provenance(("providers", 0, "port")) is not None
+    # An own key of the same item may change.
+    doc.set(("providers", 0, "host"), "a2.example.com")
+    assert "a2.example.com" in doc.render()
+
+
+def test_an_anchored_or_aliased_value_is_refused_with_the_reason() -> None:
+    doc = ConfigDocument(ANCHORED.encode())
+    for loc in (("providers", 1, "username"), ("providers", 2, "username"), ("defaults", "port")):
+        with pytest.raises(EditRefused) as info:
+            doc.set(loc, "x")
+        assert "anchor" in info.value.message
+    assert doc.render() == ANCHORED
+
+
+def test_provenance_names_where_a_value_comes_from(tmp_path: Path) -> None:
+    text = TRICKY.replace("host: smtp.example.com", "host: ${SLUICE_HOST}")
+    doc = ConfigDocument(text.encode())
+    assert doc.provenance(("providers", 0, "host")) == "from the environment variable SLUICE_HOST"
+    assert doc.provenance(("providers", 0, "password")) == (
+        "from the environment variable SLUICE_MAIN_PASSWORD"
+    )
+    assert doc.provenance(("providers", 0, "port")) is None
+    doc.delete(("providers", 0, "password_env"))
+    assert doc.provenance(("providers", 0, "password")) == "from the systemd credential main"
+    doc.set(("providers", 0, "password_file"), str(tmp_path / "secrets" / "main"))
+    assert doc.provenance(("providers", 0, "password"), secrets_dir=tmp_path / "secrets") is None
+    assert doc.provenance(("providers", 0, "password")) == (
+        f"from the file {tmp_path / 'secrets' / 'main'}"
+    )
+
+
+def test_write_atomic_refuses_a_changed_file_with_the_difference(tmp_path: Path) -> None:
+    path = tmp_path / "sluice.yaml"
+    path.write_text(TRICKY)
+    path.chmod(0o640)
+    doc = ConfigDocument.read(path)
+    doc.set(("providers", 0, "port"), 2525)
+    # Someone edits the file by hand meanwhile.
+    hand = TRICKY.replace("host: smtp.example.com", "host: smtp.hand.example")
+    path.write_text(hand)
+    with pytest.raises(EditRefused) as info:
+        write_atomic(path, doc.render(), expect_digest=doc.digest, base_text=doc.text)
+    assert info.value.diff is not None
+    assert "-    host: smtp.example.com" in info.value.diff
+    assert "+    host: smtp.hand.example" in info.value.diff
+    assert path.read_text() == hand
+    # From the current file it works, and mode is kept.
+    fresh = ConfigDocument.read(path)
+    fresh.set(("providers", 0, "port"), 2525)
+    new_digest = write_atomic(path, fresh.render(), expect_digest=fresh.digest)
+    assert new_digest == digest_of(path.read_bytes())
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_write_secret_makes_a_0600_file_with_exactly_the_value(tmp_path: Path) -> None:
+    path = write_secret(tmp_path / "secrets", "provider-sg-password", "s3cr3t value")
+    assert path == (tmp_path / "secrets" / "provider-sg-password").absolute()
+    assert path.read_bytes() == b"s3cr3t value"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    write_secret(tmp_path / "secrets", "provider-sg-password", "rotated")
+    assert path.read_bytes() == b"rotated"
+    for bad in ("../x", ".hidden", "a/b", ""):
+        with pytest.raises(ValueError):
+            write_secret(tmp_path / "secrets", bad, "v")
