@@ -54,7 +54,8 @@ from ruamel.yaml.error import YAMLError as RuamelError
 from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.tokens import CommentToken
 
-from relay.errors import SluiceError
+from relay.config import Config, loads, resolve_paths
+from relay.errors import ConfigError, SluiceError
 
 __all__ = [
     "ConfigDocument",
@@ -63,6 +64,7 @@ __all__ = [
     "Loc",
     "digest_of",
     "field_name",
+    "load_with_text",
     "lock_path",
     "secret_file_name",
     "unified_diff",
@@ -910,3 +912,28 @@ def write_secret(
     with _locked(directory / ".secrets"):  # one lock for the directory: ".secrets.lock"
         _replace_atomically(path, value.encode("utf-8"), mode=0o600, uid=owner[0], gid=owner[1])
     return path
+
+
+def load_with_text(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Config, str]:
+    """``relay.config.load`` from one read of the file, and the text it read.
+
+    The daemon keeps the text (and its digest) of what it runs: an edit
+    compares the file on disk with it, and shows the difference when someone
+    changed the file by hand and did not reload. One read, so the text is
+    exactly what was validated.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read(_MAX_BYTES + 1)
+        text = raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{source}:1: (file): cannot read: {exc}"]) from None
+    if len(raw) > _MAX_BYTES:
+        raise ConfigError([f"{source}:1: (file): the file is larger than 1024 KiB"])
+    cfg = loads(text, source=source, env=env, secrets=True)
+    return resolve_paths(cfg, Path(source).resolve().parent), text

@@ -23,9 +23,11 @@ from pathlib import Path
 from admin.backend import Backend, DaemonStatus
 from admin.server import AdminServer, check_exposure
 from relay import logsetup
+from relay.bounces.check import check_mailbox
 from relay.bounces.mailbox import MailboxError
 from relay.bounces.poller import BouncePoller, PollStatus
-from relay.config import Config, load
+from relay.config import Config, ProviderSettings
+from relay.config_edit import digest_of, load_with_text
 from relay.errors import ConfigError, ListenError, SpoolError
 from relay.inbound.listener import Listener, RelayHandler, start_listeners
 from relay.inbound.workers import AcceptorPool, WorkerSettings
@@ -33,8 +35,9 @@ from relay.metrics import Metrics
 from relay.model import ACTIVE, RecipientStatus
 from relay.notify.hook import Notifications
 from relay.notify.webhooks import WebhookSender
+from relay.operations.config_edits import EditContext, secrets_dir_of
 from relay.outbound.oauth import TokenSource
-from relay.outbound.probe import TestReport, test_provider
+from relay.outbound.probe import TestReport, connection_answer, test_provider
 from relay.outbound.providers import ProviderSet
 from relay.outbound.scheduler import Scheduler, Snapshot
 from relay.outbound.sign_in import SignIn, SignIns
@@ -83,8 +86,12 @@ class Daemon:
         config_path: Path | None = None,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        config_text: str | None = None,
     ) -> None:
         self._config_path = config_path
+        #: the text of the config file the running config was loaded from (None: not
+        #: known yet, read at start), and its sha256: what a config edit compares with
+        self._config_text = config_text
         # Recorded for `sluice reload`, which may run in another directory.
         self._config_resolved = config_path.resolve() if config_path is not None else None
         self.notifier = notifier if notifier is not None else Notifier.from_env()
@@ -178,7 +185,7 @@ class Daemon:
             return "the daemon was not started from a config file"
         source = self._config_path
         try:
-            new = await asyncio.to_thread(load, source)
+            new, text = await asyncio.to_thread(load_with_text, source)
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("reload rejected: %s", issue, extra={"event": "reload"})
@@ -232,7 +239,17 @@ class Daemon:
             for ep in listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
             await self._record_listen()
+            if self._config_text is None and self._config_path is not None:
+                # Started with a config loaded elsewhere (tests, embedding): the
+                # file as it is now stands for it.
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    self._config_text = await asyncio.to_thread(
+                        self._config_path.read_text, encoding="utf-8"
+                    )
+            await self._record_digest()
         self._snapshot = Snapshot(new, providers)
+        self._config_text = text
+        await self._record_digest()
         if self.spool is not None:
             self.spool.stream_headers = new.suppression.stream_headers
             self.spool.redact = Redactor(logsetup.config_secrets(new))
@@ -314,6 +331,8 @@ class Daemon:
             sign_in_start=self.start_sign_in,
             sign_in_state=self._sign_ins.get if self._sign_ins is not None else None,
             bounce_folders=bounce_folders,
+            config_digest=self.config_digest,
+            edit_context=self.edit_context if self._config_path is not None else None,
         )
 
     async def start_sign_in(self, provider_id: str) -> SignIn:
@@ -333,6 +352,44 @@ class Daemon:
         if self.last_reload_error:
             text += f"; last reload failed: {self.last_reload_error[:200]}"
         return text
+
+    def config_digest(self) -> str | None:
+        """sha256 of the config file the running config came from (None: not from a file)."""
+        if self._config_text is None:
+            return None
+        return digest_of(self._config_text.encode("utf-8"))
+
+    async def _record_digest(self) -> None:
+        """Keep the running file's digest in the spool (``daemon.config_sha256``) for the CLI."""
+        digest = self.config_digest()
+        if self.spool is None or digest is None:
+            return
+        with contextlib.suppress(SpoolError):
+            await self.spool.meta_set({"daemon.config_sha256": digest})
+
+    def edit_context(self) -> EditContext:
+        """What a config edit from the admin needs: this daemon's checks, its reload, its file."""
+        assert self.spool is not None and self._config_path is not None
+        cfg = self.config
+        secrets_dir = secrets_dir_of(cfg, self._config_path)
+        hostname = self.hostname
+
+        async def check(p: ProviderSettings) -> str | None:
+            return await connection_answer(p, local_hostname=hostname, timeout=_TEST_TIMEOUT)
+
+        async def reload() -> str | None:
+            return None if await self.reload() else (self.last_reload_error or "refused")
+
+        return EditContext(
+            config_path=self._config_path,
+            spool=self.spool,
+            secrets_dir=secrets_dir,
+            loaded_digest=self.config_digest(),
+            loaded_text=self._config_text,
+            check_provider=check,
+            check_mailbox=check_mailbox,
+            reload=reload,
+        )
 
     async def _record_listen(self) -> None:
         """Tell other processes (``sluice sendmail``, ``sluice reload``) where we are."""

@@ -75,11 +75,13 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     # Imported when used: `sluice sendmail` and the queue commands start without
     # the daemon's imports (uvicorn, aiosmtplib: about 0.3 s per run).
     from relay import logsetup
+    from relay.config_edit import load_with_text
     from relay.daemon import Daemon
 
-    cfg = _load(args)
+    # One read: the daemon keeps the text it runs (config edits compare the file with it).
+    cfg, text = load_with_text(_config_path(args))
     logsetup.configure(cfg.log.level, cfg.log.format, secrets=logsetup.config_secrets(cfg))
-    daemon = Daemon(cfg, config_path=_config_path(args))
+    daemon = Daemon(cfg, config_path=_config_path(args), config_text=text)
     await daemon.serve()
     return EX_OK
 

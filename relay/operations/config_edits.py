@@ -73,6 +73,7 @@ __all__ = [
     "removal_impact",
     "remove_provider",
     "save_bounces",
+    "secrets_dir_of",
     "set_provider_enabled",
 ]
 
@@ -155,6 +156,14 @@ class EditResult:
 def default_secrets_dir(spool_path: Path) -> Path:
     """``admin.secrets_dir``'s default: ``secrets`` beside the spool (the state directory)."""
     return spool_path.parent / "secrets"
+
+
+def secrets_dir_of(cfg: Config, config_path: Path) -> Path:
+    """``admin.secrets_dir`` (relative: to the config file's directory), or its default."""
+    given = cfg.admin.secrets_dir
+    if given is None:
+        return default_secrets_dir(cfg.spool.path).absolute()
+    return given if given.is_absolute() else config_path.resolve().parent / given
 
 
 # ------------------------------------------------------------------ answers

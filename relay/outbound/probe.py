@@ -20,7 +20,7 @@ from relay.outbound.handshake import HandshakeError, Step, handshake, smtp_clien
 from relay.outbound.oauth import TokenSource
 from relay.outbound.providers import upstream_of
 
-__all__ = ["TestReport", "TestStep", "test_provider"]
+__all__ = ["TestReport", "TestStep", "connection_answer", "test_provider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +84,22 @@ async def test_provider(
         return TestReport(True, steps)
     finally:
         smtp.close()
+
+
+async def connection_answer(
+    settings: ProviderSettings,
+    *,
+    local_hostname: str,
+    timeout: float = 15.0,  # noqa: ASYNC109 - a per-step limit, not one for the whole call
+) -> str | None:
+    """Test connection's verdict for a config edit: "STEP: reply" of the failed step, or None.
+
+    Save runs exactly the check the Test connection button runs; the step
+    name tells the form which field to show the answer beside ("AUTH:" by
+    the password, "connect:" by the host).
+    """
+    report = await test_provider(settings, local_hostname=local_hostname, timeout=timeout)
+    for step in report.steps:
+        if not step.ok:
+            return f"{step.name}: {step.detail}"
+    return None if report.ok else "the connection test failed"
