@@ -156,7 +156,8 @@ def _guess_indent(text: str) -> tuple[int, int, int]:
         if not stripped or stripped.startswith("#"):
             continue
         indent = len(line) - len(stripped)
-        if previous_key_indent is not None and indent > previous_key_indent:
+        # PyYAML's style puts a sequence's dashes in its key's column (offset 0).
+        if previous_key_indent is not None and indent >= previous_key_indent:
             if stripped.startswith("- ") and offset is None:
                 offset = indent - previous_key_indent
             elif not stripped.startswith("-") and mapping is None:
@@ -668,6 +669,10 @@ def _give_tail(node: object, tail: CommentToken | None) -> None:
 def _put(mapping: CommentedMap, key: str, value: object) -> None:
     """Add a key at the end of a mapping, below the last entry's own comment lines."""
     column = _column_of(mapping)
+    if getattr(mapping.lc, "col", None) is None:
+        # Made by an edit (an appended provider): a comment on it was moved there to
+        # stay at the end of the block, so all of it moves on below the new key.
+        column = 1 << 30
     tail = _take_tail(mapping, column) if len(mapping) else None
     mapping[key] = value
     _give_tail(mapping, tail)
