@@ -1,0 +1,324 @@
+"""The settings pages and the config-edit API over HTTP, against a real running Sluice.
+
+The daemon runs in-process with its real config file, spool and reload; only
+the HTTP hop is in-process (httpx's ASGI transport). Providers are real
+aiosmtpd upstreams that ask for AUTH, so a wrong password is the server's
+own refusal. What is checked is what the operator sees (the error beside its
+field, in words) and the file on disk (only the edited block changed, every
+comment kept, no typed secret in it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import difflib
+import json
+import re
+import stat
+from pathlib import Path
+
+import httpx
+import yaml
+
+from relay.config import load
+from tests.admin.conftest import AppClientFactory
+from tests.admin.test_pages import csrf_of
+from tests.conftest import Running, SluiceFactory, provider_for, smtp_send
+from tests.upstream import TestUpstream
+
+#: the typed password: distinctive, so that a grep finds every place it went
+TYPED = "Typed-Pa55-q7Zx9"
+WRONG = "not-the-password"
+
+
+async def annotate(s: Running) -> str:
+    """Give the config file comments (as an operator's file has), and have the daemon load it."""
+    text = s.config_path.read_text()
+    text = "# Sluice on mail-1: reviewed in git, keep the comments\n" + text.replace(
+        "providers:\n", "providers:  # where mail goes\n# the first one is the office relay\n", 1
+    )
+    text += "# end of file: nothing below\n"
+    s.config_path.write_text(text)
+    assert await s.daemon.reload()
+    return text
+
+
+def field_error(html: str, name: str) -> str:
+    """The error shown beside the field ``name`` ('' when none)."""
+    block = re.search(
+        rf'<div class="field[^"]*" data-field="{re.escape(name)}">(.*?)</div>\s*</div>', html, re.S
+    )
+    assert block is not None, f"no field {name} on the page"
+    found = re.search(r'<p class="error field-error"[^>]*>(.*?)</p>', block.group(1), re.S)
+    return found.group(1).strip() if found else ""
+
+
+def form_of(html: str) -> dict[str, str]:
+    """The text fields, selects and ticked boxes of the first settings form, as a browser posts."""
+    form = re.search(
+        r'<form method="post" action="[^"]*" class="settings-form".*?</form>', html, re.S
+    )
+    assert form is not None
+    out: dict[str, str] = {}
+    for tag in re.finditer(r"<input [^>]*>", form.group(0)):
+        t = tag.group(0)
+        name = re.search(r'name="([^"]+)"', t)
+        if name is None or " disabled" in t:
+            continue
+        kind = re.search(r'type="([^"]+)"', t)
+        if kind and kind.group(1) == "checkbox":
+            if " checked" in t:
+                out[name.group(1)] = "on"
+            continue
+        value = re.search(r'value="([^"]*)"', t)
+        out[name.group(1)] = value.group(1) if value else ""
+    for sel in re.finditer(r'<select id="[^"]*" name="([^"]+)"(.*?)</select>', form.group(0), re.S):
+        chosen = re.search(r'<option value="([^"]*)" selected', sel.group(2))
+        if chosen is not None:
+            out[sel.group(1)] = chosen.group(1)
+    return {k: v.replace("&amp;", "&") for k, v in out.items()}
+
+
+async def csrf(c: httpx.AsyncClient) -> dict[str, str]:
+    """The session's CSRF header, as the page's script sends it with API calls."""
+    return {"X-CSRF-Token": csrf_of((await c.get("/providers")).text)}
+
+
+def secret_file(path: str) -> tuple[str, int]:
+    """A secrets file's value and mode."""
+    p = Path(path)
+    return p.read_text().strip(), stat.S_IMODE(p.stat().st_mode)
+
+
+def only_added(before: str, after: str) -> list[str]:
+    """The lines of ``after`` that ``before`` has not, checking that none of ``before`` went."""
+    old, new = before.splitlines(), after.splitlines()
+    i = 0
+    added: list[str] = []
+    for line in new:
+        if i < len(old) and line == old[i]:
+            i += 1
+        else:
+            added.append(line)
+    assert i == len(old), "\n".join(difflib.unified_diff(old, new, lineterm=""))
+    return added
+
+
+async def test_add_a_provider_from_a_preset_wrong_password_then_right(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory, tmp_path: Path
+) -> None:
+    guarded = await TestUpstream(users={"relay": TYPED}).start()
+    try:
+        async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
+            before = await annotate(s)
+            providers = await c.get("/providers")
+            assert 'href="/providers/new"' in providers.text
+            chooser = await c.get("/providers/new")
+            assert "SendGrid" in chooser.text and "checked 2026-11-30" in chooser.text
+            page = await c.get("/providers/new?preset=sendgrid")
+            assert page.status_code == 200
+            assert 'value="smtp.sendgrid.net"' in page.text and "preset-note" in page.text
+            form = form_of(page.text)
+            assert form["encryption"] == "starttls" and form["port"] == "587"
+            form.update(
+                id="guarded",
+                host=guarded.host,
+                port=str(guarded.port),
+                encryption="none",
+                allow_insecure_auth="on",
+                username="relay",
+                password=WRONG,
+                daily_limit="500",
+            )
+            # Wrong: refused, the server's answer beside the password field; nothing written.
+            refused = await c.post("/providers/new", data=form)
+            assert refused.status_code == 422
+            assert "535" in field_error(refused.text, "password")
+            assert field_error(refused.text, "host") == ""
+            assert s.config_path.read_text() == before
+            assert WRONG not in refused.text
+            # The form keeps what was typed (never the password) for the retry.
+            again = form_of(refused.text)
+            assert again["host"] == guarded.host and again["password"] == ""
+            # Right: saved, reloaded, only the new block added, the comments where they were.
+            again["password"] = TYPED
+            saved = await c.post("/providers/new", data=again)
+            assert saved.status_code == 303, saved.text
+            assert saved.headers["location"].startswith("/providers/guarded?saved=1")
+            after = s.config_path.read_text()
+            added = only_added(before, after)
+            assert added[0].lstrip().startswith("- id: guarded") or "id: guarded" in added[0]
+            assert not any("#" in line for line in added)
+            assert s.daemon.config.provider("guarded").daily_limit == 500
+            shown = await c.get(saved.headers["location"])
+            assert "✔ Saved" in shown.text and 'id="edit-button"' in shown.text
+            # The typed password is in a 0600 file, and nowhere the page, the file or the API shows.
+            block = yaml.safe_load(after)["providers"][-1]
+            assert secret_file(block["password_file"]) == (TYPED, 0o600)
+            assert "password" not in block
+            for text in (
+                after,
+                shown.text,
+                (await c.get("/api/providers")).text,
+                (await c.get("/providers/guarded/edit")).text,
+                json.dumps([dataclasses.asdict(a) for a in await s.spool.audit_log(limit=50)]),
+            ):
+                assert TYPED not in text
+            # Mail goes through it (the old provider disabled by the API).
+            r = await c.patch("/api/providers/up1", headers=await csrf(c), json={"enabled": False})
+            assert r.status_code == 200, r.text
+            assert TYPED not in r.text
+            await smtp_send(
+                s.port, "app@example.org", ["x@example.net"], b"Subject: t\r\n\r\nb\r\n"
+            )
+            (got,) = await guarded.wait_for(1, within=15)
+            assert got.recipients == ["x@example.net"]
+    finally:
+        await guarded.stop()
+
+
+async def test_edit_the_daily_rate_then_disable_the_last_is_refused(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream, daily_limit=100)]) as s, app_client(s) as c:
+        before = await annotate(s)
+        page = await c.get("/providers/up1/edit")
+        form = form_of(page.text)
+        assert form["daily_limit"] == "100"
+        form["daily_limit"] = "2500"
+        saved = await c.post("/providers/up1/edit", data=form)
+        assert saved.status_code == 303, saved.text
+        after = s.config_path.read_text()
+        changed = [
+            (a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b
+        ]
+        assert changed == [("  daily_limit: 100", "  daily_limit: 2500")]
+        assert s.daemon.config.provider("up1").daily_limit == 2500
+        # The only enabled provider cannot be disabled: the page says why, the file stays.
+        token = csrf_of(page.text)
+        refused = await c.post(
+            "/providers/up1/disable", data={"csrf_token": token, "base_digest": ""}
+        )
+        assert refused.status_code == 422
+        assert "only enabled provider" in refused.text
+        assert s.config_path.read_text() == after
+        api = await c.patch("/api/providers/up1", headers=await csrf(c), json={"enabled": False})
+        assert api.status_code == 422
+        assert "only enabled provider" in api.json()["errors"]["enabled"]
+        # A bad value: the rule of `sluice check`, in words, beside its field.
+        form = form_of((await c.get("/providers/up1/edit")).text)
+        form["port"] = "99999"
+        bad = await c.post("/providers/up1/edit", data=form)
+        assert bad.status_code == 422
+        assert "65535" in field_error(bad.text, "port")
+        assert "providers.0" not in field_error(bad.text, "port")
+        r = await c.patch("/api/providers/up1", headers=await csrf(c), json={"port": 0})
+        assert r.status_code == 422 and "port" in r.json()["errors"]
+
+
+async def test_a_hand_edit_not_reloaded_and_a_concurrent_save_are_refused(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream, daily_limit=100)]) as s, app_client(s) as c:
+        await annotate(s)
+        form_a = form_of((await c.get("/providers/up1/edit")).text)
+        form_b = dict(form_a)
+        # Two sessions save from the same file: the first wins, the second is told.
+        form_a["daily_limit"], form_b["daily_limit"] = "111", "222"
+        first, second = await asyncio.gather(
+            c.post("/providers/up1/edit", data=form_a), c.post("/providers/up1/edit", data=form_b)
+        )
+        codes = sorted([first.status_code, second.status_code])
+        assert codes == [303, 409], (first.text, second.text)
+        loser = second if second.status_code == 409 else first
+        assert "changed on disk" in loser.text
+        limit = s.daemon.config.provider("up1").daily_limit
+        assert limit in (111, 222)
+        assert load(s.config_path).provider("up1").daily_limit == limit
+        # A hand edit not reloaded: Save refuses and shows the difference.
+        text = s.config_path.read_text()
+        s.config_path.write_text(text.replace("caption: ''", "caption: hand edit") + "# by hand\n")
+        hand = s.config_path.read_text()
+        form = form_of((await c.get("/providers/up1/edit")).text)
+        form["daily_limit"] = "333"
+        stale = await c.post("/providers/up1/edit", data=form)
+        assert stale.status_code == 409
+        assert 'id="stale-diff"' in stale.text and "+# by hand" in stale.text
+        assert s.config_path.read_text() == hand
+        api = await c.patch("/api/providers/up1", headers=await csrf(c), json={"daily_limit": 333})
+        assert api.status_code == 409 and "+# by hand" in api.json()["diff"]
+
+
+async def test_delete_counts_the_queued_recipients_and_the_api_answers(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    upstream.reply["RCPT"] = "451 4.3.0 try later"
+    providers = [provider_for(upstream), provider_for(upstream, "spare", priority=200)]
+    async with sluice(providers, retry={"first_delay": "1h", "max_delay": "2h"}) as s:
+        async with app_client(s) as c:
+            await annotate(s)
+            rcpts = ["a@example.net", "b@example.net"]
+            await smtp_send(s.port, "app@example.org", rcpts, b"Subject: q\r\n\r\nb\r\n")
+            await s.wait_idle()
+            # up1 deferred them, then spare (the failover) did: spare was the last.
+            queued = await s.spool.list_queue()
+            assert {e.provider for e in queued} == {"spare"}
+            confirm = await c.get("/providers/spare/delete")
+            assert confirm.status_code == 200
+            assert "2 queued recipients" in confirm.text, confirm.text.split("<main>")[1]
+            token = csrf_of(confirm.text)
+            gone = await c.post(
+                "/providers/spare/delete", data={"csrf_token": token, "confirmed": "yes"}
+            )
+            assert gone.status_code == 303
+            assert [p.id for p in s.daemon.config.providers] == ["up1"]
+            # The API: add (201), bad fields (422 with field -> message), delete the last (422).
+            r = await c.post(
+                "/api/providers",
+                headers=await csrf(c),
+                json={"id": "api1", "host": "", "port": "x", "password": TYPED},
+            )
+            assert r.status_code == 422, r.text
+            errors = r.json()["errors"]
+            assert "host" in errors and "port" in errors and TYPED not in r.text
+            r = await c.post(
+                "/api/providers",
+                headers=await csrf(c),
+                json={
+                    "id": "api1",
+                    "host": upstream.host,
+                    "port": upstream.port,
+                    "encryption": "none",
+                    "save_anyway": True,
+                },
+            )
+            assert r.status_code == 201, r.text
+            assert r.json()["reloaded"] is True
+            r = await c.delete("/api/providers/api1", headers=await csrf(c))
+            assert r.status_code == 200 and r.json()["queued_recipients"] == 0
+            r = await c.delete("/api/providers/up1", headers=await csrf(c))
+            assert r.status_code == 422 and "only enabled provider" in r.text
+            audit = [a.detail for a in await s.spool.audit_log(limit=20)]
+            assert any("removed" in d for d in audit)
+
+
+async def test_with_config_edits_off_no_form_is_served_and_the_api_answers_403(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)], admin={"config_edits": False}) as s:
+        async with app_client(s, config_edits=False) as c:
+            before = s.config_path.read_text()
+            providers = await c.get("/providers")
+            assert 'href="/providers/new"' not in providers.text
+            assert "admin.config_edits: false" in providers.text
+            page = await c.get("/providers/up1")
+            assert 'id="edit-button"' not in page.text and 'id="edits-off"' in page.text
+            for url in ("/providers/new", "/providers/up1/edit", "/providers/up1/delete"):
+                r = await c.get(url)
+                assert r.status_code == 403 and "<form" not in r.text.split("<main>")[1]
+            r = await c.post("/api/providers", headers=await csrf(c), json={"id": "x", "host": "h"})
+            assert r.status_code == 403 and "config_edits" in r.json()["errors"][""]
+            r = await c.put("/api/settings/bounces", headers=await csrf(c), json={"threshold": 5})
+            assert r.status_code == 403
+            assert s.config_path.read_text() == before
