@@ -26,7 +26,7 @@ from admin.api import (
     webhooks_data,
 )
 from admin.auth import DEVICE_COOKIE
-from admin.backend import ACTIONS, REFUSAL_STATUS, act, actor, identity, state
+from admin.backend import ACTIONS, REFUSAL_STATUS, AdminState, act, actor, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
 from admin.edits import edits_off_reason
 from admin.suppressions import ANY_SCOPE, IMPORT_MAX, SuppressionFilter, entry_view
@@ -116,9 +116,13 @@ def _local_path(target: str | None, default: str) -> str:
 
 
 async def overview(request: Request) -> Response:
-    return _render(
-        request, "overview.html", {**await overview_data(state(request)), "folders": None}
-    )
+    st = state(request)
+    context = {**await overview_data(st), "folders": None}
+    return _render(request, "overview.html", {**context, "bounce_settings": _can_edit(st)})
+
+
+def _can_edit(st: AdminState) -> bool:
+    return edits_off_reason(st) is None
 
 
 async def bounce_folders(request: Request) -> Response:
@@ -129,9 +133,8 @@ async def bounce_folders(request: Request) -> Response:
     """
     st = state(request)
     status, folders = await bounce_folders_data(st)
-    return _render(
-        request, "overview.html", {**await overview_data(st), "folders": folders}, status
-    )
+    context = {**await overview_data(st), "folders": folders, "bounce_settings": _can_edit(st)}
+    return _render(request, "overview.html", context, status)
 
 
 async def providers(request: Request) -> Response:

@@ -323,6 +323,10 @@ async def _bounce_form(
     status: int = 200,
 ) -> Response:
     current = await bounce_current(edit_context(st))
+    secrets = dict(current.secrets)
+    if folders is not None and values.get("mailbox.password"):
+        # Never sent back, so the form cannot keep it: say so where it is typed.
+        secrets["mailbox.password"] = "type it again to save (a password is never sent back)"
     if base_digest is None:
         base_digest = answer.base_digest if answer is not None else st.backend.config_digest() or ""
     return render(
@@ -336,7 +340,7 @@ async def _bounce_form(
             "general": answer.general if answer is not None else [],
             "diff": answer.diff if answer is not None else None,
             "sources": current.sources,
-            "secrets": current.secrets,
+            "secrets": secrets,
             "folders": folders,
             "base_digest": base_digest,
         },

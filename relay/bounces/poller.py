@@ -53,6 +53,8 @@ __all__ = ["BouncePoller", "MailboxState", "PollResult", "PollStatus"]
 log = logging.getLogger("sluice.bounces")
 
 _MAX_BACKOFF = 3600.0
+#: how often a poller with no mailbox configured looks at the config again (seconds)
+_UNCONFIGURED_RECHECK = 1.0
 
 
 class MailboxState(StrEnum):
@@ -140,7 +142,9 @@ class BouncePoller:
         while not stop.is_set():
             box = self._config().bounces.mailbox
             self.status.configured = box is not None
-            wait = box.poll_interval if box is not None else 60.0
+            # Without a mailbox, look at the config again each second (no I/O): one
+            # saved on the admin's bounce form, or by a reload, is read at once.
+            wait = box.poll_interval if box is not None else _UNCONFIGURED_RECHECK
             if box is not None:
                 try:
                     await self.poll_once()
