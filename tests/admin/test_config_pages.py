@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from relay.config import load
@@ -174,6 +175,71 @@ async def test_add_a_provider_from_a_preset_wrong_password_then_right(
             )
             (got,) = await guarded.wait_for(1, within=15)
             assert got.recipients == ["x@example.net"]
+    finally:
+        await guarded.stop()
+
+
+async def test_a_microsoft_365_provider_is_saved_then_its_page_offers_connect(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
+        page = await c.get("/providers/new?preset=microsoft365")
+        assert "Sign in with Connect after saving" in page.text
+        form = form_of(page.text)
+        assert form["auth_mechanism"] == "xoauth2" and form["limit_unit"] == "recipients"
+        form.update(id="m365", username="relay@contoso.example")
+        form["oauth2.client_id"] = "0f1e2d3c-client"
+        for key in ("oauth2.token_url", "oauth2.device_authorization_url"):
+            assert "{tenant}" in form[key]
+            form[key] = form[key].replace("{tenant}", "contoso.example")
+        saved = await c.post("/providers/new", data=form)
+        assert saved.status_code == 303, saved.text
+        assert saved.headers["location"].endswith("#sign-in")
+        shown = await c.get(saved.headers["location"])
+        assert 'id="connect-button" class="primary"' in shown.text
+        assert "press Connect" in shown.text
+        p = s.daemon.config.provider("m365")
+        assert p.oauth2 is not None and p.oauth2.client_id == "0f1e2d3c-client"
+        assert (p.daily_limit, p.limit_window) == (10000, "rolling_24h")
+
+
+async def test_values_from_the_environment_are_shown_read_only_with_their_source(
+    sluice: SluiceFactory,
+    upstream: TestUpstream,
+    app_client: AppClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    guarded = await TestUpstream(users={"relay": TYPED}).start()
+    monkeypatch.setenv("SLUICE_TEST_HOST", guarded.host)
+    monkeypatch.setenv("SLUICE_TEST_PW", TYPED)
+    provider = provider_for(
+        guarded,
+        host="${SLUICE_TEST_HOST}",
+        username="relay",
+        password_env="SLUICE_TEST_PW",
+        allow_insecure_auth=True,
+    )
+    try:
+        async with sluice([provider]) as s, app_client(s) as c:
+            page = await c.get("/providers/up1/edit")
+            assert "Read-only: from the environment variable SLUICE_TEST_HOST" in page.text
+            assert "Read-only: from the environment variable SLUICE_TEST_PW" in page.text
+            assert re.search(r'<input type="text" id="f-host"[^>]* readonly', page.text)
+            assert re.search(r'<input type="password" id="f-password"[^>]* disabled', page.text)
+            assert TYPED not in page.text
+            before = s.config_path.read_text()
+            form = form_of(page.text)
+            form["daily_limit"] = "42"
+            saved = await c.post("/providers/up1/edit", data=form)
+            assert saved.status_code == 303, saved.text
+            after = s.config_path.read_text()
+            assert "${SLUICE_TEST_HOST}" in after and "password_env: SLUICE_TEST_PW" in after
+            assert only_added(before, after) == ["  daily_limit: 42"]
+            # The API cannot change them either: the reason, beside the field.
+            r = await c.patch(
+                "/api/providers/up1", headers=await csrf(c), json={"password": "other-pw"}
+            )
+            assert r.status_code == 422 and "SLUICE_TEST_PW" in r.json()["errors"]["password"]
     finally:
         await guarded.stop()
 
