@@ -145,7 +145,8 @@ def _guess_indent(text: str) -> tuple[int, int, int]:
     """(mapping, sequence, offset) indentation of a block-style file, as ruamel wants them.
 
     Read from the first nested mapping key and the first block sequence dash:
-    ``  - id: main`` under ``providers:`` is offset 2, sequence 4. Files that
+    ``  - id: main`` under ``providers:`` is offset 2, sequence 4; ``- id: main``
+    (PyYAML's own style) is offset 0, sequence 2. Files that
     show neither get the common style (2, 4, 2).
     """
     mapping: int | None = None
@@ -156,8 +157,9 @@ def _guess_indent(text: str) -> tuple[int, int, int]:
         if not stripped or stripped.startswith("#"):
             continue
         indent = len(line) - len(stripped)
-        # PyYAML's style puts a sequence's dashes in its key's column (offset 0).
-        if previous_key_indent is not None and indent >= previous_key_indent:
+        if previous_key_indent == indent and stripped.startswith("- ") and offset is None:
+            offset = 0  # "key:\n- item": the dash at the key's own column (PyYAML's style)
+        elif previous_key_indent is not None and indent > previous_key_indent:
             if stripped.startswith("- ") and offset is None:
                 offset = indent - previous_key_indent
             elif not stripped.startswith("-") and mapping is None:
@@ -718,7 +720,8 @@ def _splice(original: str, before: str, after: str) -> str:
     ``original`` line for line, a line maps to one original line; where ruamel
     normalised something, a run of its lines maps to a run of the original's
     (a "gap"). Lines the edit leaves alone come out as in ``original``; a gap
-    the edit touches comes out as ruamel renders it.
+    the edit touches, or that borders on it, comes out as ruamel renders it
+    (so that a new line's indentation agrees with its neighbours').
     """
     o = original.splitlines(keepends=True)
     b = before.splitlines(keepends=True)
@@ -757,7 +760,11 @@ def _splice(original: str, before: str, after: str) -> str:
                 k += 1
                 continue
             g1, g2, o1, o2 = gaps[gap]
-            if g1 >= i1 and g2 <= i2 and k == g1:
+            # Clean: inside this unchanged stretch, not touching an edit on either side
+            # (an edit next to it is written in ruamel's layout; so must it be).
+            inside = g1 >= i1 and g2 <= i2
+            apart = (g1 > i1 or g1 == 0) and (g2 < i2 or g2 == len(b))
+            if inside and apart and k == g1:
                 out.extend(o[o1:o2])  # untouched: as the operator wrote it
                 k = g2
             else:

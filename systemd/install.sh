@@ -100,14 +100,17 @@ fi
 
 echo "== the config"
 config="$DESTDIR/etc/sluice/config.yaml"
-install -d -m 750 "$DESTDIR/etc/sluice"
+# 770/660 with the group sluice: the admin's config edits write the file back
+# (a temp file and a rename in this directory; the unit's ReadWritePaths=).
+install -d -m 770 "$DESTDIR/etc/sluice"
 # Where the provider passwords go (LoadCredential=): root's alone, systemd reads them.
 install -d -m 700 "$DESTDIR/etc/sluice/credentials"
 if [ -e "$config" ]; then
     echo "kept $config"
 else
-    install -m 640 "$SRC/config.example.yaml" "$config"
-    # The daemon's group reads it; it holds no secrets (those go in credentials).
+    install -m 660 "$SRC/config.example.yaml" "$config"
+    # The daemon's group reads it and, for the admin's config edits, writes it; it holds
+    # no secrets (those go in credentials, or in /var/lib/sluice/secrets).
     if getent group sluice >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
         chgrp sluice "$DESTDIR/etc/sluice" "$config"
     fi

@@ -29,6 +29,7 @@ from os import EX_CONFIG, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from relay.cli import provider_edits
 from relay.cli.controls import register_providers
 from relay.config import Config, ProviderSettings, load
 from relay.model import ProviderHealth, ProviderPause
@@ -325,3 +326,4 @@ def register(
     p.add_argument("id", help="provider id")
     p.set_defaults(func=cmd_connect, config_path_of=config_path)
     register_providers(psub, common, config_path)
+    provider_edits.register(psub, common, config_path)

@@ -665,7 +665,7 @@ async def remove_provider(
     digest, reloaded = await _commit(
         ctx, doc, text, _Secrets(ctx), actor, f"provider {provider_id}", "removed"
     )
-    return EditResult(digest, ["providers"], reloaded, provider=provider_id)
+    return EditResult(digest, ["removed"], reloaded, provider=provider_id)
 
 
 async def removal_impact(spool: Spool, provider_id: str) -> int:

@@ -134,8 +134,8 @@ def test_install_lays_out_the_files(installed: Installed) -> None:
         (installed.unit, 0o644),
         (installed.root / "usr/lib/sysusers.d/sluice.conf", 0o644),
         (installed.root / "usr/lib/tmpfiles.d/sluice.conf", 0o644),
-        (installed.config, 0o640),
-        (installed.config.parent, 0o750),
+        (installed.config, 0o660),
+        (installed.config.parent, 0o770),
         # README's next step writes the provider's password there.
         (installed.root / "etc/sluice/credentials", 0o700),
     ):

@@ -262,3 +262,29 @@ def test_write_secret_makes_a_0600_file_with_exactly_the_value(tmp_path: Path) -
     for bad in ("../x", ".hidden", "a/b", ""):
         with pytest.raises(ValueError):
             write_secret(tmp_path / "secrets", bad, "v")
+
+
+def test_pyyaml_style_lists_at_the_keys_column_are_kept() -> None:
+    text = "providers:\n- id: a\n  host: a.example.com\n# trailing\nroutes: []\n"
+    doc = ConfigDocument(text.encode())
+    doc.append(("providers",), {"id": "b", "host": "b.example.com"})
+    out = doc.render()
+    assert _changed_lines(text, out) == ["+- id: b", "+  host: b.example.com"]
+
+
+def test_lines_ruamel_would_respace_stay_as_written_unless_next_to_an_edit() -> None:
+    text = (
+        "smtp:\n"
+        '  listen:   ["127.0.0.1:25"]\n'
+        "  hostname:    relay.example.com\n"
+        "providers:\n"
+        "  - id: a\n"
+        "    host: a.example.com\n"
+        "    port: 25\n"
+        "    encryption: none\n"
+    )
+    doc = ConfigDocument(text.encode())
+    doc.set(("providers", 0, "port"), 2525)
+    out = doc.render()
+    assert _changed_lines(text, out) == ["-    port: 25", "+    port: 2525"]
+    assert '  listen:   ["127.0.0.1:25"]\n  hostname:    relay.example.com\n' in out
