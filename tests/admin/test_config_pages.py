@@ -19,12 +19,14 @@ import stat
 from pathlib import Path
 
 import httpx
+import imapclient
 import pytest
 import yaml
 
 from relay.config import load
 from tests.admin.conftest import AppClientFactory
 from tests.admin.test_pages import csrf_of
+from tests.bounces.mailhost import dovecot
 from tests.conftest import Running, SluiceFactory, provider_for, smtp_send
 from tests.upstream import TestUpstream
 
@@ -388,3 +390,51 @@ async def test_with_config_edits_off_no_form_is_served_and_the_api_answers_403(
             r = await c.put("/api/settings/bounces", headers=await csrf(c), json={"threshold": 5})
             assert r.status_code == 403
             assert s.config_path.read_text() == before
+
+
+async def test_the_bounce_settings_api_checks_the_mailbox_first(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with dovecot({"bounces": TYPED}) as imap:
+        await asyncio.to_thread(make_folder, imap.port, "Bounces")
+        async with sluice([provider_for(upstream)]) as s, app_client(s) as c:
+            before = await annotate(s)
+            body = {
+                "address": "bounces@example.org",
+                "threshold": 2,
+                "suppress_scope": "stream",
+                "mailbox": {
+                    "host": "127.0.0.1",
+                    "port": imap.port,
+                    "encryption": "none",
+                    "username": "bounces",
+                    "password": WRONG,
+                    "folder": "Bounces",
+                },
+            }
+            r = await c.put("/api/settings/bounces", headers=await csrf(c), json=body)
+            assert r.status_code == 422
+            assert "login" in r.json()["errors"]["mailbox.password"]
+            assert WRONG not in r.text and s.config_path.read_text() == before
+            body["mailbox"]["folder"] = "Nowhere"  # type: ignore[index]
+            body["mailbox"]["password"] = TYPED  # type: ignore[index]
+            r = await c.put("/api/settings/bounces", headers=await csrf(c), json=body)
+            assert r.status_code == 422
+            assert "Nowhere" in r.json()["errors"]["mailbox.folder"]
+            body["mailbox"]["folder"] = "Bounces"  # type: ignore[index]
+            r = await c.put("/api/settings/bounces", headers=await csrf(c), json=body)
+            assert r.status_code == 200, r.text
+            assert TYPED not in r.text and "mailbox.password" in r.json()["changed"]
+            bounces = s.daemon.config.bounces
+            assert bounces.mailbox is not None and bounces.mailbox.folder == "Bounces"
+            assert bounces.threshold == 2 and bounces.suppress_scope == "stream"
+            # The page shows it, the password as saved, never its value.
+            page = await c.get("/settings/bounces")
+            assert 'value="Bounces"' in page.text and "saved (leave empty to keep it)" in page.text
+            assert TYPED not in page.text and TYPED not in s.config_path.read_text()
+
+
+def make_folder(port: int, name: str) -> None:
+    with imapclient.IMAPClient("127.0.0.1", port=port, ssl=False) as c:
+        c.login("bounces", TYPED)
+        c.create_folder(name)
