@@ -1,5 +1,6 @@
 """The JSON API of config edits: ``POST /api/providers``, ``PATCH``/``DELETE /api/providers/{id}``,
-``PUT /api/settings/bounces``, ``GET /api/presets``.
+``PUT /api/settings/bounces``, ``POST /api/settings/bounces/folders`` (the folders of a
+mailbox being typed), ``GET /api/presets``.
 
 For apps that provision Sluice: the same operations, checks and writer as
 the pages and ``sluice providers add|edit|...``. A body is the edited
@@ -28,6 +29,7 @@ from admin.edits import (
     EditAnswer,
     edit_context,
     edits_off_reason,
+    folders_of_typed,
     refusal_answer,
     save_bounces,
     save_provider,
@@ -157,10 +159,30 @@ async def api_bounce_settings(request: Request) -> Response:
     return _answer(answer)
 
 
+async def api_bounce_folders_typed(request: Request) -> Response:
+    """POST: log in with the mailbox values given (typed in the form) and list the folders.
+
+    200 ``{"folders": [...]}``; 502 ``{"error": ...}`` with the server's answer.
+    Nothing is saved; the password (typed, else the saved one) is not echoed.
+    """
+    st = state(request)
+    if (reason := edits_off_reason(st)) is not None:
+        return JSONResponse({"error": reason}, 403)
+    try:
+        fields, _, _ = await _body(request)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, 400)
+    names, error = await folders_of_typed(st, fields)
+    if error is not None:
+        return JSONResponse({"error": error}, 502)
+    return JSONResponse({"folders": names})
+
+
 routes = [
     Route("/api/presets", api_presets),
     Route("/api/providers", api_provider_add, methods=["POST"]),
     Route("/api/providers/{pid}", api_provider_edit, methods=["PATCH"]),
     Route("/api/providers/{pid}", api_provider_remove, methods=["DELETE"]),
     Route("/api/settings/bounces", api_bounce_settings, methods=["PUT"]),
+    Route("/api/settings/bounces/folders", api_bounce_folders_typed, methods=["POST"]),
 ]

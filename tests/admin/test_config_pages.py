@@ -416,6 +416,27 @@ async def test_the_bounce_settings_api_checks_the_mailbox_first(
             assert r.status_code == 422
             assert "login" in r.json()["errors"]["mailbox.password"]
             assert WRONG not in r.text and s.config_path.read_text() == before
+            # Retrieve folders with the values typed (no script: the form posts, the page lists).
+            form = form_of((await c.get("/settings/bounces")).text)
+            form.update(
+                {
+                    "mailbox.host": "127.0.0.1",
+                    "mailbox.port": str(imap.port),
+                    "mailbox.encryption": "none",
+                    "mailbox.username": "bounces",
+                    "mailbox.password": TYPED,
+                }
+            )
+            listed = await c.post("/settings/bounces/folders", data=form)
+            assert listed.status_code == 200
+            assert '<option value="Bounces"' in listed.text and TYPED not in listed.text
+            assert "type it again to save" in listed.text
+            api = await c.post(
+                "/api/settings/bounces/folders",
+                headers=await csrf(c),
+                json={**form, "mailbox.password": WRONG},
+            )
+            assert api.status_code == 502 and "login as bounces failed" in api.json()["error"]
             body["mailbox"]["folder"] = "Nowhere"  # type: ignore[index]
             body["mailbox"]["password"] = TYPED  # type: ignore[index]
             r = await c.put("/api/settings/bounces", headers=await csrf(c), json=body)
