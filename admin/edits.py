@@ -30,7 +30,7 @@ from admin.forms import (
 )
 from relay.bounces.mailbox import Mailbox, MailboxError
 from relay.config import MailboxSettings
-from relay.config_edit import ConfigDocument, EditRefused, Loc
+from relay.config_edit import ConfigDocument, EditRefused, Loc, unified_diff
 from relay.operations import config_edits as edits
 from relay.operations.actor import Actor
 from relay.secrets import SecretError
@@ -38,6 +38,7 @@ from relay.secrets import SecretError
 __all__ = [
     "Current",
     "EditAnswer",
+    "Stale",
     "bounce_current",
     "edit_context",
     "edits_off_reason",
@@ -46,6 +47,7 @@ __all__ = [
     "refusal_answer",
     "save_bounces",
     "save_provider",
+    "stale_notice",
 ]
 
 #: always written when a provider is added, even when they equal the default: the
@@ -131,6 +133,30 @@ def edit_context(st: AdminState) -> edits.EditContext:
     make = st.backend.edit_context
     assert make is not None, "config edits are not available"
     return make()
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """The file on disk is not the one the daemon runs: Save will refuse until it is reloaded."""
+
+    path: str
+    diff: str
+
+
+async def stale_notice(ctx: edits.EditContext) -> Stale | None:
+    """Why Save would refuse before anything is typed: a hand edit not yet reloaded."""
+    if ctx.loaded_digest is None:
+        return None
+    try:
+        doc = await asyncio.to_thread(ConfigDocument.read, ctx.config_path)
+    except EditRefused:
+        return None
+    if doc.digest == ctx.loaded_digest:
+        return None
+    diff = ""
+    if ctx.loaded_text is not None:
+        diff = unified_diff(ctx.loaded_text, doc.text, path=str(ctx.config_path))
+    return Stale(str(ctx.config_path), diff)
 
 
 def _secret_note(doc: ConfigDocument, loc: Loc, ctx: edits.EditContext) -> tuple[str, str | None]:

@@ -42,6 +42,7 @@ from admin.edits import (
     refusal_answer,
     save_bounces,
     save_provider,
+    stale_notice,
 )
 from admin.forms import BOUNCE_GROUPS, PROVIDER_GROUPS, flat, read_form
 from admin.pages import provider_page, render
@@ -120,6 +121,8 @@ async def _provider_form(
     ctx = edit_context(st)
     current = await provider_current(ctx, pid) if pid is not None else None
     errors, general = ({}, []) if answer is None else (answer.errors, answer.general)
+    cfg = st.backend.snapshot().config
+    routes = [i + 1 for i, r in enumerate(cfg.routes) if pid is not None and pid in r.providers]
     return render(
         request,
         "provider_form.html",
@@ -138,6 +141,8 @@ async def _provider_form(
             "base_digest": (
                 answer.base_digest if answer is not None else st.backend.config_digest() or ""
             ),
+            "routes": routes,
+            "stale": await stale_notice(ctx) if answer is None else None,
         },
         status,
     )
@@ -343,6 +348,7 @@ async def _bounce_form(
             "secrets": secrets,
             "folders": folders,
             "base_digest": base_digest,
+            "stale": await stale_notice(edit_context(st)) if answer is None else None,
         },
         status,
     )

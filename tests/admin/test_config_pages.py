@@ -308,7 +308,9 @@ async def test_a_hand_edit_not_reloaded_and_a_concurrent_save_are_refused(
         text = s.config_path.read_text()
         s.config_path.write_text(text.replace("caption: ''", "caption: hand edit") + "# by hand\n")
         hand = s.config_path.read_text()
-        form = form_of((await c.get("/providers/up1/edit")).text)
+        page = await c.get("/providers/up1/edit")
+        assert 'id="stale"' in page.text and "+# by hand" in page.text  # said before Save
+        form = form_of(page.text)
         form["daily_limit"] = "333"
         stale = await c.post("/providers/up1/edit", data=form)
         assert stale.status_code == 409
