@@ -786,8 +786,19 @@ def lock_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Hold an exclusive ``flock`` on ``NAME.lock`` beside ``path``.
+
+    Opened read-only (``flock`` needs no write access) and owned like the file
+    it guards (or its directory): ``sluice providers add`` run as root and the
+    daemon run as its own user must both be able to take the same lock.
+    """
+    fd = os.open(lock_path(path), os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
+        if os.geteuid() == 0:
+            ref = os.stat(path if path.exists() else path.parent)
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != (ref.st_uid, ref.st_gid):
+                os.fchown(fd, ref.st_uid, ref.st_gid)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

@@ -150,6 +150,7 @@ async def _context(args: argparse.Namespace) -> tuple[ops.EditContext, Config, b
         check_provider=check,
         check_mailbox=check_mailbox,
         reload=reload if running else None,
+        strict_env=False,
     )
     return ctx, cfg, running
 

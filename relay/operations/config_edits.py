@@ -132,6 +132,10 @@ class EditContext:
     loaded_text: str | None = None
     #: the environment ``${VAR}``s are read from when validating
     env: Mapping[str, str] | None = None
+    #: an unset ``${VAR}`` is an error (the daemon: its environment is the one that
+    #: counts); False for a shell, which need not have the service's environment
+    #: (``sluice reload``'s pre-check reads the file the same way)
+    strict_env: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +385,13 @@ def _apply_values(
 def _validate(ctx: EditContext, text: str, prefix: Loc, what: str) -> Config:
     """``sluice check``'s rules on the new text (secrets are the daemon's to resolve)."""
     try:
-        return loads(text, source=str(ctx.config_path), env=ctx.env, secrets=False)
+        return loads(
+            text,
+            source=str(ctx.config_path),
+            env=ctx.env,
+            secrets=False,
+            unset="error" if ctx.strict_env else "empty",
+        )
     except ConfigError as exc:
         errors = _field_errors(exc, prefix, what)
         raise EditRefused(f"the {what} is not valid", errors) from None
@@ -433,9 +443,7 @@ async def _commit(
                 write_atomic, ctx.config_path, old, expect_digest=digest, base_text=text
             )
             await asyncio.to_thread(secrets.undo)
-            # The daemon kept the running config; have it load the old file again so
-            # that the digest it records is the file's.
-            await ctx.reload()
+            # The daemon kept its running config, which is the old file's: nothing to redo.
             raise EditRefused(
                 f"the daemon refused the new file, so it was put back as it was: {error}",
                 [FieldError("", f"the daemon refused it: {error}")],
@@ -606,7 +614,7 @@ async def set_provider_enabled(
     """
     doc = await asyncio.to_thread(_read, ctx, base_digest)
     index = _provider_index(doc, provider_id)
-    current = loads(doc.text, source=str(ctx.config_path), env=ctx.env, secrets=False)
+    current = _validate(ctx, doc.text, ("providers", index), "provider")
     if not enabled and _enabled_ids(current) == [provider_id]:
         reason = (
             f"{provider_id} is the only enabled provider: mail would have nowhere to go; "
@@ -645,7 +653,7 @@ async def remove_provider(
     """
     doc = await asyncio.to_thread(_read, ctx, base_digest)
     index = _provider_index(doc, provider_id)
-    current = loads(doc.text, source=str(ctx.config_path), env=ctx.env, secrets=False)
+    current = _validate(ctx, doc.text, ("providers", index), "provider")
     if _enabled_ids(current) == [provider_id]:
         reason = (
             f"{provider_id} is the only enabled provider: mail would have nowhere to go; "

@@ -222,3 +222,56 @@ async def test_without_a_daemon_the_file_is_saved_and_not_reloaded(
     result = await ops.set_provider_enabled(ctx, "sg", True, BOB, base_digest=added.digest)
     assert result.changed == ["enabled"] and not result.reloaded
     assert "enabled: true" in ctx.config_path.read_text()
+
+
+async def test_a_secret_from_the_environment_or_an_anchor_is_not_the_forms(
+    tmp_path: Path, spool: Spool
+) -> None:
+    (tmp_path / "sluice.yaml").write_text(
+        CONFIG
+        + "  - id: env\n"
+        + "    host: &shared 127.0.0.1\n"
+        + "    port: 2526\n"
+        + "    encryption: none\n"
+        + "    username: u\n"
+        + "    password_env: SLUICE_ENV_PASSWORD\n"
+    )
+    ctx = _ctx(tmp_path, spool, Checks())
+    with pytest.raises(EditRefused) as info:
+        await ops.edit_provider(
+            ctx, "env", {"password": PASSWORD}, BOB, base_digest=ctx.loaded_digest
+        )
+    assert [(e.field, e.message) for e in info.value.errors] == [
+        (
+            "password",
+            "comes from the environment variable SLUICE_ENV_PASSWORD; change it there, not here",
+        )
+    ]
+    with pytest.raises(EditRefused) as info:
+        await ops.edit_provider(
+            ctx, "env", {"host": "127.0.0.2"}, BOB, base_digest=ctx.loaded_digest
+        )
+    assert info.value.errors[0].field == "host"
+    assert "anchor &shared" in info.value.errors[0].message
+    assert PASSWORD not in ctx.config_path.read_text()
+
+
+async def test_remove_refuses_a_provider_a_route_names_then_removes(
+    tmp_path: Path, spool: Spool
+) -> None:
+    (tmp_path / "sluice.yaml").write_text(
+        CONFIG
+        + "  - id: two\n    host: 127.0.0.1\n    port: 2526\n    encryption: none\n"
+        + "routes:\n  - recipient_domain: [example.net]\n    providers: [two]\n"
+    )
+    ctx = _ctx(tmp_path, spool, Checks())
+    with pytest.raises(EditRefused) as info:
+        await ops.remove_provider(ctx, "two", BOB, base_digest=ctx.loaded_digest)
+    assert "routes 1 name two" in str(info.value)
+    assert await ops.removal_impact(spool, "two") == 0
+    with pytest.raises(EditRefused):
+        await ops.remove_provider(ctx, "nope", BOB, base_digest=ctx.loaded_digest)
+    result = await ops.remove_provider(ctx, "main", BOB, base_digest=ctx.loaded_digest)
+    assert result.reloaded
+    assert "id: main" not in ctx.config_path.read_text()
+    assert ctx.config_path.read_text().startswith("# Sluice on the test host")

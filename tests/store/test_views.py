@@ -106,3 +106,17 @@ async def test_queue_marks_count_recipients_and_find_bounces_after_delivery(
         assert list(marks.bounced) == [b.id]
         assert "550 5.1.1 user unknown" in marks.bounced[b.id]
         assert (await spool.queue_marks([])).recipients == {}
+
+
+async def test_waiting_via_counts_unsent_recipients_last_tried_through_a_provider(
+    tmp_path: Path,
+) -> None:
+    """A provider's Delete confirmation: recipients still waiting whose last try was it."""
+    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: 1000.0) as spool:
+        await spool.enqueue(_msg("A", "a1@example.net", "a2@example.net"))
+        await _attempt(spool, AttemptStatus.DEFERRED, RecipientStatus.DEFERRED)  # 2 waiting
+        await spool.enqueue(_msg("B", "b@example.net"))
+        await _attempt(spool, AttemptStatus.SUCCESS, RecipientStatus.SENT)  # sent: not counted
+        await spool.enqueue(_msg("C", "c@example.net"))  # never tried: no provider yet
+        assert await spool.waiting_via("mx1") == 2
+        assert await spool.waiting_via("mx2") == 0

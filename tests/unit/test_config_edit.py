@@ -11,7 +11,11 @@ file with the difference; ``write_secret`` makes a 0600 file.
 from __future__ import annotations
 
 import difflib
+import fcntl
+import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -288,3 +292,70 @@ def test_lines_ruamel_would_respace_stay_as_written_unless_next_to_an_edit() -> 
     out = doc.render()
     assert _changed_lines(text, out) == ["-    port: 25", "+    port: 2525"]
     assert '  listen:   ["127.0.0.1:25"]\n  hostname:    relay.example.com\n' in out
+
+
+def test_keys_set_one_by_one_on_an_appended_provider_stay_one_block() -> None:
+    """As ``add_provider`` builds it: the id appended, then each field set."""
+    text = (ROOT / "config.example.yaml").read_text()
+    doc = ConfigDocument(text.encode())
+    index = doc.append(("providers",), {"id": "sg"})
+    for key, value in (("host", "smtp.sendgrid.net"), ("port", 587), ("username", "apikey")):
+        doc.set(("providers", index, key), value)
+    out = doc.render()
+    assert _changed_lines(text, out) == [
+        "+  - id: sg",
+        "+    host: smtp.sendgrid.net",
+        "+    port: 587",
+        "+    username: apikey",
+    ]
+    assert out.index("    username: apikey") < out.index("# Routing (example)")
+
+
+def test_a_comment_that_ends_the_file_stays_below_a_provider_built_key_by_key() -> None:
+    text = "providers:\n  - id: a\n    host: a.example.com\n# the very end\n"
+    doc = ConfigDocument(text.encode())
+    index = doc.append(("providers",), {"id": "sg"})
+    doc.set(("providers", index, "host"), "h.example.com")
+    doc.set(("providers", index, "port"), 25)
+    assert doc.render() == (
+        "providers:\n  - id: a\n    host: a.example.com\n"
+        "  - id: sg\n    host: h.example.com\n    port: 25\n# the very end\n"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two users")
+def test_the_lock_root_leaves_can_be_taken_by_the_daemons_user() -> None:
+    """``sluice providers add`` as root, then the daemon (another user) saving the same file."""
+    nobody = 65534
+    # pytest's tmp_path is under a 0700 directory: the other user could not reach it.
+    base = Path(tempfile.mkdtemp(prefix="sluice-lock-"))
+    try:
+        base.chmod(0o755)
+        _lock_as_two_users(base, nobody)
+    finally:
+        shutil.rmtree(base)
+
+
+def _lock_as_two_users(tmp_path: Path, nobody: int) -> None:
+    path = tmp_path / "sluice.yaml"
+    path.write_text(TRICKY)
+    os.chown(path, nobody, nobody)
+    doc = ConfigDocument.read(path)
+    doc.set(("providers", 0, "port"), 2525)
+    write_atomic(path, doc.render(), expect_digest=doc.digest)
+    lock = tmp_path / "sluice.yaml.lock"
+    assert (lock.stat().st_uid, lock.stat().st_gid) == (nobody, nobody)
+    assert (path.stat().st_uid, path.stat().st_gid) == (nobody, nobody)  # owner kept
+    pid = os.fork()
+    if pid == 0:  # the daemon's user takes the same lock
+        code = 1
+        try:
+            os.setgid(nobody)
+            os.setuid(nobody)
+            fd = os.open(lock, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
