@@ -427,6 +427,14 @@ class ConfigDocument:
             KeyError: a list index that does not exist.
         """
         self._refuse_shared(loc)
+        edited = loc
+        missing = self._first_missing(loc)
+        if missing is not None:
+            # Missing mappings on the way (oauth2: on a new provider) are added as one
+            # value, so that a comment ending the block moves below all of it.
+            for part in reversed(loc[missing + 1 :]):
+                value = {part: value}
+            loc = loc[: missing + 1]
         parent = self._container(loc, create=True)
         key = loc[-1]
         if isinstance(parent, CommentedMap) and isinstance(key, str):
@@ -442,7 +450,24 @@ class ConfigDocument:
             parent[key] = _like(parent[key], value)
         else:
             raise KeyError(loc)
-        self.changed.append(loc)
+        self.changed.append(edited)
+
+    def _first_missing(self, loc: Loc) -> int | None:
+        """The index in ``loc`` of the first mapping on the way to its last key that is
+        missing (or empty: ``oauth2:`` with no value); None when they all exist."""
+        node: object = self._data
+        for i, part in enumerate(loc[:-1]):
+            if isinstance(node, CommentedMap) and isinstance(part, str):
+                if node.get(part) is None:
+                    return i
+                node = node[part]
+            elif isinstance(node, CommentedSeq) and isinstance(part, int):
+                if not -len(node) <= part < len(node):
+                    return None  # _container says which
+                node = node[part]
+            else:
+                return None
+        return None
 
     def delete(self, loc: Loc) -> bool:
         """Remove ``loc`` (a key and its value, or a list item); False if it was not there.
