@@ -192,6 +192,8 @@
     const form = button.form;
     const out = document.getElementById("folder-result");
     const folder = form.querySelector('[name="mailbox.folder"]');
+    // Not a submit button any more: Enter in a field saves, as on the other forms.
+    button.type = "button";
     const line = (tag, className, text) => {
       const el = document.createElement(tag);
       if (className) el.className = className;
