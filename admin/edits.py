@@ -291,18 +291,18 @@ async def save_provider(
 ) -> EditAnswer:
     """Add (``provider_id`` None) or edit a provider with what the form posted.
 
-    Only the fields that differ from the file are sent (``partial``: the API's
-    PATCH, whose body holds only what it changes, is sent as it is).
+    Only the fields that differ from the file are sent (``partial``: the API,
+    whose body holds only what it sets, any key a provider has, is sent as it is).
     """
     ctx = edit_context(st)
     base = base_digest or st.backend.config_digest() or ""
-    if provider_id is None:
+    if partial:
+        values = dict(posted)
+    elif provider_id is None:
         values = changed_values(posted, {}, PROVIDER_GROUPS)
         for name in _ADD_ALWAYS:
             if posted.get(name) not in (None, ""):
                 values[name] = posted[name]
-    elif partial:
-        values = dict(posted)
     else:
         if current is None:
             current = await provider_current(ctx, provider_id)

@@ -82,7 +82,7 @@ async def api_provider_add(request: Request) -> Response:
     except ValueError as exc:
         return _refused(400, str(exc))
     answer = await save_provider(
-        st, None, fields, actor(request), base_digest=base, save_anyway=save_anyway
+        st, None, fields, actor(request), base_digest=base, save_anyway=save_anyway, partial=True
     )
     return _answer(answer, 201)
 

@@ -360,11 +360,13 @@ async def test_delete_counts_the_queued_recipients_and_the_api_answers(
                     "host": upstream.host,
                     "port": upstream.port,
                     "encryption": "none",
+                    "timeout": "20s",
                     "save_anyway": True,
                 },
             )
             assert r.status_code == 201, r.text
             assert r.json()["reloaded"] is True
+            assert s.daemon.config.provider("api1").timeout == 20  # any key a provider has
             r = await c.delete("/api/providers/api1", headers=await csrf(c))
             assert r.status_code == 200 and r.json()["queued_recipients"] == 0
             r = await c.delete("/api/providers/up1", headers=await csrf(c))
