@@ -246,6 +246,36 @@ async def test_values_from_the_environment_are_shown_read_only_with_their_source
         await guarded.stop()
 
 
+async def test_save_anyway_keeps_a_provider_whose_account_does_not_work_yet(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    guarded = await TestUpstream(users={"relay": TYPED}).start()
+    routes = [{"recipient_domain": ["example.com"], "providers": ["up1"]}]
+    try:
+        async with sluice([provider_for(upstream)], routes=routes) as s, app_client(s) as c:
+            form = form_of((await c.get("/providers/new?preset=smtp")).text)
+            form.update(
+                id="later",
+                host=guarded.host,
+                port=str(guarded.port),
+                encryption="none",
+                allow_insecure_auth="on",
+                username="relay",
+                password=WRONG,
+                save_anyway="on",
+            )
+            saved = await c.post("/providers/new", data=form)
+            assert saved.status_code == 303, saved.text
+            shown = await c.get(saved.headers["location"])
+            assert "Saved without a working connection" in shown.text
+            assert s.daemon.config.provider("later").username == "relay"
+            # The form of a provider a route names says so.
+            edit = await c.get("/providers/up1/edit")
+            assert 'id="routes-note"' in edit.text and "Routes 1 " in edit.text
+    finally:
+        await guarded.stop()
+
+
 async def test_edit_the_daily_rate_then_disable_the_last_is_refused(
     sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
 ) -> None:
