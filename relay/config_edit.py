@@ -558,9 +558,13 @@ def _own_key(node: CommentedMap, key: str) -> bool:
     return own is None or key in own
 
 
+#: libyaml's safe loader when PyYAML has it (a 20 KB file: 3 ms, not 70)
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_plain(text: str) -> object:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError:
         return object()  # never equal: the splice broke something
 

@@ -57,6 +57,7 @@ from relay.model import Action
 from relay.operations.actor import Actor
 from relay.secrets import SecretSource
 from relay.store.spool import Spool
+from relay.tls import settings_context
 
 __all__ = [
     "CONNECTION_FIELDS",
@@ -287,6 +288,7 @@ class _Secrets:
         return self.ctx.secrets_dir.absolute() / name
 
     def write(self) -> None:
+        """Write every pending secret, remembering what each file held (for ``undo``)."""
         for name, value in self.pending.values():
             path = self.path(name)
             try:
@@ -343,12 +345,13 @@ def _apply_values(
     errors: list[FieldError] = []
     # Where a secret comes from is read from the file as it was: a new provider's
     # username must not make its typed password "the systemd credential".
-    origin = ConfigDocument(doc.raw, path=doc.path)
+    origin: ConfigDocument | None = None
     for fieldname, value in values.items():
         loc = (*container, *_loc_of(fieldname))
         if fieldname in secret_set:
             if value is None or value == "":
                 continue  # the masked field left as it was: unchanged
+            origin = origin or ConfigDocument(doc.raw, path=doc.path)
             _set_secret(
                 doc,
                 origin,
@@ -360,6 +363,8 @@ def _apply_values(
             )
             changed.append(fieldname)
             continue
+        if value is not None and value != "" and doc.has(loc) and _same(doc.get(loc), value):
+            continue  # sent as it is (a form may send every field): nothing to change
         reason = doc.provenance(loc)
         if reason is not None and "environment variable" in reason and doc.has(loc):
             errors.append(FieldError(fieldname, f"comes {reason}; change it there, not here"))
@@ -382,6 +387,13 @@ def _apply_values(
     return changed
 
 
+def _same(current: object, value: object) -> bool:
+    """Whether a form's value is what the file has (a form sends "587" for 587)."""
+    if isinstance(current, bool) or isinstance(value, bool):
+        return current is value or str(current).lower() == str(value).lower()
+    return str(current) == str(value)
+
+
 def _validate(ctx: EditContext, text: str, prefix: Loc, what: str) -> Config:
     """``sluice check``'s rules on the new text (secrets are the daemon's to resolve)."""
     try:
@@ -395,6 +407,18 @@ def _validate(ctx: EditContext, text: str, prefix: Loc, what: str) -> Config:
     except ConfigError as exc:
         errors = _field_errors(exc, prefix, what)
         raise EditRefused(f"the {what} is not valid", errors) from None
+
+
+def _ca_file(settings: ProviderSettings | MailboxSettings, field: str) -> None:
+    """Refuse a ``ca_file`` that does not load, as ``sluice check`` does (OpenSSL reads it)."""
+    if settings.ca_file is None:
+        return
+    try:
+        settings_context(settings)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        message = f"cannot load {settings.ca_file}: {reason}"
+        raise EditRefused(message, [FieldError(field, message)]) from None
 
 
 def _with_typed(
@@ -426,11 +450,19 @@ async def _commit(
     detail: str,
 ) -> tuple[str, bool]:
     """Write secrets and file, reload (undo both if refused), audit. (digest, reloaded)."""
-    await asyncio.to_thread(secrets.write)
     try:
+        await asyncio.to_thread(secrets.write)
         digest = await asyncio.to_thread(
             write_atomic, ctx.config_path, text, expect_digest=doc.digest, base_text=doc.text
         )
+    except OSError as exc:
+        await asyncio.to_thread(secrets.undo)
+        where = exc.filename or ctx.config_path
+        raise EditRefused(
+            f"cannot write {where}: {exc.strerror or exc}; the user Sluice runs as needs "
+            "write access to the config file's directory and the secrets directory "
+            '(docs/operating.md, "Editing providers without opening the file")'
+        ) from None
     except BaseException:
         await asyncio.to_thread(secrets.undo)
         raise
@@ -466,9 +498,13 @@ def _provider_index(doc: ConfigDocument, provider_id: str) -> int:
     return index
 
 
-def _needs_sign_in(p: ProviderSettings) -> bool:
+async def _needs_sign_in(spool: Spool, p: ProviderSettings) -> bool:
+    """An oauth2 provider with a device sign-in, no refresh token in the file, none in the spool."""
     o = p.oauth2
-    return o is not None and bool(o.device_authorization_url) and o.refresh_token is None
+    if o is None or not o.device_authorization_url or o.refresh_token is not None:
+        return False
+    grant = await spool.oauth_grant(p.id)
+    return grant is None or grant.state != "connected"
 
 
 async def _check(
@@ -528,8 +564,9 @@ async def add_provider(
     text = doc.render()
     cfg = _validate(ctx, text, ("providers", index), "provider")
     p = cfg.providers[index]
+    _ca_file(p, "ca_file")
     answer = None
-    sign_in = _needs_sign_in(p)
+    sign_in = await _needs_sign_in(ctx.spool, p)
     if not sign_in:
         answer = await _check(ctx, p, secrets, save_anyway)
     digest, reloaded = await _commit(
@@ -579,8 +616,9 @@ async def edit_provider(
     text = doc.render()
     cfg = _validate(ctx, text, ("providers", index), "provider")
     p = cfg.providers[index]
+    _ca_file(p, "ca_file")
     answer = None
-    sign_in = _needs_sign_in(p)
+    sign_in = await _needs_sign_in(ctx.spool, p)
     if p.enabled and not sign_in and CONNECTION_FIELDS.intersection(changed):
         answer = await _check(ctx, p, secrets, save_anyway)
     digest, reloaded = await _commit(
@@ -703,6 +741,8 @@ async def save_bounces(
     text = doc.render()
     cfg = _validate(ctx, text, ("bounces",), "bounce settings")
     box = cfg.bounces.mailbox
+    if box is not None:
+        _ca_file(box, "mailbox.ca_file")
     answer = None
     touched = {c.removeprefix("mailbox.") for c in changed if c.startswith("mailbox.")}
     if box is not None and _MAILBOX_CONNECTION.intersection(touched):

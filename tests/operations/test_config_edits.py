@@ -8,6 +8,7 @@ Postfix with Dovecot SASL, is in tests/cli/test_providers_edit.py.
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -275,3 +276,84 @@ async def test_remove_refuses_a_provider_a_route_names_then_removes(
     assert result.reloaded
     assert "id: main" not in ctx.config_path.read_text()
     assert ctx.config_path.read_text().startswith("# Sluice on the test host")
+
+
+async def test_a_ca_file_that_does_not_load_is_refused_on_its_field(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    ctx = _ctx(tmp_path, spool, checks)
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("not a certificate\n")
+    for ca in (tmp_path / "missing.pem", bad):
+        with pytest.raises(EditRefused) as info:
+            await ops.add_provider(
+                ctx,
+                {**SG, "encryption": "starttls", "ca_file": str(ca)},
+                BOB,
+                base_digest=ctx.loaded_digest,
+            )
+        assert [e.field for e in info.value.errors] == ["ca_file"]
+        assert f"cannot load {ca}" in info.value.errors[0].message
+    assert checks.seen == [] and ctx.config_path.read_text() == CONFIG
+
+
+async def test_a_file_that_cannot_be_written_is_refused_in_words(
+    tmp_path: Path, spool: Spool
+) -> None:
+    ctx = _ctx(tmp_path, spool, Checks())
+    (tmp_path / "secrets").write_text("a file where the directory should be")
+    with pytest.raises(EditRefused) as info:
+        await ops.add_provider(ctx, SG, BOB, base_digest=ctx.loaded_digest)
+    assert "cannot write" in str(info.value) and "write access" in str(info.value)
+    assert ctx.config_path.read_text() == CONFIG
+
+
+async def test_fields_sent_unchanged_change_nothing_even_from_the_environment(
+    tmp_path: Path, spool: Spool
+) -> None:
+    (tmp_path / "sluice.yaml").write_text(CONFIG.replace("host: 127.0.0.1", "host: ${RELAY_HOST}"))
+    ctx = _ctx(tmp_path, spool, Checks())
+    ctx = dataclasses.replace(ctx, env={"RELAY_HOST": "127.0.0.1"})
+    result = await ops.edit_provider(
+        ctx,
+        "main",
+        {"host": "${RELAY_HOST}", "port": "2525", "encryption": "none"},
+        BOB,
+        base_digest=ctx.loaded_digest,
+    )
+    assert result.changed == [] and not result.reloaded
+    with pytest.raises(EditRefused) as info:
+        await ops.edit_provider(
+            ctx, "main", {"host": "10.0.0.1"}, BOB, base_digest=ctx.loaded_digest
+        )
+    assert info.value.errors[0].field == "host"
+    assert "environment variable RELAY_HOST" in info.value.errors[0].message
+
+
+async def test_a_device_sign_in_provider_is_saved_unchecked_and_asks_for_connect(
+    tmp_path: Path, spool: Spool
+) -> None:
+    checks = Checks()
+    checks.answer = "AUTH: 535 no token yet"
+    ctx = _ctx(tmp_path, spool, checks)
+    m365 = {
+        "id": "m365",
+        "host": "127.0.0.1",
+        "port": 2527,
+        "encryption": "none",
+        "allow_insecure_auth": True,
+        "username": "app@example.com",
+        "auth_mechanism": "xoauth2",
+        "oauth2.token_url": "https://login.example.com/token",
+        "oauth2.client_id": "client-1",
+        "oauth2.device_authorization_url": "https://login.example.com/devicecode",
+    }
+    result = await ops.add_provider(ctx, m365, BOB, base_digest=ctx.loaded_digest)
+    assert result.needs_sign_in and checks.seen == []
+    await spool.save_oauth_grant("m365", "refresh-token-from-the-sign-in")
+    ctx = _ctx(tmp_path, spool, checks)  # the daemon reloaded: it runs the new file
+    checks.answer = None
+    result = await ops.edit_provider(ctx, "m365", {"port": 2528}, BOB, base_digest=result.digest)
+    assert not result.needs_sign_in  # signed in: the edit is checked like any other
+    assert [p.id for p in checks.seen] == ["m365"]

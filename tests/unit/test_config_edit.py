@@ -17,9 +17,12 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.config import loads
 from relay.config_edit import (
@@ -374,3 +377,42 @@ def _lock_as_two_users(tmp_path: Path, nobody: int) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _scalar_locs(node: object, loc: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    """Every key path to a plain scalar (int, str, bool) in a loaded YAML tree."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in _scalar_locs(v, (*loc, str(k)))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _scalar_locs(v, (*loc, i))]
+    return [loc] if isinstance(node, int | str) and loc and isinstance(loc[-1], str) else []
+
+
+def _plain_set(data: object, loc: tuple[str | int, ...], value: object) -> None:
+    node: Any = data
+    for part in loc[:-1]:
+        node = node[part]
+    node[loc[-1]] = value
+
+
+@pytest.mark.parametrize("source", ["tricky", "example"])
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_any_edits_change_only_their_own_lines(source: str, data: st.DataObject) -> None:
+    text = TRICKY if source == "tricky" else (ROOT / "config.example.yaml").read_text()
+    expected = yaml.safe_load(text)
+    locs = _scalar_locs(expected)
+    chosen = data.draw(st.lists(st.sampled_from(locs), min_size=1, max_size=4, unique=True))
+    doc = ConfigDocument(text.encode())
+    for loc in chosen:
+        value = data.draw(
+            st.integers(1, 99999) | st.from_regex(r"[a-z][a-z0-9.]{0,15}", fullmatch=True)
+        )
+        doc.set(loc, value)
+        _plain_set(expected, loc, value)
+    out = doc.render()
+    assert yaml.safe_load(out) == expected
+    keys = {str(loc[-1]) for loc in chosen}
+    for line in _changed_lines(text, out):
+        # A changed line is an edited key's line (a flow mapping holds several keys).
+        assert any(f"{key}:" in line for key in keys), line
