@@ -25,6 +25,7 @@ import yaml
 
 from relay.config import load
 from tests.admin.conftest import AppClientFactory
+from tests.admin.test_controls import login
 from tests.admin.test_pages import csrf_of
 from tests.bounces.mailhost import dovecot
 from tests.conftest import Running, SluiceFactory, provider_for, smtp_send
@@ -403,6 +404,33 @@ async def test_delete_counts_the_queued_recipients_and_the_api_answers(
             assert r.status_code == 422 and "only enabled provider" in r.text
             audit = [a.detail for a in await s.spool.audit_log(limit=20)]
             assert any("removed" in d for d in audit)
+
+
+async def test_edits_need_a_login_and_the_sessions_csrf_token(
+    sluice: SluiceFactory, upstream: TestUpstream, app_client: AppClientFactory
+) -> None:
+    async with sluice([provider_for(upstream)]) as s, app_client(s, password="pw") as c:
+        before = s.config_path.read_text()
+        assert (await c.get("/providers/new")).status_code == 303  # to the login page
+        r = await c.post("/api/providers", json={"id": "x", "host": "h"})
+        assert r.status_code == 401
+        await login(c, "admin", "pw")
+        form = form_of((await c.get("/providers/up1/edit")).text)
+        form["daily_limit"] = "7"
+        for forged in (
+            {**form, "csrf_token": "forged"},
+            {k: v for k, v in form.items() if k != "csrf_token"},
+        ):
+            assert (await c.post("/providers/up1/edit", data=forged)).status_code == 403
+        for path in ("/providers/up1/disable", "/providers/up1/delete", "/settings/bounces"):
+            r = await c.post(path, data={"confirmed": "yes", "threshold": "9"})
+            assert r.status_code == 403
+        r = await c.patch("/api/providers/up1", json={"daily_limit": 7})
+        assert r.status_code == 403
+        assert s.config_path.read_text() == before
+        assert (await c.post("/providers/up1/edit", data=form)).status_code == 303
+        actor = (await s.spool.audit_log(limit=1))[0].actor
+        assert "admin" in actor
 
 
 async def test_with_config_edits_off_no_form_is_served_and_the_api_answers_403(
