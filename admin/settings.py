@@ -21,7 +21,7 @@ With ``admin.config_edits: false`` no form is served (GET and POST answer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -44,7 +44,7 @@ from admin.edits import (
     save_provider,
     stale_notice,
 )
-from admin.forms import BOUNCE_GROUPS, PROVIDER_GROUPS, flat, read_form
+from admin.forms import BOUNCE_GROUPS, PROVIDER_GROUPS, Group, fields_of, flat, read_form
 from admin.pages import provider_page, render
 from relay.operations import config_edits as edits
 from relay.presets import PRESETS, Preset
@@ -79,6 +79,11 @@ def preset_view(p: Preset) -> dict[str, Any]:
         "note": p.note,
         "username_hint": p.username_hint,
     }
+
+
+def _labels(groups: Sequence[Group], errors: Mapping[str, str]) -> list[str]:
+    """The labels of the fields at fault, in form order (the summary above the form)."""
+    return [f.label for f in fields_of(groups) if f.name in errors]
 
 
 def _forbidden(request: Request, reason: str) -> Response:
@@ -134,6 +139,7 @@ async def _provider_form(
             "groups": PROVIDER_GROUPS,
             "values": values,
             "errors": errors,
+            "error_labels": _labels(PROVIDER_GROUPS, errors),
             "general": general,
             "diff": answer.diff if answer is not None else None,
             "sources": current.sources if current is not None else {},
@@ -342,6 +348,7 @@ async def _bounce_form(
             "groups": BOUNCE_GROUPS,
             "values": values,
             "errors": answer.errors if answer is not None else {},
+            "error_labels": _labels(BOUNCE_GROUPS, answer.errors if answer is not None else {}),
             "general": answer.general if answer is not None else [],
             "diff": answer.diff if answer is not None else None,
             "sources": current.sources,

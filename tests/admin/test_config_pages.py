@@ -139,6 +139,7 @@ async def test_add_a_provider_from_a_preset_wrong_password_then_right(
             refused = await c.post("/providers/new", data=form)
             assert refused.status_code == 422
             assert "535" in field_error(refused.text, "password")
+            assert "1 field needs attention: Password" in refused.text  # the summary above
             assert field_error(refused.text, "host") == ""
             assert s.config_path.read_text() == before
             assert WRONG not in refused.text
