@@ -278,6 +278,30 @@ async def _digest_now(ctx: edits.EditContext) -> str | None:
         return None
 
 
+def _moved_secret(
+    values: Mapping[str, Any], current: Current | None, host: str, secret: str
+) -> EditAnswer | None:
+    """Refuse to send a saved password to a server it was not saved for, unseen.
+
+    The page never shows a saved password, so a new server name with the old
+    password kept would hand it to whoever answers there (the connection
+    check logs in at once): someone who may use the admin page but may not
+    read the secrets could collect it. A new host therefore needs the
+    password typed again; one from the environment or a credential (read-only
+    here) is the operator's to move, and stays.
+    """
+    if current is None or host not in values or values.get(secret):
+        return None
+    saved = current.secrets.get(secret, "not set")
+    if saved == "not set" or secret in current.sources:
+        return None
+    message = (
+        "type the password again for the new server: a saved password is not sent to "
+        "another server unseen"
+    )
+    return EditAnswer(ok=False, status=422, errors={secret: message}, by_field={secret: message})
+
+
 async def save_provider(
     st: AdminState,
     provider_id: str | None,
@@ -309,6 +333,11 @@ async def save_provider(
         known = current.values if current is not None else {}
         read_only = list(current.sources) if current is not None else []
         values = changed_values(posted, known, PROVIDER_GROUPS, read_only=read_only)
+    if provider_id is not None:
+        if current is None:
+            current = await provider_current(ctx, provider_id)
+        if (moved := _moved_secret(values, current, "host", "password")) is not None:
+            return moved
     try:
         if provider_id is None:
             result = await edits.add_provider(
@@ -342,6 +371,9 @@ async def save_bounces(
         values = changed_values(
             posted, current.values, BOUNCE_GROUPS, read_only=list(current.sources)
         )
+    moved = _moved_secret(values, await bounce_current(ctx), "mailbox.host", "mailbox.password")
+    if moved is not None:
+        return moved
     try:
         result = await edits.save_bounces(
             ctx, values, actor, base_digest=base or None, save_anyway=save_anyway
@@ -357,8 +389,10 @@ async def folders_of_typed(
     """Log in with the mailbox values typed in the form and list its folders: (names, error).
 
     The password is the one typed, else the one saved (the running
-    configuration's): "Retrieve folders" before the first save works, and
-    so does it after, without retyping. Nothing is written.
+    configuration's) when the server and user name are the saved ones:
+    "Retrieve folders" works before the first save, and after it without
+    retyping, but never hands the saved password to another server. Nothing
+    is written.
     """
     box: dict[str, Any] = {}
     for f in fields_of(BOUNCE_GROUPS):
@@ -378,7 +412,12 @@ async def folders_of_typed(
     password: str | None = None
     if isinstance(typed, str) and typed:
         password = typed
-    elif saved is not None and saved.password is not None:
+    elif (
+        saved is not None
+        and saved.password is not None
+        and (saved.host, saved.username) == (settings.host, settings.username)
+    ):
+        # The saved password goes only to the server and user it was saved for.
         try:
             password = (await asyncio.to_thread(saved.password.resolve)).get_secret_value()
         except (SecretError, LookupError) as exc:

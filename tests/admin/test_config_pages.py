@@ -170,6 +170,12 @@ async def test_add_a_provider_from_a_preset_wrong_password_then_right(
                 json.dumps([dataclasses.asdict(a) for a in await s.spool.audit_log(limit=50)]),
             ):
                 assert TYPED not in text
+            # A new server name with the saved password kept: refused, it is not sent there.
+            r = await c.patch(
+                "/api/providers/guarded", headers=await csrf(c), json={"host": "localhost"}
+            )
+            assert r.status_code == 422
+            assert "type the password again" in r.json()["errors"]["password"]
             # Mail goes through it (the old provider disabled by the API).
             r = await c.patch("/api/providers/up1", headers=await csrf(c), json={"enabled": False})
             assert r.status_code == 200, r.text
@@ -516,6 +522,18 @@ async def test_the_bounce_settings_api_checks_the_mailbox_first(
             page = await c.get("/settings/bounces")
             assert 'value="Bounces"' in page.text and "saved (leave empty to keep it)" in page.text
             assert TYPED not in page.text and TYPED not in s.config_path.read_text()
+            # The saved password goes to no other server: not to list folders, not to save.
+            elsewhere = {**form, "mailbox.host": "localhost", "mailbox.password": ""}
+            api = await c.post(
+                "/api/settings/bounces/folders", headers=await csrf(c), json=elsewhere
+            )
+            assert api.status_code == 502 and "type the mailbox password" in api.json()["error"]
+            r = await c.put(
+                "/api/settings/bounces",
+                headers=await csrf(c),
+                json={"mailbox": {"host": "localhost"}},
+            )
+            assert r.status_code == 422 and "again" in r.json()["errors"]["mailbox.password"]
 
 
 def make_folder(port: int, name: str) -> None:
