@@ -295,8 +295,9 @@ def _moved_secret(
     saved = current.secrets.get(secret, "not set")
     if saved == "not set" or secret in current.sources:
         return None
+    what = "client secret" if secret.endswith("client_secret") else "password"
     message = (
-        "type the password again for the new server: a saved password is not sent to "
+        f"type the {what} again for the new server: a saved {what} is not sent to "
         "another server unseen"
     )
     return EditAnswer(ok=False, status=422, errors={secret: message}, by_field={secret: message})
@@ -336,8 +337,9 @@ async def save_provider(
     if provider_id is not None:
         if current is None:
             current = await provider_current(ctx, provider_id)
-        if (moved := _moved_secret(values, current, "host", "password")) is not None:
-            return moved
+        for host, secret in (("host", "password"), ("oauth2.token_url", "oauth2.client_secret")):
+            if (moved := _moved_secret(values, current, host, secret)) is not None:
+                return moved
     try:
         if provider_id is None:
             result = await edits.add_provider(

@@ -199,6 +199,7 @@ async def test_a_microsoft_365_provider_is_saved_then_its_page_offers_connect(
         assert form["auth_mechanism"] == "xoauth2" and form["limit_unit"] == "recipients"
         form.update(id="m365", username="relay@contoso.example")
         form["oauth2.client_id"] = "0f1e2d3c-client"
+        form["oauth2.client_secret"] = TYPED
         for key in ("oauth2.token_url", "oauth2.device_authorization_url"):
             assert "{tenant}" in form[key]
             form[key] = form[key].replace("{tenant}", "contoso.example")
@@ -211,6 +212,15 @@ async def test_a_microsoft_365_provider_is_saved_then_its_page_offers_connect(
         p = s.daemon.config.provider("m365")
         assert p.oauth2 is not None and p.oauth2.client_id == "0f1e2d3c-client"
         assert (p.daily_limit, p.limit_window) == (10000, "rolling_24h")
+        assert TYPED not in shown.text and TYPED not in s.config_path.read_text()
+        # Another token endpoint does not get the saved client secret unseen.
+        r = await c.patch(
+            "/api/providers/m365",
+            headers=await csrf(c),
+            json={"oauth2": {"token_url": "https://login.example.net/token"}},
+        )
+        assert r.status_code == 422
+        assert "client secret again" in r.json()["errors"]["oauth2.client_secret"]
 
 
 async def test_values_from_the_environment_are_shown_read_only_with_their_source(
