@@ -1,5 +1,5 @@
 """The JSON API of config edits: ``POST /api/providers``, ``PATCH``/``DELETE /api/providers/{id}``,
-``PUT /api/settings/bounces``, ``POST /api/settings/bounces/folders`` (the folders of a
+``GET``/``PUT /api/settings/bounces``, ``POST /api/settings/bounces/folders`` (the folders of a
 mailbox being typed), ``GET /api/presets``.
 
 For apps that provision Sluice: the same operations, checks and writer as
@@ -27,6 +27,7 @@ from starlette.routing import Route
 from admin.backend import actor, json_body, state
 from admin.edits import (
     EditAnswer,
+    bounce_current,
     edit_context,
     edits_off_reason,
     folders_of_typed,
@@ -159,6 +160,25 @@ async def api_bounce_settings(request: Request) -> Response:
     return _answer(answer)
 
 
+async def api_bounce_settings_read(request: Request) -> Response:
+    """GET: the bounce settings as the file has them (key paths), which are read-only and why.
+
+    Secrets are never in it: ``secrets`` says what each stands for ("saved", "not set").
+    """
+    st = state(request)
+    if (reason := edits_off_reason(st)) is not None:
+        return JSONResponse({"error": reason}, 403)
+    current = await bounce_current(edit_context(st))
+    return JSONResponse(
+        {
+            "values": current.values,
+            "read_only": current.sources,
+            "secrets": current.secrets,
+            "digest": current.digest,
+        }
+    )
+
+
 async def api_bounce_folders_typed(request: Request) -> Response:
     """POST: log in with the mailbox values given (typed in the form) and list the folders.
 
@@ -183,6 +203,7 @@ routes = [
     Route("/api/providers", api_provider_add, methods=["POST"]),
     Route("/api/providers/{pid}", api_provider_edit, methods=["PATCH"]),
     Route("/api/providers/{pid}", api_provider_remove, methods=["DELETE"]),
+    Route("/api/settings/bounces", api_bounce_settings_read),
     Route("/api/settings/bounces", api_bounce_settings, methods=["PUT"]),
     Route("/api/settings/bounces/folders", api_bounce_folders_typed, methods=["POST"]),
 ]

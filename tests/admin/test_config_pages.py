@@ -528,6 +528,10 @@ async def test_the_bounce_settings_api_checks_the_mailbox_first(
             bounces = s.daemon.config.bounces
             assert bounces.mailbox is not None and bounces.mailbox.folder == "Bounces"
             assert bounces.threshold == 2 and bounces.suppress_scope == "stream"
+            got = (await c.get("/api/settings/bounces")).json()
+            assert got["values"]["mailbox.folder"] == "Bounces" and got["values"]["threshold"] == 2
+            assert got["secrets"]["mailbox.password"].startswith("saved")
+            assert TYPED not in json.dumps(got) and "mailbox.password_file" not in got["values"]
             # The page shows it, the password as saved, never its value.
             page = await c.get("/settings/bounces")
             assert 'value="Bounces"' in page.text and "saved (leave empty to keep it)" in page.text
