@@ -214,6 +214,8 @@ def _plain(value: Any) -> Any:
     """ruamel's scalar types as plain ones (the page and the comparison want str/int/bool)."""
     if isinstance(value, bool | int | float) or value is None:
         return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
     return str(value)
 
 
