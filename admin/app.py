@@ -21,7 +21,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp
 
-from admin import api, controls, dkim, pages
+from admin import api, controls, dkim, pages, settings_api
+from admin import settings as settings_pages
 from admin.auth import COOKIE, Credentials, LoginLimiter, Sessions
 from admin.backend import AdminState, Backend
 from admin.guard import Guard, allowed_host_names
@@ -91,6 +92,9 @@ def create_app(
     hosts = allowed_host_names(listen_host or settings.listen.host, settings.allowed_hosts)
     app = Starlette(
         routes=[
+            # First: /providers/new before /providers/{pid}.
+            *settings_pages.routes,
+            *settings_api.routes,
             *controls.routes,
             *pages.routes,
             *api.routes,

@@ -26,8 +26,9 @@ from admin.api import (
     webhooks_data,
 )
 from admin.auth import DEVICE_COOKIE
-from admin.backend import ACTIONS, REFUSAL_STATUS, act, actor, identity, state
+from admin.backend import ACTIONS, REFUSAL_STATUS, AdminState, act, actor, identity, state
 from admin.data import PAGE_SIZES, LogFilter, QueueFilter, message_view
+from admin.edits import edits_off_reason
 from admin.suppressions import ANY_SCOPE, IMPORT_MAX, SuppressionFilter, entry_view
 from admin.testmail import test_message_view
 from relay.errors import UnknownMessage
@@ -40,7 +41,7 @@ from relay.outbound.device_flow import DeviceFlowError
 from relay.store.suppressions import SOURCES
 from relay.wording import plural
 
-__all__ = ["render", "routes"]
+__all__ = ["provider_page", "render", "routes"]
 
 
 def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200) -> Response:
@@ -86,6 +87,10 @@ def _notice(request: Request) -> str:
         "added": "Address added to the suppression list.",
         "removed": f"{entries} removed.",
         "imported": f"{entries} imported.",
+        "enabled": "Provider enabled; the configuration file is saved and reloaded.",
+        "disabled": "Provider disabled; the configuration file is saved and reloaded.",
+        "deleted": "Provider deleted; the configuration file is saved and reloaded.",
+        "saved": "Saved; the configuration file is written and reloaded.",
     }
     text = texts.get(done or "", "")
     if text and missing:
@@ -111,9 +116,13 @@ def _local_path(target: str | None, default: str) -> str:
 
 
 async def overview(request: Request) -> Response:
-    return _render(
-        request, "overview.html", {**await overview_data(state(request)), "folders": None}
-    )
+    st = state(request)
+    context = {**await overview_data(st), "folders": None}
+    return _render(request, "overview.html", {**context, "bounce_settings": _can_edit(st)})
+
+
+def _can_edit(st: AdminState) -> bool:
+    return edits_off_reason(st) is None
 
 
 async def bounce_folders(request: Request) -> Response:
@@ -124,9 +133,8 @@ async def bounce_folders(request: Request) -> Response:
     """
     st = state(request)
     status, folders = await bounce_folders_data(st)
-    return _render(
-        request, "overview.html", {**await overview_data(st), "folders": folders}, status
-    )
+    context = {**await overview_data(st), "folders": folders, "bounce_settings": _can_edit(st)}
+    return _render(request, "overview.html", context, status)
 
 
 async def providers(request: Request) -> Response:
@@ -161,6 +169,7 @@ async def _providers_page(
             "send_error": send_error,
             "send_to": form.get("to", ""),
             "send_provider": form.get("provider", ""),
+            "edits_off": edits_off_reason(st),
         },
         status,
     )
@@ -177,9 +186,35 @@ async def provider_detail(request: Request) -> Response:
         report = await st.backend.test_connection(pid)
         if (await request.form()).get("from") == "list":
             return await _providers_page(request, tested={pid: report})
+    return provider_page(request, view, report=report)
+
+
+def provider_page(
+    request: Request,
+    view: dict[str, Any],
+    *,
+    report: Any = None,
+    sign_in_error: str | None = None,
+    edit_error: str | None = None,
+    status: int = 200,
+) -> Response:
+    """A provider's page: its settings, health, sign-in, and the edit buttons (or why none)."""
+    st = state(request)
+    pid = view["id"]
     sign_in = st.backend.sign_in_state(pid) if st.backend.sign_in_state is not None else None
-    context = {"p": view, "report": report, "sign_in": sign_in, "sign_in_error": None}
-    return _render(request, "provider.html", context)
+    q = request.query_params
+    context = {
+        "p": view,
+        "report": report,
+        "sign_in": None if sign_in_error else sign_in,
+        "sign_in_error": sign_in_error,
+        "edits_off": edits_off_reason(st),
+        "edit_error": edit_error,
+        "saved": q.get("saved") == "1",
+        "unchecked": q.get("unchecked") == "1",
+        "base_digest": st.backend.config_digest() or "",
+    }
+    return _render(request, "provider.html", context, status)
 
 
 async def provider_connect(request: Request) -> Response:
@@ -194,12 +229,7 @@ async def provider_connect(request: Request) -> Response:
     try:
         await st.backend.sign_in_start(pid)
     except DeviceFlowError as exc:
-        return _render(
-            request,
-            "provider.html",
-            {"p": view, "report": None, "sign_in": None, "sign_in_error": exc.text},
-            502,
-        )
+        return provider_page(request, view, sign_in_error=exc.text, status=502)
     return _see_other(f"/providers/{pid}#sign-in")
 
 

@@ -22,6 +22,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args
 
@@ -81,6 +82,7 @@ __all__ = [
     "SendingPolicy",
     "SmtpSettings",
     "SpoolSettings",
+    "SuppressScope",
     "SuppressionSettings",
     "WebhookSettings",
     "auto_workers",
@@ -983,6 +985,15 @@ class MailboxSettings(_Model):
         return self
 
 
+class SuppressScope(StrEnum):
+    """What a suppression made by bounces applies to (``bounces.suppress_scope``)."""
+
+    #: every stream: the address gets no more mail at all (the default)
+    GLOBAL = "global"
+    #: only the stream of the mail that bounced; mail of no stream still suppresses globally
+    STREAM = "stream"
+
+
 class BounceSettings(_Model):
     """Where bounces go, how they are read, and when they suppress an address."""
 
@@ -1000,6 +1011,10 @@ class BounceSettings(_Model):
     expire_after: Duration | None = None
     #: a provider's permanent refusal of a recipient (550 5.1.1...) counts as a hard bounce
     count_smtp_refusals: bool = True
+    #: what an address crossing the threshold is suppressed for: ``global`` (every
+    #: stream) or ``stream`` (only the stream of the mail that bounced, so a
+    #: newsletter's bounces do not stop password resets; ``relay.store.suppressions``)
+    suppress_scope: SuppressScope = SuppressScope.GLOBAL
     mailbox: MailboxSettings | None = None
 
     @model_validator(mode="after")

@@ -158,9 +158,11 @@ def bounce_events(
     now: float,
     suppressed: str | None = None,
     suppressed_until: float | None = None,
+    suppressed_scope: str = "",
 ) -> list[OutboxEvent]:
     """A ``bounced`` row per endpoint, and ``suppressed`` ones when the bounce crossed
-    the threshold (``suppressed`` is then the entry's reason).
+    the threshold (``suppressed`` is then the entry's reason, ``suppressed_scope``
+    its stream: '' for every stream).
 
     ``source`` is where the bounce came from: ``smtp`` (a provider refused
     the address) or ``dsn`` (a report read from the bounce mailbox).
@@ -182,7 +184,7 @@ def bounce_events(
             "status": RecipientStatus.SUPPRESSED.value,
             "source": "bounce",
             "reason": suppressed,
-            "scope": "",
+            "scope": suppressed_scope,
             "expires_at": suppressed_until,
         }
         out += outbox_rows(

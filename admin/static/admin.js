@@ -182,6 +182,73 @@
     });
   }
 
+  // "Retrieve folders" on the bounce settings form: the values typed so far go to the
+  // JSON API, and the server's folders come back as a choice that fills the Folder field.
+  // The page is not reloaded, so the typed password stays where it was typed.
+  // (Without script the form posts, and the page comes back with the list.)
+  function setupTypedFolders() {
+    const button = document.getElementById("retrieve-folders");
+    if (!button || !button.dataset.api) return;
+    const form = button.form;
+    const out = document.getElementById("folder-result");
+    const folder = form.querySelector('[name="mailbox.folder"]');
+    // Not a submit button any more: Enter in a field saves, as on the other forms.
+    button.type = "button";
+    const line = (tag, className, text) => {
+      const el = document.createElement(tag);
+      if (className) el.className = className;
+      el.textContent = text; // folder names come from the mail server: text only
+      return el;
+    };
+    button.addEventListener("click", async (event) => {
+      event.preventDefault();
+      const body = {};
+      for (const [key, value] of new FormData(form)) {
+        if (typeof value === "string" && key !== "csrf_token" && key !== "base_digest") {
+          body[key] = value;
+        }
+      }
+      button.disabled = true;
+      out.replaceChildren(line("p", "muted", "asking the mail server…"));
+      try {
+        const response = await fetch(button.dataset.api, {
+          method: "POST",
+          credentials: "same-origin",
+          headers: {
+            "Content-Type": "application/json",
+            "X-CSRF-Token": form.querySelector("input[name=csrf_token]").value,
+          },
+          body: JSON.stringify(body),
+        });
+        const data = await response.json();
+        if (!response.ok) throw new Error(data.error || response.statusText);
+        const select = document.createElement("select");
+        select.id = "folder-pick";
+        select.setAttribute("aria-label", "Folder on the server");
+        if (!data.folders.includes(folder.value)) {
+          const none = line("option", "", "— pick the folder bounces arrive in —");
+          none.value = "";
+          select.append(none);
+        }
+        for (const name of data.folders) {
+          const option = line("option", "", name);
+          option.value = name;
+          option.selected = name === folder.value;
+          select.append(option);
+        }
+        select.addEventListener("change", () => { if (select.value) folder.value = select.value; });
+        const n = data.folders.length;
+        out.replaceChildren(line("p", "good", `✔ ${n} folder${n === 1 ? "" : "s"} on the server:`), select);
+      } catch (error) {
+        const p = line("p", "error", error.message);
+        p.setAttribute("role", "alert");
+        out.replaceChildren(p);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
   // A sent test message: ask for its status every second until it is settled.
   function setupTestMessagePoll() {
     const card = document.getElementById("test-message");
@@ -218,6 +285,7 @@
     setupSelection();
     setupProviderTests();
     setupBounceFolders();
+    setupTypedFolders();
     setupTestMessagePoll();
   });
 })();

@@ -43,6 +43,7 @@ from relay.backoff import exponential
 from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
 from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
 from relay.config import BounceSettings, Config, MailboxSettings
+from relay.model import Suppression
 from relay.store.suppressions import NewBounce, Suppressions, Threshold
 from relay.verp import parse as parse_verp
 from relay.verp import token_of
@@ -52,6 +53,8 @@ __all__ = ["BouncePoller", "MailboxState", "PollResult", "PollStatus"]
 log = logging.getLogger("sluice.bounces")
 
 _MAX_BACKOFF = 3600.0
+#: how often a poller with no mailbox configured looks at the config again (seconds)
+_UNCONFIGURED_RECHECK = 1.0
 
 
 class MailboxState(StrEnum):
@@ -139,7 +142,9 @@ class BouncePoller:
         while not stop.is_set():
             box = self._config().bounces.mailbox
             self.status.configured = box is not None
-            wait = box.poll_interval if box is not None else 60.0
+            # Without a mailbox, look at the config again each second (no I/O): one
+            # saved on the admin's bounce form, or by a reload, is read at once.
+            wait = box.poll_interval if box is not None else _UNCONFIGURED_RECHECK
             if box is not None:
                 try:
                     await self.poll_once()
@@ -217,7 +222,7 @@ class BouncePoller:
                     bounce.kind,
                     bounce.status or "-",
                     bounce.queue_id or "-",
-                    " (now suppressed)" if entry is not None else "",
+                    _suppressed_note(entry),
                     extra={"event": "bounce", "queue_id": bounce.queue_id or ""},
                 )
                 if entry is not None:
@@ -367,3 +372,10 @@ def _bounces(
         )
         out.append((bounce, problem))
     return out
+
+
+def _suppressed_note(entry: Suppression | None) -> str:
+    """The tail of the ``bounce:`` log line when the bounce suppressed its address."""
+    if entry is None:
+        return ""
+    return f" (now suppressed for stream {entry.scope})" if entry.scope else " (now suppressed)"

@@ -725,9 +725,10 @@ class Scheduler:
         if entry is not None:
             self._metrics.suppressions_added.labels(entry.source).inc()
             log.warning(
-                "%s: <%s> is now suppressed: %s",
+                "%s: <%s> is now suppressed%s: %s",
                 claim.queue_id,
                 address,
+                f" for stream {entry.scope}" if entry.scope else "",
                 entry.reason,
                 extra={"event": "suppressed", "queue_id": claim.queue_id},
             )

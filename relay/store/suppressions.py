@@ -12,6 +12,9 @@ A suppression entry is global (scope ``''``) or scoped to one stream (the
 relay's counterpart of a newsletter campaign, named by a header such as
 ``X-Sluice-Stream`` or ``List-Id``), has a source (bounce, manual, import,
 api), a reason, and an optional expiry. Addresses are compared lower-cased.
+Bounces suppress globally, or (``bounces.suppress_scope: stream``) only for
+the stream of the mail that bounced, counted per stream: the message's
+stream as the listener kept it, found through the recipient the bounce names.
 
 A bounce read from the bounce mailbox (``record_dsn``) counts only when it is
 about mail Sluice sent to that address: a verified VERP token naming a
@@ -35,7 +38,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from relay.config import BounceSettings
+from relay.config import BounceSettings, SuppressScope
 from relay.events import Endpoint, OutboxEvent, bounce_events
 from relay.model import Suppression, suppressed_for
 from relay.secrets import Redactor
@@ -164,11 +167,13 @@ class Threshold:
     soft_as_hard_after: float | None = None
     #: a suppression from bounces lifts itself after this long (None: never)
     expire_after: float | None = None
+    #: what the suppression covers: every stream, or the stream of the mail that bounced
+    scope: SuppressScope = SuppressScope.GLOBAL
 
     @classmethod
     def of(cls, b: BounceSettings) -> Threshold:
         """The rule ``bounces:`` in the config sets."""
-        return cls(b.threshold, b.window, b.soft_as_hard_after, b.expire_after)
+        return cls(b.threshold, b.window, b.soft_as_hard_after, b.expire_after, b.suppress_scope)
 
 
 class Suppressions:
@@ -478,6 +483,7 @@ def _events(
         now=now,
         suppressed=done.entry.reason if done.entry is not None else None,
         suppressed_until=done.entry.expires_at if done.entry is not None else None,
+        suppressed_scope=done.entry.scope if done.entry is not None else "",
     )
 
 
@@ -512,6 +518,7 @@ def _record_bounce(
     """In the writer's transaction: store a bounce and apply the threshold (None: seen before)."""
     address = normalize(bounce.address)
     queue_id = bounce.queue_id or ""
+    stream = bounce.stream
     target = None
     if bounce.queue_id is not None:
         target = c.execute(
@@ -525,6 +532,7 @@ def _record_bounce(
         if target is not None:
             address = normalize(target["rcpt"])  # VERP names it exactly
             queue_id = target["queue_id"]
+            stream = target["stream"]  # as the listener kept it (relay.message.stream_of)
     inserted = c.execute(
         QUERIES["bounce_insert"],
         {
@@ -535,7 +543,7 @@ def _record_bounce(
             "diagnostic": bounce.diagnostic[:1000],
             "source": bounce.source,
             "queue_id": bounce.queue_id,
-            "stream": bounce.stream,
+            "stream": stream,
             "now": now,
             "raw": bounce.raw[:_RAW_MAX] if bounce.raw is not None else None,
         },
@@ -559,23 +567,28 @@ def _record_bounce(
                 "reply": f"{bounce.kind} bounce: {what or 'no details'}"[:1000],
             },
         )
-    since = now - threshold.window if threshold.window is not None else 0.0
-    hard = c.execute(QUERIES["bounce_count_hard"], {"address": address, "since": since})
-    count = int(hard.fetchone()[0])
+    # Per stream, the bounces of one stream count towards its own threshold
+    # and suppress for it alone; mail of no stream (a password reset) still
+    # suppresses everywhere, as it always did.
+    per_stream = threshold.scope is SuppressScope.STREAM
+    scope = stream if per_stream else ""
+    counted = {"address": address, "since": 0.0, "stream": stream if per_stream else None}
+    if threshold.window is not None:
+        counted["since"] = now - threshold.window
+    count = int(c.execute(QUERIES["bounce_count_hard"], counted).fetchone()[0])
     if bounce.kind == "soft" and threshold.soft_as_hard_after is not None:
-        span = c.execute(
-            QUERIES["bounce_soft_span"], {"address": address, "since": since}
-        ).fetchone()
+        span = c.execute(QUERIES["bounce_soft_span"], counted).fetchone()
         if span["n"] >= 2 and span["last"] - span["first"] >= threshold.soft_as_hard_after:
             count += 1
     if count < threshold.hard:
         return recorded
-    if c.execute(QUERIES["suppressed_everywhere"], {"address": address, "now": now}).fetchone():
-        return recorded  # already suppressed everywhere
+    covered = {"address": address, "scope": scope, "now": now}
+    if c.execute(QUERIES["suppressed_in_scope"], covered).fetchone():
+        return recorded  # already suppressed there (or everywhere)
     what = " ".join(p for p in (bounce.status, bounce.diagnostic) if p) or bounce.kind
     entry = Suppression(
         address=address,
-        scope="",
+        scope=scope,
         source="bounce",
         reason=f"{count} bounces; last: {what}"[:500],
         created_at=now,

@@ -148,6 +148,26 @@ async def test_a_stream_scoped_entry_applies_to_that_stream_only(
         await eventually(lambda: peers.delivered_to("ok") == 1, within=30)
 
 
+async def test_per_stream_bounces_suppress_the_newsletter_not_the_resets(
+    sluice: SluiceFactory, peers: Peers
+) -> None:
+    """``bounces.suppress_scope: stream``: a real DSN of a newsletter scopes the entry."""
+    provider = {"id": "mx", "host": "127.0.0.1", "port": peers.mx.port, "encryption": "none"}
+    settings = sections(peers, threshold=1, suppress_scope="stream")
+    async with sluice([provider], **settings) as s:
+        book = s.spool.suppressions
+        await send(s, [GONE], "issue 1", stream="News")
+        await eventually(lambda: book.active(GONE, "news"), within=30)
+        (entry,) = await book.entries_of(GONE)
+        assert (entry.scope, entry.source) == ("news", "bounce") and "5.1.1" in entry.reason
+        assert await book.active(GONE) is None
+        # The next issue is held back; a password reset to the same address still goes.
+        news = await send(s, [GONE], "issue 2", stream="news")
+        reset = await send(s, [GONE], "your password reset")
+        await eventually(lambda: _status_is(s, news, GONE, RecipientStatus.SUPPRESSED), within=30)
+        await eventually(lambda: _status_is(s, reset, GONE, RecipientStatus.SENT), within=30)
+
+
 async def test_a_providers_refusal_of_the_address_counts_as_a_bounce(
     sluice: SluiceFactory,
 ) -> None:

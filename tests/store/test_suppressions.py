@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from relay.config import SuppressScope
 from relay.events import EventType
 from relay.model import Claim, suppressed_for
 from relay.store.spool import NewMessage, Spool
@@ -131,6 +132,63 @@ async def test_a_dsn_bounce_of_a_relayed_message_is_in_its_log(tmp_path: Path) -
         # VERP named the recipient: the bounce counts for it, whatever the DSN said.
         (b,) = await spool.suppressions.bounces_of("to@y.example")
         assert b.queue_id == qid
+
+
+async def test_per_stream_bounces_suppress_for_their_stream_only(tmp_path: Path) -> None:
+    """``bounces.suppress_scope: stream``: a newsletter's bounces spare password resets."""
+    hooks = [Hook("http://127.0.0.1:9/all", list(EventType))]
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        book = spool.suppressions
+        rule = Threshold(hard=2, scope=SuppressScope.STREAM)
+
+        async def bounce_of(n: int, headers: str) -> NewBounce:
+            qid = f"0190F2A3B4C5D6{n:02X}"
+            data = f"Subject: s\r\n{headers}\r\nb\r\n".encode()
+            msg = NewMessage(qid, "app@x.example", ["reader@y.example"], data, "s", 1)
+            await spool.enqueue(msg)
+            (rcpt,) = (await spool.get(qid)).recipients
+            return hard("reader@y.example", n, queue_id=qid, recipient_id=rcpt.id)
+
+        news = "X-Sluice-Stream: News\r\n"
+        assert await book.record_bounce(await bounce_of(1, news), rule) is None
+        # A reset's bounce is not the newsletter's: neither reaches 2 on its own.
+        assert await book.record_bounce(await bounce_of(2, ""), rule) is None
+        entry = await book.record_bounce(await bounce_of(3, news), rule, endpoints=hooks)
+        assert entry is not None and entry.scope == "news" and entry.source == "bounce"
+        assert await book.active("reader@y.example", "news") == entry
+        assert await book.active("reader@y.example") is None  # resets still go
+        assert await book.active("reader@y.example", "receipts") is None
+        (suppressed, _bounced) = await spool.outbox_recent(hooks[0].url)
+        assert json.loads(suppressed.body)["data"]["scope"] == "news"
+        # The bounce rows keep the stream they counted for.
+        assert [b.stream for b in await book.bounces_of("reader@y.example")] == [
+            "news",
+            "",
+            "news",
+        ]
+        # A second bounce of mail of no stream: suppressed everywhere, as always.
+        entry = await book.record_bounce(await bounce_of(4, ""), rule)
+        assert entry is not None and entry.scope == ""
+        assert await book.active("reader@y.example") is not None
+        # Already suppressed everywhere: a List-Id stream's bounces add nothing.
+        listed = "List-Id: Offers <offers.x.example>\r\n"
+        assert await book.record_bounce(await bounce_of(5, listed), rule) is None
+        assert await book.record_bounce(await bounce_of(6, listed), rule) is None
+        assert [e.scope for e in await book.entries_of("reader@y.example")] == ["", "news"]
+
+
+async def test_global_is_the_default_and_counts_every_stream(tmp_path: Path) -> None:
+    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+        rule = Threshold(hard=2)
+        assert rule.scope is SuppressScope.GLOBAL
+        for n, headers in enumerate(("X-Sluice-Stream: news\r\n", "")):
+            qid = f"0190F2A3B4C5D7{n:02X}"
+            data = f"Subject: s\r\n{headers}\r\nb\r\n".encode()
+            await spool.enqueue(NewMessage(qid, "app@x.example", ["r@y.example"], data, "s", 1))
+            (rcpt,) = (await spool.get(qid)).recipients
+            bounce = hard("r@y.example", n, queue_id=qid, recipient_id=rcpt.id)
+            entry = await spool.suppressions.record_bounce(bounce, rule)
+        assert entry is not None and entry.scope == ""
 
 
 async def test_pages_never_split_an_address_with_several_scopes(tmp_path: Path) -> None:

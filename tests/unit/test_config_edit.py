@@ -326,6 +326,21 @@ def test_a_comment_that_ends_the_file_stays_below_a_provider_built_key_by_key() 
     )
 
 
+def test_a_comment_that_ends_the_file_stays_below_a_nested_key_made_by_an_edit() -> None:
+    """``oauth2.client_id`` on a new provider: the mapping made for it goes above the comment."""
+    text = "providers:\n  - id: a\n    host: a.example.com\n# the very end\n"
+    doc = ConfigDocument(text.encode())
+    index = doc.append(("providers",), {"id": "m365"})
+    doc.set(("providers", index, "oauth2", "scope"), "SMTP.Send")
+    doc.set(("providers", index, "oauth2", "client_id"), "c1")
+    assert doc.render() == (
+        "providers:\n  - id: a\n    host: a.example.com\n"
+        "  - id: m365\n    oauth2:\n      scope: SMTP.Send\n      client_id: c1\n"
+        "# the very end\n"
+    )
+    assert ("providers", index, "oauth2", "scope") in doc.changed
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as two users")
 def test_the_lock_root_leaves_can_be_taken_by_the_daemons_user() -> None:
     """``sluice providers add`` as root, then the daemon (another user) saving the same file."""

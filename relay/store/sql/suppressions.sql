@@ -10,7 +10,7 @@ VALUES (:address, :kind, :status, :diagnostic, :source, :queue_id, :stream, :now
 
 -- name: bounce_recipient
 -- The recipient a bounce answers: by its row id (VERP) or by address.
-SELECT r.id, r.message_id, r.rcpt, m.queue_id, m.subject
+SELECT r.id, r.message_id, r.rcpt, m.queue_id, m.subject, m.stream
 FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
 WHERE m.queue_id = :queue_id
   AND (r.id = :recipient_id OR (:recipient_id IS NULL AND lower(r.rcpt) = :address))
@@ -24,13 +24,19 @@ VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, :now, 'bou
         :code, :reply);
 
 -- name: bounce_count_hard
--- Hard bounces of an address since a time (the threshold's window).
-SELECT count(*) FROM bounces WHERE address = :address AND kind = 'hard' AND received_at >= :since;
+-- Hard bounces of an address since a time (the threshold's window), of one
+-- stream (:stream) or of every stream (:stream NULL).
+SELECT count(*) FROM bounces
+WHERE address = :address AND kind = 'hard' AND received_at >= :since
+  AND (:stream IS NULL OR stream = :stream);
 
 -- name: bounce_soft_span
--- The first and last soft bounce of an address since a time, and how many.
+-- The first and last soft bounce of an address since a time, and how many
+-- (of one stream, or of every stream when :stream is NULL).
 SELECT min(received_at) AS first, max(received_at) AS last, count(*) AS n
-FROM bounces WHERE address = :address AND kind = 'soft' AND received_at >= :since;
+FROM bounces
+WHERE address = :address AND kind = 'soft' AND received_at >= :since
+  AND (:stream IS NULL OR stream = :stream);
 
 -- name: bounces_of
 -- Every bounce of one address, newest first (what made it suppressed).
@@ -49,10 +55,11 @@ ON CONFLICT (address, scope) DO UPDATE SET source = excluded.source,
     reason = excluded.reason, created_at = excluded.created_at,
     expires_at = excluded.expires_at;
 
--- name: suppressed_everywhere
--- Whether an address has an entry for every stream (scope ''), in force now.
+-- name: suppressed_in_scope
+-- Whether an address has an entry in force now that covers :scope: one for
+-- every stream (scope '') or one for that stream (:scope '' asks for the first).
 SELECT 1 FROM suppressions
-WHERE address = :address AND scope = ''
+WHERE address = :address AND scope IN ('', :scope)
   AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: suppression_delete
