@@ -41,6 +41,8 @@ VALUES = {
     ("bounces", "mailbox", "oauth2", "client_secret"): "BoxCl1ent-77aa",
     ("bounces", "mailbox", "oauth2", "refresh_token"): "BoxRefr3sh-3c3c",
     ("notify", "webhooks", 0, "secret"): "H00kSecret-d00d",
+    ("smtp", "users", 0, "password_hash"): "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$UserHash-5e1f",
+    ("smtp", "users", 1, "password"): "Us3rPw-a41b",
     # a DKIM private key must load (the daemon signs with it): a real one, made here
     ("dkim", "domains", 0, "key"): generate_key("ed25519")[1].decode("ascii").strip(),
 }
@@ -66,7 +68,15 @@ def _every_marked_field(model: type[BaseModel], seen: set[type] | None = None) -
 def _config_dict(up: TestUpstream, tmp_path: Path) -> dict[str, Any]:
     oauth2 = {"token_url": "http://127.0.0.1:9/token", "client_id": "app"}
     return {
-        "smtp": {"listen": ["127.0.0.1:0"], "hostname": "sluice.test", "workers": 0},
+        "smtp": {
+            "listen": ["127.0.0.1:0"],
+            "hostname": "sluice.test",
+            "workers": 0,
+            "users": [
+                {"name": "app1", "password_hash": VALUES[("smtp", "users", 0, "password_hash")]},
+                {"name": "app2", "password": VALUES[("smtp", "users", 1, "password")]},
+            ],
+        },
         "spool": {"path": str(tmp_path / "spool.sqlite3")},
         "admin": {
             "enabled": False,
@@ -145,6 +155,8 @@ def test_the_config_sets_every_marked_field_and_secrets_lists_each(
         "MailboxSettings.password",
         "WebhookSettings.secret",
         "DkimDomain.key",
+        "SmtpUser.password_hash",
+        "SmtpUser.password",
     }
     # The keys the loader folds are the marked SecretSource fields.
     assert set(SECRET_NAMES) == {loc[-1] for loc in VALUES} - {"password_hash"}
