@@ -7,8 +7,9 @@ Every figure carries where it comes from (``source``) and when it was read
 (``checked``): providers change their limits without notice, and a preset
 that does not say how old it is would be trusted longer than it deserves.
 The limits are those ``config.example.yaml`` documents (checked 2026-11-30
-against copies of the pages named); SendGrid and Mailgun publish no fixed
-limit (it is the plan's), so theirs are left unset.
+against copies of the pages named); SendGrid's and Mailgun's host, port and
+user name were read from copies of their pages on 2026-12-07. They publish no
+fixed limit (it is the plan's), so theirs are left unset.
 
 Templates: ``{region}`` (Amazon SES) and ``{tenant}`` (Microsoft 365) are for
 the operator to fill; ``Preset.values(**fill)`` puts them in.
@@ -138,7 +139,7 @@ _ALL = [
         auth_mechanism="auto",
         username_hint="apikey",
         source="https://www.twilio.com/docs/sendgrid/for-developers/sending-email/integrating-with-the-smtp-api",
-        checked=_CHECKED,
+        checked="2026-12-07",
         note="The username is the word apikey; the password is an API key. "
         "Limits depend on the plan: set daily_limit to yours.",
     ),
@@ -150,8 +151,9 @@ _ALL = [
         encryption="starttls",
         auth_mechanism="auto",
         username_hint="postmaster@YOUR-DOMAIN",
-        source="https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-smtp",
-        checked=_CHECKED,
+        source="https://help.mailgun.com/hc/en-us/articles/203380100 (SMTP credentials per "
+        "domain; ports 25, 465, 587 with STARTTLS, 2525)",
+        checked="2026-12-07",
         note="SMTP credentials are per sending domain (smtp.eu.mailgun.org for the EU "
         "region). Limits depend on the plan: set daily_limit to yours.",
     ),
