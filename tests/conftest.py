@@ -19,7 +19,9 @@ from relay.daemon import Daemon
 from relay.model import RecipientStatus
 from relay.store.spool import Spool
 from tests.upstream import TestUpstream
-from tests.workers import group_shared_fixtures
+
+#: how pytest-xdist's workers share the suite, and what they can send back
+pytest_plugins = ("tests.workers",)
 
 
 @pytest.fixture
@@ -197,8 +199,3 @@ def server_tls(ca: trustme.CA) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
     return ctx
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, keep the tests that share a module-scoped fixture on one worker."""
-    group_shared_fixtures(items)
