@@ -1,17 +1,15 @@
-"""How the suite is shared between pytest-xdist's workers (``-n 2 --dist loadgroup``).
+"""What pytest-xdist's workers need from the suite (``.ci/run``: ``-n 2 --dist loadfile``).
 
-A pytest plugin, loaded by ``tests/conftest.py``. Most tests are independent
-and go to whichever worker is free. A test that uses a module- or
-class-scoped fixture (one installed venv, one Postfix, one browser per
-module) is put in that module's ``xdist_group``, so that the fixture is built
-once, on one worker, and not once per worker. This is read from the fixtures
-themselves, so a new module-scoped fixture needs no marker.
+A pytest plugin, loaded by ``tests/conftest.py``. Each test file runs whole on
+one worker (``loadfile``), so a module-scoped fixture (one install, one
+Postfix, one browser per module) is built once, as in a serial run.
 
 A worker sends each test's report to the controller as UTF-8 (execnet). The
 listener tests log what clients sent, and bytes that are not UTF-8 reach the
 captured log as lone surrogates (``\\udcff``): such a report cannot be sent,
-and the worker dies with an INTERNALERROR that ends the whole run. Reports
-are made sendable here (``backslashreplace``), which a serial run never needs.
+and the worker dies with an INTERNALERROR, after which pytest-xdist exits 0
+with the rest of that worker's tests never run. Reports are made sendable
+here (``backslashreplace``), which a serial run never needs.
 """
 
 from __future__ import annotations
@@ -20,20 +18,6 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
-
-#: fixture scopes wider than one test and narrower than a worker's session
-_SHARED = frozenset({"module", "class", "package"})
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give each test that uses a module/class/package-scoped fixture its file's group."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group") is not None:
-            continue
-        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs}
-        if scopes & _SHARED:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,4 +1,4 @@
-"""The suite on two pytest-xdist workers: what a worker may send back, and what stays together."""
+"""The suite on two pytest-xdist workers: what a worker may send back."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.daemon_proc import REPO
 from tests.workers import utf8_only
@@ -51,19 +49,3 @@ def test_utf8_only_escapes_surrogates_and_keeps_everything_else() -> None:
         "n": 1,
         "ok": None,
     }
-
-
-@pytest.fixture(scope="module")
-def shared() -> str:
-    return "built once"
-
-
-def test_a_module_scoped_fixture_puts_its_tests_in_one_group(
-    request: pytest.FixtureRequest, shared: str
-) -> None:
-    marker = request.node.get_closest_marker("xdist_group")
-    assert marker is not None and marker.args == ("tests/unit/test_workers.py",)
-
-
-def test_a_test_without_one_is_in_no_group(request: pytest.FixtureRequest) -> None:
-    assert request.node.get_closest_marker("xdist_group") is None
