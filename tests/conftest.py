@@ -20,6 +20,9 @@ from relay.model import RecipientStatus
 from relay.store.spool import Spool
 from tests.upstream import TestUpstream
 
+#: how pytest-xdist's workers share the suite, and what they can send back
+pytest_plugins = ("tests.workers",)
+
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[TestUpstream]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import trustme
 
 from bench.postfix import _MASTER_CF
-from tests.peers import exited, free_port, pid_in, require, wait_for_port
+from tests.peers import exited, free_port, pid_in, require, stop_dovecot, wait_for_port
 
 __all__ = ["Dovecot", "Mailhost", "dovecot", "mailhost"]
 
@@ -141,16 +141,7 @@ async def dovecot(
         await wait_for_port("127.0.0.1", port, within=15)
         yield Dovecot(base, port, conf, dict(users), tls)
     finally:
-        master = pid_in(base / "run" / "master.pid")
-        await asyncio.to_thread(
-            subprocess.run,
-            [doveadm, "-c", str(conf), "stop"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-        )
-        await exited(master)
+        await stop_dovecot(doveadm, conf, base / "run", output=base / "stop.log")
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -6,6 +6,7 @@ handshake; each case checks both.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -102,13 +103,24 @@ async def test_plain_or_starttls_against_an_implicit_tls_port_says_use_tls(
     up = await start_upstream(tls_context=server_tls)
     try:
         p = provider_for(up, "smtps", encryption=mode, ca_file=str(ca_file), timeout="20s")
-        async with sluice([p]) as s:
-            _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
-            (entry,) = await eventually(lambda: _deferred(s, queue_id_of(reply)), within=30)
         path = write_config(tmp_path / "cli.yaml", fast_config(tmp_path, [p]))
-        started = time.monotonic()
-        code, out, _ = await run_cli("providers", "test", "smtps", "--json", "-c", str(path))
-        took = time.monotonic() - started
+
+        async def deliver() -> QueueEntry:
+            async with sluice([p]) as s:
+                _, reply = await smtp_send(s.port, SENDER, ["a@example.net"], message())
+                found: list[QueueEntry] = await eventually(
+                    lambda: _deferred(s, queue_id_of(reply)), within=30
+                )
+            (entry,) = found
+            return entry
+
+        async def check() -> tuple[int, str, float]:
+            started = time.monotonic()
+            code, out, _ = await run_cli("providers", "test", "smtps", "--json", "-c", str(path))
+            return code, out, time.monotonic() - started
+
+        # The delivery and the CLI each wait out the banner wait: at the same time.
+        entry, (code, out, took) = await asyncio.gather(deliver(), check())
     finally:
         await up.stop()
     assert SPEAKS_TLS in entry.reason
@@ -136,12 +148,18 @@ async def test_a_slow_greeting_is_waited_for_not_mistaken_for_tls(
             "encryption": "none",
             "timeout": "15s",
         }
-        async with sluice([p]) as s:
-            _, reply = await smtp_send(s.port, SENDER, ["user@example.net"], message("slow"))
-            await sink.wait_for(1, within=30)
-            await eventually(lambda: sent(s.spool, queue_id_of(reply)), within=30)
         path = write_config(tmp_path / "cli.yaml", fast_config(tmp_path, [p]))
-        code, out, err = await run_cli("providers", "test", "slow", "--json", "-c", str(path))
+
+        async def deliver() -> None:
+            async with sluice([p]) as s:
+                _, reply = await smtp_send(s.port, SENDER, ["user@example.net"], message("slow"))
+                await sink.wait_for(1, within=30)
+                await eventually(lambda: sent(s.spool, queue_id_of(reply)), within=30)
+
+        # The delivery and the CLI each wait out the 4 s greeting: at the same time.
+        _, (code, out, err) = await asyncio.gather(
+            deliver(), run_cli("providers", "test", "slow", "--json", "-c", str(path))
+        )
     assert code == 0, out + err
     connect = json.loads(out)["slow"]["steps"][0]
     assert connect["name"] == "connect" and connect["ok"]
