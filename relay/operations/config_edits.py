@@ -529,6 +529,38 @@ def _describe(changed: Iterable[str]) -> str:
 # --------------------------------------------------------------- operations
 
 
+async def _save_provider(
+    ctx: EditContext,
+    doc: ConfigDocument,
+    index: int,
+    changed: list[str],
+    secrets: _Secrets,
+    actor: Actor,
+    *,
+    added: bool,
+    save_anyway: bool,
+) -> EditResult:
+    """The second half of add and edit: validate, test the connection, write, reload, audit.
+
+    A new provider is always tested (unless it waits for a device sign-in); an
+    edited one only when it is enabled and a connection field changed (a new
+    daily limit never needs the server to answer).
+    """
+    text = doc.render()
+    cfg = _validate(ctx, text, ("providers", index), "provider")
+    p = cfg.providers[index]
+    _ca_file(p, "ca_file")
+    answer = None
+    sign_in = await _needs_sign_in(ctx.spool, p)
+    if not sign_in and (added or (p.enabled and CONNECTION_FIELDS.intersection(changed))):
+        answer = await _check(ctx, p, secrets, save_anyway)
+    what = ("added; " if added else "edited; ") + _describe(changed)
+    digest, reloaded = await _commit(ctx, doc, text, secrets, actor, f"provider {p.id}", what)
+    return EditResult(
+        digest, changed, reloaded, connection_error=answer, needs_sign_in=sign_in, provider=p.id
+    )
+
+
 async def add_provider(
     ctx: EditContext,
     values: Mapping[str, Any],
@@ -561,24 +593,8 @@ async def add_provider(
             doc, ("providers", index), rest, SECRET_FIELDS, secrets, ("provider", provider_id)
         ),
     ]
-    text = doc.render()
-    cfg = _validate(ctx, text, ("providers", index), "provider")
-    p = cfg.providers[index]
-    _ca_file(p, "ca_file")
-    answer = None
-    sign_in = await _needs_sign_in(ctx.spool, p)
-    if not sign_in:
-        answer = await _check(ctx, p, secrets, save_anyway)
-    digest, reloaded = await _commit(
-        ctx, doc, text, secrets, actor, f"provider {provider_id}", "added; " + _describe(changed)
-    )
-    return EditResult(
-        digest,
-        changed,
-        reloaded,
-        connection_error=answer,
-        needs_sign_in=sign_in,
-        provider=provider_id,
+    return await _save_provider(
+        ctx, doc, index, changed, secrets, actor, added=True, save_anyway=save_anyway
     )
 
 
@@ -613,24 +629,8 @@ async def edit_provider(
     )
     if not changed:
         return EditResult(doc.digest, [], False, provider=provider_id)
-    text = doc.render()
-    cfg = _validate(ctx, text, ("providers", index), "provider")
-    p = cfg.providers[index]
-    _ca_file(p, "ca_file")
-    answer = None
-    sign_in = await _needs_sign_in(ctx.spool, p)
-    if p.enabled and not sign_in and CONNECTION_FIELDS.intersection(changed):
-        answer = await _check(ctx, p, secrets, save_anyway)
-    digest, reloaded = await _commit(
-        ctx, doc, text, secrets, actor, f"provider {provider_id}", "edited; " + _describe(changed)
-    )
-    return EditResult(
-        digest,
-        changed,
-        reloaded,
-        connection_error=answer,
-        needs_sign_in=sign_in,
-        provider=provider_id,
+    return await _save_provider(
+        ctx, doc, index, changed, secrets, actor, added=False, save_anyway=save_anyway
     )
 
 
