@@ -25,12 +25,12 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
-from typing import Literal
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from typing import TYPE_CHECKING, Literal
 
 from relay.secrets import SecretError
+
+if TYPE_CHECKING:  # imported where a key is read: a relay without DKIM keys never loads them
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 __all__ = [
     "DEFAULT_HEADERS",
@@ -137,6 +137,9 @@ def load_key(text: str, *, key: str = "key") -> DkimKey:
     Raises:
         DkimKeyError: not a key Sluice can sign with, or an RSA key under 2048 bits.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     stripped = text.strip()
     if "-----BEGIN" not in stripped:
         return _bare_ed25519(stripped, key)
@@ -154,6 +157,8 @@ def load_key(text: str, *, key: str = "key") -> DkimKey:
 
 
 def _rsa(private: rsa.RSAPrivateKey, key: str) -> DkimKey:
+    from cryptography.hazmat.primitives import serialization
+
     bits = private.key_size
     if bits < MIN_RSA_BITS:
         raise DkimKeyError(
@@ -173,6 +178,8 @@ def _rsa(private: rsa.RSAPrivateKey, key: str) -> DkimKey:
 
 
 def _ed25519(private: ed25519.Ed25519PrivateKey) -> DkimKey:
+    from cryptography.hazmat.primitives import serialization
+
     seed = private.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
@@ -190,6 +197,8 @@ def _bare_ed25519(text: str, key: str) -> DkimKey:
         seed = b""
     if len(seed) != 32:
         raise DkimKeyError(key, "not a PEM private key (nor a base64 Ed25519 seed)")
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     return _ed25519(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
 
 
@@ -199,6 +208,9 @@ def generate_key(algorithm: Algorithm = "rsa", bits: int = MIN_RSA_BITS) -> tupl
     Raises:
         DkimKeyError: an RSA size under 2048 bits.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
     if algorithm == "rsa":
         if bits < MIN_RSA_BITS:

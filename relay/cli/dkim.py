@@ -21,10 +21,8 @@ import sys
 from collections.abc import Callable
 from os import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_OK, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dns.exception
-import dns.resolver
 from pydantic import ValidationError
 
 from relay.config import Config, DkimDomain, load
@@ -38,6 +36,9 @@ from relay.dkim import (
 )
 from relay.errors import SluiceError
 from relay.secrets import SecretError
+
+if TYPE_CHECKING:  # dnspython (about 15 MB) is loaded by `sluice dkim check` only
+    import dns.resolver
 
 __all__ = ["DnsUnavailable", "check_domain", "register", "txt_lookup"]
 
@@ -57,6 +58,9 @@ def txt_lookup(
     Raises:
         DnsUnavailable: no resolver could be asked or none answered in time.
     """
+    import dns.exception
+    import dns.resolver
+
     try:
         res = resolver if resolver is not None else dns.resolver.Resolver()
         answer = res.resolve(name, "TXT", lifetime=lifetime)

@@ -9,8 +9,10 @@ default (no subdomains). Mail that already carries a DKIM-Signature with
 ``d=`` that domain is sent as it is (the app signed it, or an earlier hop).
 
 The signature is made by ``dkimpy`` (the library the issue asks for, kept
-since 2008), with the RSA key operation done by OpenSSL (``_Dkim``: dkimpy's
-own takes about 7 ms of CPU in Python). Costs per message (bench/RESULTS.md):
+since 2008), with the RSA key operation done by OpenSSL
+(``relay.outbound.dkim_crypto``, loaded by the first signature only: dkimpy
+and OpenSSL's bindings cost a process about 30 MB; dkimpy's own RSA takes
+about 7 ms of CPU in Python). Costs per message (bench/RESULTS.md):
 RSA 2048 or Ed25519 about 0.3-1 ms at 2 KB; at 100 KB about 6 ms, dkimpy's
 relaxed body canonicalisation (regular expressions over the body). So the
 work runs in a thread (``asyncio.to_thread``), except for Ed25519 over a
@@ -40,15 +42,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import dkim
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-
 from relay.config import DkimDomain, DkimSettings
 from relay.dkim import DkimKey, load_key, record_name, record_tags
 from relay.message import HeaderBlock, bare_line_ending, field_value
-from relay.outbound.transfer import Unconvertible, convert, fits
+from relay.outbound.transfer import Unconvertible, fits
 
 __all__ = ["DkimDomainStatus", "Signer", "sign"]
 
@@ -186,6 +183,10 @@ class Signer:
         entry = self._entry_for(block)
         if entry is None:
             return data
+        # dkimpy and OpenSSL's bindings (about 30 MB) are loaded by the first signature,
+        # so a relay that signs nothing never carries them.
+        from relay.outbound import dkim_crypto
+
         if bare_line_ending(data) is not None:
             # What goes on the wire has CRLF everywhere (``wire_data``): sign that.
             data = _ANY_LINE_ENDING.sub(_LINE_ENDING, data)
@@ -197,8 +198,10 @@ class Signer:
             # not cached). 8-bit text is left as it is (RFC 6376 § 5.3 would
             # have it made 7-bit; providers offer 8BITMIME).
             try:
-                data, header, changes = await asyncio.to_thread(_fit_and_sign, data, s, entry.key)
-            except (dkim.DKIMException, Unconvertible) as exc:
+                data, header, changes = await asyncio.to_thread(
+                    dkim_crypto.fit_and_sign, data, s, entry.key
+                )
+            except (dkim_crypto.DKIMException, Unconvertible) as exc:
                 return self._unsigned(entry, data, exc)
             log.info("dkim: re-encoded before signing for %s: %s", s.domain, "; ".join(changes))
         else:
@@ -211,10 +214,12 @@ class Signer:
             else:
                 try:
                     if entry.key.algorithm == "ed25519" and len(data) <= _INLINE_MAX:
-                        header = _signature(data, s, entry.key, include)
+                        header = dkim_crypto.signature(data, s, entry.key, include)
                     else:
-                        header = await asyncio.to_thread(_signature, data, s, entry.key, include)
-                except dkim.DKIMException as exc:
+                        header = await asyncio.to_thread(
+                            dkim_crypto.signature, data, s, entry.key, include
+                        )
+                except dkim_crypto.DKIMException as exc:
                     return self._unsigned(entry, data, exc)
                 self._cache[cache_key] = header
                 if len(self._cache) > _CACHE_SIZE:
@@ -230,95 +235,6 @@ class Signer:
         entry.last_error = str(exc)
         log.warning("dkim: not signed for %s: %s", entry.settings.domain, exc)
         return data
-
-
-class _OpenSslRsa:
-    """``sign(digest).signature``, the shape dkimpy's Ed25519 branch calls: RSA by OpenSSL.
-
-    RSASSA-PKCS1-v1_5 over the SHA-256 digest dkimpy computed (RFC 6376
-    § 3.3.1), which is what dkimpy's own RSA code computes, in pure Python.
-    """
-
-    __slots__ = ("_key", "signature")
-
-    def __init__(self, key: rsa.RSAPrivateKey) -> None:
-        self._key = key
-        self.signature = b""
-
-    def sign(self, digest: bytes) -> _OpenSslRsa:
-        self.signature = self._key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
-        return self
-
-
-class _Dkim(dkim.DKIM):  # type: ignore[misc]  # dkimpy has no type hints
-    """dkimpy's signer, with the RSA private-key operation done by OpenSSL (``cryptography``).
-
-    dkimpy makes an RSA signature in Python: two 1024-bit modular
-    exponentiations, about 7 ms of CPU per message for a 2048-bit key, each
-    holding the GIL for 3-4 ms, so that even from a thread it stalls the
-    event loop that long (bench/RESULTS.md). It has no hook for the key
-    operation; its ``gen_header`` hands an Ed25519 key the digest
-    (``pk.sign(digest).signature``). For RSA this class lets ``gen_header``
-    take that branch with ``_OpenSslRsa``: canonicalization, header choice,
-    hashing and the field's layout stay dkimpy's, and ``a=rsa-sha256`` is
-    already in the field. Checked against dkimpy 1.1 (pinned ``<1.2``);
-    every RSA signature of the tests is verified by dkimpy and OpenDKIM.
-    """
-
-    signature_algorithm: bytes
-
-    def __init__(self, message: bytes, key: rsa.RSAPrivateKey | None) -> None:
-        super().__init__(message, linesep=_LINE_ENDING)
-        self._openssl_key = key
-
-    def gen_header(
-        self,
-        fields: list[tuple[bytes, bytes]],
-        include_headers: object,
-        canon_policy: object,
-        header_name: bytes,
-        pk: object,
-        standardize: bool = False,
-    ) -> bytes:
-        if self._openssl_key is None or self.signature_algorithm != b"rsa-sha256":
-            header: bytes = super().gen_header(
-                fields, include_headers, canon_policy, header_name, pk, standardize
-            )
-            return header
-        self.signature_algorithm = b"ed25519-sha256"  # the branch that calls pk.sign(digest)
-        try:
-            header = super().gen_header(
-                fields,
-                include_headers,
-                canon_policy,
-                header_name,
-                _OpenSslRsa(self._openssl_key),
-                standardize,
-            )
-        finally:
-            self.signature_algorithm = b"rsa-sha256"
-        return header
-
-
-def _fit_and_sign(data: bytes, s: DkimDomain, key: DkimKey) -> tuple[bytes, bytes, tuple[str, ...]]:
-    """Re-encode what does not fit the wire (``transfer.convert``), then sign: in a thread."""
-    fitted = convert(data, eight_bit=True)
-    include = [n for n in HeaderBlock(fitted.data).names if n in s.headers] + list(s.oversign)
-    return fitted.data, _signature(fitted.data, s, key, include), fitted.changes
-
-
-def _signature(data: bytes, s: DkimDomain, key: DkimKey, include: list[str]) -> bytes:
-    """The DKIM-Signature field (CRLF-ended) for ``data``: the CPU work, thread-safe."""
-    header_c, body_c = s.canonicalization.split("/")
-    signature: bytes = _Dkim(data, key.rsa).sign(
-        s.selector.encode("ascii"),
-        s.domain.encode("ascii"),
-        key.private,
-        signature_algorithm=key.signature_algorithm,
-        canonicalize=(header_c.encode("ascii"), body_c.encode("ascii")),
-        include_headers=[n.encode("ascii") for n in include],
-    )
-    return signature
 
 
 async def sign(signer: Signer | None, data: bytes, *, head: HeaderBlock | None = None) -> bytes:

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from relay.config import DkimDomain, DkimSettings, load
 from relay.dkim import DkimKey, generate_key, load_key, record_name
-from relay.outbound.dkim import Signer, _Dkim, sign
+from relay.outbound.dkim import Signer, sign
+from relay.outbound.dkim_crypto import _Dkim
 from relay.secrets import SecretSource
 from tests.conftest import SluiceFactory, fast_config, provider_for, smtp_send, write_config
 from tests.daemon_proc import DaemonProcess, start_daemon

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,19 @@ def test_without_a_key_given_the_key_is_the_credential_named_after_the_domain(
     assert ref.source.resolve({"CREDENTIALS_DIRECTORY": str(tmp_path)}).get_secret_value()
     with pytest.raises(ConfigError, match=r"dkim.domains.0.key: DKIM domain example.com has no"):
         loads(text, secrets=True, env={})
+
+
+def test_a_relay_that_signs_nothing_does_not_load_dkimpy_openssl_or_dnspython() -> None:
+    """dkimpy, ``cryptography`` and dnspython cost a process about 30 MB: loaded on use only.
+
+    The daemon, an accept worker and the command line import them when a key
+    is read, a signature made or a record looked up, never at start.
+    """
+    code = (
+        "import sys, relay.daemon, relay.inbound.workers, relay.cli.main\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dkim', 'cryptography', 'dns'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout
