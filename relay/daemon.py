@@ -30,6 +30,7 @@ from relay.bounces.poller import BouncePoller, PollStatus
 from relay.config import Config, ProviderSettings
 from relay.config_edit import digest_of, load_with_text
 from relay.errors import ConfigError, ListenError, SpoolError
+from relay.inbound.auth import FailureCounter, LocalFailures
 from relay.inbound.listener import Listener, RelayHandler, start_listeners
 from relay.inbound.policy import LocalRates, WindowCounter
 from relay.inbound.workers import AcceptorPool, WorkerSettings
@@ -457,6 +458,8 @@ class Daemon:
 
             #: ``smtp.policies`` rates, one count for this process and every accept worker
             rates = WindowCounter()
+            #: failed AUTHs per client address, one count for this process and every worker
+            auth_failures = FailureCounter()
             handler = RelayHandler(
                 spool,
                 lambda: self.config.smtp,
@@ -469,7 +472,11 @@ class Daemon:
             workers = cfg.smtp.worker_count
             try:
                 self.listener = await start_listeners(
-                    lambda: self.config.smtp, handler, hostname=self.hostname, serve=workers == 0
+                    lambda: self.config.smtp,
+                    handler,
+                    hostname=self.hostname,
+                    serve=workers == 0,
+                    auth_failures=LocalFailures(auth_failures),
                 )
             except OSError as exc:
                 wanted = ", ".join(str(ep) for ep in cfg.smtp.endpoints)
@@ -483,6 +490,7 @@ class Daemon:
                     events=self.metrics,
                     wake=spool.wake.set,
                     rates=rates,
+                    auth_failures=auth_failures,
                 )
                 # Stopped before the listener's sockets close (the stack is LIFO).
                 stack.push_async_callback(self._close_acceptors)

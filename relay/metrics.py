@@ -76,7 +76,8 @@ class Metrics:
             "sluice_smtp_auth",
             "SMTP AUTH attempts by result: ok, failed (wrong user or password, answered 535"
             " after smtp.auth_failure_delay), locked (answered 421 and disconnected: too many"
-            " failures from that address).",
+            " failures from that address), unavailable (answered 454: an accept worker got no"
+            " answer from the daemon's failure count).",
             ["result"],
             registry=r,
         )

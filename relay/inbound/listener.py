@@ -34,7 +34,7 @@ from relay.config import Endpoint, ListenerSettings, Network, SmtpSettings
 from relay.errors import SpoolError
 from relay.inbound.admission import AcceptServer, Admission, bind_endpoint, listen_backlog
 from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
-from relay.inbound.auth import SmtpAuth
+from relay.inbound.auth import FailureGate, SmtpAuth
 from relay.inbound.data import Data
 from relay.inbound.descriptors import Throttle, fit_sessions, quiet_emfile
 from relay.inbound.policy import (
@@ -736,8 +736,12 @@ async def start_listeners(
     hostname: str,
     serve: bool = True,
     sockets: Sequence[tuple[Endpoint, socket.socket]] = (),
+    auth_failures: FailureGate | None = None,
 ) -> Listener:
     """Bind every ``smtp.listen`` address; a failure to bind closes what was opened.
+
+    ``auth_failures`` counts failed AUTHs (the daemon's count, for every
+    accepting process); by default a count of this process's own.
 
     ``serve=False`` binds without listening or accepting: the daemon does
     that when accept worker processes take the connections (until one
@@ -757,7 +761,7 @@ async def start_listeners(
     fitted = {current.max_connections: fit_sessions(current.max_connections)}
     tables = RelaySMTP.tables(handler)
     tls = TlsContexts(settings)
-    auth = SmtpAuth(settings, handler.events.on_auth)
+    auth = SmtpAuth(settings, handler.events.on_auth, failures=auth_failures)
 
     def limit() -> int:
         wanted = settings().max_connections

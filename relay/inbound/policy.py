@@ -239,7 +239,7 @@ class LocalRates:
     """A ``RateGate`` over a counter in this process (the daemon's, or a test's)."""
 
     def __init__(self, counter: WindowCounter | None = None) -> None:
-        self.counter = counter or WindowCounter()
+        self.counter = WindowCounter() if counter is None else counter
 
     async def take(self, key: str, rate: Rate) -> bool:
         return self.counter.take(key, rate)

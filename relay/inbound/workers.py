@@ -15,8 +15,10 @@ processes do for its queue manager. Each one:
 * reports each accepted or refused message on its channel to the daemon (a
   socketpair), which counts it in ``/metrics`` and wakes the scheduler;
 * asks the daemon, over the same channel, whether a message fits its
-  ``smtp.policies`` rate: the daemon counts for all workers, so a client
-  spread over several gets the configured rate, not N times it.
+  ``smtp.policies`` rate, and whether an address is locked out of AUTH (and
+  tells it each failed AUTH): the daemon counts for all workers, so a client
+  spread over several gets the configured rate and ``smtp.auth_failure_limit``,
+  not N times them.
 
 The daemon sends settings on reload and ``stop`` on shutdown; a worker whose
 channel closes (the daemon died: the kernel closes its end of the socketpair
@@ -49,6 +51,7 @@ from relay import logsetup
 from relay.address_rules import AddressRules
 from relay.backoff import exponential
 from relay.config import Endpoint, LogSettings, Rate, SmtpSettings, SuppressionSettings
+from relay.inbound.auth import FailureCounter
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
 from relay.inbound.policy import WindowCounter
 from relay.runner import run_fast
@@ -62,7 +65,8 @@ _LENGTH = struct.Struct(">I")
 _READY_WITHIN = 30.0
 _RESPAWN_DELAY = 1.0
 _RESPAWN_MAX_DELAY = 60.0
-#: how long a worker waits for the daemon's answer to a rate question before refusing (451)
+#: how long a worker waits for the daemon's answer to a rate question before refusing (451),
+#: or to an AUTH failure question (454)
 _RATE_ANSWER_WITHIN = 10.0
 
 
@@ -127,10 +131,13 @@ class AcceptorPool:
         events: AcceptEvents,
         wake: Callable[[], None],
         rates: WindowCounter | None = None,
+        auth_failures: FailureCounter | None = None,
     ) -> None:
         self._count = count
         #: ``smtp.policies`` rates, counted here for every worker (they ask over their channel)
-        self._rates = rates or WindowCounter()
+        self._rates = WindowCounter() if rates is None else rates
+        #: failed AUTHs per client address, counted here for every worker
+        self._auth_failures = FailureCounter() if auth_failures is None else auth_failures
         self._settings = settings
         self._sockets = sockets
         self._events = events
@@ -216,6 +223,11 @@ class AcceptorPool:
             elif kind == "rate":
                 ident, key, rate = value
                 _send(worker.writer, ("rate", (ident, self._rates.take(key, rate))))
+            elif kind == "auth_failures":
+                ident, ip, limit, lockout, failed = value
+                counter = self._auth_failures
+                wait = (counter.record if failed else counter.locked_for)(ip, limit, lockout)
+                _send(worker.writer, ("auth_failures", (ident, wait)))
             elif kind == "auth":
                 self._events.on_auth(value)
             elif kind == "ready" and not ready.done():
@@ -347,37 +359,46 @@ class _ChannelEvents:
         _send(self._writer, ("auth", result))
 
 
-class _ChannelRates:
-    """A ``RateGate`` that asks the daemon, which counts for every worker at once.
+class _ChannelQuestions:
+    """Questions to the daemon, which counts for every worker at once: rates and AUTH failures.
 
-    One question and answer per MAIL under a policy with a rate (a local
-    socketpair round trip; MAIL is answered no slower than a MAIL+RSET's
-    ordinary noise on a loaded 2-core host); the answer is matched to its
-    question by a number, since sessions ask concurrently. No answer within
-    10 s (a daemon stuck or gone) answers the MAIL ``451 4.3.0``.
+    One question and answer per MAIL under a policy with a rate, and per
+    AUTH (two when it fails): a local socketpair round trip; MAIL is
+    answered no slower than a MAIL+RSET's ordinary noise on a loaded 2-core
+    host. The answer is matched to its question by a number, since sessions
+    ask concurrently. No answer within 10 s (a daemon stuck or gone) raises
+    ``TimeoutError``: the MAIL is answered ``451 4.3.0``, the AUTH ``454 4.7.0``.
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._asked = 0
-        self._pending: dict[int, asyncio.Future[bool]] = {}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
 
-    async def take(self, key: str, rate: Rate) -> bool:
+    async def _ask(self, kind: str, question: tuple[Any, ...]) -> Any:
         self._asked += 1
         ident = self._asked
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[ident] = answer
         try:
-            _send(self._writer, ("rate", (ident, key, rate)))
+            _send(self._writer, (kind, (ident, *question)))
             async with asyncio.timeout(_RATE_ANSWER_WITHIN):
                 return await answer
         finally:
             self._pending.pop(ident, None)
 
-    def answered(self, ident: int, allowed: bool) -> None:
+    async def take(self, key: str, rate: Rate) -> bool:
+        """``RateGate``: whether one more message fits ``rate`` for ``key``."""
+        return bool(await self._ask("rate", (key, rate)))
+
+    async def failures(self, ip: str, limit: int, lockout: float, *, failed: bool) -> float:
+        """``FailureGate``: seconds ``ip`` is locked out of AUTH, counting a failure first."""
+        return float(await self._ask("auth_failures", (ip, limit, lockout, failed)))
+
+    def answered(self, ident: int, value: object) -> None:
         answer = self._pending.get(ident)
         if answer is not None and not answer.done():
-            answer.set_result(allowed)
+            answer.set_result(value)
 
 
 def _configure_logs(settings: WorkerSettings) -> None:
@@ -405,7 +426,7 @@ async def _serve(channel_fd: int) -> int:
         signal.signal(sig, signal.SIG_IGN)
     spool = await Spool.open(settings.spool_path)
     spool.stream_headers = settings.stream_headers
-    rates = _ChannelRates(writer)
+    questions = _ChannelQuestions(writer)
     try:
         handler = RelayHandler(
             spool,
@@ -413,13 +434,14 @@ async def _serve(channel_fd: int) -> int:
             hostname=settings.hostname,
             events=_ChannelEvents(writer),
             rules=lambda: settings.rules,
-            rates=rates,
+            rates=questions,
         )
         listener = await start_listeners(
             lambda: settings.smtp,
             handler,
             hostname=settings.hostname,
             sockets=[(ep, socket.socket(fileno=fd)) for ep, fd in fds],
+            auth_failures=questions,
         )
         _send(writer, ("ready", os.getpid()))
 
@@ -431,8 +453,8 @@ async def _serve(channel_fd: int) -> int:
                     settings = value
                     _configure_logs(settings)
                     spool.stream_headers = settings.stream_headers
-                elif kind == "rate":
-                    rates.answered(*value)
+                elif kind in ("rate", "auth_failures"):
+                    questions.answered(*value)
                 elif kind == "stop":
                     grace = value
                     break

@@ -643,14 +643,40 @@ async def test_the_lockout_ends_auth_lockout_after_the_last_failure() -> None:
     auth = SmtpAuth(lambda: settings, lambda result: None, clock=lambda: now)
     for _ in range(2):
         assert (await auth.authenticate("10.1.1.1", "PLAIN", b"nobody", b"x"))[0] is None
-    assert auth.locked_for("10.1.1.1") == 60
+    assert await auth.locked_for("10.1.1.1") == 60
     name, reply = await auth.authenticate("10.1.1.1", "PLAIN", b"app1", HASHED_PW.encode())
     assert name is None and reply.startswith("421 4.7.0")
-    assert auth.locked_for("10.1.1.2") == 0
+    assert await auth.locked_for("10.1.1.2") == 0
     now += 61
-    assert auth.locked_for("10.1.1.1") == 0
+    assert await auth.locked_for("10.1.1.1") == 0
     name, _ = await auth.authenticate("10.1.1.1", "PLAIN", b"app1", HASHED_PW.encode())
     assert name == HASHED_USER
+
+
+class _Unanswered:
+    """A failure count that never answers in time (an accept worker's daemon stuck or gone)."""
+
+    async def failures(self, ip: str, limit: int, lockout: float, *, failed: bool) -> float:
+        raise TimeoutError
+
+
+async def test_a_failure_count_that_does_not_answer_gets_454_without_a_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Like a MAIL whose rate question goes unanswered (451): a temporary refusal, said as
+    what it is; not a traceback, and not a password check that no lockout would limit."""
+    settings = _settings(auth_failure_delay=0)
+    results: list[str] = []
+    auth = SmtpAuth(lambda: settings, results.append, failures=_Unanswered())
+    checked: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(auth_module, "_check", lambda user, password: checked.append(user.name))
+        name, reply = await auth.authenticate("10.3.3.3", "PLAIN", b"app1", HASHED_PW.encode())
+    assert name is None
+    assert reply == "454 4.7.0 Temporary authentication failure; try again later"
+    assert checked == [] and results == ["unavailable"]
+    assert "client=10.3.3.3 mechanism=PLAIN reason=no-failure-count" in caplog.text
+    assert "Traceback" not in caplog.text
 
 
 async def test_an_unknown_user_waits_as_long_as_a_wrong_password() -> None:

@@ -10,13 +10,16 @@ AUTH required on 127.0.0.4 (users alice and bob). Its policies, first match wins
    domain ``example.org``, 20 KiB, routed to ``bulk`` on stream ``newsletter``.
 
 ``smtp.max_connections: 1`` per worker: two sessions open at once are in two processes,
-which is how the rate test shows the count is shared between them.
+which is how the rate and failed-AUTH tests show the count is shared between them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import re
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +82,7 @@ async def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Asy
             ],
             "workers": 2,
             "max_connections": 1,
+            "auth_failure_delay": 0,  # the default 1 s would only slow the failed-AUTH test
             "max_message_size": "1MiB",
             "policies": [
                 {"users": ["alice"], "allowed_senders": ["alice@example.org"]},
@@ -147,8 +151,8 @@ class Session:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, source: str) -> tuple[Session, str]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    async def open(cls, port: int, source: str, host: str = "127.0.0.1") -> tuple[Session, str]:
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(source, 0))
         session = cls(reader, writer)
         return session, await session.reply()
 
@@ -176,9 +180,22 @@ class Session:
         assert (await self.send(b"DATA\r\n")).startswith("354")
         return await self.send(b"From: x@example.org\r\nSubject: r\r\n\r\nrate\r\n.\r\n")
 
+    async def starttls(self, ca: trustme.CA, name: str) -> None:
+        """STARTTLS, the handshake (trusting ``ca``) and EHLO again."""
+        assert (await self.send(b"STARTTLS\r\n")).startswith("220")
+        ctx = ssl.create_default_context()
+        ca.configure_trust(ctx)
+        await self.writer.start_tls(ctx, server_hostname=name)
+        assert (await self.send(b"EHLO client.test\r\n")).startswith("250")
+
+    async def auth_plain(self, user: str, password: str) -> str:
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return await self.send(f"AUTH PLAIN {token}\r\n".encode())
+
     async def close(self) -> None:
         self.writer.close()
-        await self.writer.wait_closed()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await self.writer.wait_closed()
 
 
 async def test_a_network_policy_refuses_a_sender_with_550_and_takes_an_allowed_one(
@@ -309,6 +326,37 @@ async def test_the_rate_is_one_count_across_accept_workers(relay: Relay) -> None
     finally:
         await first.close()
     await eventually(lambda: re.search(r"over smtp.policies\[1\].rate", relay.daemon.output))
+
+
+async def test_failed_auths_are_one_count_across_accept_workers(
+    relay: Relay, ca: trustme.CA
+) -> None:
+    """Two sessions from 127.0.0.5 open at once, one per worker: 3 failures in one and 2
+    in the other make the limit (5), and then AUTH is refused in both, even with the right
+    password. Counted per process, each worker would be under the limit and answer 235."""
+    opened: list[Session] = []
+    try:
+        for _ in range(2):  # the second is greeted by the other worker (one session each)
+            session, greeting = await Session.open(relay.auth_port, "127.0.0.5", "127.0.0.4")
+            opened.append(session)
+            assert greeting.startswith("220"), greeting
+        for session in opened:
+            assert (await session.send(b"EHLO client.test\r\n")).startswith("250")
+            await session.starttls(ca, "127.0.0.4")
+        first, second = opened
+        for session, failures in ((first, 3), (second, 2)):
+            for _ in range(failures):
+                reply = await session.auth_plain("alice", "wrong")
+                assert reply.startswith("535 5.7.8"), reply
+        for session in opened:
+            reply = await session.auth_plain("alice", PASSWORD)
+            assert reply.startswith("421 4.7.0 Too many failed authentications from 127.0.0.5"), (
+                reply
+            )
+    finally:
+        for session in opened:
+            await session.close()
+    assert len(re.findall(r"auth failed client=127\.0\.0\.5 ", relay.daemon.output)) == 5
 
 
 async def test_a_user_sending_as_a_sender_it_may_not_use_gets_550(relay: Relay) -> None:
