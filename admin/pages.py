@@ -189,6 +189,27 @@ async def provider_detail(request: Request) -> Response:
     return provider_page(request, view, report=report)
 
 
+#: session key of the one-shot note a Save anyway leaves for the provider's page
+_SAVE_FLASH = "save_answer"
+#: the server's answer is cut to this many characters (it rides in the cookie)
+SAVE_FLASH_LIMIT = 500
+
+
+def set_save_flash(request: Request, pid: str, answer: str) -> None:
+    """Keep what the server answered at a Save anyway for the next view of ``pid``'s page."""
+    request.session[_SAVE_FLASH] = {"pid": pid, "text": answer[:SAVE_FLASH_LIMIT]}
+
+
+def _take_save_flash(request: Request, pid: str) -> str | None:
+    """The Save-anyway answer left for ``pid`` (dropped once read); None if there is none."""
+    flash = request.session.get(_SAVE_FLASH)
+    if not isinstance(flash, dict) or flash.get("pid") != pid:
+        return None
+    del request.session[_SAVE_FLASH]
+    text = flash.get("text")
+    return text if isinstance(text, str) else None
+
+
 def provider_page(
     request: Request,
     view: dict[str, Any],
@@ -212,6 +233,7 @@ def provider_page(
         "edit_error": edit_error,
         "saved": q.get("saved") == "1",
         "unchecked": q.get("unchecked") == "1",
+        "save_answer": _take_save_flash(request, pid) if q.get("unchecked") == "1" else None,
         "base_digest": st.backend.config_digest() or "",
     }
     return _render(request, "provider.html", context, status)

@@ -45,7 +45,7 @@ from admin.edits import (
     stale_notice,
 )
 from admin.forms import BOUNCE_GROUPS, PROVIDER_GROUPS, Group, fields_of, flat, read_form
-from admin.pages import provider_page, render
+from admin.pages import provider_page, render, set_save_flash
 from relay.operations import config_edits as edits
 from relay.presets import PRESETS, Preset
 
@@ -173,13 +173,21 @@ async def provider_add(request: Request) -> Response:
         return await _provider_form(
             request, st, None, posted, preset=PRESETS.get(key), answer=answer, status=answer.status
         )
-    return _see_other(_saved_url(str(posted.get("id")), answer))
+    return _see_other(_saved_url(request, str(posted.get("id")), answer))
 
 
-def _saved_url(pid: str, answer: EditAnswer) -> str:
+def _saved_url(request: Request, pid: str, answer: EditAnswer) -> str:
+    """Where a save lands: the provider's page, with what the server said at a Save anyway.
+
+    The server's answer (never a secret: the connection test's words) rides in
+    the signed session cookie as a one-shot flash for this provider, read and
+    dropped by the page, so the URL stays short and nothing can be forged into
+    the page through a link.
+    """
     query = {"saved": "1"}
     if answer.connection_error:
         query["unchecked"] = "1"
+        set_save_flash(request, pid, answer.connection_error)
     anchor = "#sign-in" if answer.needs_sign_in else ""
     return f"/providers/{pid}?{urlencode(query)}{anchor}"
 
@@ -207,7 +215,7 @@ async def provider_edit(request: Request) -> Response:
     )
     if not answer.ok:
         return await _provider_form(request, st, pid, posted, answer=answer, status=answer.status)
-    return _see_other(_saved_url(pid, answer))
+    return _see_other(_saved_url(request, pid, answer))
 
 
 async def provider_enable(request: Request) -> Response:

@@ -25,6 +25,12 @@ Overridden (each with its own comment on what upstream does and why):
   parser (which raises on ``MAIL FROM:<``);
 * ``connection_lost``: aiosmtpd's, then the listener is told the session's
   place against ``smtp.max_connections`` is free (no hook runs there);
+* ``smtp_MAIL``: aiosmtpd's, with its own ``SIZE=`` check turned off for the
+  call, so that ``RelayHandler.handle_MAIL`` judges ``SIZE=`` against the
+  session's limit (``smtp.max_message_size``, or a policy's
+  ``max_message_size``) and refuses with Sluice's ``552 5.3.4`` wording;
+  aiosmtpd's check compares with ``data_size_limit``, which the previous MAIL
+  set to the policy's limit, and answered without an enhanced code;
 * ``smtp_DATA``: the body read in chunks (``relay.inbound.data``) instead of
   one ``readuntil`` per line, with aiosmtpd's cancellation on a lost
   connection kept (the writer closed, ``CancelledError`` re-raised);
@@ -137,9 +143,9 @@ class SmtpTables:
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP with a gate before the greeting, batched replies and chunked DATA.
 
-    It overrides nine of aiosmtpd's members (``__init__``, ``_handle_client``,
-    ``push``, ``_getaddr``, ``connection_lost``, ``smtp_DATA``, ``_authenticate``,
-    ``auth_PLAIN``, ``auth_LOGIN``), each because no public hook runs early
+    It overrides ten of aiosmtpd's members (``__init__``, ``_handle_client``,
+    ``push``, ``_getaddr``, ``connection_lost``, ``smtp_MAIL``, ``smtp_DATA``,
+    ``_authenticate``, ``auth_PLAIN``, ``auth_LOGIN``), each because no public hook runs early
     enough or cheaply enough, or off the event loop; the module docstring
     lists them and what else of aiosmtpd they rely on.
     """
@@ -332,6 +338,29 @@ class RelaySMTP(SMTP):
         ``typing.Protocol`` class created on every call (6% of the accept CPU).
         """
         return split_path(arg)
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """aiosmtpd's MAIL, with Sluice (not aiosmtpd) refusing a ``SIZE=`` over the limit.
+
+        aiosmtpd 1.4.6's ``smtp_MAIL`` refuses ``SIZE=`` above
+        ``data_size_limit`` itself, before any hook, with ``552 Error: message
+        size exceeds fixed maximum message size`` (no enhanced status code).
+        ``data_size_limit`` is the session's DATA limit, which
+        ``RelayHandler.handle_MAIL`` sets per transaction (a policy's
+        ``max_message_size``), so from a session's second MAIL aiosmtpd
+        answered in its words what the first MAIL had Sluice answer in its
+        own. aiosmtpd skips its check when the limit is falsy: it is 0 for
+        this call, the hook checks ``SIZE=`` (``552 5.3.4``), and the limit is
+        put back if the hook did not set one.
+        """
+        limit = self.data_size_limit
+        self.data_size_limit = 0
+        try:
+            await super().smtp_MAIL(arg)
+        finally:
+            if not self.data_size_limit:
+                self.data_size_limit = limit
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

@@ -77,6 +77,7 @@ log = logging.getLogger("sluice.smtp")
 # a reply is sent as UTF-8 only to a client that asked for SMTPUTF8, and
 # tests/inbound/test_replies.py checks every one.
 R_MAIL_OK = "250 2.1.0 Sender OK"
+R_TOO_BIG_FIXED = "552 5.3.4 Message size exceeds fixed maximum message size ({limit} bytes)"
 R_RCPT_OK = "250 2.1.5 Recipient OK"
 R_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients (limit {limit}); send the rest in a new message"
 R_BAD_RCPT = "501 5.1.3 Bad recipient address syntax: {reason}"
@@ -269,6 +270,22 @@ class RelayHandler:
             limit = min(limit, match.policy.max_message_size)
         return limit
 
+    def _size_refusal(self, match: Match | None, options: list[str]) -> str | None:
+        """At MAIL: Sluice's ``552 5.3.4`` for a ``SIZE=`` over the session's limit, or ``None``.
+
+        Every such refusal is Sluice's (``RelaySMTP.smtp_MAIL`` turns
+        aiosmtpd's own check off): a policy's limit is named as the
+        user's/network's, ``smtp.max_message_size`` as the fixed maximum.
+        """
+        declared = mail_size(options)
+        limit = self._size_limit(match)
+        if declared is None or declared <= limit:
+            return None
+        if match is not None and limit == match.policy.max_message_size:
+            self._events.on_reject("policy_size")
+            return R_TOO_BIG.format(limit=limit)
+        return R_TOO_BIG_FIXED.format(limit=limit)
+
     async def _policy_refusal(
         self, server: SMTP, session: Session, address: str, options: list[str]
     ) -> str | None:
@@ -281,7 +298,7 @@ class RelayHandler:
         match = self._policy(session)
         server.data_size_limit = self._size_limit(match)
         if match is None:
-            return None
+            return self._size_refusal(None, options)
         policy = match.policy
         ip = peer_ip(session)
         user = session.auth_data if session.authenticated else None
@@ -296,11 +313,8 @@ class RelayHandler:
             )
             self._events.on_reject("policy_sender")
             return R_SENDER_NOT_ALLOWED
-        declared = mail_size(options)
-        limit = self._size_limit(match)
-        if declared is not None and declared > limit:
-            self._events.on_reject("policy_size")
-            return R_TOO_BIG.format(limit=limit)
+        if (too_big := self._size_refusal(match, options)) is not None:
+            return too_big
         if policy.rate is not None and not self._spool.disk_full:
             key = rate_key(match, ip, user if isinstance(user, str) else None)
             try:
@@ -338,8 +352,10 @@ class RelayHandler:
             return R_BAD_SENDER.format(reason=problem)
         if self._settings().policies:
             refusal = await self._policy_refusal(server, session, address, options)
-            if refusal is not None:
-                return refusal
+        else:
+            refusal = self._size_refusal(None, options)
+        if refusal is not None:
+            return refusal
         if self._spool.disk_full:
             # Refused before the client sends its body (Postfix does the same):
             # the message stays with the client until there is room.

@@ -286,6 +286,12 @@ async def test_save_anyway_keeps_a_provider_whose_account_does_not_work_yet(
             assert saved.status_code == 303, saved.text
             shown = await c.get(saved.headers["location"])
             assert "Saved without a working connection" in shown.text
+            # What the server answered at Save is shown (once: it is a flash, not in the URL).
+            answer = re.search(r'<p id="save-answer">(.*?)</p>', shown.text, re.S)
+            assert answer is not None and "535" in answer.group(1), shown.text
+            assert "535" not in saved.headers["location"]
+            again = await c.get(saved.headers["location"])
+            assert 'id="save-answer"' not in again.text
             assert s.daemon.config.provider("later").username == "relay"
             # The form of a provider a route names says so.
             edit = await c.get("/providers/up1/edit")

@@ -1,7 +1,8 @@
 """The parts of aiosmtpd that ``relay.inbound.aiosmtpd_seams`` relies on are still there.
 
-RelaySMTP overrides six of aiosmtpd's members (``__init__``, ``_handle_client``,
-``connection_lost``, ``push``, ``_getaddr``, ``smtp_DATA``) and uses more (``_set_post_data_state``,
+RelaySMTP overrides the members of aiosmtpd's listed in ``_OVERRIDES`` (``__init__``,
+``_handle_client``, ``connection_lost``, ``push``, ``_getaddr``, ``smtp_MAIL``, ``smtp_DATA``
+and the AUTH ones) and uses more (``_set_post_data_state``,
 ``_reader``, ``_writer``, the reader's ``_buffer``, the cancellation of the
 session's task on a lost connection); the module's docstring says why no
 public hook does. An aiosmtpd upgrade that renames, re-signs or stops calling
@@ -88,6 +89,25 @@ def test_smtp_data_replaces_aiosmtpd_s_with_the_same_checks_in_the_same_order() 
     # aiosmtpd hands the body to handle_DATA; ours goes to the handler's accept.
     assert '_call_handler_hook("DATA")' in theirs
     assert "self._relay.accept(" in ours
+
+
+def test_smtp_mail_s_own_size_check_is_off_when_the_limit_is_zero() -> None:
+    """Why RelaySMTP.smtp_MAIL may zero data_size_limit: aiosmtpd skips its SIZE= check then.
+
+    The check comes before the MAIL hook, words its refusal without an
+    enhanced code, and is the only use of the limit in aiosmtpd's MAIL.
+    """
+    source = _source("smtp_MAIL")
+    check = "elif self.data_size_limit and int(size) > self.data_size_limit:"
+    assert check in source
+    assert source.count("data_size_limit") == 2
+    assert source.index(check) < source.index("_call_handler_hook('MAIL'")
+    assert "552 Error: message size exceeds fixed maximum message " in source
+    assert RelaySMTP.smtp_MAIL.__smtp_syntax__ == SMTP.smtp_MAIL.__smtp_syntax__  # type: ignore[attr-defined]
+    assert (
+        RelaySMTP.smtp_MAIL.__smtp_syntax_extended__  # type: ignore[attr-defined]
+        == SMTP.smtp_MAIL.__smtp_syntax_extended__  # type: ignore[attr-defined]
+    )
 
 
 def test_commands_are_read_one_line_at_a_time_so_pipelining_is_safe() -> None:
@@ -393,6 +413,7 @@ _OVERRIDES = [
     "_handle_client",
     "connection_lost",
     "push",
+    "smtp_MAIL",
     "smtp_DATA",
     "_authenticate",
     "auth_PLAIN",

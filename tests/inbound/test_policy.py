@@ -260,6 +260,36 @@ async def test_the_policys_size_is_advertised_and_enforced_at_mail_and_after_dat
     assert code == 0 and "queued as" in out, out
 
 
+async def test_a_size_over_the_limit_is_refused_in_sluices_words_in_every_transaction(
+    relay: Relay,
+) -> None:
+    """Not aiosmtpd's ``552 Error: message size exceeds ...`` from the second MAIL on."""
+    session, greeting = await Session.open(relay.port, "127.0.0.1")
+    try:
+        assert greeting.startswith("220")
+        assert (await session.send(b"EHLO client.test\r\n")).startswith("250")
+        assert "queued as" in await session.message("app@example.org")
+        for _ in range(2):
+            declared = await session.send(b"MAIL FROM:<app@example.org> SIZE=30000\r\n")
+            assert declared.startswith("552 5.3.4 Message size exceeds the limit"), declared
+        under = await session.send(b"MAIL FROM:<app@example.org> SIZE=1000\r\n")
+        assert under.startswith("250"), under
+        assert (await session.send(b"RSET\r\n")).startswith("250")
+    finally:
+        await session.close()
+    # A policy without a size: smtp.max_message_size (1 MiB), in Sluice's words too.
+    session, _ = await Session.open(relay.port, "127.0.0.2")
+    try:
+        assert (await session.send(b"EHLO client.test\r\n")).startswith("250")
+        for _ in range(2):
+            declared = await session.send(b"MAIL FROM:<a@example.org> SIZE=2000000\r\n")
+            assert declared == (
+                "552 5.3.4 Message size exceeds fixed maximum message size (1048576 bytes)"
+            ), declared
+    finally:
+        await session.close()
+
+
 async def _arrived(upstream: TestUpstream, token: bytes) -> bytes:
     """The data of the message carrying ``token`` once ``upstream`` has it (others come too:
     every message of policy 1 goes to ``bulk``)."""
