@@ -5,7 +5,8 @@ One daemon for the module, with a plain listener on 127.0.0.1 and a STARTTLS one
 AUTH required on 127.0.0.4 (users alice and bob). Its policies, first match wins:
 
 0. user alice: sender ``alice@example.org`` only;
-1. clients on 127.0.0.2 and 127.0.0.3: 3 messages an hour (the rate tests bind there);
+1. clients on 127.0.0.2, 127.0.0.3 and 127.0.0.6: 3 messages an hour, counted per
+   address (the rate tests bind there, each test to addresses of its own);
 2. the rest of 127.0.0.0/8: sender ``app@example.org`` or ``@news.example.org``, From
    domain ``example.org``, 20 KiB, routed to ``bulk`` on stream ``newsletter``.
 
@@ -86,7 +87,7 @@ async def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Asy
             "max_message_size": "1MiB",
             "policies": [
                 {"users": ["alice"], "allowed_senders": ["alice@example.org"]},
-                {"networks": ["127.0.0.2/31"], "rate": "3/h"},
+                {"networks": ["127.0.0.2/31", "127.0.0.6/32"], "rate": "3/h"},
                 {
                     "networks": ["127.0.0.0/8"],
                     "allowed_senders": ["app@example.org", "@news.example.org"],
@@ -336,19 +337,20 @@ async def test_the_message_over_the_rate_gets_450(relay: Relay) -> None:
 
 
 async def test_the_rate_is_one_count_across_accept_workers(relay: Relay) -> None:
-    """Two sessions open at once, one per worker (each takes one at a time): 127.0.0.3
-    sent one message above, so two more fit (one in each worker) and then none,
-    in either. Counted per process, each worker would take three."""
-    first, greeting = await Session.open(relay.port, "127.0.0.3")
+    """Two sessions from 127.0.0.6 open at once, one per worker (each takes one at a
+    time): three messages fit between them, then none in either. Counted per process,
+    each worker would take three."""
+    first, greeting = await Session.open(relay.port, "127.0.0.6")
     assert greeting.startswith("220"), greeting
     try:
-        second, greeting = await Session.open(relay.port, "127.0.0.3")
+        second, greeting = await Session.open(relay.port, "127.0.0.6")
         assert greeting.startswith("220"), greeting  # greeted: the other worker
         try:
             for s in (first, second):
                 assert (await s.send(b"EHLO client.test\r\n")).startswith("250")
             assert "queued as" in await first.message("a@example.net")
             assert "queued as" in await second.message("a@example.net")
+            assert "queued as" in await first.message("a@example.net")
             for s in (first, second):
                 assert (await s.message("a@example.net")).startswith("450 4.7.1")
         finally:
