@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from relay.config import Config, MailboxSettings, ProviderSettings, loads
+from relay.config import SECRET_NAMES, Config, MailboxSettings, ProviderSettings, loads
 from relay.config_edit import (
     ConfigDocument,
     EditRefused,
@@ -365,6 +365,18 @@ def _apply_values(
             continue
         if value is not None and value != "" and doc.has(loc) and _same(doc.get(loc), value):
             continue  # sent as it is (a form may send every field): nothing to change
+        if value is not None and value != "" and _secret_source_key(loc[-1]):
+            # Naming a file or variable the daemon can read would let anyone on the page
+            # have the connection test send another secret to a server of their choosing.
+            base = str(loc[-1]).rpartition("_")[0]
+            errors.append(
+                FieldError(
+                    fieldname,
+                    f"where a secret is read from is set in the file by hand; type the "
+                    f"secret in the {base} field instead (it is kept in the secrets directory)",
+                )
+            )
+            continue
         reason = doc.provenance(loc)
         if reason is not None and "environment variable" in reason and doc.has(loc):
             errors.append(FieldError(fieldname, f"comes {reason}; change it there, not here"))
@@ -385,6 +397,12 @@ def _apply_values(
     if errors:
         raise EditRefused("the form has errors", errors)
     return changed
+
+
+def _secret_source_key(key: object) -> bool:
+    """``password_env``, ``client_secret_file``...: a key naming where a secret is read from."""
+    base, _, suffix = str(key).rpartition("_")
+    return suffix in ("env", "file") and base in SECRET_NAMES
 
 
 def _same(current: object, value: object) -> bool:

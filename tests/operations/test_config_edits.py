@@ -357,3 +357,37 @@ async def test_a_device_sign_in_provider_is_saved_unchecked_and_asks_for_connect
     result = await ops.edit_provider(ctx, "m365", {"port": 2528}, BOB, base_digest=result.digest)
     assert not result.needs_sign_in  # signed in: the edit is checked like any other
     assert [p.id for p in checks.seen] == ["m365"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("password_file", "OTHER_FILE"),
+        ("password_env", "SLUICE_OTHER_PASSWORD"),
+        ("oauth2.client_secret_file", "OTHER_FILE"),
+        ("oauth2.refresh_token_env", "SLUICE_OTHER_PASSWORD"),
+    ],
+)
+async def test_a_form_cannot_point_a_secret_at_a_file_or_variable_the_daemon_can_read(
+    tmp_path: Path, spool: Spool, monkeypatch: pytest.MonkeyPatch, field: str, value: str
+) -> None:
+    """Only a typed secret is written (to the secrets directory); where a secret is read
+    from is set by hand in the file. Otherwise anyone on the page could name another
+    provider's password file (or the daemon's environment) and have the connection test
+    send it to a server of their choosing."""
+    other = tmp_path / "other-provider-password"
+    other.write_text("Other-Provider-Secret-5150")
+    monkeypatch.setenv("SLUICE_OTHER_PASSWORD", "Other-Provider-Secret-5150")
+    checks = Checks()
+    ctx = _ctx(tmp_path, spool, checks)
+    before = ctx.config_path.read_bytes()
+    values = {"id": "evil", "host": "127.0.0.1", "port": 2599, "username": "u"}
+    if field.startswith("oauth2."):
+        values |= {"oauth2.token_url": "http://127.0.0.1:9/token", "oauth2.client_id": "c"}
+    values[field] = str(other) if value == "OTHER_FILE" else value
+    with pytest.raises(EditRefused) as refused:
+        await ops.add_provider(ctx, values, BOB, base_digest=ctx.loaded_digest)
+    assert [e.field for e in refused.value.errors] == [field]
+    assert "type the secret" in refused.value.errors[0].message
+    assert checks.seen == []  # never offered to any server
+    assert ctx.config_path.read_bytes() == before
