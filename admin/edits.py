@@ -339,7 +339,11 @@ async def save_provider(
     if provider_id is not None:
         if current is None:
             current = await provider_current(ctx, provider_id)
-        for host, secret in (("host", "password"), ("oauth2.token_url", "oauth2.client_secret")):
+        for host, secret in (
+            ("host", "password"),
+            ("oauth2.token_url", "oauth2.client_secret"),
+            ("oauth2.device_authorization_url", "oauth2.client_secret"),
+        ):
             if (moved := _moved_secret(values, current, host, secret)) is not None:
                 return moved
     try:

@@ -647,9 +647,40 @@ async def edit_provider(
     )
     if not changed:
         return EditResult(doc.digest, [], False, provider=provider_id)
+    if "oauth2.token_url" in changed and "oauth2.refresh_token" not in changed:
+        await _refuse_moving_a_refresh_token(ctx, doc, index, provider_id)
     return await _save_provider(
         ctx, doc, index, changed, secrets, actor, added=False, save_anyway=save_anyway
     )
+
+
+async def _refuse_moving_a_refresh_token(
+    ctx: EditContext, doc: ConfigDocument, index: int, provider_id: str
+) -> None:
+    """A new token URL must not inherit the refresh token issued by the old one.
+
+    Sluice posts the refresh token to ``token_url`` at every refresh, so a new
+    URL with the old token kept would hand it to whoever answers there: the
+    same reason a new host needs the password typed again.
+    """
+    before = ConfigDocument(doc.raw, path=doc.path)
+    in_file = any(
+        before.has(("providers", index, "oauth2", f"refresh_token{suffix}"))
+        for suffix in ("", "_env", "_file")
+    )
+    grant = await ctx.spool.oauth_grant(provider_id)
+    if in_file or (grant is not None and grant.state == "connected"):
+        raise EditRefused(
+            "a new token URL would be sent the refresh token of the old one",
+            [
+                FieldError(
+                    "oauth2.token_url",
+                    "the refresh token was issued by the old server and is sent to this URL at "
+                    "every refresh; type a refresh token for the new one, or remove the provider "
+                    "and add it again (then Connect)",
+                )
+            ],
+        )
 
 
 def _enabled_ids(cfg: Config) -> list[str]:

@@ -221,6 +221,14 @@ async def test_a_microsoft_365_provider_is_saved_then_its_page_offers_connect(
         )
         assert r.status_code == 422
         assert "client secret again" in r.json()["errors"]["oauth2.client_secret"]
+        # Nor does another device authorization endpoint (Connect posts the secret there).
+        r = await c.patch(
+            "/api/providers/m365",
+            headers=await csrf(c),
+            json={"oauth2": {"device_authorization_url": "https://login.example.net/device"}},
+        )
+        assert r.status_code == 422
+        assert "client secret again" in r.json()["errors"]["oauth2.client_secret"]
 
 
 async def test_values_from_the_environment_are_shown_read_only_with_their_source(

@@ -20,6 +20,7 @@ from relay.config_edit import ConfigDocument, EditRefused, digest_of
 from relay.model import Action
 from relay.operations import config_edits as ops
 from relay.operations.actor import Actor, ActorKind
+from relay.operations.providers import save_sign_in
 from relay.store.spool import Spool
 
 BOB = Actor(ActorKind.ADMIN, "bob")
@@ -391,3 +392,59 @@ async def test_a_form_cannot_point_a_secret_at_a_file_or_variable_the_daemon_can
     assert "type the secret" in refused.value.errors[0].message
     assert checks.seen == []  # never offered to any server
     assert ctx.config_path.read_bytes() == before
+
+
+OAUTH_CONFIG = (
+    CONFIG
+    + """\
+  - id: m365
+    host: 127.0.0.1
+    port: 2527
+    encryption: none
+    username: relay@contoso.example
+    auth_mechanism: xoauth2
+    oauth2:
+      token_url: http://127.0.0.1:9/old-token
+      client_id: c
+"""
+)
+
+
+@pytest.mark.parametrize("where", ["file", "spool"])
+async def test_a_new_token_url_is_not_handed_the_old_refresh_token(
+    tmp_path: Path, spool: Spool, where: str
+) -> None:
+    """Sluice posts the refresh token to token_url at every refresh: moving the URL with
+    the token kept (in the file, or from a device sign-in in the spool) is refused."""
+    text = OAUTH_CONFIG
+    if where == "file":
+        token = tmp_path / "m365-refresh-token"
+        token.write_text("Refresh-Token-Of-The-Old-Server")
+        text += f"      refresh_token_file: {token}\n"
+    else:
+        await save_sign_in(spool, "m365", "Refresh-Token-Of-The-Old-Server", BOB)
+    (tmp_path / "sluice.yaml").write_text(text)
+    checks = Checks()
+    ctx = _ctx(tmp_path, spool, checks)
+    with pytest.raises(EditRefused) as refused:
+        await ops.edit_provider(
+            ctx,
+            "m365",
+            {"oauth2.token_url": "http://127.0.0.1:9/new-token"},
+            BOB,
+            base_digest=ctx.loaded_digest,
+        )
+    assert [e.field for e in refused.value.errors] == ["oauth2.token_url"]
+    assert "refresh token" in refused.value.errors[0].message
+    assert ctx.config_path.read_text() == text
+    # With a refresh token for the new server typed in, the move is the operator's.
+    result = await ops.edit_provider(
+        ctx,
+        "m365",
+        {"oauth2.token_url": "http://127.0.0.1:9/new-token", "oauth2.refresh_token": "New-Rt"},
+        BOB,
+        base_digest=ctx.loaded_digest,
+        save_anyway=True,
+    )
+    assert "oauth2.token_url" in result.changed
+    assert load(ctx.config_path).provider("m365").oauth2.token_url.endswith("/new-token")  # type: ignore[union-attr]
