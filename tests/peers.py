@@ -66,6 +66,23 @@ def require(program: str) -> str:
     pytest.skip(message)
 
 
+async def run_peer(*argv: str, stdin: bytes = b"", within: float = 60) -> tuple[int, str]:
+    """Run a peer program to its end (with a deadline): its exit code and its output.
+
+    stdout and stderr together, decoded leniently: swaks and msmtp print the
+    dialogue on one and their verdict on the other.
+    """
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(stdin), within)
+    assert process.returncode is not None
+    return process.returncode, out.decode("utf-8", "replace")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now, for programs that cannot bind port 0 themselves."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -41,7 +41,7 @@ from relay.inbound.auth import VERIFY_AT_ONCE, SmtpAuth, failure_line
 from relay.tls import server_context
 from tests.conftest import SluiceFactory, eventually, fast_config, provider_for, write_config
 from tests.daemon_proc import LISTENING, DaemonProcess, run_cli
-from tests.peers import require
+from tests.peers import require, run_peer
 from tests.upstream import TestUpstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -142,18 +142,6 @@ async def relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay
         await upstream.stop()
 
 
-async def _run(*argv: str, stdin: bytes = b"", within: float = 60) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(stdin), within)
-    assert process.returncode is not None
-    return process.returncode, out.decode("utf-8", "replace")
-
-
 async def _delivered(up: TestUpstream, subject: str, within: float = 15.0) -> bytes:
     """The message with ``subject`` once the upstream has it (polled, with a deadline)."""
     needle = f"Subject: {subject}\r\n".encode()
@@ -232,7 +220,7 @@ def _plain(user: str, password: str) -> str:
 
 
 async def test_swaks_starttls_auth_plain_is_accepted_and_delivered(relay: Relay) -> None:
-    code, out = await _run(
+    code, out = await run_peer(
         *_swaks(
             relay,
             "starttls",
@@ -274,13 +262,13 @@ async def test_msmtp_starttls_auth_is_accepted_and_delivered(relay: Relay) -> No
     )
     rc.chmod(0o600)
     message = b"From: app@example.org\r\nSubject: msmtp starttls\r\n\r\nover TLS with AUTH\r\n"
-    code, out = await _run(msmtp, "-C", str(rc), "someone@example.net", stdin=message)
+    code, out = await run_peer(msmtp, "-C", str(rc), "someone@example.net", stdin=message)
     assert code == 0, out
     assert b"over TLS with AUTH" in await _delivered(relay.upstream, "msmtp starttls")
 
 
 async def test_swaks_implicit_tls_auth_login_is_delivered(relay: Relay) -> None:
-    code, out = await _run(
+    code, out = await run_peer(
         *_swaks(
             relay,
             "implicit",
@@ -303,7 +291,7 @@ async def test_swaks_implicit_tls_auth_login_is_delivered(relay: Relay) -> None:
 
 async def test_auth_in_clear_is_neither_offered_nor_taken(relay: Relay) -> None:
     # swaks asked for AUTH without TLS: the server does not offer it.
-    code, out = await _run(
+    code, out = await run_peer(
         *_swaks(
             relay,
             "starttls",
@@ -330,19 +318,19 @@ async def test_auth_in_clear_is_neither_offered_nor_taken(relay: Relay) -> None:
 
 
 async def test_a_client_beyond_the_no_auth_network_gets_530(relay: Relay) -> None:
-    code, out = await _run(
+    code, out = await run_peer(
         *_swaks(relay, "starttls", "no auth from .2", "--local-interface", "127.0.0.2", "--tls")
     )
     assert code != 0, out
     assert "530 5.7.0 Authentication required" in out
     # From the no-AUTH network (127.0.0.1/32) the same mail is taken without AUTH.
-    code, out = await _run(*_swaks(relay, "starttls", "no auth from .1"))
+    code, out = await run_peer(*_swaks(relay, "starttls", "no auth from .1"))
     assert code == 0, out
     assert b"(Sluice) with ESMTP id" in await _delivered(relay.upstream, "no auth from .1")
 
 
 async def test_clear_auth_only_where_the_key_allows_it_on_loopback(relay: Relay) -> None:
-    code, out = await _run(
+    code, out = await run_peer(
         *_swaks(
             relay,
             "clear",
@@ -454,7 +442,9 @@ async def _fail2ban_matches(relay: Relay, line: str, ip: str) -> None:
     log = relay.tmp / "sluice.log"
     log.write_text(line + "\n")
     fail2ban_regex = require("fail2ban-regex")
-    code, out = await _run(fail2ban_regex, "-v", "--print-all-matched", str(log), FAIL2BAN_REGEX)
+    code, out = await run_peer(
+        fail2ban_regex, "-v", "--print-all-matched", str(log), FAIL2BAN_REGEX
+    )
     assert code == 0, out
     assert re.search(r"Lines: 1 lines, 0 ignored, 1 matched", out), out
     assert ip in out

@@ -34,7 +34,7 @@ from relay.inbound.listener import RelayHandler, start_listeners
 from relay.store.spool import Spool
 from tests.conftest import eventually, fast_config, provider_for, raw_session, write_config
 from tests.daemon_proc import LISTENING, DaemonProcess, start_daemon
-from tests.peers import require
+from tests.peers import require, run_peer
 from tests.upstream import TestUpstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -111,20 +111,8 @@ async def relay(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Asy
         await bulk.stop()
 
 
-async def _run(*argv: str, stdin: bytes = b"", within: float = 60) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(stdin), within)
-    assert process.returncode is not None
-    return process.returncode, out.decode("utf-8", "replace")
-
-
 async def _swaks(relay: Relay, *args: str, source: str = "127.0.0.1") -> tuple[int, str]:
-    return await _run(
+    return await run_peer(
         require("swaks"),
         "--server",
         f"127.0.0.1:{relay.port}",
@@ -222,7 +210,7 @@ async def test_a_from_domain_the_policy_does_not_allow_is_refused_after_the_dot(
 ) -> None:
     msmtp = require("msmtp")
     message = b"From: Boss <ceo@example.com>\r\nSubject: phish\r\n\r\nwire the money\r\n"
-    code, out = await _run(
+    code, out = await run_peer(
         msmtp,
         "--host=127.0.0.1",
         f"--port={relay.port}",
@@ -396,7 +384,7 @@ async def test_a_user_sending_as_a_sender_it_may_not_use_gets_550(relay: Relay) 
     swaks = require("swaks")
     auth = ["--tls", "--auth", "PLAIN", "--auth-password", PASSWORD, "--to", "r@example.net"]
     server = ["--server", f"127.0.0.4:{relay.auth_port}"]
-    code, out = await _run(
+    code, out = await run_peer(
         swaks, *server, *auth, "--auth-user", "alice", "--from", "bob@example.org"
     )
     assert "<~  235 2.7.0" in out, out  # authenticated over TLS
@@ -408,14 +396,18 @@ async def test_a_user_sending_as_a_sender_it_may_not_use_gets_550(relay: Relay) 
             r"not allowed by smtp.policies\[0\].allowed_senders"
         )
     )
-    code, out = await _run(
+    code, out = await run_peer(
         swaks, *server, *auth, "--auth-user", "alice", "--from", "alice@example.org"
     )
     assert code == 0 and "queued as" in out, out
     # bob has no policy of his own: the network's (policy 2) applies to him.
-    code, out = await _run(swaks, *server, *auth, "--auth-user", "bob", "--from", "b@example.org")
+    code, out = await run_peer(
+        swaks, *server, *auth, "--auth-user", "bob", "--from", "b@example.org"
+    )
     assert "<~* 550 5.7.1" in out and code != 0, out
-    code, out = await _run(swaks, *server, *auth, "--auth-user", "bob", "--from", "app@example.org")
+    code, out = await run_peer(
+        swaks, *server, *auth, "--auth-user", "bob", "--from", "app@example.org"
+    )
     assert code == 0 and "queued as" in out, out
 
 

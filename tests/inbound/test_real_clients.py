@@ -8,7 +8,6 @@ limit of 100; bad addresses must be refused at MAIL/RCPT with a 5xx.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sys
 from pathlib import Path
@@ -16,22 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Running, SluiceFactory, provider_for
-from tests.peers import require
+from tests.peers import require, run_peer
 from tests.upstream import TestUpstream
 
 QUEUED = re.compile(r"queued as (\S+)")
-
-
-async def _run(*argv: str, stdin: bytes = b"", within: float = 60) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(stdin), within)
-    assert process.returncode is not None
-    return process.returncode, out.decode("utf-8", "replace")
 
 
 async def _stored(s: Running, output: str) -> bytes:
@@ -63,7 +50,7 @@ async def test_swaks_long_line_is_accepted_and_stored_byte_for_byte(
     # swaks ends the data with "\r\n.\r\n" itself: the file's last CRLF is that one.
     (tmp_path / "msg.eml").write_bytes(message.removesuffix(b"\r\n"))
     async with sluice([provider_for(upstream)]) as s:
-        code, out = await _run(
+        code, out = await run_peer(
             swaks,
             "--server",
             f"127.0.0.1:{s.port}",
@@ -84,7 +71,7 @@ async def test_msmtp_sends_to_150_recipients(sluice: SluiceFactory, upstream: Te
     recipients = [f"r{i}@example.net" for i in range(150)]
     message = b"From: app@example.org\r\nSubject: many\r\n\r\nto all of you\r\n"
     async with sluice([provider_for(upstream)]) as s:
-        code, out = await _run(
+        code, out = await run_peer(
             msmtp,
             "--host=127.0.0.1",
             f"--port={s.port}",
@@ -119,7 +106,7 @@ async def test_swaks_bad_addresses_get_5xx_at_mail_or_rcpt(
     other = {"--from": "app@example.org", "--to": "a@example.net"}
     other[option] = address
     async with sluice([provider_for(upstream)]) as s:
-        code, out = await _run(
+        code, out = await run_peer(
             swaks,
             "--server",
             f"127.0.0.1:{s.port}",
@@ -148,7 +135,7 @@ async def test_php_mail_with_an_unwrapped_html_line_returns_true(
     )
     async with sluice([provider_for(upstream)]) as s:
         sendmail = f"{sys.executable} -m relay.cli sendmail -t -i -C {s.config_path}"
-        code, out = await _run(php, "-d", f"sendmail_path={sendmail}", str(script), html)
+        code, out = await run_peer(php, "-d", f"sendmail_path={sendmail}", str(script), html)
         assert code == 0 and "bool(true)" in out, out
         queued = await s.spool.list_queue()
         assert queued, "nothing spooled"
@@ -167,7 +154,7 @@ async def test_swaks_pipelining_gets_every_reply_in_order(
     swaks = require("swaks")
     to = "a@example.net,a..b@example.net,c@example.net"
     async with sluice([provider_for(upstream)]) as s:
-        code, out = await _run(
+        code, out = await run_peer(
             swaks, "--server", f"127.0.0.1:{s.port}", "--pipeline",
             "--from", "app@example.org", "--to", to,
         )  # fmt: skip
