@@ -12,13 +12,16 @@ comes back: not in the form, not in an error, not in the JSON.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
 
-from admin.backend import AdminState
+from admin.backend import AdminState, state
 from admin.forms import (
     BOUNCE_GROUPS,
     PROVIDER_GROUPS,
@@ -126,6 +129,30 @@ def edits_off_reason(st: AdminState) -> str | None:
     if st.backend.edit_context is None:
         return "This admin has no configuration file to edit (it was started without one)."
     return None
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def when_edits_allowed(
+    refuse: Callable[[Request, str], Response],
+) -> Callable[[Endpoint], Endpoint]:
+    """An endpoint that edits the config: with edits off it answers ``refuse(request, why)``.
+
+    One check for every edit page and API call (``edits_off_reason``); each
+    front-end says no in its own form (an error page, a JSON 403).
+    """
+
+    def wrap(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            if (reason := edits_off_reason(state(request))) is not None:
+                return refuse(request, reason)
+            return await endpoint(request)
+
+        return guarded
+
+    return wrap
 
 
 def edit_context(st: AdminState) -> edits.EditContext:

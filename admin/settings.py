@@ -43,6 +43,7 @@ from admin.edits import (
     save_bounces,
     save_provider,
     stale_notice,
+    when_edits_allowed,
 )
 from admin.forms import BOUNCE_GROUPS, PROVIDER_GROUPS, Group, fields_of, flat, read_form
 from admin.pages import provider_page, render, set_save_flash
@@ -90,6 +91,10 @@ def _forbidden(request: Request, reason: str) -> Response:
     return render(request, "error.html", {"message": reason}, 403)
 
 
+#: an edit page: with edits off, the error page saying why (403)
+_edit_page = when_edits_allowed(_forbidden)
+
+
 def _see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
@@ -97,11 +102,10 @@ def _see_other(url: str) -> RedirectResponse:
 # ------------------------------------------------------------------ providers
 
 
+@_edit_page
 async def provider_new(request: Request) -> Response:
     """Add provider: choose a preset, then the form filled from it."""
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _forbidden(request, reason)
     key = request.query_params.get("preset")
     if key is None or key not in PRESETS:
         views = [preset_view(p) for p in PRESETS.values()]
@@ -154,10 +158,9 @@ async def _provider_form(
     )
 
 
+@_edit_page
 async def provider_add(request: Request) -> Response:
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _forbidden(request, reason)
     form = await request.form()
     posted = read_form(form, PROVIDER_GROUPS, adding=True)
     answer = await save_provider(
@@ -192,10 +195,9 @@ def _saved_url(request: Request, pid: str, answer: EditAnswer) -> str:
     return f"/providers/{pid}?{urlencode(query)}{anchor}"
 
 
+@_edit_page
 async def provider_edit(request: Request) -> Response:
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _forbidden(request, reason)
     pid = request.path_params["pid"]
     current = await provider_current(edit_context(st), pid)
     if current is None:
@@ -218,11 +220,10 @@ async def provider_edit(request: Request) -> Response:
     return _see_other(_saved_url(request, pid, answer))
 
 
+@_edit_page
 async def provider_enable(request: Request) -> Response:
     """Disable or Enable on the provider's page (refused for the last enabled one, with why)."""
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _forbidden(request, reason)
     pid = request.path_params["pid"]
     enabled = request.url.path.endswith("/enable")
     form = await request.form()
@@ -243,11 +244,10 @@ async def provider_enable(request: Request) -> Response:
     return _see_other(f"/providers/{pid}?done={'enabled' if enabled else 'disabled'}")
 
 
+@_edit_page
 async def provider_delete(request: Request) -> Response:
     """Delete: a confirmation with how many queued recipients last went through it, then delete."""
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _forbidden(request, reason)
     pid = request.path_params["pid"]
     ctx = edit_context(st)
     if await provider_current(ctx, pid) is None:
@@ -312,11 +312,10 @@ async def bounce_settings(request: Request) -> Response:
     return _see_other("/settings/bounces?done=saved")
 
 
+@_edit_page
 async def bounce_folders_typed(request: Request) -> Response:
     """Retrieve folders with the values typed in the form (nothing is saved)."""
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _forbidden(request, reason)
     form = await request.form()
     posted = read_form(form, BOUNCE_GROUPS, adding=False)
     names, error = await folders_of_typed(st, posted)

@@ -34,6 +34,7 @@ from admin.edits import (
     refusal_answer,
     save_bounces,
     save_provider,
+    when_edits_allowed,
 )
 from admin.forms import PROVIDER_GROUPS, flat
 from admin.settings import preset_view
@@ -55,6 +56,10 @@ def _refused(status: int, message: str) -> JSONResponse:
     return JSONResponse({"errors": {"": message}}, status_code=status)
 
 
+#: an edit call: with edits off, 403 and the reason as the form-level error
+_edit_call = when_edits_allowed(lambda _request, reason: _refused(403, reason))
+
+
 async def _body(request: Request) -> tuple[dict[str, Any], bool, str | None]:
     """(fields as key paths, save_anyway, base_digest). Raises ValueError: not a JSON object."""
     body = await json_body(request)
@@ -74,10 +79,9 @@ async def api_presets(request: Request) -> Response:
     return JSONResponse(out)
 
 
+@_edit_call
 async def api_provider_add(request: Request) -> Response:
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _refused(403, reason)
     try:
         fields, save_anyway, base = await _body(request)
     except ValueError as exc:
@@ -88,11 +92,10 @@ async def api_provider_add(request: Request) -> Response:
     return _answer(answer, 201)
 
 
+@_edit_call
 async def api_provider_edit(request: Request) -> Response:
     """PATCH: change the fields given; ``enabled`` disables or enables (not the last enabled)."""
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _refused(403, reason)
     pid = request.path_params["pid"]
     try:
         fields, save_anyway, base = await _body(request)
@@ -127,11 +130,10 @@ async def api_provider_edit(request: Request) -> Response:
     return _answer(answer)
 
 
+@_edit_call
 async def api_provider_remove(request: Request) -> Response:
     """DELETE: remove the provider; the answer counts the queued recipients it leaves."""
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _refused(403, reason)
     pid = request.path_params["pid"]
     ctx = edit_context(st)
     base = request.query_params.get("base_digest") or None
@@ -145,11 +147,10 @@ async def api_provider_remove(request: Request) -> Response:
     return JSONResponse(payload)
 
 
+@_edit_call
 async def api_bounce_settings(request: Request) -> Response:
     """PUT: save the bounce settings (the mailbox is logged in to and its folder found first)."""
     st = state(request)
-    if (reason := edits_off_reason(st)) is not None:
-        return _refused(403, reason)
     try:
         fields, save_anyway, base = await _body(request)
     except ValueError as exc:
