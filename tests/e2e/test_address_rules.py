@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -27,6 +26,7 @@ from relay.address_rules import ORIGINAL_TO_HEADER
 from relay.store.spool import Spool
 from tests.conftest import fast_config, provider_for, write_config
 from tests.daemon_proc import DaemonProcess, run_cli, start_daemon
+from tests.peers import require, run_peer
 from tests.upstream import Received, TestUpstream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -80,23 +80,15 @@ async def relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay
 
 
 async def _swaks(port: int, *args: str) -> tuple[int, str]:
-    swaks = shutil.which("swaks")
-    if swaks is None:
-        pytest.fail("swaks is missing: .ci/install-system-deps installs it")
-    proc = await asyncio.create_subprocess_exec(
-        swaks,
+    return await run_peer(
+        require("swaks"),
         "--server",
         f"127.0.0.1:{port}",
         "--from",
         "app@example.com",
         *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        within=30,
     )
-    async with asyncio.timeout(30):
-        out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def _arrived(relay: Relay, subject: str, count: int) -> list[Received]:
