@@ -9,7 +9,10 @@ in flight when it is killed, the case the issue asks about. Then:
   third), and duplicates are at most what the killed node had in flight;
 - the killed node's leased recipients are delivered by the others, after
   its lease (``delivery.lease``), and its attempts are closed in the log;
-- a fourth daemon under a live node's name is refused at start, in one line.
+- the killed node, restarted while the others have deliveries in flight, takes
+  back only its own leases (none of theirs is sent twice);
+- a fourth daemon under a live node's name is refused at start, in one line;
+- a node stopped cleanly gives its name back.
 """
 
 from __future__ import annotations
@@ -224,6 +227,12 @@ async def test_three_nodes_one_killed(pg_db: PgDatabase, tmp_path: Path) -> None
         assert await clash.wait(within=20) == 75  # EX_TEMPFAIL, as for a spool in use
         assert "spool.node 'n2' is held by a live daemon" in clash.output, clash.output
         assert "Traceback" not in clash.output
+
+        # The live nodes beat; one stopped cleanly gives its name back (a beat at 0).
+        assert await n3.stop() == 0
+        beats = dict(await asyncio.to_thread(query, pg_db, "SELECT name, heartbeat_at FROM nodes"))
+        assert beats["n3"] == 0
+        assert time.time() - beats["n2"] < 2 and time.time() - beats["n1"] < 2
     finally:
         gate.set()
         held.set()
