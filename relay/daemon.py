@@ -216,6 +216,8 @@ class Daemon:
                 return msg
         if new.smtp.hostname != old.config.smtp.hostname:
             log.warning("smtp.hostname changes take effect at the next restart")
+        if new.spool.heartbeat != old.config.spool.heartbeat:
+            log.warning("spool.heartbeat changes take effect at the next restart")
         if new.smtp.workers != old.config.smtp.workers:
             log.warning("smtp.workers changes take effect at the next restart")
         # Listeners first: binding is what fails in practice (address in use), and
