@@ -245,4 +245,29 @@ async def test_three_nodes_one_killed(pg_db: PgDatabase, tmp_path: Path) -> None
             await up.stop()
 
 
+async def test_a_node_whose_name_was_taken_over_stops(pg_db: PgDatabase, tmp_path: Path) -> None:
+    """A node whose name another daemon took (its beat was late past spool.node_timeout) stops.
+
+    Its leases now look like the other's, so it must not go on: it logs why and stops.
+    """
+    up = await TestUpstream().start()
+    daemon = await start_daemon(node_config(tmp_path, pg_db, "n1", up))
+    try:
+        # What a namesake's start does once this node's row looked stale.
+        await asyncio.to_thread(
+            query,
+            pg_db,
+            "UPDATE nodes SET pid = 999999, started_at = 1, heartbeat_at = %(now)s "
+            "WHERE name = 'n1' RETURNING name",
+            {"now": time.time()},
+        )
+        await daemon.wait_line("spool.node n1 was taken over by another daemon (pid 999999)")
+        assert await daemon.wait(within=20) == 0
+        rows = await asyncio.to_thread(query, pg_db, "SELECT pid FROM nodes WHERE name = 'n1'")
+        assert rows == [(999999,)]  # its clean stop left the other's row alone
+    finally:
+        await daemon.kill()
+        await up.stop()
+
+
 pytestmark = pytest.mark.timeout(90)
