@@ -662,6 +662,20 @@ class SpoolSettings(_Model):
     password: Annotated[SecretSource | None, Secret("the spool")] = None
     #: this node's name in a fleet sharing one PostgreSQL store; default: the host name
     node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+    #: on a shared store, how often this node writes its heartbeat (``nodes`` row)
+    heartbeat: Duration = Field(default=10.0, gt=0)
+    #: a node silent this long is gone: its expired leases may be taken back by
+    #: others, and its name by a new daemon (procrastinate's stalled-worker timeout)
+    node_timeout: Duration = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timeout_outlasts_heartbeats(self) -> SpoolSettings:
+        if self.node_timeout < 2 * self.heartbeat:
+            raise ValueError(
+                "spool.node_timeout must be at least twice spool.heartbeat "
+                "(one late beat must not make a live node look gone)"
+            )
+        return self
 
     @field_validator("url")
     @classmethod

@@ -47,6 +47,7 @@ from relay.outbound.sign_in import SignIn, SignIns
 from relay.sdnotify import Notifier
 from relay.secrets import Redactor
 from relay.store.lock import spool_lock
+from relay.store.membership import Membership
 from relay.store.spool import Spool
 from relay.wording import plural
 
@@ -215,6 +216,8 @@ class Daemon:
                 return msg
         if new.smtp.hostname != old.config.smtp.hostname:
             log.warning("smtp.hostname changes take effect at the next restart")
+        if new.spool.heartbeat != old.config.spool.heartbeat:
+            log.warning("spool.heartbeat changes take effect at the next restart")
         if new.smtp.workers != old.config.smtp.workers:
             log.warning("smtp.workers changes take effect at the next restart")
         # Listeners first: binding is what fails in practice (address in use), and
@@ -430,6 +433,8 @@ class Daemon:
             spool.redact = Redactor(logsetup.config_secrets(cfg))
             stack.push_async_callback(spool.aclose)
             self.spool = spool
+            if spool.shared:
+                await self._join_fleet(spool, stack)
             try:
                 requeued = await spool.requeue_inflight()
             except SpoolError as exc:
@@ -557,6 +562,36 @@ class Daemon:
                         self.acceptors.stop_accepting(self._session_grace())
                     if self.admin is not None:
                         self.admin.stop()
+
+    async def _join_fleet(self, spool: Spool, stack: contextlib.AsyncExitStack) -> None:
+        """Take this node's name on the shared store and beat until the very end.
+
+        Before the start-up requeue, which takes back this node's own leases:
+        they must not be a live namesake's. The heartbeat stops after the
+        scheduler's drain (the stack closes after the TaskGroup), so a node
+        finishing its deliveries at shutdown is never taken for dead.
+        """
+        settings = self._initial.spool
+        membership = Membership(
+            spool, heartbeat=settings.heartbeat, timeout=settings.node_timeout, clock=self._clock
+        )
+        await membership.join()
+        stack.push_async_callback(membership.leave)
+        beats = asyncio.create_task(membership.run(self.stop), name="heartbeat")
+
+        async def stop_beating() -> None:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+
+        stack.push_async_callback(stop_beating)
+        log.info(
+            "node %s joined the fleet on %s (heartbeat %gs, node_timeout %gs)",
+            spool.node,
+            spool.where,
+            settings.heartbeat,
+            settings.node_timeout,
+        )
 
     async def _mailbox_token(self) -> str:
         """An XOAUTH2 access token for the bounce mailbox (Microsoft 365, Gmail)."""

@@ -254,6 +254,9 @@ SPOOL_WRITES = frozenset(
         "save_oauth_grant",
         "oauth_grant_failed",
         "revoke_admin_sessions",
+        "node_join",
+        "node_beat",
+        "node_leave",
     }
 )
 #: ``Spool`` methods a front-end may call: reads, the lifecycle, and
@@ -285,6 +288,8 @@ SPOOL_READS = frozenset(
         "admin_session_version",
         "outbox_recent",
         "outbox_counts",
+        "node_row",
+        "list_nodes",
     }
 )
 #: ``Suppressions`` (``spool.suppressions``) methods that change the list

@@ -206,9 +206,16 @@ class Scheduler:
             self.idle.set()
 
     async def _sweep_leases(self) -> None:
-        """Queue again what outlived its lease, but never a recipient whose outcome waits here."""
+        """Queue again what outlived its lease, but never a recipient whose outcome waits here.
+
+        On a shared store, another node's expired leases too, once that node has
+        been silent for ``spool.node_timeout`` (``Spool.requeue_expired_leases``).
+        """
+        timeout = self._snapshot().config.spool.node_timeout
         try:
-            await self._spool.requeue_expired_leases(keep=self._unrecorded.recipient_ids())
+            await self._spool.requeue_expired_leases(
+                keep=self._unrecorded.recipient_ids(), node_timeout=timeout
+            )
         except SpoolError as exc:
             log.error("cannot take back expired leases: %s", exc)
 

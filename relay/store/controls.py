@@ -205,12 +205,16 @@ def hold_claimed(
     reason: str,
     actor: str,
     endpoints: Sequence[Endpoint],
+    node: str = "",
 ) -> tuple[int, bool]:
-    """Put claimed recipients on hold, dropping their attempts' log rows; (held, evented)."""
+    """Put claimed recipients on hold, dropping their attempts' log rows; (held, evented).
+
+    Only recipients still leased to ``node`` (the claim's) are held.
+    """
     held: list[Affected] = []
     for rid in ids:
         row = c.execute(
-            QUERIES["hold_claimed"], {"id": rid, "now": now, "reply": reason}
+            QUERIES["hold_claimed"], {"id": rid, "now": now, "reply": reason, "node": node}
         ).fetchone()
         if row is not None:
             held.append(Affected(rid, claim.queue_id, claim.recipients[rid].address))

@@ -242,8 +242,14 @@ def claim(c: Conn, now: float, limit: int, lease: float, node: str = "") -> Clai
     return Claimed(claims, pauses)
 
 
-def finish(c: Conn, now: float, items: Sequence[Finish], events: Sequence[OutboxEvent]) -> int:
-    """Persist outcomes and the events that report them; how many recipients moved."""
+def finish(
+    c: Conn, now: float, items: Sequence[Finish], events: Sequence[OutboxEvent], node: str = ""
+) -> int:
+    """Persist outcomes and the events that report them; how many recipients moved.
+
+    Only recipients leased to ``node`` move: one whose lease was taken back
+    (and maybe claimed by another node) is left alone; its log row is closed.
+    """
     insert_events(c, events)
     moved = 0
     for f in items:
@@ -256,6 +262,7 @@ def finish(c: Conn, now: float, items: Sequence[Finish], events: Sequence[Outbox
                 "reply": f.reply,
                 "provider": f.provider,
                 "now": now,
+                "node": node,
             },
         ).fetchone()
         moved += row is not None
@@ -285,8 +292,11 @@ def _close_attempt(
     )
 
 
-def release(c: Conn, now: float, claimed: Claim, reply: str, due: float) -> None:
-    """Give a claim back without counting an attempt; its log rows say deferred."""
+def release(c: Conn, now: float, claimed: Claim, reply: str, due: float, node: str = "") -> None:
+    """Give a claim back without counting an attempt; its log rows say deferred.
+
+    Only what is still leased to ``node`` goes back (as in ``finish``).
+    """
     for rid in claimed.recipients:
         c.execute(
             QUERIES["release_recipient"],
@@ -296,25 +306,50 @@ def release(c: Conn, now: float, claimed: Claim, reply: str, due: float) -> None
                 "next_attempt_at": due,
                 "reply": reply,
                 "now": now,
+                "node": node,
             },
         )
         _close_attempt(c, now, claimed.attempt_ids[rid], AttemptStatus.DEFERRED, None, None, reply)
 
 
-def requeue_inflight(c: Conn, now: float) -> int:
-    """At start-up: what a crash left ``sending`` is queued again; how many."""
-    n = int(c.execute(QUERIES["requeue_inflight"], {"now": now}).rowcount)
-    c.execute(QUERIES["close_inflight_attempts"], {"now": now})
+def requeue_inflight(c: Conn, now: float, node: str = "", *, everyone: bool = True) -> int:
+    """At start-up: what a crash left ``sending`` is queued again; how many.
+
+    ``everyone=False`` (a shared store): only the leases and attempts of
+    ``node``; other nodes' are theirs, or the lease sweep's once they are gone.
+    """
+    params = {"now": now, "node": node, "everyone": everyone}
+    n = int(c.execute(QUERIES["requeue_inflight"], params).rowcount)
+    c.execute(QUERIES["close_inflight_attempts"], params)
     return n
 
 
-def requeue_expired_leases(c: Conn, now: float, keep: Collection[int] = ()) -> int:
+def requeue_expired_leases(
+    c: Conn,
+    now: float,
+    keep: Collection[int] = (),
+    node: str = "",
+    *,
+    stale_before: float = 0.0,
+    everyone: bool = True,
+) -> int:
     """Leases that outlived any attempt are reclaimed, but for the recipients in ``keep``; how many.
 
     ``keep``: recipients whose outcome the scheduler holds but could not write
     yet (``relay.outbound.pending``); reclaiming them would send them again.
+
+    ``everyone=False`` (a shared store): the leases of ``node``, and of
+    another node only once its heartbeat is older than ``stale_before`` (or
+    it has no ``nodes`` row): a live node may hold outcomes it has not
+    written, which only its own ``keep`` knows.
     """
-    params = {"now": now, "keep": json.dumps(sorted(keep))}
+    params = {
+        "now": now,
+        "keep": json.dumps(sorted(keep)),
+        "node": node,
+        "stale_before": stale_before,
+        "everyone": everyone,
+    }
     c.execute(QUERIES["close_expired_lease_attempts"], params)
     return int(c.execute(QUERIES["requeue_expired_leases"], params).rowcount)
 

@@ -9,6 +9,7 @@ the modules behind it, one per job:
 - ``views``: read-only views (a message, the queue, the log, counts, pauses, audit);
 - ``state``: meta values, counters, OAuth grants, admin session versions, health;
 - ``suppressions``: bounces and the suppression list (``Spool.suppressions``);
+- ``nodes``: the fleet's nodes and their heartbeats (``relay/store/membership.py`` beats);
 - ``migrations``: the schema, made or brought up to date on ``open``.
 
 Writes go through one writer connection owned by one thread (``Writer`` in
@@ -50,7 +51,8 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
 - state: ``counter_add``, ``counter_prune``, ``counter_get``,
   ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
   ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
-  ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``.
+  ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``;
+- nodes: ``node_join``, ``node_row``, ``node_beat``, ``node_leave``, ``list_nodes``.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
 the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
@@ -94,10 +96,11 @@ from relay.model import (
     Selection,
 )
 from relay.secrets import Redactor
-from relay.store import controls, outbox, queue, state, views
+from relay.store import controls, nodes, outbox, queue, state, views
 from relay.store.controls import ALL_PROVIDERS, Control, Selected
 from relay.store.db import Conn
 from relay.store.migrations import migrate
+from relay.store.nodes import NodeRow
 from relay.store.outbox import DsnVerdict, OutboxRow
 from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
 from relay.store.state import OAuthGrant, SpoolHealth, read_meta
@@ -118,6 +121,7 @@ __all__ = [
     "DsnVerdict",
     "Finish",
     "NewMessage",
+    "NodeRow",
     "OAuthGrant",
     "OutboxEvent",
     "OutboxRow",
@@ -307,14 +311,16 @@ class Spool:
     async def finish(self, finishes: Iterable[Finish], events: Sequence[OutboxEvent] = ()) -> int:
         """Persist outcomes, and the webhook events that report them; returns how many moved.
 
-        A recipient no longer ``sending`` (deleted, or reclaimed) is left alone
-        and its log row is still closed, so the log tells what happened.
+        A recipient no longer ``sending`` under this node's lease (deleted, or
+        taken back and maybe claimed by another node) is left alone and its log
+        row is still closed, so the log tells what happened.
         """
         redact = self.redact
         items = [replace(f, reply=redact(f.reply)) for f in finishes]
         events = self._redacted(events)
         now = self._clock()
-        moved = await self._writer.submit(lambda c: queue.finish(c, now, items, events))
+        node = self.node
+        moved = await self._writer.submit(lambda c: queue.finish(c, now, items, events, node))
         if any(f.status is RecipientStatus.QUEUED for f in items):
             self.wake.set()
         if events:
@@ -324,29 +330,50 @@ class Spool:
     async def release(
         self, claim: Claim, *, reply: str, next_attempt_at: float | None = None
     ) -> None:
-        """Give a claim back without counting an attempt (e.g. at shutdown)."""
+        """Give a claim back without counting an attempt (e.g. at shutdown).
+
+        Only what this node still holds goes back (as in ``finish``).
+        """
         now = self._clock()
         due = now if next_attempt_at is None else next_attempt_at
         reply = self.redact(reply)
-        await self._writer.submit(lambda c: queue.release(c, now, claim, reply, due))
+        node = self.node
+        await self._writer.submit(lambda c: queue.release(c, now, claim, reply, due, node))
 
     async def requeue_inflight(self) -> int:
-        """At start-up: recipients a crash left ``sending`` go back to the queue."""
+        """At start-up: recipients a crash left ``sending`` go back to the queue.
+
+        On a shared store, only this node's (``spool.node``): another node's
+        leases are its own, or the lease sweep's once it stopped beating.
+        """
         now = self._clock()
-        n = await self._writer.submit(lambda c: queue.requeue_inflight(c, now))
+        node, everyone = self.node, not self.shared
+        n = await self._writer.submit(
+            lambda c: queue.requeue_inflight(c, now, node, everyone=everyone)
+        )
         if n:
             self.wake.set()
         return n
 
-    async def requeue_expired_leases(self, keep: Collection[int] = ()) -> int:
+    async def requeue_expired_leases(
+        self, keep: Collection[int] = (), *, node_timeout: float = 30.0
+    ) -> int:
         """Leases that outlived any possible attempt go back to the queue; how many.
 
         ``keep``: recipient ids left alone, whatever their lease (their outcome
-        is known to the scheduler, not yet written).
+        is known to the scheduler, not yet written). On a shared store, another
+        node's expired leases go back only once its heartbeat is older than
+        ``node_timeout`` (``spool.node_timeout``): until then they are its own,
+        and only it knows its ``keep``.
         """
         now = self._clock()
         kept = frozenset(keep)
-        n = await self._writer.submit(lambda c: queue.requeue_expired_leases(c, now, kept))
+        node, everyone = self.node, not self.shared
+        n = await self._writer.submit(
+            lambda c: queue.requeue_expired_leases(
+                c, now, kept, node, stale_before=now - node_timeout, everyone=everyone
+            )
+        )
         if n:
             self.wake.set()
         return n
@@ -514,9 +541,9 @@ class Spool:
         ``endpoints`` get a ``held`` event per recipient held, in the same transaction.
         """
         now = self._clock()
-        ids = list(rids)
+        ids, node = list(rids), self.node
         n, evented = await self._writer.submit(
-            lambda c: controls.hold_claimed(c, now, claim, ids, reason, actor, endpoints)
+            lambda c: controls.hold_claimed(c, now, claim, ids, reason, actor, endpoints, node)
         )
         if evented:
             self.outbox_wake.set()
@@ -654,6 +681,44 @@ class Spool:
     async def audit_log(self, *, before_id: int | None = None, limit: int = 50) -> list[AuditEntry]:
         """One page of the audit log, newest first; keyset pagination on ``id``."""
         return await views.audit_log(self._reader, before_id, limit)
+
+    # ------------------------------------------------------------------- nodes
+
+    async def node_join(
+        self, pid: int, now: float, *, stale_before: float, seen: float | None = None
+    ) -> bool:
+        """Take this node's name for process ``pid``; False: a live holder has it.
+
+        The name is free when nobody holds it, its holder stopped cleanly, or
+        its last beat is before ``stale_before``; ``seen`` (a beat the caller
+        watched go quiet) takes that very row. ``relay/store/membership.py``
+        decides when to call it.
+        """
+        name = self.node
+        return await self._writer.submit(
+            lambda c: nodes.join(c, name, pid, now, stale_before, seen)
+        )
+
+    async def node_row(self) -> NodeRow | None:
+        """This node name's row (read on the writer: the holder's last committed beat)."""
+        name = self.node
+        return await self._writer.submit(lambda c: nodes.row(c, name), durable=False)
+
+    async def node_beat(self, pid: int, started_at: float, now: float) -> bool:
+        """Record this node's heartbeat; False: another process took the name over."""
+        name = self.node
+        return await self._writer.submit(
+            lambda c: nodes.beat(c, name, pid, started_at, now), durable=False
+        )
+
+    async def node_leave(self, pid: int, started_at: float) -> None:
+        """Give the node name back (a clean stop): the next start need not wait."""
+        name = self.node
+        await self._writer.submit(lambda c: nodes.leave(c, name, pid, started_at))
+
+    async def list_nodes(self) -> list[NodeRow]:
+        """Every node that ever joined this store, by name, with its last heartbeat."""
+        return await nodes.list_nodes(self._reader)
 
     # ------------------------------------------------------------------- state
 

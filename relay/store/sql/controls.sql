@@ -52,11 +52,12 @@ WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING id;
 
 -- name: hold_claimed
--- A claimed recipient that a hold.rules rule matches goes on hold instead.
+-- A claimed recipient that a hold.rules rule matches goes on hold instead (guarded
+-- by the node holding the lease, as finish_recipient).
 UPDATE recipients
 SET status = 'held', held_at = :now, last_reply = :reply, lease_until = NULL,
-    updated_at = :now
-WHERE id = :id AND status = 'sending'
+    lease_node = NULL, updated_at = :now
+WHERE id = :id AND status = 'sending' AND lease_node = :node
 RETURNING id;
 
 -- name: delete_attempt

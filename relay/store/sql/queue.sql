@@ -54,12 +54,13 @@ INSERT INTO attempts (recipient_id, message_id, queue_id, rcpt, subject, started
 VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, 'in_progress', :node);
 
 -- name: finish_recipient
--- Record a recipient's outcome; guarded so only a leased row moves.
+-- Record a recipient's outcome; guarded so only a row leased to this node moves
+-- (a node whose lease was taken back and claimed by another cannot finish it).
 UPDATE recipients
 SET status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_at,
-    last_reply = :reply, provider = :provider, lease_until = NULL, updated_at = :now,
-    route_override = NULL
-WHERE id = :id AND status = 'sending'
+    last_reply = :reply, provider = :provider, lease_until = NULL, lease_node = NULL,
+    updated_at = :now, route_override = NULL
+WHERE id = :id AND status = 'sending' AND lease_node = :node
 RETURNING id;
 
 -- name: finish_attempt
@@ -69,43 +70,57 @@ SET status = :status, finished_at = :now, provider = :provider, code = :code, re
 WHERE id = :id;
 
 -- name: release_recipient
--- Give a leased recipient back without counting an attempt (shutdown, no provider).
+-- Give a leased recipient back without counting an attempt (shutdown, no provider);
+-- guarded, as finish_recipient, by the node holding the lease.
 UPDATE recipients
 SET status = :status, next_attempt_at = :next_attempt_at, last_reply = :reply,
-    lease_until = NULL, updated_at = :now
-WHERE id = :id AND status = 'sending'
+    lease_until = NULL, lease_node = NULL, updated_at = :now
+WHERE id = :id AND status = 'sending' AND lease_node = :node
 RETURNING id;
 
 -- name: requeue_inflight
--- At start-up: whatever a crash left 'sending' goes back to the queue.
+-- At start-up: what a crash left 'sending' goes back to the queue: this node's own
+-- leases, or (:everyone, a store no other node shares) every lease.
 UPDATE recipients
-SET status = 'queued', next_attempt_at = :now, lease_until = NULL, updated_at = :now
-WHERE status = 'sending';
+SET status = 'queued', next_attempt_at = :now, lease_until = NULL, lease_node = NULL,
+    updated_at = :now
+WHERE status = 'sending' AND (:everyone OR lease_node = :node);
 
 -- name: close_expired_lease_attempts
 -- Log rows of attempts whose lease ran out: their outcome is unknown. :keep (a JSON
 -- array of recipient ids) are those whose outcome is known but not yet written.
+-- Another node's leases only once that node stopped beating (its nodes row older
+-- than :stale_before, or none): a live node may hold outcomes it has not written.
 UPDATE attempts
 SET status = 'deferred', finished_at = :now,
     reply = 'interrupted: the attempt outlived its lease (delivery.lease); retrying'
 WHERE status = 'in_progress' AND recipient_id IN (
     SELECT id FROM recipients WHERE status = 'sending' AND lease_until < :now
       AND id NOT IN (SELECT value FROM json_each(:keep))
+      AND (:everyone OR lease_node = :node OR NOT EXISTS (
+          SELECT 1 FROM nodes
+          WHERE nodes.name = recipients.lease_node AND nodes.heartbeat_at >= :stale_before))
 );
 
 -- name: requeue_expired_leases
--- A lease that outlived any possible attempt is reclaimed, except those in :keep.
+-- A lease that outlived any possible attempt is reclaimed, except those in :keep;
+-- another node's only once that node stopped beating (as close_expired_lease_attempts).
 UPDATE recipients
-SET status = 'queued', next_attempt_at = :now, lease_until = NULL, updated_at = :now
+SET status = 'queued', next_attempt_at = :now, lease_until = NULL, lease_node = NULL,
+    updated_at = :now
 WHERE status = 'sending' AND lease_until < :now
-  AND id NOT IN (SELECT value FROM json_each(:keep));
+  AND id NOT IN (SELECT value FROM json_each(:keep))
+  AND (:everyone OR lease_node = :node OR NOT EXISTS (
+      SELECT 1 FROM nodes
+      WHERE nodes.name = recipients.lease_node AND nodes.heartbeat_at >= :stale_before));
 
 -- name: close_inflight_attempts
--- Log rows left in progress by a crash: their outcome is unknown.
+-- Log rows left in progress by a crash: their outcome is unknown. This node's own,
+-- or (:everyone) every one.
 UPDATE attempts
 SET status = 'deferred', finished_at = :now,
     reply = 'interrupted: the daemon stopped during this attempt; retrying'
-WHERE status = 'in_progress';
+WHERE status = 'in_progress' AND (:everyone OR node = :node);
 
 -- name: retry_message
 -- Make every unsent recipient of a message due now; failed ones get a new life.

@@ -50,21 +50,30 @@ VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, 'in_progre
 RETURNING id;
 
 -- name: close_expired_lease_attempts
--- Log rows of attempts whose lease ran out; :keep (a JSON array of recipient ids) excepted.
+-- Log rows of attempts whose lease ran out; :keep (a JSON array of recipient ids)
+-- excepted; another node's only once that node stopped beating.
 UPDATE attempts
 SET status = 'deferred', finished_at = :now,
     reply = 'interrupted: the attempt outlived its lease (delivery.lease); retrying'
 WHERE status = 'in_progress' AND recipient_id IN (
     SELECT id FROM recipients WHERE status = 'sending' AND lease_until < :now
       AND id NOT IN (SELECT value::bigint FROM json_array_elements_text(:keep::json))
+      AND (:everyone OR lease_node = :node OR NOT EXISTS (
+          SELECT 1 FROM nodes
+          WHERE nodes.name = recipients.lease_node AND nodes.heartbeat_at >= :stale_before))
 );
 
 -- name: requeue_expired_leases
--- A lease that outlived any possible attempt is reclaimed, except those in :keep.
+-- A lease that outlived any possible attempt is reclaimed, except those in :keep;
+-- another node's only once that node stopped beating.
 UPDATE recipients
-SET status = 'queued', next_attempt_at = :now, lease_until = NULL, updated_at = :now
+SET status = 'queued', next_attempt_at = :now, lease_until = NULL, lease_node = NULL,
+    updated_at = :now
 WHERE status = 'sending' AND lease_until < :now
-  AND id NOT IN (SELECT value::bigint FROM json_array_elements_text(:keep::json));
+  AND id NOT IN (SELECT value::bigint FROM json_array_elements_text(:keep::json))
+  AND (:everyone OR lease_node = :node OR NOT EXISTS (
+      SELECT 1 FROM nodes
+      WHERE nodes.name = recipients.lease_node AND nodes.heartbeat_at >= :stale_before));
 
 -- name: prune_finished_messages
 -- Drop messages whose every recipient reached a final state long enough ago.
