@@ -254,6 +254,9 @@ SPOOL_WRITES = frozenset(
         "save_oauth_grant",
         "oauth_grant_failed",
         "revoke_admin_sessions",
+        "counter_reserve",
+        "rate_reserve",
+        "block_provider",
     }
 )
 #: ``Spool`` methods a front-end may call: reads, the lifecycle, and
@@ -285,6 +288,7 @@ SPOOL_READS = frozenset(
         "admin_session_version",
         "outbox_recent",
         "outbox_counts",
+        "provider_blocks",
     }
 )
 #: ``Suppressions`` (``spool.suppressions``) methods that change the list

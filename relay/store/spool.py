@@ -48,7 +48,10 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
 - state: ``counter_add``, ``counter_prune``, ``counter_get``,
   ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
   ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
-  ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``.
+  ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``;
+- limits shared by the nodes of a fleet (``relay/store/limits.py``):
+  ``counter_reserve``, ``rate_reserve``, ``block_provider``,
+  ``provider_blocks``.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
 the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
@@ -88,8 +91,9 @@ from relay.model import (
     Selection,
 )
 from relay.secrets import Redactor
-from relay.store import controls, outbox, queue, state, views
+from relay.store import controls, limits, outbox, queue, state, views
 from relay.store.controls import ALL_PROVIDERS, Control, Selected
+from relay.store.limits import ProviderBlock, RateGrant
 from relay.store.migrations import migrate
 from relay.store.outbox import DsnVerdict, OutboxRow
 from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
@@ -110,6 +114,8 @@ __all__ = [
     "OAuthGrant",
     "OutboxEvent",
     "OutboxRow",
+    "ProviderBlock",
+    "RateGrant",
     "Selected",
     "Spool",
     "SpoolHealth",
@@ -632,6 +638,50 @@ class Spool:
     async def counter_since(self, name: str, window: str) -> dict[str, int]:
         """A counter's windows from ``window`` on (keys sort as the windows do)."""
         return await state.counter_since(self._reader, name, window)
+
+    # ----------------------------------------------- limits shared by a fleet
+
+    async def counter_reserve(
+        self, name: str, window: str, oldest: str, want: int, limit: int
+    ) -> int:
+        """Atomically add up to ``want`` to ``name``'s ``window`` under ``limit``; how many.
+
+        The limit counts the counter's windows from ``oldest`` on (``window``
+        itself for a UTC day; the slots of the last 24 h for a rolling one),
+        as every node sharing the store wrote them: a daily limit holds across
+        the fleet. Give units back with ``counter_add`` and a negative delta.
+        Written like ``counter_add`` (no fsync of its own).
+        """
+        return await self._writer.submit(
+            lambda c: limits.counter_reserve(c, name, window, oldest, want, limit),
+            durable=False,
+        )
+
+    async def rate_reserve(
+        self, name: str, *, per_second: float, capacity: float, want: int, max_wait: float
+    ) -> RateGrant:
+        """Take up to ``want`` tokens of the rate ``name`` kept in the store (GCRA).
+
+        The same answer as ``TokenBucket.reserve_many`` (the wait for the
+        first token, how many), for a bucket every node shares; ``got == 0``:
+        the first token is more than ``max_wait`` away, nothing was taken.
+        """
+        clock = self._clock
+        return await self._writer.submit(
+            lambda c: limits.rate_reserve(c, name, clock(), per_second, capacity, want, max_wait),
+            durable=False,
+        )
+
+    async def block_provider(self, provider: str, block: ProviderBlock) -> bool:
+        """Tell every node to skip ``provider`` until ``block.until``; False if a longer
+        block was already recorded."""
+        return await self._writer.submit(
+            lambda c: limits.block_provider(c, provider, block), durable=False
+        )
+
+    async def provider_blocks(self) -> dict[str, ProviderBlock]:
+        """Providers skipped fleet-wide now (``block_provider``), by id."""
+        return await limits.provider_blocks(self._reader, self._clock())
 
     async def meta_set(self, values: dict[str, str]) -> None:
         """Record daemon status values (e.g. the last reload) for other processes."""

@@ -2,7 +2,7 @@
 
 Every statement Sluice runs lives in a ``.sql`` file of this folder, named,
 the way procrastinate keeps its queries: ``queue.sql``, ``controls.sql``,
-``outbox.sql``, ``views.sql``, ``state.sql``, ``suppressions.sql``, and the
+``outbox.sql``, ``views.sql``, ``state.sql``, ``suppressions.sql``, ``limits.sql``, and the
 numbered migrations in ``migrations/``. Optional filters are written in static
 SQL (``:x IS NULL OR ...``), never assembled in Python. (A query builder such
 as SQLAlchemy Core would assemble them instead; named files keep each
@@ -17,7 +17,7 @@ from importlib.resources import files
 __all__ = ["QUERIES", "QUERY_FILES", "SCHEMA", "like_escape", "load_queries"]
 
 #: the files of named blocks, one per job of the store
-QUERY_FILES = ("queue", "controls", "outbox", "views", "state", "suppressions")
+QUERY_FILES = ("queue", "controls", "outbox", "views", "state", "suppressions", "limits")
 
 
 def load_queries(text: str) -> dict[str, str]:
