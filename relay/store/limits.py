@@ -30,11 +30,9 @@ TAT (wall-clock seconds): nodes are expected to keep time (NTP); a skew of
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import asdict, dataclass
 
-import aiosqlite
-
+from relay.store.db import Conn, Reader
 from relay.store.sql import QUERIES
 
 __all__ = [
@@ -121,9 +119,7 @@ def gcra(
     return RateGrant(wait, got), start + got / per_second
 
 
-def counter_reserve(
-    c: sqlite3.Connection, name: str, window: str, oldest: str, want: int, limit: int
-) -> int:
+def counter_reserve(c: Conn, name: str, window: str, oldest: str, want: int, limit: int) -> int:
     """Add up to ``want`` to ``name``'s ``window`` while its windows from ``oldest`` stay
     under ``limit``; how many were added (0 when none fit)."""
     c.execute(QUERIES["limit_lock"], {"key": f"counter:{name}"})
@@ -135,7 +131,7 @@ def counter_reserve(
 
 
 def rate_reserve(
-    c: sqlite3.Connection,
+    c: Conn,
     name: str,
     now: float,
     per_second: float,
@@ -159,7 +155,7 @@ def rate_reserve(
     return grant
 
 
-def block_provider(c: sqlite3.Connection, provider: str, block: ProviderBlock) -> bool:
+def block_provider(c: Conn, provider: str, block: ProviderBlock) -> bool:
     """Record ``block`` unless one ending later is recorded; whether it was."""
     key = BLOCK_PREFIX + provider
     c.execute(QUERIES["limit_lock"], {"key": key})
@@ -172,7 +168,7 @@ def block_provider(c: sqlite3.Connection, provider: str, block: ProviderBlock) -
     return True
 
 
-async def provider_blocks(reader: aiosqlite.Connection, now: float) -> dict[str, ProviderBlock]:
+async def provider_blocks(reader: Reader, now: float) -> dict[str, ProviderBlock]:
     """The blocks in force at ``now``, by provider id."""
     found: dict[str, ProviderBlock] = {}
     rows = await reader.execute_fetchall(

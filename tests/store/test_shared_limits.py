@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.config import SpoolSettings
 from relay.store.spool import ProviderBlock, Spool
 
 Opener = Callable[..., Awaitable[Spool]]
@@ -29,12 +30,13 @@ class Clock:
 
 
 @pytest.fixture
-async def open_node(tmp_path: Path) -> AsyncIterator[Opener]:
+async def open_node(spool_where: Path | SpoolSettings) -> AsyncIterator[Opener]:
     """``await open_node(clock=...)``: one more node's store on the test's one database."""
     opened: list[Spool] = []
 
     async def open_one(clock: Callable[[], float] | None = None) -> Spool:
-        spool = await Spool.open(tmp_path / "spool.sqlite3", clock=clock or time.time)
+        node = f"node-{len(opened)}"
+        spool = await Spool.open(spool_where, clock=clock or time.time, node=node)
         opened.append(spool)
         return spool
 
