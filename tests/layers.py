@@ -255,6 +255,7 @@ SPOOL_WRITES = frozenset(
         "oauth_grant_failed",
         "revoke_admin_sessions",
         "counter_reserve",
+        "counter_return",
         "rate_reserve",
         "block_provider",
     }

@@ -95,6 +95,8 @@ class SharedCounters(Counters, Protocol):
         self, name: str, window: str, oldest: str, want: int, limit: int
     ) -> int: ...
 
+    async def counter_return(self, name: str, window: str, n: int) -> None: ...
+
 
 def utc_window(now: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -356,5 +358,7 @@ class Quota:
         self._total -= n
         if self._unwritten.get(grant.window, 0) >= n:
             self._unwritten[grant.window] -= n  # taken behind: given back behind
+        elif self._shared is not None:
+            await self._shared.counter_return(self.name, grant.window, n)  # under its lock
         elif self._counters is not None:
             await self._counters.counter_add(self.name, grant.window, -n)

@@ -8,6 +8,16 @@ SQLite a no-op, the writer's ``BEGIN IMMEDIATE`` already admits one writer),
 then a read and a write. So two nodes asking at once take turns, and the
 second sees what the first took.
 
+The lock is *tried*, never waited for: a job runs inside its node's group
+commit, whose transaction may hold other limits' locks already, so two nodes
+waiting for each other's would deadlock (PostgreSQL breaks that after a
+second by failing a whole batch: tried with three nodes, a third of the
+reservations failed so). A job that finds its limit taken raises
+``LimitBusy``, its savepoint is rolled back, and ``Spool`` asks again a few
+milliseconds later. Every write of a limit's rows is made under its lock
+(``counter_return`` gives units back so), so a job holding it never waits for
+a row either.
+
 - ``counter_reserve``: take up to ``want`` units of a counter under a limit,
   over its windows from ``oldest`` on (a UTC day: one window; a rolling
   24 h: its 10-minute slots). Giving units back is ``counter_add`` with a
@@ -37,10 +47,12 @@ from relay.store.sql import QUERIES
 
 __all__ = [
     "BLOCK_PREFIX",
+    "LimitBusy",
     "ProviderBlock",
     "RateGrant",
     "block_provider",
     "counter_reserve",
+    "counter_return",
     "gcra",
     "provider_blocks",
     "rate_key",
@@ -51,6 +63,17 @@ __all__ = [
 BLOCK_PREFIX = "fleet.block."
 #: the key just past every ``BLOCK_PREFIX`` key ("/" sorts right after ".")
 _BLOCK_END = "fleet.block/"
+
+
+class LimitBusy(Exception):
+    """Another node's transaction holds this limit now: ask again shortly."""
+
+
+def _lock(c: Conn, key: str) -> None:
+    """Take the limit ``key`` to the end of the transaction, or raise ``LimitBusy``."""
+    row = c.execute(QUERIES["limit_lock"], {"key": key}).fetchone()
+    if row is None or not row[0]:
+        raise LimitBusy(key)
 
 
 def rate_key(name: str) -> str:
@@ -122,12 +145,18 @@ def gcra(
 def counter_reserve(c: Conn, name: str, window: str, oldest: str, want: int, limit: int) -> int:
     """Add up to ``want`` to ``name``'s ``window`` while its windows from ``oldest`` stay
     under ``limit``; how many were added (0 when none fit)."""
-    c.execute(QUERIES["limit_lock"], {"key": f"counter:{name}"})
+    _lock(c, f"counter:{name}")
     (used,) = c.execute(QUERIES["counter_sum"], {"name": name, "window": oldest}).fetchone()
     n = max(0, min(want, limit - int(used)))
     if n:
         c.execute(QUERIES["counter_add"], {"name": name, "window": window, "delta": n})
     return n
+
+
+def counter_return(c: Conn, name: str, window: str, n: int) -> None:
+    """Give back ``n`` units ``counter_reserve`` took (under the same lock)."""
+    _lock(c, f"counter:{name}")
+    c.execute(QUERIES["counter_add"], {"name": name, "window": window, "delta": -n})
 
 
 def rate_reserve(
@@ -141,7 +170,7 @@ def rate_reserve(
 ) -> RateGrant:
     """Take up to ``want`` tokens of the stored bucket ``name`` (``gcra``)."""
     key = rate_key(name)
-    c.execute(QUERIES["limit_lock"], {"key": key})
+    _lock(c, key)
     row = c.execute(QUERIES["meta_get"], {"key": key}).fetchone()
     tat: float | None = None
     if row is not None:
@@ -158,7 +187,7 @@ def rate_reserve(
 def block_provider(c: Conn, provider: str, block: ProviderBlock) -> bool:
     """Record ``block`` unless one ending later is recorded; whether it was."""
     key = BLOCK_PREFIX + provider
-    c.execute(QUERIES["limit_lock"], {"key": key})
+    _lock(c, key)
     row = c.execute(QUERIES["meta_get"], {"key": key}).fetchone()
     if row is not None:
         held = ProviderBlock.from_json(str(row[0]))

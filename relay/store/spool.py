@@ -52,8 +52,8 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
   ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
   ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``;
 - limits shared by the nodes of a fleet (``relay/store/limits.py``):
-  ``counter_reserve``, ``rate_reserve``, ``block_provider``,
-  ``provider_blocks``.
+  ``counter_reserve``, ``counter_return``, ``rate_reserve``,
+  ``block_provider``, ``provider_blocks``.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
 the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
@@ -70,13 +70,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import aiosqlite
 
@@ -135,6 +136,10 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+#: how long a fleet limit job asks again while other nodes hold its limit, in seconds
+_LIMIT_PATIENCE = 10.0
 
 
 class Spool:
@@ -688,6 +693,26 @@ class Spool:
 
     # ----------------------------------------------- limits shared by a fleet
 
+    async def _limit_job(self, job: Callable[[Conn], T]) -> T:
+        """Run a ``relay.store.limits`` job, asking again while another node holds its limit.
+
+        Written like ``counter_add`` (no fsync of its own). The lock is held to
+        the other node's commit: a few milliseconds, so the first waits are short.
+
+        Raises:
+            SpoolError: the limit stayed taken for ``_LIMIT_PATIENCE`` seconds.
+        """
+        deadline = time.monotonic() + _LIMIT_PATIENCE
+        pause = 0.001
+        while True:
+            try:
+                return await self._writer.submit(job, durable=False)
+            except limits.LimitBusy as busy:
+                if time.monotonic() > deadline:
+                    raise SpoolError(f"limit {busy} stayed taken by another node") from None
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, 0.05)
+
     async def counter_reserve(
         self, name: str, window: str, oldest: str, want: int, limit: int
     ) -> int:
@@ -696,13 +721,15 @@ class Spool:
         The limit counts the counter's windows from ``oldest`` on (``window``
         itself for a UTC day; the slots of the last 24 h for a rolling one),
         as every node sharing the store wrote them: a daily limit holds across
-        the fleet. Give units back with ``counter_add`` and a negative delta.
-        Written like ``counter_add`` (no fsync of its own).
+        the fleet. Give units back with ``counter_return``.
         """
-        return await self._writer.submit(
-            lambda c: limits.counter_reserve(c, name, window, oldest, want, limit),
-            durable=False,
+        return await self._limit_job(
+            lambda c: limits.counter_reserve(c, name, window, oldest, want, limit)
         )
+
+    async def counter_return(self, name: str, window: str, n: int) -> None:
+        """Give back ``n`` units that ``counter_reserve`` took (nothing was sent with them)."""
+        await self._limit_job(lambda c: limits.counter_return(c, name, window, n))
 
     async def rate_reserve(
         self, name: str, *, per_second: float, capacity: float, want: int, max_wait: float
@@ -714,17 +741,14 @@ class Spool:
         the first token is more than ``max_wait`` away, nothing was taken.
         """
         clock = self._clock
-        return await self._writer.submit(
-            lambda c: limits.rate_reserve(c, name, clock(), per_second, capacity, want, max_wait),
-            durable=False,
+        return await self._limit_job(
+            lambda c: limits.rate_reserve(c, name, clock(), per_second, capacity, want, max_wait)
         )
 
     async def block_provider(self, provider: str, block: ProviderBlock) -> bool:
         """Tell every node to skip ``provider`` until ``block.until``; False if a longer
         block was already recorded."""
-        return await self._writer.submit(
-            lambda c: limits.block_provider(c, provider, block), durable=False
-        )
+        return await self._limit_job(lambda c: limits.block_provider(c, provider, block))
 
     async def provider_blocks(self) -> dict[str, ProviderBlock]:
         """Providers skipped fleet-wide now (``block_provider``), by id."""
