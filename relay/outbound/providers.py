@@ -18,6 +18,7 @@ provider whose id stays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -407,7 +408,12 @@ class Provider:
         rest = self._limited(state.daily.reopens_at(self._clock())) if n < want else None
         if state.bucket is None:
             return grant, n, rest
-        got = await state.bucket.take(n if s.rate_unit == "recipients" else 1, _MAX_RATE_WAIT)
+        try:
+            got = await state.bucket.take(n if s.rate_unit == "recipients" else 1, _MAX_RATE_WAIT)
+        except SluiceError:  # a fleet's bucket is in the store: nothing goes, give the units back
+            with contextlib.suppress(SluiceError):
+                await state.daily.give_back(grant)
+            raise
         if got is None:
             await state.daily.give_back(grant)
             return self._rate_limited()
