@@ -1,8 +1,8 @@
 """Providers of two nodes sharing one store hold the limits and the skip together.
 
-In process and on one SQLite file (the store methods are contract-tested on
-PostgreSQL too, and the three-process test is tests/e2e/test_fleet_limits.py):
-two ``ProviderSet``s, each with its own ``Fleet`` (node name), a real upstream.
+In process, on each backend (the three-process test is
+tests/e2e/test_fleet_limits.py): two ``ProviderSet``s, each with its own
+``Fleet`` (node name), over one store, and a real upstream.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relay.config import loads
+from relay.config import SpoolSettings, loads
 from relay.model import Delivered
-from relay.outbound.providers import ProviderSet, Unavailable
+from relay.outbound.providers import Partial, ProviderSet, Unavailable
 from relay.outbound.shared_limits import Fleet
 from relay.store.spool import Spool
 from tests.conftest import provider_for
@@ -26,8 +26,9 @@ DATA = b"From: app@example.org\r\nTo: r@example.net\r\nSubject: s\r\n\r\nbody\r\
 
 
 @pytest.fixture
-async def spool(tmp_path: Path) -> AsyncIterator[Spool]:
-    s = await Spool.open(tmp_path / "spool.sqlite3")
+async def spool(spool_where: Path | SpoolSettings) -> AsyncIterator[Spool]:
+    """One store for both nodes: what they share is in it (SQLite, then PostgreSQL)."""
+    s = await Spool.open(spool_where)
     yield s
     await s.aclose()
 
@@ -62,6 +63,27 @@ async def test_a_daily_limit_is_reserved_in_the_shared_store(
         assert len(upstream.messages) == 3
         # Each node's "sent today" is the fleet's.
         assert [(await n.status())[0].sent_today for n in (a, b)] == [3, 3]
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_a_rolling_recipients_limit_is_shared_and_sends_what_fits(
+    spool: Spool, upstream: TestUpstream
+) -> None:
+    capped = provider_for(
+        upstream, "capped", daily_limit=3, limit_unit="recipients", limit_window="rolling_24h"
+    )
+    a, b = _node(spool, "a", [capped]), _node(spool, "b", [capped])
+    two = ["r1@example.net", "r2@example.net"]
+    try:
+        sent = await a.by_id["capped"].deliver("app@example.org", two, DATA)
+        assert isinstance(sent, list) and all(isinstance(o, Delivered) for o in sent)
+        partly = await b.by_id["capped"].deliver("app@example.org", two, DATA)
+        assert isinstance(partly, Partial), partly  # one fits, the other waits for the window
+        assert len(partly.outcomes) == 1 and "rolling 24 h" in partly.rest.reason
+        assert [len(m.recipients) for m in upstream.messages] == [2, 1]
+        assert (await a.status())[0].sent_today == 3
     finally:
         await a.aclose()
         await b.aclose()
