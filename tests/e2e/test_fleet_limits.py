@@ -26,7 +26,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 SENDER = "app@example.org"
 DAILY_LIMIT = 5
-RATE, BURST = 10.0, 10  # "10/s": ten at once, then one every 0.1 s
+RATE, BURST = 5.0, 5  # "5/s": five at once, then one every 0.2 s
 
 
 def _message(provider: str, i: int) -> bytes:
@@ -123,7 +123,7 @@ async def test_a_daily_limit_lets_exactly_n_through_across_three_nodes(fleet: Fl
 
 
 async def test_a_rate_holds_across_three_nodes(fleet: Fleet) -> None:
-    total = 30
+    total = 20
     await asyncio.gather(
         *(
             smtp_send(fleet.nodes[i % 3].port, SENDER, [f"s{i}@example.net"], _message("rated", i))
@@ -132,14 +132,16 @@ async def test_a_rate_holds_across_three_nodes(fleet: Fleet) -> None:
     )
     got = await fleet.rated.wait_for(total, within=60)
     stamps = sorted(m.at for m in got)
-    # As tests/outbound/test_limits.py: arrivals, not starts, so some slack.
-    slack = 0.15
+    # Three buckets of their own would have let all twenty through at once.
+    assert stamps[-1] - stamps[0] >= (total - BURST) / RATE - 0.3
+    # As tests/outbound/test_limits.py: arrivals, not starts, so some slack; more of
+    # it, for three daemons share two cores here (a token's send can be late, and
+    # late ones bunch).
+    slack = 0.3
     for i in range(len(stamps)):
         for j in range(i + 1, len(stamps)):
             allowed = BURST + RATE * (stamps[j] - stamps[i] + slack)
             assert j - i + 1 <= allowed, f"{j - i + 1} messages in {stamps[j] - stamps[i]:.2f}s"
-    # Three buckets of their own would have let all thirty through at once.
-    assert stamps[-1] - stamps[0] >= (total - BURST) / RATE - 0.3
 
 
 def _closed_port() -> int:
