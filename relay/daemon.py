@@ -43,6 +43,7 @@ from relay.outbound.oauth import TokenSource
 from relay.outbound.probe import TestReport, connection_answer, test_provider
 from relay.outbound.providers import ProviderSet
 from relay.outbound.scheduler import Scheduler, Snapshot
+from relay.outbound.shared_limits import Fleet
 from relay.outbound.sign_in import SignIn, SignIns
 from relay.sdnotify import Notifier
 from relay.secrets import Redactor
@@ -113,6 +114,8 @@ class Daemon:
         #: the address rules of one config snapshot, made again when the snapshot changes
         self._rules: tuple[Config, AddressRules] | None = None
         self.spool: Spool | None = None
+        #: the nodes sharing the store (``spool.shared``), else None
+        self._fleet: Fleet | None = None
         self.listener: Listener | None = None
         #: the accept worker processes, with ``smtp.workers`` > 0
         self.acceptors: AcceptorPool | None = None
@@ -243,6 +246,7 @@ class Daemon:
                 counters=self.spool,
                 grants=self.spool,
                 health_log=self.spool,
+                fleet=self._fleet,
             )
         except LookupError as exc:  # a secret vanished between validation and use
             if rebound:
@@ -432,6 +436,8 @@ class Daemon:
             spool.stream_headers = cfg.suppression.stream_headers
             spool.redact = Redactor(logsetup.config_secrets(cfg))
             stack.push_async_callback(spool.aclose)
+            # Nodes sharing the store hold providers' limits and skips together.
+            self._fleet = Fleet(spool, spool.node) if spool.shared else None
             self.spool = spool
             if spool.shared:
                 await self._join_fleet(spool, stack)
@@ -456,6 +462,7 @@ class Daemon:
                     grants=spool,
                     health_log=spool,
                     clock=self._clock,
+                    fleet=self._fleet,
                 ),
             )
             stack.push_async_callback(lambda: self.snapshot().providers.aclose())

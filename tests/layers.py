@@ -257,6 +257,10 @@ SPOOL_WRITES = frozenset(
         "node_join",
         "node_beat",
         "node_leave",
+        "counter_reserve",
+        "counter_return",
+        "rate_reserve",
+        "block_provider",
     }
 )
 #: ``Spool`` methods a front-end may call: reads, the lifecycle, and
@@ -290,6 +294,7 @@ SPOOL_READS = frozenset(
         "outbox_counts",
         "node_row",
         "list_nodes",
+        "provider_blocks",
     }
 )
 #: ``Suppressions`` (``spool.suppressions``) methods that change the list

@@ -29,6 +29,13 @@ or the cool-down, whatever the count. A provider skipped either way is
 ``COOLDOWN``; one whose last attempt failed by its own fault is ``ERROR`` at
 once. Times are wall-clock seconds so they can be shown as they are.
 
+In a fleet (nodes sharing a PostgreSQL store) the *skip* is shared, the word
+is not: a node whose circuit opens, or that a provider asks to back off,
+writes the block to the store, and every node takes a block ending later
+than its own as one more reason to skip (``adopt``;
+``relay.outbound.shared_limits``). The window and the word stay each node's
+own reading of its own attempts.
+
 The daemon keeps this in memory, fed by delivery outcomes; each change is
 written to the spool's ``meta`` table as a ``HealthRecord`` (``record_key``)
 so that ``sluice providers list``, another process, reads the same answer:
@@ -239,6 +246,9 @@ class Health:
         self._word = ProviderHealth.UNKNOWN
         self._since: float | None = None
         self._blocked_since: float | None = None
+        #: a block another node of the fleet recorded (``adopt``)
+        self._shared_until: float | None = None
+        self._shared_reason = ""
 
     def record_attempt(self, attempt: Attempt) -> None:
         """Add one attempt to the window the health word is judged over."""
@@ -269,15 +279,31 @@ class Health:
             self._paused_until = until
             self.pause_reason = reason
 
+    def adopt(self, until: float, reason: str, since: float, now: float) -> None:
+        """Skip the provider until ``until`` because another node does (its ``reason``)."""
+        if until <= now or (self._shared_until is not None and until <= self._shared_until):
+            return
+        if self.blocked_until(now) is None:
+            self._blocked_since = since
+        self._shared_until = until
+        self._shared_reason = reason
+
     def blocked_until(self, now: float) -> float | None:
         """When the provider may be tried again, or ``None`` if it may be tried now."""
+        until = max(self.own_blocked_until(now) or 0.0, self._shared_until or 0.0)
+        return until if until > now else None
+
+    def own_blocked_until(self, now: float) -> float | None:
+        """``blocked_until`` by this node's own attempts alone (what it tells the fleet)."""
         until = max(self._open_until or 0.0, self._paused_until or 0.0)
         return until if until > now else None
 
     def why_blocked(self, now: float) -> str:
         if (self._paused_until or 0.0) > now:
             return f"paused at the provider's request: {self.pause_reason}"
-        return f"cooling down after {plural(self.failures, 'failure')}: {self.last_error}"
+        if (self._open_until or 0.0) > now or (self._shared_until or 0.0) <= now:
+            return f"cooling down after {plural(self.failures, 'failure')}: {self.last_error}"
+        return self._shared_reason
 
     def _base(self) -> Verdict:
         """The word without a cool-down: a failure of its own now, else the window's."""

@@ -26,6 +26,12 @@ Units are reserved (in memory at once, then in the spool) *before* sending
 and the ones not delivered are given back: a crash can only over-count,
 never send over the cap.
 
+On a store several nodes share (``shared``: ``spool.shared``, PostgreSQL)
+the memory is not the count: each reservation under a limit is made in the
+store (``counter_reserve``: the sum over the window and the increment in one
+transaction under a lock), so the nodes together never pass the limit, and
+``used`` reads the fleet's sum. Giving back is the same negative increment.
+
 A provider without a ``daily_limit`` still counts (the admin's "sent
 today"), but nothing depends on the count: its units are written behind,
 gathered for up to ``WRITE_BEHIND`` seconds into one increment, instead of
@@ -82,6 +88,16 @@ class Counters(Protocol):
     async def counter_prune(self, name: str, before: str) -> None: ...
 
 
+class SharedCounters(Counters, Protocol):
+    """Counters several nodes share: a limit is reserved in the store itself."""
+
+    async def counter_reserve(
+        self, name: str, window: str, oldest: str, want: int, limit: int
+    ) -> int: ...
+
+    async def counter_return(self, name: str, window: str, n: int) -> None: ...
+
+
 def utc_window(now: float) -> str:
     return time.strftime("%Y-%m-%d", time.gmtime(now))
 
@@ -136,6 +152,10 @@ class TokenBucket:
         self._tokens -= got
         return wait, got
 
+    async def take(self, want: int, max_wait: float) -> tuple[float, int] | None:
+        """``reserve_many``, awaitable as a bucket in the store is (``FleetBucket``)."""
+        return self.reserve_many(want, max_wait)
+
     def refund(self, n: int = 1) -> None:
         self._tokens = min(self.capacity, self._tokens + n)
 
@@ -164,12 +184,15 @@ class Quota:
         unit: Unit = "messages",
         window: Window = "utc_day",
         clock: Callable[[], float] = time.time,
+        shared: SharedCounters | None = None,
     ) -> None:
         # The utc_day/messages name is the one earlier versions wrote: usage survives an upgrade.
         self.name = f"provider:{provider_id}:{unit}" + (":10m" if window == "rolling_24h" else "")
         self.unit: Unit = unit
         self.window: Window = window
         self._counters = counters
+        #: the store several nodes share: limits are reserved there (module docstring)
+        self._shared = shared
         self._clock = clock
         self._lock = asyncio.Lock()
         #: counter window -> units, for the windows that count now
@@ -216,9 +239,26 @@ class Quota:
             self._current = key
 
     async def used(self) -> int:
-        """Units counted in the window now."""
-        await self._refresh(self._clock())
+        """Units counted in the window now (in a fleet: by every node)."""
+        now = self._clock()
+        await self._refresh(now)
+        if self._shared is not None:
+            await self._reload(now)
         return self._total
+
+    async def _reload(self, now: float) -> None:
+        """Read the window's counts again from the store (others wrote to it too)."""
+        assert self._shared is not None
+        if self.rolling:
+            slots = await self._shared.counter_since(self.name, self._oldest_counted(now))
+        else:
+            key = self._key(now)
+            slots = {key: await self._shared.counter_get(self.name, key)}
+        slots = {k: v + self._unwritten.get(k, 0) for k, v in slots.items()}
+        for k, v in self._unwritten.items():
+            slots.setdefault(k, v)
+        self._slots = slots
+        self._total = sum(slots.values())
 
     def reopens_at(self, now: float) -> float:
         """When some units come back: the next UTC midnight, or the oldest slot leaving."""
@@ -238,6 +278,8 @@ class Quota:
             # Once per slot, by the sender only (``used`` is read-only: the CLI calls it).
             self._pruned = key
             await self._counters.counter_prune(self.name, self._oldest_counted(now))
+        if self._shared is not None and limit is not None:
+            return await self._reserve_shared(now, key, want, limit)
         n = want if limit is None else max(0, min(want, limit - self._total))
         if n == 0:
             return Grant(0, key)
@@ -254,6 +296,18 @@ class Quota:
                 self._slots[key] -= n
                 self._total -= n
                 raise
+        return Grant(n, key)
+
+    async def _reserve_shared(self, now: float, key: str, want: int, limit: int) -> Grant:
+        """``reserve`` in the store every node counts in: one transaction, never over."""
+        assert self._shared is not None
+        await self.flush()  # what was counted behind before the limit was set counts
+        oldest = self._oldest_counted(now) if self.rolling else key
+        n = await self._shared.counter_reserve(self.name, key, oldest, want, limit)
+        self._slots[key] = self._slots.get(key, 0) + n
+        self._total += n
+        if n < want:
+            await self._reload(now)  # the fleet's slots: when units come back
         return Grant(n, key)
 
     def _write_behind(self, window: str, n: int) -> None:
@@ -304,5 +358,7 @@ class Quota:
         self._total -= n
         if self._unwritten.get(grant.window, 0) >= n:
             self._unwritten[grant.window] -= n  # taken behind: given back behind
+        elif self._shared is not None:
+            await self._shared.counter_return(self.name, grant.window, n)  # under its lock
         elif self._counters is not None:
             await self._counters.counter_add(self.name, grant.window, -n)

@@ -18,6 +18,7 @@ provider whose id stays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from relay.outbound.oauth import GrantStore, SignInState, TokenSource, TokenStat
 from relay.outbound.replies import health_verdict
 from relay.outbound.routing import default_order, route_for
 from relay.outbound.session import ProviderError, Session, StaleSession, Upstream, classify
+from relay.outbound.shared_limits import Fleet, FleetBucket, FleetStore
 from relay.secrets import Redactor
 
 # Re-exported: a provider's context is the one every TLS client of Sluice uses.
@@ -169,21 +171,52 @@ class ProviderState:
         clock: Callable[[], float],
         grants: GrantStore | None = None,
         health_log: HealthLog | None = None,
+        fleet: Fleet | None = None,
     ):
         self.health = Health()
         #: where each change of health is written for other processes (the spool)
         self.health_log = health_log
         self._published: HealthRecord | None = None
-        self.daily = Quota(provider_id, counters, clock=clock)
+        #: the nodes sharing the store (None: one node): limits and skips held with them
+        self.fleet = fleet
+        #: the end of the last block of this node's own that the fleet was told of
+        self._shared_until: float | None = None
+        self.daily = Quota(provider_id, counters, clock=clock, shared=self._shared_counters)
         self._counters = counters
-        self.bucket: TokenBucket | None = None
+        self.bucket: TokenBucket | FleetBucket | None = None
         self.oauth: TokenSource | None = None
         self._id = provider_id
         self._clock = clock
         self._grants = grants
 
+    @property
+    def _shared_counters(self) -> FleetStore | None:
+        return self.fleet.store if self.fleet is not None else None
+
+    async def sync(self) -> None:
+        """In a fleet: skip the provider while another node's block of it holds."""
+        if self.fleet is None:
+            return
+        block = (await self.fleet.blocks()).get(self._id)
+        if block is not None and block.node != self.fleet.node:
+            reason = f"skipped by the fleet: {block.reason} (on node {block.node})"
+            self.health.adopt(block.until, reason, block.since, self._clock())
+
+    async def _share(self) -> None:
+        """In a fleet: tell the other nodes of a block of this node's own (longer than told)."""
+        if self.fleet is None:
+            return
+        now = self._clock()
+        until = self.health.own_blocked_until(now)
+        if until is None or (self._shared_until is not None and until <= self._shared_until):
+            return
+        self._shared_until = until
+        record = self.health.record(now)
+        await self.fleet.block(self._id, until, record.blocked_reason, record.blocked_since or now)
+
     async def publish(self) -> None:
         """Write the health record to the spool when it changed (for ``providers list``)."""
+        await self._share()
         if self.health_log is None:
             return
         record = self.health.record(self._clock())
@@ -205,11 +238,15 @@ class ProviderState:
                 unit=settings.limit_unit,
                 window=settings.limit_window,
                 clock=self._clock,
+                shared=self._shared_counters,
             )
         if settings.rate is None:
             self.bucket = None
         elif self.bucket is None or self.bucket.rate != settings.rate:
-            self.bucket = TokenBucket(settings.rate)
+            if self.fleet is not None:
+                self.bucket = FleetBucket(settings.rate, f"provider:{self._id}", self.fleet.store)
+            else:
+                self.bucket = TokenBucket(settings.rate)
         if settings.oauth2 is None:
             self.oauth = None
         elif self.oauth is None or not self.oauth.same_settings(settings.oauth2):
@@ -326,6 +363,7 @@ class Provider:
         or its VERP form), instead of the app's sender or ``send_from``.
         ``queue_id``: for the log lines of the session (a re-encoding, say).
         """
+        await self.state.sync()
         if (blocked := self.blocked()) is not None:
             return blocked
         admitted = await self._admit(len(recipients))
@@ -370,7 +408,12 @@ class Provider:
         rest = self._limited(state.daily.reopens_at(self._clock())) if n < want else None
         if state.bucket is None:
             return grant, n, rest
-        got = state.bucket.reserve_many(n if s.rate_unit == "recipients" else 1, _MAX_RATE_WAIT)
+        try:
+            got = await state.bucket.take(n if s.rate_unit == "recipients" else 1, _MAX_RATE_WAIT)
+        except SluiceError:  # a fleet's bucket is in the store: nothing goes, give the units back
+            with contextlib.suppress(SluiceError):
+                await state.daily.give_back(grant)
+            raise
         if got is None:
             await state.daily.give_back(grant)
             return self._rate_limited()
@@ -556,6 +599,7 @@ class ProviderSet:
         clock: Callable[[], float] = time.time,
         grants: GrantStore | None = None,
         health_log: HealthLog | None = None,
+        fleet: Fleet | None = None,
     ) -> ProviderSet:
         """Build providers; with ``previous``, keep the state of every id that stays.
 
@@ -569,7 +613,9 @@ class ProviderSet:
         )
         built = []
         for p in config.providers:
-            state = kept.get(p.id) or ProviderState(p.id, counters, clock, grants, health_log)
+            state = kept.get(p.id) or ProviderState(
+                p.id, counters, clock, grants, health_log, fleet
+            )
             state.adopt(p)
             try:
                 upstream = upstream_of(p, config.delivery, oauth=state.oauth)

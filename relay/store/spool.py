@@ -53,6 +53,9 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
   ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
   ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``;
 - nodes: ``node_join``, ``node_row``, ``node_beat``, ``node_leave``, ``list_nodes``.
+- limits shared by the nodes of a fleet (``relay/store/limits.py``):
+  ``counter_reserve``, ``counter_return``, ``rate_reserve``,
+  ``block_provider``, ``provider_blocks``.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
 the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
@@ -69,13 +72,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import aiosqlite
 
@@ -96,9 +100,10 @@ from relay.model import (
     Selection,
 )
 from relay.secrets import Redactor
-from relay.store import controls, nodes, outbox, queue, state, views
+from relay.store import controls, limits, nodes, outbox, queue, state, views
 from relay.store.controls import ALL_PROVIDERS, Control, Selected
 from relay.store.db import Conn
+from relay.store.limits import ProviderBlock, RateGrant
 from relay.store.migrations import migrate
 from relay.store.nodes import NodeRow
 from relay.store.outbox import DsnVerdict, OutboxRow
@@ -125,6 +130,8 @@ __all__ = [
     "OAuthGrant",
     "OutboxEvent",
     "OutboxRow",
+    "ProviderBlock",
+    "RateGrant",
     "Selected",
     "Spool",
     "SpoolHealth",
@@ -133,6 +140,10 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+#: how long a fleet limit job asks again while other nodes hold its limit, in seconds
+_LIMIT_PATIENCE = 10.0
 
 
 class Spool:
@@ -744,6 +755,69 @@ class Spool:
     async def counter_since(self, name: str, window: str) -> dict[str, int]:
         """A counter's windows from ``window`` on (keys sort as the windows do)."""
         return await state.counter_since(self._reader, name, window)
+
+    # ----------------------------------------------- limits shared by a fleet
+
+    async def _limit_job(self, job: Callable[[Conn], T]) -> T:
+        """Run a ``relay.store.limits`` job, asking again while another node holds its limit.
+
+        Written like ``counter_add`` (no fsync of its own). The lock is held to
+        the other node's commit: a few milliseconds, so the first waits are short.
+
+        Raises:
+            SpoolError: the limit stayed taken for ``_LIMIT_PATIENCE`` seconds.
+        """
+        deadline = time.monotonic() + _LIMIT_PATIENCE
+        pause = 0.001
+        while True:
+            try:
+                return await self._writer.submit(job, durable=False)
+            except limits.LimitBusy as busy:
+                if time.monotonic() > deadline:
+                    raise SpoolError(f"limit {busy} stayed taken by another node") from None
+            await asyncio.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, 0.05)
+
+    async def counter_reserve(
+        self, name: str, window: str, oldest: str, want: int, limit: int
+    ) -> int:
+        """Atomically add up to ``want`` to ``name``'s ``window`` under ``limit``; how many.
+
+        The limit counts the counter's windows from ``oldest`` on (``window``
+        itself for a UTC day; the slots of the last 24 h for a rolling one),
+        as every node sharing the store wrote them: a daily limit holds across
+        the fleet. Give units back with ``counter_return``.
+        """
+        return await self._limit_job(
+            lambda c: limits.counter_reserve(c, name, window, oldest, want, limit)
+        )
+
+    async def counter_return(self, name: str, window: str, n: int) -> None:
+        """Give back ``n`` units that ``counter_reserve`` took (nothing was sent with them)."""
+        await self._limit_job(lambda c: limits.counter_return(c, name, window, n))
+
+    async def rate_reserve(
+        self, name: str, *, per_second: float, capacity: float, want: int, max_wait: float
+    ) -> RateGrant:
+        """Take up to ``want`` tokens of the rate ``name`` kept in the store (GCRA).
+
+        The same answer as ``TokenBucket.reserve_many`` (the wait for the
+        first token, how many), for a bucket every node shares; ``got == 0``:
+        the first token is more than ``max_wait`` away, nothing was taken.
+        """
+        clock = self._clock
+        return await self._limit_job(
+            lambda c: limits.rate_reserve(c, name, clock(), per_second, capacity, want, max_wait)
+        )
+
+    async def block_provider(self, provider: str, block: ProviderBlock) -> bool:
+        """Tell every node to skip ``provider`` until ``block.until``; False if a longer
+        block was already recorded."""
+        return await self._limit_job(lambda c: limits.block_provider(c, provider, block))
+
+    async def provider_blocks(self) -> dict[str, ProviderBlock]:
+        """Providers skipped fleet-wide now (``block_provider``), by id."""
+        return await limits.provider_blocks(self._reader, self._clock())
 
     async def meta_set(self, values: dict[str, str]) -> None:
         """Record daemon status values (e.g. the last reload) for other processes."""

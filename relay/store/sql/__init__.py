@@ -2,7 +2,8 @@
 
 Every statement Sluice runs lives in a ``.sql`` file of this folder, named,
 the way procrastinate keeps its queries: ``queue.sql``, ``controls.sql``,
-``outbox.sql``, ``views.sql``, ``state.sql``, ``suppressions.sql``, ``nodes.sql``, and the
+``outbox.sql``, ``views.sql``, ``state.sql``, ``suppressions.sql``, ``nodes.sql``,
+``limits.sql``, and the
 numbered migrations in ``migrations/``. Optional filters are written in static
 SQL (``:x IS NULL OR ...``), never assembled in Python. (A query builder such
 as SQLAlchemy Core would assemble them instead; named files keep each
@@ -34,7 +35,16 @@ __all__ = [
 ]
 
 #: the files of named blocks, one per job of the store
-QUERY_FILES = ("queue", "controls", "outbox", "views", "state", "suppressions", "nodes")
+QUERY_FILES = (
+    "queue",
+    "controls",
+    "outbox",
+    "views",
+    "state",
+    "suppressions",
+    "nodes",
+    "limits",
+)
 
 
 def load_queries(text: str) -> dict[str, str]:
