@@ -50,7 +50,10 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
 - state: ``counter_add``, ``counter_prune``, ``counter_get``,
   ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
   ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
-  ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``.
+  ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``;
+- a fleet (``relay/store/singleton.py``): ``singleton`` (a turn at work one
+  node does at a time) and ``listen`` (other nodes' wake-ups set ``wake``
+  and ``outbox_wake``); granted at once, and nothing to hear, on SQLite.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
 the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
@@ -71,9 +74,10 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 import aiosqlite
 
@@ -100,6 +104,7 @@ from relay.store.db import Conn
 from relay.store.migrations import migrate
 from relay.store.outbox import DsnVerdict, OutboxRow
 from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
+from relay.store.singleton import Granted, Turn, Turns
 from relay.store.state import OAuthGrant, SpoolHealth, read_meta
 from relay.store.suppressions import Suppressions
 from relay.store.views import AttemptBucket
@@ -108,6 +113,7 @@ from relay.wording import plural
 
 if TYPE_CHECKING:
     from relay.store.pg.reader import PgReader
+    from relay.store.pg.wakeups import PgWakeups, Wake
     from relay.store.pg.writer import PgWriter
 
 __all__ = [
@@ -129,6 +135,12 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+T = TypeVar("T")
+
+
+def _always(_result: object) -> bool:
+    """``Spool._announcing``'s test for a write that always makes something happen."""
+    return True
 
 
 class Spool:
@@ -166,6 +178,10 @@ class Spool:
         self.outbox_wake = asyncio.Event()
         #: bounces and the suppression list
         self.suppressions = Suppressions(writer, reader, clock, outbox_wake=self.outbox_wake)
+        #: work one node may do at a time (``singleton``): every turn is ours on SQLite
+        self._turns: Turns = Granted()
+        #: a shared store's wake-ups for other nodes (``listen``); None on SQLite
+        self._wakeups: PgWakeups | None = None
         #: the headers that name a message's stream (``suppression.stream_headers``):
         #: ``enqueue`` stores ``relay.message.stream_of`` of them, the value the
         #: scheduler matches suppression scopes against. Whoever stores mail sets
@@ -228,7 +244,9 @@ class Spool:
                 from relay.store.pg.open import open_pg
 
                 pg_writer, pg_reader = await open_pg(where, node=node, clock=clock)
-                return cls(where.path, pg_writer, pg_reader, clock, node=node, where=where.url)
+                spool = cls(where.path, pg_writer, pg_reader, clock, node=node, where=where.url)
+                await spool._join_fleet(where)
+                return spool
             where = where.path
         spool_path = Path(where)
         # The daemon keeps a reserve file beside the spool (``DiskSpace``). On
@@ -263,7 +281,63 @@ class Spool:
             checkpointer = Checkpointer(spool_path, lock, clock=clock)
         return cls(spool_path, writer, reader, clock, checkpointer, node=node or "")
 
+    async def _join_fleet(self, settings: SpoolSettings) -> None:
+        """On a shared store: turns as advisory locks, wake-ups as LISTEN/NOTIFY."""
+        from relay.store.pg.open import target_of
+        from relay.store.pg.turns import PgTurns
+        from relay.store.pg.wakeups import PgWakeups
+
+        target = await asyncio.to_thread(target_of, settings, self.node)
+        self._turns = PgTurns(target)
+        wakeups = PgWakeups(target, {"wake": self.wake, "outbox_wake": self.outbox_wake})
+        self._wakeups = wakeups
+        self.suppressions.notify_outbox = lambda c: wakeups.notify(c, "outbox_wake")
+
+    def singleton(self, name: str) -> AbstractAsyncContextManager[Turn]:
+        """This node's turn at work only one node may do at a time (``relay.store.singleton``).
+
+        ``async with spool.singleton("bounces") as turn: if turn: ...``. On
+        SQLite always this node's; on PostgreSQL a session advisory lock,
+        given back when the block ends or the session does.
+        """
+        return self._turns.hold(name)
+
+    def listen(self) -> None:
+        """Hear other processes' wake-ups from now on (the daemon; a no-op on SQLite).
+
+        Mail made due and webhook events stored by another node then set
+        ``wake`` and ``outbox_wake`` here at once (``relay/store/pg/wakeups.py``).
+        """
+        if self._wakeups is not None:
+            self._wakeups.listen()
+
+    def _announcing(
+        self, job: Callable[[Conn], T], **when: Callable[[T], bool]
+    ) -> Callable[[Conn], T]:
+        """``job``, telling other nodes in its own transaction what it made happen.
+
+        ``when`` maps ``wake`` / ``outbox_wake`` to a test of the job's
+        result: on a shared store, a NOTIFY for each that holds is sent in
+        the job's transaction (when it commits, and only then). On SQLite
+        ``job`` itself: no other node to tell.
+        """
+        wakeups = self._wakeups
+        if wakeups is None:
+            return job
+
+        def announced(c: Conn) -> T:
+            result = job(c)
+            for which, test in when.items():
+                if test(result):
+                    wakeups.notify(c, cast("Wake", which))
+            return result
+
+        return announced
+
     async def aclose(self) -> None:
+        await self._turns.aclose()
+        if self._wakeups is not None:
+            await self._wakeups.aclose()
         if self._checkpointer is not None:
             await self._checkpointer.close()
         await self._writer.close()
@@ -281,7 +355,9 @@ class Spool:
         """Store a message and its recipients in one durable transaction."""
         stream = stream_of(HeaderBlock(msg.data), self.stream_headers)
         node = self.node
-        queue_id = await self._writer.submit(lambda c: queue.insert_message(c, msg, stream, node))
+        queue_id = await self._writer.submit(
+            self._announcing(lambda c: queue.insert_message(c, msg, stream, node), wake=_always)
+        )
         self.wake.set()
         return queue_id
 
@@ -314,8 +390,15 @@ class Spool:
         items = [replace(f, reply=redact(f.reply)) for f in finishes]
         events = self._redacted(events)
         now = self._clock()
-        moved = await self._writer.submit(lambda c: queue.finish(c, now, items, events))
-        if any(f.status is RecipientStatus.QUEUED for f in items):
+        due = any(f.status is RecipientStatus.QUEUED for f in items)
+        moved = await self._writer.submit(
+            self._announcing(
+                lambda c: queue.finish(c, now, items, events),
+                wake=lambda _: due,
+                outbox_wake=lambda _: bool(events),
+            )
+        )
+        if due:
             self.wake.set()
         if events:
             self.outbox_wake.set()
@@ -328,12 +411,19 @@ class Spool:
         now = self._clock()
         due = now if next_attempt_at is None else next_attempt_at
         reply = self.redact(reply)
-        await self._writer.submit(lambda c: queue.release(c, now, claim, reply, due))
+        # Due now (a shutdown gives its claims back): another node may take them at once.
+        await self._writer.submit(
+            self._announcing(
+                lambda c: queue.release(c, now, claim, reply, due), wake=lambda _: due <= now
+            )
+        )
 
     async def requeue_inflight(self) -> int:
         """At start-up: recipients a crash left ``sending`` go back to the queue."""
         now = self._clock()
-        n = await self._writer.submit(lambda c: queue.requeue_inflight(c, now))
+        n = await self._writer.submit(
+            self._announcing(lambda c: queue.requeue_inflight(c, now), wake=bool)
+        )
         if n:
             self.wake.set()
         return n
@@ -346,7 +436,9 @@ class Spool:
         """
         now = self._clock()
         kept = frozenset(keep)
-        n = await self._writer.submit(lambda c: queue.requeue_expired_leases(c, now, kept))
+        n = await self._writer.submit(
+            self._announcing(lambda c: queue.requeue_expired_leases(c, now, kept), wake=bool)
+        )
         if n:
             self.wake.set()
         return n
@@ -365,7 +457,7 @@ class Spool:
                 controls.audit(c, now, actor, Action.RETRY, queue_id, n, "made due now")
             return n
 
-        n = await self._writer.submit(job)
+        n = await self._writer.submit(self._announcing(job, wake=bool))
         self.wake.set()
         return n
 
@@ -427,7 +519,9 @@ class Spool:
             outbox.mark_dsns(c, now, fresh, kind, sender, sent_as)
             return verdict
 
-        verdict = await self._writer.submit(job)
+        verdict = await self._writer.submit(
+            self._announcing(job, wake=lambda v: v is DsnVerdict.QUEUED)
+        )
         if verdict is DsnVerdict.QUEUED:
             self.wake.set()
         return verdict
@@ -436,7 +530,9 @@ class Spool:
         """Store webhook events that no outcome carries (a provider's state change)."""
         events = self._redacted(events)
         if events:
-            await self._writer.submit(lambda c: outbox.insert_events(c, events))
+            await self._writer.submit(
+                self._announcing(lambda c: outbox.insert_events(c, events), outbox_wake=_always)
+            )
             self.outbox_wake.set()
 
     def _redacted(self, events: Sequence[OutboxEvent]) -> Sequence[OutboxEvent]:
@@ -493,7 +589,13 @@ class Spool:
         event per recipient changed, stored in the same transaction.
         """
         job = controls.control(self._clock(), selection, control, endpoints)
-        n, evented = await self._writer.submit(job)
+        n, evented = await self._writer.submit(
+            self._announcing(
+                job,
+                wake=lambda r: bool(r[0]) and control.action != "hold",
+                outbox_wake=lambda r: bool(r[1]),
+            )
+        )
         if n and control.action != "hold":
             self.wake.set()
         if evented:
@@ -516,7 +618,10 @@ class Spool:
         now = self._clock()
         ids = list(rids)
         n, evented = await self._writer.submit(
-            lambda c: controls.hold_claimed(c, now, claim, ids, reason, actor, endpoints)
+            self._announcing(
+                lambda c: controls.hold_claimed(c, now, claim, ids, reason, actor, endpoints),
+                outbox_wake=lambda r: bool(r[1]),
+            )
         )
         if evented:
             self.outbox_wake.set()
@@ -539,7 +644,9 @@ class Spool:
     async def resume_provider(self, provider: str, *, actor: str) -> int | None:
         """End a pause; recipients waiting for it are due now. None: it was not paused."""
         now = self._clock()
-        n = await self._writer.submit(lambda c: controls.resume_provider(c, now, provider, actor))
+        n = await self._writer.submit(
+            self._announcing(lambda c: controls.resume_provider(c, now, provider, actor), wake=bool)
+        )
         if n:
             self.wake.set()
         return n
