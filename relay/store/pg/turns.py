@@ -89,8 +89,10 @@ class PgTurns:
             return
         key = lock_key(name)
         try:
-            conn = await self._connection()
+            # One deadline for connecting and asking: the scheduler's sweep asks
+            # too, and must not wait on a server that does not answer.
             async with asyncio.timeout(self._answer_within):
+                conn = await self._connection()
                 cur = await conn.execute(COORDINATION["turn_try"], {"key": key})
                 row = await cur.fetchone()
         except (psycopg.Error, SpoolError, TimeoutError) as exc:
