@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.errors import SpoolError
 from relay.events import OutboxEvent
 from relay.store.queue import NewMessage, new_queue_id
 from relay.store.spool import Spool
@@ -85,3 +86,25 @@ async def test_the_listener_comes_back_after_its_session_ends(
     b.wake.clear()
     await a.enqueue(_message())
     await _set(b.wake)
+
+
+async def test_a_write_that_rolls_back_wakes_nobody(nodes: tuple[Spool, Spool]) -> None:
+    """The NOTIFY is part of the writing transaction: no commit, no wake-up.
+
+    Notifications arrive in commit order on one connection, so once B hears
+    the later commit's ``outbox_wake``, a ``wake`` from the failed write
+    would have come first.
+    """
+    a, b = nodes
+    msg = _message()
+    await a.enqueue(msg)
+    await _set(b.wake)
+    b.wake.clear()
+    with pytest.raises(SpoolError):
+        await a.enqueue(msg)  # the same queue ID again: refused, rolled back
+    body = '{"id": "e2", "type": "provider_state"}'
+    await a.add_events(
+        [OutboxEvent("http://127.0.0.1:9/hook", "e2", "provider_state", "", body, 1.0)]
+    )
+    await _set(b.outbox_wake)
+    assert not b.wake.is_set()
