@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import weakref
 from typing import Literal
 
 import psycopg
@@ -66,6 +67,8 @@ class PgWakeups:
         self._events = {CHANNELS[which]: event for which, event in events.items()}
         #: what this process's notifications carry, so that its own listener skips them
         self.sender = secrets.token_hex(8)
+        #: the channels notified in each open transaction (the writer thread's alone)
+        self._sent: weakref.WeakKeyDictionary[PgConn, set[Wake]] = weakref.WeakKeyDictionary()
         self._check_every = check_every
         self._retry_every = retry_every
         self._task: asyncio.Task[None] | None = None
@@ -76,9 +79,22 @@ class PgWakeups:
         self._down = ""
 
     def notify(self, c: Conn, which: Wake) -> None:
-        """In a writer job: every listening process hears ``which`` once this commits."""
+        """In a writer job: every listening process hears ``which`` once this commits.
+
+        Once per channel and transaction (``c`` is the writer's adapter of one
+        transaction): the server would fold the same notification sent twice
+        anyway, and each costs a round trip. It is sent after the job's own
+        work succeeded, and the writer releases a job's SAVEPOINT as soon as
+        the job returns, so what one job sent is never rolled back by a later
+        job of the same group commit. (The writer makes a new adapter per
+        transaction; ``tests/store/test_wakeups.py`` wakes twice in a row.)
+        """
         assert isinstance(c, PgConn), "a NOTIFY needs the PostgreSQL writer's connection"
+        sent = self._sent.setdefault(c, set())
+        if which in sent:
+            return
         c.raw.execute(COORDINATION["notify"], {"channel": CHANNELS[which], "sender": self.sender})
+        sent.add(which)
 
     def listen(self) -> None:
         """Start listening (once; in the running loop), until ``aclose``."""
