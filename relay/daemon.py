@@ -49,6 +49,7 @@ from relay.sdnotify import Notifier
 from relay.secrets import Redactor
 from relay.store.lock import spool_lock
 from relay.store.membership import Membership
+from relay.store.singleton import one_node_at_a_time
 from relay.store.spool import Spool
 from relay.wording import plural
 
@@ -57,6 +58,8 @@ __all__ = ["Daemon", "ready_summary"]
 log = logging.getLogger("sluice.daemon")
 
 _PRUNE_EVERY = 3600.0
+#: the name of the turn held by the node that prunes the spool for a fleet
+PRUNE_TURN = "prune"
 _PRUNE_BATCH = 2000
 #: How long the admin's "Test connection" may take.
 _TEST_TIMEOUT = 10.0
@@ -441,6 +444,7 @@ class Daemon:
             self.spool = spool
             if spool.shared:
                 await self._join_fleet(spool, stack)
+            spool.listen()  # other nodes' wake-ups (a shared store; nothing on SQLite)
             try:
                 requeued = await spool.requeue_inflight()
             except SpoolError as exc:
@@ -535,19 +539,27 @@ class Daemon:
                 metrics=self.metrics,
                 outcome_hook=self.notifications,
             )
-            self.webhooks = WebhookSender(spool, lambda: self.config, clock=self._clock)
+            self.webhooks = WebhookSender(
+                spool, lambda: self.config, clock=self._clock, fleet=spool
+            )
             if cfg.admin.enabled:
                 # Bound before the TaskGroup: an error raised inside its body
                 # would leave as an ExceptionGroup traceback, not one line.
                 self.admin = await AdminServer.start(self.admin_backend(), cfg.admin)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.scheduler.run(self._stop), name="scheduler")
-                tg.create_task(self._prune_loop(), name="pruner")
+                tg.create_task(
+                    one_node_at_a_time(
+                        spool, PRUNE_TURN, self._stop, self._prune_loop, what="prunes the spool"
+                    ),
+                    name="pruner",
+                )
                 self.bounces = BouncePoller(
                     spool.suppressions,
                     lambda: self.config,
                     clock=self._clock,
                     oauth_token=self._mailbox_token,
+                    fleet=spool,
                 )
                 tg.create_task(self.bounces.run(self._stop), name="bounces")
                 tg.create_task(self.webhooks.run(self._stop), name="webhooks")
@@ -636,15 +648,20 @@ class Daemon:
         if self.listener is not None:
             await self.listener.aclose(grace=self._session_grace())
 
-    async def _prune_loop(self) -> None:
-        while not self._stop.is_set():
+    async def _prune_loop(self, until: asyncio.Event) -> None:
+        """Prune every ``_PRUNE_EVERY`` until ``until`` (a stop, or the prune turn lost).
+
+        One node of a fleet prunes for all (the ``prune`` turn): the rows are
+        the same for every node, and two would only wait on each other's locks.
+        """
+        while not until.is_set():
             assert self.spool is not None
             cfg = self.config
             removed = 0
             try:
                 # In batches, so that a long backlog neither waits for the next
                 # round nor holds the writer in one huge transaction.
-                while not self._stop.is_set():
+                while not until.is_set():
                     n = await self.spool.prune(
                         log_retention=cfg.log.retention,
                         keep_sent=cfg.spool.keep_sent,
@@ -666,7 +683,7 @@ class Daemon:
                 log.info("pruned %s", plural(removed, "finished message"))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PRUNE_EVERY):
-                    await self._stop.wait()
+                    await until.wait()
 
     async def serve(self) -> None:
         """Run until SIGTERM or SIGINT; SIGHUP reloads."""

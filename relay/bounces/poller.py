@@ -44,6 +44,7 @@ from relay.bounces.dsn import BounceReport, UnreadableBounce, read_bounce
 from relay.bounces.mailbox import Fetched, Mailbox, MailboxError
 from relay.config import BounceSettings, Config, MailboxSettings
 from relay.model import Suppression
+from relay.store.singleton import Fleet, one_node_at_a_time
 from relay.store.suppressions import NewBounce, Suppressions, Threshold
 from relay.verp import parse as parse_verp
 from relay.verp import token_of
@@ -53,6 +54,8 @@ __all__ = ["BouncePoller", "MailboxState", "PollResult", "PollStatus"]
 log = logging.getLogger("sluice.bounces")
 
 _MAX_BACKOFF = 3600.0
+#: the name of the turn that the node polling the bounce mailbox holds
+TURN = "bounces"
 #: how often a poller with no mailbox configured looks at the config again (seconds)
 _UNCONFIGURED_RECHECK = 1.0
 
@@ -64,6 +67,7 @@ class MailboxState(StrEnum):
     WAITING = "waiting"  #: configured, not read successfully yet
     OK = "ok"  #: the last poll worked
     FAILING = "failing"  #: the last poll failed
+    ELSEWHERE = "elsewhere"  #: another node of the fleet polls it
 
 
 @dataclass
@@ -81,6 +85,8 @@ class PollStatus:
     #: the latest one: "UID 7: RecursionError: ..." ("" when none)
     last_unreadable: str = ""
     last_unreadable_at: float | None = None
+    #: another node sharing the store polls the mailbox (this one stands by)
+    elsewhere: bool = False
 
     @property
     def ok(self) -> bool:
@@ -91,6 +97,8 @@ class PollStatus:
         """The one word for the mailbox's state (a failure outranks an earlier success)."""
         if self.failures:
             return MailboxState.FAILING
+        if self.elsewhere:
+            return MailboxState.ELSEWHERE
         return MailboxState.WAITING if self.last_ok_at is None else MailboxState.OK
 
 
@@ -130,34 +138,72 @@ class BouncePoller:
         *,
         clock: Callable[[], float] = time.time,
         oauth_token: Callable[[], Awaitable[str]] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self._store = suppressions
+        #: the spool, when other nodes may share it: its turns say which node polls
+        self._fleet = fleet
         self._config = config
         self._clock = clock
         self._oauth_token = oauth_token
         self.status = PollStatus()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll until ``stop`` is set; a failure backs off, never ends the loop."""
+        """Poll until ``stop`` is set; a failure backs off, never ends the loop.
+
+        With a ``fleet`` (a store other nodes share), only the node holding
+        the ``bounces`` turn polls (``relay.store.singleton``): two nodes
+        reading one folder would race for its messages. The others wait,
+        and one of them takes over when the holder's session ends.
+        """
         while not stop.is_set():
             box = self._config().bounces.mailbox
             self.status.configured = box is not None
+            if box is not None:
+                if self._fleet is None:
+                    await self._polls(stop)
+                else:
+                    await one_node_at_a_time(
+                        self._fleet,
+                        TURN,
+                        stop,
+                        self._polls,
+                        what="polls the bounce mailbox",
+                        standby=self._standby,
+                    )
+                continue
             # Without a mailbox, look at the config again each second (no I/O): one
             # saved on the admin's bounce form, or by a reload, is read at once.
-            wait = box.poll_interval if box is not None else _UNCONFIGURED_RECHECK
-            if box is not None:
-                try:
-                    await self.poll_once()
-                except Exception as exc:  # never let the poller die: delivery goes on
-                    self._failed(f"internal error: {type(exc).__name__}: {exc}", exc)
-                if self.status.failures:
-                    # doubling at most 12 times, and never past an hour
-                    cap = min(_MAX_BACKOFF, box.poll_interval * 2**12)
-                    wait = exponential(self.status.failures + 1, first=box.poll_interval, cap=cap)
+            self.status.next_poll_at = self._clock() + _UNCONFIGURED_RECHECK
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_UNCONFIGURED_RECHECK):
+                    await stop.wait()
+
+    def _standby(self, elsewhere: bool) -> None:
+        self.status.elsewhere = elsewhere
+        if elsewhere:
+            self.status.next_poll_at = None
+
+    async def _polls(self, until: asyncio.Event) -> None:
+        """Poll every ``poll_interval`` until ``until`` is set or the mailbox is unconfigured."""
+        while not until.is_set():
+            box = self._config().bounces.mailbox
+            self.status.configured = box is not None
+            if box is None:
+                return
+            try:
+                await self.poll_once()
+            except Exception as exc:  # never let the poller die: delivery goes on
+                self._failed(f"internal error: {type(exc).__name__}: {exc}", exc)
+            wait = box.poll_interval
+            if self.status.failures:
+                # doubling at most 12 times, and never past an hour
+                cap = min(_MAX_BACKOFF, box.poll_interval * 2**12)
+                wait = exponential(self.status.failures + 1, first=box.poll_interval, cap=cap)
             self.status.next_poll_at = self._clock() + wait
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    await stop.wait()
+                    await until.wait()
 
     async def poll_once(self) -> PollResult:
         """Read the mailbox once: record every new bounce, mark what was read.

@@ -7,7 +7,10 @@ followed: a receiver moved is a configuration to fix; ``relay.http`` decides). A
 answer, a timeout, 3xx, 4xx, 5xx) leaves the event at the head of the
 endpoint's line, tried again after a back-off that doubles from
 ``notify.webhook_first_delay`` up to ``notify.webhook_max_delay``; the
-other endpoints go on. Events live in the spool, so a restart or a receiver
+other endpoints go on. In a fleet (a store other nodes share), each
+endpoint's events are posted by the one node holding its turn
+(``relay.store.singleton``), so they still go one at a time and in order.
+Events live in the spool, so a restart or a receiver
 down for hours loses nothing; they are dropped after
 ``notify.webhook_retention`` (7 days, as Postal keeps them), delivered or not.
 
@@ -32,14 +35,20 @@ from relay.http import USER_AGENT
 from relay.http import client as http_client
 from relay.logsetup import mask_http_logs, mask_url, mask_urls_in
 from relay.secrets import SecretError
+from relay.store.singleton import Fleet, one_node_at_a_time
 from relay.store.spool import OutboxRow, Spool
 
-__all__ = ["WebhookSender", "backoff"]
+__all__ = ["WebhookSender", "backoff", "turn_of"]
 
 log = logging.getLogger("sluice.webhooks")
 
 #: how often the set of endpoints is compared with the config (a reload may change it)
 _CONFIG_CHECK = 1.0
+
+
+def turn_of(url: str) -> str:
+    """The name of the turn held by the node posting ``url``'s events (a fleet's one)."""
+    return f"webhooks {url}"
 
 
 def backoff(failures: int, settings: NotifySettings) -> float:
@@ -57,8 +66,11 @@ class WebhookSender:
         *,
         clock: Callable[[], float] = time.time,
         user_agent: str = USER_AGENT,
+        fleet: Fleet | None = None,
     ) -> None:
         self._spool = spool
+        #: the spool, when other nodes may share it: one node posts each endpoint's events
+        self._fleet = fleet
         self._config = config
         self._clock = clock
         self._user_agent = user_agent
@@ -83,7 +95,7 @@ class WebhookSender:
                     if hook.url not in workers or workers[hook.url].done():
                         self._wakes[hook.url] = asyncio.Event()
                         workers[hook.url] = tg.create_task(
-                            self._endpoint(hook.url, client, stop),
+                            self._endpoint_turn(hook.url, client, stop),
                             name=f"webhook {mask_url(hook.url)}",
                         )
                 self._spool.outbox_wake.clear()
@@ -95,6 +107,30 @@ class WebhookSender:
                         wake.set()
             for wake in self._wakes.values():
                 wake.set()
+
+    async def _endpoint_turn(
+        self, url: str, client: httpx.AsyncClient, stop: asyncio.Event
+    ) -> None:
+        """Post ``url``'s events; in a fleet, only while this node holds that endpoint's turn.
+
+        One turn per endpoint, not one for all: each endpoint's events go out
+        one at a time and in order from whichever node holds its turn, and
+        the endpoints of a fleet may be spread over its nodes.
+        """
+        if self._fleet is None:
+            await self._endpoint(url, client, stop)
+            return
+
+        async def work(until: asyncio.Event) -> None:
+            await self._endpoint(url, client, until)
+
+        await one_node_at_a_time(
+            self._fleet,
+            turn_of(url),
+            stop,
+            work,
+            what=f"posts the webhook events of {mask_url(url)}",
+        )
 
     async def _endpoint(self, url: str, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         wake = self._wakes[url]

@@ -89,6 +89,8 @@ NO_PROVIDER = TempFailure("", None, "4.4.0 no provider is available for this mes
 #: at most this often held mail is checked against hold.expire_after, and ran-out
 #: pauses forgotten (or every 5 polls, if that is sooner)
 _CONTROLS_SWEEP_EVERY = 10.0
+#: the name of the turn held by the node sweeping held mail and ended pauses (a fleet's one)
+CONTROLS_TURN = "controls"
 #: mail waiting for a pause without an end looks again this often (a resume wakes it)
 _INDEFINITE_PAUSE_RECHECK = 300.0
 
@@ -225,18 +227,26 @@ class Scheduler:
         The pauses themselves are read by every claim, in its transaction
         (``Spool.claim``): another process (``sluice providers pause``) may
         have set one, and mail claimed after the pause must not go out.
+        In a fleet, one node sweeps at a time (the ``controls`` turn, asked
+        for each sweep and never waited for): a node that finds it taken
+        leaves this sweep to the one holding it.
         """
         try:
             poll = self._snapshot().config.delivery.poll_interval
             if now - self._controls_swept >= min(_CONTROLS_SWEEP_EVERY, 5 * poll):
                 self._controls_swept = now
-                for provider in await self._spool.end_expired_pauses():
-                    log.info("provider %s: the operator's pause ran out; resuming", provider)
-                expire_after = self._snapshot().config.hold.expire_after
-                if expire_after is not None and (n := await self._spool.expire_held(expire_after)):
-                    log.warning("%s held longer than hold.expire_after", plural(n, "recipient"))
+                async with self._spool.singleton(CONTROLS_TURN) as turn:
+                    if turn:
+                        await self._sweep_controls()
         except SpoolError as exc:
             log.error("cannot read operator controls from the spool: %s", exc)
+
+    async def _sweep_controls(self) -> None:
+        for provider in await self._spool.end_expired_pauses():
+            log.info("provider %s: the operator's pause ran out; resuming", provider)
+        expire_after = self._snapshot().config.hold.expire_after
+        if expire_after is not None and (n := await self._spool.expire_held(expire_after)):
+            log.warning("%s held longer than hold.expire_after", plural(n, "recipient"))
 
     def _paused(self, provider_id: str) -> Unavailable | None:
         """An operator's pause of this provider (or of all), as a wait without an attempt."""

@@ -56,6 +56,9 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
 - limits shared by the nodes of a fleet (``relay/store/limits.py``):
   ``counter_reserve``, ``counter_return``, ``rate_reserve``,
   ``block_provider``, ``provider_blocks``.
+- a fleet (``relay/store/singleton.py``): ``singleton`` (a turn at work one
+  node does at a time) and ``listen`` (other nodes' wake-ups set ``wake``
+  and ``outbox_wake``); granted at once, and nothing to hear, on SQLite.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
 the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
@@ -77,9 +80,10 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 import aiosqlite
 
@@ -108,6 +112,7 @@ from relay.store.migrations import migrate
 from relay.store.nodes import NodeRow
 from relay.store.outbox import DsnVerdict, OutboxRow
 from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
+from relay.store.singleton import Granted, Turn, Turns
 from relay.store.state import OAuthGrant, SpoolHealth, read_meta
 from relay.store.suppressions import Suppressions
 from relay.store.views import AttemptBucket
@@ -116,6 +121,7 @@ from relay.wording import plural
 
 if TYPE_CHECKING:
     from relay.store.pg.reader import PgReader
+    from relay.store.pg.wakeups import PgWakeups, Wake
     from relay.store.pg.writer import PgWriter
 
 __all__ = [
@@ -144,6 +150,11 @@ T = TypeVar("T")
 
 #: how long a fleet limit job asks again while other nodes hold its limit, in seconds
 _LIMIT_PATIENCE = 10.0
+
+
+def _always(_result: object) -> bool:
+    """``Spool._announcing``'s test for a write that always makes something happen."""
+    return True
 
 
 class Spool:
@@ -181,6 +192,10 @@ class Spool:
         self.outbox_wake = asyncio.Event()
         #: bounces and the suppression list
         self.suppressions = Suppressions(writer, reader, clock, outbox_wake=self.outbox_wake)
+        #: work one node may do at a time (``singleton``): every turn is ours on SQLite
+        self._turns: Turns = Granted()
+        #: a shared store's wake-ups for other nodes (``listen``); None on SQLite
+        self._wakeups: PgWakeups | None = None
         #: the headers that name a message's stream (``suppression.stream_headers``):
         #: ``enqueue`` stores ``relay.message.stream_of`` of them, the value the
         #: scheduler matches suppression scopes against. Whoever stores mail sets
@@ -243,7 +258,9 @@ class Spool:
                 from relay.store.pg.open import open_pg
 
                 pg_writer, pg_reader = await open_pg(where, node=node, clock=clock)
-                return cls(where.path, pg_writer, pg_reader, clock, node=node, where=where.url)
+                spool = cls(where.path, pg_writer, pg_reader, clock, node=node, where=where.url)
+                await spool._join_fleet(where)
+                return spool
             where = where.path
         spool_path = Path(where)
         # The daemon keeps a reserve file beside the spool (``DiskSpace``). On
@@ -278,7 +295,63 @@ class Spool:
             checkpointer = Checkpointer(spool_path, lock, clock=clock)
         return cls(spool_path, writer, reader, clock, checkpointer, node=node or "")
 
+    async def _join_fleet(self, settings: SpoolSettings) -> None:
+        """On a shared store: turns as advisory locks, wake-ups as LISTEN/NOTIFY."""
+        from relay.store.pg.open import target_of
+        from relay.store.pg.turns import PgTurns
+        from relay.store.pg.wakeups import PgWakeups
+
+        target = await asyncio.to_thread(target_of, settings, self.node)
+        self._turns = PgTurns(target)
+        wakeups = PgWakeups(target, {"wake": self.wake, "outbox_wake": self.outbox_wake})
+        self._wakeups = wakeups
+        self.suppressions.notify_outbox = lambda c: wakeups.notify(c, "outbox_wake")
+
+    def singleton(self, name: str) -> AbstractAsyncContextManager[Turn]:
+        """This node's turn at work only one node may do at a time (``relay.store.singleton``).
+
+        ``async with spool.singleton("bounces") as turn: if turn: ...``. On
+        SQLite always this node's; on PostgreSQL a session advisory lock,
+        given back when the block ends or the session does.
+        """
+        return self._turns.hold(name)
+
+    def listen(self) -> None:
+        """Hear other processes' wake-ups from now on (the daemon; a no-op on SQLite).
+
+        Mail made due and webhook events stored by another node then set
+        ``wake`` and ``outbox_wake`` here at once (``relay/store/pg/wakeups.py``).
+        """
+        if self._wakeups is not None:
+            self._wakeups.listen()
+
+    def _announcing(
+        self, job: Callable[[Conn], T], **when: Callable[[T], bool]
+    ) -> Callable[[Conn], T]:
+        """``job``, telling other nodes in its own transaction what it made happen.
+
+        ``when`` maps ``wake`` / ``outbox_wake`` to a test of the job's
+        result: on a shared store, a NOTIFY for each that holds is sent in
+        the job's transaction (when it commits, and only then). On SQLite
+        ``job`` itself: no other node to tell.
+        """
+        wakeups = self._wakeups
+        if wakeups is None:
+            return job
+
+        def announced(c: Conn) -> T:
+            result = job(c)
+            for which, test in when.items():
+                if test(result):
+                    wakeups.notify(c, cast("Wake", which))
+            return result
+
+        return announced
+
     async def aclose(self) -> None:
+        await self._turns.aclose()
+        if self._wakeups is not None:
+            await self._wakeups.aclose()
         if self._checkpointer is not None:
             await self._checkpointer.close()
         await self._writer.close()
@@ -296,7 +369,9 @@ class Spool:
         """Store a message and its recipients in one durable transaction."""
         stream = stream_of(HeaderBlock(msg.data), self.stream_headers)
         node = self.node
-        queue_id = await self._writer.submit(lambda c: queue.insert_message(c, msg, stream, node))
+        queue_id = await self._writer.submit(
+            self._announcing(lambda c: queue.insert_message(c, msg, stream, node), wake=_always)
+        )
         self.wake.set()
         return queue_id
 
@@ -331,8 +406,15 @@ class Spool:
         events = self._redacted(events)
         now = self._clock()
         node = self.node
-        moved = await self._writer.submit(lambda c: queue.finish(c, now, items, events, node))
-        if any(f.status is RecipientStatus.QUEUED for f in items):
+        due = any(f.status is RecipientStatus.QUEUED for f in items)
+        moved = await self._writer.submit(
+            self._announcing(
+                lambda c: queue.finish(c, now, items, events, node),
+                wake=lambda _: due,
+                outbox_wake=lambda _: bool(events),
+            )
+        )
+        if due:
             self.wake.set()
         if events:
             self.outbox_wake.set()
@@ -349,7 +431,13 @@ class Spool:
         due = now if next_attempt_at is None else next_attempt_at
         reply = self.redact(reply)
         node = self.node
-        await self._writer.submit(lambda c: queue.release(c, now, claim, reply, due, node))
+        # Due now (a shutdown gives its claims back): another node may take them at once.
+        await self._writer.submit(
+            self._announcing(
+                lambda c: queue.release(c, now, claim, reply, due, node),
+                wake=lambda _: due <= now,
+            )
+        )
 
     async def requeue_inflight(self) -> int:
         """At start-up: recipients a crash left ``sending`` go back to the queue.
@@ -360,7 +448,9 @@ class Spool:
         now = self._clock()
         node, everyone = self.node, not self.shared
         n = await self._writer.submit(
-            lambda c: queue.requeue_inflight(c, now, node, everyone=everyone)
+            self._announcing(
+                lambda c: queue.requeue_inflight(c, now, node, everyone=everyone), wake=bool
+            )
         )
         if n:
             self.wake.set()
@@ -381,8 +471,11 @@ class Spool:
         kept = frozenset(keep)
         node, everyone = self.node, not self.shared
         n = await self._writer.submit(
-            lambda c: queue.requeue_expired_leases(
-                c, now, kept, node, stale_before=now - node_timeout, everyone=everyone
+            self._announcing(
+                lambda c: queue.requeue_expired_leases(
+                    c, now, kept, node, stale_before=now - node_timeout, everyone=everyone
+                ),
+                wake=bool,
             )
         )
         if n:
@@ -403,7 +496,7 @@ class Spool:
                 controls.audit(c, now, actor, Action.RETRY, queue_id, n, "made due now")
             return n
 
-        n = await self._writer.submit(job)
+        n = await self._writer.submit(self._announcing(job, wake=bool))
         self.wake.set()
         return n
 
@@ -465,7 +558,9 @@ class Spool:
             outbox.mark_dsns(c, now, fresh, kind, sender, sent_as)
             return verdict
 
-        verdict = await self._writer.submit(job)
+        verdict = await self._writer.submit(
+            self._announcing(job, wake=lambda v: v is DsnVerdict.QUEUED)
+        )
         if verdict is DsnVerdict.QUEUED:
             self.wake.set()
         return verdict
@@ -474,7 +569,9 @@ class Spool:
         """Store webhook events that no outcome carries (a provider's state change)."""
         events = self._redacted(events)
         if events:
-            await self._writer.submit(lambda c: outbox.insert_events(c, events))
+            await self._writer.submit(
+                self._announcing(lambda c: outbox.insert_events(c, events), outbox_wake=_always)
+            )
             self.outbox_wake.set()
 
     def _redacted(self, events: Sequence[OutboxEvent]) -> Sequence[OutboxEvent]:
@@ -531,7 +628,13 @@ class Spool:
         event per recipient changed, stored in the same transaction.
         """
         job = controls.control(self._clock(), selection, control, endpoints)
-        n, evented = await self._writer.submit(job)
+        n, evented = await self._writer.submit(
+            self._announcing(
+                job,
+                wake=lambda r: bool(r[0]) and control.action != "hold",
+                outbox_wake=lambda r: bool(r[1]),
+            )
+        )
         if n and control.action != "hold":
             self.wake.set()
         if evented:
@@ -554,7 +657,10 @@ class Spool:
         now = self._clock()
         ids, node = list(rids), self.node
         n, evented = await self._writer.submit(
-            lambda c: controls.hold_claimed(c, now, claim, ids, reason, actor, endpoints, node)
+            self._announcing(
+                lambda c: controls.hold_claimed(c, now, claim, ids, reason, actor, endpoints, node),
+                outbox_wake=lambda r: bool(r[1]),
+            )
         )
         if evented:
             self.outbox_wake.set()
@@ -577,7 +683,9 @@ class Spool:
     async def resume_provider(self, provider: str, *, actor: str) -> int | None:
         """End a pause; recipients waiting for it are due now. None: it was not paused."""
         now = self._clock()
-        n = await self._writer.submit(lambda c: controls.resume_provider(c, now, provider, actor))
+        n = await self._writer.submit(
+            self._announcing(lambda c: controls.resume_provider(c, now, provider, actor), wake=bool)
+        )
         if n:
             self.wake.set()
         return n

@@ -189,6 +189,9 @@ class Suppressions:
         self._clock = clock
         #: set when webhook events are stored (``Spool.outbox_wake``)
         self._outbox_wake = outbox_wake
+        #: on a shared store (``Spool`` sets it): in the transaction that stores
+        #: webhook events, tells the other nodes' webhook senders
+        self.notify_outbox: Callable[[Conn], None] | None = None
         #: masks secrets in a bounce's diagnostic and raw message (``Spool.redact`` sets it)
         self.redact = Redactor()
         #: the VERP key once read (``verp_key``): it never changes
@@ -212,6 +215,7 @@ class Suppressions:
         """
         now = self._clock()
         bounce = self._redacted(bounce)
+        notify = self.notify_outbox
 
         def job(c: Conn) -> tuple[Suppression | None, bool]:
             done = _record_bounce(c, bounce, threshold, now)
@@ -219,6 +223,8 @@ class Suppressions:
                 return None, False
             events = _events(endpoints, bounce, done, now)
             insert_events(c, events)
+            if events and notify is not None:
+                notify(c)
             return done.entry, bool(events)
 
         entry, evented = await self._writer.submit(job)
@@ -263,6 +269,7 @@ class Suppressions:
         now = self._clock()
         bounce = self._redacted(bounce)
         sender = self.redact(sender)
+        notify = self.notify_outbox
 
         def job(c: Conn) -> tuple[DsnOutcome, bool]:
             reason = problem or _why_unmatched(c, bounce)
@@ -285,6 +292,8 @@ class Suppressions:
                 return DsnOutcome(matched=True), False
             events = _events(endpoints, bounce, done, now)
             insert_events(c, events)
+            if events and notify is not None:
+                notify(c)
             return DsnOutcome(matched=True, entry=done.entry), bool(events)
 
         outcome, evented = await self._writer.submit(job)

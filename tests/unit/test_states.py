@@ -154,6 +154,9 @@ async def test_every_action_the_store_audits_is_an_action(
         (PollStatus(configured=True, failures=1), MailboxState.FAILING),
         # a failure after a success is what the operator must see
         (PollStatus(configured=True, last_ok_at=T0, failures=2), MailboxState.FAILING),
+        # another node of the fleet polls it (#27); its own failure still shows first
+        (PollStatus(configured=True, elsewhere=True), MailboxState.ELSEWHERE),
+        (PollStatus(configured=True, elsewhere=True, failures=1), MailboxState.FAILING),
     ],
 )
 def test_the_bounce_mailbox_has_one_state_word(status: PollStatus, state: MailboxState) -> None:
