@@ -80,6 +80,7 @@ def write_sluice_config(
     log_level: str = "info",
     admin: bool = False,
     smtp_lines: list[str] | None = None,
+    spool_url: str | None = None,
 ) -> None:
     # Limits like the compared Postfix's: ``connections`` to the one
     # destination (its default_destination_concurrency_limit) under a global
@@ -93,6 +94,9 @@ def write_sluice_config(
         f"  workers: {workers}",
         "spool:",
         f"  path: {json.dumps(str(spool))}",
+        # PostgreSQL (``bench run --spool postgresql``): ``path``'s folder stays
+        # the node's local state (pid file, locks).
+        *([f"  url: {json.dumps(spool_url)}"] if spool_url else []),
         "delivery:",
         *(f"  {k}: {v}" for k, v in delivery.items()),
         "log:",
