@@ -30,7 +30,7 @@ _COLUMNS = [
     # PostgreSQL spool only (``--spool postgresql``): the server's CPU, and the
     # statements Sluice sent it, per message
     ("db_cpu_ms_per_msg", "db CPU ms/msg", "{:.2f}"),
-    ("statements_per_msg", "stmts/msg", "{:.1f}"),
+    ("round_trips_per_msg", "trips/msg", "{:.1f}"),
     ("lost", "lost", "{}"),
     ("duplicated", "dup", "{}"),
 ]
@@ -119,11 +119,13 @@ async def _run(args: argparse.Namespace) -> int:
         rows = await _scenarios(args, relays, clients, pg)
     print(table(rows))
     for r in rows:
-        if r.get("statements"):
-            print(f"\n{r['relay']} {r['scenario']} (run 1): statements sent per message")
-            for st in r["statements"]:
-                if st["calls_per_msg"] >= 0.01:
-                    print(f"  {st['calls_per_msg']:7.3f}  {st['query'][:120]}")
+        if r.get("round_trips"):
+            print(f"\n{r['relay']} {r['scenario']} (run 1): round trips per message")
+            for trip in r["round_trips"]:
+                if trip["per_msg"] >= 0.01:
+                    print(
+                        f"  {trip['per_msg']:7.3f}  {trip['connection']:6}  {trip['query'][:100]}"
+                    )
     if args.json:
         text = json.dumps({"results": rows}, indent=1)
         await asyncio.to_thread(Path(args.json).write_text, text)

@@ -23,12 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import json
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,10 @@ def _pg_bin() -> Path:
 
 #: where the server's programs are
 PG_BIN = _pg_bin()
+#: the folder whose ``sitecustomize`` counts what Sluice's processes send (``PgSpool.env``)
+_ROUNDTRIPS = Path(__file__).resolve().parent / "roundtrips"
+#: ... every this many seconds
+_DUMP_EVERY = 0.1
 #: the role Sluice connects as (``spool.url``); the cluster trusts loopback
 ROLE = "sluice"
 
@@ -233,12 +239,34 @@ def per_message(counts: list[StatementCount], messages: int) -> dict[str, Any]:
 
 
 class PgSpool:
-    """One run's database: its ``spool.url``, and what the run cost the server."""
+    """One run's database: its ``spool.url``, and what the run cost the server.
 
-    def __init__(self, cluster: PgCluster, db: str) -> None:
+    Two counts of the statements: the client's (``bench/roundtrips``: every
+    ``execute`` of every Sluice process, each a round trip, by connection)
+    and the server's (``pg_stat_statements``: its time, and the statements
+    that ran inside others, such as foreign-key checks).
+    """
+
+    def __init__(self, cluster: PgCluster, db: str, counts: Path) -> None:
         self.cluster = cluster
         self.db = db
         self.url = cluster.url(db)
+        self.counts = counts
+        counts.mkdir(parents=True, exist_ok=True)
+        self._sent0: Counter[str] = Counter()
+
+    def env(self) -> dict[str, str]:
+        """The environment that makes Sluice's processes count what they send."""
+        path = [str(_ROUNDTRIPS), *filter(None, [os.environ.get("PYTHONPATH")])]
+        return {"BENCH_PG_COUNTS": str(self.counts), "PYTHONPATH": os.pathsep.join(path)}
+
+    def sent(self) -> Counter[str]:
+        """What every Sluice process has sent so far, by connection and statement."""
+        total: Counter[str] = Counter()
+        for f in self.counts.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                total.update(json.loads(f.read_text()))
+        return total
 
     def cpu(self) -> float:
         """CPU seconds of the whole server so far (backends, WAL writer, checkpointer)."""
@@ -247,6 +275,8 @@ class PgSpool:
     def reset(self) -> None:
         """Start counting statements from zero."""
         reset_statements(self.cluster, self.db)
+        time.sleep(_DUMP_EVERY * 3)
+        self._sent0 = self.sent()
 
     def unsent(self) -> list[Any]:
         """Recipients not sent, by state (as ``bench.runner`` reads a SQLite spool)."""
@@ -264,5 +294,25 @@ class PgSpool:
             time.sleep(0.05)
 
     def figures(self, messages: int) -> dict[str, Any]:
-        """Statements per message since ``reset`` (``per_message``)."""
-        return per_message(statement_counts(self.cluster, self.db), messages)
+        """Round trips and statements per message since ``reset``."""
+        time.sleep(_DUMP_EVERY * 3)  # the processes write their counts every 100 ms
+        sent = self.sent()
+        sent.subtract(self._sent0)
+        per = max(1, messages)
+        trips = sorted(((n, key) for key, n in sent.items() if n > 0), reverse=True)
+        by_connection: Counter[str] = Counter()
+        for n, key in trips:
+            by_connection[key.partition("\t")[0]] += n
+        return {
+            **per_message(statement_counts(self.cluster, self.db), messages),
+            "round_trips_per_msg": sum(n for n, _k in trips) / per,
+            "round_trips_by_connection": {k: v / per for k, v in by_connection.items()},
+            "round_trips": [
+                {
+                    "connection": key.partition("\t")[0],
+                    "per_msg": round(n / per, 3),
+                    "query": key.partition("\t")[2],
+                }
+                for n, key in trips
+            ],
+        }

@@ -135,7 +135,9 @@ class SluiceProcess:
         self._pump = asyncio.create_task(self._read(), name="sluice-log")
 
     @classmethod
-    async def start(cls, config: Path, *, within: float = 60.0) -> SluiceProcess:
+    async def start(
+        cls, config: Path, *, within: float = 60.0, env: dict[str, str] | None = None
+    ) -> SluiceProcess:
         log_path = config.with_suffix(".log")
         with log_path.open("wb") as log_file:  # the child keeps its own descriptor
             proc = await asyncio.create_subprocess_exec(
@@ -149,7 +151,7 @@ class SluiceProcess:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log_file,
                 cwd=_ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         sluice = cls(proc, log_path)
         try:

@@ -113,7 +113,11 @@ async def _sluice(
     cfg = work / "sluice.yaml"
     auth, smtp_lines = _tls_auth(work) if sc.client == "tls-auth" else (None, None)
     # On PostgreSQL, a fresh database of the bench's private cluster per run.
-    store = None if pg is None else PgSpool(pg, await asyncio.to_thread(pg.new_database))
+    store = (
+        None
+        if pg is None
+        else PgSpool(pg, await asyncio.to_thread(pg.new_database), work / "pg-counts")
+    )
     write_sluice_config(
         cfg,
         sink_port=sink.port,
@@ -123,7 +127,7 @@ async def _sluice(
         smtp_lines=smtp_lines,
         spool_url=None if store is None else store.url,
     )
-    proc = await SluiceProcess.start(cfg)
+    proc = await SluiceProcess.start(cfg, env=None if store is None else store.env())
     try:
         # The daemon and its accept workers, if any.
         sampler = Sampler(lambda: descendants(proc.pid))

@@ -186,12 +186,18 @@ def test_bench_run_on_postgresql_beside_sqlite(tmp_path: Path) -> None:
     for result in (on_sqlite, on_pg):
         assert result["accepted"] == result["delivered"] == 30, result["errors"]
         assert (result["lost"], result["duplicated"], result["unexpected"]) == (0, 0, 0)
-    # What the messages cost the server: its CPU, and the statements Sluice sent it.
+    # What the messages cost the server: its CPU, and the statements Sluice sent it,
+    # counted by the server (pg_stat_statements) and by Sluice's side (each a round trip).
     assert on_pg["db_cpu_ms_per_msg"] > 0
     queries = {s["query"].split(" (")[0]: s["calls_per_msg"] for s in on_pg["statements"]}
     assert queries["INSERT INTO messages"] == 1.0, queries
-    assert on_pg["statements_per_msg"] >= 5
-    assert "sluice-pg/sluice" in proc.stdout and "statements sent per message" in proc.stdout
+    trips = {
+        (t["connection"], t["query"].split(" (")[0]): t["per_msg"] for t in on_pg["round_trips"]
+    }
+    assert trips[("writer", "INSERT INTO messages")] == 1.0, trips
+    assert any(query.endswith("COMMIT") for _who, query in trips), trips
+    assert on_pg["round_trips_per_msg"] >= 5 and on_pg["statements_per_msg"] >= 5
+    assert "sluice-pg/sluice" in proc.stdout and "round trips per message" in proc.stdout
 
 
 async def test_each_message_on_its_own_connection(tmp_path: Path) -> None:
