@@ -10,9 +10,13 @@ through ``runuser``, the way ``tests/pg.py`` does it for the test suite.
 Durability is PostgreSQL's default and Sluice's promise: ``fsync`` and
 ``synchronous_commit`` on, so a ``250`` waits for the WAL flush of its commit,
 as on SQLite it waits for ``synchronous=FULL``. ``pg_stat_statements`` is
-loaded, so that a run can count the statements (each one a round trip from
-Sluice's writer or reader connection) that its messages cost, by statement
-(``statement_counts``).
+loaded, so that a run can tell the server's time per statement and the
+statements that ran inside others (``statement_counts``); the round trips
+themselves are counted on Sluice's side (``bench/roundtrips``, ``PgSpool``).
+
+(Not ``tests/pg.py``'s cluster: the bench is a tool, not a test, and does not
+import pytest; and it wants ``pg_stat_statements`` and loopback trust, where
+the tests want SCRAM passwords as an operator would set them.)
 
 Each run gets a fresh database (``new_database``), so runs do not see each
 other's rows or statistics of their tables.
@@ -229,7 +233,6 @@ def per_message(counts: list[StatementCount], messages: int) -> dict[str, Any]:
     return {
         "statements_per_msg": sum(c.calls for c in sent) / per,
         "nested_per_msg": sum(c.calls for c in counts if not c.toplevel) / per,
-        "writer_commits_per_msg": sum(c.calls for c in sent if c.query.upper() == "COMMIT") / per,
         "server_ms_per_msg": sum(c.total_ms for c in sent) / per,
         "statements": [
             {"calls_per_msg": round(c.calls / per, 3), "ms": c.total_ms, "query": c.query[:200]}
