@@ -187,6 +187,12 @@ async def test_reload_refuses_a_changed_spool_path(
         assert await s.daemon.reload() is False
         assert "spool.path: cannot change on reload" in (s.daemon.last_reload_error or "")
         assert s.daemon.config.spool.path == tmp_path / "spool.sqlite3"
+        # Nor a move to another store, or another node name (#27): a restart does that.
+        cfg["spool"]["path"] = str(tmp_path / "spool.sqlite3")
+        cfg["spool"]["node"] = "another-name"
+        write_config(s.config_path, cfg)
+        assert await s.daemon.reload() is False
+        assert "spool.node: cannot change on reload" in (s.daemon.last_reload_error or "")
 
 
 async def test_sluice_reload_from_a_shell_without_the_service_environment(
