@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import SMTP_SOURCE
+from bench.pg import PG_BIN, PgCluster, pg_available, private_cluster
 from bench.postfix import postfix_available
 from bench.runner import Scenario, median_of, run_scenario
 
@@ -25,6 +27,10 @@ _COLUMNS = [
     ("e2e_p99_ms", "e2e p99 ms", "{:.1f}"),
     ("cpu_ms_per_msg", "CPU ms/msg", "{:.2f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.1f}"),
+    # PostgreSQL spool only (``--spool postgresql``): the server's CPU, and the
+    # statements Sluice sent it, per message
+    ("db_cpu_ms_per_msg", "db CPU ms/msg", "{:.2f}"),
+    ("round_trips_per_msg", "trips/msg", "{:.1f}"),
     ("lost", "lost", "{}"),
     ("duplicated", "dup", "{}"),
 ]
@@ -45,10 +51,21 @@ def _modes(text: str) -> list[bool]:
 
 
 def _cell(fmt: str, value: Any) -> str:
-    """A figure; ``-`` where the generator could not measure it (smtp-source: latencies)."""
-    if isinstance(value, float) and math.isnan(value):
+    """A figure; ``-`` where it was not measured (smtp-source: latencies; SQLite: db CPU)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return fmt.format(value)
+
+
+def _ratios(s: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    ratios = []
+    for k, _l, _f in _COLUMNS:
+        a, b = s.get(k), p.get(k)
+        if k in ("lost", "duplicated") or not b or a is None or math.isnan(a / b):
+            ratios.append("")
+        else:
+            ratios.append(f"{a / b:.2f}x")
+    return ratios
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -59,16 +76,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         by_scenario.setdefault(r["scenario"], {})[r["relay"]] = r
     for name, relays in by_scenario.items():
         for relay, r in relays.items():
-            lines.append([name, relay, *(_cell(fmt, r[k]) for k, _l, fmt in _COLUMNS)])
-        if "sluice" in relays and "postfix" in relays:
-            s, p = relays["sluice"], relays["postfix"]
-            ratios = []
-            for k, _l, _f in _COLUMNS:
-                if k in ("lost", "duplicated") or not p[k] or math.isnan(s[k] / p[k]):
-                    ratios.append("")
-                else:
-                    ratios.append(f"{s[k] / p[k]:.2f}x")
-            lines.append([name, "sluice/postfix", *ratios])
+            lines.append([name, relay, *(_cell(fmt, r.get(k)) for k, _l, fmt in _COLUMNS)])
+        for mine, theirs in (("sluice", "postfix"), ("sluice-pg", "sluice")):
+            if mine in relays and theirs in relays:
+                lines.append([name, f"{mine}/{theirs}", *_ratios(relays[mine], relays[theirs])])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     return "\n".join(
         "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in lines
@@ -76,7 +87,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    relays = ["sluice"]
+    spools = [w.strip() for w in args.spool.split(",") if w.strip()]
+    if not spools or set(spools) - {"sqlite", "postgresql"}:
+        print("bench: --spool takes sqlite, postgresql or sqlite,postgresql", file=sys.stderr)
+        return 64
+    relays = [{"sqlite": "sluice", "postgresql": "sluice-pg"}[s] for s in spools]
+    if "postgresql" in spools and not pg_available():
+        print(f"bench: PostgreSQL is not installed ({PG_BIN}/initdb)", file=sys.stderr)
+        return 69
     if args.compare == "postfix":
         if not postfix_available():
             print("bench: postfix is not installed (apt-get install postfix)", file=sys.stderr)
@@ -95,6 +113,30 @@ async def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 64
+    async with contextlib.AsyncExitStack() as stack:
+        # One private cluster for the whole command; each run has its own database.
+        pg = await stack.enter_async_context(private_cluster()) if "sluice-pg" in relays else None
+        rows = await _scenarios(args, relays, clients, pg)
+    print(table(rows))
+    for r in rows:
+        if r.get("round_trips"):
+            print(f"\n{r['relay']} {r['scenario']} (run 1): round trips per message")
+            for trip in r["round_trips"]:
+                if trip["per_msg"] >= 0.01:
+                    print(
+                        f"  {trip['per_msg']:7.3f}  {trip['connection']:6}  {trip['query'][:100]}"
+                    )
+    if args.json:
+        text = json.dumps({"results": rows}, indent=1)
+        await asyncio.to_thread(Path(args.json).write_text, text)
+    bad = any(r["lost"] or r["duplicated"] or r["unexpected"] for r in rows)
+    return 1 if bad else 0
+
+
+async def _scenarios(
+    args: argparse.Namespace, relays: list[str], clients: list[str], pg: PgCluster | None
+) -> list[dict[str, Any]]:
+    """Every combination of the command's lists, each relay's runs taking turns."""
     rows: list[dict[str, Any]] = []
     combos = [
         (size, sessions, per_message, client)
@@ -121,7 +163,7 @@ async def _run(args: argparse.Namespace) -> int:
         runs: dict[str, list[dict[str, Any]]] = {relay: [] for relay in relays}
         for i in range(args.repeat):
             for relay in relays:
-                r = await run_scenario(relay, sc)
+                r = await run_scenario(relay, sc, pg=pg if relay == "sluice-pg" else None)
                 print(
                     f"# {relay} {sc.name} run {i + 1}/{args.repeat}: "
                     f"{r['e2e_rate']:.0f} msg/s e2e, lost {r['lost']}, dup {r['duplicated']}"
@@ -131,12 +173,7 @@ async def _run(args: argparse.Namespace) -> int:
                 )
                 runs[relay].append(r)
         rows.extend(median_of(runs[relay]) for relay in relays)
-    print(table(rows))
-    if args.json:
-        text = json.dumps({"results": rows}, indent=1)
-        await asyncio.to_thread(Path(args.json).write_text, text)
-    bad = any(r["lost"] or r["duplicated"] or r["unexpected"] for r in rows)
-    return 1 if bad else 0
+    return rows
 
 
 async def _scale(args: argparse.Namespace) -> int:
@@ -239,6 +276,12 @@ def main(argv: list[str] | None = None) -> None:
         help="tls-auth: every connection does STARTTLS and AUTH PLAIN (a submission client)",
     )
     p.add_argument("--compare", choices=["postfix"])
+    p.add_argument(
+        "--spool",
+        default="sqlite",
+        metavar="sqlite|postgresql|sqlite,postgresql",
+        help="Sluice's store; postgresql starts a private cluster (a database per run)",
+    )
     p.add_argument("--json", help="write every figure to this file")
     p.set_defaults(func=_run)
     p = sub.add_parser("scale", help="100k queued against a stopped upstream, restart, drain")

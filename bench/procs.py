@@ -80,6 +80,7 @@ def write_sluice_config(
     log_level: str = "info",
     admin: bool = False,
     smtp_lines: list[str] | None = None,
+    spool_url: str | None = None,
 ) -> None:
     # Limits like the compared Postfix's: ``connections`` to the one
     # destination (its default_destination_concurrency_limit) under a global
@@ -93,6 +94,9 @@ def write_sluice_config(
         f"  workers: {workers}",
         "spool:",
         f"  path: {json.dumps(str(spool))}",
+        # PostgreSQL (``bench run --spool postgresql``): ``path``'s folder stays
+        # the node's local state (pid file, locks).
+        *([f"  url: {json.dumps(spool_url)}"] if spool_url else []),
         "delivery:",
         *(f"  {k}: {v}" for k, v in delivery.items()),
         "log:",
@@ -131,7 +135,9 @@ class SluiceProcess:
         self._pump = asyncio.create_task(self._read(), name="sluice-log")
 
     @classmethod
-    async def start(cls, config: Path, *, within: float = 60.0) -> SluiceProcess:
+    async def start(
+        cls, config: Path, *, within: float = 60.0, env: dict[str, str] | None = None
+    ) -> SluiceProcess:
         log_path = config.with_suffix(".log")
         with log_path.open("wb") as log_file:  # the child keeps its own descriptor
             proc = await asyncio.create_subprocess_exec(
@@ -145,7 +151,7 @@ class SluiceProcess:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log_file,
                 cwd=_ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         sluice = cls(proc, log_path)
         try:

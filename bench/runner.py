@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import ClientAuth, LoadResult, run_load, run_smtp_source
+from bench.pg import PgCluster, PgSpool
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
 from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
 
-__all__ = ["Scenario", "free_port", "run_scenario", "tally"]
+__all__ = ["RELAYS", "Scenario", "free_port", "run_scenario", "tally"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class _Target:
     diagnose: Callable[[], list[Any]] = list
     #: STARTTLS and AUTH for every connection (``--client tls-auth``)
     auth: ClientAuth | None = None
+    #: the run's PostgreSQL database (``--spool postgresql``): its server's CPU, statements
+    store: PgSpool | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -104,9 +107,17 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
+async def _sluice(
+    sc: Scenario, sink: SinkProcess, work: Path, pg: PgCluster | None
+) -> AsyncIterator[_Target]:
     cfg = work / "sluice.yaml"
     auth, smtp_lines = _tls_auth(work) if sc.client == "tls-auth" else (None, None)
+    # On PostgreSQL, a fresh database of the bench's private cluster per run.
+    store = (
+        None
+        if pg is None
+        else PgSpool(pg, await asyncio.to_thread(pg.new_database), work / "pg-counts")
+    )
     write_sluice_config(
         cfg,
         sink_port=sink.port,
@@ -114,8 +125,9 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
         connections=sc.connections,
         workers=sc.workers,
         smtp_lines=smtp_lines,
+        spool_url=None if store is None else store.url,
     )
-    proc = await SluiceProcess.start(cfg)
+    proc = await SluiceProcess.start(cfg, env=None if store is None else store.env())
     try:
         # The daemon and its accept workers, if any.
         sampler = Sampler(lambda: descendants(proc.pid))
@@ -126,8 +138,9 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
             sampler,
             lambda: tree_rss_bytes(proc.pid, "VmHWM"),
             lambda: list(proc.warnings),
-            lambda: _unsent(work / "spool.sqlite3"),
+            store.unsent if store is not None else lambda: _unsent(work / "spool.sqlite3"),
             auth,
+            store,
         )
     finally:
         await proc.stop()
@@ -163,7 +176,9 @@ def _tls_auth(work: Path) -> tuple[ClientAuth, list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def _postfix(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
+async def _postfix(
+    sc: Scenario, sink: SinkProcess, work: Path, _pg: PgCluster | None
+) -> AsyncIterator[_Target]:
     port = free_port()
     async with PostfixInstance(work / "postfix", port, sink.port, concurrency=sc.connections) as pf:
         master = pf.master_pid()
@@ -187,14 +202,23 @@ async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: fl
         await asyncio.sleep(0.02)
 
 
-async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
-    """Run one scenario against ``relay`` ("sluice" or "postfix"); return its figures."""
-    starter = {"sluice": _sluice, "postfix": _postfix}[relay]
+#: the relays ``run_scenario`` knows: Sluice on SQLite, Sluice on PostgreSQL, Postfix
+RELAYS = ("sluice", "sluice-pg", "postfix")
+
+
+async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None) -> dict[str, Any]:
+    """Run one scenario against ``relay`` (one of ``RELAYS``); return its figures.
+
+    ``sluice-pg`` is Sluice with ``spool.url`` on a fresh database of ``pg``.
+    """
+    starter = {"sluice": _sluice, "sluice-pg": _sluice, "postfix": _postfix}[relay]
+    if (relay == "sluice-pg") != (pg is not None):
+        raise ValueError("sluice-pg, and only it, runs on a PostgreSQL cluster")
     with tempfile.TemporaryDirectory(prefix=f"bench-{relay}-") as tmp:
         work = Path(tmp)
         sink = await SinkProcess.start()
         try:
-            async with starter(sc, sink, work) as target:
+            async with starter(sc, sink, work, pg) as target:
                 await smtp_ready(target.port)
                 if sc.warmup:
                     warm = await run_load(
@@ -210,6 +234,10 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                     await _wait_count(sink, len(warm.sent), stall=30, limit=120)
                 base = await sink.count()
                 run = secrets.token_hex(4)
+                store = target.store
+                if store is not None:
+                    await asyncio.to_thread(store.reset)
+                    db_cpu0 = await asyncio.to_thread(store.cpu)
                 target.sampler.start()
                 cpu0 = target.cpu()
                 t0 = time.time()
@@ -242,6 +270,14 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                 t_e2e = time.time()
                 cpu = target.cpu() - cpu0
                 await target.sampler.stop()
+                db: dict[str, Any] = {"db_cpu_ms_per_msg": float("nan")}
+                if store is not None:
+                    db["db_cpu_ms_per_msg"] = (
+                        ((await asyncio.to_thread(store.cpu)) - db_cpu0) / max(1, accepted) * 1000
+                    )
+                    # The sink counts a message before its outcome is committed.
+                    await asyncio.to_thread(store.settle)
+                    db.update(await asyncio.to_thread(store.figures, accepted))
                 hwm = target.hwm()
                 dump = await sink.dump(work / "sink.json")
                 warnings = target.warnings()
@@ -262,6 +298,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
     acc = load.accept_latencies
     return {
         "relay": relay,
+        "spool": {"sluice": "sqlite", "sluice-pg": "postgresql"}.get(relay, "-"),
         "messages": sc.messages,
         "size": sc.size,
         "sessions": sc.sessions,
@@ -288,6 +325,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
         "cpu_ms_per_msg": cpu / max(1, accepted) * 1000,
         "peak_rss_mb": max(target.sampler.peak, hwm) / 2**20,
         "seconds": t_e2e - t0,
+        **db,
     }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers import require
+from tests.pg import pg_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,6 +159,45 @@ def test_bench_run_with_postfix_smtp_source(tmp_path: Path) -> None:
     assert result["accepted"] == result["delivered"] == 20
     assert (result["lost"], result["duplicated"]) == (0, 0)
     assert "2048B x2s conn/msg smtp-source n=20" in proc.stdout
+
+
+def test_bench_run_on_postgresql_beside_sqlite(tmp_path: Path) -> None:
+    """``--spool sqlite,postgresql``: a private cluster, both stores in turn, statements counted."""
+    pg_bin()  # fails under CI when PostgreSQL is missing, skips elsewhere
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            *("--messages", "30", "--sessions", "3", "--warmup", "3", "--timeout", "60"),
+            *("--workers", "0", "--spool", "sqlite,postgresql", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    on_sqlite, on_pg = json.loads(out.read_text())["results"]
+    assert (on_sqlite["relay"], on_sqlite["spool"]) == ("sluice", "sqlite")
+    assert (on_pg["relay"], on_pg["spool"]) == ("sluice-pg", "postgresql")
+    for result in (on_sqlite, on_pg):
+        assert result["accepted"] == result["delivered"] == 30, result["errors"]
+        assert (result["lost"], result["duplicated"], result["unexpected"]) == (0, 0, 0)
+    # What the messages cost the server: its CPU, and the statements Sluice sent it,
+    # counted by the server (pg_stat_statements) and by Sluice's side (each a round trip).
+    assert on_pg["db_cpu_ms_per_msg"] > 0
+    queries = {s["query"].split(" (")[0]: s["calls_per_msg"] for s in on_pg["statements"]}
+    assert queries["INSERT INTO messages"] == 1.0, queries
+    trips = {
+        (t["connection"], t["query"].split(" (")[0]): t["per_msg"] for t in on_pg["round_trips"]
+    }
+    assert trips[("writer", "INSERT INTO messages")] == 1.0, trips
+    assert any(query.endswith("COMMIT") for _who, query in trips), trips
+    assert on_pg["round_trips_per_msg"] >= 5 and on_pg["statements_per_msg"] >= 5
+    assert "sluice-pg/sluice" in proc.stdout and "round trips per message" in proc.stdout
 
 
 async def test_each_message_on_its_own_connection(tmp_path: Path) -> None:

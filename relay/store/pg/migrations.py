@@ -11,6 +11,7 @@ lock, and the second finds the work done.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 
@@ -62,8 +63,18 @@ def schema_version(conn: psycopg.Connection[PgRow]) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def migrate(conn: psycopg.Connection[PgRow], *, target: int = PG_SCHEMA_VERSION) -> int:
+def migrate(
+    conn: psycopg.Connection[PgRow],
+    *,
+    target: int | None = None,
+    steps: Sequence[PgMigration] = PG_MIGRATIONS,
+) -> int:
     """Bring the store on ``conn`` (autocommit) to version ``target``; the version it was at.
+
+    ``target`` (default: the last of ``steps``) below the latest, and
+    ``steps`` other than this code's, are for tests: stores of earlier
+    versions, and an upgrade by a step that is not written yet
+    (``tests/store/test_pg_migrations.py``).
 
     Raises:
         SpoolError: the store is newer than this code.
@@ -73,13 +84,13 @@ def migrate(conn: psycopg.Connection[PgRow], *, target: int = PG_SCHEMA_VERSION)
     try:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         found = schema_version(conn)
-        if found > PG_SCHEMA_VERSION:
+        if found > len(steps):
             raise SpoolError(
                 f"the spool has schema version {found}, newer than this Sluice knows"
-                f" ({PG_SCHEMA_VERSION}): run the Sluice that made it, or a newer one"
+                f" ({len(steps)}): run the Sluice that made it, or a newer one"
                 " (a spool cannot be downgraded)"
             )
-        for step in PG_MIGRATIONS[found:target]:
+        for step in steps[found : len(steps) if target is None else target]:
             conn.execute(step.script.encode())
             PgConn(conn).execute(
                 QUERIES["meta_set"], {"key": "schema_version", "value": str(step.version)}
