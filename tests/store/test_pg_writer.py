@@ -138,3 +138,51 @@ async def test_a_job_alone_needs_no_savepoint(writer: Any) -> None:
     assert control == ["BEGIN", "COMMIT", "BEGIN", "ROLLBACK"]
     keys = [r[0] for r in conn.execute("SELECT key FROM meta WHERE key IN ('alone', 'undone')")]
     assert keys == ["alone"]
+
+
+async def test_a_batch_the_server_aborts_for_a_deadlock_runs_again(
+    pg_db: PgDatabase, tmp_path: Any
+) -> None:
+    """Two nodes writing the same rows in opposite orders: both callers get their commit.
+
+    PostgreSQL breaks the deadlock by aborting one transaction (40P01); its
+    batch did nothing, so the writer runs it again instead of failing it.
+    """
+    import time
+
+    from relay.store.spool import Spool
+    from relay.store.state import meta_set
+
+    a = await Spool.open(pg_db.settings(tmp_path / "a" / "s", node="a"))
+    b = await Spool.open(pg_db.settings(tmp_path / "b" / "s", node="b"))
+    both = threading.Barrier(2, timeout=10)
+
+    runs: list[str] = []
+
+    def crossing(first: str, second: str, value: str) -> Any:
+        def job(c: Any) -> None:
+            meta_set(c, {first: value})
+            if value not in runs:  # the first run: each holds its first row, wants the other's
+                runs.append(value)
+                both.wait()
+                time.sleep(0.05)
+            else:
+                runs.append(value)
+            meta_set(c, {second: value})
+
+        return job
+
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(
+                a._writer.submit(crossing("x", "y", "a")),
+                b._writer.submit(crossing("y", "x", "b")),
+            ),
+            timeout=30,
+        )
+        x, y = await a.meta_get("x"), await a.meta_get("y")
+        assert x == y and x in ("a", "b")  # one ran whole after the other
+        assert len(runs) == 3  # the aborted batch ran again, once
+    finally:
+        await a.aclose()
+        await b.aclose()

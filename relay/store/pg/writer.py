@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,8 @@ _Item = tuple[PgJob[Any], "asyncio.Future[Any]", bool]
 
 #: jobs in one transaction, at most
 _BATCH_MAX = 512
+#: how many times a batch the server aborted for a deadlock runs again
+_RETRIES = 3
 #: while the server is away, one connection attempt per this many seconds
 RECONNECT_EVERY = 1.0
 
@@ -128,7 +131,7 @@ class PgWriter:
         failure: str | None = None
         try:
             conn = self._connection()
-            results, failure, changed = self._transaction(conn, batch)
+            results, failure, changed = self._retrying(conn, batch)
         except (psycopg.Error, SpoolError) as exc:
             error = exc if isinstance(exc, SpoolError) else self._lost(exc)
             results, failure, changed = [(False, error)] * len(batch), str(error), False
@@ -141,6 +144,32 @@ class PgWriter:
             self.health = replace(self.health, last_ok_at=self._clock())
         for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
             self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
+
+    def _retrying(
+        self, conn: psycopg.Connection[PgRow], batch: list[_Item]
+    ) -> tuple[list[tuple[bool, Any]], str | None, bool]:
+        """``_transaction``, run again when the server rolled it back to let another go on.
+
+        Nodes sharing the store write the same rows (counters, meta, a
+        recipient a sweep takes back) from their own group commits, in their
+        own orders: PostgreSQL then breaks a deadlock by aborting one of the
+        transactions (SQLSTATE 40P01; 40001 for a serialization failure). Its
+        jobs did nothing, so the batch runs again, whole, a few times, after
+        a short random pause, rather than failing every caller in it.
+        """
+        for attempt in range(_RETRIES + 1):
+            try:
+                return self._transaction(conn, batch)
+            except psycopg.OperationalError as exc:
+                # class 40, "transaction rollback": 40P01 deadlock, 40001 serialization
+                rolled_back = (exc.sqlstate or "").startswith("40")
+                if not rolled_back or conn.closed or attempt == _RETRIES:
+                    raise
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                log.info("spool: %s; running the batch again", first_line(exc))
+                time.sleep(random.uniform(0.001, 0.02) * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _lost(self, exc: psycopg.Error) -> SpoolError:
         """A failed transaction; when the connection went with it, say so once."""
