@@ -495,7 +495,7 @@ class Writer:
         elif self._conn.total_changes != changes:
             self.health = replace(self.health, last_ok_at=self._clock())
         for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
-            self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            self._loop.call_soon_threadsafe(resolve_future, fut, ok, value)
 
     def _is_full(self, failure: str) -> bool:
         """A failure for want of room: SQLite's words, or a disk with no room left.
@@ -734,7 +734,8 @@ def _mb(n: int) -> str:
     return f"{n / 1_000_000:.1f} MB"
 
 
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+def resolve_future(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Answer a job's caller (on the event loop), unless it gave up waiting."""
     if fut.done():
         return
     if ok:

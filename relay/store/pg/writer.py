@@ -31,7 +31,7 @@ import psycopg
 from relay.errors import SpoolError
 from relay.store.pg.conn import PgConn, PgRow
 from relay.store.pg.connect import Target, connect_sync, first_line
-from relay.store.writer import WriteHealth
+from relay.store.writer import WriteHealth, resolve_future
 
 __all__ = ["RECONNECT_EVERY", "PgWriter"]
 
@@ -143,7 +143,7 @@ class PgWriter:
         elif changed:
             self.health = replace(self.health, last_ok_at=self._clock())
         for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
-            self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
+            self._loop.call_soon_threadsafe(resolve_future, fut, ok, value)
 
     def _retrying(
         self, conn: psycopg.Connection[PgRow], batch: list[_Item]
@@ -242,12 +242,3 @@ def _send(conn: psycopg.Connection[PgRow], statements: list[str]) -> None:
     if statements:
         conn.execute("; ".join(statements))
         statements.clear()
-
-
-def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if fut.done():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
