@@ -2,7 +2,7 @@
 
 Reads one message on stdin and hands it to the local Sluice listener over
 SMTP (the first ``smtp.listen`` address; for port 0, the address the running
-daemon recorded in the spool). If the listener cannot be reached at all and
+daemon recorded beside its lock). If the listener cannot be reached at all and
 the caller can write the spool (root or the sluice user), the message is
 written straight into the spool, where the daemon finds it when it (re)starts
 or at its next poll; otherwise the exit code is 75 (EX_TEMPFAIL) so that the
@@ -62,7 +62,8 @@ from relay.inbound.sendmail_args import (
 from relay.message import extract_subject
 from relay.model import valid_address
 from relay.received import received_header
-from relay.store.spool import NewMessage, Spool, new_queue_id, read_meta
+from relay.store.node_status import read_status
+from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
 
@@ -105,7 +106,7 @@ def _connect_target(cfg: Config) -> Endpoint | None:
 
 
 def _recorded_listen(spool: Path, index: int = 0) -> Endpoint | None:
-    recorded = read_meta(spool, "daemon.listen")
+    recorded = read_status(spool, "daemon.listen")
     if not recorded:
         return None
     addresses = recorded.split()
