@@ -125,6 +125,8 @@ class Daemon:
         self._mailbox_oauth: TokenSource | None = None
         #: device sign-ins started from the admin (Connect)
         self._sign_ins: SignIns | None = None
+        #: the admin's cookie key kept in a shared store (None: the admin makes its own)
+        self._session_key: str | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         self.started_at = clock()
@@ -336,6 +338,7 @@ class Daemon:
             bounce_folders=bounce_folders,
             config_digest=self.config_digest,
             edit_context=self.edit_context if self._config_path is not None else None,
+            session_key=self._session_key,
         )
 
     async def start_sign_in(self, provider_id: str) -> SignIn:
@@ -536,6 +539,10 @@ class Daemon:
             )
             self.webhooks = WebhookSender(spool, lambda: self.config, clock=self._clock)
             if cfg.admin.enabled:
+                if spool.shared:
+                    # One cookie key for the fleet: a login on any node's admin is
+                    # good on every node (and the store's session version ends it).
+                    self._session_key = await spool.admin_session_key()
                 # Bound before the TaskGroup: an error raised inside its body
                 # would leave as an ExceptionGroup traceback, not one line.
                 self.admin = await AdminServer.start(self.admin_backend(), cfg.admin)

@@ -47,7 +47,7 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
   ``audit_log``, ``queue_marks``, ``waiting_via``;
 - state: ``counter_add``, ``counter_prune``, ``counter_get``,
   ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
-  ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
+  ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_key``, ``admin_session_version``,
   ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``.
 
 Results are plain values and frozen dataclasses of ``relay.model`` and of
@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -659,6 +660,15 @@ class Spool:
     async def admin_session_version(self) -> int:
         """The admin's current session version (0 until the first revocation)."""
         return await state.admin_session_version(self._reader)
+
+    async def admin_session_key(self) -> str:
+        """The key that signs the admin's session cookies, kept in the store (made once).
+
+        For a store shared by a fleet: a login on one node's admin is good on
+        every other, and ``revoke_admin_sessions`` ends it on all of them.
+        """
+        offered = secrets.token_urlsafe(32)
+        return await self._writer.submit(lambda c: state.admin_session_key(c, offered))
 
     async def revoke_admin_sessions(self) -> int:
         """End every admin session by starting a new session version; returns it."""

@@ -21,6 +21,7 @@ from relay.store.writer import CheckpointHealth, WriteHealth
 __all__ = [
     "OAuthGrant",
     "SpoolHealth",
+    "admin_session_key",
     "admin_session_version",
     "counter_add",
     "counter_get",
@@ -87,6 +88,12 @@ def save_oauth_grant(c: sqlite3.Connection, now: float, provider: str, refresh_t
 def oauth_grant_failed(c: sqlite3.Connection, now: float, provider: str, error: str) -> None:
     """The provider refused the stored token: mark it failed, keep it for the record."""
     c.execute(QUERIES["oauth_grant_failed"], {"provider": provider, "error": error, "now": now})
+
+
+def admin_session_key(c: sqlite3.Connection, offered: str) -> str:
+    """The admin's cookie key kept in the store: ``offered`` if none was kept yet."""
+    c.execute(QUERIES["admin_session_key_offer"], {"key": offered})
+    return str(c.execute(QUERIES["admin_session_key"]).fetchone()[0])
 
 
 def revoke_admin_sessions(c: sqlite3.Connection) -> int:

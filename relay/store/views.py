@@ -106,6 +106,7 @@ async def get(reader: aiosqlite.Connection, queue_id: str) -> MessageDetail:
         helo=msg["helo"],
         recipients=rcpts,
         attempts=attempts,
+        node=msg["node"] or "",
     )
 
 
