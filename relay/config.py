@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -645,8 +646,46 @@ def auto_workers(cpus: int) -> int:
 
 
 class SpoolSettings(_Model):
+    """Where the queue lives: a SQLite file (the default), or a PostgreSQL database (#27).
+
+    With ``url`` set, the store is PostgreSQL and may be shared by a fleet of
+    nodes; ``path``'s directory stays this node's own state directory either
+    way (its lock and pid files, the secrets typed on the admin page).
+    """
+
     path: Path = Path("/var/lib/sluice/spool.sqlite3")
     keep_sent: Duration = Field(default=7 * 86400.0, ge=0)
+    #: ``postgresql://USER@HOST:PORT/DB`` (no password in it: ``password``/``_env``/``_file``)
+    url: str | None = Field(default=None, min_length=1)
+    #: the role's password (``password``, ``password_env``, ``password_file``, or the
+    #: systemd credential ``spool``), when the server asks for one
+    password: Annotated[SecretSource | None, Secret("the spool")] = None
+    #: this node's name in a fleet sharing one PostgreSQL store; default: the host name
+    node: str = Field(default_factory=socket.gethostname, min_length=1, max_length=200)
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme = value.partition("://")[0]
+        if scheme not in ("postgresql", "postgres"):
+            raise ValueError("must start with postgresql:// (SQLite is spool.path)")
+        if re.search(r"://[^/@]*:[^/@]*@", value):
+            raise ValueError(
+                "holds a password; put it in spool.password_file or spool.password_env "
+                "(a URL is shown and logged, a secret must never be)"
+            )
+        return value
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if self.url is None else "postgresql"
+
+    @property
+    def where(self) -> str:
+        """The store as logs and messages name it: the file, or the URL (no password in it)."""
+        return str(self.path) if self.url is None else self.url
 
 
 class RetrySettings(_Model):

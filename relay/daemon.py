@@ -439,7 +439,7 @@ class Daemon:
             self.hostname = await asyncio.to_thread(socket.getfqdn)
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(spool_lock(cfg.spool.path))
-            spool = await Spool.open(cfg.spool.path, clock=self._clock, checkpoints=True)
+            spool = await Spool.open(cfg.spool, clock=self._clock, checkpoints=True)
             spool.stream_headers = cfg.suppression.stream_headers
             spool.redact = Redactor(logsetup.config_secrets(cfg))
             stack.push_async_callback(spool.aclose)
@@ -593,7 +593,7 @@ class Daemon:
         return WorkerSettings(
             cfg.smtp,
             cfg.log,
-            cfg.spool.path,
+            cfg.spool,
             self.hostname,
             sluice_logs=logsetup.installed(),
             stream_headers=cfg.suppression.stream_headers,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +14,42 @@ import pytest
 import trustme
 import yaml
 
-from relay.config import Config, load
+from relay.config import Config, SpoolSettings, load
 from relay.daemon import Daemon
 from relay.model import RecipientStatus
 from relay.store.spool import Spool
+from tests.pg import PgCluster, PgDatabase, start_cluster, stop_cluster
 from tests.upstream import TestUpstream
 
 #: how pytest-xdist's workers share the suite, and what they can send back
 pytest_plugins = ("tests.workers",)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One private PostgreSQL cluster per test session (per xdist worker), made on first use."""
+    cluster = start_cluster()
+    yield cluster
+    stop_cluster(cluster)
+
+
+@pytest.fixture
+def pg_db(pg_cluster: PgCluster) -> PgDatabase:
+    """An empty database of its own for this test."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def spool_where(request: pytest.FixtureRequest, tmp_path: Path) -> Path | SpoolSettings:
+    """Where a store test opens its spool: each test runs on both backends (#27).
+
+    ``Spool.open(spool_where)``: a SQLite file, or a fresh PostgreSQL database
+    with the node's state directory in ``tmp_path``.
+    """
+    if request.param == "sqlite":
+        return tmp_path / "spool.sqlite3"
+    db: PgDatabase = request.getfixturevalue("pg_db")
+    return db.settings(tmp_path / "spool.sqlite3")
 
 
 @pytest.fixture

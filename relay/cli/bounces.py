@@ -43,7 +43,7 @@ def _cfg(args: argparse.Namespace) -> Config:
 
 async def cmd_list(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         entries = await spool.suppressions.page(
             search=args.search, scope=args.scope, source=args.source, limit=args.limit
         )
@@ -66,7 +66,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         entries = await spool.suppressions.page(search=normalize(args.address), limit=100)
         entries = [e for e in entries if e.address == normalize(args.address)]
         bounces = await spool.suppressions.bounces_of(args.address)
@@ -100,7 +100,7 @@ async def cmd_add(args: argparse.Namespace) -> int:
     except Refused as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_DATAERR
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         for address in addresses:
             await sup_ops.suppress(
                 spool,
@@ -118,7 +118,7 @@ async def cmd_add(args: argparse.Namespace) -> int:
 async def cmd_remove(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     removed = 0
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         try:
             for address in args.address:
                 done = await sup_ops.unsuppress(spool, address, Actor.cli(), scope=args.scope)
@@ -141,7 +141,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_NOINPUT
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         try:
             done = await sup_ops.import_csv(spool, data, Actor.cli(), default_scope=args.scope)
         except sup_ops.RowRefused as exc:
@@ -156,7 +156,7 @@ async def cmd_import(args: argparse.Namespace) -> int:
 
 async def cmd_export(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         text, n = await sup_ops.export_csv(spool, scope=args.scope, source=args.source)
     if args.file == "-":
         sys.stdout.write(text)
@@ -171,7 +171,7 @@ async def _ask_mailbox(cfg: Config, ask: Callable[[BouncePoller], Awaitable[_T]]
     if cfg.bounces.mailbox is None:
         print("sluice: no bounces.mailbox is configured", file=sys.stderr)
         return EX_CONFIG
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         spool.redact = Redactor(config_secrets(cfg))  # bounces it stores are masked as the daemon's
         try:
             return await ask(BouncePoller(spool.suppressions, lambda: cfg))

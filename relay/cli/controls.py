@@ -74,7 +74,7 @@ async def cmd_control(args: argparse.Namespace) -> int:
     except Refused as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_USAGE
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         if args.dry_run:
             n = await queue_ops.count(spool, cfg, request)
             print(
@@ -146,7 +146,7 @@ async def cmd_pause(args: argparse.Namespace) -> int:
     except Refused as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return EX_USAGE
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         if args.pause:
             try:
                 paused = await provider_ops.pause(

@@ -130,7 +130,7 @@ async def cmd_reload(args: argparse.Namespace) -> int:
 async def cmd_queue_list(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
     statuses = [RecipientStatus(s) for s in args.status] if args.status else None
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         # One more than shown: whether the list was cut is then known, not guessed.
         entries = await spool.list_queue(
             statuses=statuses, search=args.search, limit=args.limit + 1
@@ -170,7 +170,7 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
 
 async def cmd_queue_show(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         detail = await spool.get(args.queue_id)
         raw = await spool.body(detail.message_id) if args.raw else b""
         fleet = spool.shared
@@ -202,7 +202,7 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
 
 async def cmd_queue_retry(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         acted = await queue_ops.retry(spool, args.queue_id, Actor.cli())
     for qid in acted.done:
         # The recipients' state now, as postqueue -i users read it: "2 recipients due now".
@@ -212,7 +212,7 @@ async def cmd_queue_retry(args: argparse.Namespace) -> int:
 
 async def cmd_queue_delete(args: argparse.Namespace) -> int:
     cfg = _load_without_secrets(args)
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         acted = await queue_ops.delete(spool, args.queue_id, Actor.cli())
     for qid in acted.done:
         print(f"{qid}: {acted.action.past}")
@@ -267,7 +267,7 @@ async def cmd_admin_revoke_sessions(args: argparse.Namespace) -> int:
     """End every admin session (cookies issued before now are refused from now on)."""
     # Only the spool path is needed: secrets and ${VAR}s may be the daemon's alone.
     cfg = load_structure(_config_path(args))
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         revoked = await revoke_admin_sessions(spool, Actor.cli())
     print(f"sluice: every admin session ended (session version {revoked.version})")
     return EX_OK

@@ -142,7 +142,7 @@ async def _context(args: argparse.Namespace) -> tuple[ops.EditContext, Config, b
             return "the daemon did not answer the reload within 10 s"
         return result.error
 
-    spool = await Spool.open(cfg.spool.path)
+    spool = await Spool.open(cfg.spool)
     ctx = ops.EditContext(
         config_path=path,
         spool=spool,

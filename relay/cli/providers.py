@@ -77,7 +77,7 @@ async def _live(cfg: Config) -> dict[str, _Live]:
     if not cfg.spool.path.exists():
         return {p.id: _Live() for p in cfg.providers}
     out: dict[str, _Live] = {}
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         pauses = await spool.pauses()
         for p in cfg.providers:
             raw = await spool.meta_get(record_key(p.id))
@@ -292,7 +292,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
     except DeviceFlowError as exc:
         print(f"sluice: {p.id}: {exc.text}", file=sys.stderr)
         return EX_UNAVAILABLE
-    async with await Spool.open(cfg.spool.path) as spool:
+    async with await Spool.open(cfg.spool) as spool:
         await save_sign_in(spool, p.id, grant.refresh_token, Actor.cli())
     print(f"{p.id}: connected; the refresh token is stored in the spool ({cfg.spool.path})")
     return EX_OK

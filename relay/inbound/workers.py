@@ -44,13 +44,19 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from relay import logsetup
 from relay.address_rules import AddressRules
 from relay.backoff import exponential
-from relay.config import Endpoint, LogSettings, Rate, SmtpSettings, SuppressionSettings
+from relay.config import (
+    Endpoint,
+    LogSettings,
+    Rate,
+    SmtpSettings,
+    SpoolSettings,
+    SuppressionSettings,
+)
 from relay.inbound.auth import FailureCounter
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
 from relay.inbound.policy import WindowCounter
@@ -76,7 +82,8 @@ class WorkerSettings:
 
     smtp: SmtpSettings
     log: LogSettings
-    spool_path: Path
+    #: where the store is (a SQLite file, or PostgreSQL: the worker reads the password itself)
+    spool: SpoolSettings
     hostname: str
     #: the daemon logs through ``logsetup.configure`` (else: plain lines, as in the demo)
     sluice_logs: bool = True
@@ -424,7 +431,7 @@ async def _serve(channel_fd: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    spool = await Spool.open(settings.spool_path)
+    spool = await Spool.open(settings.spool)
     spool.stream_headers = settings.stream_headers
     questions = _ChannelQuestions(writer)
     try:

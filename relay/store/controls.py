@@ -10,15 +10,13 @@ sets its wake events.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from relay.events import Affected, Endpoint, EventType, OutboxEvent, control_events
 from relay.model import Claim, RecipientStatus, Selection
+from relay.store.db import Conn, Reader
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, like_escape
 from relay.wording import when
@@ -113,7 +111,7 @@ def selection_params(selection: Selection, action: str, now: float) -> dict[str,
 
 
 def audit(
-    c: sqlite3.Connection,
+    c: Conn,
     now: float,
     actor: str,
     action: str,
@@ -135,23 +133,21 @@ def audit(
     )
 
 
-async def count_selected(
-    reader: aiosqlite.Connection, selection: Selection, action: str, now: float
-) -> Selected:
+async def count_selected(reader: Reader, selection: Selection, action: str, now: float) -> Selected:
     """How many recipients ``action`` would affect now (the confirmation step)."""
     params = selection_params(selection, action, now)
     rows = list(await reader.execute_fetchall(QUERIES["selected_recipients"], params))
     return Selected(len(rows), len({r["message_id"] for r in rows}))
 
 
-def _selected_ids(c: sqlite3.Connection, params: dict[str, Any]) -> str:
+def _selected_ids(c: Conn, params: dict[str, Any]) -> str:
     """The selection's recipient ids now, as the JSON array the actions take (``:ids``)."""
     return json.dumps([r["id"] for r in c.execute(QUERIES["selected_recipients"], params)])
 
 
 def control(
     now: float, selection: Selection, ctl: Control, endpoints: Sequence[Endpoint]
-) -> Callable[[sqlite3.Connection], tuple[int, bool]]:
+) -> Callable[[Conn], tuple[int, bool]]:
     """The writer job that holds, releases or reroutes the selection, audited.
 
     The job returns how many recipients changed and whether it stored
@@ -181,7 +177,7 @@ def control(
     kind = _CONTROL_EVENT.get(ctl.action)
     status = RecipientStatus.HELD if ctl.action == "hold" else RecipientStatus.QUEUED
 
-    def job(c: sqlite3.Connection) -> tuple[int, bool]:
+    def job(c: Conn) -> tuple[int, bool]:
         changed = c.execute(sql, params | {"ids": _selected_ids(c, params)}).fetchall()
         audit(c, now, ctl.actor, ctl.action, selection.describe(), len(changed), detail)
         events: list[OutboxEvent] = []
@@ -202,7 +198,7 @@ def control(
 
 
 def hold_claimed(
-    c: sqlite3.Connection,
+    c: Conn,
     now: float,
     claim: Claim,
     ids: Sequence[int],
@@ -232,7 +228,7 @@ def hold_claimed(
     return len(held), bool(events)
 
 
-def expire_held(c: sqlite3.Connection, now: float, expire_after: float) -> int:
+def expire_held(c: Conn, now: float, expire_after: float) -> int:
     """Held longer than ``expire_after`` seconds: expired, with the reason; audited."""
     reply = (
         f"5.4.7 held longer than hold.expire_after ({expire_after:g}s); expired without delivery"
@@ -248,7 +244,7 @@ def expire_held(c: sqlite3.Connection, now: float, expire_after: float) -> int:
 
 
 def pause_provider(
-    c: sqlite3.Connection, now: float, provider: str, actor: str, reason: str, until: float | None
+    c: Conn, now: float, provider: str, actor: str, reason: str, until: float | None
 ) -> None:
     """Pause delivery through ``provider`` (``ALL_PROVIDERS``: all); audited."""
     detail = reason + (f" (until {when(until)})" if until is not None else "")
@@ -259,7 +255,7 @@ def pause_provider(
     audit(c, now, actor, "pause", provider, 0, detail)
 
 
-def resume_provider(c: sqlite3.Connection, now: float, provider: str, actor: str) -> int | None:
+def resume_provider(c: Conn, now: float, provider: str, actor: str) -> int | None:
     """End a pause; recipients waiting for it are due now (how many). None: not paused."""
     pattern = "%paused by operator%"
     if provider != ALL_PROVIDERS:
@@ -271,7 +267,7 @@ def resume_provider(c: sqlite3.Connection, now: float, provider: str, actor: str
     return n
 
 
-def end_expired_pauses(c: sqlite3.Connection, now: float) -> list[str]:
+def end_expired_pauses(c: Conn, now: float) -> list[str]:
     """Forget pauses whose duration ran out; audited. The providers they paused."""
     ended = [r["provider"] for r in c.execute(QUERIES["pauses_end_expired"], {"now": now})]
     for provider in ended:

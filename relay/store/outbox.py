@@ -13,15 +13,13 @@ kind, and the count that keeps it under ``notify.dsn_per_hour``.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import aiosqlite
-
 from relay.events import OutboxEvent
+from relay.store.db import Conn, Reader
 from relay.store.sql import QUERIES
 
 __all__ = [
@@ -72,7 +70,7 @@ class DsnVerdict(StrEnum):
     RATE_LIMITED = "rate limited"
 
 
-def insert_events(c: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
+def insert_events(c: Conn, events: Sequence[OutboxEvent]) -> None:
     """Store ``events`` (due now) on the writer connection ``c``."""
     if not events:
         return
@@ -92,19 +90,19 @@ def insert_events(c: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
     )
 
 
-def next_row(c: sqlite3.Connection, endpoint: str) -> OutboxRow | None:
+def next_row(c: Conn, endpoint: str) -> OutboxRow | None:
     """An endpoint's oldest unacknowledged event."""
     row = c.execute(QUERIES["outbox_next"], {"endpoint": endpoint}).fetchone()
     return OutboxRow.from_row(row) if row is not None else None
 
 
-def delivered(c: sqlite3.Connection, now: float, row_id: int, status: int) -> None:
+def delivered(c: Conn, now: float, row_id: int, status: int) -> None:
     """The receiver acknowledged the event."""
     c.execute(QUERIES["outbox_delivered"], {"id": row_id, "status": status, "now": now})
 
 
 def failed(
-    c: sqlite3.Connection,
+    c: Conn,
     now: float,
     row_id: int,
     status: int | None,
@@ -124,14 +122,14 @@ def failed(
     )
 
 
-async def recent(reader: aiosqlite.Connection, endpoint: str, limit: int) -> list[OutboxRow]:
+async def recent(reader: Reader, endpoint: str, limit: int) -> list[OutboxRow]:
     """The latest events of one endpoint, newest first."""
     params = {"endpoint": endpoint, "limit": limit}
     rows = await reader.execute_fetchall(QUERIES["outbox_recent"], params)
     return [OutboxRow.from_row(r) for r in rows]
 
 
-async def counts(reader: aiosqlite.Connection) -> dict[str, dict[str, int]]:
+async def counts(reader: Reader) -> dict[str, dict[str, int]]:
     """Per endpoint URL: events ``pending``, ``delivered``, and ``failing``."""
     rows = await reader.execute_fetchall(QUERIES["outbox_counts"])
     return {
@@ -140,14 +138,14 @@ async def counts(reader: aiosqlite.Connection) -> dict[str, dict[str, int]]:
     }
 
 
-def prune(c: sqlite3.Connection, events_before: float, dsn_before: float) -> None:
+def prune(c: Conn, events_before: float, dsn_before: float) -> None:
     """Drop webhook events, and DSN marks, older than the times given."""
     c.execute(QUERIES["prune_outbox"], {"before": events_before})
     c.execute(QUERIES["prune_dsn_sent"], {"before": dsn_before})
 
 
 def dsn_verdict(
-    c: sqlite3.Connection,
+    c: Conn,
     now: float,
     recipient_ids: Sequence[int],
     kind: str,
@@ -172,7 +170,7 @@ def dsn_verdict(
 
 
 def mark_dsns(
-    c: sqlite3.Connection,
+    c: Conn,
     now: float,
     recipient_ids: Sequence[int],
     kind: str,

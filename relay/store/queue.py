@@ -17,8 +17,6 @@ import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from relay.errors import UnknownMessage
 from relay.events import OutboxEvent
 from relay.model import (
@@ -31,11 +29,11 @@ from relay.model import (
     RecipientStatus,
     Suppression,
 )
+from relay.store.db import Conn, Jobs, Reader
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES
 from relay.store.suppressions import normalize
 from relay.store.views import pauses_of
-from relay.store.writer import Writer
 
 __all__ = [
     "Claimed",
@@ -108,8 +106,11 @@ class Finish:
     provider: str | None
 
 
-def insert_message(c: sqlite3.Connection, msg: NewMessage, stream: str = "") -> str:
-    """Store ``msg``, its body and its recipients (due now); returns its queue ID."""
+def insert_message(c: Conn, msg: NewMessage, stream: str = "", node: str = "") -> str:
+    """Store ``msg``, its body and its recipients (due now); returns its queue ID.
+
+    ``node``: the node accepting it (``spool.node``), shown beside it in a fleet.
+    """
     cur = c.execute(
         QUERIES["insert_message"],
         {
@@ -121,10 +122,11 @@ def insert_message(c: sqlite3.Connection, msg: NewMessage, stream: str = "") -> 
             "client": msg.client,
             "helo": msg.helo,
             "stream": stream,
+            "node": node,
         },
     )
     mid = cur.lastrowid
-    if len(msg.data) < BLOB_IO_FROM:
+    if len(msg.data) < BLOB_IO_FROM or not isinstance(c, sqlite3.Connection):
         c.execute(
             QUERIES["insert_body"],
             {"message_id": mid, "data": msg.data, "crlf_only": msg.crlf_only},
@@ -160,13 +162,14 @@ _NO_NOTE = RcptNote(AddressRule.ALIAS)
 
 #: bodies this large are written and read through a blob handle (``blobopen``):
 #: an INSERT of the bytes had SQLite hold two copies of them besides the
-#: caller's (the bound value and the record), a SELECT one more (the column)
+#: caller's (the bound value and the record), a SELECT one more (the column).
+#: SQLite only: PostgreSQL binds the bytes as they are (binary protocol).
 BLOB_IO_FROM = 1 << 20
 
 
-def _claimed_body(c: sqlite3.Connection, mid: int, size: int) -> tuple[bytes, bool] | None:
+def _claimed_body(c: Conn, mid: int, size: int) -> tuple[bytes, bool] | None:
     """A message's bytes and whether every line ends in CRLF; ``None`` when it has no body."""
-    if size < BLOB_IO_FROM:
+    if size < BLOB_IO_FROM or not isinstance(c, sqlite3.Connection):
         row = c.execute(QUERIES["body"], {"message_id": mid}).fetchone()
         return None if row is None else (bytes(row["data"]), bool(row["crlf_only"]))
     row = c.execute(QUERIES["body_crlf_only"], {"message_id": mid}).fetchone()
@@ -176,8 +179,8 @@ def _claimed_body(c: sqlite3.Connection, mid: int, size: int) -> tuple[bytes, bo
         return blob.read(), bool(row["crlf_only"])
 
 
-def claim(c: sqlite3.Connection, now: float, limit: int, lease: float) -> Claimed:
-    """Lease up to ``limit`` due messages, with what their attempts need to read.
+def claim(c: Conn, now: float, limit: int, lease: float, node: str = "") -> Claimed:
+    """Lease up to ``limit`` due messages to ``node``, with what their attempts need to read.
 
     See ``Spool.claim``: the body, the suppression entries of the recipients
     and the pauses in force come in this same transaction.
@@ -189,7 +192,7 @@ def claim(c: sqlite3.Connection, now: float, limit: int, lease: float) -> Claime
     for mid in message_ids:
         rcpts = c.execute(
             QUERIES["claim_recipients"],
-            {"message_id": mid, "now": now, "lease_until": now + lease},
+            {"message_id": mid, "now": now, "lease_until": now + lease, "node": node},
         ).fetchall()
         env = c.execute(QUERIES["message_envelope"], {"message_id": mid}).fetchone()
         if not rcpts or env is None:
@@ -230,6 +233,7 @@ def claim(c: sqlite3.Connection, now: float, limit: int, lease: float) -> Claime
                     "rcpt": r["rcpt"],
                     "subject": env["subject"],
                     "now": now,
+                    "node": node,
                 },
             )
             assert cur.lastrowid is not None
@@ -238,9 +242,7 @@ def claim(c: sqlite3.Connection, now: float, limit: int, lease: float) -> Claime
     return Claimed(claims, pauses)
 
 
-def finish(
-    c: sqlite3.Connection, now: float, items: Sequence[Finish], events: Sequence[OutboxEvent]
-) -> int:
+def finish(c: Conn, now: float, items: Sequence[Finish], events: Sequence[OutboxEvent]) -> int:
     """Persist outcomes and the events that report them; how many recipients moved."""
     insert_events(c, events)
     moved = 0
@@ -262,7 +264,7 @@ def finish(
 
 
 def _close_attempt(
-    c: sqlite3.Connection,
+    c: Conn,
     now: float,
     attempt_id: int,
     status: AttemptStatus,
@@ -283,7 +285,7 @@ def _close_attempt(
     )
 
 
-def release(c: sqlite3.Connection, now: float, claimed: Claim, reply: str, due: float) -> None:
+def release(c: Conn, now: float, claimed: Claim, reply: str, due: float) -> None:
     """Give a claim back without counting an attempt; its log rows say deferred."""
     for rid in claimed.recipients:
         c.execute(
@@ -299,14 +301,14 @@ def release(c: sqlite3.Connection, now: float, claimed: Claim, reply: str, due: 
         _close_attempt(c, now, claimed.attempt_ids[rid], AttemptStatus.DEFERRED, None, None, reply)
 
 
-def requeue_inflight(c: sqlite3.Connection, now: float) -> int:
+def requeue_inflight(c: Conn, now: float) -> int:
     """At start-up: what a crash left ``sending`` is queued again; how many."""
     n = int(c.execute(QUERIES["requeue_inflight"], {"now": now}).rowcount)
     c.execute(QUERIES["close_inflight_attempts"], {"now": now})
     return n
 
 
-def requeue_expired_leases(c: sqlite3.Connection, now: float, keep: Collection[int] = ()) -> int:
+def requeue_expired_leases(c: Conn, now: float, keep: Collection[int] = ()) -> int:
     """Leases that outlived any attempt are reclaimed, but for the recipients in ``keep``; how many.
 
     ``keep``: recipients whose outcome the scheduler holds but could not write
@@ -317,7 +319,7 @@ def requeue_expired_leases(c: sqlite3.Connection, now: float, keep: Collection[i
     return int(c.execute(QUERIES["requeue_expired_leases"], params).rowcount)
 
 
-def retry_now(c: sqlite3.Connection, now: float, queue_id: str) -> int:
+def retry_now(c: Conn, now: float, queue_id: str) -> int:
     """Every unsent recipient of a message due now; how many.
 
     Raises:
@@ -328,7 +330,7 @@ def retry_now(c: sqlite3.Connection, now: float, queue_id: str) -> int:
     return len(c.execute(QUERIES["retry_message"], {"queue_id": queue_id, "now": now}).fetchall())
 
 
-def delete(c: sqlite3.Connection, queue_id: str) -> int:
+def delete(c: Conn, queue_id: str) -> int:
     """Delete a message; its log rows stay. How many of its recipients were still unsent.
 
     Raises:
@@ -342,9 +344,7 @@ def delete(c: sqlite3.Connection, queue_id: str) -> int:
     return int(unsent)
 
 
-def prune(
-    c: sqlite3.Connection, now: float, log_retention: float, keep_sent: float, limit: int
-) -> int:
+def prune(c: Conn, now: float, log_retention: float, keep_sent: float, limit: int) -> int:
     """Drop old log rows and long-finished messages; how many messages went."""
     c.execute(QUERIES["prune_attempts"], {"before": now - log_retention})
     return int(
@@ -354,7 +354,7 @@ def prune(
     )
 
 
-async def body(reader: aiosqlite.Connection, writer: Writer, message_id: int) -> bytes:
+async def body(reader: Reader, writer: Jobs, message_id: int) -> bytes:
     """The stored bytes of a message (the scheduler reads them for each attempt).
 
     The reader connection is shared, and a statement another coroutine left

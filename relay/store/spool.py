@@ -28,8 +28,10 @@ never hold the writer, and never see an uncommitted row.
 Every state change is a guarded update: ``... WHERE status = ? RETURNING``, and no row
 returned means the row had moved on.
 
-**The backend contract.** What a second backend (PostgreSQL, issue #27)
-must provide is ``Spool.open`` / ``aclose`` and the public methods below,
+**The backend contract.** The second backend, PostgreSQL (``spool.url``,
+issue #27, ``relay/store/pg/``), runs the same job modules through
+connection adapters (``relay/store/db.py``), so what it provides is by
+construction ``Spool.open`` / ``aclose`` and the public methods below,
 with these signatures and results, plus ``wake``, ``outbox_wake``,
 ``stream_headers`` and ``suppressions`` (``relay/store/suppressions.py``):
 
@@ -55,8 +57,10 @@ the job modules: no ``sqlite3`` or ``aiosqlite`` type, no ``rowid``. Row ids
 leave as plain ints named for what they are (``message_id``, a recipient's
 ``id`` as a keyset for the next page, ``attempt_ids``), and come back only
 to the methods that take them. ``tests/store/test_backend_contract.py``
-walks every result type to keep it so. The SQL itself (``sql/*.sql``) and
-the writer thread are this backend's own business.
+walks every result type to keep it so; the store tests that take the
+``spool_where`` fixture run on both backends, and
+``tests/store/test_pg_statements.py`` has the server prepare every named
+statement's PostgreSQL form.
 """
 
 from __future__ import annotations
@@ -64,15 +68,17 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import aiosqlite
 
-from relay.config import SuppressionSettings
+from relay.config import SpoolSettings, SuppressionSettings
 from relay.errors import SpoolError
 from relay.events import Endpoint, OutboxEvent
 from relay.message import HeaderBlock, stream_of
@@ -91,6 +97,7 @@ from relay.model import (
 from relay.secrets import Redactor
 from relay.store import controls, outbox, queue, state, views
 from relay.store.controls import ALL_PROVIDERS, Control, Selected
+from relay.store.db import Conn
 from relay.store.migrations import migrate
 from relay.store.outbox import DsnVerdict, OutboxRow
 from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
@@ -99,6 +106,10 @@ from relay.store.suppressions import Suppressions
 from relay.store.views import AttemptBucket
 from relay.store.writer import Checkpointer, DiskSpace, Writer, connect, write_lock_path
 from relay.wording import plural
+
+if TYPE_CHECKING:
+    from relay.store.pg.reader import PgReader
+    from relay.store.pg.writer import PgWriter
 
 __all__ = [
     "ALL_PROVIDERS",
@@ -132,12 +143,21 @@ class Spool:
     def __init__(
         self,
         path: Path,
-        writer: Writer,
-        reader: aiosqlite.Connection,
+        writer: Writer | PgWriter,
+        reader: aiosqlite.Connection | PgReader,
         clock: Clock,
         checkpointer: Checkpointer | None = None,
+        *,
+        node: str = "",
+        where: str = "",
     ) -> None:
+        #: SQLite: the spool file; PostgreSQL: the node's own state (its directory holds
+        #: the lock, the pid file, the secrets typed on the page)
         self.path = path
+        #: this node's name (``spool.node``): on its accepted mail, leases and attempts
+        self.node = node or socket.gethostname()
+        #: the store as messages name it: the file, or the URL (never a password)
+        self.where = where or str(path)
         self._writer = writer
         self._reader = reader
         self._clock = clock
@@ -171,24 +191,47 @@ class Spool:
         self._redact = redactor
         self.suppressions.redact = redactor
 
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "sqlite" if isinstance(self._writer, Writer) else "postgresql"
+
+    @property
+    def shared(self) -> bool:
+        """Other nodes may share this store (PostgreSQL): what one node knows, all must ask."""
+        return self.backend == "postgresql"
+
     @classmethod
     async def open(
         cls,
-        path: str | os.PathLike[str],
+        where: str | os.PathLike[str] | SpoolSettings,
         *,
         clock: Clock = time.time,
         checkpoints: bool = False,
+        node: str | None = None,
     ) -> Spool:
-        """Open (creating it if needed) the spool at ``path``, brought to the current schema.
+        """Open (creating it if needed) the store, brought to the current schema.
+
+        ``where``: a SQLite file, or ``spool`` settings (SQLite at ``path``, or
+        PostgreSQL at ``url``). ``node`` names this node (default: the
+        settings' ``node``, else the host name).
 
         ``checkpoints=True`` (the daemon) also starts the ``Checkpointer``
-        that copies the WAL into the database for every process writing it.
+        that copies the WAL into the database for every process writing it
+        (SQLite; PostgreSQL checkpoints itself).
 
         Raises:
-            SpoolError: the file cannot be opened, a migration step failed, or
-                the spool is newer than this code (``relay/store/migrations.py``).
+            SpoolError: the store cannot be opened or reached, a migration step
+                failed, or it is newer than this code (``relay/store/migrations.py``).
         """
-        spool_path = Path(path)
+        if isinstance(where, SpoolSettings):
+            node = node or where.node
+            if where.url is not None:
+                from relay.store.pg.open import open_pg
+
+                pg_writer, pg_reader = await open_pg(where, node=node, clock=clock)
+                return cls(where.path, pg_writer, pg_reader, clock, node=node, where=where.url)
+            where = where.path
+        spool_path = Path(where)
         # The daemon keeps a reserve file beside the spool (``DiskSpace``). On
         # a disk already full it is given back first, so that the spool opens
         # (its WAL index needs a page or two) and the daemon starts, refusing
@@ -219,7 +262,7 @@ class Spool:
         checkpointer = None
         if checkpoints:
             checkpointer = Checkpointer(spool_path, lock, clock=clock)
-        return cls(spool_path, writer, reader, clock, checkpointer)
+        return cls(spool_path, writer, reader, clock, checkpointer, node=node or "")
 
     async def aclose(self) -> None:
         if self._checkpointer is not None:
@@ -238,7 +281,8 @@ class Spool:
     async def enqueue(self, msg: NewMessage) -> str:
         """Store a message and its recipients in one durable transaction."""
         stream = stream_of(HeaderBlock(msg.data), self.stream_headers)
-        queue_id = await self._writer.submit(lambda c: queue.insert_message(c, msg, stream))
+        node = self.node
+        queue_id = await self._writer.submit(lambda c: queue.insert_message(c, msg, stream, node))
         self.wake.set()
         return queue_id
 
@@ -256,7 +300,10 @@ class Spool:
         force (a pause set before this transaction holds the mail it claims).
         """
         now = self._clock()
-        return await self._writer.submit(lambda c: queue.claim(c, now, limit, lease), durable=False)
+        node = self.node
+        return await self._writer.submit(
+            lambda c: queue.claim(c, now, limit, lease, node), durable=False
+        )
 
     async def finish(self, finishes: Iterable[Finish], events: Sequence[OutboxEvent] = ()) -> int:
         """Persist outcomes, and the webhook events that report them; returns how many moved.
@@ -313,7 +360,7 @@ class Spool:
         """
         now = self._clock()
 
-        def job(c: sqlite3.Connection) -> int:
+        def job(c: Conn) -> int:
             n = queue.retry_now(c, now, queue_id)
             if actor is not None:
                 controls.audit(c, now, actor, Action.RETRY, queue_id, n, "made due now")
@@ -331,7 +378,7 @@ class Spool:
         """
         now = self._clock()
 
-        def job(c: sqlite3.Connection) -> None:
+        def job(c: Conn) -> None:
             unsent = queue.delete(c, queue_id)
             if actor is not None:
                 detail = f"{plural(unsent, 'recipient')} not yet delivered"
@@ -373,10 +420,10 @@ class Spool:
         if masked != text:
             msg = replace(msg, data=masked.encode("utf-8", "surrogateescape"))
 
-        def job(c: sqlite3.Connection) -> DsnVerdict:
+        def job(c: Conn) -> DsnVerdict:
             verdict, fresh = outbox.dsn_verdict(c, now, recipient_ids, kind, sender, per_hour)
             if verdict is DsnVerdict.QUEUED:
-                queue.insert_message(c, msg)
+                queue.insert_message(c, msg, node=self.node)
             sent_as = msg.queue_id if verdict is DsnVerdict.QUEUED else ""
             outbox.mark_dsns(c, now, fresh, kind, sender, sent_as)
             return verdict

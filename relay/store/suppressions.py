@@ -31,20 +31,17 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-
-import aiosqlite
 
 from relay.config import BounceSettings, SuppressScope
 from relay.events import Endpoint, OutboxEvent, bounce_events
 from relay.model import Suppression, suppressed_for
 from relay.secrets import Redactor
+from relay.store.db import Conn, Jobs, Reader
 from relay.store.outbox import insert_events
 from relay.store.sql import QUERIES, like_escape
-from relay.store.writer import Writer
 
 __all__ = [
     "SOURCES",
@@ -181,8 +178,8 @@ class Suppressions:
 
     def __init__(
         self,
-        writer: Writer,
-        reader: aiosqlite.Connection,
+        writer: Jobs,
+        reader: Reader,
         clock: Callable[[], float],
         *,
         outbox_wake: asyncio.Event | None = None,
@@ -216,7 +213,7 @@ class Suppressions:
         now = self._clock()
         bounce = self._redacted(bounce)
 
-        def job(c: sqlite3.Connection) -> tuple[Suppression | None, bool]:
+        def job(c: Conn) -> tuple[Suppression | None, bool]:
             done = _record_bounce(c, bounce, threshold, now)
             if done is None:
                 return None, False
@@ -267,7 +264,7 @@ class Suppressions:
         bounce = self._redacted(bounce)
         sender = self.redact(sender)
 
-        def job(c: sqlite3.Connection) -> tuple[DsnOutcome, bool]:
+        def job(c: Conn) -> tuple[DsnOutcome, bool]:
             reason = problem or _why_unmatched(c, bounce)
             if reason:
                 c.execute(
@@ -313,7 +310,7 @@ class Suppressions:
             fresh = secrets.token_bytes(32)
             now = self._clock()
 
-            def job(c: sqlite3.Connection) -> bytes:
+            def job(c: Conn) -> bytes:
                 c.execute(QUERIES["spool_key_make"], {"name": "verp", "secret": fresh, "now": now})
                 return bytes(c.execute(QUERIES["spool_key_get"], {"name": "verp"}).fetchone()[0])
 
@@ -349,7 +346,7 @@ class Suppressions:
     async def remove(self, address: str, *, scope: str | None = None) -> int:
         """Remove an address's entry in ``scope`` (every scope when None); how many went."""
 
-        def job(c: sqlite3.Connection) -> int:
+        def job(c: Conn) -> int:
             if scope is None:
                 cur = c.execute(
                     QUERIES["suppression_delete_all_scopes"], {"address": normalize(address)}
@@ -487,7 +484,7 @@ def _events(
     )
 
 
-def _why_unmatched(c: sqlite3.Connection, bounce: NewBounce) -> str:
+def _why_unmatched(c: Conn, bounce: NewBounce) -> str:
     """Why a bounce from the mailbox is not about mail Sluice sent to its address ('' if it is)."""
     address = normalize(bounce.address)
     if bounce.queue_id is None:
@@ -513,7 +510,7 @@ def _why_unmatched(c: sqlite3.Connection, bounce: NewBounce) -> str:
 
 
 def _record_bounce(
-    c: sqlite3.Connection, bounce: NewBounce, threshold: Threshold, now: float
+    c: Conn, bounce: NewBounce, threshold: Threshold, now: float
 ) -> _Recorded | None:
     """In the writer's transaction: store a bounce and apply the threshold (None: seen before)."""
     address = normalize(bounce.address)

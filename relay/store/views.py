@@ -13,8 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from relay.errors import UnknownMessage
 from relay.model import (
     AttemptStatus,
@@ -25,6 +23,7 @@ from relay.model import (
     QueueEntry,
     RecipientStatus,
 )
+from relay.store.db import Reader
 from relay.store.sql import QUERIES, like_escape
 
 __all__ = [
@@ -80,7 +79,7 @@ def pauses_of(rows: Iterable[Any]) -> dict[str, ProviderPause]:
     return {r["provider"]: ProviderPause.from_row(r) for r in rows}
 
 
-async def get(reader: aiosqlite.Connection, queue_id: str) -> MessageDetail:
+async def get(reader: Reader, queue_id: str) -> MessageDetail:
     """A message's envelope, its recipients and its delivery-log rows.
 
     Raises:
@@ -111,7 +110,7 @@ async def get(reader: aiosqlite.Connection, queue_id: str) -> MessageDetail:
 
 
 async def list_queue(
-    reader: aiosqlite.Connection,
+    reader: Reader,
     *,
     statuses: Iterable[RecipientStatus] | None,
     search: str | None,
@@ -128,7 +127,7 @@ async def list_queue(
         return [QueueEntry.from_row(r) async for r in cur]
 
 
-async def queue_marks(reader: aiosqlite.Connection, queue_ids: Iterable[str]) -> QueueMarks:
+async def queue_marks(reader: Reader, queue_ids: Iterable[str]) -> QueueMarks:
     """Recipient counts and bounces after delivery of the given messages (one page's)."""
     params = {"queue_ids": json.dumps(sorted(set(queue_ids)))}
     recipients: dict[str, int] = {}
@@ -145,7 +144,7 @@ async def queue_marks(reader: aiosqlite.Connection, queue_ids: Iterable[str]) ->
 
 
 async def list_log(
-    reader: aiosqlite.Connection,
+    reader: Reader,
     *,
     statuses: Iterable[AttemptStatus] | None,
     search: str | None,
@@ -175,7 +174,7 @@ def _page_params(search: str | None, before_id: int | None, limit: int) -> dict[
     }
 
 
-async def counts_by_status(reader: aiosqlite.Connection) -> dict[RecipientStatus, int]:
+async def counts_by_status(reader: Reader) -> dict[RecipientStatus, int]:
     """Recipients per state (every state listed, 0 when none)."""
     counts = dict.fromkeys(RecipientStatus, 0)
     async with reader.execute(QUERIES["counts_by_status"]) as cur:
@@ -184,28 +183,28 @@ async def counts_by_status(reader: aiosqlite.Connection) -> dict[RecipientStatus
     return counts
 
 
-async def oldest_pending(reader: aiosqlite.Connection) -> float | None:
+async def oldest_pending(reader: Reader) -> float | None:
     """When the longest-waiting unsent recipient entered the queue (None: none waits)."""
     async with reader.execute(QUERIES["oldest_pending"]) as cur:
         row = await cur.fetchone()
     return float(row[0]) if row is not None and row[0] is not None else None
 
 
-async def waiting_via(reader: aiosqlite.Connection, provider: str) -> int:
+async def waiting_via(reader: Reader, provider: str) -> int:
     """Recipients still waiting whose last attempt went through ``provider``."""
     async with reader.execute(QUERIES["waiting_via"], {"provider": provider}) as cur:
         row = await cur.fetchone()
     return int(row[0]) if row is not None else 0
 
 
-async def provider_failures(reader: aiosqlite.Connection, since: float) -> dict[str, int]:
+async def provider_failures(reader: Reader, since: float) -> dict[str, int]:
     """Failed or deferred attempts per provider since ``since``."""
     rows = await reader.execute_fetchall(QUERIES["provider_failures_since"], {"since": since})
     return {str(r["provider"]): int(r["n"]) for r in rows}
 
 
 async def attempt_buckets(
-    reader: aiosqlite.Connection, start: float, since: float, hour_ago: float
+    reader: Reader, start: float, since: float, hour_ago: float
 ) -> list[AttemptBucket]:
     """Delivery-log rows since ``since`` by clock hour from ``start`` and status."""
     params = {"start": start, "since": since, "hour_ago": hour_ago}
@@ -221,14 +220,12 @@ async def attempt_buckets(
         ]
 
 
-async def pauses(reader: aiosqlite.Connection, now: float) -> dict[str, ProviderPause]:
+async def pauses(reader: Reader, now: float) -> dict[str, ProviderPause]:
     """Operator pauses in force at ``now``, by provider id."""
     return pauses_of(await reader.execute_fetchall(QUERIES["pauses"], {"now": now}))
 
 
-async def audit_log(
-    reader: aiosqlite.Connection, before_id: int | None, limit: int
-) -> list[AuditEntry]:
+async def audit_log(reader: Reader, before_id: int | None, limit: int) -> list[AuditEntry]:
     """One page of the audit log, newest first."""
     params = {"before_id": before_id, "limit": limit}
     async with reader.execute(QUERIES["audit_page"], params) as cur:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from admin.stats import HOURS, summary
+from relay.config import SpoolSettings
 from relay.model import AttemptStatus, RecipientStatus
 from relay.store.spool import Finish, NewMessage, Spool, new_queue_id
 
@@ -37,9 +38,11 @@ async def attempt(spool: Spool, clock: Clock, at: float, outcome: AttemptStatus)
     )
 
 
-async def test_summary_counts_and_hour_buckets(tmp_path: Path) -> None:
+async def test_summary_counts_and_hour_buckets(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     clock = Clock()
-    async with await Spool.open(tmp_path / "spool.sqlite3", clock=clock) as spool:
+    async with await Spool.open(spool_where, clock=clock) as spool:
         await attempt(spool, clock, NOW - 10, AttemptStatus.SUCCESS)
         await attempt(spool, clock, NOW - 20, AttemptStatus.DEFERRED)
         await attempt(spool, clock, NOW - 2 * 3600, AttemptStatus.FAIL)

@@ -7,6 +7,7 @@ import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -23,24 +24,31 @@ from relay.operations.testmail import SendTest, send_test_message
 from relay.received import queue_id_from_received
 from relay.store.spool import Spool
 from tests.conftest import fast_config, write_config
+from tests.pg import PgDatabase
 
 ALICE = Actor(ActorKind.CLI, "alice")
 APP = Actor(ActorKind.API, "api")
 BOB = Actor(ActorKind.ADMIN, "bob")
 
 
-@pytest.fixture
-def config(tmp_path: Path) -> Config:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
+    """The operations run on either store (#27): the same results from both."""
     providers = [
         {"id": "up1", "host": "127.0.0.1", "port": 2525, "encryption": "none"},
         {"id": "off", "host": "127.0.0.1", "port": 2526, "encryption": "none", "enabled": False},
     ]
-    return load(write_config(tmp_path / "sluice.yaml", fast_config(tmp_path, providers)))
+    sections: dict[str, Any] = {}
+    if request.param == "postgresql":
+        db: PgDatabase = request.getfixturevalue("pg_db")
+        sections["spool"] = {"path": str(tmp_path / "spool.sqlite3"), **db.config()}
+    cfg = fast_config(tmp_path, providers, **sections)
+    return load(write_config(tmp_path / "sluice.yaml", cfg))
 
 
 @pytest.fixture
 async def spool(config: Config) -> AsyncIterator[Spool]:
-    async with await Spool.open(config.spool.path) as s:
+    async with await Spool.open(config.spool) as s:
         yield s
 
 

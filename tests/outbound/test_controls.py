@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from relay.config import SpoolSettings
 from relay.model import ClaimedRecipient, RecipientStatus, Selection
 from relay.store.spool import Control, NewMessage, Spool
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
@@ -59,9 +60,11 @@ async def test_held_too_long_expires_with_the_reason(
         assert (await s.spool.audit_log())[0].action == "expire-held"
 
 
-async def test_release_moves_the_give_up_clock_by_the_time_held(tmp_path: Path) -> None:
+async def test_release_moves_the_give_up_clock_by_the_time_held(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     now = [1000.0]
-    async with await Spool.open(tmp_path / "s.sqlite3", clock=lambda: now[0]) as spool:
+    async with await Spool.open(spool_where, clock=lambda: now[0]) as spool:
         for qid in ("A", "B"):
             await spool.enqueue(NewMessage(qid, SENDER, [f"{qid}@example.net"], b"\r\n", "", 1000))
         everything = Selection(everything=True)
@@ -78,8 +81,10 @@ async def test_release_moves_the_give_up_clock_by_the_time_held(tmp_path: Path) 
     assert b.since == 1000.0  # hold.age_while_held: the time held counted
 
 
-async def test_an_empty_selection_does_nothing(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_an_empty_selection_does_nothing(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         await spool.enqueue(NewMessage("A", SENDER, ["a@example.net"], b"\r\n", "", time.time()))
         try:
             await spool.control(Selection(), Control("hold", "test"))

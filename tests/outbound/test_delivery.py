@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from relay.config import SpoolSettings
 from relay.model import AttemptStatus, LogEntry, QueueEntry, RecipientStatus
 from relay.store.spool import NewMessage, Spool
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send
@@ -244,11 +245,11 @@ async def test_gives_up_after_the_configured_time(
     assert logs[-1].status is AttemptStatus.FAIL
 
 
-async def test_an_expired_lease_is_taken_back(tmp_path: Path) -> None:
+async def test_an_expired_lease_is_taken_back(spool_where: Path | SpoolSettings) -> None:
     # A recipient claimed by an attempt that never reported back (a wedged
     # task) is queued again once its lease runs out, and its log row closed.
     clock = [1000.0]
-    spool = await Spool.open(tmp_path / "s.sqlite3", clock=lambda: clock[0])
+    spool = await Spool.open(spool_where, clock=lambda: clock[0])
     try:
         await spool.enqueue(
             NewMessage("Q1", "a@x.y", ["b@x.y"], b"Subject: s\r\n\r\nb\r\n", "s", 1000.0)

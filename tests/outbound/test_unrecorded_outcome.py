@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.config import SpoolSettings
 from relay.model import AttemptStatus, Claim, RecipientStatus
 from relay.outbound.pending import PendingOutcomes, Unrecorded
 from relay.store.spool import Finish, NewMessage, Spool
@@ -167,11 +168,13 @@ async def test_outcome_written_late_and_never_sent_twice(
     assert sum("recorded late" in line for line in lines) == sent_on_full_disk
 
 
-async def test_the_lease_sweep_leaves_kept_recipients_alone(tmp_path: Path) -> None:
+async def test_the_lease_sweep_leaves_kept_recipients_alone(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     # A recipient whose outcome the scheduler holds keeps its row "sending" past
     # its lease; the sweep takes back only the others.
     clock = [1000.0]
-    async with await Spool.open(tmp_path / "s.sqlite3", clock=lambda: clock[0]) as spool:
+    async with await Spool.open(spool_where, clock=lambda: clock[0]) as spool:
         for q in ("Q1", "Q2"):
             await spool.enqueue(
                 NewMessage(q, "a@x.y", [f"{q}@x.y"], b"Subject: s\r\n\r\nb\r\n", "s", 1000.0)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import aiosqlite
+
 from relay.store.queue import BLOB_IO_FROM
 from relay.store.spool import NewMessage, Spool, new_queue_id
 
@@ -31,7 +33,9 @@ async def test_body_of_a_message_committed_during_an_open_read(tmp_path: Path) -
         for n in range(3):
             await spool.enqueue(_message(n))
         # Another reader (e.g. an admin page) is half-way through a result set.
-        open_cursor = await spool._reader.execute("SELECT id FROM messages")
+        reader = spool._reader
+        assert isinstance(reader, aiosqlite.Connection)  # SQLite's snapshots are the point
+        open_cursor = await reader.execute("SELECT id FROM messages")
         assert await open_cursor.fetchone() is not None
         late = _message(99)
         await spool.enqueue(late)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from relay.config import loads
+from relay.config import SpoolSettings, loads
 from relay.notify.hook import Notifications
 from relay.store.spool import DsnVerdict, NewMessage, Spool
 
@@ -22,9 +22,11 @@ def _dsn(queue_id: str) -> NewMessage:
     )
 
 
-async def test_one_dsn_per_recipient_and_kind_and_a_limit_per_hour(tmp_path: Path) -> None:
+async def test_one_dsn_per_recipient_and_kind_and_a_limit_per_hour(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     now = [1000.0]
-    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: now[0]) as spool:
+    async with await Spool.open(spool_where, clock=lambda: now[0]) as spool:
 
         async def send(qid: str, rids: list[int], kind: str = "failed") -> DsnVerdict:
             return await spool.enqueue_dsn(
@@ -42,7 +44,9 @@ async def test_one_dsn_per_recipient_and_kind_and_a_limit_per_hour(tmp_path: Pat
     assert queued == {"A", "C", "F"}
 
 
-async def test_provider_state_changes_become_events(tmp_path: Path) -> None:
+async def test_provider_state_changes_become_events(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     cfg = loads(
         "providers: [{id: main, host: h}]\n"
         "notify:\n"
@@ -55,7 +59,7 @@ async def test_provider_state_changes_become_events(tmp_path: Path) -> None:
     async def provider_states() -> dict[str, str]:
         return dict(states)
 
-    async with await Spool.open(tmp_path / "spool.sqlite3") as spool:
+    async with await Spool.open(spool_where) as spool:
         notes = Notifications(
             spool, lambda: cfg, hostname="sluice.test", provider_states=provider_states
         )

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from relay.config import SpoolSettings
 from relay.model import AddressRule, RcptNote, RecipientStatus
 from relay.store.spool import NewMessage, Spool
 
 
-async def test_notes_are_stored_shown_and_held_recipients_never_claimed(tmp_path: Path) -> None:
+async def test_notes_are_stored_shown_and_held_recipients_never_claimed(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     msg = NewMessage(
         queue_id="R1",
         sender="app@example.com",
@@ -35,7 +38,7 @@ async def test_notes_are_stored_shown_and_held_recipients_never_claimed(tmp_path
             "arch@example.com": RcptNote(AddressRule.ARCHIVE),
         },
     )
-    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: 100.0) as spool:
+    async with await Spool.open(spool_where, clock=lambda: 100.0) as spool:
         await spool.enqueue(msg)
         detail = await spool.get("R1")
         shown = {r.email: (r.status, r.rule, r.original, r.origin) for r in detail.recipients}

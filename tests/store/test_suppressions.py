@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.config import SuppressScope
+from relay.config import SpoolSettings, SuppressScope
 from relay.events import EventType
 from relay.model import Claim, suppressed_for
 from relay.store.spool import NewMessage, Spool
@@ -29,9 +29,11 @@ def hard(address: str, n: int = 0, **extra: object) -> NewBounce:
     )  # fmt: skip
 
 
-async def test_threshold_suppresses_with_the_last_diagnostic(tmp_path: Path) -> None:
+async def test_threshold_suppresses_with_the_last_diagnostic(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     clock = Clock(1_000_000.0)
-    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+    async with await Spool.open(spool_where, clock=clock) as spool:
         book = spool.suppressions
         rule = Threshold(hard=3)
         assert await book.record_bounce(hard("Gone@Example.net", 1), rule) is None
@@ -49,17 +51,21 @@ async def test_threshold_suppresses_with_the_last_diagnostic(tmp_path: Path) -> 
         assert await book.record_bounce(hard("gone@example.net", 4), rule) is None
 
 
-async def test_the_same_bounce_read_twice_counts_once(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_the_same_bounce_read_twice_counts_once(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         rule = Threshold(hard=2)
         assert await spool.suppressions.record_bounce(hard("a@x.example", 7), rule) is None
         assert await spool.suppressions.record_bounce(hard("a@x.example", 7), rule) is None
         assert len(await spool.suppressions.bounces_of("a@x.example")) == 1
 
 
-async def test_only_bounces_inside_the_window_count(tmp_path: Path) -> None:
+async def test_only_bounces_inside_the_window_count(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     clock = Clock(1_000_000.0)
-    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+    async with await Spool.open(spool_where, clock=clock) as spool:
         rule = Threshold(hard=2, window=86400)
         await spool.suppressions.record_bounce(hard("a@x.example", 1), rule)
         clock.now += 2 * 86400
@@ -68,9 +74,11 @@ async def test_only_bounces_inside_the_window_count(tmp_path: Path) -> None:
         assert await spool.suppressions.record_bounce(hard("a@x.example", 3), rule) is not None
 
 
-async def test_soft_bounces_over_days_count_as_one_hard_when_asked(tmp_path: Path) -> None:
+async def test_soft_bounces_over_days_count_as_one_hard_when_asked(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     clock = Clock(1_000_000.0)
-    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+    async with await Spool.open(spool_where, clock=clock) as spool:
         rule = Threshold(hard=1, soft_as_hard_after=3 * 86400)
 
         def soft(n: int) -> NewBounce:
@@ -94,9 +102,11 @@ async def test_soft_bounces_over_days_count_as_one_hard_when_asked(tmp_path: Pat
             )
 
 
-async def test_scoped_and_expiring_entries(tmp_path: Path) -> None:
+async def test_scoped_and_expiring_entries(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     clock = Clock(1_000_000.0)
-    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+    async with await Spool.open(spool_where, clock=clock) as spool:
         book = spool.suppressions
         await book.add("reader@x.example", scope="newsletter", reason="unsubscribed", source="api")
         assert (await book.active("reader@x.example", "newsletter")) is not None
@@ -111,8 +121,10 @@ async def test_scoped_and_expiring_entries(tmp_path: Path) -> None:
         assert await book.active("reader@x.example", "newsletter") is None
 
 
-async def test_a_dsn_bounce_of_a_relayed_message_is_in_its_log(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_a_dsn_bounce_of_a_relayed_message_is_in_its_log(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         qid = "0190F2A3B4C5D6E7"
         await spool.enqueue(
             NewMessage(qid, "app@x.example", ["To@Y.example"], b"Subject: s\r\n\r\nb\r\n", "s", 1.0)
@@ -134,10 +146,12 @@ async def test_a_dsn_bounce_of_a_relayed_message_is_in_its_log(tmp_path: Path) -
         assert b.queue_id == qid
 
 
-async def test_per_stream_bounces_suppress_for_their_stream_only(tmp_path: Path) -> None:
+async def test_per_stream_bounces_suppress_for_their_stream_only(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     """``bounces.suppress_scope: stream``: a newsletter's bounces spare password resets."""
     hooks = [Hook("http://127.0.0.1:9/all", list(EventType))]
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+    async with await Spool.open(spool_where) as spool:
         book = spool.suppressions
         rule = Threshold(hard=2, scope=SuppressScope.STREAM)
 
@@ -177,8 +191,10 @@ async def test_per_stream_bounces_suppress_for_their_stream_only(tmp_path: Path)
         assert [e.scope for e in await book.entries_of("reader@y.example")] == ["", "news"]
 
 
-async def test_global_is_the_default_and_counts_every_stream(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_global_is_the_default_and_counts_every_stream(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         rule = Threshold(hard=2)
         assert rule.scope is SuppressScope.GLOBAL
         for n, headers in enumerate(("X-Sluice-Stream: news\r\n", "")):
@@ -191,8 +207,10 @@ async def test_global_is_the_default_and_counts_every_stream(tmp_path: Path) -> 
         assert entry is not None and entry.scope == ""
 
 
-async def test_pages_never_split_an_address_with_several_scopes(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_pages_never_split_an_address_with_several_scopes(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         book = spool.suppressions
         for scope in ("", "a", "b"):
             await book.add("x@example.net", scope=scope)
@@ -220,14 +238,14 @@ class Hook:
 
 
 async def test_a_bounce_is_reported_once_with_its_suppression_and_only_where_wanted(
-    tmp_path: Path,
+    tmp_path: Path, spool_where: Path | SpoolSettings
 ) -> None:
     """The outbox rows are written with the bounce: none for a bounce read before."""
     everything = Hook("http://127.0.0.1:9/all", list(EventType))
     sent_only = Hook("http://127.0.0.1:9/sent", [EventType.SENT])
     bounced_only = Hook("http://127.0.0.1:9/bounced", [EventType.BOUNCED])
     hooks = [everything, sent_only, bounced_only]
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+    async with await Spool.open(spool_where) as spool:
         qid = "0190F2A3B4C5D6E7"
         await spool.enqueue(
             NewMessage(qid, "app@x.example", ["To@Y.example"], b"Subject: s\r\n\r\nb\r\n", "s", 1.0)
@@ -261,18 +279,20 @@ async def test_a_bounce_is_reported_once_with_its_suppression_and_only_where_wan
     assert "5.1.1 user unknown #1" in entry["reason"]
 
 
-async def test_a_bounce_without_endpoints_stores_no_event(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_a_bounce_without_endpoints_stores_no_event(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         await spool.suppressions.record_bounce(hard("a@x.example", 1), Threshold(hard=1))
         assert await spool.outbox_counts() == {}
 
 
 async def test_a_claim_brings_its_recipients_entries_and_the_pauses_in_force(
-    tmp_path: Path,
+    tmp_path: Path, spool_where: Path | SpoolSettings
 ) -> None:
     """What an attempt reads comes with its claim, in the claiming transaction."""
     clock = Clock(1_000_000.0)
-    async with await Spool.open(tmp_path / "s.sqlite3", clock=clock) as spool:
+    async with await Spool.open(spool_where, clock=clock) as spool:
         book = spool.suppressions
         await book.add("every@x.example", reason="complained", source="manual")
         await book.add("News@X.example", scope="newsletter", reason="unsubscribed", source="api")

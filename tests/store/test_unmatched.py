@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from relay.config import SpoolSettings
 from relay.store.spool import NewMessage, Spool, new_queue_id
 from relay.store.suppressions import UNMATCHED_KEPT, NewBounce, Threshold
 from tests.bounces.genuine import delivered
@@ -24,8 +25,8 @@ def report(address: str, key: str, **where: object) -> NewBounce:
     )  # fmt: skip
 
 
-async def test_each_rule_on_its_own(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_each_rule_on_its_own(tmp_path: Path, spool_where: Path | SpoolSettings) -> None:
+    async with await Spool.open(spool_where) as spool:
         book = spool.suppressions
         qid, rid = await delivered(spool, "Reader@Example.net")
         # Queued, never delivered: its queue ID is real, but nothing was sent yet.
@@ -68,8 +69,10 @@ async def test_each_rule_on_its_own(tmp_path: Path) -> None:
         assert len(await book.bounces_of("reader@example.net")) == 2
 
 
-async def test_unmatched_bounces_are_kept_once_and_bounded(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "s.sqlite3") as spool:
+async def test_unmatched_bounces_are_kept_once_and_bounded(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         book = spool.suppressions
         for n in range(UNMATCHED_KEPT + 5):
             await book.record_dsn(report(f"u{n}@corp.example", f"k{n}"), ONE, sender="f@x")

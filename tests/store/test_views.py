@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from relay.config import SpoolSettings
 from relay.model import AttemptStatus, RecipientStatus
 from relay.store.spool import Finish, NewMessage, Spool
 from relay.store.suppressions import NewBounce, Threshold
@@ -37,10 +38,12 @@ async def _attempt(spool: Spool, status: AttemptStatus, rstatus: RecipientStatus
     )
 
 
-async def test_provider_failures_count_failed_and_deferred_attempts(tmp_path: Path) -> None:
+async def test_provider_failures_count_failed_and_deferred_attempts(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
     """The query once looked for 'FAIL', a spelling the log no longer stores."""
     now = [1000.0]
-    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: now[0]) as spool:
+    async with await Spool.open(spool_where, clock=lambda: now[0]) as spool:
         await spool.enqueue(_msg("A", "a@example.net"))
         await _attempt(spool, AttemptStatus.FAIL, RecipientStatus.FAILED)
         await spool.enqueue(_msg("B", "b@example.net"))
@@ -51,8 +54,10 @@ async def test_provider_failures_count_failed_and_deferred_attempts(tmp_path: Pa
         assert await spool.provider_failures(since=now[0] + 1) == {}
 
 
-async def test_queue_and_log_pages_filter_search_and_page(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: 1000.0) as spool:
+async def test_queue_and_log_pages_filter_search_and_page(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where, clock=lambda: 1000.0) as spool:
         for i in range(5):
             await spool.enqueue(_msg(f"Q{i}", f"r{i}@example.net", subject=f"s_{i}%"))
         await _attempt(spool, AttemptStatus.FAIL, RecipientStatus.FAILED)  # Q0
@@ -77,14 +82,14 @@ async def test_queue_and_log_pages_filter_search_and_page(tmp_path: Path) -> Non
 
 
 async def test_queue_marks_count_recipients_and_find_bounces_after_delivery(
-    tmp_path: Path,
+    tmp_path: Path, spool_where: Path | SpoolSettings
 ) -> None:
     """The queue page's extras: a sent recipient that bounced later, and per-message counts.
 
     The recipient's own status stays ``sent``; only the delivery log's BOUNCED
     row (linked by recipient id) tells, so the view must find that row.
     """
-    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: 1000.0) as spool:
+    async with await Spool.open(spool_where, clock=lambda: 1000.0) as spool:
         await spool.enqueue(_msg("A", "a@example.net", "b@example.net"))
         await _attempt(spool, AttemptStatus.SUCCESS, RecipientStatus.SENT)
         await spool.enqueue(_msg("B", "c@example.net"))
@@ -109,10 +114,10 @@ async def test_queue_marks_count_recipients_and_find_bounces_after_delivery(
 
 
 async def test_waiting_via_counts_unsent_recipients_last_tried_through_a_provider(
-    tmp_path: Path,
+    tmp_path: Path, spool_where: Path | SpoolSettings
 ) -> None:
     """A provider's Delete confirmation: recipients still waiting whose last try was it."""
-    async with await Spool.open(tmp_path / "spool.sqlite3", clock=lambda: 1000.0) as spool:
+    async with await Spool.open(spool_where, clock=lambda: 1000.0) as spool:
         await spool.enqueue(_msg("A", "a1@example.net", "a2@example.net"))
         await _attempt(spool, AttemptStatus.DEFERRED, RecipientStatus.DEFERRED)  # 2 waiting
         await spool.enqueue(_msg("B", "b@example.net"))

@@ -11,7 +11,7 @@ import pytest
 
 from admin.guard import Identity, Via
 from relay.bounces.poller import MailboxState, PollStatus
-from relay.config import RetrySettings
+from relay.config import RetrySettings, SpoolSettings
 from relay.events import OUTCOME_EVENTS, event_body
 from relay.events import EventType as ReExported
 from relay.model import (
@@ -129,8 +129,10 @@ def test_only_a_none_identity_is_unauthenticated() -> None:
     assert [v for v in Via if not Identity(v, None, None).authenticated] == [Via.NONE]
 
 
-async def test_every_action_the_store_audits_is_an_action(tmp_path: Path) -> None:
-    async with await Spool.open(tmp_path / "spool.sqlite3") as spool:
+async def test_every_action_the_store_audits_is_an_action(
+    tmp_path: Path, spool_where: Path | SpoolSettings
+) -> None:
+    async with await Spool.open(spool_where) as spool:
         everything = Selection(everything=True)
         await spool.control(everything, Control(Action.HOLD, "test"))
         await spool.control(everything, Control(Action.RELEASE, "test"))

@@ -4,8 +4,8 @@
 
 -- name: insert_message
 -- A newly accepted message's envelope row.
-INSERT INTO messages (queue_id, received_at, sender, subject, size, client, helo, stream)
-VALUES (:queue_id, :received_at, :sender, :subject, :size, :client, :helo, :stream);
+INSERT INTO messages (queue_id, received_at, sender, subject, size, client, helo, stream, node)
+VALUES (:queue_id, :received_at, :sender, :subject, :size, :client, :helo, :stream, :node);
 
 -- name: insert_body
 -- The stored bytes of a message.
@@ -36,9 +36,10 @@ ORDER BY next_attempt_at
 LIMIT :limit;
 
 -- name: claim_recipients
--- Lease every due recipient of one message to this attempt.
+-- Lease every due recipient of one message to this attempt, on this node.
 UPDATE recipients
-SET status = 'sending', lease_until = :lease_until, last_attempt_at = :now, updated_at = :now
+SET status = 'sending', lease_until = :lease_until, last_attempt_at = :now, updated_at = :now,
+    lease_node = :node
 WHERE message_id = :message_id AND status IN ('queued', 'deferred') AND next_attempt_at <= :now
 RETURNING id, rcpt, attempts, since, route_override, released_at, rule;
 
@@ -48,8 +49,9 @@ SELECT id, queue_id, sender, received_at, subject, size FROM messages WHERE id =
 
 -- name: insert_attempt
 -- A delivery-log row, in progress until the outcome is recorded.
-INSERT INTO attempts (recipient_id, message_id, queue_id, rcpt, subject, started_at, status)
-VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, 'in_progress');
+INSERT INTO attempts (recipient_id, message_id, queue_id, rcpt, subject, started_at, status,
+                      node)
+VALUES (:recipient_id, :message_id, :queue_id, :rcpt, :subject, :now, 'in_progress', :node);
 
 -- name: finish_recipient
 -- Record a recipient's outcome; guarded so only a leased row moves.

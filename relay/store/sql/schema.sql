@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS messages (
     size        INTEGER NOT NULL,
     client      TEXT    NOT NULL DEFAULT '',
     helo        TEXT    NOT NULL DEFAULT '',
-    stream      TEXT    NOT NULL DEFAULT ''  -- the X-Sluice-Stream header, for filters
+    stream      TEXT    NOT NULL DEFAULT '', -- the X-Sluice-Stream header, for filters
+    node        TEXT    NOT NULL DEFAULT ''  -- the node that accepted it (spool.node)
 );
 
 -- Bodies live apart so that scheduling queries never page them in.
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS recipients (
     route_override  TEXT,                  -- provider for the next attempt only (reroute)
     original_rcpt   TEXT,                  -- the address the client gave, when a rule changed it
     rule            TEXT                   -- the address rule that made it: alias, redirect, archive
-        CHECK (rule IS NULL OR rule IN ('alias', 'redirect', 'archive'))
+        CHECK (rule IS NULL OR rule IN ('alias', 'redirect', 'archive')),
+    lease_node      TEXT                   -- the node holding the lease (status 'sending')
 );
 
 -- The scheduler's hot query: due mail in due order, never the whole queue.
@@ -71,7 +73,8 @@ CREATE TABLE IF NOT EXISTS attempts (
         ('in_progress', 'success', 'fail', 'deferred', 'bounced', 'suppressed')),
     provider     TEXT,
     code         INTEGER,
-    reply        TEXT    NOT NULL DEFAULT ''
+    reply        TEXT    NOT NULL DEFAULT '',
+    node         TEXT    NOT NULL DEFAULT ''  -- the node that made the attempt
 );
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts(message_id);
 CREATE INDEX IF NOT EXISTS attempts_started ON attempts(started_at);
@@ -215,4 +218,12 @@ CREATE TABLE IF NOT EXISTS audit (
     target TEXT    NOT NULL DEFAULT '',    -- the selection or the provider
     count  INTEGER NOT NULL DEFAULT 0,     -- recipients affected
     detail TEXT    NOT NULL DEFAULT ''
+);
+
+-- The nodes sharing the store, each with its heartbeat (one on SQLite).
+CREATE TABLE IF NOT EXISTS nodes (
+    name         TEXT PRIMARY KEY,
+    pid          INTEGER NOT NULL,
+    started_at   REAL    NOT NULL,
+    heartbeat_at REAL    NOT NULL
 );

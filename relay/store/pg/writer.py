@@ -1,0 +1,218 @@
+"""The PostgreSQL store's writer: one thread, one connection, group commit.
+
+The same contract as SQLite's ``Writer`` (``relay/store/writer.py``): jobs
+queued while a transaction is being written are batched into the next one,
+each in its own SAVEPOINT so that a failing job rolls back alone, and every
+caller is answered only after the COMMIT of its job returned, with
+``synchronous_commit`` on (``connect.connect_sync``). ``durable=False`` jobs
+(leases, counters) commit with ``synchronous_commit = off`` when the batch
+holds nothing else: a crash of the server may lose them, never mail.
+
+When the server goes away (restart, network), the batch in flight fails
+with ``SpoolError`` (the listener answers 4xx, nothing was acknowledged),
+and the next batch connects again; until it can, each batch fails at once,
+with at most one connection attempt per ``RECONNECT_EVERY`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import psycopg
+
+from relay.errors import SpoolError
+from relay.store.pg.conn import PgConn, PgRow
+from relay.store.pg.connect import Target, connect_sync, first_line
+from relay.store.writer import WriteHealth
+
+__all__ = ["RECONNECT_EVERY", "PgWriter"]
+
+log = logging.getLogger("sluice.spool")
+
+T = TypeVar("T")
+PgJob = Callable[[PgConn], T]
+_Item = tuple[PgJob[Any], "asyncio.Future[Any]", bool]
+
+#: jobs in one transaction, at most
+_BATCH_MAX = 512
+#: while the server is away, one connection attempt per this many seconds
+RECONNECT_EVERY = 1.0
+
+
+class PgWriter:
+    """One thread, one connection, batched transactions (group commit)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[PgRow] | None,
+        target: Target,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._conn = conn
+        self._target = target
+        self._loop = loop
+        self._clock = clock
+        self._next_connect = 0.0
+        self._lost_said = False
+        #: the last write failure and success, for ``/healthz``
+        self.health = WriteHealth()
+        self._cond = threading.Condition()
+        self._jobs: list[_Item] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="sluice-pg-writer", daemon=True)
+        self._thread.start()
+
+    async def submit(self, job: Callable[[Any], T], *, durable: bool = True) -> T:
+        """Run ``job`` in the next transaction; return once it is committed."""
+        if self._closing:
+            raise SpoolError("the spool is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        with self._cond:
+            self._jobs.append((job, future, durable))
+            self._cond.notify()
+        return await future
+
+    @property
+    def disk_full(self) -> bool:
+        """PostgreSQL's disk is its own business: a write it refuses is an error like others."""
+        return False
+
+    def short_of_room(self) -> str | None:
+        return None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._jobs and not self._closing:
+                    self._cond.wait()
+                if not self._jobs and self._closing:
+                    break
+                batch, self._jobs = self._jobs[:_BATCH_MAX], self._jobs[_BATCH_MAX:]
+            self._run_batch(batch)
+            del batch
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+
+    def _connection(self) -> psycopg.Connection[PgRow]:
+        """The live connection, connecting again (at most once a second) after a loss."""
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        now = time.monotonic()
+        if now < self._next_connect:
+            raise SpoolError(f"spool {self._target.url} unreachable; trying again")
+        self._next_connect = now + RECONNECT_EVERY
+        self._conn = connect_sync(self._target, "writer")
+        if self._lost_said:
+            self._lost_said = False
+            log.warning("spool %s reachable again: taking mail", self._target.url)
+        return self._conn
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if not item[1].cancelled()]
+        if not batch:
+            return
+        failure: str | None = None
+        try:
+            conn = self._connection()
+            results, failure, changed = self._transaction(conn, batch)
+        except (psycopg.Error, SpoolError) as exc:
+            error = exc if isinstance(exc, SpoolError) else self._lost(exc)
+            results, failure, changed = [(False, error)] * len(batch), str(error), False
+        if failure is not None:
+            h = self.health
+            self.health = replace(
+                h, last_error=failure, last_error_at=self._clock(), errors=h.errors + 1
+            )
+        elif changed:
+            self.health = replace(self.health, last_ok_at=self._clock())
+        for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
+            self._loop.call_soon_threadsafe(_resolve, fut, ok, value)
+
+    def _lost(self, exc: psycopg.Error) -> SpoolError:
+        """A failed transaction; when the connection went with it, say so once."""
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("ROLLBACK")
+            return SpoolError(f"spool commit failed: {first_line(exc)}")
+        if not self._lost_said:
+            self._lost_said = True
+            log.error(
+                "spool %s lost (%s): refusing mail (451) until it is back",
+                self._target.url,
+                first_line(exc),
+                extra={"event": "spool_lost"},
+            )
+        return SpoolError(f"spool {self._target.url} unreachable: {first_line(exc)}")
+
+    def _transaction(
+        self, conn: psycopg.Connection[PgRow], batch: list[_Item]
+    ) -> tuple[list[tuple[bool, Any]], str | None, bool]:
+        """Each job in its own SAVEPOINT (one alone needs none); raises if COMMIT fails."""
+        results: list[tuple[bool, Any]] = []
+        failure: str | None = None
+        durable = any(d for _, _, d in batch)
+        pg = PgConn(conn)
+        conn.execute("BEGIN")
+        if not durable:
+            conn.execute("SET LOCAL synchronous_commit = off")
+        savepoints = len(batch) > 1
+        open_tx = True
+        for job, _fut, _durable in batch:
+            if savepoints:
+                conn.execute("SAVEPOINT job")
+            try:
+                results.append((True, job(pg)))
+                if savepoints:
+                    conn.execute("RELEASE SAVEPOINT job")
+            except psycopg.OperationalError:
+                raise  # the connection (or the server) failed: every job of the batch is lost
+            except psycopg.Error as exc:
+                if savepoints:
+                    conn.execute("ROLLBACK TO SAVEPOINT job")
+                    conn.execute("RELEASE SAVEPOINT job")
+                else:
+                    conn.execute("ROLLBACK")
+                    open_tx = False
+                error = SpoolError(f"spool write failed: {first_line(exc)}")
+                results.append((False, error))
+            except Exception as exc:
+                if savepoints:
+                    conn.execute("ROLLBACK TO SAVEPOINT job")
+                    conn.execute("RELEASE SAVEPOINT job")
+                else:
+                    conn.execute("ROLLBACK")
+                    open_tx = False
+                results.append((False, exc))
+        if open_tx:
+            conn.execute("COMMIT")
+        return results, failure, open_tx and any(ok for ok, _ in results)
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join)
+
+
+def _resolve(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
