@@ -254,6 +254,7 @@ SPOOL_WRITES = frozenset(
         "save_oauth_grant",
         "oauth_grant_failed",
         "revoke_admin_sessions",
+        "admin_session_key",
     }
 )
 #: ``Spool`` methods a front-end may call: reads, the lifecycle, and

@@ -74,7 +74,7 @@ async def _live(cfg: Config) -> dict[str, _Live]:
     from relay.outbound.limits import Quota
     from relay.store.spool import ALL_PROVIDERS, Spool
 
-    if not cfg.spool.path.exists():
+    if cfg.spool.url is None and not cfg.spool.path.exists():
         return {p.id: _Live() for p in cfg.providers}
     out: dict[str, _Live] = {}
     async with await Spool.open(cfg.spool) as spool:
