@@ -538,11 +538,11 @@ class Daemon:
                 outcome_hook=self.notifications,
             )
             self.webhooks = WebhookSender(spool, lambda: self.config, clock=self._clock)
+            if spool.shared:
+                # One cookie key for the fleet: a login on any node's admin is
+                # good on every node (and the store's session version ends it).
+                self._session_key = await spool.admin_session_key()
             if cfg.admin.enabled:
-                if spool.shared:
-                    # One cookie key for the fleet: a login on any node's admin is
-                    # good on every node (and the store's session version ends it).
-                    self._session_key = await spool.admin_session_key()
                 # Bound before the TaskGroup: an error raised inside its body
                 # would leave as an ExceptionGroup traceback, not one line.
                 self.admin = await AdminServer.start(self.admin_backend(), cfg.admin)

@@ -152,15 +152,14 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
         print("queue is empty" if statuses is None else "no matching recipients")
         return EX_OK
     # A store shared by a fleet: which node accepted each message (on one host, no column).
-    node = (lambda e: f"{e.node or '-':<16} ") if fleet else (lambda e: "")
     head = f"{'NODE':<16} " if fleet else ""
     print(
-        f"{'QUEUE ID':<17} {head}{'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<23} "
-        "RECIPIENT / REASON"
+        f"{'QUEUE ID':<17} {head}{'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<23} RECIPIENT / REASON"
     )
     for e in entries:
+        node = f"{e.node or '-':<16} " if fleet else ""
         print(
-            f"{e.queue_id:<17} {node(e)}{e.status.value:<9} {e.attempts:>5} "
+            f"{e.queue_id:<17} {node}{e.status.value:<9} {e.attempts:>5} "
             f"{when(e.next_attempt_at):<23} {e.email}"
         )
         if e.reason:

@@ -86,7 +86,9 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
         # Each was claimed once and given back to wait for the pause (none in flight).
         rc, out, err = await run_cli("queue", "list", "--json", "-c", str(path), env=env)
         assert rc == 0, err
-        statuses = [e["status"] for e in json.loads(out)]
+        entries = json.loads(out)
+        assert {e["node"] for e in entries} == {"n1"}  # who accepted them (a fleet's column)
+        statuses = [e["status"] for e in entries]
         return len(statuses) == 3 and "sending" not in statuses
 
     await eventually(all_waiting, interval=0.2)
@@ -122,4 +124,34 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
     # Every acknowledged message, once; none of the refused ones.
     assert subjects == sorted(acked)
     await d.wait_line("reachable again")
+    assert await d.stop() == 0
+
+
+async def test_sendmail_with_no_daemon_writes_the_store_only_with_its_password(
+    ops_config: Callable[..., Path],
+    daemon_proc: Callable[..., DaemonProcess],
+    upstream: TestUpstream,
+    pg_db: PgDatabase,
+) -> None:
+    """No daemon listens: a caller holding the store's password queues into it; others get 75."""
+    path = ops_config(
+        [provider_for(upstream)],
+        spool={"url": pg_db.url, "password_env": PW_ENV, "node": "web7"},
+    )
+    message = b"To: r@example.net\nSubject: by sendmail\n\nbody\n"
+    rc, _out, err = await run_cli(
+        "sendmail", "-t", "-i", "-v", stdin=message, env={"SLUICE_CONFIG": str(path)}
+    )
+    assert rc == os.EX_TEMPFAIL, err  # no password in this caller's environment
+    assert "spool.url" in err and pg_db.password not in err
+    env = {"SLUICE_CONFIG": str(path), PW_ENV: pg_db.password}
+    rc, _out, err = await run_cli("sendmail", "-t", "-i", "-v", stdin=message, env=env)
+    assert rc == 0, err
+    assert f"in {pg_db.url} (sent when sluice runs)" in err
+    rc, out, err = await run_cli("queue", "list", "--json", "-c", str(path), env=env)
+    assert rc == 0, err
+    assert [(e["email"], e["node"]) for e in json.loads(out)] == [("r@example.net", "web7")]
+    d = await daemon_proc(path, env=env).start()
+    (got,) = await upstream.wait_for(1)
+    assert b"Subject: by sendmail" in got.data
     assert await d.stop() == 0
