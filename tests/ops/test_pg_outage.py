@@ -69,6 +69,8 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
     path = ops_config(
         [provider_for(upstream)],
         spool={"url": pg_db.url, "password_env": PW_ENV, "node": "n1"},
+        # Its sender reads the store's outbox every second: it must live through it too.
+        notify={"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook", "secret": "k"}]},
     )
     env = {PW_ENV: pg_db.password}
     d = await daemon_proc(path, env=env).start()
