@@ -104,6 +104,10 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
         # The daemon survives the outage (its scheduler keeps trying) and says why once.
         await d.wait_line("refusing mail", start=mark)
         assert d.proc is not None and d.proc.returncode is None
+        # `sluice reload` reads this node's files, not the database: it works now, from a
+        # shell without the database's password.
+        rc, out, err = await run_cli("reload", "-c", str(path))
+        assert rc == 0 and "reloaded its configuration" in out, (out, err)
     finally:
         pg_cluster.start()
 
