@@ -69,6 +69,7 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
     path = ops_config(
         [provider_for(upstream)],
         spool={"url": pg_db.url, "password_env": PW_ENV, "node": "n1"},
+        smtp={"workers": 1},  # as in production on 2 cores: an accept worker stores the mail
         # Its sender reads the store's outbox every second: it must live through it too.
         notify={"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook", "secret": "k"}]},
     )
