@@ -24,7 +24,7 @@ from relay.daemon import Daemon
 from relay.model import RecipientStatus
 from tests.admin.test_pages import csrf_of
 from tests.conftest import Running, eventually, fast_config, provider_for, smtp_send, write_config
-from tests.pg import PgDatabase
+from tests.pg import PgCluster, PgDatabase
 from tests.upstream import TestUpstream
 
 TOKEN = {"authorization": "Bearer fleet-token"}
@@ -36,12 +36,12 @@ def _msg(subject: str, to: str = "b@example.net") -> bytes:
 
 @asynccontextmanager
 async def _fleet(
-    tmp_path: Path, db: PgDatabase, upstream: TestUpstream
+    tmp_path: Path, db: PgDatabase, upstream: TestUpstream, names: tuple[str, ...] = ("a", "b")
 ) -> AsyncIterator[dict[str, Running]]:
     """Nodes ``a`` and ``b`` running on ``db``, each from its own config and state directory."""
     async with AsyncExitStack() as stack:
         nodes: dict[str, Running] = {}
-        for name in ("a", "b"):
+        for name in names:
             home = tmp_path / name
             home.mkdir()
             spool = {**db.config(node=name), "path": str(home / "spool.sqlite3")}
@@ -165,3 +165,22 @@ async def test_a_login_holds_on_every_node_and_a_logout_ends_it_everywhere(
             assert r.status_code == 303
             r = await a.get("/queue")
             assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+async def test_the_admin_answers_503_while_the_database_is_down(
+    tmp_path: Path, pg_cluster: PgCluster, pg_db: PgDatabase, upstream: TestUpstream
+) -> None:
+    """A page or API call that cannot read the store says so (503), and works once it is back."""
+    (tmp_path / "pw").write_text("pw\n")
+    async with _fleet(tmp_path, pg_db, upstream, names=("a",)) as n:
+        async with _admin(n["a"], tmp_path / "pw") as a:
+            assert (await a.get("/queue", headers=TOKEN)).status_code == 200
+            pg_cluster.stop()
+            try:
+                page = await a.get("/queue", headers=TOKEN)
+                assert page.status_code == 503 and "spool is unavailable" in page.text
+                api = await a.get("/api/log", headers=TOKEN)
+                assert api.status_code == 503 and "spool.url" in api.json()["error"]
+            finally:
+                pg_cluster.start()
+            assert (await a.get("/queue", headers=TOKEN)).status_code == 200
