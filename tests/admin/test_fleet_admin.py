@@ -181,6 +181,8 @@ async def test_the_admin_answers_503_while_the_database_is_down(
                 assert page.status_code == 503 and "spool is unavailable" in page.text
                 api = await a.get("/api/log", headers=TOKEN)
                 assert api.status_code == 503 and "spool.url" in api.json()["error"]
+                health = await a.get("/healthz")
+                assert health.json()["status"] == "unhealthy", health.text
             finally:
                 pg_cluster.start()
             assert (await a.get("/queue", headers=TOKEN)).status_code == 200
