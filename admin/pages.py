@@ -58,6 +58,7 @@ def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200)
         # A store shared by a fleet: the queue, the log and a message say which node
         # accepted or tried the mail (on one host's spool that column says nothing).
         "fleet": st.backend.spool.shared,
+        "node": st.backend.spool.node,
     }
     return st.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 

@@ -100,6 +100,7 @@ async def test_any_node_lists_and_controls_the_fleets_mail(
         assert {(e["queue_id"], e["node"], e["status"]) for e in log} >= {(qid, "a", "success")}
         page = (await admin["b"].get("/queue", headers=TOKEN)).text
         assert "<th>Node</th>" in page and '<td class="node">a</td>' in page
+        assert ">node b</span>" in page  # which node serves the page
         page = (await admin["b"].get("/log", headers=TOKEN)).text
         assert "<th>Node</th>" in page and '<td class="node">a</td>' in page
         page = (await admin["b"].get(f"/messages/{qid}", headers=TOKEN)).text
