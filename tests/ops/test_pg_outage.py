@@ -79,6 +79,9 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
     # accepted waits in the database through the outage.
     rc, out, err = await run_cli("providers", "pause", "up1", "-c", str(path), env=env)
     assert rc == 0, (out, err)
+    rc, out, err = await run_cli("providers", "list", "--json", "-c", str(path), env=env)
+    assert rc == 0, err
+    assert [p["paused"]["by"][:4] for p in json.loads(out)] == ["cli:"], out  # from the store
     acked: list[bytes] = []
     for i in range(3):
         subject = b"before-%d" % i
