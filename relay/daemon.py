@@ -205,13 +205,16 @@ class Daemon:
             log.error("kept the running configuration", extra={"event": "reload"})
             return "; ".join(exc.issues)
         old = self.snapshot()
-        if new.spool.path != old.config.spool.path:
-            msg = (
-                f"{source}: spool.path: cannot change on reload (running on "
-                f"{old.config.spool.path}); restart sluice to use {new.spool.path}"
-            )
-            log.error("reload rejected: %s", msg, extra={"event": "reload"})
-            return msg
+        for key in ("path", "url", "node"):
+            was, now = getattr(old.config.spool, key), getattr(new.spool, key)
+            if now != was:
+                # The store is opened once (and a node's name is on its leases).
+                msg = (
+                    f"{source}: spool.{key}: cannot change on reload (running with "
+                    f"{was}); restart sluice to use {now}"
+                )
+                log.error("reload rejected: %s", msg, extra={"event": "reload"})
+                return msg
         if new.smtp.hostname != old.config.smtp.hostname:
             log.warning("smtp.hostname changes take effect at the next restart")
         if new.smtp.workers != old.config.smtp.workers:

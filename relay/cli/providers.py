@@ -294,7 +294,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         return EX_UNAVAILABLE
     async with await Spool.open(cfg.spool) as spool:
         await save_sign_in(spool, p.id, grant.refresh_token, Actor.cli())
-    print(f"{p.id}: connected; the refresh token is stored in the spool ({cfg.spool.path})")
+    print(f"{p.id}: connected; the refresh token is stored in the spool ({cfg.spool.where})")
     return EX_OK
 
 
