@@ -671,7 +671,7 @@ class SpoolSettings(_Model):
         scheme = value.partition("://")[0]
         if scheme not in ("postgresql", "postgres"):
             raise ValueError("must start with postgresql:// (SQLite is spool.path)")
-        if re.search(r"://[^/@]*:[^/@]*@", value):
+        if re.search(r"://[^/@]*:[^/@]*@", value) or re.search(r"[?&]password=", value):
             raise ValueError(
                 "holds a password; put it in spool.password_file or spool.password_env "
                 "(a URL is shown and logged, a secret must never be)"

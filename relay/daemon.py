@@ -207,10 +207,9 @@ class Daemon:
         old = self.snapshot()
         for key in ("path", "url", "node"):
             was, now = getattr(old.config.spool, key), getattr(new.spool, key)
-            if now != was:
-                # The store is opened once (and a node's name is on its leases).
+            if was != now:
                 msg = (
-                    f"{source}: spool.{key}: cannot change on reload (running with "
+                    f"{source}: spool.{key}: cannot change on reload (running on "
                     f"{was}); restart sluice to use {now}"
                 )
                 log.error("reload rejected: %s", msg, extra={"event": "reload"})

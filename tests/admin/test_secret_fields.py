@@ -43,6 +43,8 @@ VALUES = {
     ("notify", "webhooks", 0, "secret"): "H00kSecret-d00d",
     ("smtp", "users", 0, "password_hash"): "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$UserHash-5e1f",
     ("smtp", "users", 1, "password"): "Us3rPw-a41b",
+    # the PostgreSQL role's (#27); with no spool.url it is not used, but still masked
+    ("spool", "password"): "Sp00lPw-6b2e",
     # a DKIM private key must load (the daemon signs with it): a real one, made here
     ("dkim", "domains", 0, "key"): generate_key("ed25519")[1].decode("ascii").strip(),
 }
@@ -77,7 +79,10 @@ def _config_dict(up: TestUpstream, tmp_path: Path) -> dict[str, Any]:
                 {"name": "app2", "password": VALUES[("smtp", "users", 1, "password")]},
             ],
         },
-        "spool": {"path": str(tmp_path / "spool.sqlite3")},
+        "spool": {
+            "path": str(tmp_path / "spool.sqlite3"),
+            "password": VALUES[("spool", "password")],
+        },
         "admin": {
             "enabled": False,
             "password_hash": VALUES[("admin", "password_hash")],
@@ -157,6 +162,7 @@ def test_the_config_sets_every_marked_field_and_secrets_lists_each(
         "DkimDomain.key",
         "SmtpUser.password_hash",
         "SmtpUser.password",
+        "SpoolSettings.password",
     }
     # The keys the loader folds are the marked SecretSource fields.
     assert set(SECRET_NAMES) == {loc[-1] for loc in VALUES} - {"password_hash"}
