@@ -161,6 +161,10 @@ async def test_sendmail_with_no_daemon_writes_the_store_only_with_its_password(
     rc, out, err = await run_cli("queue", "list", "--json", "-c", str(path), env=env)
     assert rc == 0, err
     assert [(e["email"], e["node"]) for e in json.loads(out)] == [("r@example.net", "web7")]
+    rc, out, err = await run_cli("queue", "list", "-c", str(path), env=env)
+    assert rc == 0, err
+    head, row = out.splitlines()[:2]
+    assert head.split()[:3] == ["QUEUE", "ID", "NODE"] and row.split()[1] == "web7", out
     d = await daemon_proc(path, env=env).start()
     (got,) = await upstream.wait_for(1)
     assert b"Subject: by sendmail" in got.data
