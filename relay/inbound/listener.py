@@ -367,6 +367,12 @@ class RelayHandler:
             self._refusals.refused(peer_ip(session), "no room for mail", disk_full=True)
             self._events.on_reject("disk_full")
             return R_DISK_FULL
+        if self._spool.unreachable:
+            # The same for a PostgreSQL store just found out of reach.
+            why = "the spool database is unreachable"
+            self._refusals.refused(peer_ip(session), why, disk_full=False)
+            self._events.on_reject("spool_unreachable")
+            return R_SPOOL_UNREACHABLE
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return R_MAIL_OK

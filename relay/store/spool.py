@@ -750,6 +750,14 @@ class Spool:
         """The spool's disk is full: mail is refused until the writer finds room (no I/O)."""
         return self._writer.disk_full
 
+    @property
+    def unreachable(self) -> bool:
+        """The store's server was out of reach at the last try, under a second ago (no I/O).
+
+        Never on SQLite (its file is here: a failing disk is ``disk_full``).
+        """
+        return not isinstance(self._writer, Writer) and self._writer.unreachable
+
     def health(self) -> SpoolHealth:
         """The last write failure and success, and how checkpoints go; no I/O."""
         checkpoints = None

@@ -51,9 +51,14 @@ async def test_unreachable_at_start_is_one_line_naming_spool_url(
 
 
 async def _send(port: int, subject: bytes) -> str:
-    """One message; the DATA reply's text on 250, or the refusal's code and text."""
+    """One message; the DATA reply's text on 250, or the refusal's code and text.
+
+    A refusal at ``MAIL`` (before the body is sent) is marked ``MAIL:``.
+    """
     try:
         _refused, reply = await smtp_send(port, "a@example.org", ["b@example.net"], MSG % subject)
+    except aiosmtplib.SMTPSenderRefused as exc:
+        return f"MAIL: {exc.code} {exc.message}"
     except aiosmtplib.SMTPResponseException as exc:
         return f"{exc.code} {exc.message}"
     return f"250 {reply}"
@@ -101,10 +106,14 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
     pg_cluster.stop()
     try:
         mark = len(d.lines)
-        for i in range(3):
-            answer = await _send(d.port, b"during-%d" % i)
-            assert answer.startswith("451 4.3.0"), answer
+        answers = [await _send(d.port, b"during-%d" % i) for i in range(4)]
+        for answer in answers:
+            assert answer.removeprefix("MAIL: ").startswith("451 4.3.0"), answer
             assert "spool database is unreachable" in answer, answer
+        # Once the store is known to be out of reach, mail is refused before its body
+        # (as for a full disk); the first message finds out at DATA.
+        assert not answers[0].startswith("MAIL:"), answers
+        assert any(a.startswith("MAIL:") for a in answers[1:]), answers
         # The daemon survives the outage (its scheduler keeps trying) and says why once.
         await d.wait_line("refusing mail", start=mark)
         assert d.proc is not None and d.proc.returncode is None

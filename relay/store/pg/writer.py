@@ -89,6 +89,17 @@ class PgWriter:
         """PostgreSQL's disk is its own business: a write it refuses is an error like others."""
         return False
 
+    @property
+    def unreachable(self) -> bool:
+        """The server was found out of reach under a second ago (no I/O).
+
+        The listener refuses mail at ``MAIL`` meanwhile, as for a full disk.
+        Past that second it lets the next message through to ``DATA``, whose
+        write tries to connect again: so a process that writes nothing else
+        (an accept worker) still finds out when the server is back.
+        """
+        return self._lost_said and time.monotonic() < self._next_connect
+
     def short_of_room(self) -> str | None:
         return None
 
