@@ -101,7 +101,7 @@ from relay.store.db import Conn
 from relay.store.migrations import migrate
 from relay.store.outbox import DsnVerdict, OutboxRow
 from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
-from relay.store.state import OAuthGrant, SpoolHealth, read_meta
+from relay.store.state import OAuthGrant, SpoolHealth
 from relay.store.suppressions import Suppressions
 from relay.store.views import AttemptBucket
 from relay.store.writer import Checkpointer, DiskSpace, Writer, connect, write_lock_path
@@ -126,7 +126,6 @@ __all__ = [
     "Spool",
     "SpoolHealth",
     "new_queue_id",
-    "read_meta",
 ]
 
 Clock = Callable[[], float]
