@@ -87,7 +87,12 @@ def create_app(
         limiter: the login brake (tests pass one with their own clock).
     """
     # Trusted-device cookies of the login brake last a month (or until restart).
-    sessions = Sessions(credentials, backend.spool, device_max_age=30 * 86400)
+    sessions = Sessions(
+        credentials,
+        backend.spool,
+        device_max_age=30 * 86400,
+        secret_key=backend.session_key,
+    )
     limiter = limiter if limiter is not None else LoginLimiter()
     hosts = allowed_host_names(listen_host or settings.listen.host, settings.allowed_hosts)
     app = Starlette(

@@ -11,7 +11,8 @@ a loopback address), and every visitor still gets a session so that forms
 carry a CSRF token.
 
 Sessions ride on Starlette's ``SessionMiddleware`` (a signed cookie, key made
-at start-up: a restart logs everyone out and no key is stored). What it holds
+at start-up: a restart logs everyone out and no key is stored; on a store shared
+by a fleet, the key kept in the store, so a login holds on every node). What it holds
 is a ``Session``: the user name, a synchronizer CSRF token, the server-side
 *session version* it was issued under and a keyed fingerprint of the password
 it was issued under. ``Sessions.read`` refuses a login session whose version
@@ -190,16 +191,24 @@ class Sessions:
     """Issues, checks and ends login sessions; one per admin app.
 
     ``secret_key`` signs the session cookie (given to ``SessionMiddleware``)
-    and the trusted-device cookie of the login brake; it is made here and
-    never stored.
+    and the trusted-device cookie of the login brake. On a spool of one host
+    it is made here and never stored (a restart logs everyone out). On a store
+    shared by a fleet the daemon passes the key kept in the store
+    (``Spool.admin_session_key``), so that a cookie from one node's admin is
+    good on every node; the session version that ends it is the store's too.
     """
 
     def __init__(
-        self, credentials: Credentials, versions: SessionVersions, *, device_max_age: float
+        self,
+        credentials: Credentials,
+        versions: SessionVersions,
+        *,
+        device_max_age: float,
+        secret_key: str | None = None,
     ) -> None:
         self.credentials = credentials
         self.versions = versions
-        self.secret_key = secrets.token_urlsafe(32)
+        self.secret_key = secret_key if secret_key is not None else secrets.token_urlsafe(32)
         self.device_max_age = device_max_age
         self._key = self.secret_key.encode()
         self._devices = URLSafeTimedSerializer(self.secret_key, salt="sluice-admin-device")

@@ -100,6 +100,9 @@ class Backend:
     #: what a config edit needs (``relay.operations.config_edits``); None: the daemon
     #: was not started from a file, so there is nothing to edit
     edit_context: Callable[[], EditContext] | None = None
+    #: the key signing session cookies, kept in a store shared by a fleet (None: one
+    #: made at start, this process's alone)
+    session_key: str | None = None
 
 
 class _ScrapeGauges:

@@ -43,6 +43,7 @@ Why these stay hand-written (issue #14, item 10: use what exists):
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -62,6 +63,7 @@ from admin.auth import (
     Session,
     Sessions,
 )
+from relay.errors import SpoolError
 
 __all__ = ["SCOPE_KEY", "Guard", "Identity", "Via", "allowed_host_names"]
 
@@ -70,6 +72,8 @@ SCOPE_KEY = "sluice.identity"
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _PUBLIC = ("/login", "/static/", "/healthz")
 _MACHINE = ("/api/", "/metrics")
+
+log = logging.getLogger("sluice.admin")
 _FORM_MAX = 64 * 1024
 #: the largest file upload a browser may post (the CSV import's limit, and room for the form)
 _UPLOAD_MAX = 4 * 1024 * 1024 + _FORM_MAX
@@ -153,8 +157,12 @@ class Guard:
         path: str = scope["path"]
         method: str = scope["method"]
 
+        started = False
+
         async def send_secured(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 extra = list(_SECURITY_HEADERS)
                 if not path.startswith("/static/"):
                     extra.append((b"cache-control", b"no-store"))
@@ -170,47 +178,60 @@ class Guard:
 
         if "session" not in scope:
             raise RuntimeError("admin.guard.Guard must run inside SessionMiddleware")
-        store: dict[str, Any] = scope["session"]
-        cookie_session = await self.sessions.read(store)
-        identity, problem = await self._identify(scope, headers, cookie_session)
-        if identity.session is not None and cookie_session is None:
-            # A browser without a (still valid) session gets a fresh anonymous one,
-            # so that its forms carry a token; SessionMiddleware sets the cookie.
-            identity = Identity(identity.via, identity.user, Sessions.start_anonymous(store))
-        if problem is not None:
-            status, text, extra_headers = problem
-            await _plain(send_secured, status, text, extra_headers)
-            return
-        scope[SCOPE_KEY] = identity
+        try:
+            store: dict[str, Any] = scope["session"]
+            cookie_session = await self.sessions.read(store)
+            identity, problem = await self._identify(scope, headers, cookie_session)
+            if identity.session is not None and cookie_session is None:
+                # A browser without a (still valid) session gets a fresh anonymous one,
+                # so that its forms carry a token; SessionMiddleware sets the cookie.
+                identity = Identity(identity.via, identity.user, Sessions.start_anonymous(store))
+            if problem is not None:
+                status, text, extra_headers = problem
+                await _plain(send_secured, status, text, extra_headers)
+                return
+            scope[SCOPE_KEY] = identity
 
-        if not identity.authenticated and not path.startswith(_PUBLIC):
+            if not identity.authenticated and not path.startswith(_PUBLIC):
+                if path.startswith(_MACHINE):
+                    await _json(send_secured, 401, {"error": "authentication required"})
+                else:
+                    query = scope.get("query_string", b"").decode("latin-1")
+                    target = quote(path + ("?" + query if query else ""), safe="")
+                    await _redirect(send_secured, f"/login?next={target}")
+                return
+
+            # Cookie-borne credentials (a login, or the anonymous session of an open
+            # admin) are what a forged cross-site form would ride on: demand the token.
+            # An open admin called without any cookie is a script; Origin was checked.
+            # A stale, revoked or forged cookie still marks a browser: no exemption.
+            cookie_borne = identity.via is Via.COOKIE or (
+                identity.via in (Via.OPEN, Via.NONE) and COOKIE in headers.get("cookie", "")
+            )
+            if method in _UNSAFE and (cookie_borne or path == "/login"):
+                if cookie_session is None:
+                    await _plain(send_secured, 403, "session expired or missing: reload the page")
+                    return
+                ok, receive = await self._check_csrf(cookie_session, scope, headers, receive)
+                if ok is None:
+                    await _plain(send_secured, 413, "upload too large")
+                    return
+                if not ok:
+                    await _plain(send_secured, 403, "CSRF token missing or wrong; reload the page")
+                    return
+            await self.app(scope, receive, send_secured)
+        except SpoolError as exc:
+            # The store cannot be read (a PostgreSQL outage): the session check
+            # or the page failed. One line saying so, not a 500 and a traceback;
+            # a response already under way cannot be replaced.
+            if started:
+                raise
+            text = f"the spool is unavailable ({exc}); try again shortly"
+            log.warning("admin %s %s: %s", method, path, text)
             if path.startswith(_MACHINE):
-                await _json(send_secured, 401, {"error": "authentication required"})
+                await _json(send_secured, 503, {"error": text})
             else:
-                query = scope.get("query_string", b"").decode("latin-1")
-                target = quote(path + ("?" + query if query else ""), safe="")
-                await _redirect(send_secured, f"/login?next={target}")
-            return
-
-        # Cookie-borne credentials (a login, or the anonymous session of an open
-        # admin) are what a forged cross-site form would ride on: demand the token.
-        # An open admin called without any cookie is a script; Origin was checked.
-        # A stale, revoked or forged cookie still marks a browser: no exemption.
-        cookie_borne = identity.via is Via.COOKIE or (
-            identity.via in (Via.OPEN, Via.NONE) and COOKIE in headers.get("cookie", "")
-        )
-        if method in _UNSAFE and (cookie_borne or path == "/login"):
-            if cookie_session is None:
-                await _plain(send_secured, 403, "session expired or missing: reload the page")
-                return
-            ok, receive = await self._check_csrf(cookie_session, scope, headers, receive)
-            if ok is None:
-                await _plain(send_secured, 413, "upload too large")
-                return
-            if not ok:
-                await _plain(send_secured, 403, "CSRF token missing or wrong; reload the page")
-                return
-        await self.app(scope, receive, send_secured)
+                await _plain(send_secured, 503, text)
 
     def _same_site(self, headers: dict[str, str]) -> bool:
         if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):

@@ -55,6 +55,10 @@ def _render(request: Request, name: str, ctx: dict[str, Any], status: int = 200)
         "notice": _notice(request),
         # Config text is for operators only, never for the login page.
         "reload_error": st.backend.status().last_reload_error if who.authenticated else None,
+        # A store shared by a fleet: the queue, the log and a message say which node
+        # accepted or tried the mail (on one host's spool that column says nothing).
+        "fleet": st.backend.spool.shared,
+        "node": st.backend.spool.node,
     }
     return st.templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 

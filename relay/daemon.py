@@ -49,6 +49,7 @@ from relay.sdnotify import Notifier
 from relay.secrets import Redactor
 from relay.store.lock import spool_lock
 from relay.store.membership import Membership
+from relay.store.node_status import write_status
 from relay.store.singleton import one_node_at_a_time
 from relay.store.spool import Spool
 from relay.wording import plural
@@ -131,6 +132,8 @@ class Daemon:
         self._mailbox_oauth: TokenSource | None = None
         #: device sign-ins started from the admin (Connect)
         self._sign_ins: SignIns | None = None
+        #: the admin's cookie key kept in a shared store (None: the admin makes its own)
+        self._session_key: str | None = None
         self.ready = asyncio.Event()
         self.metrics = Metrics()
         self.started_at = clock()
@@ -169,8 +172,8 @@ class Daemon:
         sessions (in-flight deliveries keep the snapshot they started with); a
         changed ``smtp.listen`` is rebound (new sockets first, then the old are
         closed); the spool path cannot change without a restart. The outcome is
-        kept in ``last_reload_at``/``last_reload_error`` and in the spool's
-        ``meta`` table, where ``sluice reload`` watches for it.
+        kept in ``last_reload_at``/``last_reload_error`` and in the node's status
+        file (``relay/store/node_status.py``), where ``sluice reload`` watches for it.
         """
         if self._stop.is_set():
             log.warning("reload ignored: the daemon is stopping", extra={"event": "reload"})
@@ -185,15 +188,13 @@ class Daemon:
             self.reloads += 1
             self.last_reload_at = self._clock()
             self.last_reload_error = error
-            if self.spool is not None:
-                with contextlib.suppress(SpoolError):
-                    await self.spool.meta_set(
-                        {
-                            "reload.id": f"{os.getpid()}:{self.reloads}",
-                            "reload.at": f"{self.last_reload_at:.3f}",
-                            "reload.error": error or "",
-                        }
-                    )
+            await self._record_status(
+                {
+                    "reload.id": f"{os.getpid()}:{self.reloads}",
+                    "reload.at": f"{self.last_reload_at:.3f}",
+                    "reload.error": error or "",
+                }
+            )
             self.notifier.ready(self.status_text())
             return error is None
 
@@ -349,6 +350,7 @@ class Daemon:
             bounce_folders=bounce_folders,
             config_digest=self.config_digest,
             edit_context=self.edit_context if self._config_path is not None else None,
+            session_key=self._session_key,
         )
 
     async def start_sign_in(self, provider_id: str) -> SignIn:
@@ -376,12 +378,23 @@ class Daemon:
         return digest_of(self._config_text.encode("utf-8"))
 
     async def _record_digest(self) -> None:
-        """Keep the running file's digest in the spool (``daemon.config_sha256``) for the CLI."""
+        """Keep the running file's digest (``daemon.config_sha256``) for the CLI."""
         digest = self.config_digest()
-        if self.spool is None or digest is None:
-            return
-        with contextlib.suppress(SpoolError):
-            await self.spool.meta_set({"daemon.config_sha256": digest})
+        if digest is not None:
+            await self._record_status({"daemon.config_sha256": digest})
+
+    async def _record_status(self, values: dict[str, str], *, fresh: bool = False) -> None:
+        """Tell the other processes on this host (``relay/store/node_status.py``).
+
+        A file beside the lock, not the store: on a store shared by a fleet
+        these facts are this node's alone, and ``sluice reload`` must see them
+        while the database is down. A full disk only costs the CLI its answer.
+        """
+        path = self._initial.spool.path
+        try:
+            await asyncio.to_thread(write_status, path, values, fresh=fresh)
+        except OSError as exc:
+            log.warning("could not record %s in %s: %s", ", ".join(values), path, exc)
 
     def edit_context(self) -> EditContext:
         """What a config edit from the admin needs: this daemon's checks, its reload, its file."""
@@ -407,18 +420,21 @@ class Daemon:
             reload=reload,
         )
 
-    async def _record_listen(self) -> None:
-        """Tell other processes (``sluice sendmail``, ``sluice reload``) where we are."""
-        if self.spool is None or self.listener is None:
+    async def _record_listen(self, *, fresh: bool = False) -> None:
+        """Tell other processes (``sluice sendmail``, ``sluice reload``) where we are.
+
+        ``fresh`` (at start): what an earlier run recorded is dropped.
+        """
+        if self.listener is None:
             return
-        with contextlib.suppress(SpoolError):
-            await self.spool.meta_set(
-                {
-                    "daemon.pid": str(os.getpid()),
-                    "daemon.listen": " ".join(str(ep) for ep in self.listener.addresses),
-                    "daemon.config": str(self._config_resolved or ""),
-                }
-            )
+        await self._record_status(
+            {
+                "daemon.pid": str(os.getpid()),
+                "daemon.listen": " ".join(str(ep) for ep in self.listener.addresses),
+                "daemon.config": str(self._config_resolved or ""),
+            },
+            fresh=fresh,
+        )
 
     # --------------------------------------------------------------- lifecycle
 
@@ -515,7 +531,7 @@ class Daemon:
                 await self.acceptors.start()
             for ep in self.listener.addresses:
                 log.info("listening smtp=%s:%d", ep.host, ep.port)
-            await self._record_listen()
+            await self._record_listen(fresh=True)
             if self._config_text is None and self._config_path is not None:
                 # Started with a config loaded elsewhere (tests, embedding): the
                 # file as it is now stands for it.
@@ -542,6 +558,10 @@ class Daemon:
             self.webhooks = WebhookSender(
                 spool, lambda: self.config, clock=self._clock, fleet=spool
             )
+            if spool.shared:
+                # One cookie key for the fleet: a login on any node's admin is
+                # good on every node (and the store's session version ends it).
+                self._session_key = await spool.admin_session_key()
             if cfg.admin.enabled:
                 # Bound before the TaskGroup: an error raised inside its body
                 # would leave as an ExceptionGroup traceback, not one line.

@@ -53,5 +53,13 @@ class SpoolLocked(SpoolError):
     """Another Sluice process holds the spool."""
 
 
+class SpoolUnreachable(SpoolError):
+    """The spool's database server cannot be reached (PostgreSQL down, network gone).
+
+    Not the message's fault nor the disk's: the listener says so in its
+    ``451``, and the writer and readers connect again by themselves.
+    """
+
+
 class UnknownMessage(SluiceError, LookupError):
     """No message with that queue ID exists."""

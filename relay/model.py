@@ -414,6 +414,8 @@ class QueueEntry:
     original: str = ""
     #: the rule that made this recipient, if any
     rule: AddressRule | None = None
+    #: the node that accepted the message (``spool.node``; a fleet's admin shows it)
+    node: str = ""
 
     @property
     def origin(self) -> str:
@@ -448,6 +450,7 @@ class QueueEntry:
             size=row["size"],
             original=(row["original_rcpt"] or "") if ruled else "",
             rule=AddressRule(row["rule"]) if ruled and row["rule"] else None,
+            node=row["node"] or "",
         )
 
 
@@ -465,6 +468,8 @@ class LogEntry:
     provider: str | None
     code: int | None
     reason: str
+    #: the node that made the attempt (``spool.node``; a fleet's admin shows it)
+    node: str = ""
 
     @classmethod
     def from_row(cls, row: Any) -> LogEntry:
@@ -479,6 +484,7 @@ class LogEntry:
             provider=row["provider"],
             code=row["code"],
             reason=row["reply"],
+            node=row["node"] or "",
         )
 
 
@@ -496,6 +502,8 @@ class MessageDetail:
     helo: str
     recipients: list[QueueEntry]
     attempts: list[LogEntry]
+    #: the node that accepted it (``spool.node``)
+    node: str = ""
 
 
 @dataclass(frozen=True, slots=True)

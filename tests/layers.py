@@ -261,6 +261,7 @@ SPOOL_WRITES = frozenset(
         "counter_return",
         "rate_reserve",
         "block_provider",
+        "admin_session_key",
     }
 )
 #: ``Spool`` methods a front-end may call: reads, the lifecycle, and
@@ -308,9 +309,16 @@ SUPPRESSION_READS = frozenset(
 #: the wings that are front-ends
 FRONT_ENDS = ("admin", "cli")
 #: the store modules a front-end may import: the facade and the suppression
-#: list (for their read views and value types), and the lock (who runs)
+#: list (for their read views and value types), the lock (who runs) and the
+#: daemon's status file beside it (what it answered: read, never written there)
 FRONT_END_STORE_MODULES = frozenset(
-    {"relay.store", "relay.store.spool", "relay.store.suppressions", "relay.store.lock"}
+    {
+        "relay.store",
+        "relay.store.spool",
+        "relay.store.suppressions",
+        "relay.store.lock",
+        "relay.store.node_status",
+    }
 )
 #: store names that are only ever the input of a write method
 WRITE_INPUTS = frozenset({"NewMessage", "NewBounce", "Control", "Finish", "new_queue_id"})

@@ -135,6 +135,7 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
         entries = await spool.list_queue(
             statuses=statuses, search=args.search, limit=args.limit + 1
         )
+        fleet = spool.shared
     cut = len(entries) > args.limit
     entries = entries[: args.limit]
     if cut:
@@ -150,10 +151,15 @@ async def cmd_queue_list(args: argparse.Namespace) -> int:
     if not entries:
         print("queue is empty" if statuses is None else "no matching recipients")
         return EX_OK
-    print(f"{'QUEUE ID':<17} {'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<23} RECIPIENT / REASON")
+    # A store shared by a fleet: which node accepted each message (on one host, no column).
+    head = f"{'NODE':<16} " if fleet else ""
+    print(
+        f"{'QUEUE ID':<17} {head}{'STATUS':<9} {'TRIES':>5} {'NEXT ATTEMPT':<23} RECIPIENT / REASON"
+    )
     for e in entries:
+        node = f"{e.node or '-':<16} " if fleet else ""
         print(
-            f"{e.queue_id:<17} {e.status.value:<9} {e.attempts:>5} "
+            f"{e.queue_id:<17} {node}{e.status.value:<9} {e.attempts:>5} "
             f"{when(e.next_attempt_at):<23} {e.email}"
         )
         if e.reason:
@@ -166,13 +172,15 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
     async with await Spool.open(cfg.spool) as spool:
         detail = await spool.get(args.queue_id)
         raw = await spool.body(detail.message_id) if args.raw else b""
+        fleet = spool.shared
     if args.raw:
         sys.stdout.buffer.write(raw)
         return EX_OK
+    on = f" on node {detail.node or '-'}" if fleet else ""
     print(
         f"Queue ID:  {detail.queue_id}\nFrom:      <{detail.sender}>\n"
         f"Subject:   {detail.subject}\nReceived:  {when(detail.received_at)} from "
-        f"{detail.client} ({detail.helo})\nSize:      {plural(detail.size, 'byte')}\n"
+        f"{detail.client} ({detail.helo}){on}\nSize:      {plural(detail.size, 'byte')}\n"
     )
     for r in detail.recipients:
         origin = f" ({r.origin})" if r.origin else ""
@@ -183,8 +191,9 @@ async def cmd_queue_show(args: argparse.Namespace) -> int:
     if detail.attempts:
         print("\nAttempts:")
         for a in detail.attempts:
+            by = f" by {a.node or '-'}" if fleet else ""
             print(
-                f"  {when(a.started_at)} <{a.email}> via {a.provider or '-'}: "
+                f"  {when(a.started_at)} <{a.email}> via {a.provider or '-'}{by}: "
                 f"{a.status.value} {a.reason}"
             )
     return EX_OK

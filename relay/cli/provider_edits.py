@@ -113,13 +113,14 @@ async def _context(args: argparse.Namespace) -> tuple[ops.EditContext, Config, b
     from relay.cli.reload import request_reload
     from relay.outbound.probe import connection_answer
     from relay.store.lock import daemon_pid
-    from relay.store.spool import Spool, read_meta
+    from relay.store.node_status import read_status
+    from relay.store.spool import Spool
 
     path: Path = args.config_path_of(args)
     cfg: Config = await asyncio.to_thread(load, path, secrets=False)
     running = await asyncio.to_thread(daemon_pid, cfg.spool.path) is not None
     loaded = (
-        await asyncio.to_thread(read_meta, cfg.spool.path, "daemon.config_sha256")
+        await asyncio.to_thread(read_status, cfg.spool.path, "daemon.config_sha256")
         if running
         else None
     )

@@ -74,7 +74,7 @@ async def _live(cfg: Config) -> dict[str, _Live]:
     from relay.outbound.limits import Quota
     from relay.store.spool import ALL_PROVIDERS, Spool
 
-    if not cfg.spool.path.exists():
+    if cfg.spool.url is None and not cfg.spool.path.exists():
         return {p.id: _Live() for p in cfg.providers}
     out: dict[str, _Live] = {}
     async with await Spool.open(cfg.spool) as spool:
@@ -294,7 +294,7 @@ async def cmd_connect(args: argparse.Namespace) -> int:
         return EX_UNAVAILABLE
     async with await Spool.open(cfg.spool) as spool:
         await save_sign_in(spool, p.id, grant.refresh_token, Actor.cli())
-    print(f"{p.id}: connected; the refresh token is stored in the spool ({cfg.spool.path})")
+    print(f"{p.id}: connected; the refresh token is stored in the spool ({cfg.spool.where})")
     return EX_OK
 
 

@@ -2,9 +2,11 @@
 
 The daemon holds an exclusive ``flock`` on ``<spool>.lock`` and writes its pid
 there (``relay.daemon.spool_lock``); after each reload it records the outcome
-in the spool's ``meta`` table (``reload.id``, ``reload.error``). So a reload
-request is: find the pid (only if the lock is really held, so a stale pid is
-never signalled), send SIGHUP, and wait until ``reload.id`` changes.
+in its status file beside it (``reload.id``, ``reload.error``;
+``relay/store/node_status.py``). So a reload request is: find the pid (only if
+the lock is really held, so a stale pid is never signalled), send SIGHUP, and
+wait until ``reload.id`` changes. Both files are this host's: no database is
+read, so it works on a fleet's PostgreSQL store too, and while it is down.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.store.lock import daemon_pid
-from relay.store.spool import read_meta
+from relay.store.node_status import read_status
 
 __all__ = ["ReloadResult", "other_config", "request_reload"]
 
@@ -40,14 +42,14 @@ def request_reload(spool_path: Path, *, wait: float = 10.0) -> ReloadResult:
     pid = daemon_pid(spool_path)
     if pid is None:
         raise ProcessLookupError(errno.ESRCH, f"no sluice daemon is running on {spool_path}")
-    before = read_meta(spool_path, "reload.id")
+    before = read_status(spool_path, "reload.id")
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + wait
-    config = read_meta(spool_path, "daemon.config")
+    config = read_status(spool_path, "daemon.config")
     while time.monotonic() < deadline:
-        current = read_meta(spool_path, "reload.id")
+        current = read_status(spool_path, "reload.id")
         if current is not None and current != before:
-            error = read_meta(spool_path, "reload.error") or None
+            error = read_status(spool_path, "reload.error") or None
             return ReloadResult(pid, True, error, config)
         time.sleep(0.05)
     return ReloadResult(pid, False, None, config)

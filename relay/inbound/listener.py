@@ -31,7 +31,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay.address import NULL_PATH, address_problem, needs_smtputf8
 from relay.address_rules import AddressRules
 from relay.config import Endpoint, ListenerSettings, Network, SmtpSettings
-from relay.errors import SpoolError
+from relay.errors import SpoolError, SpoolUnreachable
 from relay.inbound.admission import AcceptServer, Admission, bind_endpoint, listen_backlog
 from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
 from relay.inbound.auth import FailureGate, SmtpAuth
@@ -97,6 +97,11 @@ R_BARE_LF = (
 )
 R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections (limit {limit}); try again later"
 R_SPOOL_ERROR = "451 4.3.0 Could not store the message (local spool error); try again later"
+# A PostgreSQL store whose server is down or out of reach: the reason says which, so that
+# the app's log shows where to look (the code stays 4.3.0, a mail system condition).
+R_SPOOL_UNREACHABLE = (
+    "451 4.3.0 Could not store the message (the spool database is unreachable); try again later"
+)
 R_INTERNAL = "451 4.3.0 Internal error; try again later"
 # RFC 5321 § 4.2.2 (452: insufficient system storage), RFC 3463 4.3.1 (mail system full).
 R_DISK_FULL = "452 4.3.1 Insufficient system storage (the spool's disk is full); try again later"
@@ -362,6 +367,12 @@ class RelayHandler:
             self._refusals.refused(peer_ip(session), "no room for mail", disk_full=True)
             self._events.on_reject("disk_full")
             return R_DISK_FULL
+        if self._spool.unreachable:
+            # The same for a PostgreSQL store just found out of reach.
+            why = "the spool database is unreachable"
+            self._refusals.refused(peer_ip(session), why, disk_full=False)
+            self._events.on_reject("spool_unreachable")
+            return R_SPOOL_UNREACHABLE
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return R_MAIL_OK
@@ -455,6 +466,10 @@ class RelayHandler:
         )
         try:
             await self._spool.enqueue(message)
+        except SpoolUnreachable as exc:
+            self._refusals.refused(message.client, exc, disk_full=False)
+            self._events.on_reject("spool_unreachable")
+            return R_SPOOL_UNREACHABLE
         except SpoolError as exc:
             full = is_disk_full(exc) or self._spool.disk_full
             self._refusals.refused(message.client, exc, disk_full=full)

@@ -2,7 +2,7 @@
 
 Reads one message on stdin and hands it to the local Sluice listener over
 SMTP (the first ``smtp.listen`` address; for port 0, the address the running
-daemon recorded in the spool). If the listener cannot be reached at all and
+daemon recorded beside its lock). If the listener cannot be reached at all and
 the caller can write the spool (root or the sluice user), the message is
 written straight into the spool, where the daemon finds it when it (re)starts
 or at its next poll; otherwise the exit code is 75 (EX_TEMPFAIL) so that the
@@ -62,7 +62,8 @@ from relay.inbound.sendmail_args import (
 from relay.message import extract_subject
 from relay.model import valid_address
 from relay.received import received_header
-from relay.store.spool import NewMessage, Spool, new_queue_id, read_meta
+from relay.store.node_status import read_status
+from relay.store.spool import NewMessage, Spool, new_queue_id
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
 
@@ -105,7 +106,7 @@ def _connect_target(cfg: Config) -> Endpoint | None:
 
 
 def _recorded_listen(spool: Path, index: int = 0) -> Endpoint | None:
-    recorded = read_meta(spool, "daemon.listen")
+    recorded = read_status(spool, "daemon.listen")
     if not recorded:
         return None
     addresses = recorded.split()
@@ -188,12 +189,21 @@ def _describe(refused: Mapping[str, tuple[int, bytes]]) -> str:
     return "; ".join(f"<{r}>: {c} {_txt(t)}" for r, (c, t) in refused.items())
 
 
-def _spool_writable(path: Path) -> bool:
+def _spool_writable(spool: SpoolSettings) -> bool:
+    """Whether this caller may write the store itself when the daemon does not answer.
+
+    A SQLite spool: the file and its directory are writable (root or the
+    sluice user). A PostgreSQL store: whoever can read its password may
+    (opening it says; a caller without it gets exit 75).
+    """
+    if spool.url is not None:
+        return True
+    path = spool.path
     return path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
-async def _enqueue(path: Path, msg: NewMessage, stream_headers: list[str]) -> str:
-    async with await Spool.open(path) as spool:
+async def _enqueue(where: Path | SpoolSettings, msg: NewMessage, stream_headers: list[str]) -> str:
+    async with await Spool.open(where) as spool:
         spool.stream_headers = stream_headers  # as the daemon's spool has them
         return await spool.enqueue(msg)
 
@@ -235,6 +245,9 @@ def _spool_directly(
         client="sendmail",
         helo=f"uid {os.getuid()}",
     )
+    if cfg.spool.url is not None:
+        asyncio.run(_enqueue(cfg.spool, msg, cfg.suppression.stream_headers))
+        return queue_id
     owner = path.stat()
     try:
         asyncio.run(_enqueue(path, msg, cfg.suppression.stream_headers))
@@ -325,7 +338,7 @@ def run(
             return _err(exc.code, str(exc))
         except OSError as exc:
             reason = f"cannot connect to {target}: {exc.strerror or exc}"
-    if not _spool_writable(cfg.spool.path):
+    if not _spool_writable(cfg.spool):
         return _err(
             EX_TEMPFAIL,
             f"sluice is not reachable ({reason}) and the spool {cfg.spool.path} is not "
@@ -339,7 +352,8 @@ def run(
         return _err(EX_TEMPFAIL, f"{reason}; writing the spool failed too: {exc}")
     if opts.verbose:
         print(
-            f"sendmail: {reason}; queued as {queue_id} in {cfg.spool.path} (sent when sluice runs)",
+            f"sendmail: {reason}; queued as {queue_id} in {cfg.spool.where} "
+            "(sent when sluice runs)",
             file=sys.stderr,
         )
     return EX_OK

@@ -30,6 +30,7 @@ import httpx
 
 from relay.backoff import exponential
 from relay.config import Config, NotifySettings, WebhookSettings
+from relay.errors import SpoolError
 from relay.events import SIGNATURE_HEADER, sign
 from relay.http import USER_AGENT
 from relay.http import client as http_client
@@ -139,14 +140,18 @@ class WebhookSender:
             if hook is None:
                 return  # removed by a reload; its events wait in case it comes back
             wake.clear()
-            row = await self._spool.outbox_next(url)
-            if row is None:
-                wait = _CONFIG_CHECK
-            else:
-                wait = row.next_attempt_at - self._clock()
-                if wait <= 0:
+            try:
+                row = await self._spool.outbox_next(url)
+                if row is not None and row.next_attempt_at <= self._clock():
                     await self._post(row, hook, client)
                     continue
+            except SpoolError as exc:
+                # The store is out of reach (a PostgreSQL outage) or full: the
+                # events wait in it; this endpoint asks again, the daemon goes on.
+                # An event posted but not marked is posted again (at least once).
+                log.error("webhook %s: cannot read the outbox: %s", mask_url(url), exc)
+                row = None
+            wait = _CONFIG_CHECK if row is None else row.next_attempt_at - self._clock()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(wait, _CONFIG_CHECK)):
                     await _first(stop, wake)

@@ -50,7 +50,7 @@ with these signatures and results, plus ``wake``, ``outbox_wake``,
   ``audit_log``, ``queue_marks``, ``waiting_via``;
 - state: ``counter_add``, ``counter_prune``, ``counter_get``,
   ``counter_since``, ``meta_set``, ``meta_get``, ``save_oauth_grant``,
-  ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_version``,
+  ``oauth_grant_failed``, ``oauth_grant``, ``admin_session_key``, ``admin_session_version``,
   ``revoke_admin_sessions``, ``probe_write``, ``short_of_room``, ``health``;
 - nodes: ``node_join``, ``node_row``, ``node_beat``, ``node_leave``, ``list_nodes``.
 - limits shared by the nodes of a fleet (``relay/store/limits.py``):
@@ -76,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import secrets
 import socket
 import sqlite3
 import time
@@ -113,7 +114,7 @@ from relay.store.nodes import NodeRow
 from relay.store.outbox import DsnVerdict, OutboxRow
 from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
 from relay.store.singleton import Granted, Turn, Turns
-from relay.store.state import OAuthGrant, SpoolHealth, read_meta
+from relay.store.state import OAuthGrant, SpoolHealth
 from relay.store.suppressions import Suppressions
 from relay.store.views import AttemptBucket
 from relay.store.writer import Checkpointer, DiskSpace, Writer, connect, write_lock_path
@@ -142,7 +143,6 @@ __all__ = [
     "Spool",
     "SpoolHealth",
     "new_queue_id",
-    "read_meta",
 ]
 
 Clock = Callable[[], float]
@@ -954,6 +954,15 @@ class Spool:
         """The admin's current session version (0 until the first revocation)."""
         return await state.admin_session_version(self._reader)
 
+    async def admin_session_key(self) -> str:
+        """The key that signs the admin's session cookies, kept in the store (made once).
+
+        For a store shared by a fleet: a login on one node's admin is good on
+        every other, and ``revoke_admin_sessions`` ends it on all of them.
+        """
+        offered = secrets.token_urlsafe(32)
+        return await self._writer.submit(lambda c: state.admin_session_key(c, offered))
+
     async def revoke_admin_sessions(self) -> int:
         """End every admin session by starting a new session version; returns it."""
         return await self._writer.submit(state.revoke_admin_sessions)
@@ -986,6 +995,14 @@ class Spool:
     def disk_full(self) -> bool:
         """The spool's disk is full: mail is refused until the writer finds room (no I/O)."""
         return self._writer.disk_full
+
+    @property
+    def unreachable(self) -> bool:
+        """The store's server was out of reach at the last try, under a second ago (no I/O).
+
+        Never on SQLite (its file is here: a failing disk is ``disk_full``).
+        """
+        return not isinstance(self._writer, Writer) and self._writer.unreachable
 
     def health(self) -> SpoolHealth:
         """The last write failure and success, and how checkpoints go; no I/O."""

@@ -9,9 +9,7 @@ session version voids every session cookie issued under an older one.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from relay.store.db import Conn, Reader
 from relay.store.sql import QUERIES
@@ -20,6 +18,7 @@ from relay.store.writer import CheckpointHealth, WriteHealth
 __all__ = [
     "OAuthGrant",
     "SpoolHealth",
+    "admin_session_key",
     "admin_session_version",
     "counter_add",
     "counter_get",
@@ -30,7 +29,6 @@ __all__ = [
     "oauth_grant",
     "oauth_grant_failed",
     "probe_write",
-    "read_meta",
     "revoke_admin_sessions",
     "save_oauth_grant",
 ]
@@ -88,6 +86,12 @@ def oauth_grant_failed(c: Conn, now: float, provider: str, error: str) -> None:
     c.execute(QUERIES["oauth_grant_failed"], {"provider": provider, "error": error, "now": now})
 
 
+def admin_session_key(c: Conn, offered: str) -> str:
+    """The admin's cookie key kept in the store: ``offered`` if none was kept yet."""
+    c.execute(QUERIES["admin_session_key_offer"], {"key": offered})
+    return str(c.execute(QUERIES["admin_session_key"]).fetchone()[0])
+
+
 def revoke_admin_sessions(c: Conn) -> int:
     """Start a new admin session version; returns it."""
     return int(c.execute(QUERIES["admin_sessions_revoke"]).fetchone()[0])
@@ -139,22 +143,3 @@ async def admin_session_version(reader: Reader) -> int:
     async with reader.execute(QUERIES["admin_session_version"]) as cur:
         row = await cur.fetchone()
     return int(row[0]) if row else 0
-
-
-def read_meta(path: Path, key: str) -> str | None:
-    """Read one ``meta`` value without opening the spool for writing (CLI helpers).
-
-    Blocking; for short-lived commands (``sluice reload``, ``sluice sendmail``)
-    only. Returns None if the spool or the key does not exist or is unreadable.
-    """
-    if not path.is_file():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            row = conn.execute(QUERIES["meta_get"], {"key": key}).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row else None

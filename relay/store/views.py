@@ -105,6 +105,7 @@ async def get(reader: Reader, queue_id: str) -> MessageDetail:
         helo=msg["helo"],
         recipients=rcpts,
         attempts=attempts,
+        node=msg["node"] or "",
     )
 
 

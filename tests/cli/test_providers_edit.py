@@ -23,7 +23,8 @@ import trustme
 import yaml
 
 from relay.config_edit import digest_of
-from relay.store.spool import Spool, read_meta
+from relay.store.node_status import read_status
+from relay.store.spool import Spool
 from tests.conftest import fast_config
 from tests.daemon_proc import DaemonProcess, run_cli, start_daemon
 from tests.peers import PostfixSasl, postfix_sasl
@@ -135,7 +136,7 @@ async def test_add_with_a_wrong_then_the_right_password(
     assert f"password_file: {secret}" in after
     # The daemon runs the new file: its digest is the file's.
     spool_path = base / "spool.sqlite3"
-    assert read_meta(spool_path, "daemon.config_sha256") == digest_of(
+    assert read_status(spool_path, "daemon.config_sha256") == digest_of(
         daemon.config_path.read_bytes()
     )
     rc, out, _ = await run_cli("providers", "list", "--json", "-c", str(daemon.config_path))

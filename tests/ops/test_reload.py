@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.store.spool import read_meta
+from relay.store.node_status import read_status
 from tests.conftest import SluiceFactory, eventually, provider_for, smtp_send, write_config
 from tests.daemon_proc import DaemonProcess, run_cli
 from tests.upstream import TestUpstream
@@ -76,15 +76,15 @@ async def test_broken_yaml_keeps_old_config_and_keeps_delivering(
 
     # The error is exposed where `sluice reload`, the admin page and /healthz read it.
     spool = path.parent / "spool.sqlite3"
-    error = await eventually(lambda: read_meta(spool, "reload.error"))
+    error = await eventually(lambda: read_status(spool, "reload.error"))
     assert error.startswith(f"{path}:")
 
     # `sluice reload` refuses the broken file itself, without signalling the daemon.
-    before = read_meta(spool, "reload.id")
+    before = read_status(spool, "reload.id")
     rc, _out, err = await run_cli("reload", "-c", str(path))
     assert rc == 78
     assert f"{path}:" in err
-    assert read_meta(spool, "reload.id") == before
+    assert read_status(spool, "reload.id") == before
 
     # Still alive, still delivering with the old config.
     await smtp_send(d.port, "a@example.org", ["b@example.net"], MSG % b"after")
@@ -96,7 +96,7 @@ async def test_broken_yaml_keeps_old_config_and_keeps_delivering(
     path.write_text(good)
     rc, out, err = await run_cli("reload", "-c", str(path))
     assert rc == 0, (out, err)
-    assert read_meta(spool, "reload.error") == ""
+    assert read_status(spool, "reload.error") == ""
     assert await d.stop() == 0
 
 

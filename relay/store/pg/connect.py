@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from relay.errors import SpoolError
+from relay.errors import SpoolError, SpoolUnreachable
 from relay.store.pg.conn import PgRow, row_factory
 
 __all__ = ["Target", "connect_async", "connect_sync", "first_line"]
@@ -52,12 +52,12 @@ def connect_sync(target: Target, role: str) -> psycopg.Connection[PgRow]:
     try:
         conn = psycopg.connect(target.url, row_factory=row_factory, **target.kwargs(role))
     except psycopg.Error as exc:
-        raise SpoolError(f"cannot open spool {target.url}: {first_line(exc)}") from None
+        raise _open_error(target, exc) from None
     try:
         _durable(conn)
     except psycopg.Error as exc:
         conn.close()
-        raise SpoolError(f"cannot open spool {target.url}: {first_line(exc)}") from None
+        raise SpoolError(f"cannot open spool.url {target.url}: {first_line(exc)}") from None
     return conn
 
 
@@ -72,7 +72,20 @@ async def connect_async(target: Target, role: str) -> psycopg.AsyncConnection[Pg
             target.url, row_factory=row_factory, **target.kwargs(role)
         )
     except psycopg.Error as exc:
-        raise SpoolError(f"cannot open spool {target.url}: {first_line(exc)}") from None
+        raise _open_error(target, exc) from None
+
+
+def _open_error(target: Target, exc: psycopg.Error) -> SpoolError:
+    """One line naming ``spool.url``; ``SpoolUnreachable`` when no session could be made.
+
+    libpq says why in the same line: nothing listening, the server starting
+    or shutting down, a refused password, no such database. Each is an
+    ``OperationalError`` without a SQLSTATE, so they are not told apart here:
+    for a client waiting on a ``451`` they are one thing, no spool now.
+    """
+    if isinstance(exc, psycopg.OperationalError):
+        return SpoolUnreachable(f"cannot connect to spool.url {target.url}: {first_line(exc)}")
+    return SpoolError(f"cannot open spool.url {target.url}: {first_line(exc)}")
 
 
 def _durable(conn: psycopg.Connection[PgRow]) -> None:

@@ -31,7 +31,7 @@ def target_of(settings: SpoolSettings, node: str) -> Target:
         try:
             password = settings.password.resolve().get_secret_value()
         except SecretError as exc:
-            raise SpoolError(f"cannot open spool {settings.url}: {exc}") from None
+            raise SpoolError(f"cannot open spool.url {settings.url}: {exc}") from None
     return Target(settings.url, password=password, node=node)
 
 
@@ -49,7 +49,7 @@ async def open_pg(
         await asyncio.to_thread(migrate, conn)
     except psycopg.Error as exc:
         await asyncio.to_thread(conn.close)
-        raise SpoolError(f"cannot open spool {target.url}: {first_line(exc)}") from None
+        raise SpoolError(f"cannot open spool.url {target.url}: {first_line(exc)}") from None
     except BaseException:
         await asyncio.to_thread(conn.close)
         raise

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from relay.errors import SpoolError
+from relay.errors import SpoolError, SpoolUnreachable
 from relay.store.db import Params
 from relay.store.pg.conn import PgRow, pg_sql
 from relay.store.pg.connect import Target, connect_async, first_line
@@ -79,17 +79,23 @@ class PgReader:
 
     async def execute_fetchall(self, sql: str, parameters: Params = (), /) -> list[PgRow]:
         twin = pg_sql(sql)
-        conn = await self._connection()
-        try:
-            cur = await conn.execute(twin, parameters or None)
-            return await cur.fetchall() if cur.description is not None else []
-        except psycopg.OperationalError as exc:
-            if conn.closed:
+        # Twice at most: a connection the server ended while it sat idle (a
+        # restart) is found dead by the first read after; a read changes
+        # nothing, so it is asked again on a new connection.
+        for last in (False, True):
+            conn = await self._connection()
+            try:
+                cur = await conn.execute(twin, parameters or None)
+                return await cur.fetchall() if cur.description is not None else []
+            except psycopg.OperationalError as exc:
+                if not conn.closed:
+                    raise SpoolError(f"spool read failed: {first_line(exc)}") from None
                 self._conn = None
-                raise SpoolError(
-                    f"spool {self._target.url} unreachable: {first_line(exc)}"
-                ) from None
-            raise SpoolError(f"spool read failed: {first_line(exc)}") from None
+                if last:
+                    raise SpoolUnreachable(
+                        f"spool {self._target.url} unreachable: {first_line(exc)}"
+                    ) from None
+        raise AssertionError("unreachable")
 
     async def raw(self, sql: str, parameters: dict[str, Any] | None = None) -> list[PgRow]:
         """A statement of the backend's own (not a named one): the node table, the listener."""

@@ -9,9 +9,12 @@ caller is answered only after the COMMIT of its job returned, with
 holds nothing else: a crash of the server may lose them, never mail.
 
 When the server goes away (restart, network), the batch in flight fails
-with ``SpoolError`` (the listener answers 4xx, nothing was acknowledged),
-and the next batch connects again; until it can, each batch fails at once,
-with at most one connection attempt per ``RECONNECT_EVERY`` seconds.
+with ``SpoolUnreachable`` (the listener answers 4xx, nothing was
+acknowledged), and the next batch connects again; until it can, each batch
+fails at once, with at most one connection attempt per ``RECONNECT_EVERY``
+seconds. A connection the server ended while it sat idle is found dead at
+the batch's ``BEGIN``, before any job ran: that batch runs again on a new
+connection instead of failing once after the server is back.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from relay.errors import SpoolError
+from relay.errors import SpoolError, SpoolUnreachable
 from relay.store.pg.conn import PgConn, PgRow
 from relay.store.pg.connect import Target, connect_sync, first_line
 from relay.store.writer import WriteHealth, resolve_future
@@ -89,6 +92,17 @@ class PgWriter:
         """PostgreSQL's disk is its own business: a write it refuses is an error like others."""
         return False
 
+    @property
+    def unreachable(self) -> bool:
+        """The server was found out of reach under a second ago (no I/O).
+
+        The listener refuses mail at ``MAIL`` meanwhile, as for a full disk.
+        Past that second it lets the next message through to ``DATA``, whose
+        write tries to connect again: so a process that writes nothing else
+        (an accept worker) still finds out when the server is back.
+        """
+        return self._lost_said and time.monotonic() < self._next_connect
+
     def short_of_room(self) -> str | None:
         return None
 
@@ -116,7 +130,7 @@ class PgWriter:
             return self._conn
         now = time.monotonic()
         if now < self._next_connect:
-            raise SpoolError(f"spool {self._target.url} unreachable; trying again")
+            raise SpoolUnreachable(f"spool {self._target.url} unreachable; trying again")
         self._next_connect = now + RECONNECT_EVERY
         self._conn = connect_sync(self._target, "writer")
         if self._lost_said:
@@ -131,9 +145,20 @@ class PgWriter:
         failure: str | None = None
         try:
             conn = self._connection()
-            results, failure, changed = self._retrying(conn, batch)
+            try:
+                results, failure, changed = self._retrying(conn, batch)
+            except _Stale:
+                # The server ended this connection while it was idle (a restart, a
+                # failover): nothing of the batch ran, so it runs on a new one.
+                conn = self._connection()
+                results, failure, changed = self._retrying(conn, batch)
+        except _Stale as stale:
+            error = self._lost(stale.error)
+            results, failure, changed = [(False, error)] * len(batch), str(error), False
         except (psycopg.Error, SpoolError) as exc:
             error = exc if isinstance(exc, SpoolError) else self._lost(exc)
+            if isinstance(error, SpoolUnreachable):
+                self._say_lost(str(error))
             results, failure, changed = [(False, error)] * len(batch), str(error), False
         if failure is not None:
             h = self.health
@@ -178,15 +203,19 @@ class PgWriter:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("ROLLBACK")
             return SpoolError(f"spool commit failed: {first_line(exc)}")
+        self._say_lost(first_line(exc))
+        return SpoolUnreachable(f"spool {self._target.url} unreachable: {first_line(exc)}")
+
+    def _say_lost(self, reason: str) -> None:
+        """The server is out of reach: one line, until ``_connection`` says it is back."""
         if not self._lost_said:
             self._lost_said = True
             log.error(
                 "spool %s lost (%s): refusing mail (451) until it is back",
                 self._target.url,
-                first_line(exc),
+                reason,
                 extra={"event": "spool_lost"},
             )
-        return SpoolError(f"spool {self._target.url} unreachable: {first_line(exc)}")
 
     def _transaction(
         self, conn: psycopg.Connection[PgRow], batch: list[_Item]
@@ -238,7 +267,26 @@ class PgWriter:
 
 
 def _send(conn: psycopg.Connection[PgRow], statements: list[str]) -> None:
-    """Run ``statements`` (constant, no parameters) as one simple query, and empty the list."""
-    if statements:
+    """Run ``statements`` (constant, no parameters) as one simple query, and empty the list.
+
+    Raises:
+        _Stale: the statements began the transaction (``BEGIN`` first) and the
+            server had already closed the connection: nothing of the batch ran.
+    """
+    if not statements:
+        return
+    try:
         conn.execute("; ".join(statements))
-        statements.clear()
+    except psycopg.OperationalError as exc:
+        if statements[0] == "BEGIN" and conn.closed:
+            raise _Stale(exc) from None
+        raise
+    statements.clear()
+
+
+class _Stale(SpoolError):
+    """The connection was found dead at ``BEGIN``: no job of the batch has run."""
+
+    def __init__(self, error: psycopg.OperationalError) -> None:
+        super().__init__(str(error))
+        self.error = error

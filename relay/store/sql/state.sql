@@ -57,6 +57,16 @@ INSERT INTO meta (key, value) VALUES ('admin_session_version', '1')
 ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
 RETURNING CAST(value AS INTEGER);
 
+-- name: admin_session_key_offer
+-- Offer a key for the admin's session cookies; the first one offered stays
+-- (a shared store: every node of the fleet signs and checks with it).
+INSERT INTO meta (key, value) VALUES ('admin.session_key', :key)
+ON CONFLICT (key) DO NOTHING;
+
+-- name: admin_session_key
+-- The key the admin's session cookies are signed with, on a shared store.
+SELECT value FROM meta WHERE key = 'admin.session_key';
+
 -- name: health_probe_put
 -- A throw-away row of :size bytes: whether the spool can grow by that much.
 INSERT INTO meta (key, value) VALUES ('health.probe', zeroblob(:size))

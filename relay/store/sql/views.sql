@@ -10,7 +10,7 @@ SELECT * FROM messages WHERE queue_id = :queue_id;
 -- Every recipient of one message, as queue entries.
 SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at, r.last_attempt_at,
        r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size,
-       r.original_rcpt, r.rule
+       r.original_rcpt, r.rule, m.node
 FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
 WHERE r.message_id = :message_id ORDER BY r.id;
 
@@ -64,7 +64,7 @@ ORDER BY id DESC LIMIT :limit;
 -- costs what the first does. :q is a LIKE pattern (NULL: no search), :exact
 -- a queue ID.
 SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at, r.last_attempt_at,
-       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size
+       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size, m.node
 FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
 WHERE r.id <= coalesce(:before_id - 1, 9223372036854775807)
   AND (:q IS NULL OR r.rcpt LIKE :q ESCAPE '\' OR m.subject LIKE :q ESCAPE '\'
@@ -75,7 +75,7 @@ ORDER BY r.id DESC LIMIT :limit;
 -- queue_page of the recipients in :statuses (a JSON array) only: its own
 -- statement so that recipients_status (status, id) serves the filter.
 SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at, r.last_attempt_at,
-       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size
+       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size, m.node
 FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
 WHERE r.status IN (SELECT value FROM json_each(:statuses))
   AND r.id <= coalesce(:before_id - 1, 9223372036854775807)

@@ -15,7 +15,7 @@ ORDER BY id DESC LIMIT :limit;
 -- name: queue_page
 -- One page of queue entries, newest first; keyset on id.
 SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at, r.last_attempt_at,
-       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size
+       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size, m.node
 FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
 WHERE r.id <= coalesce(:before_id::bigint - 1, 9223372036854775807)
   AND (:q::text IS NULL OR r.rcpt ILIKE :q::text ESCAPE '\'
@@ -26,7 +26,7 @@ ORDER BY r.id DESC LIMIT :limit;
 -- name: queue_page_by_status
 -- queue_page of the recipients in :statuses (a JSON array) only.
 SELECT r.id, m.queue_id, r.rcpt, m.sender, m.subject, m.received_at, r.last_attempt_at,
-       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size
+       r.next_attempt_at, r.attempts, r.status, r.last_reply, r.provider, m.size, m.node
 FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
 WHERE r.status IN (SELECT value FROM json_array_elements_text(:statuses::json))
   AND r.id <= coalesce(:before_id::bigint - 1, 9223372036854775807)
