@@ -15,14 +15,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.loadgen import ClientAuth, LoadResult, run_load, run_smtp_source
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
 from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
 
-__all__ = ["Scenario", "free_port", "run_scenario", "tally"]
+__all__ = ["RELAYS", "Scenario", "Target", "free_port", "run_scenario", "tally"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Scenario:
 
 
 @dataclass
-class _Target:
+class Target:
     """What the runner needs from the relay under test."""
 
     name: str
@@ -66,6 +66,13 @@ class _Target:
     diagnose: Callable[[], list[Any]] = list
     #: STARTTLS and AUTH for every connection (``--client tls-auth``)
     auth: ClientAuth | None = None
+
+
+class HasPort(Protocol):
+    """A sink as the relays need it: where to deliver (Python's or Postfix's smtp-sink)."""
+
+    @property
+    def port(self) -> int: ...
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -104,7 +111,7 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
+async def _sluice(sc: Scenario, sink: HasPort, work: Path) -> AsyncIterator[Target]:
     cfg = work / "sluice.yaml"
     auth, smtp_lines = _tls_auth(work) if sc.client == "tls-auth" else (None, None)
     write_sluice_config(
@@ -119,7 +126,7 @@ async def _sluice(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[
     try:
         # The daemon and its accept workers, if any.
         sampler = Sampler(lambda: descendants(proc.pid))
-        yield _Target(
+        yield Target(
             "sluice",
             proc.port,
             lambda: tree_cpu_seconds(proc.pid),
@@ -163,12 +170,16 @@ def _tls_auth(work: Path) -> tuple[ClientAuth, list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def _postfix(sc: Scenario, sink: SinkProcess, work: Path) -> AsyncIterator[_Target]:
+async def _postfix(sc: Scenario, sink: HasPort, work: Path) -> AsyncIterator[Target]:
     port = free_port()
     async with PostfixInstance(work / "postfix", port, sink.port, concurrency=sc.connections) as pf:
         master = pf.master_pid()
         sampler = Sampler(lambda: descendants(master), interval=0.2)
-        yield _Target("postfix", port, lambda: tree_cpu_seconds(master), sampler, lambda: 0)
+        yield Target("postfix", port, lambda: tree_cpu_seconds(master), sampler, lambda: 0)
+
+
+#: the relay under test by name: ``async with RELAYS[name](scenario, sink, workdir) as target``
+RELAYS = {"sluice": _sluice, "postfix": _postfix}
 
 
 async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: float) -> int:
@@ -189,7 +200,7 @@ async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: fl
 
 async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
     """Run one scenario against ``relay`` ("sluice" or "postfix"); return its figures."""
-    starter = {"sluice": _sluice, "postfix": _postfix}[relay]
+    starter = RELAYS[relay]
     with tempfile.TemporaryDirectory(prefix=f"bench-{relay}-") as tmp:
         work = Path(tmp)
         sink = await SinkProcess.start()
