@@ -49,6 +49,7 @@ from typing import Any
 from bench.loadgen import SMTP_SOURCE, run_smtp_source
 from bench.postfix import postfix_available
 from bench.procs import SinkProcess, smtp_ready
+from bench.procstat import cpu_seconds
 from bench.runner import RELAYS, Scenario, free_port, percentile
 
 __all__ = ["WORKLOADS", "SmtpSink", "Workload", "fsync_median_ms", "main_async"]
@@ -149,6 +150,16 @@ class SmtpSink:
         """Not known: smtp-sink keeps no message identity (the count tells instead)."""
         return None
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def connections(self) -> int | None:
+        """Sessions so far (the counter's ``sess``), warm-up and probes included."""
+        self.poll()
+        found = re.findall(rb"sess=(\d+)", self._tail)
+        return int(found[-1]) if found else None
+
     async def stop(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -176,6 +187,10 @@ class PythonSink:
     async def start(cls, work: Path) -> PythonSink:
         return cls(await SinkProcess.start(), work)
 
+    @property
+    def pid(self) -> int:
+        return self.sink.proc.pid
+
     async def count(self) -> int:
         return await self.sink.count()
 
@@ -184,6 +199,11 @@ class PythonSink:
         dump = await self.sink.dump(self.work / "sink.json")
         tagged = sum(len(times) - 1 for times in dump["tokens"].values())
         return int(dump["untagged_duplicates"]) + tagged
+
+    async def connections(self) -> int | None:
+        """Connections the relay opened to the sink so far (warm-up included)."""
+        dump = await self.sink.dump(self.work / "sink.json")
+        return int(dump["connections"])
 
     async def stop(self) -> None:
         await self.sink.stop()
@@ -330,8 +350,10 @@ async def run_once(
                     )
                     await _wait_for(sink, sent, stall=30, limit=120)
                 base = await sink.count()
+                conns0 = await sink.connections()
                 target.sampler.start()
                 cpu0 = target.cpu()
+                sink_cpu0 = cpu_seconds(sink.pid)
                 latencies: list[float] = []
                 stop = asyncio.Event()
                 t0 = time.time()
@@ -360,11 +382,13 @@ async def run_once(
                 counted = await _wait_for(sink, base + expected, stall=30, limit=time_limit)
                 t_end = time.time()
                 cpu = target.cpu() - cpu0
+                sink_cpu = cpu_seconds(sink.pid) - sink_cpu0
                 await target.sampler.stop()
                 # A duplicate would arrive after the count was reached: look again.
                 await asyncio.sleep(0.5)
                 settled = await sink.count()
                 dup_ids = await sink.duplicates()
+                conns1 = await sink.connections()
                 warnings = target.warnings()
                 peak_rss = max(target.sampler.peak, target.hwm())
         finally:
@@ -383,11 +407,15 @@ async def run_once(
         "delivered": delivered,
         "lost": max(0, expected - (counted - base)),
         "duplicated": max(max(0, delivered - expected), dup_ids or 0),
+        #: connections the relay opened to the sink during the run
+        "sink_connections": None if conns0 is None or conns1 is None else conns1 - conns0,
         "errors": errors[:5],
         "relay_warnings": warnings[:5],
         "seconds": t_end - t0,
         "rate": expected / max(1e-9, t_end - t0),
         "cpu_ms_per_msg": cpu / max(1, expected) * 1000,
+        #: the sink's own CPU per message: it shares the two cores with the relay
+        "sink_cpu_ms_per_msg": sink_cpu / max(1, expected) * 1000,
         "accept_p50_ms": percentile(latencies, 0.5) * 1000,
         "accept_p99_ms": percentile(latencies, 0.99) * 1000,
         "peak_rss_mb": peak_rss / 2**20,
@@ -409,7 +437,7 @@ def render(report: dict[str, Any]) -> str:
         f"median of {report['repeat']}",
         "",
         "| workload | Sluice msg/s (runs) | Postfix msg/s (runs) | Sluice / Postfix "
-        "| CPU ms/msg S / P | acc p99 ms S / P | lost / dup |",
+        "(each pair) | CPU ms/msg S / P | acc p99 ms S / P | lost / dup |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
@@ -418,9 +446,10 @@ def render(report: dict[str, Any]) -> str:
         def runs(rs: list[dict[str, Any]]) -> str:
             return ", ".join(f"{r['rate']:.0f}" for r in rs)
 
+        pairs = ", ".join(f"{a['rate'] / b['rate']:.2f}" for a, b in zip(s, p, strict=True))
         lines.append(
             f"| {row['label']} | **{_median(s, 'rate'):.0f}** ({runs(s)}) "
-            f"| **{_median(p, 'rate'):.0f}** ({runs(p)}) | **{row['ratio']:.2f}x** "
+            f"| **{_median(p, 'rate'):.0f}** ({runs(p)}) | **{row['ratio']:.2f}x** ({pairs}) "
             f"| {_median(s, 'cpu_ms_per_msg'):.2f} / {_median(p, 'cpu_ms_per_msg'):.2f} "
             f"| {_fmt(_median(s, 'accept_p99_ms'))} / {_fmt(_median(p, 'accept_p99_ms'))} "
             f"| {sum(r['lost'] for r in s + p)} / {sum(r['duplicated'] for r in s + p)} |"

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from bench.loadgen import ClientAuth, LoadResult, run_load, run_smtp_source
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
-from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
+from bench.procstat import Sampler, cpu_seconds, descendants, tree_cpu_seconds, tree_rss_bytes
 
 __all__ = ["RELAYS", "Scenario", "Target", "free_port", "run_scenario", "tally"]
 
@@ -223,6 +223,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                 run = secrets.token_hex(4)
                 target.sampler.start()
                 cpu0 = target.cpu()
+                sink_cpu0 = cpu_seconds(sink.proc.pid)
                 t0 = time.time()
                 sent: int | None = None  # smtp-source: how many it sent (untagged)
                 if sc.generator == "smtp-source":
@@ -252,6 +253,7 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
                 counted = await _wait_count(sink, base + accepted, stall=30, limit=sc.time_limit)
                 t_e2e = time.time()
                 cpu = target.cpu() - cpu0
+                sink_cpu = cpu_seconds(sink.proc.pid) - sink_cpu0
                 await target.sampler.stop()
                 hwm = target.hwm()
                 dump = await sink.dump(work / "sink.json")
@@ -297,6 +299,9 @@ async def run_scenario(relay: str, sc: Scenario) -> dict[str, Any]:
         "e2e_p50_ms": percentile(counts["e2e"], 0.5) * 1000,
         "e2e_p99_ms": percentile(counts["e2e"], 0.99) * 1000,
         "cpu_ms_per_msg": cpu / max(1, accepted) * 1000,
+        #: the Python sink's CPU per message, on the same cores (see RESULTS.md: it
+        #: costs more per connection, and Postfix opens one per message to it)
+        "sink_cpu_ms_per_msg": sink_cpu / max(1, accepted) * 1000,
         "peak_rss_mb": max(target.sampler.peak, hwm) / 2**20,
         "seconds": t_e2e - t0,
     }

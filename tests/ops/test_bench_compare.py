@@ -59,9 +59,12 @@ def test_compare_postfix_smallest_form_runs_both_relays_and_counts_every_message
         assert run["delivered"] == run["sent"] + run["probes"], run
         assert (run["lost"], run["duplicated"]) == (0, 0), run
         assert run["rate"] > 0 and run["cpu_ms_per_msg"] > 0 and run["accept_p99_ms"] > 0
+        # What the sink cost, and how many connections the relay opened to it.
+        assert run["sink_cpu_ms_per_msg"] >= 0 and run["sink_connections"] is not None
     # The table, with the per-run figures and the machine's floor and ceiling.
     assert "| 10 clients, new conn/msg |" in proc.stdout
     assert "Sluice / Postfix" in proc.stdout and "fdatasync" in proc.stdout
+    assert "(each pair)" in proc.stdout
 
 
 async def test_the_sinks_count_what_smtp_source_sent_and_see_a_message_twice(
