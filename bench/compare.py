@@ -50,7 +50,7 @@ from bench.loadgen import SMTP_SOURCE, run_smtp_source
 from bench.postfix import postfix_available
 from bench.procs import SinkProcess, smtp_ready
 from bench.procstat import cpu_seconds
-from bench.runner import RELAYS, Scenario, free_port, percentile
+from bench.runner import RELAYS, Scenario, free_port, generator_cpu, percentile
 
 __all__ = ["WORKLOADS", "SmtpSink", "Workload", "fsync_median_ms", "main_async"]
 
@@ -354,6 +354,7 @@ async def run_once(
                 target.sampler.start()
                 cpu0 = target.cpu()
                 sink_cpu0 = cpu_seconds(sink.pid)
+                gen_cpu0 = generator_cpu()
                 latencies: list[float] = []
                 stop = asyncio.Event()
                 t0 = time.time()
@@ -383,6 +384,7 @@ async def run_once(
                 t_end = time.time()
                 cpu = target.cpu() - cpu0
                 sink_cpu = cpu_seconds(sink.pid) - sink_cpu0
+                gen_cpu = generator_cpu() - gen_cpu0
                 await target.sampler.stop()
                 # A duplicate would arrive after the count was reached: look again.
                 await asyncio.sleep(0.5)
@@ -416,6 +418,8 @@ async def run_once(
         "cpu_ms_per_msg": cpu / max(1, expected) * 1000,
         #: the sink's own CPU per message: it shares the two cores with the relay
         "sink_cpu_ms_per_msg": sink_cpu / max(1, expected) * 1000,
+        #: smtp-source's (reaped) and this process's (the probe, the counter's reads)
+        "generator_cpu_ms_per_msg": gen_cpu / max(1, expected) * 1000,
         "accept_p50_ms": percentile(latencies, 0.5) * 1000,
         "accept_p99_ms": percentile(latencies, 0.99) * 1000,
         "peak_rss_mb": peak_rss / 2**20,

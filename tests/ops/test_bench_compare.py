@@ -61,6 +61,7 @@ def test_compare_postfix_smallest_form_runs_both_relays_and_counts_every_message
         assert run["rate"] > 0 and run["cpu_ms_per_msg"] > 0 and run["accept_p99_ms"] > 0
         # What the sink cost, and how many connections the relay opened to it.
         assert run["sink_cpu_ms_per_msg"] >= 0 and run["sink_connections"] is not None
+        assert run["generator_cpu_ms_per_msg"] > 0  # smtp-source's, reaped, and the probe's
     # The table, with the per-run figures and the machine's floor and ceiling.
     assert "| 10 clients, new conn/msg |" in proc.stdout
     assert "Sluice / Postfix" in proc.stdout and "fdatasync" in proc.stdout
