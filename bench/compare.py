@@ -393,6 +393,7 @@ async def run_once(
                 conns1 = await sink.connections()
                 warnings = target.warnings()
                 peak_rss = max(target.sampler.peak, target.hwm())
+                rss_poll = target.sampler.interval
         finally:
             await sink.stop()
     delivered = settled - base
@@ -423,6 +424,8 @@ async def run_once(
         "accept_p50_ms": percentile(latencies, 0.5) * 1000,
         "accept_p99_ms": percentile(latencies, 0.99) * 1000,
         "peak_rss_mb": peak_rss / 2**20,
+        #: how often the harness polled the relay's processes for RSS (on the same cores)
+        "rss_poll_s": rss_poll,
     }
 
 
