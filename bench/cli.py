@@ -1,4 +1,4 @@
-"""Command line of the harness: ``python -m bench run``, ``scale``, ``steps`` and ``memory``."""
+"""Command line of the harness: ``python -m bench run``, ``compare-postfix``, ``scale``..."""
 
 from __future__ import annotations
 
@@ -176,6 +176,21 @@ async def _scenarios(
     return rows
 
 
+async def _compare(args: argparse.Namespace) -> int:
+    from bench.compare import main_async
+
+    return await main_async(
+        workloads=[w.strip() for w in args.workloads.split(",") if w.strip()],
+        messages=args.messages,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        sink=args.sink,
+        probe_ms=args.probe_ms,
+        workers=args.workers,
+        json_path=args.json,
+    )
+
+
 async def _scale(args: argparse.Namespace) -> int:
     from bench.scale import run_scale
 
@@ -284,6 +299,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--json", help="write every figure to this file")
     p.set_defaults(func=_run)
+    p = sub.add_parser(
+        "compare-postfix",
+        help="issue #28's table: smtp-source -> Sluice or Postfix -> smtp-sink, taking turns",
+    )
+    p.add_argument(
+        "--workloads",
+        default="1,10,50,10r,100k",
+        help="comma list: 1, 10, 50 (clients, new conn/msg), 10r (reused), 100k (100 KB x10)",
+    )
+    p.add_argument("--messages", type=int, default=3000, help="smtp-source messages per run")
+    p.add_argument("--repeat", type=int, default=3, help="runs per relay; the median is compared")
+    p.add_argument("--warmup", type=int, default=100, help="messages sent before measuring")
+    p.add_argument("--sink", choices=["smtp-sink", "python"], default="smtp-sink")
+    p.add_argument(
+        "--probe-ms",
+        type=float,
+        default=20.0,
+        help="accept latency probe: one message on its own connection this often (0: off)",
+    )
+    p.add_argument("--workers", default="auto", help="Sluice's smtp.workers (auto, 0, 1...)")
+    p.add_argument("--json", help="write every run's figures to this file")
+    p.set_defaults(func=_compare)
     p = sub.add_parser("scale", help="100k queued against a stopped upstream, restart, drain")
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--size", type=int, default=2048)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import secrets
 import socket
 import sqlite3
@@ -15,15 +16,29 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.loadgen import ClientAuth, LoadResult, run_load, run_smtp_source
 from bench.pg import PgCluster, PgSpool
 from bench.postfix import PostfixInstance
 from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
-from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
+from bench.procstat import Sampler, cpu_seconds, descendants, tree_cpu_seconds, tree_rss_bytes
 
-__all__ = ["RELAYS", "Scenario", "free_port", "run_scenario", "tally"]
+__all__ = [
+    "RELAYS",
+    "Scenario",
+    "Target",
+    "free_port",
+    "generator_cpu",
+    "run_scenario",
+    "tally",
+]
+
+
+#: how often a relay's processes are polled for their RSS, the same for both relays: the
+#: poll runs on the two cores the relay under test uses. (Sluice's used to be polled every
+#: 50 ms and Postfix's every 200 ms: 26 ms of CPU a second more beside Sluice, measured.)
+_SAMPLE_EVERY = 0.2
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,7 @@ class Scenario:
 
 
 @dataclass
-class _Target:
+class Target:
     """What the runner needs from the relay under test."""
 
     name: str
@@ -69,6 +84,13 @@ class _Target:
     auth: ClientAuth | None = None
     #: the run's PostgreSQL database (``--spool postgresql``): its server's CPU, statements
     store: PgSpool | None = None
+
+
+class HasPort(Protocol):
+    """A sink as the relays need it: where to deliver (Python's or Postfix's smtp-sink)."""
+
+    @property
+    def port(self) -> int: ...
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,6 +120,17 @@ def _unsent(spool: Path) -> list[Any]:
         ).fetchall()
 
 
+def generator_cpu() -> float:
+    """CPU seconds of this process and its reaped children (smtp-source, once it exited).
+
+    The built-in generator runs in this process, smtp-source in a child: either way
+    it takes its share of the two cores the relays run on.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (for Postfix, which cannot bind port 0)."""
     with socket.socket() as s:
@@ -108,8 +141,8 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def _sluice(
-    sc: Scenario, sink: SinkProcess, work: Path, pg: PgCluster | None
-) -> AsyncIterator[_Target]:
+    sc: Scenario, sink: HasPort, work: Path, pg: PgCluster | None = None
+) -> AsyncIterator[Target]:
     cfg = work / "sluice.yaml"
     auth, smtp_lines = _tls_auth(work) if sc.client == "tls-auth" else (None, None)
     # On PostgreSQL, a fresh database of the bench's private cluster per run.
@@ -129,9 +162,11 @@ async def _sluice(
     )
     proc = await SluiceProcess.start(cfg, env=None if store is None else store.env())
     try:
-        # The daemon and its accept workers, if any.
-        sampler = Sampler(lambda: descendants(proc.pid))
-        yield _Target(
+        # The daemon and its accept workers, if any; polled as often as Postfix's tree
+        # (``_SAMPLE_EVERY``). Sluice's peak is its ``VmHWM`` anyway; the poll is
+        # a fallback, and each one scans /proc (about 2 ms of CPU on these cores).
+        sampler = Sampler(lambda: descendants(proc.pid), interval=_SAMPLE_EVERY)
+        yield Target(
             "sluice",
             proc.port,
             lambda: tree_cpu_seconds(proc.pid),
@@ -177,13 +212,17 @@ def _tls_auth(work: Path) -> tuple[ClientAuth, list[str]]:
 
 @contextlib.asynccontextmanager
 async def _postfix(
-    sc: Scenario, sink: SinkProcess, work: Path, _pg: PgCluster | None
-) -> AsyncIterator[_Target]:
+    sc: Scenario, sink: HasPort, work: Path, _pg: PgCluster | None = None
+) -> AsyncIterator[Target]:
     port = free_port()
     async with PostfixInstance(work / "postfix", port, sink.port, concurrency=sc.connections) as pf:
         master = pf.master_pid()
-        sampler = Sampler(lambda: descendants(master), interval=0.2)
-        yield _Target("postfix", port, lambda: tree_cpu_seconds(master), sampler, lambda: 0)
+        sampler = Sampler(lambda: descendants(master), interval=_SAMPLE_EVERY)
+        yield Target("postfix", port, lambda: tree_cpu_seconds(master), sampler, lambda: 0)
+
+
+#: the relay under test by name: ``async with RELAYS[name](scenario, sink, workdir) as target``
+RELAYS = {"sluice": _sluice, "postfix": _postfix}
 
 
 async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: float) -> int:
@@ -202,14 +241,10 @@ async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: fl
         await asyncio.sleep(0.02)
 
 
-#: the relays ``run_scenario`` knows: Sluice on SQLite, Sluice on PostgreSQL, Postfix
-RELAYS = ("sluice", "sluice-pg", "postfix")
-
-
 async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None) -> dict[str, Any]:
-    """Run one scenario against ``relay`` (one of ``RELAYS``); return its figures.
-
-    ``sluice-pg`` is Sluice with ``spool.url`` on a fresh database of ``pg``.
+    """Run one scenario against ``relay``: Sluice on SQLite ("sluice"), Sluice on
+    PostgreSQL ("sluice-pg": ``spool.url`` on a fresh database of ``pg``), or "postfix";
+    return its figures.
     """
     starter = {"sluice": _sluice, "sluice-pg": _sluice, "postfix": _postfix}[relay]
     if (relay == "sluice-pg") != (pg is not None):
@@ -240,6 +275,8 @@ async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None)
                     db_cpu0 = await asyncio.to_thread(store.cpu)
                 target.sampler.start()
                 cpu0 = target.cpu()
+                sink_cpu0 = cpu_seconds(sink.proc.pid)
+                gen_cpu0 = generator_cpu()
                 t0 = time.time()
                 sent: int | None = None  # smtp-source: how many it sent (untagged)
                 if sc.generator == "smtp-source":
@@ -269,6 +306,8 @@ async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None)
                 counted = await _wait_count(sink, base + accepted, stall=30, limit=sc.time_limit)
                 t_e2e = time.time()
                 cpu = target.cpu() - cpu0
+                sink_cpu = cpu_seconds(sink.proc.pid) - sink_cpu0
+                gen_cpu = generator_cpu() - gen_cpu0
                 await target.sampler.stop()
                 db: dict[str, Any] = {"db_cpu_ms_per_msg": float("nan")}
                 if store is not None:
@@ -323,6 +362,11 @@ async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None)
         "e2e_p50_ms": percentile(counts["e2e"], 0.5) * 1000,
         "e2e_p99_ms": percentile(counts["e2e"], 0.99) * 1000,
         "cpu_ms_per_msg": cpu / max(1, accepted) * 1000,
+        #: the Python sink's CPU per message, on the same cores (see RESULTS.md: it
+        #: costs more per connection, and Postfix opens one per message to it)
+        "sink_cpu_ms_per_msg": sink_cpu / max(1, accepted) * 1000,
+        #: the generator's: this process (built-in) or smtp-source (a reaped child)
+        "generator_cpu_ms_per_msg": gen_cpu / max(1, accepted) * 1000,
         "peak_rss_mb": max(target.sampler.peak, hwm) / 2**20,
         "seconds": t_e2e - t0,
         **db,

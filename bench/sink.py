@@ -32,6 +32,8 @@ from pathlib import Path
 __all__ = ["Sink", "main"]
 
 _TOKEN = re.compile(rb"\r\nX-Bench: (\S+)")
+#: untagged messages (Postfix's smtp-source) are told apart by their Message-Id
+_MESSAGE_ID = re.compile(rb"\r\nMessage-Id: (\S+)", re.IGNORECASE)
 _MAX_LINE = 64 * 1024
 
 
@@ -45,6 +47,8 @@ class Sink:
         #: connections accepted (the relays' delivery connections; the generator's in tests)
         self.connections = 0
         self.tokens: dict[str, list[float]] = {}
+        #: how often each untagged Message-Id arrived (smtp-source numbers its messages)
+        self.untagged_ids: dict[bytes, int] = {}
         self.waiting: list[SinkProtocol] = []
         #: the last message as received (no copy: the bytes ``record`` was given)
         self.last = b""
@@ -57,6 +61,10 @@ class Sink:
         match = _TOKEN.search(data, 0, 16384)
         if match is None:
             self.untagged += 1
+            found = _MESSAGE_ID.search(data, 0, 16384)
+            if found is not None:
+                key = found.group(1)
+                self.untagged_ids[key] = self.untagged_ids.get(key, 0) + 1
             return
         self.tokens.setdefault(match.group(1).decode("ascii", "replace"), []).append(time.time())
 
@@ -158,6 +166,7 @@ async def _serve(port: int, held: bool) -> None:
                     "untagged": sink.untagged,
                     "connections": sink.connections,
                     "tokens": sink.tokens,
+                    "untagged_duplicates": sum(n - 1 for n in sink.untagged_ids.values() if n > 1),
                 }
                 await asyncio.to_thread(Path(arg).write_text, json.dumps(report))
                 print("ok", flush=True)
