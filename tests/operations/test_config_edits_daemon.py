@@ -15,6 +15,7 @@ import pytest
 from relay.config_edit import EditRefused, digest_of
 from relay.operations import config_edits as ops
 from relay.operations.actor import Actor, ActorKind
+from relay.store.node_status import read_status
 from tests.conftest import SluiceFactory, provider_for
 from tests.upstream import TestUpstream
 
@@ -29,7 +30,9 @@ async def test_an_edit_through_the_daemon_reloads_it_and_a_hand_edit_is_refused(
         assert backend.edit_context is not None
         path = s.config_path
         assert backend.config_digest() == digest_of(path.read_bytes())
-        assert await s.spool.meta_get("daemon.config_sha256") == backend.config_digest()
+        # the node's status file (beside its lock), where the CLI reads it
+        spool_path = s.daemon.config.spool.path
+        assert read_status(spool_path, "daemon.config_sha256") == backend.config_digest()
 
         ctx = backend.edit_context()
         assert ctx.secrets_dir == (tmp_path / "secrets").absolute()
@@ -47,7 +50,7 @@ async def test_an_edit_through_the_daemon_reloads_it_and_a_hand_edit_is_refused(
         assert result.reloaded
         assert s.daemon.config.provider("up1").daily_limit == 42
         assert backend.config_digest() == result.digest == digest_of(path.read_bytes())
-        assert await s.spool.meta_get("daemon.config_sha256") == result.digest
+        assert read_status(spool_path, "daemon.config_sha256") == result.digest
 
         # A hand edit, not reloaded: the next Save shows it instead of applying it unseen.
         path.write_text(path.read_text().replace("daily_limit: 42", "daily_limit: 43"))
