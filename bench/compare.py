@@ -50,7 +50,7 @@ from bench.loadgen import SMTP_SOURCE, run_smtp_source
 from bench.postfix import postfix_available
 from bench.procs import SinkProcess, smtp_ready
 from bench.procstat import cpu_seconds
-from bench.runner import RELAYS, Scenario, free_port, generator_cpu, percentile
+from bench.runner import RELAYS, Scenario, free_port, generator_cpu, percentile, wait_count
 
 __all__ = ["WORKLOADS", "SmtpSink", "Workload", "fsync_median_ms", "main_async"]
 
@@ -244,26 +244,10 @@ async def _ceiling(messages: int) -> float:
         )
         if load.errors:
             raise RuntimeError(f"ceiling: {load.errors}")
-        await _wait_for(sink, sent, stall=10, limit=60)
+        await wait_count(sink, sent, stall=10, limit=60, every=0.005)
         return sent / (time.time() - t0)
     finally:
         await sink.stop()
-
-
-async def _wait_for(sink: Sink, target: int, *, stall: float, limit: float) -> int:
-    """Poll until the sink counted ``target``; give up after ``stall`` s without progress."""
-    deadline = time.monotonic() + limit
-    last, last_change = -1, time.monotonic()
-    while True:
-        n = await sink.count()
-        now = time.monotonic()
-        if n >= target or now > deadline:
-            return n
-        if n != last:
-            last, last_change = n, now
-        elif now - last_change > stall:
-            return n
-        await asyncio.sleep(0.005)
 
 
 async def _probe_one(port: int, body: bytes) -> float:
@@ -348,7 +332,7 @@ async def run_once(
                         sessions=min(wl.sessions, warmup),
                         per_message=wl.per_message,
                     )
-                    await _wait_for(sink, sent, stall=30, limit=120)
+                    await wait_count(sink, sent, stall=30, limit=120, every=0.005)
                 base = await sink.count()
                 conns0 = await sink.connections()
                 target.sampler.start()
@@ -380,7 +364,9 @@ async def run_once(
                     except (OSError, ConnectionError) as exc:
                         errors.append(f"probe: {exc}")
                 expected = sent + len(latencies)
-                counted = await _wait_for(sink, base + expected, stall=30, limit=time_limit)
+                counted = await wait_count(
+                    sink, base + expected, stall=30, limit=time_limit, every=0.005
+                )
                 t_end = time.time()
                 cpu = target.cpu() - cpu0
                 sink_cpu = cpu_seconds(sink.pid) - sink_cpu0

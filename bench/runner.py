@@ -26,12 +26,14 @@ from bench.procstat import Sampler, cpu_seconds, descendants, tree_cpu_seconds, 
 
 __all__ = [
     "RELAYS",
+    "Counting",
     "Scenario",
     "Target",
     "free_port",
     "generator_cpu",
     "run_scenario",
     "tally",
+    "wait_count",
 ]
 
 
@@ -225,8 +227,19 @@ async def _postfix(
 RELAYS = {"sluice": _sluice, "postfix": _postfix}
 
 
-async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: float) -> int:
-    """Poll the sink until it counted ``target``; give up after ``stall`` s without progress."""
+class Counting(Protocol):
+    """A sink that can say how many messages it has counted (Python's, or smtp-sink's)."""
+
+    async def count(self) -> int: ...
+
+
+async def wait_count(
+    sink: Counting, target: int, *, stall: float, limit: float, every: float = 0.02
+) -> int:
+    """Poll the sink until it counted ``target``; give up after ``stall`` s without progress.
+
+    ``every``: the poll interval (the time of the last message is known to that much).
+    """
     deadline = time.monotonic() + limit
     last, last_change = -1, time.monotonic()
     while True:
@@ -238,7 +251,7 @@ async def _wait_count(sink: SinkProcess, target: int, *, stall: float, limit: fl
             last, last_change = n, now
         elif now - last_change > stall:
             return n
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(every)
 
 
 async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None) -> dict[str, Any]:
@@ -266,7 +279,7 @@ async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None)
                         per_message=sc.per_message,
                         auth=target.auth,
                     )
-                    await _wait_count(sink, len(warm.sent), stall=30, limit=120)
+                    await wait_count(sink, len(warm.sent), stall=30, limit=120)
                 base = await sink.count()
                 run = secrets.token_hex(4)
                 store = target.store
@@ -303,7 +316,7 @@ async def run_scenario(relay: str, sc: Scenario, *, pg: PgCluster | None = None)
                     )
                 accepted = len(load.sent) if sent is None else sent
                 t_accept = load.finished
-                counted = await _wait_count(sink, base + accepted, stall=30, limit=sc.time_limit)
+                counted = await wait_count(sink, base + accepted, stall=30, limit=sc.time_limit)
                 t_e2e = time.time()
                 cpu = target.cpu() - cpu0
                 sink_cpu = cpu_seconds(sink.proc.pid) - sink_cpu0

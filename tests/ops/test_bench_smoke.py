@@ -14,37 +14,42 @@ from tests.pg import pg_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 
+
+def _bench(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the repository, to its end; it must exit 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return proc
+
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_bench_run_counts_every_message_once(tmp_path: Path, workers: int) -> None:
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "run",
-            "--messages",
-            "50",
-            "--sessions",
-            "5",
-            "--warmup",
-            "5",
-            "--timeout",
-            "60",
-            "--workers",
-            str(workers),
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = _bench(
+        "run",
+        "--messages",
+        "50",
+        "--sessions",
+        "5",
+        "--warmup",
+        "5",
+        "--timeout",
+        "60",
+        "--workers",
+        str(workers),
+        "--json",
+        str(out),
         timeout=90,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     (result,) = json.loads(out.read_text())["results"]
     assert result["relay"] == "sluice"
     assert result["accepted"] == 50
@@ -61,33 +66,24 @@ def test_bench_run_counts_every_message_once(tmp_path: Path, workers: int) -> No
 def test_bench_run_with_a_connection_per_message(tmp_path: Path) -> None:
     """``--connection-per-message yes,no``: both modes, each in its own table row."""
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "run",
-            "--messages",
-            "30",
-            "--sessions",
-            "3",
-            "--warmup",
-            "3",
-            "--timeout",
-            "60",
-            "--workers",
-            "0",
-            "--connection-per-message",
-            "yes,no",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = _bench(
+        "run",
+        "--messages",
+        "30",
+        "--sessions",
+        "3",
+        "--warmup",
+        "3",
+        "--timeout",
+        "60",
+        "--workers",
+        "0",
+        "--connection-per-message",
+        "yes,no",
+        "--json",
+        str(out),
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     per_message, reused = json.loads(out.read_text())["results"]
     assert (per_message["per_message"], reused["per_message"]) == (True, False)
     for result in (per_message, reused):
@@ -99,22 +95,13 @@ def test_bench_run_with_a_connection_per_message(tmp_path: Path) -> None:
 def test_bench_run_with_tls_auth_clients(tmp_path: Path) -> None:
     """``--client tls-auth``: every connection does STARTTLS and AUTH; all of it delivered."""
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "run",
-            *("--messages", "20", "--sessions", "2", "--warmup", "2", "--timeout", "60"),
-            *("--workers", "0", "--connection-per-message", "--client", "tls-auth"),
-            *("--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = _bench(
+        "run",
+        *("--messages", "20", "--sessions", "2", "--warmup", "2", "--timeout", "60"),
+        *("--workers", "0", "--connection-per-message", "--client", "tls-auth"),
+        *("--json", str(out)),
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     (result,) = json.loads(out.read_text())["results"]
     assert result["client"] == "tls-auth" and result["refused"] == 0, result["errors"]
     assert result["accepted"] == result["delivered"] == 20
@@ -126,34 +113,25 @@ def test_bench_run_with_postfix_smtp_source(tmp_path: Path) -> None:
     """``--generator smtp-source``: untagged, so counted by the sink against what it sent."""
     require("smtp-source")
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "run",
-            "--messages",
-            "20",
-            "--sessions",
-            "2",
-            "--warmup",
-            "2",
-            "--timeout",
-            "60",
-            "--workers",
-            "0",
-            "--connection-per-message",
-            "--generator",
-            "smtp-source",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = _bench(
+        "run",
+        "--messages",
+        "20",
+        "--sessions",
+        "2",
+        "--warmup",
+        "2",
+        "--timeout",
+        "60",
+        "--workers",
+        "0",
+        "--connection-per-message",
+        "--generator",
+        "smtp-source",
+        "--json",
+        str(out),
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     (result,) = json.loads(out.read_text())["results"]
     assert result["generator"] == "smtp-source" and result["per_message"]
     assert result["accepted"] == result["delivered"] == 20
@@ -165,21 +143,12 @@ def test_bench_run_on_postgresql_beside_sqlite(tmp_path: Path) -> None:
     """``--spool sqlite,postgresql``: a private cluster, both stores in turn, statements counted."""
     pg_bin()  # fails under CI when PostgreSQL is missing, skips elsewhere
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "run",
-            *("--messages", "30", "--sessions", "3", "--warmup", "3", "--timeout", "60"),
-            *("--workers", "0", "--spool", "sqlite,postgresql", "--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    proc = _bench(
+        "run",
+        *("--messages", "30", "--sessions", "3", "--warmup", "3", "--timeout", "60"),
+        *("--workers", "0", "--spool", "sqlite,postgresql", "--json", str(out)),
         timeout=180,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     on_sqlite, on_pg = json.loads(out.read_text())["results"]
     assert (on_sqlite["relay"], on_sqlite["spool"]) == ("sluice", "sqlite")
     assert (on_pg["relay"], on_pg["spool"]) == ("sluice-pg", "postgresql")
@@ -244,14 +213,7 @@ def test_bench_steps_times_each_step_of_a_message_and_names_the_processes(
 ) -> None:
     out = tmp_path / "steps.json"
     args = ["steps", "--messages", "30", "--warmup", "5", "--repeat", "1", "--json", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _bench(*args, timeout=90)
     (report,) = json.loads(out.read_text())
     assert report["relay"] == "sluice" and report["messages"] == 30
     waits = report["p50_ms"]
@@ -268,27 +230,18 @@ def test_bench_steps_times_each_step_of_a_message_and_names_the_processes(
 def test_bench_memory_reports_each_process_and_compares_the_bytes(tmp_path: Path) -> None:
     """``python -m bench memory`` with a 3 MB message (two, one after the other)."""
     out = tmp_path / "memory.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "memory",
-            "--size",
-            str(3 * 2**20),
-            "--messages",
-            "2",
-            "--timeout",
-            "60",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    _bench(
+        "memory",
+        "--size",
+        str(3 * 2**20),
+        "--messages",
+        "2",
+        "--timeout",
+        "60",
+        "--json",
+        str(out),
         timeout=180,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["byte_identical"] is True and report["messages"] == 2
     for when in ("before", "after_delivery", "settled"):
