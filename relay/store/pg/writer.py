@@ -144,14 +144,7 @@ class PgWriter:
             return
         failure: str | None = None
         try:
-            conn = self._connection()
-            try:
-                results, failure, changed = self._retrying(conn, batch)
-            except _Stale:
-                # The server ended this connection while it was idle (a restart, a
-                # failover): nothing of the batch ran, so it runs on a new one.
-                conn = self._connection()
-                results, failure, changed = self._retrying(conn, batch)
+            results, failure, changed = self._retrying(batch)
         except _Stale as stale:
             error = self._lost(stale.error)
             results, failure, changed = [(False, error)] * len(batch), str(error), False
@@ -170,31 +163,40 @@ class PgWriter:
         for (_job, fut, _durable), (ok, value) in zip(batch, results, strict=True):
             self._loop.call_soon_threadsafe(resolve_future, fut, ok, value)
 
-    def _retrying(
-        self, conn: psycopg.Connection[PgRow], batch: list[_Item]
-    ) -> tuple[list[tuple[bool, Any]], str | None, bool]:
-        """``_transaction``, run again when the server rolled it back to let another go on.
+    def _retrying(self, batch: list[_Item]) -> tuple[list[tuple[bool, Any]], str | None, bool]:
+        """``_transaction``, run again when nothing of it ran or the server undid it.
 
-        Nodes sharing the store write the same rows (counters, meta, a
-        recipient a sweep takes back) from their own group commits, in their
-        own orders: PostgreSQL then breaks a deadlock by aborting one of the
-        transactions (SQLSTATE 40P01; 40001 for a serialization failure). Its
-        jobs did nothing, so the batch runs again, whole, a few times, after
-        a short random pause, rather than failing every caller in it.
+        - The server ended the connection while it was idle (a restart, a
+          failover): that shows at ``BEGIN`` (``_Stale``), before any job ran,
+          so the batch runs once more on a new connection.
+        - Nodes sharing the store write the same rows (counters, meta, a
+          recipient a sweep takes back) from their own group commits, in their
+          own orders: PostgreSQL breaks a deadlock by aborting one of the
+          transactions (SQLSTATE 40P01; 40001 for a serialization failure).
+          Its jobs did nothing, so the batch runs again, whole, a few times,
+          after a short random pause, rather than failing every caller in it.
         """
-        for attempt in range(_RETRIES + 1):
+        conn = self._connection()
+        replayed = False
+        attempt = 0
+        while True:
             try:
                 return self._transaction(conn, batch)
+            except _Stale:
+                if replayed:
+                    raise
+                replayed = True
+                conn = self._connection()
             except psycopg.OperationalError as exc:
                 # class 40, "transaction rollback": 40P01 deadlock, 40001 serialization
                 rolled_back = (exc.sqlstate or "").startswith("40")
                 if not rolled_back or conn.closed or attempt == _RETRIES:
                     raise
+                attempt += 1
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
                 log.info("spool: %s; running the batch again", first_line(exc))
-                time.sleep(random.uniform(0.001, 0.02) * (attempt + 1))
-        raise AssertionError("unreachable")
+                time.sleep(random.uniform(0.001, 0.02) * attempt)
 
     def _lost(self, exc: psycopg.Error) -> SpoolError:
         """A failed transaction; when the connection went with it, say so once."""
