@@ -16,7 +16,7 @@ import aiosmtplib
 
 from tests.conftest import eventually, provider_for, smtp_send
 from tests.daemon_proc import DaemonProcess, run_cli
-from tests.peers import free_port
+from tests.peers import free_port, require, run_peer
 from tests.pg import ROLE, PgCluster, PgDatabase
 from tests.upstream import TestUpstream
 
@@ -114,6 +114,13 @@ async def test_database_stopped_while_running_answers_451_then_delivers_all(
         # (as for a full disk); the first message finds out at DATA.
         assert not answers[0].startswith("MAIL:"), answers
         assert any(a.startswith("MAIL:") for a in answers[1:]), answers
+        # A client nobody here wrote reads the same answer as a temporary failure.
+        code, out = await run_peer(
+            require("swaks"),
+            *("--server", f"127.0.0.1:{d.port}", "--from", "app@example.org"),
+            *("--to", "b@example.net", "--h-Subject", "during-swaks"),
+        )
+        assert code != 0 and "451 4.3.0" in out and "unreachable" in out, out
         # The daemon survives the outage (its scheduler keeps trying) and says why once.
         await d.wait_line("refusing mail", start=mark)
         assert d.proc is not None and d.proc.returncode is None
