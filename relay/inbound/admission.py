@@ -222,38 +222,13 @@ class AcceptServer:
         loop = asyncio.get_running_loop()
         #: a lower bound of each waiting client's arrival (monotonic), oldest first
         waiting: deque[float] = deque()
-        admission = self._admission
         try:
             while True:
-                await self._ready(loop, sock, readable=True, within=None)
-                while admission.room():
-                    try:
-                        conn, _ = sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        break  # nobody (left) in the backlog, or another worker took them
-                    except ConnectionAbortedError:
-                        continue
-                    except OSError as exc:
-                        if exc.errno not in OUT_OF_DESCRIPTORS:
-                            raise
-                        # Reported to the loop's handler (``quiet_emfile`` throttles
-                        # it); tried again when a session ends, or after a second.
-                        loop.call_exception_handler(
-                            {"message": "socket.accept() out of system resource", "exception": exc}
-                        )
-                        await self._ready(loop, sock, readable=False, within=_RETRY_AFTER)
-                        continue
-                    if waiting:
-                        waiting.popleft()
-                    admission.take()
-                    try:
-                        self._serve(conn)
-                    except Exception:
-                        admission.release()
-                        conn.close()
-                        raise
-                else:
+                if await self._accept_while_room(loop, sock, waiting):
                     await self._while_full(loop, sock, waiting)
+                else:
+                    # Out of descriptors: tried again when a session ends, or after a second.
+                    await self._ready(loop, sock, readable=False, within=_RETRY_AFTER)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -261,6 +236,72 @@ class AcceptServer:
         finally:
             # Here, not in ``close``: the loop's reader on it is removed first.
             sock.close()
+
+    async def _accept_while_room(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, waiting: deque[float]
+    ) -> bool:
+        """Accept from the loop's reader callback until the listener is full (True) or out
+        of descriptors (False).
+
+        The reader stays registered meanwhile, and each client is accepted and its
+        session started in the callback itself: no task wakes up, no reader is added
+        and removed, between a client's arrival and its greeting (asyncio's own
+        servers accept the same way).
+        """
+        if not self._admission.room():
+            return True
+        stopped: asyncio.Future[bool] = loop.create_future()
+
+        def readable() -> None:
+            if stopped.done():
+                return
+            try:
+                full = self._accept_ready(loop, sock, waiting)
+            except Exception as exc:
+                stopped.set_exception(exc)
+                return
+            if full is not None:
+                stopped.set_result(full)
+
+        fd = sock.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            return await stopped
+        finally:
+            loop.remove_reader(fd)
+
+    def _accept_ready(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, waiting: deque[float]
+    ) -> bool | None:
+        """Accept the clients in the backlog while there is room (synchronously, so no
+        await falls between the check and the count): None once the backlog is empty,
+        True at the limit, False out of descriptors."""
+        admission = self._admission
+        while admission.room():
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return None  # nobody (left) in the backlog, or another worker took them
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in OUT_OF_DESCRIPTORS:
+                    raise
+                # Reported to the loop's handler (``quiet_emfile`` throttles it).
+                loop.call_exception_handler(
+                    {"message": "socket.accept() out of system resource", "exception": exc}
+                )
+                return False
+            if waiting:
+                waiting.popleft()
+            admission.take()
+            try:
+                self._serve(conn)
+            except Exception:
+                admission.release()
+                conn.close()
+                raise
+        return True
 
     async def _while_full(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, waiting: deque[float]
