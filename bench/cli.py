@@ -191,6 +191,18 @@ async def _compare(args: argparse.Namespace) -> int:
     )
 
 
+async def _accept_only(args: argparse.Namespace) -> int:
+    from bench.accept_only import main_async
+
+    return await main_async(
+        workloads=[w.strip() for w in args.workloads.split(",") if w.strip()],
+        messages=args.messages,
+        repeat=args.repeat,
+        warmup=args.warmup,
+        json_path=args.json,
+    )
+
+
 async def _scale(args: argparse.Namespace) -> int:
     from bench.scale import run_scale
 
@@ -321,6 +333,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="auto", help="Sluice's smtp.workers (auto, 0, 1...)")
     p.add_argument("--json", help="write every run's figures to this file")
     p.set_defaults(func=_compare)
+    p = sub.add_parser(
+        "accept-only",
+        help="compare-postfix's workloads into Sluice with delivery held: its accept side alone",
+    )
+    p.add_argument("--workloads", default="1,10,50,10r,100k", help="as compare-postfix's")
+    p.add_argument("--messages", type=int, default=3000, help="smtp-source messages per run")
+    p.add_argument("--repeat", type=int, default=3, help="runs per workload; the median is shown")
+    p.add_argument("--warmup", type=int, default=100, help="messages sent before measuring")
+    p.add_argument("--json", help="write every run's figures to this file")
+    p.set_defaults(func=_accept_only)
     p = sub.add_parser("scale", help="100k queued against a stopped upstream, restart, drain")
     p.add_argument("--messages", type=int, default=100_000)
     p.add_argument("--size", type=int, default=2048)

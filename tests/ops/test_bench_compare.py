@@ -115,3 +115,35 @@ async def test_the_sinks_count_what_smtp_source_sent_and_see_a_message_twice(
         assert await python.duplicates() == 1
     finally:
         await python.stop()
+
+
+def test_accept_only_smallest_form_accepts_every_message_while_delivery_is_held(
+    tmp_path: Path,
+) -> None:
+    """``python -m bench accept-only``: the accept side alone, on compare-postfix's workloads."""
+    require("smtp-source")
+    out = tmp_path / "accept.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "accept-only",
+            *("--workloads", "1,10r", "--messages", "150", "--repeat", "1", "--warmup", "10"),
+            *("--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [row["workload"] for row in rows] == ["1", "10r"]
+    for row in rows:
+        (run,) = row["runs"]
+        assert run["sent"] == 150 and not run["errors"], run
+        assert run["rate"] > 0 and run["cpu_ms_per_msg"] > 0, run
+        # Delivery took no part: the held sink greeted nobody, so nothing reached it.
+        assert run["delivered_meanwhile"] == 0, run
+    assert "| 10 clients, reused |" in proc.stdout

@@ -1,0 +1,138 @@
+"""``python -m bench accept-only``: Sluice's accept side alone, on ``compare-postfix``'s workloads.
+
+The same generator (Postfix's ``smtp-source``) and workloads as ``compare-postfix``
+(``bench.compare.WORKLOADS``), against ``sluice serve`` at its defaults, but with
+delivery taken out: the provider is the Python sink in *held* mode, which accepts
+the connections and never greets. The daemon fills its delivery slots with the
+first messages, which then hang at the greeting, and claims nothing more; from
+then on it only reads the accept worker's frames. The figure is the rate at which
+``smtp-source`` gets its messages accepted (its whole run, every message ``250``),
+and the relay's CPU per message.
+
+It answers one question: how fast can Sluice accept, with delivery costing nothing?
+Whatever ``compare-postfix`` measures end to end cannot be higher, so a target
+above this figure is out of reach of any change on the delivery side. Before the
+relay stops, the sink is told to greet, so that the held deliveries end and the
+graceful stop does not wait ``delivery.shutdown_grace`` for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.compare import WORKLOADS, Workload
+from bench.loadgen import SMTP_SOURCE, run_smtp_source
+from bench.procs import SinkProcess, smtp_ready
+from bench.runner import RELAYS, Scenario
+
+__all__ = ["accept_once", "main_async"]
+
+
+async def accept_once(
+    wl: Workload, *, messages: int, warmup: int, workers: str = "auto"
+) -> dict[str, Any]:
+    """One run: ``messages`` through ``smtp-source`` into Sluice while delivery is held."""
+    sc = Scenario(
+        messages=messages,
+        size=wl.size,
+        sessions=wl.sessions,
+        workers=workers,
+        per_message=wl.per_message,
+        generator="smtp-source",
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-accept-only-") as tmp:
+        sink = await SinkProcess.start(held=True)
+        try:
+            async with RELAYS["sluice"](sc, sink, Path(tmp)) as target:
+                await smtp_ready(target.port)
+                if warmup:
+                    await run_smtp_source(
+                        "127.0.0.1",
+                        target.port,
+                        messages=warmup,
+                        size=wl.size,
+                        sessions=min(wl.sessions, warmup),
+                        per_message=wl.per_message,
+                    )
+                cpu0 = target.cpu()
+                t0 = time.time()
+                sent, load = await run_smtp_source(
+                    "127.0.0.1",
+                    target.port,
+                    messages=messages,
+                    size=wl.size,
+                    sessions=wl.sessions,
+                    per_message=wl.per_message,
+                )
+                seconds = time.time() - t0
+                cpu = target.cpu() - cpu0
+                #: what reached the sink meanwhile: 0 while it held every delivery
+                delivered = await sink.count()
+                await sink.command("start")  # the held deliveries end; the stop need not wait
+        finally:
+            await sink.stop()
+    return {
+        "workload": wl.key,
+        "label": wl.label,
+        "sent": sent,
+        "seconds": seconds,
+        "rate": sent / max(1e-9, seconds),
+        "cpu_ms_per_msg": cpu / max(1, sent) * 1000,
+        "delivered_meanwhile": delivered,
+        "errors": list(load.errors)[:5],
+    }
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| workload (2 KB unless said) | Sluice accepts, delivery held: msg/s (runs) "
+        "| CPU ms/msg |",
+        "|---|---|---|",
+    ]
+    for row in rows:
+        runs = row["runs"]
+        rates = ", ".join(f"{r['rate']:.0f}" for r in runs)
+        rate = statistics.median(r["rate"] for r in runs)
+        cpu = statistics.median(r["cpu_ms_per_msg"] for r in runs)
+        lines.append(f"| {row['label']} | **{rate:.0f}** ({rates}) | {cpu:.2f} |")
+    return "\n".join(lines)
+
+
+async def main_async(
+    *, workloads: list[str], messages: int, repeat: int, warmup: int, json_path: str | None
+) -> int:
+    """Run each workload ``repeat`` times; 0 when every run sent all its messages."""
+    if not await asyncio.to_thread(Path(SMTP_SOURCE).exists):
+        print(f"bench: {SMTP_SOURCE} is missing (apt-get install postfix)", file=sys.stderr)
+        return 69
+    chosen = [w for w in WORKLOADS if w.key in workloads]
+    if len(chosen) != len(set(workloads)):
+        known = ", ".join(w.key for w in WORKLOADS)
+        print(f"bench: --workloads takes a comma list of {known}", file=sys.stderr)
+        return 64
+    rows: list[dict[str, Any]] = []
+    for wl in chosen:
+        runs = []
+        for i in range(repeat):
+            r = await accept_once(wl, messages=messages, warmup=warmup)
+            print(
+                f"# sluice, delivery held, {wl.label} run {i + 1}/{repeat}: "
+                f"{r['rate']:.0f} msg/s accepted, {r['cpu_ms_per_msg']:.2f} ms CPU/msg"
+                + (f", errors: {r['errors'][:2]}" if r["errors"] else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+            runs.append(r)
+        rows.append({"workload": wl.key, "label": wl.label, "runs": runs})
+    print(render(rows))
+    if json_path:
+        await asyncio.to_thread(Path(json_path).write_text, json.dumps(rows, indent=1))
+    bad = any(r["errors"] or r["sent"] != messages for row in rows for r in row["runs"])
+    return 1 if bad else 0
