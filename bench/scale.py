@@ -152,6 +152,10 @@ async def run_scale(
                 report["queue"] = {
                     "accepted": len(load.sent),
                     "refused": len(load.errors),
+                    #: what the client was told (or what broke) for the first of them
+                    "refusals": [str(e) for e in load.errors[:5]],
+                    #: the relay's own warnings and errors meanwhile (why it refused)
+                    "relay_warnings": list(sluice.warnings)[:10],
                     "accept_rate": len(load.sent) / max(1e-9, queued_for),
                     "accept_p99_ms": percentile(load.accept_latencies, 0.99) * 1000,
                     "rss_mb_by_queued": curve,

@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "ListenError",
+    "QueueIdTaken",
     "SluiceError",
     "SpoolError",
     "SpoolLocked",
@@ -51,6 +52,15 @@ class SpoolError(SluiceError, OSError):
 
 class SpoolLocked(SpoolError):
     """Another Sluice process holds the spool."""
+
+
+class QueueIdTaken(SpoolError):
+    """A message already has this queue ID; nothing was stored (draw another and try again).
+
+    IDs are 11 hex digits of milliseconds and 20 random bits: at thousands of
+    messages a second, two of one millisecond drew the same bits about once
+    per 200,000 messages (a ``451`` to a client for nothing).
+    """
 
 
 class SpoolUnreachable(SpoolError):

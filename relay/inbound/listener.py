@@ -31,7 +31,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay.address import NULL_PATH, address_problem, needs_smtputf8
 from relay.address_rules import AddressRules
 from relay.config import Endpoint, ListenerSettings, Network, SmtpSettings
-from relay.errors import SpoolError, SpoolUnreachable
+from relay.errors import QueueIdTaken, SpoolError, SpoolUnreachable
 from relay.inbound.admission import AcceptServer, Admission, bind_endpoint, listen_backlog
 from relay.inbound.aiosmtpd_seams import Gate, RelaySMTP, peer_ip
 from relay.inbound.auth import FailureGate, SmtpAuth
@@ -97,6 +97,8 @@ R_BARE_LF = (
 )
 R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections (limit {limit}); try again later"
 R_SPOOL_ERROR = "451 4.3.0 Could not store the message (local spool error); try again later"
+#: queue IDs drawn for one message before giving up (each clash is 1 in 2**20)
+_QUEUE_ID_DRAWS = 5
 # A PostgreSQL store whose server is down or out of reach: the reason says which, so that
 # the app's log shows where to look (the code stays 4.3.0, a mail system condition).
 R_SPOOL_UNREACHABLE = (
@@ -218,13 +220,14 @@ class RelayHandler:
         events: AcceptEvents | None = None,
         rules: Callable[[], AddressRules] = AddressRules,
         rates: RateGate | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._events = events or _NoEvents()
         #: the address rules of the current config (aliases, redirect, archive_bcc)
         self._rules = rules
         #: counts ``smtp.policies`` rates (the daemon's counter, for every accepting process)
         self._rates = rates or LocalRates()
-        self._rng = random.Random()  # queue IDs (seeded from os.urandom)
+        self._rng = rng or random.Random()  # queue IDs (seeded from os.urandom)
         self._spool = spool
         self._settings = settings
         self._hostname = hostname
@@ -430,7 +433,6 @@ class RelayHandler:
                     return refusal
                 content = default_headers(match.policy, head, self._spool.stream_headers) + content
         now = self._clock()
-        queue_id = new_queue_id(now, self._rng)
         protocol = "ESMTP" if session.extended_smtp else "SMTP"
         if envelope.smtp_utf8:
             protocol = "UTF8SMTP"  # RFC 6531 section 3.7.3
@@ -439,40 +441,52 @@ class RelayHandler:
             protocol += ("S" if session.ssl is not None else "") + (
                 "A" if session.authenticated else ""
             )
-        header = received_header(
-            helo=session.host_name,
-            client_ip=peer_ip(session),
-            hostname=self._hostname,
-            queue_id=queue_id,
-            protocol=protocol,
-            recipients=list(envelope.rcpt_tos),
-            now=now,
-            utf8=envelope.smtp_utf8,
-        )
         sender = "" if envelope.mail_from == NULL_PATH else (envelope.mail_from or "")
         resolved = self._rules().resolve(sender, envelope.rcpt_tos)
-        message = NewMessage(
-            queue_id=queue_id,
-            sender=sender,
-            recipients=resolved.recipients,
-            notes=resolved.notes,
-            data=header + resolved.header + content,
-            subject=extract_subject(content),
-            received_at=now,
-            client=peer_ip(session),
-            helo=session.host_name or "",
-            # The Received header is CRLF-only by construction.
-            crlf_only=crlf_only,
-        )
-        try:
-            await self._spool.enqueue(message)
-        except SpoolUnreachable as exc:
-            self._refusals.refused(message.client, exc, disk_full=False)
-            self._events.on_reject("spool_unreachable")
-            return R_SPOOL_UNREACHABLE
-        except SpoolError as exc:
-            full = is_disk_full(exc) or self._spool.disk_full
-            self._refusals.refused(message.client, exc, disk_full=full)
+        # A queue ID drawn again when another message has it (``QueueIdTaken``):
+        # it is in the Received header, so the message is made anew with it.
+        for _ in range(_QUEUE_ID_DRAWS):
+            queue_id = new_queue_id(now, self._rng)
+            header = received_header(
+                helo=session.host_name,
+                client_ip=peer_ip(session),
+                hostname=self._hostname,
+                queue_id=queue_id,
+                protocol=protocol,
+                recipients=list(envelope.rcpt_tos),
+                now=now,
+                utf8=envelope.smtp_utf8,
+            )
+            message = NewMessage(
+                queue_id=queue_id,
+                sender=sender,
+                recipients=resolved.recipients,
+                notes=resolved.notes,
+                data=header + resolved.header + content,
+                subject=extract_subject(content),
+                received_at=now,
+                client=peer_ip(session),
+                helo=session.host_name or "",
+                # The Received header is CRLF-only by construction.
+                crlf_only=crlf_only,
+            )
+            try:
+                await self._spool.enqueue(message)
+            except QueueIdTaken as exc:
+                taken = exc
+                continue
+            except SpoolUnreachable as exc:
+                self._refusals.refused(message.client, exc, disk_full=False)
+                self._events.on_reject("spool_unreachable")
+                return R_SPOOL_UNREACHABLE
+            except SpoolError as exc:
+                full = is_disk_full(exc) or self._spool.disk_full
+                self._refusals.refused(message.client, exc, disk_full=full)
+                self._events.on_reject("spool_error")
+                return R_SPOOL_ERROR
+            break
+        else:  # every ID drawn was taken: the random source is broken, not the spool
+            self._refusals.refused(peer_ip(session), taken, disk_full=False)
             self._events.on_reject("spool_error")
             return R_SPOOL_ERROR
         self._refusals.accepted()

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from relay.errors import UnknownMessage
+from relay.errors import QueueIdTaken, UnknownMessage
 from relay.events import OutboxEvent
 from relay.model import (
     AddressRule,
@@ -110,6 +110,9 @@ def insert_message(c: Conn, msg: NewMessage, stream: str = "", node: str = "") -
     """Store ``msg``, its body and its recipients (due now); returns its queue ID.
 
     ``node``: the node accepting it (``spool.node``), shown beside it in a fleet.
+
+    Raises:
+        QueueIdTaken: another message has ``msg.queue_id``; nothing was stored.
     """
     cur = c.execute(
         QUERIES["insert_message"],
@@ -125,6 +128,8 @@ def insert_message(c: Conn, msg: NewMessage, stream: str = "", node: str = "") -
             "node": node,
         },
     )
+    if cur.rowcount != 1:
+        raise QueueIdTaken(f"queue ID {msg.queue_id} is taken")
     mid = cur.lastrowid
     if len(msg.data) < BLOB_IO_FROM or not isinstance(c, sqlite3.Connection):
         c.execute(

@@ -3,9 +3,10 @@
 -- relay/store/sql/__init__.py.
 
 -- name: insert_message
--- A newly accepted message's envelope row.
+-- A newly accepted message's envelope row; none when its queue ID is taken.
 INSERT INTO messages (queue_id, received_at, sender, subject, size, client, helo, stream, node)
-VALUES (:queue_id, :received_at, :sender, :subject, :size, :client, :helo, :stream, :node);
+VALUES (:queue_id, :received_at, :sender, :subject, :size, :client, :helo, :stream, :node)
+ON CONFLICT (queue_id) DO NOTHING;
 
 -- name: insert_body
 -- The stored bytes of a message.

@@ -1,9 +1,11 @@
 -- PostgreSQL twins of queue.sql's statements whose dialect differs (see ../__init__.py).
 
 -- name: insert_message
--- A newly accepted message's envelope row; its id comes back (no lastrowid here).
+-- A newly accepted message's envelope row; its id comes back (no lastrowid here),
+-- or nothing when its queue ID is taken.
 INSERT INTO messages (queue_id, received_at, sender, subject, size, client, helo, stream, node)
 VALUES (:queue_id, :received_at, :sender, :subject, :size, :client, :helo, :stream, :node)
+ON CONFLICT (queue_id) DO NOTHING
 RETURNING id;
 
 -- name: insert_body_room
