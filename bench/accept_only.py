@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.compare import WORKLOADS, Workload
+from bench.compare import Workload, chosen_workloads, scenario, warm_up
 from bench.loadgen import SMTP_SOURCE, run_smtp_source
 from bench.procs import SinkProcess, smtp_ready
-from bench.runner import RELAYS, Scenario
+from bench.runner import RELAYS
 
 __all__ = ["accept_once", "main_async"]
 
@@ -39,28 +39,14 @@ async def accept_once(
     wl: Workload, *, messages: int, warmup: int, workers: str = "auto"
 ) -> dict[str, Any]:
     """One run: ``messages`` through ``smtp-source`` into Sluice while delivery is held."""
-    sc = Scenario(
-        messages=messages,
-        size=wl.size,
-        sessions=wl.sessions,
-        workers=workers,
-        per_message=wl.per_message,
-        generator="smtp-source",
-    )
+    sc = scenario(wl, messages=messages, workers=workers)
     with tempfile.TemporaryDirectory(prefix="bench-accept-only-") as tmp:
         sink = await SinkProcess.start(held=True)
         try:
             async with RELAYS["sluice"](sc, sink, Path(tmp)) as target:
                 await smtp_ready(target.port)
                 if warmup:
-                    await run_smtp_source(
-                        "127.0.0.1",
-                        target.port,
-                        messages=warmup,
-                        size=wl.size,
-                        sessions=min(wl.sessions, warmup),
-                        per_message=wl.per_message,
-                    )
+                    await warm_up(target.port, wl, warmup)
                 cpu0 = target.cpu()
                 t0 = time.time()
                 sent, load = await run_smtp_source(
@@ -112,10 +98,8 @@ async def main_async(
     if not await asyncio.to_thread(Path(SMTP_SOURCE).exists):
         print(f"bench: {SMTP_SOURCE} is missing (apt-get install postfix)", file=sys.stderr)
         return 69
-    chosen = [w for w in WORKLOADS if w.key in workloads]
-    if len(chosen) != len(set(workloads)):
-        known = ", ".join(w.key for w in WORKLOADS)
-        print(f"bench: --workloads takes a comma list of {known}", file=sys.stderr)
+    chosen = chosen_workloads(workloads)
+    if chosen is None:
         return 64
     rows: list[dict[str, Any]] = []
     for wl in chosen:

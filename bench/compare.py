@@ -52,7 +52,16 @@ from bench.procs import SinkProcess, smtp_ready
 from bench.procstat import cpu_seconds
 from bench.runner import RELAYS, Scenario, free_port, generator_cpu, percentile, wait_count
 
-__all__ = ["WORKLOADS", "SmtpSink", "Workload", "fsync_median_ms", "main_async"]
+__all__ = [
+    "WORKLOADS",
+    "SmtpSink",
+    "Workload",
+    "chosen_workloads",
+    "fsync_median_ms",
+    "main_async",
+    "scenario",
+    "warm_up",
+]
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 _MESG = re.compile(rb"mesg=(\d+)")
@@ -77,6 +86,41 @@ WORKLOADS = [
     Workload("10r", "10 clients, reused", 10, per_message=False),
     Workload("100k", "100 KB, 10 clients, new conn/msg", 10, size=100 * 1024),
 ]
+
+
+def scenario(wl: Workload, *, messages: int, workers: str = "auto") -> Scenario:
+    """``wl`` as the harness's scenario: ``messages`` from ``smtp-source``."""
+    return Scenario(
+        messages=messages,
+        size=wl.size,
+        sessions=wl.sessions,
+        workers=workers,
+        per_message=wl.per_message,
+        generator="smtp-source",
+    )
+
+
+async def warm_up(port: int, wl: Workload, messages: int) -> int:
+    """``messages`` of ``wl`` into the relay at ``port`` before measuring; how many went."""
+    sent, _load = await run_smtp_source(
+        "127.0.0.1",
+        port,
+        messages=messages,
+        size=wl.size,
+        sessions=min(wl.sessions, messages),
+        per_message=wl.per_message,
+    )
+    return sent
+
+
+def chosen_workloads(keys: list[str]) -> list[Workload] | None:
+    """The workloads ``--workloads`` names, in the table's order; None (said why) if unknown."""
+    chosen = [w for w in WORKLOADS if w.key in keys]
+    if len(chosen) != len(set(keys)):
+        known = ", ".join(w.key for w in WORKLOADS)
+        print(f"bench: --workloads takes a comma list of {known}", file=sys.stderr)
+        return None
+    return chosen
 
 
 class SmtpSink:
@@ -309,14 +353,7 @@ async def run_once(
     time_limit: float = 600.0,
 ) -> dict[str, Any]:
     """One run of one workload against ``relay``; its figures."""
-    sc = Scenario(
-        messages=messages,
-        size=wl.size,
-        sessions=wl.sessions,
-        workers=workers,
-        per_message=wl.per_message,
-        generator="smtp-source",
-    )
+    sc = scenario(wl, messages=messages, workers=workers)
     with tempfile.TemporaryDirectory(prefix=f"bench-compare-{relay}-") as tmp:
         work = Path(tmp)
         sink = await _start_sink(sink_kind, work)
@@ -324,14 +361,7 @@ async def run_once(
             async with RELAYS[relay](sc, sink, work) as target:
                 await smtp_ready(target.port)
                 if warmup:
-                    sent, load = await run_smtp_source(
-                        "127.0.0.1",
-                        target.port,
-                        messages=warmup,
-                        size=wl.size,
-                        sessions=min(wl.sessions, warmup),
-                        per_message=wl.per_message,
-                    )
+                    sent = await warm_up(target.port, wl, warmup)
                     await wait_count(sink, sent, stall=30, limit=120, every=0.005)
                 base = await sink.count()
                 conns0 = await sink.connections()
@@ -474,10 +504,8 @@ async def main_async(
     if not postfix_available() or shutil.which("postfix") is None:
         print("bench: postfix is not installed (apt-get install postfix)", file=sys.stderr)
         return 69
-    chosen = [w for w in WORKLOADS if w.key in workloads]
-    if len(chosen) != len(set(workloads)):
-        known = ", ".join(w.key for w in WORKLOADS)
-        print(f"bench: --workloads takes a comma list of {known}", file=sys.stderr)
+    chosen = chosen_workloads(workloads)
+    if chosen is None:
         return 64
     with tempfile.TemporaryDirectory(prefix="bench-fsync-") as tmp:
         fsync_ms = await asyncio.to_thread(fsync_median_ms, Path(tmp))

@@ -23,6 +23,19 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS`` from the repository, to its end; it must exit 0."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    return proc
+
+
 def test_compare_postfix_smallest_form_runs_both_relays_and_counts_every_message(
     tmp_path: Path,
 ) -> None:
@@ -31,21 +44,11 @@ def test_compare_postfix_smallest_form_runs_both_relays_and_counts_every_message
     if os.geteuid() != 0:
         pytest.skip("the bench's private Postfix runs its master as root")
     out = tmp_path / "compare.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "compare-postfix",
-            *("--workloads", "10", "--messages", "200", "--repeat", "1", "--warmup", "10"),
-            *("--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    proc = _bench(
+        "compare-postfix",
+        *("--workloads", "10", "--messages", "200", "--repeat", "1", "--warmup", "10"),
+        *("--json", str(out)),
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["sink"] == "smtp-sink"
     assert 0 < report["fsync_median_ms"] < 1000
@@ -123,21 +126,11 @@ def test_accept_only_smallest_form_accepts_every_message_while_delivery_is_held(
     """``python -m bench accept-only``: the accept side alone, on compare-postfix's workloads."""
     require("smtp-source")
     out = tmp_path / "accept.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "accept-only",
-            *("--workloads", "1,10r", "--messages", "150", "--repeat", "1", "--warmup", "10"),
-            *("--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
+    proc = _bench(
+        "accept-only",
+        *("--workloads", "1,10r", "--messages", "150", "--repeat", "1", "--warmup", "10"),
+        *("--json", str(out)),
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert [row["workload"] for row in rows] == ["1", "10r"]
     for row in rows:
