@@ -443,13 +443,14 @@ class RelayHandler:
             )
         sender = "" if envelope.mail_from == NULL_PATH else (envelope.mail_from or "")
         resolved = self._rules().resolve(sender, envelope.rcpt_tos)
+        client, subject = peer_ip(session), extract_subject(content)
         # A queue ID drawn again when another message has it (``QueueIdTaken``):
         # it is in the Received header, so the message is made anew with it.
         for _ in range(_QUEUE_ID_DRAWS):
             queue_id = new_queue_id(now, self._rng)
             header = received_header(
                 helo=session.host_name,
-                client_ip=peer_ip(session),
+                client_ip=client,
                 hostname=self._hostname,
                 queue_id=queue_id,
                 protocol=protocol,
@@ -463,9 +464,9 @@ class RelayHandler:
                 recipients=resolved.recipients,
                 notes=resolved.notes,
                 data=header + resolved.header + content,
-                subject=extract_subject(content),
+                subject=subject,
                 received_at=now,
-                client=peer_ip(session),
+                client=client,
                 helo=session.host_name or "",
                 # The Received header is CRLF-only by construction.
                 crlf_only=crlf_only,
@@ -476,17 +477,17 @@ class RelayHandler:
                 taken = exc
                 continue
             except SpoolUnreachable as exc:
-                self._refusals.refused(message.client, exc, disk_full=False)
+                self._refusals.refused(client, exc, disk_full=False)
                 self._events.on_reject("spool_unreachable")
                 return R_SPOOL_UNREACHABLE
             except SpoolError as exc:
                 full = is_disk_full(exc) or self._spool.disk_full
-                self._refusals.refused(message.client, exc, disk_full=full)
+                self._refusals.refused(client, exc, disk_full=full)
                 self._events.on_reject("spool_error")
                 return R_SPOOL_ERROR
             break
         else:  # every ID drawn was taken: the random source is broken, not the spool
-            self._refusals.refused(peer_ip(session), taken, disk_full=False)
+            self._refusals.refused(client, taken, disk_full=False)
             self._events.on_reject("spool_error")
             return R_SPOOL_ERROR
         self._refusals.accepted()
