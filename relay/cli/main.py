@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict
 from os import EX_CONFIG, EX_NOINPUT, EX_NOPERM, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from relay import __version__
 from relay.cli import bounces as bounce_cli
@@ -34,9 +34,12 @@ from relay.model import RecipientStatus
 from relay.operations import queue as queue_ops
 from relay.operations.actor import Actor
 from relay.operations.sessions import revoke_admin_sessions
-from relay.runner import run_fast
+from relay.runner import run_fast, settle_heap
 from relay.store.spool import Spool
 from relay.wording import plural, when
+
+if TYPE_CHECKING:
+    from relay.daemon import Daemon
 
 __all__ = ["main"]
 
@@ -83,8 +86,19 @@ async def cmd_serve(args: argparse.Namespace) -> int:
     cfg, text = load_with_text(_config_path(args))
     logsetup.configure(cfg.log.level, cfg.log.format, secrets=logsetup.config_secrets(cfg))
     daemon = Daemon(cfg, config_path=_config_path(args), config_text=text)
-    await daemon.serve()
+    # The heap is settled here, in the process `sluice serve` owns, not in
+    # Daemon: an embedding (the tests run daemons in-process) keeps its own.
+    settling = asyncio.get_running_loop().create_task(_settle_when_ready(daemon))
+    try:
+        await daemon.serve()
+    finally:
+        settling.cancel()
     return EX_OK
+
+
+async def _settle_when_ready(daemon: Daemon) -> None:
+    await daemon.ready.wait()
+    settle_heap()
 
 
 async def cmd_check(args: argparse.Namespace) -> int:

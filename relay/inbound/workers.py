@@ -60,7 +60,7 @@ from relay.config import (
 from relay.inbound.auth import FailureCounter
 from relay.inbound.listener import AcceptEvents, RelayHandler, start_listeners
 from relay.inbound.policy import WindowCounter
-from relay.runner import run_fast
+from relay.runner import run_fast, settle_heap
 from relay.store.spool import Spool
 
 __all__ = ["AcceptorPool", "WorkerSettings", "main"]
@@ -450,6 +450,7 @@ async def _serve(channel_fd: int) -> int:
             sockets=[(ep, socket.socket(fileno=fd)) for ep, fd in fds],
             auth_failures=questions,
         )
+        settle_heap()
         _send(writer, ("ready", os.getpid()))
 
         async def commands() -> None:
