@@ -55,7 +55,7 @@ from relay.inbound.policy import (
 from relay.message import HeaderBlock, bare_line_ending, extract_subject
 from relay.received import helo_name, received_header
 from relay.runner import GIVE_BACK_AFTER, LARGE_MESSAGE, give_back_memory
-from relay.store.spool import NewMessage, Spool, new_queue_id
+from relay.store.spool import NewMessage, Spool, stored_under_fresh_id
 from relay.store.writer import is_disk_full
 from relay.tls import server_context
 from relay.wording import plural
@@ -97,8 +97,6 @@ R_BARE_LF = (
 )
 R_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections (limit {limit}); try again later"
 R_SPOOL_ERROR = "451 4.3.0 Could not store the message (local spool error); try again later"
-#: queue IDs drawn for one message before giving up (each clash is 1 in 2**20)
-_QUEUE_ID_DRAWS = 5
 # A PostgreSQL store whose server is down or out of reach: the reason says which, so that
 # the app's log shows where to look (the code stays 4.3.0, a mail system condition).
 R_SPOOL_UNREACHABLE = (
@@ -444,21 +442,20 @@ class RelayHandler:
         sender = "" if envelope.mail_from == NULL_PATH else (envelope.mail_from or "")
         resolved = self._rules().resolve(sender, envelope.rcpt_tos)
         client, subject = peer_ip(session), extract_subject(content)
-        # A queue ID drawn again when another message has it (``QueueIdTaken``):
-        # it is in the Received header, so the message is made anew with it.
-        for _ in range(_QUEUE_ID_DRAWS):
-            queue_id = new_queue_id(now, self._rng)
+        recipients = list(envelope.rcpt_tos)
+
+        def make(queue_id: str) -> NewMessage:
             header = received_header(
                 helo=session.host_name,
                 client_ip=client,
                 hostname=self._hostname,
                 queue_id=queue_id,
                 protocol=protocol,
-                recipients=list(envelope.rcpt_tos),
+                recipients=recipients,
                 now=now,
                 utf8=envelope.smtp_utf8,
             )
-            message = NewMessage(
+            return NewMessage(
                 queue_id=queue_id,
                 sender=sender,
                 recipients=resolved.recipients,
@@ -471,23 +468,22 @@ class RelayHandler:
                 # The Received header is CRLF-only by construction.
                 crlf_only=crlf_only,
             )
-            try:
-                await self._spool.enqueue(message)
-            except QueueIdTaken as exc:
-                taken = exc
-                continue
-            except SpoolUnreachable as exc:
-                self._refusals.refused(client, exc, disk_full=False)
-                self._events.on_reject("spool_unreachable")
-                return R_SPOOL_UNREACHABLE
-            except SpoolError as exc:
-                full = is_disk_full(exc) or self._spool.disk_full
-                self._refusals.refused(client, exc, disk_full=full)
-                self._events.on_reject("spool_error")
-                return R_SPOOL_ERROR
-            break
-        else:  # every ID drawn was taken: the random source is broken, not the spool
-            self._refusals.refused(client, taken, disk_full=False)
+
+        try:
+            message, queue_id = await stored_under_fresh_id(
+                make, self._spool.enqueue, now, self._rng
+            )
+        except SpoolUnreachable as exc:
+            self._refusals.refused(client, exc, disk_full=False)
+            self._events.on_reject("spool_unreachable")
+            return R_SPOOL_UNREACHABLE
+        except QueueIdTaken as exc:  # every ID drawn was taken: the random source, not the spool
+            self._refusals.refused(client, exc, disk_full=False)
+            self._events.on_reject("spool_error")
+            return R_SPOOL_ERROR
+        except SpoolError as exc:
+            full = is_disk_full(exc) or self._spool.disk_full
+            self._refusals.refused(client, exc, disk_full=full)
             self._events.on_reject("spool_error")
             return R_SPOOL_ERROR
         self._refusals.accepted()

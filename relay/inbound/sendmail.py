@@ -34,7 +34,7 @@ import smtplib
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from os import (
     EX_CONFIG,
     EX_DATAERR,
@@ -63,7 +63,7 @@ from relay.message import extract_subject
 from relay.model import valid_address
 from relay.received import received_header
 from relay.store.node_status import read_status
-from relay.store.spool import NewMessage, Spool, new_queue_id
+from relay.store.spool import NewMessage, Spool, stored_under_fresh_id
 
 __all__ = ["Options", "Prepared", "UsageError", "main", "parse_args", "prepare"]
 
@@ -202,10 +202,16 @@ def _spool_writable(spool: SpoolSettings) -> bool:
     return path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
-async def _enqueue(where: Path | SpoolSettings, msg: NewMessage, stream_headers: list[str]) -> str:
+async def _enqueue(
+    where: Path | SpoolSettings,
+    make: Callable[[str], NewMessage],
+    now: float,
+    stream_headers: list[str],
+) -> str:
     async with await Spool.open(where) as spool:
         spool.stream_headers = stream_headers  # as the daemon's spool has them
-        return await spool.enqueue(msg)
+        _, queue_id = await stored_under_fresh_id(make, spool.enqueue, now)
+        return queue_id
 
 
 def _spool_directly(
@@ -215,18 +221,6 @@ def _spool_directly(
     if len(data) > cfg.smtp.max_message_size:
         raise _Fail(EX_DATAERR, f"message is larger than smtp.max_message_size ({len(data)} bytes)")
     now = time.time()
-    queue_id = new_queue_id(now)
-    # The listener's line, in its local form: the bounce reader finds this
-    # message by it as it finds any other (relay.received).
-    received = received_header(
-        hostname=hostname,
-        queue_id=queue_id,
-        protocol="local",
-        recipients=recipients,
-        now=now,
-        local_uid=os.getuid(),
-        utf8=not all(a.isascii() for a in (sender, *recipients)),
-    )
     # The listener's address rules, applied here as there (relay.address_rules).
     rules = AddressRules.from_config(cfg, hostname)
     refused = {r: why for r in recipients if (why := rules.refusal(r)) is not None}
@@ -234,23 +228,39 @@ def _spool_directly(
         lines = "; ".join(f"<{r}>: {why}" for r, why in refused.items())
         raise _Fail(EX_NOUSER, f"refused {lines} (nothing was queued)")
     resolved = rules.resolve(sender, recipients)
-    msg = NewMessage(
-        queue_id=queue_id,
-        sender=sender,
-        recipients=resolved.recipients,
-        notes=resolved.notes,
-        data=received + resolved.header + data,
-        subject=extract_subject(data),
-        received_at=now,
-        client="sendmail",
-        helo=f"uid {os.getuid()}",
-    )
+    subject = extract_subject(data)
+    utf8 = not all(a.isascii() for a in (sender, *recipients))
+
+    def make(queue_id: str) -> NewMessage:
+        # The listener's line, in its local form: the bounce reader finds this
+        # message by it as it finds any other (relay.received).
+        received = received_header(
+            hostname=hostname,
+            queue_id=queue_id,
+            protocol="local",
+            recipients=recipients,
+            now=now,
+            local_uid=os.getuid(),
+            utf8=utf8,
+        )
+        return NewMessage(
+            queue_id=queue_id,
+            sender=sender,
+            recipients=resolved.recipients,
+            notes=resolved.notes,
+            data=received + resolved.header + data,
+            subject=subject,
+            received_at=now,
+            client="sendmail",
+            helo=f"uid {os.getuid()}",
+        )
+
+    headers = cfg.suppression.stream_headers
     if cfg.spool.url is not None:
-        asyncio.run(_enqueue(cfg.spool, msg, cfg.suppression.stream_headers))
-        return queue_id
+        return asyncio.run(_enqueue(cfg.spool, make, now, headers))
     owner = path.stat()
     try:
-        asyncio.run(_enqueue(path, msg, cfg.suppression.stream_headers))
+        queue_id = asyncio.run(_enqueue(path, make, now, headers))
     finally:
         if os.geteuid() == 0 and owner.st_uid != 0:
             # root wrote as itself: give SQLite's side files back to the daemon's user.

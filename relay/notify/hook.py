@@ -24,7 +24,14 @@ from relay.events import OUTCOME_EVENTS, EventType, event_body
 from relay.message import HeaderBlock
 from relay.model import Claim, RecipientStatus
 from relay.notify.dsn import DsnKind, DsnRecipient, build_dsn, dsn_refusal
-from relay.store.spool import DsnVerdict, Finish, NewMessage, OutboxEvent, Spool, new_queue_id
+from relay.store.spool import (
+    DsnVerdict,
+    Finish,
+    NewMessage,
+    OutboxEvent,
+    Spool,
+    stored_under_fresh_id,
+)
 
 __all__ = ["Notifications"]
 
@@ -185,37 +192,41 @@ class Notifications:
             )
             for f in group
         ]
-        dsn_queue_id = new_queue_id(now)
-        body = build_dsn(
-            kind=kind,
-            original=data,
-            sender=claim.sender,
-            recipients=recipients,
-            hostname=self._hostname,
-            queue_id=claim.queue_id,
-            dsn_queue_id=dsn_queue_id,
-            arrival=claim.received_at,
-            now=now,
-        )
-        head = HeaderBlock(body)
-        msg = NewMessage(
-            queue_id=dsn_queue_id,
-            sender="",  # RFC 5321 § 4.5.5: notifications go from the null reverse-path
-            recipients=[claim.sender],
-            data=body,
-            subject=head.value("subject") or "",
-            received_at=now,
-            client="sluice (DSN)",
-            helo=self._hostname,
-            crlf_only=True,
-        )
-        verdict = await self._spool.enqueue_dsn(
-            msg,
-            recipient_ids=[f.recipient_id for f in group],
-            kind=kind.value,
-            sender=claim.sender.lower(),
-            per_hour=cfg.notify.dsn_per_hour,
-        )
+
+        def make(dsn_queue_id: str) -> NewMessage:
+            body = build_dsn(
+                kind=kind,
+                original=data,
+                sender=claim.sender,
+                recipients=recipients,
+                hostname=self._hostname,
+                queue_id=claim.queue_id,
+                dsn_queue_id=dsn_queue_id,
+                arrival=claim.received_at,
+                now=now,
+            )
+            return NewMessage(
+                queue_id=dsn_queue_id,
+                sender="",  # RFC 5321 § 4.5.5: notifications go from the null reverse-path
+                recipients=[claim.sender],
+                data=body,
+                subject=HeaderBlock(body).value("subject") or "",
+                received_at=now,
+                client="sluice (DSN)",
+                helo=self._hostname,
+                crlf_only=True,
+            )
+
+        def store(msg: NewMessage) -> Awaitable[DsnVerdict]:
+            return self._spool.enqueue_dsn(
+                msg,
+                recipient_ids=[f.recipient_id for f in group],
+                kind=kind.value,
+                sender=claim.sender.lower(),
+                per_hour=cfg.notify.dsn_per_hour,
+            )
+
+        msg, verdict = await stored_under_fresh_id(make, store, now)
         if verdict is DsnVerdict.QUEUED:
             log.info(
                 "%s: %s DSN to <%s> queued as %s",

@@ -22,7 +22,7 @@ from relay.config import Config
 from relay.message import PROVIDER_HEADER
 from relay.operations.actor import Actor, Refusal, Refused
 from relay.received import received_header
-from relay.store.spool import NewMessage, Spool, new_queue_id
+from relay.store.spool import NewMessage, Spool, stored_under_fresh_id
 from relay.wording import when
 
 __all__ = ["SendTest", "SentTest", "parse_recipient", "send_test_message"]
@@ -98,16 +98,17 @@ async def send_test_message(
         f"sent through provider {label} at {when(now)}.\n"
         "If you can read it, this provider delivers mail.\n"
     )
-    queue_id = new_queue_id(now)
-    # Sluice's own trace line, as on every message it spools (the listener's,
-    # sendmail's, a DSN's), so a bounce of the test message is matched to it
-    # without VERP (``relay.received``).
-    trace = received_header(
-        hostname=hostname, queue_id=queue_id, protocol="local", recipients=[rcpt], now=now
-    )
-    data = trace + msg.as_bytes()
-    queue_id = await spool.enqueue(
-        NewMessage(
+    content = msg.as_bytes()
+
+    def make(queue_id: str) -> NewMessage:
+        # Sluice's own trace line, as on every message it spools (the listener's,
+        # sendmail's, a DSN's), so a bounce of the test message is matched to it
+        # without VERP (``relay.received``).
+        trace = received_header(
+            hostname=hostname, queue_id=queue_id, protocol="local", recipients=[rcpt], now=now
+        )
+        data = trace + content
+        return NewMessage(
             queue_id=queue_id,
             sender=sender,
             recipients=[rcpt],
@@ -117,5 +118,6 @@ async def send_test_message(
             client=actor.kind.value,
             crlf_only=b"\n" not in data.replace(b"\r\n", b""),
         )
-    )
+
+    _, queue_id = await stored_under_fresh_id(make, spool.enqueue, now)
     return SentTest(queue_id, provider.id, rcpt)

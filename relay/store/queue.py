@@ -14,8 +14,9 @@ import json
 import random
 import secrets
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from relay.errors import QueueIdTaken, UnknownMessage
 from relay.events import OutboxEvent
@@ -50,6 +51,7 @@ __all__ = [
     "requeue_expired_leases",
     "requeue_inflight",
     "retry_now",
+    "stored_under_fresh_id",
 ]
 
 
@@ -81,6 +83,43 @@ class NewMessage:
     crlf_only: bool = False
     #: recipient -> what an address rule did to it (``relay.address_rules``)
     notes: Mapping[str, RcptNote] = field(default_factory=dict)
+
+
+#: queue IDs drawn for one message before giving up (each clash is 1 in 2**20)
+QUEUE_ID_DRAWS = 5
+
+_Msg = TypeVar("_Msg")
+_Stored = TypeVar("_Stored")
+
+
+async def stored_under_fresh_id(
+    make: Callable[[str], _Msg],
+    store: Callable[[_Msg], Awaitable[_Stored]],
+    now: float,
+    rng: random.Random | None = None,
+) -> tuple[_Msg, _Stored]:
+    """``make`` a message around a new queue ID and ``store`` it; another ID while one is taken.
+
+    Every producer (the listener, ``sluice sendmail``, a DSN, a provider's test
+    message) writes its queue ID into the message itself (its Received
+    header, a DSN's text), so a message is made anew for each ID drawn.
+    Several messages share a millisecond under load, and two of them draw the
+    same 20 bits about once in 200,000 at 2,700 msg/s: the insert then stores
+    nothing and raises ``QueueIdTaken``. Returns the message stored and what
+    ``store`` returned.
+
+    Raises:
+        QueueIdTaken: ``QUEUE_ID_DRAWS`` IDs in a row were taken (the random
+            source is broken, not the spool); whatever else ``store`` raises.
+    """
+    for _ in range(QUEUE_ID_DRAWS - 1):
+        msg = make(new_queue_id(now, rng))
+        try:
+            return msg, await store(msg)
+        except QueueIdTaken:
+            continue
+    msg = make(new_queue_id(now, rng))
+    return msg, await store(msg)
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,7 @@ from relay.store.limits import ProviderBlock, RateGrant
 from relay.store.migrations import migrate
 from relay.store.nodes import NodeRow
 from relay.store.outbox import DsnVerdict, OutboxRow
-from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id
+from relay.store.queue import Claimed, Finish, NewMessage, new_queue_id, stored_under_fresh_id
 from relay.store.singleton import Granted, Turn, Turns
 from relay.store.state import OAuthGrant, SpoolHealth
 from relay.store.suppressions import Suppressions
@@ -143,6 +143,7 @@ __all__ = [
     "Spool",
     "SpoolHealth",
     "new_queue_id",
+    "stored_under_fresh_id",
 ]
 
 Clock = Callable[[], float]

@@ -4,7 +4,9 @@ A queue ID is 11 hex digits of milliseconds and 20 random bits. At a few
 thousand messages a second, messages of the same millisecond drew the same bits
 about once per 200,000 (``python -m bench scale`` saw it twice in four runs of
 100,000): the insert broke the ``UNIQUE`` constraint and the client was told
-``451 4.3.0 ... (local spool error)`` for a spool that was fine.
+``451 4.3.0 ... (local spool error)`` for a spool that was fine. Every producer
+(the listener, ``sluice sendmail``, a DSN, a provider's test message) stores
+through ``stored_under_fresh_id``, which makes the message anew under another ID.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import pytest
 from relay.config import SmtpSettings, SpoolSettings
 from relay.errors import QueueIdTaken
 from relay.inbound.listener import RelayHandler, start_listeners
-from relay.store.queue import new_queue_id
-from relay.store.spool import NewMessage, Spool
+from relay.store.queue import QUEUE_ID_DRAWS, new_queue_id
+from relay.store.spool import DsnVerdict, NewMessage, Spool, stored_under_fresh_id
 from tests.conftest import raw_session
 
 NOW = 1_800_000_000.0
@@ -83,3 +85,68 @@ async def test_the_listener_draws_another_queue_id_when_its_first_is_taken(
         assert f"id {queue_id}".encode() in raw.split(b"\r\n\r\n")[0]  # its Received header
         assert taken.encode() not in raw
         assert [r.email for r in (await spool.get(taken)).recipients] == ["first@example.net"]
+
+
+class _Stuck(random.Random):
+    """A random source that draws the same bits every time (a broken one)."""
+
+    def getrandbits(self, k: int) -> int:
+        return 0xAAAAA & ((1 << k) - 1)
+
+
+async def test_every_producer_s_helper_makes_the_message_anew_under_another_id(
+    spool_where: Path | SpoolSettings,
+) -> None:
+    taken = new_queue_id(NOW, random.Random(7))
+    made: list[str] = []
+
+    def make(queue_id: str) -> NewMessage:
+        made.append(queue_id)
+        return _msg(queue_id, "second@example.net")
+
+    async with await Spool.open(spool_where, clock=lambda: NOW) as spool:
+        await spool.enqueue(_msg(taken, "first@example.net"))
+        msg, stored = await stored_under_fresh_id(make, spool.enqueue, NOW, random.Random(7))
+        assert made[0] == taken and len(made) == 2  # the first draw clashed, the second did not
+        assert stored == msg.queue_id == made[1] != taken
+        assert [r.email for r in (await spool.get(stored)).recipients] == ["second@example.net"]
+        # A source that keeps drawing taken IDs is given up on, and nothing is stored.
+        made.clear()
+        stuck = new_queue_id(NOW, _Stuck())
+        await spool.enqueue(_msg(stuck, "third@example.net"))
+        with pytest.raises(QueueIdTaken):
+            await stored_under_fresh_id(make, spool.enqueue, NOW, _Stuck())
+        assert made == [stuck] * QUEUE_ID_DRAWS
+        assert len(await spool.list_queue(limit=10)) == 3
+
+
+async def test_a_dsn_whose_id_is_taken_marks_nothing_and_is_queued_under_another(
+    spool_where: Path | SpoolSettings,
+) -> None:
+    """The notice of a final failure is not lost to a clash: its marks roll back with it."""
+    taken = new_queue_id(NOW, random.Random(9))
+    async with await Spool.open(spool_where, clock=lambda: NOW) as spool:
+        await spool.enqueue(_msg(taken, "first@example.net"))
+
+        def make(queue_id: str) -> NewMessage:
+            return NewMessage(
+                queue_id=queue_id,
+                sender="",
+                recipients=["app@example.com"],
+                data=b"Subject: dsn\r\n\r\nx\r\n",
+                subject="dsn",
+                received_at=NOW,
+            )
+
+        async def store(msg: NewMessage) -> DsnVerdict:
+            return await spool.enqueue_dsn(
+                msg, recipient_ids=[1], kind="failed", sender="app@example.com", per_hour=10
+            )
+
+        with pytest.raises(QueueIdTaken):
+            await store(make(taken))
+        # Recipient 1 was not marked as told: the same DSN can still be queued.
+        msg, verdict = await stored_under_fresh_id(make, store, NOW, random.Random(9))
+        assert verdict is DsnVerdict.QUEUED and msg.queue_id != taken
+        assert [r.email for r in (await spool.get(msg.queue_id)).recipients] == ["app@example.com"]
+        assert await store(make("0000000000CCCCC")) is DsnVerdict.ALREADY_SENT
