@@ -14,6 +14,10 @@ Whatever ``compare-postfix`` measures end to end cannot be higher, so a target
 above this figure is out of reach of any change on the delivery side. Before the
 relay stops, the sink is told to greet, so that the held deliveries end and the
 graceful stop does not wait ``delivery.shutdown_grace`` for them.
+
+``--floor`` also runs, in turn with each Sluice run, ``bench.floor_server``: the
+least SMTP that satisfies ``smtp-source``, in front of the same spool code. Its
+figure is what the accept side could reach if its SMTP layer cost nothing.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import Any
 
 from bench.compare import Workload, chosen_workloads, scenario, warm_up
 from bench.loadgen import SMTP_SOURCE, run_smtp_source
-from bench.procs import SinkProcess, smtp_ready
+from bench.procs import ROOT, SinkProcess, smtp_ready
+from bench.procstat import cpu_seconds
 from bench.runner import RELAYS
 
-__all__ = ["accept_once", "main_async"]
+__all__ = ["accept_once", "floor_once", "main_async"]
 
 
 async def accept_once(
@@ -76,23 +81,90 @@ async def accept_once(
     }
 
 
+async def floor_once(wl: Workload, *, messages: int, warmup: int) -> dict[str, Any]:
+    """One run of the same load into ``bench.floor_server`` (on a fresh spool file)."""
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.floor_server",
+            str(Path(tmp) / "spool.db"),
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        try:
+            assert proc.stdout is not None
+            async with asyncio.timeout(30):
+                line = (await proc.stdout.readline()).decode()
+            if not line.startswith("listening "):
+                raise RuntimeError(f"bench.floor_server did not start: {line!r}")
+            port = int(line.split()[1])
+            if warmup:
+                await warm_up(port, wl, warmup)
+            cpu0 = cpu_seconds(proc.pid)
+            t0 = time.time()
+            sent, load = await run_smtp_source(
+                "127.0.0.1",
+                port,
+                messages=messages,
+                size=wl.size,
+                sessions=wl.sessions,
+                per_message=wl.per_message,
+            )
+            seconds = time.time() - t0
+            cpu = cpu_seconds(proc.pid) - cpu0
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+            tail, _ = await proc.communicate()
+    #: what its spool held at the end: the warm-up's messages and these
+    stored = int(tail.split()[-1]) if tail.startswith(b"stored ") else -1
+    return {
+        "workload": wl.key,
+        "label": wl.label,
+        "sent": sent,
+        "stored": stored,
+        "seconds": seconds,
+        "rate": sent / max(1e-9, seconds),
+        "cpu_ms_per_msg": cpu / max(1, sent) * 1000,
+        "errors": list(load.errors)[:5],
+    }
+
+
+def _cells(runs: list[dict[str, Any]]) -> str:
+    rates = ", ".join(f"{r['rate']:.0f}" for r in runs)
+    rate = statistics.median(r["rate"] for r in runs)
+    cpu = statistics.median(r["cpu_ms_per_msg"] for r in runs)
+    return f"**{rate:.0f}** ({rates}) | {cpu:.2f}"
+
+
 def render(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| workload (2 KB unless said) | Sluice accepts, delivery held: msg/s (runs) "
-        "| CPU ms/msg |",
-        "|---|---|---|",
-    ]
+    floor = any(row.get("floor") for row in rows)
+    head = (
+        "| workload (2 KB unless said) | Sluice accepts, delivery held: msg/s (runs) | CPU ms/msg |"
+    )
+    rule = "|---|---|---|"
+    if floor:
+        head += " floor (bench.floor_server): msg/s (runs) | CPU ms/msg |"
+        rule += "---|---|"
+    lines = [head, rule]
     for row in rows:
-        runs = row["runs"]
-        rates = ", ".join(f"{r['rate']:.0f}" for r in runs)
-        rate = statistics.median(r["rate"] for r in runs)
-        cpu = statistics.median(r["cpu_ms_per_msg"] for r in runs)
-        lines.append(f"| {row['label']} | **{rate:.0f}** ({rates}) | {cpu:.2f} |")
+        line = f"| {row['label']} | {_cells(row['runs'])} |"
+        if floor:
+            line += f" {_cells(row['floor'])} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
 async def main_async(
-    *, workloads: list[str], messages: int, repeat: int, warmup: int, json_path: str | None
+    *,
+    workloads: list[str],
+    messages: int,
+    repeat: int,
+    warmup: int,
+    json_path: str | None,
+    floor: bool = False,
 ) -> int:
     """Run each workload ``repeat`` times; 0 when every run sent all its messages."""
     if not await asyncio.to_thread(Path(SMTP_SOURCE).exists):
@@ -103,8 +175,18 @@ async def main_async(
         return 64
     rows: list[dict[str, Any]] = []
     for wl in chosen:
-        runs = []
+        runs, floors = [], []
         for i in range(repeat):
+            if floor:  # in turn with Sluice's runs, so that both see the same hour
+                f = await floor_once(wl, messages=messages, warmup=warmup)
+                print(
+                    f"# floor, {wl.label} run {i + 1}/{repeat}: {f['rate']:.0f} msg/s accepted, "
+                    f"{f['cpu_ms_per_msg']:.2f} ms CPU/msg"
+                    + (f", errors: {f['errors'][:2]}" if f["errors"] else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                floors.append(f)
             r = await accept_once(wl, messages=messages, warmup=warmup)
             print(
                 f"# sluice, delivery held, {wl.label} run {i + 1}/{repeat}: "
@@ -114,9 +196,11 @@ async def main_async(
                 flush=True,
             )
             runs.append(r)
-        rows.append({"workload": wl.key, "label": wl.label, "runs": runs})
+        rows.append({"workload": wl.key, "label": wl.label, "runs": runs, "floor": floors})
     print(render(rows))
     if json_path:
         await asyncio.to_thread(Path(json_path).write_text, json.dumps(rows, indent=1))
-    bad = any(r["errors"] or r["sent"] != messages for row in rows for r in row["runs"])
+    bad = any(
+        r["errors"] or r["sent"] != messages for row in rows for r in [*row["runs"], *row["floor"]]
+    )
     return 1 if bad else 0

@@ -200,6 +200,7 @@ async def _accept_only(args: argparse.Namespace) -> int:
         repeat=args.repeat,
         warmup=args.warmup,
         json_path=args.json,
+        floor=args.floor,
     )
 
 
@@ -341,6 +342,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--messages", type=int, default=3000, help="smtp-source messages per run")
     p.add_argument("--repeat", type=int, default=3, help="runs per workload; the median is shown")
     p.add_argument("--warmup", type=int, default=100, help="messages sent before measuring")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run bench.floor_server (the least SMTP, same spool) in turn with Sluice",
+    )
     p.add_argument("--json", help="write every run's figures to this file")
     p.set_defaults(func=_accept_only)
     p = sub.add_parser("scale", help="100k queued against a stopped upstream, restart, drain")

@@ -14,11 +14,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SinkProcess", "SluiceProcess", "smtp_ready", "write_sluice_config"]
+__all__ = ["ROOT", "SinkProcess", "SluiceProcess", "smtp_ready", "write_sluice_config"]
 
 _LISTENING = re.compile(r"listening smtp=(\S+):(\d+)")
 _ADMIN = re.compile(r"listening admin=(\S+):(\d+)")
-_ROOT = Path(__file__).resolve().parent.parent
+#: the repository: where ``python -m relay`` and ``python -m bench`` run from
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class SinkProcess:
@@ -32,7 +33,7 @@ class SinkProcess:
     async def start(cls, *, held: bool = False) -> SinkProcess:
         args = [sys.executable, "-m", "bench.sink"] + (["--held"] if held else [])
         proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=_ROOT
+            *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT
         )
         assert proc.stdout is not None
         async with asyncio.timeout(20):
@@ -150,7 +151,7 @@ class SluiceProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log_file,
-                cwd=_ROOT,
+                cwd=ROOT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         sluice = cls(proc, log_path)

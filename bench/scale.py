@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadResult, run_load
-from bench.procs import SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
+from bench.procs import ROOT, SinkProcess, SluiceProcess, smtp_ready, write_sluice_config
 from bench.procstat import Sampler, descendants, tree_cpu_seconds, tree_rss_bytes
 from bench.runner import percentile, tally
 
 __all__ = ["run_scale"]
 
-_ROOT = Path(__file__).resolve().parent.parent
 _MB = 2**20
 
 
@@ -48,7 +47,7 @@ async def _time_cli(cfg: Path, *args: str) -> float:
         str(cfg),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        cwd=_ROOT,
+        cwd=ROOT,
     )
     _out, err = await asyncio.wait_for(proc.communicate(), 120)
     if proc.returncode != 0:

@@ -123,13 +123,17 @@ async def test_the_sinks_count_what_smtp_source_sent_and_see_a_message_twice(
 def test_accept_only_smallest_form_accepts_every_message_while_delivery_is_held(
     tmp_path: Path,
 ) -> None:
-    """``python -m bench accept-only``: the accept side alone, on compare-postfix's workloads."""
+    """``python -m bench accept-only``: the accept side alone, on compare-postfix's workloads.
+
+    With ``--floor``, the least SMTP in front of the same spool code runs in turn with it,
+    and commits every message it answers ``250`` to (its spool holds them at the end).
+    """
     require("smtp-source")
     out = tmp_path / "accept.json"
     proc = _bench(
         "accept-only",
         *("--workloads", "1,10r", "--messages", "150", "--repeat", "1", "--warmup", "10"),
-        *("--json", str(out)),
+        *("--floor", "--json", str(out)),
     )
     rows = json.loads(out.read_text())
     assert [row["workload"] for row in rows] == ["1", "10r"]
@@ -139,4 +143,9 @@ def test_accept_only_smallest_form_accepts_every_message_while_delivery_is_held(
         assert run["rate"] > 0 and run["cpu_ms_per_msg"] > 0, run
         # Delivery took no part: the held sink greeted nobody, so nothing reached it.
         assert run["delivered_meanwhile"] == 0, run
+        (floor,) = row["floor"]
+        assert floor["sent"] == 150 and not floor["errors"], floor
+        assert floor["stored"] == 150 + 10, floor  # the warm-up's and the run's, committed
+        assert floor["rate"] > 0 and floor["cpu_ms_per_msg"] > 0, floor
     assert "| 10 clients, reused |" in proc.stdout
+    assert "floor (bench.floor_server)" in proc.stdout
