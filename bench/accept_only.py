@@ -132,6 +132,15 @@ async def floor_once(wl: Workload, *, messages: int, warmup: int) -> dict[str, A
     }
 
 
+def _progress(what: str, run: dict[str, Any]) -> None:
+    print(
+        f"# {what}: {run['rate']:.0f} msg/s accepted, {run['cpu_ms_per_msg']:.2f} ms CPU/msg"
+        + (f", errors: {run['errors'][:2]}" if run["errors"] else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _cells(runs: list[dict[str, Any]]) -> str:
     rates = ", ".join(f"{r['rate']:.0f}" for r in runs)
     rate = statistics.median(r["rate"] for r in runs)
@@ -179,22 +188,10 @@ async def main_async(
         for i in range(repeat):
             if floor:  # in turn with Sluice's runs, so that both see the same hour
                 f = await floor_once(wl, messages=messages, warmup=warmup)
-                print(
-                    f"# floor, {wl.label} run {i + 1}/{repeat}: {f['rate']:.0f} msg/s accepted, "
-                    f"{f['cpu_ms_per_msg']:.2f} ms CPU/msg"
-                    + (f", errors: {f['errors'][:2]}" if f["errors"] else ""),
-                    file=sys.stderr,
-                    flush=True,
-                )
+                _progress(f"floor, {wl.label} run {i + 1}/{repeat}", f)
                 floors.append(f)
             r = await accept_once(wl, messages=messages, warmup=warmup)
-            print(
-                f"# sluice, delivery held, {wl.label} run {i + 1}/{repeat}: "
-                f"{r['rate']:.0f} msg/s accepted, {r['cpu_ms_per_msg']:.2f} ms CPU/msg"
-                + (f", errors: {r['errors'][:2]}" if r["errors"] else ""),
-                file=sys.stderr,
-                flush=True,
-            )
+            _progress(f"sluice, delivery held, {wl.label} run {i + 1}/{repeat}", r)
             runs.append(r)
         rows.append({"workload": wl.key, "label": wl.label, "runs": runs, "floor": floors})
     print(render(rows))
