@@ -28,11 +28,12 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.compare import Workload, chosen_workloads, scenario, warm_up
-from bench.loadgen import SMTP_SOURCE, run_smtp_source
+from bench.compare import Workload, chosen_workloads, run_workload, scenario, warm_up
+from bench.loadgen import SMTP_SOURCE
 from bench.procs import ROOT, SinkProcess, smtp_ready
 from bench.procstat import cpu_seconds
 from bench.runner import RELAYS
@@ -50,35 +51,13 @@ async def accept_once(
         try:
             async with RELAYS["sluice"](sc, sink, Path(tmp)) as target:
                 await smtp_ready(target.port)
-                if warmup:
-                    await warm_up(target.port, wl, warmup)
-                cpu0 = target.cpu()
-                t0 = time.time()
-                sent, load = await run_smtp_source(
-                    "127.0.0.1",
-                    target.port,
-                    messages=messages,
-                    size=wl.size,
-                    sessions=wl.sessions,
-                    per_message=wl.per_message,
-                )
-                seconds = time.time() - t0
-                cpu = target.cpu() - cpu0
+                run = await _timed(target.port, wl, messages, warmup, target.cpu)
                 #: what reached the sink meanwhile: 0 while it held every delivery
                 delivered = await sink.count()
                 await sink.command("start")  # the held deliveries end; the stop need not wait
         finally:
             await sink.stop()
-    return {
-        "workload": wl.key,
-        "label": wl.label,
-        "sent": sent,
-        "seconds": seconds,
-        "rate": sent / max(1e-9, seconds),
-        "cpu_ms_per_msg": cpu / max(1, sent) * 1000,
-        "delivered_meanwhile": delivered,
-        "errors": list(load.errors)[:5],
-    }
+    return {**run, "delivered_meanwhile": delivered}
 
 
 async def floor_once(wl: Workload, *, messages: int, warmup: int) -> dict[str, Any]:
@@ -100,34 +79,33 @@ async def floor_once(wl: Workload, *, messages: int, warmup: int) -> dict[str, A
             if not line.startswith("listening "):
                 raise RuntimeError(f"bench.floor_server did not start: {line!r}")
             port = int(line.split()[1])
-            if warmup:
-                await warm_up(port, wl, warmup)
-            cpu0 = cpu_seconds(proc.pid)
-            t0 = time.time()
-            sent, load = await run_smtp_source(
-                "127.0.0.1",
-                port,
-                messages=messages,
-                size=wl.size,
-                sessions=wl.sessions,
-                per_message=wl.per_message,
-            )
-            seconds = time.time() - t0
-            cpu = cpu_seconds(proc.pid) - cpu0
+            pid = proc.pid
+            run = await _timed(port, wl, messages, warmup, lambda: cpu_seconds(pid))
         finally:
             if proc.returncode is None:
                 proc.terminate()
             tail, _ = await proc.communicate()
     #: what its spool held at the end: the warm-up's messages and these
     stored = int(tail.split()[-1]) if tail.startswith(b"stored ") else -1
+    return {**run, "stored": stored}
+
+
+async def _timed(
+    port: int, wl: Workload, messages: int, warmup: int, cpu: Callable[[], float]
+) -> dict[str, Any]:
+    """The warm-up, then ``messages`` of ``wl`` timed, with the server's CPU (``cpu()``) spent."""
+    if warmup:
+        await warm_up(port, wl, warmup)
+    cpu0, t0 = cpu(), time.time()
+    sent, load = await run_workload(port, wl, messages)
+    seconds, spent = time.time() - t0, cpu() - cpu0
     return {
         "workload": wl.key,
         "label": wl.label,
         "sent": sent,
-        "stored": stored,
         "seconds": seconds,
         "rate": sent / max(1e-9, seconds),
-        "cpu_ms_per_msg": cpu / max(1, sent) * 1000,
+        "cpu_ms_per_msg": spent / max(1, sent) * 1000,
         "errors": list(load.errors)[:5],
     }
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import SMTP_SOURCE, run_smtp_source
+from bench.loadgen import SMTP_SOURCE, LoadResult, run_smtp_source
 from bench.postfix import postfix_available
 from bench.procs import SinkProcess, smtp_ready
 from bench.procstat import cpu_seconds
@@ -59,6 +59,7 @@ __all__ = [
     "chosen_workloads",
     "fsync_median_ms",
     "main_async",
+    "run_workload",
     "scenario",
     "warm_up",
 ]
@@ -97,6 +98,21 @@ def scenario(wl: Workload, *, messages: int, workers: str = "auto") -> Scenario:
         workers=workers,
         per_message=wl.per_message,
         generator="smtp-source",
+    )
+
+
+async def run_workload(
+    port: int, wl: Workload, messages: int, *, time_limit: float = 600.0
+) -> tuple[int, LoadResult]:
+    """``messages`` of ``wl`` through ``smtp-source`` into the relay at ``port``."""
+    return await run_smtp_source(
+        "127.0.0.1",
+        port,
+        messages=messages,
+        size=wl.size,
+        sessions=wl.sessions,
+        time_limit=time_limit,
+        per_message=wl.per_message,
     )
 
 
@@ -377,15 +393,7 @@ async def run_once(
                     if probe_ms > 0
                     else None
                 )
-                sent, load = await run_smtp_source(
-                    "127.0.0.1",
-                    target.port,
-                    messages=messages,
-                    size=wl.size,
-                    sessions=wl.sessions,
-                    time_limit=time_limit,
-                    per_message=wl.per_message,
-                )
+                sent, load = await run_workload(target.port, wl, messages, time_limit=time_limit)
                 stop.set()
                 errors = list(load.errors)
                 if probe is not None:

@@ -37,6 +37,7 @@ from relay.store.suppressions import normalize
 from relay.store.views import pauses_of
 
 __all__ = [
+    "QUEUE_ID_DRAWS",
     "Claimed",
     "Finish",
     "NewMessage",
