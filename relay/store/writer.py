@@ -291,12 +291,14 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
     # Statement journals (an UPDATE of several rows inside a transaction, a
-    # job's SAVEPOINT) in memory, in small pieces. With temporary files,
-    # SQLite gives each statement journal a 64 KiB buffer to fill before it
-    # spills to a file, allocated and freed per statement; glibc handed the
-    # freed top of this thread's heap back to the kernel each time, and the
-    # next statement faulted it in again: a claim's UPDATE of one message's
-    # recipients took 130-200 us instead of 14 (bench/HISTORY.md, round 3).
+    # job's SAVEPOINT) in memory, in small pieces. With SQLite's default they
+    # spill to files in /var/tmp (8-11 a second under load), so a full /var/tmp
+    # failed spool commits with "database or disk is full" while the spool's
+    # own disk had room, and set off Writer._enter_full (the full-disk mode) for the
+    # wrong file system (tests/store/test_temp_files.py). In some heap states
+    # the default also cost a claim's UPDATE 130-200 us instead of 22-28 (a
+    # 64 KiB buffer per journal, freed to the kernel and faulted in again);
+    # end to end, no difference showed (bench/HISTORY.md, round 3).
     # A writer connection makes no temporary tables and runs no VACUUM; the
     # readers (the admin's lists, which may sort) keep SQLite's default.
     conn.execute("PRAGMA temp_store=MEMORY")
