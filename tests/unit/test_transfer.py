@@ -19,6 +19,7 @@ from relay.outbound.transfer import (
     ascii_envelope,
     convert,
     fits,
+    lines_fit,
     longest_line,
     prepare,
     to_ascii_address,
@@ -49,6 +50,32 @@ def test_longest_line_in_pieces_is_the_longest_line(data: bytes, chunk: int) -> 
     assert longest_line(data, chunk=chunk) == max(map(len, data.splitlines()), default=0)
 
 
+@given(
+    st.binary(max_size=300).map(lambda b: b.translate(bytes(b"aa\r\n"[i % 4] for i in range(256)))),
+    st.integers(0, 12),
+)
+def test_lines_fit_agrees_with_the_longest_line(data: bytes, limit: int) -> None:
+    """The window walk answers as ``longest_line`` would, whatever the line endings."""
+    assert lines_fit(data, limit) == (longest_line(data) <= limit)
+
+
+@pytest.mark.parametrize(
+    ("data", "fit"),
+    [
+        (b"x" * MAX_LINE + b"\r\n" + b"y" * MAX_LINE, True),
+        (b"x" * (MAX_LINE + 1) + b"\r\n", False),
+        (b"x" * 10 + b"\r\n" + b"y" * (MAX_LINE + 1), False),  # the last line, unended
+        ((b"z" * 76 + b"\r\n") * 1300 + b"w" * 999 + b"\r\n" + b"v" * 5, False),
+        ((b"z" * (MAX_LINE - 1) + b"\r") * 40, True),  # bare CRs end lines too
+        ((b"z" * MAX_LINE + b"\n") * 40, True),
+        (b"", True),
+    ],
+)
+def test_lines_fit_at_the_limit(data: bytes, fit: bool) -> None:
+    assert lines_fit(data) is fit
+    assert (longest_line(data) <= MAX_LINE) is fit
+
+
 @pytest.mark.parametrize("eight_bit", [True, False])
 def test_a_message_that_fits_is_the_same_object(eight_bit: bool) -> None:
     data = HEAD + b"\r\n" + b"x" * MAX_LINE + b"\r\n.dot\r\n"
@@ -64,7 +91,7 @@ def test_8bit_fits_only_with_8bitmime() -> None:
 
 
 def test_the_check_costs_little_on_2kb_and_100kb() -> None:
-    """The check every delivery pays: C-level passes only (measured ~2 µs and ~70 µs)."""
+    """The check every delivery pays: C-level searches only (measured ~1 µs and ~40 µs)."""
     small = HEAD + b"\r\n" + (b"y" * 70 + b"\r\n") * 28
     large = HEAD + b"\r\n" + (b"y" * 76 + b"\r\n") * 1300
     for data, budget in ((small, 100e-6), (large, 2e-3)):  # generous: 2 shared cores
