@@ -30,6 +30,7 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring
 from typing import IO, Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
@@ -138,16 +139,19 @@ def mask_http_logs() -> None:
             logger.addFilter(UrlMaskFilter())
 
 
-def _fields(record: logging.LogRecord, *, with_time: bool) -> dict[str, Any]:
+def _fields(record: logging.LogRecord, ts: str | None) -> dict[str, Any]:
+    """The record's fields in their printed order; ``ts``: its timestamp, if printed."""
     msg = record.getMessage()
     out: dict[str, Any] = {}
-    if with_time:
-        out["ts"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + (
-            f".{int(record.msecs):03d}Z"
-        )
+    if ts is not None:
+        out["ts"] = ts
     out["level"] = record.levelname.lower()
     out["logger"] = record.name
-    extras = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    attrs = record.__dict__
+    # ``extra`` values, in the order given (a set difference, then the few
+    # keys left in the record's own order: not a test of all its attributes)
+    names = attrs.keys() - _STANDARD
+    extras = {k: attrs[k] for k in sorted(names, key=list(attrs).index)} if names else {}
     if "event" in extras:
         out["event"] = extras.pop("event")
     queue_id = extras.pop("queue_id", None)
@@ -166,11 +170,17 @@ def _fields(record: logging.LogRecord, *, with_time: bool) -> dict[str, Any]:
     return out
 
 
+#: ``json.dumps(value, default=str)`` and ``json.dumps(text, ensure_ascii=False)``
+#: without making an encoder per call (what ``json.dumps`` does given any option)
+_encoded = json.JSONEncoder(default=str).encode
+_quoted = encode_basestring
+
+
 def _logfmt_value(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = value if isinstance(value, str) else _encoded(value)
     if text and _LOGFMT_BARE.match(text):
         return text
-    return json.dumps(text, ensure_ascii=False)
+    return _quoted(text)
 
 
 class _Formatter(logging.Formatter):
@@ -180,6 +190,22 @@ class _Formatter(logging.Formatter):
         super().__init__()
         self.redactor = redactor
         self.with_time = with_time
+        # The current second as text: most records share it with the one before.
+        self._second = -1
+        self._second_text = ""
+
+    def _timestamp(self, record: logging.LogRecord) -> str | None:
+        """``2026-12-08T02:08:55.560Z`` (UTC), or None without a timestamp.
+
+        Called from ``format``, under the handler's lock, as the cache needs.
+        """
+        if not self.with_time:
+            return None
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
 
 
 def _redacted(fields: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
@@ -199,15 +225,11 @@ def _redacted(fields: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
 _OWN_FIELDS = frozenset({"ts", "level", "logger", "event", "queue_id"})
 
 
-def _encoded(value: object) -> str:
-    return json.dumps(value, default=str)
-
-
 class LogfmtFormatter(_Formatter):
     """``ts=... level=info logger=sluice.smtp event=accept queue_id=... msg="..."``."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = _redacted(_fields(record, with_time=self.with_time), self.redactor)
+        fields = _redacted(_fields(record, self._timestamp(record)), self.redactor)
         return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
 
 
@@ -215,7 +237,7 @@ class JsonFormatter(_Formatter):
     """One JSON object per line, same fields as the logfmt format."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = _fields(record, with_time=self.with_time)
+        fields = _fields(record, self._timestamp(record))
         # Redact values, not the encoded line, so the JSON stays valid.
         safe = {k: v if k in _OWN_FIELDS else self._safe(v) for k, v in fields.items()}
         return json.dumps(safe, ensure_ascii=False, default=str)

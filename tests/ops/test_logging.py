@@ -48,6 +48,45 @@ def test_logfmt_line_with_event_queue_id_and_quoting(capture: Callable[..., io.S
     assert line.endswith('msg="accepted from=<a@example.org> nrcpt=2"')
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_each_record_has_its_own_time_and_extras_in_the_order_given(
+    capture: Callable[..., io.StringIO], fmt: logsetup.Format
+) -> None:
+    """The second is kept between records (it is dear to format): never a stale one."""
+    out = capture(fmt)
+    log = logging.getLogger("sluice.test")
+    created = [1_796_700_000.25, 1_796_700_000.75, 1_796_700_001.0, 1_796_699_999.5]
+    for at in created:
+        record = log.makeRecord(
+            "sluice.test",
+            logging.INFO,
+            __file__,
+            1,
+            "m",
+            (),
+            None,
+            extra={"zeta": 1, "event": "e", "alpha": [2]},
+        )
+        record.created, record.msecs = at, (at - int(at)) * 1000
+        log.handle(record)
+    stamps, tails = [], []
+    for line in out.getvalue().splitlines():
+        if fmt == "json":
+            doc = json.loads(line)
+            stamps.append(doc["ts"])
+            tails.append(list(doc)[-2:])
+        else:
+            stamps.append(line.split()[0].removeprefix("ts="))
+            tails.append([f.partition("=")[0] for f in line.split()[-2:]])
+    assert stamps == [
+        "2026-12-08T03:20:00.250Z",
+        "2026-12-08T03:20:00.750Z",
+        "2026-12-08T03:20:01.000Z",
+        "2026-12-08T03:19:59.500Z",
+    ]
+    assert tails == [["zeta", "alpha"]] * 4
+
+
 def test_json_is_one_valid_object_per_record_even_with_a_traceback(
     capture: Callable[..., io.StringIO],
 ) -> None:

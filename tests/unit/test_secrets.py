@@ -7,13 +7,23 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from admin.auth import Credentials
 from admin.server import check_exposure
 from relay.config import AdminSettings, Config, ProviderSettings, loads
 from relay.errors import ConfigError
-from relay.secrets import MASK, Redactor, SecretError, SecretSource
+from relay.secrets import (
+    _SECRETISH,
+    MASK,
+    Redactor,
+    SecretError,
+    SecretSource,
+    _mask_group,
+    _may_look_secret,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -342,3 +352,60 @@ def test_only_the_log_masks_what_merely_looks_like_a_secret() -> None:
     log = Redactor(["configSecret"], heuristics=True)
     assert log("AUTH PLAIN AHVzZXIAcHc=") == f"AUTH PLAIN {MASK}"
     assert log.with_values(["runtimeToken"])("token=abc") == f"token={MASK}"
+
+
+# Pieces of every alternative of the secret-looking pattern, in several cases,
+# the characters (?i) matches beyond ASCII (dotless i, long s, Kelvin sign),
+# and what sits around them in a log line.
+_PIECES = st.sampled_from(
+    [
+        "AUTH",
+        "auth",
+        "Auth ",
+        "PLAIN ",
+        "LOGIN",
+        " XOAUTH2 ",
+        "CRAM-MD5",
+        "aUtH",
+        "password",
+        "PASSWORD",
+        "passwd",
+        "secret",
+        "SECRET",
+        "ſecret",
+        "token",
+        "TOKEN",
+        "tO\u212aen",
+        "api_key",
+        "API_KEY",
+        "apı_key",
+        "ap\u0130_key",
+        "=",
+        "==",
+        " ",
+        "  ",
+        "x",
+        "'v'",
+        '"v v"',
+        "from=<a@b>",
+        ":",
+        "\t",
+        "\u0131",
+        "\u017f",
+        "é",
+    ]
+)
+
+
+@given(st.lists(_PIECES, max_size=8).map("".join))
+def test_the_quick_look_never_skips_what_the_pattern_masks(text: str) -> None:
+    """A line skips the secret-looking scan only where the scan would change nothing."""
+    log = Redactor(heuristics=True)
+    assert log(text) == _SECRETISH.sub(_mask_group, text)
+
+
+def test_a_plain_log_line_with_equals_signs_is_left_as_it_is() -> None:
+    line = "accepted from=<app@example.com> nrcpt=1 size=2048 client=127.0.0.1"
+    assert not _may_look_secret(line)
+    assert Redactor(heuristics=True)(line) == line
+    assert _may_look_secret("retrying with passwd=x") and _may_look_secret("AUTH LOGIN")
