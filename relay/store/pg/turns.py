@@ -176,7 +176,12 @@ class PgTurns:
                 await conn.close()
 
     async def aclose(self) -> None:
-        """Give every turn back (closing the session does) and stop the watch."""
+        """Give every turn back, then end the session; stop the watch.
+
+        Ending the session would give the turns back too, but only once the
+        server has seen the client go, a moment after ``close`` returns: a
+        node that stops cleanly hands its turns over before it says it has.
+        """
         self._closed = True
         if self._watch is not None:
             self._watch.cancel()
@@ -184,5 +189,8 @@ class PgTurns:
                 await self._watch
         conn, self._conn = self._conn, None
         if conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError, TimeoutError):
+                async with asyncio.timeout(self._answer_within):
+                    await conn.execute(COORDINATION["turns_give_back_all"])
             with contextlib.suppress(psycopg.Error, OSError):
                 await conn.close()

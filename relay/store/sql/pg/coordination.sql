@@ -10,6 +10,12 @@ SELECT pg_try_advisory_lock(:key) AS granted
 -- name: turn_give_back
 SELECT pg_advisory_unlock(:key) AS released
 
+-- name: turns_give_back_all
+-- At close: every turn of this session given back before it ends, so that another
+-- node can take them at once (the server ends a closed session's locks a moment
+-- after the client has gone, not when its close returns).
+SELECT pg_advisory_unlock_all()
+
 -- name: session_alive
 -- The turns' and the listener's connections ask this now and then: an answer
 -- means the session, and every turn it holds, is still there.
