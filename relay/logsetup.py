@@ -174,6 +174,8 @@ def _fields(record: logging.LogRecord, ts: str | None) -> dict[str, Any]:
 #: without making an encoder per call (what ``json.dumps`` does given any option)
 _encoded = json.JSONEncoder(default=str).encode
 _quoted = encode_basestring
+#: ``json.dumps(fields, ensure_ascii=False, default=str)``: a line of the JSON format
+_json_line = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def _logfmt_value(value: object) -> str:
@@ -240,7 +242,7 @@ class JsonFormatter(_Formatter):
         fields = _fields(record, self._timestamp(record))
         # Redact values, not the encoded line, so the JSON stays valid.
         safe = {k: v if k in _OWN_FIELDS else self._safe(v) for k, v in fields.items()}
-        return json.dumps(safe, ensure_ascii=False, default=str)
+        return _json_line(safe)
 
     def _safe(self, value: object) -> object:
         if isinstance(value, str):
