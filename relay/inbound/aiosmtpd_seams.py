@@ -97,6 +97,12 @@ R_DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 R_START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 #: AUTH on a listener with ``auth: none`` (Postfix's wording)
 R_AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
+#: aiosmtpd's answer to a session's fifth unrecognized command, before it closes...
+AIOSMTPD_BOGUS_GOODBYE = "502 5.5.1 Too many unrecognized commands, goodbye."
+#: ...said as a server that closes the channel must say it (RFC 5321 section 3.8:
+#: 421), as Postfix's smtpd does at its error limit: a client then knows it was
+#: closed on, and does not take a permanent 5xx for an answer about its mail.
+R_TOO_MANY_BOGUS = "421 4.7.0 Too many unrecognized commands, closing the connection"
 
 
 class MessageAcceptor(Protocol):
@@ -307,7 +313,12 @@ class RelaySMTP(SMTP):
           ``221``, a ``421`` before a close) is written at once with
           whatever was held, so nothing is held when the server stops
           reading or closes.
+
+        aiosmtpd's ``502`` before it closes on a client of unrecognized
+        commands goes out as ``R_TOO_MANY_BOGUS``, a ``421``.
         """
+        if status == AIOSMTPD_BOGUS_GOODBYE:
+            status = R_TOO_MANY_BOGUS
         if isinstance(status, str):
             response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         else:

@@ -99,3 +99,23 @@ async def test_a_session_full_of_non_ascii_gets_only_ascii_replies(
     assert len(replies) == len(commands) + 1
     assert any(r.startswith("550 5.6.0") for r in replies), replies
     assert [r for r in replies if not r.isascii()] == []
+
+
+async def test_a_client_of_unrecognized_commands_is_closed_on_with_421(
+    sluice: SluiceFactory, upstream: TestUpstream
+) -> None:
+    """aiosmtpd closes after a session's fifth unknown command: the client hears 421, not 502.
+
+    RFC 5321 section 3.8: a server that closes the channel answers 421, as
+    Postfix's smtpd does at its error limit; a 5xx would read as a refusal.
+    """
+    async with sluice([provider_for(upstream)]) as s:
+        # The fuzz test's find: NUL bytes and a HELO without its space count too.
+        replies = await raw_session(
+            s.port, [b"FROB\r\n", b"\x00\r\n", b"HELO<>\r\n"] + [b"FROB\r\n"] * 2
+        )
+        # and the listener serves the next client as before
+        after = await raw_session(s.port, [b"NOOP\r\n", b"QUIT\r\n"])
+    assert [r[:4] for r in replies[1:5]] == ["500 "] * 4, replies
+    assert replies[5] == relay.inbound.aiosmtpd_seams.R_TOO_MANY_BOGUS, replies
+    assert [r[:4] for r in after] == ["220 ", "250 ", "221 "], after
